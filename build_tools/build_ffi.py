@@ -1,0 +1,106 @@
+"""Write the C source of the cffi API-mode module ``llamacffi._llamacffi``.
+
+    python build_ffi.py GENERATED.cdef OUT.c
+
+The cdef is the one gen_cdef.py produced from the vendored llama.h, plus callbacks.cdef (this package's own
+declarations). The C source includes the real llama.h, so the compiler checks every declaration against it.
+CMake passes the build facts as LLAMACFFI_* macros.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import cffi
+
+SOURCE = r"""
+#include <signal.h>
+#include "llama.h"
+#include "ggml-backend.h"
+
+static const char *llamacffi_package_version(void) { return LLAMACFFI_PACKAGE_VERSION; }
+static const char *llamacffi_llama_cpp_commit(void) { return LLAMACFFI_LLAMA_CPP_COMMIT; }
+static const char *llamacffi_build_flags(void) { return LLAMACFFI_BUILD_FLAGS; }
+
+/* ---- logging: filter in C so that dropped lines cost no Python call ---- */
+static void llamacffi_log_callback(enum ggml_log_level level, const char *text, void *user_data);
+static volatile int llamacffi_log_threshold = GGML_LOG_LEVEL_WARN;
+static int llamacffi_log_last_passed = 0;
+
+static void llamacffi_log_filter(enum ggml_log_level level, const char *text, void *user_data) {
+    int pass = level == GGML_LOG_LEVEL_CONT ? llamacffi_log_last_passed : (int) level >= llamacffi_log_threshold;
+    llamacffi_log_last_passed = pass;
+    if (pass) llamacffi_log_callback(level, text, user_data);
+}
+static void llamacffi_log_set_threshold(int threshold) { llamacffi_log_threshold = threshold; }
+static void llamacffi_log_install(int threshold) {
+    llamacffi_log_threshold = threshold;
+    llama_log_set(llamacffi_log_filter, NULL);
+}
+
+/* ---- abort: a per-context flag plus a process-wide Ctrl-C epoch ---- */
+typedef struct { volatile int abort; int sigint_epoch; } llamacffi_abort_state;
+static volatile sig_atomic_t llamacffi_sigint_epoch = 0;
+
+static bool llamacffi_abort_check(void *data) {
+    llamacffi_abort_state *s = (llamacffi_abort_state *) data;
+    return s->abort != 0 || s->sigint_epoch != (int) llamacffi_sigint_epoch;
+}
+static void llamacffi_abort_attach(struct llama_context *ctx, llamacffi_abort_state *state) {
+    llama_set_abort_callback(ctx, llamacffi_abort_check, state);
+}
+static int32_t llamacffi_decode(struct llama_context *ctx, struct llama_batch *batch, llamacffi_abort_state *s) {
+    s->abort = 0;
+    s->sigint_epoch = (int) llamacffi_sigint_epoch;
+    return llama_decode(ctx, *batch);
+}
+static int32_t llamacffi_encode(struct llama_context *ctx, struct llama_batch *batch, llamacffi_abort_state *s) {
+    s->abort = 0;
+    s->sigint_epoch = (int) llamacffi_sigint_epoch;
+    return llama_encode(ctx, *batch);
+}
+
+#if defined(_WIN32)
+static int llamacffi_sigint_install(void) { return 0; }
+#else
+/* Chains to the handler that was installed before (Python's), so KeyboardInterrupt is still raised once the
+   decode returns to Python. */
+static struct sigaction llamacffi_prev_sigint;
+static void llamacffi_on_sigint(int sig, siginfo_t *info, void *uctx) {
+    llamacffi_sigint_epoch++;
+    if (llamacffi_prev_sigint.sa_flags & SA_SIGINFO) {
+        if (llamacffi_prev_sigint.sa_sigaction) llamacffi_prev_sigint.sa_sigaction(sig, info, uctx);
+    } else if (llamacffi_prev_sigint.sa_handler == SIG_DFL) {
+        sigaction(SIGINT, &llamacffi_prev_sigint, NULL);
+        raise(SIGINT);
+    } else if (llamacffi_prev_sigint.sa_handler != SIG_IGN) {
+        llamacffi_prev_sigint.sa_handler(sig);
+    }
+}
+static int llamacffi_sigint_install(void) {
+    struct sigaction cur, ours;
+    if (sigaction(SIGINT, NULL, &cur) != 0) return -1;
+    if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == llamacffi_on_sigint) return 0;
+    if (!(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == SIG_IGN) return 0;
+    llamacffi_prev_sigint = cur;
+    ours = cur;
+    ours.sa_sigaction = llamacffi_on_sigint;
+    ours.sa_flags = (cur.sa_flags | SA_SIGINFO) & ~SA_RESETHAND;
+    return sigaction(SIGINT, &ours, NULL);
+}
+#endif
+"""
+
+
+def main() -> None:
+    cdef_path, out = Path(sys.argv[1]), Path(sys.argv[2])
+    ffi = cffi.FFI()
+    ffi.cdef(cdef_path.read_text())
+    ffi.cdef((Path(__file__).parent / "callbacks.cdef").read_text())
+    ffi.set_source("llamacffi._llamacffi", SOURCE)
+    ffi.emit_c_code(str(out))
+
+
+if __name__ == "__main__":
+    main()

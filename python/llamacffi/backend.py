@@ -1,0 +1,102 @@
+"""Process-wide llama.cpp state: backend initialisation, NUMA strategy, system information."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from . import log
+from ._version import __version__
+from .errors import InvalidArgumentError
+from .raw import ffi, lib
+
+_lock = threading.Lock()
+_initialised = False
+_numa: str | None = None
+
+NUMA_STRATEGIES = {
+    "disabled": lib.GGML_NUMA_STRATEGY_DISABLED,
+    "distribute": lib.GGML_NUMA_STRATEGY_DISTRIBUTE,
+    "isolate": lib.GGML_NUMA_STRATEGY_ISOLATE,
+    "numactl": lib.GGML_NUMA_STRATEGY_NUMACTL,
+    "mirror": lib.GGML_NUMA_STRATEGY_MIRROR,
+}
+
+
+def ensure_backend() -> None:
+    """Initialise llama.cpp's backends and logging once per process (thread-safe, idempotent)."""
+    global _initialised
+    if _initialised:
+        return
+    with _lock:
+        if not _initialised:
+            log.install()
+            lib.llama_backend_init()
+            _initialised = True
+
+
+def numa_init(strategy: str) -> None:
+    """Apply a NUMA strategy: "disabled", "distribute", "isolate", "numactl" or "mirror" (case-insensitive).
+
+    llama.cpp reads it once per process: calling again with the same strategy does nothing; another strategy
+    raises :class:`ValueError`.
+    """
+    global _numa
+    if not isinstance(strategy, str) or strategy.lower() not in NUMA_STRATEGIES:
+        raise InvalidArgumentError(
+            f"unknown NUMA strategy {strategy!r}; valid: {', '.join(NUMA_STRATEGIES)}")
+    key = strategy.lower()
+    ensure_backend()
+    with _lock:
+        if _numa is not None:
+            if _numa != key:
+                raise InvalidArgumentError(
+                    f"NUMA strategy {_numa!r} is already applied in this process; it cannot change to {key!r}")
+            return
+        lib.llama_numa_init(NUMA_STRATEGIES[key])
+        _numa = key
+
+
+def numa_strategy() -> str | None:
+    """The NUMA strategy applied in this process, or None."""
+    return _numa
+
+
+def backends() -> list[str]:
+    """Names of the ggml backends compiled into this build (e.g. ``["CPU"]``, ``["CUDA", "CPU"]``)."""
+    ensure_backend()
+    return [ffi.string(lib.ggml_backend_reg_name(lib.ggml_backend_reg_get(i))).decode()
+            for i in range(lib.ggml_backend_reg_count())]
+
+
+def devices() -> list[dict[str, str]]:
+    """The devices ggml sees: name, description and type (cpu, gpu, igpu, accel)."""
+    ensure_backend()
+    kinds = {lib.GGML_BACKEND_DEVICE_TYPE_CPU: "cpu", lib.GGML_BACKEND_DEVICE_TYPE_GPU: "gpu",
+             lib.GGML_BACKEND_DEVICE_TYPE_IGPU: "igpu", lib.GGML_BACKEND_DEVICE_TYPE_ACCEL: "accel"}
+    out = []
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        out.append({"name": ffi.string(lib.ggml_backend_dev_name(dev)).decode(),
+                    "description": ffi.string(lib.ggml_backend_dev_description(dev)).decode(),
+                    "type": kinds.get(lib.ggml_backend_dev_type(dev), "other")})
+    return out
+
+
+def system_info() -> dict[str, Any]:
+    """What this build is: package version, llama.cpp commit, build flags, backends, devices, CPU features."""
+    ensure_backend()
+    return {
+        "version": __version__,
+        "llama_cpp": ffi.string(lib.llamacffi_llama_cpp_commit()).decode(),
+        "llama_cpp_version": ffi.string(lib.llama_version()).decode(),
+        "build_flags": ffi.string(lib.llamacffi_build_flags()).decode(),
+        "backends": backends(),
+        "devices": devices(),
+        "gpu_offload": bool(lib.llama_supports_gpu_offload()),
+        "mmap": bool(lib.llama_supports_mmap()),
+        "mlock": bool(lib.llama_supports_mlock()),
+        "max_devices": int(lib.llama_max_devices()),
+        "max_parallel_sequences": int(lib.llama_max_parallel_sequences()),
+        "system_info": ffi.string(lib.llama_print_system_info()).decode().strip(),
+    }

