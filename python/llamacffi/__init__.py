@@ -1,2 +1,22 @@
-"""llamacffi: a fast, safe Python binding over llama.cpp."""
+"""llamacffi: a fast, safe Python binding over llama.cpp.
+
+The raw layer is :mod:`llamacffi.raw` (``ffi``, ``lib``); this package exposes the typed layer above it.
+"""
+
 from ._version import __version__
+from .backend import numa_init, system_info
+from .batch import Batch
+from .context import Context, Memory, Perf
+from .errors import (ClosedError, ContextError, DecodeAbortedError, DecodeError, GrammarError,
+                     InvalidArgumentError, InvalidTokenError, KVCacheFullError, LlamaError, ModelLoadError,
+                     StateError, TokenizeError)
+from .log import set_log_level
+from .model import Model
+from .vocab import StreamDecoder, Vocab
+
+__all__ = [
+    "__version__", "Batch", "ClosedError", "Context", "ContextError", "DecodeAbortedError", "DecodeError",
+    "GrammarError", "InvalidArgumentError", "InvalidTokenError", "KVCacheFullError", "LlamaError", "Memory",
+    "Model", "ModelLoadError", "Perf", "StateError", "StreamDecoder", "TokenizeError", "Vocab", "numa_init",
+    "set_log_level", "system_info",
+]

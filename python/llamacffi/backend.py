@@ -32,6 +32,7 @@ def ensure_backend() -> None:
         if not _initialised:
             log.install()
             lib.llama_backend_init()
+            lib.llamacffi_sigint_install()
             _initialised = True
 
 

@@ -6,8 +6,10 @@ logging decides where they go; with no handler configured, Python prints warning
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any
+import threading
+from typing import Any, Iterator
 
 from .raw import ffi, lib
 
@@ -27,6 +29,7 @@ _FROM_PYTHON = [  # (python level at or below which, ggml threshold)
 ]
 _last_level = logging.WARNING
 _pending = ""
+_capture = threading.local()
 
 
 @ffi.def_extern()  # type: ignore[misc]
@@ -39,9 +42,24 @@ def llamacffi_log_callback(level: int, text: Any, user_data: Any) -> None:
     message = _pending + message
     lines = message.split("\n")
     _pending = lines.pop()
+    captured = getattr(_capture, "lines", None)
     for line in lines:
         if line.strip():
+            if captured is not None and _last_level >= logging.WARNING:
+                captured.append(line.strip())
             logger.log(_last_level, "%s", line)
+
+
+@contextlib.contextmanager
+def capture_problems() -> Iterator[list[str]]:
+    """Collect the warning and error lines llama.cpp logs in this thread meanwhile (to quote in exceptions)."""
+    previous = getattr(_capture, "lines", None)
+    lines: list[str] = []
+    _capture.lines = lines
+    try:
+        yield lines
+    finally:
+        _capture.lines = previous
 
 
 def set_log_level(level: int | str) -> None:

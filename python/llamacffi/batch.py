@@ -1,0 +1,139 @@
+"""Batch: the tokens of one ``llama_decode`` call, held in numpy arrays that llama.cpp reads in place."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import InvalidArgumentError
+from .raw import ffi
+
+
+class Batch:
+    """Up to ``capacity`` tokens, each with a position, the sequences it belongs to, and whether its logits are
+    wanted. The arrays are numpy views of the memory llama.cpp reads, so filling them costs no copy."""
+
+    def __init__(self, capacity: int, *, n_seq_max: int = 1) -> None:
+        if not isinstance(capacity, int) or capacity < 1:
+            raise InvalidArgumentError(f"capacity must be a positive int, got {capacity!r}")
+        if not isinstance(n_seq_max, int) or n_seq_max < 1:
+            raise InvalidArgumentError(f"n_seq_max must be a positive int, got {n_seq_max!r}")
+        self.capacity = capacity
+        self.n_seq_max = n_seq_max
+        self._token = np.zeros(capacity, dtype=np.int32)
+        self._pos = np.zeros(capacity, dtype=np.int32)
+        self._n_seq = np.ones(capacity, dtype=np.int32)
+        self._seq = np.zeros((capacity, n_seq_max), dtype=np.int32)
+        self._logits = np.zeros(capacity, dtype=np.int8)
+        seq_base = ffi.cast("llama_seq_id *", ffi.from_buffer(self._seq))
+        self._seq_ptrs = ffi.new("llama_seq_id *[]", [seq_base + i * n_seq_max for i in range(capacity)])
+        self._c = ffi.new("struct llama_batch *")
+        self._c.n_tokens = 0
+        self._c.token = ffi.from_buffer("llama_token[]", self._token)
+        self._c.embd = ffi.NULL
+        self._c.pos = ffi.from_buffer("llama_pos[]", self._pos)
+        self._c.n_seq_id = ffi.from_buffer("int32_t[]", self._n_seq)
+        self._c.seq_id = self._seq_ptrs
+        self._c.logits = ffi.from_buffer("int8_t[]", self._logits)
+        self._n = 0
+
+    @classmethod
+    def from_tokens(cls, tokens: npt.ArrayLike, *, start_pos: int = 0, seq_id: int = 0,
+                    logits: str = "last") -> "Batch":
+        """One sequence's tokens at consecutive positions from ``start_pos``; logits for the last token only
+        (``logits="all"`` for every token, ``"none"`` for none)."""
+        arr = np.asarray(tokens, dtype=np.int32).ravel()
+        b = cls(max(1, len(arr)), n_seq_max=seq_id + 1 if isinstance(seq_id, int) and seq_id >= 0 else 1)
+        b.set_sequence(arr, start_pos=start_pos, seq_id=seq_id, logits=logits)
+        return b
+
+    def clear(self) -> None:
+        self._n = 0
+        self._c.n_tokens = 0
+
+    def set_sequence(self, tokens: npt.ArrayLike, *, start_pos: int = 0, seq_id: int = 0,
+                     logits: str = "last") -> None:
+        """Replace the contents with one sequence's tokens at positions ``start_pos, start_pos+1, ...``."""
+        arr = np.asarray(tokens, dtype=np.int32).ravel()
+        n = len(arr)
+        if n > self.capacity:
+            raise InvalidArgumentError(f"{n} tokens do not fit a batch of capacity {self.capacity}")
+        self._check_seq(seq_id)
+        if start_pos < 0:
+            raise InvalidArgumentError(f"positions must be >= 0, got start_pos={start_pos}")
+        self._token[:n] = arr
+        self._pos[:n] = np.arange(start_pos, start_pos + n, dtype=np.int32)
+        self._n_seq[:n] = 1
+        self._seq[:n, 0] = seq_id
+        if logits == "last":
+            self._logits[:n] = 0
+            if n:
+                self._logits[n - 1] = 1
+        elif logits in ("all", "none"):
+            self._logits[:n] = 1 if logits == "all" else 0
+        else:
+            raise InvalidArgumentError(f"logits must be 'last', 'all' or 'none', got {logits!r}")
+        self._n = n
+        self._c.n_tokens = n
+
+    def add(self, token: int, pos: int, seq_ids: int | Sequence[int] = 0, logits: bool = False) -> int:
+        """Append one token; returns its index in the batch (the index to read its logits with)."""
+        i = self._n
+        if i >= self.capacity:
+            raise InvalidArgumentError(f"the batch is full ({self.capacity} tokens)")
+        ids = (seq_ids,) if isinstance(seq_ids, int) else tuple(seq_ids)
+        if not ids or len(ids) > self.n_seq_max:
+            raise InvalidArgumentError(f"a token belongs to 1..{self.n_seq_max} sequences, got {len(ids)}")
+        for s in ids:
+            self._check_seq(s)
+        if pos < 0:
+            raise InvalidArgumentError(f"positions must be >= 0, got {pos}")
+        self._token[i] = token
+        self._pos[i] = pos
+        self._n_seq[i] = len(ids)
+        self._seq[i, :len(ids)] = ids
+        self._logits[i] = 1 if logits else 0
+        self._n = i + 1
+        self._c.n_tokens = i + 1
+        return i
+
+    def _check_seq(self, seq_id: int) -> None:
+        if not isinstance(seq_id, (int, np.integer)) or not 0 <= seq_id < self.n_seq_max:
+            raise InvalidArgumentError(f"seq_id {seq_id!r} is out of range 0..{self.n_seq_max - 1} for this batch")
+
+    @property
+    def n_tokens(self) -> int:
+        return self._n
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def tokens(self) -> npt.NDArray[np.int32]:
+        return self._token[:self._n]
+
+    @property
+    def positions(self) -> npt.NDArray[np.int32]:
+        return self._pos[:self._n]
+
+    @property
+    def logits_mask(self) -> npt.NDArray[np.int8]:
+        return self._logits[:self._n]
+
+    def seq_ids(self, i: int) -> tuple[int, ...]:
+        return tuple(int(s) for s in self._seq[i, :self._n_seq[i]])
+
+    @property
+    def c_batch(self) -> Any:
+        """The ``struct llama_batch *`` over these arrays (valid while this Batch lives)."""
+        return self._c
+
+
+def chunks(tokens: npt.NDArray[np.int32], size: int) -> Iterator[tuple[int, npt.NDArray[np.int32]]]:
+    """``(offset, tokens[offset:offset+size])`` pieces of a token array."""
+    for start in range(0, len(tokens), size):
+        yield start, tokens[start:start + size]
+
+

@@ -1,0 +1,418 @@
+"""Context: decoding, logits and embeddings, the KV memory, and saved states."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import numpy.typing as npt
+
+from .batch import Batch, chunks
+from .errors import (ClosedError, ContextError, InvalidArgumentError, LlamaError, StateError, check_decode,
+                     ensure)
+from .model import Model
+from .raw import ffi, lib
+from .vocab import TokenArray, as_tokens
+
+MAX_CTX = 1 << 22  # 4M positions: beyond that a request is a mistake, not a plan
+
+
+def default_threads() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _free_context(ptr: Any, _lib: Any = lib) -> None:
+    _lib.llama_free(ptr)
+
+
+@dataclass(frozen=True)
+class Perf:
+    """llama.cpp's timings for a context: prompt (``p_eval``) and generation (``eval``) in ms and tokens."""
+
+    t_load_ms: float
+    t_p_eval_ms: float
+    t_eval_ms: float
+    n_p_eval: int
+    n_eval: int
+    n_reused: int
+
+    @property
+    def prompt_tokens_per_s(self) -> float:
+        return 1e3 * self.n_p_eval / self.t_p_eval_ms if self.t_p_eval_ms else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return 1e3 * self.n_eval / self.t_eval_ms if self.t_eval_ms else 0.0
+
+
+class Context:
+    """An inference context over a :class:`Model`: its own KV memory, threads and outputs.
+
+    Keeps its model alive until closed. Not for concurrent use: a call while another thread is decoding raises.
+    """
+
+    def __init__(self, model: Model, *, n_ctx: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
+                 n_seq_max: int = 1, n_threads: int | None = None, n_threads_batch: int | None = None,
+                 embeddings: bool = False, flash_attn: bool | None = None, kv_unified: bool = False,
+                 offload_kqv: bool = True, no_perf: bool = False) -> None:
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be a llamacffi.Model, not {type(model).__name__}")
+        n_ctx = model.n_ctx_train if n_ctx is None else n_ctx
+        for name, value, lo, hi in (("n_ctx", n_ctx, 1, MAX_CTX), ("n_batch", n_batch, 1, MAX_CTX),
+                                    ("n_seq_max", n_seq_max, 1, int(lib.llama_max_parallel_sequences()))):
+            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+                raise InvalidArgumentError(f"{name} must be an int in {lo}..{hi}, got {value!r}")
+        n_ubatch = min(n_batch, 512) if n_ubatch is None else n_ubatch
+        if not isinstance(n_ubatch, int) or not 1 <= n_ubatch <= n_batch:
+            raise InvalidArgumentError(f"n_ubatch must be an int in 1..n_batch ({n_batch}), got {n_ubatch!r}")
+        threads = default_threads() if n_threads is None else n_threads
+        threads_batch = threads if n_threads_batch is None else n_threads_batch
+        for name, value in (("n_threads", threads), ("n_threads_batch", threads_batch)):
+            if not isinstance(value, int) or not 1 <= value <= 1024:
+                raise InvalidArgumentError(f"{name} must be an int in 1..1024, got {value!r}")
+        params = lib.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = n_ubatch
+        params.n_seq_max = n_seq_max
+        params.n_threads = threads
+        params.n_threads_batch = threads_batch
+        params.embeddings = bool(embeddings)
+        params.offload_kqv = bool(offload_kqv)
+        params.kv_unified = bool(kv_unified)
+        params.no_perf = bool(no_perf)
+        if flash_attn is not None:
+            params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else \
+                lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        model_ptr = model._acquire()
+        try:
+            ptr = lib.llama_init_from_model(model_ptr, params)
+            if ptr == ffi.NULL:
+                raise ContextError(
+                    f"llama.cpp could not create a context with n_ctx={n_ctx}, n_batch={n_batch}, "
+                    f"n_seq_max={n_seq_max}: most likely not enough memory; try a smaller n_ctx")
+        except BaseException:
+            model._unuse()
+            raise
+        self._model = model
+        self._ptr = ffi.gc(ptr, _free_context)
+        self._mem = lib.llama_get_memory(ptr)
+        self._abort = ffi.new("llamacffi_abort_state *")
+        lib.llamacffi_abort_attach(ptr, self._abort)
+        self._busy = threading.Lock()
+        self.n_vocab = model.vocab.n_tokens
+        self.n_embd = model.n_embd
+        self.n_ctx = int(lib.llama_n_ctx(ptr))
+        self.n_batch = int(lib.llama_n_batch(ptr))
+        self.n_ubatch = int(lib.llama_n_ubatch(ptr))
+        self.n_seq_max = int(lib.llama_n_seq_max(ptr))
+        self.embeddings_enabled = bool(embeddings)
+        self._outputs: npt.NDArray[np.int8] = np.zeros(0, dtype=np.int8)
+        self._one = Batch(1, n_seq_max=1)
+        self.memory = Memory(self)
+
+    # ---- lifetime ---------------------------------------------------------------------------------------------
+
+    @property
+    def ptr(self) -> Any:
+        """The ``struct llama_context *`` (raises :class:`ClosedError` once closed)."""
+        if self._ptr is None:
+            raise ClosedError("this Context is closed")
+        return self._ptr
+
+    @property
+    def model(self) -> Model:
+        return self._model
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr is None
+
+    def close(self) -> None:
+        """Free the context and its memory now (idempotent); the model is released if it was closed meanwhile."""
+        if self._ptr is None:
+            return
+        with self._busy:
+            ptr, self._ptr = self._ptr, None
+            ffi.release(ptr)
+        self._model._unuse()
+
+    def __enter__(self) -> "Context":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<llamacffi.Context n_ctx={self.n_ctx} n_seq_max={self.n_seq_max}{' closed' if self.closed else ''}>"
+
+    # ---- decoding ---------------------------------------------------------------------------------------------
+
+    def decode(self, batch: Batch) -> None:
+        """Run the model on a batch. Raises :class:`KVCacheFullError` (nothing decoded), :class:`DecodeAbortedError`
+        (after :meth:`abort`; Ctrl-C raises KeyboardInterrupt) or :class:`DecodeError`. Logits of the previous call
+        become invalid."""
+        if not isinstance(batch, Batch):
+            raise TypeError(f"decode takes a llamacffi.Batch, not {type(batch).__name__}")
+        n = batch._n
+        ensure(n > 0, "the batch is empty")
+        ensure(n <= self.n_batch, f"the batch holds {n} tokens but this context's n_batch is {self.n_batch}; "
+                                  f"use decode_tokens() to split a long prompt")
+        tokens = batch._token[:n]
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.n_vocab:
+            as_tokens(tokens, self.n_vocab)  # raises InvalidTokenError naming the id
+        if batch.n_seq_max > self.n_seq_max and int(batch._seq[:n].max()) >= self.n_seq_max:
+            raise InvalidArgumentError(f"a sequence id in the batch is >= this context's n_seq_max {self.n_seq_max}")
+        ensure(int(batch._pos[:n].min()) >= 0, "positions must be >= 0")
+        self._run(batch)
+
+    def _run(self, batch: Batch) -> None:
+        ptr = self.ptr
+        if not self._busy.acquire(blocking=False):
+            raise LlamaError("this Context is in use by another thread; use one Context per thread")
+        try:
+            rc = lib.llamacffi_decode(ptr, batch._c, self._abort)
+        finally:
+            self._busy.release()
+        if rc != 0:
+            self._outputs = self._outputs[:0]
+            check_decode(rc)
+        self._outputs = batch._logits[:batch._n].copy()
+
+    def decode_token(self, token: int, pos: int, seq_id: int = 0) -> None:
+        """Decode one token at ``pos`` in sequence ``seq_id`` with logits: the fast path of a generation loop."""
+        if not 0 <= token < self.n_vocab:
+            as_tokens([token], self.n_vocab)
+        ensure(pos >= 0, f"positions must be >= 0, got {pos}")
+        ensure(0 <= seq_id < self.n_seq_max, f"seq_id {seq_id} is out of range 0..{self.n_seq_max - 1}")
+        b = self._one
+        b._token[0] = token
+        b._pos[0] = pos
+        b._seq[0, 0] = seq_id
+        b._logits[0] = 1
+        b._n = 1
+        b._c.n_tokens = 1
+        self._run(b)
+
+    def decode_tokens(self, tokens: Iterable[int] | npt.ArrayLike, *, start_pos: int = 0, seq_id: int = 0,
+                      logits: str = "last") -> int:
+        """Decode a prompt of any length in pieces of ``n_batch``; returns the next position.
+
+        Raises before decoding anything when the prompt cannot fit the context."""
+        arr = as_tokens(tokens, self.n_vocab)
+        ensure(len(arr) > 0, "no tokens to decode")
+        ensure(0 <= seq_id < self.n_seq_max, f"seq_id {seq_id} is out of range 0..{self.n_seq_max - 1}")
+        ensure(start_pos >= 0, f"start_pos must be >= 0, got {start_pos}")
+        end = start_pos + len(arr)
+        ensure(end <= self.n_ctx, f"{len(arr)} tokens from position {start_pos} exceed the context size "
+                                  f"{self.n_ctx}; create the Context with a larger n_ctx")
+        batch = Batch(min(len(arr), self.n_batch), n_seq_max=seq_id + 1)
+        for offset, piece in chunks(arr, self.n_batch):
+            last = offset + len(piece) == len(arr)
+            batch.set_sequence(piece, start_pos=start_pos + offset, seq_id=seq_id,
+                               logits=logits if last or logits == "all" else "none")
+            self._run(batch)
+        return end
+
+    def encode(self, batch: Batch) -> None:
+        """Run an encoder (for encoder-decoder models or embeddings) on a batch."""
+        ensure(0 < batch._n <= self.n_batch, f"the batch must hold 1..{self.n_batch} tokens")
+        as_tokens(batch.tokens, self.n_vocab)
+        rc = lib.llamacffi_encode(self.ptr, batch._c, self._abort)
+        check_decode(rc, "llama_encode")
+
+    def abort(self) -> None:
+        """Ask the decode in progress (in another thread) to stop; it raises :class:`DecodeAbortedError`."""
+        self._abort.abort = 1
+
+    # ---- outputs ----------------------------------------------------------------------------------------------
+
+    def _output_index(self, i: int) -> int:
+        n_out = int(self._outputs.sum()) if len(self._outputs) else 0
+        if n_out == 0:
+            raise LlamaError("no logits: decode a batch that requests logits first")
+        if i < 0:
+            ensure(i >= -n_out, f"output index {i} is out of range: the last decode produced {n_out} outputs")
+        else:
+            ensure(i < len(self._outputs) and self._outputs[i],
+                   f"batch index {i} has no logits (request them with logits=True when adding the token)")
+        return i
+
+    def logits(self, i: int = -1) -> npt.NDArray[np.float32]:
+        """Logits of batch token ``i`` (``-1``: the last output) as a read-only float32 view of llama.cpp's memory.
+
+        Zero-copy: valid only until the next decode on this context; use :meth:`logits_copy` to keep them."""
+        ptr = lib.llama_get_logits_ith(self.ptr, self._output_index(i))
+        if ptr == ffi.NULL:
+            raise LlamaError(f"llama.cpp has no logits for index {i}")
+        view = np.frombuffer(ffi.buffer(ptr, self.n_vocab * 4), dtype=np.float32)
+        view.flags.writeable = False
+        return view
+
+    def logits_copy(self, i: int = -1) -> npt.NDArray[np.float32]:
+        return self.logits(i).copy()
+
+    def embeddings(self, i: int = -1) -> npt.NDArray[np.float32]:
+        """Embedding of batch token ``i`` (contexts created with ``embeddings=True``); a copy."""
+        ensure(self.embeddings_enabled, "create the Context with embeddings=True to read embeddings")
+        ptr = lib.llama_get_embeddings_ith(self.ptr, self._output_index(i))
+        if ptr == ffi.NULL:
+            raise LlamaError(f"llama.cpp has no embedding for index {i}")
+        return np.frombuffer(ffi.buffer(ptr, self.n_embd * 4), dtype=np.float32).copy()
+
+    def sequence_embedding(self, seq_id: int = 0) -> npt.NDArray[np.float32]:
+        """Pooled embedding of a sequence (models/contexts with a pooling type); a copy."""
+        ensure(self.embeddings_enabled, "create the Context with embeddings=True to read embeddings")
+        self.memory._seq(seq_id)
+        ptr = lib.llama_get_embeddings_seq(self.ptr, seq_id)
+        if ptr == ffi.NULL:
+            raise LlamaError("no pooled embedding: this context has no pooling type")
+        return np.frombuffer(ffi.buffer(ptr, self.n_embd * 4), dtype=np.float32).copy()
+
+    # ---- threads and timings ----------------------------------------------------------------------------------
+
+    def set_threads(self, n_threads: int, n_threads_batch: int | None = None) -> None:
+        nb = n_threads if n_threads_batch is None else n_threads_batch
+        for name, value in (("n_threads", n_threads), ("n_threads_batch", nb)):
+            if not isinstance(value, int) or not 1 <= value <= 1024:
+                raise InvalidArgumentError(f"{name} must be an int in 1..1024, got {value!r}")
+        lib.llama_set_n_threads(self.ptr, n_threads, nb)
+
+    @property
+    def n_threads(self) -> int:
+        return int(lib.llama_n_threads(self.ptr))
+
+    def perf(self) -> Perf:
+        d = lib.llama_perf_context(self.ptr)
+        return Perf(d.t_load_ms, d.t_p_eval_ms, d.t_eval_ms, d.n_p_eval, d.n_eval, d.n_reused)
+
+    def perf_reset(self) -> None:
+        lib.llama_perf_context_reset(self.ptr)
+
+    # ---- whole-context state ----------------------------------------------------------------------------------
+
+    def state_save(self) -> bytes:
+        """The whole state (memory, outputs) as bytes."""
+        ptr = self.ptr
+        size = lib.llama_state_get_size(ptr)
+        buf = ffi.new("uint8_t[]", size)
+        n = lib.llama_state_get_data(ptr, buf, size)
+        ensure(n > 0, "llama.cpp could not save the state", StateError)
+        return ffi.unpack(buf, n)
+
+    def state_load(self, data: bytes) -> None:
+        """Restore a state from :meth:`state_save` of a context with the same model and sizes."""
+        ensure(isinstance(data, (bytes, bytearray, memoryview)) and len(data) > 0, "state must be non-empty bytes",
+               StateError)
+        n = lib.llama_state_set_data(self.ptr, ffi.from_buffer(data), len(data))
+        ensure(n > 0, "llama.cpp rejected the state (another model or context size, or corrupt data)", StateError)
+        self._outputs = self._outputs[:0]
+
+    def seq_state_save(self, seq_id: int = 0) -> bytes:
+        """The memory of one sequence as bytes."""
+        ptr = self.ptr
+        self.memory._seq(seq_id)
+        size = lib.llama_state_seq_get_size(ptr, seq_id)
+        buf = ffi.new("uint8_t[]", size)
+        n = lib.llama_state_seq_get_data(ptr, buf, size, seq_id)
+        ensure(n > 0, f"llama.cpp could not save sequence {seq_id}", StateError)
+        return ffi.unpack(buf, n)
+
+    def seq_state_load(self, data: bytes, seq_id: int = 0) -> None:
+        """Load a sequence saved by :meth:`seq_state_save` into ``seq_id`` (which should be empty)."""
+        self.memory._seq(seq_id)
+        ensure(isinstance(data, (bytes, bytearray, memoryview)) and len(data) > 0, "state must be non-empty bytes",
+               StateError)
+        n = lib.llama_state_seq_set_data(self.ptr, ffi.from_buffer(data), len(data), seq_id)
+        ensure(n > 0, "llama.cpp rejected the sequence state (another model, or corrupt data)", StateError)
+
+    def seq_save_file(self, path: str | os.PathLike[str], tokens: npt.ArrayLike, seq_id: int = 0) -> None:
+        """Save one sequence's memory and its tokens to a file."""
+        self.memory._seq(seq_id)
+        arr = as_tokens(tokens, self.n_vocab)
+        n = lib.llama_state_seq_save_file(self.ptr, os.fsencode(path), seq_id,
+                                          ffi.from_buffer("llama_token[]", arr), len(arr))
+        ensure(n > 0, f"could not write the sequence state to {os.fspath(path)}", StateError)
+
+    def seq_load_file(self, path: str | os.PathLike[str], seq_id: int = 0) -> TokenArray:
+        """Load a sequence saved by :meth:`seq_save_file` into ``seq_id``; returns its tokens."""
+        self.memory._seq(seq_id)
+        ensure(os.path.isfile(path), f"no state file at {os.fspath(path)}", StateError)
+        out = np.empty(self.n_ctx, dtype=np.int32)
+        count = ffi.new("size_t *")
+        n = lib.llama_state_seq_load_file(self.ptr, os.fsencode(path), seq_id,
+                                          ffi.from_buffer("llama_token[]", out), len(out), count)
+        ensure(n > 0, f"llama.cpp rejected the state file {os.fspath(path)}", StateError)
+        return out[:count[0]].copy()
+
+
+class Memory:
+    """The KV memory of a context, by sequence. Positions ``p0 < 0`` / ``p1 < 0`` mean "from 0" / "to the end"."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    @property
+    def _m(self) -> Any:
+        self._ctx.ptr
+        return self._ctx._mem
+
+    def _seq(self, seq_id: int) -> int:
+        if not isinstance(seq_id, (int, np.integer)) or not 0 <= seq_id < self._ctx.n_seq_max:
+            raise InvalidArgumentError(f"seq_id {seq_id!r} is out of range 0..{self._ctx.n_seq_max - 1}")
+        return int(seq_id)
+
+    def clear(self, data: bool = True) -> None:
+        """Forget every sequence (``data`` also zeroes the buffers)."""
+        lib.llama_memory_clear(self._m, bool(data))
+
+    def seq_rm(self, seq_id: int, p0: int = -1, p1: int = -1) -> bool:
+        """Remove positions ``[p0, p1)`` of a sequence (``seq_id=-1``: every sequence). False when the memory
+        cannot remove a part of a sequence (e.g. recurrent models); then nothing changed."""
+        if seq_id != -1:
+            self._seq(seq_id)
+        return bool(lib.llama_memory_seq_rm(self._m, seq_id, p0, p1))
+
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        """Make positions ``[p0, p1)`` of ``src`` also belong to ``dst`` (no copy of the data)."""
+        m = self._m
+        lib.llama_memory_seq_cp(m, self._seq(src), self._seq(dst), p0, p1)
+
+    def seq_keep(self, seq_id: int) -> None:
+        """Remove every sequence but ``seq_id``."""
+        lib.llama_memory_seq_keep(self._m, self._seq(seq_id))
+
+    def seq_add(self, seq_id: int, p0: int, p1: int, delta: int) -> None:
+        """Shift positions ``[p0, p1)`` of a sequence by ``delta`` (needs a memory that can shift)."""
+        m = self._m
+        s = self._seq(seq_id)
+        ensure(lib.llama_memory_can_shift(m), "this model's memory cannot shift positions")
+        lib.llama_memory_seq_add(m, s, p0, p1, delta)
+
+    def seq_div(self, seq_id: int, p0: int, p1: int, d: int) -> None:
+        """Divide positions ``[p0, p1)`` of a sequence by ``d`` (integer division, ``d >= 1``)."""
+        m = self._m
+        s = self._seq(seq_id)
+        ensure(isinstance(d, int) and d >= 1, f"d must be an int >= 1, got {d!r}")
+        ensure(lib.llama_memory_can_shift(m), "this model's memory cannot shift positions")
+        lib.llama_memory_seq_div(m, s, p0, p1, d)
+
+    def seq_pos_min(self, seq_id: int) -> int:
+        """Smallest position of a sequence, -1 when it is empty."""
+        return int(lib.llama_memory_seq_pos_min(self._m, self._seq(seq_id)))
+
+    def seq_pos_max(self, seq_id: int) -> int:
+        """Largest position of a sequence, -1 when it is empty."""
+        return int(lib.llama_memory_seq_pos_max(self._m, self._seq(seq_id)))
+
+    @property
+    def can_shift(self) -> bool:
+        return bool(lib.llama_memory_can_shift(self._m))

@@ -1,0 +1,239 @@
+"""Model: a loaded GGUF model, its metadata and its vocabulary."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from .backend import ensure_backend
+from .log import capture_problems
+from .errors import ClosedError, InvalidArgumentError, LlamaError, ModelLoadError
+from .raw import ffi, lib
+from .vocab import Vocab
+
+ProgressCallback = Callable[[float], "bool | None"]
+
+_GGUF_MAGIC = b"GGUF"
+
+
+class _Progress:
+    """Payload of the load-progress callback; keeps the exception the user's callback raised."""
+
+    def __init__(self, fn: ProgressCallback) -> None:
+        self.fn = fn
+        self.error: BaseException | None = None
+        self.cancelled = False
+
+
+@ffi.def_extern()  # type: ignore[misc]
+def llamacffi_progress_callback(progress: float, user_data: Any) -> bool:
+    payload: _Progress = ffi.from_handle(user_data)
+    try:
+        keep_going = payload.fn(float(progress))
+    except BaseException as exc:  # re-raised by Model.load once llama.cpp has returned
+        payload.error = exc
+        return False
+    if keep_going is False:
+        payload.cancelled = True
+        return False
+    return True
+
+
+def _free_model(ptr: Any, _lib: Any = lib) -> None:
+    # Default argument: keeps the library alive until this runs, even at interpreter shutdown.
+    _lib.llama_model_free(ptr)
+
+
+class Model:
+    """A loaded model. Create with :meth:`load`; release with :meth:`close` or ``with``.
+
+    Contexts created from a model keep it alive: closing the model while contexts use it defers the release until
+    the last context is closed.
+    """
+
+    def __init__(self, ptr: Any, path: Path) -> None:
+        self._ptr = ffi.gc(ptr, _free_model)
+        self.path = path
+        self._vocab = Vocab(self, lib.llama_model_get_vocab(ptr))
+        self._users = 0
+        self._close_requested = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, n_gpu_layers: int = 0, use_mmap: bool = True,
+             use_mlock: bool = False, vocab_only: bool = False,
+             progress: ProgressCallback | None = None) -> "Model":
+        """Load a GGUF file.
+
+        ``n_gpu_layers``: layers to offload to a GPU backend (-1: all). ``progress`` is called with the load progress
+        in 0..1; returning ``False`` cancels the load (:class:`ModelLoadError`), an exception it raises is re-raised.
+        """
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be str or os.PathLike, not {type(path).__name__}")
+        p = Path(path)
+        _check_file(p)
+        if not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
+            raise InvalidArgumentError(f"n_gpu_layers must be an int >= -1, got {n_gpu_layers!r}")
+        ensure_backend()
+        params = lib.llama_model_default_params()
+        params.n_gpu_layers = 2**31 - 1 if n_gpu_layers == -1 else n_gpu_layers
+        params.load_mode = {
+            (True, False): lib.LLAMA_LOAD_MODE_MMAP, (True, True): lib.LLAMA_LOAD_MODE_MMAP_MLOCK,
+            (False, False): lib.LLAMA_LOAD_MODE_NONE, (False, True): lib.LLAMA_LOAD_MODE_MLOCK,
+        }[(bool(use_mmap), bool(use_mlock))]
+        params.vocab_only = bool(vocab_only)
+        payload = handle = None
+        if progress is not None:
+            if not callable(progress):
+                raise TypeError("progress must be callable")
+            payload = _Progress(progress)
+            handle = ffi.new_handle(payload)
+            params.progress_callback = lib.llamacffi_progress_callback
+            params.progress_callback_user_data = handle
+        with capture_problems() as problems:
+            ptr = lib.llama_model_load_from_file(os.fsencode(p), params)
+        if payload is not None and payload.error is not None:
+            if ptr != ffi.NULL:
+                lib.llama_model_free(ptr)
+            raise payload.error
+        if ptr == ffi.NULL:
+            if payload is not None and payload.cancelled:
+                raise ModelLoadError(f"loading {p} was cancelled by the progress callback")
+            reason = "; ".join(problems[:2]) or "the file is corrupt, truncated, or of an unsupported architecture"
+            raise ModelLoadError(f"llama.cpp could not load {p}: {reason}")
+        return cls(ptr, p)
+
+    # ---- lifetime ---------------------------------------------------------------------------------------------
+
+    @property
+    def ptr(self) -> Any:
+        """The ``struct llama_model *`` (raises :class:`ClosedError` once closed)."""
+        if self._ptr is None:
+            raise ClosedError("this Model is closed")
+        return self._ptr
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr is None or self._close_requested
+
+    def close(self) -> None:
+        """Release the model now, or when the last Context using it closes. Idempotent."""
+        with self._lock:
+            self._close_requested = True
+            if self._users == 0:
+                self._release()
+
+    def _release(self) -> None:
+        if self._ptr is not None:
+            ptr, self._ptr = self._ptr, None
+            ffi.release(ptr)
+
+    def _acquire(self) -> Any:
+        with self._lock:
+            if self._ptr is None or self._close_requested:
+                raise ClosedError("this Model is closed")
+            self._users += 1
+            return self._ptr
+
+    def _unuse(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._close_requested:
+                self._release()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else self.description
+        return f"<llamacffi.Model {self.path.name!r} {state}>"
+
+    # ---- properties -------------------------------------------------------------------------------------------
+
+    @property
+    def vocab(self) -> Vocab:
+        """The model's vocabulary (borrowed: valid while the model is open)."""
+        self.ptr
+        return self._vocab
+
+    @property
+    def n_params(self) -> int:
+        return int(lib.llama_model_n_params(self.ptr))
+
+    @property
+    def size(self) -> int:
+        """Size of the weights in bytes."""
+        return int(lib.llama_model_size(self.ptr))
+
+    @property
+    def n_ctx_train(self) -> int:
+        return int(lib.llama_model_n_ctx_train(self.ptr))
+
+    @property
+    def n_embd(self) -> int:
+        return int(lib.llama_model_n_embd(self.ptr))
+
+    @property
+    def n_layer(self) -> int:
+        return int(lib.llama_model_n_layer(self.ptr))
+
+    @property
+    def n_head(self) -> int:
+        return int(lib.llama_model_n_head(self.ptr))
+
+    @property
+    def has_encoder(self) -> bool:
+        return bool(lib.llama_model_has_encoder(self.ptr))
+
+    @property
+    def description(self) -> str:
+        return _read_string(lambda buf, n: lib.llama_model_desc(self.ptr, buf, n))
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The GGUF key/value metadata, values as strings (arrays are summarised by llama.cpp)."""
+        ptr = self.ptr
+        out = {}
+        for i in range(lib.llama_model_meta_count(ptr)):
+            key = _read_string(lambda buf, n: lib.llama_model_meta_key_by_index(ptr, i, buf, n))
+            out[key] = _read_string(lambda buf, n: lib.llama_model_meta_val_str_by_index(ptr, i, buf, n))
+        return out
+
+    @property
+    def chat_template(self) -> str | None:
+        """The model's default chat template (Jinja source), or None."""
+        t = lib.llama_model_chat_template(self.ptr, ffi.NULL)
+        return None if t == ffi.NULL else ffi.string(t).decode("utf-8", "replace")
+
+
+def _read_string(fill: Callable[[Any, int], int], size: int = 256) -> str:
+    """Call a llama.cpp ``(buf, size) -> needed length`` function, growing the buffer until the text fits."""
+    while True:
+        buf = ffi.new("char[]", size)
+        n = fill(buf, size)
+        if n < 0:
+            raise LlamaError("llama.cpp could not read the value")
+        if n < size:
+            return ffi.unpack(buf, n).decode("utf-8", "replace")
+        size = n + 1
+
+
+def _check_file(p: Path) -> None:
+    if not p.exists():
+        raise ModelLoadError(f"model file not found: {p}")
+    if p.is_dir():
+        raise ModelLoadError(f"model path is a directory, not a GGUF file: {p}")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model file {p}: {exc.strerror}") from exc
+    if not head:
+        raise ModelLoadError(f"model file is empty: {p}")
+    if head != _GGUF_MAGIC:
+        raise ModelLoadError(f"not a GGUF file (magic {head!r}, expected {_GGUF_MAGIC!r}): {p}")

@@ -1,0 +1,205 @@
+"""Vocab: tokenization and detokenization with a model's vocabulary, and UTF-8-safe streaming."""
+
+from __future__ import annotations
+
+import codecs
+from typing import TYPE_CHECKING, Any, Iterable
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import InvalidTokenError, TokenizeError
+from .raw import ffi, lib
+
+if TYPE_CHECKING:
+    from .model import Model
+
+TokenArray = npt.NDArray[np.int32]
+
+
+def as_tokens(tokens: Iterable[int] | npt.ArrayLike, n_vocab: int) -> TokenArray:
+    """``tokens`` as a contiguous int32 array (no copy when it already is one), every id checked against the vocab."""
+    arr = np.ascontiguousarray(tokens, dtype=np.int32) if not (
+        isinstance(tokens, np.ndarray) and tokens.dtype == np.int32 and tokens.flags.c_contiguous) else tokens
+    if arr.ndim != 1:
+        raise InvalidTokenError(f"tokens must be one-dimensional, got shape {arr.shape}")
+    if isinstance(tokens, np.ndarray) and tokens.dtype != np.int32 and arr.size and not np.array_equal(arr, tokens):
+        raise InvalidTokenError("token ids do not fit in int32")
+    if arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= n_vocab:
+            bad = lo if lo < 0 else hi
+            raise InvalidTokenError(f"token id {bad} is out of range for a vocabulary of {n_vocab} tokens")
+    return arr
+
+
+def _text_bytes(text: str | bytes, what: str = "text") -> bytes:
+    if isinstance(text, str):
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise TokenizeError(f"{what} is not valid Unicode (lone surrogate at index {exc.start})") from None
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        return bytes(text)
+    raise TypeError(f"{what} must be str or bytes, not {type(text).__name__}")
+
+
+class Vocab:
+    """A model's vocabulary, borrowed from its :class:`Model` (valid while the model is open)."""
+
+    def __init__(self, model: "Model", ptr: Any) -> None:
+        self._model = model
+        self._raw = ptr
+        self.n_tokens: int = int(lib.llama_vocab_n_tokens(ptr))
+        self._pieces: dict[int, bytes] = {}
+        self._special_pieces: dict[int, bytes] = {}
+
+    @property
+    def _ptr(self) -> Any:
+        self._model.ptr  # raises once the model is closed
+        return self._raw
+
+    # ---- special tokens ---------------------------------------------------------------------------------------
+
+    @property
+    def bos(self) -> int:
+        return int(lib.llama_vocab_bos(self._ptr))
+
+    @property
+    def eos(self) -> int:
+        return int(lib.llama_vocab_eos(self._ptr))
+
+    @property
+    def eot(self) -> int:
+        return int(lib.llama_vocab_eot(self._ptr))
+
+    @property
+    def nl(self) -> int:
+        return int(lib.llama_vocab_nl(self._ptr))
+
+    @property
+    def add_bos(self) -> bool:
+        return bool(lib.llama_vocab_get_add_bos(self._ptr))
+
+    def _check(self, token: int) -> int:
+        if not isinstance(token, (int, np.integer)) or isinstance(token, bool):
+            raise TypeError(f"token must be an int, not {type(token).__name__}")
+        t = int(token)
+        if t < 0 or t >= self.n_tokens:
+            raise InvalidTokenError(f"token id {t} is out of range for a vocabulary of {self.n_tokens} tokens")
+        return t
+
+    def is_eog(self, token: int) -> bool:
+        """True for end-of-generation tokens (EOS, EOT, ...)."""
+        return bool(lib.llama_vocab_is_eog(self._ptr, self._check(token)))
+
+    def is_control(self, token: int) -> bool:
+        return bool(lib.llama_vocab_is_control(self._ptr, self._check(token)))
+
+    def text(self, token: int) -> str:
+        """The token's text as stored in the vocabulary (not rendered)."""
+        return ffi.string(lib.llama_vocab_get_text(self._ptr, self._check(token))).decode("utf-8", "replace")
+
+    # ---- tokenize / detokenize --------------------------------------------------------------------------------
+
+    def tokenize(self, text: str | bytes, *, add_special: bool = True, parse_special: bool = False) -> TokenArray:
+        """Tokenize UTF-8 text. ``add_special`` adds BOS/EOS as the model wants; ``parse_special`` turns
+        special-token text (e.g. ``<|im_start|>``) into those tokens."""
+        data = _text_bytes(text)
+        if len(data) > 2**31 - 2:
+            raise TokenizeError("text is too long to tokenize (over 2 GiB)")
+        ptr = self._ptr
+        cap = len(data) + 8
+        out = np.empty(cap, dtype=np.int32)
+        n = lib.llama_tokenize(ptr, data, len(data), ffi.from_buffer("llama_token[]", out), cap,
+                               bool(add_special), bool(parse_special))
+        if n < 0:
+            if n == -(2**31):
+                raise TokenizeError("tokenization overflowed int32")
+            out = np.empty(-n, dtype=np.int32)
+            n = lib.llama_tokenize(ptr, data, len(data), ffi.from_buffer("llama_token[]", out), -n,
+                                   bool(add_special), bool(parse_special))
+            if n < 0:
+                raise TokenizeError(f"llama_tokenize failed ({n})")
+        return out[:n].copy() if n < cap // 2 else out[:n]
+
+    def token_to_piece(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes a token renders to (possibly part of a UTF-8 character). ``special`` renders control tokens."""
+        t = self._check(token)
+        cache = self._special_pieces if special else self._pieces
+        piece = cache.get(t)
+        if piece is None:
+            piece = self._piece(t, special, 0)
+            cache[t] = piece
+        return piece
+
+    def _piece(self, t: int, special: bool, lstrip: int) -> bytes:
+        size = 64
+        while True:
+            buf = ffi.new("char[]", size)
+            n = lib.llama_token_to_piece(self._ptr, t, buf, size, lstrip, special)
+            if n >= 0:
+                return ffi.unpack(buf, n)
+            size = -n
+
+    def detokenize(self, tokens: Iterable[int] | npt.ArrayLike, *, remove_special: bool = False,
+                   unparse_special: bool = False) -> str:
+        """Text of a token sequence, as llama.cpp renders it (invalid UTF-8 becomes U+FFFD)."""
+        return self.detokenize_bytes(tokens, remove_special=remove_special,
+                                     unparse_special=unparse_special).decode("utf-8", "replace")
+
+    def detokenize_bytes(self, tokens: Iterable[int] | npt.ArrayLike, *, remove_special: bool = False,
+                         unparse_special: bool = False) -> bytes:
+        arr = as_tokens(tokens, self.n_tokens)
+        ptr = self._ptr
+        toks = ffi.from_buffer("llama_token[]", arr)
+        size = max(64, 8 * len(arr))
+        while True:
+            buf = ffi.new("char[]", size)
+            n = lib.llama_detokenize(ptr, toks, len(arr), buf, size, bool(remove_special), bool(unparse_special))
+            if n >= 0:
+                return ffi.unpack(buf, n)
+            size = -n
+
+    def stream(self, *, special: bool = False) -> "StreamDecoder":
+        """A :class:`StreamDecoder` for this vocabulary."""
+        return StreamDecoder(self, special=special)
+
+
+class StreamDecoder:
+    """Turns tokens into text as they arrive, emitting only complete UTF-8 characters.
+
+    ``feed(token)`` returns the new text (possibly ""), ``flush()`` the rest at the end. O(1) per token: pieces are
+    cached and decoded incrementally, the output is never re-detokenized. The chunks concatenate to
+    ``vocab.detokenize(tokens, unparse_special=special)``.
+    """
+
+    __slots__ = ("_vocab", "_special", "_decoder", "_first", "_cache")
+
+    def __init__(self, vocab: Vocab, *, special: bool = False) -> None:
+        self._vocab = vocab
+        self._special = special
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._first = True
+        self._cache = vocab._special_pieces if special else vocab._pieces
+
+    def feed(self, token: int) -> str:
+        if self._first:
+            # llama.cpp strips the space prefix from the first token only; detokenize applies that rule.
+            self._first = False
+            data = self._vocab.detokenize_bytes([token], unparse_special=self._special)
+        else:
+            data = self._cache.get(token) if isinstance(token, int) else None
+            if data is None:
+                data = self._vocab.token_to_piece(token, special=self._special)
+        return self._decoder.decode(data)
+
+    def feed_many(self, tokens: Iterable[int]) -> str:
+        return "".join(self.feed(int(t)) for t in tokens)
+
+    def flush(self) -> str:
+        """Whatever is left (an incomplete character becomes U+FFFD); the decoder is ready for a new stream."""
+        text = self._decoder.decode(b"", final=True)
+        self._decoder.reset()
+        self._first = True
+        return text
