@@ -13,6 +13,7 @@ import numpy.typing as npt
 from .batch import Batch, chunks
 from .errors import (ClosedError, ContextError, InvalidArgumentError, LlamaError, StateError, check_decode,
                      ensure)
+from . import log
 from .model import Model
 from .raw import ffi, lib
 from .vocab import TokenArray, as_tokens
@@ -184,6 +185,10 @@ class Context:
             self._busy.release()
         if rc != 0:
             self._outputs = self._outputs[:0]
+            if rc == 2 and not self._abort.abort:
+                # Ctrl-C: the Python handler may already have run inside a log callback, where cffi swallows it.
+                log.take_interrupt()
+                raise KeyboardInterrupt
             check_decode(rc)
         self._outputs = batch._logits[:batch._n].copy()
 
@@ -291,7 +296,9 @@ class Context:
         return int(lib.llama_n_threads(self.ptr))
 
     def perf(self) -> Perf:
-        d = lib.llama_perf_context(self.ptr)
+        ptr = self.ptr
+        lib.llama_synchronize(ptr)  # llama.cpp books the last decode's time when it synchronizes
+        d = lib.llama_perf_context(ptr)
         return Perf(d.t_load_ms, d.t_p_eval_ms, d.t_eval_ms, d.n_p_eval, d.n_eval, d.n_reused)
 
     def perf_reset(self) -> None:
@@ -306,7 +313,7 @@ class Context:
         buf = ffi.new("uint8_t[]", size)
         n = lib.llama_state_get_data(ptr, buf, size)
         ensure(n > 0, "llama.cpp could not save the state", StateError)
-        return ffi.unpack(buf, n)
+        return bytes(ffi.buffer(buf, n))
 
     def state_load(self, data: bytes) -> None:
         """Restore a state from :meth:`state_save` of a context with the same model and sizes."""
@@ -324,7 +331,7 @@ class Context:
         buf = ffi.new("uint8_t[]", size)
         n = lib.llama_state_seq_get_data(ptr, buf, size, seq_id)
         ensure(n > 0, f"llama.cpp could not save sequence {seq_id}", StateError)
-        return ffi.unpack(buf, n)
+        return bytes(ffi.buffer(buf, n))
 
     def seq_state_load(self, data: bytes, seq_id: int = 0) -> None:
         """Load a sequence saved by :meth:`seq_state_save` into ``seq_id`` (which should be empty)."""
@@ -387,8 +394,16 @@ class Memory:
         lib.llama_memory_seq_cp(m, self._seq(src), self._seq(dst), p0, p1)
 
     def seq_keep(self, seq_id: int) -> None:
-        """Remove every sequence but ``seq_id``."""
-        lib.llama_memory_seq_keep(self._m, self._seq(seq_id))
+        """Remove every sequence but ``seq_id``.
+
+        llama.cpp applies this to the stream of ``seq_id`` only when sequences have streams of their own
+        (``kv_unified=False``); the other sequences are removed here explicitly, as llama.h defines."""
+        m = self._m
+        keep = self._seq(seq_id)
+        lib.llama_memory_seq_keep(m, keep)
+        for other in range(self._ctx.n_seq_max):
+            if other != keep:
+                lib.llama_memory_seq_rm(m, other, -1, -1)
 
     def seq_add(self, seq_id: int, p0: int, p1: int, delta: int) -> None:
         """Shift positions ``[p0, p1)`` of a sequence by ``delta`` (needs a memory that can shift)."""

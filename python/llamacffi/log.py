@@ -32,8 +32,26 @@ _pending = ""
 _capture = threading.local()
 
 
+_interrupted = False
+
+
+def take_interrupt() -> bool:
+    """True once if a Ctrl-C arrived while a log callback ran (cffi would otherwise swallow it)."""
+    global _interrupted
+    seen, _interrupted = _interrupted, False
+    return seen
+
+
 @ffi.def_extern()  # type: ignore[misc]
 def llamacffi_log_callback(level: int, text: Any, user_data: Any) -> None:
+    global _interrupted
+    try:
+        _log_line(level, text)
+    except KeyboardInterrupt:
+        _interrupted = True
+
+
+def _log_line(level: int, text: Any) -> None:
     global _last_level, _pending
     message = ffi.string(text).decode("utf-8", "replace")
     if level != lib.GGML_LOG_LEVEL_CONT:

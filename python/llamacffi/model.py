@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .backend import ensure_backend
+from . import log
 from .log import capture_problems
 from .errors import ClosedError, InvalidArgumentError, LlamaError, ModelLoadError
 from .raw import ffi, lib
@@ -94,6 +95,10 @@ class Model:
             params.progress_callback_user_data = handle
         with capture_problems() as problems:
             ptr = lib.llama_model_load_from_file(os.fsencode(p), params)
+        if log.take_interrupt():
+            if ptr != ffi.NULL:
+                lib.llama_model_free(ptr)
+            raise KeyboardInterrupt
         if payload is not None and payload.error is not None:
             if ptr != ffi.NULL:
                 lib.llama_model_free(ptr)
@@ -110,7 +115,7 @@ class Model:
     @property
     def ptr(self) -> Any:
         """The ``struct llama_model *`` (raises :class:`ClosedError` once closed)."""
-        if self._ptr is None:
+        if self._ptr is None or self._close_requested:
             raise ClosedError("this Model is closed")
         return self._ptr
 

@@ -1,0 +1,309 @@
+"""Context: decoding, zero-copy logits, KV-memory operations, states, abort, and bad input."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import llamacffi
+from llamacffi import (Batch, ClosedError, Context, DecodeAbortedError, InvalidArgumentError, InvalidTokenError,
+                       KVCacheFullError, StateError)
+
+THREADS = 2
+A = "The quick brown fox jumps over the lazy dog. "
+B = "Completely unrelated words about astronomy and stars. "
+C = "Then the fox ran into the forest"
+
+
+def toks(model: llamacffi.Model, text: str, bos: bool = False) -> np.ndarray:
+    return model.vocab.tokenize(text, add_special=bos)
+
+
+def ctx_for(model: llamacffi.Model, **kw: object) -> Context:
+    kw.setdefault("n_ctx", 512)
+    kw.setdefault("n_threads", THREADS)
+    return Context(model, **kw)  # type: ignore[arg-type]
+
+
+def test_logits_are_a_zero_copy_read_only_view(model: llamacffi.Model) -> None:
+    with ctx_for(model) as ctx:
+        ctx.decode_tokens(toks(model, A, bos=True))
+        view = ctx.logits()
+        assert view.dtype == np.float32 and view.shape == (model.vocab.n_tokens,)
+        assert not view.flags.owndata and not view.flags.writeable
+        copy = ctx.logits_copy()
+        assert copy.flags.owndata and np.array_equal(view, copy)
+        assert np.isfinite(view).all()
+
+
+def test_seq_rm_then_decode_equals_fresh(model: llamacffi.Model) -> None:
+    a, b, c = toks(model, A, bos=True), toks(model, B), toks(model, C)
+    with ctx_for(model) as ctx:
+        end_a = ctx.decode_tokens(a)
+        ctx.decode_tokens(b, start_pos=end_a)
+        assert ctx.memory.seq_pos_max(0) == len(a) + len(b) - 1
+        assert ctx.memory.seq_rm(0, end_a, -1) is True
+        assert ctx.memory.seq_pos_max(0) == end_a - 1
+        ctx.decode_tokens(c, start_pos=end_a)
+        reused = ctx.logits_copy()
+    with ctx_for(model) as fresh:
+        fresh.decode_tokens(np.concatenate([a, c]))
+        expected = fresh.logits_copy()
+    np.testing.assert_allclose(reused, expected, atol=2e-2, rtol=1e-3)
+    assert int(np.argmax(reused)) == int(np.argmax(expected))
+
+
+def test_seq_cp_keep_add_and_positions(smollm2: llamacffi.Model) -> None:
+    a = toks(smollm2, A, bos=True)
+    with ctx_for(smollm2, n_seq_max=3) as ctx:
+        mem = ctx.memory
+        assert mem.seq_pos_max(0) == -1 and mem.seq_pos_min(0) == -1
+        ctx.decode_tokens(a)
+        mem.seq_cp(0, 1, -1, -1)
+        assert (mem.seq_pos_min(1), mem.seq_pos_max(1)) == (0, len(a) - 1)
+        mem.seq_keep(1)
+        assert mem.seq_pos_max(0) == -1 and mem.seq_pos_max(1) == len(a) - 1
+        if mem.can_shift:
+            mem.seq_add(1, 0, -1, 5)
+            assert (mem.seq_pos_min(1), mem.seq_pos_max(1)) == (5, len(a) + 4)
+            mem.seq_div(1, 0, -1, 2)
+            assert mem.seq_pos_max(1) == (len(a) + 4) // 2
+        mem.clear()
+        assert mem.seq_pos_max(1) == -1
+
+
+def test_multi_sequence_batch_matches_single(smollm2: llamacffi.Model) -> None:
+    a, b = toks(smollm2, A, bos=True), toks(smollm2, B, bos=True)
+    with ctx_for(smollm2, n_seq_max=2) as ctx:
+        batch = Batch(len(a) + len(b), n_seq_max=2)
+        for i, t in enumerate(a):
+            batch.add(int(t), i, 0, logits=i == len(a) - 1)
+        for i, t in enumerate(b):
+            last_b = batch.add(int(t), i, 1, logits=i == len(b) - 1)
+        ctx.decode(batch)
+        la, lb = ctx.logits_copy(len(a) - 1), ctx.logits_copy(last_b)
+    for toks_, got in ((a, la), (b, lb)):
+        with ctx_for(smollm2) as single:
+            single.decode_tokens(toks_)
+            np.testing.assert_allclose(got, single.logits(), atol=2e-2, rtol=1e-3)
+
+
+def test_state_save_load_restores(model: llamacffi.Model, tmp_path: Path) -> None:
+    a, c = toks(model, A, bos=True), toks(model, C)
+    with ctx_for(model) as ctx:
+        end = ctx.decode_tokens(a)
+        state = ctx.state_save()
+        seq = ctx.seq_state_save(0)
+        ctx.seq_save_file(tmp_path / "seq.bin", a, 0)
+        ctx.decode_tokens(c, start_pos=end)
+        expected = ctx.logits_copy()
+        ctx.memory.clear()
+        ctx.state_load(state)
+        ctx.decode_tokens(c, start_pos=end)
+        np.testing.assert_allclose(ctx.logits(), expected, atol=1e-5)
+    for restore in ("bytes", "file"):
+        with ctx_for(model) as other:
+            if restore == "bytes":
+                other.seq_state_load(seq, 0)
+            else:
+                assert other.seq_load_file(tmp_path / "seq.bin", 0).tolist() == a.tolist()
+            assert other.memory.seq_pos_max(0) == end - 1
+            other.decode_tokens(c, start_pos=end)
+            np.testing.assert_allclose(other.logits(), expected, atol=1e-4)
+    with ctx_for(model) as other:
+        with pytest.raises(StateError):
+            other.state_load(b"\x00garbage" * 10)
+        with pytest.raises(StateError):
+            other.seq_load_file(tmp_path / "missing.bin")
+
+
+def test_kv_cache_full_leaves_state_unchanged(smollm2: llamacffi.Model) -> None:
+    with Context(smollm2, n_ctx=256, n_batch=256, n_threads=THREADS) as ctx:
+        n = ctx.n_ctx
+        filler = np.full(n, toks(smollm2, " the")[0], dtype=np.int32)
+        ctx.decode_tokens(filler)
+        with pytest.raises(KVCacheFullError):
+            ctx.decode(Batch.from_tokens(filler[:8], start_pos=n))
+        assert ctx.memory.seq_pos_max(0) == n - 1
+        ctx.memory.seq_rm(0, n - 8, -1)
+        ctx.decode(Batch.from_tokens(filler[:8], start_pos=n - 8))  # usable again
+
+
+def test_bad_batches(smollm2: llamacffi.Model) -> None:
+    with ctx_for(smollm2, n_batch=16, n_seq_max=2) as ctx:
+        n_vocab = smollm2.vocab.n_tokens
+        with pytest.raises(InvalidArgumentError, match="n_batch"):
+            ctx.decode(Batch.from_tokens(np.ones(17, dtype=np.int32)))
+        for bad in (-1, n_vocab):
+            with pytest.raises(InvalidTokenError, match=str(bad)):
+                ctx.decode(Batch.from_tokens([1, bad]))
+            with pytest.raises(InvalidTokenError):
+                ctx.decode_token(bad, 0)
+        b = Batch(2, n_seq_max=4)
+        b.add(1, 0, 3, logits=True)
+        with pytest.raises(InvalidArgumentError, match="n_seq_max"):
+            ctx.decode(b)
+        with pytest.raises(InvalidArgumentError):
+            ctx.decode_token(1, 0, seq_id=2)
+        with pytest.raises(InvalidArgumentError):
+            ctx.decode_token(1, -1)
+        with pytest.raises(InvalidArgumentError):
+            Batch(1).add(1, -3)
+        with pytest.raises(InvalidArgumentError):
+            ctx.memory.seq_rm(5)
+        with pytest.raises(InvalidArgumentError):
+            ctx.memory.seq_cp(0, 2)
+        with pytest.raises(InvalidArgumentError, match="empty"):
+            ctx.decode(Batch(4))
+        with pytest.raises(llamacffi.LlamaError):
+            ctx.logits()  # nothing decoded yet
+        ctx.decode_tokens(toks(smollm2, A))
+        with pytest.raises(InvalidArgumentError):
+            ctx.logits(3)  # that token did not ask for logits
+        with pytest.raises(InvalidArgumentError, match="context size"):
+            ctx.decode_tokens(np.ones(ctx.n_ctx + 1, dtype=np.int32))
+
+
+@pytest.mark.parametrize("kw", [{"n_ctx": 0}, {"n_ctx": -5}, {"n_ctx": 1 << 40}, {"n_batch": 0},
+                                {"n_seq_max": 0}, {"n_seq_max": 10_000}, {"n_threads": 0}, {"n_ctx": 1.5}])
+def test_bad_context_parameters(smollm2: llamacffi.Model, kw: dict[str, object]) -> None:
+    with pytest.raises(InvalidArgumentError):
+        Context(smollm2, **kw)  # type: ignore[arg-type]
+
+
+def test_closed_objects_raise(smollm2_path: Path) -> None:
+    model = llamacffi.Model.load(smollm2_path)
+    ctx = ctx_for(model)
+    ctx.close()
+    ctx.close()
+    with pytest.raises(ClosedError):
+        ctx.decode_token(1, 0)
+    with pytest.raises(ClosedError):
+        ctx.memory.seq_pos_max(0)
+    model.close()
+    with pytest.raises(ClosedError):
+        model.n_params
+    with pytest.raises(ClosedError):
+        model.vocab.tokenize("x")
+    with pytest.raises(ClosedError):
+        Context(model)
+
+
+def test_context_keeps_its_model_alive(smollm2_path: Path) -> None:
+    model = llamacffi.Model.load(smollm2_path)
+    ctx = ctx_for(model)
+    prompt = toks(model, A)
+    model.close()  # deferred: the context still uses it
+    assert model.closed
+    with pytest.raises(ClosedError):
+        model.vocab
+    ctx.decode_tokens(prompt)
+    assert np.isfinite(ctx.logits()).all()
+    ctx.close()
+    assert model._ptr is None  # released with the last context
+
+
+def test_abort_from_another_thread(gemma3: llamacffi.Model) -> None:
+    with Context(gemma3, n_ctx=2048, n_batch=2048, n_threads=THREADS) as ctx:
+        prompt = np.tile(toks(gemma3, A), 200)[:2000]
+        timer = threading.Timer(0.2, ctx.abort)
+        timer.start()
+        t0 = time.perf_counter()
+        with pytest.raises(DecodeAbortedError):
+            ctx.decode(Batch.from_tokens(prompt))
+        assert time.perf_counter() - t0 < 2.5
+        ctx.memory.clear()
+        ctx.decode_tokens(toks(gemma3, A))  # still usable
+        assert np.isfinite(ctx.logits()).all()
+
+
+def test_ctrl_c_interrupts_a_long_decode(gemma3_path: Path) -> None:
+    script = f"""
+import os, signal, threading, time
+import numpy as np
+import llamacffi
+m = llamacffi.Model.load({str(gemma3_path)!r})
+ctx = llamacffi.Context(m, n_ctx=2048, n_batch=2048, n_threads=2)
+prompt = np.tile(m.vocab.tokenize("The fox jumps. ", add_special=False), 400)[:2000]
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+t0 = time.perf_counter()
+try:
+    ctx.decode(llamacffi.Batch.from_tokens(prompt))
+    print("NOT INTERRUPTED")
+except KeyboardInterrupt:
+    print("INTERRUPTED", round(time.perf_counter() - t0, 2))
+ctx.memory.clear()
+ctx.decode_tokens(m.vocab.tokenize("hello"))
+print("USABLE", bool(np.isfinite(ctx.logits()).all()))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "INTERRUPTED" in out.stdout and "NOT" not in out.stdout, out.stdout + out.stderr
+    assert "USABLE True" in out.stdout
+    assert float(out.stdout.split("INTERRUPTED")[1].split()[0]) < 2.0
+
+
+def test_numa_init() -> None:
+    with pytest.raises(ValueError, match="distribute"):
+        llamacffi.numa_init("sideways")
+    with pytest.raises(ValueError):
+        llamacffi.numa_init(3)  # type: ignore[arg-type]
+    llamacffi.numa_init("DISABLED")
+    llamacffi.numa_init("disabled")
+    with pytest.raises(ValueError, match="already"):
+        llamacffi.numa_init("mirror")
+
+
+def test_logging_quiet_by_default_and_levels(smollm2_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="llamacffi")
+    llamacffi.set_log_level("WARNING")
+    with llamacffi.Model.load(smollm2_path):
+        pass
+    assert not [r for r in caplog.records if r.levelno < logging.WARNING]
+    llamacffi.set_log_level("INFO")
+    try:
+        with llamacffi.Model.load(smollm2_path):
+            pass
+    finally:
+        llamacffi.set_log_level("WARNING")
+    assert any(r.levelno == logging.INFO and "llama" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError):
+        llamacffi.set_log_level("LOUD")
+
+
+def test_perf_and_threads(smollm2: llamacffi.Model) -> None:
+    with ctx_for(smollm2) as ctx:
+        ctx.set_threads(1)
+        assert ctx.n_threads == 1
+        pos = ctx.decode_tokens(toks(smollm2, A, bos=True))
+        ctx.decode_token(int(np.argmax(ctx.logits())), pos)
+        perf = ctx.perf()
+        assert perf.n_p_eval >= 1 and perf.n_eval >= 1 and perf.tokens_per_s > 0
+        with pytest.raises(InvalidArgumentError):
+            ctx.set_threads(0)
+
+
+def test_embeddings(smollm2: llamacffi.Model) -> None:
+    with ctx_for(smollm2, embeddings=True) as ctx:
+        ctx.decode_tokens(toks(smollm2, A, bos=True))
+        e = ctx.embeddings()
+        assert e.shape == (smollm2.n_embd,) and np.isfinite(e).all()
+    with ctx_for(smollm2) as ctx:
+        ctx.decode_tokens(toks(smollm2, A))
+        with pytest.raises(InvalidArgumentError):
+            ctx.embeddings()
+
+
+def test_model_properties(model: llamacffi.Model) -> None:
+    assert model.n_params > 1e8 and model.size > 1e7
+    assert model.n_ctx_train >= 2048 and model.n_embd > 0 and model.n_layer > 0
+    md = model.metadata
+    assert md["general.architecture"] in ("llama", "gemma3")
+    assert model.description
+    assert "gguf" in repr(model)
