@@ -99,6 +99,26 @@ class Batch:
         self._c.n_tokens = i + 1
         return i
 
+    def add_sequence(self, tokens: npt.NDArray[np.int32], start_pos: int, seq_id: int = 0,
+                     logits_last: bool = False) -> int:
+        """Append tokens of one sequence at consecutive positions; returns the index of the last one."""
+        n = len(tokens)
+        i = self._n
+        if n == 0 or i + n > self.capacity:
+            raise InvalidArgumentError(f"cannot append {n} tokens to a batch holding {i} of {self.capacity}")
+        self._check_seq(seq_id)
+        if start_pos < 0:
+            raise InvalidArgumentError(f"positions must be >= 0, got start_pos={start_pos}")
+        self._token[i:i + n] = tokens
+        self._pos[i:i + n] = np.arange(start_pos, start_pos + n, dtype=np.int32)
+        self._n_seq[i:i + n] = 1
+        self._seq[i:i + n, 0] = seq_id
+        self._logits[i:i + n] = 0
+        self._logits[i + n - 1] = 1 if logits_last else 0
+        self._n = i + n
+        self._c.n_tokens = i + n
+        return i + n - 1
+
     def _check_seq(self, seq_id: int) -> None:
         if not isinstance(seq_id, (int, np.integer)) or not 0 <= seq_id < self.n_seq_max:
             raise InvalidArgumentError(f"seq_id {seq_id!r} is out of range 0..{self.n_seq_max - 1} for this batch")

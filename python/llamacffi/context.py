@@ -185,7 +185,7 @@ class Context:
             self._busy.release()
         if rc != 0:
             self._outputs = self._outputs[:0]
-            if rc == 2 and not self._abort.abort:
+            if rc == 2 and not self._abort.abort and threading.current_thread() is threading.main_thread():
                 # Ctrl-C: the Python handler may already have run inside a log callback, where cffi swallows it.
                 log.take_interrupt()
                 raise KeyboardInterrupt

@@ -1,0 +1,180 @@
+"""Configuration dataclasses and enums of the service; validated on construction, convertible to dict and JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import math
+from typing import Any, TypeVar
+
+from .errors import InvalidConfigError
+
+T = TypeVar("T", bound="_Config")
+
+
+class BackendType(str, enum.Enum):
+    LLAMA_CPP = "llama_cpp"
+
+
+class ModelType(str, enum.Enum):
+    TEXT_TO_TEXT = "text_to_text"
+
+
+def _fail(cls: type, field: str, why: str, value: Any) -> InvalidConfigError:
+    return InvalidConfigError(f"{cls.__name__}.{field}: {why} (got {value!r})")
+
+
+class _Config:
+    """dict/JSON conversion shared by the configuration classes."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            out[f.name] = v.to_dict() if isinstance(v, _Config) else list(v) if isinstance(v, tuple) else v
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        if not isinstance(data, dict):
+            raise InvalidConfigError(f"{cls.__name__}: expected a dict, got {type(data).__name__}")
+        names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise InvalidConfigError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+        kwargs = dict(data)
+        for name, value in data.items():
+            nested = _NESTED.get((cls.__name__, name))
+            if nested is not None and isinstance(value, dict):
+                kwargs[name] = nested.from_dict(value)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls: type[T], text: str) -> T:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidConfigError(f"{cls.__name__}: invalid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    def _int(self, name: str, lo: int, hi: int | None = None, allow_none: bool = False) -> None:
+        v = getattr(self, name)
+        if v is None and allow_none:
+            return
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
+            rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+            raise _fail(type(self), name, f"must be an int {rng}", v)
+
+    def _float(self, name: str, lo: float, hi: float, lo_open: bool = False) -> None:
+        v = getattr(self, name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v) or v > hi or v < lo or (
+                lo_open and v == lo):
+            raise _fail(type(self), name, f"must be a number in {'(' if lo_open else '['}{lo}, {hi}]", v)
+
+    def _bool(self, name: str) -> None:
+        if not isinstance(getattr(self, name), bool):
+            raise _fail(type(self), name, "must be a bool", getattr(self, name))
+
+
+NUMA = ("disabled", "distribute", "isolate", "numactl", "mirror")
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaCppSpecificConfig(_Config):
+    """llama.cpp-only settings: memory mapping, page locking, NUMA strategy (applied once per process)."""
+
+    use_mmap: bool = True
+    use_mlock: bool = False
+    numa_strategy: str | None = None
+
+    def __post_init__(self) -> None:
+        self._bool("use_mmap")
+        self._bool("use_mlock")
+        if self.numa_strategy is not None and (not isinstance(self.numa_strategy, str)
+                                               or self.numa_strategy.lower() not in NUMA):
+            raise _fail(type(self), "numa_strategy", f"must be None or one of {', '.join(NUMA)}", self.numa_strategy)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalBackendConfig(_Config):
+    """How the local backend runs: CPU threads (None: all available), GPU offload."""
+
+    threads: int | None = None
+    use_gpu: bool = False
+    gpu_layers: int = -1
+    llama_cpp: LlamaCppSpecificConfig = dataclasses.field(default_factory=LlamaCppSpecificConfig)
+
+    def __post_init__(self) -> None:
+        self._int("threads", 1, 1024, allow_none=True)
+        self._bool("use_gpu")
+        self._int("gpu_layers", -1)
+        if not isinstance(self.llama_cpp, LlamaCppSpecificConfig):
+            raise _fail(type(self), "llama_cpp", "must be a LlamaCppSpecificConfig", self.llama_cpp)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(_Config):
+    """Per-model settings. ``context_size``: tokens per request (prompt + output); ``parallel``: requests decoded
+    together; ``max_queue``: requests that may wait beyond those. A context above what the model was trained for
+    warns, or raises with ``strict_context``. ``truncate_prompt`` keeps the end of a prompt that does not fit."""
+
+    context_size: int = 2048
+    batch_size: int = 512
+    parallel: int = 4
+    max_queue: int = 1024
+    strict_context: bool = False
+    truncate_prompt: bool = False
+
+    def __post_init__(self) -> None:
+        self._int("context_size", 16, 1 << 20)
+        self._int("batch_size", 1, 1 << 16)
+        self._int("parallel", 1, 256)
+        self._int("max_queue", 0)
+        self._bool("strict_context")
+        self._bool("truncate_prompt")
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationOptions(_Config):
+    """One request's options. ``temperature=0`` is greedy. ``raw=True`` completes the prompt text as is; otherwise
+    ``system`` and the prompt go through the model's chat template."""
+
+    max_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    penalty_last_n: int = 64
+    seed: int | None = None
+    stop_sequences: tuple[str, ...] = ()
+    system: str | None = None
+    raw: bool = False
+
+    def __post_init__(self) -> None:
+        self._int("max_tokens", 1, 1 << 20)
+        self._float("temperature", 0.0, 100.0)
+        self._float("top_p", 0.0, 1.0, lo_open=True)
+        self._int("top_k", 0)
+        self._float("min_p", 0.0, 1.0)
+        self._float("repeat_penalty", 0.0, 100.0, lo_open=True)
+        self._float("frequency_penalty", -100.0, 100.0)
+        self._float("presence_penalty", -100.0, 100.0)
+        self._int("penalty_last_n", -1)
+        self._int("seed", 0, 2**32 - 1, allow_none=True)
+        stops = self.stop_sequences
+        if isinstance(stops, str) or not all(isinstance(s, str) and s for s in stops):
+            raise _fail(type(self), "stop_sequences", "must be a list of non-empty strings", stops)
+        object.__setattr__(self, "stop_sequences", tuple(stops))
+        if self.system is not None and not isinstance(self.system, str):
+            raise _fail(type(self), "system", "must be a str or None", self.system)
+        self._bool("raw")
+
+
+_NESTED: dict[tuple[str, str], type[_Config]] = {("LocalBackendConfig", "llama_cpp"): LlamaCppSpecificConfig}

@@ -1,0 +1,266 @@
+"""The scheduler: one thread owns the Context and decodes every active request together.
+
+Each of ``parallel`` slots is a sequence of the KV memory and remembers the tokens it holds. A new request takes the
+free slot sharing the longest prefix with its prompt, keeps that prefix and drops the rest
+(``llama_memory_seq_rm``; a full clear where the memory cannot drop a part). Every step decodes one token of each
+generating request and prompt tokens of new ones in a single ``llama_decode`` call; requests join between steps
+and leave when they finish or are cancelled.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any, Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from .. import Batch, Context, DecodeAbortedError, LlamaError
+from .. import Model as LlamaModel
+from ..raw import lib
+from ..sampling import Sampler
+from ..vocab import StreamDecoder
+from .config import GenerationOptions, ModelConfig
+from .errors import GenerationError, ModelClosedError, QueueFullError
+from .stops import StopMatcher
+
+END = object()  # the last item a request's sink receives
+Sink = Callable[[Any], None]
+
+
+class Request:
+    """One generation: its prompt tokens, options and where its text goes."""
+
+    __slots__ = ("prompt", "options", "sink", "cancelled", "n_generated", "decoder", "stops", "sampler",
+                 "history", "n_history", "greedy")
+
+    def __init__(self, prompt: npt.NDArray[np.int32], options: GenerationOptions, sink: Sink,
+                 decoder: StreamDecoder) -> None:
+        self.prompt = prompt
+        self.options = options
+        self.sink = sink
+        self.cancelled = False
+        self.n_generated = 0
+        self.decoder = decoder
+        self.stops = StopMatcher(options.stop_sequences)
+        penalties = (options.repeat_penalty != 1.0 or options.frequency_penalty != 0.0
+                     or options.presence_penalty != 0.0)
+        self.greedy = options.temperature == 0.0 and not penalties
+        self.sampler = None if self.greedy else Sampler(
+            temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, min_p=options.min_p,
+            repeat_penalty=options.repeat_penalty, frequency_penalty=options.frequency_penalty,
+            presence_penalty=options.presence_penalty, penalty_last_n=options.penalty_last_n, seed=options.seed)
+        # Penalties look at prompt + output; kept in one preallocated array.
+        self.history = np.empty(len(prompt) + options.max_tokens, dtype=np.int32) if penalties else None
+        self.n_history = 0
+        if self.history is not None:
+            self.history[:len(prompt)] = prompt
+            self.n_history = len(prompt)
+
+
+class _Slot:
+    __slots__ = ("seq_id", "cached", "n_cached", "request", "pending", "next_token", "logit_index")
+
+    def __init__(self, seq_id: int, capacity: int) -> None:
+        self.seq_id = seq_id
+        self.cached = np.empty(capacity, dtype=np.int32)  # tokens in this sequence's memory, positions 0..n-1
+        self.n_cached = 0
+        self.request: Request | None = None
+        self.pending: npt.NDArray[np.int32] = self.cached[:0]
+        self.next_token = -1
+        self.logit_index = -1
+
+
+class Engine:
+    """Runs requests of one model on one Context from a background thread."""
+
+    def __init__(self, model: LlamaModel, config: ModelConfig, threads: int | None) -> None:
+        self.model = model
+        self.config = config
+        self.n_ctx_seq = config.context_size
+        self.ctx = Context(model, n_ctx=config.context_size * config.parallel, n_batch=config.batch_size,
+                           n_seq_max=config.parallel, n_threads=threads, kv_unified=False)
+        self._vocab_ptr = model.vocab._ptr
+        self._slots = [_Slot(i, config.context_size) for i in range(config.parallel)]
+        self._batch = Batch(config.batch_size, n_seq_max=config.parallel)
+        self._queue: deque[Request] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.stats = {"requests": 0, "prompt_tokens_reused": 0, "prompt_tokens_decoded": 0,
+                      "generated_tokens": 0, "decode_calls": 0, "max_batched_sequences": 0}
+        self._thread = threading.Thread(target=self._run, name="llamacffi-engine", daemon=True)
+        self._thread.start()
+
+    # ---- called from any thread -------------------------------------------------------------------------------
+
+    def submit(self, request: Request) -> None:
+        with self._cond:
+            if self._closed:
+                raise ModelClosedError("the model is closed")
+            busy = sum(1 for s in self._slots if s.request is not None)
+            if len(self._queue) + busy >= self.config.parallel + self.config.max_queue:
+                raise QueueFullError(f"{len(self._queue)} requests are already waiting (max_queue="
+                                     f"{self.config.max_queue}); retry later")
+            self._queue.append(request)
+            self.stats["requests"] += 1
+            self._cond.notify()
+
+    def cancel(self, request: Request) -> None:
+        with self._cond:
+            request.cancelled = True
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+        self.ctx.close()
+
+    # ---- the scheduler thread ---------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while self._step():
+                pass
+        finally:
+            with self._cond:
+                waiting = list(self._queue) + [s.request for s in self._slots if s.request is not None]
+                self._queue.clear()
+                for s in self._slots:
+                    s.request = None
+            for r in waiting:
+                r.sink(ModelClosedError("the model was closed before the request finished"))
+
+    def _step(self) -> bool:
+        with self._cond:
+            while not self._closed and not self._queue and all(s.request is None for s in self._slots):
+                self._cond.wait()
+            if self._closed:
+                return False
+            for slot in self._slots:
+                if slot.request is not None and slot.request.cancelled:
+                    slot.request.sink(END)
+                    self._release(slot)
+            self._admit()
+        active = [s for s in self._slots if s.request is not None]
+        if active:
+            self._decode(active)
+        return True
+
+    def _admit(self) -> None:
+        while self._queue:
+            free = [s for s in self._slots if s.request is None]
+            if not free:
+                return
+            req = self._queue.popleft()
+            if req.cancelled:
+                req.sink(END)
+                continue
+            prompt = req.prompt
+            best, best_lcp = free[0], -1
+            for s in free:
+                n = min(s.n_cached, len(prompt))
+                diff = np.flatnonzero(s.cached[:n] != prompt[:n])
+                lcp = int(diff[0]) if len(diff) else n
+                if lcp > best_lcp:
+                    best, best_lcp = s, lcp
+            keep = min(best_lcp, len(prompt) - 1)  # decode at least the last prompt token: its logits start output
+            mem = self.ctx.memory
+            if keep < best.n_cached and not mem.seq_rm(best.seq_id, keep, -1):
+                mem.seq_rm(best.seq_id, -1, -1)
+                keep = 0
+            best.n_cached = keep
+            best.pending = prompt[keep:]
+            best.request = req
+            best.next_token = -1
+            self.stats["prompt_tokens_reused"] += keep
+            self.stats["prompt_tokens_decoded"] += len(best.pending)
+
+    def _release(self, slot: _Slot) -> None:
+        slot.request = None
+        slot.pending = slot.cached[:0]
+        slot.next_token = -1
+
+    def _decode(self, active: list[_Slot]) -> None:
+        batch = self._batch
+        batch.clear()
+        budget = batch.capacity
+        added: list[tuple[_Slot, int]] = []
+        for slot in active:
+            slot.logit_index = -1
+            if slot.next_token >= 0 and budget > 0:
+                slot.logit_index = batch.add(slot.next_token, slot.n_cached, slot.seq_id, logits=True)
+                added.append((slot, 1))
+                budget -= 1
+        for slot in active:
+            if slot.next_token < 0 and len(slot.pending) and budget > 0:
+                take = min(len(slot.pending), budget)
+                idx = batch.add_sequence(slot.pending[:take], slot.n_cached, slot.seq_id,
+                                         logits_last=take == len(slot.pending))
+                if take == len(slot.pending):
+                    slot.logit_index = idx
+                added.append((slot, take))
+                budget -= take
+        try:
+            self.ctx.decode(batch)
+        except (DecodeAbortedError, KeyboardInterrupt):
+            for slot, _ in added:  # a Ctrl-C in the main thread: undo this step, keep going
+                self.ctx.memory.seq_rm(slot.seq_id, slot.n_cached, -1)
+            return
+        except LlamaError as exc:
+            for slot, _ in added:
+                self.ctx.memory.seq_rm(slot.seq_id, slot.n_cached, -1)
+                if slot.request is not None:
+                    slot.request.sink(GenerationError(str(exc)))
+                self._release(slot)
+            return
+        self.stats["decode_calls"] += 1
+        self.stats["max_batched_sequences"] = max(self.stats["max_batched_sequences"], len(added))
+        for slot, n in added:
+            if slot.next_token >= 0:
+                slot.cached[slot.n_cached] = slot.next_token
+                slot.next_token = -1
+            else:
+                slot.cached[slot.n_cached:slot.n_cached + n] = slot.pending[:n]
+                slot.pending = slot.pending[n:]
+            slot.n_cached += n
+        for slot, _ in added:
+            if slot.logit_index >= 0 and slot.request is not None:
+                self._sample(slot, slot.request)
+
+    def _sample(self, slot: _Slot, req: Request) -> None:
+        logits = self.ctx.logits(slot.logit_index)
+        if req.greedy:
+            token = int(logits.argmax())
+        else:
+            assert req.sampler is not None
+            hist = req.history[:req.n_history] if req.history is not None else None
+            token = req.sampler.sample(logits, hist)
+        if lib.llama_vocab_is_eog(self._vocab_ptr, token):
+            self._finish(slot, req)
+            return
+        req.n_generated += 1
+        self.stats["generated_tokens"] += 1
+        if req.history is not None:
+            req.history[req.n_history] = token
+            req.n_history += 1
+        text = req.stops.feed(req.decoder.feed(token))
+        if text:
+            req.sink(text)
+        if req.stops.stopped or req.n_generated >= req.options.max_tokens or slot.n_cached + 1 >= self.n_ctx_seq:
+            self._finish(slot, req)
+        else:
+            slot.next_token = token
+
+    def _finish(self, slot: _Slot, req: Request) -> None:
+        tail = req.stops.feed(req.decoder.flush())
+        tail += req.stops.flush()
+        if tail:
+            req.sink(tail)
+        req.sink(END)
+        with self._cond:
+            self._release(slot)

@@ -1,0 +1,56 @@
+"""The service's errors: one :class:`InferenceError` base, the binding's errors mapped onto it."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+from typing import Iterator
+
+from .. import errors as binding
+
+
+class InferenceError(Exception):
+    """Base class of every service error."""
+
+
+class InvalidConfigError(InferenceError, builtins.ValueError):
+    """A configuration or option value is invalid; the message names the field."""
+
+
+class ModelNotFoundError(InferenceError, builtins.LookupError):
+    """No model matches the id; the message says where it looked."""
+
+
+class ModelLoadFailedError(InferenceError):
+    """The model file exists but could not be loaded."""
+
+
+class ContextOverflowError(InferenceError, builtins.ValueError):
+    """The prompt does not fit the context."""
+
+
+class ModelClosedError(InferenceError, builtins.RuntimeError):
+    """The model or service was closed."""
+
+
+class GenerationError(InferenceError):
+    """Generation failed inside llama.cpp."""
+
+
+class QueueFullError(InferenceError):
+    """Too many requests are waiting."""
+
+
+@contextlib.contextmanager
+def mapped() -> Iterator[None]:
+    """Re-raise the binding's errors as service errors (the original stays as ``__cause__``)."""
+    try:
+        yield
+    except binding.ModelLoadError as exc:
+        raise ModelLoadFailedError(str(exc)) from exc
+    except binding.ClosedError as exc:
+        raise ModelClosedError(str(exc)) from exc
+    except (binding.InvalidArgumentError, binding.InvalidTokenError, binding.TokenizeError) as exc:
+        raise InvalidConfigError(str(exc)) from exc
+    except binding.LlamaError as exc:
+        raise GenerationError(str(exc)) from exc
