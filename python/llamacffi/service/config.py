@@ -120,7 +120,9 @@ class LocalBackendConfig(_Config):
 class ModelConfig(_Config):
     """Per-model settings. ``context_size``: tokens per request (prompt + output); ``parallel``: requests decoded
     together; ``max_queue``: requests that may wait beyond those. A context above what the model was trained for
-    warns, or raises with ``strict_context``. ``truncate_prompt`` keeps the end of a prompt that does not fit."""
+    warns, or raises with ``strict_context``. ``truncate_prompt`` keeps the end of a prompt that does not fit.
+    ``chat_template``: a llama.cpp template name (``"chatml"``, ``"gemma"``, ...) or template text, instead of the
+    model's own."""
 
     context_size: int = 2048
     batch_size: int = 512
@@ -128,8 +130,11 @@ class ModelConfig(_Config):
     max_queue: int = 1024
     strict_context: bool = False
     truncate_prompt: bool = False
+    chat_template: str | None = None
 
     def __post_init__(self) -> None:
+        if self.chat_template is not None and (not isinstance(self.chat_template, str) or not self.chat_template):
+            raise _fail(type(self), "chat_template", "must be None or a non-empty str", self.chat_template)
         self._int("context_size", 16, 1 << 20)
         self._int("batch_size", 1, 1 << 16)
         self._int("parallel", 1, 256)

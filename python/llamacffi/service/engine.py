@@ -59,6 +59,15 @@ class Request:
             self.n_history = len(prompt)
 
 
+def _emit(req: Request, item: Any) -> None:
+    """Hand an item to a request's consumer; a consumer that is gone (closed event loop) cancels the request
+    instead of stopping the scheduler."""
+    try:
+        req.sink(item)
+    except Exception:
+        req.cancelled = True
+
+
 class _Slot:
     __slots__ = ("seq_id", "cached", "n_cached", "request", "pending", "next_token", "logit_index")
 
@@ -124,8 +133,20 @@ class Engine:
 
     def _run(self) -> None:
         try:
-            while self._step():
-                pass
+            while True:
+                try:
+                    if not self._step():
+                        break
+                except Exception as exc:  # never leave requests waiting on a dead scheduler
+                    with self._cond:
+                        failed = [s.request for s in self._slots if s.request is not None]
+                        for s in self._slots:
+                            if s.request is not None:
+                                self.ctx.memory.seq_rm(s.seq_id, -1, -1)
+                                s.n_cached = 0
+                                self._release(s)
+                    for r in failed:
+                        _emit(r, GenerationError(f"generation failed: {exc!r}"))
         finally:
             with self._cond:
                 waiting = list(self._queue) + [s.request for s in self._slots if s.request is not None]
@@ -133,7 +154,7 @@ class Engine:
                 for s in self._slots:
                     s.request = None
             for r in waiting:
-                r.sink(ModelClosedError("the model was closed before the request finished"))
+                _emit(r, ModelClosedError("the model was closed before the request finished"))
 
     def _step(self) -> bool:
         with self._cond:
@@ -143,8 +164,7 @@ class Engine:
                 return False
             for slot in self._slots:
                 if slot.request is not None and slot.request.cancelled:
-                    slot.request.sink(END)
-                    self._release(slot)
+                    self._release(slot)  # its consumer is gone: nothing more is sent
             self._admit()
         active = [s for s in self._slots if s.request is not None]
         if active:
@@ -158,7 +178,6 @@ class Engine:
                 return
             req = self._queue.popleft()
             if req.cancelled:
-                req.sink(END)
                 continue
             prompt = req.prompt
             best, best_lcp = free[0], -1
@@ -215,7 +234,7 @@ class Engine:
             for slot, _ in added:
                 self.ctx.memory.seq_rm(slot.seq_id, slot.n_cached, -1)
                 if slot.request is not None:
-                    slot.request.sink(GenerationError(str(exc)))
+                    _emit(slot.request, GenerationError(str(exc)))
                 self._release(slot)
             return
         self.stats["decode_calls"] += 1
@@ -250,7 +269,7 @@ class Engine:
             req.n_history += 1
         text = req.stops.feed(req.decoder.feed(token))
         if text:
-            req.sink(text)
+            _emit(req, text)
         if req.stops.stopped or req.n_generated >= req.options.max_tokens or slot.n_cached + 1 >= self.n_ctx_seq:
             self._finish(slot, req)
         else:
@@ -260,7 +279,7 @@ class Engine:
         tail = req.stops.feed(req.decoder.flush())
         tail += req.stops.flush()
         if tail:
-            req.sink(tail)
-        req.sink(END)
+            _emit(req, tail)
+        _emit(req, END)
         with self._cond:
             self._release(slot)

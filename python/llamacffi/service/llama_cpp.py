@@ -141,7 +141,7 @@ class LlamaCppTextModel(TextToTextModel):
         self._model = model
         self.config = config
         self._vocab = model.vocab
-        self._template = model.chat_template
+        self._template = config.chat_template or model.chat_template or _builtin_template(model)
         self._engine = Engine(model, config, threads)
         self._closed = False
         self._lock = threading.Lock()
@@ -253,6 +253,12 @@ class LlamaCppTextModel(TextToTextModel):
                 yield item
         finally:
             self._engine.cancel(request)
+
+
+def _builtin_template(model: LlamaModel) -> str | None:
+    """llama.cpp's built-in template for a model whose GGUF carries none (gemma files often do not)."""
+    arch = model.metadata.get("general.architecture", "")
+    return "gemma" if arch.startswith("gemma") else None
 
 
 def apply_chat_template(template: str, messages: list[tuple[str, str]], *, add_assistant: bool = True) -> str:

@@ -1,0 +1,375 @@
+"""The service: configs, generation, stop sequences, prefix reuse, concurrency, cancellation, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import llamacffi
+from llamacffi.service import (ContextOverflowError, GenerationOptions, InferenceError, InvalidConfigError,
+                               LlamaCppService, LlamaCppSpecificConfig, LlamaCppTextModel, LocalBackendConfig,
+                               ModelClosedError, ModelConfig, ModelNotFoundError, ModelType, QueueFullError)
+from llamacffi.service.stops import StopMatcher
+
+GREEDY = GenerationOptions(temperature=0, max_tokens=24)
+RAW = GenerationOptions(temperature=0, max_tokens=40, raw=True)
+
+
+@pytest.fixture(scope="module")
+def service() -> Iterator[LlamaCppService]:
+    with LlamaCppService(LocalBackendConfig(threads=2)) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def smol(service: LlamaCppService) -> LlamaCppTextModel:
+    return service.load_model("smollm2-135m", config=ModelConfig(context_size=1024, parallel=4))
+
+
+# ---- configuration ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls,kw,field", [
+    (GenerationOptions, {"max_tokens": 0}, "max_tokens"),
+    (GenerationOptions, {"temperature": -1}, "temperature"),
+    (GenerationOptions, {"temperature": float("nan")}, "temperature"),
+    (GenerationOptions, {"top_p": 0}, "top_p"),
+    (GenerationOptions, {"top_k": -1}, "top_k"),
+    (GenerationOptions, {"min_p": 2}, "min_p"),
+    (GenerationOptions, {"seed": -3}, "seed"),
+    (GenerationOptions, {"stop_sequences": "stop"}, "stop_sequences"),
+    (GenerationOptions, {"stop_sequences": [""]}, "stop_sequences"),
+    (GenerationOptions, {"raw": "yes"}, "raw"),
+    (ModelConfig, {"context_size": 0}, "context_size"),
+    (ModelConfig, {"parallel": 0}, "parallel"),
+    (ModelConfig, {"batch_size": True}, "batch_size"),
+    (LocalBackendConfig, {"threads": 0}, "threads"),
+    (LocalBackendConfig, {"gpu_layers": -2}, "gpu_layers"),
+    (LlamaCppSpecificConfig, {"numa_strategy": "sideways"}, "numa_strategy"),
+    (LlamaCppSpecificConfig, {"use_mmap": 1}, "use_mmap"),
+])
+def test_config_validation_names_the_field(cls: type, kw: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidConfigError, match=field):
+        cls(**kw)
+    with pytest.raises(ValueError):
+        cls(**kw)
+
+
+def test_config_dict_and_json_round_trip() -> None:
+    cfg = LocalBackendConfig(threads=2, llama_cpp=LlamaCppSpecificConfig(use_mlock=True, numa_strategy="disabled"))
+    assert LocalBackendConfig.from_dict(cfg.to_dict()) == cfg
+    assert LocalBackendConfig.from_json(cfg.to_json()) == cfg
+    opts = GenerationOptions(stop_sequences=["a", "b"], seed=3, system="s")
+    assert GenerationOptions.from_json(json.dumps(opts.to_dict())) == opts
+    assert ModelConfig.from_dict(ModelConfig(parallel=2).to_dict()).parallel == 2
+    with pytest.raises(InvalidConfigError, match="unknown"):
+        ModelConfig.from_dict({"context": 5})
+    with pytest.raises(InvalidConfigError):
+        ModelConfig.from_json("{not json")
+
+
+# ---- generation ---------------------------------------------------------------------------------------------------
+
+def test_interfaces(service: LlamaCppService, smol: LlamaCppTextModel) -> None:
+    assert service.backend_type.value == "llama_cpp"
+    assert service.supported_model_types == [ModelType.TEXT_TO_TEXT]
+    assert smol.model_type is ModelType.TEXT_TO_TEXT and smol.name == "smollm2-135m"
+    assert smol.as_text_to_text() is smol
+
+
+def test_stream_concatenates_to_generate_with_same_seed(smol: LlamaCppTextModel) -> None:
+    opts = GenerationOptions(temperature=0.9, top_k=40, top_p=0.95, seed=1234, max_tokens=40)
+    full = smol.generate("Write a sentence about llamas.", opts)
+    chunks = list(smol.generate_stream("Write a sentence about llamas.", opts))
+    assert full and "".join(chunks) == full
+    assert all(isinstance(c, str) and c for c in chunks)
+
+
+def test_max_tokens_is_exact(smol: LlamaCppTextModel) -> None:
+    before = smol.stats["generated_tokens"]
+    smol.generate("1, 2, 3, 4, 5, 6,", GenerationOptions(temperature=0, max_tokens=7, raw=True))
+    assert smol.stats["generated_tokens"] - before == 7
+
+
+def test_stop_sequences_end_to_end(smol: LlamaCppTextModel) -> None:
+    prompt = "The days of the week are Monday, Tuesday,"
+    full = smol.generate(prompt, RAW)
+    assert len(full) > 30
+    tokens = smol.llama_model.vocab.tokenize(full, add_special=False)
+    assert len(tokens) > 6
+    # A stop string spanning three tokens, starting mid-text.
+    start = len(smol.llama_model.vocab.detokenize(tokens[:2]))
+    span = smol.llama_model.vocab.detokenize(tokens[2:5])
+    stop = full[start:start + len(span)]
+    expected = full[:full.find(stop)]
+    opts = GenerationOptions(temperature=0, max_tokens=40, raw=True, stop_sequences=[stop])
+    assert smol.generate(prompt, opts) == expected
+    assert "".join(smol.generate_stream(prompt, opts)) == expected
+    # At the very start: nothing at all is emitted.
+    assert smol.generate(prompt, GenerationOptions(temperature=0, max_tokens=40, raw=True,
+                                                   stop_sequences=[full[:3]])) == ""
+    # Overlapping stop strings: the earliest match wins.
+    a, b = full[5:12], full[8:20]
+    out = smol.generate(prompt, GenerationOptions(temperature=0, max_tokens=40, raw=True, stop_sequences=[b, a]))
+    assert out == full[:min(full.find(a), full.find(b))]
+
+
+def test_stop_sequence_multibyte(smol: LlamaCppTextModel) -> None:
+    prompt = "日本の首都は東京です。中国の首都は"
+    full = smol.generate(prompt, RAW)
+    wide = [i for i, ch in enumerate(full) if len(ch.encode()) > 1]
+    assert wide, full
+    i = wide[len(wide) // 2]
+    stop = full[i]
+    opts = GenerationOptions(temperature=0, max_tokens=40, raw=True, stop_sequences=[stop])
+    assert smol.generate(prompt, opts) == full[:full.find(stop)]
+
+
+@pytest.mark.parametrize("chunks,stops,emitted", [
+    (["ab", "c", "de"], ["cd"], "ab"),
+    (["a", "b", "c"], ["abc"], ""),
+    (["xab", "cy"], ["abc", "bcy"], "x"),
+    (["héllo wö", "rld"], ["wörld"], "héllo "),
+    (["ab", "ab", "ab"], ["abc"], "ababab"),
+    (["no stop here"], ["zzz"], "no stop here"),
+])
+def test_stop_matcher(chunks: list[str], stops: list[str], emitted: str) -> None:
+    m = StopMatcher(tuple(stops))
+    out = "".join(m.feed(c) for c in chunks)
+    out += m.flush()
+    assert out == emitted
+    for s in stops:
+        assert s not in out
+
+
+def test_stop_matcher_holds_back_only_what_a_stop_could_need() -> None:
+    m = StopMatcher(("STOP",))
+    assert m.feed("hello ST") == "hello "
+    assert m.feed("ART") == "START"
+    assert m.feed("x S") == "x "
+    assert m.feed("TOP and more") == ""
+    assert m.stopped
+
+
+def test_chat_template_with_system(service: LlamaCppService, smol: LlamaCppTextModel) -> None:
+    opts = GenerationOptions(temperature=0, max_tokens=16, system="You are a pirate.")
+    text = smol.format_prompt("Hello", opts)
+    assert "<|im_start|>system\nYou are a pirate.<|im_end|>" in text and text.endswith("<|im_start|>assistant\n")
+    assert smol.generate("Hello", opts)
+    with service.load_model("gemma3-270m", config=ModelConfig(context_size=512, parallel=1)) as gemma:
+        g = gemma.format_prompt("Hello", opts)
+        assert "<start_of_turn>user" in g and "You are a pirate." in g and g.endswith("<start_of_turn>model\n")
+        assert gemma.generate("Hello", opts)
+    raw = smol.format_prompt("Hello", GenerationOptions(raw=True, system="ignored"))
+    assert raw == "Hello"
+
+
+def test_prefix_reuse_counters(smol: LlamaCppTextModel) -> None:
+    base = " ".join(f"item{i}" for i in range(150))
+    smol.generate(base + " first", GREEDY)
+    before = smol.stats
+    smol.generate(base + " second", GREEDY)
+    after = smol.stats
+    reused = after["prompt_tokens_reused"] - before["prompt_tokens_reused"]
+    decoded = after["prompt_tokens_decoded"] - before["prompt_tokens_decoded"]
+    assert reused > 300 and decoded < 30
+
+
+# ---- concurrency --------------------------------------------------------------------------------------------------
+
+def test_threads_equal_sequential(service: LlamaCppService) -> None:
+    # A model of its own: every request starts from the same memory layout as its sequential twin.
+    smol = service.load_model("smollm2-135m", config=ModelConfig(context_size=1024, parallel=4))
+    prompts = [f"Name a fact about the number {i}." for i in range(5)]
+    sequential = [smol.generate(p, GREEDY) for p in prompts]
+    results: dict[tuple[int, int], str] = {}
+
+    def worker(t: int) -> None:
+        for i, p in enumerate(prompts):
+            results[(t, i)] = smol.generate(p, GREEDY)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=300)
+    assert len(results) == 40
+    agree = sum(results[(t, i)] == sequential[i] for t in range(8) for i in range(5))
+    assert agree == 40, f"{agree}/40 batched outputs equal the sequential ones"
+    assert smol.stats["max_batched_sequences"] >= 2
+    smol.close()
+
+
+def test_asyncio_gather_streams(service: LlamaCppService) -> None:
+    smol = service.load_model("smollm2-135m", config=ModelConfig(context_size=1024, parallel=4))
+    prompts = [f"Describe colour number {i}." for i in range(6)]
+    expected = [smol.generate(p, GREEDY) for p in prompts]
+
+    async def collect(p: str) -> str:
+        return "".join([c async for c in smol.agenerate_stream(p, GREEDY)])
+
+    async def main() -> list[str]:
+        return list(await asyncio.gather(*(collect(p) for p in prompts), smol.agenerate(prompts[0], GREEDY)))
+
+    got = asyncio.run(main())
+    assert got[:6] == expected and got[6] == expected[0]
+    smol.close()
+
+
+def _slots_free(model: LlamaCppTextModel, timeout: float = 10.0) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if all(s.request is None for s in model._engine._slots) and not model._engine._queue:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_leaving_a_stream_early_frees_its_slot(smol: LlamaCppTextModel) -> None:
+    stream = smol.generate_stream("Tell a long story.", GenerationOptions(temperature=0, max_tokens=500))
+    next(stream)
+    stream.close()
+    assert _slots_free(smol)
+    assert smol.generate("Hi", GREEDY)
+
+
+def test_cancelling_a_task_frees_its_slot(smol: LlamaCppTextModel) -> None:
+    async def main() -> None:
+        async def consume() -> None:
+            async for _ in smol.agenerate_stream("Tell a long story.", GenerationOptions(temperature=0,
+                                                                                        max_tokens=500)):
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert _slots_free(smol)
+
+
+def test_hundred_requests_beyond_parallel(smol: LlamaCppTextModel) -> None:
+    opts = GenerationOptions(temperature=0, max_tokens=2)
+
+    async def main() -> list[str]:
+        return list(await asyncio.gather(*(smol.agenerate(f"Say {i}", opts) for i in range(100))))
+
+    out = asyncio.run(main())
+    assert len(out) == 100 and all(isinstance(o, str) for o in out)
+    assert _slots_free(smol)
+
+
+def test_queue_limit(service: LlamaCppService) -> None:
+    with service.load_model("smollm2-135m", config=ModelConfig(context_size=256, parallel=1, max_queue=2)) as m:
+        long = GenerationOptions(temperature=0, max_tokens=150, raw=True)
+        threads = [threading.Thread(target=m.generate, args=("Once upon a time", long)) for _ in range(3)]
+        for t in threads:
+            t.start()
+        deadline = time.time() + 30
+        while len(m._engine._queue) < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(QueueFullError, match="max_queue"):
+            m.generate("one more", GREEDY)
+        for t in threads:
+            t.join(timeout=120)
+        assert m.generate("one more", GREEDY) is not None  # room again
+
+
+# ---- bad input ----------------------------------------------------------------------------------------------------
+
+def test_unknown_model_says_where_it_looked(service: LlamaCppService, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELS_PATH", str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match="looked at") as e:
+        service.load_model("hf:someone/nothing:model")
+    assert str(tmp_path) in str(e.value)
+    with pytest.raises(ModelNotFoundError):
+        service.load_model("/no/such/model.gguf")
+    with pytest.raises(InferenceError):
+        service.load_model(str(tmp_path))
+
+
+def test_list_available_models_over_models_path(service: LlamaCppService, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch, smollm2_path: Path) -> None:
+    target = tmp_path / "hf" / "HuggingFaceTB" / "SmolLM2-135M" / "smol-q4.gguf"
+    target.parent.mkdir(parents=True)
+    target.symlink_to(smollm2_path)
+    (tmp_path / "hf" / "not-a-model.txt").write_text("x")
+    monkeypatch.setenv("MODELS_PATH", str(tmp_path))
+    ids = service.list_available_models()
+    assert ids[0] == "hf:HuggingFaceTB/SmolLM2-135M:smol-q4"
+    assert "smollm2-135m" in ids
+    with service.load_model(ids[0], config=ModelConfig(context_size=128, parallel=1)) as m:
+        assert m.generate("Hi", GREEDY)
+
+
+def test_context_size_above_training(service: LlamaCppService) -> None:
+    with pytest.warns(RuntimeWarning, match="trained for"):
+        m = service.load_model("smollm2-135m", config=ModelConfig(context_size=9000, parallel=1, batch_size=64))
+    m.close()
+    with pytest.raises(InvalidConfigError, match="trained for"):
+        service.load_model("smollm2-135m", config=ModelConfig(context_size=9000, parallel=1, strict_context=True))
+
+
+def test_prompt_longer_than_context(service: LlamaCppService) -> None:
+    with service.load_model("smollm2-135m", config=ModelConfig(context_size=64, parallel=1)) as m:
+        long = "word " * 200
+        with pytest.raises(ContextOverflowError, match="64"):
+            m.generate(long, RAW)
+        assert m.generate("short", RAW) is not None
+    with service.load_model("smollm2-135m", config=ModelConfig(context_size=64, parallel=1,
+                                                                truncate_prompt=True)) as m:
+        assert isinstance(m.generate("word " * 200, GenerationOptions(temperature=0, max_tokens=4, raw=True)), str)
+
+
+def test_invalid_options_and_closed(service: LlamaCppService) -> None:
+    m = service.load_model("smollm2-135m", config=ModelConfig(context_size=128, parallel=1))
+    with pytest.raises(InvalidConfigError):
+        m.generate("x", {"max_tokens": 3})  # type: ignore[arg-type]
+    with pytest.raises(InvalidConfigError):
+        m.generate(b"bytes", GREEDY)  # type: ignore[arg-type]
+    with pytest.raises(InvalidConfigError):
+        m.generate("bad \ud800", GREEDY)
+    m.close()
+    m.close()
+    with pytest.raises(ModelClosedError):
+        m.generate("x", GREEDY)
+    with pytest.raises(ModelClosedError):
+        list(m.generate_stream("x", GREEDY))
+
+
+def test_numa_conflict_is_a_clear_error() -> None:
+    llamacffi.numa_init("disabled")
+    LlamaCppService(LocalBackendConfig(llama_cpp=LlamaCppSpecificConfig(numa_strategy="DISABLED")))
+    with pytest.raises(InvalidConfigError, match="already"):
+        LlamaCppService(LocalBackendConfig(llama_cpp=LlamaCppSpecificConfig(numa_strategy="distribute")))
+
+
+def test_ctrl_c_leaves_the_model_usable() -> None:
+    script = """
+import os, signal, threading
+from llamacffi.service import LlamaCppService, GenerationOptions, ModelConfig
+svc = LlamaCppService()
+m = svc.load_model("smollm2-135m", config=ModelConfig(context_size=2048, parallel=2))
+threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    m.generate("Tell a very long story.", GenerationOptions(temperature=0, max_tokens=1500))
+    print("NOT INTERRUPTED")
+except KeyboardInterrupt:
+    print("INTERRUPTED")
+print("AFTER", repr(m.generate("The capital of France is", GenerationOptions(temperature=0, max_tokens=4, raw=True))))
+m.close()
+svc.close()
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert "INTERRUPTED" in out.stdout and "NOT" not in out.stdout, out.stdout + out.stderr
+    assert "AFTER '" in out.stdout and "AFTER ''" not in out.stdout, out.stdout + out.stderr
