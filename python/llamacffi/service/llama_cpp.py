@@ -185,13 +185,37 @@ class LlamaCppTextModel(TextToTextModel):
         messages = ([("system", options.system)] if options.system is not None else []) + [("user", prompt)]
         return apply_chat_template(self._template, messages, add_assistant=True)
 
-    def _request(self, prompt: str, options: GenerationOptions | None, sink: Any) -> Request:
+    def format_chat(self, messages: list[tuple[str, str]], options: GenerationOptions) -> str:
+        """A conversation of ``(role, content)`` pairs (roles "system", "user", "assistant") as the model sees it."""
+        if options.system is not None and not any(r == "system" for r, _ in messages):
+            messages = [("system", options.system)] + list(messages)
+        for role, content in messages:
+            if not isinstance(role, str) or not isinstance(content, str):
+                raise InvalidConfigError("messages must be (role, content) pairs of str")
+        if self._template is None:
+            return "".join(f"{r}: {c}\n" for r, c in messages) + "assistant:"
+        return apply_chat_template(self._template, list(messages), add_assistant=True)
+
+    def chat_stream(self, messages: list[tuple[str, str]], options: GenerationOptions | None = None) -> Iterator[str]:
+        """Like :meth:`generate_stream`, for a whole conversation (prefix reuse makes each turn cheap)."""
+        opts = self._options(options)
+        items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        request = self._request_text(self.format_chat(messages, opts), opts, items.put)
+        return self._stream(request, items)
+
+    def _options(self, options: GenerationOptions | None) -> GenerationOptions:
         if self._closed:
             raise ModelClosedError(f"model {self._name!r} is closed")
         options = DEFAULT_OPTIONS if options is None else options
         if not isinstance(options, GenerationOptions):
             raise InvalidConfigError("options must be a GenerationOptions")
-        text = self.format_prompt(prompt, options)
+        return options
+
+    def _request(self, prompt: str, options: GenerationOptions | None, sink: Any) -> Request:
+        opts = self._options(options)
+        return self._request_text(self.format_prompt(prompt, opts), opts, sink)
+
+    def _request_text(self, text: str, options: GenerationOptions, sink: Any) -> Request:
         with mapped():
             tokens = self._vocab.tokenize(text, add_special=True, parse_special=not options.raw)
         limit = self.config.context_size - 1

@@ -1,0 +1,220 @@
+"""The ``llamacffi`` command: generate, chat, models, info, bench.
+
+Errors print one line and exit non-zero; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Sequence
+
+from . import models
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", default=models.DEFAULT,
+                   help=f"model id: a .gguf path, provider:user/repo:file under $MODELS_PATH, or a known name "
+                        f"({', '.join(models.KNOWN)}); default {models.DEFAULT}")
+    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all available)")
+    p.add_argument("-c", "--ctx-size", type=int, default=2048, help="context size per request (default 2048)")
+    p.add_argument("-ngl", "--gpu-layers", type=int, default=0, help="layers to offload to a GPU (-1: all)")
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", "--temp", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
+    p.add_argument("--system", default=None, help="system prompt (through the chat template)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="llamacffi", description="Text generation with llama.cpp from Python.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="stream a completion to stdout")
+    g.add_argument("prompt", nargs="+")
+    g.add_argument("--raw", action="store_true", help="complete the prompt text as is (no chat template)")
+    _model_args(g)
+    _sampling_args(g)
+    c = sub.add_parser("chat", help="interactive chat (history through the chat template)")
+    _model_args(c)
+    _sampling_args(c)
+    m = sub.add_parser("models", help="list or fetch models")
+    msub = m.add_subparsers(dest="action", required=True)
+    msub.add_parser("list", help="models under $MODELS_PATH and the known models")
+    pull = msub.add_parser("pull", help="fetch a known model into the cache")
+    pull.add_argument("name", choices=sorted(models.KNOWN))
+    i = sub.add_parser("info", help="build, backends and devices; with -m, the model's metadata")
+    i.add_argument("-m", "--model", default=None)
+    i.add_argument("--json", action="store_true")
+    b = sub.add_parser("bench", help="quick prompt-processing and generation speed")
+    _model_args(b)
+    b.add_argument("-p", "--n-prompt", type=int, default=128)
+    b.add_argument("-g", "--n-gen", type=int, default=32)
+    return ap
+
+
+def _service_model(args: argparse.Namespace, parallel: int = 1):  # type: ignore[no-untyped-def]
+    from .service import LlamaCppService, LocalBackendConfig, ModelConfig
+
+    if args.model in models.KNOWN and not models.is_cached(args.model):
+        print(f"llamacffi: fetching {args.model} ({models.KNOWN[args.model].description})", file=sys.stderr)
+        models.fetch(args.model, progress=True)
+    svc = LlamaCppService(LocalBackendConfig(threads=args.threads, use_gpu=args.gpu_layers != 0,
+                                             gpu_layers=args.gpu_layers))
+    return svc, svc.load_model(args.model, config=ModelConfig(context_size=args.ctx_size, parallel=parallel))
+
+
+def _options(args: argparse.Namespace, raw: bool = False):  # type: ignore[no-untyped-def]
+    from .service import GenerationOptions
+
+    return GenerationOptions(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                             top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed,
+                             stop_sequences=tuple(args.stop), system=args.system, raw=raw)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    opts = _options(args, raw=args.raw)
+    svc, model = _service_model(args)
+    with svc, model:
+        for chunk in model.generate_stream(" ".join(args.prompt), opts):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    opts = _options(args)
+    svc, model = _service_model(args)
+    history: list[tuple[str, str]] = []
+    interactive = sys.stdin.isatty()
+    with svc, model:
+        while True:
+            if interactive:
+                sys.stdout.write("> ")
+                sys.stdout.flush()
+            line = sys.stdin.readline()
+            if not line:
+                break
+            text = line.rstrip("\n")
+            if not text.strip():
+                continue
+            if text.strip() in ("/exit", "/quit"):
+                break
+            history.append(("user", text))
+            reply = []
+            for chunk in model.chat_stream(history, opts):
+                reply.append(chunk)
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            history.append(("assistant", "".join(reply)))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    if args.action == "pull":
+        path = models.fetch(args.name, progress=True)
+        print(path)
+        return 0
+    from .service import LlamaCppService
+
+    for model_id in LlamaCppService().list_available_models():
+        note = ""
+        if model_id in models.KNOWN:
+            note = "cached" if models.is_cached(model_id) else "not downloaded (llamacffi models pull " + model_id + ")"
+        print(f"{model_id}\t{note}".rstrip())
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from . import Model, system_info
+
+    info: dict[str, object] = system_info()
+    if args.model:
+        from .service import LlamaCppService
+
+        path = LlamaCppService().resolve(args.model)
+        with Model.load(path, vocab_only=False) as m:
+            info["model"] = {"path": str(path), "description": m.description, "n_params": m.n_params,
+                             "size": m.size, "n_ctx_train": m.n_ctx_train, "n_embd": m.n_embd,
+                             "n_layer": m.n_layer, "n_vocab": m.vocab.n_tokens,
+                             "chat_template": m.chat_template is not None, "metadata": m.metadata}
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        for key, value in info.items():
+            if isinstance(value, dict):
+                print(f"{key}:")
+                for k, v in value.items():
+                    print(f"  {k}: {v if not isinstance(v, dict) else ''}")
+                    if isinstance(v, dict):
+                        for kk, vv in v.items():
+                            print(f"    {kk}: {str(vv)[:100]}")
+            else:
+                print(f"{key}: {value}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import Batch, Context, Model
+
+    path = models.fetch(args.model, progress=True) if args.model in models.KNOWN else None
+    if path is None:
+        from .service import LlamaCppService
+
+        path = LlamaCppService().resolve(args.model)
+    with Model.load(path, n_gpu_layers=args.gpu_layers) as model:
+        rng = np.random.default_rng(0)
+        prompt = rng.integers(0, model.vocab.n_tokens, args.n_prompt, dtype=np.int32)
+        n_ctx = args.n_prompt + args.n_gen + 1
+        with Context(model, n_ctx=n_ctx, n_batch=max(args.n_prompt, 1), n_threads=args.threads) as ctx:
+            ctx.decode(Batch.from_tokens(prompt[:8]))  # warm-up
+            ctx.memory.clear()
+            t0 = time.perf_counter()
+            ctx.decode(Batch.from_tokens(prompt))
+            pp = args.n_prompt / (time.perf_counter() - t0)
+            token, pos = int(np.argmax(ctx.logits())), args.n_prompt
+            t0 = time.perf_counter()
+            for _ in range(args.n_gen):
+                ctx.decode_token(token, pos)
+                pos += 1
+                token = int(np.argmax(ctx.logits()))
+            tg = args.n_gen / (time.perf_counter() - t0)
+    print(f"model: {path.name}  threads: {args.threads or 'all'}")
+    print(f"pp{args.n_prompt}: {pp:8.1f} tokens/s")
+    print(f"tg{args.n_gen}: {tg:8.1f} tokens/s")
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "models": cmd_models, "info": cmd_info,
+            "bench": cmd_bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except (Exception) as exc:  # one clear line, no traceback
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"llamacffi: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

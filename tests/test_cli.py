@@ -1,0 +1,83 @@
+"""The llamacffi command, run as a user would, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import llamacffi
+
+BIN = Path(sys.executable).parent / "llamacffi"
+
+
+def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
+        module: bool = False) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "llamacffi", *args] if module else [str(BIN), *args]
+    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def test_generate_streams_to_stdout(smollm2_path: Path) -> None:
+    out = run("generate", "--temp", "0", "-n", "12", "--raw", "The capital of France is")
+    assert out.returncode == 0, out.stderr
+    assert "Paris" in out.stdout
+
+
+def test_generate_with_stop_and_system_via_python_m(smollm2_path: Path) -> None:
+    full = run("generate", "--temp", "0", "-n", "16", "--raw", "One, two, three,", module=True)
+    assert full.returncode == 0, full.stderr
+    stop = full.stdout.strip()[4:8]
+    cut = run("generate", "--temp", "0", "-n", "16", "--raw", "--stop", stop, "One, two, three,", module=True)
+    assert cut.returncode == 0 and stop not in cut.stdout
+    sys_out = run("generate", "--temp", "0", "-n", "8", "--system", "Answer in one word.", "Capital of Italy?")
+    assert sys_out.returncode == 0 and sys_out.stdout.strip()
+
+
+def test_chat_keeps_history(smollm2_path: Path) -> None:
+    out = run("chat", "--temp", "0", "-n", "12", stdin="My name is Ada.\nWhat is the capital of France?\n")
+    assert out.returncode == 0, out.stderr
+    assert len([ln for ln in out.stdout.splitlines() if ln.strip()]) >= 2
+    assert "Paris" in out.stdout
+
+
+def test_models_list_and_pull(tmp_path: Path, smollm2_path: Path) -> None:
+    target = tmp_path / "hf" / "u" / "r" / "m.gguf"
+    target.parent.mkdir(parents=True)
+    target.symlink_to(smollm2_path)
+    out = run("models", "list", env={"MODELS_PATH": str(tmp_path)})
+    assert out.returncode == 0
+    assert out.stdout.splitlines()[0] == "hf:u/r:m"
+    assert "smollm2-135m\tcached" in out.stdout
+    pulled = run("models", "pull", "smollm2-135m")
+    assert pulled.returncode == 0 and pulled.stdout.strip() == str(smollm2_path)
+
+
+def test_info(smollm2_path: Path) -> None:
+    out = run("info", "--json", "-m", "smollm2-135m")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["version"] == llamacffi.__version__ and "CPU" in info["backends"]
+    assert info["model"]["n_vocab"] == 49152
+
+
+def test_bench(smollm2_path: Path) -> None:
+    out = run("bench", "-p", "32", "-g", "8", "-t", "2")
+    assert out.returncode == 0, out.stderr
+    assert "pp32:" in out.stdout and "tg8:" in out.stdout
+
+
+@pytest.mark.parametrize("args", [("generate", "-m", "no-such-model", "hi"),
+                                  ("generate", "--temp", "-1", "hi"),
+                                  ("generate", "-c", "8", "hi"),
+                                  ("info", "-m", "/nowhere/x.gguf")])
+def test_errors_are_one_line_without_traceback(args: tuple[str, ...]) -> None:
+    out = run(*args)
+    assert out.returncode == 1
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("llamacffi: error: ")
+    assert "Traceback" not in out.stderr
