@@ -42,7 +42,7 @@ def take_interrupt() -> bool:
     return seen
 
 
-@ffi.def_extern()  # type: ignore[misc]
+@ffi.def_extern()  # type: ignore[untyped-decorator]
 def llamacffi_log_callback(level: int, text: Any, user_data: Any) -> None:
     global _interrupted
     try:

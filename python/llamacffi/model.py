@@ -28,7 +28,7 @@ class _Progress:
         self.cancelled = False
 
 
-@ffi.def_extern()  # type: ignore[misc]
+@ffi.def_extern()  # type: ignore[untyped-decorator]
 def llamacffi_progress_callback(progress: float, user_data: Any) -> bool:
     payload: _Progress = ffi.from_handle(user_data)
     try:
@@ -224,7 +224,7 @@ def _read_string(fill: Callable[[Any, int], int], size: int = 256) -> str:
         if n < 0:
             raise LlamaError("llama.cpp could not read the value")
         if n < size:
-            return ffi.unpack(buf, n).decode("utf-8", "replace")
+            return bytes(ffi.buffer(buf, n)).decode("utf-8", "replace")
         size = n + 1
 
 

@@ -98,7 +98,8 @@ class Vocab:
 
     def text(self, token: int) -> str:
         """The token's text as stored in the vocabulary (not rendered)."""
-        return ffi.string(lib.llama_vocab_get_text(self._ptr, self._check(token))).decode("utf-8", "replace")
+        text: bytes = ffi.string(lib.llama_vocab_get_text(self._ptr, self._check(token)))
+        return text.decode("utf-8", "replace")
 
     # ---- tokenize / detokenize --------------------------------------------------------------------------------
 
@@ -139,7 +140,7 @@ class Vocab:
             buf = ffi.new("char[]", size)
             n = lib.llama_token_to_piece(self._ptr, t, buf, size, lstrip, special)
             if n >= 0:
-                return ffi.unpack(buf, n)
+                return bytes(ffi.buffer(buf, n))
             size = -n
 
     def detokenize(self, tokens: Iterable[int] | npt.ArrayLike, *, remove_special: bool = False,
@@ -158,7 +159,7 @@ class Vocab:
             buf = ffi.new("char[]", size)
             n = lib.llama_detokenize(ptr, toks, len(arr), buf, size, bool(remove_special), bool(unparse_special))
             if n >= 0:
-                return ffi.unpack(buf, n)
+                return bytes(ffi.buffer(buf, n))
             size = -n
 
     def stream(self, *, special: bool = False) -> "StreamDecoder":
@@ -189,9 +190,8 @@ class StreamDecoder:
             self._first = False
             data = self._vocab.detokenize_bytes([token], unparse_special=self._special)
         else:
-            data = self._cache.get(token) if isinstance(token, int) else None
-            if data is None:
-                data = self._vocab.token_to_piece(token, special=self._special)
+            cached = self._cache.get(token) if isinstance(token, int) else None
+            data = self._vocab.token_to_piece(token, special=self._special) if cached is None else cached
         return self._decoder.decode(data)
 
     def feed_many(self, tokens: Iterable[int]) -> str:

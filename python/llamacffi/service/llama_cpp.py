@@ -304,5 +304,5 @@ def apply_chat_template(template: str, messages: list[tuple[str, str]], *, add_a
         if n < 0:
             raise InferenceError("llama.cpp does not support this model's chat template; use raw=True")
         if n <= size:
-            return ffi.unpack(buf, n).decode("utf-8", "replace")
+            return bytes(ffi.buffer(buf, n)).decode("utf-8", "replace")
         size = n
