@@ -75,8 +75,23 @@ def test_seq_cp_keep_add_and_positions(smollm2: llamacffi.Model) -> None:
             assert (mem.seq_pos_min(1), mem.seq_pos_max(1)) == (5, len(a) + 4)
             mem.seq_div(1, 0, -1, 2)
             assert mem.seq_pos_max(1) == (len(a) + 4) // 2
+        with pytest.raises(InvalidArgumentError, match="kv_unified"):
+            mem.seq_cp(1, 2, 2, 5)  # llama.cpp would abort the process
         mem.clear()
         assert mem.seq_pos_max(1) == -1
+        shared = Batch(2, n_seq_max=3)
+        shared.add(1, 0, (0, 1), logits=True)
+        with pytest.raises(InvalidArgumentError, match="kv_unified"):
+            ctx.decode(shared)
+    with ctx_for(smollm2, n_seq_max=3, kv_unified=True) as uctx:
+        uctx.decode_tokens(a)
+        uctx.memory.seq_cp(0, 2, 2, 5)
+        assert (uctx.memory.seq_pos_min(2), uctx.memory.seq_pos_max(2)) == (2, 4)
+        shared = Batch(2, n_seq_max=3)
+        shared.add(1, len(a), (0, 1), logits=True)
+        uctx.memory.seq_cp(0, 1)
+        uctx.decode(shared)
+        assert uctx.memory.seq_pos_max(1) == len(a)
 
 
 def test_multi_sequence_batch_matches_single(smollm2: llamacffi.Model) -> None:

@@ -115,6 +115,8 @@ class Context:
         self.n_ubatch = int(lib.llama_n_ubatch(ptr))
         self.n_seq_max = int(lib.llama_n_seq_max(ptr))
         self.embeddings_enabled = bool(embeddings)
+        # Without a unified memory each sequence has a stream of its own, which llama.cpp cannot share by position.
+        self.separate_streams = not kv_unified and self.n_seq_max > 1
         self._outputs: npt.NDArray[np.int8] = np.zeros(0, dtype=np.int8)
         self._one = Batch(1, n_seq_max=1)
         self.memory = Memory(self)
@@ -173,6 +175,9 @@ class Context:
         if batch.n_seq_max > self.n_seq_max and int(batch._seq[:n].max()) >= self.n_seq_max:
             raise InvalidArgumentError(f"a sequence id in the batch is >= this context's n_seq_max {self.n_seq_max}")
         ensure(int(batch._pos[:n].min()) >= 0, "positions must be >= 0")
+        if self.separate_streams and batch.n_seq_max > 1:
+            ensure(int(batch._n_seq[:n].max()) == 1, "a token can belong to several sequences only in a context "
+                                                     "created with kv_unified=True")
         self._run(batch)
 
     def _run(self, batch: Batch) -> None:
@@ -389,9 +394,15 @@ class Memory:
         return bool(lib.llama_memory_seq_rm(self._m, seq_id, p0, p1))
 
     def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
-        """Make positions ``[p0, p1)`` of ``src`` also belong to ``dst`` (no copy of the data)."""
+        """Make positions ``[p0, p1)`` of ``src`` also belong to ``dst``.
+
+        When sequences have streams of their own (``kv_unified=False``), only a whole sequence can be copied."""
         m = self._m
-        lib.llama_memory_seq_cp(m, self._seq(src), self._seq(dst), p0, p1)
+        s, d = self._seq(src), self._seq(dst)
+        if self._ctx.separate_streams and s != d and (p0 > 0 or p1 > 0):
+            raise InvalidArgumentError("copying part of a sequence needs a context created with kv_unified=True; "
+                                       "copy the whole sequence (p0=-1, p1=-1)")
+        lib.llama_memory_seq_cp(m, s, d, p0, p1)
 
     def seq_keep(self, seq_id: int) -> None:
         """Remove every sequence but ``seq_id``.
