@@ -137,6 +137,12 @@ def test_state_save_load_restores(model: llamacffi.Model, tmp_path: Path) -> Non
             other.state_load(b"\x00garbage" * 10)
         with pytest.raises(StateError):
             other.seq_load_file(tmp_path / "missing.bin")
+        for bad in (seq[: len(seq) // 2], seq[:20] + bytes(len(seq) - 20), b"\x01" * 64):
+            with pytest.raises(StateError):
+                other.seq_state_load(bad, 0)
+        (tmp_path / "garbage.bin").write_bytes(bytes(range(256)) * 20)
+        with pytest.raises(StateError):
+            other.seq_load_file(tmp_path / "garbage.bin")
 
 
 def test_kv_cache_full_leaves_state_unchanged(smollm2: llamacffi.Model) -> None:
