@@ -1,7 +1,10 @@
-"""``python -m benchmarks [--quick] [--models ...]``: llamacffi beside raw llama.cpp, one run, ratios pair by pair.
+"""``python -m benchmarks [--quick]``: llamacffi beside raw llama.cpp (and llama-cpp-python when installed).
 
-Sides alternate (A B A B ...) after a warm-up; every figure is the median of the repetitions with its min-max.
-Writes ``benchmarks/results/latest.json`` and ``latest.md``.
+Every side runs the same model file with the same threads, from the same llama.cpp tree and build flags. Sides
+alternate (A B C A B C ...) after a warm-up; every figure is the median of the repetitions with its min-max, and
+every ratio is the median of the ratios of repetitions run side by side. Writes ``benchmarks/results/<quick|latest>``
+``.json``, ``.md`` and ``.png``. Quick mode (small sizes, 2 repetitions) checks that everything runs; it judges
+nothing and fails only when the code does.
 """
 
 from __future__ import annotations
@@ -9,138 +12,257 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
-import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
+from typing import Any
 
 import llamacffi
-from llamacffi import Batch, Context, Model, models, raw_tools
+from llamacffi import models
+
+from . import micro, peer, raw_cpp, report, rss, worker
+from .common import GEN_PROMPT, Series, Unavailable, interleaved, machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CONCURRENCY_MODEL = "smollm2-135m"
 
 
-def llama_bench(path: Path, threads: int, test: str, n: int) -> float:
-    """tokens/s of one llama-bench test (``pp`` or ``tg``) of ``n`` tokens, one repetition."""
-    args = ["-p", str(n), "-n", "0"] if test == "pp" else ["-p", "0", "-n", str(n)]
-    out = subprocess.run([str(raw_tools.require("llama-bench")), "-m", str(path), "-t", str(threads), "-r", "1",
-                          "-ngl", "0", "-o", "json", *args], capture_output=True, text=True, check=True).stdout
-    return float(json.loads(out)[0]["avg_ts"])
+def sizes(quick: bool) -> dict[str, Any]:
+    if quick:
+        return {"pp": 64, "tg": 16, "gen": 16, "prefix": 100, "conc_tokens": 16, "streams": [1, 2, 4, 8],
+                "micro_calls": 20, "decode_calls": 16, "rss_tokens": 16}
+    return {"pp": 512, "tg": 128, "gen": 128, "prefix": 400, "conc_tokens": 128, "streams": [1, 2, 4, 8],
+            "micro_calls": 200, "decode_calls": 128, "rss_tokens": 128}
 
 
-def ours_pp(model: Model, threads: int, n: int) -> float:
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, model.vocab.n_tokens, n, dtype=np.int32)
-    if model.vocab.add_bos:
-        tokens[0] = model.vocab.bos
-    with Context(model, n_ctx=n, n_batch=2048, n_ubatch=512, n_threads=threads) as ctx:
-        batch = Batch.from_tokens(tokens)
-        t0 = time.perf_counter()
-        ctx.decode(batch)
-        return n / (time.perf_counter() - t0)
+def dump(groups: dict[str, Series], peer_status: str = peer.ABSENT) -> dict[str, Any]:
+    """JSON of a group; a peer side that never ran reads as the peer's status."""
+    out = {}
+    for k, s in groups.items():
+        error = peer_status if k.startswith("peer") and s.error == "absent" else s.error
+        out[k] = {"summary": s.summary(), "error": error, "extra": s.extra}
+    return out
 
 
-def ours_tg(model: Model, threads: int, n: int) -> float:
-    """Single-token decode loop through the Pythonic layer, with greedy sampling and a StreamDecoder."""
-    vocab = model.vocab
-    with Context(model, n_ctx=n, n_batch=2048, n_ubatch=512, n_threads=threads) as ctx:
-        stream = vocab.stream()
-        token = vocab.bos if vocab.add_bos else 1
-        t0 = time.perf_counter()
-        for pos in range(n):
-            ctx.decode_token(token, pos)
-            token = int(np.argmax(ctx.logits()))
-            stream.feed(token)
-        stream.flush()
-        return n / (time.perf_counter() - t0)
+def derived(series: Series, key: str) -> Series:
+    """A series made of one per-repetition detail of another (e.g. the raw loop's generation-only rate)."""
+    out = Series(values=[float(e[key]) for e in series.extra if key in e], error=series.error)
+    return out
 
 
-def sampler_us(logits: np.ndarray, make: Callable[[], Any], reps: int) -> float:
-    sampler = make()
-    sampler.sample(logits)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        sampler.sample(logits)
-    return 1e6 * (time.perf_counter() - t0) / reps
-
-
-def summary(xs: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
-
-
-def interleaved(sides: dict[str, Callable[[], float]], reps: int) -> dict[str, dict[str, float]]:
-    for fn in sides.values():  # warm-up
-        fn()
-    runs: dict[str, list[float]] = {k: [] for k in sides}
-    for _ in range(reps):
-        for k, fn in sides.items():
-            runs[k].append(fn())
-    return {k: summary(v) for k, v in runs.items()}
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks")
-    ap.add_argument("--quick", action="store_true", help="small sizes, 2 repetitions (a smoke run, ~1 minute)")
-    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=None)
-    args = ap.parse_args()
-    reps = args.reps or (2 if args.quick else 5)
-    pp, tg = (64, 16) if args.quick else (512, 128)
-    report: dict[str, Any] = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                                          "cpus": os.cpu_count(), "threads": args.threads},
-                              "build": llamacffi.system_info(), "quick": args.quick, "models": {}}
-    rows = []
-    for name in args.models:
-        path = models.fetch(name)
-        with Model.load(path) as model:
-            res = {
-                f"pp{pp}": interleaved({"llama.cpp": lambda: llama_bench(path, args.threads, "pp", pp),
-                                        "llamacffi": lambda: ours_pp(model, args.threads, pp)}, reps),
-                f"tg{tg}": interleaved({"llama.cpp": lambda: llama_bench(path, args.threads, "tg", tg),
-                                        "llamacffi": lambda: ours_tg(model, args.threads, tg)}, reps),
-            }
-            report["models"][name] = res
-            for test, target in ((f"pp{pp}", 0.99), (f"tg{tg}", 0.97)):
-                c, o = res[test]["llama.cpp"], res[test]["llamacffi"]
-                ratio = o["median"] / c["median"]
-                rows.append(f"| {name} | {test} (t/s) | {c['median']:.1f} ({c['min']:.1f}–{c['max']:.1f}) | "
-                            f"{o['median']:.1f} ({o['min']:.1f}–{o['max']:.1f}) | {ratio:.3f} | ≥ {target} | "
-                            f"{'met' if ratio >= target else 'NOT met'} |")
+def start_peer(path: Path, threads: int, n_ctx: int, log: Any) -> tuple[worker.Remote | None, str]:
+    if not peer.available():
+        return None, peer.ABSENT
     try:
-        from llamacffi.sampling import NativeSampler, Sampler
-    except ImportError:
-        NativeSampler = Sampler = None  # type: ignore[assignment,misc]
-    if Sampler is not None:
-        rng = np.random.default_rng(0)
-        for n_vocab, target in ((49152, 40.0), (262144, 150.0)):
-            logits = (rng.standard_normal(n_vocab) * 3).astype(np.float32)
-            sides = {"numpy Sampler": lambda: sampler_us(logits, lambda: Sampler(top_k=40, temperature=0.8, seed=1),
-                                                         200 if not args.quick else 20),
-                     "NativeSampler": lambda: sampler_us(logits, lambda: NativeSampler(top_k=40, temperature=0.8,
-                                                                                       seed=1),
-                                                         200 if not args.quick else 20)}
-            res_s = interleaved(sides, reps)
-            report.setdefault("sampler_us", {})[str(n_vocab)] = res_s
-            ours, native = res_s["numpy Sampler"]["median"], res_s["NativeSampler"]["median"]
-            rows.append(f"| sampler top-k 40 + temp, {n_vocab} | µs/token | {native:.1f} (NativeSampler) | "
-                        f"{ours:.1f} | {native / ours:.2f}× faster | ≤ {target:.0f} µs and faster | "
-                        f"{'met' if ours <= target and ours < native else 'NOT met'} |")
-    RESULTS.mkdir(exist_ok=True)
+        p = worker.start("peer", path=str(path), threads=threads, n_ctx=n_ctx)
+        return p, f"llama-cpp-python {p.info['version']}"
+    except Unavailable as exc:
+        return None, str(exc)
+    except Exception as exc:  # a broken install is reported, not fatal
+        log(f"  llama-cpp-python could not start: {exc}")
+        return None, f"error: {exc}"[:300]
+
+
+def bench_model(name: str, args: argparse.Namespace, sz: dict[str, Any], log: Any) -> dict[str, Any]:
+    """Every group of one model. llamacffi's sides run in worker processes (the loops in one, the service in
+    another) and the peer in a third; llama.cpp's programs run as they are."""
+    path = models.fetch(name)
+    t, reps = args.threads, args.reps
+    res: dict[str, Any] = {"path": str(path)}
+    streams = max(sz["streams"])
+    workers: list[worker.Remote] = []
+    try:
+        lp = worker.start("loops", path=str(path), threads=t, micro_calls=sz["micro_calls"],
+                          decode_calls=sz["decode_calls"], max_streams=streams)
+        workers.append(lp)
+        res["n_vocab"], res["description"] = lp.info["n_vocab"], lp.info["description"]
+        sv = worker.start("service", name=name, threads=t, context_size=1024, parallel=1,
+                          prefix_tokens=sz["prefix"])
+        workers.append(sv)
+        res["service_config"] = sv.info["config"]
+        the_peer, peer_status = start_peer(path, t, 1024, log) if not args.no_peer else (None, "skipped (--no-peer)")
+        if the_peer:
+            workers.append(the_peer)
+        res["peer"] = peer_status
+        pm = the_peer.measure if the_peer else (lambda *a, **k: None)
+        bench = lambda test, n: (lambda: raw_cpp.llama_bench(path, t, test, n))  # noqa: E731
+
+        log(f"  pp{sz['pp']}")
+        pp = interleaved({"llama-bench": bench("pp", sz["pp"]), "Batch": lp.measure("pp", n=sz["pp"]),
+                          "peer": pm("pp", n=sz["pp"])}, reps)
+        res["pp"] = dump(pp, peer_status)
+
+        n = sz["gen"]
+        log(f"  tg{sz['tg']} and generation of {n} tokens")
+        tg = interleaved({
+            "llama-bench": bench("tg", sz["tg"]),
+            "llama-simple": lambda: raw_cpp.llama_simple(path, t, n, GEN_PROMPT),
+            "raw loop": lp.measure("raw_loop", prompt=GEN_PROMPT, n=n),
+            "Pythonic loop": lp.measure("pythonic", n=sz["tg"]),
+            "generate": sv.measure("generate", prompt=GEN_PROMPT, n=n),
+            "generate_stream": sv.measure("stream", prompt=GEN_PROMPT, n=n),
+            "generate sampled": sv.measure("generate", prompt=GEN_PROMPT, n=n, sampled=True),
+            "peer generate": pm("generate", prompt=GEN_PROMPT, n=n, sampled=False),
+            "peer stream": pm("stream", prompt=GEN_PROMPT, n=n),
+            "peer sampled": pm("generate", prompt=GEN_PROMPT, n=n, sampled=True),
+        }, reps)
+        tg["raw loop (decodes only)"] = derived(tg["raw loop"], "gen_tps")
+        res["tg"] = dump(tg, peer_status)
+
+        log(f"  time to first token, {sz['prefix']}-token prompt cold and 90% shared")
+        pair: dict[str, str] = {}
+
+        def cold() -> tuple[float, dict[str, Any]]:
+            value, extra = sv.call("ttft_cold")
+            pair["cold"], pair["warm"] = extra.pop("cold_prompt"), extra.pop("warm_prompt")
+            return float(value), extra
+
+        ttft = interleaved({
+            "cold": cold, "warm": sv.measure("ttft_warm"),
+            "peer cold": (lambda: tuple(the_peer.call("ttft", prompt=pair["cold"]))) if the_peer else None,
+            "peer warm": (lambda: tuple(the_peer.call("ttft", prompt=pair["warm"]))) if the_peer else None,
+        }, reps)
+        res["ttft"] = dump(ttft, peer_status)
+
+        log("  per-call microbenchmarks")
+        res["micro"] = micro_group(lp, the_peer, peer_status, sz, reps)
+
+        if name == CONCURRENCY_MODEL or args.concurrency_all:
+            log(f"  concurrent streams {sz['streams']}")
+            s8 = worker.start("service", name=name, threads=t, context_size=512, parallel=streams, prefix_tokens=16)
+            workers.append(s8)
+            sides: dict[str, Any] = {}
+            for k in sz["streams"]:
+                sides[f"service {k}"] = s8.measure("concurrent", k=k, n=sz["conc_tokens"])
+                sides[f"decode {k}"] = lp.measure("decode_k", k=k, n=sz["conc_tokens"])
+            if 4 in sz["streams"] and streams >= 7:
+                # the service's slots need not be neighbours: sequences 0, 2, 4, 6 of the same context
+                sides["decode 4 spread"] = lp.measure("decode_k", k=4, n=sz["conc_tokens"], stride=2)
+            sides["llama-bench pp"] = lambda: raw_cpp.llama_bench_batches(path, t, sz["streams"],
+                                                                          2 if args.quick else 5)
+            groups = interleaved(sides, reps)
+            for k in sz["streams"]:
+                groups[f"llama-bench pp{k}"] = derived(groups["llama-bench pp"], str(k))
+            res["concurrency"] = dump(groups, peer_status)
+    finally:
+        for w in workers:
+            w.close()
+
+    log("  peak RSS")
+    rss_sides: dict[str, Any] = {side: (lambda side=side: rss.measure(side, path, t, sz["rss_tokens"]))
+                                 for side in rss.SIDES}
+    if args.no_peer or not peer.available():
+        rss_sides["peer"] = None
+    res["rss_mib"] = dump(interleaved(rss_sides, args.rss_reps, warmup=0), peer_status)
+    return res
+
+
+def micro_group(lp: worker.Remote, the_peer: worker.Remote | None, peer_status: str, sz: dict[str, Any],
+                reps: int) -> dict[str, Any]:
+    """Interleaved rounds of llamacffi's per-call costs and the peer's equivalents, by operation."""
+    ours: dict[str, Series] = {op: Series() for op in micro.OPS}
+    theirs: dict[str, Series] = {op: Series() for op in ("tokenize_1kb", "token_to_piece", "detokenize_100",
+                                                         "decode_1", "logits", "sampler")}
+    peer_error = None if the_peer else peer_status
+
+    def peer_round() -> dict[str, float] | None:
+        nonlocal peer_error
+        if the_peer is None or peer_error:
+            return None
+        try:
+            return the_peer.call("micro", text=micro.TEXT_1KB, tokens=lp.info["ring"], calls=sz["micro_calls"],
+                                 decode_calls=sz["decode_calls"])[1]
+        except Exception as exc:
+            peer_error = f"error: {exc}"[:300]
+            return None
+
+    lp.call("micro_round")  # warm-up
+    peer_round()
+    for _ in range(reps):
+        for op, v in lp.call("micro_round")[1].items():
+            ours[op].values.append(v)
+        for op, v in (peer_round() or {}).items():
+            if op in theirs:
+                theirs[op].values.append(v)
+    for s in theirs.values():
+        if not s.values:
+            s.error = peer_error or "not measured"
+    return {"llamacffi": dump(ours, peer_status), "peer": dump(theirs, peer_status)}
+
+
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # pragma: no cover
+        return None
+
+
+def render(path: Path, no_chart: bool) -> int:
+    """Write the Markdown and the chart again from a results JSON (after a change of the report's form)."""
+    out = json.loads(path.read_text())
+    rows = report.rows(out)
+    stem = path.with_suffix("")
+    chart_note = None if no_chart else report.chart(out, stem.with_suffix(".png"))
+    md = report.markdown(out, rows, chart=None if chart_note or no_chart else stem.name + ".png")
+    if chart_note:
+        print(chart_note, file=sys.stderr)
+    stem.with_suffix(".md").write_text(md)
+    print(md)
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, 2 repetitions: a smoke run (under 2 minutes)")
+    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"], choices=list(models.KNOWN))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=None, help="repetitions after the warm-up (default 5, quick 2)")
+    ap.add_argument("--no-peer", action="store_true", help="leave llama-cpp-python out even when installed")
+    ap.add_argument("--no-chart", action="store_true")
+    ap.add_argument("--concurrency-all", action="store_true", help="concurrent streams on every model")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="folder of the results")
+    ap.add_argument("--render", type=Path, metavar="JSON", help="only rewrite the .md and .png of a results JSON")
+    args = ap.parse_args()
+    if args.render:
+        return render(args.render, args.no_chart)
+    args.reps = args.reps or (2 if args.quick else 5)
+    args.rss_reps = 1 if args.quick else 3
+    sz = sizes(args.quick)
+    t_start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t_start:6.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    llamacffi.set_log_level("ERROR")
+    info = machine(args.threads)
+    build = llamacffi.system_info()
+    out: dict[str, Any] = {"quick": args.quick, "reps": args.reps, "rss_reps": args.rss_reps, "sizes": sz,
+                           "machine": info, "build": build, "prompt": GEN_PROMPT, "models": {},
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+    for name in args.models:
+        log(f"{name}")
+        load0 = _load()
+        out["models"][name] = bench_model(name, args, sz, log)
+        out["models"][name]["loadavg"] = [load0, _load()]
+    try:
+        info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        pass
+    out["seconds"] = round(time.perf_counter() - t_start, 1)
     stem = "quick" if args.quick else "latest"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
-    md = ["| model | test | raw llama.cpp / peer: median (min–max) | llamacffi: median (min–max) | ratio | target "
-          "| |", "| --- | --- | --- | --- | --- | --- | --- |", *rows,
-          "", f"{args.threads} threads, {reps} interleaved repetitions after a warm-up; "
-          f"{report['build']['build_flags']}; llama.cpp {report['build']['llama_cpp'][:10]}; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs."]
-    (RESULTS / f"{stem}.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = report.rows(out)
+    out["rows"] = rows
+    (args.out / f"{stem}.json").write_text(json.dumps(out, indent=1) + "\n")
+    chart_note = None if args.no_chart else report.chart(out, args.out / f"{stem}.png")
+    if chart_note:
+        print(chart_note, file=sys.stderr)
+    md = report.markdown(out, rows, chart=None if chart_note or args.no_chart else f"{stem}.png")
+    (args.out / f"{stem}.md").write_text(md)
+    print(md)
+    log(f"done; wrote {args.out / stem}.json, .md" + ("" if chart_note or args.no_chart else ", .png"))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

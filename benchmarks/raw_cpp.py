@@ -1,0 +1,76 @@
+"""llama.cpp's own programs, built from the same tree and flags: llama-bench and llama-simple."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from llamacffi import raw_tools
+
+from .common import ChildResult, Unavailable, run_child
+
+SIMPLE_SPEED = re.compile(r"decoded (\d+) tokens in ([\d.]+) s, speed: ([\d.]+) t/s")
+
+
+def tool(name: str) -> Path:
+    path = raw_tools.find(name)
+    if path is None:
+        raise Unavailable(f"absent ({name} not built: install with CMAKE_ARGS=\"-DLLAMACFFI_RAW_TOOLS=ON\")")
+    return path
+
+
+def simple_env(threads: int) -> dict[str, str]:
+    """llama-simple has no thread option and keeps llama.cpp's default of 4 threads; with this build's OpenMP,
+    OMP_THREAD_LIMIT caps the team it gets, and ggml adopts the size of the team."""
+    return {"OMP_THREAD_LIMIT": str(threads)}
+
+
+def bench_argv(path: Path, threads: int, test: str, n: int) -> list[str]:
+    args = ["-p", str(n), "-n", "0"] if test == "pp" else ["-p", "0", "-n", str(n)]
+    return [str(tool("llama-bench")), "-m", str(path), "-t", str(threads), "-r", "1", "-ngl", "0", "-o", "json",
+            *args]
+
+
+def llama_bench(path: Path, threads: int, test: str, n: int) -> tuple[float, dict[str, Any]]:
+    """tokens/s of one llama-bench test (``pp`` or ``tg``) of ``n`` tokens, one repetition (after its own
+    warm-up run)."""
+    res = run_child(bench_argv(path, threads, test, n))
+    if res.returncode != 0:
+        raise RuntimeError(f"llama-bench failed ({res.returncode}): {res.stderr.strip()[-300:]}")
+    row = json.loads(res.stdout)[0]
+    return float(row["avg_ts"]), {"n_threads": row.get("n_threads")}
+
+
+def simple_argv(path: Path, n: int, prompt: str) -> list[str]:
+    return [str(tool("llama-simple")), "-m", str(path), "-n", str(n), "-ngl", "0", prompt]
+
+
+def parse_simple(res: ChildResult) -> tuple[int, float, float]:
+    m = SIMPLE_SPEED.search(res.stderr)
+    if res.returncode != 0 or m is None:
+        raise RuntimeError(f"llama-simple failed ({res.returncode}): {res.stderr.strip()[-300:]}")
+    return int(m.group(1)), float(m.group(2)), float(m.group(3))
+
+
+def llama_simple(path: Path, threads: int, n: int, prompt: str) -> tuple[float, dict[str, Any]]:
+    """tokens/s of llama-simple's greedy C loop as it prints it: ``decoded N tokens in X s`` (X runs from the
+    prompt's decode to the last token, each token also rendered and printed)."""
+    res = run_child(simple_argv(path, n, prompt), env=simple_env(threads))
+    n_dec, secs, speed = parse_simple(res)  # the printed speed keeps more digits than the printed seconds
+    return speed, {"tokens": n_dec, "seconds": secs}
+
+
+def llama_bench_batches(path: Path, threads: int, sizes: list[int], reps: int) -> tuple[float, dict[str, Any]]:
+    """llama-bench ``pp k`` for each ``k`` of ``sizes``, ``reps`` runs averaged: k tokens of one sequence per
+    ``llama_decode`` (logits of the last only). Returns pp4 ÷ pp1 (or last ÷ first) and the tokens/s by k."""
+    argv = [str(tool("llama-bench")), "-m", str(path), "-t", str(threads), "-r", str(reps), "-ngl", "0", "-o", "json",
+            "-p", ",".join(map(str, sizes)), "-n", "0"]
+    res = run_child(argv)
+    if res.returncode != 0:
+        raise RuntimeError(f"llama-bench failed ({res.returncode}): {res.stderr.strip()[-300:]}")
+    by_k = {str(r["n_prompt"]): float(r["avg_ts"]) for r in json.loads(res.stdout)}
+    one = by_k[str(sizes[0])]
+    four = by_k.get("4", by_k[str(sizes[-1])])
+    return four / one, by_k

@@ -1,0 +1,202 @@
+"""Worker processes: each llamacffi side (and the peer) runs in a process of its own, driven over stdin/stdout.
+
+One process decoding from two threads is slower than either alone: libgomp, which this build's ggml uses, counts
+the threads of every OpenMP team in the process, and once they outnumber the CPUs it stops idle threads from
+spinning, so every wake-up goes through the kernel. The service decodes in its own thread, the loops in the main
+thread, so they never share a process here. The parent only starts programs and talks to the workers, one JSON
+object a line, so that sides in different processes still alternate A B A B.
+
+``python -m benchmarks.worker KIND JSON`` is one worker; KIND: loops, service, peer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from .common import ROOT, Unavailable
+
+
+class Remote:
+    """A worker process and its operations."""
+
+    def __init__(self, kind: str, **init: Any) -> None:
+        self.kind = kind
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker", kind, json.dumps(init)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                     cwd=ROOT)
+        self.info = self.call("info")
+
+    def call(self, op: str, **kwargs: Any) -> Any:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        line = ""
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({"op": op, **kwargs}) + "\n")
+                self.proc.stdin.flush()
+                line = self.proc.stdout.readline()
+            except BrokenPipeError:
+                line = ""
+        if not line:
+            self.proc.wait()
+            raise RuntimeError(f"the {self.kind} worker ended ({self.proc.returncode}) during {op!r}: "
+                               f"{self._log_tail()}")
+        reply = json.loads(line)
+        if "error" in reply:
+            if reply.get("absent"):
+                raise Unavailable(reply["error"])
+            raise RuntimeError(f"{self.kind} {op}: {reply['error']}")
+        return reply["ok"]
+
+    def _log_tail(self) -> str:
+        self.log.seek(0)
+        lines = [x for x in self.log.read().strip().splitlines() if x.strip()]
+        return " / ".join(lines[-3:])[-400:]
+
+    def measure(self, op: str, **kwargs: Any) -> Callable[[], tuple[float, dict[str, Any]]]:
+        """A side for :func:`benchmarks.common.interleaved`: the worker returns ``[value, extra]``."""
+        def run() -> tuple[float, dict[str, Any]]:
+            value, extra = self.call(op, **kwargs)
+            return float(value), extra
+        return run
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.call("quit")
+            except Exception:
+                pass
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def start(kind: str, **init: Any) -> Remote:
+    return Remote(kind, **init)
+
+
+# ---- inside a worker ------------------------------------------------------------------------------------------------
+
+
+class LoopsHost:
+    """llamacffi without the service, decoding from the main thread: Batch pp, the Pythonic and raw-layer loops,
+    llama_decode of k sequences, the per-call microbenchmarks."""
+
+    def __init__(self, path: str, threads: int, micro_calls: int, decode_calls: int, max_streams: int) -> None:
+        from llamacffi import Model
+
+        from . import loops, micro
+
+        self.loops = loops
+        self.threads = threads
+        self.model = Model.load(path)
+        self.raw = loops.RawLoop(Path(path), threads)
+        self.micro = micro.Micro(self.model, threads, micro_calls, decode_calls)
+        self.max_streams = max_streams
+        self.batched: Any = None
+
+    def info(self) -> dict[str, Any]:
+        return {"n_vocab": self.model.vocab.n_tokens, "description": self.model.description,
+                "ring": self.micro.ring}
+
+    def pp(self, n: int) -> tuple[float, dict[str, Any]]:
+        return self.loops.batch_pp(self.model, self.threads, n), {}
+
+    def pythonic(self, n: int) -> tuple[float, dict[str, Any]]:
+        return self.loops.pythonic_tg(self.model, self.threads, n), {}
+
+    def raw_loop(self, prompt: str, n: int) -> tuple[float, dict[str, Any]]:
+        return self.raw.run(prompt, n)
+
+    def decode_k(self, k: int, n: int, stride: int = 1) -> tuple[float, dict[str, Any]]:
+        if self.batched is None:  # shaped as the service's context for concurrent streams
+            self.batched = self.loops.BatchedDecode(self.model, self.threads, self.max_streams, 512)
+        return self.batched.run(k, n, stride)
+
+    def micro_round(self) -> tuple[float, dict[str, Any]]:
+        return 0.0, self.micro.run()
+
+
+class ServiceHost:
+    """The service in its worker: one model, its engine thread the only one decoding."""
+
+    def __init__(self, name: str, threads: int, context_size: int, parallel: int, prefix_tokens: int) -> None:
+        from . import serve
+
+        self.serve = serve
+        self.svc = serve.service(threads)
+        self.model = serve.load(self.svc, name, context_size, parallel)
+        self.prompts = serve.PrefixPrompts(self.model, prefix_tokens)
+        self.conc = serve.Concurrency(self.model)
+        self.warm_prompt = ""
+
+    def info(self) -> dict[str, Any]:
+        return {"config": self.model.config.to_dict()}
+
+    def generate(self, prompt: str, n: int, sampled: bool = False) -> tuple[float, dict[str, Any]]:
+        return self.serve.generate_tps(self.model, prompt, n, sampled)
+
+    def stream(self, prompt: str, n: int) -> tuple[float, dict[str, Any]]:
+        return self.serve.stream_tps(self.model, prompt, n)
+
+    def ttft_cold(self) -> tuple[float, dict[str, Any]]:
+        """A new pair of prompts: the cold one is measured now, the warm one by :meth:`ttft_warm` next."""
+        cold, self.warm_prompt = self.prompts.pair()
+        value, extra = self.serve.ttft(self.model, cold)
+        return value, {**extra, "cold_prompt": cold, "warm_prompt": self.warm_prompt}
+
+    def ttft_warm(self) -> tuple[float, dict[str, Any]]:
+        return self.serve.ttft(self.model, self.warm_prompt)
+
+    def concurrent(self, k: int, n: int) -> tuple[float, dict[str, Any]]:
+        return self.conc.run(k, n)
+
+
+def _serve(kind: str, init: dict[str, Any]) -> None:
+    # The protocol owns stdout; whatever C code prints goes to stderr.
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    host: Any = None
+    error: dict[str, Any] | None = None
+    try:
+        if kind == "loops":
+            host = LoopsHost(**init)
+        elif kind == "service":
+            host = ServiceHost(**init)
+        elif kind == "peer":
+            from .peer import PeerHost
+
+            host = PeerHost(**init)
+        else:
+            error = {"error": f"unknown worker kind {kind!r}"}
+    except ImportError as exc:
+        error = {"error": f"absent (import: {exc})", "absent": True}
+    except Exception as exc:
+        error = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    for line in sys.stdin:
+        req = json.loads(line)
+        op = req.pop("op")
+        if op == "quit":
+            channel.write(json.dumps({"ok": None}) + "\n")
+            return
+        if error is not None:
+            channel.write(json.dumps(error) + "\n")
+            continue
+        try:
+            reply: dict[str, Any] = {"ok": getattr(host, op)(**req)}
+        except Exception as exc:
+            reply = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        channel.write(json.dumps(reply) + "\n")
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1], json.loads(sys.argv[2]))
