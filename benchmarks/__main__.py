@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import llamacffi
 from llamacffi import models
@@ -85,7 +85,9 @@ def bench_model(name: str, args: argparse.Namespace, sz: dict[str, Any], log: An
             workers.append(the_peer)
         res["peer"] = peer_status
         pm = the_peer.measure if the_peer else (lambda *a, **k: None)
-        bench = lambda test, n: (lambda: raw_cpp.llama_bench(path, t, test, n))  # noqa: E731
+
+        def bench(test: str, n: int) -> Callable[[], tuple[float, dict[str, Any]]]:
+            return lambda: raw_cpp.llama_bench(path, t, test, n)
 
         log(f"  pp{sz['pp']}")
         pp = interleaved({"llama-bench": bench("pp", sz["pp"]), "Batch": lp.measure("pp", n=sz["pp"]),
@@ -170,8 +172,9 @@ def micro_group(lp: worker.Remote, the_peer: worker.Remote | None, peer_status: 
         if the_peer is None or peer_error:
             return None
         try:
-            return the_peer.call("micro", text=micro.TEXT_1KB, tokens=lp.info["ring"], calls=sz["micro_calls"],
-                                 decode_calls=sz["decode_calls"])[1]
+            got: dict[str, float] = the_peer.call("micro", text=micro.TEXT_1KB, tokens=lp.info["ring"],
+                                                  calls=sz["micro_calls"], decode_calls=sz["decode_calls"])[1]
+            return got
         except Exception as exc:
             peer_error = f"error: {exc}"[:300]
             return None

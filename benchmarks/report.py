@@ -71,7 +71,7 @@ def _row(model: str, what: str, unit: str, ref: dict[str, Any] | None, ours: dic
 def _missing(row: dict[str, Any], key: str) -> str | None:
     c = row[key]
     if c is None or "error" in c:
-        return (c or {}).get("error", "not measured")
+        return str((c or {}).get("error", "not measured"))
     return None
 
 
@@ -255,7 +255,7 @@ def _cell(c: dict[str, Any] | None) -> str:
     if c is None:
         return "—"
     if "error" in c:
-        return c["error"]
+        return str(c["error"])
     if c["n"] == 1:
         return _num(c["median"])
     return f"{_num(c['median'])} ({_num(c['min'])}–{_num(c['max'])})"

@@ -68,8 +68,8 @@ def _child(side: str, path: Path, threads: int, n: int) -> dict[str, Any]:
         from . import serve
 
         svc = serve.service(threads)
-        model = serve.single(svc, str(path), context_size=SERVICE_CTX)
-        _, extra = serve.generate_tps(model, GEN_PROMPT, n)
+        text_model = serve.single(svc, str(path), context_size=SERVICE_CTX)
+        _, extra = serve.generate_tps(text_model, GEN_PROMPT, n)
         svc.close()
         return extra
     if side == "peer":

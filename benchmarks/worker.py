@@ -120,7 +120,8 @@ class LoopsHost:
     def decode_k(self, k: int, n: int, stride: int = 1) -> tuple[float, dict[str, Any]]:
         if self.batched is None:  # shaped as the service's context for concurrent streams
             self.batched = self.loops.BatchedDecode(self.model, self.threads, self.max_streams, 512)
-        return self.batched.run(k, n, stride)
+        result: tuple[float, dict[str, Any]] = self.batched.run(k, n, stride)
+        return result
 
     def micro_round(self) -> tuple[float, dict[str, Any]]:
         return 0.0, self.micro.run()
