@@ -51,15 +51,7 @@ def generate_tps(model: LlamaCppTextModel, prompt: str, n: int, sampled: bool = 
 def stream_tps(model: LlamaCppTextModel, prompt: str, n: int) -> tuple[float, dict[str, Any]]:
     """``generate_stream`` of ``n`` greedy tokens: tokens after the first over the time from the first chunk to the
     end of the stream (the prompt is not in the interval)."""
-    opts = GenerationOptions(max_tokens=n, **GREEDY)  # type: ignore[arg-type]
-    before = model.stats
-    t0 = time.perf_counter()
-    first = None
-    for _ in model.generate_stream(prompt, opts):
-        if first is None:
-            first = time.perf_counter()
-    end = time.perf_counter()
-    d = _delta(model, before)
+    t0, first, end, d = _timed_stream(model, prompt, GenerationOptions(max_tokens=n, **GREEDY))  # type: ignore[arg-type]
     first = first or end
     tps = (d["generated_tokens"] - 1) / (end - first) if end > first and d["generated_tokens"] > 1 else 0.0
     return tps, {**d, "ttft_s": first - t0, "seconds": end - t0}
@@ -93,15 +85,20 @@ class PrefixPrompts:
 
 def ttft(model: LlamaCppTextModel, prompt: str) -> tuple[float, dict[str, Any]]:
     """Seconds from the request to its first chunk (greedy, one token)."""
-    opts = GenerationOptions(max_tokens=1, **GREEDY)  # type: ignore[arg-type]
+    t0, first, end, d = _timed_stream(model, prompt, GenerationOptions(max_tokens=1, **GREEDY))  # type: ignore[arg-type]
+    return (first or end) - t0, d
+
+
+def _timed_stream(model: LlamaCppTextModel, prompt: str,
+                  opts: GenerationOptions) -> tuple[float, float | None, float, dict[str, Any]]:
+    """Stream one request: (start, first chunk or None, end) times and the counters it moved."""
     before = model.stats
     t0 = time.perf_counter()
     first = None
     for _ in model.generate_stream(prompt, opts):
         if first is None:
             first = time.perf_counter()
-    first = first or time.perf_counter()
-    return first - t0, _delta(model, before)
+    return t0, first, time.perf_counter(), _delta(model, before)
 
 
 class Concurrency:
