@@ -182,6 +182,35 @@ def test_prefix_reuse_counters(smol: LlamaCppTextModel) -> None:
     assert reused > 300 and decoded < 30
 
 
+def test_busy_slots_stay_adjacent_and_a_distant_prefix_is_copied(service: LlamaCppService) -> None:
+    # llama.cpp decodes every KV stream between the lowest and highest busy sequence, so a request joins next to the
+    # busy slots; the prefix another free slot holds is copied there instead of being decoded again.
+    cfg = ModelConfig(context_size=512, parallel=3)
+    opts = GenerationOptions(temperature=0, max_tokens=16, raw=True)
+    base = " ".join(f"item{i}" for i in range(150))
+    with service.load_model("smollm2-135m", config=cfg) as reference:
+        reference.generate(base + " first", opts)
+        expected = reference.generate(base + " second", opts)
+    with service.load_model("smollm2-135m", config=cfg) as smol:
+        engine = smol._engine
+        smol.generate(base + " first", opts)  # slot 0
+        smol.generate("Unrelated words.", opts)  # shares only BOS with slot 0: the unused slot 1 takes it
+        assert engine._slots[0].n_cached > 300 and engine._slots[1].n_cached < 30
+        story = smol.generate_stream("Once upon a time", GenerationOptions(temperature=0, max_tokens=300, raw=True))
+        next(story)  # the least recently used slot, 2, is busy now
+        assert engine._slots[2].request is not None
+        before = smol.stats
+        got = smol.generate(base + " second", opts)
+        after = smol.stats
+        story.close()
+        assert after["prompt_copies"] - before["prompt_copies"] == 1
+        assert after["prompt_tokens_reused"] - before["prompt_tokens_reused"] > 300
+        assert after["prompt_tokens_decoded"] - before["prompt_tokens_decoded"] < 30
+        assert after["max_batched_sequences"] >= 2
+        assert engine._slots[1].n_cached > 300  # it ran next to the story, on slot 1
+        assert got == expected
+
+
 # ---- concurrency --------------------------------------------------------------------------------------------------
 
 def test_threads_equal_sequential(service: LlamaCppService) -> None:
@@ -269,9 +298,10 @@ def test_hundred_requests_beyond_parallel(smol: LlamaCppTextModel) -> None:
 
 
 def test_queue_limit(service: LlamaCppService) -> None:
-    with service.load_model("smollm2-135m", config=ModelConfig(context_size=256, parallel=1, max_queue=2)) as m:
-        long = GenerationOptions(temperature=0, max_tokens=150, raw=True)
-        threads = [threading.Thread(target=m.generate, args=("Once upon a time", long)) for _ in range(3)]
+    with service.load_model("smollm2-135m", config=ModelConfig(context_size=2048, parallel=1, max_queue=2)) as m:
+        busy = m.generate_stream("Once upon a time", GenerationOptions(temperature=0, max_tokens=2000, raw=True))
+        next(busy)  # holds the only slot until closed
+        threads = [threading.Thread(target=m.generate, args=("Once upon a time", GREEDY)) for _ in range(2)]
         for t in threads:
             t.start()
         deadline = time.time() + 30
@@ -279,6 +309,7 @@ def test_queue_limit(service: LlamaCppService) -> None:
             time.sleep(0.01)
         with pytest.raises(QueueFullError, match="max_queue"):
             m.generate("one more", GREEDY)
+        busy.close()
         for t in threads:
             t.join(timeout=120)
         assert m.generate("one more", GREEDY) is not None  # room again

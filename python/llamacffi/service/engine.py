@@ -1,8 +1,9 @@
 """The scheduler: one thread owns the Context and decodes every active request together.
 
-Each of ``parallel`` slots is a sequence of the KV memory and remembers the tokens it holds. A new request takes the
-free slot sharing the longest prefix with its prompt, keeps that prefix and drops the rest
-(``llama_memory_seq_rm``; a full clear where the memory cannot drop a part). Every step decodes one token of each
+Each of ``parallel`` slots is a sequence of the KV memory and remembers the tokens it holds. A new request takes a
+free slot next to the busy ones (preferring the one that shares the longest prefix with its prompt; a longer prefix
+held by another free slot is copied over), keeps that prefix and drops the rest (``llama_memory_seq_rm``; a full
+clear where the memory cannot drop a part). Every step decodes one token of each
 generating request and prompt tokens of new ones in a single ``llama_decode`` call; requests join between steps
 and leave when they finish or are cancelled.
 """
@@ -26,6 +27,7 @@ from .errors import GenerationError, ModelClosedError, QueueFullError
 from .stops import StopMatcher
 
 END = object()  # the last item a request's sink receives
+COPY_MIN_TOKENS = 32  # a cached prefix at least this much longer is copied to the chosen slot rather than decoded
 Sink = Callable[[Any], None]
 
 
@@ -68,8 +70,14 @@ def _emit(req: Request, item: Any) -> None:
         req.cancelled = True
 
 
+def _common_prefix(a: npt.NDArray[np.int32], b: npt.NDArray[np.int32]) -> int:
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(a[:n] != b[:n])
+    return int(diff[0]) if len(diff) else n
+
+
 class _Slot:
-    __slots__ = ("seq_id", "cached", "n_cached", "request", "pending", "next_token", "logit_index")
+    __slots__ = ("seq_id", "cached", "n_cached", "request", "pending", "next_token", "logit_index", "used")
 
     def __init__(self, seq_id: int, capacity: int) -> None:
         self.seq_id = seq_id
@@ -79,6 +87,7 @@ class _Slot:
         self.pending: npt.NDArray[np.int32] = self.cached[:0]
         self.next_token = -1
         self.logit_index = -1
+        self.used = 0  # when a request last took this slot (the engine's admission count)
 
 
 class Engine:
@@ -94,10 +103,12 @@ class Engine:
         self._slots = [_Slot(i, config.context_size) for i in range(config.parallel)]
         self._batch = Batch(config.batch_size, n_seq_max=config.parallel)
         self._queue: deque[Request] = deque()
+        self._tick = 0
         self._cond = threading.Condition()
         self._closed = False
         self.stats = {"requests": 0, "prompt_tokens_reused": 0, "prompt_tokens_decoded": 0,
-                      "generated_tokens": 0, "decode_calls": 0, "max_batched_sequences": 0}
+                      "generated_tokens": 0, "decode_calls": 0, "max_batched_sequences": 0,
+                      "prompt_copies": 0}
         self._thread = threading.Thread(target=self._run, name="llamacffi-engine", daemon=True)
         self._thread.start()
 
@@ -179,25 +190,52 @@ class Engine:
             req = self._queue.popleft()
             if req.cancelled:
                 continue
-            prompt = req.prompt
-            best, best_lcp = free[0], -1
-            for s in free:
-                n = min(s.n_cached, len(prompt))
-                diff = np.flatnonzero(s.cached[:n] != prompt[:n])
-                lcp = int(diff[0]) if len(diff) else n
-                if lcp > best_lcp:
-                    best, best_lcp = s, lcp
-            keep = min(best_lcp, len(prompt) - 1)  # decode at least the last prompt token: its logits start output
-            mem = self.ctx.memory
-            if keep < best.n_cached and not mem.seq_rm(best.seq_id, keep, -1):
-                mem.seq_rm(best.seq_id, -1, -1)
-                keep = 0
-            best.n_cached = keep
-            best.pending = prompt[keep:]
+            best, keep = self._place(req.prompt, free)
+            best.pending = req.prompt[keep:]
             best.request = req
             best.next_token = -1
             self.stats["prompt_tokens_reused"] += keep
             self.stats["prompt_tokens_decoded"] += len(best.pending)
+
+    def _place(self, prompt: npt.NDArray[np.int32], free: list[_Slot]) -> tuple[_Slot, int]:
+        """Choose the slot for a new request and trim its memory to what the prompt shares; returns the slot and
+        how many of its tokens stay.
+
+        llama.cpp decodes the whole range of KV streams between the lowest and the highest sequence in a batch, so
+        the slot that widens the range of the busy ones least wins (an empty stream inside the range costs about as
+        much as a token). When another free slot shares a longer prefix, its memory is copied over first (a
+        whole-stream copy, far cheaper than decoding the prefix again)."""
+        busy = [s.seq_id for s in self._slots if s.request is not None]
+        lcps = {s.seq_id: _common_prefix(s.cached[:s.n_cached], prompt) for s in free}
+
+        def worth(s: _Slot) -> int:
+            # A few shared tokens (BOS, a template's header) do not justify evicting a long cached prompt: such a
+            # slot ranks as sharing nothing, and the least recently used one goes first.
+            n = lcps[s.seq_id]
+            return n if n >= COPY_MIN_TOKENS or 2 * n >= s.n_cached else 0
+
+        if busy:
+            lo, hi = min(busy), max(busy)
+            target = min(free, key=lambda s: (max(hi, s.seq_id) - min(lo, s.seq_id), -worth(s), s.used, s.seq_id))
+        else:
+            target = min(free, key=lambda s: (-worth(s), s.used, s.seq_id))
+        self._tick += 1
+        target.used = self._tick
+        mem = self.ctx.memory
+        donor = max(free, key=lambda s: (lcps[s.seq_id], -s.seq_id))
+        if lcps[donor.seq_id] >= lcps[target.seq_id] + COPY_MIN_TOKENS:
+            mem.seq_rm(target.seq_id, -1, -1)
+            mem.seq_cp(donor.seq_id, target.seq_id, -1, -1)
+            target.cached[:donor.n_cached] = donor.cached[:donor.n_cached]
+            target.n_cached = donor.n_cached
+            lcps[target.seq_id] = lcps[donor.seq_id]
+            self.stats["prompt_copies"] += 1
+        keep = min(lcps[target.seq_id], len(prompt) - 1)  # decode at least the last prompt token: it starts output
+        if keep < target.n_cached and not mem.seq_rm(target.seq_id, keep, -1):
+            mem.seq_rm(target.seq_id, -1, -1)
+            keep = 0
+        target.n_cached = keep
+        return target, keep
 
     def _release(self, slot: _Slot) -> None:
         slot.request = None

@@ -8,7 +8,7 @@ import queue
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import numpy as np
 
@@ -232,7 +232,15 @@ class LlamaCppTextModel(TextToTextModel):
     # ---- generation -------------------------------------------------------------------------------------------
 
     def generate(self, prompt: str, options: GenerationOptions | None = None) -> str:
-        return "".join(self.generate_stream(prompt, options))
+        """The whole completion. The calling thread sleeps until the request ends (no wake-up per token)."""
+        result = _Collected()
+        request = self._request(prompt, options, result.put)
+        self._engine.submit(request)
+        try:
+            result.done.wait()
+        finally:
+            self._engine.cancel(request)
+        return result.text()
 
     def generate_stream(self, prompt: str, options: GenerationOptions | None = None) -> Iterator[str]:
         """Yields text as it is generated. The request starts at the first ``next()``; leaving the loop early (or
@@ -250,7 +258,17 @@ class LlamaCppTextModel(TextToTextModel):
             self._engine.cancel(request)
 
     async def agenerate(self, prompt: str, options: GenerationOptions | None = None) -> str:
-        return "".join([chunk async for chunk in self.agenerate_stream(prompt, options)])
+        """Like :meth:`generate`, for asyncio; cancelling the task frees the slot."""
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = loop.create_future()
+        result = _Collected(lambda: loop.call_soon_threadsafe(_resolve, finished))
+        request = self._request(prompt, options, result.put)
+        self._engine.submit(request)
+        try:
+            await finished
+        finally:
+            self._engine.cancel(request)
+        return result.text()
 
     async def agenerate_stream(self, prompt: str, options: GenerationOptions | None = None) -> AsyncIterator[str]:
         """Like :meth:`generate_stream`, for asyncio; cancelling the task frees the slot."""
@@ -267,6 +285,39 @@ class LlamaCppTextModel(TextToTextModel):
                 yield text
         finally:
             self._engine.cancel(request)
+
+
+class _Collected:
+    """A sink that keeps a request's chunks and signals once, at the end or on an error."""
+
+    __slots__ = ("parts", "error", "done", "on_done")
+
+    def __init__(self, on_done: Callable[[], Any] | None = None) -> None:
+        self.parts: list[str] = []
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.on_done = on_done
+
+    def put(self, item: Any) -> None:
+        if self.done.is_set():
+            return
+        if item is END or isinstance(item, BaseException):
+            self.error = item if isinstance(item, BaseException) else None
+            self.done.set()
+            if self.on_done is not None:
+                self.on_done()  # may raise (a closed event loop): the scheduler then cancels the request
+        else:
+            self.parts.append(item)
+
+    def text(self) -> str:
+        if self.error is not None:
+            raise self.error
+        return "".join(self.parts)
+
+
+def _resolve(future: "asyncio.Future[None]") -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _text(item: Any) -> str | None:
