@@ -21,7 +21,7 @@ import llamacffi
 from llamacffi import models
 
 from . import micro, peer, raw_cpp, report, rss, worker
-from .common import GEN_PROMPT, Series, Unavailable, interleaved, machine
+from .common import GEN_PROMPT, GPU_LAYERS_ENV, Series, Unavailable, gpu_layers, interleaved, machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONCURRENCY_MODEL = "smollm2-135m"
@@ -219,6 +219,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes, 2 repetitions: a smoke run (under 2 minutes)")
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"], choices=list(models.KNOWN))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--gpu-layers", type=int, default=None, metavar="N",
+                    help="layers every side offloads to the GPU (-1: all; default: all when the build finds a GPU, "
+                         "else 0)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions after the warm-up (default 5, quick 2)")
     ap.add_argument("--no-peer", action="store_true", help="leave llama-cpp-python out even when installed")
     ap.add_argument("--no-chart", action="store_true")
@@ -237,6 +240,8 @@ def main() -> int:
         print(f"[{time.perf_counter() - t_start:6.1f} s] {msg}", file=sys.stderr, flush=True)
 
     llamacffi.set_log_level("ERROR")
+    # Every side, in this process, the workers and llama.cpp's programs, reads the same choice.
+    os.environ[GPU_LAYERS_ENV] = str(args.gpu_layers if args.gpu_layers is not None else gpu_layers())
     info = machine(args.threads)
     build = llamacffi.system_info()
     out: dict[str, Any] = {"quick": args.quick, "reps": args.reps, "rss_reps": args.rss_reps, "sizes": sz,

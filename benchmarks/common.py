@@ -31,6 +31,28 @@ FILLER = (
 )
 
 
+# Layers every side offloads to a GPU; ``python -m benchmarks`` sets it for its worker processes and children.
+GPU_LAYERS_ENV = "LLAMACFFI_BENCH_GPU_LAYERS"
+
+
+def gpu_layers() -> int:
+    """Layers each side offloads (-1: all). Without a choice in the environment: all on a build that can offload
+    to a GPU it finds (CUDA, Metal, ...), none otherwise."""
+    value = os.environ.get(GPU_LAYERS_ENV)
+    if value is not None:
+        return int(value)
+    from llamacffi.backend import ensure_backend
+    from llamacffi.raw import lib
+
+    ensure_backend()
+    return -1 if lib.llama_supports_gpu_offload() else 0
+
+
+def ngl_arg(layers: int) -> str:
+    """``-ngl`` of llama.cpp's programs for :func:`gpu_layers` (they take a count: 999 stands for all)."""
+    return "999" if layers < 0 else str(layers)
+
+
 class Unavailable(Exception):
     """A side that cannot run here (a program not built, a package not installed): reported, never fatal."""
 
@@ -223,7 +245,7 @@ def python_child(module_args: Sequence[str], *, env: Mapping[str, str] | None = 
 
 def machine(threads: int) -> dict[str, Any]:
     """CPU model, cores, memory, OS, Python and load, as this process sees them."""
-    info: dict[str, Any] = {"threads": threads, "platform": platform.platform(), "python": platform.python_version(),
+    info: dict[str, Any] = {"threads": threads, "gpu_layers": gpu_layers(), "platform": platform.platform(), "python": platform.python_version(),
                             "machine": platform.machine(), "logical_cpus": os.cpu_count()}
     try:
         info["usable_cpus"] = len(os.sched_getaffinity(0))

@@ -13,6 +13,8 @@ from llamacffi import Batch, Context, Model
 from llamacffi.backend import ensure_backend
 from llamacffi.raw import ffi, lib
 
+from .common import gpu_layers
+
 
 class RawLoop:
     """llama-simple's greedy loop written against the raw layer (``lib.llama_decode`` + ``llama_batch_get_one`` +
@@ -23,7 +25,7 @@ class RawLoop:
     def __init__(self, path: Path, threads: int) -> None:
         ensure_backend()
         mparams = lib.llama_model_default_params()
-        mparams.n_gpu_layers = 0
+        mparams.n_gpu_layers = gpu_layers()
         self.model = lib.llama_model_load_from_file(str(path).encode(), mparams)
         if self.model == ffi.NULL:
             raise RuntimeError(f"could not load {path}")
@@ -86,11 +88,13 @@ class RawLoop:
 
 def pythonic_tg(model: Model, threads: int, n: int) -> float:
     """Single-token decode loop through the Pythonic layer, with greedy sampling and a StreamDecoder, from position
-    0 as llama-bench's tg test (tokens/s over ``n`` one-token decodes)."""
+    0 as llama-bench's tg test (tokens/s over ``n`` one-token decodes), after its warm-up of one token."""
     vocab = model.vocab
     with Context(model, n_ctx=n, n_batch=2048, n_ubatch=512, n_threads=threads) as ctx:
         stream = vocab.stream()
         token = vocab.bos if vocab.add_bos else 1
+        ctx.decode_token(token, 0)
+        ctx.memory.clear()
         t0 = time.perf_counter()
         for pos in range(n):
             ctx.decode_token(token, pos)
@@ -109,10 +113,13 @@ def random_prompt(model: Model, n: int, seed: int = 0) -> np.ndarray:
 
 
 def batch_pp(model: Model, threads: int, n: int) -> float:
-    """Prompt processing as llama-bench's pp test: ``n`` random tokens in one Batch, one decode (tokens/s)."""
+    """Prompt processing as llama-bench's pp test: ``n`` random tokens in one Batch, one decode (tokens/s). As
+    llama-bench does, a warm-up decode in the same context comes first and its memory is cleared."""
     tokens = random_prompt(model, n)
     with Context(model, n_ctx=n, n_batch=2048, n_ubatch=512, n_threads=threads) as ctx:
         batch = Batch.from_tokens(tokens)
+        ctx.decode(batch)
+        ctx.memory.clear()
         t0 = time.perf_counter()
         ctx.decode(batch)
         return n / (time.perf_counter() - t0)

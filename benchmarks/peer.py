@@ -9,6 +9,8 @@ import importlib.util
 import time
 from typing import Any, Callable
 
+from .common import gpu_layers
+
 ABSENT = "absent"  # import llama_cpp fails: not installed
 
 
@@ -26,10 +28,10 @@ class PeerHost:
 
         self.np = np
         self.llama_cpp = llama_cpp
-        # Same configuration as llamacffi's side: CPU, 2 threads for both phases, flash attention as llama.cpp's
+        # Same configuration as llamacffi's side: the same offloaded layers, 2 threads for both phases, flash attention as llama.cpp's
         # "auto" resolves it on CPU (on), batch 512.
-        self.llm = llama_cpp.Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx,
-                                   n_batch=512, n_ubatch=512, n_gpu_layers=0, flash_attn=True, seed=1234,
+        self.llm: Any = llama_cpp.Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx,
+                                   n_batch=512, n_ubatch=512, n_gpu_layers=gpu_layers(), flash_attn=True, seed=1234,
                                    verbose=False)
         self.n_vocab = int(self.llm.n_vocab())
         self.version = str(getattr(llama_cpp, "__version__", "?"))

@@ -9,7 +9,7 @@ from typing import Any
 
 from llamacffi import raw_tools
 
-from .common import ChildResult, Unavailable, run_child
+from .common import ChildResult, Unavailable, gpu_layers, ngl_arg, run_child
 
 SIMPLE_SPEED = re.compile(r"decoded (\d+) tokens in ([\d.]+) s, speed: ([\d.]+) t/s")
 
@@ -29,7 +29,7 @@ def simple_env(threads: int) -> dict[str, str]:
 
 def bench_argv(path: Path, threads: int, test: str, n: int) -> list[str]:
     args = ["-p", str(n), "-n", "0"] if test == "pp" else ["-p", "0", "-n", str(n)]
-    return [str(tool("llama-bench")), "-m", str(path), "-t", str(threads), "-r", "1", "-ngl", "0", "-o", "json",
+    return [str(tool("llama-bench")), "-m", str(path), "-t", str(threads), "-r", "1", "-ngl", ngl_arg(gpu_layers()), "-o", "json",
             *args]
 
 
@@ -44,7 +44,7 @@ def llama_bench(path: Path, threads: int, test: str, n: int) -> tuple[float, dic
 
 
 def simple_argv(path: Path, n: int, prompt: str) -> list[str]:
-    return [str(tool("llama-simple")), "-m", str(path), "-n", str(n), "-ngl", "0", prompt]
+    return [str(tool("llama-simple")), "-m", str(path), "-n", str(n), "-ngl", ngl_arg(gpu_layers()), prompt]
 
 
 def parse_simple(res: ChildResult) -> tuple[int, float, float]:

@@ -104,8 +104,13 @@ def _service_judge(row: dict[str, Any]) -> str:
     vs_peer = row["ratio_peer"]["median"] >= 1.15
     if vs_cpp and vs_peer:
         return "met"
-    return "NOT met (" + ", ".join(n for n, ok in (("vs llama.cpp", vs_cpp), (f"vs {PEER}", vs_peer)) if not ok) \
-        + ")"
+    status = "NOT met (" + ", ".join(n for n, ok in (("vs llama.cpp", vs_cpp), (f"vs {PEER}", vs_peer))
+                                     if not ok) + ")"
+    if not vs_peer:
+        # The C program itself over the peer: what a binding with no overhead at all would measure.
+        ceiling = row["reference"]["median"] / row["peer"]["median"]
+        status += f"; llama-bench itself is {ceiling:.3f}× {PEER} here"
+    return status
 
 
 def _sampler_judge(limit_us: float) -> Any:
@@ -269,6 +274,14 @@ def _ratio(r: dict[str, float] | None) -> str:
     return f"{r['median']:.3f} ({r['min']:.3f}–{r['max']:.3f})"
 
 
+def offload_words(out: dict[str, Any]) -> str:
+    layers = out["machine"].get("gpu_layers", 0)
+    if not layers:
+        return "no layer offloaded (CPU)"
+    gpus = [f"{d['name']} ({d['description']})" for d in out["build"].get("devices", []) if d.get("type") != "cpu"]
+    return f"{'all' if layers < 0 else layers} layers offloaded to {', '.join(gpus) or 'the GPU'}"
+
+
 def machine_line(out: dict[str, Any]) -> str:
     m, b = out["machine"], out["build"]
     cores = m.get("physical_cores")
@@ -276,7 +289,7 @@ def machine_line(out: dict[str, Any]) -> str:
     return (f"{m.get('cpu_model', '?')} ({', '.join(m.get('cpu_flags', []))}), "
             f"{m.get('usable_cpus')} CPUs{f' ({cores} cores)' if cores else ''}, {m.get('memory_gib', '?')} GiB; "
             f"{m['platform']}; Python {m['python']}, numpy {m.get('numpy', '?')}; {m['threads']} threads on every "
-            f"side; llama.cpp {b['llama_cpp'][:10]} ({b.get('llama_cpp_version', '')}), {b['build_flags']}; "
+            f"side, {offload_words(out)}; llama.cpp {b['llama_cpp'][:10]} ({b.get('llama_cpp_version', '')}), {b['build_flags']}; "
             f"load average {load[0]} at the start, {load[1]} at the end")
 
 

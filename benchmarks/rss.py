@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .common import GEN_PROMPT, Unavailable, python_child, run_child
+from .common import GEN_PROMPT, Unavailable, gpu_layers, python_child, run_child
 from . import peer, raw_cpp
 
 SIDES = {
@@ -62,7 +62,7 @@ def _child(side: str, path: Path, threads: int, n: int) -> dict[str, Any]:
     if side == "pythonic":
         from .loops import pythonic_tg
 
-        with llamacffi.Model.load(path) as model:
+        with llamacffi.Model.load(path, n_gpu_layers=gpu_layers()) as model:
             return {"tps": pythonic_tg(model, threads, n)}
     if side == "service":
         from . import serve
@@ -75,8 +75,8 @@ def _child(side: str, path: Path, threads: int, n: int) -> dict[str, Any]:
     if side == "peer":
         from llama_cpp import Llama
 
-        llm = Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads, n_ctx=SERVICE_CTX,
-                    n_gpu_layers=0, flash_attn=True, verbose=False)
+        llm: Any = Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads, n_ctx=SERVICE_CTX,
+                    n_gpu_layers=gpu_layers(), flash_attn=True, verbose=False)
         out = llm(GEN_PROMPT, max_tokens=n, temperature=0.0)
         return {"generated_tokens": out["usage"]["completion_tokens"]}
     raise SystemExit(f"unknown side {side!r}")

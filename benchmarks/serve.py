@@ -10,14 +10,15 @@ import numpy as np
 
 from llamacffi.service import GenerationOptions, LlamaCppService, LlamaCppTextModel, LocalBackendConfig, ModelConfig
 
-from .common import FILLER
+from .common import FILLER, gpu_layers
 
 GREEDY = dict(temperature=0.0, raw=True)
 SAMPLED = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=1234, raw=True)
 
 
 def service(threads: int) -> LlamaCppService:
-    return LlamaCppService(LocalBackendConfig(threads=threads))
+    layers = gpu_layers()
+    return LlamaCppService(LocalBackendConfig(threads=threads, use_gpu=layers != 0, gpu_layers=layers))
 
 
 def single(svc: LlamaCppService, name: str, context_size: int = 1024) -> LlamaCppTextModel:

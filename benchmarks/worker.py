@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from .common import ROOT, Unavailable
+from .common import ROOT, Unavailable, gpu_layers
 
 
 class Remote:
@@ -98,7 +98,7 @@ class LoopsHost:
 
         self.loops = loops
         self.threads = threads
-        self.model = Model.load(path)
+        self.model = Model.load(path, n_gpu_layers=gpu_layers())
         self.raw = loops.RawLoop(Path(path), threads)
         self.micro = micro.Micro(self.model, threads, micro_calls, decode_calls)
         self.max_streams = max_streams

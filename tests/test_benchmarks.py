@@ -1,0 +1,50 @@
+"""The benchmark harness's own logic: offloading, paired ratios, the report's verdicts (its figures come from
+``python -m benchmarks``, never from tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import llamacffi
+from benchmarks import common, raw_cpp, report
+
+
+def test_gpu_layers_follow_the_build_and_the_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(common.GPU_LAYERS_ENV, raising=False)
+    expected = -1 if llamacffi.system_info()["gpu_offload"] else 0
+    assert common.gpu_layers() == expected
+    monkeypatch.setenv(common.GPU_LAYERS_ENV, "7")
+    assert common.gpu_layers() == 7
+    assert common.machine(2)["gpu_layers"] == 7
+
+
+@pytest.mark.parametrize("layers,ngl", [("-1", "999"), ("0", "0"), ("12", "12")])
+def test_llama_cpp_programs_offload_the_same_layers(monkeypatch: pytest.MonkeyPatch, layers: str, ngl: str) -> None:
+    monkeypatch.setattr(raw_cpp, "tool", lambda name: Path("/bin") / name)
+    monkeypatch.setenv(common.GPU_LAYERS_ENV, layers)
+    for argv in (raw_cpp.bench_argv(Path("m.gguf"), 2, "tg", 128), raw_cpp.simple_argv(Path("m.gguf"), 8, "Hi")):
+        assert argv[argv.index("-ngl") + 1] == ngl
+
+
+def test_offload_is_described() -> None:
+    cuda = {"name": "CUDA0", "description": "NVIDIA H100", "type": "gpu"}
+    out = {"machine": {"gpu_layers": -1}, "build": {"devices": [{"name": "CPU", "type": "cpu"}, cuda]}}
+    assert report.offload_words(out) == "all layers offloaded to CUDA0 (NVIDIA H100)"
+    assert report.offload_words({"machine": {"gpu_layers": 0}, "build": {}}) == "no layer offloaded (CPU)"
+
+
+def test_paired_ratios_and_interleaving() -> None:
+    order: list[str] = []
+
+    def side(name: str, value: float) -> common.Measure:
+        def run() -> tuple[float, dict[str, object]]:
+            order.append(name)
+            return value, {}
+        return run
+
+    groups = common.interleaved({"a": side("a", 2.0), "b": side("b", 1.0)}, reps=3)
+    assert order == ["a", "b"] * 4  # a warm-up round, then the sides take turns
+    assert groups["a"].summary()["median"] == 2.0
+    assert common.paired_ratio(groups["a"], groups["b"])["median"] == pytest.approx(2.0)
