@@ -236,6 +236,56 @@ def test_threads_equal_sequential(service: LlamaCppService) -> None:
     smol.close()
 
 
+def _engine_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "llamacffi-engine"]
+
+
+def test_models_share_one_engine_thread(service: LlamaCppService, smol: LlamaCppTextModel) -> None:
+    # Each decoding thread keeps an OpenMP team; more of them than cores makes every decode slower.
+    gemma = service.load_model("gemma3-270m", config=ModelConfig(context_size=256, parallel=2))
+    opts = GenerationOptions(temperature=0, max_tokens=12, raw=True)
+    alone = [smol.generate("The river", opts), gemma.generate("The river", opts)]
+    together: list[str] = ["", ""]
+    threads = [threading.Thread(target=lambda i=i, m=m: together.__setitem__(i, m.generate("The river", opts)))
+               for i, m in enumerate((smol, gemma))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert len(_engine_threads()) == 1
+    assert together == alone
+    gemma.close()
+    assert smol.generate("The river", opts) == alone[0]
+
+
+ENGINE_THREAD_LIFETIME = """
+import threading, time
+from llamacffi.service import GenerationOptions, LlamaCppService, LocalBackendConfig, ModelConfig
+def engines():
+    return sum(t.name == "llamacffi-engine" for t in threading.enumerate())
+opts = GenerationOptions(temperature=0, max_tokens=2)
+with LlamaCppService(LocalBackendConfig(threads=2)) as svc:
+    a = svc.load_model("smollm2-135m", config=ModelConfig(context_size=256, parallel=1))
+    b = svc.load_model("smollm2-135m", config=ModelConfig(context_size=256, parallel=2))
+    a.generate("Hi", opts), b.generate("Hi", opts)
+    assert engines() == 1, engines()
+    a.close()
+    assert engines() == 1 and b.generate("Hi", opts) is not None
+deadline = time.time() + 10
+while engines() and time.time() < deadline:
+    time.sleep(0.02)
+assert engines() == 0, engines()
+with LlamaCppService(LocalBackendConfig(threads=2)) as svc:  # a new model starts a new thread
+    assert svc.load_model("smollm2-135m", config=ModelConfig(context_size=256)).generate("Hi", opts) is not None
+print("ok")
+"""
+
+
+def test_engine_thread_ends_with_the_last_model() -> None:
+    out = subprocess.run([sys.executable, "-c", ENGINE_THREAD_LIFETIME], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 def test_asyncio_gather_streams(service: LlamaCppService) -> None:
     smol = service.load_model("smollm2-135m", config=ModelConfig(context_size=1024, parallel=4))
     prompts = [f"Describe colour number {i}." for i in range(6)]

@@ -10,7 +10,6 @@ and leave when they finish or are cancelled.
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 from typing import Any, Callable
 
@@ -24,6 +23,7 @@ from ..sampling import Sampler
 from ..vocab import StreamDecoder
 from .config import GenerationOptions, ModelConfig
 from .errors import GenerationError, ModelClosedError, QueueFullError
+from . import runner
 from .stops import StopMatcher
 
 END = object()  # the last item a request's sink receives
@@ -91,7 +91,8 @@ class _Slot:
 
 
 class Engine:
-    """Runs requests of one model on one Context from a background thread."""
+    """Runs the requests of one model on one Context, stepped by the process's engine thread
+    (:mod:`llamacffi.service.runner`)."""
 
     def __init__(self, model: LlamaModel, config: ModelConfig, threads: int | None) -> None:
         self.model = model
@@ -104,19 +105,19 @@ class Engine:
         self._batch = Batch(config.batch_size, n_seq_max=config.parallel)
         self._queue: deque[Request] = deque()
         self._tick = 0
-        self._cond = threading.Condition()
-        self._closed = False
+        self._runner = runner.shared()
+        self._cond = self._runner.cond  # one lock for the engines of the process and their thread
+        self.closed = False
         self.stats = {"requests": 0, "prompt_tokens_reused": 0, "prompt_tokens_decoded": 0,
                       "generated_tokens": 0, "decode_calls": 0, "max_batched_sequences": 0,
                       "prompt_copies": 0}
-        self._thread = threading.Thread(target=self._run, name="llamacffi-engine", daemon=True)
-        self._thread.start()
+        self._runner.attach(self)
 
     # ---- called from any thread -------------------------------------------------------------------------------
 
     def submit(self, request: Request) -> None:
         with self._cond:
-            if self._closed:
+            if self.closed:
                 raise ModelClosedError("the model is closed")
             busy = sum(1 for s in self._slots if s.request is not None)
             if len(self._queue) + busy >= self.config.parallel + self.config.max_queue:
@@ -124,63 +125,59 @@ class Engine:
                                      f"{self.config.max_queue}); retry later")
             self._queue.append(request)
             self.stats["requests"] += 1
-            self._cond.notify()
+            self._cond.notify_all()
 
     def cancel(self, request: Request) -> None:
         with self._cond:
             request.cancelled = True
-            self._cond.notify()
+            self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:
-            if self._closed:
+            if self.closed:
                 return
-            self._closed = True
-            self._cond.notify()
-        self._thread.join()
+            self.closed = True
+            self._cond.notify_all()
+        self._runner.detach(self)  # the engine thread lets go of the context before it is freed
         self.ctx.close()
 
-    # ---- the scheduler thread ---------------------------------------------------------------------------------
+    # ---- on the engine thread -----------------------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def has_work(self) -> bool:
+        """Whether a step would do anything (called with the lock held)."""
+        return bool(self._queue) or any(s.request is not None for s in self._slots)
+
+    def step(self) -> None:
+        """Admit waiting requests and decode one step of every active one."""
         try:
-            while True:
-                try:
-                    if not self._step():
-                        break
-                except Exception as exc:  # never leave requests waiting on a dead scheduler
-                    with self._cond:
-                        failed = [s.request for s in self._slots if s.request is not None]
-                        for s in self._slots:
-                            if s.request is not None:
-                                self.ctx.memory.seq_rm(s.seq_id, -1, -1)
-                                s.n_cached = 0
-                                self._release(s)
-                    for r in failed:
-                        _emit(r, GenerationError(f"generation failed: {exc!r}"))
-        finally:
             with self._cond:
-                waiting = list(self._queue) + [s.request for s in self._slots if s.request is not None]
-                self._queue.clear()
+                for slot in self._slots:
+                    if slot.request is not None and slot.request.cancelled:
+                        self._release(slot)  # its consumer is gone: nothing more is sent
+                self._admit()
+            active = [s for s in self._slots if s.request is not None]
+            if active:
+                self._decode(active)
+        except Exception as exc:  # never leave requests waiting on a failed step
+            with self._cond:
+                failed = [s.request for s in self._slots if s.request is not None]
                 for s in self._slots:
-                    s.request = None
-            for r in waiting:
-                _emit(r, ModelClosedError("the model was closed before the request finished"))
+                    if s.request is not None:
+                        self.ctx.memory.seq_rm(s.seq_id, -1, -1)
+                        s.n_cached = 0
+                        self._release(s)
+            for r in failed:
+                _emit(r, GenerationError(f"generation failed: {exc!r}"))
 
-    def _step(self) -> bool:
+    def fail_waiting(self) -> None:
+        """After :meth:`close`: every request still queued or running ends with :class:`ModelClosedError`."""
         with self._cond:
-            while not self._closed and not self._queue and all(s.request is None for s in self._slots):
-                self._cond.wait()
-            if self._closed:
-                return False
-            for slot in self._slots:
-                if slot.request is not None and slot.request.cancelled:
-                    self._release(slot)  # its consumer is gone: nothing more is sent
-            self._admit()
-        active = [s for s in self._slots if s.request is not None]
-        if active:
-            self._decode(active)
-        return True
+            waiting = list(self._queue) + [s.request for s in self._slots if s.request is not None]
+            self._queue.clear()
+            for s in self._slots:
+                s.request = None
+        for r in waiting:
+            _emit(r, ModelClosedError("the model was closed before the request finished"))
 
     def _admit(self) -> None:
         while self._queue:

@@ -1,0 +1,81 @@
+"""The engine thread: one thread of the process decodes for every loaded model.
+
+With llama.cpp's OpenMP build, each thread that decodes keeps a team of OpenMP threads; once a process holds more
+of them than it has cores, libgomp stops letting idle ones spin and every decode slows down (here, from about 173
+to about 100 tokens/s after a second model was loaded). So the engines of all models share one thread, which steps
+each engine with work in turn and ends when the last engine is closed.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+
+class Runner:
+    """Steps the engines that have work; sleeps on :attr:`cond` when none has."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self._engines: list[Engine] = []
+        self._thread: threading.Thread | None = None
+
+    def attach(self, engine: Engine) -> None:
+        with self.cond:
+            self._engines.append(engine)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="llamacffi-engine", daemon=True)
+                self._thread.start()
+
+    def detach(self, engine: Engine) -> None:
+        """Wait until the thread has let go of a closed engine (at once when called from the thread itself)."""
+        with self.cond:
+            if threading.current_thread() is not self._thread:
+                self.cond.notify_all()
+                while engine in self._engines:
+                    self.cond.wait()
+                return
+        self._drop(engine)
+
+    def _drop(self, engine: Engine) -> None:
+        engine.fail_waiting()
+        with self.cond:
+            if engine in self._engines:
+                self._engines.remove(engine)
+            self.cond.notify_all()
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            with self.cond:
+                if self._thread is threading.current_thread():  # ended by an error: the next attach restarts
+                    self._thread = None
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while True:
+                    if not self._engines:
+                        self._thread = None  # a later attach starts a new thread
+                        return
+                    closed = [e for e in self._engines if e.closed]
+                    ready = [e for e in self._engines if not e.closed and e.has_work()]
+                    if closed or ready:
+                        break
+                    self.cond.wait()
+            for engine in closed:
+                self._drop(engine)
+            for engine in ready:
+                engine.step()
+
+
+_shared = Runner()
+
+
+def shared() -> Runner:
+    """The runner of this process."""
+    return _shared
