@@ -18,6 +18,7 @@ SOURCE = r"""
 #include <signal.h>
 #include "llama.h"
 #include "ggml-backend.h"
+#include "ggml-cpu.h"
 
 static const char *llamacffi_package_version(void) { return LLAMACFFI_PACKAGE_VERSION; }
 static const char *llamacffi_llama_cpp_commit(void) { return LLAMACFFI_LLAMA_CPP_COMMIT; }
@@ -59,6 +60,18 @@ static int32_t llamacffi_encode(struct llama_context *ctx, struct llama_batch *b
     s->abort = 0;
     s->sigint_epoch = (int) llamacffi_sigint_epoch;
     return llama_encode(ctx, *batch);
+}
+
+/* ---- threads: without OpenMP, ggml starts and joins its threads for every graph unless a pool is attached ---- */
+static struct ggml_threadpool *llamacffi_threadpool_new(int n_threads) {
+    struct ggml_threadpool_params params = ggml_threadpool_params_default(n_threads);
+    return ggml_threadpool_new(&params);
+}
+static void llamacffi_context_free(struct llama_context *ctx, struct ggml_threadpool *pool,
+                                   struct ggml_threadpool *pool_batch) {
+    if (ctx != NULL) llama_free(ctx);
+    if (pool_batch != NULL && pool_batch != pool) ggml_threadpool_free(pool_batch);
+    if (pool != NULL) ggml_threadpool_free(pool);
 }
 
 #if defined(_WIN32)

@@ -15,6 +15,7 @@ import pytest
 import llamacffi
 from llamacffi import (Batch, ClosedError, Context, DecodeAbortedError, InvalidArgumentError, InvalidTokenError,
                        KVCacheFullError, StateError)
+from llamacffi.raw import ffi
 
 THREADS = 2
 A = "The quick brown fox jumps over the lazy dog. "
@@ -308,6 +309,12 @@ def test_perf_and_threads(smollm2: llamacffi.Model) -> None:
         assert perf.n_p_eval >= 1 and perf.n_eval >= 1 and perf.tokens_per_s > 0
         with pytest.raises(InvalidArgumentError):
             ctx.set_threads(0)
+        # Without OpenMP a context owns ggml thread pools of its sizes (ggml would otherwise start threads per decode).
+        assert (ctx._pools[0] != ffi.NULL) == (not llamacffi.system_info()["openmp"])
+        ctx.set_threads(2, 3)
+        assert ctx.n_threads == 2
+        ctx.decode_token(int(np.argmax(ctx.logits())), pos + 1)
+        assert (ctx._pools[1] != ctx._pools[0]) == (not llamacffi.system_info()["openmp"])
 
 
 def test_embeddings(smollm2: llamacffi.Model) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
@@ -84,6 +85,13 @@ def devices() -> list[dict[str, str]]:
     return out
 
 
+@functools.cache
+def uses_openmp() -> bool:
+    """Whether ggml's CPU backend runs its threads with OpenMP (else contexts get a thread pool of their own)."""
+    ensure_backend()
+    return "OPENMP = 1" in ffi.string(lib.llama_print_system_info()).decode()
+
+
 def system_info() -> dict[str, Any]:
     """What this build is: package version, llama.cpp commit, build flags, backends, devices, CPU features."""
     ensure_backend()
@@ -95,6 +103,7 @@ def system_info() -> dict[str, Any]:
         "backends": backends(),
         "devices": devices(),
         "gpu_offload": bool(lib.llama_supports_gpu_offload()),
+        "openmp": uses_openmp(),
         "mmap": bool(lib.llama_supports_mmap()),
         "mlock": bool(lib.llama_supports_mlock()),
         "max_devices": int(lib.llama_max_devices()),

@@ -14,6 +14,7 @@ from .batch import Batch, chunks
 from .errors import (ClosedError, ContextError, InvalidArgumentError, LlamaError, StateError, check_decode,
                      ensure)
 from . import log
+from .backend import uses_openmp
 from .model import Model
 from .raw import ffi, lib
 from .vocab import TokenArray, as_tokens
@@ -29,8 +30,24 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def _free_context(ptr: Any, _lib: Any = lib) -> None:
-    _lib.llama_free(ptr)
+def _context_free(pools: list[Any]) -> Any:
+    """The destructor of a context: llama_free, then the thread pools it uses at that time."""
+    def free(ptr: Any, _lib: Any = lib) -> None:
+        _lib.llamacffi_context_free(ptr, pools[0], pools[1])
+    return free
+
+
+def _new_pools(threads: int, threads_batch: int) -> list[Any]:
+    """Thread pools for a context of a build without OpenMP (where ggml would otherwise start and join its threads
+    for every decode); two NULLs with OpenMP."""
+    if uses_openmp():
+        return [ffi.NULL, ffi.NULL]
+    pool = lib.llamacffi_threadpool_new(threads)
+    pools = [pool, pool if threads_batch == threads else lib.llamacffi_threadpool_new(threads_batch)]
+    if ffi.NULL in pools:
+        lib.llamacffi_context_free(ffi.NULL, *pools)
+        raise ContextError(f"could not start a thread pool of {max(threads, threads_batch)} threads")
+    return pools
 
 
 @dataclass(frozen=True)
@@ -102,8 +119,17 @@ class Context:
         except BaseException:
             model._unuse()
             raise
+        try:
+            pools = _new_pools(threads, threads_batch)
+        except BaseException:
+            lib.llama_free(ptr)
+            model._unuse()
+            raise
+        if pools[0] != ffi.NULL:
+            lib.llama_attach_threadpool(ptr, pools[0], pools[1])
         self._model = model
-        self._ptr = ffi.gc(ptr, _free_context)
+        self._pools = pools
+        self._ptr = ffi.gc(ptr, _context_free(pools))
         self._mem = lib.llama_get_memory(ptr)
         self._abort = ffi.new("llamacffi_abort_state *")
         lib.llamacffi_abort_attach(ptr, self._abort)
@@ -294,7 +320,14 @@ class Context:
         for name, value in (("n_threads", n_threads), ("n_threads_batch", nb)):
             if not isinstance(value, int) or not 1 <= value <= 1024:
                 raise InvalidArgumentError(f"{name} must be an int in 1..1024, got {value!r}")
-        lib.llama_set_n_threads(self.ptr, n_threads, nb)
+        ptr = self.ptr
+        with self._busy:
+            if self._pools[0] != ffi.NULL:  # pools of the new sizes replace the attached ones
+                old = list(self._pools)
+                self._pools[:] = _new_pools(n_threads, nb)
+                lib.llama_attach_threadpool(ptr, self._pools[0], self._pools[1])
+                lib.llamacffi_context_free(ffi.NULL, *old)
+            lib.llama_set_n_threads(ptr, n_threads, nb)
 
     @property
     def n_threads(self) -> int:
