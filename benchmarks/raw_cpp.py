@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 from llamacffi import raw_tools
+from llamacffi.backend import uses_openmp
 
 from .common import ChildResult, Unavailable, gpu_layers, ngl_arg, run_child
 
@@ -19,6 +21,9 @@ def tool(name: str) -> Path:
     if path is None:
         raise Unavailable(f"absent ({name} not built: install with CMAKE_ARGS=\"-DLLAMACFFI_RAW_TOOLS=ON\")")
     return path
+
+
+LLAMA_SIMPLE_THREADS = 4  # llama.cpp's default, which llama-simple keeps
 
 
 def simple_env(threads: int) -> dict[str, str]:
@@ -57,6 +62,10 @@ def parse_simple(res: ChildResult) -> tuple[int, float, float]:
 def llama_simple(path: Path, threads: int, n: int, prompt: str) -> tuple[float, dict[str, Any]]:
     """tokens/s of llama-simple's greedy C loop as it prints it: ``decoded N tokens in X s`` (X runs from the
     prompt's decode to the last token, each token also rendered and printed)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not uses_openmp() and cpus < LLAMA_SIMPLE_THREADS:
+        raise Unavailable(f"not comparable: without OpenMP llama-simple runs {LLAMA_SIMPLE_THREADS} threads (it has no "
+                          f"option), more than the {cpus} CPUs here")
     res = run_child(simple_argv(path, n, prompt), env=simple_env(threads))
     n_dec, secs, speed = parse_simple(res)  # the printed speed keeps more digits than the printed seconds
     return speed, {"tokens": n_dec, "seconds": secs}
@@ -65,8 +74,8 @@ def llama_simple(path: Path, threads: int, n: int, prompt: str) -> tuple[float, 
 def llama_bench_batches(path: Path, threads: int, sizes: list[int], reps: int) -> tuple[float, dict[str, Any]]:
     """llama-bench ``pp k`` for each ``k`` of ``sizes``, ``reps`` runs averaged: k tokens of one sequence per
     ``llama_decode`` (logits of the last only). Returns pp4 ÷ pp1 (or last ÷ first) and the tokens/s by k."""
-    argv = [str(tool("llama-bench")), "-m", str(path), "-t", str(threads), "-r", str(reps), "-ngl", "0", "-o", "json",
-            "-p", ",".join(map(str, sizes)), "-n", "0"]
+    argv = [str(tool("llama-bench")), "-m", str(path), "-t", str(threads), "-r", str(reps), "-ngl",
+            ngl_arg(gpu_layers()), "-o", "json", "-p", ",".join(map(str, sizes)), "-n", "0"]
     res = run_child(argv)
     if res.returncode != 0:
         raise RuntimeError(f"llama-bench failed ({res.returncode}): {res.stderr.strip()[-300:]}")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,22 @@ def test_llama_cpp_programs_offload_the_same_layers(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv(common.GPU_LAYERS_ENV, layers)
     for argv in (raw_cpp.bench_argv(Path("m.gguf"), 2, "tg", 128), raw_cpp.simple_argv(Path("m.gguf"), 8, "Hi")):
         assert argv[argv.index("-ngl") + 1] == ngl
+
+
+def test_llama_bench_batches_offload_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+
+    def fake_run(argv: list[str], **kw: object) -> common.ChildResult:
+        seen.append(argv)
+        rows = [{"n_prompt": k, "avg_ts": 100.0 * k ** 0.5} for k in (1, 2, 4)]
+        return common.ChildResult(0, json.dumps(rows), "", 0.1, 0)
+
+    monkeypatch.setattr(raw_cpp, "tool", lambda name: Path("/bin") / name)
+    monkeypatch.setattr(raw_cpp, "run_child", fake_run)
+    monkeypatch.setenv(common.GPU_LAYERS_ENV, "-1")
+    ratio, by_k = raw_cpp.llama_bench_batches(Path("m.gguf"), 2, [1, 2, 4], 3)
+    assert seen[0][seen[0].index("-ngl") + 1] == "999"
+    assert ratio == pytest.approx(2.0) and by_k["4"] == pytest.approx(200.0)
 
 
 def test_offload_is_described() -> None:
