@@ -111,6 +111,32 @@ def test_multi_sequence_batch_matches_single(smollm2: llamacffi.Model) -> None:
             np.testing.assert_allclose(got, single.logits(), atol=2e-2, rtol=1e-3)
 
 
+def test_reused_prefix_logits(smollm2: llamacffi.Model) -> None:
+    """Why a reused prompt prefix can change a greedy output: llama.cpp's CPU flash attention has one kernel for
+    fewer than 64 query tokens at once and a tiled one for more, which round differently. A prefix whose KV values
+    were computed inside a long prompt, then kept and continued, gives logits that differ from decoding the same
+    tokens in one short batch; without flash attention they are equal."""
+    vocab = smollm2.vocab
+    head = toks(smollm2, "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n",
+                bos=False)
+    tail = toks(smollm2, "Name a fact about the number 3.<|im_end|>\n<|im_start|>assistant\n", bos=False)
+    other = vocab.tokenize(" ".join(f"item{i}" for i in range(60)), add_special=False)
+    diffs = {}
+    for fa in (False, True):
+        with ctx_for(smollm2, flash_attn=fa) as ctx:
+            ctx.decode_tokens(np.concatenate([head, other]))  # the prefix inside a batch of more than 64 tokens
+            ctx.memory.seq_rm(0, len(head), -1)
+            ctx.decode(Batch.from_tokens(tail, start_pos=len(head)))
+            reused = ctx.logits_copy()
+        with ctx_for(smollm2, flash_attn=fa) as ctx:
+            ctx.decode_tokens(np.concatenate([head, tail]))  # all in one batch of fewer than 64
+            fresh = ctx.logits_copy()
+        diffs[fa] = float(np.abs(reused - fresh).max())
+    assert len(head) + len(other) >= 64 > len(head) + len(tail)
+    assert diffs[False] == 0.0
+    assert 0.0 < diffs[True] < 2.0, diffs  # up to about 1 logit here: enough to flip a near tie
+
+
 def test_state_save_load_restores(model: llamacffi.Model, tmp_path: Path) -> None:
     a, c = toks(model, A, bos=True), toks(model, C)
     with ctx_for(model) as ctx:

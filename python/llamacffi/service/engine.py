@@ -99,7 +99,8 @@ class Engine:
         self.config = config
         self.n_ctx_seq = config.context_size
         self.ctx = Context(model, n_ctx=config.context_size * config.parallel, n_batch=config.batch_size,
-                           n_seq_max=config.parallel, n_threads=threads, kv_unified=False)
+                           n_seq_max=config.parallel, n_threads=threads, kv_unified=False,
+                           flash_attn=config.flash_attn)
         self._vocab_ptr = model.vocab._ptr
         self._slots = [_Slot(i, config.context_size) for i in range(config.parallel)]
         self._batch = Batch(config.batch_size, n_seq_max=config.parallel)
