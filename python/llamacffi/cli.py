@@ -20,7 +20,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         f"({', '.join(models.KNOWN)}); default {models.DEFAULT}")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all available)")
     p.add_argument("-c", "--ctx-size", type=int, default=2048, help="context size per request (default 2048)")
-    p.add_argument("-ngl", "--gpu-layers", type=int, default=0, help="layers to offload to a GPU (-1: all)")
+    p.add_argument("-ngl", "--gpu-layers", type=int, default=-1,
+                   help="layers to offload to a GPU (default -1: all, when the build has a GPU backend; 0: none)")
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:

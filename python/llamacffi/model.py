@@ -63,12 +63,13 @@ class Model:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, n_gpu_layers: int = 0, use_mmap: bool = True,
+    def load(cls, path: str | os.PathLike[str], *, n_gpu_layers: int = -1, use_mmap: bool = True,
              use_mlock: bool = False, vocab_only: bool = False,
              progress: ProgressCallback | None = None) -> "Model":
         """Load a GGUF file.
 
-        ``n_gpu_layers``: layers to offload to a GPU backend (-1: all). ``progress`` is called with the load progress
+        ``n_gpu_layers``: layers to offload to a GPU backend (-1, the default as in llama.cpp: all of them when the
+        build has a GPU backend and finds a device; 0: none). ``progress`` is called with the load progress
         in 0..1; returning ``False`` cancels the load (:class:`ModelLoadError`), an exception it raises is re-raised.
         """
         if not isinstance(path, (str, os.PathLike)):

@@ -101,10 +101,11 @@ class LlamaCppSpecificConfig(_Config):
 
 @dataclasses.dataclass(frozen=True)
 class LocalBackendConfig(_Config):
-    """How the local backend runs: CPU threads (None: all available), GPU offload."""
+    """How the local backend runs: CPU threads (None: all available); GPU offload of ``gpu_layers`` (-1: all) when
+    ``use_gpu`` and the build has a GPU backend that finds a device (a CPU build ignores it)."""
 
     threads: int | None = None
-    use_gpu: bool = False
+    use_gpu: bool = True
     gpu_layers: int = -1
     llama_cpp: LlamaCppSpecificConfig = dataclasses.field(default_factory=LlamaCppSpecificConfig)
 
