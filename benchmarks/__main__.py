@@ -91,7 +91,7 @@ def bench_model(name: str, args: argparse.Namespace, sz: dict[str, Any], log: An
 
         log(f"  pp{sz['pp']}")
         pp = interleaved({"llama-bench": bench("pp", sz["pp"]), "Batch": lp.measure("pp", n=sz["pp"]),
-                          "peer": pm("pp", n=sz["pp"])}, reps)
+                          "peer": pm("pp", n=sz["pp"])}, args.headline_reps)
         res["pp"] = dump(pp, peer_status)
 
         n = sz["gen"]
@@ -107,7 +107,7 @@ def bench_model(name: str, args: argparse.Namespace, sz: dict[str, Any], log: An
             "peer generate": pm("generate", prompt=GEN_PROMPT, n=n, sampled=False),
             "peer stream": pm("stream", prompt=GEN_PROMPT, n=n),
             "peer sampled": pm("generate", prompt=GEN_PROMPT, n=n, sampled=True),
-        }, reps)
+        }, args.headline_reps)
         tg["raw loop (decodes only)"] = derived(tg["raw loop"], "gen_tps")
         res["tg"] = dump(tg, peer_status)
 
@@ -222,7 +222,9 @@ def main() -> int:
     ap.add_argument("--gpu-layers", type=int, default=None, metavar="N",
                     help="layers every side offloads to the GPU (-1: all; default: all when the build finds a GPU, "
                          "else 0)")
-    ap.add_argument("--reps", type=int, default=None, help="repetitions after the warm-up (default 5, quick 2)")
+    ap.add_argument("--reps", type=int, default=None,
+                    help="repetitions after the warm-up (default 5, quick 2); pp and tg, whose targets sit within a "
+                         "few percent, run twice as many")
     ap.add_argument("--no-peer", action="store_true", help="leave llama-cpp-python out even when installed")
     ap.add_argument("--no-chart", action="store_true")
     ap.add_argument("--concurrency-all", action="store_true", help="concurrent streams on every model")
@@ -232,6 +234,7 @@ def main() -> int:
     if args.render:
         return render(args.render, args.no_chart)
     args.reps = args.reps or (2 if args.quick else 5)
+    args.headline_reps = args.reps if args.quick else 2 * args.reps
     args.rss_reps = 1 if args.quick else 3
     sz = sizes(args.quick)
     t_start = time.perf_counter()
@@ -244,7 +247,8 @@ def main() -> int:
     os.environ[GPU_LAYERS_ENV] = str(args.gpu_layers if args.gpu_layers is not None else gpu_layers())
     info = machine(args.threads)
     build = llamacffi.system_info()
-    out: dict[str, Any] = {"quick": args.quick, "reps": args.reps, "rss_reps": args.rss_reps, "sizes": sz,
+    out: dict[str, Any] = {"quick": args.quick, "reps": args.reps, "headline_reps": args.headline_reps,
+                           "rss_reps": args.rss_reps, "sizes": sz,
                            "machine": info, "build": build, "prompt": GEN_PROMPT, "models": {},
                            "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
     for name in args.models:

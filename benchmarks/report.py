@@ -297,7 +297,8 @@ def markdown(out: dict[str, Any], rows: list[dict[str, Any]], chart: str | None 
     mode = "quick (a smoke run with small sizes: not a measurement)" if out["quick"] else "full"
     peers = sorted({str(res.get("peer")) for res in out["models"].values()})
     lines = [
-        f"Mode: {mode}; {out['reps']} interleaved repetitions after a warm-up (peak RSS: {out['rss_reps']}, each in a "
+        f"Mode: {mode}; {out['reps']} interleaved repetitions after a warm-up ({out.get('headline_reps', out['reps'])} "
+        f"for pp and tg; peak RSS: {out['rss_reps']}, each in a "
         f"fresh process); median (min–max); {out['seconds']} s in all, started {out['started']}.",
         "",
         f"Machine: {machine_line(out)}.",
