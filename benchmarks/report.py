@@ -75,22 +75,22 @@ def _missing(row: dict[str, Any], key: str) -> str | None:
     return None
 
 
-def _at_least(limit: float) -> Any:
+def _ratio_judge(ok: Any) -> Any:
+    """A judge of the ratio to the reference: ``ok(median)`` tells whether the target is met."""
     def judge(row: dict[str, Any]) -> str:
         why = _missing(row, "llamacffi") or _missing(row, "reference")
         if why or row["ratio_reference"] is None:
             return f"not measured: {why}"
-        return "met" if row["ratio_reference"]["median"] >= limit else "NOT met"
+        return "met" if ok(row["ratio_reference"]["median"]) else "NOT met"
     return judge
+
+
+def _at_least(limit: float) -> Any:
+    return _ratio_judge(lambda r: r >= limit)
 
 
 def _at_most(limit: float) -> Any:
-    def judge(row: dict[str, Any]) -> str:
-        why = _missing(row, "llamacffi") or _missing(row, "reference")
-        if why or row["ratio_reference"] is None:
-            return f"not measured: {why}"
-        return "met" if row["ratio_reference"]["median"] <= limit else "NOT met"
-    return judge
+    return _ratio_judge(lambda r: r <= limit)
 
 
 def _service_judge(row: dict[str, Any]) -> str:
