@@ -143,7 +143,8 @@ class Context:
         self.embeddings_enabled = bool(embeddings)
         # Without a unified memory each sequence has a stream of its own, which llama.cpp cannot share by position.
         self.separate_streams = not kv_unified and self.n_seq_max > 1
-        self._outputs: npt.NDArray[np.int8] = np.zeros(0, dtype=np.int8)
+        self._outputs: npt.NDArray[np.int8] = np.zeros(0, dtype=np.int8)  # per token of the last batch: logits?
+        self._n_outputs = 0
         self._one = Batch(1, n_seq_max=1)
         self.memory = Memory(self)
 
@@ -215,13 +216,14 @@ class Context:
         finally:
             self._busy.release()
         if rc != 0:
-            self._outputs = self._outputs[:0]
+            self._outputs, self._n_outputs = self._outputs[:0], 0
             if rc == 2 and not self._abort.abort and threading.current_thread() is threading.main_thread():
                 # Ctrl-C: the Python handler may already have run inside a log callback, where cffi swallows it.
                 log.take_interrupt()
                 raise KeyboardInterrupt
             check_decode(rc)
         self._outputs = batch._logits[:batch._n].copy()
+        self._n_outputs = int(np.count_nonzero(self._outputs)) if batch._n > 1 else int(self._outputs[0])
 
     def decode_token(self, token: int, pos: int, seq_id: int = 0) -> None:
         """Decode one token at ``pos`` in sequence ``seq_id`` with logits: the fast path of a generation loop."""
@@ -272,7 +274,7 @@ class Context:
     # ---- outputs ----------------------------------------------------------------------------------------------
 
     def _output_index(self, i: int) -> int:
-        n_out = int(self._outputs.sum()) if len(self._outputs) else 0
+        n_out = self._n_outputs
         if n_out == 0:
             raise LlamaError("no logits: decode a batch that requests logits first")
         if i < 0:
@@ -359,7 +361,7 @@ class Context:
                StateError)
         n = lib.llama_state_set_data(self.ptr, ffi.from_buffer(data), len(data))
         ensure(n > 0, "llama.cpp rejected the state (another model or context size, or corrupt data)", StateError)
-        self._outputs = self._outputs[:0]
+        self._outputs, self._n_outputs = self._outputs[:0], 0
 
     def seq_state_save(self, seq_id: int = 0) -> bytes:
         """The memory of one sequence as bytes."""
