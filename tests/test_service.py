@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -286,6 +287,39 @@ print("ok")
 
 def test_engine_thread_ends_with_the_last_model() -> None:
     out = subprocess.run([sys.executable, "-c", ENGINE_THREAD_LIFETIME], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+FORKED_CHILD = """
+import os
+from llamacffi.service import GenerationOptions, LlamaCppService, ModelClosedError, ModelConfig
+opts = GenerationOptions(temperature=0, max_tokens=4)
+cfg = ModelConfig(context_size=256, parallel=1)
+svc = LlamaCppService()
+inherited = svc.load_model("smollm2-135m", config=cfg)
+expected = inherited.generate("Hi", opts)
+pid = os.fork()
+if pid == 0:
+    code = 0
+    try:
+        inherited.generate("Hi", opts)
+        code = 3
+    except ModelClosedError as exc:
+        code = 0 if "forked" in str(exc) else 4
+    fresh = LlamaCppService().load_model("smollm2-135m", config=cfg)
+    if fresh.generate("Hi", opts) != expected:
+        code = 5
+    os._exit(code)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, os.waitstatus_to_exitcode(status)
+assert inherited.generate("Hi", opts) == expected
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_forked_child_gets_its_own_engine_thread() -> None:
+    out = subprocess.run([sys.executable, "-c", FORKED_CHILD], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 

@@ -109,6 +109,7 @@ class Engine:
         self._runner = runner.shared()
         self._cond = self._runner.cond  # one lock for the engines of the process and their thread
         self.closed = False
+        self._closed_why = "the model is closed"
         self.stats = {"requests": 0, "prompt_tokens_reused": 0, "prompt_tokens_decoded": 0,
                       "generated_tokens": 0, "decode_calls": 0, "max_batched_sequences": 0,
                       "prompt_copies": 0}
@@ -119,7 +120,7 @@ class Engine:
     def submit(self, request: Request) -> None:
         with self._cond:
             if self.closed:
-                raise ModelClosedError("the model is closed")
+                raise ModelClosedError(self._closed_why)
             busy = sum(1 for s in self._slots if s.request is not None)
             if len(self._queue) + busy >= self.config.parallel + self.config.max_queue:
                 raise QueueFullError(f"{len(self._queue)} requests are already waiting (max_queue="
@@ -141,6 +142,15 @@ class Engine:
             self._cond.notify_all()
         self._runner.detach(self)  # the engine thread lets go of the context before it is freed
         self.ctx.close()
+
+    def orphan(self, runner: "runner.Runner") -> None:
+        """In a forked child: no thread steps this engine any more; requests are refused."""
+        self._runner, self._cond = runner, runner.cond
+        self.closed = True
+        self._closed_why = "the model was loaded before this process forked; load it again in this process"
+        self._queue.clear()
+        for s in self._slots:
+            s.request = None
 
     # ---- on the engine thread -----------------------------------------------------------------------------------
 

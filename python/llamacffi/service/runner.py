@@ -8,6 +8,7 @@ each engine with work in turn and ends when the last engine is closed.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import TYPE_CHECKING
 
@@ -79,3 +80,16 @@ _shared = Runner()
 def shared() -> Runner:
     """The runner of this process."""
     return _shared
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of its parent's threads: it gets a runner of its own, and the models it inherited
+    refuse requests (their memory belongs to the parent's engine thread) instead of waiting forever."""
+    global _shared
+    inherited, _shared = _shared._engines, Runner()
+    for engine in inherited:
+        engine.orphan(_shared)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
