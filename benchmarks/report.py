@@ -75,13 +75,22 @@ def _missing(row: dict[str, Any], key: str) -> str | None:
     return None
 
 
+def _unmeasured(row: dict[str, Any]) -> str | None:
+    """The status of a target whose llamacffi side, reference or ratio is missing; None when all are there."""
+    why = _missing(row, "llamacffi") or _missing(row, "reference")
+    return f"not measured: {why}" if why or row["ratio_reference"] is None else None
+
+
+def _verdict(checks: tuple[tuple[str, bool], ...]) -> str:
+    """"met", or "NOT met (...)" naming the checks that failed."""
+    failed = [name for name, ok in checks if not ok]
+    return "NOT met (" + ", ".join(failed) + ")" if failed else "met"
+
+
 def _ratio_judge(ok: Any) -> Any:
     """A judge of the ratio to the reference: ``ok(median)`` tells whether the target is met."""
     def judge(row: dict[str, Any]) -> str:
-        why = _missing(row, "llamacffi") or _missing(row, "reference")
-        if why or row["ratio_reference"] is None:
-            return f"not measured: {why}"
-        return "met" if ok(row["ratio_reference"]["median"]) else "NOT met"
+        return _unmeasured(row) or ("met" if ok(row["ratio_reference"]["median"]) else "NOT met")
     return judge
 
 
@@ -94,18 +103,15 @@ def _at_most(limit: float) -> Any:
 
 
 def _service_judge(row: dict[str, Any]) -> str:
-    why = _missing(row, "llamacffi") or _missing(row, "reference")
-    if why or row["ratio_reference"] is None:
-        return f"not measured: {why}"
+    unmeasured = _unmeasured(row)
+    if unmeasured:
+        return unmeasured
     vs_cpp = row["ratio_reference"]["median"] >= 0.95
     peer_why = _missing(row, "peer")
     if peer_why or row["ratio_peer"] is None:
         return ("met" if vs_cpp else "NOT met") + f" vs llama.cpp; vs {PEER}: {peer_why}"
     vs_peer = row["ratio_peer"]["median"] >= 1.15
-    if vs_cpp and vs_peer:
-        return "met"
-    status = "NOT met (" + ", ".join(n for n, ok in (("vs llama.cpp", vs_cpp), (f"vs {PEER}", vs_peer))
-                                     if not ok) + ")"
+    status = _verdict((("vs llama.cpp", vs_cpp), (f"vs {PEER}", vs_peer)))
     if not vs_peer:
         # The C program itself over the peer: what a binding with no overhead at all would measure.
         ceiling = row["reference"]["median"] / row["peer"]["median"]
@@ -115,15 +121,8 @@ def _service_judge(row: dict[str, Any]) -> str:
 
 def _sampler_judge(limit_us: float) -> Any:
     def judge(row: dict[str, Any]) -> str:
-        why = _missing(row, "llamacffi") or _missing(row, "reference")
-        if why or row["ratio_reference"] is None:
-            return f"not measured: {why}"
-        fast = row["llamacffi"]["median"] <= limit_us
-        beats = row["ratio_reference"]["median"] < 1.0
-        if fast and beats:
-            return "met"
-        return "NOT met (" + ", ".join(n for n, ok in ((f"> {limit_us:.0f} µs", fast),
-                                                       ("not faster than NativeSampler", beats)) if not ok) + ")"
+        return _unmeasured(row) or _verdict(((f"> {limit_us:.0f} µs", row["llamacffi"]["median"] <= limit_us),
+                                             ("not faster than NativeSampler", row["ratio_reference"]["median"] < 1.0)))
     return judge
 
 

@@ -521,6 +521,16 @@ def piece(vocab: _Vocab, token: int) -> str:
 GRAMMAR = 'root ::= ("yes" | "no") "."'
 
 
+def _grammar_answer(vocab: _Vocab, s: NativeSampler, rng: np.random.Generator) -> str:
+    """Up to 8 tokens drawn from random logits under GRAMMAR, until the answer's final period."""
+    text = ""
+    for _ in range(8):
+        text += piece(vocab, s.sample(rng.standard_normal(vocab.n_tokens).astype(np.float32)))
+        if text.endswith("."):
+            break
+    return text
+
+
 def test_native_grammar_constrains_output(smollm2_vocab: _Vocab) -> None:
     vocab = smollm2_vocab
     rng = np.random.default_rng(0)
@@ -528,11 +538,7 @@ def test_native_grammar_constrains_output(smollm2_vocab: _Vocab) -> None:
     with NativeSampler(vocab=vocab, grammar=GRAMMAR, top_k=0, temperature=1.0, seed=3) as s:
         for attempt in range(12):
             s.reset()
-            text = ""
-            for _ in range(8):
-                text += piece(vocab, s.sample(rng.standard_normal(vocab.n_tokens).astype(np.float32)))
-                if text.endswith("."):
-                    break
+            text = _grammar_answer(vocab, s, rng)
             assert text in ("yes.", "no.")
             seen.add(text)
             # the grammar is complete: only end-of-generation tokens remain possible
@@ -546,12 +552,7 @@ def test_native_grammar_with_greedy_and_top_k(smollm2_vocab: _Vocab) -> None:
     rng = np.random.default_rng(1)
     for kw in (dict(temperature=0.0), dict(top_k=40, temperature=0.8)):
         with NativeSampler(vocab=vocab, grammar=GRAMMAR, seed=2, **kw) as s:  # type: ignore[arg-type]
-            text = ""
-            for _ in range(8):
-                text += piece(vocab, s.sample(rng.standard_normal(vocab.n_tokens).astype(np.float32)))
-                if text.endswith("."):
-                    break
-            assert text in ("yes.", "no.")
+            assert _grammar_answer(vocab, s, rng) in ("yes.", "no.")
 
 
 def tokenize(vocab: _Vocab, text: str) -> list[int]:
