@@ -44,6 +44,28 @@ def test_logits_are_a_zero_copy_read_only_view(model: llamacffi.Model) -> None:
         assert np.isfinite(view).all()
 
 
+def test_logits_follow_every_decode_and_row(smollm2: llamacffi.Model) -> None:
+    # logits() hands back the same view while llama.cpp's row stays where it was (a generation loop); the values
+    # must still be the latest decode's, and another row or a reallocated buffer must get a view of its own.
+    a = toks(smollm2, A, bos=True)
+    with ctx_for(smollm2) as ctx, ctx_for(smollm2) as ref:
+        ctx.decode_tokens(a)
+        first = ctx.logits_copy()
+        token = int(np.argmax(first))
+        ctx.decode_token(token, len(a))
+        view = ctx.logits()
+        assert not np.array_equal(view, first)
+        ref.decode_tokens(np.append(a, token))
+        np.testing.assert_array_equal(view, ref.logits())
+        batch = llamacffi.Batch.from_tokens(a[:3], logits="all")
+        ctx.memory.clear()
+        ctx.decode(batch)  # three outputs: the buffer grows, rows 0..2
+        rows = [ctx.logits(i).copy() for i in range(3)]
+        assert not np.array_equal(rows[0], rows[1]) and np.array_equal(ctx.logits(), rows[2])
+        ctx.decode_token(int(a[3]), 3)
+        assert np.array_equal(ctx.logits(), ctx.logits(0))
+
+
 def test_seq_rm_then_decode_equals_fresh(model: llamacffi.Model) -> None:
     a, b, c = toks(model, A, bos=True), toks(model, B), toks(model, C)
     with ctx_for(model) as ctx:

@@ -262,6 +262,25 @@ def test_models_share_one_engine_thread(service: LlamaCppService, smol: LlamaCpp
     assert smol.generate("The river", opts) == alone[0]
 
 
+def test_a_long_generation_lets_other_requests_in(service: LlamaCppService, smol: LlamaCppTextModel) -> None:
+    # Decoding alone, an engine keeps going without returning to the thread's loop; a request for another model,
+    # or for the same one, must still get its turn at once rather than after the long generation.
+    gemma = service.load_model("gemma3-270m", config=ModelConfig(context_size=256, parallel=1))
+    long_opts = GenerationOptions(temperature=0, max_tokens=400, raw=True)
+    short = GenerationOptions(temperature=0, max_tokens=4, raw=True)
+    try:
+        for other in (gemma, smol):
+            before = smol.stats["generated_tokens"]
+            story = smol.generate_stream("Once upon a time", long_opts)
+            next(story)
+            other.generate("The river", short)
+            done = smol.stats["generated_tokens"] - before
+            story.close()
+            assert done < 300, f"the long generation had made {done} tokens before the other request ended"
+    finally:
+        gemma.close()
+
+
 ENGINE_THREAD_LIFETIME = """
 import threading, time
 from llamacffi.service import GenerationOptions, LlamaCppService, LocalBackendConfig, ModelConfig

@@ -20,6 +20,8 @@ from .raw import ffi, lib
 from .vocab import TokenArray, as_tokens
 
 MAX_CTX = 1 << 22  # 4M positions: beyond that a request is a mistake, not a plan
+_ONE_OUTPUT = np.ones(1, dtype=np.int8)  # the outputs of decode_token: its one token has logits
+_ONE_OUTPUT.flags.writeable = False
 
 
 def default_threads() -> int:
@@ -145,6 +147,8 @@ class Context:
         self.separate_streams = not kv_unified and self.n_seq_max > 1
         self._outputs: npt.NDArray[np.int8] = np.zeros(0, dtype=np.int8)  # per token of the last batch: logits?
         self._n_outputs = 0
+        self._view_ptr: Any = ffi.NULL  # the row logits() returned last, and its view
+        self._view: npt.NDArray[np.float32] = np.zeros(0, dtype=np.float32)
         self._one = Batch(1, n_seq_max=1)
         self.memory = Memory(self)
 
@@ -171,6 +175,7 @@ class Context:
             return
         with self._busy:
             ptr, self._ptr = self._ptr, None
+            self._view_ptr, self._view = ffi.NULL, self._view[:0]
             ffi.release(ptr)
         self._model._unuse()
 
@@ -193,8 +198,9 @@ class Context:
             raise TypeError(f"decode takes a llamacffi.Batch, not {type(batch).__name__}")
         n = batch._n
         ensure(n > 0, "the batch is empty")
-        ensure(n <= self.n_batch, f"the batch holds {n} tokens but this context's n_batch is {self.n_batch}; "
-                                  f"use decode_tokens() to split a long prompt")
+        if n > self.n_batch:
+            raise InvalidArgumentError(f"the batch holds {n} tokens but this context's n_batch is {self.n_batch}; "
+                                       "use decode_tokens() to split a long prompt")
         tokens = batch._token[:n]
         lo, hi = int(tokens.min()), int(tokens.max())
         if lo < 0 or hi >= self.n_vocab:
@@ -222,15 +228,20 @@ class Context:
                 log.take_interrupt()
                 raise KeyboardInterrupt
             check_decode(rc)
-        self._outputs = batch._logits[:batch._n].copy()
-        self._n_outputs = int(np.count_nonzero(self._outputs)) if batch._n > 1 else int(self._outputs[0])
+        if batch is self._one:  # decode_token: one token, with logits
+            self._outputs, self._n_outputs = _ONE_OUTPUT, 1
+        else:
+            self._outputs = batch._logits[:batch._n].copy()
+            self._n_outputs = int(np.count_nonzero(self._outputs)) if batch._n > 1 else int(self._outputs[0])
 
     def decode_token(self, token: int, pos: int, seq_id: int = 0) -> None:
         """Decode one token at ``pos`` in sequence ``seq_id`` with logits: the fast path of a generation loop."""
         if not 0 <= token < self.n_vocab:
             as_tokens([token], self.n_vocab)
-        ensure(pos >= 0, f"positions must be >= 0, got {pos}")
-        ensure(0 <= seq_id < self.n_seq_max, f"seq_id {seq_id} is out of range 0..{self.n_seq_max - 1}")
+        if pos < 0:  # plain ifs: this runs for every token, and a message is built only when raised
+            raise InvalidArgumentError(f"positions must be >= 0, got {pos}")
+        if not 0 <= seq_id < self.n_seq_max:
+            raise InvalidArgumentError(f"seq_id {seq_id} is out of range 0..{self.n_seq_max - 1}")
         b = self._one
         b._token[0] = token
         b._pos[0] = pos
@@ -278,10 +289,12 @@ class Context:
         if n_out == 0:
             raise LlamaError("no logits: decode a batch that requests logits first")
         if i < 0:
-            ensure(i >= -n_out, f"output index {i} is out of range: the last decode produced {n_out} outputs")
-        else:
-            ensure(i < len(self._outputs) and self._outputs[i],
-                   f"batch index {i} has no logits (request them with logits=True when adding the token)")
+            if i < -n_out:
+                raise InvalidArgumentError(f"output index {i} is out of range: the last decode produced {n_out} "
+                                           "outputs")
+        elif not (i < len(self._outputs) and self._outputs[i]):
+            raise InvalidArgumentError(f"batch index {i} has no logits (request them with logits=True when adding "
+                                       "the token)")
         return i
 
     def logits(self, i: int = -1) -> npt.NDArray[np.float32]:
@@ -291,8 +304,11 @@ class Context:
         ptr = lib.llama_get_logits_ith(self.ptr, self._output_index(i))
         if ptr == ffi.NULL:
             raise LlamaError(f"llama.cpp has no logits for index {i}")
+        if ptr == self._view_ptr:  # the same row of the same buffer as last time (a generation loop): same view
+            return self._view
         view = np.frombuffer(ffi.buffer(ptr, self.n_vocab * 4), dtype=np.float32)
         view.flags.writeable = False
+        self._view_ptr, self._view = ptr, view
         return view
 
     def logits_copy(self, i: int = -1) -> npt.NDArray[np.float32]:

@@ -127,19 +127,19 @@ class Engine:
                                      f"{self.config.max_queue}); retry later")
             self._queue.append(request)
             self.stats["requests"] += 1
-            self._cond.notify_all()
+            self._runner.wake()
 
     def cancel(self, request: Request) -> None:
         with self._cond:
             request.cancelled = True
-            self._cond.notify_all()
+            self._runner.wake()
 
     def close(self) -> None:
         with self._cond:
             if self.closed:
                 return
             self.closed = True
-            self._cond.notify_all()
+            self._runner.wake()
         self._runner.detach(self)  # the engine thread lets go of the context before it is freed
         self.ctx.close()
 
@@ -158,8 +158,10 @@ class Engine:
         """Whether a step would do anything (called with the lock held)."""
         return bool(self._queue) or any(s.request is not None for s in self._slots)
 
-    def step(self) -> None:
-        """Admit waiting requests and decode one step of every active one."""
+    def step(self, alone: bool = False) -> None:
+        """Admit waiting requests and decode one step of every active one. When this engine is the only one with
+        work (``alone``), it goes on decoding until a request ends or anything else happens (a submission,
+        cancellation or close anywhere in the process): the engine thread's loop stays out of the way of tokens."""
         try:
             with self._cond:
                 for slot in self._slots:
@@ -167,8 +169,11 @@ class Engine:
                         self._release(slot)  # its consumer is gone: nothing more is sent
                 self._admit()
             active = [s for s in self._slots if s.request is not None]
-            if active:
+            events = self._runner.events
+            while active:
                 self._decode(active)
+                if not alone or self._runner.events != events or any(s.request is None for s in active):
+                    break
         except Exception as exc:  # never leave requests waiting on a failed step
             with self._cond:
                 failed = [s.request for s in self._slots if s.request is not None]
@@ -251,6 +256,46 @@ class Engine:
         slot.next_token = -1
 
     def _decode(self, active: list[_Slot]) -> None:
+        one = active[0] if len(active) == 1 and active[0].next_token >= 0 else None
+        if one is not None:  # one sequence generating: Context's one-token fast path, no batch to build
+            one.logit_index = 0
+            added = [(one, 1)]
+        else:
+            added = self._fill_batch(active)
+        try:
+            if one is not None:
+                self.ctx.decode_token(one.next_token, one.n_cached, one.seq_id)
+            else:
+                self.ctx.decode(self._batch)
+        except (DecodeAbortedError, KeyboardInterrupt):
+            for slot, _ in added:  # a Ctrl-C in the main thread: undo this step, keep going
+                self.ctx.memory.seq_rm(slot.seq_id, slot.n_cached, -1)
+            return
+        except LlamaError as exc:
+            for slot, _ in added:
+                self.ctx.memory.seq_rm(slot.seq_id, slot.n_cached, -1)
+                if slot.request is not None:
+                    _emit(slot.request, GenerationError(str(exc)))
+                self._release(slot)
+            return
+        stats = self.stats
+        stats["decode_calls"] += 1
+        if len(added) > stats["max_batched_sequences"]:
+            stats["max_batched_sequences"] = len(added)
+        for slot, n in added:
+            if slot.next_token >= 0:
+                slot.cached[slot.n_cached] = slot.next_token
+                slot.next_token = -1
+            else:
+                slot.cached[slot.n_cached:slot.n_cached + n] = slot.pending[:n]
+                slot.pending = slot.pending[n:]
+            slot.n_cached += n
+        for slot, _ in added:
+            if slot.logit_index >= 0 and slot.request is not None:
+                self._sample(slot, slot.request)
+
+    def _fill_batch(self, active: list[_Slot]) -> list[tuple[_Slot, int]]:
+        """One token of each generating sequence, then as many prompt tokens as fit; returns (slot, tokens)."""
         batch = self._batch
         batch.clear()
         budget = batch.capacity
@@ -270,32 +315,7 @@ class Engine:
                     slot.logit_index = idx
                 added.append((slot, take))
                 budget -= take
-        try:
-            self.ctx.decode(batch)
-        except (DecodeAbortedError, KeyboardInterrupt):
-            for slot, _ in added:  # a Ctrl-C in the main thread: undo this step, keep going
-                self.ctx.memory.seq_rm(slot.seq_id, slot.n_cached, -1)
-            return
-        except LlamaError as exc:
-            for slot, _ in added:
-                self.ctx.memory.seq_rm(slot.seq_id, slot.n_cached, -1)
-                if slot.request is not None:
-                    _emit(slot.request, GenerationError(str(exc)))
-                self._release(slot)
-            return
-        self.stats["decode_calls"] += 1
-        self.stats["max_batched_sequences"] = max(self.stats["max_batched_sequences"], len(added))
-        for slot, n in added:
-            if slot.next_token >= 0:
-                slot.cached[slot.n_cached] = slot.next_token
-                slot.next_token = -1
-            else:
-                slot.cached[slot.n_cached:slot.n_cached + n] = slot.pending[:n]
-                slot.pending = slot.pending[n:]
-            slot.n_cached += n
-        for slot, _ in added:
-            if slot.logit_index >= 0 and slot.request is not None:
-                self._sample(slot, slot.request)
+        return added
 
     def _sample(self, slot: _Slot, req: Request) -> None:
         logits = self.ctx.logits(slot.logit_index)

@@ -21,12 +21,19 @@ class Runner:
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
+        self.events = 0  # counts what an engine decoding alone must stop for (submissions, cancellations, ...)
         self._engines: list[Engine] = []
         self._thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        """Something changed (called with :attr:`cond` held): the thread looks at every engine again."""
+        self.events += 1
+        self.cond.notify_all()
 
     def attach(self, engine: Engine) -> None:
         with self.cond:
             self._engines.append(engine)
+            self.wake()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="llamacffi-engine", daemon=True)
                 self._thread.start()
@@ -35,7 +42,7 @@ class Runner:
         """Wait until the thread has let go of a closed engine (at once when called from the thread itself)."""
         with self.cond:
             if threading.current_thread() is not self._thread:
-                self.cond.notify_all()
+                self.wake()
                 while engine in self._engines:
                     self.cond.wait()
                 return
@@ -71,7 +78,7 @@ class Runner:
             for engine in closed:
                 self._drop(engine)
             for engine in ready:
-                engine.step()
+                engine.step(alone=len(ready) == 1)
 
 
 _shared = Runner()
