@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +23,7 @@ from .vocab import TokenArray, as_tokens
 MAX_CTX = 1 << 22  # 4M positions: beyond that a request is a mistake, not a plan
 _ONE_OUTPUT = np.ones(1, dtype=np.int8)  # the outputs of decode_token: its one token has logits
 _ONE_OUTPUT.flags.writeable = False
+_NO_VIEW = np.zeros(0, dtype=np.float32)
 
 
 def default_threads() -> int:
@@ -32,11 +34,28 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def _context_free(pools: list[Any]) -> Any:
-    """The destructor of a context: llama_free, then the thread pools it uses at that time."""
+def _context_free(pools: list[Any], release_model: Callable[[], None]) -> Any:
+    """The destructor of a context: llama_free, the thread pools it uses at that time, then its hold on the model."""
     def free(ptr: Any, _lib: Any = lib) -> None:
         _lib.llamacffi_context_free(ptr, pools[0], pools[1])
+        release_model()
     return free
+
+
+class _Deferred:
+    """A closed context whose logits views are still referenced: freed when the last of them goes away."""
+
+    def __init__(self, ptr: Any, views: list[Any]) -> None:
+        self._ptr: Any = ptr
+        self._left = len(views)
+        for view in views:
+            weakref.finalize(view, self._one_gone)
+
+    def _one_gone(self) -> None:
+        self._left -= 1
+        if self._left == 0 and self._ptr is not None:
+            ptr, self._ptr = self._ptr, None
+            ffi.release(ptr)
 
 
 def _new_pools(threads: int, threads_batch: int) -> list[Any]:
@@ -89,6 +108,11 @@ class Context:
                                     ("n_seq_max", n_seq_max, 1, int(lib.llama_max_parallel_sequences()))):
             if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
                 raise InvalidArgumentError(f"{name} must be an int in {lo}..{hi}, got {value!r}")
+        if model.vocab_only:
+            raise InvalidArgumentError("this Model was loaded with vocab_only=True: it has no weights to run")
+        if min(n_ctx, n_batch) < n_seq_max:  # llama.cpp reserves an output row per sequence within n_batch
+            raise InvalidArgumentError(f"n_ctx ({n_ctx}) and n_batch ({n_batch}) must be at least n_seq_max "
+                                       f"({n_seq_max})")
         n_ubatch = min(n_batch, 512) if n_ubatch is None else n_ubatch
         if not isinstance(n_ubatch, int) or not 1 <= n_ubatch <= n_batch:
             raise InvalidArgumentError(f"n_ubatch must be an int in 1..n_batch ({n_batch}), got {n_ubatch!r}")
@@ -111,7 +135,7 @@ class Context:
         if flash_attn is not None:
             params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else \
                 lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        model_ptr = model._acquire()
+        model_ptr, release_model = model._lease()
         try:
             ptr = lib.llama_init_from_model(model_ptr, params)
             if ptr == ffi.NULL:
@@ -119,19 +143,19 @@ class Context:
                     f"llama.cpp could not create a context with n_ctx={n_ctx}, n_batch={n_batch}, "
                     f"n_seq_max={n_seq_max}: most likely not enough memory; try a smaller n_ctx")
         except BaseException:
-            model._unuse()
+            release_model()
             raise
         try:
             pools = _new_pools(threads, threads_batch)
         except BaseException:
             lib.llama_free(ptr)
-            model._unuse()
+            release_model()
             raise
         if pools[0] != ffi.NULL:
             lib.llama_attach_threadpool(ptr, pools[0], pools[1])
         self._model = model
         self._pools = pools
-        self._ptr = ffi.gc(ptr, _context_free(pools))
+        self._ptr = ffi.gc(ptr, _context_free(pools, release_model))
         self._mem = lib.llama_get_memory(ptr)
         self._abort = ffi.new("llamacffi_abort_state *")
         lib.llamacffi_abort_attach(ptr, self._abort)
@@ -148,7 +172,8 @@ class Context:
         self._outputs: npt.NDArray[np.int8] = np.zeros(0, dtype=np.int8)  # per token of the last batch: logits?
         self._n_outputs = 0
         self._view_ptr: Any = ffi.NULL  # the row logits() returned last, and its view
-        self._view: npt.NDArray[np.float32] = np.zeros(0, dtype=np.float32)
+        self._view: npt.NDArray[np.float32] = _NO_VIEW
+        self._views: list[weakref.ref[Any]] = []  # views handed out (numpy arrays are not hashable: no WeakSet)
         self._one = Batch(1, n_seq_max=1)
         self.memory = Memory(self)
 
@@ -175,9 +200,13 @@ class Context:
             return
         with self._busy:
             ptr, self._ptr = self._ptr, None
-            self._view_ptr, self._view = ffi.NULL, self._view[:0]
-            ffi.release(ptr)
-        self._model._unuse()
+            self._view_ptr, self._view = ffi.NULL, _NO_VIEW
+            views = [v for v in (r() for r in self._views) if v is not None]
+            self._views = []
+            if views:  # logits views still read llama.cpp's buffer: free it with the last of them
+                _Deferred(ptr, views)
+            else:
+                ffi.release(ptr)  # the destructor also lets go of the model
 
     def __enter__(self) -> "Context":
         return self
@@ -213,14 +242,18 @@ class Context:
                                                      "created with kv_unified=True")
         self._run(batch)
 
-    def _run(self, batch: Batch) -> None:
-        ptr = self.ptr
+    def _exclusive(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` with this context to itself: a decode, state or memory call while another thread is in
+        one raises instead of corrupting llama.cpp's state."""
         if not self._busy.acquire(blocking=False):
             raise LlamaError("this Context is in use by another thread; use one Context per thread")
         try:
-            rc = lib.llamacffi_decode(ptr, batch._c, self._abort)
+            return fn(*args)
         finally:
             self._busy.release()
+
+    def _run(self, batch: Batch) -> None:
+        rc = self._exclusive(lib.llamacffi_decode, self.ptr, batch._c, self._abort)
         if rc != 0:
             self._outputs, self._n_outputs = self._outputs[:0], 0
             if rc == 2 and not self._abort.abort and threading.current_thread() is threading.main_thread():
@@ -272,10 +305,14 @@ class Context:
         return end
 
     def encode(self, batch: Batch) -> None:
-        """Run an encoder (for encoder-decoder models or embeddings) on a batch."""
-        ensure(0 < batch._n <= self.n_batch, f"the batch must hold 1..{self.n_batch} tokens")
+        """Run the encoder of an encoder-decoder model on a batch (at most ``n_ubatch`` tokens: llama.cpp encodes
+        a batch in one piece)."""
+        if not isinstance(batch, Batch):
+            raise TypeError(f"encode takes a llamacffi.Batch, not {type(batch).__name__}")
+        ensure(self._model.has_encoder, "this model has no encoder: use decode()")
+        ensure(0 < batch._n <= self.n_ubatch, f"the batch must hold 1..{self.n_ubatch} tokens (n_ubatch) to encode")
         as_tokens(batch.tokens, self.n_vocab)
-        rc = lib.llamacffi_encode(self.ptr, batch._c, self._abort)
+        rc = self._exclusive(lib.llamacffi_encode, self.ptr, batch._c, self._abort)
         check_decode(rc, "llama_encode")
 
     def abort(self) -> None:
@@ -309,6 +346,9 @@ class Context:
         view = np.frombuffer(ffi.buffer(ptr, self.n_vocab * 4), dtype=np.float32)
         view.flags.writeable = False
         self._view_ptr, self._view = ptr, view
+        if len(self._views) >= 64:
+            self._views = [r for r in self._views if r() is not None]
+        self._views.append(weakref.ref(view))
         return view
 
     def logits_copy(self, i: int = -1) -> npt.NDArray[np.float32]:
@@ -367,7 +407,7 @@ class Context:
         ptr = self.ptr
         size = lib.llama_state_get_size(ptr)
         buf = ffi.new("uint8_t[]", size)
-        n = lib.llama_state_get_data(ptr, buf, size)
+        n = self._exclusive(lib.llama_state_get_data, ptr, buf, size)
         ensure(n > 0, "llama.cpp could not save the state", StateError)
         return bytes(ffi.buffer(buf, n))
 
@@ -375,7 +415,7 @@ class Context:
         """Restore a state from :meth:`state_save` of a context with the same model and sizes."""
         ensure(isinstance(data, (bytes, bytearray, memoryview)) and len(data) > 0, "state must be non-empty bytes",
                StateError)
-        n = lib.llama_state_set_data(self.ptr, ffi.from_buffer(data), len(data))
+        n = self._exclusive(lib.llama_state_set_data, self.ptr, ffi.from_buffer(data), len(data))
         ensure(n > 0, "llama.cpp rejected the state (another model or context size, or corrupt data)", StateError)
         self._outputs, self._n_outputs = self._outputs[:0], 0
 
@@ -385,7 +425,7 @@ class Context:
         self.memory._seq(seq_id)
         size = lib.llama_state_seq_get_size(ptr, seq_id)
         buf = ffi.new("uint8_t[]", size)
-        n = lib.llama_state_seq_get_data(ptr, buf, size, seq_id)
+        n = self._exclusive(lib.llama_state_seq_get_data, ptr, buf, size, seq_id)
         ensure(n > 0, f"llama.cpp could not save sequence {seq_id}", StateError)
         return bytes(ffi.buffer(buf, n))
 
@@ -394,15 +434,15 @@ class Context:
         self.memory._seq(seq_id)
         ensure(isinstance(data, (bytes, bytearray, memoryview)) and len(data) > 0, "state must be non-empty bytes",
                StateError)
-        n = lib.llama_state_seq_set_data(self.ptr, ffi.from_buffer(data), len(data), seq_id)
+        n = self._exclusive(lib.llama_state_seq_set_data, self.ptr, ffi.from_buffer(data), len(data), seq_id)
         ensure(n > 0, "llama.cpp rejected the sequence state (another model, or corrupt data)", StateError)
 
     def seq_save_file(self, path: str | os.PathLike[str], tokens: npt.ArrayLike, seq_id: int = 0) -> None:
         """Save one sequence's memory and its tokens to a file."""
         self.memory._seq(seq_id)
         arr = as_tokens(tokens, self.n_vocab)
-        n = lib.llama_state_seq_save_file(self.ptr, os.fsencode(path), seq_id,
-                                          ffi.from_buffer("llama_token[]", arr), len(arr))
+        n = self._exclusive(lib.llama_state_seq_save_file, self.ptr, os.fsencode(path), seq_id,
+                            ffi.from_buffer("llama_token[]", arr), len(arr))
         ensure(n > 0, f"could not write the sequence state to {os.fspath(path)}", StateError)
 
     def seq_load_file(self, path: str | os.PathLike[str], seq_id: int = 0) -> TokenArray:
@@ -411,8 +451,8 @@ class Context:
         ensure(os.path.isfile(path), f"no state file at {os.fspath(path)}", StateError)
         out = np.empty(self.n_ctx, dtype=np.int32)
         count = ffi.new("size_t *")
-        n = lib.llama_state_seq_load_file(self.ptr, os.fsencode(path), seq_id,
-                                          ffi.from_buffer("llama_token[]", out), len(out), count)
+        n = self._exclusive(lib.llama_state_seq_load_file, self.ptr, os.fsencode(path), seq_id,
+                            ffi.from_buffer("llama_token[]", out), len(out), count)
         ensure(n > 0, f"llama.cpp rejected the state file {os.fspath(path)}", StateError)
         return out[:count[0]].copy()
 
@@ -428,6 +468,10 @@ class Memory:
         self._ctx.ptr
         return self._ctx._mem
 
+    def _call(self, fn: Any, *args: Any) -> Any:
+        """A ``llama_memory_*`` call on this memory, never while another thread decodes on the context."""
+        return self._ctx._exclusive(fn, self._m, *args)
+
     def _seq(self, seq_id: int) -> int:
         if not isinstance(seq_id, (int, np.integer)) or not 0 <= seq_id < self._ctx.n_seq_max:
             raise InvalidArgumentError(f"seq_id {seq_id!r} is out of range 0..{self._ctx.n_seq_max - 1}")
@@ -435,60 +479,56 @@ class Memory:
 
     def clear(self, data: bool = True) -> None:
         """Forget every sequence (``data`` also zeroes the buffers)."""
-        lib.llama_memory_clear(self._m, bool(data))
+        self._call(lib.llama_memory_clear, bool(data))
 
     def seq_rm(self, seq_id: int, p0: int = -1, p1: int = -1) -> bool:
         """Remove positions ``[p0, p1)`` of a sequence (``seq_id=-1``: every sequence). False when the memory
         cannot remove a part of a sequence (e.g. recurrent models); then nothing changed."""
         if seq_id != -1:
             self._seq(seq_id)
-        return bool(lib.llama_memory_seq_rm(self._m, seq_id, p0, p1))
+        return bool(self._call(lib.llama_memory_seq_rm, seq_id, p0, p1))
 
     def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
         """Make positions ``[p0, p1)`` of ``src`` also belong to ``dst``.
 
         When sequences have streams of their own (``kv_unified=False``), only a whole sequence can be copied."""
-        m = self._m
         s, d = self._seq(src), self._seq(dst)
         if self._ctx.separate_streams and s != d and (p0 > 0 or p1 > 0):
             raise InvalidArgumentError("copying part of a sequence needs a context created with kv_unified=True; "
                                        "copy the whole sequence (p0=-1, p1=-1)")
-        lib.llama_memory_seq_cp(m, s, d, p0, p1)
+        self._call(lib.llama_memory_seq_cp, s, d, p0, p1)
 
     def seq_keep(self, seq_id: int) -> None:
         """Remove every sequence but ``seq_id``.
 
         llama.cpp applies this to the stream of ``seq_id`` only when sequences have streams of their own
         (``kv_unified=False``); the other sequences are removed here explicitly, as llama.h defines."""
-        m = self._m
         keep = self._seq(seq_id)
-        lib.llama_memory_seq_keep(m, keep)
+        self._call(lib.llama_memory_seq_keep, keep)
         for other in range(self._ctx.n_seq_max):
             if other != keep:
-                lib.llama_memory_seq_rm(m, other, -1, -1)
+                self._call(lib.llama_memory_seq_rm, other, -1, -1)
 
     def seq_add(self, seq_id: int, p0: int, p1: int, delta: int) -> None:
         """Shift positions ``[p0, p1)`` of a sequence by ``delta`` (needs a memory that can shift)."""
-        m = self._m
         s = self._seq(seq_id)
-        ensure(lib.llama_memory_can_shift(m), "this model's memory cannot shift positions")
-        lib.llama_memory_seq_add(m, s, p0, p1, delta)
+        ensure(self.can_shift, "this model's memory cannot shift positions")
+        self._call(lib.llama_memory_seq_add, s, p0, p1, delta)
 
     def seq_div(self, seq_id: int, p0: int, p1: int, d: int) -> None:
         """Divide positions ``[p0, p1)`` of a sequence by ``d`` (integer division, ``d >= 1``)."""
-        m = self._m
         s = self._seq(seq_id)
         ensure(isinstance(d, int) and d >= 1, f"d must be an int >= 1, got {d!r}")
-        ensure(lib.llama_memory_can_shift(m), "this model's memory cannot shift positions")
-        lib.llama_memory_seq_div(m, s, p0, p1, d)
+        ensure(self.can_shift, "this model's memory cannot shift positions")
+        self._call(lib.llama_memory_seq_div, s, p0, p1, d)
 
     def seq_pos_min(self, seq_id: int) -> int:
         """Smallest position of a sequence, -1 when it is empty."""
-        return int(lib.llama_memory_seq_pos_min(self._m, self._seq(seq_id)))
+        return int(self._call(lib.llama_memory_seq_pos_min, self._seq(seq_id)))
 
     def seq_pos_max(self, seq_id: int) -> int:
         """Largest position of a sequence, -1 when it is empty."""
-        return int(lib.llama_memory_seq_pos_max(self._m, self._seq(seq_id)))
+        return int(self._call(lib.llama_memory_seq_pos_max, self._seq(seq_id)))
 
     @property
     def can_shift(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,9 +43,38 @@ def llamacffi_progress_callback(progress: float, user_data: Any) -> bool:
     return True
 
 
+# Whatever uses a llama_model (a context, a grammar) holds it here by address until it is freed, so the model is
+# freed after them even when the garbage collector finalises a Model and its users together, in any order.
+_holds: dict[int, int] = {}
+_orphaned: set[int] = set()  # models whose Model object went away while something still held them
+_holds_lock = threading.Lock()
+
+
+def _address(ptr: Any) -> int:
+    return int(ffi.cast("uintptr_t", ptr))
+
+
 def _free_model(ptr: Any, _lib: Any = lib) -> None:
     # Default argument: keeps the library alive until this runs, even at interpreter shutdown.
+    with _holds_lock:
+        address = _address(ptr)
+        if _holds.get(address):
+            _orphaned.add(address)  # the last holder frees it
+            return
     _lib.llama_model_free(ptr)
+
+
+def _unhold(address: int, _lib: Any = lib) -> None:
+    with _holds_lock:
+        left = _holds[address] - 1
+        if left:
+            _holds[address] = left
+            return
+        del _holds[address]
+        if address not in _orphaned:
+            return
+        _orphaned.discard(address)
+    _lib.llama_model_free(ffi.cast("struct llama_model *", address))
 
 
 class Model:
@@ -54,9 +84,10 @@ class Model:
     the last context is closed.
     """
 
-    def __init__(self, ptr: Any, path: Path) -> None:
+    def __init__(self, ptr: Any, path: Path, vocab_only: bool = False) -> None:
         self._ptr = ffi.gc(ptr, _free_model)
         self.path = path
+        self.vocab_only = vocab_only  # loaded without weights: a tokenizer, no Context
         self._vocab = Vocab(self, lib.llama_model_get_vocab(ptr))
         self._users = 0
         self._close_requested = False
@@ -109,7 +140,7 @@ class Model:
                 raise ModelLoadError(f"loading {p} was cancelled by the progress callback")
             reason = "; ".join(problems[:2]) or "the file is corrupt, truncated, or of an unsupported architecture"
             raise ModelLoadError(f"llama.cpp could not load {p}: {reason}")
-        return cls(ptr, p)
+        return cls(ptr, p, bool(vocab_only))
 
     # ---- lifetime ---------------------------------------------------------------------------------------------
 
@@ -142,6 +173,27 @@ class Model:
                 raise ClosedError("this Model is closed")
             self._users += 1
             return self._ptr
+
+    def _lease(self) -> tuple[Any, Callable[[], None]]:
+        """For a C object that keeps this model's pointer (a context, a grammar): the pointer, and the function to
+        call once that object is freed, from its destructor. Until then the model stays loaded, even when this
+        Model is closed or collected first."""
+        ptr = self._acquire()
+        address = _address(ptr)
+        with _holds_lock:
+            _holds[address] = _holds.get(address, 0) + 1
+        owner = weakref.ref(self)
+        done = [False]
+
+        def release() -> None:
+            if done[0]:
+                return
+            done[0] = True
+            _unhold(address)
+            model = owner()
+            if model is not None:
+                model._unuse()
+        return ptr, release
 
     def _unuse(self) -> None:
         with self._lock:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -135,9 +135,10 @@ class _Params:
         if not (math.isfinite(self.frequency_penalty) and math.isfinite(self.presence_penalty)):
             raise InvalidArgumentError("frequency_penalty and presence_penalty must be finite")
         self.penalty_last_n = _integer("penalty_last_n", penalty_last_n)
-        if self.penalty_last_n < -1:
+        if not -1 <= self.penalty_last_n <= _NATIVE_WHOLE_HISTORY:  # llama.cpp allocates the window up front
             raise InvalidArgumentError(
-                f"penalty_last_n must be -1 (whole history), 0 (disabled) or a positive window, got {penalty_last_n}")
+                f"penalty_last_n must be -1 (whole history), 0 (disabled) or a window of up to "
+                f"{_NATIVE_WHOLE_HISTORY} tokens, got {penalty_last_n}")
         self.seed = _check_seed(seed)
         self.bias_ids: IdArray | None = None
         self.bias_vals: npt.NDArray[np.float32] | None = None
@@ -580,6 +581,53 @@ class Sampler:
 # ------------------------------------------------------------------------------------------------- NativeSampler
 
 
+# llama.cpp parses a grammar and checks it for left recursion by recursing over its nesting and its rules; past
+# a few thousand levels that overflows the C stack. No real grammar comes near these limits.
+GRAMMAR_MAX_NESTING = 256
+GRAMMAR_MAX_RULES = 10_000
+
+
+def _check_grammar_shape(text: str) -> None:
+    """Refuse (GrammarError) a GBNF text nested or chained deeper than llama.cpp's parser can take."""
+    if not isinstance(text, str):
+        raise TypeError(f"grammar must be str, not {type(text).__name__}")
+    depth = deepest = rules = 0
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"' or c == "[":  # a literal or a character class: skip to its unescaped end
+            close = '"' if c == '"' else "]"
+            i += 1
+            while i < n and text[i] != close:
+                i += 2 if text[i] == "\\" else 1
+        elif c == "#":
+            while i < n and text[i] != "\n":
+                i += 1
+        elif c == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c == ")":
+            depth -= 1
+        elif c == ":" and text.startswith("::=", i):
+            rules += 1
+        i += 1
+    if deepest > GRAMMAR_MAX_NESTING:
+        raise GrammarError(f"the grammar nests groups {deepest} deep; at most {GRAMMAR_MAX_NESTING} are supported")
+    if rules > GRAMMAR_MAX_RULES:
+        raise GrammarError(f"the grammar has {rules} rules; at most {GRAMMAR_MAX_RULES} are supported")
+
+
+def _nothing() -> None:
+    pass
+
+
+def _grammar_free(release_model: Callable[[], None]) -> Callable[[Any], None]:
+    def free(ptr: Any, _lib: Any = lib) -> None:
+        _lib.llama_sampler_free(ptr)
+        release_model()
+    return free
+
+
 class VocabLike(Protocol):
     """What NativeSampler needs from a vocabulary: its ``const struct llama_vocab *`` and its size."""
 
@@ -627,11 +675,20 @@ class NativeSampler:
         if grammar is not None:
             if vocab is None:
                 raise InvalidArgumentError("a grammar needs the model's vocab (pass vocab=model.vocab)")
-            g = lib.llama_sampler_init_grammar(vocab._ptr, grammar.encode(), grammar_root.encode())
+            _check_grammar_shape(grammar)
+            # The grammar keeps the vocabulary's pointer: its model stays loaded until this sampler is freed.
+            lease = getattr(getattr(vocab, "_model", None), "_lease", None)
+            release: Callable[[], None] = lease()[1] if lease is not None else _nothing
+            try:
+                g = lib.llama_sampler_init_grammar(vocab._ptr, grammar.encode(), grammar_root.encode())
+            except BaseException:
+                release()
+                raise
             if g == ffi.NULL:
+                release()
                 raise GrammarError(f"the grammar does not parse, or has no rule {grammar_root!r} "
                                    f"(llama.cpp logs the reason)")
-            self._grammar = ffi.gc(g, lib.llama_sampler_free)
+            self._grammar = ffi.gc(g, _grammar_free(release))
             # a one-entry candidate array to ask the grammar whether a single token is allowed
             self._one = ffi.new("llama_token_data[1]")
             self._one_arr = ffi.new("llama_token_data_array *")

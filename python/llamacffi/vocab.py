@@ -40,7 +40,12 @@ def _text_bytes(text: str | bytes, what: str = "text") -> bytes:
         except UnicodeEncodeError as exc:
             raise TokenizeError(f"{what} is not valid Unicode (lone surrogate at index {exc.start})") from None
     if isinstance(text, (bytes, bytearray, memoryview)):
-        return bytes(text)
+        data = bytes(text)
+        try:  # llama.cpp's tokenizers assume UTF-8; some abort the process on what is not (a code point > U+10FFFF)
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TokenizeError(f"{what} is not valid UTF-8 (at byte {exc.start})") from None
+        return data
     raise TypeError(f"{what} must be str or bytes, not {type(text).__name__}")
 
 
@@ -109,19 +114,24 @@ class Vocab:
         data = _text_bytes(text)
         if len(data) > 2**31 - 2:
             raise TokenizeError("text is too long to tokenize (over 2 GiB)")
-        ptr = self._ptr
-        cap = len(data) + 8
+        cap = min(len(data) + 8, 2**31 - 1)
         out = np.empty(cap, dtype=np.int32)
-        n = lib.llama_tokenize(ptr, data, len(data), ffi.from_buffer("llama_token[]", out), cap,
-                               bool(add_special), bool(parse_special))
-        if n < 0:
-            if n == -(2**31):
-                raise TokenizeError("tokenization overflowed int32")
-            out = np.empty(-n, dtype=np.int32)
-            n = lib.llama_tokenize(ptr, data, len(data), ffi.from_buffer("llama_token[]", out), -n,
+        model = self._model
+        model._acquire()  # a close() from another thread meanwhile frees the model only after this call
+        try:
+            ptr = self._raw
+            n = lib.llama_tokenize(ptr, data, len(data), ffi.from_buffer("llama_token[]", out), cap,
                                    bool(add_special), bool(parse_special))
             if n < 0:
-                raise TokenizeError(f"llama_tokenize failed ({n})")
+                if n == -(2**31):
+                    raise TokenizeError("tokenization overflowed int32")
+                out = np.empty(-n, dtype=np.int32)
+                n = lib.llama_tokenize(ptr, data, len(data), ffi.from_buffer("llama_token[]", out), -n,
+                                       bool(add_special), bool(parse_special))
+                if n < 0:
+                    raise TokenizeError(f"llama_tokenize failed ({n})")
+        finally:
+            model._unuse()
         return out[:n].copy() if n < cap // 2 else out[:n]
 
     def token_to_piece(self, token: int, *, special: bool = False) -> bytes:
@@ -152,15 +162,20 @@ class Vocab:
     def detokenize_bytes(self, tokens: Iterable[int] | npt.ArrayLike, *, remove_special: bool = False,
                          unparse_special: bool = False) -> bytes:
         arr = as_tokens(tokens, self.n_tokens)
-        ptr = self._ptr
         toks = ffi.from_buffer("llama_token[]", arr)
         size = max(64, 8 * len(arr))
-        while True:
-            buf = ffi.new("char[]", size)
-            n = lib.llama_detokenize(ptr, toks, len(arr), buf, size, bool(remove_special), bool(unparse_special))
-            if n >= 0:
-                return bytes(ffi.buffer(buf, n))
-            size = -n
+        model = self._model
+        model._acquire()  # as in tokenize: a close() meanwhile frees the model only after this call
+        try:
+            while True:
+                buf = ffi.new("char[]", size)
+                n = lib.llama_detokenize(self._raw, toks, len(arr), buf, size, bool(remove_special),
+                                         bool(unparse_special))
+                if n >= 0:
+                    return bytes(ffi.buffer(buf, n))
+                size = -n
+        finally:
+            model._unuse()
 
     def stream(self, *, special: bool = False) -> "StreamDecoder":
         """A :class:`StreamDecoder` for this vocabulary."""

@@ -141,6 +141,8 @@ class ModelConfig(_Config):
         self._int("context_size", 16, 1 << 20)
         self._int("batch_size", 1, 1 << 16)
         self._int("parallel", 1, 256)
+        if self.batch_size < self.parallel:  # every step decodes a token of each of up to `parallel` requests
+            raise _fail(type(self), "batch_size", f"must be at least parallel ({self.parallel})", self.batch_size)
         self._int("max_queue", 0)
         self._bool("strict_context")
         self._bool("truncate_prompt")

@@ -1,0 +1,169 @@
+"""Misuse that would crash or corrupt llama.cpp is refused with a Python exception, and lifetimes hold: objects
+that keep llama.cpp pointers keep what those point to alive, whatever the order of close() and collection."""
+
+from __future__ import annotations
+
+import gc
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import llamacffi
+import llamacffi.model as model_module
+from llamacffi import Batch, Context, GrammarError, InvalidArgumentError, LlamaError, TokenizeError
+from llamacffi.sampling import GRAMMAR_MAX_NESTING, GRAMMAR_MAX_RULES, NativeSampler, Sampler
+from llamacffi.service import ModelConfig
+from llamacffi.service.errors import InvalidConfigError
+
+THREADS = 2
+
+
+# ---- checked before calling llama.cpp -------------------------------------------------------------------------
+
+def test_encode_needs_an_encoder(smollm2: llamacffi.Model) -> None:
+    with Context(smollm2, n_ctx=64, n_threads=THREADS) as ctx:
+        with pytest.raises(InvalidArgumentError, match="no encoder"):
+            ctx.encode(Batch.from_tokens([1, 2, 3]))
+        with pytest.raises(TypeError):
+            ctx.encode([1, 2, 3])  # type: ignore[arg-type]
+
+
+def test_every_sequence_needs_an_output_row(smollm2: llamacffi.Model) -> None:
+    for kw in ({"n_batch": 2, "n_seq_max": 4}, {"n_ctx": 2, "n_seq_max": 4}):
+        with pytest.raises(InvalidArgumentError, match="n_seq_max"):
+            Context(smollm2, n_threads=THREADS, **{"n_ctx": 256, **kw})  # type: ignore[arg-type]
+    with pytest.raises(InvalidConfigError, match="batch_size"):
+        ModelConfig(context_size=256, batch_size=1, parallel=2)
+
+
+def test_a_vocab_only_model_has_no_context(smollm2_path: Path) -> None:
+    with llamacffi.Model.load(smollm2_path, vocab_only=True) as m:
+        assert m.vocab.tokenize("hi").size > 0
+        with pytest.raises(InvalidArgumentError, match="vocab_only"):
+            Context(m, n_ctx=64)
+
+
+def test_tokenize_refuses_invalid_utf8(smollm2: llamacffi.Model, gemma3: llamacffi.Model) -> None:
+    for m in (smollm2, gemma3):
+        for bad in (b"\xf4\x90\x80\x80", b"ok \xff", b"\xed\xa0\x80"):  # > U+10FFFF, a stray byte, a surrogate
+            with pytest.raises(TokenizeError, match="UTF-8"):
+                m.vocab.tokenize(bad)
+        assert list(m.vocab.tokenize("é".encode(), add_special=False)) == list(m.vocab.tokenize("é", add_special=False))
+
+
+def test_penalty_window_is_bounded() -> None:
+    for cls in (Sampler, NativeSampler):
+        with pytest.raises(InvalidArgumentError, match="penalty_last_n"):
+            cls(repeat_penalty=1.1, penalty_last_n=2**31 - 1)
+
+
+def test_grammar_depth_and_size_are_bounded(smollm2: llamacffi.Model) -> None:
+    deep = "root ::= " + "(" * (GRAMMAR_MAX_NESTING + 1) + '"a"' + ")" * (GRAMMAR_MAX_NESTING + 1)
+    with pytest.raises(GrammarError, match="nests"):
+        NativeSampler(vocab=smollm2.vocab, grammar=deep)
+    chain = "\n".join(f'r{i} ::= r{i + 1} "a"' for i in range(GRAMMAR_MAX_RULES + 1))
+    with pytest.raises(GrammarError, match="rules"):
+        NativeSampler(vocab=smollm2.vocab, grammar="root ::= r0\n" + chain + f'\nr{GRAMMAR_MAX_RULES + 1} ::= "a"')
+    # brackets inside literals and classes do not count
+    ok = 'root ::= "((((" [(] ' + "(" * 10 + '"a"' + ")" * 10
+    with NativeSampler(vocab=smollm2.vocab, grammar=ok, temperature=0.0) as s:
+        assert s.n_vocab == smollm2.vocab.n_tokens
+
+
+# ---- one thread at a time -----------------------------------------------------------------------------------
+
+def test_state_and_memory_calls_refuse_a_busy_context(smollm2: llamacffi.Model) -> None:
+    with Context(smollm2, n_ctx=64, n_threads=THREADS) as ctx:
+        ctx.decode_tokens([1, 2, 3])
+        saved = ctx.state_save()
+        with ctx._busy:  # what another thread's decode holds
+            for call in (ctx.state_save, lambda: ctx.state_load(saved), lambda: ctx.seq_state_save(0),
+                         ctx.memory.clear, lambda: ctx.memory.seq_rm(0, 1, -1), lambda: ctx.memory.seq_pos_max(0)):
+                with pytest.raises(LlamaError, match="in use by another thread"):
+                    call()
+        assert ctx.memory.seq_pos_max(0) == 2  # nothing changed
+
+
+# ---- lifetimes -------------------------------------------------------------------------------------------------
+
+def test_logits_views_outlive_close(gemma3_path: Path) -> None:
+    m = llamacffi.Model.load(gemma3_path)
+    ctx = Context(m, n_ctx=128, n_batch=64, n_threads=THREADS)
+    ctx.decode_tokens(list(range(10, 74)), logits="all")
+    view, row = ctx.logits(0), ctx.logits(5)
+    expected = (view.copy(), row.copy())
+    ctx.close()
+    m.close()
+    gc.collect()
+    junk = [bytearray(1 << 20) for _ in range(64)]  # would reuse freed memory
+    np.testing.assert_array_equal(view, expected[0])
+    np.testing.assert_array_equal(row, expected[1])
+    del junk, view, row
+    gc.collect()
+    assert m._ptr is None  # freed with the last view
+
+
+def test_a_grammar_keeps_its_model(smollm2_path: Path) -> None:
+    m = llamacffi.Model.load(smollm2_path)
+    s = NativeSampler(vocab=m.vocab, grammar='root ::= "hello"', temperature=0.0)
+    row = np.zeros(m.vocab.n_tokens, dtype=np.float32)
+    m.close()
+    token = s.sample(row)
+    assert token >= 0 and m._ptr is not None
+    s.close()
+    assert m._ptr is None
+
+
+def test_close_waits_for_a_tokenize_in_another_thread(smollm2_path: Path) -> None:
+    m = llamacffi.Model.load(smollm2_path)
+    text = "hello world, the quick brown fox " * 100_000
+    result: list[int] = []
+    started = threading.Event()
+
+    def work() -> None:
+        started.set()
+        result.append(len(m.vocab.tokenize(text)))
+
+    t = threading.Thread(target=work)
+    t.start()
+    started.wait()
+    m.close()
+    t.join(timeout=120)
+    assert result and result[0] > 100_000
+    assert m._ptr is None
+
+
+def test_a_model_outlives_its_contexts_whatever_the_collection_order(smollm2_path: Path) -> None:
+    events: list[tuple[str, int, bool]] = []  # (what, model address, whether its free was deferred)
+    real_free, real_unhold = model_module._free_model, model_module._unhold
+
+    def free(ptr: object, _lib: object = None) -> None:
+        address = model_module._address(ptr)
+        real_free(ptr)
+        events.append(("model destructor", address, address in model_module._orphaned))  # deferred?
+
+    def unhold(address: int, _lib: object = None) -> None:
+        events.append(("context freed", address, True))
+        real_unhold(address)
+
+    model_module._free_model, model_module._unhold = free, unhold
+    try:
+        for _ in range(3):
+            events.clear()
+            m = llamacffi.Model.load(smollm2_path)
+            address = model_module._address(m._ptr)
+            ctx = Context(m, n_ctx=64, n_threads=THREADS)
+            ctx.decode_tokens([1, 2, 3])
+            ctx.cycle = ctx  # type: ignore[attr-defined]  # collected only by the cycle collector, with the model
+            m.cycle = (m, ctx)  # type: ignore[attr-defined]
+            del m, ctx
+            gc.collect()
+            mine = [e for e in events if e[1] == address]
+            assert [e[0] for e in mine].count("model destructor") == 1 and ("context freed", address, True) in mine
+            model_first = mine[0][0] == "model destructor"
+            assert not model_first or mine[0][2], "the model was freed while its context still used it"
+            assert address not in model_module._holds and address not in model_module._orphaned
+    finally:
+        model_module._free_model, model_module._unhold = real_free, real_unhold
