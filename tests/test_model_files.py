@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import pytest
 
 import llamacffi
-from llamacffi import ModelLoadError
+from llamacffi import ModelLoadError, gguf
 
 
 def write(tmp_path: Path, name: str, data: bytes) -> Path:
@@ -83,3 +84,56 @@ def test_progress_callback_cancels_and_reraises(smollm2_path: Path) -> None:
     with llamacffi.Model.load(smollm2_path, progress=progress.append) as m:
         assert m.n_params > 0
     assert progress[-1] == pytest.approx(1.0)
+
+
+def gguf_bytes(kv: list[tuple[str, int, bytes]]) -> bytes:
+    """A GGUF file with no tensors and the given (key, value type, encoded value) pairs."""
+    def s(text: str) -> bytes:
+        return struct.pack("<Q", len(text.encode())) + text.encode()
+
+    out = b"GGUF" + struct.pack("<IQQ", 3, 0, len(kv))
+    for key, vtype, value in kv:
+        out += s(key) + struct.pack("<I", vtype) + value
+    return out
+
+
+def string_value(text: str) -> bytes:
+    return struct.pack("<Q", len(text)) + text.encode()
+
+
+def string_array(items: list[str]) -> bytes:
+    return struct.pack("<IQ", 8, len(items)) + b"".join(string_value(t) for t in items)
+
+
+@pytest.mark.parametrize("layers", [0, 1000])
+def test_layer_count_out_of_range(tmp_path: Path, layers: int) -> None:
+    # llama.cpp asserts 0 < block_count <= LLAMA_MAX_LAYERS, which would abort the process
+    data = gguf_bytes([("general.architecture", 8, string_value("llama")),
+                       ("llama.block_count", 4, struct.pack("<I", layers))])
+    with pytest.raises(ModelLoadError, match="block_count"):
+        llamacffi.Model.load(write(tmp_path, "layers.gguf", data))
+
+
+@pytest.mark.parametrize("vocab_only", [False, True])
+def test_vocabulary_with_a_repeated_token(tmp_path: Path, vocab_only: bool) -> None:
+    data = gguf_bytes([("general.architecture", 8, string_value("llama")),
+                       ("llama.block_count", 4, struct.pack("<I", 1)),
+                       ("tokenizer.ggml.model", 8, string_value("llama")),
+                       ("tokenizer.ggml.tokens", 9, string_array(["a", "b", "a"]))])
+    with pytest.raises(ModelLoadError, match="more than once"):
+        llamacffi.Model.load(write(tmp_path, "dup.gguf", data), vocab_only=vocab_only)
+
+
+def test_tokenizer_arrays_of_other_lengths(tmp_path: Path) -> None:
+    data = gguf_bytes([("general.architecture", 8, string_value("llama")),
+                       ("tokenizer.ggml.tokens", 9, string_array(["a", "b"])),
+                       ("tokenizer.ggml.scores", 9, struct.pack("<IQ", 6, 1) + struct.pack("<f", 0.0))])
+    with pytest.raises(ModelLoadError, match="scores"):
+        llamacffi.Model.load(write(tmp_path, "scores.gguf", data), vocab_only=True)
+
+
+def test_real_models_pass_the_metadata_check(smollm2_path: Path, gemma3_path: Path) -> None:
+    for path in (smollm2_path, gemma3_path):
+        meta = gguf.read_metadata(path, {"{arch}.block_count", "tokenizer.ggml.tokens"})
+        assert 0 < meta["{arch}.block_count"] <= gguf.MAX_LAYERS
+        gguf.check(path)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .backend import ensure_backend
-from . import log
+from . import gguf, log
 from .log import capture_problems
 from .errors import ClosedError, InvalidArgumentError, LlamaError, ModelLoadError
 from .raw import ffi, lib
@@ -17,7 +17,7 @@ from .vocab import Vocab
 
 ProgressCallback = Callable[[float], "bool | None"]
 
-_GGUF_MAGIC = b"GGUF"
+
 
 
 class _Progress:
@@ -107,6 +107,7 @@ class Model:
             raise TypeError(f"path must be str or os.PathLike, not {type(path).__name__}")
         p = Path(path)
         _check_file(p)
+        gguf.check(p)
         if not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
             raise InvalidArgumentError(f"n_gpu_layers must be an int >= -1, got {n_gpu_layers!r}")
         ensure_backend()
@@ -293,5 +294,5 @@ def _check_file(p: Path) -> None:
         raise ModelLoadError(f"cannot read model file {p}: {exc.strerror}") from exc
     if not head:
         raise ModelLoadError(f"model file is empty: {p}")
-    if head != _GGUF_MAGIC:
-        raise ModelLoadError(f"not a GGUF file (magic {head!r}, expected {_GGUF_MAGIC!r}): {p}")
+    if head != gguf.MAGIC:
+        raise ModelLoadError(f"not a GGUF file (magic {head!r}, expected {gguf.MAGIC!r}): {p}")
