@@ -13,6 +13,7 @@ import pytest
 import llamacffi
 import llamacffi.model as model_module
 from llamacffi import Batch, Context, GrammarError, InvalidArgumentError, LlamaError, TokenizeError
+from llamacffi.raw import lib
 from llamacffi.sampling import GRAMMAR_MAX_NESTING, GRAMMAR_MAX_RULES, NativeSampler, Sampler
 from llamacffi.service import ModelConfig
 from llamacffi.service.errors import InvalidConfigError
@@ -167,3 +168,13 @@ def test_a_model_outlives_its_contexts_whatever_the_collection_order(smollm2_pat
             assert address not in model_module._holds and address not in model_module._orphaned
     finally:
         model_module._free_model, model_module._unhold = real_free, real_unhold
+
+
+def test_non_causal_attention_decodes_at_most_n_ubatch(smollm2: llamacffi.Model) -> None:
+    with Context(smollm2, n_ctx=128, n_batch=64, n_ubatch=16, n_threads=THREADS) as ctx:
+        lib.llama_set_causal_attn(ctx.ptr, False)  # as an embedding model's context
+        with pytest.raises(InvalidArgumentError, match="n_ubatch"):
+            ctx.decode(Batch.from_tokens(list(range(1, 33))))
+        lib.llama_set_causal_attn(ctx.ptr, True)
+        ctx.decode(Batch.from_tokens(list(range(1, 33))))
+        assert ctx.memory.seq_pos_max(0) == 31

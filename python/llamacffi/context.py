@@ -253,6 +253,10 @@ class Context:
             self._busy.release()
 
     def _run(self, batch: Batch) -> None:
+        if batch._n > self.n_ubatch and not lib.llama_get_causal_attn(self.ptr):
+            raise InvalidArgumentError(f"with non-causal attention (an embedding model) llama.cpp decodes a batch in "
+                                       f"one piece: {batch._n} tokens exceed n_ubatch ({self.n_ubatch}); create the "
+                                       f"Context with a larger n_ubatch")
         rc = self._exclusive(lib.llamacffi_decode, self.ptr, batch._c, self._abort)
         if rc != 0:
             self._outputs, self._n_outputs = self._outputs[:0], 0
@@ -337,7 +341,9 @@ class Context:
     def logits(self, i: int = -1) -> npt.NDArray[np.float32]:
         """Logits of batch token ``i`` (``-1``: the last output) as a read-only float32 view of llama.cpp's memory.
 
-        Zero-copy: valid only until the next decode on this context; use :meth:`logits_copy` to keep them."""
+        Zero-copy: it shows what the next decode writes, and stays readable after :meth:`close`; a decode that asks
+        for more outputs than any before moves llama.cpp's buffer and leaves older views dangling, so keep
+        :meth:`logits_copy` of what must outlive one."""
         ptr = lib.llama_get_logits_ith(self.ptr, self._output_index(i))
         if ptr == ffi.NULL:
             raise LlamaError(f"llama.cpp has no logits for index {i}")
