@@ -74,6 +74,63 @@ static void llamacffi_context_free(struct llama_context *ctx, struct ggml_thread
     if (pool != NULL) ggml_threadpool_free(pool);
 }
 
+/* ---- sampling: the k best of a logits row in one pass (the numpy sampler's hot path) ---- */
+/* ids/vals receive min(k, n) entries by descending value, ties by ascending id; returns their count, or -1 when the
+   row holds a NaN. Once k entries are held, blocks of 16 with nothing above the k-th best (and no NaN) are skipped
+   after one vectorisable test, so most of the row costs a fraction of a cycle per value. */
+static inline void llamacffi_top_k_offer(float v, int32_t i, int32_t k, int32_t *m, int32_t *ids, float *vals) {
+    if (*m == k) {
+        if (!(v > vals[k - 1])) return;
+        (*m)--;
+    }
+    int32_t j = *m;
+    while (j > 0 && vals[j - 1] < v) {
+        vals[j] = vals[j - 1];
+        ids[j] = ids[j - 1];
+        j--;
+    }
+    vals[j] = v;
+    ids[j] = i;
+    (*m)++;
+}
+#if defined(__SSE__) || defined(_M_X64)
+#include <xmmintrin.h>
+/* whether any of x[0..16) is above thr or NaN ("not <=" is true for both) */
+static inline int llamacffi_block_hit(const float *x, float thr) {
+    const __m128 t = _mm_set1_ps(thr);
+    const __m128 a = _mm_or_ps(_mm_cmpnle_ps(_mm_loadu_ps(x), t), _mm_cmpnle_ps(_mm_loadu_ps(x + 4), t));
+    const __m128 b = _mm_or_ps(_mm_cmpnle_ps(_mm_loadu_ps(x + 8), t), _mm_cmpnle_ps(_mm_loadu_ps(x + 12), t));
+    return _mm_movemask_ps(_mm_or_ps(a, b));
+}
+#else
+static inline int llamacffi_block_hit(const float *x, float thr) {
+    int hit = 0;
+    for (int32_t j = 0; j < 16; j++) hit |= !(x[j] <= thr);
+    return hit;
+}
+#endif
+static int32_t llamacffi_top_k(const float *x, int32_t n, int32_t k, int32_t *ids, float *vals) {
+    int32_t m = 0, nan = 0, i = 0;
+    if (k > n) k = n;
+    if (k <= 0) return 0;
+    for (; i < k; i++) {
+        nan |= x[i] != x[i];
+        llamacffi_top_k_offer(x[i], i, k, &m, ids, vals);
+    }
+    for (; i + 16 <= n; i += 16) {
+        if (!llamacffi_block_hit(x + i, vals[k - 1])) continue;
+        for (int32_t j = 0; j < 16; j++) {
+            nan |= x[i + j] != x[i + j];
+            llamacffi_top_k_offer(x[i + j], i + j, k, &m, ids, vals);
+        }
+    }
+    for (; i < n; i++) {
+        nan |= x[i] != x[i];
+        llamacffi_top_k_offer(x[i], i, k, &m, ids, vals);
+    }
+    return nan ? -1 : m;
+}
+
 #if defined(_WIN32)
 static int llamacffi_sigint_install(void) { return 0; }
 #else

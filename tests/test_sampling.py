@@ -637,6 +637,16 @@ def test_nan_logits_small_and_large_rows(n: int) -> None:
             Sampler(**kw).sample(row, [1, 2])  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("k", [1, 40, 128, 129])
+def test_top_k_finds_a_nan_anywhere(k: int) -> None:
+    # among the first k (all taken), in a block of 16 that holds nothing else of the top k, and in the tail
+    for pos in (0, k - 1, 2000, 49151):
+        row = normal_row(49152, 1)
+        row[pos] = np.nan
+        with pytest.raises(InvalidArgumentError, match="NaN"):
+            top_k_indices(read_only(row), k)
+
+
 def test_native_accept_before_first_sample() -> None:
     row = np.arange(100, dtype=np.float32)
     with NativeSampler(temperature=0.0, presence_penalty=5.0) as s:

@@ -44,6 +44,8 @@ _LEXSORT_MAX = 4096
 _MERGE_MAX = 4096
 # top_p over an unsorted full row first tries the best _TOP_P_PROBE tokens, as llama.cpp does, before a full sort.
 _TOP_P_PROBE = 256
+# Up to this k (a sampler's top_k is usually 20..100) the top-k runs in C; its insertions cost O(k) each.
+_C_TOP_K_MAX = 128
 # Rows longer than 8 blocks are drawn from block by block.
 _DRAW_BLOCK = 1024
 # NativeSampler maps penalty_last_n=-1 ("whole history") to this window; llama.cpp allocates it up front (4 MiB).
@@ -238,6 +240,15 @@ def _top_k(row: FloatArray, k: int) -> tuple[IdArray, FloatArray]:
     """
     n = row.size
     k = min(k, n)
+    if k <= _C_TOP_K_MAX and row.dtype == np.float32 and row.flags.c_contiguous:
+        # one pass in C: about 3x faster than the numpy passes below right after a decode has evicted the caches
+        ids = np.empty(k, dtype=np.int32)
+        vals = np.empty(k, dtype=np.float32)
+        got = lib.llamacffi_top_k(ffi.from_buffer("float[]", row), n, k, ffi.from_buffer("int32_t[]", ids),
+                                  ffi.from_buffer("float[]", vals))
+        if got < 0:
+            raise _nan_error()
+        return ids[:got].astype(np.intp), vals[:got]
     rows, cols = _plan(n)
     if n < 4096 or 4 * k * rows > n:
         if row.max() != row.max():
