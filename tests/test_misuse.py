@@ -4,6 +4,8 @@ that keep llama.cpp pointers keep what those point to alive, whatever the order 
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -178,3 +180,35 @@ def test_non_causal_attention_decodes_at_most_n_ubatch(smollm2: llamacffi.Model)
         lib.llama_set_causal_attn(ctx.ptr, True)
         ctx.decode(Batch.from_tokens(list(range(1, 33))))
         assert ctx.memory.seq_pos_max(0) == 31
+
+
+EXIT_WHILE_DECODING = """
+import sys, threading, time
+import llamacffi
+mode = sys.argv[1]
+if mode == "service":
+    from llamacffi.service import GenerationOptions, LlamaCppService, LocalBackendConfig, ModelConfig
+    svc = LlamaCppService(LocalBackendConfig(threads=2))
+    m = svc.load_model("smollm2-135m", config=ModelConfig(context_size=512, parallel=2))
+    work = lambda: m.generate("word " * 500, GenerationOptions(max_tokens=400))
+else:
+    from llamacffi.models import fetch
+    model = llamacffi.Model.load(fetch("smollm2-135m"))
+    ctx = llamacffi.Context(model, n_ctx=512, n_threads=2)
+    def work():
+        while True:
+            ctx.memory.clear()
+            ctx.decode_tokens(list(range(10, 500)))
+threading.Thread(target=work, daemon=True).start()
+time.sleep(float(sys.argv[2]))
+print("exiting", flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["service", "context"])
+def test_exit_while_a_daemon_thread_decodes(mode: str) -> None:
+    # The process tears llama.cpp down at exit; a decode still running in a daemon thread must be stopped first.
+    for delay in (0.7, 0.9, 1.2):
+        out = subprocess.run([sys.executable, "-c", EXIT_WHILE_DECODING, mode, str(delay)], capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0 and "exiting" in out.stdout, (out.returncode, out.stderr[-1500:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import weakref
@@ -40,6 +41,19 @@ def _context_free(pools: list[Any], release_model: Callable[[], None]) -> Any:
         _lib.llamacffi_context_free(ptr, pools[0], pools[1])
         release_model()
     return free
+
+
+_live: weakref.WeakSet[Context] = weakref.WeakSet()
+
+
+@atexit.register
+def _quiesce_at_exit() -> None:
+    """At interpreter exit, daemon threads may still be inside llama_decode while the process tears llama.cpp and
+    OpenMP down, which crashes it. Abort every context's decode and hold it, so that none runs past this point."""
+    for ctx in list(_live):
+        ctx._abort.abort = 1
+        if ctx._busy.acquire(timeout=30):  # the decode under way (aborted at its next graph node) returns first
+            ctx._quiesced = True  # keeps the lock: a later decode raises instead of starting
 
 
 class _Deferred:
@@ -160,6 +174,8 @@ class Context:
         self._abort = ffi.new("llamacffi_abort_state *")
         lib.llamacffi_abort_attach(ptr, self._abort)
         self._busy = threading.Lock()
+        self._quiesced = False
+        _live.add(self)
         self.n_vocab = model.vocab.n_tokens
         self.n_embd = model.n_embd
         self.n_ctx = int(lib.llama_n_ctx(ptr))
@@ -196,7 +212,7 @@ class Context:
 
     def close(self) -> None:
         """Free the context and its memory now (idempotent); the model is released if it was closed meanwhile."""
-        if self._ptr is None:
+        if self._ptr is None or self._quiesced:  # after the exit hook the process frees everything
             return
         with self._busy:
             ptr, self._ptr = self._ptr, None

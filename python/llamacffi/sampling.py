@@ -242,13 +242,13 @@ def _top_k(row: FloatArray, k: int) -> tuple[IdArray, FloatArray]:
     k = min(k, n)
     if k <= _C_TOP_K_MAX and row.dtype == np.float32 and row.flags.c_contiguous:
         # one pass in C: about 3x faster than the numpy passes below right after a decode has evicted the caches
-        ids = np.empty(k, dtype=np.int32)
-        vals = np.empty(k, dtype=np.float32)
-        got = lib.llamacffi_top_k(ffi.from_buffer("float[]", row), n, k, ffi.from_buffer("int32_t[]", ids),
-                                  ffi.from_buffer("float[]", vals))
+        best = np.empty(k, dtype=np.int32)
+        best_vals = np.empty(k, dtype=np.float32)
+        got = lib.llamacffi_top_k(ffi.from_buffer("float[]", row), n, k, ffi.from_buffer("int32_t[]", best),
+                                  ffi.from_buffer("float[]", best_vals))
         if got < 0:
             raise _nan_error()
-        return ids[:got].astype(np.intp), vals[:got]
+        return best[:got].astype(np.intp), best_vals[:got]
     rows, cols = _plan(n)
     if n < 4096 or 4 * k * rows > n:
         if row.max() != row.max():

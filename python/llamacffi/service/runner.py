@@ -8,6 +8,7 @@ each engine with work in turn and ends when the last engine is closed.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from typing import TYPE_CHECKING
@@ -24,6 +25,19 @@ class Runner:
         self.events = 0  # counts what an engine decoding alone must stop for (submissions, cancellations, ...)
         self._engines: list[Engine] = []
         self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """At interpreter exit: abort the decode under way and end the thread, so that no decode still runs while
+        the process tears llama.cpp down (a daemon thread would otherwise be inside it)."""
+        with self.cond:
+            self._stopping = True
+            thread = self._thread
+            for engine in self._engines:
+                engine.ctx.abort()
+            self.wake()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def wake(self) -> None:
         """Something changed (called with :attr:`cond` held): the thread looks at every engine again."""
@@ -67,7 +81,7 @@ class Runner:
         while True:
             with self.cond:
                 while True:
-                    if not self._engines:
+                    if not self._engines or self._stopping:
                         self._thread = None  # a later attach starts a new thread
                         return
                     closed = [e for e in self._engines if e.closed]
@@ -82,6 +96,13 @@ class Runner:
 
 
 _shared = Runner()
+
+
+def _stop_at_exit() -> None:
+    _shared.stop()
+
+
+atexit.register(_stop_at_exit)  # registered after Context's own exit hook, so it runs before it
 
 
 def shared() -> Runner:
