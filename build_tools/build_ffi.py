@@ -29,8 +29,20 @@ static void llamacffi_log_callback(enum ggml_log_level level, const char *text, 
 static volatile int llamacffi_log_threshold = GGML_LOG_LEVEL_WARN;
 static int llamacffi_log_last_passed = 0;
 
+#if defined(_MSC_VER)
+#define LLAMACFFI_THREAD_LOCAL __declspec(thread)
+#else
+#define LLAMACFFI_THREAD_LOCAL _Thread_local
+#endif
+typedef struct { volatile int abort; int sigint_epoch; } llamacffi_abort_state;
+static volatile sig_atomic_t llamacffi_sigint_epoch = 0;
+static LLAMACFFI_THREAD_LOCAL llamacffi_abort_state *llamacffi_decoding = NULL;  /* this thread's decode */
+static bool llamacffi_abort_check(void *data);
+
 static void llamacffi_log_filter(enum ggml_log_level level, const char *text, void *user_data) {
     int pass = level == GGML_LOG_LEVEL_CONT ? llamacffi_log_last_passed : (int) level >= llamacffi_log_threshold;
+    /* an aborted decode (Ctrl-C, Context.abort) makes llama.cpp log its failure: Python raises for it instead */
+    if (pass && llamacffi_decoding != NULL && llamacffi_abort_check(llamacffi_decoding)) pass = 0;
     llamacffi_log_last_passed = pass;
     if (pass) llamacffi_log_callback(level, text, user_data);
 }
@@ -41,8 +53,6 @@ static void llamacffi_log_install(int threshold) {
 }
 
 /* ---- abort: a per-context flag plus a process-wide Ctrl-C epoch ---- */
-typedef struct { volatile int abort; int sigint_epoch; } llamacffi_abort_state;
-static volatile sig_atomic_t llamacffi_sigint_epoch = 0;
 
 static bool llamacffi_abort_check(void *data) {
     llamacffi_abort_state *s = (llamacffi_abort_state *) data;
@@ -54,12 +64,18 @@ static void llamacffi_abort_attach(struct llama_context *ctx, llamacffi_abort_st
 static int32_t llamacffi_decode(struct llama_context *ctx, struct llama_batch *batch, llamacffi_abort_state *s) {
     s->abort = 0;
     s->sigint_epoch = (int) llamacffi_sigint_epoch;
-    return llama_decode(ctx, *batch);
+    llamacffi_decoding = s;
+    const int32_t rc = llama_decode(ctx, *batch);
+    llamacffi_decoding = NULL;
+    return rc;
 }
 static int32_t llamacffi_encode(struct llama_context *ctx, struct llama_batch *batch, llamacffi_abort_state *s) {
     s->abort = 0;
     s->sigint_epoch = (int) llamacffi_sigint_epoch;
-    return llama_encode(ctx, *batch);
+    llamacffi_decoding = s;
+    const int32_t rc = llama_encode(ctx, *batch);
+    llamacffi_decoding = NULL;
+    return rc;
 }
 
 /* ---- threads: without OpenMP, ggml starts and joins its threads for every graph unless a pool is attached ---- */

@@ -81,3 +81,26 @@ def test_errors_are_one_line_without_traceback(args: tuple[str, ...]) -> None:
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith("llamacffi: error: ")
     assert "Traceback" not in out.stderr
+
+
+def test_chat_drops_old_turns_to_fit_the_context(smollm2_path: Path) -> None:
+    lines = "".join(f"Tell me about the number {i}, please, in a few words.\n" for i in range(8))
+    out = run("chat", "--temp", "0", "-n", "16", "-c", "160", stdin=lines + ("word " * 400) + "\nAnd 9?\n")
+    assert out.returncode == 0, out.stderr
+    assert "oldest turns were dropped" in out.stderr
+    assert "does not fit the context" in out.stderr  # the 400-word line; the session went on after it
+    assert "Traceback" not in out.stderr
+    assert len([ln for ln in out.stdout.splitlines() if ln.strip()]) >= 9
+
+
+def test_warnings_are_one_line(smollm2_path: Path) -> None:
+    out = run("generate", "--temp", "0", "-n", "2", "-c", "16384", "--raw", "Hi")
+    assert out.returncode == 0, out.stderr
+    warned = [ln for ln in out.stderr.splitlines() if "context_size" in ln]
+    assert len(warned) == 1 and warned[0].startswith("llamacffi: warning: ") and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x"])
+def test_bench_sizes_must_be_positive(value: str) -> None:
+    out = run("bench", "-p", value)
+    assert out.returncode == 2 and "positive integer" in out.stderr

@@ -280,15 +280,17 @@ def test_context_keeps_its_model_alive(smollm2_path: Path) -> None:
     assert model._ptr is None  # released with the last context
 
 
-def test_abort_from_another_thread(gemma3: llamacffi.Model) -> None:
+def test_abort_from_another_thread(gemma3: llamacffi.Model, caplog: pytest.LogCaptureFixture) -> None:
     with Context(gemma3, n_ctx=2048, n_batch=2048, n_threads=THREADS) as ctx:
         prompt = np.tile(toks(gemma3, A), 200)[:2000]
         timer = threading.Timer(0.2, ctx.abort)
         timer.start()
         t0 = time.perf_counter()
-        with pytest.raises(DecodeAbortedError):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="llamacffi"), pytest.raises(DecodeAbortedError):
             ctx.decode(Batch.from_tokens(prompt))
         assert time.perf_counter() - t0 < 2.5
+        assert not caplog.records, "llama.cpp's report of the abort reached the log: " + caplog.text  # Python raised
         ctx.memory.clear()
         ctx.decode_tokens(toks(gemma3, A))  # still usable
         assert np.isfinite(ctx.logits()).all()

@@ -17,7 +17,8 @@ import pytest
 import llamacffi
 from llamacffi.service import (ContextOverflowError, GenerationOptions, InferenceError, InvalidConfigError,
                                LlamaCppService, LlamaCppSpecificConfig, LlamaCppTextModel, LocalBackendConfig,
-                               ModelClosedError, ModelConfig, ModelNotFoundError, ModelType, QueueFullError)
+                               ModelClosedError, ModelConfig, ModelLoadFailedError, ModelNotFoundError, ModelType,
+                               QueueFullError)
 from llamacffi.service.stops import StopMatcher
 
 GREEDY = GenerationOptions(temperature=0, max_tokens=24)
@@ -47,6 +48,13 @@ def smol(service: LlamaCppService) -> LlamaCppTextModel:
     (GenerationOptions, {"seed": -3}, "seed"),
     (GenerationOptions, {"stop_sequences": "stop"}, "stop_sequences"),
     (GenerationOptions, {"stop_sequences": [""]}, "stop_sequences"),
+    (GenerationOptions, {"stop_sequences": None}, "stop_sequences"),
+    (GenerationOptions, {"stop_sequences": 5}, "stop_sequences"),
+    (GenerationOptions, {"stop_sequences": (s for s in ["x"])}, "stop_sequences"),
+    (GenerationOptions, {"stop_sequences": {"x": 1}}, "stop_sequences"),
+    (GenerationOptions, {"penalty_last_n": (1 << 20) + 1}, "penalty_last_n"),
+    (ModelConfig, {"context_size": 1 << 20, "parallel": 8}, "context_size"),
+    (ModelConfig, {"batch_size": 2, "parallel": 4}, "batch_size"),
     (GenerationOptions, {"raw": "yes"}, "raw"),
     (ModelConfig, {"context_size": 0}, "context_size"),
     (ModelConfig, {"parallel": 0}, "parallel"),
@@ -421,6 +429,38 @@ def test_queue_limit(service: LlamaCppService) -> None:
         assert m.generate("one more", GREEDY) is not None  # room again
 
 
+def test_a_cancelled_waiting_request_leaves_the_queue(service: LlamaCppService) -> None:
+    with service.load_model("smollm2-135m", config=ModelConfig(context_size=512, parallel=1, max_queue=1)) as m:
+        busy = m.generate_stream("Once upon a time", GenerationOptions(temperature=0, max_tokens=2000, raw=True))
+        next(busy)
+
+        async def give_up() -> None:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(m.agenerate("hi", GREEDY), 0.05)
+
+        for _ in range(3):  # each waits in the queue, then is cancelled: the next one finds room
+            asyncio.run(give_up())
+        assert len(m._engine._queue) == 0
+        busy.close()
+
+
+def test_a_caller_may_submit_again_as_soon_as_generate_returns(service: LlamaCppService,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from llamacffi.service import engine
+
+    emit = engine._emit
+
+    def slow_after_end(req: object, item: object) -> None:
+        emit(req, item)  # type: ignore[arg-type]
+        if item is engine.END:
+            time.sleep(0.005)  # the engine thread lags behind the caller it has just woken
+
+    monkeypatch.setattr(engine, "_emit", slow_after_end)
+    with service.load_model("smollm2-135m", config=ModelConfig(context_size=256, parallel=1, max_queue=0)) as m:
+        for _ in range(10):  # the slot is free before the caller learns that its request ended
+            m.generate("Hi", GenerationOptions(temperature=0, max_tokens=2, raw=True))
+
+
 # ---- bad input ----------------------------------------------------------------------------------------------------
 
 def test_unknown_model_says_where_it_looked(service: LlamaCppService, tmp_path: Path,
@@ -510,3 +550,28 @@ svc.close()
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
     assert "INTERRUPTED" in out.stdout and "NOT" not in out.stdout, out.stdout + out.stderr
     assert "AFTER '" in out.stdout and "AFTER ''" not in out.stdout, out.stdout + out.stderr
+
+
+def test_chat_template_prompt_and_messages_are_checked(service: LlamaCppService, smol: LlamaCppTextModel) -> None:
+    with pytest.raises(InvalidConfigError, match="chat_template"):
+        service.load_model("smollm2-135m", config=ModelConfig(context_size=256, parallel=1, chat_template="nonsense"))
+    with pytest.raises(InvalidConfigError, match="NUL"):
+        smol.generate("Translate this: hello\0 and the rest", GenerationOptions(max_tokens=2))
+    with pytest.raises(InvalidConfigError, match="NUL"):
+        smol.generate("Hi", GenerationOptions(max_tokens=2, system="be\0brief"))
+    assert smol.generate("a\0b", GenerationOptions(max_tokens=2, raw=True)) is not None  # raw text is not a C string
+    for bad in ([("user",)], "hello", None, [("user", 5)]):
+        with pytest.raises(InvalidConfigError, match="pairs"):
+            smol.chat_stream(bad, GenerationOptions(max_tokens=2))  # type: ignore[arg-type]
+
+
+def test_a_context_that_cannot_be_allocated_is_a_load_error(service: LlamaCppService,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from llamacffi.service import engine
+
+    def no_memory(*args: object, **kwargs: object) -> None:
+        raise llamacffi.ContextError("llama.cpp could not create a context with n_ctx=...")
+
+    monkeypatch.setattr(engine, "Context", no_memory)
+    with pytest.raises(ModelLoadFailedError, match="ModelConfig.context_size"):
+        service.load_model("smollm2-135m", config=ModelConfig(context_size=256, parallel=1))

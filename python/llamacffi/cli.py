@@ -9,9 +9,20 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from typing import Sequence
 
 from . import models
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -57,8 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     b = sub.add_parser("bench", help="quick prompt-processing and generation speed")
     _model_args(b)
-    b.add_argument("-p", "--n-prompt", type=int, default=128)
-    b.add_argument("-g", "--n-gen", type=int, default=32)
+    b.add_argument("-p", "--n-prompt", type=_positive, default=128)
+    b.add_argument("-g", "--n-gen", type=_positive, default=32)
     return ap
 
 
@@ -111,14 +122,35 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if text.strip() in ("/exit", "/quit"):
                 break
             history.append(("user", text))
+            stream = _fitting_stream(model, history, opts)
+            if stream is None:
+                history.pop()
+                print(f"llamacffi: that message alone does not fit the context of {args.ctx_size} tokens (-c)",
+                      file=sys.stderr)
+                continue
             reply = []
-            for chunk in model.chat_stream(history, opts):
+            for chunk in stream:
                 reply.append(chunk)
                 sys.stdout.write(chunk)
                 sys.stdout.flush()
             sys.stdout.write("\n")
             history.append(("assistant", "".join(reply)))
     return 0
+
+
+def _fitting_stream(model, history: list[tuple[str, str]], opts):  # type: ignore[no-untyped-def]
+    """The reply's stream, after dropping the oldest turns the context cannot hold; None when even the last
+    message alone does not fit."""
+    from .service import ContextOverflowError
+
+    while True:
+        try:
+            return model.chat_stream(history, opts)
+        except ContextOverflowError:
+            if len(history) <= 1:
+                return None
+            del history[:2]  # the oldest exchange
+            print("llamacffi: (the oldest turns were dropped to fit the context)", file=sys.stderr)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -202,8 +234,13 @@ COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "models": cmd_models, "i
             "bench": cmd_bench}
 
 
+def _warn(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    print(f"llamacffi: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    previous, warnings.showwarning = warnings.showwarning, _warn  # one line, like the errors
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
@@ -215,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"llamacffi: error: {message}", file=sys.stderr)
         return 1
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

@@ -141,6 +141,9 @@ class ModelConfig(_Config):
         self._int("context_size", 16, 1 << 20)
         self._int("batch_size", 1, 1 << 16)
         self._int("parallel", 1, 256)
+        if self.context_size * self.parallel > 1 << 22:  # Context's limit on n_ctx, which is their product
+            raise _fail(type(self), "context_size", f"times parallel ({self.parallel}) must be at most {1 << 22}",
+                        self.context_size)
         if self.batch_size < self.parallel:  # every step decodes a token of each of up to `parallel` requests
             raise _fail(type(self), "batch_size", f"must be at least parallel ({self.parallel})", self.batch_size)
         self._int("max_queue", 0)
@@ -178,11 +181,11 @@ class GenerationOptions(_Config):
         self._float("repeat_penalty", 0.0, 100.0, lo_open=True)
         self._float("frequency_penalty", -100.0, 100.0)
         self._float("presence_penalty", -100.0, 100.0)
-        self._int("penalty_last_n", -1)
+        self._int("penalty_last_n", -1, 1 << 20)
         self._int("seed", 0, 2**32 - 1, allow_none=True)
         stops = self.stop_sequences
-        if isinstance(stops, str) or not all(isinstance(s, str) and s for s in stops):
-            raise _fail(type(self), "stop_sequences", "must be a list of non-empty strings", stops)
+        if not isinstance(stops, (list, tuple)) or not all(isinstance(s, str) and s for s in stops):
+            raise _fail(type(self), "stop_sequences", "must be a list or tuple of non-empty strings", stops)
         object.__setattr__(self, "stop_sequences", tuple(stops))
         if self.system is not None and not isinstance(self.system, str):
             raise _fail(type(self), "system", "must be a str or None", self.system)

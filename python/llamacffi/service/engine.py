@@ -132,6 +132,10 @@ class Engine:
     def cancel(self, request: Request) -> None:
         with self._cond:
             request.cancelled = True
+            try:
+                self._queue.remove(request)  # still waiting: it no longer counts against max_queue
+            except ValueError:
+                pass
             self._runner.wake()
 
     def close(self) -> None:
@@ -346,6 +350,6 @@ class Engine:
         tail += req.stops.flush()
         if tail:
             _emit(req, tail)
-        _emit(req, END)
         with self._cond:
-            self._release(slot)
+            self._release(slot)  # before END: a caller that submits again at once finds the slot free
+        _emit(req, END)

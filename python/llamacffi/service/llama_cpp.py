@@ -17,8 +17,9 @@ from .. import Model as LlamaModel
 from ..raw import ffi, lib
 from .config import BackendType, GenerationOptions, LocalBackendConfig, ModelConfig, ModelType
 from .engine import END, Engine, Request
-from .errors import (ContextOverflowError, InferenceError, InvalidConfigError, ModelClosedError,
-                     ModelNotFoundError, mapped)
+from .. import errors as binding
+from .errors import (ContextOverflowError, GenerationError, InferenceError, InvalidConfigError, ModelClosedError,
+                     ModelLoadFailedError, ModelNotFoundError, mapped)
 from .interfaces import InferenceService, TextToTextModel
 
 DEFAULT_OPTIONS = GenerationOptions()
@@ -118,8 +119,16 @@ class LlamaCppService(InferenceService):
                 if config.strict_context:
                     raise InvalidConfigError(message)
                 warnings.warn(message + "; output quality may degrade", RuntimeWarning, stacklevel=2)
-            with mapped():
-                model = LlamaCppTextModel(model_id, llama_model, config, bc.threads)
+            try:
+                with mapped():
+                    model = LlamaCppTextModel(model_id, llama_model, config, bc.threads)
+            except GenerationError as exc:
+                if isinstance(exc.__cause__, binding.ContextError):  # llama.cpp could not allocate the context
+                    raise ModelLoadFailedError(
+                        f"{path.name}: no context of {config.parallel} x {config.context_size} tokens could be "
+                        f"created (most likely not enough memory); lower ModelConfig.context_size or parallel"
+                    ) from exc.__cause__
+                raise
         except BaseException:
             llama_model.close()
             raise
@@ -142,6 +151,12 @@ class LlamaCppTextModel(TextToTextModel):
         self.config = config
         self._vocab = model.vocab
         self._template = config.chat_template or model.chat_template or _builtin_template(model)
+        if config.chat_template is not None:
+            try:
+                apply_chat_template(config.chat_template, [("user", "x")])
+            except InferenceError:
+                raise InvalidConfigError(f"ModelConfig.chat_template {config.chat_template[:60]!r} is neither a "
+                                         f"template name llama.cpp knows nor a template it recognises") from None
         self._engine = Engine(model, config, threads)
         self._closed = False
         self._lock = threading.Lock()
@@ -187,11 +202,12 @@ class LlamaCppTextModel(TextToTextModel):
 
     def format_chat(self, messages: list[tuple[str, str]], options: GenerationOptions) -> str:
         """A conversation of ``(role, content)`` pairs (roles "system", "user", "assistant") as the model sees it."""
+        if not isinstance(messages, (list, tuple)) or not all(
+                isinstance(m, (list, tuple)) and len(m) == 2 and isinstance(m[0], str) and isinstance(m[1], str)
+                for m in messages):
+            raise InvalidConfigError("messages must be a list of (role, content) pairs of str")
         if options.system is not None and not any(r == "system" for r, _ in messages):
             messages = [("system", options.system)] + list(messages)
-        for role, content in messages:
-            if not isinstance(role, str) or not isinstance(content, str):
-                raise InvalidConfigError("messages must be (role, content) pairs of str")
         if self._template is None:
             return "".join(f"{r}: {c}\n" for r, c in messages) + "assistant:"
         return apply_chat_template(self._template, list(messages), add_assistant=True)
@@ -227,7 +243,8 @@ class LlamaCppTextModel(TextToTextModel):
                     f"the prompt is {len(tokens)} tokens but the context holds {self.config.context_size} per request "
                     f"(prompt + output); shorten it, raise ModelConfig.context_size, or set truncate_prompt=True")
             tokens = tokens[-limit:]
-        return Request(tokens, options, sink, self._vocab.stream())
+        with mapped():
+            return Request(tokens, options, sink, self._vocab.stream())
 
     # ---- generation -------------------------------------------------------------------------------------------
 
@@ -341,6 +358,9 @@ def apply_chat_template(template: str, messages: list[tuple[str, str]], *, add_a
         encoded = [(r.encode(), c.encode()) for r, c in messages]
     except UnicodeEncodeError as exc:
         raise InvalidConfigError(f"the prompt is not valid Unicode: {exc.reason}") from None
+    if any(b"\0" in part for pair in encoded for part in pair):  # C strings would end there, silently
+        raise InvalidConfigError("the prompt or system text holds a NUL character, which a chat template cannot "
+                                 "carry; remove it or use raw=True")
     strings = [ffi.new("char[]", s) for pair in encoded for s in pair]  # alive until the call returns
     chat = ffi.new("struct llama_chat_message[]", len(encoded))
     for i in range(len(encoded)):
