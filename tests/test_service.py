@@ -575,3 +575,13 @@ def test_a_context_that_cannot_be_allocated_is_a_load_error(service: LlamaCppSer
     monkeypatch.setattr(engine, "Context", no_memory)
     with pytest.raises(ModelLoadFailedError, match="ModelConfig.context_size"):
         service.load_model("smollm2-135m", config=ModelConfig(context_size=256, parallel=1))
+
+
+def test_penalty_history_is_bounded_by_the_context(service: LlamaCppService) -> None:
+    with service.load_model("smollm2-135m", config=ModelConfig(context_size=64, parallel=1)) as m:
+        opts = GenerationOptions(max_tokens=1 << 20, repeat_penalty=1.3, raw=True, seed=1)
+        before = m.stats
+        m.generate("Once upon a time " * 5, opts)
+        after = m.stats
+        prompt = after["prompt_tokens_decoded"] - before["prompt_tokens_decoded"]
+        assert prompt + after["generated_tokens"] - before["generated_tokens"] == 64  # the context ends it

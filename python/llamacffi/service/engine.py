@@ -38,7 +38,7 @@ class Request:
                  "history", "n_history", "greedy")
 
     def __init__(self, prompt: npt.NDArray[np.int32], options: GenerationOptions, sink: Sink,
-                 decoder: StreamDecoder) -> None:
+                 decoder: StreamDecoder, context_size: int) -> None:
         self.prompt = prompt
         self.options = options
         self.sink = sink
@@ -53,8 +53,9 @@ class Request:
             temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, min_p=options.min_p,
             repeat_penalty=options.repeat_penalty, frequency_penalty=options.frequency_penalty,
             presence_penalty=options.presence_penalty, penalty_last_n=options.penalty_last_n, seed=options.seed)
-        # Penalties look at prompt + output; kept in one preallocated array.
-        self.history = np.empty(len(prompt) + options.max_tokens, dtype=np.int32) if penalties else None
+        # Penalties look at prompt + output, which the context bounds; kept in one preallocated array.
+        size = min(len(prompt) + options.max_tokens, context_size)
+        self.history = np.empty(size, dtype=np.int32) if penalties else None
         self.n_history = 0
         if self.history is not None:
             self.history[:len(prompt)] = prompt
