@@ -34,7 +34,7 @@ static int llamacffi_log_last_passed = 0;
 #else
 #define LLAMACFFI_THREAD_LOCAL _Thread_local
 #endif
-typedef struct { volatile int abort; int sigint_epoch; } llamacffi_abort_state;
+typedef struct { volatile int abort; int sigint_epoch; volatile int halt; } llamacffi_abort_state;
 static volatile sig_atomic_t llamacffi_sigint_epoch = 0;
 static LLAMACFFI_THREAD_LOCAL llamacffi_abort_state *llamacffi_decoding = NULL;  /* this thread's decode */
 static bool llamacffi_abort_check(void *data);
@@ -56,12 +56,13 @@ static void llamacffi_log_install(int threshold) {
 
 static bool llamacffi_abort_check(void *data) {
     llamacffi_abort_state *s = (llamacffi_abort_state *) data;
-    return s->abort != 0 || s->sigint_epoch != (int) llamacffi_sigint_epoch;
+    return s->abort != 0 || s->halt != 0 || s->sigint_epoch != (int) llamacffi_sigint_epoch;
 }
 static void llamacffi_abort_attach(struct llama_context *ctx, llamacffi_abort_state *state) {
     llama_set_abort_callback(ctx, llamacffi_abort_check, state);
 }
 static int32_t llamacffi_decode(struct llama_context *ctx, struct llama_batch *batch, llamacffi_abort_state *s) {
+    if (s->halt) return 2;  /* halted for good (interpreter exit): as an aborted decode */
     s->abort = 0;
     s->sigint_epoch = (int) llamacffi_sigint_epoch;
     llamacffi_decoding = s;
@@ -70,6 +71,7 @@ static int32_t llamacffi_decode(struct llama_context *ctx, struct llama_batch *b
     return rc;
 }
 static int32_t llamacffi_encode(struct llama_context *ctx, struct llama_batch *batch, llamacffi_abort_state *s) {
+    if (s->halt) return 2;
     s->abort = 0;
     s->sigint_epoch = (int) llamacffi_sigint_epoch;
     llamacffi_decoding = s;

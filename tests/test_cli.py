@@ -85,12 +85,19 @@ def test_errors_are_one_line_without_traceback(args: tuple[str, ...]) -> None:
 
 def test_chat_drops_old_turns_to_fit_the_context(smollm2_path: Path) -> None:
     lines = "".join(f"Tell me about the number {i}, please, in a few words.\n" for i in range(8))
-    out = run("chat", "--temp", "0", "-n", "16", "-c", "160", stdin=lines + ("word " * 400) + "\nAnd 9?\n")
+    out = run("chat", "--temp", "0", "-n", "16", "-c", "160", stdin=lines)
     assert out.returncode == 0, out.stderr
-    assert "oldest turns were dropped" in out.stderr
-    assert "does not fit the context" in out.stderr  # the 400-word line; the session went on after it
-    assert "Traceback" not in out.stderr
-    assert len([ln for ln in out.stdout.splitlines() if ln.strip()]) >= 9
+    assert "oldest exchanges were dropped" in out.stderr and "Traceback" not in out.stderr
+    assert len([ln for ln in out.stdout.splitlines() if ln.strip()]) >= 8
+
+
+def test_chat_refuses_a_message_too_long_and_keeps_the_history(smollm2_path: Path) -> None:
+    lines = "My name is Ada.\nHello again.\n" + "word " * 400 + "\nWhat is my name?\n"
+    out = run("chat", "--temp", "0", "-n", "12", "-c", "256", stdin=lines)
+    assert out.returncode == 0, out.stderr
+    assert "does not fit the context" in out.stderr
+    assert "dropped" not in out.stderr  # the refused message took nothing of the history with it
+    assert len([ln for ln in out.stdout.splitlines() if ln.strip()]) >= 3
 
 
 def test_warnings_are_one_line(smollm2_path: Path) -> None:

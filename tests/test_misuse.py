@@ -48,18 +48,20 @@ def test_a_vocab_only_model_has_no_context(smollm2_path: Path) -> None:
             Context(m, n_ctx=64)
 
 
-def test_tokenize_refuses_invalid_utf8(smollm2: llamacffi.Model, gemma3: llamacffi.Model) -> None:
+def test_tokenize_refuses_code_points_beyond_unicode(smollm2: llamacffi.Model, gemma3: llamacffi.Model) -> None:
     for m in (smollm2, gemma3):
-        for bad in (b"\xf4\x90\x80\x80", b"ok \xff", b"\xed\xa0\x80"):  # > U+10FFFF, a stray byte, a surrogate
-            with pytest.raises(TokenizeError, match="UTF-8"):
+        for bad in (b"\xf4\x90\x80\x80", b"ok \xf7\xbf\xbf\xbf ok"):  # U+110000, U+1FFFFF: llama.cpp would abort
+            with pytest.raises(TokenizeError, match="beyond U\\+10FFFF"):
                 m.vocab.tokenize(bad)
+        for other in (b"ok \xff", b"caf\xe9", b"\xed\xa0\x80", b"\xf4\x8f\xbf\xbf"):  # invalid, yet handled
+            assert m.vocab.tokenize(other, add_special=False).size > 0
         assert list(m.vocab.tokenize("é".encode(), add_special=False)) == list(m.vocab.tokenize("é", add_special=False))
 
 
-def test_penalty_window_is_bounded() -> None:
-    for cls in (Sampler, NativeSampler):
-        with pytest.raises(InvalidArgumentError, match="penalty_last_n"):
-            cls(repeat_penalty=1.1, penalty_last_n=2**31 - 1)
+def test_native_penalty_window_is_bounded() -> None:
+    with pytest.raises(InvalidArgumentError, match="penalty_last_n"):
+        NativeSampler(repeat_penalty=1.1, penalty_last_n=2**31 - 1)  # llama.cpp would allocate 8 GiB up front
+    Sampler(repeat_penalty=1.1, penalty_last_n=2**31 - 1)  # the numpy sampler allocates nothing for it
 
 
 def test_grammar_depth_and_size_are_bounded(smollm2: llamacffi.Model) -> None:
@@ -106,6 +108,26 @@ def test_logits_views_outlive_close(gemma3_path: Path) -> None:
     del junk, view, row
     gc.collect()
     assert m._ptr is None  # freed with the last view
+
+
+def test_logits_views_outlive_a_collected_context(smollm2_path: Path) -> None:
+    m = llamacffi.Model.load(smollm2_path)
+
+    def logits_of_a_dropped_context() -> tuple[np.ndarray, np.ndarray]:
+        ctx = Context(m, n_ctx=64, n_threads=THREADS)  # never closed
+        ctx.decode_tokens([1, 2, 3])
+        view = ctx.logits()
+        return view, view.copy()
+
+    view, expected = logits_of_a_dropped_context()
+    gc.collect()
+    with Context(m, n_ctx=64, n_threads=THREADS) as other:  # would reuse the freed buffer
+        other.decode_tokens([4, 5, 6, 7])
+    np.testing.assert_array_equal(view, expected)
+    del view
+    gc.collect()
+    m.close()
+    assert m._ptr is None
 
 
 def test_a_grammar_keeps_its_model(smollm2_path: Path) -> None:

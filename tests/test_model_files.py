@@ -137,3 +137,18 @@ def test_real_models_pass_the_metadata_check(smollm2_path: Path, gemma3_path: Pa
         meta = gguf.read_metadata(path, {"{arch}.block_count", "tokenizer.ggml.tokens"})
         assert 0 < meta["{arch}.block_count"] <= gguf.MAX_LAYERS
         gguf.check(path)
+
+
+def test_metadata_check_accepts_what_llama_cpp_accepts(tmp_path: Path) -> None:
+    def check(kv: list[tuple[str, int, bytes]], vocab_only: bool = False) -> None:
+        gguf.check(write(tmp_path, "m.gguf", gguf_bytes(kv)), vocab_only)
+
+    arch = ("general.architecture", 8, string_value("llama"))
+    check([arch, ("tokenizer.ggml.tokens", 9, string_array(["", "a", ""]))])  # empty texts get names of their own
+    check([arch, ("tokenizer.ggml.tokens", 9, string_array(["a", "b"])),
+           ("tokenizer.ggml.token_type", 9, struct.pack("<IQ", 5, 3) + struct.pack("<3i", 1, 1, 1))])  # longer
+    check([arch, ("tokenizer.ggml.tokens", 9, string_array(["a"])),
+           ("tokenizer.ggml.scores", 6, struct.pack("<f", 0.0))])  # not an array: llama.cpp's own error
+    check([arch, ("llama.block_count", 4, struct.pack("<I", 0))], vocab_only=True)  # a vocab-only load reads no layers
+    with pytest.raises(ModelLoadError, match="block_count"):  # the architecture may come after its keys
+        check([("llama.block_count", 4, struct.pack("<I", 0)), arch])

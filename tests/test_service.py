@@ -585,3 +585,49 @@ def test_penalty_history_is_bounded_by_the_context(service: LlamaCppService) -> 
         after = m.stats
         prompt = after["prompt_tokens_decoded"] - before["prompt_tokens_decoded"]
         assert prompt + after["generated_tokens"] - before["generated_tokens"] == 64  # the context ends it
+
+
+def test_a_request_whose_consumer_is_gone_stops(service: LlamaCppService, smol: LlamaCppTextModel) -> None:
+    from llamacffi.service.engine import Request
+
+    def gone(item: object) -> None:
+        raise RuntimeError("the consumer's event loop is closed")
+
+    tokens = smol._vocab.tokenize("Once upon a time", add_special=True)
+    request = Request(tokens, GenerationOptions(temperature=0, max_tokens=400, raw=True), gone,
+                      smol._vocab.stream(), smol.config.context_size)
+    before = smol.stats["generated_tokens"]
+    smol._engine.submit(request)
+    deadline = time.time() + 60
+    while not request.finished and time.time() < deadline:
+        time.sleep(0.01)
+    assert request.finished and smol.stats["generated_tokens"] - before < 10
+
+
+EXIT_HOOK_USES_THE_SERVICE = """
+import atexit
+state = {}
+
+def cleanup():  # registered before the service is imported: runs after its exit hook
+    from llamacffi.service import GenerationOptions, ModelClosedError
+    try:
+        state["m"].generate("Hi", GenerationOptions(max_tokens=2))
+    except ModelClosedError as exc:
+        print("refused:", exc)
+    state["m"].close()
+    print("closed", flush=True)
+
+atexit.register(cleanup)
+from llamacffi.service import LlamaCppService, LocalBackendConfig, ModelConfig
+svc = LlamaCppService(LocalBackendConfig(threads=2))
+state["m"] = svc.load_model("smollm2-135m", config=ModelConfig(context_size=256, parallel=1))
+print("loaded", flush=True)
+"""
+
+
+def test_the_service_after_its_exit_hook_refuses_instead_of_hanging() -> None:
+    out = subprocess.run([sys.executable, "-c", EXIT_HOOK_USES_THE_SERVICE], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert out.stdout.split() [:1] == ["loaded"] and "refused: the interpreter is exiting" in out.stdout
+    assert out.stdout.strip().endswith("closed")

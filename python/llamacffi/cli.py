@@ -10,7 +10,7 @@ import json
 import sys
 import time
 import warnings
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 from . import models
 
@@ -138,19 +138,22 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fitting_stream(model, history: list[tuple[str, str]], opts):  # type: ignore[no-untyped-def]
-    """The reply's stream, after dropping the oldest turns the context cannot hold; None when even the last
-    message alone does not fit."""
+def _fitting_stream(model: Any, history: list[tuple[str, str]], opts: Any) -> Iterator[str] | None:
+    """The reply's stream, after dropping the oldest exchanges the context cannot hold; None, with the history
+    untouched, when even the last message alone does not fit."""
     from .service import ContextOverflowError
 
-    while True:
+    for start in range(0, len(history), 2):  # history: user, assistant, ..., user
         try:
-            return model.chat_stream(history, opts)
+            stream = model.chat_stream(history[start:], opts)
         except ContextOverflowError:
-            if len(history) <= 1:
-                return None
-            del history[:2]  # the oldest exchange
-            print("llamacffi: (the oldest turns were dropped to fit the context)", file=sys.stderr)
+            continue
+        if start:
+            del history[:start]
+            print(f"llamacffi: ({start // 2} of the oldest exchanges were dropped to fit the context)",
+                  file=sys.stderr)
+        return stream  # type: ignore[no-any-return]
+    return None
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -51,25 +51,16 @@ def _quiesce_at_exit() -> None:
     """At interpreter exit, daemon threads may still be inside llama_decode while the process tears llama.cpp and
     OpenMP down, which crashes it. Abort every context's decode and hold it, so that none runs past this point."""
     for ctx in list(_live):
-        ctx._abort.abort = 1
+        ctx._halt()
         if ctx._busy.acquire(timeout=30):  # the decode under way (aborted at its next graph node) returns first
             ctx._quiesced = True  # keeps the lock: a later decode raises instead of starting
 
 
-class _Deferred:
-    """A closed context whose logits views are still referenced: freed when the last of them goes away."""
-
-    def __init__(self, ptr: Any, views: list[Any]) -> None:
-        self._ptr: Any = ptr
-        self._left = len(views)
-        for view in views:
-            weakref.finalize(view, self._one_gone)
-
-    def _one_gone(self) -> None:
-        self._left -= 1
-        if self._left == 0 and self._ptr is not None:
-            ptr, self._ptr = self._ptr, None
-            ffi.release(ptr)
+def _holding(owner: Any) -> Callable[[Any], None]:
+    """A no-op destructor for ``ffi.gc`` that keeps ``owner`` alive as long as the cdata it is attached to."""
+    def keep(_ptr: Any, _owner: Any = owner) -> None:
+        pass
+    return keep
 
 
 def _new_pools(threads: int, threads_batch: int) -> list[Any]:
@@ -211,18 +202,18 @@ class Context:
         return self._ptr is None
 
     def close(self) -> None:
-        """Free the context and its memory now (idempotent); the model is released if it was closed meanwhile."""
+        """Free the context and its memory now, or with the last logits view still referenced (idempotent); the
+        model is released then if it was closed meanwhile."""
         if self._ptr is None or self._quiesced:  # after the exit hook the process frees everything
             return
         with self._busy:
             ptr, self._ptr = self._ptr, None
             self._view_ptr, self._view = ffi.NULL, _NO_VIEW
-            views = [v for v in (r() for r in self._views) if v is not None]
+            views_alive = any(r() is not None for r in self._views)
             self._views = []
-            if views:  # logits views still read llama.cpp's buffer: free it with the last of them
-                _Deferred(ptr, views)
-            else:
+            if not views_alive:
                 ffi.release(ptr)  # the destructor also lets go of the model
+            # else the logits views hold the context: it is freed with the last of them
 
     def __enter__(self) -> "Context":
         return self
@@ -276,7 +267,8 @@ class Context:
         rc = self._exclusive(lib.llamacffi_decode, self.ptr, batch._c, self._abort)
         if rc != 0:
             self._outputs, self._n_outputs = self._outputs[:0], 0
-            if rc == 2 and not self._abort.abort and threading.current_thread() is threading.main_thread():
+            if rc == 2 and not (self._abort.abort or self._abort.halt) and \
+                    threading.current_thread() is threading.main_thread():
                 # Ctrl-C: the Python handler may already have run inside a log callback, where cffi swallows it.
                 log.take_interrupt()
                 raise KeyboardInterrupt
@@ -329,7 +321,8 @@ class Context:
         a batch in one piece)."""
         if not isinstance(batch, Batch):
             raise TypeError(f"encode takes a llamacffi.Batch, not {type(batch).__name__}")
-        ensure(self._model.has_encoder, "this model has no encoder: use decode()")
+        # a decoder's KV memory makes llama.cpp's encoder graph dereference a missing memory context
+        ensure(self._model.has_encoder or self._mem == ffi.NULL, "this model has no encoder: use decode()")
         ensure(0 < batch._n <= self.n_ubatch, f"the batch must hold 1..{self.n_ubatch} tokens (n_ubatch) to encode")
         as_tokens(batch.tokens, self.n_vocab)
         rc = self._exclusive(lib.llamacffi_encode, self.ptr, batch._c, self._abort)
@@ -338,6 +331,10 @@ class Context:
     def abort(self) -> None:
         """Ask the decode in progress (in another thread) to stop; it raises :class:`DecodeAbortedError`."""
         self._abort.abort = 1
+
+    def _halt(self) -> None:
+        """Abort the decode in progress and every later one (at interpreter exit)."""
+        self._abort.halt = 1
 
     # ---- outputs ----------------------------------------------------------------------------------------------
 
@@ -365,7 +362,10 @@ class Context:
             raise LlamaError(f"llama.cpp has no logits for index {i}")
         if ptr == self._view_ptr:  # the same row of the same buffer as last time (a generation loop): same view
             return self._view
-        view = np.frombuffer(ffi.buffer(ptr, self.n_vocab * 4), dtype=np.float32)
+        # The view keeps the context alive (through a no-op destructor holding it), so that llama.cpp's buffer
+        # outlives close() and collection while the view is referenced.
+        held = ffi.gc(ptr, _holding(self._ptr))
+        view = np.frombuffer(ffi.buffer(held, self.n_vocab * 4), dtype=np.float32)
         view.flags.writeable = False
         self._view_ptr, self._view = ptr, view
         if len(self._views) >= 64:
@@ -427,7 +427,7 @@ class Context:
     def state_save(self) -> bytes:
         """The whole state (memory, outputs) as bytes."""
         ptr = self.ptr
-        size = lib.llama_state_get_size(ptr)
+        size = self._exclusive(lib.llama_state_get_size, ptr)
         buf = ffi.new("uint8_t[]", size)
         n = self._exclusive(lib.llama_state_get_data, ptr, buf, size)
         ensure(n > 0, "llama.cpp could not save the state", StateError)
@@ -445,7 +445,7 @@ class Context:
         """The memory of one sequence as bytes."""
         ptr = self.ptr
         self.memory._seq(seq_id)
-        size = lib.llama_state_seq_get_size(ptr, seq_id)
+        size = self._exclusive(lib.llama_state_seq_get_size, ptr, seq_id)
         buf = ffi.new("uint8_t[]", size)
         n = self._exclusive(lib.llama_state_seq_get_data, ptr, buf, size, seq_id)
         ensure(n > 0, f"llama.cpp could not save sequence {seq_id}", StateError)

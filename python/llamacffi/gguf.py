@@ -84,48 +84,57 @@ class _Reader:
 
 
 def read_metadata(path: Path, wanted: set[str]) -> dict[str, Any]:
-    """The values of the ``wanted`` keys (``{arch}`` stands for ``general.architecture``) found in the metadata."""
+    """The values of the ``wanted`` keys found in the metadata; ``{arch}.`` in a wanted key stands for the
+    ``general.architecture`` value, wherever that key sits in the file."""
+    suffixes = {w[len("{arch}"):] for w in wanted if w.startswith("{arch}.")}
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         r = _Reader(buf, path)
         if bytes(buf[:4]) != MAGIC:
             raise r.fail("not a GGUF file")
         r.take(4)
-        version = r.u32()
-        if version == 1:
+        if r.u32() == 1:
             raise r.fail("GGUF version 1 is not supported")
         r.u64()  # tensors
         n_kv = r.u64()
         found: dict[str, Any] = {}
-        arch = None
         for _ in range(n_kv):
             key = r.string().decode("utf-8", "replace")
             vtype = r.u32()
-            name = key if arch is None else key.replace(f"{arch}.", "{arch}.", 1)
-            value = r.value(vtype, keep=key == "general.architecture" or name in wanted)
-            if key == "general.architecture" and isinstance(value, bytes):
-                arch = value.decode("utf-8", "replace")
-            if name in wanted:
-                found[name] = value
-        return found
+            dot = key.find(".")
+            keep = key in wanted or key == "general.architecture" or (dot > 0 and key[dot:] in suffixes)
+            value = r.value(vtype, keep)
+            if keep:
+                found[key] = value
+        arch = found.get("general.architecture")
+        prefix = arch.decode("utf-8", "replace") + "." if isinstance(arch, bytes) else None
+        out = {w: found[w] for w in wanted if w in found}
+        if prefix is not None:
+            for w in wanted:
+                if w.startswith("{arch}.") and prefix + w[len("{arch}."):] in found:
+                    out[w] = found[prefix + w[len("{arch}."):]]
+        return out
 
 
-def check(path: Path) -> None:
-    """Raise :class:`ModelLoadError` for metadata that llama.cpp would abort on."""
+def check(path: Path, vocab_only: bool = False) -> None:
+    """Raise :class:`ModelLoadError` for metadata that llama.cpp would abort on (a vocab-only load reads no
+    layers)."""
     meta = read_metadata(path, {"{arch}.block_count", "{arch}.nextn_predict_layers", "tokenizer.ggml.tokens",
                                 "tokenizer.ggml.scores", "tokenizer.ggml.token_type"})
-    fail = _Reader(b"", path).fail
+    r = _Reader(b"", path)
     layers = meta.get("{arch}.block_count")
-    if isinstance(layers, int) and not 0 < layers <= MAX_LAYERS:
-        raise fail(f"its block_count is {layers}; llama.cpp supports 1..{MAX_LAYERS} layers")
+    if not vocab_only and isinstance(layers, int) and not 0 < layers <= MAX_LAYERS:
+        raise r.fail(f"its block_count is {layers}; llama.cpp supports 1..{MAX_LAYERS} layers")
     nextn = meta.get("{arch}.nextn_predict_layers")
-    if isinstance(layers, int) and isinstance(nextn, int) and nextn > layers:
-        raise fail(f"its nextn_predict_layers ({nextn}) exceeds its block_count ({layers})")
+    if not vocab_only and isinstance(layers, int) and isinstance(nextn, int) and nextn > layers:
+        raise r.fail(f"its nextn_predict_layers ({nextn}) exceeds its block_count ({layers})")
     tokens = meta.get("tokenizer.ggml.tokens")
-    if tokens is not None:
-        _, count, strings = tokens
-        if strings is not None and len(set(strings)) != count:
-            raise fail("its vocabulary lists a token text more than once")
-        for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
-            other = meta.get(key)
-            if other is not None and other[1] != count:
-                raise fail(f"{key} has {other[1]} entries for {count} tokens")
+    if not isinstance(tokens, tuple):
+        return  # none, or not an array: llama.cpp reports it
+    _, count, strings = tokens
+    texts = [t for t in strings or () if t]  # llama.cpp names empty texts after their index
+    if len(set(texts)) != len(texts):
+        raise r.fail("its vocabulary lists a token text more than once")
+    for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
+        other = meta.get(key)
+        if isinstance(other, tuple) and other[1] < count:  # read for every token
+            raise r.fail(f"{key} has {other[1]} entries for {count} tokens")

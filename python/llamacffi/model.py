@@ -18,8 +18,6 @@ from .vocab import Vocab
 ProgressCallback = Callable[[float], "bool | None"]
 
 
-
-
 class _Progress:
     """Payload of the load-progress callback; keeps the exception the user's callback raised."""
 
@@ -80,8 +78,8 @@ def _unhold(address: int, _lib: Any = lib) -> None:
 class Model:
     """A loaded model. Create with :meth:`load`; release with :meth:`close` or ``with``.
 
-    Contexts created from a model keep it alive: closing the model while contexts use it defers the release until
-    the last context is closed.
+    What uses a model keeps it alive (its contexts, a grammar of a NativeSampler, a tokenize call under way):
+    closing the model meanwhile defers the release until the last of them lets go.
     """
 
     def __init__(self, ptr: Any, path: Path, vocab_only: bool = False) -> None:
@@ -107,7 +105,7 @@ class Model:
             raise TypeError(f"path must be str or os.PathLike, not {type(path).__name__}")
         p = Path(path)
         _check_file(p)
-        gguf.check(p)
+        gguf.check(p, bool(vocab_only))
         if not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
             raise InvalidArgumentError(f"n_gpu_layers must be an int >= -1, got {n_gpu_layers!r}")
         ensure_backend()

@@ -137,10 +137,9 @@ class _Params:
         if not (math.isfinite(self.frequency_penalty) and math.isfinite(self.presence_penalty)):
             raise InvalidArgumentError("frequency_penalty and presence_penalty must be finite")
         self.penalty_last_n = _integer("penalty_last_n", penalty_last_n)
-        if not -1 <= self.penalty_last_n <= _NATIVE_WHOLE_HISTORY:  # llama.cpp allocates the window up front
+        if self.penalty_last_n < -1:
             raise InvalidArgumentError(
-                f"penalty_last_n must be -1 (whole history), 0 (disabled) or a window of up to "
-                f"{_NATIVE_WHOLE_HISTORY} tokens, got {penalty_last_n}")
+                f"penalty_last_n must be -1 (whole history), 0 (disabled) or a positive window, got {penalty_last_n}")
         self.seed = _check_seed(seed)
         self.bias_ids: IdArray | None = None
         self.bias_vals: npt.NDArray[np.float32] | None = None
@@ -677,6 +676,9 @@ class NativeSampler:
                  grammar_root: str = "root") -> None:
         self._p = _Params(temperature, top_k, top_p, min_p, repeat_penalty, frequency_penalty, presence_penalty,
                           penalty_last_n, logit_bias, seed)
+        if self._p.penalty_last_n > _NATIVE_WHOLE_HISTORY:  # llama.cpp allocates the window up front
+            raise InvalidArgumentError(f"penalty_last_n must be at most {_NATIVE_WHOLE_HISTORY} here (llama.cpp "
+                                       f"allocates the window up front), got {penalty_last_n}")
         self._closed = False
         self._chain: Any = None
         self._grammar: Any = None

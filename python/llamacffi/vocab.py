@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import re
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
@@ -33,6 +34,9 @@ def as_tokens(tokens: Iterable[int] | npt.ArrayLike, n_vocab: int) -> TokenArray
     return arr
 
 
+_BEYOND_UNICODE = re.compile(rb"\xf4[\x90-\xbf][\x80-\xbf]{2}|[\xf5-\xf7][\x80-\xbf]{3}")
+
+
 def _text_bytes(text: str | bytes, what: str = "text") -> bytes:
     if isinstance(text, str):
         try:
@@ -41,10 +45,11 @@ def _text_bytes(text: str | bytes, what: str = "text") -> bytes:
             raise TokenizeError(f"{what} is not valid Unicode (lone surrogate at index {exc.start})") from None
     if isinstance(text, (bytes, bytearray, memoryview)):
         data = bytes(text)
-        try:  # llama.cpp's tokenizers assume UTF-8; some abort the process on what is not (a code point > U+10FFFF)
-            data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise TokenizeError(f"{what} is not valid UTF-8 (at byte {exc.start})") from None
+        # llama.cpp copes with invalid UTF-8, except a 4-byte form beyond U+10FFFF, on which its BPE tokenizers
+        # throw where nothing catches it (std::terminate)
+        beyond = _BEYOND_UNICODE.search(data)
+        if beyond is not None:
+            raise TokenizeError(f"{what} encodes a code point beyond U+10FFFF at byte {beyond.start()}")
         return data
     raise TypeError(f"{what} must be str or bytes, not {type(text).__name__}")
 

@@ -184,8 +184,8 @@ class GenerationOptions(_Config):
         self._int("penalty_last_n", -1, 1 << 20)
         self._int("seed", 0, 2**32 - 1, allow_none=True)
         stops = self.stop_sequences
-        if not isinstance(stops, (list, tuple)) or not all(isinstance(s, str) and s for s in stops):
-            raise _fail(type(self), "stop_sequences", "must be a list or tuple of non-empty strings", stops)
+        if not isinstance(stops, (list, tuple, set, frozenset)) or not all(isinstance(s, str) and s for s in stops):
+            raise _fail(type(self), "stop_sequences", "must be a list, tuple or set of non-empty strings", stops)
         object.__setattr__(self, "stop_sequences", tuple(stops))
         if self.system is not None and not isinstance(self.system, str):
             raise _fail(type(self), "system", "must be a str or None", self.system)

@@ -34,7 +34,7 @@ Sink = Callable[[Any], None]
 class Request:
     """One generation: its prompt tokens, options and where its text goes."""
 
-    __slots__ = ("prompt", "options", "sink", "cancelled", "n_generated", "decoder", "stops", "sampler",
+    __slots__ = ("prompt", "options", "sink", "cancelled", "finished", "n_generated", "decoder", "stops", "sampler",
                  "history", "n_history", "greedy")
 
     def __init__(self, prompt: npt.NDArray[np.int32], options: GenerationOptions, sink: Sink,
@@ -43,6 +43,7 @@ class Request:
         self.options = options
         self.sink = sink
         self.cancelled = False
+        self.finished = False  # its slot was released
         self.n_generated = 0
         self.decoder = decoder
         self.stops = StopMatcher(options.stop_sequences)
@@ -132,6 +133,8 @@ class Engine:
 
     def cancel(self, request: Request) -> None:
         with self._cond:
+            if request.finished:  # generate() cancels on its way out: nothing to stop, no one to wake
+                return
             request.cancelled = True
             try:
                 self._queue.remove(request)  # still waiting: it no longer counts against max_queue
@@ -148,11 +151,15 @@ class Engine:
         self._runner.detach(self)  # the engine thread lets go of the context before it is freed
         self.ctx.close()
 
+    def shut(self, why: str) -> None:
+        """No thread steps this engine any more (called with the lock held): requests are refused, saying why."""
+        self.closed = True
+        self._closed_why = why
+
     def orphan(self, runner: "runner.Runner") -> None:
         """In a forked child: no thread steps this engine any more; requests are refused."""
         self._runner, self._cond = runner, runner.cond
-        self.closed = True
-        self._closed_why = "the model was loaded before this process forked; load it again in this process"
+        self.shut("the model was loaded before this process forked; load it again in this process")
         self._queue.clear()
         for s in self._slots:
             s.request = None
@@ -165,19 +172,20 @@ class Engine:
 
     def step(self, alone: bool = False) -> None:
         """Admit waiting requests and decode one step of every active one. When this engine is the only one with
-        work (``alone``), it goes on decoding until a request ends or anything else happens (a submission,
-        cancellation or close anywhere in the process): the engine thread's loop stays out of the way of tokens."""
+        work (``alone``), it goes on decoding until a request ends, its consumer goes away, or a submission,
+        cancellation or close happens anywhere in the process: the thread's loop stays out of the way of tokens."""
         try:
             with self._cond:
                 for slot in self._slots:
                     if slot.request is not None and slot.request.cancelled:
                         self._release(slot)  # its consumer is gone: nothing more is sent
                 self._admit()
+                events = self._runner.events  # under the lock: a submission after the admission changes it
             active = [s for s in self._slots if s.request is not None]
-            events = self._runner.events
             while active:
                 self._decode(active)
-                if not alone or self._runner.events != events or any(s.request is None for s in active):
+                if not alone or self._runner.events != events or any(
+                        s.request is None or s.request.cancelled for s in active):  # ended, or its consumer gone
                     break
         except Exception as exc:  # never leave requests waiting on a failed step
             with self._cond:
@@ -256,6 +264,8 @@ class Engine:
         return target, keep
 
     def _release(self, slot: _Slot) -> None:
+        if slot.request is not None:
+            slot.request.finished = True
         slot.request = None
         slot.pending = slot.cached[:0]
         slot.next_token = -1

@@ -13,6 +13,8 @@ import os
 import threading
 from typing import TYPE_CHECKING
 
+from .errors import ModelClosedError
+
 if TYPE_CHECKING:
     from .engine import Engine
 
@@ -29,15 +31,23 @@ class Runner:
 
     def stop(self, timeout: float = 30.0) -> None:
         """At interpreter exit: abort the decode under way and end the thread, so that no decode still runs while
-        the process tears llama.cpp down (a daemon thread would otherwise be inside it)."""
+        the process tears llama.cpp down (a daemon thread would otherwise be inside it). The engines are closed:
+        what is still waiting, and any later request, ends with :class:`ModelClosedError`."""
         with self.cond:
             self._stopping = True
             thread = self._thread
             for engine in self._engines:
-                engine.ctx.abort()
+                engine.ctx._halt()
             self.wake()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+        with self.cond:
+            engines, self._engines = self._engines, []
+            for engine in engines:
+                engine.shut("the interpreter is exiting")
+            self.cond.notify_all()
+        for engine in engines:
+            engine.fail_waiting()
 
     def wake(self) -> None:
         """Something changed (called with :attr:`cond` held): the thread looks at every engine again."""
@@ -46,6 +56,8 @@ class Runner:
 
     def attach(self, engine: Engine) -> None:
         with self.cond:
+            if self._stopping:
+                raise ModelClosedError("the interpreter is exiting")
             self._engines.append(engine)
             self.wake()
             if self._thread is None:
@@ -57,10 +69,11 @@ class Runner:
         with self.cond:
             if threading.current_thread() is not self._thread:
                 self.wake()
-                while engine in self._engines:
+                while engine in self._engines and self._thread is not None:
                     self.cond.wait()
-                return
-        self._drop(engine)
+                if engine not in self._engines:
+                    return
+        self._drop(engine)  # from the thread itself, or with no thread left to do it
 
     def _drop(self, engine: Engine) -> None:
         engine.fail_waiting()
@@ -76,6 +89,7 @@ class Runner:
             with self.cond:
                 if self._thread is threading.current_thread():  # ended by an error: the next attach restarts
                     self._thread = None
+                self.cond.notify_all()  # a detach() waiting for this thread goes on without it
 
     def _loop(self) -> None:
         while True:
