@@ -19,12 +19,16 @@ _STRING, _ARRAY = 8, 9
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 
 
+def _fail(path: Path, why: str) -> ModelLoadError:
+    return ModelLoadError(f"llama.cpp could not load {path}: {why}")
+
+
 class _Reader:
     def __init__(self, buf: Any, path: Path) -> None:
         self.buf, self.pos, self.path = buf, 0, path
 
     def fail(self, why: str) -> ModelLoadError:
-        return ModelLoadError(f"llama.cpp could not load {self.path}: {why}")
+        return _fail(self.path, why)
 
     def take(self, n: int) -> int:
         start = self.pos
@@ -90,10 +94,10 @@ def read_metadata(path: Path, wanted: set[str]) -> dict[str, Any]:
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         r = _Reader(buf, path)
         if bytes(buf[:4]) != MAGIC:
-            raise r.fail("not a GGUF file")
+            raise _fail(path, "not a GGUF file")
         r.take(4)
         if r.u32() == 1:
-            raise r.fail("GGUF version 1 is not supported")
+            raise _fail(path, "GGUF version 1 is not supported")
         r.u64()  # tensors
         n_kv = r.u64()
         found: dict[str, Any] = {}
@@ -120,21 +124,20 @@ def check(path: Path, vocab_only: bool = False) -> None:
     layers)."""
     meta = read_metadata(path, {"{arch}.block_count", "{arch}.nextn_predict_layers", "tokenizer.ggml.tokens",
                                 "tokenizer.ggml.scores", "tokenizer.ggml.token_type"})
-    r = _Reader(b"", path)
     layers = meta.get("{arch}.block_count")
     if not vocab_only and isinstance(layers, int) and not 0 < layers <= MAX_LAYERS:
-        raise r.fail(f"its block_count is {layers}; llama.cpp supports 1..{MAX_LAYERS} layers")
+        raise _fail(path, f"its block_count is {layers}; llama.cpp supports 1..{MAX_LAYERS} layers")
     nextn = meta.get("{arch}.nextn_predict_layers")
     if not vocab_only and isinstance(layers, int) and isinstance(nextn, int) and nextn > layers:
-        raise r.fail(f"its nextn_predict_layers ({nextn}) exceeds its block_count ({layers})")
+        raise _fail(path, f"its nextn_predict_layers ({nextn}) exceeds its block_count ({layers})")
     tokens = meta.get("tokenizer.ggml.tokens")
     if not isinstance(tokens, tuple):
         return  # none, or not an array: llama.cpp reports it
     _, count, strings = tokens
     texts = [t for t in strings or () if t]  # llama.cpp names empty texts after their index
     if len(set(texts)) != len(texts):
-        raise r.fail("its vocabulary lists a token text more than once")
+        raise _fail(path, "its vocabulary lists a token text more than once")
     for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
         other = meta.get(key)
         if isinstance(other, tuple) and other[1] < count:  # read for every token
-            raise r.fail(f"{key} has {other[1]} entries for {count} tokens")
+            raise _fail(path, f"{key} has {other[1]} entries for {count} tokens")

@@ -182,12 +182,13 @@ class Model:
         with _holds_lock:
             _holds[address] = _holds.get(address, 0) + 1
         owner = weakref.ref(self)
-        done = [False]
+        done = False
 
         def release() -> None:
-            if done[0]:
+            nonlocal done
+            if done:
                 return
-            done[0] = True
+            done = True
             _unhold(address)
             model = owner()
             if model is not None:
