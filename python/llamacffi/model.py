@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .backend import ensure_backend
 from . import gguf, log
@@ -172,6 +173,16 @@ class Model:
                 raise ClosedError("this Model is closed")
             self._users += 1
             return self._ptr
+
+    @contextlib.contextmanager
+    def _in_use(self) -> Iterator[Any]:
+        """The pointer, for a call that runs without the GIL (tokenize): a close() from another thread meanwhile
+        frees the model only after it."""
+        ptr = self._acquire()
+        try:
+            yield ptr
+        finally:
+            self._unuse()
 
     def _lease(self) -> tuple[Any, Callable[[], None]]:
         """For a C object that keeps this model's pointer (a context, a grammar): the pointer, and the function to

@@ -121,9 +121,7 @@ class Vocab:
             raise TokenizeError("text is too long to tokenize (over 2 GiB)")
         cap = min(len(data) + 8, 2**31 - 1)
         out = np.empty(cap, dtype=np.int32)
-        model = self._model
-        model._acquire()  # a close() from another thread meanwhile frees the model only after this call
-        try:
+        with self._model._in_use():
             ptr = self._raw
             n = lib.llama_tokenize(ptr, data, len(data), ffi.from_buffer("llama_token[]", out), cap,
                                    bool(add_special), bool(parse_special))
@@ -135,8 +133,6 @@ class Vocab:
                                        bool(add_special), bool(parse_special))
                 if n < 0:
                     raise TokenizeError(f"llama_tokenize failed ({n})")
-        finally:
-            model._unuse()
         return out[:n].copy() if n < cap // 2 else out[:n]
 
     def token_to_piece(self, token: int, *, special: bool = False) -> bytes:
@@ -169,9 +165,7 @@ class Vocab:
         arr = as_tokens(tokens, self.n_tokens)
         toks = ffi.from_buffer("llama_token[]", arr)
         size = max(64, 8 * len(arr))
-        model = self._model
-        model._acquire()  # as in tokenize: a close() meanwhile frees the model only after this call
-        try:
+        with self._model._in_use():
             while True:
                 buf = ffi.new("char[]", size)
                 n = lib.llama_detokenize(self._raw, toks, len(arr), buf, size, bool(remove_special),
@@ -179,8 +173,6 @@ class Vocab:
                 if n >= 0:
                     return bytes(ffi.buffer(buf, n))
                 size = -n
-        finally:
-            model._unuse()
 
     def stream(self, *, special: bool = False) -> "StreamDecoder":
         """A :class:`StreamDecoder` for this vocabulary."""
