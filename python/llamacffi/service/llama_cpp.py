@@ -18,7 +18,7 @@ from ..raw import ffi, lib
 from .config import BackendType, GenerationOptions, LocalBackendConfig, ModelConfig, ModelType
 from .engine import END, Engine, Request
 from .. import errors as binding
-from .errors import (ContextOverflowError, GenerationError, InferenceError, InvalidConfigError, ModelClosedError,
+from .errors import (ContextOverflowError, InferenceError, InvalidConfigError, ModelClosedError,
                      ModelLoadFailedError, ModelNotFoundError, mapped)
 from .interfaces import InferenceService, TextToTextModel
 
@@ -119,16 +119,14 @@ class LlamaCppService(InferenceService):
                 if config.strict_context:
                     raise InvalidConfigError(message)
                 warnings.warn(message + "; output quality may degrade", RuntimeWarning, stacklevel=2)
-            try:
-                with mapped():
+            with mapped():
+                try:
                     model = LlamaCppTextModel(model_id, llama_model, config, bc.threads)
-            except GenerationError as exc:
-                if isinstance(exc.__cause__, binding.ContextError):  # llama.cpp could not allocate the context
+                except binding.ContextError as exc:  # llama.cpp could not allocate the context
                     raise ModelLoadFailedError(
                         f"{path.name}: no context of {config.parallel} x {config.context_size} tokens could be "
                         f"created (most likely not enough memory); lower ModelConfig.context_size or parallel"
-                    ) from exc.__cause__
-                raise
+                    ) from exc
         except BaseException:
             llama_model.close()
             raise
