@@ -14,7 +14,7 @@ import pytest
 
 import llamacffi
 from llamacffi import (Batch, ClosedError, Context, DecodeAbortedError, InvalidArgumentError, InvalidTokenError,
-                       KVCacheFullError, StateError)
+                       KVCacheFullError, LlamaError, StateError)
 from llamacffi.raw import ffi
 
 THREADS = 2
@@ -59,7 +59,15 @@ def test_logits_follow_every_decode_and_row(smollm2: llamacffi.Model) -> None:
         np.testing.assert_array_equal(view, ref.logits())
         batch = llamacffi.Batch.from_tokens(a[:3], logits="all")
         ctx.memory.clear()
-        ctx.decode(batch)  # three outputs: the buffer grows, rows 0..2
+        with pytest.raises(LlamaError, match="3 output rows.*1 logits view"):
+            ctx.decode(batch)  # three outputs: llama.cpp would free the buffer that `view` shows
+        assert ctx.memory.seq_pos_max(0) == -1  # nothing decoded
+        sliced = view[:5]
+        del view
+        with pytest.raises(LlamaError, match="1 logits view"):
+            ctx.decode(batch)  # a slice holds the view too
+        del sliced
+        ctx.decode(batch)  # the buffer grows, rows 0..2
         rows = [ctx.logits(i).copy() for i in range(3)]
         assert not np.array_equal(rows[0], rows[1]) and np.array_equal(ctx.logits(), rows[2])
         ctx.decode_token(int(a[3]), 3)
@@ -232,7 +240,7 @@ def test_bad_batches(smollm2: llamacffi.Model) -> None:
             ctx.memory.seq_cp(0, 2)
         with pytest.raises(InvalidArgumentError, match="empty"):
             ctx.decode(Batch(4))
-        with pytest.raises(llamacffi.LlamaError):
+        with pytest.raises(LlamaError):
             ctx.logits()  # nothing decoded yet
         ctx.decode_tokens(toks(smollm2, A))
         with pytest.raises(InvalidArgumentError):

@@ -110,6 +110,26 @@ def test_logits_views_outlive_close(gemma3_path: Path) -> None:
     assert m._ptr is None  # freed with the last view
 
 
+def test_a_view_blocks_the_decode_that_would_move_its_buffer(smollm2: llamacffi.Model) -> None:
+    # An embeddings context outputs every token of a batch, whatever its logits flags: five tokens need five rows.
+    with Context(smollm2, n_ctx=64, embeddings=True, n_threads=THREADS) as ctx:
+        ctx.decode(Batch.from_tokens([1]))
+        view = ctx.logits()
+        expected = view.copy()
+        with pytest.raises(LlamaError, match="5 output rows"):
+            ctx.decode(Batch.from_tokens([2, 3, 4, 5, 6], start_pos=1))
+        junk = [bytearray(1 << 20) for _ in range(16)]
+        np.testing.assert_array_equal(view, expected)  # still the buffer it showed, nothing decoded
+        assert ctx.memory.seq_pos_max(0) == 0
+        del junk, view
+        ctx.decode(Batch.from_tokens([2, 3, 4, 5, 6], start_pos=1))
+        assert ctx.memory.seq_pos_max(0) == 5
+        ctx.decode(Batch.from_tokens([7, 8, 9], start_pos=6))  # fits the rows reserved: views may be held
+        held = ctx.logits()  # row 2 of the buffer
+        ctx.decode(Batch.from_tokens([10, 11, 12, 13, 14], start_pos=9))
+        assert np.array_equal(held, ctx.logits(2))  # the same row, now the third token's
+
+
 def test_logits_views_outlive_a_collected_context(smollm2_path: Path) -> None:
     m = llamacffi.Model.load(smollm2_path)
 

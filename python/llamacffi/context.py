@@ -181,6 +181,7 @@ class Context:
         self._view_ptr: Any = ffi.NULL  # the row logits() returned last, and its view
         self._view: npt.NDArray[np.float32] = _NO_VIEW
         self._views: list[weakref.ref[Any]] = []  # views handed out (numpy arrays are not hashable: no WeakSet)
+        self._out_rows = self.n_seq_max  # rows of llama.cpp's output buffer: it reserves one per sequence at first
         self._one = Batch(1, n_seq_max=1)
         self.memory = Memory(self)
 
@@ -260,10 +261,20 @@ class Context:
             self._busy.release()
 
     def _run(self, batch: Batch) -> None:
-        if batch._n > self.n_ubatch and not lib.llama_get_causal_attn(self.ptr):
+        n = batch._n
+        if n > self.n_ubatch and not lib.llama_get_causal_attn(self.ptr):
             raise InvalidArgumentError(f"with non-causal attention (an embedding model) llama.cpp decodes a batch in "
-                                       f"one piece: {batch._n} tokens exceed n_ubatch ({self.n_ubatch}); create the "
+                                       f"one piece: {n} tokens exceed n_ubatch ({self.n_ubatch}); create the "
                                        f"Context with a larger n_ubatch")
+        if batch is self._one:  # decode_token: one token, with logits
+            outputs, n_out = _ONE_OUTPUT, 1
+        elif self.embeddings_enabled:  # llama.cpp outputs every token of an embeddings context
+            outputs, n_out = np.ones(n, dtype=np.int8), n
+        else:
+            outputs = batch._logits[:n].copy()
+            n_out = int(np.count_nonzero(outputs)) if n > 1 else int(outputs[0])
+        if n_out > self._out_rows:
+            self._before_outputs_grow(n_out)
         rc = self._exclusive(lib.llamacffi_decode, self.ptr, batch._c, self._abort)
         if rc != 0:
             self._outputs, self._n_outputs = self._outputs[:0], 0
@@ -273,11 +284,19 @@ class Context:
                 log.take_interrupt()
                 raise KeyboardInterrupt
             check_decode(rc)
-        if batch is self._one:  # decode_token: one token, with logits
-            self._outputs, self._n_outputs = _ONE_OUTPUT, 1
-        else:
-            self._outputs = batch._logits[:batch._n].copy()
-            self._n_outputs = int(np.count_nonzero(self._outputs)) if batch._n > 1 else int(self._outputs[0])
+        self._out_rows = max(self._out_rows, n_out)
+        self._outputs, self._n_outputs = outputs, n_out
+
+    def _before_outputs_grow(self, rows: int) -> None:
+        """A call is about to need more output rows than llama.cpp's buffer has: llama.cpp will free it for a
+        larger one. Refuse while a logits view of the old buffer is referenced, which would then show freed memory."""
+        self._view_ptr, self._view = ffi.NULL, _NO_VIEW
+        self._views = [r for r in self._views if r() is not None]
+        if self._views:
+            raise LlamaError(
+                f"this call needs {rows} output rows, more than any call before ({self._out_rows}): llama.cpp will "
+                f"move its logits buffer, and {len(self._views)} logits view(s) of the old buffer are still "
+                f"referenced; drop them (del) first, or keep logits_copy() of what must outlive a decode")
 
     def decode_token(self, token: int, pos: int, seq_id: int = 0) -> None:
         """Decode one token at ``pos`` in sequence ``seq_id`` with logits: the fast path of a generation loop."""
@@ -325,8 +344,11 @@ class Context:
         ensure(self._model.has_encoder or self._mem == ffi.NULL, "this model has no encoder: use decode()")
         ensure(0 < batch._n <= self.n_ubatch, f"the batch must hold 1..{self.n_ubatch} tokens (n_ubatch) to encode")
         as_tokens(batch.tokens, self.n_vocab)
+        if batch._n > self._out_rows:  # the encoder outputs every token
+            self._before_outputs_grow(batch._n)
         rc = self._exclusive(lib.llamacffi_encode, self.ptr, batch._c, self._abort)
         check_decode(rc, "llama_encode")
+        self._out_rows = max(self._out_rows, batch._n)
 
     def abort(self) -> None:
         """Ask the decode in progress (in another thread) to stop; it raises :class:`DecodeAbortedError`."""
@@ -354,9 +376,9 @@ class Context:
     def logits(self, i: int = -1) -> npt.NDArray[np.float32]:
         """Logits of batch token ``i`` (``-1``: the last output) as a read-only float32 view of llama.cpp's memory.
 
-        Zero-copy: it shows what the next decode writes, and stays readable after :meth:`close`; a decode that asks
-        for more outputs than any before moves llama.cpp's buffer and leaves older views dangling, so keep
-        :meth:`logits_copy` of what must outlive one."""
+        Zero-copy: it shows what the next decode writes, and stays readable after :meth:`close`. A decode that asks
+        for more outputs than any before makes llama.cpp move its buffer: it raises :class:`LlamaError` while a view
+        of the old buffer is referenced, so keep :meth:`logits_copy` of what must outlive a decode."""
         ptr = lib.llama_get_logits_ith(self.ptr, self._output_index(i))
         if ptr == ffi.NULL:
             raise LlamaError(f"llama.cpp has no logits for index {i}")
