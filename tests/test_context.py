@@ -307,6 +307,7 @@ def test_abort_from_another_thread(gemma3: llamacffi.Model, caplog: pytest.LogCa
 def test_ctrl_c_interrupts_a_long_decode(gemma3_path: Path) -> None:
     script = f"""
 import os, signal, threading, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as an interactive shell starts it, not a background job
 import numpy as np
 import llamacffi
 m = llamacffi.Model.load({str(gemma3_path)!r})

@@ -534,6 +534,7 @@ def test_numa_conflict_is_a_clear_error() -> None:
 def test_ctrl_c_leaves_the_model_usable() -> None:
     script = """
 import os, signal, threading
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as an interactive shell starts it, not a background job
 from llamacffi.service import LlamaCppService, GenerationOptions, ModelConfig
 svc = LlamaCppService()
 m = svc.load_model("smollm2-135m", config=ModelConfig(context_size=2048, parallel=2))
