@@ -110,6 +110,19 @@ def test_logits_views_outlive_close(gemma3_path: Path) -> None:
     assert m._ptr is None  # freed with the last view
 
 
+def test_a_refused_decode_token_leaves_the_running_decode_alone(smollm2: llamacffi.Model) -> None:
+    # decode_token fills a batch of the context's own that a decode in another thread may be reading.
+    with Context(smollm2, n_ctx=64, n_threads=THREADS) as ctx:
+        ctx.decode_token(5, 0)
+        one = ctx._one
+        before = (one._token[:1].copy(), one._pos[:1].copy(), one._seq[:1].copy())
+        with ctx._busy:  # what another thread's decode holds
+            with pytest.raises(LlamaError, match="in use by another thread"):
+                ctx.decode_token(7, 1)
+        for now, then in zip((one._token[:1], one._pos[:1], one._seq[:1]), before):
+            np.testing.assert_array_equal(now, then)
+
+
 def test_a_view_blocks_the_decode_that_would_move_its_buffer(smollm2: llamacffi.Model) -> None:
     # An embeddings context outputs every token of a batch, whatever its logits flags: five tokens need five rows.
     with Context(smollm2, n_ctx=64, embeddings=True, n_threads=THREADS) as ctx:

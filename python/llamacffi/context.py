@@ -250,17 +250,31 @@ class Context:
                                                      "created with kv_unified=True")
         self._run(batch)
 
-    def _exclusive(self, fn: Any, *args: Any) -> Any:
-        """``fn(*args)`` with this context to itself: a decode, state or memory call while another thread is in
-        one raises instead of corrupting llama.cpp's state."""
+    def _claim(self) -> None:
+        """Take this context for one call: a decode, state or memory call while another thread is in one raises
+        instead of corrupting llama.cpp's state."""
         if not self._busy.acquire(blocking=False):
             raise LlamaError("this Context is in use by another thread; use one Context per thread")
+
+    def _exclusive(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` with this context to itself (see :meth:`_claim`)."""
+        self._claim()
         try:
             return fn(*args)
         finally:
             self._busy.release()
 
     def _run(self, batch: Batch) -> None:
+        self._claim()
+        try:
+            rc = self._decode_claimed(batch)
+        finally:
+            self._busy.release()
+        if rc != 0:
+            self._decode_failed(rc)
+
+    def _decode_claimed(self, batch: Batch) -> int:
+        """llama_decode of a batch, with the context claimed; returns its code."""
         n = batch._n
         if n > self.n_ubatch and not lib.llama_get_causal_attn(self.ptr):
             raise InvalidArgumentError(f"with non-causal attention (an embedding model) llama.cpp decodes a batch in "
@@ -275,17 +289,21 @@ class Context:
             n_out = int(np.count_nonzero(outputs)) if n > 1 else int(outputs[0])
         if n_out > self._out_rows:
             self._before_outputs_grow(n_out)
-        rc = self._exclusive(lib.llamacffi_decode, self.ptr, batch._c, self._abort)
+        rc: int = lib.llamacffi_decode(self.ptr, batch._c, self._abort)
         if rc != 0:
             self._outputs, self._n_outputs = self._outputs[:0], 0
-            if rc == 2 and not (self._abort.abort or self._abort.halt) and \
-                    threading.current_thread() is threading.main_thread():
-                # Ctrl-C: the Python handler may already have run inside a log callback, where cffi swallows it.
-                log.take_interrupt()
-                raise KeyboardInterrupt
-            check_decode(rc)
+            return rc
         self._out_rows = max(self._out_rows, n_out)
         self._outputs, self._n_outputs = outputs, n_out
+        return 0
+
+    def _decode_failed(self, rc: int) -> None:
+        if rc == 2 and not (self._abort.abort or self._abort.halt) and \
+                threading.current_thread() is threading.main_thread():
+            # Ctrl-C: the Python handler may already have run inside a log callback, where cffi swallows it.
+            log.take_interrupt()
+            raise KeyboardInterrupt
+        check_decode(rc)
 
     def _before_outputs_grow(self, rows: int) -> None:
         """A call is about to need more output rows than llama.cpp's buffer has: llama.cpp will free it for a
@@ -306,14 +324,20 @@ class Context:
             raise InvalidArgumentError(f"positions must be >= 0, got {pos}")
         if not 0 <= seq_id < self.n_seq_max:
             raise InvalidArgumentError(f"seq_id {seq_id} is out of range 0..{self.n_seq_max - 1}")
-        b = self._one
-        b._token[0] = token
-        b._pos[0] = pos
-        b._seq[0, 0] = seq_id
-        b._logits[0] = 1
-        b._n = 1
-        b._c.n_tokens = 1
-        self._run(b)
+        self._claim()  # before writing the batch, which a decode in another thread may be reading
+        try:
+            b = self._one
+            b._token[0] = token
+            b._pos[0] = pos
+            b._seq[0, 0] = seq_id
+            b._logits[0] = 1
+            b._n = 1
+            b._c.n_tokens = 1
+            rc = self._decode_claimed(b)
+        finally:
+            self._busy.release()
+        if rc != 0:
+            self._decode_failed(rc)
 
     def decode_tokens(self, tokens: Iterable[int] | npt.ArrayLike, *, start_pos: int = 0, seq_id: int = 0,
                       logits: str = "last") -> int:
@@ -344,11 +368,16 @@ class Context:
         ensure(self._model.has_encoder or self._mem == ffi.NULL, "this model has no encoder: use decode()")
         ensure(0 < batch._n <= self.n_ubatch, f"the batch must hold 1..{self.n_ubatch} tokens (n_ubatch) to encode")
         as_tokens(batch.tokens, self.n_vocab)
-        if batch._n > self._out_rows:  # the encoder outputs every token
-            self._before_outputs_grow(batch._n)
-        rc = self._exclusive(lib.llamacffi_encode, self.ptr, batch._c, self._abort)
+        self._claim()
+        try:
+            if batch._n > self._out_rows:  # the encoder outputs every token
+                self._before_outputs_grow(batch._n)
+            rc = lib.llamacffi_encode(self.ptr, batch._c, self._abort)
+            if rc == 0:
+                self._out_rows = max(self._out_rows, batch._n)
+        finally:
+            self._busy.release()
         check_decode(rc, "llama_encode")
-        self._out_rows = max(self._out_rows, batch._n)
 
     def abort(self) -> None:
         """Ask the decode in progress (in another thread) to stop; it raises :class:`DecodeAbortedError`."""
