@@ -295,14 +295,16 @@ def test_float64_logits_and_lists() -> None:
     assert Sampler(top_k=1, seed=0).sample(row) == int(np.argmax(row))
 
 
-def test_positive_infinity_wins() -> None:
+@pytest.mark.parametrize("cls", [Sampler, NativeSampler])
+def test_positive_infinity_wins(cls: type) -> None:
     row = normal_row(5000, 0)
     row[[10, 20]] = np.inf
-    for kw in (dict(top_k=40), dict(top_k=0), dict(temperature=0.0)):
-        s = Sampler(seed=0, **kw)  # type: ignore[arg-type]
+    row[30] = -np.inf
+    for kw in (dict(top_k=40), dict(top_k=0), dict(temperature=0.0), dict(min_p=0.1, repeat_penalty=1.5)):
+        s = cls(seed=0, **kw)
         assert {s.sample(row) for _ in range(50)} == ({10} if s.greedy else {10, 20})
     # the two share the mass equally, so top-p 0.5 keeps the first (lowest id) alone
-    s = Sampler(top_p=0.5, seed=0)
+    s = cls(top_p=0.5, seed=0)
     assert {s.sample(row) for _ in range(20)} == {10}
 
 
@@ -335,6 +337,8 @@ def test_seeded_determinism() -> None:
     dict(logit_bias={True: 1.0}), dict(logit_bias={1: math.nan}), dict(seed=-1), dict(frequency_penalty=math.inf),
     dict(top_k=1.5), dict(top_k=True), dict(temperature="hot"), dict(penalty_last_n=None),
     dict(temperature=math.inf), dict(logit_bias={1: math.inf}),
+    # float32 would overflow to inf (and give NaN next to a banned logit)
+    dict(temperature=1e39), dict(repeat_penalty=1e39), dict(presence_penalty=-1e39), dict(logit_bias={1: 1e300}),
 ])
 @pytest.mark.parametrize("cls", [Sampler, NativeSampler])
 def test_bad_parameters(cls: type, kw: dict[str, Any]) -> None:
@@ -462,6 +466,35 @@ def test_native_bans_and_errors() -> None:
     nan_row[3] = np.nan
     with pytest.raises(InvalidArgumentError, match="NaN"):
         NativeSampler().sample(nan_row)
+
+
+def test_native_tiny_temperature_is_refused_not_nan() -> None:
+    # llama.cpp divides the logits by the temperature: 1e-40 overflows them to +inf, and its softmax to NaN
+    row = np.array([1.0, 2.0, 3.0, -np.inf] + [0.5] * 96, dtype=np.float32)
+    with pytest.raises(InvalidArgumentError, match="at least 1e-06"):
+        NativeSampler(temperature=1e-40)
+    assert NativeSampler(temperature=1e-6, seed=1).sample(row) == 2
+    assert Sampler(temperature=1e-40, seed=1).sample(row) == 2  # the numpy sampler subtracts the max first
+
+
+def test_native_sampler_is_one_thread_at_a_time() -> None:
+    import threading
+    import time
+    from llamacffi.errors import LlamaError
+    s = NativeSampler(top_k=3, repeat_penalty=1.2, seed=1)
+    row = normal_row(100, 0)
+    s.sample(row)
+    with s._busy:  # what a call under way in another thread holds
+        for call in (lambda: s.sample(row), lambda: s.accept(1), s.reset):
+            with pytest.raises(LlamaError, match="in use by another thread"):
+                call()
+    s._busy.acquire()
+    threading.Timer(0.3, s._busy.release).start()
+    t0 = time.perf_counter()
+    s.close()  # waits for the call under way instead of freeing what it uses
+    assert time.perf_counter() - t0 >= 0.25
+    with pytest.raises(ClosedError):
+        s.sample(row)
 
 
 def test_native_close() -> None:

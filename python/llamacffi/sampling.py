@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import math
 import operator
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from .errors import ClosedError, GrammarError, InvalidArgumentError, InvalidTokenError
+from .errors import ClosedError, GrammarError, InvalidArgumentError, InvalidTokenError, LlamaError
 from .raw import ffi, lib
 
 __all__ = [
@@ -65,6 +66,12 @@ def _as_logits(logits: Any) -> FloatArray:
     if row.size == 0:
         raise InvalidArgumentError("logits is empty")
     return row
+
+
+# Bound of temperatures, penalties and biases: float32 arithmetic on logits stays finite within it.
+_LARGEST = 1e6
+# The smallest temperature llama.cpp's sampler takes: it divides logits by it, and an overflow to +inf gives NaN.
+_NATIVE_MIN_TEMPERATURE = 1e-6
 
 
 def _nan_error() -> InvalidArgumentError:
@@ -118,8 +125,8 @@ class _Params:
                  frequency_penalty: float, presence_penalty: float, penalty_last_n: int,
                  logit_bias: Mapping[int, float] | None, seed: int | None) -> None:
         self.temperature = _real("temperature", temperature)
-        if not 0 <= self.temperature < math.inf:
-            raise InvalidArgumentError(f"temperature must be finite and >= 0 (0 means greedy), got {temperature}")
+        if not 0 <= self.temperature <= _LARGEST:
+            raise InvalidArgumentError(f"temperature must be in [0, {_LARGEST:g}] (0 means greedy), got {temperature}")
         self.top_k = _integer("top_k", top_k)
         if self.top_k < 0:
             raise InvalidArgumentError(f"top_k must be >= 0 (0 disables it), got {top_k}")
@@ -130,12 +137,14 @@ class _Params:
         if not 0.0 <= self.min_p <= 1.0:
             raise InvalidArgumentError(f"min_p must be in [0, 1] (0 disables it), got {min_p}")
         self.repeat_penalty = _real("repeat_penalty", repeat_penalty)
-        if not 0.0 < self.repeat_penalty < math.inf:
-            raise InvalidArgumentError(f"repeat_penalty must be finite and > 0 (1 disables it), got {repeat_penalty}")
+        if not 0.0 < self.repeat_penalty <= _LARGEST:
+            raise InvalidArgumentError(f"repeat_penalty must be in (0, {_LARGEST:g}] (1 disables it), got "
+                                       f"{repeat_penalty}")
         self.frequency_penalty = _real("frequency_penalty", frequency_penalty)
         self.presence_penalty = _real("presence_penalty", presence_penalty)
-        if not (math.isfinite(self.frequency_penalty) and math.isfinite(self.presence_penalty)):
-            raise InvalidArgumentError("frequency_penalty and presence_penalty must be finite")
+        if not (abs(self.frequency_penalty) <= _LARGEST and abs(self.presence_penalty) <= _LARGEST):
+            raise InvalidArgumentError(f"frequency_penalty and presence_penalty must be in [-{_LARGEST:g}, "
+                                       f"{_LARGEST:g}]")
         self.penalty_last_n = _integer("penalty_last_n", penalty_last_n)
         if self.penalty_last_n < -1:
             raise InvalidArgumentError(
@@ -151,9 +160,10 @@ class _Params:
                 if key < 0:
                     raise InvalidTokenError(f"logit_bias token id {key} is negative")
                 value = _real(f"logit_bias[{key}]", bias)
-                if value == math.inf:
+                if not (abs(value) <= _LARGEST or value == -math.inf):
                     # +inf on a banned (-inf) logit would give NaN; a large finite bias already forces a token
-                    raise InvalidArgumentError(f"logit_bias[{key}] must be finite or -inf (to ban), got +inf")
+                    raise InvalidArgumentError(f"logit_bias[{key}] must be in [-{_LARGEST:g}, {_LARGEST:g}] or -inf "
+                                               f"(to ban), got {value}")
                 items[int(key)] = value
             ids = np.fromiter(items.keys(), dtype=np.intp, count=len(items))
             order = np.argsort(ids)
@@ -679,6 +689,10 @@ class NativeSampler:
         if self._p.penalty_last_n > _NATIVE_WHOLE_HISTORY:  # llama.cpp allocates the window up front
             raise InvalidArgumentError(f"penalty_last_n must be at most {_NATIVE_WHOLE_HISTORY} here (llama.cpp "
                                        f"allocates the window up front), got {penalty_last_n}")
+        if 0 < self._p.temperature < _NATIVE_MIN_TEMPERATURE:
+            raise InvalidArgumentError(f"temperature must be 0 (greedy) or at least {_NATIVE_MIN_TEMPERATURE:g} "
+                                       f"here (llama.cpp divides the logits by it), got {temperature}")
+        self._busy = threading.Lock()  # the C samplers are not for two threads at once
         self._closed = False
         self._chain: Any = None
         self._grammar: Any = None
@@ -804,22 +818,39 @@ class NativeSampler:
         arr.sorted = False
         lib.llama_sampler_apply(sampler, arr)
 
+    def _claim(self) -> None:
+        if not self._busy.acquire(blocking=False):
+            raise LlamaError("this NativeSampler is in use by another thread; use one sampler per thread")
+        if self._closed:
+            self._busy.release()
+            raise ClosedError("this NativeSampler is closed; create a new one")
+
     def sample(self, logits: FloatArray, history: HistoryLike | None = None) -> int:
         """Draw one token id from ``logits`` (1-D, n_vocab scores; copied, never kept) and accept it.
 
         ``history`` is ignored: the penalty window holds the tokens this sampler returned or was given through
         :meth:`accept` since the last :meth:`reset`. Raises InvalidArgumentError for bad logits or when no token
-        is allowed (all banned, or the grammar admits none).
+        is allowed (all banned, or the grammar admits none). As :class:`Sampler`, when some logits are +inf only
+        those tokens are candidates.
         """
-        self._check_open()
         row = _as_logits(logits)
+        self._claim()
+        try:
+            return self._sample(row)
+        finally:
+            self._busy.release()
+
+    def _sample(self, row: FloatArray) -> int:
         n = row.size
         if self._chain is None:
             self._build(n)
         elif n != self._n_vocab:
             raise InvalidArgumentError(f"logits have {n} entries but this sampler is built for {self._n_vocab}")
-        if row.max() != row.max():
+        top = row.max()
+        if top != top:
             raise _nan_error()
+        if top == math.inf:  # llama.cpp's softmax would turn them into NaN: keep them alone, on equal terms
+            row = np.where(row == math.inf, np.float32(0.0), np.float32(-math.inf))
         self._run(self._chain, row, True)
         self._ids_dirty = self._reorders
         token, logit = self._selected()
@@ -853,38 +884,45 @@ class NativeSampler:
 
         Raises InvalidTokenError for an id outside ``[0, n_vocab)``, GrammarError when the grammar forbids it here.
         """
-        self._check_open()
         t = _integer("token", token)
         if t < 0:
             raise InvalidTokenError(f"accepted token id {t} is negative")
-        if self._n_vocab is not None and t >= self._n_vocab:
-            raise _bad_token(t, self._n_vocab, "accepted")
-        if self._grammar is not None and not self._allowed(t):
-            raise GrammarError(f"token {t} is not allowed by the grammar at this point")
-        if self._chain is None:
-            self._pending.append(t)
-        else:
-            self._accept(t)
+        self._claim()
+        try:
+            if self._n_vocab is not None and t >= self._n_vocab:
+                raise _bad_token(t, self._n_vocab, "accepted")
+            if self._grammar is not None and not self._allowed(t):
+                raise GrammarError(f"token {t} is not allowed by the grammar at this point")
+            if self._chain is None:
+                self._pending.append(t)
+            else:
+                self._accept(t)
+        finally:
+            self._busy.release()
 
     def reset(self) -> None:
         """Forget accepted tokens, restart the grammar and reseed the draw from the seed."""
-        self._check_open()
-        self._pending.clear()
-        if self._chain is not None:
-            lib.llama_sampler_reset(self._chain)
-        if self._grammar is not None:
-            lib.llama_sampler_reset(self._grammar)
+        self._claim()
+        try:
+            self._pending.clear()
+            if self._chain is not None:
+                lib.llama_sampler_reset(self._chain)
+            if self._grammar is not None:
+                lib.llama_sampler_reset(self._grammar)
+        finally:
+            self._busy.release()
 
     def close(self) -> None:
-        """Free the C samplers now; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        for attr in ("_chain", "_grammar"):
-            obj = getattr(self, attr)
-            if obj is not None:
-                setattr(self, attr, None)
-                ffi.release(obj)
+        """Free the C samplers now, once a call under way in another thread has returned; idempotent."""
+        with self._busy:
+            if self._closed:
+                return
+            self._closed = True
+            for attr in ("_chain", "_grammar"):
+                obj = getattr(self, attr)
+                if obj is not None:
+                    setattr(self, attr, None)
+                    ffi.release(obj)
 
     def __enter__(self) -> NativeSampler:
         self._check_open()
