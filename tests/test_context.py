@@ -245,8 +245,11 @@ def test_bad_batches(smollm2: llamacffi.Model) -> None:
         ctx.decode_tokens(toks(smollm2, A))
         with pytest.raises(InvalidArgumentError):
             ctx.logits(3)  # that token did not ask for logits
-        with pytest.raises(InvalidArgumentError, match="context size"):
-            ctx.decode_tokens(np.ones(ctx.n_ctx + 1, dtype=np.int32))
+        assert ctx.separate_streams and ctx.n_ctx_seq < ctx.n_ctx
+        before = ctx.memory.seq_pos_max(1)
+        with pytest.raises(InvalidArgumentError, match=f"exceed the {ctx.n_ctx_seq} positions of a sequence"):
+            ctx.decode_tokens(np.ones(ctx.n_ctx_seq + 1, dtype=np.int32), seq_id=1)  # raised before any decode
+        assert ctx.memory.seq_pos_max(1) == before
 
 
 @pytest.mark.parametrize("kw", [{"n_ctx": 0}, {"n_ctx": -5}, {"n_ctx": 1 << 40}, {"n_batch": 0},

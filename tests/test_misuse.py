@@ -110,6 +110,51 @@ def test_logits_views_outlive_close(gemma3_path: Path) -> None:
     assert m._ptr is None  # freed with the last view
 
 
+def test_numbers_c_would_truncate_or_wrap_are_refused(smollm2: llamacffi.Model, tmp_path: Path) -> None:
+    from llamacffi import InvalidTokenError
+    vocab = smollm2.vocab
+    with Context(smollm2, n_ctx=np.int64(256), n_batch=np.int64(16), n_threads=THREADS) as ctx:
+        for call in (lambda: ctx.decode_token(5.9, 0), lambda: ctx.decode_token(5, 1.7),  # type: ignore[arg-type]
+                     lambda: ctx.decode_token(5, 1 << 40), lambda: ctx.decode_token(5, 0, seq_id=True),
+                     lambda: ctx.decode_tokens([5], start_pos=1.5),  # type: ignore[arg-type]
+                     lambda: ctx.decode_tokens([5], logits="bogus"),
+                     lambda: ctx.decode_tokens(np.arange(40) + 5, logits="all")):  # more than n_batch
+            with pytest.raises(InvalidArgumentError):
+                call()
+        for tokens in ([5.9], [1 << 40], "abc", [[1, 2]], [None]):
+            with pytest.raises(InvalidTokenError):
+                ctx.decode_tokens(tokens)  # type: ignore[arg-type]
+            with pytest.raises(InvalidTokenError):
+                vocab.detokenize(tokens)  # type: ignore[arg-type]
+        with pytest.raises(InvalidTokenError):
+            vocab.stream().feed("a")  # type: ignore[arg-type]
+        assert ctx.memory.seq_pos_max(0) == -1  # nothing was decoded
+        ctx.decode_token(np.int64(5), np.int64(0), np.int64(0))
+        for index in (1.0, True, None, "0"):
+            with pytest.raises(InvalidArgumentError):
+                ctx.logits(index)  # type: ignore[arg-type]
+        np.testing.assert_array_equal(ctx.logits(np.int64(0)), ctx.logits())
+        m = ctx.memory
+        for call in (lambda: m.seq_rm(0, 1.5), lambda: m.seq_add(0, 0, 1 << 40, 1),  # type: ignore[arg-type]
+                     lambda: m.seq_div(0, 0, -1, True), lambda: m.seq_cp(0, 0, None)):  # type: ignore[arg-type]
+            with pytest.raises(InvalidArgumentError):
+                call()
+        assert m.seq_pos_max(0) == 0
+        with pytest.raises(InvalidArgumentError, match="NUL"):
+            ctx.seq_save_file(tmp_path / "a\0b", [5])
+        assert not (tmp_path / "a").exists()
+    for call in (lambda: Batch(True), lambda: Batch(1).add(1 << 40, 0), lambda: Batch(1).add(1, 1 << 31),
+                 lambda: Batch.from_tokens([1], start_pos=(1 << 31) - 1 + 1), lambda: Batch(2).add(1, 0, None),
+                 lambda: Batch.from_tokens([1], seq_id=np.int64(-1))):  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError):
+            call()
+    with pytest.raises(InvalidTokenError):
+        Batch.from_tokens([1.5])
+    b = Batch.from_tokens([1, 2], start_pos=(1 << 31) - 2, seq_id=np.int64(1))
+    assert b.positions.tolist() == [(1 << 31) - 2, (1 << 31) - 1] and b.seq_ids(1) == (1,)
+    assert Batch(2, n_seq_max=2).add(1, 0, seq_ids=np.int64(1)) == 0
+
+
 def test_a_refused_decode_token_leaves_the_running_decode_alone(smollm2: llamacffi.Model) -> None:
     # decode_token fills a batch of the context's own that a decode in another thread may be reading.
     with Context(smollm2, n_ctx=64, n_threads=THREADS) as ctx:

@@ -7,8 +7,21 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from .errors import InvalidArgumentError
-from .raw import ffi
+from .errors import INT32_MAX, InvalidArgumentError, as_int
+from .raw import ffi, lib
+from .vocab import as_tokens
+
+MAX_TOKENS = 1 << 22  # the most tokens a Batch or a Context holds: beyond that a request is a mistake, not a plan
+MAX_SEQ = int(lib.llama_max_parallel_sequences())
+
+
+def _ids(tokens: npt.ArrayLike) -> npt.NDArray[np.int32]:
+    """Token ids as int32 (checked against a vocabulary when decoded)."""
+    return as_tokens(np.ravel(tokens) if isinstance(tokens, np.ndarray) else tokens, INT32_MAX + 1)
+
+
+def _start(start_pos: int, n: int) -> int:
+    return as_int("start_pos", start_pos, 0, INT32_MAX + 1 - max(n, 1))
 
 
 class Batch:
@@ -16,10 +29,8 @@ class Batch:
     wanted. The arrays are numpy views of the memory llama.cpp reads, so filling them costs no copy."""
 
     def __init__(self, capacity: int, *, n_seq_max: int = 1) -> None:
-        if not isinstance(capacity, int) or capacity < 1:
-            raise InvalidArgumentError(f"capacity must be a positive int, got {capacity!r}")
-        if not isinstance(n_seq_max, int) or n_seq_max < 1:
-            raise InvalidArgumentError(f"n_seq_max must be a positive int, got {n_seq_max!r}")
+        capacity = as_int("capacity", capacity, 1, MAX_TOKENS)
+        n_seq_max = as_int("n_seq_max", n_seq_max, 1, MAX_SEQ)
         self.capacity = capacity
         self.n_seq_max = n_seq_max
         self._token = np.zeros(capacity, dtype=np.int32)
@@ -44,8 +55,9 @@ class Batch:
                     logits: str = "last") -> "Batch":
         """One sequence's tokens at consecutive positions from ``start_pos``; logits for the last token only
         (``logits="all"`` for every token, ``"none"`` for none)."""
-        arr = np.asarray(tokens, dtype=np.int32).ravel()
-        b = cls(max(1, len(arr)), n_seq_max=seq_id + 1 if isinstance(seq_id, int) and seq_id >= 0 else 1)
+        arr = _ids(tokens)
+        seq = as_int("seq_id", seq_id, 0, MAX_SEQ - 1)
+        b = cls(max(1, len(arr)), n_seq_max=seq + 1)
         b.set_sequence(arr, start_pos=start_pos, seq_id=seq_id, logits=logits)
         return b
 
@@ -56,13 +68,14 @@ class Batch:
     def set_sequence(self, tokens: npt.ArrayLike, *, start_pos: int = 0, seq_id: int = 0,
                      logits: str = "last") -> None:
         """Replace the contents with one sequence's tokens at positions ``start_pos, start_pos+1, ...``."""
-        arr = np.asarray(tokens, dtype=np.int32).ravel()
+        arr = _ids(tokens)
         n = len(arr)
         if n > self.capacity:
             raise InvalidArgumentError(f"{n} tokens do not fit a batch of capacity {self.capacity}")
         self._check_seq(seq_id)
-        if start_pos < 0:
-            raise InvalidArgumentError(f"positions must be >= 0, got start_pos={start_pos}")
+        start_pos = _start(start_pos, n)
+        if logits not in ("last", "all", "none"):
+            raise InvalidArgumentError(f"logits must be 'last', 'all' or 'none', got {logits!r}")
         self._token[:n] = arr
         self._pos[:n] = np.arange(start_pos, start_pos + n, dtype=np.int32)
         self._n_seq[:n] = 1
@@ -71,10 +84,8 @@ class Batch:
             self._logits[:n] = 0
             if n:
                 self._logits[n - 1] = 1
-        elif logits in ("all", "none"):
-            self._logits[:n] = 1 if logits == "all" else 0
         else:
-            raise InvalidArgumentError(f"logits must be 'last', 'all' or 'none', got {logits!r}")
+            self._logits[:n] = 1 if logits == "all" else 0
         self._n = n
         self._c.n_tokens = n
 
@@ -83,15 +94,16 @@ class Batch:
         i = self._n
         if i >= self.capacity:
             raise InvalidArgumentError(f"the batch is full ({self.capacity} tokens)")
-        ids = (seq_ids,) if isinstance(seq_ids, int) else tuple(seq_ids)
+        try:
+            ids = (seq_ids,) if isinstance(seq_ids, (int, np.integer)) else tuple(seq_ids)
+        except TypeError:
+            raise InvalidArgumentError(f"seq_ids must be an int or a sequence of ints, got {seq_ids!r}") from None
         if not ids or len(ids) > self.n_seq_max:
             raise InvalidArgumentError(f"a token belongs to 1..{self.n_seq_max} sequences, got {len(ids)}")
         for s in ids:
             self._check_seq(s)
-        if pos < 0:
-            raise InvalidArgumentError(f"positions must be >= 0, got {pos}")
-        self._token[i] = token
-        self._pos[i] = pos
+        self._token[i] = as_int("token", token, 0, INT32_MAX)
+        self._pos[i] = as_int("pos", pos, 0, INT32_MAX)
         self._n_seq[i] = len(ids)
         self._seq[i, :len(ids)] = ids
         self._logits[i] = 1 if logits else 0
@@ -102,13 +114,13 @@ class Batch:
     def add_sequence(self, tokens: npt.NDArray[np.int32], start_pos: int, seq_id: int = 0,
                      logits_last: bool = False) -> int:
         """Append tokens of one sequence at consecutive positions; returns the index of the last one."""
+        tokens = _ids(tokens)
         n = len(tokens)
         i = self._n
         if n == 0 or i + n > self.capacity:
             raise InvalidArgumentError(f"cannot append {n} tokens to a batch holding {i} of {self.capacity}")
         self._check_seq(seq_id)
-        if start_pos < 0:
-            raise InvalidArgumentError(f"positions must be >= 0, got start_pos={start_pos}")
+        start_pos = _start(start_pos, n)
         self._token[i:i + n] = tokens
         self._pos[i:i + n] = np.arange(start_pos, start_pos + n, dtype=np.int32)
         self._n_seq[i:i + n] = 1
@@ -120,7 +132,7 @@ class Batch:
         return i + n - 1
 
     def _check_seq(self, seq_id: int) -> None:
-        if not isinstance(seq_id, (int, np.integer)) or not 0 <= seq_id < self.n_seq_max:
+        if isinstance(seq_id, bool) or not isinstance(seq_id, (int, np.integer)) or not 0 <= seq_id < self.n_seq_max:
             raise InvalidArgumentError(f"seq_id {seq_id!r} is out of range 0..{self.n_seq_max - 1} for this batch")
 
     @property

@@ -12,16 +12,17 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import numpy.typing as npt
 
-from .batch import Batch, chunks
-from .errors import (ClosedError, ContextError, InvalidArgumentError, LlamaError, StateError, check_decode,
-                     ensure)
+from .batch import MAX_SEQ, MAX_TOKENS, Batch, chunks
+from .errors import (INT32_MAX, ClosedError, ContextError, InvalidArgumentError, LlamaError, StateError, as_int,
+                     check_decode, ensure)
 from . import log
 from .backend import uses_openmp
 from .model import Model
 from .raw import ffi, lib
 from .vocab import TokenArray, as_tokens
 
-MAX_CTX = 1 << 22  # 4M positions: beyond that a request is a mistake, not a plan
+MAX_CTX = MAX_TOKENS  # 4M positions
+MAX_THREADS = 1024
 _ONE_OUTPUT = np.ones(1, dtype=np.int8)  # the outputs of decode_token: its one token has logits
 _ONE_OUTPUT.flags.writeable = False
 _NO_VIEW = np.zeros(0, dtype=np.float32)
@@ -54,6 +55,13 @@ def _quiesce_at_exit() -> None:
         ctx._halt()
         if ctx._busy.acquire(timeout=30):  # the decode under way (aborted at its next graph node) returns first
             ctx._quiesced = True  # keeps the lock: a later decode raises instead of starting
+
+
+def _c_path(path: str | os.PathLike[str]) -> bytes:
+    """A file path for C, which would end it at a NUL character."""
+    raw = os.fsencode(path)
+    ensure(b"\0" not in raw, f"a path cannot hold a NUL character: {os.fspath(path)!r}")
+    return raw
 
 
 def _holding(owner: Any) -> Callable[[Any], None]:
@@ -108,24 +116,18 @@ class Context:
                  offload_kqv: bool = True, no_perf: bool = False) -> None:
         if not isinstance(model, Model):
             raise TypeError(f"model must be a llamacffi.Model, not {type(model).__name__}")
-        n_ctx = model.n_ctx_train if n_ctx is None else n_ctx
-        for name, value, lo, hi in (("n_ctx", n_ctx, 1, MAX_CTX), ("n_batch", n_batch, 1, MAX_CTX),
-                                    ("n_seq_max", n_seq_max, 1, int(lib.llama_max_parallel_sequences()))):
-            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-                raise InvalidArgumentError(f"{name} must be an int in {lo}..{hi}, got {value!r}")
+        n_ctx = as_int("n_ctx", model.n_ctx_train if n_ctx is None else n_ctx, 1, MAX_CTX)
+        n_batch = as_int("n_batch", n_batch, 1, MAX_CTX)
+        n_seq_max = as_int("n_seq_max", n_seq_max, 1, MAX_SEQ)
         if model.vocab_only:
             raise InvalidArgumentError("this Model was loaded with vocab_only=True: it has no weights to run")
         if min(n_ctx, n_batch) < n_seq_max:  # llama.cpp reserves an output row per sequence within n_batch
             raise InvalidArgumentError(f"n_ctx ({n_ctx}) and n_batch ({n_batch}) must be at least n_seq_max "
                                        f"({n_seq_max})")
-        n_ubatch = min(n_batch, 512) if n_ubatch is None else n_ubatch
-        if not isinstance(n_ubatch, int) or not 1 <= n_ubatch <= n_batch:
-            raise InvalidArgumentError(f"n_ubatch must be an int in 1..n_batch ({n_batch}), got {n_ubatch!r}")
-        threads = default_threads() if n_threads is None else n_threads
-        threads_batch = threads if n_threads_batch is None else n_threads_batch
-        for name, value in (("n_threads", threads), ("n_threads_batch", threads_batch)):
-            if not isinstance(value, int) or not 1 <= value <= 1024:
-                raise InvalidArgumentError(f"{name} must be an int in 1..1024, got {value!r}")
+        n_ubatch = as_int("n_ubatch", min(n_batch, 512) if n_ubatch is None else n_ubatch, 1, n_batch)
+        threads = as_int("n_threads", default_threads() if n_threads is None else n_threads, 1, MAX_THREADS)
+        threads_batch = as_int("n_threads_batch", threads if n_threads_batch is None else n_threads_batch, 1,
+                               MAX_THREADS)
         params = lib.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
@@ -173,6 +175,7 @@ class Context:
         self.n_batch = int(lib.llama_n_batch(ptr))
         self.n_ubatch = int(lib.llama_n_ubatch(ptr))
         self.n_seq_max = int(lib.llama_n_seq_max(ptr))
+        self.n_ctx_seq = int(lib.llama_n_ctx_seq(ptr))  # the positions one sequence may use
         self.embeddings_enabled = bool(embeddings)
         # Without a unified memory each sequence has a stream of its own, which llama.cpp cannot share by position.
         self.separate_streams = not kv_unified and self.n_seq_max > 1
@@ -318,12 +321,14 @@ class Context:
 
     def decode_token(self, token: int, pos: int, seq_id: int = 0) -> None:
         """Decode one token at ``pos`` in sequence ``seq_id`` with logits: the fast path of a generation loop."""
+        if type(token) is not int:  # plain ifs: this runs for every token, and a message is built only when raised
+            token = as_int("token", token)
         if not 0 <= token < self.n_vocab:
             as_tokens([token], self.n_vocab)
-        if pos < 0:  # plain ifs: this runs for every token, and a message is built only when raised
-            raise InvalidArgumentError(f"positions must be >= 0, got {pos}")
-        if not 0 <= seq_id < self.n_seq_max:
-            raise InvalidArgumentError(f"seq_id {seq_id} is out of range 0..{self.n_seq_max - 1}")
+        if type(pos) is not int or not 0 <= pos <= INT32_MAX:
+            pos = as_int("pos", pos, 0, INT32_MAX)
+        if type(seq_id) is not int or not 0 <= seq_id < self.n_seq_max:
+            seq_id = as_int("seq_id", seq_id, 0, self.n_seq_max - 1)
         self._claim()  # before writing the batch, which a decode in another thread may be reading
         try:
             b = self._one
@@ -343,14 +348,21 @@ class Context:
                       logits: str = "last") -> int:
         """Decode a prompt of any length in pieces of ``n_batch``; returns the next position.
 
-        Raises before decoding anything when the prompt cannot fit the context."""
+        ``logits`` is "last", "none", or "all" for a prompt that fits one decode (``n_batch``). Raises before
+        decoding anything when the prompt cannot fit a sequence of the context."""
         arr = as_tokens(tokens, self.n_vocab)
         ensure(len(arr) > 0, "no tokens to decode")
-        ensure(0 <= seq_id < self.n_seq_max, f"seq_id {seq_id} is out of range 0..{self.n_seq_max - 1}")
-        ensure(start_pos >= 0, f"start_pos must be >= 0, got {start_pos}")
+        seq_id = as_int("seq_id", seq_id, 0, self.n_seq_max - 1)
+        start_pos = as_int("start_pos", start_pos, 0, INT32_MAX)
+        ensure(logits in ("last", "all", "none"), f"logits must be 'last', 'all' or 'none', got {logits!r}")
+        if logits == "all" and len(arr) > self.n_batch:
+            raise InvalidArgumentError(
+                f"logits='all' keeps the logits of one decode: {len(arr)} tokens exceed n_batch ({self.n_batch}); "
+                "decode pieces with decode(Batch) and read each one's logits, or use a larger n_batch")
         end = start_pos + len(arr)
-        ensure(end <= self.n_ctx, f"{len(arr)} tokens from position {start_pos} exceed the context size "
-                                  f"{self.n_ctx}; create the Context with a larger n_ctx")
+        ensure(end <= self.n_ctx_seq,
+               f"{len(arr)} tokens from position {start_pos} exceed the {self.n_ctx_seq} positions of a sequence "
+               f"in this context; create the Context with a larger n_ctx")
         batch = Batch(min(len(arr), self.n_batch), n_seq_max=seq_id + 1)
         for offset, piece in chunks(arr, self.n_batch):
             last = offset + len(piece) == len(arr)
@@ -390,6 +402,8 @@ class Context:
     # ---- outputs ----------------------------------------------------------------------------------------------
 
     def _output_index(self, i: int) -> int:
+        if type(i) is not int:
+            i = as_int("index", i)
         n_out = self._n_outputs
         if n_out == 0:
             raise LlamaError("no logits: decode a batch that requests logits first")
@@ -447,10 +461,8 @@ class Context:
     # ---- threads and timings ----------------------------------------------------------------------------------
 
     def set_threads(self, n_threads: int, n_threads_batch: int | None = None) -> None:
-        nb = n_threads if n_threads_batch is None else n_threads_batch
-        for name, value in (("n_threads", n_threads), ("n_threads_batch", nb)):
-            if not isinstance(value, int) or not 1 <= value <= 1024:
-                raise InvalidArgumentError(f"{name} must be an int in 1..1024, got {value!r}")
+        n_threads = as_int("n_threads", n_threads, 1, MAX_THREADS)
+        nb = as_int("n_threads_batch", n_threads if n_threads_batch is None else n_threads_batch, 1, MAX_THREADS)
         ptr = self.ptr
         with self._busy:
             if self._pools[0] != ffi.NULL:  # pools of the new sizes replace the attached ones
@@ -514,7 +526,7 @@ class Context:
         """Save one sequence's memory and its tokens to a file."""
         self.memory._seq(seq_id)
         arr = as_tokens(tokens, self.n_vocab)
-        n = self._exclusive(lib.llama_state_seq_save_file, self.ptr, os.fsencode(path), seq_id,
+        n = self._exclusive(lib.llama_state_seq_save_file, self.ptr, _c_path(path), seq_id,
                             ffi.from_buffer("llama_token[]", arr), len(arr))
         ensure(n > 0, f"could not write the sequence state to {os.fspath(path)}", StateError)
 
@@ -524,7 +536,7 @@ class Context:
         ensure(os.path.isfile(path), f"no state file at {os.fspath(path)}", StateError)
         out = np.empty(self.n_ctx, dtype=np.int32)
         count = ffi.new("size_t *")
-        n = self._exclusive(lib.llama_state_seq_load_file, self.ptr, os.fsencode(path), seq_id,
+        n = self._exclusive(lib.llama_state_seq_load_file, self.ptr, _c_path(path), seq_id,
                             ffi.from_buffer("llama_token[]", out), len(out), count)
         ensure(n > 0, f"llama.cpp rejected the state file {os.fspath(path)}", StateError)
         return out[:count[0]].copy()
@@ -546,9 +558,11 @@ class Memory:
         return self._ctx._exclusive(fn, self._m, *args)
 
     def _seq(self, seq_id: int) -> int:
-        if not isinstance(seq_id, (int, np.integer)) or not 0 <= seq_id < self._ctx.n_seq_max:
-            raise InvalidArgumentError(f"seq_id {seq_id!r} is out of range 0..{self._ctx.n_seq_max - 1}")
-        return int(seq_id)
+        return as_int("seq_id", seq_id, 0, self._ctx.n_seq_max - 1)
+
+    @staticmethod
+    def _range(p0: int, p1: int) -> tuple[int, int]:
+        return as_int("p0", p0, -INT32_MAX - 1, INT32_MAX), as_int("p1", p1, -INT32_MAX - 1, INT32_MAX)
 
     def clear(self, data: bool = True) -> None:
         """Forget every sequence (``data`` also zeroes the buffers)."""
@@ -557,15 +571,15 @@ class Memory:
     def seq_rm(self, seq_id: int, p0: int = -1, p1: int = -1) -> bool:
         """Remove positions ``[p0, p1)`` of a sequence (``seq_id=-1``: every sequence). False when the memory
         cannot remove a part of a sequence (e.g. recurrent models); then nothing changed."""
-        if seq_id != -1:
-            self._seq(seq_id)
-        return bool(self._call(lib.llama_memory_seq_rm, seq_id, p0, p1))
+        seq_id = -1 if seq_id == -1 else self._seq(seq_id)
+        return bool(self._call(lib.llama_memory_seq_rm, seq_id, *self._range(p0, p1)))
 
     def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
         """Make positions ``[p0, p1)`` of ``src`` also belong to ``dst``.
 
         When sequences have streams of their own (``kv_unified=False``), only a whole sequence can be copied."""
         s, d = self._seq(src), self._seq(dst)
+        p0, p1 = self._range(p0, p1)
         if self._ctx.separate_streams and s != d and (p0 > 0 or p1 > 0):
             raise InvalidArgumentError("copying part of a sequence needs a context created with kv_unified=True; "
                                        "copy the whole sequence (p0=-1, p1=-1)")
@@ -585,13 +599,16 @@ class Memory:
     def seq_add(self, seq_id: int, p0: int, p1: int, delta: int) -> None:
         """Shift positions ``[p0, p1)`` of a sequence by ``delta`` (needs a memory that can shift)."""
         s = self._seq(seq_id)
+        p0, p1 = self._range(p0, p1)
+        delta = as_int("delta", delta, -INT32_MAX - 1, INT32_MAX)
         ensure(self.can_shift, "this model's memory cannot shift positions")
         self._call(lib.llama_memory_seq_add, s, p0, p1, delta)
 
     def seq_div(self, seq_id: int, p0: int, p1: int, d: int) -> None:
         """Divide positions ``[p0, p1)`` of a sequence by ``d`` (integer division, ``d >= 1``)."""
         s = self._seq(seq_id)
-        ensure(isinstance(d, int) and d >= 1, f"d must be an int >= 1, got {d!r}")
+        p0, p1 = self._range(p0, p1)
+        d = as_int("d", d, 1, INT32_MAX)
         ensure(self.can_shift, "this model's memory cannot shift positions")
         self._call(lib.llama_memory_seq_div, s, p0, p1, d)
 

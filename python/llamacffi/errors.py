@@ -6,9 +6,9 @@ the matching builtin, so ``except ValueError`` keeps working.
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
-
 import builtins
+import operator
+from typing import Any, NoReturn
 
 from .raw import ffi
 
@@ -70,6 +70,24 @@ _DECODE_ERRORS = {
     -2: "memory allocation failed while decoding",
     -3: "the compute graph failed",
 }
+
+
+INT32_MAX = (1 << 31) - 1  # llama_token, llama_pos and llama_seq_id are int32_t
+
+
+def as_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
+    """``value`` as a Python int within ``[lo, hi]``: numpy integers pass; bools, floats and the rest raise
+    :class:`InvalidArgumentError` naming the argument."""
+    if isinstance(value, bool):
+        raise InvalidArgumentError(f"{name} must be an int, got {value!r}")
+    try:
+        out = operator.index(value)
+    except TypeError:
+        raise InvalidArgumentError(f"{name} must be an int, got {value!r}") from None
+    if (lo is not None and out < lo) or (hi is not None and out > hi):
+        lo_s, hi_s = "" if lo is None else lo, "" if hi is None else hi
+        raise InvalidArgumentError(f"{name} must be in {lo_s}..{hi_s}, got {out}")
+    return out
 
 
 def ensure(cond: Any, message: str, raising: type[Exception] = InvalidArgumentError) -> None:

@@ -15,7 +15,6 @@ reproducible: the same seed, logits and history give the same tokens.
 from __future__ import annotations
 
 import math
-import operator
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Protocol
@@ -23,7 +22,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from .errors import ClosedError, GrammarError, InvalidArgumentError, InvalidTokenError, LlamaError
+from .errors import ClosedError, GrammarError, InvalidArgumentError, InvalidTokenError, LlamaError, as_int
 from .raw import ffi, lib
 
 __all__ = [
@@ -97,19 +96,10 @@ def _real(name: str, value: Any) -> float:
     return out
 
 
-def _integer(name: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise InvalidArgumentError(f"{name} must be an int, got {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise InvalidArgumentError(f"{name} must be an int, got {value!r}") from None
-
-
 def _check_seed(seed: Any) -> int | None:
     if seed is None:
         return None
-    out = _integer("seed", seed)
+    out = as_int("seed", seed)
     if not 0 <= out <= 0xFFFFFFFF:
         raise InvalidArgumentError(f"seed must be in [0, 2**32 - 1] or None, got {seed}")
     return out
@@ -127,7 +117,7 @@ class _Params:
         self.temperature = _real("temperature", temperature)
         if not 0 <= self.temperature <= _LARGEST:
             raise InvalidArgumentError(f"temperature must be in [0, {_LARGEST:g}] (0 means greedy), got {temperature}")
-        self.top_k = _integer("top_k", top_k)
+        self.top_k = as_int("top_k", top_k)
         if self.top_k < 0:
             raise InvalidArgumentError(f"top_k must be >= 0 (0 disables it), got {top_k}")
         self.top_p = _real("top_p", top_p)
@@ -145,7 +135,7 @@ class _Params:
         if not (abs(self.frequency_penalty) <= _LARGEST and abs(self.presence_penalty) <= _LARGEST):
             raise InvalidArgumentError(f"frequency_penalty and presence_penalty must be in [-{_LARGEST:g}, "
                                        f"{_LARGEST:g}]")
-        self.penalty_last_n = _integer("penalty_last_n", penalty_last_n)
+        self.penalty_last_n = as_int("penalty_last_n", penalty_last_n)
         if self.penalty_last_n < -1:
             raise InvalidArgumentError(
                 f"penalty_last_n must be -1 (whole history), 0 (disabled) or a positive window, got {penalty_last_n}")
@@ -298,7 +288,7 @@ def top_k_indices(logits: FloatArray, k: int) -> IdArray:
     Equal to ``np.argsort(-logits, kind="stable")[:k]`` but costs about one pass over the row.
     """
     row = _as_logits(logits)
-    k = _integer("k", k)
+    k = as_int("k", k)
     if k < 1:
         raise InvalidArgumentError(f"k must be >= 1, got {k}")
     return _top_k(row, k)[0]
@@ -884,7 +874,7 @@ class NativeSampler:
 
         Raises InvalidTokenError for an id outside ``[0, n_vocab)``, GrammarError when the grammar forbids it here.
         """
-        t = _integer("token", token)
+        t = as_int("token", token)
         if t < 0:
             raise InvalidTokenError(f"accepted token id {t} is negative")
         self._claim()

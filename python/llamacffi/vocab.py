@@ -20,18 +20,24 @@ TokenArray = npt.NDArray[np.int32]
 
 def as_tokens(tokens: Iterable[int] | npt.ArrayLike, n_vocab: int) -> TokenArray:
     """``tokens`` as a contiguous int32 array (no copy when it already is one), every id checked against the vocab."""
-    arr = np.ascontiguousarray(tokens, dtype=np.int32) if not (
-        isinstance(tokens, np.ndarray) and tokens.dtype == np.int32 and tokens.flags.c_contiguous) else tokens
-    if arr.ndim != 1:
-        raise InvalidTokenError(f"tokens must be one-dimensional, got shape {arr.shape}")
-    if isinstance(tokens, np.ndarray) and tokens.dtype != np.int32 and arr.size and not np.array_equal(arr, tokens):
-        raise InvalidTokenError("token ids do not fit in int32")
-    if arr.size:
-        lo, hi = int(arr.min()), int(arr.max())
+    if isinstance(tokens, np.ndarray) and tokens.dtype == np.int32 and tokens.flags.c_contiguous:
+        raw: np.ndarray = tokens
+    else:
+        try:
+            seq = tokens if isinstance(tokens, (np.ndarray, list, tuple)) else list(tokens)  # type: ignore[arg-type]
+            raw = np.asarray(seq)
+        except (TypeError, ValueError) as exc:
+            raise InvalidTokenError(f"tokens must be a 1-D sequence of int ids ({exc})") from None
+        if raw.size and raw.dtype.kind not in "iu":
+            raise InvalidTokenError(f"token ids must be ints, got {raw.dtype} values")
+    if raw.ndim != 1:
+        raise InvalidTokenError(f"tokens must be one-dimensional, got shape {raw.shape}")
+    if raw.size:
+        lo, hi = int(raw.min()), int(raw.max())  # checked before the cast to int32, which would wrap
         if lo < 0 or hi >= n_vocab:
             bad = lo if lo < 0 else hi
             raise InvalidTokenError(f"token id {bad} is out of range for a vocabulary of {n_vocab} tokens")
-    return arr
+    return raw if raw.dtype == np.int32 and raw.flags.c_contiguous else np.ascontiguousarray(raw, dtype=np.int32)
 
 
 _BEYOND_UNICODE = re.compile(rb"\xf4[\x90-\xbf][\x80-\xbf]{2}|[\xf5-\xf7][\x80-\xbf]{3}")
@@ -69,27 +75,33 @@ class Vocab:
         self._model.ptr  # raises once the model is closed
         return self._raw
 
+    def _call(self, fn: Any, *args: Any) -> Any:
+        """``fn(vocab, *args)``, the model held for the call: cffi releases the GIL, and a close() from another
+        thread meanwhile frees the model only after it."""
+        with self._model._in_use():
+            return fn(self._raw, *args)
+
     # ---- special tokens ---------------------------------------------------------------------------------------
 
     @property
     def bos(self) -> int:
-        return int(lib.llama_vocab_bos(self._ptr))
+        return int(self._call(lib.llama_vocab_bos))
 
     @property
     def eos(self) -> int:
-        return int(lib.llama_vocab_eos(self._ptr))
+        return int(self._call(lib.llama_vocab_eos))
 
     @property
     def eot(self) -> int:
-        return int(lib.llama_vocab_eot(self._ptr))
+        return int(self._call(lib.llama_vocab_eot))
 
     @property
     def nl(self) -> int:
-        return int(lib.llama_vocab_nl(self._ptr))
+        return int(self._call(lib.llama_vocab_nl))
 
     @property
     def add_bos(self) -> bool:
-        return bool(lib.llama_vocab_get_add_bos(self._ptr))
+        return bool(self._call(lib.llama_vocab_get_add_bos))
 
     def _check(self, token: int) -> int:
         if not isinstance(token, (int, np.integer)) or isinstance(token, bool):
@@ -101,14 +113,16 @@ class Vocab:
 
     def is_eog(self, token: int) -> bool:
         """True for end-of-generation tokens (EOS, EOT, ...)."""
-        return bool(lib.llama_vocab_is_eog(self._ptr, self._check(token)))
+        return bool(self._call(lib.llama_vocab_is_eog, self._check(token)))
 
     def is_control(self, token: int) -> bool:
-        return bool(lib.llama_vocab_is_control(self._ptr, self._check(token)))
+        return bool(self._call(lib.llama_vocab_is_control, self._check(token)))
 
     def text(self, token: int) -> str:
         """The token's text as stored in the vocabulary (not rendered)."""
-        text: bytes = ffi.string(lib.llama_vocab_get_text(self._ptr, self._check(token)))
+        t = self._check(token)
+        with self._model._in_use():
+            text: bytes = ffi.string(lib.llama_vocab_get_text(self._raw, t))
         return text.decode("utf-8", "replace")
 
     # ---- tokenize / detokenize --------------------------------------------------------------------------------
@@ -149,7 +163,7 @@ class Vocab:
         size = 64
         while True:
             buf = ffi.new("char[]", size)
-            n = lib.llama_token_to_piece(self._ptr, t, buf, size, lstrip, special)
+            n = self._call(lib.llama_token_to_piece, t, buf, size, lstrip, special)
             if n >= 0:
                 return bytes(ffi.buffer(buf, n))
             size = -n
