@@ -181,6 +181,21 @@ def test_chat_template_with_system(service: LlamaCppService, smol: LlamaCppTextM
     assert raw == "Hello"
 
 
+def test_a_reused_prompt_gives_what_a_decoded_one_gave(service: LlamaCppService) -> None:
+    # The second request reuses all of the prompt but its last token, which it decodes alone; the first, on an
+    # empty model, must have decoded that token alone too, or their outputs may differ (a long prompt makes the
+    # batched and the single-token kernels drift apart).
+    text = "You are a helpful assistant. " + " ".join(f"Fact {i}: code word {i} is w{i * 7 % 13}." for i in range(60))
+    for k, opts in enumerate((GREEDY, GenerationOptions(max_tokens=16, temperature=0.8, seed=7))):
+        with service.load_model("smollm2-135m", config=ModelConfig(context_size=1024, parallel=1)) as m:
+            prompt = text + f" Question {k}: what is code word {k}?"
+            first = m.generate(prompt, opts)
+            reused = m.stats["prompt_tokens_reused"]
+            assert "".join(m.generate_stream(prompt, opts)) == first
+            assert m.stats["prompt_tokens_reused"] - reused > 500
+            assert m.generate(prompt, opts) == first
+
+
 def test_prefix_reuse_counters(smol: LlamaCppTextModel) -> None:
     base = " ".join(f"item{i}" for i in range(150))
     smol.generate(base + " first", GREEDY)

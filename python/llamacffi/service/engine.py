@@ -323,7 +323,10 @@ class Engine:
                 budget -= 1
         for slot in active:
             if slot.next_token < 0 and len(slot.pending) and budget > 0:
-                take = min(len(slot.pending), budget)
+                # The last prompt token gets a step of its own, as it does when the rest of the prompt is reused:
+                # its logits, where output starts, are then the same whether the prompt was decoded or reused.
+                rest = len(slot.pending)
+                take = min(rest - 1 if rest > 1 else 1, budget)
                 idx = batch.add_sequence(slot.pending[:take], slot.n_cached, slot.seq_id,
                                          logits_last=take == len(slot.pending))
                 if take == len(slot.pending):
