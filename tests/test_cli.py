@@ -83,6 +83,18 @@ def test_errors_are_one_line_without_traceback(args: tuple[str, ...]) -> None:
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("redirect, args, says", [("0<&-", ("chat",), "standard input is closed"),
+                                                  ("1>&-", ("generate", "hi"), "standard output is closed"),
+                                                  ("", ("generate", "-ngl", "99999999999", "hi"), "gpu_layers")])
+def test_closed_streams_and_huge_numbers_are_one_line_errors(smollm2_path: Path, redirect: str,
+                                                             args: tuple[str, ...], says: str) -> None:
+    # as a shell starts it with `0<&-` or `1>&-`: that descriptor closed
+    cmd = ["bash", "-c", f'exec "$0" "$@" {redirect}', str(BIN), args[0], "-m", str(smollm2_path), *args[1:]]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr and "llamacffi: error: " in out.stderr and says in out.stderr
+
+
 def test_chat_drops_old_turns_to_fit_the_context(smollm2_path: Path) -> None:
     lines = "".join(f"Tell me about the number {i}, please, in a few words.\n" for i in range(8))
     out = run("chat", "--temp", "0", "-n", "16", "-c", "160", stdin=lines)

@@ -62,6 +62,9 @@ def smol(service: LlamaCppService) -> LlamaCppTextModel:
     (ModelConfig, {"flash_attn": "on"}, "flash_attn"),
     (LocalBackendConfig, {"threads": 0}, "threads"),
     (LocalBackendConfig, {"gpu_layers": -2}, "gpu_layers"),
+    (LocalBackendConfig, {"gpu_layers": 1 << 31}, "gpu_layers"),
+    (ModelConfig, {"chat_template": "chatml\0junk"}, "chat_template"),
+    (ModelConfig, {"chat_template": "\ud800"}, "chat_template"),
     (LlamaCppSpecificConfig, {"numa_strategy": "sideways"}, "numa_strategy"),
     (LlamaCppSpecificConfig, {"use_mmap": 1}, "use_mmap"),
 ])
@@ -83,6 +86,12 @@ def test_config_dict_and_json_round_trip() -> None:
         ModelConfig.from_dict({"context": 5})
     with pytest.raises(InvalidConfigError):
         ModelConfig.from_json("{not json")
+    for bad in ({1: 2, "a": 3}, {None: 1}):
+        with pytest.raises(InvalidConfigError, match="unknown"):
+            ModelConfig.from_dict(bad)  # type: ignore[arg-type]
+    for text in (None, 5, '{"parallel": ' + "9" * 5000 + "}", "[" * 100_000 + "]" * 100_000):
+        with pytest.raises(InvalidConfigError):
+            ModelConfig.from_json(text)  # type: ignore[arg-type]
 
 
 # ---- generation ---------------------------------------------------------------------------------------------------

@@ -245,6 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     previous, warnings.showwarning = warnings.showwarning, _warn  # one line, like the errors
     try:
+        if sys.stdout is None:  # started with its standard output closed
+            raise OSError("standard output is closed: llamacffi writes its results there")
+        if args.command == "chat" and sys.stdin is None:
+            raise OSError("standard input is closed: chat reads its messages there")
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         sys.stderr.write("\n")

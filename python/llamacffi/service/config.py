@@ -43,7 +43,7 @@ class _Config:
         if not isinstance(data, dict):
             raise InvalidConfigError(f"{cls.__name__}: expected a dict, got {type(data).__name__}")
         names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - set(names))
+        unknown = sorted(map(repr, set(data) - set(names)))
         if unknown:
             raise InvalidConfigError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
         kwargs = dict(data)
@@ -55,9 +55,11 @@ class _Config:
 
     @classmethod
     def from_json(cls: type[T], text: str) -> T:
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise InvalidConfigError(f"{cls.__name__}: expected JSON text, got {type(text).__name__}")
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, an integer too long to convert, deep nesting
             raise InvalidConfigError(f"{cls.__name__}: invalid JSON: {exc}") from None
         return cls.from_dict(data)
 
@@ -112,9 +114,17 @@ class LocalBackendConfig(_Config):
     def __post_init__(self) -> None:
         self._int("threads", 1, 1024, allow_none=True)
         self._bool("use_gpu")
-        self._int("gpu_layers", -1)
+        self._int("gpu_layers", -1, (1 << 31) - 1)
         if not isinstance(self.llama_cpp, LlamaCppSpecificConfig):
             raise _fail(type(self), "llama_cpp", "must be a LlamaCppSpecificConfig", self.llama_cpp)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +148,9 @@ class ModelConfig(_Config):
     def __post_init__(self) -> None:
         if self.chat_template is not None and (not isinstance(self.chat_template, str) or not self.chat_template):
             raise _fail(type(self), "chat_template", "must be None or a non-empty str", self.chat_template)
+        if self.chat_template is not None and ("\0" in self.chat_template or not _encodable(self.chat_template)):
+            raise _fail(type(self), "chat_template", "must be text without NUL characters or lone surrogates",
+                        self.chat_template)
         self._int("context_size", 16, 1 << 20)
         self._int("batch_size", 1, 1 << 16)
         self._int("parallel", 1, 256)
