@@ -267,9 +267,18 @@ class Context:
         finally:
             self._busy.release()
 
-    def _run(self, batch: Batch) -> None:
+    def _run(self, batch: Batch, token: int = 0, pos: int = 0, seq_id: int = 0) -> None:
+        """Decode ``batch``; the context's own one-token batch is filled with ``token, pos, seq_id`` first, once
+        claimed: a decode in another thread may be reading it until then."""
         self._claim()
         try:
+            if batch is self._one:
+                batch._token[0] = token
+                batch._pos[0] = pos
+                batch._seq[0, 0] = seq_id
+                batch._logits[0] = 1
+                batch._n = 1
+                batch._c.n_tokens = 1
             rc = self._decode_claimed(batch)
         finally:
             self._busy.release()
@@ -329,20 +338,7 @@ class Context:
             pos = as_int("pos", pos, 0, INT32_MAX)
         if type(seq_id) is not int or not 0 <= seq_id < self.n_seq_max:
             seq_id = as_int("seq_id", seq_id, 0, self.n_seq_max - 1)
-        self._claim()  # before writing the batch, which a decode in another thread may be reading
-        try:
-            b = self._one
-            b._token[0] = token
-            b._pos[0] = pos
-            b._seq[0, 0] = seq_id
-            b._logits[0] = 1
-            b._n = 1
-            b._c.n_tokens = 1
-            rc = self._decode_claimed(b)
-        finally:
-            self._busy.release()
-        if rc != 0:
-            self._decode_failed(rc)
+        self._run(self._one, token, pos, seq_id)
 
     def decode_tokens(self, tokens: Iterable[int] | npt.ArrayLike, *, start_pos: int = 0, seq_id: int = 0,
                       logits: str = "last") -> int:
