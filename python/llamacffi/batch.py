@@ -132,8 +132,7 @@ class Batch:
         return i + n - 1
 
     def _check_seq(self, seq_id: int) -> None:
-        if isinstance(seq_id, bool) or not isinstance(seq_id, (int, np.integer)) or not 0 <= seq_id < self.n_seq_max:
-            raise InvalidArgumentError(f"seq_id {seq_id!r} is out of range 0..{self.n_seq_max - 1} for this batch")
+        as_int("seq_id", seq_id, 0, self.n_seq_max - 1)
 
     @property
     def n_tokens(self) -> int:
