@@ -38,6 +38,7 @@ typedef struct { volatile int abort; int sigint_epoch; volatile int halt; } llam
 static volatile sig_atomic_t llamacffi_sigint_epoch = 0;
 static LLAMACFFI_THREAD_LOCAL llamacffi_abort_state *llamacffi_decoding = NULL;  /* this thread's decode */
 static bool llamacffi_abort_check(void *data);
+static void llamacffi_sigint_keep(void);
 
 static void llamacffi_log_filter(enum ggml_log_level level, const char *text, void *user_data) {
     int pass = level == GGML_LOG_LEVEL_CONT ? llamacffi_log_last_passed : (int) level >= llamacffi_log_threshold;
@@ -63,6 +64,7 @@ static void llamacffi_abort_attach(struct llama_context *ctx, llamacffi_abort_st
 }
 static int32_t llamacffi_decode(struct llama_context *ctx, struct llama_batch *batch, llamacffi_abort_state *s) {
     if (s->halt) return 2;  /* halted for good (interpreter exit): as an aborted decode */
+    llamacffi_sigint_keep();
     s->abort = 0;
     s->sigint_epoch = (int) llamacffi_sigint_epoch;
     llamacffi_decoding = s;
@@ -72,6 +74,7 @@ static int32_t llamacffi_decode(struct llama_context *ctx, struct llama_batch *b
 }
 static int32_t llamacffi_encode(struct llama_context *ctx, struct llama_batch *batch, llamacffi_abort_state *s) {
     if (s->halt) return 2;
+    llamacffi_sigint_keep();
     s->abort = 0;
     s->sigint_epoch = (int) llamacffi_sigint_epoch;
     llamacffi_decoding = s;
@@ -151,31 +154,54 @@ static int32_t llamacffi_top_k(const float *x, int32_t n, int32_t k, int32_t *id
 
 #if defined(_WIN32)
 static int llamacffi_sigint_install(void) { return 0; }
+static void llamacffi_sigint_keep(void) {}
 #else
+#include <pthread.h>
 /* Chains to the handler that was installed before (Python's), so KeyboardInterrupt is still raised once the
-   decode returns to Python. */
-static struct sigaction llamacffi_prev_sigint;
+   decode returns to Python. Python code can install its own handler later (asyncio.run does, for SIGINT): every
+   decode wraps the handler it finds again. The previous handler sits in one of two slots, and a new one goes to the
+   other slot before it is published, so that a signal being handled meanwhile reads a whole one. */
+static struct sigaction llamacffi_prev_sigint[2];
+static volatile sig_atomic_t llamacffi_prev_slot = 0;
+static volatile int llamacffi_sigint_wanted = 0;
+static pthread_mutex_t llamacffi_sigint_lock = PTHREAD_MUTEX_INITIALIZER;
 static void llamacffi_on_sigint(int sig, siginfo_t *info, void *uctx) {
+    const struct sigaction *prev = &llamacffi_prev_sigint[llamacffi_prev_slot];
     llamacffi_sigint_epoch++;
-    if (llamacffi_prev_sigint.sa_flags & SA_SIGINFO) {
-        if (llamacffi_prev_sigint.sa_sigaction) llamacffi_prev_sigint.sa_sigaction(sig, info, uctx);
-    } else if (llamacffi_prev_sigint.sa_handler == SIG_DFL) {
-        sigaction(SIGINT, &llamacffi_prev_sigint, NULL);
+    if (prev->sa_flags & SA_SIGINFO) {
+        if (prev->sa_sigaction) prev->sa_sigaction(sig, info, uctx);
+    } else if (prev->sa_handler == SIG_DFL) {
+        sigaction(SIGINT, prev, NULL);
         raise(SIGINT);
-    } else if (llamacffi_prev_sigint.sa_handler != SIG_IGN) {
-        llamacffi_prev_sigint.sa_handler(sig);
+    } else if (prev->sa_handler != SIG_IGN) {
+        prev->sa_handler(sig);
     }
 }
-static int llamacffi_sigint_install(void) {
+static int llamacffi_sigint_wrap(void) {
     struct sigaction cur, ours;
-    if (sigaction(SIGINT, NULL, &cur) != 0) return -1;
-    if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == llamacffi_on_sigint) return 0;
-    if (!(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == SIG_IGN) return 0;
-    llamacffi_prev_sigint = cur;
-    ours = cur;
-    ours.sa_sigaction = llamacffi_on_sigint;
-    ours.sa_flags = (cur.sa_flags | SA_SIGINFO) & ~SA_RESETHAND;
-    return sigaction(SIGINT, &ours, NULL);
+    int rc = 0;
+    pthread_mutex_lock(&llamacffi_sigint_lock);
+    if (sigaction(SIGINT, NULL, &cur) != 0) {
+        rc = -1;
+    } else if (!((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == llamacffi_on_sigint) &&
+               !(!(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == SIG_IGN)) {  /* not ours, not ignored */
+        const int next = 1 - llamacffi_prev_slot;
+        llamacffi_prev_sigint[next] = cur;
+        llamacffi_prev_slot = next;
+        ours = cur;
+        ours.sa_sigaction = llamacffi_on_sigint;
+        ours.sa_flags = (cur.sa_flags | SA_SIGINFO) & ~SA_RESETHAND;
+        rc = sigaction(SIGINT, &ours, NULL);
+    }
+    pthread_mutex_unlock(&llamacffi_sigint_lock);
+    return rc;
+}
+static int llamacffi_sigint_install(void) {
+    llamacffi_sigint_wanted = 1;
+    return llamacffi_sigint_wrap();
+}
+static void llamacffi_sigint_keep(void) {  /* before a decode: one sigaction call when nothing changed */
+    if (llamacffi_sigint_wanted) llamacffi_sigint_wrap();
 }
 #endif
 """

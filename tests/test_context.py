@@ -307,22 +307,27 @@ def test_abort_from_another_thread(gemma3: llamacffi.Model, caplog: pytest.LogCa
         assert np.isfinite(ctx.logits()).all()
 
 
-def test_ctrl_c_interrupts_a_long_decode(gemma3_path: Path) -> None:
+@pytest.mark.parametrize("before", ["", "import asyncio; asyncio.run(asyncio.sleep(0))"],
+                         ids=["plain", "after asyncio.run"])
+def test_ctrl_c_interrupts_a_long_decode(gemma3_path: Path, before: str) -> None:
+    """Ctrl-C stops a decode mid-way, also after asyncio.run has installed (and removed) a SIGINT handler of its
+    own: the memory then ends before the prompt does."""
     script = f"""
 import os, signal, threading, time
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as an interactive shell starts it, not a background job
 import numpy as np
 import llamacffi
 m = llamacffi.Model.load({str(gemma3_path)!r})
-ctx = llamacffi.Context(m, n_ctx=2048, n_batch=2048, n_threads=2)
-prompt = np.tile(m.vocab.tokenize("The fox jumps. ", add_special=False), 400)[:2000]
+ctx = llamacffi.Context(m, n_ctx=4096, n_batch=4096, n_threads=2)
+prompt = np.tile(m.vocab.tokenize("The fox jumps. ", add_special=False), 800)[:4000]
+{before}
 threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
 t0 = time.perf_counter()
 try:
     ctx.decode(llamacffi.Batch.from_tokens(prompt))
     print("NOT INTERRUPTED")
 except KeyboardInterrupt:
-    print("INTERRUPTED", round(time.perf_counter() - t0, 2))
+    print("INTERRUPTED", round(time.perf_counter() - t0, 2), "KEPT", ctx.memory.seq_pos_max(0) + 1)
 ctx.memory.clear()
 ctx.decode_tokens(m.vocab.tokenize("hello"))
 print("USABLE", bool(np.isfinite(ctx.logits()).all()))
@@ -330,7 +335,9 @@ print("USABLE", bool(np.isfinite(ctx.logits()).all()))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert "INTERRUPTED" in out.stdout and "NOT" not in out.stdout, out.stdout + out.stderr
     assert "USABLE True" in out.stdout
-    assert float(out.stdout.split("INTERRUPTED")[1].split()[0]) < 2.0
+    words = out.stdout.split("INTERRUPTED")[1].split()
+    assert float(words[0]) < 2.0
+    assert int(words[2]) < 4000, "the decode ran to its end: Ctrl-C did not reach it"
 
 
 def test_numa_init() -> None:
