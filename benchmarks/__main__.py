@@ -10,6 +10,7 @@ nothing and fails only when the code does.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import sys
@@ -30,9 +31,9 @@ CONCURRENCY_MODEL = "smollm2-135m"
 def sizes(quick: bool) -> dict[str, Any]:
     if quick:
         return {"pp": 64, "tg": 16, "gen": 16, "prefix": 100, "conc_tokens": 16, "streams": [1, 2, 4, 8],
-                "micro_calls": 20, "decode_calls": 16, "rss_tokens": 16}
+                "micro_calls": 20, "decode_calls": 16, "rss_tokens": 16, "shared_tokens": 8}
     return {"pp": 512, "tg": 128, "gen": 128, "prefix": 400, "conc_tokens": 128, "streams": [1, 2, 4, 8],
-            "micro_calls": 200, "decode_calls": 128, "rss_tokens": 128}
+            "micro_calls": 200, "decode_calls": 128, "rss_tokens": 128, "shared_tokens": 32}
 
 
 def dump(groups: dict[str, Series], peer_status: str = peer.ABSENT) -> dict[str, Any]:
@@ -146,6 +147,12 @@ def bench_model(name: str, args: argparse.Namespace, sz: dict[str, Any], log: An
             for k in sz["streams"]:
                 groups[f"llama-bench pp{k}"] = derived(groups["llama-bench pp"], str(k))
             res["concurrency"] = dump(groups, peer_status)
+
+            log(f"  two processes on the same cores, tg{sz['shared_tokens']} each")
+            lp2 = worker.start("loops", path=str(path), threads=t, micro_calls=1, decode_calls=1, max_streams=1)
+            workers.append(lp2)
+            res["shared_cores"] = dump(interleaved(shared_cores_sides(path, t, sz["shared_tokens"], lp, lp2), reps),
+                                       peer_status)
     finally:
         for w in workers:
             w.close()
@@ -157,6 +164,25 @@ def bench_model(name: str, args: argparse.Namespace, sz: dict[str, Any], log: An
         rss_sides["peer"] = None
     res["rss_mib"] = dump(interleaved(rss_sides, args.rss_reps, warmup=0), peer_status)
     return res
+
+
+def shared_cores_sides(path: Path, threads: int, n: int, lp: worker.Remote,
+                       lp2: worker.Remote) -> dict[str, Callable[[], tuple[float, dict[str, Any]]]]:
+    """One process decoding alone, and two at once on the same cores (aggregate tokens/s): llama-bench tg and the
+    Pythonic loop. Two compute teams that each expect every core make their threads wait at each barrier for a
+    partner that is not running."""
+    def bench_pair() -> tuple[float, dict[str, Any]]:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            runs = list(pool.map(lambda _: raw_cpp.llama_bench(path, threads, "tg", n)[0], range(2)))
+        return sum(runs), {"each": runs}
+
+    def loop_pair() -> tuple[float, dict[str, Any]]:
+        sent = [w.send("pythonic", n=n) for w in (lp, lp2)]
+        runs = [float(w.receive("pythonic", ok)[0]) for w, ok in zip((lp, lp2), sent)]
+        return sum(runs), {"each": runs}
+
+    return {"llama-bench alone": lambda: raw_cpp.llama_bench(path, threads, "tg", n), "llama-bench x2": bench_pair,
+            "Pythonic alone": lp.measure("pythonic", n=n), "Pythonic x2": loop_pair}
 
 
 def micro_group(lp: worker.Remote, the_peer: worker.Remote | None, peer_status: str, sz: dict[str, Any],

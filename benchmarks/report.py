@@ -197,6 +197,12 @@ def rows(out: dict[str, Any]) -> list[dict[str, Any]]:
                          _ratio_side(conc.get("decode 4"), conc.get("decode 1")),
                          _ratio_side(conc.get("service 4"), conc.get("service 1")), None,
                          target="≥ 1.8× (service)", judge=_scaling_judge(1.8), short="4 streams ≥ 1.8× one stream"))
+        shared = res.get("shared_cores")
+        if shared:
+            add(_row(name, f"two processes decoding at once on the same cores (tg{sz['shared_tokens']} each), "
+                           f"aggregate tokens/s ÷ one process alone: Pythonic loop vs llama-bench", "×",
+                     _ratio_side(shared.get("llama-bench x2"), shared.get("llama-bench alone")),
+                     _ratio_side(shared.get("Pythonic x2"), shared.get("Pythonic alone")), None))
         r = res.get("rss_mib")
         if r:
             simple = r.get("llama-simple")

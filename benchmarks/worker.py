@@ -34,15 +34,24 @@ class Remote:
         self.info = self.call("info")
 
     def call(self, op: str, **kwargs: Any) -> Any:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        line = ""
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write(json.dumps({"op": op, **kwargs}) + "\n")
-                self.proc.stdin.flush()
-                line = self.proc.stdout.readline()
-            except BrokenPipeError:
-                line = ""
+        return self.receive(op, self.send(op, **kwargs))
+
+    def send(self, op: str, **kwargs: Any) -> bool:
+        """Start ``op`` without waiting for it (see :meth:`receive`); whether the request went out."""
+        assert self.proc.stdin is not None
+        if self.proc.poll() is not None:
+            return False
+        try:
+            self.proc.stdin.write(json.dumps({"op": op, **kwargs}) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            return False
+        return True
+
+    def receive(self, op: str, sent: bool = True) -> Any:
+        """The reply to the request :meth:`send` started."""
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline() if sent else ""
         if not line:
             self.proc.wait()
             raise RuntimeError(f"the {self.kind} worker ended ({self.proc.returncode}) during {op!r}: "
