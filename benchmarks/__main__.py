@@ -26,6 +26,7 @@ from .common import GEN_PROMPT, GPU_LAYERS_ENV, Series, Unavailable, gpu_layers,
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONCURRENCY_MODEL = "smollm2-135m"
+SHORT_SPIN = "1000"  # GOMP_SPINCOUNT of the processes that share cores in the README's advice
 
 
 def sizes(quick: bool) -> dict[str, Any]:
@@ -149,10 +150,13 @@ def bench_model(name: str, args: argparse.Namespace, sz: dict[str, Any], log: An
             res["concurrency"] = dump(groups, peer_status)
 
             log(f"  two processes on the same cores, tg{sz['shared_tokens']} each")
-            lp2 = worker.start("loops", path=str(path), threads=t, micro_calls=1, decode_calls=1, max_streams=1)
-            workers.append(lp2)
-            res["shared_cores"] = dump(interleaved(shared_cores_sides(path, t, sz["shared_tokens"], lp, lp2), reps),
-                                       peer_status)
+            small = {"path": str(path), "threads": t, "micro_calls": 1, "decode_calls": 1, "max_streams": 1}
+            spin = {"GOMP_SPINCOUNT": SHORT_SPIN}
+            pair_default = (lp, worker.start("loops", **small))
+            pair_short = (worker.start("loops", env=spin, **small), worker.start("loops", env=spin, **small))
+            workers.extend([pair_default[1], *pair_short])
+            res["shared_cores"] = dump(interleaved(
+                shared_cores_sides(path, t, sz["shared_tokens"], pair_default, pair_short), reps), peer_status)
     finally:
         for w in workers:
             w.close()
@@ -166,23 +170,27 @@ def bench_model(name: str, args: argparse.Namespace, sz: dict[str, Any], log: An
     return res
 
 
-def shared_cores_sides(path: Path, threads: int, n: int, lp: worker.Remote,
-                       lp2: worker.Remote) -> dict[str, Callable[[], tuple[float, dict[str, Any]]]]:
+def shared_cores_sides(path: Path, threads: int, n: int, pair_default: tuple[worker.Remote, worker.Remote],
+                       pair_short: tuple[worker.Remote, worker.Remote]) -> dict[str, Any]:
     """One process decoding alone, and two at once on the same cores (aggregate tokens/s): llama-bench tg and the
-    Pythonic loop. Two compute teams that each expect every core make their threads wait at each barrier for a
-    partner that is not running."""
+    Pythonic loop, the loop also with libgomp's spin shortened in both processes. Two compute teams that each
+    expect every core make their threads wait at each barrier for a partner that is not running."""
     def bench_pair() -> tuple[float, dict[str, Any]]:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             runs = list(pool.map(lambda _: raw_cpp.llama_bench(path, threads, "tg", n)[0], range(2)))
         return sum(runs), {"each": runs}
 
-    def loop_pair() -> tuple[float, dict[str, Any]]:
-        sent = [w.send("pythonic", n=n) for w in (lp, lp2)]
-        runs = [float(w.receive("pythonic", ok)[0]) for w, ok in zip((lp, lp2), sent)]
-        return sum(runs), {"each": runs}
+    def loop_pair(pair: tuple[worker.Remote, worker.Remote]) -> Callable[[], tuple[float, dict[str, Any]]]:
+        def run() -> tuple[float, dict[str, Any]]:
+            sent = [w.send("pythonic", n=n) for w in pair]
+            runs = [float(w.receive("pythonic", ok)[0]) for w, ok in zip(pair, sent)]
+            return sum(runs), {"each": runs}
+        return run
 
     return {"llama-bench alone": lambda: raw_cpp.llama_bench(path, threads, "tg", n), "llama-bench x2": bench_pair,
-            "Pythonic alone": lp.measure("pythonic", n=n), "Pythonic x2": loop_pair}
+            "Pythonic alone": pair_default[0].measure("pythonic", n=n), "Pythonic x2": loop_pair(pair_default),
+            "Pythonic alone, short spin": pair_short[0].measure("pythonic", n=n),
+            "Pythonic x2, short spin": loop_pair(pair_short)}
 
 
 def micro_group(lp: worker.Remote, the_peer: worker.Remote | None, peer_status: str, sz: dict[str, Any],

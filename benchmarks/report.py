@@ -203,6 +203,13 @@ def rows(out: dict[str, Any]) -> list[dict[str, Any]]:
                            f"aggregate tokens/s ÷ one process alone: Pythonic loop vs llama-bench", "×",
                      _ratio_side(shared.get("llama-bench x2"), shared.get("llama-bench alone")),
                      _ratio_side(shared.get("Pythonic x2"), shared.get("Pythonic alone")), None))
+            add(_row(name, f"the same with GOMP_SPINCOUNT=1000 in both processes: aggregate tokens/s ÷ one process "
+                           f"alone (default spin); Pythonic loop, default spin vs short", "×",
+                     _ratio_side(shared.get("Pythonic x2"), shared.get("Pythonic alone")),
+                     _ratio_side(shared.get("Pythonic x2, short spin"), shared.get("Pythonic alone")), None))
+            add(_row(name, f"one process alone, tg{sz['shared_tokens']}: Pythonic loop with GOMP_SPINCOUNT=1000 vs "
+                           f"the default spin", "tokens/s", shared.get("Pythonic alone"),
+                     shared.get("Pythonic alone, short spin"), None))
         r = res.get("rss_mib")
         if r:
             simple = r.get("llama-simple")

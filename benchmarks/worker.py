@@ -25,12 +25,12 @@ from .common import ROOT, Unavailable, gpu_layers
 class Remote:
     """A worker process and its operations."""
 
-    def __init__(self, kind: str, **init: Any) -> None:
+    def __init__(self, kind: str, env: dict[str, str] | None = None, **init: Any) -> None:
         self.kind = kind
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker", kind, json.dumps(init)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     cwd=ROOT)
+                                     cwd=ROOT, env={**os.environ, **env} if env else None)
         self.info = self.call("info")
 
     def call(self, op: str, **kwargs: Any) -> Any:
@@ -89,8 +89,9 @@ class Remote:
         self.log.close()
 
 
-def start(kind: str, **init: Any) -> Remote:
-    return Remote(kind, **init)
+def start(kind: str, env: dict[str, str] | None = None, **init: Any) -> Remote:
+    """A worker process; ``env`` adds to the environment it starts with."""
+    return Remote(kind, env, **init)
 
 
 # ---- inside a worker ------------------------------------------------------------------------------------------------

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
 import llamacffi
-import llamacffi.backend
-from llamacffi.raw import SPIN_COUNT, ffi, lib
+from llamacffi.raw import ffi, lib
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,30 +79,3 @@ def test_pinned_tree_origin_recorded() -> None:
         assert origin.is_file()
         assert llamacffi.system_info()["llama_cpp"] in origin.read_text()
         assert not (ROOT / "vendor" / "llama.cpp" / ".git").exists()
-
-
-def _needs_openmp() -> None:
-    if not llamacffi.backend.uses_openmp():
-        pytest.skip("this build's CPU backend does not use OpenMP")
-
-
-def _omp_spin_count(env: dict[str, str]) -> tuple[str, str]:
-    """(the spin count libgomp reports at load, GOMP_SPINCOUNT in os.environ after the import) in a fresh process."""
-    code = "import os, llamacffi.raw; print(os.environ.get('GOMP_SPINCOUNT'))"
-    full = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    full.update(env, OMP_DISPLAY_ENV="verbose")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=120)
-    assert out.returncode == 0, out.stderr
-    m = re.search(r"GOMP_SPINCOUNT = '(\d+)'", out.stderr)
-    assert m, out.stderr
-    return m.group(1), out.stdout.strip()
-
-
-def test_openmp_threads_spin_briefly_and_the_environment_is_restored() -> None:
-    _needs_openmp()
-    assert _omp_spin_count({}) == (SPIN_COUNT, "None")
-
-
-def test_a_users_own_spin_count_wins() -> None:
-    _needs_openmp()
-    assert _omp_spin_count({"GOMP_SPINCOUNT": "4321"}) == ("4321", "4321")
