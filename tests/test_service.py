@@ -505,10 +505,21 @@ def test_list_available_models_over_models_path(service: LlamaCppService, tmp_pa
     target.parent.mkdir(parents=True)
     target.symlink_to(smollm2_path)
     (tmp_path / "hf" / "not-a-model.txt").write_text("x")
+    (target.parent / "smol-q4").symlink_to(smollm2_path)  # the id names smol-q4.gguf, not this one
+    # none of these can be opened by an id: a folder, a broken link, names with ':' or a newline
+    (target.parent / "folder.gguf").mkdir()
+    (target.parent / "broken.gguf").symlink_to(tmp_path / "missing.gguf")
+    (target.parent / "a:b.gguf").symlink_to(smollm2_path)
+    (target.parent / "two\nlines.gguf").symlink_to(smollm2_path)
+    colon = tmp_path / "hf" / "user:x" / "repo" / "m.gguf"
+    colon.parent.mkdir(parents=True)
+    colon.symlink_to(smollm2_path)
     monkeypatch.setenv("MODELS_PATH", str(tmp_path))
     ids = service.list_available_models()
     assert ids[0] == "hf:HuggingFaceTB/SmolLM2-135M:smol-q4"
-    assert "smollm2-135m" in ids
+    assert ids[1:] == list(llamacffi.models.KNOWN)
+    assert service.resolve(ids[0]) == target
+    assert service.resolve("hf:HuggingFaceTB/SmolLM2-135M:smol-q4.gguf") == target
     with service.load_model(ids[0], config=ModelConfig(context_size=128, parallel=1)) as m:
         assert m.generate("Hi", GREEDY)
 

@@ -30,8 +30,13 @@ def models_path() -> Path | None:
     return Path(p).expanduser() if p else None
 
 
-def _id_for(root: Path, file: Path) -> str:
+def _id_for(root: Path, file: Path) -> str | None:
+    """The id of a file under ``$MODELS_PATH``; None for what an id cannot name: a name with ``:`` or a character
+    that is not printable (a newline would split ``llamacffi models list``'s lines)."""
     provider, user, repo = file.relative_to(root).parts[:3]
+    names = (provider, user, repo, file.stem)
+    if any(":" in n or not n.isprintable() for n in names):
+        return None
     return f"{provider}:{user}/{repo}:{file.stem}"
 
 
@@ -62,12 +67,16 @@ class LlamaCppService(InferenceService):
         return [ModelType.TEXT_TO_TEXT]
 
     def list_available_models(self) -> list[str]:
-        """Ids of the GGUF files under ``$MODELS_PATH`` (``provider:user/repo:file``), then the known model names."""
+        """Ids of the GGUF files under ``$MODELS_PATH`` (``provider:user/repo:file``), then the known model names.
+        Only what :meth:`load_model` can open by its id is listed: no folder, no broken link, no name an id cannot
+        hold (a ``:``, a newline)."""
         found = []
         root = models_path()
         if root is not None and root.is_dir():
             for f in sorted(root.glob("*/*/*/*.gguf")):
-                found.append(_id_for(root, f))
+                model_id = _id_for(root, f) if f.is_file() else None
+                if model_id is not None:
+                    found.append(model_id)
         return found + list(models.KNOWN)
 
     def resolve(self, model_id: str) -> Path:
@@ -89,7 +98,7 @@ class LlamaCppService(InferenceService):
                 parts = user_repo.split("/")
                 if len(parts) == 2:
                     base = root / provider / parts[0] / parts[1]
-                    for name in (file, file + ".gguf"):
+                    for name in (file + ".gguf", file):
                         if (base / name).is_file():
                             return base / name
                     looked.append(f"{base / (file + '.gguf')}")
