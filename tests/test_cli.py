@@ -74,7 +74,8 @@ def test_bench(smollm2_path: Path) -> None:
 @pytest.mark.parametrize("args", [("generate", "-m", "no-such-model", "hi"),
                                   ("generate", "--temp", "-1", "hi"),
                                   ("generate", "-c", "8", "hi"),
-                                  ("info", "-m", "/nowhere/x.gguf")])
+                                  ("info", "-m", "/nowhere/x.gguf"),
+                                  ("bench", "-p", "100000")])  # beyond the 8,192 positions SmolLM2 was trained for
 def test_errors_are_one_line_without_traceback(args: tuple[str, ...]) -> None:
     out = run(*args)
     assert out.returncode == 1

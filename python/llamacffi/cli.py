@@ -203,7 +203,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from . import Batch, Context, Model
+    from . import Batch, Context, InvalidArgumentError, Model
 
     path = models.fetch(args.model, progress=True) if args.model in models.KNOWN else None
     if path is None:
@@ -211,6 +211,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         path = LlamaCppService().resolve(args.model)
     with Model.load(path, n_gpu_layers=args.gpu_layers) as model:
+        if args.n_prompt + args.n_gen >= model.n_ctx_train:
+            raise InvalidArgumentError(
+                f"-p {args.n_prompt} and -g {args.n_gen} need {args.n_prompt + args.n_gen + 1} positions, but "
+                f"{path.name} was trained for {model.n_ctx_train}")
         rng = np.random.default_rng(0)
         prompt = rng.integers(0, model.vocab.n_tokens, args.n_prompt, dtype=np.int32)
         n_ctx = args.n_prompt + args.n_gen + 1
