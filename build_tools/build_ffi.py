@@ -180,7 +180,9 @@ static void llamacffi_on_sigint(int sig, siginfo_t *info, void *uctx) {
 static int llamacffi_sigint_wrap(void) {
     struct sigaction cur, ours;
     int rc = 0;
-    pthread_mutex_lock(&llamacffi_sigint_lock);
+    /* a thread that finds another one wrapping leaves it to that one; a child forked meanwhile (its lock then held
+       for good) keeps the handler it has instead of waiting forever */
+    if (pthread_mutex_trylock(&llamacffi_sigint_lock) != 0) return 0;
     if (sigaction(SIGINT, NULL, &cur) != 0) {
         rc = -1;
     } else if (!((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == llamacffi_on_sigint) &&
