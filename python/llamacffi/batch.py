@@ -20,6 +20,12 @@ def _ids(tokens: npt.ArrayLike) -> npt.NDArray[np.int32]:
     return as_tokens(np.ravel(tokens) if isinstance(tokens, np.ndarray) else tokens, INT32_MAX + 1)
 
 
+def check_logits(logits: str) -> None:
+    """Which tokens of a sequence get logits: "last", "all" or "none"."""
+    if logits not in ("last", "all", "none"):
+        raise InvalidArgumentError(f"logits must be 'last', 'all' or 'none', got {logits!r}")
+
+
 def _start(start_pos: int, n: int) -> int:
     return as_int("start_pos", start_pos, 0, INT32_MAX + 1 - max(n, 1))
 
@@ -74,8 +80,7 @@ class Batch:
             raise InvalidArgumentError(f"{n} tokens do not fit a batch of capacity {self.capacity}")
         self._check_seq(seq_id)
         start_pos = _start(start_pos, n)
-        if logits not in ("last", "all", "none"):
-            raise InvalidArgumentError(f"logits must be 'last', 'all' or 'none', got {logits!r}")
+        check_logits(logits)
         self._token[:n] = arr
         self._pos[:n] = np.arange(start_pos, start_pos + n, dtype=np.int32)
         self._n_seq[:n] = 1

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import numpy.typing as npt
 
-from .batch import MAX_SEQ, MAX_TOKENS, Batch, chunks
+from .batch import MAX_SEQ, MAX_TOKENS, Batch, check_logits, chunks
 from .errors import (INT32_MAX, ClosedError, ContextError, InvalidArgumentError, LlamaError, StateError, as_int,
                      check_decode, ensure)
 from . import log
@@ -350,7 +350,7 @@ class Context:
         ensure(len(arr) > 0, "no tokens to decode")
         seq_id = as_int("seq_id", seq_id, 0, self.n_seq_max - 1)
         start_pos = as_int("start_pos", start_pos, 0, INT32_MAX)
-        ensure(logits in ("last", "all", "none"), f"logits must be 'last', 'all' or 'none', got {logits!r}")
+        check_logits(logits)
         if logits == "all" and len(arr) > self.n_batch:
             raise InvalidArgumentError(
                 f"logits='all' keeps the logits of one decode: {len(arr)} tokens exceed n_batch ({self.n_batch}); "
