@@ -206,6 +206,30 @@ static void llamacffi_sigint_keep(void) {  /* before a decode: one sigaction cal
     if (llamacffi_sigint_wanted) llamacffi_sigint_wrap();
 }
 #endif
+
+/* ---- memory: transparent huge pages for a range of anonymous memory (Linux); 0 or an errno value ---- */
+#if defined(__linux__)
+#include <errno.h>
+#include <sys/mman.h>
+#ifndef MADV_HUGEPAGE
+#define MADV_HUGEPAGE 14
+#endif
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+/* collapse = 0: back the range with huge pages from its next page faults on; 1: also move what it holds now */
+static int llamacffi_huge_pages(uintptr_t start, size_t length, int collapse) {
+    if (madvise((void *) start, length, MADV_HUGEPAGE) != 0) return errno;
+    if (collapse && madvise((void *) start, length, MADV_COLLAPSE) != 0) return errno;
+    return 0;
+}
+#else
+#include <errno.h>
+static int llamacffi_huge_pages(uintptr_t start, size_t length, int collapse) {
+    (void) start; (void) length; (void) collapse;
+    return ENOSYS;
+}
+#endif
 """
 
 

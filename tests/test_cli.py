@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import llamacffi
+from llamacffi import hugepages
 
 BIN = Path(sys.executable).parent / "llamacffi"
 
@@ -68,7 +70,11 @@ def test_info(smollm2_path: Path) -> None:
 def test_bench(smollm2_path: Path) -> None:
     out = run("bench", "-p", "32", "-g", "8", "-t", "2")
     assert out.returncode == 0, out.stderr
-    assert "pp32:" in out.stdout and "tg8:" in out.stdout
+    assert "pp32:" in out.stdout and "tg8:" in out.stdout and "huge pages" not in out.stdout
+    out = run("bench", "-p", "32", "-g", "8", "-t", "2", "--huge-pages")
+    assert out.returncode == 0, out.stderr
+    huge = int(re.search(r"huge pages: (\d+) MiB", out.stdout).group(1))  # type: ignore[union-attr]
+    assert (huge > 40) == (hugepages.page_size() > 0)  # of SmolLM2's ~95 MiB of weights
 
 
 @pytest.mark.parametrize("args", [("generate", "-m", "no-such-model", "hi"),

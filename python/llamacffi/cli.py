@@ -33,6 +33,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--ctx-size", type=int, default=2048, help="context size per request (default 2048)")
     p.add_argument("-ngl", "--gpu-layers", type=int, default=-1,
                    help="layers to offload to a GPU (default -1: all, when the build has a GPU backend; 0: none)")
+    p.add_argument("--huge-pages", action="store_true",
+                   help="read the weights into memory backed by huge pages instead of mapping the file (Linux): "
+                        "faster tokens")
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -74,13 +77,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _service_model(args: argparse.Namespace, parallel: int = 1):  # type: ignore[no-untyped-def]
-    from .service import LlamaCppService, LocalBackendConfig, ModelConfig
+    from .service import LlamaCppService, LlamaCppSpecificConfig, LocalBackendConfig, ModelConfig
 
     if args.model in models.KNOWN and not models.is_cached(args.model):
         print(f"llamacffi: fetching {args.model} ({models.KNOWN[args.model].description})", file=sys.stderr)
         models.fetch(args.model, progress=True)
+    llama_cpp = LlamaCppSpecificConfig(use_mmap=not args.huge_pages, huge_pages=args.huge_pages)
     svc = LlamaCppService(LocalBackendConfig(threads=args.threads, use_gpu=args.gpu_layers != 0,
-                                             gpu_layers=args.gpu_layers))
+                                             gpu_layers=args.gpu_layers, llama_cpp=llama_cpp))
     return svc, svc.load_model(args.model, config=ModelConfig(context_size=args.ctx_size, parallel=parallel))
 
 
@@ -210,7 +214,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .service import LlamaCppService
 
         path = LlamaCppService().resolve(args.model)
-    with Model.load(path, n_gpu_layers=args.gpu_layers) as model:
+    with Model.load(path, n_gpu_layers=args.gpu_layers, use_mmap=not args.huge_pages,
+                    huge_pages=args.huge_pages) as model:
         if args.n_prompt + args.n_gen >= model.n_ctx_train:
             raise InvalidArgumentError(
                 f"-p {args.n_prompt} and -g {args.n_gen} need {args.n_prompt + args.n_gen + 1} positions, but "
@@ -231,7 +236,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 pos += 1
                 token = int(np.argmax(ctx.logits()))
             tg = args.n_gen / (time.perf_counter() - t0)
-    print(f"model: {path.name}  threads: {args.threads or 'all'}")
+        huge = f"  huge pages: {model.huge_page_bytes >> 20} MiB" if args.huge_pages else ""
+    print(f"model: {path.name}  threads: {args.threads or 'all'}{huge}")
     print(f"pp{args.n_prompt}: {pp:8.1f} tokens/s")
     print(f"tg{args.n_gen}: {tg:8.1f} tokens/s")
     return 0

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .backend import ensure_backend
-from . import gguf, log
+from . import gguf, hugepages, log
 from .log import capture_problems
 from .errors import ClosedError, InvalidArgumentError, LlamaError, ModelLoadError
 from .raw import ffi, lib
@@ -20,10 +20,13 @@ ProgressCallback = Callable[[float], "bool | None"]
 
 
 class _Progress:
-    """Payload of the load-progress callback; keeps the exception the user's callback raised."""
+    """Payload of the load-progress callback; keeps the exception the user's callback raised. llama.cpp calls it
+    before each tensor's data is read, so the first call is where the weight buffers exist but are still unwritten:
+    the moment to ask for huge pages."""
 
-    def __init__(self, fn: ProgressCallback) -> None:
+    def __init__(self, fn: ProgressCallback | None, huge: hugepages.HugePages | None) -> None:
         self.fn = fn
+        self.huge = huge
         self.error: BaseException | None = None
         self.cancelled = False
 
@@ -32,6 +35,10 @@ class _Progress:
 def llamacffi_progress_callback(progress: float, user_data: Any) -> bool:
     payload: _Progress = ffi.from_handle(user_data)
     try:
+        if payload.huge is not None:
+            payload.huge.advise()
+        if payload.fn is None:
+            return True
         keep_going = payload.fn(float(progress))
     except BaseException as exc:  # re-raised by Model.load once llama.cpp has returned
         payload.error = exc
@@ -83,10 +90,12 @@ class Model:
     closing the model meanwhile defers the release until the last of them lets go.
     """
 
-    def __init__(self, ptr: Any, path: Path, vocab_only: bool = False) -> None:
+    def __init__(self, ptr: Any, path: Path, vocab_only: bool = False,
+                 huge_ranges: list[hugepages.Range] | None = None) -> None:
         self._ptr = ffi.gc(ptr, _free_model)
         self.path = path
         self.vocab_only = vocab_only  # loaded without weights: a tokenizer, no Context
+        self._huge_ranges = huge_ranges or []
         self._vocab = Vocab(self, lib.llama_model_get_vocab(ptr))
         self._users = 0
         self._close_requested = False
@@ -94,13 +103,16 @@ class Model:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, n_gpu_layers: int = -1, use_mmap: bool = True,
-             use_mlock: bool = False, vocab_only: bool = False,
+             use_mlock: bool = False, vocab_only: bool = False, huge_pages: bool = False,
              progress: ProgressCallback | None = None) -> "Model":
         """Load a GGUF file.
 
         ``n_gpu_layers``: layers to offload to a GPU backend (-1, the default as in llama.cpp: all of them when the
-        build has a GPU backend and finds a device; 0: none). ``progress`` is called with the load progress
-        in 0..1; returning ``False`` cancels the load (:class:`ModelLoadError`), an exception it raises is re-raised.
+        build has a GPU backend and finds a device; 0: none). ``huge_pages`` (needs ``use_mmap=False``): back the
+        weights read into memory with transparent huge pages where the system has them (Linux), which makes each
+        token's pass over the weights faster; :attr:`huge_page_bytes` tells how much it got. ``progress`` is called
+        with the load progress in 0..1; returning ``False`` cancels the load (:class:`ModelLoadError`), an exception
+        it raises is re-raised.
         """
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be str or os.PathLike, not {type(path).__name__}")
@@ -109,6 +121,9 @@ class Model:
         gguf.check(p, bool(vocab_only))
         if not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
             raise InvalidArgumentError(f"n_gpu_layers must be an int >= -1, got {n_gpu_layers!r}")
+        if huge_pages and use_mmap:
+            raise InvalidArgumentError("huge_pages needs use_mmap=False: huge pages back memory the weights are read "
+                                       "into, not a mapped file")
         ensure_backend()
         params = lib.llama_model_default_params()
         params.n_gpu_layers = 2**31 - 1 if n_gpu_layers == -1 else n_gpu_layers
@@ -118,10 +133,11 @@ class Model:
         }[(bool(use_mmap), bool(use_mlock))]
         params.vocab_only = bool(vocab_only)
         payload = handle = None
-        if progress is not None:
-            if not callable(progress):
-                raise TypeError("progress must be callable")
-            payload = _Progress(progress)
+        if progress is not None and not callable(progress):
+            raise TypeError("progress must be callable")
+        huge = hugepages.HugePages() if huge_pages and not vocab_only else None
+        if progress is not None or huge is not None:
+            payload = _Progress(progress, huge)
             handle = ffi.new_handle(payload)
             params.progress_callback = lib.llamacffi_progress_callback
             params.progress_callback_user_data = handle
@@ -140,7 +156,7 @@ class Model:
                 raise ModelLoadError(f"loading {p} was cancelled by the progress callback")
             reason = "; ".join(problems[:2]) or "the file is corrupt, truncated, or of an unsupported architecture"
             raise ModelLoadError(f"llama.cpp could not load {p}: {reason}")
-        return cls(ptr, p, bool(vocab_only))
+        return cls(ptr, p, bool(vocab_only), huge.collapse() if huge is not None else None)
 
     # ---- lifetime ---------------------------------------------------------------------------------------------
 
@@ -238,6 +254,13 @@ class Model:
     def size(self) -> int:
         """Size of the weights in bytes."""
         return int(lib.llama_model_size(self.ptr))
+
+    @property
+    def huge_page_bytes(self) -> int:
+        """Bytes of the memory this model's load mapped that huge pages back now; 0 unless loaded with
+        ``huge_pages=True`` on a system that has them."""
+        self.ptr
+        return hugepages.huge_bytes(self._huge_ranges) if self._huge_ranges else 0
 
     @property
     def n_ctx_train(self) -> int:

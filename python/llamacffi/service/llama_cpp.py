@@ -120,7 +120,8 @@ class LlamaCppService(InferenceService):
         bc = self.config
         with mapped():
             llama_model = LlamaModel.load(path, n_gpu_layers=bc.gpu_layers if bc.use_gpu else 0,
-                                          use_mmap=bc.llama_cpp.use_mmap, use_mlock=bc.llama_cpp.use_mlock)
+                                          use_mmap=bc.llama_cpp.use_mmap, use_mlock=bc.llama_cpp.use_mlock,
+                                          huge_pages=bc.llama_cpp.huge_pages)
         try:
             if config.context_size > llama_model.n_ctx_train:
                 message = (f"ModelConfig.context_size {config.context_size} exceeds the {llama_model.n_ctx_train} "
