@@ -82,6 +82,10 @@ def bench_model(name: str, args: argparse.Namespace, sz: dict[str, Any], log: An
                           prefix_tokens=sz["prefix"])
         workers.append(sv)
         res["service_config"] = sv.info["config"]
+        sv_huge = worker.start("service", name=name, threads=t, context_size=1024, parallel=1, prefix_tokens=8,
+                               huge_pages=True)
+        workers.append(sv_huge)
+        res["huge_page_mib"] = sv_huge.info["huge_page_mib"]
         the_peer, peer_status = start_peer(path, t, 1024, log) if not args.no_peer else (None, "skipped (--no-peer)")
         if the_peer:
             workers.append(the_peer)
@@ -104,6 +108,7 @@ def bench_model(name: str, args: argparse.Namespace, sz: dict[str, Any], log: An
             "raw loop": lp.measure("raw_loop", prompt=GEN_PROMPT, n=n),
             "Pythonic loop": lp.measure("pythonic", n=sz["tg"]),
             "generate": sv.measure("generate", prompt=GEN_PROMPT, n=n),
+            "generate, huge pages": sv_huge.measure("generate", prompt=GEN_PROMPT, n=n),
             "generate_stream": sv.measure("stream", prompt=GEN_PROMPT, n=n),
             "generate sampled": sv.measure("generate", prompt=GEN_PROMPT, n=n, sampled=True),
             "peer generate": pm("generate", prompt=GEN_PROMPT, n=n, sampled=False),

@@ -149,6 +149,13 @@ def rows(out: dict[str, Any]) -> list[dict[str, Any]]:
                  _side(tg, "generate"), _side(tg, "peer generate"), target=f"≥ 0.95×; ≥ 1.15× {PEER}",
                  judge=_service_judge,
                  short=f"service generate, greedy {gen_n}: ≥ 0.95× llama-bench tg{tg_n}, ≥ 1.15× {PEER}"))
+        huge = res.get("huge_page_mib")
+        add(_row(name, f"service generate, greedy {gen_n} tokens, weights in huge pages (huge_pages=True, "
+                       f"{_num(huge) if huge is not None else '?'} MiB of them) vs llama-bench tg{tg_n} (its default, "
+                       f"a mapped file)", "tokens/s", bench_tg, _side(tg, "generate, huge pages"),
+                 _side(tg, "peer generate"), target=f"≥ 0.95×; ≥ 1.15× {PEER}", judge=_service_judge,
+                 short=f"service generate with huge pages, greedy {gen_n}: ≥ 0.95× llama-bench tg{tg_n}, "
+                       f"≥ 1.15× {PEER}"))
         add(_row(name, f"service generate_stream, greedy {gen_n} tokens, first chunk to end, vs llama-bench "
                        f"tg{tg_n}", "tokens/s", bench_tg, _side(tg, "generate_stream"), _side(tg, "peer stream")))
         add(_row(name, f"service generate, sampled {gen_n} tokens (temp 0.8, top-k 40, top-p 0.95, min-p 0.05, "
@@ -416,7 +423,8 @@ def chart(out: dict[str, Any], path: Path) -> str | None:
     bars(axes[0, 0], f"generation, {sz['gen']} tokens (tg{sz['tg']})", "tokens/s", [
         ("llama-bench tg", "tg", "llama-bench"), ("llama-simple", "tg", "llama-simple"),
         ("raw-layer loop", "tg", "raw loop (decodes only)"), ("Pythonic loop", "tg", "Pythonic loop"),
-        ("service generate", "tg", "generate"), ("service stream", "tg", "generate_stream"),
+        ("service generate", "tg", "generate"), ("generate, huge pages", "tg", "generate, huge pages"),
+        ("service stream", "tg", "generate_stream"),
         ("service sampled", "tg", "generate sampled"), (f"{PEER} greedy", "tg", "peer generate"),
         (f"{PEER} sampled", "tg", "peer sampled")])
     bars(axes[0, 1], f"prompt processing pp{sz['pp']}", "tokens/s", [

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from llamacffi.service import GenerationOptions, LlamaCppService, LlamaCppTextModel, LocalBackendConfig, ModelConfig
+from llamacffi.service import (GenerationOptions, LlamaCppService, LlamaCppSpecificConfig, LlamaCppTextModel,
+                               LocalBackendConfig, ModelConfig)
 
 from .common import FILLER, gpu_layers
 
@@ -16,9 +17,12 @@ GREEDY = dict(temperature=0.0, raw=True)
 SAMPLED = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=1234, raw=True)
 
 
-def service(threads: int) -> LlamaCppService:
+def service(threads: int, huge_pages: bool = False) -> LlamaCppService:
+    """The service as configured by default, or with the weights read into huge pages."""
     layers = gpu_layers()
-    return LlamaCppService(LocalBackendConfig(threads=threads, use_gpu=layers != 0, gpu_layers=layers))
+    llama_cpp = LlamaCppSpecificConfig(use_mmap=not huge_pages, huge_pages=huge_pages)
+    return LlamaCppService(LocalBackendConfig(threads=threads, use_gpu=layers != 0, gpu_layers=layers,
+                                              llama_cpp=llama_cpp))
 
 
 def single(svc: LlamaCppService, name: str, context_size: int = 1024) -> LlamaCppTextModel:

@@ -140,18 +140,20 @@ class LoopsHost:
 class ServiceHost:
     """The service in its worker: one model, its engine thread the only one decoding."""
 
-    def __init__(self, name: str, threads: int, context_size: int, parallel: int, prefix_tokens: int) -> None:
+    def __init__(self, name: str, threads: int, context_size: int, parallel: int, prefix_tokens: int,
+                 huge_pages: bool = False) -> None:
         from . import serve
 
         self.serve = serve
-        self.svc = serve.service(threads)
+        self.svc = serve.service(threads, huge_pages)
         self.model = serve.load(self.svc, name, context_size, parallel)
         self.prompts = serve.PrefixPrompts(self.model, prefix_tokens)
         self.conc = serve.Concurrency(self.model)
         self.warm_prompt = ""
 
     def info(self) -> dict[str, Any]:
-        return {"config": self.model.config.to_dict()}
+        return {"config": self.model.config.to_dict(),
+                "huge_page_mib": self.model.llama_model.huge_page_bytes / (1 << 20)}
 
     def generate(self, prompt: str, n: int, sampled: bool = False) -> tuple[float, dict[str, Any]]:
         return self.serve.generate_tps(self.model, prompt, n, sampled)
