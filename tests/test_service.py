@@ -76,7 +76,8 @@ def test_config_validation_names_the_field(cls: type, kw: dict[str, object], fie
 
 
 def test_config_dict_and_json_round_trip() -> None:
-    cfg = LocalBackendConfig(threads=2, llama_cpp=LlamaCppSpecificConfig(use_mlock=True, numa_strategy="disabled"))
+    cfg = LocalBackendConfig(threads=2, llama_cpp=LlamaCppSpecificConfig(use_mlock=True, numa_strategy="disabled",
+                                                                       use_mmap=False, huge_pages=True))
     assert LocalBackendConfig.from_dict(cfg.to_dict()) == cfg
     assert LocalBackendConfig.from_json(cfg.to_json()) == cfg
     opts = GenerationOptions(stop_sequences=["a", "b"], seed=3, system="s")

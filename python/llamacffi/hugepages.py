@@ -83,20 +83,28 @@ class HugePages:
 
     def __init__(self) -> None:
         self.size = page_size()
-        self.before = mapped() if self.size else []
         self.ranges: list[Range] = []  # what was advised, aligned to the huge page size
         self._advised = False
+        try:
+            self.before = mapped() if self.size else []
+        except (OSError, ValueError):  # no /proc: the memory keeps its small pages
+            self.size, self.before = 0, []
 
     def _new(self) -> list[Range]:
+        try:
+            now = mapped()
+        except (OSError, ValueError):
+            return []
         out = []
-        for a, b in unmapped_before(self.before, mapped()):
+        for a, b in unmapped_before(self.before, now):
             start, end = -(-a // self.size) * self.size, b // self.size * self.size
             if end > start:
                 out.append((start, end))
         return out
 
     def advise(self) -> None:
-        """Ask for huge pages in the ranges mapped since construction. Only the first call does anything."""
+        """Ask for huge pages in the ranges mapped since construction. Only the first call does anything. Like
+        :meth:`collapse`, it never fails: where the kernel says no, the memory keeps its small pages."""
         if self.size and not self._advised:
             self._advised = True
             self.ranges = self._new()
