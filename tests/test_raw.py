@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 import llamacffi
@@ -71,6 +72,11 @@ def test_system_info() -> None:
     assert "CPU" in info["backends"]
     assert "CPU :" in info["system_info"] or "CPU" in info["system_info"]
     assert "GGML_CUDA=" in info["build_flags"]
+    thp = Path("/sys/kernel/mm/transparent_hugepage")
+    if sys.platform.startswith("linux") and thp.is_dir() and "[never]" not in (thp / "enabled").read_text():
+        assert info["huge_pages"] == int((thp / "hpage_pmd_size").read_text())
+    else:
+        assert info["huge_pages"] == 0
 
 
 def test_pinned_tree_origin_recorded() -> None:

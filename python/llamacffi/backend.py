@@ -6,7 +6,7 @@ import functools
 import threading
 from typing import Any
 
-from . import log
+from . import hugepages, log
 from ._version import __version__
 from .errors import InvalidArgumentError
 from .raw import ffi, lib
@@ -93,7 +93,8 @@ def uses_openmp() -> bool:
 
 
 def system_info() -> dict[str, Any]:
-    """What this build is: package version, llama.cpp commit, build flags, backends, devices, CPU features."""
+    """What this build is: package version, llama.cpp commit, build flags, backends, devices, CPU features, and
+    the huge page size the system gives on request."""
     ensure_backend()
     return {
         "version": __version__,
@@ -106,6 +107,7 @@ def system_info() -> dict[str, Any]:
         "openmp": uses_openmp(),
         "mmap": bool(lib.llama_supports_mmap()),
         "mlock": bool(lib.llama_supports_mlock()),
+        "huge_pages": hugepages.page_size(),  # bytes of a huge page Model.load(huge_pages=True) can get; 0: none
         "max_devices": int(lib.llama_max_devices()),
         "max_parallel_sequences": int(lib.llama_max_parallel_sequences()),
         "system_info": ffi.string(lib.llama_print_system_info()).decode().strip(),
