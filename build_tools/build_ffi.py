@@ -207,9 +207,12 @@ static void llamacffi_sigint_keep(void) {  /* before a decode: one sigaction cal
 }
 #endif
 
-/* ---- memory: transparent huge pages for a range of anonymous memory (Linux); 0 or an errno value ---- */
-#if defined(__linux__)
+/* ---- memory: transparent huge pages for a range of anonymous memory (Linux) ---- */
+/* Asks that the range (aligned to page, the huge page size) take huge pages from its next page faults on; with
+   collapse set, also moves the small pages it holds now, one huge page at a time (a single call over the range
+   gives up on all of it after a stretch that holds no page). Returns the huge pages collapsed, or -errno. */
 #include <errno.h>
+#if defined(__linux__)
 #include <sys/mman.h>
 #ifndef MADV_HUGEPAGE
 #define MADV_HUGEPAGE 14
@@ -217,17 +220,18 @@ static void llamacffi_sigint_keep(void) {  /* before a decode: one sigaction cal
 #ifndef MADV_COLLAPSE
 #define MADV_COLLAPSE 25
 #endif
-/* collapse = 0: back the range with huge pages from its next page faults on; 1: also move what it holds now */
-static int llamacffi_huge_pages(uintptr_t start, size_t length, int collapse) {
-    if (madvise((void *) start, length, MADV_HUGEPAGE) != 0) return errno;
-    if (collapse && madvise((void *) start, length, MADV_COLLAPSE) != 0) return errno;
-    return 0;
+static int64_t llamacffi_huge_pages(uintptr_t start, size_t length, size_t page, int collapse) {
+    int64_t n = 0;
+    if (madvise((void *) start, length, MADV_HUGEPAGE) != 0) return -errno;
+    for (size_t off = 0; collapse && off + page <= length; off += page) {
+        if (madvise((void *) (start + off), page, MADV_COLLAPSE) == 0) n++;
+    }
+    return n;
 }
 #else
-#include <errno.h>
-static int llamacffi_huge_pages(uintptr_t start, size_t length, int collapse) {
-    (void) start; (void) length; (void) collapse;
-    return ENOSYS;
+static int64_t llamacffi_huge_pages(uintptr_t start, size_t length, size_t page, int collapse) {
+    (void) start; (void) length; (void) page; (void) collapse;
+    return -ENOSYS;
 }
 #endif
 """

@@ -30,6 +30,7 @@ def test_weights_get_huge_pages_and_compute_the_same(model: llamacffi.Model, mod
             assert huge.huge_page_bytes == 0
         text = "The quick brown fox jumps over the lazy dog because"
         assert np.array_equal(last_logits(huge, text), last_logits(model, text))
+    assert huge.huge_pages and not model.huge_pages
     assert model.huge_page_bytes == 0  # mapped from the file
 
 

@@ -109,7 +109,7 @@ class HugePages:
             self._advised = True
             self.ranges = self._new()
             for a, b in self.ranges:
-                lib.llamacffi_huge_pages(a, b - a, 0)
+                lib.llamacffi_huge_pages(a, b - a, self.size, 0)
 
     def collapse(self) -> list[Range]:
         """Ask again for whatever is new, move the written small pages into huge pages, and return the ranges."""
@@ -117,7 +117,6 @@ class HugePages:
             return []
         self.ranges = self._new()
         for a, b in self.ranges:
-            # The kernel fails the call for a range holding an unwritten stretch (EINVAL) after collapsing the rest,
-            # and a collapse it cannot do only leaves small pages: nothing to report either way.
-            lib.llamacffi_huge_pages(a, b - a, 1)
+            # A page the kernel cannot collapse (unwritten, or no free huge page) keeps its small pages.
+            lib.llamacffi_huge_pages(a, b - a, self.size, 1)
         return self.ranges

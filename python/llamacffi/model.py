@@ -95,6 +95,7 @@ class Model:
         self._ptr = ffi.gc(ptr, _free_model)
         self.path = path
         self.vocab_only = vocab_only  # loaded without weights: a tokenizer, no Context
+        self.huge_pages = huge_ranges is not None  # loaded with huge_pages=True
         self._huge_ranges = huge_ranges or []
         self._vocab = Vocab(self, lib.llama_model_get_vocab(ptr))
         self._users = 0
