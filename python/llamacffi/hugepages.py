@@ -3,7 +3,8 @@
 A token's decode reads every weight once. With 4 KiB pages that is tens of thousands of TLB entries per token;
 with 2 MiB pages, a few hundred. llama.cpp allocates its weight buffers with ``posix_memalign``, which the kernel
 backs with huge pages only when asked (``/sys/kernel/mm/transparent_hugepage/enabled`` = ``madvise``, the usual
-setting). :class:`HugePages` asks for the address ranges that a load maps, and nothing else.
+setting). :class:`HugePages` asks for the address ranges mapped while a load runs: llama.cpp's buffers, and
+whatever another thread maps meanwhile (which only changes that memory's page size).
 """
 
 from __future__ import annotations
