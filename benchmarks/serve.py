@@ -20,7 +20,7 @@ SAMPLED = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=1234, raw
 def service(threads: int, huge_pages: bool = False) -> LlamaCppService:
     """The service as configured by default, or with the weights read into huge pages."""
     layers = gpu_layers()
-    llama_cpp = LlamaCppSpecificConfig(use_mmap=not huge_pages, huge_pages=huge_pages)
+    llama_cpp = LlamaCppSpecificConfig(huge_pages=huge_pages)
     return LlamaCppService(LocalBackendConfig(threads=threads, use_gpu=layers != 0, gpu_layers=layers,
                                               llama_cpp=llama_cpp))
 

@@ -208,9 +208,10 @@ static void llamacffi_sigint_keep(void) {  /* before a decode: one sigaction cal
 #endif
 
 /* ---- memory: transparent huge pages for a range of anonymous memory (Linux) ---- */
-/* Asks that the range (aligned to page, the huge page size) take huge pages from its next page faults on; with
-   collapse set, also moves the small pages it holds now, one huge page at a time (a single call over the range
-   gives up on all of it after a stretch that holds no page). Returns the huge pages collapsed, or -errno. */
+/* Asks that the range (start and length multiples of page, the huge page size) take huge pages from its next page
+   faults on; with collapse set, also moves the small pages it holds now, one huge page at a time (a single call
+   over the range can give up on all of it). Returns how many of its huge pages are huge after the call (0 without
+   collapse), or -errno. A part of the range no longer mapped is skipped. */
 #include <errno.h>
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -222,8 +223,10 @@ static void llamacffi_sigint_keep(void) {  /* before a decode: one sigaction cal
 #endif
 static int64_t llamacffi_huge_pages(uintptr_t start, size_t length, size_t page, int collapse) {
     int64_t n = 0;
-    if (madvise((void *) start, length, MADV_HUGEPAGE) != 0) return -errno;
-    for (size_t off = 0; collapse && off + page <= length; off += page) {
+    if (page == 0 || start % page != 0 || length % page != 0) return -EINVAL;
+    /* ENOMEM: a part of the range is unmapped; the advice still applies to the rest */
+    if (madvise((void *) start, length, MADV_HUGEPAGE) != 0 && errno != ENOMEM) return -errno;
+    for (size_t off = 0; collapse && off < length; off += page) {
         if (madvise((void *) (start + off), page, MADV_COLLAPSE) == 0) n++;
     }
     return n;

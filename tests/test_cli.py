@@ -71,7 +71,7 @@ def test_bench(smollm2_path: Path) -> None:
     out = run("bench", "-p", "32", "-g", "8", "-t", "2")
     assert out.returncode == 0, out.stderr
     assert "pp32:" in out.stdout and "tg8:" in out.stdout and "huge pages" not in out.stdout
-    out = run("bench", "-p", "32", "-g", "8", "-t", "2", "--huge-pages")
+    out = run("bench", "-p", "32", "-g", "8", "-t", "2", "-ngl", "0", "--huge-pages")
     assert out.returncode == 0, out.stderr
     huge = int(re.search(r"huge pages: (\d+) MiB", out.stdout).group(1))  # type: ignore[union-attr]
     assert (huge > 40) == (hugepages.page_size() > 0)  # of SmolLM2's ~95 MiB of weights

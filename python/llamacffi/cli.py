@@ -82,7 +82,7 @@ def _service_model(args: argparse.Namespace, parallel: int = 1):  # type: ignore
     if args.model in models.KNOWN and not models.is_cached(args.model):
         print(f"llamacffi: fetching {args.model} ({models.KNOWN[args.model].description})", file=sys.stderr)
         models.fetch(args.model, progress=True)
-    llama_cpp = LlamaCppSpecificConfig(use_mmap=not args.huge_pages, huge_pages=args.huge_pages)
+    llama_cpp = LlamaCppSpecificConfig(huge_pages=args.huge_pages)
     svc = LlamaCppService(LocalBackendConfig(threads=args.threads, use_gpu=args.gpu_layers != 0,
                                              gpu_layers=args.gpu_layers, llama_cpp=llama_cpp))
     return svc, svc.load_model(args.model, config=ModelConfig(context_size=args.ctx_size, parallel=parallel))
@@ -214,8 +214,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .service import LlamaCppService
 
         path = LlamaCppService().resolve(args.model)
-    with Model.load(path, n_gpu_layers=args.gpu_layers, use_mmap=not args.huge_pages,
-                    huge_pages=args.huge_pages) as model:
+    with Model.load(path, n_gpu_layers=args.gpu_layers, huge_pages=args.huge_pages) as model:
         if args.n_prompt + args.n_gen >= model.n_ctx_train:
             raise InvalidArgumentError(
                 f"-p {args.n_prompt} and -g {args.n_gen} need {args.n_prompt + args.n_gen + 1} positions, but "

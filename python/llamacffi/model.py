@@ -90,30 +90,30 @@ class Model:
     closing the model meanwhile defers the release until the last of them lets go.
     """
 
-    def __init__(self, ptr: Any, path: Path, vocab_only: bool = False,
-                 huge_ranges: list[hugepages.Range] | None = None) -> None:
+    def __init__(self, ptr: Any, path: Path, vocab_only: bool = False, huge_pages: bool = False) -> None:
         self._ptr = ffi.gc(ptr, _free_model)
         self.path = path
         self.vocab_only = vocab_only  # loaded without weights: a tokenizer, no Context
-        self.huge_pages = huge_ranges is not None  # loaded with huge_pages=True
-        self._huge_ranges = huge_ranges or []
+        self.huge_pages = huge_pages  # its weights were read into memory that asked for huge pages
+        self._huge_ranges: list[hugepages.Range] = []
         self._vocab = Vocab(self, lib.llama_model_get_vocab(ptr))
         self._users = 0
         self._close_requested = False
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, n_gpu_layers: int = -1, use_mmap: bool = True,
+    def load(cls, path: str | os.PathLike[str], *, n_gpu_layers: int = -1, use_mmap: bool | None = None,
              use_mlock: bool = False, vocab_only: bool = False, huge_pages: bool = False,
              progress: ProgressCallback | None = None) -> "Model":
         """Load a GGUF file.
 
         ``n_gpu_layers``: layers to offload to a GPU backend (-1, the default as in llama.cpp: all of them when the
-        build has a GPU backend and finds a device; 0: none). ``huge_pages`` (needs ``use_mmap=False``): back the
-        weights read into memory with transparent huge pages where the system has them (Linux), which makes each
-        token's pass over the weights faster; :attr:`huge_page_bytes` tells how much it got. ``progress`` is called
-        with the load progress in 0..1; returning ``False`` cancels the load (:class:`ModelLoadError`), an exception
-        it raises is re-raised.
+        build has a GPU backend and finds a device; 0: none). ``use_mmap``: map the file (None: unless
+        ``huge_pages``). ``huge_pages``: read the weights kept in CPU memory into memory backed by transparent huge
+        pages where the system has them (Linux), which makes each token's pass over them faster (they go to plain
+        memory, not to a GPU backend's pinned host buffer); :attr:`huge_page_bytes` tells how much it got.
+        ``progress`` is called with the load progress in 0..1; returning ``False`` cancels the load
+        (:class:`ModelLoadError`), an exception it raises is re-raised.
         """
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be str or os.PathLike, not {type(path).__name__}")
@@ -122,9 +122,15 @@ class Model:
         gguf.check(p, bool(vocab_only))
         if not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
             raise InvalidArgumentError(f"n_gpu_layers must be an int >= -1, got {n_gpu_layers!r}")
-        if huge_pages and use_mmap:
-            raise InvalidArgumentError("huge_pages needs use_mmap=False: huge pages back memory the weights are read "
-                                       "into, not a mapped file")
+        for name, flag in (("use_mmap", use_mmap), ("use_mlock", use_mlock), ("vocab_only", vocab_only),
+                           ("huge_pages", huge_pages)):
+            if not isinstance(flag, bool) and not (name == "use_mmap" and flag is None):
+                raise InvalidArgumentError(f"{name} must be a bool, got {flag!r}")
+        if use_mmap is None:
+            use_mmap = not huge_pages
+        elif huge_pages and use_mmap:
+            raise InvalidArgumentError("huge_pages and use_mmap=True do not go together: huge pages back memory the "
+                                       "weights are read into, not a mapped file")
         ensure_backend()
         params = lib.llama_model_default_params()
         params.n_gpu_layers = 2**31 - 1 if n_gpu_layers == -1 else n_gpu_layers
@@ -133,6 +139,7 @@ class Model:
             (False, False): lib.LLAMA_LOAD_MODE_NONE, (False, True): lib.LLAMA_LOAD_MODE_MLOCK,
         }[(bool(use_mmap), bool(use_mlock))]
         params.vocab_only = bool(vocab_only)
+        params.no_host = bool(huge_pages)
         payload = handle = None
         if progress is not None and not callable(progress):
             raise TypeError("progress must be callable")
@@ -157,7 +164,10 @@ class Model:
                 raise ModelLoadError(f"loading {p} was cancelled by the progress callback")
             reason = "; ".join(problems[:2]) or "the file is corrupt, truncated, or of an unsupported architecture"
             raise ModelLoadError(f"llama.cpp could not load {p}: {reason}")
-        return cls(ptr, p, bool(vocab_only), huge.collapse() if huge is not None else None)
+        model = cls(ptr, p, bool(vocab_only), huge is not None)
+        if huge is not None:
+            model._huge_ranges = huge.collapse()
+        return model
 
     # ---- lifetime ---------------------------------------------------------------------------------------------
 
@@ -259,7 +269,7 @@ class Model:
     @property
     def huge_page_bytes(self) -> int:
         """Bytes of the memory this model's load mapped that huge pages back now; 0 unless loaded with
-        ``huge_pages=True`` on a system that has them."""
+        ``huge_pages=True`` on a system that has them. Reads /proc/self/smaps (milliseconds)."""
         self.ptr
         return hugepages.huge_bytes(self._huge_ranges) if self._huge_ranges else 0
 

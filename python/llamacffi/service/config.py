@@ -87,21 +87,22 @@ NUMA = ("disabled", "distribute", "isolate", "numactl", "mirror")
 
 @dataclasses.dataclass(frozen=True)
 class LlamaCppSpecificConfig(_Config):
-    """llama.cpp-only settings: memory mapping, page locking, huge pages for the weights (with ``use_mmap=False``,
-    Linux; faster tokens), NUMA strategy (applied once per process)."""
+    """llama.cpp-only settings: memory mapping (None: unless ``huge_pages``), page locking, huge pages for the
+    weights (Linux; faster tokens, see ``Model.load``), NUMA strategy (applied once per process)."""
 
-    use_mmap: bool = True
+    use_mmap: bool | None = None
     use_mlock: bool = False
     huge_pages: bool = False
     numa_strategy: str | None = None
 
     def __post_init__(self) -> None:
-        self._bool("use_mmap")
+        if self.use_mmap is not None and not isinstance(self.use_mmap, bool):
+            raise _fail(type(self), "use_mmap", "must be None or a bool", self.use_mmap)
         self._bool("use_mlock")
         self._bool("huge_pages")
         if self.huge_pages and self.use_mmap:
-            raise _fail(type(self), "huge_pages", "needs use_mmap=False (huge pages back memory the weights are read "
-                        "into, not a mapped file)", self.huge_pages)
+            raise _fail(type(self), "huge_pages", "does not go with use_mmap=True (huge pages back memory the weights "
+                        "are read into, not a mapped file)", self.huge_pages)
         if self.numa_strategy is not None and (not isinstance(self.numa_strategy, str)
                                                or self.numa_strategy.lower() not in NUMA):
             raise _fail(type(self), "numa_strategy", f"must be None or one of {', '.join(NUMA)}", self.numa_strategy)
