@@ -122,10 +122,11 @@ class Model:
         gguf.check(p, bool(vocab_only))
         if not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
             raise InvalidArgumentError(f"n_gpu_layers must be an int >= -1, got {n_gpu_layers!r}")
-        for name, flag in (("use_mmap", use_mmap), ("use_mlock", use_mlock), ("vocab_only", vocab_only),
-                           ("huge_pages", huge_pages)):
-            if not isinstance(flag, bool) and not (name == "use_mmap" and flag is None):
+        for name, flag in (("use_mlock", use_mlock), ("vocab_only", vocab_only), ("huge_pages", huge_pages)):
+            if not isinstance(flag, bool):
                 raise InvalidArgumentError(f"{name} must be a bool, got {flag!r}")
+        if use_mmap is not None and not isinstance(use_mmap, bool):
+            raise InvalidArgumentError(f"use_mmap must be None or a bool, got {use_mmap!r}")
         if use_mmap is None:
             use_mmap = not huge_pages
         elif huge_pages and use_mmap:
