@@ -1,4 +1,4 @@
-"""The ``llamacffi`` command: generate, chat, models, info, bench.
+"""The ``llamacffi`` command: generate, chat, models, info, bench, serve.
 
 Errors print one line and exit non-zero; Ctrl-C exits with 130.
 """
@@ -73,7 +73,27 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(b)
     b.add_argument("-p", "--n-prompt", type=_positive, default=128)
     b.add_argument("-g", "--n-gen", type=_positive, default=32)
+    s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (needs llamacffi[server])")
+    _serve_arguments(s)
     return ap
+
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    try:
+        from .server.main import add_arguments
+    except ImportError:  # without the server extra: the command explains what to install
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        return
+    add_arguments(p)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server.main import run
+    except ImportError as exc:
+        raise ImportError(f"llamacffi serve needs the server extra ({exc.name} is missing): "
+                          f"pip install 'llamacffi[server]'") from None
+    return run(args)
 
 
 def _service_model(args: argparse.Namespace, parallel: int = 1):  # type: ignore[no-untyped-def]
@@ -243,7 +263,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "models": cmd_models, "info": cmd_info,
-            "bench": cmd_bench}
+            "bench": cmd_bench, "serve": cmd_serve}
 
 
 def _warn(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:

@@ -176,7 +176,8 @@ class ModelConfig(_Config):
 @dataclasses.dataclass(frozen=True)
 class GenerationOptions(_Config):
     """One request's options. ``temperature=0`` is greedy. ``raw=True`` completes the prompt text as is; otherwise
-    ``system`` and the prompt go through the model's chat template."""
+    ``system`` and the prompt go through the model's chat template. ``logit_bias``: ``{token_id: bias}`` added to
+    the logits before sampling (``-100`` all but bans a token, ``100`` all but forces it)."""
 
     max_tokens: int = 256
     temperature: float = 0.8
@@ -191,6 +192,7 @@ class GenerationOptions(_Config):
     stop_sequences: tuple[str, ...] = ()
     system: str | None = None
     raw: bool = False
+    logit_bias: dict[int, float] | None = None
 
     def __post_init__(self) -> None:
         self._int("max_tokens", 1, 1 << 20)
@@ -210,6 +212,24 @@ class GenerationOptions(_Config):
         if self.system is not None and not isinstance(self.system, str):
             raise _fail(type(self), "system", "must be a str or None", self.system)
         self._bool("raw")
+        if self.logit_bias is not None:
+            object.__setattr__(self, "logit_bias", _bias(self.logit_bias))
+
+
+def _bias(value: Any) -> dict[int, float]:
+    """``{token_id: bias}`` with int ids >= 0 (decimal strings too, as JSON keys are) and biases in [-100, 100]."""
+    if not isinstance(value, dict):
+        raise _fail(GenerationOptions, "logit_bias", "must be a dict of token id to bias", value)
+    out: dict[int, float] = {}
+    for key, bias in value.items():
+        token = int(key) if isinstance(key, str) and key.isdecimal() and len(key) < 10 else key
+        if not isinstance(token, int) or isinstance(token, bool) or not 0 <= token < 1 << 31:
+            raise _fail(GenerationOptions, "logit_bias", "keys must be token ids (ints >= 0)", key)
+        if not isinstance(bias, (int, float)) or isinstance(bias, bool) or not -100.0 <= bias <= 100.0:
+            raise _fail(GenerationOptions, "logit_bias", f"the bias of token {token} must be a number in "
+                        "[-100, 100]", bias)
+        out[token] = float(bias)
+    return out
 
 
 _NESTED: dict[tuple[str, str], type[_Config]] = {("LocalBackendConfig", "llama_cpp"): LlamaCppSpecificConfig}

@@ -22,8 +22,9 @@ from ..raw import lib
 from ..sampling import Sampler
 from ..vocab import StreamDecoder
 from .config import GenerationOptions, ModelConfig
-from .errors import GenerationError, ModelClosedError, QueueFullError
 from . import runner
+from .errors import GenerationError, ModelClosedError, QueueFullError
+from .events import Chunk, TokenLogprob
 from .stops import StopMatcher
 
 END = object()  # the last item a request's sink receives
@@ -32,13 +33,20 @@ Sink = Callable[[Any], None]
 
 
 class Request:
-    """One generation: its prompt tokens, options and where its text goes."""
+    """One generation: its prompt tokens, options and where its text goes.
+
+    ``logprobs``: None, or how many most likely alternatives each token reports; the sink then receives
+    :class:`Chunk` items instead of plain text. ``after``: a request sharing this one's prompt (another choice of
+    the same completion); this one waits until that one's prompt is in memory and starts from a copy of it. When the
+    request ends, ``finish_reason``, ``n_reused`` and ``n_generated`` say how and with what."""
 
     __slots__ = ("prompt", "options", "sink", "cancelled", "finished", "n_generated", "decoder", "stops", "sampler",
-                 "history", "n_history", "greedy")
+                 "history", "n_history", "greedy", "logprobs", "entries", "after", "prompt_done", "finish_reason",
+                 "n_reused")
 
     def __init__(self, prompt: npt.NDArray[np.int32], options: GenerationOptions, sink: Sink,
-                 decoder: StreamDecoder, context_size: int) -> None:
+                 decoder: StreamDecoder, context_size: int, *, logprobs: int | None = None,
+                 after: Request | None = None) -> None:
         self.prompt = prompt
         self.options = options
         self.sink = sink
@@ -49,11 +57,19 @@ class Request:
         self.stops = StopMatcher(options.stop_sequences)
         penalties = (options.repeat_penalty != 1.0 or options.frequency_penalty != 0.0
                      or options.presence_penalty != 0.0)
-        self.greedy = options.temperature == 0.0 and not penalties
+        bias = options.logit_bias or None
+        self.greedy = options.temperature == 0.0 and not penalties and bias is None
         self.sampler = None if self.greedy else Sampler(
             temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, min_p=options.min_p,
             repeat_penalty=options.repeat_penalty, frequency_penalty=options.frequency_penalty,
-            presence_penalty=options.presence_penalty, penalty_last_n=options.penalty_last_n, seed=options.seed)
+            presence_penalty=options.presence_penalty, penalty_last_n=options.penalty_last_n, logit_bias=bias,
+            seed=options.seed)
+        self.logprobs = logprobs
+        self.entries: list[TokenLogprob] = []  # log-probabilities of tokens whose text is not sent yet
+        self.after = after
+        self.prompt_done = False  # all of its prompt but the last token is in memory
+        self.finish_reason: str | None = None
+        self.n_reused = 0
         # Penalties look at prompt + output, which the context bounds; kept in one preallocated array.
         size = min(len(prompt) + options.max_tokens, context_size)
         self.history = np.empty(size, dtype=np.int32) if penalties else None
@@ -70,6 +86,29 @@ def _emit(req: Request, item: Any) -> None:
         req.sink(item)
     except Exception:
         req.cancelled = True
+
+
+def _send(req: Request, text: str) -> None:
+    """Hand text to a request's consumer, with the log-probabilities of the tokens it came from when asked for."""
+    if req.logprobs is None:
+        if text:
+            _emit(req, text)
+    elif text or req.entries:
+        entries, req.entries = tuple(req.entries), []
+        _emit(req, Chunk(text, entries))
+
+
+def _token_logprob(logits: npt.NDArray[np.float32], token: int, top: int) -> TokenLogprob:
+    """The log-softmax of a logits row at ``token``, and its ``top`` highest entries."""
+    row = logits.astype(np.float64)
+    peak = row.max()
+    norm = peak + np.log(np.exp(row - peak).sum())
+    best: tuple[tuple[int, float], ...] = ()
+    if top > 0:
+        ids = np.argpartition(row, -top)[-top:]
+        ids = ids[np.argsort(-row[ids], kind="stable")]
+        best = tuple((int(i), float(row[i] - norm)) for i in ids)
+    return TokenLogprob(token, float(row[token] - norm), best)
 
 
 def _common_prefix(a: npt.NDArray[np.int32], b: npt.NDArray[np.int32]) -> int:
@@ -142,6 +181,11 @@ class Engine:
                 pass
             self._runner.wake()
 
+    def load(self) -> tuple[int, int]:
+        """``(busy slots, waiting requests)``."""
+        with self._cond:
+            return sum(1 for s in self._slots if s.request is not None), len(self._queue)
+
     def close(self) -> None:
         with self._cond:
             if self.closed:
@@ -209,30 +253,41 @@ class Engine:
             _emit(r, ModelClosedError("the model was closed before the request finished"))
 
     def _admit(self) -> None:
-        while self._queue:
-            free = [s for s in self._slots if s.request is None]
-            if not free:
-                return
+        """Waiting requests take free slots in order; one whose sibling's prompt is not in memory yet waits."""
+        free = [s for s in self._slots if s.request is None]
+        held: list[Request] = []
+        while self._queue and free:
             req = self._queue.popleft()
             if req.cancelled:
                 continue
-            best, keep = self._place(req.prompt, free)
+            lead = req.after
+            if lead is not None and not (lead.prompt_done or lead.finished or lead.cancelled):
+                held.append(req)
+                continue
+            best, keep = self._place(req, free)
+            free.remove(best)
             best.pending = req.prompt[keep:]
             best.request = req
             best.next_token = -1
+            req.n_reused = keep
+            req.prompt_done = len(best.pending) <= 1
             self.stats["prompt_tokens_reused"] += keep
             self.stats["prompt_tokens_decoded"] += len(best.pending)
+        self._queue.extendleft(reversed(held))
 
-    def _place(self, prompt: npt.NDArray[np.int32], free: list[_Slot]) -> tuple[_Slot, int]:
+    def _place(self, req: Request, free: list[_Slot]) -> tuple[_Slot, int]:
         """Choose the slot for a new request and trim its memory to what the prompt shares; returns the slot and
         how many of its tokens stay.
 
         llama.cpp decodes the whole range of KV streams between the lowest and the highest sequence in a batch, so
         the slot that widens the range of the busy ones least wins (an empty stream inside the range costs about as
         much as a token). When another free slot shares a longer prefix, its memory is copied over first (a
-        whole-stream copy, far cheaper than decoding the prefix again)."""
+        whole-stream copy, far cheaper than decoding the prefix again); so is a sibling's (``req.after``), busy or
+        not, whatever the length of the prompt they share."""
+        prompt = req.prompt
         busy = [s.seq_id for s in self._slots if s.request is not None]
-        lcps = {s.seq_id: _common_prefix(s.cached[:s.n_cached], prompt) for s in free}
+        lead = [s for s in self._slots if s.request is not None and s.request is req.after]
+        lcps = {s.seq_id: _common_prefix(s.cached[:s.n_cached], prompt) for s in free + lead}
 
         def worth(s: _Slot) -> int:
             # A few shared tokens (BOS, a template's header) do not justify evicting a long cached prompt: such a
@@ -248,8 +303,8 @@ class Engine:
         self._tick += 1
         target.used = self._tick
         mem = self.ctx.memory
-        donor = max(free, key=lambda s: (lcps[s.seq_id], -s.seq_id))
-        if lcps[donor.seq_id] >= lcps[target.seq_id] + COPY_MIN_TOKENS:
+        donor = max(free + lead, key=lambda s: (lcps[s.seq_id], s in lead, -s.seq_id))
+        if lcps[donor.seq_id] >= lcps[target.seq_id] + (1 if donor in lead else COPY_MIN_TOKENS):
             mem.seq_rm(target.seq_id, -1, -1)
             mem.seq_cp(donor.seq_id, target.seq_id, -1, -1)
             target.cached[:donor.n_cached] = donor.cached[:donor.n_cached]
@@ -304,6 +359,8 @@ class Engine:
             else:
                 slot.cached[slot.n_cached:slot.n_cached + n] = slot.pending[:n]
                 slot.pending = slot.pending[n:]
+                if len(slot.pending) <= 1 and slot.request is not None:
+                    slot.request.prompt_done = True  # a sibling may copy it now
             slot.n_cached += n
         for slot, _ in added:
             if slot.logit_index >= 0 and slot.request is not None:
@@ -344,6 +401,7 @@ class Engine:
             hist = req.history[:req.n_history] if req.history is not None else None
             token = req.sampler.sample(logits, hist)
         if lib.llama_vocab_is_eog(self._vocab_ptr, token):
+            req.finish_reason = "stop"
             self._finish(slot, req)
             return
         req.n_generated += 1
@@ -351,19 +409,22 @@ class Engine:
         if req.history is not None:
             req.history[req.n_history] = token
             req.n_history += 1
-        text = req.stops.feed(req.decoder.feed(token))
-        if text:
-            _emit(req, text)
-        if req.stops.stopped or req.n_generated >= req.options.max_tokens or slot.n_cached + 1 >= self.n_ctx_seq:
-            self._finish(slot, req)
+        if req.logprobs is not None:
+            req.entries.append(_token_logprob(logits, token, req.logprobs))
+        _send(req, req.stops.feed(req.decoder.feed(token)))
+        if req.stops.stopped:
+            req.finish_reason = "stop"
+        elif req.n_generated >= req.options.max_tokens or slot.n_cached + 1 >= self.n_ctx_seq:
+            req.finish_reason = "length"
         else:
             slot.next_token = token
+            return
+        self._finish(slot, req)
 
     def _finish(self, slot: _Slot, req: Request) -> None:
         tail = req.stops.feed(req.decoder.flush())
         tail += req.stops.flush()
-        if tail:
-            _emit(req, tail)
+        _send(req, tail)
         with self._cond:
             self._release(slot)  # before END: a caller that submits again at once finds the slot free
         _emit(req, END)

@@ -26,7 +26,12 @@ class ModelLoadFailedError(InferenceError):
 
 
 class ContextOverflowError(InferenceError, builtins.ValueError):
-    """The prompt does not fit the context."""
+    """The prompt does not fit the context; ``prompt_tokens`` and ``context_size`` say by how much, where known."""
+
+    def __init__(self, message: str, *, prompt_tokens: int | None = None, context_size: int | None = None) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.context_size = context_size
 
 
 class ModelClosedError(InferenceError, builtins.RuntimeError):

@@ -8,15 +8,19 @@ import queue
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+import dataclasses
+from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from .. import backend, models
 from .. import Model as LlamaModel
 from ..raw import ffi, lib
 from .config import BackendType, GenerationOptions, LocalBackendConfig, ModelConfig, ModelType
+from ..vocab import as_tokens
 from .engine import END, Engine, Request
+from .events import Chunk, Finish
 from .. import errors as binding
 from .errors import (ContextOverflowError, InferenceError, InvalidConfigError, ModelClosedError,
                      ModelLoadFailedError, ModelNotFoundError, mapped)
@@ -79,7 +83,8 @@ class LlamaCppService(InferenceService):
                     found.append(model_id)
         return found + list(models.KNOWN)
 
-    def resolve(self, model_id: str) -> Path:
+    @staticmethod
+    def resolve(model_id: str) -> Path:
         """The file a model id names; :class:`ModelNotFoundError` says where it looked."""
         if not isinstance(model_id, str) or not model_id:
             raise InvalidConfigError("model_id must be a non-empty str")
@@ -240,8 +245,18 @@ class LlamaCppTextModel(TextToTextModel):
         return self._request_text(self.format_prompt(prompt, opts), opts, sink)
 
     def _request_text(self, text: str, options: GenerationOptions, sink: Any) -> Request:
+        return self._new_request(self.tokenize_prompt(text, options), options, sink)
+
+    def tokenize_prompt(self, prompt: str | Sequence[int] | npt.NDArray[np.integer[Any]],
+                        options: GenerationOptions) -> npt.NDArray[np.int32]:
+        """The tokens a request decodes: text tokenized (special tokens parsed unless ``raw``), or token ids
+        checked against the vocabulary. :class:`ContextOverflowError` when they do not fit a request's context,
+        unless ``truncate_prompt`` keeps their end."""
         with mapped():
-            tokens = self._vocab.tokenize(text, add_special=True, parse_special=not options.raw)
+            if isinstance(prompt, str):
+                tokens = self._vocab.tokenize(prompt, add_special=True, parse_special=not options.raw)
+            else:
+                tokens = as_tokens(prompt, self._vocab.n_tokens)
         limit = self.config.context_size - 1
         if len(tokens) == 0:
             tokens = np.array([self._vocab.bos if self._vocab.bos >= 0 else 0], dtype=np.int32)
@@ -249,10 +264,70 @@ class LlamaCppTextModel(TextToTextModel):
             if not self.config.truncate_prompt:
                 raise ContextOverflowError(
                     f"the prompt is {len(tokens)} tokens but the context holds {self.config.context_size} per request "
-                    f"(prompt + output); shorten it, raise ModelConfig.context_size, or set truncate_prompt=True")
+                    f"(prompt + output); shorten it, raise ModelConfig.context_size, or set truncate_prompt=True",
+                    prompt_tokens=len(tokens), context_size=self.config.context_size)
             tokens = tokens[-limit:]
+        return tokens
+
+    def _new_request(self, tokens: npt.NDArray[np.int32], options: GenerationOptions, sink: Any, *,
+                     logprobs: int | None = None, after: Request | None = None) -> Request:
+        bias = options.logit_bias
+        if bias and max(bias) >= self._vocab.n_tokens:
+            raise InvalidConfigError(f"GenerationOptions.logit_bias: token {max(bias)} is not in the vocabulary of "
+                                     f"{self._vocab.n_tokens} tokens")
         with mapped():
-            return Request(tokens, options, sink, self._vocab.stream(), self.config.context_size)
+            return Request(tokens, options, sink, self._vocab.stream(), self.config.context_size, logprobs=logprobs,
+                           after=after)
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """``(busy slots, waiting requests)`` now."""
+        return self._engine.load()
+
+    async def astream_choices(self, prompt: str | Sequence[int] | npt.NDArray[np.integer[Any]],
+                              options: GenerationOptions | None = None, *, n: int = 1, logprobs: int | None = None,
+                              ) -> AsyncIterator[tuple[int, Chunk | Finish]]:
+        """``n`` completions of one prompt, decoded together, the later ones starting from a copy of the first's
+        prompt memory: yields ``(choice index, Chunk)`` as text comes and ``(index, Finish)`` as each ends.
+
+        ``prompt`` is the text the model sees (no chat template is applied; see :meth:`format_chat`) or token ids.
+        With a ``seed``, choice ``i`` samples with ``seed + i``. ``logprobs``: None, or how many alternatives each
+        token reports (0..20). Closing the iterator or cancelling the task frees every slot."""
+        opts = self._options(options)
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128:
+            raise InvalidConfigError(f"n must be an int in 1..128 (got {n!r})")
+        if logprobs is not None and (not isinstance(logprobs, int) or isinstance(logprobs, bool)
+                                     or not 0 <= logprobs <= 20):
+            raise InvalidConfigError(f"logprobs must be None or an int in 0..20 (got {logprobs!r})")
+        tokens = self.tokenize_prompt(prompt, opts)
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        requests: list[Request] = []
+        for i in range(n):
+            seeded = opts if opts.seed is None or i == 0 else dataclasses.replace(opts, seed=(opts.seed + i) % 2**32)
+
+            def sink(item: Any, i: int = i) -> None:
+                loop.call_soon_threadsafe(items.put_nowait, (i, item))
+
+            requests.append(self._new_request(tokens, seeded, sink, logprobs=logprobs,
+                                              after=requests[0] if requests else None))
+        try:
+            for r in requests:
+                self._engine.submit(r)
+            running = n
+            while running:
+                i, item = await items.get()
+                if item is END:
+                    r = requests[i]
+                    running -= 1
+                    yield i, Finish(r.finish_reason or "stop", len(tokens), r.n_reused, r.n_generated)
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield i, item if isinstance(item, Chunk) else Chunk(item)
+        finally:
+            for r in requests:
+                self._engine.cancel(r)
 
     # ---- generation -------------------------------------------------------------------------------------------
 

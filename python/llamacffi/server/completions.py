@@ -1,0 +1,215 @@
+"""Running chat and text completions on a model: whole responses, or Server-Sent Events as OpenAI streams them."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+from ..service import LlamaCppTextModel
+from ..service.events import Chunk, Finish, TokenLogprob
+from . import shapes
+from .errors import from_service
+from .metrics import Metrics
+from .requests import Parsed
+
+Event = tuple[int, "Chunk | Finish"]
+
+
+@dataclasses.dataclass
+class Job:
+    """One completion request on one model: its prompts as tokens and what it has measured."""
+
+    name: str  # the model's served name
+    model: LlamaCppTextModel
+    parsed: Parsed
+    chat: bool
+    prompts: list[Any]  # token arrays, one per prompt
+    texts: list[str]  # the prompts as text, for echo
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+    first: float | None = None
+    usage: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def prepare(name: str, model: LlamaCppTextModel, parsed: Parsed, chat: bool) -> Job:
+    """Template, tokenize and bound a request before anything is queued (errors here are the client's)."""
+    opts = parsed.options
+    if chat:
+        texts = [model.format_chat(parsed.messages, opts)]
+        prompts = [model.tokenize_prompt(texts[0], opts)]
+    else:
+        prompts = [model.tokenize_prompt(p, opts) for p in parsed.prompts]
+        texts = [p if isinstance(p, str) else model.llama_model.vocab.detokenize(t) if parsed.echo else ""
+                 for p, t in zip(parsed.prompts, prompts)]
+    context = model.config.context_size
+    room = min(context - len(p) for p in prompts)  # tokenize_prompt leaves at least one position
+    wanted = parsed.max_tokens if parsed.max_tokens is not None else room
+    parsed.options = dataclasses.replace(opts, max_tokens=max(1, min(wanted, room)))
+    return Job(name, model, parsed, chat, prompts, texts)
+
+
+async def _events(job: Job) -> AsyncIterator[Event]:
+    """Every choice's events; with several prompts, each prompt's ``n`` choices run at once."""
+    p = job.parsed
+    streams = [job.model.astream_choices(tokens, p.options, n=p.n, logprobs=p.logprobs) for tokens in job.prompts]
+    if len(streams) == 1:
+        async for item in streams[0]:
+            yield item
+        return
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+
+    async def pump(k: int, stream: AsyncIterator[Event]) -> None:
+        try:
+            async for i, event in stream:
+                queue.put_nowait((k * p.n + i, event))
+        except BaseException as exc:  # handed to the reader, which raises it
+            queue.put_nowait((-1, exc))
+            raise
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    tasks = [asyncio.ensure_future(pump(k, s)) for k, s in enumerate(streams)]
+    try:
+        left = len(streams) * p.n
+        while left:
+            index, event = await queue.get()
+            if index < 0:
+                raise event
+            if isinstance(event, Finish):
+                left -= 1
+            yield index, event
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _Tally:
+    """Counts a job's tokens as its events pass, and feeds the metrics."""
+
+    def __init__(self, job: Job, metrics: Metrics) -> None:
+        self.job = job
+        self.metrics = metrics
+        self.completion = 0
+        self.cached = 0
+        self.last = 0.0
+
+    def chunk(self) -> None:
+        now = time.perf_counter()
+        if self.job.first is None:
+            self.job.first = now
+            self.metrics.ttft.labels(self.job.name).observe(now - self.job.started)
+        else:
+            self.metrics.inter_token.labels(self.job.name).observe(now - self.last)
+        self.last = now
+
+    def finish(self, index: int, fin: Finish) -> None:
+        self.completion += fin.completion_tokens
+        if index % self.job.parsed.n == 0:  # the first choice of each prompt says what the prompt reused
+            self.cached += fin.cached_tokens
+
+    def close(self) -> dict[str, Any]:
+        prompt = sum(len(t) for t in self.job.prompts)
+        m, name = self.metrics, self.job.name
+        m.prompt_tokens.labels(name).inc(prompt)
+        m.cached_tokens.labels(name).inc(self.cached)
+        m.generated_tokens.labels(name).inc(self.completion)
+        self.job.usage = shapes.usage(prompt, self.cached, self.completion)
+        return self.job.usage
+
+
+def _ids(job: Job) -> tuple[str, int, str]:
+    prefix = "chatcmpl-" if job.chat else "cmpl-"
+    return prefix + uuid.uuid4().hex, int(time.time()), "chat.completion" if job.chat else "text_completion"
+
+
+async def respond(job: Job, metrics: Metrics) -> dict[str, Any]:
+    """The whole response object."""
+    piece = job.model.llama_model.vocab.token_to_piece
+    total = len(job.prompts) * job.parsed.n
+    texts: list[list[str]] = [[] for _ in range(total)]
+    entries: list[list[TokenLogprob]] = [[] for _ in range(total)]
+    reasons = ["stop"] * total
+    tally = _Tally(job, metrics)
+    async for index, event in _events(job):
+        if isinstance(event, Chunk):
+            tally.chunk()
+            texts[index].append(event.text)
+            entries[index].extend(event.logprobs)
+        else:
+            reasons[index] = event.reason
+            tally.finish(index, event)
+    rid, created, kind = _ids(job)
+    choices = []
+    for i in range(total):
+        text = "".join(texts[i])
+        if job.chat:
+            logprobs = shapes.chat_logprobs(entries[i], piece) if job.parsed.logprobs is not None else None
+            choices.append({"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
+                            "logprobs": logprobs, "finish_reason": reasons[i]})
+        else:
+            echo = job.texts[i // job.parsed.n] if job.parsed.echo else ""
+            logprobs = (shapes.text_logprobs(entries[i], piece, len(echo))
+                        if job.parsed.logprobs is not None else None)
+            choices.append({"index": i, "text": echo + text, "logprobs": logprobs, "finish_reason": reasons[i]})
+    return {"id": rid, "object": kind, "created": created, "model": job.name, "system_fingerprint": _fingerprint(),
+            "choices": choices, "usage": tally.close()}
+
+
+async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
+    """The response as Server-Sent Events: a chunk per decoded piece, a last chunk per choice with its
+    ``finish_reason``, the usage when asked for, then ``[DONE]``. An error after the start is sent as an event."""
+    piece = job.model.llama_model.vocab.token_to_piece
+    rid, created, kind = _ids(job)
+    kind += ".chunk" if job.chat else ""
+    head = {"id": rid, "object": kind, "created": created, "model": job.name, "system_fingerprint": _fingerprint()}
+    if job.parsed.include_usage:
+        head["usage"] = None
+    p = job.parsed
+    tally = _Tally(job, metrics)
+    offsets = [0] * (len(job.prompts) * p.n)  # where each choice's next text starts, for text_offset
+
+    def chunk(index: int, text: str | None, logprobs: tuple[TokenLogprob, ...], reason: str | None,
+              first: bool = False) -> bytes:
+        lp: Any = None
+        if job.chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": text or ""} if first else (
+                {"content": text} if text is not None else {})
+            if logprobs and p.logprobs is not None:
+                lp = shapes.chat_logprobs(logprobs, piece)
+            choice = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": reason}
+        else:
+            if logprobs and p.logprobs is not None:
+                lp = shapes.text_logprobs(list(logprobs), piece, offsets[index])
+            choice = {"index": index, "text": text or "", "logprobs": lp, "finish_reason": reason}
+            offsets[index] += len(text or "")
+        return shapes.sse({**head, "choices": [choice]})
+
+    try:
+        for i in range(len(job.prompts) * p.n):
+            if job.chat:
+                yield chunk(i, None, (), None, first=True)
+            elif p.echo and job.texts[i // p.n]:
+                yield chunk(i, job.texts[i // p.n], (), None)
+        async for index, event in _events(job):
+            if isinstance(event, Chunk):
+                tally.chunk()
+                yield chunk(index, event.text, event.logprobs, None)
+            else:
+                tally.finish(index, event)
+                yield chunk(index, None, (), event.reason)
+        used = tally.close()
+        if p.include_usage:
+            yield shapes.sse({**head, "choices": [], "usage": used})
+        yield shapes.DONE
+    except Exception as exc:  # the status line is sent: the error goes in the stream
+        yield shapes.sse(from_service(exc).body())
+        yield shapes.DONE
+
+
+def _fingerprint() -> str:
+    from .. import __version__
+
+    return f"llamacffi-{__version__}"

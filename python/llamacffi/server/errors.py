@@ -1,0 +1,53 @@
+"""Errors of the HTTP API, in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..service.errors import (ContextOverflowError, InferenceError, InvalidConfigError, ModelClosedError,
+                              ModelNotFoundError, QueueFullError)
+
+
+class APIError(Exception):
+    """A request that fails with an HTTP status and an OpenAI error body."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",  # noqa: A002
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def json(self) -> bytes:
+        return json.dumps(self.body()).encode()
+
+
+def invalid(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    """400: the request is malformed or a value is out of range."""
+    return APIError(400, message, param=param, code=code)
+
+
+def from_service(exc: BaseException) -> APIError:
+    """The HTTP form of a service error; anything unexpected is a 500 that says only its class."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, ContextOverflowError):
+        return APIError(400, str(exc), param="messages", code="context_length_exceeded")
+    if isinstance(exc, QueueFullError):
+        return APIError(429, str(exc), type="rate_limit_exceeded", code="queue_full", headers={"Retry-After": "1"})
+    if isinstance(exc, ModelNotFoundError):
+        return APIError(404, str(exc), param="model", code="model_not_found")
+    if isinstance(exc, InvalidConfigError):
+        return APIError(400, str(exc))
+    if isinstance(exc, ModelClosedError):
+        return APIError(503, str(exc), type="server_error", code="unavailable")
+    if isinstance(exc, InferenceError):
+        return APIError(500, str(exc), type="server_error")
+    return APIError(500, f"internal error ({type(exc).__name__})", type="server_error")

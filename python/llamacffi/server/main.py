@@ -1,0 +1,121 @@
+"""``llamacffi serve``: the app on uvicorn, with loopback by default, graceful stop on SIGINT / SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import logging
+import os
+import sys
+from typing import Any, Iterator
+
+import uvicorn
+
+from .. import models
+from ..service import LlamaCppService, LlamaCppSpecificConfig, LocalBackendConfig, ModelConfig
+from ..service.errors import InvalidConfigError
+from .app import create_app
+
+log = logging.getLogger("llamacffi.server")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _served(args: argparse.Namespace) -> dict[str, str]:
+    """``{served name: model id}`` from ``-m`` and ``--alias`` (matched in order); ids are checked before binding."""
+    ids = args.model or [models.DEFAULT]
+    aliases = args.alias or []
+    if len(aliases) > len(ids):
+        raise InvalidConfigError(f"{len(aliases)} --alias for {len(ids)} -m: give at most one alias per model")
+    names = aliases + ids[len(aliases):]
+    if len(set(names)) != len(names):
+        raise InvalidConfigError(f"two models would be served under the same name: {', '.join(names)}")
+    for model_id in ids:
+        if model_id not in models.KNOWN:
+            LlamaCppService.resolve(model_id)  # only looks: known models are fetched while serving
+    return dict(zip(names, ids))
+
+
+class _Uvicorn(uvicorn.Server):
+    """Says where it listens once the socket is bound (the port may have been 0), and exits 0 after a stop by
+    SIGINT / SIGTERM instead of raising the signal again."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.servers:
+            host, port = self.servers[0].sockets[0].getsockname()[:2]
+            print(f"llamacffi serve: listening on http://{host}:{port}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT / SIGTERM; 0 after a clean stop, 1 when the models fail to load."""
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    served = _served(args)
+    api_key = args.api_key or os.environ.get("LLAMACFFI_API_KEY") or None
+    if not _loopback(args.host) and api_key is None:
+        log.warning("serving on %s, reachable from other machines, without --api-key: anyone who can reach it can "
+                    "use it", args.host)
+    backend = LocalBackendConfig(threads=args.threads, use_gpu=args.gpu_layers != 0, gpu_layers=args.gpu_layers,
+                                 llama_cpp=LlamaCppSpecificConfig(huge_pages=args.huge_pages))
+    config = ModelConfig(context_size=args.ctx_size, parallel=args.parallel, max_queue=args.max_queue,
+                         batch_size=max(512, args.parallel))
+    failed: list[BaseException] = []
+    server: _Uvicorn | None = None
+
+    def load_failed(exc: BaseException) -> None:
+        failed.append(exc)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(served, backend=backend, config=config, api_key=api_key, cors_origins=args.cors_origin,
+                     on_load_error=load_failed)
+    server = _Uvicorn(uvicorn.Config(app, host=args.host, port=args.port, access_log=False, log_level="warning",
+                                     timeout_graceful_shutdown=args.grace, lifespan="on"))
+    if failed:
+        server.should_exit = True
+    server.run()
+    if failed:
+        raise failed[0]
+    return 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", action="append", default=[],
+                   help="model id to serve (repeatable): a .gguf path, provider:user/repo:file under $MODELS_PATH, "
+                        f"or a known name ({', '.join(models.KNOWN)}); default {models.DEFAULT}")
+    p.add_argument("--alias", action="append", default=[],
+                   help="name to serve the corresponding -m under (repeatable, in the order of -m)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    p.add_argument("-np", "--parallel", type=int, default=4, help="requests decoded together per model (default 4)")
+    p.add_argument("-c", "--ctx-size", type=int, default=2048,
+                   help="context per request, prompt and output (default 2048)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all available)")
+    p.add_argument("-ngl", "--gpu-layers", type=int, default=-1,
+                   help="layers to offload to a GPU (default -1: all, when the build has a GPU backend)")
+    p.add_argument("--huge-pages", action="store_true", help="read the weights into huge pages (Linux)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every route but /health ($LLAMACFFI_API_KEY too)")
+    p.add_argument("--max-queue", type=int, default=256,
+                   help="requests that may wait for a slot per model before 429 (default 256)")
+    p.add_argument("--cors-origin", action="append", default=[], help="origin allowed by CORS (repeatable, or *)")
+    p.add_argument("--grace", type=float, default=10.0,
+                   help="seconds in-flight requests get to finish on SIGINT / SIGTERM (default 10)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

@@ -1,0 +1,254 @@
+"""The bodies of ``/v1/chat/completions`` and ``/v1/completions``, checked field by field into service options.
+
+Fields OpenAI defines and that change nothing here (``user``, ``metadata``, ``store``, ...) are accepted and ignored;
+fields that would change the output and are not implemented, and names OpenAI does not define, are refused with 400.
+Unset sampling fields take the service's defaults (those of llama.cpp's server), not OpenAI's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from ..service import GenerationOptions
+from .errors import APIError, invalid
+
+IGNORED = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
+                     "safety_identifier", "cache_prompt", "verbosity"})
+SAMPLING = frozenset({"model", "max_tokens", "temperature", "top_p", "stop", "seed", "presence_penalty",
+                      "frequency_penalty", "logit_bias", "n", "stream", "stream_options", "top_k", "min_p",
+                      "repeat_penalty"})
+CHAT_FIELDS = SAMPLING | {"messages", "max_completion_tokens", "logprobs", "top_logprobs", "response_format",
+                          "tools", "tool_choice", "functions", "function_call"}
+COMPLETION_FIELDS = SAMPLING | {"prompt", "echo", "logprobs", "suffix", "best_of"}
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+MAX_N = 16
+MAX_STOPS = 16
+
+
+@dataclasses.dataclass
+class Parsed:
+    """What a completion request asks for, ready for the service."""
+
+    model: str | None
+    options: GenerationOptions
+    max_tokens: int | None  # None: until the context is full
+    n: int
+    stream: bool
+    include_usage: bool
+    logprobs: int | None  # alternatives per token, None: no log-probabilities
+    messages: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    prompts: list[str | list[int]] = dataclasses.field(default_factory=list)
+    echo: bool = False
+
+
+def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not lo <= value <= hi:
+        raise invalid(f"{name} must be a number between {lo:g} and {hi:g}, got {value!r}", name,
+                      "invalid_value" if isinstance(value, (int, float)) and not isinstance(value, bool) else
+                      "invalid_type")
+    return float(value)
+
+
+def _integer(body: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid(f"{name} must be an integer, got {value!r}", name, "invalid_type")
+    if not lo <= value <= hi:
+        raise invalid(f"{name} must be between {lo} and {hi}, got {value}", name, "invalid_value")
+    return value
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise invalid(f"{name} must be a boolean, got {value!r}", name, "invalid_type")
+    return value
+
+
+def _check_fields(body: dict[str, Any], known: frozenset[str]) -> None:
+    for name in body:
+        if name not in known and name not in IGNORED:
+            raise invalid(f"Unrecognized request argument supplied: {name}", name, "unknown_parameter")
+
+
+def _stops(body: dict[str, Any]) -> tuple[str, ...]:
+    stop = body.get("stop")
+    if stop is None:
+        return ()
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops) or len(stops) > MAX_STOPS:
+        raise invalid(f"stop must be a string or a list of at most {MAX_STOPS} strings", "stop", "invalid_type")
+    return tuple(s for s in stops if s)
+
+
+def _bias(body: dict[str, Any]) -> dict[int, float] | None:
+    bias = body.get("logit_bias")
+    if bias is None:
+        return None
+    if not isinstance(bias, dict):
+        raise invalid("logit_bias must be an object of token ids to numbers", "logit_bias", "invalid_type")
+    out: dict[int, float] = {}
+    for key, value in bias.items():
+        if not (isinstance(key, str) and key.isdecimal() and len(key) < 10):
+            raise invalid(f"logit_bias keys must be token ids, got {key!r}", "logit_bias", "invalid_value")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+            raise invalid(f"logit_bias values must be numbers between -100 and 100, got {value!r}", "logit_bias",
+                          "invalid_value")
+        out[int(key)] = float(value)
+    return out or None
+
+
+def _seed(body: dict[str, Any]) -> int | None:
+    seed = _integer(body, "seed", -(1 << 63), (1 << 64) - 1)
+    return None if seed is None else seed % (1 << 32)
+
+
+def _options(body: dict[str, Any], raw: bool) -> GenerationOptions:
+    kwargs: dict[str, Any] = {"raw": raw}
+    for name, lo, hi in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0), ("min_p", 0.0, 1.0),
+                         ("presence_penalty", -2.0, 2.0), ("frequency_penalty", -2.0, 2.0),
+                         ("repeat_penalty", 0.0, 10.0)):
+        value = _number(body, name, lo, hi)
+        if value is not None:
+            kwargs[name] = value
+    if kwargs.get("top_p") == 0.0:
+        raise invalid("top_p must be greater than 0", "top_p", "invalid_value")
+    if kwargs.get("repeat_penalty") == 0.0:
+        raise invalid("repeat_penalty must be greater than 0", "repeat_penalty", "invalid_value")
+    top_k = _integer(body, "top_k", 0, 1 << 20)
+    if top_k is not None:
+        kwargs["top_k"] = top_k
+    kwargs["seed"] = _seed(body)
+    kwargs["stop_sequences"] = _stops(body)
+    kwargs["logit_bias"] = _bias(body)
+    return GenerationOptions(**kwargs)
+
+
+def _common(body: dict[str, Any], raw: bool, max_tokens_name: str = "max_tokens") -> Parsed:
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise invalid("model must be a string", "model", "invalid_type")
+    max_tokens = _integer(body, max_tokens_name, 1, 1 << 20)
+    n = _integer(body, "n", 1, MAX_N) or 1
+    stream = _flag(body, "stream")
+    options = body.get("stream_options")
+    include_usage = False
+    if options is not None:
+        if not stream:
+            raise invalid("stream_options is only allowed with stream: true", "stream_options")
+        if not isinstance(options, dict) or set(options) - {"include_usage", "include_obfuscation"}:
+            raise invalid("stream_options must be an object with include_usage", "stream_options", "invalid_type")
+        include_usage = _flag(options, "include_usage")
+    return Parsed(model, _options(body, raw), max_tokens, n, stream, include_usage, None)
+
+
+def _text(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for i, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise invalid(f"{where}[{i}]: only text content parts are supported (got {kind!r})", "messages",
+                              "unsupported_content")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise invalid(f"{where} must be a string or a list of text parts", "messages", "invalid_type")
+
+
+def parse_chat(body: dict[str, Any]) -> Parsed:
+    """A ``/v1/chat/completions`` body; :class:`APIError` (400) names the first bad field."""
+    _check_fields(body, CHAT_FIELDS)
+    if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
+        raise invalid("give max_tokens or max_completion_tokens, not both", "max_tokens")
+    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    parsed = _common(body, raw=False, max_tokens_name=name)
+    for field in ("tools", "functions"):
+        if body.get(field):
+            raise invalid(f"{field} is not supported by this server", field, "unsupported_parameter")
+    for field in ("tool_choice", "function_call"):
+        if body.get(field) not in (None, "none"):
+            raise invalid(f"{field} is not supported by this server", field, "unsupported_parameter")
+    fmt = body.get("response_format")
+    if fmt is not None:
+        if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
+            raise invalid("response_format must be an object with a type", "response_format", "invalid_type")
+        if fmt["type"] != "text":
+            raise invalid(f"response_format {fmt['type']!r} is not supported by this server", "response_format",
+                          "unsupported_parameter")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise invalid("messages must be a non-empty list", "messages",
+                      "missing_required_parameter" if messages is None else "invalid_type")
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise invalid(f"{where} must be an object", "messages", "invalid_type")
+        role = m.get("role")
+        if role not in ROLES:
+            raise invalid(f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}", "messages",
+                          "invalid_value")
+        content = m.get("content")
+        if content is None and role == "assistant":
+            content = ""
+        parsed.messages.append((ROLES[role], _text(content, f"{where}.content")))
+    logprobs = _flag(body, "logprobs")
+    top = _integer(body, "top_logprobs", 0, 20)
+    if top is not None and not logprobs:
+        raise invalid("top_logprobs needs logprobs: true", "top_logprobs")
+    parsed.logprobs = (top or 0) if logprobs else None
+    return parsed
+
+
+def _prompts(prompt: Any) -> list[str | list[int]]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return list(prompt)
+        if all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            return [list(prompt)]
+        if all(isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p)
+               for p in prompt):
+            return [list(p) for p in prompt]
+    raise invalid("prompt must be a string, a list of strings, a list of token ids or a list of such lists",
+                  "prompt", "invalid_type" if prompt is not None else "missing_required_parameter")
+
+
+def parse_completion(body: dict[str, Any]) -> Parsed:
+    """A ``/v1/completions`` body; :class:`APIError` (400) names the first bad field."""
+    _check_fields(body, COMPLETION_FIELDS)
+    parsed = _common(body, raw=True)
+    parsed.prompts = _prompts(body.get("prompt"))
+    if len(parsed.prompts) * parsed.n > MAX_N:
+        raise invalid(f"at most {MAX_N} choices per request (prompts x n)", "n", "invalid_value")
+    if body.get("suffix") is not None:
+        raise invalid("suffix is not supported by this server", "suffix", "unsupported_parameter")
+    best_of = _integer(body, "best_of", 1, MAX_N)
+    if best_of not in (None, parsed.n):
+        raise invalid("best_of is not supported by this server (it must equal n)", "best_of",
+                      "unsupported_parameter")
+    parsed.echo = _flag(body, "echo")
+    parsed.logprobs = _integer(body, "logprobs", 0, 5)
+    if parsed.echo and parsed.logprobs is not None:
+        raise invalid("echo with logprobs is not supported by this server (prompt log-probabilities are not "
+                      "computed)", "echo", "unsupported_parameter")
+    return parsed
+
+
+def error_for_body(body: Any) -> APIError | None:
+    """A 400 for a JSON body that is not an object."""
+    if not isinstance(body, dict):
+        return invalid(f"the request body must be a JSON object, not {type(body).__name__}", None, "invalid_type")
+    return None
