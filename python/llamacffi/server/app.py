@@ -142,14 +142,11 @@ async def _race(work: Awaitable[Any], receive: Receive) -> Any:
     watch = asyncio.ensure_future(_until_disconnect(receive))
     try:
         await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            return None
-        return task.result()
-    finally:
+        return task.result() if task.done() else None
+    finally:  # also when this is cancelled: neither task outlives it
         watch.cancel()
         task.cancel()
+        await asyncio.gather(task, watch, return_exceptions=True)
 
 
 class EventStream(Response):
@@ -157,7 +154,8 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[bytes]) -> None:
+    def __init__(self, events: AsyncIterator[bytes], cleanup: Callable[[], None]) -> None:
+        self.cleanup = cleanup
         self.status_code = 200
         self.background = None
         self.raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
@@ -178,6 +176,7 @@ class EventStream(Response):
             pass
         finally:
             await self.events.aclose()  # type: ignore[attr-defined]
+            self.cleanup()
 
 
 def _completion(chat: bool) -> Callable[[Request], Awaitable[Response]]:
@@ -191,12 +190,18 @@ def _completion(chat: bool) -> Callable[[Request], Awaitable[Response]]:
         except Exception as exc:
             raise from_service(exc) from None
         request.scope.setdefault("state", {})["job"] = job
+        try:
+            job.start()
+        except Exception as exc:
+            raise from_service(exc) from None
         if parsed.stream:
-            return EventStream(completions.stream(job, server.metrics))
+            return EventStream(completions.stream(job, server.metrics), job.cancel)
         try:
             result = await _race(completions.respond(job, server.metrics), request.receive)
         except Exception as exc:
             raise from_service(exc) from None
+        finally:
+            job.cancel()
         if result is None:  # the client is gone: nobody reads this
             return Response(status_code=499)
         return JSONResponse(result)

@@ -9,6 +9,7 @@ import uuid
 from typing import Any, AsyncIterator
 
 from ..service import LlamaCppTextModel
+from ..service.choices import Choices
 from ..service.events import Chunk, Finish, TokenLogprob
 from . import shapes
 from .errors import from_service
@@ -31,6 +32,23 @@ class Job:
     started: float = dataclasses.field(default_factory=time.perf_counter)
     first: float | None = None
     usage: dict[str, Any] = dataclasses.field(default_factory=dict)
+    choices: list[Choices] = dataclasses.field(default_factory=list)
+
+    def start(self) -> None:
+        """Queue every prompt's choices; a full queue raises here, before any response starts."""
+        p = self.parsed
+        try:
+            for tokens in self.prompts:
+                self.choices.append(self.model.start_choices(tokens, p.options, n=p.n, logprobs=p.logprobs))
+        except BaseException:
+            for c in self.choices:
+                c.cancel()
+            raise
+
+    def cancel(self) -> None:
+        """Free the slots of choices still running (the client is gone, or the response failed)."""
+        for c in self.choices:
+            c.cancel()
 
 
 def prepare(name: str, model: LlamaCppTextModel, parsed: Parsed, chat: bool) -> Job:
@@ -53,22 +71,20 @@ def prepare(name: str, model: LlamaCppTextModel, parsed: Parsed, chat: bool) -> 
 async def _events(job: Job) -> AsyncIterator[Event]:
     """Every choice's events; with several prompts, each prompt's ``n`` choices run at once."""
     p = job.parsed
-    streams = [job.model.astream_choices(tokens, p.options, n=p.n, logprobs=p.logprobs) for tokens in job.prompts]
+    streams = job.choices
     if len(streams) == 1:
         async for item in streams[0]:
             yield item
         return
     queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
 
-    async def pump(k: int, stream: AsyncIterator[Event]) -> None:
+    async def pump(k: int, stream: Choices) -> None:
         try:
             async for i, event in stream:
                 queue.put_nowait((k * p.n + i, event))
         except BaseException as exc:  # handed to the reader, which raises it
             queue.put_nowait((-1, exc))
             raise
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
 
     tasks = [asyncio.ensure_future(pump(k, s)) for k, s in enumerate(streams)]
     try:

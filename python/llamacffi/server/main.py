@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import ipaddress
 import logging
 import os
 import sys
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import uvicorn
 
@@ -45,8 +46,22 @@ def _served(args: argparse.Namespace) -> dict[str, str]:
 
 
 class _Uvicorn(uvicorn.Server):
-    """Says where it listens once the socket is bound (the port may have been 0), and exits 0 after a stop by
-    SIGINT / SIGTERM instead of raising the signal again."""
+    """Says where it listens once the socket is bound (the port may have been 0); on SIGINT / SIGTERM stops
+    accepting, gives in-flight requests ``grace`` seconds, then closes the models (what still runs ends with an
+    error the client receives) and exits 0 instead of raising the signal again."""
+
+    def __init__(self, config: uvicorn.Config, grace: float, close_models: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.grace = grace
+        self.close_models = close_models
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self.grace, lambda: loop.run_in_executor(None, self.close_models))
+        try:
+            await super().shutdown(sockets)
+        finally:
+            timer.cancel()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -74,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                     "use it", args.host)
     backend = LocalBackendConfig(threads=args.threads, use_gpu=args.gpu_layers != 0, gpu_layers=args.gpu_layers,
                                  llama_cpp=LlamaCppSpecificConfig(huge_pages=args.huge_pages))
-    config = ModelConfig(context_size=args.ctx_size, parallel=args.parallel, max_queue=args.max_queue,
+    model_config = ModelConfig(context_size=args.ctx_size, parallel=args.parallel, max_queue=args.max_queue,
                          batch_size=max(512, args.parallel))
     failed: list[BaseException] = []
     server: _Uvicorn | None = None
@@ -84,10 +99,11 @@ def run(args: argparse.Namespace) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(served, backend=backend, config=config, api_key=api_key, cors_origins=args.cors_origin,
+    app = create_app(served, backend=backend, config=model_config, api_key=api_key, cors_origins=args.cors_origin,
                      on_load_error=load_failed)
-    server = _Uvicorn(uvicorn.Config(app, host=args.host, port=args.port, access_log=False, log_level="warning",
-                                     timeout_graceful_shutdown=args.grace, lifespan="on"))
+    config = uvicorn.Config(app, host=args.host, port=args.port, access_log=False, log_level="warning",
+                            timeout_graceful_shutdown=args.grace + 30, lifespan="on")
+    server = _Uvicorn(config, args.grace, app.state.server.close)
     if failed:
         server.should_exit = True
     server.run()

@@ -20,7 +20,7 @@ from ..raw import ffi, lib
 from .config import BackendType, GenerationOptions, LocalBackendConfig, ModelConfig, ModelType
 from ..vocab import as_tokens
 from .engine import END, Engine, Request
-from .events import Chunk, Finish
+from .choices import Choices
 from .. import errors as binding
 from .errors import (ContextOverflowError, InferenceError, InvalidConfigError, ModelClosedError,
                      ModelLoadFailedError, ModelNotFoundError, mapped)
@@ -284,15 +284,14 @@ class LlamaCppTextModel(TextToTextModel):
         """``(busy slots, waiting requests)`` now."""
         return self._engine.load()
 
-    async def astream_choices(self, prompt: str | Sequence[int] | npt.NDArray[np.integer[Any]],
-                              options: GenerationOptions | None = None, *, n: int = 1, logprobs: int | None = None,
-                              ) -> AsyncIterator[tuple[int, Chunk | Finish]]:
-        """``n`` completions of one prompt, decoded together, the later ones starting from a copy of the first's
-        prompt memory: yields ``(choice index, Chunk)`` as text comes and ``(index, Finish)`` as each ends.
+    def start_choices(self, prompt: str | Sequence[int] | npt.NDArray[np.integer[Any]],
+                      options: GenerationOptions | None = None, *, n: int = 1, logprobs: int | None = None) -> Choices:
+        """Queue ``n`` completions of one prompt, decoded together, the later ones starting from a copy of the
+        first's prompt memory; iterate the result (in the running event loop) for their events.
 
         ``prompt`` is the text the model sees (no chat template is applied; see :meth:`format_chat`) or token ids.
         With a ``seed``, choice ``i`` samples with ``seed + i``. ``logprobs``: None, or how many alternatives each
-        token reports (0..20). Closing the iterator or cancelling the task frees every slot."""
+        token reports (0..20). Raises here, before anything runs, for a full queue or a prompt that does not fit."""
         opts = self._options(options)
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128:
             raise InvalidConfigError(f"n must be an int in 1..128 (got {n!r})")
@@ -311,23 +310,7 @@ class LlamaCppTextModel(TextToTextModel):
 
             requests.append(self._new_request(tokens, seeded, sink, logprobs=logprobs,
                                               after=requests[0] if requests else None))
-        try:
-            for r in requests:
-                self._engine.submit(r)
-            running = n
-            while running:
-                i, item = await items.get()
-                if item is END:
-                    r = requests[i]
-                    running -= 1
-                    yield i, Finish(r.finish_reason or "stop", len(tokens), r.n_reused, r.n_generated)
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield i, item if isinstance(item, Chunk) else Chunk(item)
-        finally:
-            for r in requests:
-                self._engine.cancel(r)
+        return Choices(self._engine, requests, items, len(tokens))
 
     # ---- generation -------------------------------------------------------------------------------------------
 

@@ -1,0 +1,375 @@
+"""``llamacffi serve`` in a subprocess on a loopback port, driven by the official ``openai`` client and raw HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+openai = pytest.importorskip("openai")
+
+from llamacffi.service import GenerationOptions, LlamaCppService, LocalBackendConfig, ModelConfig  # noqa: E402
+from server_process import ServeProcess  # noqa: E402
+
+from conftest import THREADS  # noqa: E402
+
+CTX = 512
+PARALLEL = 4
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+SMOL = "smollm2-135m"
+GEMMA = "gemma"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServeProcess]:
+    proc = ServeProcess(["-m", SMOL, "-m", "gemma3-270m", "--alias", SMOL, "--alias", GEMMA, "-np", str(PARALLEL),
+                         "-c", str(CTX), "-t", str(THREADS)])
+    yield proc
+    assert proc.stop() == 0, "".join(proc.log[-20:])
+
+
+@pytest.fixture(scope="module")
+def client(server: ServeProcess) -> Any:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def service_models() -> Iterator[dict[str, Any]]:
+    """The same models through the service, as the server loads them."""
+    with LlamaCppService(LocalBackendConfig(threads=THREADS)) as svc:
+        config = ModelConfig(context_size=CTX, parallel=PARALLEL)
+        yield {SMOL: svc.load_model(SMOL, config=config), GEMMA: svc.load_model("gemma3-270m", config=config)}
+
+
+def _metric(server: ServeProcess, name: str, model: str = SMOL) -> float:
+    text = httpx.get(server.url + "/metrics").text
+    for line in text.splitlines():
+        if line.startswith(f'{name}{{model="{model}"}}'):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+# ---- the openai client -------------------------------------------------------------------------------------------
+
+
+def test_models_list(client: Any) -> None:
+    assert [m.id for m in client.models.list().data] == [SMOL, GEMMA]
+    assert client.models.retrieve(GEMMA).id == GEMMA
+
+
+@pytest.mark.parametrize("name", [SMOL, GEMMA])
+def test_chat_greedy_equals_service(client: Any, service_models: dict[str, Any], name: str) -> None:
+    r = client.chat.completions.create(model=name, messages=QUESTION, temperature=0, max_tokens=24)
+    expected = service_models[name].generate(QUESTION[0]["content"], GenerationOptions(temperature=0,
+                                                                                         max_tokens=24))
+    assert r.choices[0].message.content == expected
+    assert r.choices[0].message.role == "assistant"
+    assert r.object == "chat.completion" and r.model == name
+
+
+def test_completion_greedy_equals_service(client: Any, service_models: dict[str, Any]) -> None:
+    r = client.completions.create(model=SMOL, prompt="Once upon a time", temperature=0, max_tokens=20)
+    expected = service_models[SMOL].generate("Once upon a time", GenerationOptions(temperature=0, max_tokens=20,
+                                                                                    raw=True))
+    assert r.choices[0].text == expected
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 20
+
+
+def test_stream_concatenates_to_the_whole(client: Any) -> None:
+    whole = client.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0, max_tokens=40)
+    stream = client.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0, max_tokens=40,
+                                            stream=True, stream_options={"include_usage": True})
+    parts, reasons, usage = [], [], None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            parts.append(c.delta.content or "")
+            if c.finish_reason:
+                reasons.append(c.finish_reason)
+    assert "".join(parts) == whole.choices[0].message.content
+    assert reasons == [whole.choices[0].finish_reason]
+    assert usage is not None and usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_completion_stream_and_echo(client: Any) -> None:
+    whole = client.completions.create(model=SMOL, prompt="The sky is", temperature=0, max_tokens=12, echo=True)
+    assert whole.choices[0].text.startswith("The sky is")
+    text = "".join(c.choices[0].text for c in client.completions.create(
+        model=SMOL, prompt="The sky is", temperature=0, max_tokens=12, echo=True, stream=True) if c.choices)
+    assert text == whole.choices[0].text
+
+
+def test_stop_and_length(client: Any) -> None:
+    free = client.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0, max_tokens=40)
+    text = free.choices[0].message.content
+    assert "Paris" in text
+    stopped = client.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0, max_tokens=40,
+                                             stop=["Paris"])
+    assert stopped.choices[0].message.content == text[:text.index("Paris")]
+    assert stopped.choices[0].finish_reason == "stop"
+    short = client.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0, max_tokens=3)
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 3
+
+
+def test_n_choices_with_a_seed_are_reproducible(client: Any) -> None:
+    def ask() -> list[str]:
+        r = client.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": "Tell me a story."}],
+                                           n=3, seed=42, temperature=1.0, max_tokens=24)
+        assert [c.index for c in r.choices] == [0, 1, 2]
+        return [c.message.content for c in r.choices]
+
+    first = ask()
+    assert ask() == first
+    assert len(set(first)) > 1  # each choice samples with its own seed
+
+
+def test_usage_counts_tokens(client: Any, service_models: dict[str, Any]) -> None:
+    model = service_models[SMOL]
+    r = client.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0, max_tokens=16)
+    opts = GenerationOptions(temperature=0)
+    prompt = model.tokenize_prompt(model.format_chat([("user", QUESTION[0]["content"])], opts), opts)
+    assert r.usage.prompt_tokens == len(prompt)
+    out = model.llama_model.vocab.tokenize(r.choices[0].message.content, add_special=False)
+    assert abs(r.usage.completion_tokens - len(out)) <= 1  # the end-of-generation token is not text
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_cached_tokens_on_a_repeated_prefix(client: Any) -> None:
+    long = [{"role": "system", "content": "You are a helpful assistant who answers in one short sentence. " * 4},
+            {"role": "user", "content": "Name a colour."}]
+    client.chat.completions.create(model=SMOL, messages=long, temperature=0, max_tokens=4)
+    r = client.chat.completions.create(model=SMOL, messages=long[:1] + [{"role": "user", "content": "Name a fruit."}],
+                                       temperature=0, max_tokens=4)
+    assert r.usage.prompt_tokens_details.cached_tokens > 40
+
+
+def test_logprobs_match_the_chosen_tokens(client: Any, service_models: dict[str, Any]) -> None:
+    r = client.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0, max_tokens=12, logprobs=True,
+                                       top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    assert "".join(bytes(t.bytes).decode() for t in content) == r.choices[0].message.content
+    for t in content:
+        assert t.logprob <= 0 and len(t.top_logprobs) == 3
+        assert t.top_logprobs[0].token == t.token  # greedy: the chosen token is the most likely one
+        assert t.top_logprobs[0].logprob == pytest.approx(t.logprob)
+        assert t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob >= t.top_logprobs[2].logprob
+    streamed = client.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0, max_tokens=12,
+                                              logprobs=True, stream=True)
+    tokens = [t.token for c in streamed for ch in c.choices if ch.logprobs for t in ch.logprobs.content]
+    assert tokens == [t.token for t in content]
+
+
+def test_concurrent_async_requests_equal_sequential(client: Any, server: ServeProcess) -> None:
+    prompts = [f"Write one sentence about the number {i}." for i in range(32)]
+    sequential = {}
+    for p in prompts[:8]:
+        sequential[p] = client.chat.completions.create(
+            model=SMOL, messages=[{"role": "user", "content": p}], temperature=0, max_tokens=16).choices[0]
+    aclient = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+
+    async def ask(p: str) -> Any:
+        r = await aclient.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": p}],
+                                                  temperature=0, max_tokens=16)
+        return r.choices[0]
+
+    async def everyone() -> list[Any]:
+        try:
+            return list(await asyncio.gather(*(ask(p) for p in prompts)))
+        finally:
+            await aclient.close()
+
+    results = asyncio.run(everyone())
+    for p, r in zip(prompts, results):
+        assert r.message.content
+        if p in sequential:
+            assert r.message.content == sequential[p].message.content
+    for p in prompts[8:12]:  # and the other way round, after the concurrent run
+        alone = client.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": p}],
+                                               temperature=0, max_tokens=16).choices[0]
+        assert alone.message.content == results[prompts.index(p)].message.content
+
+
+# ---- raw HTTP ----------------------------------------------------------------------------------------------------
+
+
+def _post(server: ServeProcess, path: str, body: Any, **kw: Any) -> httpx.Response:
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    headers = {"content-type": "application/json", **kw.pop("headers", {})}
+    return httpx.post(server.url + path, content=data, headers=headers, **{"timeout": 60, **kw})
+
+
+def _error(r: httpx.Response, status: int, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if code is not None:
+        assert err["code"] == code
+    if param is not None:
+        assert err["param"] == param
+    return err  # type: ignore[no-any-return]
+
+
+CHAT = {"model": SMOL, "messages": QUESTION, "max_tokens": 4}
+
+
+@pytest.mark.parametrize("body, param", [
+    ({**CHAT, "temperature": "hot"}, "temperature"),
+    ({**CHAT, "temperature": 3}, "temperature"),
+    ({**CHAT, "max_tokens": 0}, "max_tokens"),
+    ({**CHAT, "n": 0}, "n"),
+    ({**CHAT, "top_p": 0}, "top_p"),
+    ({**CHAT, "top_logprobs": 3}, "top_logprobs"),
+    ({**CHAT, "logit_bias": {"x": 1}}, "logit_bias"),
+    ({**CHAT, "logit_bias": {"1": 1000}}, "logit_bias"),
+    ({**CHAT, "stop": 5}, "stop"),
+    ({**CHAT, "seed": 1.5}, "seed"),
+    ({**CHAT, "messages": []}, "messages"),
+    ({**CHAT, "messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
+    ({**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages"),
+    ({**CHAT, "messages": "hello"}, "messages"),
+    ({**CHAT, "frobnicate": True}, "frobnicate"),
+    ({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({**CHAT, "stream_options": {"include_usage": True}}, "stream_options"),
+    ({"model": SMOL, "prompt": "x", "suffix": "y"}, "suffix"),
+    ({"model": SMOL, "prompt": 5}, "prompt"),
+    ({"model": SMOL, "prompt": [1, 2, 10 ** 8]}, None),
+])
+def test_bad_requests_are_400(server: ServeProcess, body: dict[str, Any], param: str | None) -> None:
+    path = "/v1/completions" if "prompt" in body else "/v1/chat/completions"
+    _error(_post(server, path, body), 400, param=param)
+
+
+def test_malformed_bodies_are_400(server: ServeProcess) -> None:
+    _error(_post(server, "/v1/chat/completions", b"{not json"), 400, "invalid_json")
+    _error(_post(server, "/v1/chat/completions", b"[1, 2]"), 400, "invalid_type")
+    _error(_post(server, "/v1/chat/completions", b"\xff\xfe"), 400)
+    _error(_post(server, "/v1/chat/completions", "[" * 100000), 400)
+
+
+def test_prompt_beyond_the_context(server: ServeProcess) -> None:
+    body = {**CHAT, "messages": [{"role": "user", "content": "lorem ipsum " * 2000}]}
+    err = _error(_post(server, "/v1/chat/completions", body), 400, "context_length_exceeded")
+    assert str(CTX) in err["message"]
+
+
+def test_unknown_model_and_path_are_404(server: ServeProcess) -> None:
+    _error(_post(server, "/v1/chat/completions", {**CHAT, "model": "nope"}), 404, "model_not_found", "model")
+    _error(httpx.get(server.url + "/v1/nothing"), 404)
+    _error(httpx.get(server.url + "/v1/models/nope"), 404, "model_not_found")
+    _error(httpx.get(server.url + "/v1/chat/completions"), 405)
+
+
+def test_body_over_the_limit_is_413(server: ServeProcess) -> None:
+    _error(_post(server, "/v1/chat/completions", b"x" * (9 << 20)), 413)
+
+
+def test_health_and_metrics(server: ServeProcess) -> None:
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+    text = httpx.get(server.url + "/metrics").text
+    for name in ("llamacffi_requests_total", "llamacffi_prompt_tokens_total", "llamacffi_cached_tokens_total",
+                 "llamacffi_generated_tokens_total", "llamacffi_queue_depth", "llamacffi_busy_slots",
+                 "llamacffi_time_to_first_token_seconds_bucket", "llamacffi_inter_token_seconds_bucket"):
+        assert name in text
+    assert 'llamacffi_requests_total{route="/v1/chat/completions",status="400"}' in text
+
+
+def test_a_dropped_stream_frees_its_slot(server: ServeProcess) -> None:
+    body = {**CHAT, "max_tokens": 400, "stream": True, "temperature": 0,
+            "messages": [{"role": "user", "content": "Count from one to one thousand in words."}]}
+    generated = _metric(server, "llamacffi_generated_tokens_total")
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
+        chunks = 0
+        for line in r.iter_lines():
+            chunks += line.startswith("data: ")
+            if chunks >= 5:
+                break  # leaving the block closes the connection mid-stream
+    deadline = time.monotonic() + 10
+    while _metric(server, "llamacffi_busy_slots") != 0:
+        assert time.monotonic() < deadline, "the dropped stream still holds its slot"
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    r2 = _post(server, "/v1/chat/completions", {**CHAT, "max_tokens": 2})
+    assert r2.status_code == 200 and time.monotonic() - t0 < 10
+    # its tokens were counted as generated only up to the drop
+    assert _metric(server, "llamacffi_generated_tokens_total") - generated < 400
+
+
+def test_a_dropped_request_while_queued_or_waiting_is_cancelled(server: ServeProcess) -> None:
+    body = {**CHAT, "max_tokens": 400, "temperature": 0,
+            "messages": [{"role": "user", "content": "Count from one to one thousand in words."}]}
+    with pytest.raises(httpx.ReadTimeout):
+        _post(server, "/v1/chat/completions", body, timeout=httpx.Timeout(60, read=0.5))
+    deadline = time.monotonic() + 10
+    while _metric(server, "llamacffi_busy_slots") != 0:
+        assert time.monotonic() < deadline, "the abandoned request still holds its slot"
+        time.sleep(0.05)
+
+
+# ---- a server with a key, one slot and no queue -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def guarded() -> Iterator[ServeProcess]:
+    proc = ServeProcess(["-m", SMOL, "--api-key", "s3cret", "-np", "1", "--max-queue", "0", "-c", str(CTX),
+                         "-t", str(THREADS)])
+    yield proc
+    assert proc.stop() == 0
+
+
+def test_api_key(guarded: ServeProcess) -> None:
+    _error(_post(guarded, "/v1/chat/completions", CHAT), 401, "invalid_api_key")
+    _error(_post(guarded, "/v1/chat/completions", CHAT, headers={"authorization": "Bearer wrong"}), 401)
+    _error(httpx.get(guarded.url + "/v1/models"), 401)
+    assert httpx.get(guarded.url + "/health").status_code == 200
+    ok = openai.OpenAI(base_url=guarded.url + "/v1", api_key="s3cret", max_retries=0)
+    assert ok.chat.completions.create(model=SMOL, messages=QUESTION, max_tokens=2).choices
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=guarded.url + "/v1", api_key="nope", max_retries=0).models.list()
+
+
+def test_a_full_queue_is_429(guarded: ServeProcess) -> None:
+    headers = {"authorization": "Bearer s3cret"}
+    body = {**CHAT, "max_tokens": 200, "stream": True,
+            "messages": [{"role": "user", "content": "Count from one to one thousand in words."}]}
+    with httpx.stream("POST", guarded.url + "/v1/chat/completions", json=body, headers=headers, timeout=60) as r:
+        next(r.iter_lines())  # the only slot is busy now
+        refused = _post(guarded, "/v1/chat/completions", CHAT, headers=headers)
+        _error(refused, 429, "queue_full")
+        assert refused.headers["retry-after"] == "1"
+
+
+def test_sigterm_during_streams_exits_cleanly() -> None:
+    proc = ServeProcess(["-m", SMOL, "-np", "2", "-c", str(CTX), "-t", str(THREADS), "--grace", "1"])
+    body = {"model": SMOL, "max_tokens": 2000, "stream": True, "temperature": 0,
+            "messages": [{"role": "user", "content": "Count from one to one thousand in words."}]}
+    received: list[int] = []
+
+    def read() -> None:
+        try:
+            with httpx.stream("POST", proc.url + "/v1/chat/completions", json=body, timeout=60) as r:
+                for _ in r.iter_lines():
+                    received.append(1)
+        except httpx.HTTPError:
+            pass
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for t in readers:
+        t.start()
+    deadline = time.monotonic() + 60
+    while len(received) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(received) >= 10
+    t0 = time.monotonic()
+    assert proc.stop(timeout=60) == 0, "".join(proc.log[-20:])
+    assert time.monotonic() - t0 < 30
+    for t in readers:
+        t.join(30)
+        assert not t.is_alive()
+    assert not any("Traceback" in line for line in proc.log), "".join(proc.log)
