@@ -327,9 +327,9 @@ def create_app(models: Mapping[str, str | LlamaCppTextModel] | Sequence[str], *,
         Route("/v1/chat/completions", _completion(chat=True), methods=["POST"]),
         Route("/v1/completions", _completion(chat=False), methods=["POST"]),
     ]
-    middleware = [Middleware(CORSMiddleware, allow_origins=list(cors_origins),  # type: ignore[arg-type]
+    middleware = [Middleware(CORSMiddleware, allow_origins=list(cors_origins),
                              allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"])] if cors_origins else []
-    middleware.append(Middleware(_Gate, api_key=api_key, metrics=lambda: server.metrics))  # type: ignore[arg-type]
+    middleware.append(Middleware(_Gate, api_key=api_key, metrics=lambda: server.metrics))
 
     async def internal_error(request: Request, exc: Exception) -> Response:
         log.exception("internal error on %s %s", request.method, request.url.path, exc_info=exc)

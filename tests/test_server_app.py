@@ -1,0 +1,80 @@
+"""The server's ASGI app in this process: mounted in another app, CORS, bad requests beside a running stream."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+from typing import Any, Iterator
+
+import pytest
+
+pytest.importorskip("starlette")
+
+from starlette.applications import Starlette  # noqa: E402
+from starlette.routing import Mount  # noqa: E402
+from starlette.testclient import TestClient  # noqa: E402
+
+from llamacffi.server import create_app  # noqa: E402
+from llamacffi.server.main import _loopback  # noqa: E402
+from llamacffi.service import GenerationOptions, LlamaCppService, LocalBackendConfig, ModelConfig  # noqa: E402
+
+from conftest import THREADS  # noqa: E402
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def loaded() -> Iterator[Any]:
+    with LlamaCppService(LocalBackendConfig(threads=THREADS)) as svc:
+        yield svc.load_model("smollm2-135m", config=ModelConfig(context_size=512, parallel=4))
+
+
+def test_mounted_in_another_app(loaded: Any) -> None:
+    app = create_app({"smol": loaded}, cors_origins=["https://example.org"])
+    parent = Starlette(routes=[Mount("/llm", app=app)])
+    with TestClient(parent) as client:
+        assert client.get("/llm/health").json() == {"status": "ok"}
+        assert [m["id"] for m in client.get("/llm/v1/models").json()["data"]] == ["smol"]
+        r = client.post("/llm/v1/chat/completions", json={"model": "smol", "messages": QUESTION, "temperature": 0,
+                                                           "max_tokens": 12})
+        assert r.status_code == 200
+        expected = loaded.generate(QUESTION[0]["content"], GenerationOptions(temperature=0, max_tokens=12))
+        assert r.json()["choices"][0]["message"]["content"] == expected
+        pre = client.options("/llm/v1/chat/completions", headers={
+            "origin": "https://example.org", "access-control-request-method": "POST"})
+        assert pre.headers["access-control-allow-origin"] == "https://example.org"
+        other = client.options("/llm/v1/chat/completions", headers={
+            "origin": "https://evil.example", "access-control-request-method": "POST"})
+        assert "access-control-allow-origin" not in other.headers
+    assert not loaded._closed  # a model given loaded stays the caller's
+
+
+def test_bad_requests_do_not_disturb_a_stream(loaded: Any) -> None:
+    app = create_app({"smol": loaded})
+    body = {"model": "smol", "messages": QUESTION, "temperature": 0, "max_tokens": 32, "stream": True}
+    expected = loaded.generate(QUESTION[0]["content"], GenerationOptions(temperature=0, max_tokens=32))
+    bad = [b"{", json.dumps({"model": "smol", "messages": QUESTION, "n": 99}).encode(),
+           json.dumps({"model": "smol", "messages": [{"role": "user", "content": "x" * 10000}]}).encode(),
+           json.dumps({"model": "smol", "messages": QUESTION, "logit_bias": {"999999": 5}}).encode()]
+    with TestClient(app) as client:
+        def stream() -> str:
+            parts = []
+            with client.stream("POST", "/v1/chat/completions", json=body) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: {"):
+                        for c in json.loads(line[6:])["choices"]:
+                            parts.append(c["delta"].get("content") or "")
+            return "".join(parts)
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            text = pool.submit(stream)
+            statuses = list(pool.map(lambda b: client.post("/v1/chat/completions", content=b,
+                                                           headers={"content-type": "application/json"}).status_code,
+                                     bad * 3))
+            assert text.result(timeout=120) == expected
+    assert set(statuses) == {400}
+
+
+def test_loopback_hosts() -> None:
+    assert _loopback("127.0.0.1") and _loopback("localhost") and _loopback("::1") and _loopback("127.8.0.1")
+    assert not _loopback("0.0.0.0") and not _loopback("192.168.1.2") and not _loopback("example.org")
