@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 import llamacffi
-from benchmarks import common, raw_cpp, report
+from benchmarks.harness import common, report
+from benchmarks.sides import raw_cpp
 
 
 def test_gpu_layers_follow_the_build_and_the_choice(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -148,7 +148,7 @@ class Engine:
         self._queue: deque[Request] = deque()
         self._tick = 0
         self._runner = runner.shared()
-        self._cond = self._runner.cond  # one lock for the engines of the process and their thread
+        self._cond = self._runner.lock  # the runner's: one lock for the engines of the process and their thread
         self.closed = False
         self._closed_why = "the model is closed"
         self.stats = {"requests": 0, "prompt_tokens_reused": 0, "prompt_tokens_decoded": 0,
@@ -195,6 +195,10 @@ class Engine:
         self._runner.detach(self)  # the engine thread lets go of the context before it is freed
         self.ctx.close()
 
+    def halt(self) -> None:
+        """Abort the decode under way and every later one (the process is exiting)."""
+        self.ctx._halt()
+
     def shut(self, why: str) -> None:
         """No thread steps this engine any more (called with the lock held): requests are refused, saying why."""
         self.closed = True
@@ -202,7 +206,7 @@ class Engine:
 
     def orphan(self, runner: "runner.Runner") -> None:
         """In a forked child: no thread steps this engine any more; requests are refused."""
-        self._runner, self._cond = runner, runner.cond
+        self._runner, self._cond = runner, runner.lock
         self.shut("the model was loaded before this process forked; load it again in this process")
         self._queue.clear()
         for s in self._slots:
@@ -214,7 +218,7 @@ class Engine:
         """Whether a step would do anything (called with the lock held)."""
         return bool(self._queue) or any(s.request is not None for s in self._slots)
 
-    def step(self, alone: bool = False) -> None:
+    def step(self, alone: bool) -> None:
         """Admit waiting requests and decode one step of every active one. When this engine is the only one with
         work (``alone``), it goes on decoding until a request ends, its consumer goes away, or a submission,
         cancellation or close happens anywhere in the process: the thread's loop stays out of the way of tokens."""
@@ -224,11 +228,11 @@ class Engine:
                     if slot.request is not None and slot.request.cancelled:
                         self._release(slot)  # its consumer is gone: nothing more is sent
                 self._admit()
-                events = self._runner.events  # under the lock: a submission after the admission changes it
+                changes = self._runner.changes  # under the lock: a submission after the admission changes it
             active = [s for s in self._slots if s.request is not None]
             while active:
                 self._decode(active)
-                if not alone or self._runner.events != events or any(
+                if not alone or self._runner.changes != changes or any(
                         s.request is None or s.request.cancelled for s in active):  # ended, or its consumer gone
                     break
         except Exception as exc:  # never leave requests waiting on a failed step

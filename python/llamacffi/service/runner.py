@@ -1,9 +1,17 @@
 """The engine thread: one thread of the process decodes for every loaded model.
 
 With llama.cpp's OpenMP build, each thread that decodes keeps a team of OpenMP threads; once a process holds more
-of them than it has cores, libgomp stops letting idle ones spin and every decode slows down (here, from about 173
-to about 100 tokens/s after a second model was loaded). So the engines of all models share one thread, which steps
-each engine with work in turn and ends when the last engine is closed.
+of them than it has cores, libgomp stops letting idle ones spin and every decode slows down. So the engines of all
+models share one thread, which steps each engine with work in turn and ends when the last engine is closed.
+
+The runner owns the one lock of the service (:attr:`Runner.lock`). The rule: an engine's queue, slots and flags are
+read and written only with it held, except by the engine thread while it decodes the slots it admitted; engines take
+it through their runner, and call :meth:`Runner.wake` under it for anything the thread must see. What the runner
+asks of an engine is the :class:`Stepped` protocol, and nothing else.
+
+At interpreter exit the runner stops before the contexts are quiesced: its exit hook is registered when its first
+engine attaches, so after the hook the context module registered when it was imported, and ``atexit`` runs the last
+registered first.
 """
 
 from __future__ import annotations
@@ -11,89 +19,116 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .errors import ModelClosedError
 
-if TYPE_CHECKING:
-    from .engine import Engine
+
+class Stepped(Protocol):
+    """What the runner needs of an engine; every method but :meth:`step` is called with the lock held."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def has_work(self) -> bool: ...
+
+    def step(self, alone: bool) -> None:
+        """Admit and decode (takes the lock itself, for the parts that need it)."""
+
+    def halt(self) -> None:
+        """Abort the decode under way and every later one."""
+
+    def shut(self, why: str) -> None:
+        """Refuse requests from now on, saying why."""
+
+    def fail_waiting(self) -> None:
+        """End every queued and running request with an error (takes the lock itself)."""
+
+    def orphan(self, runner: Runner) -> None:
+        """In a forked child, where no thread steps it: move to the child's runner and refuse requests."""
 
 
 class Runner:
-    """Steps the engines that have work; sleeps on :attr:`cond` when none has."""
+    """Steps the engines that have work; sleeps on :attr:`lock` when none has."""
 
     def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.events = 0  # counts what an engine decoding alone must stop for (submissions, cancellations, ...)
-        self._engines: list[Engine] = []
+        self.lock = threading.Condition()
+        self._changes = 0  # what an engine decoding alone must stop for (submissions, cancellations, ...)
+        self._engines: list[Stepped] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
+
+    @property
+    def changes(self) -> int:
+        """A count that grows at every :meth:`wake`: an engine decoding alone compares it to stop for news."""
+        return self._changes
 
     def stop(self, timeout: float = 30.0) -> None:
         """At interpreter exit: abort the decode under way and end the thread, so that no decode still runs while
         the process tears llama.cpp down (a daemon thread would otherwise be inside it). The engines are closed:
         what is still waiting, and any later request, ends with :class:`ModelClosedError`."""
-        with self.cond:
+        with self.lock:
             self._stopping = True
             thread = self._thread
             for engine in self._engines:
-                engine.ctx._halt()
+                engine.halt()
             self.wake()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
-        with self.cond:
+        with self.lock:
             engines, self._engines = self._engines, []
             for engine in engines:
                 engine.shut("the interpreter is exiting")
-            self.cond.notify_all()
+            self.lock.notify_all()
         for engine in engines:
             engine.fail_waiting()
 
     def wake(self) -> None:
-        """Something changed (called with :attr:`cond` held): the thread looks at every engine again."""
-        self.events += 1
-        self.cond.notify_all()
+        """Something changed (called with :attr:`lock` held): the thread looks at every engine again."""
+        self._changes += 1
+        self.lock.notify_all()
 
-    def attach(self, engine: Engine) -> None:
-        with self.cond:
+    def attach(self, engine: Stepped) -> None:
+        with self.lock:
             if self._stopping:
                 raise ModelClosedError("the interpreter is exiting")
+            _register_exit_hook()
             self._engines.append(engine)
             self.wake()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="llamacffi-engine", daemon=True)
                 self._thread.start()
 
-    def detach(self, engine: Engine) -> None:
+    def detach(self, engine: Stepped) -> None:
         """Wait until the thread has let go of a closed engine (at once when called from the thread itself)."""
-        with self.cond:
+        with self.lock:
             if threading.current_thread() is not self._thread:
                 self.wake()
                 while engine in self._engines and self._thread is not None:
-                    self.cond.wait()
+                    self.lock.wait()
                 if engine not in self._engines:
                     return
         self._drop(engine)  # from the thread itself, or with no thread left to do it
 
-    def _drop(self, engine: Engine) -> None:
+    def _drop(self, engine: Stepped) -> None:
         engine.fail_waiting()
-        with self.cond:
+        with self.lock:
             if engine in self._engines:
                 self._engines.remove(engine)
-            self.cond.notify_all()
+            self.lock.notify_all()
 
     def _run(self) -> None:
         try:
             self._loop()
         finally:
-            with self.cond:
+            with self.lock:
                 if self._thread is threading.current_thread():  # ended by an error: the next attach restarts
                     self._thread = None
-                self.cond.notify_all()  # a detach() waiting for this thread goes on without it
+                self.lock.notify_all()  # a detach() waiting for this thread goes on without it
 
     def _loop(self) -> None:
         while True:
-            with self.cond:
+            with self.lock:
                 while True:
                     if not self._engines or self._stopping:
                         self._thread = None  # a later attach starts a new thread
@@ -102,7 +137,7 @@ class Runner:
                     ready = [e for e in self._engines if not e.closed and e.has_work()]
                     if closed or ready:
                         break
-                    self.cond.wait()
+                    self.lock.wait()
             for engine in closed:
                 self._drop(engine)
             for engine in ready:
@@ -110,13 +145,19 @@ class Runner:
 
 
 _shared = Runner()
+_exit_hook = False
 
 
 def _stop_at_exit() -> None:
-    _shared.stop()
+    _shared.stop()  # the process's runner at exit: a forked child's own
 
 
-atexit.register(_stop_at_exit)  # registered after Context's own exit hook, so it runs before it
+def _register_exit_hook() -> None:
+    """Once per process, when the first engine attaches: after the context module's hook (see the docstring)."""
+    global _exit_hook
+    if not _exit_hook:
+        atexit.register(_stop_at_exit)
+        _exit_hook = True
 
 
 def shared() -> Runner:

@@ -6,9 +6,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .micro import OPS
-
-PEER = "llama-cpp-python"
+from . import targets as T
+from .ops import OPS
+from .targets import PEER
 
 
 # ---- reading the results ------------------------------------------------------------------------------------------
@@ -106,11 +106,11 @@ def _service_judge(row: dict[str, Any]) -> str:
     unmeasured = _unmeasured(row)
     if unmeasured:
         return unmeasured
-    vs_cpp = row["ratio_reference"]["median"] >= 0.95
+    vs_cpp = row["ratio_reference"]["median"] >= T.SERVICE_GENERATE
     peer_why = _missing(row, "peer")
     if peer_why or row["ratio_peer"] is None:
         return ("met" if vs_cpp else "NOT met") + f" vs llama.cpp; vs {PEER}: {peer_why}"
-    vs_peer = row["ratio_peer"]["median"] >= 1.15
+    vs_peer = row["ratio_peer"]["median"] >= T.SERVICE_VS_PEER
     status = _verdict((("vs llama.cpp", vs_cpp), (f"vs {PEER}", vs_peer)))
     if not vs_peer:
         # The C program itself over the peer: what a binding with no overhead at all would measure.
@@ -135,27 +135,28 @@ def rows(out: dict[str, Any]) -> list[dict[str, Any]]:
         bench_tg = _side(tg, "llama-bench")
         add = result.append
         add(_row(name, f"pp{pp_n}: one Batch decode vs llama-bench pp{pp_n}", "tokens/s", _side(pp, "llama-bench"),
-                 _side(pp, "Batch"), _side(pp, "peer"), target="≥ 0.99×", judge=_at_least(0.99),
-                 short=f"pp via Batch ≥ 0.99× llama-bench pp{pp_n}"))
+                 _side(pp, "Batch"), _side(pp, "peer"), target=f"≥ {T.PP_BATCH}×", judge=_at_least(T.PP_BATCH),
+                 short=f"pp via Batch ≥ {T.PP_BATCH}× llama-bench pp{pp_n}"))
         add(_row(name, f"tg{tg_n}: Pythonic loop (decode_token, logits, argmax, StreamDecoder) vs llama-bench "
                        f"tg{tg_n}", "tokens/s", bench_tg, _side(tg, "Pythonic loop"), None,
-                 target="≥ 0.97×", judge=_at_least(0.97),
-                 short=f"Pythonic tg loop ≥ 0.97× llama-bench tg{tg_n}"))
+                 target=f"≥ {T.TG_PYTHONIC}×", judge=_at_least(T.TG_PYTHONIC),
+                 short=f"Pythonic tg loop ≥ {T.TG_PYTHONIC}× llama-bench tg{tg_n}"))
         add(_row(name, f"tg{tg_n}: raw-layer loop (llama_decode, llama_batch_get_one, argmax), one-token decodes "
                        f"vs llama-bench tg{tg_n}", "tokens/s", bench_tg, _side(tg, "raw loop (decodes only)"), None))
         add(_row(name, f"greedy {gen_n} tokens, llama-simple's loop and timing: raw layer vs llama-simple (C)",
                  "tokens/s", _side(tg, "llama-simple"), _side(tg, "raw loop"), None))
         add(_row(name, f"service generate, greedy {gen_n} tokens vs llama-bench tg{tg_n}", "tokens/s", bench_tg,
-                 _side(tg, "generate"), _side(tg, "peer generate"), target=f"≥ 0.95×; ≥ 1.15× {PEER}",
+                 _side(tg, "generate"), _side(tg, "peer generate"), target=f"≥ {T.SERVICE_GENERATE}×; ≥ {T.SERVICE_VS_PEER}× {PEER}",
                  judge=_service_judge,
-                 short=f"service generate, greedy {gen_n}: ≥ 0.95× llama-bench tg{tg_n}, ≥ 1.15× {PEER}"))
+                 short=f"service generate, greedy {gen_n}: ≥ {T.SERVICE_GENERATE}× llama-bench tg{tg_n}, "
+                       f"≥ {T.SERVICE_VS_PEER}× {PEER}"))
         huge = res.get("huge_page_mib")
         add(_row(name, f"service generate, greedy {gen_n} tokens, weights in huge pages (huge_pages=True, "
                        f"{_num(huge) if huge is not None else '?'} MiB of them) vs llama-bench tg{tg_n} (its default, "
                        f"a mapped file)", "tokens/s", bench_tg, _side(tg, "generate, huge pages"),
-                 _side(tg, "peer generate"), target=f"≥ 0.95×; ≥ 1.15× {PEER}", judge=_service_judge,
-                 short=f"service generate with huge pages, greedy {gen_n}: ≥ 0.95× llama-bench tg{tg_n}, "
-                       f"≥ 1.15× {PEER}"))
+                 _side(tg, "peer generate"), target=f"≥ {T.SERVICE_GENERATE}×; ≥ {T.SERVICE_VS_PEER}× {PEER}", judge=_service_judge,
+                 short=f"service generate with huge pages, greedy {gen_n}: ≥ {T.SERVICE_GENERATE}× llama-bench tg{tg_n}, "
+                       f"≥ {T.SERVICE_VS_PEER}× {PEER}"))
         add(_row(name, f"service generate_stream, greedy {gen_n} tokens, first chunk to end, vs llama-bench "
                        f"tg{tg_n}", "tokens/s", bench_tg, _side(tg, "generate_stream"), _side(tg, "peer stream")))
         add(_row(name, f"service generate, sampled {gen_n} tokens (temp 0.8, top-k 40, top-p 0.95, min-p 0.05, "
@@ -165,7 +166,8 @@ def rows(out: dict[str, Any]) -> list[dict[str, Any]]:
                  _side(ttft, "peer cold"), scale=1e3))
         add(_row(name, f"time to first token, 90% of the prompt shared with the previous request vs cold",
                  "ms", _side(ttft, "cold"), _side(ttft, "warm"), _side(ttft, "peer warm"), scale=1e3,
-                 target="≤ 0.25×", judge=_at_most(0.25), short="time to first token, 90% shared ≤ 25% of cold"))
+                 target=f"≤ {T.TTFT_WARM_MAX}×", judge=_at_most(T.TTFT_WARM_MAX),
+                 short=f"time to first token, 90% shared ≤ {T.TTFT_WARM_MAX:.0%} of cold"))
         m = res.get("micro")
         if m:
             ours, theirs = m["llamacffi"], m["peer"]
@@ -176,7 +178,7 @@ def rows(out: dict[str, Any]) -> list[dict[str, Any]]:
                      _inverse_us(bench_tg), ours.get("decode_1"), theirs.get("decode_1"),
                      ref_ratio=_medians(ours.get("decode_1"), _inverse_us(bench_tg))))
             add(_row(name, OPS["logits"], "µs/call", None, ours.get("logits"), theirs.get("logits")))
-            limit = 40.0 if n_vocab <= 65536 else 150.0
+            limit = T.sampler_limit_us(n_vocab)
             add(_row(name, f"numpy Sampler vs NativeSampler, top-k 40 + temp, {n_vocab:,} logits", "µs/call",
                      ours.get("native_sampler"), ours.get("sampler"), theirs.get("sampler"),
                      target=f"≤ {limit:.0f} µs and < 1×", judge=_sampler_judge(limit),
@@ -203,7 +205,8 @@ def rows(out: dict[str, Any]) -> list[dict[str, Any]]:
                                f"llama_decode of 4 vs 1 sequences{bench_note}", "×",
                          _ratio_side(conc.get("decode 4"), conc.get("decode 1")),
                          _ratio_side(conc.get("service 4"), conc.get("service 1")), None,
-                         target="≥ 1.8× (service)", judge=_scaling_judge(1.8), short="4 streams ≥ 1.8× one stream"))
+                         target=f"≥ {T.SCALING_4_STREAMS}× (service)", judge=_scaling_judge(T.SCALING_4_STREAMS),
+                         short=f"4 streams ≥ {T.SCALING_4_STREAMS}× one stream"))
         shared = res.get("shared_cores")
         if shared:
             add(_row(name, f"two processes decoding at once on the same cores (tg{sz['shared_tokens']} each), "

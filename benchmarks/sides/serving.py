@@ -8,7 +8,7 @@ requests of ``tokens`` greedy tokens at once, each with its own prompt. Aggregat
 of all requests over the time from the first request sent to the last stream ended; time to first token and
 inter-token latency are taken from every request and every gap between two content chunks.
 
-``python -m benchmarks.serving [--quick]`` writes ``benchmarks/results/serving[-quick].{json,md,png}``.
+``python -m benchmarks.sides.serving [--quick]`` writes ``benchmarks/results/serving[-quick].{json,md,png}``.
 """
 
 from __future__ import annotations
@@ -29,16 +29,18 @@ import httpx
 
 from llamacffi import models, raw_tools
 
-from .common import gpu_layers, machine
+from ..harness import targets
+from ..harness.common import gpu_layers, machine
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 MODEL = "smollm2-135m"
 TOPICS = ("a lighthouse keeper", "a lost robot", "the first snow", "a market in Lisbon", "a chess match",
           "a night train", "an old violin", "a desert well", "a paper boat", "a city garden", "a broken clock",
           "a mountain road", "a quiet library", "a fishing village", "a comet", "a bakery at dawn")
 # Targets, as ratios from one run (llamacffi serve over llama-server, or over llama-cpp-python's server).
-TARGETS = {"tps_vs_server": {1: 0.95, 4: 1.0, 8: 1.0}, "tps_vs_peer": {8: 2.0},
-           "ttft_p50_vs_server_max": {1: 1.1}, "itl_p99_vs_server_max": {8: 1.2}}
+TARGETS = {"tps_vs_server": targets.SERVING_TPS_VS_SERVER, "tps_vs_peer": targets.SERVING_TPS_VS_PEER,
+           "ttft_p50_vs_server_max": targets.SERVING_TTFT_P50_VS_SERVER_MAX,
+           "itl_p99_vs_server_max": targets.SERVING_ITL_P99_VS_SERVER_MAX}
 
 
 def _free_port() -> int:
@@ -301,7 +303,7 @@ def run(quick: bool, threads: int = 2, parallel: int = 8, ctx: int = 512, reps: 
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.sides.serving", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 and 4 clients, 16 tokens, one repetition")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--parallel", type=int, default=8)

@@ -11,7 +11,7 @@ from typing import Any
 from llamacffi import raw_tools
 from llamacffi.backend import uses_openmp
 
-from .common import ChildResult, Unavailable, gpu_layers, ngl_arg, run_child
+from ..harness.common import ChildResult, Unavailable, gpu_layers, ngl_arg, run_child
 
 SIMPLE_SPEED = re.compile(r"decoded (\d+) tokens in ([\d.]+) s, speed: ([\d.]+) t/s")
 

@@ -9,7 +9,7 @@ import importlib.util
 import time
 from typing import Any, Callable
 
-from .common import gpu_layers
+from ..harness.common import gpu_layers
 
 ABSENT = "absent"  # import llama_cpp fails: not installed
 
@@ -20,7 +20,9 @@ def available() -> bool:
 
 
 class PeerHost:
-    """The peer's side, inside its worker process (``benchmarks.worker``)."""
+    """The peer's side, inside its worker process (``benchmarks.harness.worker``)."""
+
+    OPERATIONS = frozenset({"info", "generate", "stream", "ttft", "pp", "micro"})
 
     def __init__(self, path: str, threads: int, n_ctx: int) -> None:
         import numpy as np

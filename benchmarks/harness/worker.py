@@ -6,7 +6,7 @@ spinning, so every wake-up goes through the kernel. The service decodes in its o
 thread, so they never share a process here. The parent only starts programs and talks to the workers, one JSON
 object a line, so that sides in different processes still alternate A B A B.
 
-``python -m benchmarks.worker KIND JSON`` is one worker; KIND: loops, service, peer.
+``python -m benchmarks.harness.worker KIND JSON`` is one worker; KIND: loops, service, peer.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from .common import ROOT, Unavailable, gpu_layers
+from .common import ROOT, Unavailable
 
 
 class Remote:
@@ -28,7 +28,7 @@ class Remote:
     def __init__(self, kind: str, env: dict[str, str] | None = None, **init: Any) -> None:
         self.kind = kind
         self.log = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker", kind, json.dumps(init)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.harness.worker", kind, json.dumps(init)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      cwd=ROOT, env={**os.environ, **env} if env else None)
         self.info = self.call("info")
@@ -69,7 +69,7 @@ class Remote:
         return " / ".join(lines[-3:])[-400:]
 
     def measure(self, op: str, **kwargs: Any) -> Callable[[], tuple[float, dict[str, Any]]]:
-        """A side for :func:`benchmarks.common.interleaved`: the worker returns ``[value, extra]``."""
+        """A side for :func:`benchmarks.harness.common.interleaved`: the worker returns ``[value, extra]``."""
         def run() -> tuple[float, dict[str, Any]]:
             value, extra = self.call(op, **kwargs)
             return float(value), extra
@@ -97,81 +97,16 @@ def start(kind: str, env: dict[str, str] | None = None, **init: Any) -> Remote:
 # ---- inside a worker ------------------------------------------------------------------------------------------------
 
 
-class LoopsHost:
-    """llamacffi without the service, decoding from the main thread: Batch pp, the Pythonic and raw-layer loops,
-    llama_decode of k sequences, the per-call microbenchmarks."""
-
-    def __init__(self, path: str, threads: int, micro_calls: int, decode_calls: int, max_streams: int) -> None:
-        from llamacffi import Model
-
-        from . import loops, micro
-
-        self.loops = loops
-        self.threads = threads
-        self.model = Model.load(path, n_gpu_layers=gpu_layers())
-        self.raw = loops.RawLoop(Path(path), threads)
-        self.micro = micro.Micro(self.model, threads, micro_calls, decode_calls)
-        self.max_streams = max_streams
-        self.batched: Any = None
-
-    def info(self) -> dict[str, Any]:
-        return {"n_vocab": self.model.vocab.n_tokens, "description": self.model.description,
-                "ring": self.micro.ring}
-
-    def pp(self, n: int) -> tuple[float, dict[str, Any]]:
-        return self.loops.batch_pp(self.model, self.threads, n), {}
-
-    def pythonic(self, n: int) -> tuple[float, dict[str, Any]]:
-        return self.loops.pythonic_tg(self.model, self.threads, n), {}
-
-    def raw_loop(self, prompt: str, n: int) -> tuple[float, dict[str, Any]]:
-        return self.raw.run(prompt, n)
-
-    def decode_k(self, k: int, n: int, stride: int = 1) -> tuple[float, dict[str, Any]]:
-        if self.batched is None:  # shaped as the service's context for concurrent streams
-            self.batched = self.loops.BatchedDecode(self.model, self.threads, self.max_streams, 512)
-        result: tuple[float, dict[str, Any]] = self.batched.run(k, n, stride)
-        return result
-
-    def micro_round(self) -> tuple[float, dict[str, Any]]:
-        return 0.0, self.micro.run()
+HOSTS = {"loops": ("benchmarks.sides.loops", "LoopsHost"), "service": ("benchmarks.sides.serve", "ServiceHost"),
+         "peer": ("benchmarks.sides.peer", "PeerHost")}
 
 
-class ServiceHost:
-    """The service in its worker: one model, its engine thread the only one decoding."""
+def _host(kind: str, init: dict[str, Any]) -> Any:
+    """The side a worker runs: its class, found by name, made with the parent's arguments."""
+    import importlib
 
-    def __init__(self, name: str, threads: int, context_size: int, parallel: int, prefix_tokens: int,
-                 huge_pages: bool = False) -> None:
-        from . import serve
-
-        self.serve = serve
-        self.svc = serve.service(threads, huge_pages)
-        self.model = serve.load(self.svc, name, context_size, parallel)
-        self.prompts = serve.PrefixPrompts(self.model, prefix_tokens)
-        self.conc = serve.Concurrency(self.model)
-        self.warm_prompt = ""
-
-    def info(self) -> dict[str, Any]:
-        return {"config": self.model.config.to_dict(),
-                "huge_page_mib": self.model.llama_model.huge_page_bytes / (1 << 20)}
-
-    def generate(self, prompt: str, n: int, sampled: bool = False) -> tuple[float, dict[str, Any]]:
-        return self.serve.generate_tps(self.model, prompt, n, sampled)
-
-    def stream(self, prompt: str, n: int) -> tuple[float, dict[str, Any]]:
-        return self.serve.stream_tps(self.model, prompt, n)
-
-    def ttft_cold(self) -> tuple[float, dict[str, Any]]:
-        """A new pair of prompts: the cold one is measured now, the warm one by :meth:`ttft_warm` next."""
-        cold, self.warm_prompt = self.prompts.pair()
-        value, extra = self.serve.ttft(self.model, cold)
-        return value, {**extra, "cold_prompt": cold, "warm_prompt": self.warm_prompt}
-
-    def ttft_warm(self) -> tuple[float, dict[str, Any]]:
-        return self.serve.ttft(self.model, self.warm_prompt)
-
-    def concurrent(self, k: int, n: int) -> tuple[float, dict[str, Any]]:
-        return self.conc.run(k, n)
+    module, name = HOSTS[kind]
+    return getattr(importlib.import_module(module), name)(**init)
 
 
 def _serve(kind: str, init: dict[str, Any]) -> None:
@@ -181,14 +116,8 @@ def _serve(kind: str, init: dict[str, Any]) -> None:
     host: Any = None
     error: dict[str, Any] | None = None
     try:
-        if kind == "loops":
-            host = LoopsHost(**init)
-        elif kind == "service":
-            host = ServiceHost(**init)
-        elif kind == "peer":
-            from .peer import PeerHost
-
-            host = PeerHost(**init)
+        if kind in HOSTS:
+            host = _host(kind, init)
         else:
             error = {"error": f"unknown worker kind {kind!r}"}
     except ImportError as exc:
@@ -203,6 +132,9 @@ def _serve(kind: str, init: dict[str, Any]) -> None:
             return
         if error is not None:
             channel.write(json.dumps(error) + "\n")
+            continue
+        if op not in type(host).OPERATIONS:  # only what the side offers, never any attribute
+            channel.write(json.dumps({"error": f"{kind} has no operation {op!r}"}) + "\n")
             continue
         try:
             reply: dict[str, Any] = {"ok": getattr(host, op)(**req)}

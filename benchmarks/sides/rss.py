@@ -1,7 +1,7 @@
 """Peak resident memory of each side: every side generates ``n`` greedy tokens in a fresh process, whose
 ``ru_maxrss`` the parent reads with ``wait4``.
 
-``python -m benchmarks.rss SIDE MODEL_PATH THREADS N`` is one such process (SIDE: floor, raw, pythonic, service,
+``python -m benchmarks.sides.rss SIDE MODEL_PATH THREADS N`` is one such process (SIDE: floor, raw, pythonic, service,
 peer); llama-simple and llama-bench run as they are.
 """
 
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .common import GEN_PROMPT, Unavailable, gpu_layers, python_child, run_child
+from ..harness.common import GEN_PROMPT, Unavailable, gpu_layers, python_child, run_child
 from . import peer, raw_cpp
 
 SIDES = {
@@ -37,7 +37,7 @@ def measure(side: str, path: Path, threads: int, n: int) -> tuple[float, dict[st
     else:
         if side == "peer" and not peer.available():
             raise Unavailable(peer.ABSENT)
-        res = python_child(["benchmarks.rss", side, str(path), str(threads), str(n)], rss=True)
+        res = python_child(["benchmarks.sides.rss", side, str(path), str(threads), str(n)], rss=True)
     if res.returncode != 0:
         raise RuntimeError(f"{side} failed ({res.returncode}): {res.stderr.strip()[-300:]}")
     if not res.max_rss_kib:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 from llamacffi.service import (GenerationOptions, LlamaCppService, LlamaCppSpecificConfig, LlamaCppTextModel,
                                LocalBackendConfig, ModelConfig)
 
-from .common import FILLER, gpu_layers
+from ..harness.common import FILLER, gpu_layers
 
 GREEDY = dict(temperature=0.0, raw=True)
 SAMPLED = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=1234, raw=True)
@@ -146,3 +147,41 @@ class Concurrency:
         d = _delta(self.model, before)
         return d["generated_tokens"] / dt, {**d, "seconds": dt,
                                             "max_batched_sequences": self.model.stats["max_batched_sequences"]}
+
+
+class ServiceHost:
+    """The service in its worker (``benchmarks.harness.worker``): one model, its engine thread the only one
+    decoding."""
+
+    OPERATIONS = frozenset({"info", "generate", "stream", "ttft_cold", "ttft_warm", "concurrent"})
+
+    def __init__(self, name: str, threads: int, context_size: int, parallel: int, prefix_tokens: int,
+                 huge_pages: bool = False) -> None:
+        self.serve = sys.modules[__name__]
+        self.svc = service(threads, huge_pages)
+        self.model = load(self.svc, name, context_size, parallel)
+        self.prompts = PrefixPrompts(self.model, prefix_tokens)
+        self.conc = Concurrency(self.model)
+        self.warm_prompt = ""
+
+    def info(self) -> dict[str, Any]:
+        return {"config": self.model.config.to_dict(),
+                "huge_page_mib": self.model.llama_model.huge_page_bytes / (1 << 20)}
+
+    def generate(self, prompt: str, n: int, sampled: bool = False) -> tuple[float, dict[str, Any]]:
+        return self.serve.generate_tps(self.model, prompt, n, sampled)
+
+    def stream(self, prompt: str, n: int) -> tuple[float, dict[str, Any]]:
+        return self.serve.stream_tps(self.model, prompt, n)
+
+    def ttft_cold(self) -> tuple[float, dict[str, Any]]:
+        """A new pair of prompts: the cold one is measured now, the warm one by :meth:`ttft_warm` next."""
+        cold, self.warm_prompt = self.prompts.pair()
+        value, extra = self.serve.ttft(self.model, cold)
+        return value, {**extra, "cold_prompt": cold, "warm_prompt": self.warm_prompt}
+
+    def ttft_warm(self) -> tuple[float, dict[str, Any]]:
+        return self.serve.ttft(self.model, self.warm_prompt)
+
+    def concurrent(self, k: int, n: int) -> tuple[float, dict[str, Any]]:
+        return self.conc.run(k, n)

@@ -3,6 +3,7 @@ processing through a Batch."""
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from llamacffi import Batch, Context, Model
 from llamacffi.backend import ensure_backend
 from llamacffi.raw import ffi, lib
 
-from .common import gpu_layers
+from ..harness.common import gpu_layers
 
 
 class RawLoop:
@@ -155,3 +156,43 @@ class BatchedDecode:
 
     def close(self) -> None:
         self.ctx.close()
+
+
+class LoopsHost:
+    """llamacffi without the service, decoding from the main thread: Batch pp, the Pythonic and raw-layer loops,
+    llama_decode of k sequences, the per-call microbenchmarks (in a worker process, ``benchmarks.harness.worker``)."""
+
+    OPERATIONS = frozenset({"info", "pp", "pythonic", "raw_loop", "decode_k", "micro_round"})
+
+    def __init__(self, path: str, threads: int, micro_calls: int, decode_calls: int, max_streams: int) -> None:
+        from . import micro
+
+        self.loops = sys.modules[__name__]
+        self.threads = threads
+        self.model = Model.load(path, n_gpu_layers=gpu_layers())
+        self.raw = RawLoop(Path(path), threads)
+        self.micro = micro.Micro(self.model, threads, micro_calls, decode_calls)
+        self.max_streams = max_streams
+        self.batched: Any = None
+
+    def info(self) -> dict[str, Any]:
+        return {"n_vocab": self.model.vocab.n_tokens, "description": self.model.description,
+                "ring": self.micro.ring}
+
+    def pp(self, n: int) -> tuple[float, dict[str, Any]]:
+        return self.loops.batch_pp(self.model, self.threads, n), {}
+
+    def pythonic(self, n: int) -> tuple[float, dict[str, Any]]:
+        return self.loops.pythonic_tg(self.model, self.threads, n), {}
+
+    def raw_loop(self, prompt: str, n: int) -> tuple[float, dict[str, Any]]:
+        return self.raw.run(prompt, n)
+
+    def decode_k(self, k: int, n: int, stride: int = 1) -> tuple[float, dict[str, Any]]:
+        if self.batched is None:  # shaped as the service's context for concurrent streams
+            self.batched = self.loops.BatchedDecode(self.model, self.threads, self.max_streams, 512)
+        result: tuple[float, dict[str, Any]] = self.batched.run(k, n, stride)
+        return result
+
+    def micro_round(self) -> tuple[float, dict[str, Any]]:
+        return 0.0, self.micro.run()

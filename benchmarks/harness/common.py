@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: workers run from there
 
 # A prompt both models continue well past 128 tokens with greedy decoding, without an end-of-generation token.
 GEN_PROMPT = "Once upon a time, in a small village by the sea,"

@@ -10,19 +10,11 @@ import numpy as np
 from llamacffi import Context, Model
 from llamacffi.sampling import NativeSampler, Sampler
 
-from .common import FILLER, GEN_PROMPT, per_call_us
+from ..harness.common import FILLER, GEN_PROMPT, per_call_us
+from ..harness.ops import OPS  # noqa: F401  (the operations this side times)
 
 TEXT_1KB = (FILLER * 2)[:1024]
 
-OPS = {
-    "tokenize_1kb": "tokenize 1 KB of text",
-    "token_to_piece": "token_to_piece (one token)",
-    "detokenize_100": "detokenize 100 tokens",
-    "decode_1": "decode 1 token",
-    "logits": "logits of the last decode (ctx.logits())",
-    "sampler": "numpy Sampler, top-k 40 + temp 0.8",
-    "native_sampler": "NativeSampler, top-k 40 + temp 0.8",
-}
 
 
 def sample_tokens(model: Model) -> list[int]:

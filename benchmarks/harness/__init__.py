@@ -1,0 +1,1 @@
+"""What measures: child processes and workers, interleaving and paired ratios, targets, the report."""

@@ -1,0 +1,1 @@
+"""What is measured: llamacffi's layers, llama.cpp's own programs, llama-cpp-python, the servers."""
