@@ -15,7 +15,7 @@ import numpy.typing as npt
 from .batch import MAX_SEQ, MAX_TOKENS, Batch, check_logits, chunks
 from .errors import (INT32_MAX, ClosedError, ContextError, InvalidArgumentError, LlamaError, StateError, as_int,
                      check_decode, ensure)
-from . import log
+from . import log, ownership
 from .backend import uses_openmp
 from .model import Model
 from .raw import ffi, lib
@@ -36,11 +36,10 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def _context_free(pools: list[Any], release_model: Callable[[], None]) -> Any:
-    """The destructor of a context: llama_free, the thread pools it uses at that time, then its hold on the model."""
+def _free_context(pools: list[Any]) -> Callable[[Any], None]:
+    """How to free a context: llama_free, then the thread pools it uses at that time."""
     def free(ptr: Any, _lib: Any = lib) -> None:
         _lib.llamacffi_context_free(ptr, pools[0], pools[1])
-        release_model()
     return free
 
 
@@ -62,13 +61,6 @@ def _c_path(path: str | os.PathLike[str]) -> bytes:
     raw = os.fsencode(path)
     ensure(b"\0" not in raw, f"a path cannot hold a NUL character: {os.fspath(path)!r}")
     return raw
-
-
-def _holding(owner: Any) -> Callable[[Any], None]:
-    """A no-op destructor for ``ffi.gc`` that keeps ``owner`` alive as long as the cdata it is attached to."""
-    def keep(_ptr: Any, _owner: Any = owner) -> None:
-        pass
-    return keep
 
 
 def _new_pools(threads: int, threads_batch: int) -> list[Any]:
@@ -142,27 +134,27 @@ class Context:
         if flash_attn is not None:
             params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else \
                 lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        model_ptr, release_model = model._lease()
+        lease = model.owner.lease()
         try:
-            ptr = lib.llama_init_from_model(model_ptr, params)
+            ptr = lib.llama_init_from_model(lease.ptr, params)
             if ptr == ffi.NULL:
                 raise ContextError(
                     f"llama.cpp could not create a context with n_ctx={n_ctx}, n_batch={n_batch}, "
                     f"n_seq_max={n_seq_max}: most likely not enough memory; try a smaller n_ctx")
         except BaseException:
-            release_model()
+            lease.release()
             raise
         try:
             pools = _new_pools(threads, threads_batch)
         except BaseException:
             lib.llama_free(ptr)
-            release_model()
+            lease.release()
             raise
         if pools[0] != ffi.NULL:
             lib.llama_attach_threadpool(ptr, pools[0], pools[1])
         self._model = model
         self._pools = pools
-        self._ptr = ffi.gc(ptr, _context_free(pools, release_model))
+        self._ptr = ffi.gc(ptr, ownership.destructor(_free_context(pools), lease))
         self._mem = lib.llama_get_memory(ptr)
         self._abort = ffi.new("llamacffi_abort_state *")
         lib.llamacffi_abort_attach(ptr, self._abort)
@@ -425,7 +417,7 @@ class Context:
             return self._view
         # The view keeps the context alive (through a no-op destructor holding it), so that llama.cpp's buffer
         # outlives close() and collection while the view is referenced.
-        held = ffi.gc(ptr, _holding(self._ptr))
+        held = ffi.gc(ptr, ownership.keep_alive(self._ptr))
         view = np.frombuffer(ffi.buffer(held, self.n_vocab * 4), dtype=np.float32)
         view.flags.writeable = False
         self._view_ptr, self._view = ptr, view

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
-import weakref
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from .backend import ensure_backend
-from . import gguf, hugepages, log
+from . import gguf, hugepages, log, ownership
 from .log import capture_problems
 from .errors import ClosedError, InvalidArgumentError, LlamaError, ModelLoadError
 from .raw import ffi, lib
@@ -49,57 +46,26 @@ def llamacffi_progress_callback(progress: float, user_data: Any) -> bool:
     return True
 
 
-# Whatever uses a llama_model (a context, a grammar) holds it here by address until it is freed, so the model is
-# freed after them even when the garbage collector finalises a Model and its users together, in any order.
-_holds: dict[int, int] = {}
-_orphaned: set[int] = set()  # models whose Model object went away while something still held them
-_holds_lock = threading.Lock()
-
-
-def _address(ptr: Any) -> int:
-    return int(ffi.cast("uintptr_t", ptr))
-
-
 def _free_model(ptr: Any, _lib: Any = lib) -> None:
     # Default argument: keeps the library alive until this runs, even at interpreter shutdown.
-    with _holds_lock:
-        address = _address(ptr)
-        if _holds.get(address):
-            _orphaned.add(address)  # the last holder frees it
-            return
     _lib.llama_model_free(ptr)
-
-
-def _unhold(address: int, _lib: Any = lib) -> None:
-    with _holds_lock:
-        left = _holds[address] - 1
-        if left:
-            _holds[address] = left
-            return
-        del _holds[address]
-        if address not in _orphaned:
-            return
-        _orphaned.discard(address)
-    _lib.llama_model_free(ffi.cast("struct llama_model *", address))
 
 
 class Model:
     """A loaded model. Create with :meth:`load`; release with :meth:`close` or ``with``.
 
     What uses a model keeps it alive (its contexts, a grammar of a NativeSampler, a tokenize call under way):
-    closing the model meanwhile defers the release until the last of them lets go.
+    closing the model meanwhile defers the release until the last of them lets go. :attr:`owner` is the
+    :class:`~llamacffi.ownership.Owner` of its pointer, for a new C object that keeps it (take a lease).
     """
 
     def __init__(self, ptr: Any, path: Path, vocab_only: bool = False, huge_pages: bool = False) -> None:
-        self._ptr = ffi.gc(ptr, _free_model)
+        self.owner = ownership.Owner(ptr, _free_model, "Model", "struct llama_model *")
         self.path = path
         self.vocab_only = vocab_only  # loaded without weights: a tokenizer, no Context
         self.huge_pages = huge_pages  # its weights were read into memory that asked for huge pages
         self._huge_ranges: list[hugepages.Range] = []
-        self._vocab = Vocab(self, lib.llama_model_get_vocab(ptr))
-        self._users = 0
-        self._close_requested = False
-        self._lock = threading.Lock()
+        self._vocab = Vocab(self.owner, lib.llama_model_get_vocab(ptr))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, n_gpu_layers: int = -1, use_mmap: bool | None = None,
@@ -175,70 +141,20 @@ class Model:
     @property
     def ptr(self) -> Any:
         """The ``struct llama_model *`` (raises :class:`ClosedError` once closed)."""
-        if self._ptr is None or self._close_requested:
-            raise ClosedError("this Model is closed")
-        return self._ptr
+        return self.owner.ptr
 
     @property
     def closed(self) -> bool:
-        return self._ptr is None or self._close_requested
+        return self.owner.closed
+
+    @property
+    def _ptr(self) -> Any:
+        """The pointer while the model is loaded, None once freed (a close waits for the contexts using it)."""
+        return self.owner._ptr
 
     def close(self) -> None:
-        """Release the model now, or when the last Context using it closes. Idempotent."""
-        with self._lock:
-            self._close_requested = True
-            if self._users == 0:
-                self._release()
-
-    def _release(self) -> None:
-        if self._ptr is not None:
-            ptr, self._ptr = self._ptr, None
-            ffi.release(ptr)
-
-    def _acquire(self) -> Any:
-        with self._lock:
-            if self._ptr is None or self._close_requested:
-                raise ClosedError("this Model is closed")
-            self._users += 1
-            return self._ptr
-
-    @contextlib.contextmanager
-    def _in_use(self) -> Iterator[Any]:
-        """The pointer, for a call that runs without the GIL (tokenize): a close() from another thread meanwhile
-        frees the model only after it."""
-        ptr = self._acquire()
-        try:
-            yield ptr
-        finally:
-            self._unuse()
-
-    def _lease(self) -> tuple[Any, Callable[[], None]]:
-        """For a C object that keeps this model's pointer (a context, a grammar): the pointer, and the function to
-        call once that object is freed, from its destructor. Until then the model stays loaded, even when this
-        Model is closed or collected first."""
-        ptr = self._acquire()
-        address = _address(ptr)
-        with _holds_lock:
-            _holds[address] = _holds.get(address, 0) + 1
-        owner = weakref.ref(self)
-        done = False
-
-        def release() -> None:
-            nonlocal done
-            if done:
-                return
-            done = True
-            _unhold(address)
-            model = owner()
-            if model is not None:
-                model._unuse()
-        return ptr, release
-
-    def _unuse(self) -> None:
-        with self._lock:
-            self._users -= 1
-            if self._users == 0 and self._close_requested:
-                self._release()
+        """Release the model now, or when the last Context (or other holder) using it is freed. Idempotent."""
+        self.owner.close()
 
     def __enter__(self) -> "Model":
         return self

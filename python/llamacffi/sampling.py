@@ -23,6 +23,8 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import ClosedError, GrammarError, InvalidArgumentError, InvalidTokenError, LlamaError, as_int
+from . import ownership
+from .ownership import Owner
 from .raw import ffi, lib
 
 __all__ = [
@@ -627,22 +629,19 @@ def _check_grammar_shape(text: str) -> None:
         raise GrammarError(f"the grammar has {rules} rules; at most {GRAMMAR_MAX_RULES} are supported")
 
 
-def _nothing() -> None:
-    pass
-
-
-def _grammar_free(release_model: Callable[[], None]) -> Callable[[Any], None]:
-    def free(ptr: Any, _lib: Any = lib) -> None:
-        _lib.llama_sampler_free(ptr)
-        release_model()
-    return free
+def _free_sampler(ptr: Any, _lib: Any = lib) -> None:
+    _lib.llama_sampler_free(ptr)
 
 
 class VocabLike(Protocol):
-    """What NativeSampler needs from a vocabulary: its ``const struct llama_vocab *`` and its size."""
+    """What NativeSampler needs from a vocabulary: its ``const struct llama_vocab *``, its size, and the owner of
+    the model it belongs to (see :mod:`llamacffi.ownership`)."""
 
     @property
     def _ptr(self) -> Any: ...
+
+    @property
+    def owner(self) -> Owner: ...
 
     @property
     def n_tokens(self) -> int: ...
@@ -694,18 +693,17 @@ class NativeSampler:
                 raise InvalidArgumentError("a grammar needs the model's vocab (pass vocab=model.vocab)")
             _check_grammar_shape(grammar)
             # The grammar keeps the vocabulary's pointer: its model stays loaded until this sampler is freed.
-            lease = getattr(getattr(vocab, "_model", None), "_lease", None)
-            release: Callable[[], None] = lease()[1] if lease is not None else _nothing
+            lease = vocab.owner.lease()
             try:
                 g = lib.llama_sampler_init_grammar(vocab._ptr, grammar.encode(), grammar_root.encode())
             except BaseException:
-                release()
+                lease.release()
                 raise
             if g == ffi.NULL:
-                release()
+                lease.release()
                 raise GrammarError(f"the grammar does not parse, or has no rule {grammar_root!r} "
                                    f"(llama.cpp logs the reason)")
-            self._grammar = ffi.gc(g, _grammar_free(release))
+            self._grammar = ffi.gc(g, ownership.destructor(_free_sampler, lease))
             # a one-entry candidate array to ask the grammar whether a single token is allowed
             self._one = ffi.new("llama_token_data[1]")
             self._one_arr = ffi.new("llama_token_data_array *")
