@@ -10,7 +10,10 @@ from .backend import ensure_backend
 from . import gguf, hugepages, log, ownership
 from .log import capture_problems
 from .errors import ClosedError, InvalidArgumentError, LlamaError, ModelLoadError
+from .cbuffer import read_grown
+from .limits import HUGE_PAGES_WITH_MMAP, MAX_GPU_LAYERS
 from .raw import ffi, lib
+from .validate import as_bool, as_int, as_optional_bool
 from .vocab import Vocab
 
 ProgressCallback = Callable[[float], "bool | None"]
@@ -86,21 +89,17 @@ class Model:
         p = Path(path)
         _check_file(p)
         gguf.check(p, bool(vocab_only))
-        if not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
-            raise InvalidArgumentError(f"n_gpu_layers must be an int >= -1, got {n_gpu_layers!r}")
+        n_gpu_layers = as_int("n_gpu_layers", n_gpu_layers, -1)
         for name, flag in (("use_mlock", use_mlock), ("vocab_only", vocab_only), ("huge_pages", huge_pages)):
-            if not isinstance(flag, bool):
-                raise InvalidArgumentError(f"{name} must be a bool, got {flag!r}")
-        if use_mmap is not None and not isinstance(use_mmap, bool):
-            raise InvalidArgumentError(f"use_mmap must be None or a bool, got {use_mmap!r}")
+            as_bool(name, flag)
+        use_mmap = as_optional_bool("use_mmap", use_mmap)
         if use_mmap is None:
             use_mmap = not huge_pages
         elif huge_pages and use_mmap:
-            raise InvalidArgumentError("huge_pages and use_mmap=True do not go together: huge pages back memory the "
-                                       "weights are read into, not a mapped file")
+            raise InvalidArgumentError(f"huge_pages {HUGE_PAGES_WITH_MMAP}")
         ensure_backend()
         params = lib.llama_model_default_params()
-        params.n_gpu_layers = 2**31 - 1 if n_gpu_layers == -1 else n_gpu_layers
+        params.n_gpu_layers = MAX_GPU_LAYERS if n_gpu_layers == -1 else n_gpu_layers
         params.load_mode = {
             (True, False): lib.LLAMA_LOAD_MODE_MMAP, (True, True): lib.LLAMA_LOAD_MODE_MMAP_MLOCK,
             (False, False): lib.LLAMA_LOAD_MODE_NONE, (False, True): lib.LLAMA_LOAD_MODE_MLOCK,
@@ -232,15 +231,9 @@ class Model:
 
 
 def _read_string(fill: Callable[[Any, int], int], size: int = 256) -> str:
-    """Call a llama.cpp ``(buf, size) -> needed length`` function, growing the buffer until the text fits."""
-    while True:
-        buf = ffi.new("char[]", size)
-        n = fill(buf, size)
-        if n < 0:
-            raise LlamaError("llama.cpp could not read the value")
-        if n < size:
-            return bytes(ffi.buffer(buf, n)).decode("utf-8", "replace")
-        size = n + 1
+    """The text of a llama.cpp ``(buf, size) -> length`` function (snprintf-like)."""
+    data = read_grown(fill, size, terminated=True, error=lambda _: LlamaError("llama.cpp could not read the value"))
+    return data.decode("utf-8", "replace")
 
 
 def _check_file(p: Path) -> None:

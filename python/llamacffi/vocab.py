@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import InvalidTokenError, TokenizeError
+from .cbuffer import read_grown
 from .ownership import Owner
 from .raw import ffi, lib
 
@@ -166,13 +167,7 @@ class Vocab:
         return piece
 
     def _piece(self, t: int, special: bool, lstrip: int) -> bytes:
-        size = 64
-        while True:
-            buf = ffi.new("char[]", size)
-            n = self._call(lib.llama_token_to_piece, t, buf, size, lstrip, special)
-            if n >= 0:
-                return bytes(ffi.buffer(buf, n))
-            size = -n
+        return read_grown(lambda buf, size: self._call(lib.llama_token_to_piece, t, buf, size, lstrip, special), 64)
 
     def detokenize(self, tokens: Iterable[int] | npt.ArrayLike, *, remove_special: bool = False,
                    unparse_special: bool = False) -> str:
@@ -186,13 +181,8 @@ class Vocab:
         toks = ffi.from_buffer("llama_token[]", arr)
         size = max(64, 8 * len(arr))
         with self.owner.hold():
-            while True:
-                buf = ffi.new("char[]", size)
-                n = lib.llama_detokenize(self._raw, toks, len(arr), buf, size, bool(remove_special),
-                                         bool(unparse_special))
-                if n >= 0:
-                    return bytes(ffi.buffer(buf, n))
-                size = -n
+            return read_grown(lambda buf, n: lib.llama_detokenize(self._raw, toks, len(arr), buf, n,
+                                                                  bool(remove_special), bool(unparse_special)), size)
 
     def stream(self, *, special: bool = False) -> "StreamDecoder":
         """A :class:`StreamDecoder` for this vocabulary."""
