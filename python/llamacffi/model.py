@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Callable
 
 from .backend import ensure_backend
-from . import gguf, hugepages, log, ownership
+from . import chat, gguf, hugepages, log, ownership
 from .log import capture_problems
 from .errors import ClosedError, InvalidArgumentError, LlamaError, ModelLoadError
 from .cbuffer import read_grown
@@ -228,6 +229,22 @@ class Model:
         """The model's default chat template (Jinja source), or None."""
         t = lib.llama_model_chat_template(self.ptr, ffi.NULL)
         return None if t == ffi.NULL else ffi.string(t).decode("utf-8", "replace")
+
+    def apply_chat_template(self, messages: Iterable[chat.Message], *, template: str | None = None,
+                            add_assistant: bool = True) -> str:
+        """``messages`` (``(role, content)`` pairs or ``{"role", "content"}`` dicts) as this model expects them.
+
+        ``template``: a llama.cpp template name or template text; None uses the model's own, or llama.cpp's
+        built-in one for its architecture when the file carries none (gemma). Raises
+        :class:`~llamacffi.chat.ChatTemplateError` when there is none or llama.cpp does not know it.
+        """
+        if template is None:
+            template = self.chat_template or chat.builtin_template_for(
+                self.metadata.get("general.architecture", ""))
+            if template is None:
+                raise chat.ChatTemplateError(f"{self.path.name} carries no chat template; pass template= (a llama.cpp "
+                                             f"template name such as 'chatml', or template text)")
+        return chat.apply_template(template, messages, add_assistant)
 
 
 def _read_string(fill: Callable[[Any, int], int], size: int = 256) -> str:

@@ -71,6 +71,7 @@ class Vocab:
         self.n_tokens: int = int(lib.llama_vocab_n_tokens(ptr))
         self._pieces: dict[int, bytes] = {}
         self._special_pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
 
     @property
     def _ptr(self) -> Any:
@@ -114,8 +115,13 @@ class Vocab:
         return t
 
     def is_eog(self, token: int) -> bool:
-        """True for end-of-generation tokens (EOS, EOT, ...)."""
-        return bool(self._call(lib.llama_vocab_is_eog, self._check(token)))
+        """True for end-of-generation tokens (EOS, EOT, ...). Answers are kept per token: a generation loop asks
+        for every token it samples."""
+        hit = self._eog.get(token) if type(token) is int else None
+        if hit is None or self.owner.closed:
+            t = self._check(token)
+            hit = self._eog[t] = bool(self._call(lib.llama_vocab_is_eog, t))
+        return hit
 
     def is_control(self, token: int) -> bool:
         return bool(self._call(lib.llama_vocab_is_control, self._check(token)))
