@@ -186,7 +186,7 @@ class Model:
     @property
     def huge_page_bytes(self) -> int:
         """Bytes of the memory this model's load mapped that huge pages back now; 0 unless loaded with
-        ``huge_pages=True`` on a system that has them. Reads /proc/self/smaps (milliseconds)."""
+        ``huge_pages=True`` on a system that has them. Reads /proc/self/smaps."""
         self.ptr
         return hugepages.huge_bytes(self._huge_ranges) if self._huge_ranges else 0
 

@@ -52,7 +52,7 @@ def order_desc(ids: IdArray, vals: FloatArray, k: int) -> tuple[IdArray, FloatAr
 def sort_desc(ids: IdArray, vals: FloatArray) -> IdArray:
     """The permutation ordering ``vals`` descending, ties by ascending id.
 
-    numpy's default sort is several times faster than a stable sort or lexsort on large rows; equal values are then
+    numpy's default sort is faster than a stable sort or lexsort on large rows; equal values are then
     put back in id order run by run.
     """
     order = np.argsort(-vals)
@@ -92,7 +92,7 @@ def best_k(row: FloatArray, k: int) -> tuple[IdArray, FloatArray]:
     n = row.size
     k = min(k, n)
     if k <= _C_TOP_K_MAX and row.dtype == np.float32 and row.flags.c_contiguous:
-        # one pass in C: about 3x faster than the numpy passes below right after a decode has evicted the caches
+        # one pass in C: faster than the numpy passes below, most of all right after a decode has evicted the caches
         best = np.empty(k, dtype=np.int32)
         best_vals = np.empty(k, dtype=np.float32)
         got = lib.llamacffi_top_k(ffi.from_buffer("float[]", row), n, k, ffi.from_buffer("int32_t[]", best),
@@ -235,8 +235,8 @@ def draw(weights: FloatArray, uniform: float) -> int:
     """Index drawn with probability proportional to ``weights`` (>= 0, not all 0), by inverting the CDF at
     ``uniform`` (in [0, 1)).
 
-    A cumulative sum over a whole row costs ~1 ms at 262,144 entries (it is sequential), so long rows are cut into
-    blocks: summing the blocks is vectorised, and only the block that holds the target is accumulated.
+    A cumulative sum over a whole row is sequential, so long rows are cut into blocks: summing the blocks is
+    vectorised, and only the block that holds the target is accumulated.
     """
     size = weights.size
     if size <= 8 * _DRAW_BLOCK:

@@ -162,7 +162,7 @@ class Sampler:
                 candidates = pos if candidates is None else candidates[pos]
 
         # softmax at temperature, then invert the cumulative distribution with one uniform draw. As in llama.cpp
-        # the exponentials are taken in the logits' precision (float32 exp is ~20x cheaper) and summed in double;
+        # the exponentials are taken in the logits' precision (float32 exp is much cheaper) and summed in double;
         # subtracting the max before dividing keeps tiny temperatures finite.
         f = vals.dtype.type
         x = vals - f(top)

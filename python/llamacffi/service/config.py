@@ -135,7 +135,7 @@ class ModelConfig(_Config):
     warns, or raises with ``strict_context``. ``truncate_prompt`` keeps the end of a prompt that does not fit.
     ``chat_template``: a llama.cpp template name (``"chatml"``, ``"gemma"``, ...) or template text, instead of the
     model's own. ``flash_attn``: flash attention on or off; None lets llama.cpp choose (on where the backend
-    supports it, as on CPU, where it is about 5% faster here)."""
+    supports it, as on CPU)."""
 
     context_size: int = 2048
     batch_size: int = 512
