@@ -8,16 +8,47 @@ from .backend import numa_init, system_info
 from .batch import Batch
 from .chat import ChatTemplateError
 from .context import Context, Memory, Perf
-from .errors import (ClosedError, ContextError, DecodeAbortedError, DecodeError, GrammarError,
-                     InvalidArgumentError, InvalidTokenError, KVCacheFullError, LlamaError, ModelLoadError,
-                     StateError, TokenizeError)
+from .errors import (
+                     ClosedError,
+                     ContextError,
+                     DecodeAbortedError,
+                     DecodeError,
+                     GrammarError,
+                     InvalidArgumentError,
+                     InvalidTokenError,
+                     KVCacheFullError,
+                     LlamaError,
+                     ModelLoadError,
+                     StateError,
+                     TokenizeError,
+)
 from .log import set_log_level
 from .model import Model
 from .vocab import StreamDecoder, Vocab
 
 __all__ = [
-    "__version__", "Batch", "ChatTemplateError", "ClosedError", "Context", "ContextError", "DecodeAbortedError", "DecodeError",
-    "GrammarError", "InvalidArgumentError", "InvalidTokenError", "KVCacheFullError", "LlamaError", "Memory",
-    "Model", "ModelLoadError", "Perf", "StateError", "StreamDecoder", "TokenizeError", "Vocab", "numa_init",
-    "set_log_level", "system_info",
+                     "Batch",
+                     "ChatTemplateError",
+                     "ClosedError",
+                     "Context",
+                     "ContextError",
+                     "DecodeAbortedError",
+                     "DecodeError",
+                     "GrammarError",
+                     "InvalidArgumentError",
+                     "InvalidTokenError",
+                     "KVCacheFullError",
+                     "LlamaError",
+                     "Memory",
+                     "Model",
+                     "ModelLoadError",
+                     "Perf",
+                     "StateError",
+                     "StreamDecoder",
+                     "TokenizeError",
+                     "Vocab",
+                     "__version__",
+                     "numa_init",
+                     "set_log_level",
+                     "system_info",
 ]

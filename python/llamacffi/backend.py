@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import Any
 
 from . import hugepages, limits, log
 from ._version import __version__
@@ -84,7 +83,7 @@ def uses_openmp() -> bool:
     return "OPENMP = 1" in ffi.string(lib.llama_print_system_info()).decode()
 
 
-def system_info() -> dict[str, Any]:
+def system_info() -> dict[str, object]:
     """What this build is: package version, llama.cpp commit, build flags, backends, devices, CPU features, and
     the huge page size the system gives on request."""
     ensure_backend()

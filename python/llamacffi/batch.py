@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from .errors import InvalidArgumentError, ensure
 from .limits import INT32_MAX, MAX_SEQ, MAX_TOKENS
-from .raw import ffi
+from .raw import CData, ffi
 from .validate import as_int, one_of
 from .vocab import as_tokens
 
@@ -58,7 +58,7 @@ class Batch:
 
     @classmethod
     def from_tokens(cls, tokens: npt.ArrayLike, *, start_pos: int = 0, seq_id: int = 0,
-                    logits: str = "last") -> "Batch":
+                    logits: str = "last") -> Batch:
         """One sequence's tokens at consecutive positions from ``start_pos``; logits for the last token only
         (``logits="all"`` for every token, ``"none"`` for none)."""
         arr = _ids(tokens)
@@ -188,7 +188,7 @@ class Batch:
         return tuple(int(s) for s in self._seq[i, :self._n_seq[i]])
 
     @property
-    def c_batch(self) -> Any:
+    def c_batch(self) -> CData:
         """The ``struct llama_batch *`` over these arrays (valid while this Batch lives)."""
         return self._c
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
 
-from .raw import ffi
+from .raw import CData, ffi
 
 
-def read_grown(fill: Callable[[Any, int], int], size: int, *, terminated: bool = False,
+def read_grown(fill: Callable[[CData, int], int], size: int, *, terminated: bool = False,
                error: Callable[[int], Exception] | None = None) -> bytes:
     """The bytes ``fill(buf, size)`` writes into a ``char[size]``, growing the buffer until they fit.
 

@@ -8,14 +8,13 @@ uses the model's own template.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Union
 
 from .cbuffer import read_grown
 from .errors import InvalidArgumentError, LlamaError
 from .raw import ffi, lib
 
 # A message: a (role, content) pair, or a mapping with "role" and "content" (as OpenAI-style APIs send them).
-Message = Union[tuple[str, str], Mapping[str, Any]]
+Message = tuple[str, str] | Mapping[str, object]
 
 __all__ = ["ChatTemplateError", "Message", "apply_template", "builtin_template_for"]
 

@@ -7,8 +7,7 @@ the matching builtin, so ``except ValueError`` keeps working.
 from __future__ import annotations
 
 import builtins
-from typing import Any, NoReturn
-
+from typing import NoReturn
 
 
 class LlamaError(Exception):
@@ -70,7 +69,7 @@ _DECODE_ERRORS = {
 }
 
 
-def ensure(cond: Any, message: str, raising: type[Exception] = InvalidArgumentError) -> None:
+def ensure(cond: object, message: str, raising: type[Exception] = InvalidArgumentError) -> None:
     """Raise ``raising(message)`` unless ``cond`` holds."""
     if not cond:
         raise raising(message)
@@ -94,7 +93,7 @@ def _raise_decode(rc: int, what: str) -> NoReturn:
     raise DecodeError(f"{what} failed with code {rc}: {meaning}", rc)
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     # Old homes of names that moved: llamacffi.validate.as_int, llamacffi.limits.INT32_MAX.
     if name == "as_int":
         from .validate import as_int

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from collections.abc import Iterable
-from typing import Any, Callable
 
-from .backend import ensure_backend
 from . import chat, gguf, hugepages, log, ownership
-from .log import capture_problems
-from .errors import ClosedError, InvalidArgumentError, LlamaError, ModelLoadError
+from .backend import ensure_backend
 from .cbuffer import read_grown
+from .errors import InvalidArgumentError, LlamaError, ModelLoadError
 from .limits import HUGE_PAGES_WITH_MMAP, MAX_GPU_LAYERS
-from .raw import ffi, lib
+from .log import capture_problems
+from .raw import CData, ffi, lib
 from .validate import as_bool, as_int, as_optional_bool
 from .vocab import Vocab
 
@@ -33,7 +33,7 @@ class _Progress:
 
 
 @ffi.def_extern()  # type: ignore[untyped-decorator]
-def llamacffi_progress_callback(progress: float, user_data: Any) -> bool:
+def llamacffi_progress_callback(progress: float, user_data: CData) -> bool:
     payload: _Progress = ffi.from_handle(user_data)
     try:
         if payload.huge is not None:
@@ -50,7 +50,7 @@ def llamacffi_progress_callback(progress: float, user_data: Any) -> bool:
     return True
 
 
-def _free_model(ptr: Any, _lib: Any = lib) -> None:
+def _free_model(ptr: CData, _lib: CData = lib) -> None:
     # Default argument: keeps the library alive until this runs, even at interpreter shutdown.
     _lib.llama_model_free(ptr)
 
@@ -63,7 +63,7 @@ class Model:
     :class:`~llamacffi.ownership.Owner` of its pointer, for a new C object that keeps it (take a lease).
     """
 
-    def __init__(self, ptr: Any, path: Path, vocab_only: bool = False, huge_pages: bool = False) -> None:
+    def __init__(self, ptr: CData, path: Path, vocab_only: bool = False, huge_pages: bool = False) -> None:
         self.owner = ownership.Owner(ptr, _free_model, "Model", "struct llama_model *")
         self.path = path
         self.vocab_only = vocab_only  # loaded without weights: a tokenizer, no Context
@@ -74,7 +74,7 @@ class Model:
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, n_gpu_layers: int = -1, use_mmap: bool | None = None,
              use_mlock: bool = False, vocab_only: bool = False, huge_pages: bool = False,
-             progress: ProgressCallback | None = None) -> "Model":
+             progress: ProgressCallback | None = None) -> Model:
         """Load a GGUF file.
 
         ``n_gpu_layers``: layers to offload to a GPU backend (-1, the default as in llama.cpp: all of them when the
@@ -139,7 +139,7 @@ class Model:
     # ---- lifetime ---------------------------------------------------------------------------------------------
 
     @property
-    def ptr(self) -> Any:
+    def ptr(self) -> CData:
         """The ``struct llama_model *`` (raises :class:`ClosedError` once closed)."""
         return self.owner.ptr
 
@@ -148,7 +148,7 @@ class Model:
         return self.owner.closed
 
     @property
-    def _ptr(self) -> Any:
+    def _ptr(self) -> CData:
         """The pointer while the model is loaded, None once freed (a close waits for the contexts using it)."""
         return self.owner._ptr
 
@@ -156,7 +156,7 @@ class Model:
         """Release the model now, or when the last Context (or other holder) using it is freed. Idempotent."""
         self.owner.close()
 
-    def __enter__(self) -> "Model":
+    def __enter__(self) -> Model:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -220,8 +220,8 @@ class Model:
         ptr = self.ptr
         out = {}
         for i in range(lib.llama_model_meta_count(ptr)):
-            key = _read_string(lambda buf, n: lib.llama_model_meta_key_by_index(ptr, i, buf, n))
-            out[key] = _read_string(lambda buf, n: lib.llama_model_meta_val_str_by_index(ptr, i, buf, n))
+            key = _read_string(functools.partial(lib.llama_model_meta_key_by_index, ptr, i))
+            out[key] = _read_string(functools.partial(lib.llama_model_meta_val_str_by_index, ptr, i))
         return out
 
     @property
@@ -247,7 +247,7 @@ class Model:
         return chat.apply_template(template, messages, add_assistant)
 
 
-def _read_string(fill: Callable[[Any, int], int], size: int = 256) -> str:
+def _read_string(fill: Callable[[CData, int], int], size: int = 256) -> str:
     """The text of a llama.cpp ``(buf, size) -> length`` function (snprintf-like)."""
     data = read_grown(fill, size, terminated=True, error=lambda _: LlamaError("llama.cpp could not read the value"))
     return data.decode("utf-8", "replace")

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Collection
-from typing import Any, Callable, TypeVar, cast
+from collections.abc import Callable, Collection
+from typing import SupportsFloat, SupportsIndex, TypeVar, cast
 
 from .errors import InvalidArgumentError
 
-Fail = Callable[[str, str, Any], Exception]  # (name, requirement such as "an int in 1..8", value) -> the exception
+Fail = Callable[[str, str, object], Exception]  # (name, requirement such as "an int in 1..8", value) -> the exception
 T = TypeVar("T")
 
 
 def failing(raising: type[Exception]) -> Fail:
     """A ``fail`` that raises ``raising("{name} must be {requirement}, got {value!r}")``."""
-    def fail(name: str, requirement: str, value: Any) -> Exception:
+    def fail(name: str, requirement: str, value: object) -> Exception:
         return raising(f"{name} must be {requirement}, got {value!r}")
     return fail
 
@@ -35,14 +35,14 @@ def _span(lo: int | None, hi: int | None) -> str:
     return f"<= {hi}" if lo is None else f"in {lo}..{hi}"
 
 
-def as_int(name: str, value: Any, lo: int | None = None, hi: int | None = None, *, exact: bool = False,
+def as_int(name: str, value: object, lo: int | None = None, hi: int | None = None, *, exact: bool = False,
            fail: Fail = invalid_argument) -> int:
     """``value`` as a Python int within ``[lo, hi]``. numpy integers pass unless ``exact`` (which takes only
     ``int``); bools, floats and the rest fail."""
     if isinstance(value, bool) or (exact and not isinstance(value, int)):
         raise fail(name, "an int" if lo is None and hi is None else f"an int {_span(lo, hi)}", value)
     try:
-        out = operator.index(value)
+        out = operator.index(cast(SupportsIndex, value))
     except TypeError:
         raise fail(name, "an int", value) from None
     if (lo is not None and out < lo) or (hi is not None and out > hi):
@@ -50,7 +50,7 @@ def as_int(name: str, value: Any, lo: int | None = None, hi: int | None = None, 
     return out
 
 
-def as_real(name: str, value: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+def as_real(name: str, value: object, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
             exact: bool = False, fail: Fail = invalid_argument) -> float:
     """``value`` as a float within ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``), never NaN. Anything ``float()``
     takes passes unless ``exact``, which takes only int and float (no bool)."""
@@ -58,7 +58,7 @@ def as_real(name: str, value: Any, lo: float | None = None, hi: float | None = N
     if exact and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise fail(name, f"a number in {rng}", value)
     try:
-        out = float(value)
+        out = float(cast(SupportsFloat, value))
     except (TypeError, ValueError, OverflowError):
         raise fail(name, "a number", value) from None
     if math.isnan(out) or (lo is not None and (out < lo or (lo_open and out == lo))) or (hi is not None and out > hi):
@@ -66,21 +66,21 @@ def as_real(name: str, value: Any, lo: float | None = None, hi: float | None = N
     return out
 
 
-def as_bool(name: str, value: Any, *, fail: Fail = invalid_argument) -> bool:
+def as_bool(name: str, value: object, *, fail: Fail = invalid_argument) -> bool:
     """``value`` when it is a bool; nothing else is taken (not 0 or 1 either)."""
     if isinstance(value, bool):
         return value
     raise fail(name, "a bool", value)
 
 
-def as_optional_bool(name: str, value: Any, *, fail: Fail = invalid_argument) -> bool | None:
+def as_optional_bool(name: str, value: object, *, fail: Fail = invalid_argument) -> bool | None:
     """``value`` when it is None or a bool."""
     if value is None or isinstance(value, bool):
         return value
     raise fail(name, "None or a bool", value)
 
 
-def one_of(name: str, value: Any, choices: Collection[T], *, fold_case: bool = False,
+def one_of(name: str, value: object, choices: Collection[T], *, fold_case: bool = False,
            fail: Fail = invalid_argument) -> T:
     """``value`` when it is one of ``choices`` (compared in lower case with ``fold_case``)."""
     key = value.lower() if fold_case and isinstance(value, str) else value

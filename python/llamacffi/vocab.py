@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import codecs
 import re
-from typing import Any, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import numpy.typing as npt
 
-from .errors import InvalidTokenError, TokenizeError
 from .cbuffer import read_grown
+from .errors import InvalidTokenError, TokenizeError
 from .ownership import Owner
-from .raw import ffi, lib
+from .raw import CData, ffi, lib
 
 TokenArray = npt.NDArray[np.int32]
 
@@ -65,7 +65,7 @@ class Vocab:
     :attr:`owner` is the model's :class:`~llamacffi.ownership.Owner`: a C object that keeps this vocabulary's
     pointer (a grammar sampler) takes a lease on it, which keeps the model loaded."""
 
-    def __init__(self, owner: Owner, ptr: Any) -> None:
+    def __init__(self, owner: Owner, ptr: CData) -> None:
         self.owner = owner
         self._raw = ptr
         self.n_tokens: int = int(lib.llama_vocab_n_tokens(ptr))
@@ -74,11 +74,11 @@ class Vocab:
         self._eog: dict[int, bool] = {}
 
     @property
-    def _ptr(self) -> Any:
+    def _ptr(self) -> CData:
         self.owner.ptr  # raises once the model is closed
         return self._raw
 
-    def _call(self, fn: Any, *args: Any) -> Any:
+    def _call(self, fn: Callable[..., CData], *args: object) -> CData:
         """``fn(vocab, *args)``, the model held for the call: cffi releases the GIL, and a close() from another
         thread meanwhile frees the model only after it."""
         with self.owner.hold():
@@ -190,7 +190,7 @@ class Vocab:
             return read_grown(lambda buf, n: lib.llama_detokenize(self._raw, toks, len(arr), buf, n,
                                                                   bool(remove_special), bool(unparse_special)), size)
 
-    def stream(self, *, special: bool = False) -> "StreamDecoder":
+    def stream(self, *, special: bool = False) -> StreamDecoder:
         """A :class:`StreamDecoder` for this vocabulary."""
         return StreamDecoder(self, special=special)
 

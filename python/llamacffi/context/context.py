@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import numpy.typing as npt
@@ -13,7 +13,7 @@ from ..batch import Batch, check_logits, chunks
 from ..errors import ClosedError, ContextError, InvalidArgumentError, LlamaError, check_decode, ensure
 from ..limits import INT32_MAX, MAX_CTX, MAX_SEQ, MAX_THREADS
 from ..model import Model
-from ..raw import ffi, lib
+from ..raw import CData, ffi, lib
 from ..validate import as_int
 from ..vocab import as_tokens
 from .memory import Memory
@@ -109,14 +109,14 @@ class Context(StateIO):
     # ---- lifetime ---------------------------------------------------------------------------------------------
 
     @property
-    def ptr(self) -> Any:
+    def ptr(self) -> CData:
         """The ``struct llama_context *`` (raises :class:`ClosedError` once closed)."""
         if self._ptr is None:
             raise ClosedError("this Context is closed")
         return self._ptr
 
     @property
-    def memory_ptr(self) -> Any:
+    def memory_ptr(self) -> CData:
         """The context's ``llama_memory_t`` (raises :class:`ClosedError` once closed)."""
         self.ptr
         return self._mem
@@ -140,7 +140,7 @@ class Context(StateIO):
                 ffi.release(ptr)  # the destructor also lets go of the model
             # else the logits views hold the context: it is freed with the last of them
 
-    def __enter__(self) -> "Context":
+    def __enter__(self) -> Context:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -170,7 +170,7 @@ class Context(StateIO):
         if not self._busy.acquire(blocking=False):
             raise LlamaError("this Context is in use by another thread; use one Context per thread")
 
-    def _exclusive(self, fn: Any, *args: Any) -> Any:
+    def _exclusive(self, fn: Callable[..., CData], *args: object) -> CData:
         """``fn(*args)`` with this context to itself (see :meth:`_claim`)."""
         self._claim()
         try:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from ..errors import InvalidArgumentError, ensure
 from ..limits import INT32_MAX
-from ..raw import lib
+from ..raw import CData, lib
 from ..validate import as_int
 
 
@@ -17,9 +18,9 @@ class MemoryHost(Protocol):
     separate_streams: bool
 
     @property
-    def memory_ptr(self) -> Any: ...
+    def memory_ptr(self) -> CData: ...
 
-    def _exclusive(self, fn: Callable[..., Any], *args: Any) -> Any: ...
+    def _exclusive(self, fn: Callable[..., CData], *args: object) -> CData: ...
 
 
 class Memory:
@@ -29,10 +30,10 @@ class Memory:
         self._ctx = ctx
 
     @property
-    def _m(self) -> Any:
+    def _m(self) -> CData:
         return self._ctx.memory_ptr
 
-    def _call(self, fn: Any, *args: Any) -> Any:
+    def _call(self, fn: Callable[..., CData], *args: object) -> CData:
         """A ``llama_memory_*`` call on this memory, never while another thread decodes on the context."""
         return self._ctx._exclusive(fn, self._m, *args)
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import StateError, ensure
-from ..raw import ffi, lib
+from ..raw import CData, ffi, lib
 from ..vocab import TokenArray, as_tokens
 from .memory import Memory
 
@@ -21,7 +21,7 @@ def _c_path(path: str | os.PathLike[str]) -> bytes:
     return raw
 
 
-def _state_bytes(data: Any) -> Any:
+def _state_bytes(data: object) -> CData:
     ensure(isinstance(data, (bytes, bytearray, memoryview)) and len(data) > 0, "state must be non-empty bytes",
            StateError)
     return ffi.from_buffer(data)
@@ -35,10 +35,10 @@ class StateIO:
     n_ctx: int
 
     @property
-    def ptr(self) -> Any:
+    def ptr(self) -> CData:
         raise NotImplementedError
 
-    def _exclusive(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _exclusive(self, fn: Callable[..., CData], *args: object) -> CData:
         raise NotImplementedError
 
     def _forget_outputs(self) -> None:

@@ -7,12 +7,13 @@ import atexit
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Protocol
 
 from ..backend import uses_openmp
 from ..errors import ContextError
-from ..raw import ffi, lib
+from ..raw import CData, ffi, lib
 
 
 def default_threads() -> int:
@@ -23,7 +24,7 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def new_pools(threads: int, threads_batch: int) -> list[Any]:
+def new_pools(threads: int, threads_batch: int) -> list[CData]:
     """Thread pools for a context of a build without OpenMP (where ggml would otherwise start and join its threads
     for every decode); two NULLs with OpenMP."""
     if uses_openmp():
@@ -36,13 +37,13 @@ def new_pools(threads: int, threads_batch: int) -> list[Any]:
     return pools
 
 
-def free_pools(pools: list[Any]) -> None:
+def free_pools(pools: list[CData]) -> None:
     lib.llamacffi_context_free(ffi.NULL, *pools)
 
 
-def context_free(pools: list[Any]) -> Callable[[Any], None]:
+def context_free(pools: list[CData]) -> Callable[[CData], None]:
     """How to free a context: llama_free, then the thread pools it uses at that time (``pools`` is read then)."""
-    def free(ptr: Any, _lib: Any = lib) -> None:
+    def free(ptr: CData, _lib: CData = lib) -> None:
         _lib.llamacffi_context_free(ptr, pools[0], pools[1])
     return free
 

@@ -4,14 +4,13 @@ memory: llama.cpp frees its output buffer for a larger one when a decode needs m
 from __future__ import annotations
 
 import weakref
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from .. import ownership
 from ..errors import LlamaError
-from ..raw import ffi
+from ..raw import CData, ffi
 
 _NO_VIEW = np.zeros(0, dtype=np.float32)
 
@@ -24,11 +23,12 @@ class OutputViews:
 
     def __init__(self, rows: int) -> None:
         self.rows = rows
-        self._last_ptr: Any = ffi.NULL  # the row view() returned last, and its view
+        self._last_ptr: CData = ffi.NULL  # the row view() returned last, and its view
         self._last: npt.NDArray[np.float32] = _NO_VIEW
-        self._refs: list[weakref.ref[Any]] = []  # views handed out (numpy arrays are not hashable: no WeakSet)
+        # views handed out (numpy arrays are not hashable: no WeakSet)
+        self._refs: list[weakref.ref[npt.NDArray[np.float32]]] = []
 
-    def view(self, row: Any, n_vocab: int, context: Any) -> npt.NDArray[np.float32]:
+    def view(self, row: CData, n_vocab: int, context: CData) -> npt.NDArray[np.float32]:
         """A read-only float32 view of ``n_vocab`` floats at ``row``, which keeps the ``context`` cdata alive, so
         that llama.cpp's buffer outlives close() and collection while the view is referenced."""
         if row == self._last_ptr:  # the same row of the same buffer as last time (a generation loop): same view

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -13,13 +13,13 @@ from .. import ownership
 from ..errors import ClosedError, GrammarError, InvalidArgumentError, InvalidTokenError, LlamaError
 from ..limits import NATIVE_MIN_TEMPERATURE, PENALTY_WINDOW_MAX
 from ..ownership import Owner
-from ..raw import ffi, lib
+from ..raw import CData, ffi, lib
 from ..validate import as_int
 from .grammar import check_grammar_shape
 from .params import FloatArray, HistoryLike, Params, as_logits, bad_token, nan_error
 
 
-def _free_sampler(ptr: Any, _lib: Any = lib) -> None:
+def _free_sampler(ptr: CData, _lib: CData = lib) -> None:
     _lib.llama_sampler_free(ptr)
 
 
@@ -28,7 +28,7 @@ class VocabLike(Protocol):
     the model it belongs to (see :mod:`llamacffi.ownership`)."""
 
     @property
-    def _ptr(self) -> Any: ...
+    def _ptr(self) -> CData: ...
 
     @property
     def owner(self) -> Owner: ...
@@ -55,7 +55,8 @@ class NativeSampler:
     ``2**32 - 1``, llama.cpp's LLAMA_DEFAULT_SEED) lets llama.cpp pick a random seed. With a grammar, the row is first
     sampled unconstrained and the grammar only checks the pick; when it rejects it, the grammar masks the whole row
     and the chain samples again, as llama.cpp's common sampler does. Free it with :meth:`close` or a ``with`` block;
-    using it afterwards raises :class:`ClosedError`. Without ``vocab`` the C sampler is built on the first :meth:`sample`, sized by that row.
+    using it afterwards raises :class:`ClosedError`. Without ``vocab`` the C sampler is built on the first
+    :meth:`sample`, sized by that row.
     """
 
     def __init__(self, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
@@ -73,8 +74,8 @@ class NativeSampler:
                                        f"here (llama.cpp divides the logits by it), got {temperature}")
         self._busy = threading.Lock()  # the C samplers are not for two threads at once
         self._closed = False
-        self._chain: Any = None
-        self._grammar: Any = None
+        self._chain: CData = None
+        self._grammar: CData = None
         self._vocab = vocab
         self._pending: list[int] = []  # tokens accepted before the chain exists
         self._n_vocab: int | None = None
@@ -122,12 +123,12 @@ class NativeSampler:
         params.no_perf = True
         chain = ffi.gc(lib.llama_sampler_chain_init(params), lib.llama_sampler_free)
 
-        def add(sampler: Any) -> None:
+        def add(sampler: CData) -> None:
             lib.llama_sampler_chain_add(chain, sampler)  # the chain owns and frees what it is given
 
         if p.bias_ids is not None and p.bias_vals is not None:
             biases = ffi.new("llama_logit_bias[]", p.bias_ids.size)
-            for i, (t, b) in enumerate(zip(p.bias_ids.tolist(), p.bias_vals.tolist())):
+            for i, (t, b) in enumerate(zip(p.bias_ids.tolist(), p.bias_vals.tolist(), strict=True)):
                 biases[i].token = t
                 biases[i].bias = b
             add(lib.llama_sampler_init_logit_bias(n, p.bias_ids.size, biases))  # copies the array
@@ -140,7 +141,7 @@ class NativeSampler:
         if p.temperature <= 0:
             add(lib.llama_sampler_init_greedy())
         else:
-            if 0 < p.top_k:
+            if p.top_k > 0:
                 add(lib.llama_sampler_init_top_k(min(p.top_k, n)))
                 self._reorders = True
             if p.top_p < 1.0:
@@ -183,7 +184,7 @@ class NativeSampler:
         lib.llama_sampler_apply(self._grammar, arr)
         return bool(self._one[0].logit != -math.inf)
 
-    def _apply(self, sampler: Any, row: FloatArray, fill: bool) -> None:
+    def _apply(self, sampler: CData, row: FloatArray, fill: bool) -> None:
         """Apply ``sampler`` to the candidate array (first filled from ``row`` with ``fill``)."""
         if fill:
             if self._ids_dirty:

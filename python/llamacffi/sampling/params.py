@@ -18,7 +18,7 @@ IdArray = npt.NDArray[np.intp]
 HistoryLike = Sequence[int] | npt.NDArray[np.integer[Any]]
 
 
-def as_logits(logits: Any) -> FloatArray:
+def as_logits(logits: object) -> FloatArray:
     """Return ``logits`` as a 1-D float ndarray without copying, or raise InvalidArgumentError."""
     row = logits if type(logits) is np.ndarray else np.asarray(logits)
     if row.dtype.kind != "f":
@@ -43,7 +43,7 @@ def bad_token(token: int, n_vocab: int, what: str) -> InvalidTokenError:
                              f"(valid ids are 0..{n_vocab - 1})")
 
 
-def check_seed(seed: Any) -> int | None:
+def check_seed(seed: object) -> int | None:
     """A seed in ``[0, 2**32 - 1]``, or None."""
     return None if seed is None else as_int("seed", seed, 0, SEED_MAX)
 

@@ -8,8 +8,18 @@ from typing import Any
 
 import numpy as np
 
-from .kernels import (best_k, check_ids, draw, greedy, history_window, merge_overrides, order_desc, penalize_values,
-                      top_p_count, unique_counts)
+from .kernels import (
+    best_k,
+    check_ids,
+    draw,
+    greedy,
+    history_window,
+    merge_overrides,
+    order_desc,
+    penalize_values,
+    top_p_count,
+    unique_counts,
+)
 from .params import FloatArray, HistoryLike, IdArray, Params, as_logits, bad_token, banned_error, check_seed, nan_error
 
 # With more override tokens (bias + penalised) than this, copying the row once is cheaper than merging.
@@ -176,7 +186,7 @@ class Sampler:
         i = draw(x, self._rng.random())
         return i if candidates is None else int(candidates[i])
 
-    def _top_p(self, candidates: IdArray | None, vals: FloatArray, top: Any,
+    def _top_p(self, candidates: IdArray | None, vals: FloatArray, top: float | np.floating[Any],
                is_sorted: bool) -> tuple[IdArray | None, FloatArray]:
         top_p = self._p.top_p
         top = vals.dtype.type(top)
