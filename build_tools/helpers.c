@@ -1,4 +1,4 @@
-
+/* The C helpers of llamacffi's cffi module, compiled with the generated module source (see build_ffi.py). */
 #include <signal.h>
 #include "llama.h"
 #include "ggml-backend.h"
@@ -46,25 +46,23 @@ static bool llamacffi_abort_check(void *data) {
 static void llamacffi_abort_attach(struct llama_context *ctx, llamacffi_abort_state *state) {
     llama_set_abort_callback(ctx, llamacffi_abort_check, state);
 }
-static int32_t llamacffi_decode(struct llama_context *ctx, struct llama_batch *batch, llamacffi_abort_state *s) {
+/* llama_decode or llama_encode with the context's abort state armed; the two differ only in that call */
+static int32_t llamacffi_process(struct llama_context *ctx, struct llama_batch *batch, llamacffi_abort_state *s,
+                                 int encode) {
     if (s->halt) return 2;  /* halted for good (interpreter exit): as an aborted decode */
     llamacffi_sigint_keep();
     s->abort = 0;
     s->sigint_epoch = (int) llamacffi_sigint_epoch;
     llamacffi_decoding = s;
-    const int32_t rc = llama_decode(ctx, *batch);
+    const int32_t rc = encode ? llama_encode(ctx, *batch) : llama_decode(ctx, *batch);
     llamacffi_decoding = NULL;
     return rc;
 }
+static int32_t llamacffi_decode(struct llama_context *ctx, struct llama_batch *batch, llamacffi_abort_state *s) {
+    return llamacffi_process(ctx, batch, s, 0);
+}
 static int32_t llamacffi_encode(struct llama_context *ctx, struct llama_batch *batch, llamacffi_abort_state *s) {
-    if (s->halt) return 2;
-    llamacffi_sigint_keep();
-    s->abort = 0;
-    s->sigint_epoch = (int) llamacffi_sigint_epoch;
-    llamacffi_decoding = s;
-    const int32_t rc = llama_encode(ctx, *batch);
-    llamacffi_decoding = NULL;
-    return rc;
+    return llamacffi_process(ctx, batch, s, 1);
 }
 
 /* ---- threads: without OpenMP, ggml starts and joins its threads for every graph unless a pool is attached ---- */
