@@ -9,46 +9,26 @@ from .batch import Batch
 from .chat import ChatTemplateError
 from .context import Context, Memory, Perf
 from .errors import (
-                     ClosedError,
-                     ContextError,
-                     DecodeAbortedError,
-                     DecodeError,
-                     GrammarError,
-                     InvalidArgumentError,
-                     InvalidTokenError,
-                     KVCacheFullError,
-                     LlamaError,
-                     ModelLoadError,
-                     StateError,
-                     TokenizeError,
+    ClosedError,
+    ContextError,
+    DecodeAbortedError,
+    DecodeError,
+    GrammarError,
+    InvalidArgumentError,
+    InvalidTokenError,
+    KVCacheFullError,
+    LlamaError,
+    ModelLoadError,
+    StateError,
+    TokenizeError,
 )
 from .log import set_log_level
 from .model import Model
 from .vocab import StreamDecoder, Vocab
 
-__all__ = [
-                     "Batch",
-                     "ChatTemplateError",
-                     "ClosedError",
-                     "Context",
-                     "ContextError",
-                     "DecodeAbortedError",
-                     "DecodeError",
-                     "GrammarError",
-                     "InvalidArgumentError",
-                     "InvalidTokenError",
-                     "KVCacheFullError",
-                     "LlamaError",
-                     "Memory",
-                     "Model",
-                     "ModelLoadError",
-                     "Perf",
-                     "StateError",
-                     "StreamDecoder",
-                     "TokenizeError",
-                     "Vocab",
-                     "__version__",
-                     "numa_init",
-                     "set_log_level",
-                     "system_info",
+__all__ = [  # noqa: RUF022 - grouped as before: the package's classes, then its errors, then its functions
+    "__version__", "Batch", "ChatTemplateError", "ClosedError", "Context", "ContextError", "DecodeAbortedError",
+    "DecodeError", "GrammarError", "InvalidArgumentError", "InvalidTokenError", "KVCacheFullError", "LlamaError",
+    "Memory", "Model", "ModelLoadError", "Perf", "StateError", "StreamDecoder", "TokenizeError", "Vocab",
+    "numa_init", "set_log_level", "system_info",
 ]
