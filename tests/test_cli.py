@@ -30,6 +30,19 @@ def test_generate_streams_to_stdout(smollm2_path: Path) -> None:
     assert "Paris" in out.stdout
 
 
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_generate_ends_its_output_with_one_newline(smollm2_path: Path, n: int) -> None:
+    # what the command prints is the reply, then a newline unless the reply ends with one (cut at --max-tokens)
+    from llamacffi.service import GenerationOptions, LlamaCppService, LocalBackendConfig
+
+    prompt = "The capital of France is"
+    with LlamaCppService(LocalBackendConfig(threads=2)) as svc, svc.load_model("smollm2-135m") as m:
+        reply = m.generate(prompt, GenerationOptions(temperature=0, max_tokens=n, raw=True))
+    out = run("generate", "--temp", "0", "-n", str(n), "--raw", prompt, module=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == (reply if reply.endswith("\n") else reply + "\n")
+
+
 def test_generate_with_stop_and_system_via_python_m(smollm2_path: Path) -> None:
     full = run("generate", "--temp", "0", "-n", "16", "--raw", "One, two, three,", module=True)
     assert full.returncode == 0, full.stderr

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import llamacffi
-import llamacffi.model as model_module
+from llamacffi import ownership
 from llamacffi import Batch, Context, GrammarError, InvalidArgumentError, LlamaError, TokenizeError
 from llamacffi.raw import lib
 from llamacffi.sampling import GRAMMAR_MAX_NESTING, GRAMMAR_MAX_RULES, NativeSampler, Sampler
@@ -240,23 +240,23 @@ def test_close_waits_for_a_tokenize_in_another_thread(smollm2_path: Path) -> Non
 
 def test_a_model_outlives_its_contexts_whatever_the_collection_order(smollm2_path: Path) -> None:
     events: list[tuple[str, int, bool]] = []  # (what, model address, whether its free was deferred)
-    real_free, real_unhold = model_module._free_model, model_module._unhold
+    real_gone, real_unlease = ownership._owner_gone, ownership._unlease
 
-    def free(ptr: object, _lib: object = None) -> None:
-        address = model_module._address(ptr)
-        real_free(ptr)
-        events.append(("model destructor", address, address in model_module._orphaned))  # deferred?
+    def gone(ptr: object, free: object) -> None:
+        address = ownership.address(ptr)
+        real_gone(ptr, free)  # type: ignore[arg-type]
+        events.append(("model destructor", address, address in ownership._orphaned))  # deferred?
 
-    def unhold(address: int, _lib: object = None) -> None:
+    def unlease(address: int, ctype: str) -> None:
         events.append(("context freed", address, True))
-        real_unhold(address)
+        real_unlease(address, ctype)
 
-    model_module._free_model, model_module._unhold = free, unhold
+    ownership._owner_gone, ownership._unlease = gone, unlease  # type: ignore[assignment]
     try:
         for _ in range(3):
             events.clear()
             m = llamacffi.Model.load(smollm2_path)
-            address = model_module._address(m._ptr)
+            address = ownership.address(m.ptr)
             ctx = Context(m, n_ctx=64, n_threads=THREADS)
             ctx.decode_tokens([1, 2, 3])
             ctx.cycle = ctx  # type: ignore[attr-defined]  # collected only by the cycle collector, with the model
@@ -267,9 +267,9 @@ def test_a_model_outlives_its_contexts_whatever_the_collection_order(smollm2_pat
             assert [e[0] for e in mine].count("model destructor") == 1 and ("context freed", address, True) in mine
             model_first = mine[0][0] == "model destructor"
             assert not model_first or mine[0][2], "the model was freed while its context still used it"
-            assert address not in model_module._holds and address not in model_module._orphaned
+            assert address not in ownership._leases and address not in ownership._orphaned
     finally:
-        model_module._free_model, model_module._unhold = real_free, real_unhold
+        ownership._owner_gone, ownership._unlease = real_gone, real_unlease  # type: ignore[assignment]
 
 
 def test_non_causal_attention_decodes_at_most_n_ubatch(smollm2: llamacffi.Model) -> None:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from llamacffi import ownership
 from llamacffi.errors import ClosedError, GrammarError, InvalidArgumentError, InvalidTokenError
 from llamacffi.raw import ffi, lib
 from llamacffi.sampling import NativeSampler, Sampler, greedy, penalize, top_k_indices, top_p_count
@@ -523,7 +524,10 @@ def test_native_grammar_needs_vocab() -> None:
 
 
 class _Vocab:
-    def __init__(self, ptr: Any) -> None:
+    """A vocabulary over a model loaded through the raw layer, its pointer owned through llamacffi.ownership."""
+
+    def __init__(self, owner: ownership.Owner, ptr: Any) -> None:
+        self.owner = owner
         self._ptr = ptr
         self.n_tokens = int(lib.llama_vocab_n_tokens(ptr))
 
@@ -538,10 +542,11 @@ def smollm2_vocab() -> Iterator[_Vocab]:
     params.vocab_only = True
     model = lib.llama_model_load_from_file(str(path).encode(), params)
     assert model != ffi.NULL
+    owner = ownership.Owner(model, lambda p, _lib=lib: _lib.llama_model_free(p), "model", "struct llama_model *")
     try:
-        yield _Vocab(lib.llama_model_get_vocab(model))
+        yield _Vocab(owner, lib.llama_model_get_vocab(model))
     finally:
-        lib.llama_model_free(model)
+        owner.close()
 
 
 def piece(vocab: _Vocab, token: int) -> str:
@@ -712,7 +717,7 @@ def test_native_top_p_and_min_p() -> None:
 
 
 def test_block_draw_inverts_the_full_cdf() -> None:
-    from llamacffi.sampling import _draw
+    from llamacffi.sampling.kernels import draw as _draw
 
     rng = np.random.default_rng(0)
     for n in (10, 8192, 8193, 50000, 262144):

@@ -150,3 +150,25 @@ def test_special_tokens(model: llamacffi.Model) -> None:
     assert v.is_eog(v.eos)
     assert 0 < v.n_tokens == model.vocab.n_tokens
     assert v.n_tokens in (49152, 262144)
+
+
+def test_is_eog_agrees_with_llama_cpp_and_refuses_a_closed_model(smollm2_path: Path) -> None:
+    from llamacffi.raw import lib
+
+    m = llamacffi.Model.load(smollm2_path, vocab_only=True)
+    v = m.vocab
+    ptr = v._ptr
+    for t in list(range(64)) + [v.eos, v.eot, v.n_tokens - 1]:
+        assert v.is_eog(t) == bool(lib.llama_vocab_is_eog(ptr, t))
+        assert v.is_eog(np.int32(t)) == v.is_eog(t)  # a second answer, from the cache, and numpy ids
+    m.close()
+    with pytest.raises(llamacffi.ClosedError):
+        v.is_eog(v.n_tokens - 1)  # answered before: still refused once the model is closed
+
+
+def test_piece_cache_is_what_the_stream_decoder_reads(smollm2: llamacffi.Model) -> None:
+    v = smollm2.vocab
+    piece = v.token_to_piece(1000)
+    assert v.piece_cache()[1000] == piece
+    assert 1000 not in v.piece_cache(special=True) or v.piece_cache(special=True)[1000] == v.token_to_piece(
+        1000, special=True)

@@ -1,5 +1,5 @@
-"""Peak resident memory of each side: every side generates ``n`` greedy tokens in a fresh process, whose
-``ru_maxrss`` the parent reads with ``wait4``.
+"""Peak resident memory of each side: every side generates ``n`` greedy tokens in a fresh process, whose peak RSS
+:func:`benchmarks.common.run_child` measures (GNU time's ``%M`` where it exists, else the child's polled ``VmHWM``).
 
 ``python -m benchmarks.sides.rss SIDE MODEL_PATH THREADS N`` is one such process (SIDE: floor, raw, pythonic, service,
 peer); llama-simple and llama-bench run as they are.

@@ -6,17 +6,29 @@ The raw layer is :mod:`llamacffi.raw` (``ffi``, ``lib``); this package exposes t
 from ._version import __version__
 from .backend import numa_init, system_info
 from .batch import Batch
+from .chat import ChatTemplateError
 from .context import Context, Memory, Perf
-from .errors import (ClosedError, ContextError, DecodeAbortedError, DecodeError, GrammarError,
-                     InvalidArgumentError, InvalidTokenError, KVCacheFullError, LlamaError, ModelLoadError,
-                     StateError, TokenizeError)
+from .errors import (
+    ClosedError,
+    ContextError,
+    DecodeAbortedError,
+    DecodeError,
+    GrammarError,
+    InvalidArgumentError,
+    InvalidTokenError,
+    KVCacheFullError,
+    LlamaError,
+    ModelLoadError,
+    StateError,
+    TokenizeError,
+)
 from .log import set_log_level
 from .model import Model
 from .vocab import StreamDecoder, Vocab
 
-__all__ = [
-    "__version__", "Batch", "ClosedError", "Context", "ContextError", "DecodeAbortedError", "DecodeError",
-    "GrammarError", "InvalidArgumentError", "InvalidTokenError", "KVCacheFullError", "LlamaError", "Memory",
-    "Model", "ModelLoadError", "Perf", "StateError", "StreamDecoder", "TokenizeError", "Vocab", "numa_init",
-    "set_log_level", "system_info",
+__all__ = [  # noqa: RUF022 - grouped as before: the package's classes, then its errors, then its functions
+    "__version__", "Batch", "ChatTemplateError", "ClosedError", "Context", "ContextError", "DecodeAbortedError",
+    "DecodeError", "GrammarError", "InvalidArgumentError", "InvalidTokenError", "KVCacheFullError", "LlamaError",
+    "Memory", "Model", "ModelLoadError", "Perf", "StateError", "StreamDecoder", "TokenizeError", "Vocab",
+    "numa_init", "set_log_level", "system_info",
 ]

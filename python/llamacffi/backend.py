@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import Any
 
-from . import hugepages, log
+from . import hugepages, limits, log
 from ._version import __version__
 from .errors import InvalidArgumentError
 from .raw import ffi, lib
+from .validate import one_of
 
 _lock = threading.Lock()
 _initialised = False
 _numa: str | None = None
 
-NUMA_STRATEGIES = {
-    "disabled": lib.GGML_NUMA_STRATEGY_DISABLED,
-    "distribute": lib.GGML_NUMA_STRATEGY_DISTRIBUTE,
-    "isolate": lib.GGML_NUMA_STRATEGY_ISOLATE,
-    "numactl": lib.GGML_NUMA_STRATEGY_NUMACTL,
-    "mirror": lib.GGML_NUMA_STRATEGY_MIRROR,
-}
+NUMA_STRATEGIES = {name: getattr(lib, f"GGML_NUMA_STRATEGY_{name.upper()}") for name in limits.NUMA_STRATEGIES}
 
 
 def ensure_backend() -> None:
@@ -44,10 +38,7 @@ def numa_init(strategy: str) -> None:
     raises :class:`ValueError`.
     """
     global _numa
-    if not isinstance(strategy, str) or strategy.lower() not in NUMA_STRATEGIES:
-        raise InvalidArgumentError(
-            f"unknown NUMA strategy {strategy!r}; valid: {', '.join(NUMA_STRATEGIES)}")
-    key = strategy.lower()
+    key = one_of("NUMA strategy", strategy, limits.NUMA_STRATEGIES, fold_case=True)
     ensure_backend()
     with _lock:
         if _numa is not None:
@@ -92,7 +83,7 @@ def uses_openmp() -> bool:
     return "OPENMP = 1" in ffi.string(lib.llama_print_system_info()).decode()
 
 
-def system_info() -> dict[str, Any]:
+def system_info() -> dict[str, object]:
     """What this build is: package version, llama.cpp commit, build flags, backends, devices, CPU features, and
     the huge page size the system gives on request."""
     ensure_backend()

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from .errors import INT32_MAX, InvalidArgumentError, as_int
-from .raw import ffi, lib
+from .errors import InvalidArgumentError, ensure
+from .limits import INT32_MAX, MAX_SEQ, MAX_TOKENS
+from .raw import CData, ffi
+from .validate import as_int, one_of
 from .vocab import as_tokens
 
-MAX_TOKENS = 1 << 22  # the most tokens a Batch or a Context holds: beyond that a request is a mistake, not a plan
-MAX_SEQ = int(lib.llama_max_parallel_sequences())
+__all__ = ["MAX_SEQ", "MAX_TOKENS", "Batch", "check_logits", "chunks"]
 
 
 def _ids(tokens: npt.ArrayLike) -> npt.NDArray[np.int32]:
@@ -22,8 +23,7 @@ def _ids(tokens: npt.ArrayLike) -> npt.NDArray[np.int32]:
 
 def check_logits(logits: str) -> None:
     """Which tokens of a sequence get logits: "last", "all" or "none"."""
-    if logits not in ("last", "all", "none"):
-        raise InvalidArgumentError(f"logits must be 'last', 'all' or 'none', got {logits!r}")
+    one_of("logits", logits, ("last", "all", "none"))
 
 
 def _start(start_pos: int, n: int) -> int:
@@ -58,7 +58,7 @@ class Batch:
 
     @classmethod
     def from_tokens(cls, tokens: npt.ArrayLike, *, start_pos: int = 0, seq_id: int = 0,
-                    logits: str = "last") -> "Batch":
+                    logits: str = "last") -> Batch:
         """One sequence's tokens at consecutive positions from ``start_pos``; logits for the last token only
         (``logits="all"`` for every token, ``"none"`` for none)."""
         arr = _ids(tokens)
@@ -136,6 +136,32 @@ class Batch:
         self._c.n_tokens = i + n
         return i + n - 1
 
+    def set_one(self, token: int, pos: int, seq_id: int) -> None:
+        """Replace the contents with one token, with logits (checked by the caller: the fast path of a generation
+        loop)."""
+        self._token[0] = token
+        self._pos[0] = pos
+        self._seq[0, 0] = seq_id
+        self._logits[0] = 1
+        self._n = 1
+        self._c.n_tokens = 1
+
+    def check_for(self, n_vocab: int, n_seq_max: int, one_seq_per_token: bool) -> None:
+        """Refuse what a context with these sizes cannot decode: a token id outside ``[0, n_vocab)``, a sequence id
+        ``>= n_seq_max``, a negative position, or (``one_seq_per_token``) a token of several sequences."""
+        n = self._n
+        ensure(n > 0, "the batch is empty")
+        tokens = self._token[:n]
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= n_vocab:
+            as_tokens(tokens, n_vocab)  # raises InvalidTokenError naming the id
+        if self.n_seq_max > n_seq_max and int(self._seq[:n].max()) >= n_seq_max:
+            raise InvalidArgumentError(f"a sequence id in the batch is >= this context's n_seq_max {n_seq_max}")
+        ensure(int(self._pos[:n].min()) >= 0, "positions must be >= 0")
+        if one_seq_per_token and self.n_seq_max > 1:
+            ensure(int(self._n_seq[:n].max()) == 1, "a token can belong to several sequences only in a context "
+                                                    "created with kv_unified=True")
+
     def _check_seq(self, seq_id: int) -> None:
         as_int("seq_id", seq_id, 0, self.n_seq_max - 1)
 
@@ -162,7 +188,7 @@ class Batch:
         return tuple(int(s) for s in self._seq[i, :self._n_seq[i]])
 
     @property
-    def c_batch(self) -> Any:
+    def c_batch(self) -> CData:
         """The ``struct llama_batch *`` over these arrays (valid while this Batch lives)."""
         return self._c
 

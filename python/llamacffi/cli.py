@@ -10,7 +10,8 @@ import json
 import sys
 import time
 import warnings
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from . import models
 
@@ -119,11 +120,14 @@ def _options(args: argparse.Namespace, raw: bool = False):  # type: ignore[no-un
 def cmd_generate(args: argparse.Namespace) -> int:
     opts = _options(args, raw=args.raw)
     svc, model = _service_model(args)
+    last = ""
     with svc, model:
         for chunk in model.generate_stream(" ".join(args.prompt), opts):
             sys.stdout.write(chunk)
             sys.stdout.flush()
-        sys.stdout.write("\n")
+            last = chunk or last
+        if not last.endswith("\n"):  # a reply cut at --max-tokens: the shell prompt starts on a line of its own
+            sys.stdout.write("\n")
     return 0
 
 

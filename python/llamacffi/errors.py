@@ -7,10 +7,7 @@ the matching builtin, so ``except ValueError`` keeps working.
 from __future__ import annotations
 
 import builtins
-import operator
-from typing import Any, NoReturn
-
-from .raw import ffi
+from typing import NoReturn
 
 
 class LlamaError(Exception):
@@ -72,25 +69,7 @@ _DECODE_ERRORS = {
 }
 
 
-INT32_MAX = (1 << 31) - 1  # llama_token, llama_pos and llama_seq_id are int32_t
-
-
-def as_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
-    """``value`` as a Python int within ``[lo, hi]``: numpy integers pass; bools, floats and the rest raise
-    :class:`InvalidArgumentError` naming the argument."""
-    if isinstance(value, bool):
-        raise InvalidArgumentError(f"{name} must be an int, got {value!r}")
-    try:
-        out = operator.index(value)
-    except TypeError:
-        raise InvalidArgumentError(f"{name} must be an int, got {value!r}") from None
-    if (lo is not None and out < lo) or (hi is not None and out > hi):
-        lo_s, hi_s = "" if lo is None else lo, "" if hi is None else hi
-        raise InvalidArgumentError(f"{name} must be in {lo_s}..{hi_s}, got {out}")
-    return out
-
-
-def ensure(cond: Any, message: str, raising: type[Exception] = InvalidArgumentError) -> None:
+def ensure(cond: object, message: str, raising: type[Exception] = InvalidArgumentError) -> None:
     """Raise ``raising(message)`` unless ``cond`` holds."""
     if not cond:
         raise raising(message)
@@ -114,8 +93,12 @@ def _raise_decode(rc: int, what: str) -> NoReturn:
     raise DecodeError(f"{what} failed with code {rc}: {meaning}", rc)
 
 
-def check_ptr(ptr: Any, raising: type[Exception], message: str) -> Any:
-    """Return ``ptr`` unless it is NULL, in which case raise ``raising(message)``."""
-    if ptr == ffi.NULL:
-        raise raising(message)
-    return ptr
+def __getattr__(name: str) -> object:
+    # Old homes of names that moved: llamacffi.validate.as_int, llamacffi.limits.INT32_MAX.
+    if name == "as_int":
+        from .validate import as_int
+        return as_int
+    if name == "INT32_MAX":
+        from .limits import INT32_MAX
+        return INT32_MAX
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -48,9 +48,12 @@ def _maps() -> list[tuple[int, int, bool]]:
     return out
 
 
-def mapped() -> list[Range]:
+def mapped_ranges() -> list[Range]:
     """The address ranges mapped in this process now, as (start, end), by address."""
     return [(a, b) for a, b, _ in _maps()]
+
+
+mapped = mapped_ranges  # the old name, which read as the service's error mapping (service.errors.mapped)
 
 
 def anonymous() -> list[Range]:
@@ -80,7 +83,7 @@ def unmapped_before(before: list[Range], after: list[Range]) -> list[Range]:
 
 def huge_bytes(ranges: list[Range]) -> int:
     """How many bytes of ``ranges`` huge pages back now, from ``AnonHugePages`` of /proc/self/smaps (which this
-    reads whole: a few milliseconds). A mapping only partly inside ``ranges`` counts at most its part inside."""
+    reads whole). A mapping only partly inside ``ranges`` counts at most its part inside."""
     total = 0
     overlap = 0
     try:
@@ -107,7 +110,7 @@ class HugePages:
         self.ranges: list[Range] = []  # what was advised, aligned to the huge page size
         self._advised = False
         try:
-            self.before = mapped() if self.size else []
+            self.before = mapped_ranges() if self.size else []
         except (OSError, ValueError):  # no /proc: the memory keeps its small pages
             self.size, self.before = 0, []
 

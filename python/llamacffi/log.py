@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
 
-from .raw import ffi, lib
+from .raw import CData, ffi, lib
 
 logger = logging.getLogger("llamacffi")
 
@@ -43,7 +43,7 @@ def take_interrupt() -> bool:
 
 
 @ffi.def_extern()  # type: ignore[untyped-decorator]
-def llamacffi_log_callback(level: int, text: Any, user_data: Any) -> None:
+def llamacffi_log_callback(level: int, text: CData, user_data: CData) -> None:
     global _interrupted
     try:
         _log_line(level, text)
@@ -51,7 +51,7 @@ def llamacffi_log_callback(level: int, text: Any, user_data: Any) -> None:
         _interrupted = True
 
 
-def _log_line(level: int, text: Any) -> None:
+def _log_line(level: int, text: CData) -> None:
     global _last_level, _pending
     message = ffi.string(text).decode("utf-8", "replace")
     if level != lib.GGML_LOG_LEVEL_CONT:

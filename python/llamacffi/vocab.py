@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import codecs
 import re
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import numpy.typing as npt
 
+from .cbuffer import read_grown
 from .errors import InvalidTokenError, TokenizeError
-from .raw import ffi, lib
-
-if TYPE_CHECKING:
-    from .model import Model
+from .ownership import Owner
+from .raw import CData, ffi, lib
 
 TokenArray = npt.NDArray[np.int32]
 
@@ -61,24 +60,28 @@ def _text_bytes(text: str | bytes, what: str = "text") -> bytes:
 
 
 class Vocab:
-    """A model's vocabulary, borrowed from its :class:`Model` (valid while the model is open)."""
+    """A model's vocabulary, borrowed from its :class:`Model` (valid while the model is open).
 
-    def __init__(self, model: "Model", ptr: Any) -> None:
-        self._model = model
+    :attr:`owner` is the model's :class:`~llamacffi.ownership.Owner`: a C object that keeps this vocabulary's
+    pointer (a grammar sampler) takes a lease on it, which keeps the model loaded."""
+
+    def __init__(self, owner: Owner, ptr: CData) -> None:
+        self.owner = owner
         self._raw = ptr
         self.n_tokens: int = int(lib.llama_vocab_n_tokens(ptr))
         self._pieces: dict[int, bytes] = {}
         self._special_pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
 
     @property
-    def _ptr(self) -> Any:
-        self._model.ptr  # raises once the model is closed
+    def _ptr(self) -> CData:
+        self.owner.ptr  # raises once the model is closed
         return self._raw
 
-    def _call(self, fn: Any, *args: Any) -> Any:
+    def _call(self, fn: Callable[..., CData], *args: object) -> CData:
         """``fn(vocab, *args)``, the model held for the call: cffi releases the GIL, and a close() from another
         thread meanwhile frees the model only after it."""
-        with self._model._in_use():
+        with self.owner.hold():
             return fn(self._raw, *args)
 
     # ---- special tokens ---------------------------------------------------------------------------------------
@@ -112,8 +115,13 @@ class Vocab:
         return t
 
     def is_eog(self, token: int) -> bool:
-        """True for end-of-generation tokens (EOS, EOT, ...)."""
-        return bool(self._call(lib.llama_vocab_is_eog, self._check(token)))
+        """True for end-of-generation tokens (EOS, EOT, ...). Answers are kept per token: a generation loop asks
+        for every token it samples."""
+        hit = self._eog.get(token) if type(token) is int else None
+        if hit is None or self.owner.closed:
+            t = self._check(token)
+            hit = self._eog[t] = bool(self._call(lib.llama_vocab_is_eog, t))
+        return hit
 
     def is_control(self, token: int) -> bool:
         return bool(self._call(lib.llama_vocab_is_control, self._check(token)))
@@ -121,7 +129,7 @@ class Vocab:
     def text(self, token: int) -> str:
         """The token's text as stored in the vocabulary (not rendered)."""
         t = self._check(token)
-        with self._model._in_use():
+        with self.owner.hold():
             text: bytes = ffi.string(lib.llama_vocab_get_text(self._raw, t))
         return text.decode("utf-8", "replace")
 
@@ -135,7 +143,7 @@ class Vocab:
             raise TokenizeError("text is too long to tokenize (over 2 GiB)")
         cap = min(len(data) + 8, 2**31 - 1)
         out = np.empty(cap, dtype=np.int32)
-        with self._model._in_use():
+        with self.owner.hold():
             ptr = self._raw
             n = lib.llama_tokenize(ptr, data, len(data), ffi.from_buffer("llama_token[]", out), cap,
                                    bool(add_special), bool(parse_special))
@@ -149,6 +157,11 @@ class Vocab:
                     raise TokenizeError(f"llama_tokenize failed ({n})")
         return out[:n].copy() if n < cap // 2 else out[:n]
 
+    def piece_cache(self, special: bool = False) -> dict[int, bytes]:
+        """The pieces :meth:`token_to_piece` rendered so far, by token id (the same dict, filled as it goes): a
+        lookup in it is the fast path of a streaming decoder."""
+        return self._special_pieces if special else self._pieces
+
     def token_to_piece(self, token: int, *, special: bool = False) -> bytes:
         """The bytes a token renders to (possibly part of a UTF-8 character). ``special`` renders control tokens."""
         t = self._check(token)
@@ -160,13 +173,7 @@ class Vocab:
         return piece
 
     def _piece(self, t: int, special: bool, lstrip: int) -> bytes:
-        size = 64
-        while True:
-            buf = ffi.new("char[]", size)
-            n = self._call(lib.llama_token_to_piece, t, buf, size, lstrip, special)
-            if n >= 0:
-                return bytes(ffi.buffer(buf, n))
-            size = -n
+        return read_grown(lambda buf, size: self._call(lib.llama_token_to_piece, t, buf, size, lstrip, special), 64)
 
     def detokenize(self, tokens: Iterable[int] | npt.ArrayLike, *, remove_special: bool = False,
                    unparse_special: bool = False) -> str:
@@ -179,16 +186,11 @@ class Vocab:
         arr = as_tokens(tokens, self.n_tokens)
         toks = ffi.from_buffer("llama_token[]", arr)
         size = max(64, 8 * len(arr))
-        with self._model._in_use():
-            while True:
-                buf = ffi.new("char[]", size)
-                n = lib.llama_detokenize(self._raw, toks, len(arr), buf, size, bool(remove_special),
-                                         bool(unparse_special))
-                if n >= 0:
-                    return bytes(ffi.buffer(buf, n))
-                size = -n
+        with self.owner.hold():
+            return read_grown(lambda buf, n: lib.llama_detokenize(self._raw, toks, len(arr), buf, n,
+                                                                  bool(remove_special), bool(unparse_special)), size)
 
-    def stream(self, *, special: bool = False) -> "StreamDecoder":
+    def stream(self, *, special: bool = False) -> StreamDecoder:
         """A :class:`StreamDecoder` for this vocabulary."""
         return StreamDecoder(self, special=special)
 
@@ -208,7 +210,7 @@ class StreamDecoder:
         self._special = special
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._first = True
-        self._cache = vocab._special_pieces if special else vocab._pieces
+        self._cache = vocab.piece_cache(special)
 
     def feed(self, token: int) -> str:
         if self._first:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import math
 from typing import Any, TypeVar
 
+from .. import limits, validate
 from .errors import InvalidConfigError
 
 T = TypeVar("T", bound="_Config")
@@ -63,26 +63,23 @@ class _Config:
             raise InvalidConfigError(f"{cls.__name__}: invalid JSON: {exc}") from None
         return cls.from_dict(data)
 
+    def _fail(self, name: str, requirement: str, value: Any) -> InvalidConfigError:
+        return _fail(type(self), name, f"must be {requirement}", value)
+
     def _int(self, name: str, lo: int, hi: int | None = None, allow_none: bool = False) -> None:
         v = getattr(self, name)
         if v is None and allow_none:
             return
-        if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
-            rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-            raise _fail(type(self), name, f"must be an int {rng}", v)
+        validate.as_int(name, v, lo, hi, exact=True, fail=self._fail)
 
     def _float(self, name: str, lo: float, hi: float, lo_open: bool = False) -> None:
-        v = getattr(self, name)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v) or v > hi or v < lo or (
-                lo_open and v == lo):
-            raise _fail(type(self), name, f"must be a number in {'(' if lo_open else '['}{lo}, {hi}]", v)
+        validate.as_real(name, getattr(self, name), lo, hi, lo_open=lo_open, exact=True, fail=self._fail)
 
     def _bool(self, name: str) -> None:
-        if not isinstance(getattr(self, name), bool):
-            raise _fail(type(self), name, "must be a bool", getattr(self, name))
+        validate.as_bool(name, getattr(self, name), fail=self._fail)
 
 
-NUMA = ("disabled", "distribute", "isolate", "numactl", "mirror")
+NUMA = limits.NUMA_STRATEGIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,16 +93,13 @@ class LlamaCppSpecificConfig(_Config):
     numa_strategy: str | None = None
 
     def __post_init__(self) -> None:
-        if self.use_mmap is not None and not isinstance(self.use_mmap, bool):
-            raise _fail(type(self), "use_mmap", "must be None or a bool", self.use_mmap)
+        validate.as_optional_bool("use_mmap", self.use_mmap, fail=self._fail)
         self._bool("use_mlock")
         self._bool("huge_pages")
         if self.huge_pages and self.use_mmap:
-            raise _fail(type(self), "huge_pages", "does not go with use_mmap=True (huge pages back memory the weights "
-                        "are read into, not a mapped file)", self.huge_pages)
-        if self.numa_strategy is not None and (not isinstance(self.numa_strategy, str)
-                                               or self.numa_strategy.lower() not in NUMA):
-            raise _fail(type(self), "numa_strategy", f"must be None or one of {', '.join(NUMA)}", self.numa_strategy)
+            raise _fail(type(self), "huge_pages", limits.HUGE_PAGES_WITH_MMAP, self.huge_pages)
+        if self.numa_strategy is not None:
+            validate.one_of("numa_strategy", self.numa_strategy, NUMA, fold_case=True, fail=self._fail)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,9 +113,9 @@ class LocalBackendConfig(_Config):
     llama_cpp: LlamaCppSpecificConfig = dataclasses.field(default_factory=LlamaCppSpecificConfig)
 
     def __post_init__(self) -> None:
-        self._int("threads", 1, 1024, allow_none=True)
+        self._int("threads", 1, limits.MAX_THREADS, allow_none=True)
         self._bool("use_gpu")
-        self._int("gpu_layers", -1, (1 << 31) - 1)
+        self._int("gpu_layers", -1, limits.MAX_GPU_LAYERS)
         if not isinstance(self.llama_cpp, LlamaCppSpecificConfig):
             raise _fail(type(self), "llama_cpp", "must be a LlamaCppSpecificConfig", self.llama_cpp)
 
@@ -141,7 +135,7 @@ class ModelConfig(_Config):
     warns, or raises with ``strict_context``. ``truncate_prompt`` keeps the end of a prompt that does not fit.
     ``chat_template``: a llama.cpp template name (``"chatml"``, ``"gemma"``, ...) or template text, instead of the
     model's own. ``flash_attn``: flash attention on or off; None lets llama.cpp choose (on where the backend
-    supports it, as on CPU, where it is about 5% faster here)."""
+    supports it, as on CPU)."""
 
     context_size: int = 2048
     batch_size: int = 512
@@ -158,12 +152,12 @@ class ModelConfig(_Config):
         if self.chat_template is not None and ("\0" in self.chat_template or not _encodable(self.chat_template)):
             raise _fail(type(self), "chat_template", "must be text without NUL characters or lone surrogates",
                         self.chat_template)
-        self._int("context_size", 16, 1 << 20)
-        self._int("batch_size", 1, 1 << 16)
-        self._int("parallel", 1, 256)
-        if self.context_size * self.parallel > 1 << 22:  # Context's limit on n_ctx, which is their product
-            raise _fail(type(self), "context_size", f"times parallel ({self.parallel}) must be at most {1 << 22}",
-                        self.context_size)
+        self._int("context_size", limits.CONTEXT_SIZE_MIN, limits.CONTEXT_SIZE_MAX)
+        self._int("batch_size", 1, limits.BATCH_SIZE_MAX)
+        self._int("parallel", 1, limits.PARALLEL_MAX)
+        if self.context_size * self.parallel > limits.MAX_CTX:  # Context's limit on n_ctx, which is their product
+            raise _fail(type(self), "context_size", f"times parallel ({self.parallel}) must be at most "
+                        f"{limits.MAX_CTX}", self.context_size)
         if self.batch_size < self.parallel:  # every step decodes a token of each of up to `parallel` requests
             raise _fail(type(self), "batch_size", f"must be at least parallel ({self.parallel})", self.batch_size)
         self._int("max_queue", 0)
@@ -195,16 +189,16 @@ class GenerationOptions(_Config):
     logit_bias: dict[int, float] | None = None
 
     def __post_init__(self) -> None:
-        self._int("max_tokens", 1, 1 << 20)
-        self._float("temperature", 0.0, 100.0)
+        self._int("max_tokens", 1, limits.MAX_NEW_TOKENS)
+        self._float("temperature", 0.0, limits.TEMPERATURE_MAX)
         self._float("top_p", 0.0, 1.0, lo_open=True)
         self._int("top_k", 0)
         self._float("min_p", 0.0, 1.0)
-        self._float("repeat_penalty", 0.0, 100.0, lo_open=True)
-        self._float("frequency_penalty", -100.0, 100.0)
-        self._float("presence_penalty", -100.0, 100.0)
-        self._int("penalty_last_n", -1, 1 << 20)
-        self._int("seed", 0, 2**32 - 1, allow_none=True)
+        self._float("repeat_penalty", 0.0, limits.PENALTY_MAX, lo_open=True)
+        self._float("frequency_penalty", -limits.PENALTY_MAX, limits.PENALTY_MAX)
+        self._float("presence_penalty", -limits.PENALTY_MAX, limits.PENALTY_MAX)
+        self._int("penalty_last_n", -1, limits.PENALTY_WINDOW_MAX)
+        self._int("seed", 0, limits.SEED_MAX, allow_none=True)
         stops = self.stop_sequences
         if not isinstance(stops, (list, tuple, set, frozenset)) or not all(isinstance(s, str) and s for s in stops):
             raise _fail(type(self), "stop_sequences", "must be a list, tuple or set of non-empty strings", stops)

@@ -1,0 +1,221 @@
+/* The C helpers of llamacffi's cffi module, compiled with the generated module source (see build_ffi.py). */
+#include <signal.h>
+#include "llama.h"
+#include "ggml-backend.h"
+#include "ggml-cpu.h"
+
+static const char *llamacffi_package_version(void) { return LLAMACFFI_PACKAGE_VERSION; }
+static const char *llamacffi_llama_cpp_commit(void) { return LLAMACFFI_LLAMA_CPP_COMMIT; }
+static const char *llamacffi_build_flags(void) { return LLAMACFFI_BUILD_FLAGS; }
+
+/* ---- logging: filter in C so that dropped lines cost no Python call ---- */
+static void llamacffi_log_callback(enum ggml_log_level level, const char *text, void *user_data);
+static volatile int llamacffi_log_threshold = GGML_LOG_LEVEL_WARN;
+static int llamacffi_log_last_passed = 0;
+
+#if defined(_MSC_VER)
+#define LLAMACFFI_THREAD_LOCAL __declspec(thread)
+#else
+#define LLAMACFFI_THREAD_LOCAL _Thread_local
+#endif
+typedef struct { volatile int abort; int sigint_epoch; volatile int halt; } llamacffi_abort_state;
+static volatile sig_atomic_t llamacffi_sigint_epoch = 0;
+static LLAMACFFI_THREAD_LOCAL llamacffi_abort_state *llamacffi_decoding = NULL;  /* this thread's decode */
+static bool llamacffi_abort_check(void *data);
+static void llamacffi_sigint_keep(void);
+
+static void llamacffi_log_filter(enum ggml_log_level level, const char *text, void *user_data) {
+    int pass = level == GGML_LOG_LEVEL_CONT ? llamacffi_log_last_passed : (int) level >= llamacffi_log_threshold;
+    /* an aborted decode (Ctrl-C, Context.abort) makes llama.cpp log its failure: Python raises for it instead */
+    if (pass && llamacffi_decoding != NULL && llamacffi_abort_check(llamacffi_decoding)) pass = 0;
+    llamacffi_log_last_passed = pass;
+    if (pass) llamacffi_log_callback(level, text, user_data);
+}
+static void llamacffi_log_set_threshold(int threshold) { llamacffi_log_threshold = threshold; }
+static void llamacffi_log_install(int threshold) {
+    llamacffi_log_threshold = threshold;
+    llama_log_set(llamacffi_log_filter, NULL);
+}
+
+/* ---- abort: a per-context flag plus a process-wide Ctrl-C epoch ---- */
+
+static bool llamacffi_abort_check(void *data) {
+    llamacffi_abort_state *s = (llamacffi_abort_state *) data;
+    return s->abort != 0 || s->halt != 0 || s->sigint_epoch != (int) llamacffi_sigint_epoch;
+}
+static void llamacffi_abort_attach(struct llama_context *ctx, llamacffi_abort_state *state) {
+    llama_set_abort_callback(ctx, llamacffi_abort_check, state);
+}
+/* llama_decode or llama_encode with the context's abort state armed; the two differ only in that call */
+static int32_t llamacffi_process(struct llama_context *ctx, struct llama_batch *batch, llamacffi_abort_state *s,
+                                 int encode) {
+    if (s->halt) return 2;  /* halted for good (interpreter exit): as an aborted decode */
+    llamacffi_sigint_keep();
+    s->abort = 0;
+    s->sigint_epoch = (int) llamacffi_sigint_epoch;
+    llamacffi_decoding = s;
+    const int32_t rc = encode ? llama_encode(ctx, *batch) : llama_decode(ctx, *batch);
+    llamacffi_decoding = NULL;
+    return rc;
+}
+static int32_t llamacffi_decode(struct llama_context *ctx, struct llama_batch *batch, llamacffi_abort_state *s) {
+    return llamacffi_process(ctx, batch, s, 0);
+}
+static int32_t llamacffi_encode(struct llama_context *ctx, struct llama_batch *batch, llamacffi_abort_state *s) {
+    return llamacffi_process(ctx, batch, s, 1);
+}
+
+/* ---- threads: without OpenMP, ggml starts and joins its threads for every graph unless a pool is attached ---- */
+static struct ggml_threadpool *llamacffi_threadpool_new(int n_threads) {
+    struct ggml_threadpool_params params = ggml_threadpool_params_default(n_threads);
+    return ggml_threadpool_new(&params);
+}
+static void llamacffi_context_free(struct llama_context *ctx, struct ggml_threadpool *pool,
+                                   struct ggml_threadpool *pool_batch) {
+    if (ctx != NULL) llama_free(ctx);
+    if (pool_batch != NULL && pool_batch != pool) ggml_threadpool_free(pool_batch);
+    if (pool != NULL) ggml_threadpool_free(pool);
+}
+
+/* ---- sampling: the k best of a logits row in one pass (the numpy sampler's hot path) ---- */
+/* ids/vals receive min(k, n) entries by descending value, ties by ascending id; returns their count, or -1 when the
+   row holds a NaN. Once k entries are held, blocks of 16 with nothing above the k-th best (and no NaN) are skipped
+   after one vectorisable test, so most of the row costs a fraction of a cycle per value. */
+static inline void llamacffi_top_k_offer(float v, int32_t i, int32_t k, int32_t *m, int32_t *ids, float *vals) {
+    if (*m == k) {
+        if (!(v > vals[k - 1])) return;
+        (*m)--;
+    }
+    int32_t j = *m;
+    while (j > 0 && vals[j - 1] < v) {
+        vals[j] = vals[j - 1];
+        ids[j] = ids[j - 1];
+        j--;
+    }
+    vals[j] = v;
+    ids[j] = i;
+    (*m)++;
+}
+#if defined(__SSE__) || defined(_M_X64)
+#include <xmmintrin.h>
+/* whether any of x[0..16) is above thr or NaN ("not <=" is true for both) */
+static inline int llamacffi_block_hit(const float *x, float thr) {
+    const __m128 t = _mm_set1_ps(thr);
+    const __m128 a = _mm_or_ps(_mm_cmpnle_ps(_mm_loadu_ps(x), t), _mm_cmpnle_ps(_mm_loadu_ps(x + 4), t));
+    const __m128 b = _mm_or_ps(_mm_cmpnle_ps(_mm_loadu_ps(x + 8), t), _mm_cmpnle_ps(_mm_loadu_ps(x + 12), t));
+    return _mm_movemask_ps(_mm_or_ps(a, b));
+}
+#else
+static inline int llamacffi_block_hit(const float *x, float thr) {
+    int hit = 0;
+    for (int32_t j = 0; j < 16; j++) hit |= !(x[j] <= thr);
+    return hit;
+}
+#endif
+static int32_t llamacffi_top_k(const float *x, int32_t n, int32_t k, int32_t *ids, float *vals) {
+    int32_t m = 0, nan = 0, i = 0;
+    if (k > n) k = n;
+    if (k <= 0) return 0;
+    for (; i < k; i++) {
+        nan |= x[i] != x[i];
+        llamacffi_top_k_offer(x[i], i, k, &m, ids, vals);
+    }
+    for (; i + 16 <= n; i += 16) {
+        if (!llamacffi_block_hit(x + i, vals[k - 1])) continue;
+        for (int32_t j = 0; j < 16; j++) {
+            nan |= x[i + j] != x[i + j];
+            llamacffi_top_k_offer(x[i + j], i + j, k, &m, ids, vals);
+        }
+    }
+    for (; i < n; i++) {
+        nan |= x[i] != x[i];
+        llamacffi_top_k_offer(x[i], i, k, &m, ids, vals);
+    }
+    return nan ? -1 : m;
+}
+
+#if defined(_WIN32)
+static int llamacffi_sigint_install(void) { return 0; }
+static void llamacffi_sigint_keep(void) {}
+#else
+#include <pthread.h>
+/* Chains to the handler that was installed before (Python's), so KeyboardInterrupt is still raised once the
+   decode returns to Python. Python code can install its own handler later (asyncio.run does, for SIGINT): every
+   decode wraps the handler it finds again. The previous handler sits in one of two slots, and a new one goes to the
+   other slot before it is published, so that a signal being handled meanwhile reads a whole one. */
+static struct sigaction llamacffi_prev_sigint[2];
+static volatile sig_atomic_t llamacffi_prev_slot = 0;
+static volatile int llamacffi_sigint_wanted = 0;
+static pthread_mutex_t llamacffi_sigint_lock = PTHREAD_MUTEX_INITIALIZER;
+static void llamacffi_on_sigint(int sig, siginfo_t *info, void *uctx) {
+    const struct sigaction *prev = &llamacffi_prev_sigint[llamacffi_prev_slot];
+    llamacffi_sigint_epoch++;
+    if (prev->sa_flags & SA_SIGINFO) {
+        if (prev->sa_sigaction) prev->sa_sigaction(sig, info, uctx);
+    } else if (prev->sa_handler == SIG_DFL) {
+        sigaction(SIGINT, prev, NULL);
+        raise(SIGINT);
+    } else if (prev->sa_handler != SIG_IGN) {
+        prev->sa_handler(sig);
+    }
+}
+static int llamacffi_sigint_wrap(void) {
+    struct sigaction cur, ours;
+    int rc = 0;
+    /* a thread that finds another one wrapping leaves it to that one; a child forked meanwhile (its lock then held
+       for good) keeps the handler it has instead of waiting forever */
+    if (pthread_mutex_trylock(&llamacffi_sigint_lock) != 0) return 0;
+    if (sigaction(SIGINT, NULL, &cur) != 0) {
+        rc = -1;
+    } else if (!((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == llamacffi_on_sigint) &&
+               !(!(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == SIG_IGN)) {  /* not ours, not ignored */
+        const int next = 1 - llamacffi_prev_slot;
+        llamacffi_prev_sigint[next] = cur;
+        llamacffi_prev_slot = next;
+        ours = cur;
+        ours.sa_sigaction = llamacffi_on_sigint;
+        ours.sa_flags = (cur.sa_flags | SA_SIGINFO) & ~SA_RESETHAND;
+        rc = sigaction(SIGINT, &ours, NULL);
+    }
+    pthread_mutex_unlock(&llamacffi_sigint_lock);
+    return rc;
+}
+static int llamacffi_sigint_install(void) {
+    llamacffi_sigint_wanted = 1;
+    return llamacffi_sigint_wrap();
+}
+static void llamacffi_sigint_keep(void) {  /* before a decode: one sigaction call when nothing changed */
+    if (llamacffi_sigint_wanted) llamacffi_sigint_wrap();
+}
+#endif
+
+/* ---- memory: transparent huge pages for a range of anonymous memory (Linux) ---- */
+/* Asks that the range (start and length multiples of page, the huge page size) take huge pages from its next page
+   faults on; with collapse set, also moves the small pages it holds now, one huge page at a time (a single call
+   over the range can give up on all of it). Returns how many of its huge pages are huge after the call (0 without
+   collapse), or -errno. A part of the range no longer mapped is skipped. */
+#include <errno.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#ifndef MADV_HUGEPAGE
+#define MADV_HUGEPAGE 14
+#endif
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+static int64_t llamacffi_huge_pages(uintptr_t start, size_t length, size_t page, int collapse) {
+    int64_t n = 0;
+    if (page == 0 || start % page != 0 || length % page != 0) return -EINVAL;
+    /* ENOMEM: a part of the range is unmapped; the advice still applies to the rest */
+    if (madvise((void *) start, length, MADV_HUGEPAGE) != 0 && errno != ENOMEM) return -errno;
+    for (size_t off = 0; collapse && off < length; off += page) {
+        if (madvise((void *) (start + off), page, MADV_COLLAPSE) == 0) n++;
+    }
+    return n;
+}
+#else
+static int64_t llamacffi_huge_pages(uintptr_t start, size_t length, size_t page, int collapse) {
+    (void) start; (void) length; (void) page; (void) collapse;
+    return -ENOSYS;
+}
+#endif

@@ -1,0 +1,95 @@
+"""Saving and restoring a context's state: the whole context, or one sequence, as bytes or to a file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import StateError, ensure
+from ..raw import CData, ffi, lib
+from ..vocab import TokenArray, as_tokens
+from .memory import Memory
+
+
+def _c_path(path: str | os.PathLike[str]) -> bytes:
+    """A file path for C, which would end it at a NUL character."""
+    raw = os.fsencode(path)
+    ensure(b"\0" not in raw, f"a path cannot hold a NUL character: {os.fspath(path)!r}")
+    return raw
+
+
+def _state_bytes(data: object) -> CData:
+    ensure(isinstance(data, (bytes, bytearray, memoryview)) and len(data) > 0, "state must be non-empty bytes",
+           StateError)
+    return ffi.from_buffer(data)
+
+
+class StateIO:
+    """The state methods of :class:`~llamacffi.Context` (a base class of it)."""
+
+    memory: Memory
+    n_vocab: int
+    n_ctx: int
+
+    @property
+    def ptr(self) -> CData:
+        raise NotImplementedError
+
+    def _exclusive(self, fn: Callable[..., CData], *args: object) -> CData:
+        raise NotImplementedError
+
+    def _forget_outputs(self) -> None:
+        raise NotImplementedError
+
+    def state_save(self) -> bytes:
+        """The whole state (memory, outputs) as bytes."""
+        ptr = self.ptr
+        size = self._exclusive(lib.llama_state_get_size, ptr)
+        buf = ffi.new("uint8_t[]", size)
+        n = self._exclusive(lib.llama_state_get_data, ptr, buf, size)
+        ensure(n > 0, "llama.cpp could not save the state", StateError)
+        return bytes(ffi.buffer(buf, n))
+
+    def state_load(self, data: bytes) -> None:
+        """Restore a state from :meth:`state_save` of a context with the same model and sizes."""
+        n = self._exclusive(lib.llama_state_set_data, self.ptr, _state_bytes(data), len(data))
+        ensure(n > 0, "llama.cpp rejected the state (another model or context size, or corrupt data)", StateError)
+        self._forget_outputs()
+
+    def seq_state_save(self, seq_id: int = 0) -> bytes:
+        """The memory of one sequence as bytes."""
+        ptr = self.ptr
+        self.memory.check_seq(seq_id)
+        size = self._exclusive(lib.llama_state_seq_get_size, ptr, seq_id)
+        buf = ffi.new("uint8_t[]", size)
+        n = self._exclusive(lib.llama_state_seq_get_data, ptr, buf, size, seq_id)
+        ensure(n > 0, f"llama.cpp could not save sequence {seq_id}", StateError)
+        return bytes(ffi.buffer(buf, n))
+
+    def seq_state_load(self, data: bytes, seq_id: int = 0) -> None:
+        """Load a sequence saved by :meth:`seq_state_save` into ``seq_id`` (which should be empty)."""
+        self.memory.check_seq(seq_id)
+        n = self._exclusive(lib.llama_state_seq_set_data, self.ptr, _state_bytes(data), len(data), seq_id)
+        ensure(n > 0, "llama.cpp rejected the sequence state (another model, or corrupt data)", StateError)
+
+    def seq_save_file(self, path: str | os.PathLike[str], tokens: npt.ArrayLike, seq_id: int = 0) -> None:
+        """Save one sequence's memory and its tokens to a file."""
+        self.memory.check_seq(seq_id)
+        arr = as_tokens(tokens, self.n_vocab)
+        n = self._exclusive(lib.llama_state_seq_save_file, self.ptr, _c_path(path), seq_id,
+                            ffi.from_buffer("llama_token[]", arr), len(arr))
+        ensure(n > 0, f"could not write the sequence state to {os.fspath(path)}", StateError)
+
+    def seq_load_file(self, path: str | os.PathLike[str], seq_id: int = 0) -> TokenArray:
+        """Load a sequence saved by :meth:`seq_save_file` into ``seq_id``; returns its tokens."""
+        self.memory.check_seq(seq_id)
+        ensure(os.path.isfile(path), f"no state file at {os.fspath(path)}", StateError)
+        out = np.empty(self.n_ctx, dtype=np.int32)
+        count = ffi.new("size_t *")
+        n = self._exclusive(lib.llama_state_seq_load_file, self.ptr, _c_path(path), seq_id,
+                            ffi.from_buffer("llama_token[]", out), len(out), count)
+        ensure(n > 0, f"llama.cpp rejected the state file {os.fspath(path)}", StateError)
+        return out[:count[0]].copy()

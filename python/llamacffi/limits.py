@@ -1,0 +1,51 @@
+"""Every bound llamacffi checks arguments against, named once (the Pythonic layer and the service read them here).
+
+Bounds come from three places: llama.cpp's C types (int32 ids, positions and sequence ids), what llama.cpp would
+abort or misbehave on (a grammar nested too deep, a temperature small enough to overflow), and sizes past which a
+request is a mistake rather than a plan (a 4M-token batch).
+"""
+
+from __future__ import annotations
+
+from .raw import lib
+
+INT32_MAX = (1 << 31) - 1  # llama_token, llama_pos and llama_seq_id are int32_t
+UINT32_MAX = (1 << 32) - 1
+
+# ---- sizes ----------------------------------------------------------------------------------------------------
+MAX_TOKENS = 1 << 22  # the most tokens a Batch or a Context (n_ctx, n_batch) holds
+MAX_CTX = MAX_TOKENS
+MAX_SEQ = int(lib.llama_max_parallel_sequences())  # sequences of one context
+MAX_THREADS = 1024  # threads of one context
+MAX_GPU_LAYERS = INT32_MAX  # what n_gpu_layers=-1 ("all") becomes
+
+# ---- sampling ---------------------------------------------------------------------------------------------------
+# Bound of temperatures, penalties and biases: float32 arithmetic on logits stays finite within it. The sampler
+# needs no other bound, so the service takes the same one.
+SAMPLING_MAX = 1e6
+TEMPERATURE_MAX = SAMPLING_MAX
+PENALTY_MAX = SAMPLING_MAX
+BIAS_MAX = SAMPLING_MAX
+# The smallest temperature llama.cpp's sampler takes: it divides logits by it, and an overflow to +inf gives NaN.
+NATIVE_MIN_TEMPERATURE = 1e-6
+# llama.cpp allocates a penalty window up front; penalty_last_n=-1 ("whole history") becomes this window there.
+PENALTY_WINDOW_MAX = 1 << 20
+SEED_MAX = UINT32_MAX
+
+# llama.cpp parses a grammar and checks it for left recursion by recursing over its nesting and its rules; past
+# a few thousand levels that overflows the C stack. No real grammar comes near these limits.
+GRAMMAR_MAX_NESTING = 256
+GRAMMAR_MAX_RULES = 10_000
+
+# ---- loading ----------------------------------------------------------------------------------------------------
+NUMA_STRATEGIES = ("disabled", "distribute", "isolate", "numactl", "mirror")
+# Why huge_pages refuses use_mmap=True (after the argument's name).
+HUGE_PAGES_WITH_MMAP = ("does not go with use_mmap=True (huge pages back memory the weights are read into, not a "
+                        "mapped file)")
+
+# ---- the service's per-model and per-request sizes ---------------------------------------------------------------
+CONTEXT_SIZE_MIN = 16
+CONTEXT_SIZE_MAX = 1 << 20
+BATCH_SIZE_MAX = 1 << 16
+PARALLEL_MAX = 256
+MAX_NEW_TOKENS = 1 << 20

@@ -1,0 +1,39 @@
+"""A pre-parser of GBNF text: refuses a grammar nested or chained deeper than llama.cpp's recursive parser can take
+(past a few thousand levels it overflows the C stack and the process dies)."""
+
+from __future__ import annotations
+
+from ..errors import GrammarError
+from ..limits import GRAMMAR_MAX_NESTING, GRAMMAR_MAX_RULES
+
+__all__ = ["GRAMMAR_MAX_NESTING", "GRAMMAR_MAX_RULES", "check_grammar_shape"]
+
+
+def check_grammar_shape(text: str) -> None:
+    """Refuse (GrammarError) a GBNF text nested or chained deeper than llama.cpp's parser can take."""
+    if not isinstance(text, str):
+        raise TypeError(f"grammar must be str, not {type(text).__name__}")
+    depth = deepest = rules = 0
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"' or c == "[":  # a literal or a character class: skip to its unescaped end
+            close = '"' if c == '"' else "]"
+            i += 1
+            while i < n and text[i] != close:
+                i += 2 if text[i] == "\\" else 1
+        elif c == "#":
+            while i < n and text[i] != "\n":
+                i += 1
+        elif c == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c == ")":
+            depth -= 1
+        elif c == ":" and text.startswith("::=", i):
+            rules += 1
+        i += 1
+    if deepest > GRAMMAR_MAX_NESTING:
+        raise GrammarError(f"the grammar nests groups {deepest} deep; at most {GRAMMAR_MAX_NESTING} are supported")
+    if rules > GRAMMAR_MAX_RULES:
+        raise GrammarError(f"the grammar has {rules} rules; at most {GRAMMAR_MAX_RULES} are supported")
