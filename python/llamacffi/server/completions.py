@@ -6,7 +6,8 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from ..service import LlamaCppTextModel
 from ..service.choices import Choices
@@ -60,7 +61,7 @@ def prepare(name: str, model: LlamaCppTextModel, parsed: Parsed, chat: bool) -> 
     else:
         prompts = [model.tokenize_prompt(p, opts) for p in parsed.prompts]
         texts = [p if isinstance(p, str) else model.llama_model.vocab.detokenize(t) if parsed.echo else ""
-                 for p, t in zip(parsed.prompts, prompts)]
+                 for p, t in zip(parsed.prompts, prompts, strict=False)]
     context = model.config.context_size
     room = min(context - len(p) for p in prompts)  # tokenize_prompt leaves at least one position
     wanted = parsed.max_tokens if parsed.max_tokens is not None else room

@@ -5,14 +5,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..service.errors import (ContextOverflowError, InferenceError, InvalidConfigError, ModelClosedError,
-                              ModelNotFoundError, QueueFullError)
+from ..service.errors import (
+    ContextOverflowError,
+    InferenceError,
+    InvalidConfigError,
+    ModelClosedError,
+    ModelNotFoundError,
+    QueueFullError,
+)
 
 
 class APIError(Exception):
     """A request that fails with an HTTP status and an OpenAI error body."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",  # noqa: A002
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
                  param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status

@@ -9,7 +9,8 @@ import ipaddress
 import logging
 import os
 import sys
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import uvicorn
 
@@ -42,7 +43,7 @@ def _served(args: argparse.Namespace) -> dict[str, str]:
     for model_id in ids:
         if model_id not in models.KNOWN:
             LlamaCppService.resolve(model_id)  # only looks: known models are fetched while serving
-    return dict(zip(names, ids))
+    return dict(zip(names, ids, strict=False))
 
 
 class _Uvicorn(uvicorn.Server):

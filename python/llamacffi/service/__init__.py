@@ -1,11 +1,18 @@
 """The inference service: backend-neutral interfaces, configuration, and the llama.cpp backend."""
 
-from .config import (BackendType, GenerationOptions, LlamaCppSpecificConfig, LocalBackendConfig, ModelConfig,
-                     ModelType)
-from .errors import (ContextOverflowError, GenerationError, InferenceError, InvalidConfigError, ModelClosedError,
-                     ModelLoadFailedError, ModelNotFoundError, QueueFullError)
+from .config import BackendType, GenerationOptions, LlamaCppSpecificConfig, LocalBackendConfig, ModelConfig, ModelType
+from .errors import (
+                     ContextOverflowError,
+                     GenerationError,
+                     InferenceError,
+                     InvalidConfigError,
+                     ModelClosedError,
+                     ModelLoadFailedError,
+                     ModelNotFoundError,
+                     QueueFullError,
+)
 from .interfaces import InferenceService, Model, TextToTextModel
-from .llama_cpp import LlamaCppService, LlamaCppTextModel, apply_chat_template
+from .local import LlamaCppService, LlamaCppTextModel, apply_chat_template
 
 __all__ = [
     "BackendType", "ContextOverflowError", "GenerationError", "GenerationOptions", "InferenceError",

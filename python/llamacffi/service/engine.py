@@ -11,18 +11,18 @@ and leave when they finish or are cancelled.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from .. import Batch, Context, DecodeAbortedError, LlamaError
 from .. import Model as LlamaModel
-from ..raw import lib
 from ..sampling import Sampler
 from ..vocab import StreamDecoder
-from .config import GenerationOptions, ModelConfig
 from . import runner
+from .config import GenerationOptions, ModelConfig
 from .errors import GenerationError, ModelClosedError, QueueFullError
 from .events import Chunk, TokenLogprob
 from .stops import StopMatcher
@@ -142,7 +142,7 @@ class Engine:
         self.ctx = Context(model, n_ctx=config.context_size * config.parallel, n_batch=config.batch_size,
                            n_seq_max=config.parallel, n_threads=threads, kv_unified=False,
                            flash_attn=config.flash_attn)
-        self._vocab_ptr = model.vocab._ptr
+        self._vocab = model.vocab
         self._slots = [_Slot(i, config.context_size) for i in range(config.parallel)]
         self._batch = Batch(config.batch_size, n_seq_max=config.parallel)
         self._queue: deque[Request] = deque()
@@ -204,7 +204,7 @@ class Engine:
         self.closed = True
         self._closed_why = why
 
-    def orphan(self, runner: "runner.Runner") -> None:
+    def orphan(self, runner: runner.Runner) -> None:
         """In a forked child: no thread steps this engine any more; requests are refused."""
         self._runner, self._cond = runner, runner.lock
         self.shut("the model was loaded before this process forked; load it again in this process")
@@ -404,7 +404,7 @@ class Engine:
             assert req.sampler is not None
             hist = req.history[:req.n_history] if req.history is not None else None
             token = req.sampler.sample(logits, hist)
-        if lib.llama_vocab_is_eog(self._vocab_ptr, token):
+        if self._vocab.is_eog(token):
             req.finish_reason = "stop"
             self._finish(slot, req)
             return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from .. import errors as binding
 

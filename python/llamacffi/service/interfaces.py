@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 from .config import BackendType, GenerationOptions, ModelConfig, ModelType
 
@@ -20,13 +20,13 @@ class Model(abc.ABC):
     def name(self) -> str: ...
 
     @abc.abstractmethod
-    def as_text_to_text(self) -> "TextToTextModel":
+    def as_text_to_text(self) -> TextToTextModel:
         """This model as a :class:`TextToTextModel`; raises :class:`InferenceError` for other types."""
 
     @abc.abstractmethod
     def close(self) -> None: ...
 
-    def __enter__(self) -> "Model":
+    def __enter__(self) -> Model:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -70,7 +70,7 @@ class InferenceService(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
-    def __enter__(self) -> "InferenceService":
+    def __enter__(self) -> InferenceService:
         return self
 
     def __exit__(self, *exc: object) -> None:
