@@ -20,6 +20,8 @@ __all__ = ["ANY", "Dfa", "Node", "chars", "dfa", "emit", "intersect", "length_df
 MAX_CP = 0x10FFFF
 MAX_NFA_STATES = 20_000
 MAX_DFA_STATES = 2_000
+# NFA states summed over the DFA states built: bounds the time spent on ambiguous patterns
+MAX_SUBSET_WORK = 100_000
 
 Ranges = tuple[tuple[int, int], ...]
 
@@ -173,8 +175,12 @@ def dfa(node: Node) -> Dfa:
     first = nfa.closure([start])
     index = {first: out.add(end in first)}
     todo = [first]
+    work = 0
     while todo:
         cur = todo.pop()
+        work += len(cur)
+        if work > MAX_SUBSET_WORK:
+            raise TooLarge("the pattern's automaton is too large (it is highly ambiguous)")
         moves = [(((lo, hi),), t) for s in cur for lo, hi, t in nfa.moves[s]]
         for rs, targets in _split(moves):
             nxt = nfa.closure(targets)

@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from ..errors import SchemaError
-from .gbnf import Builder, TooLarge, literal
+from .gbnf import MAX_REPEAT, Builder, TooLarge, literal
 from .keywords import ANNOTATIONS, TYPES, check_keywords, fail, pointer
 from .merge import canonical, conjoin, merge_all
 from .numbers import integer_range
@@ -97,7 +97,7 @@ class Compiler:
         if not isinstance(schema, dict):
             raise fail(f"a schema must be an object or a boolean, not {type(schema).__name__}", ptr)
         check_keywords(schema, ptr)
-        s = {k: v for k, v in schema.items() if k not in ANNOTATIONS}
+        s = {k: v for k, v in schema.items() if k not in ANNOTATIONS and not k.startswith("x-")}
         if not s:
             return any_value(self.b)
         if set(s) == {"$ref"}:
@@ -130,8 +130,9 @@ class Compiler:
         members = [(conjoin(rest, alt) if rest else alt, pointer(ptr, key, i)) for i, alt in enumerate(alts)]
         members = [(m, p) for m, p in members if m is not False]
         if key == "oneOf":
-            for i, (a, pa) in enumerate(members):
-                for bm, pb in members[i + 1:]:
+            flat = [(merge_all(m, p, self.resolve) if isinstance(m, dict) else m, p) for m, p in members]
+            for i, (a, pa) in enumerate(flat):
+                for bm, pb in flat[i + 1:]:
                     if not disjoint(a, bm, self.resolve):
                         raise fail(f"oneOf: {pa} and {pb} may both match a document, and the grammar cannot "
                                    f"exclude that (use anyOf, or give each a distinct const / type)",
@@ -215,7 +216,8 @@ class Compiler:
         except PatternError as e:
             raise fail(f"pattern: {e}", pointer(ptr, "pattern"), "pattern") from None
         except TooLarge as e:
-            where = "pattern" if pattern is not None else "format" if fmt is not None else "maxLength"
+            where = "pattern" if pattern is not None else "format" if fmt is not None else \
+                "minLength" if lo > MAX_REPEAT else "maxLength"
             raise fail(f"{where}: the grammar would be too large: {e}", pointer(ptr, where), where) from None
 
     def numeric(self, s: dict[str, Any], ptr: str, hint: str, t: str) -> str | None:

@@ -49,7 +49,8 @@ def _flatten(schema: Schema, ptr: str, resolve: Resolve, out: list[tuple[dict[st
     if not isinstance(schema, dict):
         raise fail(f"a schema must be an object or a boolean, not {type(schema).__name__}", ptr)
     check_keywords(schema, ptr)
-    rest = {k: v for k, v in schema.items() if k not in ("allOf", "$ref") and k not in ANNOTATIONS}
+    rest = {k: v for k, v in schema.items()
+            if k not in ("allOf", "$ref") and k not in ANNOTATIONS and not k.startswith("x-")}
     if rest:
         out.append((rest, ptr))
     if "$ref" in schema:

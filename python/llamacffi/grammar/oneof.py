@@ -92,12 +92,29 @@ def disjoint(a: Any, b: Any, resolve: Resolve) -> bool:
     va, vb = _values(a), _values(b)
     if va is not None and vb is not None and not va & vb:
         return True
-    if isinstance(a, dict) and isinstance(b, dict):
-        both = set(a.get("required", [])) & set(b.get("required", []))
-        pa, pb = a.get("properties", {}), b.get("properties", {})
-        for name in both:
-            if isinstance(pa, dict) and isinstance(pb, dict) and name in pa and name in pb:
-                x, y = _values(_deref(pa[name], resolve)), _values(_deref(pb[name], resolve))
-                if x is not None and y is not None and not x & y:
-                    return True
+    if isinstance(a, dict) and isinstance(b, dict) and (
+            _kinds(a, resolve) <= {"object"} or _kinds(b, resolve) <= {"object"}):
+        # every document both match is an object, so both sides' object keywords apply to it
+        return _objects_disjoint(a, b, resolve) or _objects_disjoint(b, a, resolve)
+    return False
+
+
+def _objects_disjoint(a: dict[str, Any], b: dict[str, Any], resolve: Resolve) -> bool:
+    pa, pb = a.get("properties", {}), b.get("properties", {})
+    if not isinstance(pa, dict) or not isinstance(pb, dict):
+        return False
+    req_a, req_b = a.get("required", []), b.get("required", [])
+    if not isinstance(req_a, list) or not isinstance(req_b, list):
+        return False
+    # b requires a member that a forbids
+    if a.get("additionalProperties") is False and any(name not in pa for name in req_b):
+        return True
+    if any(pa.get(name) is False for name in req_b):
+        return True
+    # a required discriminator with disjoint values
+    for name in set(req_a) & set(req_b):
+        if name in pa and name in pb:
+            x, y = _values(_deref(pa[name], resolve)), _values(_deref(pb[name], resolve))
+            if x is not None and y is not None and not x & y:
+                return True
     return False

@@ -1,8 +1,9 @@
 """The shared rules: bounded whitespace, and any JSON value, object, array, string and number.
 
 Whitespace between tokens is at most one space, or one line break and up to ``MAX_INDENT`` spaces or tabs, so a
-model cannot spend its tokens on blanks. Numbers have at most ``MAX_DIGITS`` digits in their integer part and
-fraction and three in their exponent, so it cannot spin on digits either.
+model cannot spend its tokens on blanks. Numbers have at most ``MAX_DIGITS`` digits in their integer part,
+``MAX_FRACTION`` in their fraction (a float's shortest spelling fits) and three in their exponent, so it cannot
+spin on digits either.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ __all__ = ["MAX_DIGITS", "MAX_INDENT", "any_value", "boolean", "integer", "numbe
 
 MAX_INDENT = 16
 MAX_DIGITS = 16
+MAX_FRACTION = 18
 
 _WS = f'| " " | "\\n" [ \\t]{{0,{MAX_INDENT}}}'
 # one character of a JSON string; \\u escapes of UTF-16 surrogates are left out so that every escape is one code
@@ -50,7 +52,7 @@ def integer(b: Builder) -> str:
 
 def number(b: Builder) -> str:
     if "number" not in b.memo:
-        b.memo["number"] = b.define(b.name("number"), f'"-"? {_INT_PART} ("." [0-9]{{1,{MAX_DIGITS}}})? '
+        b.memo["number"] = b.define(b.name("number"), f'"-"? {_INT_PART} ("." [0-9]{{1,{MAX_FRACTION}}})? '
                                                       f'([eE] [-+]? [0-9]{{1,3}})?')
         b.charge(3 * MAX_DIGITS)
     return b.memo["number"]

@@ -29,7 +29,10 @@ __all__ = ["FORMATS", "constrained_string", "key_other_than", "pattern_dfa"]
 _SPECIAL: Ranges = normalize([(0x00, 0x1F), (0x22, 0x22), (0x5C, 0x5C)])
 # surrogate code points cannot occur in UTF-8 text
 _PLAIN: Ranges = negate(normalize([*_SPECIAL, (0xD800, 0xDFFF)]))
-_SHORT = {0x08: "\\b", 0x09: "\\t", 0x0A: "\\n", 0x0C: "\\f", 0x0D: "\\r", 0x22: '\\"', 0x5C: "\\\\"}
+_SHORT = {0x08: "b", 0x09: "t", 0x0A: "n", 0x0C: "f", 0x0D: "r", 0x22: '"', 0x5C: "\\\\"}
+# the control characters without a short escape, all spelled \u00xx (lower-case hex)
+_LONG = [cp for cp in range(0x20) if cp not in _SHORT]
+_ALL_LONG = '"u00" ("0" [0-7be-f] | "1" [0-9a-f])'
 
 _YEAR = r"(\d{3}[1-9]|\d{2}[1-9]\d|\d[1-9]\d{2}|[1-9]\d{3})"
 _LEAP = r"(\d\d(0[48]|[2468][048]|[13579][26])|(0[48]|[2468][048]|[13579][26])00)"
@@ -50,14 +53,22 @@ FORMATS = {
 
 
 def encode(ranges: Ranges) -> list[str]:
-    """GBNF alternatives spelling each character of ``ranges`` inside a JSON string."""
+    """GBNF alternatives spelling each character of ``ranges`` inside a JSON string: at most two, the plain
+    characters and one backslash escape group."""
     out = []
     plain = overlap(ranges, _PLAIN)
     if plain:
         out.append(char_class(plain))
-    for lo, hi in overlap(ranges, _SPECIAL):
-        for cp in range(lo, hi + 1):
-            out.append(literal(_SHORT.get(cp, f"\\u{cp:04x}")))
+    special = [cp for lo, hi in overlap(ranges, _SPECIAL) for cp in range(lo, hi + 1)]
+    if special:
+        short = "".join(_SHORT[cp] for cp in special if cp in _SHORT)
+        long = [cp for cp in special if cp not in _SHORT]
+        escapes = [f"[{short}]"] if short else []
+        if len(long) == len(_LONG):
+            escapes.append(_ALL_LONG)
+        else:
+            escapes += [f'"u{cp:04x}"' for cp in long]
+        out.append('"\\\\" ' + (escapes[0] if len(escapes) == 1 else "(" + " | ".join(escapes) + ")"))
     return out
 
 
@@ -79,6 +90,8 @@ def constrained_string(b: Builder, hint: str, lo: int, hi: int | None, pattern: 
     if key in b.memo:
         return b.memo[key]
     q = literal('"')
+    if hi is not None and hi < lo:
+        return None
     if pattern is None and fmt is None:
         if lo == 0 and hi is None:
             return string(b)
