@@ -58,6 +58,19 @@ class GrammarError(LlamaError, builtins.ValueError):
     """A GBNF grammar could not be parsed."""
 
 
+class SchemaError(LlamaError, builtins.ValueError):
+    """A JSON schema cannot be compiled to a grammar that enforces it.
+
+    ``pointer`` is the JSON pointer of the offending keyword (e.g. ``#/properties/age/multipleOf``), ``keyword``
+    its name (empty when the problem is not one keyword).
+    """
+
+    def __init__(self, message: str, pointer: str = "#", keyword: str = "") -> None:
+        super().__init__(f"{message} (at {pointer})")
+        self.pointer = pointer
+        self.keyword = keyword
+
+
 class InvalidArgumentError(LlamaError, builtins.ValueError):
     """An argument is out of the range llama.cpp accepts."""
 

@@ -1,0 +1,307 @@
+"""Regular languages over code points: a small expression tree, its DFA, products, and GBNF emission.
+
+Strings constrained by a pattern, a format or a set of forbidden keys, and integers in a range, are emitted as a
+deterministic automaton: one GBNF rule per state, whose alternatives start with disjoint characters. llama.cpp's
+grammar engine then holds a single parse stack through such a string, whatever the pattern, so no pattern can make
+its stack sets grow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any
+
+from .gbnf import Builder, TooLarge
+
+__all__ = ["ANY", "Dfa", "Node", "chars", "dfa", "emit", "intersect", "length_dfa", "lit", "negate"]
+
+MAX_CP = 0x10FFFF
+MAX_NFA_STATES = 20_000
+MAX_DFA_STATES = 2_000
+# NFA states summed over the DFA states built: bounds the time spent on ambiguous patterns
+MAX_SUBSET_WORK = 100_000
+
+Ranges = tuple[tuple[int, int], ...]
+
+# Expression nodes: ("chars", ranges) | ("seq", (nodes)) | ("alt", (nodes)) | ("rep", node, lo, hi|None)
+Node = tuple[Any, ...]
+EMPTY: Node = ("seq", ())
+ANY: Ranges = ((0, MAX_CP),)
+
+
+def normalize(ranges: Iterable[tuple[int, int]]) -> Ranges:
+    """Sorted, merged, non-overlapping ranges."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            if hi > out[-1][1]:
+                out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return tuple(out)
+
+
+def negate(ranges: Ranges, universe: Ranges = ANY) -> Ranges:
+    """The code points of ``universe`` outside ``ranges``."""
+    out: list[tuple[int, int]] = []
+    for ulo, uhi in universe:
+        cur = ulo
+        for lo, hi in ranges:
+            if hi < cur or lo > uhi:
+                continue
+            if lo > cur:
+                out.append((cur, lo - 1))
+            cur = max(cur, hi + 1)
+        if cur <= uhi:
+            out.append((cur, uhi))
+    return normalize(out)
+
+
+def overlap(a: Ranges, b: Ranges) -> Ranges:
+    """The code points in both ``a`` and ``b``."""
+    out = []
+    for alo, ahi in a:
+        for blo, bhi in b:
+            lo, hi = max(alo, blo), min(ahi, bhi)
+            if lo <= hi:
+                out.append((lo, hi))
+    return normalize(out)
+
+
+def chars(ranges: Iterable[tuple[int, int]]) -> Node:
+    return ("chars", normalize(ranges))
+
+
+def lit(text: str) -> Node:
+    return ("seq", tuple(("chars", ((ord(c), ord(c)),)) for c in text))
+
+
+# ------------------------------------------------------------------------------------------------- NFA and DFA
+
+
+class _Nfa:
+    def __init__(self) -> None:
+        self.eps: list[list[int]] = []
+        self.moves: list[list[tuple[int, int, int]]] = []
+
+    def state(self) -> int:
+        if len(self.eps) >= MAX_NFA_STATES:
+            raise TooLarge(f"the pattern needs more than {MAX_NFA_STATES} automaton states")
+        self.eps.append([])
+        self.moves.append([])
+        return len(self.eps) - 1
+
+    def build(self, node: Node, start: int) -> int:
+        """Add ``node`` from ``start``; return its end state."""
+        kind = node[0]
+        if kind == "chars":
+            end = self.state()
+            for lo, hi in node[1]:
+                self.moves[start].append((lo, hi, end))
+            return end
+        if kind == "seq":
+            cur = start
+            for sub in node[1]:
+                cur = self.build(sub, cur)
+            return cur
+        if kind == "alt":
+            end = self.state()
+            for sub in node[1]:
+                s = self.state()
+                self.eps[start].append(s)
+                self.eps[self.build(sub, s)].append(end)
+            return end
+        _, sub, lo, hi = node
+        cur = start
+        for _ in range(lo):
+            cur = self.build(sub, cur)
+        if hi is None:
+            loop = self.state()
+            self.eps[cur].append(loop)
+            self.eps[self.build(sub, loop)].append(loop)
+            return loop
+        end = self.state()
+        for _ in range(hi - lo):
+            self.eps[cur].append(end)
+            cur = self.build(sub, cur)
+        self.eps[cur].append(end)
+        return end
+
+    def closure(self, states: Iterable[int]) -> frozenset[int]:
+        seen = set(states)
+        todo = list(seen)
+        while todo:
+            for t in self.eps[todo.pop()]:
+                if t not in seen:
+                    seen.add(t)
+                    todo.append(t)
+        return frozenset(seen)
+
+
+@dataclass
+class Dfa:
+    """A deterministic automaton: ``edges[s]`` lists (code point ranges, target); state 0 starts."""
+
+    accept: list[bool] = field(default_factory=list)
+    edges: list[list[tuple[Ranges, int]]] = field(default_factory=list)
+
+    def add(self, accepting: bool) -> int:
+        if len(self.accept) >= MAX_DFA_STATES:
+            raise TooLarge(f"the pattern needs more than {MAX_DFA_STATES} automaton states")
+        self.accept.append(accepting)
+        self.edges.append([])
+        return len(self.accept) - 1
+
+
+def _split(moves: Sequence[tuple[Ranges, int]]) -> list[tuple[Ranges, list[int]]]:
+    """Partition the code points covered by ``moves`` into ranges with the same set of targets."""
+    cuts = sorted({b for rs, _ in moves for lo, hi in rs for b in (lo, hi + 1)})
+    groups: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+    for a, b in pairwise(cuts):
+        targets = tuple(t for rs, t in moves if any(lo <= a <= hi for lo, hi in rs))
+        if targets:
+            groups.setdefault(targets, []).append((a, b - 1))
+    return [(normalize(rs), list(ts)) for ts, rs in groups.items()]
+
+
+def dfa(node: Node) -> Dfa:
+    """The pruned DFA of ``node``: every state can still reach acceptance. Raises TooLarge past the bounds."""
+    nfa = _Nfa()
+    start = nfa.state()
+    end = nfa.build(node, start)
+    out = Dfa()
+    first = nfa.closure([start])
+    index = {first: out.add(end in first)}
+    todo = [first]
+    work = 0
+    while todo:
+        cur = todo.pop()
+        work += len(cur)
+        if work > MAX_SUBSET_WORK:
+            raise TooLarge("the pattern's automaton is too large (it is highly ambiguous)")
+        moves = [(((lo, hi),), t) for s in cur for lo, hi, t in nfa.moves[s]]
+        for rs, targets in _split(moves):
+            nxt = nfa.closure(targets)
+            if nxt not in index:
+                index[nxt] = out.add(end in nxt)
+                todo.append(nxt)
+            out.edges[index[cur]].append((rs, index[nxt]))
+    return minimize(prune(out))
+
+
+def _signature(d: Dfa, block: list[int], i: int) -> tuple[object, ...]:
+    by_block: dict[int, list[tuple[int, int]]] = {}
+    for rs, t in d.edges[i]:
+        by_block.setdefault(block[t], []).extend(rs)
+    return (block[i], tuple(sorted((normalize(rs), t) for t, rs in by_block.items())))
+
+
+def minimize(d: Dfa) -> Dfa:
+    """The equivalent DFA with the fewest states (Moore's partition refinement)."""
+    n = len(d.accept)
+    if n == 0:
+        return d
+    block = [int(a) for a in d.accept]
+    count = len(set(block))
+    while True:
+        sigs: dict[tuple[object, ...], int] = {}
+        new = [sigs.setdefault(_signature(d, block, i), len(sigs)) for i in range(n)]
+        block = new
+        if len(sigs) == count:
+            break
+        count = len(sigs)
+    order = {block[0]: 0}
+    for i in range(n):
+        order.setdefault(block[i], len(order))
+    out = Dfa()
+    reps: dict[int, int] = {}
+    for i in range(n):
+        reps.setdefault(order[block[i]], i)
+    for k in range(len(order)):
+        out.add(d.accept[reps[k]])
+    for k in range(len(order)):
+        merged: dict[int, list[tuple[int, int]]] = {}
+        for rs, t in d.edges[reps[k]]:
+            merged.setdefault(order[block[t]], []).extend(rs)
+        out.edges[k] = [(normalize(rs), t) for t, rs in merged.items()]
+    return out
+
+
+def prune(d: Dfa) -> Dfa:
+    """Drop the states from which no accepting state can be reached (dead ends for a generator)."""
+    live = {i for i, a in enumerate(d.accept) if a}
+    changed = True
+    while changed:
+        changed = False
+        for i, es in enumerate(d.edges):
+            if i not in live and any(t in live for _, t in es):
+                live.add(i)
+                changed = True
+    out = Dfa()
+    if 0 not in live:
+        return out
+    order = [0] + sorted(live - {0})
+    renum = {old: new for new, old in enumerate(order)}
+    for old in order:
+        out.add(d.accept[old])
+    for old in order:
+        out.edges[renum[old]] = [(rs, renum[t]) for rs, t in d.edges[old] if t in live]
+    return out
+
+
+def intersect(a: Dfa, b: Dfa) -> Dfa:
+    """The product automaton: strings both accept."""
+    out = Dfa()
+    if not a.accept or not b.accept:
+        return out
+    index = {(0, 0): out.add(a.accept[0] and b.accept[0])}
+    todo = [(0, 0)]
+    while todo:
+        pa, pb = todo.pop()
+        for rs_a, ta in a.edges[pa]:
+            for rs_b, tb in b.edges[pb]:
+                rs = overlap(rs_a, rs_b)
+                if not rs:
+                    continue
+                key = (ta, tb)
+                if key not in index:
+                    index[key] = out.add(a.accept[ta] and b.accept[tb])
+                    todo.append(key)
+                out.edges[index[(pa, pb)]].append((rs, index[key]))
+    return minimize(prune(out))
+
+
+def length_dfa(lo: int, hi: int | None) -> Dfa:
+    """Strings of ``lo`` to ``hi`` code points (``hi=None``: no upper bound)."""
+    out = Dfa()
+    top = hi if hi is not None else lo
+    for i in range(top + 1):
+        out.add(i >= lo)
+    for i in range(top):
+        out.edges[i].append((ANY, i + 1))
+    if hi is None:
+        out.edges[top].append((ANY, top))
+    return out
+
+
+def emit(b: Builder, d: Dfa, hint: str, encode: Callable[[Ranges], list[str]], final: str) -> str:
+    """Rules for ``d``: each state's rule is its alternatives ``encode(ranges) target``, plus ``final`` where it
+    accepts (``""``: the empty alternative). Returns the start state's rule name."""
+    names = [b.name(f"{hint}-{i}") for i in range(len(d.accept))]
+    for i, es in enumerate(d.edges):
+        alts = [f"{sym} {names[t]}" for rs, t in es for sym in encode(rs)]
+        if d.accept[i]:
+            if final:
+                alts.append(final)
+            else:
+                alts.insert(0, "")  # a leading empty alternative: "a ::= | x" (a trailing one would swallow a line)
+        if alts == [""]:
+            body = '""'
+        elif alts[0]:
+            body = " | ".join(alts)
+        else:
+            body = "| " + " | ".join(alts[1:])
+        b.define(names[i], body)
+    return names[0]

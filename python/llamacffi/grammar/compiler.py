@@ -1,0 +1,308 @@
+"""The schema walk: each schema node becomes a GBNF rule; objects and arrays are in :mod:`.containers`."""
+
+from __future__ import annotations
+
+import json
+import math
+from fractions import Fraction
+from typing import Any
+from urllib.parse import unquote
+
+from ..errors import SchemaError
+from .gbnf import MAX_REPEAT, Builder, TooLarge, literal
+from .keywords import ANNOTATIONS, TYPES, check_keywords, fail, pointer
+from .merge import canonical, conjoin, merge_all
+from .numbers import integer_range
+from .oneof import disjoint
+from .primitives import any_value, boolean, number
+from .regex import PatternError
+from .strings import FORMATS, constrained_string
+
+__all__ = ["Compiler"]
+
+Schema = Any
+
+
+class Compiler:
+    """Compiles one root schema; rules for ``$ref`` targets and merged ``allOf`` nodes are shared and may recurse."""
+
+    def __init__(self, root: Schema) -> None:
+        self.root = root
+        self.b = Builder()
+        self._named: dict[str, str] = {}  # $ref target pointer or canonical merged schema -> rule
+        self._open: set[str] = set()  # those entered since the last consumed character (left recursion)
+
+    def grammar(self) -> str:
+        return self.b.text(self.value(self.root, "#", "value"))
+
+    # ---------------------------------------------------------------------------------------- references
+
+    def resolve(self, ref: Any, ptr: str) -> tuple[Schema, str]:
+        """The schema ``ref`` points to inside the root document, and its pointer."""
+        if not isinstance(ref, str) or not ref.startswith("#"):
+            raise fail(f"$ref {ref!r}: only references inside the schema (\"#...\") are supported", ptr, "$ref")
+        node = self.root
+        parts = [] if ref in ("#", "#/") else ref[2:].split("/") if ref.startswith("#/") else None
+        if parts is None:
+            raise fail(f"$ref {ref!r}: anchors are not supported, use a JSON pointer such as #/$defs/name", ptr,
+                       "$ref")
+        for raw in parts:
+            key = unquote(raw).replace("~1", "/").replace("~0", "~")
+            if isinstance(node, dict) and key in node:
+                node = node[key]
+            elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+                node = node[int(key)]
+            else:
+                raise fail(f"$ref {ref!r} points to nothing", ptr, "$ref")
+        return node, "#" + ref[1:] if len(ref) > 1 else "#"
+
+    def _shared(self, key: str, hint: str, build: Any) -> str:
+        """One rule per ``key``, reserved before its body is built so that the body may refer to it."""
+        if key in self._named:
+            if key in self._open:
+                raise fail("a reference cycle that consumes no character (left recursion)", key if
+                           key.startswith("#") else "#")
+            return self._named[key]
+        name = self._named[key] = self.b.name(hint)
+        self._open.add(key)
+        try:
+            body = build()
+        finally:
+            self._open.discard(key)
+        self.b.define(name, body)
+        return name
+
+    def consuming(self) -> set[str]:
+        """Start a construct that consumes a character first: references below it are not left-recursive."""
+        saved, self._open = self._open, set()
+        return saved
+
+    def restore(self, saved: set[str]) -> None:
+        self._open = saved
+
+    # ---------------------------------------------------------------------------------------------- values
+
+    def value(self, schema: Schema, ptr: str, hint: str) -> str:
+        """A GBNF symbol (rule name or literal) for the documents ``schema`` accepts."""
+        try:
+            return self._value(schema, ptr, hint)
+        except TooLarge as e:
+            raise fail(f"the grammar would be too large: {e}", ptr) from None
+
+    def _value(self, schema: Schema, ptr: str, hint: str) -> str:
+        if schema is True:
+            return any_value(self.b)
+        if schema is False:
+            raise fail("the schema false matches no value", ptr)
+        if not isinstance(schema, dict):
+            raise fail(f"a schema must be an object or a boolean, not {type(schema).__name__}", ptr)
+        check_keywords(schema, ptr)
+        s = {k: v for k, v in schema.items() if k not in ANNOTATIONS and not k.startswith("x-")}
+        if not s:
+            return any_value(self.b)
+        if set(s) == {"$ref"}:
+            target, target_ptr = self.resolve(s["$ref"], pointer(ptr, "$ref"))
+            name = target_ptr.rsplit("/", 1)[-1] or "ref"
+            return self._shared(target_ptr, name, lambda: self.value(target, target_ptr, name))
+        if "allOf" in s or "$ref" in s:
+            return self._shared(canonical(s), hint, lambda: self._merged(s, ptr, hint))
+        if "anyOf" in s or "oneOf" in s:
+            return self.union(s, ptr, hint)
+        if "enum" in s or "const" in s:
+            return self.enum(s, ptr, hint)
+        return self.typed(s, ptr, hint)
+
+    def _merged(self, s: dict[str, Any], ptr: str, hint: str) -> str:
+        merged = merge_all(s, ptr, self.resolve)
+        if merged is False:
+            raise fail("allOf: a member is false, no value can match", pointer(ptr, "allOf"), "allOf")
+        return self.value(merged, ptr, hint)
+
+    def union(self, s: dict[str, Any], ptr: str, hint: str) -> str:
+        key = "anyOf" if "anyOf" in s else "oneOf"
+        if "anyOf" in s and "oneOf" in s:
+            raise fail("anyOf and oneOf in one schema are not supported (wrap one in allOf)", pointer(ptr, "oneOf"),
+                       "oneOf")
+        alts = s[key]
+        if not isinstance(alts, list) or not alts:
+            raise fail(f"{key} must be a non-empty array of schemas", pointer(ptr, key), key)
+        rest = {k: v for k, v in s.items() if k != key}
+        members = [(conjoin(rest, alt) if rest else alt, pointer(ptr, key, i)) for i, alt in enumerate(alts)]
+        members = [(m, p) for m, p in members if m is not False]
+        if key == "oneOf":
+            flat = [(merge_all(m, p, self.resolve) if isinstance(m, dict) else m, p) for m, p in members]
+            for i, (a, pa) in enumerate(flat):
+                for bm, pb in flat[i + 1:]:
+                    if not disjoint(a, bm, self.resolve):
+                        raise fail(f"oneOf: {pa} and {pb} may both match a document, and the grammar cannot "
+                                   f"exclude that (use anyOf, or give each a distinct const / type)",
+                                   pointer(ptr, "oneOf"), "oneOf")
+        exprs: list[str] = []
+        for m, p in members:
+            try:
+                exprs.append(self.value(m, p, hint))
+            except SchemaError as e:
+                if not getattr(e, "unsatisfiable", False):
+                    raise
+        if not exprs:
+            raise _unsatisfiable(f"no member of {key} can match", pointer(ptr, key))
+        exprs = list(dict.fromkeys(exprs))
+        return exprs[0] if len(exprs) == 1 else self.b.rule(hint, " | ".join(exprs))
+
+    def enum(self, s: dict[str, Any], ptr: str, hint: str) -> str:
+        values = s.get("enum", [s.get("const")])
+        if not isinstance(values, list) or not values:
+            raise fail("enum must be a non-empty array", pointer(ptr, "enum"), "enum")
+        if "const" in s:
+            values = [v for v in values if canonical(v) == canonical(s["const"])]
+        for key in s:
+            if key not in ("enum", "const", "type"):
+                raise fail(f"{key} next to enum / const is not enforced (list only the values that match)",
+                           pointer(ptr, key), key)
+        types = _type_list(s, ptr)
+        texts = []
+        for v in values:
+            if types is None or any(_is_type(v, t) for t in types):
+                try:
+                    texts.append(literal(json.dumps(v, ensure_ascii=False, separators=(",", ":"), allow_nan=False)))
+                except (TypeError, ValueError):
+                    raise fail(f"enum value {v!r} is not JSON", pointer(ptr, "enum"), "enum") from None
+        if not texts:
+            raise _unsatisfiable("no enum / const value has the schema's type", pointer(ptr, "enum"))
+        texts = list(dict.fromkeys(texts))
+        return texts[0] if len(texts) == 1 else self.b.rule(hint, " | ".join(texts))
+
+    def typed(self, s: dict[str, Any], ptr: str, hint: str) -> str:
+        from .containers import array, obj
+
+        types = _type_list(s, ptr)
+        if types is None:
+            types = [t for t in TYPES if t != "integer"]
+        elif "integer" in types and "number" in types:
+            types = [t for t in types if t != "integer"]
+        exprs: list[str] = []
+        for t in types:
+            expr: str | None
+            if t == "object":
+                expr = obj(self, s, ptr, hint)
+            elif t == "array":
+                expr = array(self, s, ptr, hint)
+            elif t == "string":
+                expr = self.string(s, ptr, hint)
+            elif t in ("number", "integer"):
+                expr = self.numeric(s, ptr, hint, t)
+            elif t == "boolean":
+                expr = boolean(self.b)
+            else:
+                expr = literal("null")
+            if expr is not None:
+                exprs.append(expr)
+        if not exprs:
+            raise _unsatisfiable("no value of the schema's type(s) meets its constraints", ptr)
+        return exprs[0] if len(exprs) == 1 else self.b.rule(hint, " | ".join(exprs))
+
+    def string(self, s: dict[str, Any], ptr: str, hint: str) -> str | None:
+        lo = count(s, "minLength", ptr) or 0
+        hi = count(s, "maxLength", ptr)
+        pattern = s.get("pattern")
+        if pattern is not None and not isinstance(pattern, str):
+            raise fail("pattern must be a string", pointer(ptr, "pattern"), "pattern")
+        fmt = s.get("format")
+        if fmt is not None and fmt not in FORMATS:
+            raise fail(f"format {fmt!r} is not enforced (enforced formats: {', '.join(FORMATS)})",
+                       pointer(ptr, "format"), "format")
+        try:
+            return constrained_string(self.b, hint, lo, hi, pattern, fmt)
+        except PatternError as e:
+            raise fail(f"pattern: {e}", pointer(ptr, "pattern"), "pattern") from None
+        except TooLarge as e:
+            where = "pattern" if pattern is not None else "format" if fmt is not None else \
+                "minLength" if lo > MAX_REPEAT else "maxLength"
+            raise fail(f"{where}: the grammar would be too large: {e}", pointer(ptr, where), where) from None
+
+    def numeric(self, s: dict[str, Any], ptr: str, hint: str, t: str) -> str | None:
+        lo, lo_open, hi, hi_open = _bounds(s, ptr)
+        if t == "number":
+            if lo is None and hi is None:
+                return number(self.b)
+            key = "minimum" if "minimum" in s else "exclusiveMinimum" if lo is not None else \
+                "maximum" if "maximum" in s else "exclusiveMaximum"
+            raise fail(f"{key}: bounds on non-integer numbers are not enforced (use type integer, or a pattern on "
+                       f"a string)", pointer(ptr, key), key)
+        ilo = None if lo is None else (math.floor(lo) + 1 if lo_open else math.ceil(lo))
+        ihi = None if hi is None else (math.ceil(hi) - 1 if hi_open else math.floor(hi))
+        try:
+            return integer_range(self.b, ilo, ihi)
+        except TooLarge as e:
+            raise fail(f"the integer range is too large to enforce: {e}", ptr, "maximum") from None
+
+
+class _Unsatisfiable(SchemaError):
+    unsatisfiable = True
+
+
+def _unsatisfiable(message: str, ptr: str) -> SchemaError:
+    return _Unsatisfiable(message, ptr)
+
+
+def count(s: dict[str, Any], key: str, ptr: str) -> int | None:
+    """A non-negative integer keyword, or None when absent."""
+    v = s.get(key)
+    if v is None:
+        return None
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise fail(f"{key} must be a non-negative integer, got {v!r}", pointer(ptr, key), key)
+    return v
+
+
+def _bounds(s: dict[str, Any], ptr: str) -> tuple[Fraction | None, bool, Fraction | None, bool]:
+    """(lower, lower exclusive, upper, upper exclusive) from minimum/maximum and their exclusive forms."""
+    def num(key: str) -> Fraction | None:
+        v = s.get(key)
+        if v is None or isinstance(v, bool):
+            return None
+        if not isinstance(v, (int, float)) or isinstance(v, float) and not math.isfinite(v):
+            raise fail(f"{key} must be a number", pointer(ptr, key), key)
+        return Fraction(v)
+
+    lo, hi = num("minimum"), num("maximum")
+    lo_open = hi_open = False
+    if s.get("exclusiveMinimum") is True:  # draft 4: a flag on minimum
+        lo_open = lo is not None
+    if s.get("exclusiveMaximum") is True:
+        hi_open = hi is not None
+    xlo, xhi = num("exclusiveMinimum"), num("exclusiveMaximum")
+    if xlo is not None and (lo is None or xlo >= lo):
+        lo, lo_open = xlo, True
+    if xhi is not None and (hi is None or xhi <= hi):
+        hi, hi_open = xhi, True
+    return lo, lo_open, hi, hi_open
+
+
+def _type_list(s: dict[str, Any], ptr: str) -> list[str] | None:
+    t = s.get("type")
+    if t is None:
+        return None
+    types = [t] if isinstance(t, str) else t
+    if not isinstance(types, list) or not types or any(x not in TYPES for x in types):
+        raise fail(f"type must be one of {', '.join(TYPES)} or a non-empty list of them, got {t!r}",
+                   pointer(ptr, "type"), "type")
+    return list(dict.fromkeys(types))
+
+
+def _is_type(v: Any, t: str) -> bool:
+    if t == "null":
+        return v is None
+    if t == "boolean":
+        return isinstance(v, bool)
+    if t == "integer":
+        return isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and v.is_integer()
+    if t == "number":
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if t == "string":
+        return isinstance(v, str)
+    if t == "array":
+        return isinstance(v, list)
+    return isinstance(v, dict)

@@ -1,0 +1,144 @@
+"""Objects and arrays.
+
+An object's properties come in schema order; each optional one may be left out, and extra members (when allowed)
+follow the named ones with keys other than theirs. The rules form a chain, one pair per property, so optional
+properties cost a linear number of rules, and the parser holds a single stack once a key's first characters
+are read.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from .gbnf import TooLarge, literal
+from .keywords import fail, pointer
+from .primitives import any_value, ws
+from .strings import key_other_than
+
+if TYPE_CHECKING:
+    from .compiler import Compiler
+
+__all__ = ["array", "obj"]
+
+
+def _member(c: Compiler, key_expr: str, value: str, hint: str) -> str:
+    w = ws(c.b)
+    return c.b.rule(f"{hint}-kv", f'{key_expr} {w} ":" {w} {value} {w}')
+
+
+def obj(c: Compiler, s: dict[str, Any], ptr: str, hint: str) -> str | None:
+    props = s.get("properties", {})
+    required = s.get("required", [])
+    extra = s.get("additionalProperties", True)
+    if not isinstance(props, dict):
+        raise fail("properties must be an object", pointer(ptr, "properties"), "properties")
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        raise fail("required must be an array of strings", pointer(ptr, "required"), "required")
+    need = set(required)
+    saved = c.consuming()
+    try:
+        named: list[tuple[str, str | None, bool]] = []  # (name, member rule or None if it cannot occur, required)
+        for name, sub in props.items():
+            sub_ptr = pointer(ptr, "properties", name)
+            if sub is False:
+                if name in need:
+                    raise fail(f"property {name!r} is required but its schema is false", sub_ptr)
+                named.append((name, None, False))
+                continue
+            value = c.value(sub, sub_ptr, f"{hint}-{name}")
+            named.append((name, _member(c, literal(json.dumps(name, ensure_ascii=False)), value, hint), name in need))
+        for name in required:
+            if name not in props:
+                if extra is False:
+                    raise fail(f"required property {name!r} is not in properties and additionalProperties is false",
+                               pointer(ptr, "required"), "required")
+                value = c.value(extra, pointer(ptr, "additionalProperties"), f"{hint}-{name}")
+                named.append((name, _member(c, literal(json.dumps(name, ensure_ascii=False)), value, hint), True))
+        extra_member = None
+        if extra is not False:
+            value = c.value(extra, pointer(ptr, "additionalProperties"), f"{hint}-extra") if extra is not True \
+                else any_value(c.b)
+            keys = tuple(n for n, _, _ in named)
+            extra_member = _member(c, key_other_than(c.b, keys), value, f"{hint}-extra")
+    finally:
+        c.restore(saved)
+    return c.b.rule(hint, f'"{{" {ws(c.b)} {_chain(c, named, extra_member, hint)} "}}"')
+
+
+def _chain(c: Compiler, named: list[tuple[str, str | None, bool]], extra: str | None, hint: str) -> str:
+    """The members between the braces. ``after_i`` holds members i.. once one was written (each comma-led);
+    ``first_i`` the same when none was written yet."""
+    w = ws(c.b)
+    b = c.b
+    if extra is not None:
+        more = b.rule(f"{hint}-more", f'"," {w} {extra}')
+        after = f"{more}*"
+        first = b.rule(f"{hint}-extras", f"{extra} {more}*") + "?"
+    else:
+        after = first = ""
+    for name, member, req in reversed(named):
+        if member is None:
+            continue
+        sep = b.rule(f"{hint}-next", f'"," {w} {member}')
+        body = f"{member} {after}".strip()
+        tail = f"{sep} {after}".strip() if req else f"{sep}? {after}".strip()
+        after = b.rule(f"{hint}-after", tail) if " " in tail else tail
+        if req:
+            first = body
+        else:
+            first = b.rule(f"{hint}-first", f"{body} | {first}" if first else f"| {body}")
+    return first
+
+
+def array(c: Compiler, s: dict[str, Any], ptr: str, hint: str) -> str | None:
+    from .compiler import count
+
+    prefix = s.get("prefixItems")
+    items = s.get("items", True)
+    items_ptr = pointer(ptr, "items")
+    if isinstance(items, list):  # draft 4-7 tuple form
+        if prefix is not None:
+            raise fail("items as an array together with prefixItems", items_ptr, "items")
+        prefix, items, items_ptr = items, s.get("additionalItems", True), pointer(ptr, "additionalItems")
+    prefix = prefix or []
+    if not isinstance(prefix, list):
+        raise fail("prefixItems must be an array of schemas", pointer(ptr, "prefixItems"), "prefixItems")
+    lo = count(s, "minItems", ptr) or 0
+    hi = count(s, "maxItems", ptr)
+    k = len(prefix)
+    if items is False:
+        hi = k if hi is None else min(hi, k)
+    if hi is not None and hi < lo:
+        return None
+    w = ws(c.b)
+    saved = c.consuming()
+    try:
+        elems = [c.value(sub, pointer(ptr, "prefixItems", i), f"{hint}-{i}") for i, sub in enumerate(prefix[:hi])]
+        rest = None
+        if hi is None or hi > k:
+            rest = c.value(items, items_ptr, f"{hint}-item")
+    finally:
+        c.restore(saved)
+    # the members after the first, innermost first: a repetition of `"," ws item ws` for items past the prefix
+    tail = ""
+    if rest is not None:
+        more = c.b.rule(f"{hint}-more", f'"," {w} {rest} {w}')
+        r_lo = max(lo - max(k, 1), 0)
+        r_hi = None if hi is None else hi - max(k, 1)
+        try:
+            tail = c.b.repeat(more, r_lo, r_hi)
+        except TooLarge as e:
+            key = "maxItems" if hi is not None else "minItems"
+            raise fail(f"{key}: the grammar would be too large: {e}", pointer(ptr, key), key) from None
+    elements = elems if elems else ([rest] if rest is not None else [])
+    for i in range(len(elements) - 1, 0, -1):
+        step = f'"," {w} {elements[i]} {w} {tail}'.strip()
+        tail = c.b.rule(f"{hint}-tail", step)
+        if i >= lo:
+            tail += "?"
+    if not elements:
+        return c.b.rule(hint, f'"[" {w} "]"')
+    body = f"{elements[0]} {w} {tail}".strip()
+    inner = c.b.rule(f"{hint}-items", body)
+    return c.b.rule(hint, f'"[" {w} {inner}{"" if lo > 0 else "?"} "]"')

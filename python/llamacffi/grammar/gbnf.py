@@ -1,0 +1,142 @@
+"""Writing GBNF text: escaping literals and character classes, and a rule table with a size budget."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+__all__ = ["Builder", "TooLarge", "char_class", "literal"]
+
+# llama.cpp turns a repetition bound above 2000 into "unbounded" and refuses a lower bound above it.
+MAX_REPEAT = 2000
+# Rules the emitted grammar may cost llama.cpp (its own rules plus the ones repetitions expand to).
+MAX_COST = 20_000
+
+_PLAIN = re.compile(r"[A-Za-z0-9 !#$%&'()*+,./:;<=>?@_`{|}~]")
+
+
+class TooLarge(Exception):
+    """The grammar would exceed its size budget; the compiler turns it into a SchemaError."""
+
+
+def _char(cp: int, in_class: bool) -> str:
+    c = chr(cp)
+    if _PLAIN.fullmatch(c) and not (in_class and c == "^"):
+        return c
+    if not in_class and c in "-[]^":
+        return c
+    if c == "\n":
+        return "\\n"
+    if c == "\t":
+        return "\\t"
+    if c == "\r":
+        return "\\r"
+    if c in "\\\"[]-":
+        return "\\" + c
+    if cp < 0x100:
+        return f"\\x{cp:02X}"
+    if cp < 0x10000:
+        return f"\\u{cp:04X}"
+    return f"\\U{cp:08X}"
+
+
+def literal(text: str) -> str:
+    """``text`` as a GBNF string literal."""
+    return '"' + "".join(_char(ord(c), False) for c in text) + '"'
+
+
+def char_class(ranges: Iterable[tuple[int, int]]) -> str:
+    """A GBNF character class matching the code point ranges ``(lo, hi)`` (inclusive)."""
+    parts = []
+    for lo, hi in ranges:
+        if lo == hi:
+            parts.append(_char(lo, True))
+        elif hi == lo + 1:
+            parts.append(_char(lo, True) + _char(hi, True))
+        else:
+            parts.append(_char(lo, True) + "-" + _char(hi, True))
+    return "[" + "".join(parts) + "]"
+
+
+_NAME_BAD = re.compile(r"[^a-z0-9]+")
+
+
+class Builder:
+    """Rules by name, in definition order; identical bodies share one rule.
+
+    ``cost`` counts the rules llama.cpp will hold, repetitions expanded, and raises :class:`TooLarge` past
+    ``MAX_COST``.
+    """
+
+    def __init__(self) -> None:
+        self.rules: dict[str, str] = {}
+        self._by_body: dict[str, str] = {}
+        self._used: set[str] = {"root"}
+        self.cost = 0
+        self.memo: dict[object, str] = {}
+
+    def name(self, hint: str) -> str:
+        """Reserve a fresh rule name derived from ``hint``."""
+        base = _NAME_BAD.sub("-", hint.lower()).strip("-")[:40].strip("-") or "r"
+        name, i = base, 1
+        while name in self._used:
+            i += 1
+            name = f"{base}-{i}"
+        self._used.add(name)
+        return name
+
+    def define(self, name: str, body: str) -> str:
+        """Give the reserved ``name`` its body (it must not be empty)."""
+        self.charge(1)
+        self.rules[name] = body
+        self._by_body.setdefault(body, name)
+        return name
+
+    def rule(self, hint: str, body: str) -> str:
+        """A rule with ``body``: an existing one with the same body, or a new one named after ``hint``."""
+        found = self._by_body.get(body)
+        if found is not None:
+            return found
+        return self.define(self.name(hint), body)
+
+    def repeat(self, symbol: str, lo: int, hi: int | None) -> str:
+        """``symbol`` (one rule name, literal or class) repeated ``lo..hi`` times (``hi=None``: unbounded)."""
+        if lo > MAX_REPEAT or (hi is not None and hi > MAX_REPEAT):
+            raise TooLarge(f"a repetition of {max(lo, hi or 0)} exceeds the limit of {MAX_REPEAT}")
+        if hi is not None and hi < lo:
+            raise ValueError("empty repetition")
+        self.charge(max(lo, hi if hi is not None else lo + 1))
+        if hi is None:
+            return f"{symbol}*" if lo == 0 else (f"{symbol}+" if lo == 1 else f"{symbol}{{{lo},}}")
+        if lo == hi:
+            return "" if lo == 0 else (symbol if lo == 1 else f"{symbol}{{{lo}}}")
+        if lo == 0 and hi == 1:
+            return f"{symbol}?"
+        return f"{symbol}{{{lo},{hi}}}"
+
+    def charge(self, n: int) -> None:
+        self.cost += n
+        if self.cost > MAX_COST:
+            raise TooLarge(f"the grammar would need more than {MAX_COST} rules")
+
+    def text(self, root: str) -> str:
+        """The grammar, ``root ::= <root>`` first, without the rules it does not reach."""
+        reached = {"root"}
+        todo = [root]
+        while todo:
+            for ref in _refs(todo.pop()):
+                if ref in self.rules and ref not in reached:
+                    reached.add(ref)
+                    todo.append(self.rules[ref])
+        lines = [f"root ::= {root}"]
+        lines += [f"{name} ::= {body}" for name, body in self.rules.items() if name in reached]
+        return "\n".join(lines) + "\n"
+
+
+_TERMINAL = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]')
+_REF = re.compile(r"[a-z][a-z0-9-]*")
+
+
+def _refs(body: str) -> list[str]:
+    """The rule names a body refers to."""
+    return _REF.findall(_TERMINAL.sub(" ", body))

@@ -1,0 +1,144 @@
+"""``allOf``: the conjunction of schemas merged into one schema, where that can be done exactly.
+
+Sub-schemas that meet (two ``properties`` entries with the same name, two ``items``) are not merged here but
+become a new ``allOf`` that the compiler meets later, so recursive definitions merge level by level.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from .keywords import ANNOTATIONS, check_keywords, fail, pointer
+
+__all__ = ["canonical", "conjoin", "merge_all"]
+
+Schema = Any  # a dict, or True / False
+Resolve = Callable[[str, str], tuple[Schema, str]]
+
+MAX_REF_CHAIN = 32
+
+_LOWER = ("minimum", "minLength", "minItems")
+_UPPER = ("maximum", "maxLength", "maxItems")
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def conjoin(a: Schema, b: Schema) -> Schema:
+    """A schema for "both ``a`` and ``b``", left for the compiler to merge when it reaches it."""
+    if a is True or a == {}:
+        return b
+    if b is True or b == {} or canonical(a) == canonical(b):
+        return a
+    if a is False or b is False:
+        return False
+    return {"allOf": [a, b]}
+
+
+def _flatten(schema: Schema, ptr: str, resolve: Resolve, out: list[tuple[dict[str, Any], str]], depth: int) -> bool:
+    """Collect the conjuncts of ``schema`` (its allOf members and $ref targets); False if one is ``false``."""
+    if depth > MAX_REF_CHAIN:
+        raise fail(f"more than {MAX_REF_CHAIN} nested allOf / $ref levels (a reference cycle?)", ptr)
+    if schema is True:
+        return True
+    if schema is False:
+        return False
+    if not isinstance(schema, dict):
+        raise fail(f"a schema must be an object or a boolean, not {type(schema).__name__}", ptr)
+    check_keywords(schema, ptr)
+    rest = {k: v for k, v in schema.items()
+            if k not in ("allOf", "$ref") and k not in ANNOTATIONS and not k.startswith("x-")}
+    if rest:
+        out.append((rest, ptr))
+    if "$ref" in schema:
+        target, target_ptr = resolve(schema["$ref"], pointer(ptr, "$ref"))
+        if not _flatten(target, target_ptr, resolve, out, depth + 1):
+            return False
+    members = schema.get("allOf", [])
+    if not isinstance(members, list) or not members and "allOf" in schema:
+        raise fail("allOf must be a non-empty array of schemas", pointer(ptr, "allOf"), "allOf")
+    for i, member in enumerate(members):
+        if not _flatten(member, pointer(ptr, "allOf", i), resolve, out, depth + 1):
+            return False
+    return True
+
+
+def _types(value: Any) -> set[str]:
+    return {value} if isinstance(value, str) else set(value)
+
+
+def _meet_types(a: Any, b: Any) -> list[str]:
+    ta, tb = _types(a), _types(b)
+    out = ta & tb
+    if "integer" in ta and "number" in tb or "integer" in tb and "number" in ta:
+        out.add("integer")
+    return sorted(out)
+
+
+def _meet(out: dict[str, Any], key: str, value: Any, ptr: str) -> None:
+    """Merge one keyword of a further conjunct into ``out``."""
+    if key not in out:
+        out[key] = value
+        return
+    old = out[key]
+    where = pointer(ptr, "allOf")
+    if key == "type":
+        out[key] = _meet_types(old, value)
+        if not out[key]:
+            raise fail("allOf: the types of its members exclude each other, no value can match", where, "allOf")
+    elif key == "enum":
+        keep = {canonical(v) for v in value}
+        out[key] = [v for v in old if canonical(v) in keep]
+        if not out[key]:
+            raise fail("allOf: the enum / const values of its members exclude each other", where, "allOf")
+    elif key == "required":
+        out[key] = list(dict.fromkeys([*old, *value]))
+    elif key in _LOWER or key in _UPPER:
+        if not isinstance(value, (int, float)) or not isinstance(old, (int, float)):
+            raise fail(f"allOf: {key} must be a number", where, key)
+        out[key] = max(old, value) if key in _LOWER else min(old, value)
+    elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(old, bool) \
+            and not isinstance(value, bool):
+        out[key] = max(old, value) if key == "exclusiveMinimum" else min(old, value)
+    elif key in ("additionalProperties", "items") and not isinstance(old, list) and not isinstance(value, list):
+        out[key] = conjoin(old, value)
+    elif key == "uniqueItems":
+        out[key] = bool(old or value)
+    elif canonical(old) != canonical(value):
+        raise fail(f"allOf: two members give different {key!r}, which cannot be merged", where, key)
+
+
+def _meet_properties(out: dict[str, Any], part: dict[str, Any]) -> None:
+    """Merge ``properties``: a name known to one side only must also match the other side's extra-property
+    schema, when that side has one."""
+    mine = dict(out.get("properties", {}))
+    theirs = part.get("properties", {})
+    for name, sub in theirs.items():
+        mine[name] = conjoin(mine[name], sub) if name in mine else conjoin(sub, out.get("additionalProperties", True))
+    for name in list(mine):
+        if name not in theirs:
+            mine[name] = conjoin(mine[name], part.get("additionalProperties", True))
+    out["properties"] = mine
+
+
+def merge_all(schema: dict[str, Any], ptr: str, resolve: Resolve) -> Schema:
+    """One schema equivalent to ``schema`` with its ``allOf`` (and ``$ref``) merged in, or False."""
+    parts: list[tuple[dict[str, Any], str]] = []
+    if not _flatten(schema, ptr, resolve, parts, 0):
+        return False
+    out: dict[str, Any] = {}
+    for part, part_ptr in parts:
+        part = dict(part)
+        if "const" in part:
+            part["enum"] = [part.pop("const")]
+        if "properties" in part or "properties" in out:
+            _meet_properties(out, part)
+        for key, value in part.items():
+            if key != "properties":
+                _meet(out, key, value, ptr)
+    if "anyOf" in out and "oneOf" in out:
+        raise fail("allOf: members with both anyOf and oneOf cannot be merged", pointer(ptr, "allOf"), "allOf")
+    return out

@@ -1,0 +1,231 @@
+"""The regular-expression subset that ``pattern`` may use, parsed into an automaton expression.
+
+Supported: literal characters; escapes of punctuation, ``\\n \\t \\r \\f \\v \\xHH \\uHHHH``; the classes ``\\d \\w
+\\s`` (ASCII: ``[0-9]``, ``[A-Za-z0-9_]``, ``[ \\t\\n\\r\\f\\v]``) and their negations ``\\D \\W \\S`` (ASCII characters
+outside them); ``.`` (any character but line breaks); bracket classes with ranges and negation; groups ``(...)``,
+``(?:...)``, ``(?P<n>...)``, ``(?<n>...)``; alternation ``|``; the quantifiers ``? * + {m} {m,} {m,n}`` (lazy forms
+too: they match the same strings); ``^`` and ``$`` at the ends of the pattern or of its top-level alternatives.
+An end without its anchor matches anything there, as JSON Schema's search semantics say. Everything else
+(backreferences, lookaround, word boundaries, flags, possessive quantifiers, Unicode properties) raises
+:class:`PatternError`. Where Python's ``re`` and ECMA-262 disagree the stricter reading is taken, so a string the
+grammar accepts matches under both.
+"""
+
+from __future__ import annotations
+
+from .automaton import ANY, Node, Ranges, chars, negate, normalize
+
+__all__ = ["PatternError", "parse"]
+
+MAX_COUNT = 1000
+
+
+class PatternError(ValueError):
+    """The pattern uses a construct outside the supported subset, or is malformed."""
+
+
+_DIGIT: Ranges = ((0x30, 0x39),)
+_WORD: Ranges = normalize([(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)])
+_SPACE: Ranges = normalize([(0x09, 0x0D), (0x20, 0x20)])
+_ASCII: Ranges = ((0, 0x7F),)
+_SHORTHAND = {"d": _DIGIT, "w": _WORD, "s": _SPACE}
+# ECMA's "." excludes every line terminator, Python's only "\n": keep out all four
+_DOT = negate(normalize([(0x0A, 0x0A), (0x0D, 0x0D), (0x2028, 0x2029)]))
+_SIMPLE = {"n": 0x0A, "t": 0x09, "r": 0x0D, "f": 0x0C, "v": 0x0B, "0": 0x00}
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.s = text
+        self.i = 0
+
+    def fail(self, what: str) -> PatternError:
+        return PatternError(f"{what} at offset {self.i} of pattern {self.s!r}")
+
+    def peek(self) -> str:
+        return self.s[self.i] if self.i < len(self.s) else ""
+
+    def top(self) -> Node:
+        branches = []
+        while True:
+            start = self.peek() == "^"
+            if start:
+                self.i += 1
+            body = self.seq(top=True)
+            end = self.peek() == "$"
+            if end:
+                self.i += 1
+            parts = ([] if start else [("rep", ("chars", ANY), 0, None)]) + [body]
+            parts += [] if end else [("rep", ("chars", ANY), 0, None)]
+            branches.append(("seq", tuple(parts)))
+            if self.peek() == "|":
+                self.i += 1
+                continue
+            if self.i < len(self.s):
+                raise self.fail(f"unsupported {self.peek()!r}")
+            return branches[0] if len(branches) == 1 else ("alt", tuple(branches))
+
+    def alt(self) -> Node:
+        branches = [self.seq(top=False)]
+        while self.peek() == "|":
+            self.i += 1
+            branches.append(self.seq(top=False))
+        return branches[0] if len(branches) == 1 else ("alt", tuple(branches))
+
+    def seq(self, top: bool) -> Node:
+        items: list[Node] = []
+        while True:
+            c = self.peek()
+            if c == "" or c == "|" or c == ")":
+                break
+            if c == "$":
+                if top and (self.i + 1 == len(self.s) or self.s[self.i + 1] == "|"):
+                    break
+                raise self.fail("'$' is only supported at the end of the pattern")
+            if c == "^":
+                raise self.fail("'^' is only supported at the start of the pattern")
+            atom = self.atom()
+            items.append(self.quantified(atom))
+        return items[0] if len(items) == 1 else ("seq", tuple(items))
+
+    def atom(self) -> Node:
+        c = self.peek()
+        self.i += 1
+        if c == "(":
+            if self.s.startswith("?:", self.i):
+                self.i += 2
+            elif self.s.startswith("?P<", self.i) or (self.s.startswith("?<", self.i)
+                                                     and self.s[self.i + 2:self.i + 3] not in ("=", "!")):
+                close = self.s.find(">", self.i)
+                if close < 0:
+                    raise self.fail("unterminated group name")
+                self.i = close + 1
+            elif self.peek() == "?":
+                raise self.fail("lookaround, flags and other '(?' groups are not supported")
+            inner = self.alt()
+            if self.peek() != ")":
+                raise self.fail("missing ')'")
+            self.i += 1
+            return inner
+        if c == "[":
+            return ("chars", self.klass())
+        if c == ".":
+            return ("chars", _DOT)
+        if c == "\\":
+            return ("chars", self.escape(in_class=False))
+        if c in "*+?{":
+            raise self.fail(f"nothing to repeat before {c!r}")
+        if c in ")]}":
+            raise self.fail(f"unbalanced {c!r}")
+        return chars([(ord(c), ord(c))])
+
+    def escape(self, in_class: bool) -> Ranges:
+        c = self.peek()
+        if not c:
+            raise self.fail("pattern ends with a backslash")
+        self.i += 1
+        if c in _SHORTHAND:
+            return _SHORTHAND[c]
+        if c.lower() in _SHORTHAND:
+            return negate(_SHORTHAND[c.lower()], _ASCII)
+        if c in _SIMPLE and not (c == "0" and self.peek().isdigit()):
+            cp = _SIMPLE[c]
+            return ((cp, cp),)
+        if c in "xu":
+            size = 2 if c == "x" else 4
+            digits = self.s[self.i:self.i + size]
+            if len(digits) != size or any(d not in "0123456789abcdefABCDEF" for d in digits):
+                raise self.fail(f"\\{c} needs {size} hex digits")
+            self.i += size
+            cp = int(digits, 16)
+            return ((cp, cp),)
+        if c == "b" and in_class:
+            return ((0x08, 0x08),)
+        if c.isalnum() or c == "_":
+            raise self.fail(f"the escape \\{c} is not supported")
+        return ((ord(c), ord(c)),)
+
+    def class_item(self) -> tuple[Ranges, bool]:
+        """One class member: its ranges, and whether it is a single character (so it can start a range)."""
+        c = self.peek()
+        if not c:
+            raise self.fail("missing ']'")
+        self.i += 1
+        if c == "\\":
+            rs = self.escape(in_class=True)
+            return rs, len(rs) == 1 and rs[0][0] == rs[0][1]
+        if c == "[" and self.peek() in ":=.":
+            raise self.fail("POSIX classes are not supported")
+        return ((ord(c), ord(c)),), True
+
+    def klass(self) -> Ranges:
+        negated = self.peek() == "^"
+        if negated:
+            self.i += 1
+        out: list[tuple[int, int]] = []
+        shorthand = False
+        first = True
+        while first or self.peek() != "]":
+            first = False
+            rs, single = self.class_item()
+            shorthand = shorthand or not single
+            if single and self.peek() == "-" and self.s[self.i + 1:self.i + 2] not in ("]", ""):
+                self.i += 1
+                hi_rs, hi_single = self.class_item()
+                if not hi_single or hi_rs[0][0] < rs[0][0]:
+                    raise self.fail("bad character range")
+                out.append((rs[0][0], hi_rs[0][0]))
+            else:
+                out.extend(rs)
+        self.i += 1
+        ranges = normalize(out)
+        if negated:
+            # a negated \d, \w or \s would take in non-ASCII digits, letters or spaces that Python's re excludes
+            return negate(ranges, _ASCII if shorthand else ANY)
+        return ranges
+
+    def quantified(self, atom: Node) -> Node:
+        c = self.peek()
+        if c == "?":
+            lo, hi = 0, 1
+        elif c == "*":
+            lo, hi = 0, None
+        elif c == "+":
+            lo, hi = 1, None
+        elif c == "{":
+            close = self.s.find("}", self.i)
+            body = self.s[self.i + 1:close] if close > 0 else ""
+            parts = body.split(",")
+            if close < 0 or len(parts) > 2 or not all(p.strip().isdigit() for p in parts[:1]) or \
+                    (len(parts) == 2 and parts[1].strip() and not parts[1].strip().isdigit()):
+                raise self.fail("a '{' that is not a {m}, {m,} or {m,n} quantifier (write \\{ for a brace)")
+            lo = int(parts[0])
+            hi = lo if len(parts) == 1 else (int(parts[1]) if parts[1].strip() else None)
+            if hi is not None and hi < lo:
+                raise self.fail(f"{{{lo},{hi}}} has its bounds reversed")
+            if max(lo, hi or 0) > MAX_COUNT:
+                raise self.fail(f"repetition counts above {MAX_COUNT} are not supported")
+            self.i = close
+        else:
+            return atom
+        self.i += 1
+        if self.peek() == "?":
+            self.i += 1  # lazy: same language
+        elif self.peek() == "+":
+            raise self.fail("possessive quantifiers are not supported")
+        elif self.peek() in ("*", "{"):
+            raise self.fail("a quantifier cannot follow a quantifier")
+        return ("rep", atom, lo, hi)
+
+
+def parse(pattern: str) -> Node:
+    """The language of strings that ``pattern`` matches somewhere (JSON Schema's unanchored search)."""
+    if not pattern:
+        return ("rep", ("chars", ANY), 0, None)
+    return _Parser(pattern).top()
+
+
+def anchored(pattern: str) -> Node:
+    """The language of strings ``pattern`` matches entirely (for the built-in format expressions)."""
+    return _Parser(f"^(?:{pattern})$").top()
+

@@ -1,0 +1,449 @@
+"""JSON schemas compiled to GBNF: generation with both models validates, llama.cpp's grammar accepts valid documents
+and rejects invalid ones, unenforceable keywords are refused by pointer, and blow-ups are bounded."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import llamacffi
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from llamacffi.errors import GrammarError, InvalidArgumentError
+from llamacffi.grammar import JSON_GRAMMAR, SchemaError, any_json, from_json_schema
+from llamacffi.sampling import NativeSampler
+
+jsonschema = pytest.importorskip("jsonschema")
+
+CORPUS = sorted((Path(__file__).parent / "schemas").glob("*.json"))
+MAX_TOKENS = 256
+SEEDS = (1, 2, 3)
+PROMPT = "Reply with one compact JSON document.\n"
+
+
+def load(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def validate(doc: Any, schema: Any) -> None:
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    cls(schema, format_checker=cls.FORMAT_CHECKER).validate(doc)
+
+
+def is_valid(doc: Any, schema: Any) -> bool:
+    try:
+        validate(doc, schema)
+    except jsonschema.ValidationError:
+        return False
+    return True
+
+
+def spells(vocab: llamacffi.Vocab, text: str) -> bool:
+    """Whether the tokenizer can spell ``text`` (byte-level vocabularies lack a few lead bytes)."""
+    return bool(vocab.detokenize(vocab.tokenize(text, add_special=False)) == text)
+
+
+def accepts(vocab: llamacffi.Vocab, gbnf: str, text: str) -> bool:
+    """Whether llama.cpp's grammar takes ``text`` token by token and may end right after it."""
+    with NativeSampler(temperature=0, vocab=vocab, grammar=gbnf) as s:
+        for t in vocab.tokenize(text, add_special=False).tolist():
+            try:
+                s.accept(t)
+            except GrammarError:
+                return False
+        row = np.full(vocab.n_tokens, -np.inf, dtype=np.float32)
+        row[vocab.eos] = 0.0
+        try:  # end of generation is allowed only where the grammar can end
+            return s.sample(row) == vocab.eos
+        except InvalidArgumentError:
+            return False
+
+
+# ------------------------------------------------------------------------------------------------ the corpus
+
+
+def test_corpus_is_large_and_compiles() -> None:
+    assert len(CORPUS) >= 40
+    for path in CORPUS:
+        text = from_json_schema(load(path))
+        assert text.startswith("root ::= "), path.name
+
+
+def test_corpus_grammars_parse_in_llama_cpp(smollm2: llamacffi.Model) -> None:
+    for path in CORPUS:
+        NativeSampler(vocab=smollm2.vocab, grammar=from_json_schema(load(path))).close()
+
+
+def test_compile_time_of_the_largest_schema() -> None:
+    import llamacffi.grammar as g
+
+    largest = max(CORPUS, key=lambda p: len(from_json_schema(load(p))))
+    schema = load(largest)
+    best = float("inf")
+    for _ in range(10):
+        g._compile.cache_clear()  # the pattern and format automata stay cached, as in a running server
+        t = time.process_time()
+        from_json_schema(schema)
+        best = min(best, time.process_time() - t)
+    assert best < 0.005, f"{largest.name} took {best * 1000:.2f} ms"
+    t = time.perf_counter()
+    from_json_schema(schema)
+    assert time.perf_counter() - t < 0.001  # cached
+
+
+@pytest.fixture(scope="module", params=["smollm2", "gemma3"])
+def generator(request: pytest.FixtureRequest) -> Iterator[tuple[llamacffi.Model, llamacffi.Context]]:
+    model: llamacffi.Model = request.getfixturevalue(request.param)
+    # one thread: on a shared, busy machine a spinning second thread costs more than it gives
+    with llamacffi.Context(model, n_ctx=512, n_batch=64, n_threads=1) as ctx:
+        yield model, ctx
+
+
+def generate(model: llamacffi.Model, ctx: llamacffi.Context, gbnf: str, seed: int) -> str:
+    vocab = model.vocab
+    ctx.memory.clear()
+    pos = ctx.decode_tokens(vocab.tokenize(PROMPT, add_special=True))
+    out: list[int] = []
+    with NativeSampler(temperature=0.8, seed=seed, vocab=vocab, grammar=gbnf) as sampler:
+        for _ in range(MAX_TOKENS):
+            token = sampler.sample(ctx.logits(-1))
+            if vocab.is_eog(token):
+                return vocab.detokenize(out)
+            out.append(token)
+            ctx.decode_token(token, pos)
+            pos += 1
+    raise AssertionError(f"no complete document within {MAX_TOKENS} tokens: {vocab.detokenize(out)!r}")
+
+
+@pytest.mark.parametrize("path", [p for p in CORPUS if "x-no-generate" not in load(p)], ids=lambda p: p.stem)
+def test_generation_validates(generator: tuple[llamacffi.Model, llamacffi.Context], path: Path) -> None:
+    model, ctx = generator
+    schema = load(path)
+    gbnf = from_json_schema(schema)
+    for seed in SEEDS:
+        text = generate(model, ctx, gbnf, seed)
+        validate(json.loads(text), schema)
+
+
+def test_any_json_object(generator: tuple[llamacffi.Model, llamacffi.Context]) -> None:
+    model, ctx = generator
+    assert any_json() == JSON_GRAMMAR
+    try:
+        doc = json.loads(generate(model, ctx, JSON_GRAMMAR, 7))
+    except AssertionError:  # any object may be long; acceptance below covers the grammar
+        return
+    assert isinstance(doc, dict)
+
+
+def test_json_grammar_accepts_and_rejects(smollm2: llamacffi.Model) -> None:
+    v = smollm2.vocab
+    assert accepts(v, JSON_GRAMMAR, '{"a": [1, -2.5e3, {"b": null}], "c": "x\\ny\\u00e9", "d": true}')
+    assert accepts(v, JSON_GRAMMAR, "{}")
+    for bad in ("[1]", '"s"', '{"a": 1,}', '{"a" 1}', "{'a': 1}", '{"a": 01}', '{"a": 1}  '):
+        assert not accepts(v, JSON_GRAMMAR, bad), bad
+
+
+# ------------------------------------------------------------------------------------- refused keywords
+
+
+REFUSED = [
+    ({"type": "integer", "multipleOf": 3}, "#/multipleOf", "multipleOf"),
+    ({"properties": {"age": {"type": "integer", "multipleOf": 2}}}, "#/properties/age/multipleOf", "multipleOf"),
+    ({"type": "number", "minimum": 0.5}, "#/minimum", "minimum"),
+    ({"type": "number", "exclusiveMaximum": 10}, "#/exclusiveMaximum", "exclusiveMaximum"),
+    ({"type": "string", "format": "email"}, "#/format", "format"),
+    ({"items": {"type": "string", "format": "uri"}}, "#/items/format", "format"),
+    ({"not": {"type": "null"}}, "#/not", "not"),
+    ({"if": {}, "then": {}}, "#/if", "if"),
+    ({"patternProperties": {"^a": {}}}, "#/patternProperties", "patternProperties"),
+    ({"propertyNames": {"maxLength": 3}}, "#/propertyNames", "propertyNames"),
+    ({"type": "object", "minProperties": 1}, "#/minProperties", "minProperties"),
+    ({"type": "array", "uniqueItems": True}, "#/uniqueItems", "uniqueItems"),
+    ({"type": "array", "contains": {"const": 1}}, "#/contains", "contains"),
+    ({"dependentRequired": {"a": ["b"]}}, "#/dependentRequired", "dependentRequired"),
+    ({"unevaluatedProperties": False}, "#/unevaluatedProperties", "unevaluatedProperties"),
+    ({"maxLenght": 3}, "#/maxLenght", "maxLenght"),
+    ({"type": "string", "nullable": True}, "#/nullable", "nullable"),
+    ({"$defs": {"a/b": {"type": "string", "pattern": "(?=x)"}}, "$ref": "#/$defs/a~1b"}, "#/$defs/a~1b/pattern",
+     "pattern"),
+    ({"type": "string", "pattern": "\\bword"}, "#/pattern", "pattern"),
+    ({"type": "string", "pattern": "(a)\\1"}, "#/pattern", "pattern"),
+    ({"type": "string", "pattern": "a^b"}, "#/pattern", "pattern"),
+    ({"type": "string", "pattern": "(?i)abc"}, "#/pattern", "pattern"),
+    ({"type": "string", "pattern": "a*+"}, "#/pattern", "pattern"),
+    ({"$ref": "other.json#/x"}, "#/$ref", "$ref"),
+    ({"$ref": "#/$defs/missing"}, "#/$ref", "$ref"),
+    ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, "#/oneOf", "oneOf"),
+    ({"oneOf": [{"properties": {"k": {"const": 1}}, "required": ["k"]}, {"properties": {"k": {"const": 2}},
+                                                                        "required": ["k"]}]}, "#/oneOf", "oneOf"),
+    ({"allOf": [{"pattern": "a"}, {"pattern": "b"}]}, "#/allOf", "pattern"),
+    ({"enum": ["a", "bb"], "maxLength": 1}, "#/maxLength", "maxLength"),
+    ({"type": "string", "minLength": -1}, "#/minLength", "minLength"),
+    ({"type": "strin"}, "#/type", "type"),
+    ({"type": "array", "maxItems": 100_000}, "#/maxItems", "maxItems"),
+    ({"type": "string", "minLength": 5000}, "#/minLength", "minLength"),
+    ({"type": "string", "maxLength": 5000}, "#/maxLength", "maxLength"),
+]
+
+
+@pytest.mark.parametrize(("schema", "ptr", "keyword"), REFUSED, ids=[r[1] + " " + r[2] for r in REFUSED])
+def test_refused_keywords_name_their_pointer(schema: Any, ptr: str, keyword: str) -> None:
+    with pytest.raises(SchemaError) as info:
+        from_json_schema(schema)
+    assert info.value.pointer == ptr
+    assert info.value.keyword == keyword
+    assert ptr in str(info.value)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, llamacffi.LlamaError)
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "integer", "minimum": 5, "maximum": 4},
+    {"type": "string", "minLength": 3, "maxLength": 2},
+    {"allOf": [{"type": "string"}, {"type": "integer"}]},
+    {"type": "object", "properties": {"a": False}, "required": ["a"]},
+    {"type": "string", "pattern": "^a$", "minLength": 2},
+    False,
+    "[1, 2]",
+    "{not json",
+], ids=str)
+def test_unsatisfiable_or_malformed_schemas_raise(schema: Any) -> None:
+    with pytest.raises(SchemaError):
+        from_json_schema(schema)
+
+
+def test_annotations_and_any_value() -> None:
+    assert from_json_schema({}) == from_json_schema(True) == from_json_schema("{}")
+    annotated = {"title": "t", "description": "d", "examples": [1], "default": 1, "$schema": "x", "$id": "y",
+                 "$comment": "c", "readOnly": True, "deprecated": False, "x-vendor": 1, "type": "integer"}
+    assert from_json_schema(annotated) == from_json_schema({"type": "integer"})
+
+
+# ----------------------------------------------------------------------------- property tests: llama.cpp accepts
+
+
+# patterns with a generator of matching strings (explicit classes: hypothesis' \d would draw non-ASCII digits)
+PATTERNS = ["^[a-z]{1,6}$", "^[A-Z]{2}-[0-9]{3}$", "^(red|green|blue)$", "ab+c", "^x", "y$", "^[^\"\\\\]{0,4}$",
+            "^[0-9a-f]{2}(:[0-9a-f]{2}){0,2}$", "^\\w+@\\w+\\.(com|org)$", "^\\s?\\d+(\\.\\d{1,2})?$"]
+FORMATS = {
+    "date": st.dates().map(lambda d: d.isoformat()),
+    "time": st.tuples(st.integers(0, 23), st.integers(0, 59), st.integers(0, 59), st.sampled_from(["", ".5", ".123"]),
+                      st.sampled_from(["Z", "+01:00", "-11:30"])).map(lambda t: f"{t[0]:02}:{t[1]:02}:{t[2]:02}{t[3]}{t[4]}"),
+    "uuid": st.uuids().map(str),
+}
+FORMATS["date-time"] = st.tuples(FORMATS["date"], FORMATS["time"]).map(lambda t: f"{t[0]}T{t[1]}")
+KEYS = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=6)
+TEXT = st.text(st.characters(codec="utf-8"), max_size=8)
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), TEXT,
+                    st.floats(allow_nan=False, allow_infinity=False))
+
+
+def _ascii_match(pattern: str) -> st.SearchStrategy[str]:
+    return st.from_regex(pattern.replace("\\d", "[0-9]").replace("\\w", "[A-Za-z0-9_]").replace("\\s", "[ \t]"))
+
+
+@st.composite
+def integer_case(draw: st.DrawFn) -> tuple[dict[str, Any], Any]:
+    lo = draw(st.none() | st.integers(-10**9, 10**9))
+    hi = draw(st.none() | st.integers(lo if lo is not None else -10**9, 10**9))
+    schema: dict[str, Any] = {"type": "integer"}
+    if lo is not None:
+        schema["exclusiveMinimum" if draw(st.booleans()) else "minimum"] = lo
+    if hi is not None:
+        schema["exclusiveMaximum" if draw(st.booleans()) else "maximum"] = hi
+    a = lo if lo is None or "minimum" in schema else lo + 1
+    z = hi if hi is None or "maximum" in schema else hi - 1
+    if a is not None and z is not None and a > z:
+        schema.pop("exclusiveMaximum", None)
+        schema.pop("exclusiveMinimum", None)
+        a, z = lo, hi
+    return schema, draw(st.integers(a if a is not None else -10**15, z if z is not None else 10**15))
+
+
+@st.composite
+def string_case(draw: st.DrawFn) -> tuple[dict[str, Any], Any]:
+    kind = draw(st.sampled_from(["plain", "length", "pattern", "format"]))
+    if kind == "pattern":
+        pattern = draw(st.sampled_from(PATTERNS))
+        return {"type": "string", "pattern": pattern}, draw(_ascii_match(pattern))
+    if kind == "format":
+        fmt = draw(st.sampled_from(sorted(FORMATS)))
+        return {"type": "string", "format": fmt}, draw(FORMATS[fmt])
+    text = draw(TEXT)
+    if kind == "plain":
+        return {"type": "string"}, text
+    return {"type": "string", "minLength": len(text) - draw(st.integers(0, len(text))),
+            "maxLength": len(text) + draw(st.integers(0, 3))}, text
+
+
+def leaf_case() -> st.SearchStrategy[tuple[Any, Any]]:
+    return st.one_of(
+        integer_case(), string_case(),
+        st.tuples(st.just({"type": "number"}), st.floats(allow_nan=False, allow_infinity=False) | st.integers()),
+        st.tuples(st.just({"type": "boolean"}), st.booleans()),
+        st.tuples(st.just({"type": ["null", "string"]}), st.none() | TEXT),
+        st.lists(SCALARS, min_size=1, max_size=4).flatmap(lambda vs: st.tuples(st.just({"enum": vs}),
+                                                                               st.sampled_from(vs))),
+        st.tuples(st.just({}), SCALARS),
+    )
+
+
+@st.composite
+def array_case(draw: st.DrawFn, inner: st.SearchStrategy[tuple[Any, Any]]) -> tuple[dict[str, Any], Any]:
+    item_schema, first = draw(inner)
+    n = draw(st.integers(0, 3))
+    lo = draw(st.integers(0, n))
+    schema: dict[str, Any] = {"type": "array", "items": item_schema, "minItems": lo, "maxItems": n + draw(st.integers(0, 2))}
+    if draw(st.booleans()):  # a tuple prefix
+        return {"type": "array", "prefixItems": [item_schema, {"type": "boolean"}], "items": False}, [first, True]
+    # further items are copies of the first: any valid item will do
+    return schema, [first] * n
+
+
+@st.composite
+def object_case(draw: st.DrawFn, inner: st.SearchStrategy[tuple[Any, Any]]) -> tuple[dict[str, Any], Any]:
+    names = draw(st.lists(KEYS, min_size=0, max_size=4, unique=True))
+    props, doc, required = {}, {}, []
+    for name in names:
+        sub, value = draw(inner)
+        props[name] = sub
+        if draw(st.booleans()):
+            required.append(name)
+            doc[name] = value
+        elif draw(st.booleans()):
+            doc[name] = value
+    schema: dict[str, Any] = {"type": "object", "properties": props, "required": required}
+    extra = draw(st.sampled_from(["false", "absent", "schema"]))
+    if extra == "false":
+        schema["additionalProperties"] = False
+    else:
+        if extra == "schema":
+            schema["additionalProperties"] = {"type": "integer"}
+        for key in draw(st.lists(KEYS, max_size=2, unique=True)):
+            if key not in props:
+                doc[key] = draw(st.integers(-99, 99)) if extra == "schema" else draw(SCALARS)
+    return schema, doc
+
+
+CASES = st.recursive(leaf_case(), lambda inner: st.one_of(
+    array_case(inner), object_case(inner),
+    st.tuples(inner, inner).map(lambda ab: ({"anyOf": [ab[0][0], ab[1][0]]}, ab[1][1])),
+    inner.map(lambda sd: ({"x-def": sd[0]}, sd[1])),
+), max_leaves=6)
+
+
+def hoist(schema: Any) -> Any:
+    """Move every ``{"x-def": s}`` into the root's ``$defs`` behind a ``$ref`` (references resolve from the root)."""
+    defs: dict[str, Any] = {}
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        if "x-def" in node:
+            name = f"d{len(defs)}"
+            defs[name] = None
+            defs[name] = walk(node["x-def"])
+            return {"$ref": f"#/$defs/{name}"}
+        return {k: (v if k in ("enum", "const") else walk(v)) for k, v in node.items()}
+
+    out = walk(schema)
+    if defs:
+        out = {"$defs": defs, "allOf": [out]} if "$defs" not in out else out
+    return out
+
+
+def spell(doc: Any, style: int) -> str:
+    if style == 0:
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    if style == 1:
+        return json.dumps(doc, ensure_ascii=False)
+    return json.dumps(doc, ensure_ascii=False, indent=2)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(case=CASES, style=st.integers(0, 2))
+def test_valid_documents_are_accepted(smollm2: llamacffi.Model, case: tuple[Any, Any], style: int) -> None:
+    schema, doc = hoist(case[0]), case[1]
+    text = spell(doc, style)
+    if style == 2 and max(len(line) - len(line.lstrip(" ")) for line in text.splitlines()) > 16:
+        return  # deeper indentation than the grammar's bounded whitespace allows
+    assert is_valid(doc, schema), (schema, doc)  # the generator itself is right
+    assume(spells(smollm2.vocab, text))
+    assert accepts(smollm2.vocab, from_json_schema(schema), text), (schema, text)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(case=CASES, data=st.data())
+def test_invalid_documents_are_rejected(smollm2: llamacffi.Model, case: tuple[Any, Any], data: st.DataObject) -> None:
+    schema = hoist(case[0])
+    bad = data.draw(st.one_of(SCALARS, st.lists(SCALARS, max_size=2),
+                              st.dictionaries(KEYS, SCALARS, max_size=2)))
+    text = spell(bad, 1)
+    assume(not is_valid(bad, schema) and spells(smollm2.vocab, text))
+    assert not accepts(smollm2.vocab, from_json_schema(schema), text), (schema, bad)
+
+
+@pytest.mark.parametrize(("schema", "bad"), [
+    ({"type": "integer", "minimum": -50, "maximum": 1234}, ["-51", "1235", "-0", "007", "12.0", "-"]),
+    ({"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 10}, ["0", "10", "-1"]),
+    ({"type": "string", "format": "date"}, ['"2023-02-29"', '"2024-13-01"', '"0000-01-01"', '"2024-04-31"']),
+    ({"type": "string", "format": "date-time"}, ['"2024-01-01T24:00:00Z"', '"2024-01-01T10:00:00"']),
+    ({"type": "string", "format": "uuid"}, ['"123e4567-e89b-12d3-a456-42661417400"']),
+    ({"type": "string", "pattern": "^[a-z]{2,3}$"}, ['"a"', '"abcd"', '"AB"']),
+    ({"type": "string", "maxLength": 3}, ['"abcd"', '"\\n\\n\\n\\n"']),
+    ({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}, ['{}', '{"b": 1}',
+                                                                                       '{"a": 1, "a": 2}']),
+    ({"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 2}, ["[]", "[1, 2, 3]"]),
+    ({"type": "object", "additionalProperties": False}, ['{"x": 1}']),
+], ids=lambda v: json.dumps(v)[:40])
+def test_specific_invalid_documents(smollm2: llamacffi.Model, schema: Any, bad: list[str]) -> None:
+    gbnf = from_json_schema(schema)
+    for text in bad:
+        assert not accepts(smollm2.vocab, gbnf, text), text
+
+
+# ---------------------------------------------------------------------------------------------- bounded costs
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "string", "pattern": "(a|b)*a(a|b){12}"},  # an exponential DFA
+    {"type": "string", "pattern": "^[a-z]{0,1000}[a-z]{0,1000}$"},  # highly ambiguous
+    {"type": "string", "pattern": "^(((a{0,50}){0,50}){0,50})$"},
+    {"type": "array", "items": {"type": "array", "maxItems": 2000}, "maxItems": 2000},
+    {"type": "integer", "minimum": -10**100, "maximum": 10**120},
+    {"anyOf": [{"type": "string", "format": "date-time", "maxLength": n} for n in range(20, 40)]},
+], ids=lambda s: json.dumps(s)[:50])
+def test_blowups_return_within_a_bound(schema: Any) -> None:
+    t = time.perf_counter()
+    try:
+        from_json_schema(schema)
+    except SchemaError:
+        pass
+    assert time.perf_counter() - t < 5.0
+
+
+def test_deep_nesting_is_refused_or_compiled() -> None:
+    schema: Any = {"type": "integer"}
+    for _ in range(3000):
+        schema = {"type": "array", "items": schema}
+    t = time.perf_counter()
+    with pytest.raises(SchemaError):
+        from_json_schema(schema)
+    assert time.perf_counter() - t < 5.0
+
+
+def test_ambiguous_unions_keep_llama_cpp_fast(smollm2: llamacffi.Model) -> None:
+    """Nested anyOf of overlapping objects and optional properties: the parser's stacks stay few."""
+    obj = {"type": "object", "properties": {f"p{i}": {"type": "string", "maxLength": 5} for i in range(12)}}
+    schema = {"anyOf": [obj, {"type": "array", "items": {"anyOf": [obj, obj | {"additionalProperties": False}]}}]}
+    gbnf = from_json_schema(schema)
+    doc = json.dumps([{f"p{i}": "abcde" for i in range(0, 12, 2)}] * 6)
+    t = time.perf_counter()
+    assert accepts(smollm2.vocab, gbnf, doc)
+    assert time.perf_counter() - t < 5.0
