@@ -176,7 +176,9 @@ class ModelConfig(_Config):
 @dataclasses.dataclass(frozen=True)
 class GenerationOptions(_Config):
     """One request's options. ``temperature=0`` is greedy. ``raw=True`` completes the prompt text as is; otherwise
-    ``system`` and the prompt go through the model's chat template."""
+    ``system`` and the prompt go through the model's chat template. ``grammar`` (GBNF text, start rule ``root``)
+    or ``json_schema`` (a dict or JSON text, compiled here by :func:`llamacffi.grammar.from_json_schema`; what it
+    cannot enforce raises naming the keyword's pointer) constrains the output; at most one of them."""
 
     max_tokens: int = 256
     temperature: float = 0.8
@@ -191,6 +193,8 @@ class GenerationOptions(_Config):
     stop_sequences: tuple[str, ...] = ()
     system: str | None = None
     raw: bool = False
+    grammar: str | None = None
+    json_schema: dict[str, Any] | str | None = dataclasses.field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         self._int("max_tokens", 1, 1 << 20)
@@ -210,6 +214,33 @@ class GenerationOptions(_Config):
         if self.system is not None and not isinstance(self.system, str):
             raise _fail(type(self), "system", "must be a str or None", self.system)
         self._bool("raw")
+        self._check_constraint()
+
+    def _check_constraint(self) -> None:
+        if self.grammar is not None:
+            if self.json_schema is not None:
+                raise _fail(type(self), "grammar", "and json_schema exclude each other: give one", self.grammar[:80]
+                            if isinstance(self.grammar, str) else self.grammar)
+            if not isinstance(self.grammar, str) or not self.grammar.strip() or "\0" in self.grammar \
+                    or not _encodable(self.grammar):
+                raise _fail(type(self), "grammar", "must be non-empty GBNF text without NUL characters", self.grammar)
+        if self.json_schema is not None:
+            if not isinstance(self.json_schema, (dict, str)):
+                raise _fail(type(self), "json_schema", "must be a dict or JSON text", self.json_schema)
+            from ..grammar import SchemaError, from_json_schema
+
+            try:
+                from_json_schema(self.json_schema)
+            except SchemaError as exc:
+                raise InvalidConfigError(f"GenerationOptions.json_schema: {exc}") from exc
+
+    def grammar_text(self) -> str | None:
+        """The GBNF text constraining the output: ``grammar``, or ``json_schema`` compiled (cached); None if free."""
+        if self.json_schema is not None:
+            from ..grammar import from_json_schema
+
+            return from_json_schema(self.json_schema)
+        return self.grammar
 
 
 _NESTED: dict[tuple[str, str], type[_Config]] = {("LocalBackendConfig", "llama_cpp"): LlamaCppSpecificConfig}

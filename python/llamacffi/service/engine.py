@@ -19,7 +19,7 @@ import numpy.typing as npt
 from .. import Batch, Context, DecodeAbortedError, LlamaError
 from .. import Model as LlamaModel
 from ..raw import lib
-from ..sampling import Sampler
+from ..sampling import NativeSampler, Sampler, VocabLike
 from ..vocab import StreamDecoder
 from .config import GenerationOptions, ModelConfig
 from .errors import GenerationError, ModelClosedError, QueueFullError
@@ -35,10 +35,10 @@ class Request:
     """One generation: its prompt tokens, options and where its text goes."""
 
     __slots__ = ("prompt", "options", "sink", "cancelled", "finished", "n_generated", "decoder", "stops", "sampler",
-                 "history", "n_history", "greedy")
+                 "history", "n_history", "greedy", "constrained")
 
     def __init__(self, prompt: npt.NDArray[np.int32], options: GenerationOptions, sink: Sink,
-                 decoder: StreamDecoder, context_size: int) -> None:
+                 decoder: StreamDecoder, context_size: int, vocab: VocabLike | None = None) -> None:
         self.prompt = prompt
         self.options = options
         self.sink = sink
@@ -54,6 +54,21 @@ class Request:
             temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, min_p=options.min_p,
             repeat_penalty=options.repeat_penalty, frequency_penalty=options.frequency_penalty,
             presence_penalty=options.presence_penalty, penalty_last_n=options.penalty_last_n, seed=options.seed)
+        # A grammar has state: the request gets llama.cpp's sampler chain with its own grammar, which samples
+        # (greedy too) and is fed every token it returns.
+        grammar = options.grammar_text()
+        self.constrained: NativeSampler | None = None
+        if grammar is not None:
+            if vocab is None:
+                raise GenerationError("a constrained request needs the model's vocab")
+            self.constrained = NativeSampler(
+                temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, min_p=options.min_p,
+                repeat_penalty=options.repeat_penalty, frequency_penalty=options.frequency_penalty,
+                presence_penalty=options.presence_penalty, penalty_last_n=options.penalty_last_n, seed=options.seed,
+                vocab=vocab, grammar=grammar)
+            self.greedy = False
+            self.sampler = None
+            penalties = False
         # Penalties look at prompt + output, which the context bounds; kept in one preallocated array.
         size = min(len(prompt) + options.max_tokens, context_size)
         self.history = np.empty(size, dtype=np.int32) if penalties else None
@@ -266,6 +281,8 @@ class Engine:
     def _release(self, slot: _Slot) -> None:
         if slot.request is not None:
             slot.request.finished = True
+            if slot.request.constrained is not None:
+                slot.request.constrained.close()
         slot.request = None
         slot.pending = slot.cached[:0]
         slot.next_token = -1
@@ -337,7 +354,9 @@ class Engine:
 
     def _sample(self, slot: _Slot, req: Request) -> None:
         logits = self.ctx.logits(slot.logit_index)
-        if req.greedy:
+        if req.constrained is not None:
+            token = req.constrained.sample(logits)
+        elif req.greedy:
             token = int(logits.argmax())
         else:
             assert req.sampler is not None

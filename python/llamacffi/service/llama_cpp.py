@@ -252,7 +252,7 @@ class LlamaCppTextModel(TextToTextModel):
                     f"(prompt + output); shorten it, raise ModelConfig.context_size, or set truncate_prompt=True")
             tokens = tokens[-limit:]
         with mapped():
-            return Request(tokens, options, sink, self._vocab.stream(), self.config.context_size)
+            return Request(tokens, options, sink, self._vocab.stream(), self.config.context_size, self._vocab)
 
     # ---- generation -------------------------------------------------------------------------------------------
 
