@@ -67,6 +67,12 @@ def accepts(vocab: llamacffi.Vocab, gbnf: str, text: str) -> bool:
 # ------------------------------------------------------------------------------------------------ the corpus
 
 
+def test_formats_are_checked() -> None:
+    """jsonschema checks time and date-time only with rfc3339-validator installed (the test extra has it)."""
+    checkers = jsonschema.Draft202012Validator.FORMAT_CHECKER.checkers
+    assert {"date", "time", "date-time", "uuid"} <= set(checkers)
+
+
 def test_corpus_is_large_and_compiles() -> None:
     assert len(CORPUS) >= 40
     for path in CORPUS:

@@ -11,6 +11,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import models
@@ -57,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="stream a completion to stdout")
     g.add_argument("prompt", nargs="+")
     g.add_argument("--raw", action="store_true", help="complete the prompt text as is (no chat template)")
+    g.add_argument("--json-schema", default=None, metavar="FILE|JSON",
+                   help="constrain the output to JSON valid under this schema (a file, or JSON text)")
+    g.add_argument("--grammar", default=None, metavar="FILE", help="constrain the output to this GBNF grammar")
     _model_args(g)
     _sampling_args(g)
     c = sub.add_parser("chat", help="interactive chat (history through the chat template)")
@@ -109,12 +113,24 @@ def _service_model(args: argparse.Namespace, parallel: int = 1):  # type: ignore
     return svc, svc.load_model(args.model, config=ModelConfig(context_size=args.ctx_size, parallel=parallel))
 
 
+def _constraint(args: argparse.Namespace) -> dict[str, Any]:
+    """``grammar`` / ``json_schema`` options from --grammar FILE and --json-schema FILE|JSON."""
+    out: dict[str, Any] = {}
+    if getattr(args, "grammar", None) is not None:
+        out["grammar"] = Path(args.grammar).read_text(encoding="utf-8")
+    schema = getattr(args, "json_schema", None)
+    if schema is not None:
+        inline = schema.lstrip().startswith(("{", "true", "false"))  # JSON text; anything else names a file
+        out["json_schema"] = schema if inline else Path(schema).read_text(encoding="utf-8")
+    return out
+
+
 def _options(args: argparse.Namespace, raw: bool = False):  # type: ignore[no-untyped-def]
     from .service import GenerationOptions
 
     return GenerationOptions(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                              top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed,
-                             stop_sequences=tuple(args.stop), system=args.system, raw=raw)
+                             stop_sequences=tuple(args.stop), system=args.system, raw=raw, **_constraint(args))
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -171,7 +171,10 @@ class ModelConfig(_Config):
 class GenerationOptions(_Config):
     """One request's options. ``temperature=0`` is greedy. ``raw=True`` completes the prompt text as is; otherwise
     ``system`` and the prompt go through the model's chat template. ``logit_bias``: ``{token_id: bias}`` added to
-    the logits before sampling (``-100`` all but bans a token, ``100`` all but forces it)."""
+    the logits before sampling (``-100`` all but bans a token, ``100`` all but forces it). ``grammar`` (GBNF text,
+    start rule ``root``) or ``json_schema`` (a dict or JSON text, compiled here by
+    :func:`llamacffi.grammar.from_json_schema`; what it cannot enforce raises naming the keyword's pointer)
+    constrains the output; at most one of them."""
 
     max_tokens: int = 256
     temperature: float = 0.8
@@ -187,6 +190,8 @@ class GenerationOptions(_Config):
     system: str | None = None
     raw: bool = False
     logit_bias: dict[int, float] | None = None
+    grammar: str | None = None
+    json_schema: dict[str, Any] | str | None = dataclasses.field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         self._int("max_tokens", 1, limits.MAX_NEW_TOKENS)
@@ -208,6 +213,33 @@ class GenerationOptions(_Config):
         self._bool("raw")
         if self.logit_bias is not None:
             object.__setattr__(self, "logit_bias", _bias(self.logit_bias))
+        self._check_constraint()
+
+    def _check_constraint(self) -> None:
+        if self.grammar is not None:
+            if self.json_schema is not None:
+                raise _fail(type(self), "grammar", "and json_schema exclude each other: give one", self.grammar[:80]
+                            if isinstance(self.grammar, str) else self.grammar)
+            if not isinstance(self.grammar, str) or not self.grammar.strip() or "\0" in self.grammar \
+                    or not _encodable(self.grammar):
+                raise _fail(type(self), "grammar", "must be non-empty GBNF text without NUL characters", self.grammar)
+        if self.json_schema is not None:
+            if not isinstance(self.json_schema, (dict, str)):
+                raise _fail(type(self), "json_schema", "must be a dict or JSON text", self.json_schema)
+            from ..grammar import SchemaError, from_json_schema
+
+            try:
+                from_json_schema(self.json_schema)
+            except SchemaError as exc:
+                raise InvalidConfigError(f"GenerationOptions.json_schema: {exc}") from exc
+
+    def grammar_text(self) -> str | None:
+        """The GBNF text constraining the output: ``grammar``, or ``json_schema`` compiled (cached); None if free."""
+        if self.json_schema is not None:
+            from ..grammar import from_json_schema
+
+            return from_json_schema(self.json_schema)
+        return self.grammar
 
 
 def _bias(value: Any) -> dict[int, float]:

@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from .. import Batch, Context, DecodeAbortedError, LlamaError
 from .. import Model as LlamaModel
-from ..sampling import Sampler
+from ..sampling import NativeSampler, Sampler, VocabLike
 from ..vocab import StreamDecoder
 from . import runner
 from .config import GenerationOptions, ModelConfig
@@ -41,12 +41,12 @@ class Request:
     request ends, ``finish_reason``, ``n_reused`` and ``n_generated`` say how and with what."""
 
     __slots__ = ("prompt", "options", "sink", "cancelled", "finished", "n_generated", "decoder", "stops", "sampler",
-                 "history", "n_history", "greedy", "logprobs", "entries", "after", "prompt_done", "finish_reason",
-                 "n_reused")
+                 "history", "n_history", "greedy", "constrained", "logprobs", "entries", "after", "prompt_done",
+                 "finish_reason", "n_reused")
 
     def __init__(self, prompt: npt.NDArray[np.int32], options: GenerationOptions, sink: Sink,
-                 decoder: StreamDecoder, context_size: int, *, logprobs: int | None = None,
-                 after: Request | None = None) -> None:
+                 decoder: StreamDecoder, context_size: int, vocab: VocabLike | None = None, *,
+                 logprobs: int | None = None, after: Request | None = None) -> None:
         self.prompt = prompt
         self.options = options
         self.sink = sink
@@ -58,12 +58,27 @@ class Request:
         penalties = (options.repeat_penalty != 1.0 or options.frequency_penalty != 0.0
                      or options.presence_penalty != 0.0)
         bias = options.logit_bias or None
-        self.greedy = options.temperature == 0.0 and not penalties and bias is None
-        self.sampler = None if self.greedy else Sampler(
-            temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, min_p=options.min_p,
-            repeat_penalty=options.repeat_penalty, frequency_penalty=options.frequency_penalty,
-            presence_penalty=options.presence_penalty, penalty_last_n=options.penalty_last_n, logit_bias=bias,
-            seed=options.seed)
+        grammar = options.grammar_text()
+        self.greedy = options.temperature == 0.0 and not penalties and bias is None and grammar is None
+        self.sampler: Sampler | None = None
+        self.constrained: NativeSampler | None = None
+        if grammar is not None:
+            # A grammar has state: the request gets llama.cpp's sampler chain with its own grammar, which samples
+            # (greedy too), keeps its own penalty window and is fed every token it returns.
+            if vocab is None:
+                raise GenerationError("a constrained request needs the model's vocab")
+            self.constrained = NativeSampler(
+                temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, min_p=options.min_p,
+                repeat_penalty=options.repeat_penalty, frequency_penalty=options.frequency_penalty,
+                presence_penalty=options.presence_penalty, penalty_last_n=options.penalty_last_n, logit_bias=bias,
+                seed=options.seed, vocab=vocab, grammar=grammar)
+            penalties = False
+        elif not self.greedy:
+            self.sampler = Sampler(
+                temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, min_p=options.min_p,
+                repeat_penalty=options.repeat_penalty, frequency_penalty=options.frequency_penalty,
+                presence_penalty=options.presence_penalty, penalty_last_n=options.penalty_last_n, logit_bias=bias,
+                seed=options.seed)
         self.logprobs = logprobs
         self.entries: list[TokenLogprob] = []  # log-probabilities of tokens whose text is not sent yet
         self.after = after
@@ -325,6 +340,8 @@ class Engine:
     def _release(self, slot: _Slot) -> None:
         if slot.request is not None:
             slot.request.finished = True
+            if slot.request.constrained is not None:
+                slot.request.constrained.close()
         slot.request = None
         slot.pending = slot.cached[:0]
         slot.next_token = -1
@@ -398,7 +415,9 @@ class Engine:
 
     def _sample(self, slot: _Slot, req: Request) -> None:
         logits = self.ctx.logits(slot.logit_index)
-        if req.greedy:
+        if req.constrained is not None:
+            token = req.constrained.sample(logits)
+        elif req.greedy:
             token = int(logits.argmax())
         else:
             assert req.sampler is not None

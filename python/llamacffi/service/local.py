@@ -246,8 +246,8 @@ class LlamaCppTextModel(TextToTextModel):
             raise InvalidConfigError(f"GenerationOptions.logit_bias: token {max(bias)} is not in the vocabulary of "
                                      f"{self._vocab.n_tokens} tokens")
         with mapped():
-            return Request(tokens, options, sink, self._vocab.stream(), self.config.context_size, logprobs=logprobs,
-                           after=after)
+            return Request(tokens, options, sink, self._vocab.stream(), self.config.context_size, self._vocab,
+                           logprobs=logprobs, after=after)
 
     @property
     def load(self) -> tuple[int, int]:
