@@ -189,6 +189,9 @@ class Embedder:
                        else lib.llama_model_n_embd_out(model.ptr))
         n = max(self.batch_tokens, self.max_tokens)
         self.max_seqs = min(MAX_SEQ, n)
+        # llama.cpp sizes its worst-case graph for n_seq_max sequences of equal length, rounding n_ubatch up to a
+        # multiple of it, which mismatches the pooling matrices unless the batch already is one
+        n = -(-n // self.max_seqs) * self.max_seqs
         # One piece per decode (n_ubatch = n_batch) and one unified memory: llama.cpp pools each micro-batch apart,
         # and splits sequences of separate streams into equal-length pieces.
         self._ctx = Context(model, n_ctx=n, n_batch=n, n_ubatch=n, n_seq_max=self.max_seqs, n_threads=n_threads,
@@ -253,6 +256,7 @@ class Embedder:
             batch.clear()
             for s, i in enumerate(run):
                 batch.add_sequence(seqs[i], 0, s)
+            batch.logits_mask[:] = 1  # an embeddings context outputs every token: say so, or llama.cpp warns
             if self._encode:
                 ctx.encode(batch)
             else:

@@ -4,7 +4,8 @@ from .config import (BackendType, GenerationOptions, LlamaCppSpecificConfig, Loc
                      ModelType)
 from .errors import (ContextOverflowError, GenerationError, InferenceError, InvalidConfigError, ModelClosedError,
                      ModelLoadFailedError, ModelNotFoundError, QueueFullError)
-from .interfaces import InferenceService, Model, TextToTextModel
+from .embedding import LlamaCppEmbeddingModel
+from .interfaces import EmbeddingModel, InferenceService, Model, TextToTextModel
 from .llama_cpp import LlamaCppService, LlamaCppTextModel, apply_chat_template
 
 __all__ = [
@@ -12,4 +13,5 @@ __all__ = [
     "InferenceService", "InvalidConfigError", "LlamaCppService", "LlamaCppSpecificConfig", "LlamaCppTextModel",
     "LocalBackendConfig", "Model", "ModelClosedError", "ModelConfig", "ModelLoadFailedError", "ModelNotFoundError",
     "ModelType", "QueueFullError", "TextToTextModel", "apply_chat_template",
+    "EmbeddingModel", "LlamaCppEmbeddingModel",
 ]
