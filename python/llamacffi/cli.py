@@ -1,4 +1,4 @@
-"""The ``llamacffi`` command: generate, chat, models, info, bench.
+"""The ``llamacffi`` command: generate, chat, models, info, bench, embed.
 
 Errors print one line and exit non-zero; Ctrl-C exits with 130.
 """
@@ -13,6 +13,7 @@ import warnings
 from typing import Any, Iterator, Sequence
 
 from . import models
+from . import cli_embed
 
 
 def _positive(text: str) -> int:
@@ -73,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(b)
     b.add_argument("-p", "--n-prompt", type=_positive, default=128)
     b.add_argument("-g", "--n-gen", type=_positive, default=32)
+    cli_embed.add_parser(sub)
     return ap
 
 
@@ -244,6 +246,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "models": cmd_models, "info": cmd_info,
             "bench": cmd_bench}
+COMMANDS["embed"] = cli_embed.cmd_embed
 
 
 def _warn(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:

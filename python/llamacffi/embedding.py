@@ -165,12 +165,14 @@ class Embedder:
     """An embedding context over a model, reused across calls; thread-safe (one call at a time).
 
     ``pooling``: see :func:`resolve_pooling`. ``batch_tokens``: tokens packed into one decode. ``max_tokens``: the
-    longest text (default ``batch_tokens``, at most the model's training context). Close with :meth:`close` or
-    ``with``; it keeps the model alive until then."""
+    longest text (default ``batch_tokens``, at most the model's training context). ``flash_attn``: None lets
+    llama.cpp choose, as its embedding program does (a vector then depends slightly on the texts decoded with it:
+    kernels differ with the batch size; False makes it nearly independent). Close with :meth:`close` or ``with``; it
+    keeps the model alive until then."""
 
     def __init__(self, model: Model, *, pooling: "Pooling | str | int | None" = None,
                  batch_tokens: int = DEFAULT_BATCH_TOKENS, max_tokens: int | None = None,
-                 n_threads: int | None = None) -> None:
+                 n_threads: int | None = None, flash_attn: bool | None = None) -> None:
         if not isinstance(model, Model):
             raise TypeError(f"model must be a llamacffi.Model, not {type(model).__name__}")
         self.model = model
@@ -195,7 +197,7 @@ class Embedder:
         # One piece per decode (n_ubatch = n_batch) and one unified memory: llama.cpp pools each micro-batch apart,
         # and splits sequences of separate streams into equal-length pieces.
         self._ctx = Context(model, n_ctx=n, n_batch=n, n_ubatch=n, n_seq_max=self.max_seqs, n_threads=n_threads,
-                            embeddings=True, kv_unified=True, pooling_type=int(self.pooling))
+                            embeddings=True, kv_unified=True, pooling_type=int(self.pooling), flash_attn=flash_attn)
         self._batch = Batch(n, n_seq_max=self.max_seqs)
         self._lock = threading.Lock()
 
