@@ -68,8 +68,10 @@ def llama_cpp_python(path: str, texts: list[str], threads: int) -> float:
         llm.close()
 
 
-def measure(model_name: str = "smollm2-135m", n: int = 2000, threads: int | None = None) -> dict[str, Any]:
-    """Tokens/s of each side on ``n`` sentences, and the ratios against the packed ``Model.embed``."""
+def measure(model_name: str = "smollm2-135m", n: int = 2000, threads: int | None = None,
+            loop_texts: int = 200) -> dict[str, Any]:
+    """Tokens/s of each side on ``n`` sentences, and the ratios against the packed ``Model.embed``. The loop of one
+    text per decode, slow by nature, runs on the first ``loop_texts`` of them (0: all)."""
     path = models.fetch(model_name)
     threads = _threads(threads)
     texts = sentences(n)
@@ -80,7 +82,9 @@ def measure(model_name: str = "smollm2-135m", n: int = 2000, threads: int | None
         out.update(tokens=tokens, min_tokens=min(lengths), max_tokens=max(lengths))
         embedding.embed(model, texts[:32], n_threads=threads)  # warm-up
         out["packed_tps"] = tokens / packed(model, texts, threads)
-        out["one_by_one_tps"] = tokens / one_by_one(model, texts, threads)
+        looped = texts[:loop_texts] if loop_texts > 0 else texts
+        out["loop_texts"] = len(looped)
+        out["one_by_one_tps"] = sum(lengths[:len(looped)]) / one_by_one(model, looped, threads)
     out["packed_vs_one_by_one"] = out["packed_tps"] / out["one_by_one_tps"]
     for side, run in (("llama_bench_pp512", lambda: raw_cpp.llama_bench(path, threads, "pp", 512)[0]),
                       ("llama_cpp_python", lambda: tokens / llama_cpp_python(str(path), texts, threads))):
@@ -98,13 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-m", "--model", default="smollm2-135m", choices=sorted(models.KNOWN))
     ap.add_argument("-n", "--texts", type=int, default=2000)
     ap.add_argument("-t", "--threads", type=int, default=None)
+    ap.add_argument("--loop-texts", type=int, default=200, help="texts of the one-per-decode loop (0: all)")
     args = ap.parse_args(argv)
-    r = measure(args.model, args.texts, args.threads)
+    r = measure(args.model, args.texts, args.threads, args.loop_texts)
     print(f"model {r['model']}, {r['texts']} sentences of {r['min_tokens']}-{r['max_tokens']} tokens "
           f"({r['tokens']} in all), {r['threads']} threads")
     print(f"Model.embed (packed):          {r['packed_tps']:9.1f} tokens/s")
     print(f"one text per llama_decode:     {r['one_by_one_tps']:9.1f} tokens/s   "
-          f"packed / one-by-one = {r['packed_vs_one_by_one']:.2f}")
+          f"packed / one-by-one = {r['packed_vs_one_by_one']:.2f}   (first {r['loop_texts']} texts)")
     for side, label in (("llama_bench_pp512", "llama-bench pp512:"), ("llama_cpp_python", "llama-cpp-python embed:")):
         if r[side + "_tps"] is None:
             print(f"{label:30s} {r[side + '_error']}")

@@ -7,13 +7,16 @@ tokens in one decode (llama.cpp pools each micro-batch on its own), so a context
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import logging
 import threading
-from typing import Any, Sequence, Union
+from typing import Any, Iterator, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
 
+from . import log
 from .batch import MAX_SEQ, Batch
 from .context import Context
 from .errors import ClosedError, InvalidArgumentError, LlamaError, as_int
@@ -161,6 +164,29 @@ def plan(lengths: Sequence[int], batch_tokens: int, max_seqs: int) -> list[range
     return runs
 
 
+# What llama.cpp warns of when an embedding context is made as intended: a pooling type the file does not name (a
+# generative model), and a full-size sliding-window cache (packed sequences need it).
+_EXPECTED = ("model default pooling_type is", "llama_kv_cache_iswa: using full-size SWA cache")
+_setup = threading.local()
+
+
+class _ExpectedWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (getattr(_setup, "active", False) and record.getMessage().lstrip().startswith(_EXPECTED))
+
+
+log.logger.addFilter(_ExpectedWarnings())
+
+
+@contextlib.contextmanager
+def _quiet_setup() -> Iterator[None]:
+    _setup.active = True
+    try:
+        yield
+    finally:
+        _setup.active = False
+
+
 class Embedder:
     """An embedding context over a model, reused across calls; thread-safe (one call at a time).
 
@@ -196,8 +222,10 @@ class Embedder:
         n = -(-n // self.max_seqs) * self.max_seqs
         # One piece per decode (n_ubatch = n_batch) and one unified memory: llama.cpp pools each micro-batch apart,
         # and splits sequences of separate streams into equal-length pieces.
-        self._ctx = Context(model, n_ctx=n, n_batch=n, n_ubatch=n, n_seq_max=self.max_seqs, n_threads=n_threads,
-                            embeddings=True, kv_unified=True, pooling_type=int(self.pooling), flash_attn=flash_attn)
+        with _quiet_setup():
+            self._ctx = Context(model, n_ctx=n, n_batch=n, n_ubatch=n, n_seq_max=self.max_seqs,
+                                n_threads=n_threads, embeddings=True, kv_unified=True,
+                                pooling_type=int(self.pooling), flash_attn=flash_attn)
         self._batch = Batch(n, n_seq_max=self.max_seqs)
         self._lock = threading.Lock()
 
@@ -239,9 +267,10 @@ class Embedder:
             raise InvalidArgumentError("tokens must be a non-empty list of token sequences")
         seqs = [as_tokens(t, self._ctx.n_vocab) for t in tokens]
         for i, t in enumerate(seqs):
-            if not 0 < len(t) <= self.max_tokens:
-                raise TextTooLongError(i, len(t), self.max_tokens, "use a larger max_tokens") if len(t) else \
-                    InvalidArgumentError(f"token sequence {i} is empty")
+            if len(t) == 0:
+                raise InvalidArgumentError(f"token sequence {i} is empty")
+            if len(t) > self.max_tokens:
+                raise TextTooLongError(i, len(t), self.max_tokens, "use a larger max_tokens")
         with self._lock:
             if self.pooling == Pooling.NONE:
                 rows = self._run(seqs)
