@@ -1,4 +1,4 @@
-"""The ``llamacffi`` command: generate, chat, models, info, bench, serve.
+"""The ``llamacffi`` command: generate, chat, models, info, bench, embed, serve.
 
 Errors print one line and exit non-zero; Ctrl-C exits with 130.
 """
@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import models
+from . import cli_embed, models
 
 
 def _positive(text: str) -> int:
@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(b)
     b.add_argument("-p", "--n-prompt", type=_positive, default=128)
     b.add_argument("-g", "--n-gen", type=_positive, default=32)
+    cli_embed.add_parser(sub)
     s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (needs llamacffi[server])")
     _serve_arguments(s)
     return ap
@@ -283,7 +284,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "models": cmd_models, "info": cmd_info,
-            "bench": cmd_bench, "serve": cmd_serve}
+            "bench": cmd_bench, "embed": cli_embed.cmd_embed, "serve": cmd_serve}
 
 
 def _warn(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:

@@ -17,6 +17,12 @@ from .raw import CData, ffi, lib
 from .validate import as_bool, as_int, as_optional_bool
 from .vocab import Vocab
 
+import typing
+if typing.TYPE_CHECKING:
+    from typing import Sequence
+
+    from .embedding import Embeddings, Pooling
+
 ProgressCallback = Callable[[float], "bool | None"]
 
 
@@ -223,6 +229,15 @@ class Model:
             key = _read_string(functools.partial(lib.llama_model_meta_key_by_index, ptr, i))
             out[key] = _read_string(functools.partial(lib.llama_model_meta_val_str_by_index, ptr, i))
         return out
+
+    def embed(self, texts: Sequence[str], *, pooling: "Pooling | str | int | None" = None, normalize: bool = True,
+              batch_tokens: int | None = None, truncate: bool = False) -> "Embeddings":
+        """Embeddings of ``texts``: float32 ``(len(texts), dim)``, or with ``pooling="none"`` a list of one
+        ``(tokens, dim)`` array per text. See :func:`llamacffi.embedding.embed`."""
+        from . import embedding
+
+        return embedding.embed(self, texts, pooling=pooling, normalize=normalize, batch_tokens=batch_tokens,
+                               truncate=truncate)
 
     @property
     def chat_template(self) -> str | None:

@@ -34,7 +34,7 @@ class Context(StateIO):
     def __init__(self, model: Model, *, n_ctx: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
                  n_seq_max: int = 1, n_threads: int | None = None, n_threads_batch: int | None = None,
                  embeddings: bool = False, flash_attn: bool | None = None, kv_unified: bool = False,
-                 offload_kqv: bool = True, no_perf: bool = False) -> None:
+                 offload_kqv: bool = True, no_perf: bool = False, pooling_type: int | None = None) -> None:
         if not isinstance(model, Model):
             raise TypeError(f"model must be a llamacffi.Model, not {type(model).__name__}")
         n_ctx = as_int("n_ctx", model.n_ctx_train if n_ctx is None else n_ctx, 1, MAX_CTX)
@@ -57,6 +57,9 @@ class Context(StateIO):
         params.n_threads = threads
         params.n_threads_batch = threads_batch
         params.embeddings = bool(embeddings)
+        if pooling_type is not None:  # a llama_pooling_type (see llamacffi.embedding.Pooling); None: the model's
+            params.pooling_type = as_int("pooling_type", pooling_type, lib.LLAMA_POOLING_TYPE_NONE,
+                                         lib.LLAMA_POOLING_TYPE_RANK)
         params.offload_kqv = bool(offload_kqv)
         params.kv_unified = bool(kv_unified)
         params.no_perf = bool(no_perf)

@@ -19,6 +19,7 @@ class BackendType(str, enum.Enum):
 
 class ModelType(str, enum.Enum):
     TEXT_TO_TEXT = "text_to_text"
+    TEXT_EMBEDDING = "text_embedding"
 
 
 def _fail(cls: type, field: str, why: str, value: Any) -> InvalidConfigError:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Iterator
 
+import numpy as np
+import numpy.typing as npt
+
 from .config import BackendType, GenerationOptions, ModelConfig, ModelType
+from .errors import InferenceError
 
 
 class Model(abc.ABC):
@@ -22,6 +26,10 @@ class Model(abc.ABC):
     @abc.abstractmethod
     def as_text_to_text(self) -> TextToTextModel:
         """This model as a :class:`TextToTextModel`; raises :class:`InferenceError` for other types."""
+
+    def as_embedding(self) -> "EmbeddingModel":
+        """This model as an :class:`EmbeddingModel`; raises :class:`InferenceError` for other types."""
+        raise InferenceError(f"model {self.name!r} is a {self.model_type.value} model, not a text embedding model")
 
     @abc.abstractmethod
     def close(self) -> None: ...
@@ -47,6 +55,23 @@ class TextToTextModel(Model):
 
     @abc.abstractmethod
     def agenerate_stream(self, prompt: str, options: GenerationOptions | None = None) -> AsyncIterator[str]: ...
+
+
+class EmbeddingModel(Model):
+    """Text embedding: one float32 vector per text. Safe from any number of threads and asyncio tasks."""
+
+    @abc.abstractmethod
+    def embed(self, texts: list[str], *, normalize: bool = True) -> npt.NDArray[np.float32]:
+        """Vectors of ``texts`` in order, shape ``(len(texts), dim)``; ``normalize``: unit length."""
+
+    @abc.abstractmethod
+    async def aembed(self, texts: list[str], *, normalize: bool = True) -> npt.NDArray[np.float32]: ...
+
+    def as_text_to_text(self) -> "TextToTextModel":
+        raise InferenceError(f"model {self.name!r} is a text embedding model, not a text-to-text model")
+
+    def as_embedding(self) -> "EmbeddingModel":
+        return self
 
 
 class InferenceService(abc.ABC):

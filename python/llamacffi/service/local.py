@@ -13,7 +13,7 @@ import threading
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -34,7 +34,8 @@ from .errors import (
     ModelNotFoundError,
     mapped,
 )
-from .interfaces import InferenceService, TextToTextModel
+from .embedding import LlamaCppEmbeddingModel
+from .interfaces import InferenceService, Model, TextToTextModel
 
 DEFAULT_OPTIONS = GenerationOptions()
 
@@ -54,7 +55,7 @@ class LlamaCppService(InferenceService):
             except ValueError as exc:
                 raise InvalidConfigError(f"LlamaCppSpecificConfig.numa_strategy: {exc}") from None
         backend.ensure_backend()
-        self._models: list[LlamaCppTextModel] = []
+        self._models: list[Model] = []
         self._closed = False
 
     @property
@@ -63,7 +64,7 @@ class LlamaCppService(InferenceService):
 
     @property
     def supported_model_types(self) -> list[ModelType]:
-        return [ModelType.TEXT_TO_TEXT]
+        return [ModelType.TEXT_TO_TEXT, ModelType.TEXT_EMBEDDING]
 
     def list_available_models(self) -> list[str]:
         """Ids of the GGUF files under ``$MODELS_PATH`` (``provider:user/repo:file``), then the known model names:
@@ -81,10 +82,28 @@ class LlamaCppService(InferenceService):
         except binding.InvalidArgumentError as exc:
             raise InvalidConfigError(str(exc)) from exc
 
+    @overload
+    def load_model(self, model_id: str, model_type: Literal[ModelType.TEXT_TO_TEXT] = ...,
+                   config: ModelConfig | None = None) -> LlamaCppTextModel: ...
+
+    @overload
+    def load_model(self, model_id: str, model_type: Literal[ModelType.TEXT_EMBEDDING],
+                   config: ModelConfig | None = None) -> LlamaCppEmbeddingModel: ...
+
+    @overload
+    def load_model(self, model_id: str, model_type: ModelType = ..., config: ModelConfig | None = None) -> Model: ...
+
     def load_model(self, model_id: str, model_type: ModelType = ModelType.TEXT_TO_TEXT,
-                   config: ModelConfig | None = None) -> LlamaCppTextModel:
+                   config: ModelConfig | None = None) -> Model:
         if self._closed:
             raise ModelClosedError("the service is closed")
+        if model_type == ModelType.TEXT_EMBEDDING:
+            if config is not None and not isinstance(config, ModelConfig):
+                raise InvalidConfigError("config must be a ModelConfig")
+            embedder = LlamaCppEmbeddingModel.open(model_id, self.resolve(model_id), self.config,
+                                                   config or ModelConfig())
+            self._models.append(embedder)
+            return embedder
         if model_type != ModelType.TEXT_TO_TEXT:
             raise InvalidConfigError(f"model_type {model_type!r} is not supported by the llama.cpp backend")
         config = config or ModelConfig()

@@ -1,0 +1,189 @@
+"""The llama.cpp backend's text embedding model: callers' texts gathered by one worker thread and embedded together."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from .. import Model as LlamaModel
+from .. import embedding
+from .. import errors as binding
+from .config import LocalBackendConfig, ModelConfig, ModelType
+from .errors import ContextOverflowError, InvalidConfigError, ModelClosedError, ModelLoadFailedError, mapped
+from .interfaces import EmbeddingModel
+
+Vectors = npt.NDArray[np.float32]
+PASS_TOKENS = 16  # one pass takes waiting requests up to this many batches' worth of tokens (at least one request)
+
+
+@dataclass
+class _Job:
+    tokens: list[npt.NDArray[np.int32]]
+    normalize: bool
+    future: "concurrent.futures.Future[Vectors]" = field(default_factory=concurrent.futures.Future)
+
+
+class LlamaCppEmbeddingModel(EmbeddingModel):
+    """A GGUF model serving text embeddings. Thread-safe: concurrent callers' texts are embedded in one pass of a
+    worker thread, each caller getting its own rows. Texts may have up to ``ModelConfig.context_size`` tokens (at
+    most the model's training context); ``truncate_prompt`` cuts longer ones, otherwise they raise
+    :class:`ContextOverflowError`. Pooling: the model's own, else mean (see
+    :func:`llamacffi.embedding.resolve_pooling`)."""
+
+    def __init__(self, name: str, model: LlamaModel, config: ModelConfig, threads: int | None = None, *,
+                 pooling: "embedding.Pooling | str | None" = None) -> None:
+        self._name = name
+        self._model = model
+        self.config = config
+        self._embedder = embedding.Embedder(
+            model, pooling=pooling, batch_tokens=config.batch_size,
+            max_tokens=min(config.context_size, model.n_ctx_train), n_threads=threads)
+        if self._embedder.pooling == embedding.Pooling.NONE:
+            self._embedder.close()
+            raise InvalidConfigError("pooling 'none' gives one vector per token; the service serves one per text: "
+                                     "choose mean, cls or last")
+        self._pending: list[_Job] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self.stats = {"requests": 0, "texts": 0, "passes": 0}
+        self._worker = threading.Thread(target=self._serve, name=f"llamacffi-embed {name}", daemon=True)
+        self._worker.start()
+
+    @classmethod
+    def open(cls, name: str, path: Path, backend: LocalBackendConfig, config: ModelConfig, *,
+             pooling: "embedding.Pooling | str | None" = None) -> "LlamaCppEmbeddingModel":
+        """Load ``path`` with the backend's settings and serve it."""
+        with mapped():
+            llama_model = LlamaModel.load(path, n_gpu_layers=backend.gpu_layers if backend.use_gpu else 0,
+                                          use_mmap=backend.llama_cpp.use_mmap, use_mlock=backend.llama_cpp.use_mlock,
+                                          huge_pages=backend.llama_cpp.huge_pages)
+        try:
+            with mapped():
+                try:
+                    return cls(name, llama_model, config, backend.threads, pooling=pooling)
+                except binding.ContextError as exc:
+                    raise ModelLoadFailedError(f"{path.name}: no embedding context of {config.context_size} tokens "
+                                               f"could be created; lower ModelConfig.context_size") from exc
+        except BaseException:
+            llama_model.close()
+            raise
+
+    @property
+    def model_type(self) -> ModelType:
+        return ModelType.TEXT_EMBEDDING
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def llama_model(self) -> LlamaModel:
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        """Length of each vector."""
+        return self._embedder.dim
+
+    @property
+    def pooling(self) -> embedding.Pooling:
+        return self._embedder.pooling
+
+    def close(self) -> None:
+        """Stop the worker (requests still waiting raise :class:`ModelClosedError`) and free the model."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            waiting, self._pending = self._pending, []
+            self._cond.notify_all()
+        for job in waiting:
+            job.future.set_exception(ModelClosedError(f"model {self._name!r} was closed"))
+        if threading.current_thread() is not self._worker:
+            self._worker.join()
+        self._embedder.close()
+        self._model.close()
+
+    # ---- requests ---------------------------------------------------------------------------------------------
+
+    def embed(self, texts: list[str], *, normalize: bool = True) -> Vectors:
+        """Vectors of ``texts`` in order, float32 ``(len(texts), dim)``; ``normalize``: unit length."""
+        return self._submit(texts, normalize).future.result()
+
+    async def aembed(self, texts: list[str], *, normalize: bool = True) -> Vectors:
+        """Like :meth:`embed`, for asyncio; a cancelled task's texts are skipped if not yet started."""
+        return await asyncio.wrap_future(self._submit(texts, normalize).future)
+
+    def _submit(self, texts: list[str], normalize: bool) -> _Job:
+        if not isinstance(normalize, bool):
+            raise InvalidConfigError(f"normalize must be a bool, got {normalize!r}")
+        try:
+            tokens = embedding.tokenize(self._model, texts)
+            tokens = embedding.fit(self._model, tokens, self._embedder.max_tokens, self.config.truncate_prompt,
+                                   "shorten it, raise ModelConfig.context_size, or set truncate_prompt=True")
+        except embedding.TextTooLongError as exc:
+            raise ContextOverflowError(str(exc)) from exc
+        except (TypeError, binding.InvalidArgumentError, binding.TokenizeError) as exc:
+            raise InvalidConfigError(str(exc)) from exc
+        except binding.ClosedError as exc:
+            raise ModelClosedError(f"model {self._name!r} is closed") from exc
+        job = _Job(tokens, normalize)
+        with self._cond:
+            if self._closed:
+                raise ModelClosedError(f"model {self._name!r} is closed")
+            self._pending.append(job)
+            self.stats["requests"] += 1
+            self.stats["texts"] += len(tokens)
+            self._cond.notify()
+        return job
+
+    # ---- the worker -------------------------------------------------------------------------------------------
+
+    def _take(self) -> list[_Job] | None:
+        """The next requests to embed together, waiting for one; None once closed."""
+        budget = PASS_TOKENS * self._embedder.batch_tokens
+        with self._cond:
+            while not self._pending and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            taken: list[_Job] = []
+            used = 0
+            while self._pending and (not taken or used + _size(self._pending[0]) <= budget):
+                job = self._pending.pop(0)
+                taken.append(job)
+                used += _size(job)
+            return taken
+
+    def _serve(self) -> None:
+        while (jobs := self._take()) is not None:
+            live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+            if live:
+                self._run(live)
+
+    def _run(self, jobs: list[_Job]) -> None:
+        try:
+            with mapped():
+                vectors = self._embedder.embed_tokens([t for j in jobs for t in j.tokens], normalize=False)
+            assert isinstance(vectors, np.ndarray)  # pooled: one row per text
+        except Exception as exc:  # every caller of the pass learns of it; the worker goes on
+            for j in jobs:
+                j.future.set_exception(exc)
+            return
+        self.stats["passes"] += 1
+        start = 0
+        for j in jobs:
+            rows = vectors[start:start + len(j.tokens)].copy()
+            start += len(j.tokens)
+            scale = j.normalize and self.pooling != embedding.Pooling.RANK  # scores stay as they are
+            j.future.set_result(embedding.normalized(rows) if scale else rows)
+
+
+def _size(job: _Job) -> int:
+    return sum(len(t) for t in job.tokens)
