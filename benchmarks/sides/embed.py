@@ -1,6 +1,6 @@
 """Embedding throughput: ``Model.embed`` (many texts packed into each decode) against a loop of one text per
 ``llama_decode``, llama-bench ``pp512`` on the same model for scale, and llama-cpp-python's ``Llama.embed`` when it
-is installed. ``python -m benchmarks.embed [--model M] [-n N] [--threads T]`` prints tokens/s and the ratios."""
+is installed. ``python -m benchmarks.sides.embed [--model M] [-n N] [--threads T]`` prints tokens/s and the ratios."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def measure(model_name: str = "smollm2-135m", n: int = 2000, threads: int | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.embed", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.sides.embed", description=__doc__)
     ap.add_argument("-m", "--model", default="smollm2-135m", choices=sorted(models.KNOWN))
     ap.add_argument("-n", "--texts", type=int, default=2000)
     ap.add_argument("-t", "--threads", type=int, default=None)
