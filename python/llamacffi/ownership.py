@@ -114,11 +114,6 @@ class Owner:
     def closed(self) -> bool:
         return self._ptr is None or self._close_requested
 
-    @property
-    def released(self) -> bool:
-        """True once the object was actually freed (or left to its last lease)."""
-        return self._ptr is None
-
     def close(self) -> None:
         """Free the object now, or when the last hold or lease ends. Idempotent."""
         with self._lock:
