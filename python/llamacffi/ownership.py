@@ -72,7 +72,7 @@ class Lease:
     __slots__ = ("ptr", "_at", "_ctype", "_owner", "_done")
 
     def __init__(self, owner: Owner, ptr: Any, ctype: str) -> None:
-        self.ptr = ptr
+        self.ptr = ffi.cast(ctype, ptr)  # a plain pointer: the lease, not a reference, keeps the object alive
         self._at = address(ptr)
         self._ctype = ctype
         self._owner = weakref.ref(owner)
