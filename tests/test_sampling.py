@@ -744,3 +744,19 @@ def test_draw_frequencies_follow_the_softmax(top_k: int) -> None:
     assert set(draws.tolist()) <= set(where.tolist())
     freq = np.array([(draws == t).mean() for t in where])
     np.testing.assert_allclose(freq, probs, atol=0.015)
+
+
+@pytest.mark.parametrize("kw,on", [
+    (dict(), False), (dict(repeat_penalty=1.1), True), (dict(presence_penalty=2.0), True),
+    (dict(presence_penalty=2.0, penalty_last_n=0), False), (dict(repeat_penalty=1.0, penalty_last_n=-1), False),
+])
+@pytest.mark.parametrize("cls", [Sampler, NativeSampler])
+def test_penalties_on_says_whether_the_history_matters(cls: type, kw: dict[str, Any], on: bool) -> None:
+    assert cls(**kw).penalties_on is on
+
+
+def test_penalties_off_means_the_history_is_ignored() -> None:
+    row = np.zeros(8, dtype=np.float32)
+    row[3] = 1.0
+    assert Sampler(temperature=0, presence_penalty=2.0).sample(row, [3]) != 3
+    assert Sampler(temperature=0, presence_penalty=2.0, penalty_last_n=0).sample(row, [3]) == 3

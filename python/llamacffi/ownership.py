@@ -72,7 +72,7 @@ class Lease:
     __slots__ = ("ptr", "_at", "_ctype", "_owner", "_done")
 
     def __init__(self, owner: Owner, ptr: Any, ctype: str) -> None:
-        self.ptr = ptr
+        self.ptr = ffi.cast(ctype, ptr)  # a plain pointer: the lease, not a reference, keeps the object alive
         self._at = address(ptr)
         self._ctype = ctype
         self._owner = weakref.ref(owner)
@@ -113,11 +113,6 @@ class Owner:
     @property
     def closed(self) -> bool:
         return self._ptr is None or self._close_requested
-
-    @property
-    def released(self) -> bool:
-        """True once the object was actually freed (or left to its last lease)."""
-        return self._ptr is None
 
     def close(self) -> None:
         """Free the object now, or when the last hold or lease ends. Idempotent."""

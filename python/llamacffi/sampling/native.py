@@ -102,6 +102,11 @@ class NativeSampler:
             self._build(int(vocab.n_tokens))
 
     @property
+    def penalties_on(self) -> bool:
+        """True when the penalties change logits, so the history of emitted tokens matters."""
+        return self._p.penalties_on
+
+    @property
     def greedy(self) -> bool:
         """True when ``temperature <= 0``: the chain ends in argmax instead of a random draw."""
         return self._p.temperature <= 0

@@ -54,6 +54,11 @@ class Sampler:
         self._rng = np.random.default_rng(self._seed)
 
     @property
+    def penalties_on(self) -> bool:
+        """True when the penalties change logits, so the history of emitted tokens matters."""
+        return self._p.penalties_on
+
+    @property
     def greedy(self) -> bool:
         """True when ``temperature <= 0``: :meth:`sample` returns the argmax and draws nothing."""
         return self._p.temperature <= 0
