@@ -9,7 +9,7 @@ from .batch import Batch
 from .context import Context, Memory, Perf
 from .errors import (ClosedError, ContextError, DecodeAbortedError, DecodeError, GrammarError,
                      InvalidArgumentError, InvalidTokenError, KVCacheFullError, LlamaError, ModelLoadError,
-                     StateError, TokenizeError)
+                     SchemaError, StateError, TokenizeError)
 from .log import set_log_level
 from .model import Model
 from .vocab import StreamDecoder, Vocab
@@ -17,6 +17,6 @@ from .vocab import StreamDecoder, Vocab
 __all__ = [
     "__version__", "Batch", "ClosedError", "Context", "ContextError", "DecodeAbortedError", "DecodeError",
     "GrammarError", "InvalidArgumentError", "InvalidTokenError", "KVCacheFullError", "LlamaError", "Memory",
-    "Model", "ModelLoadError", "Perf", "StateError", "StreamDecoder", "TokenizeError", "Vocab", "numa_init",
+    "Model", "ModelLoadError", "Perf", "SchemaError", "StateError", "StreamDecoder", "TokenizeError", "Vocab", "numa_init",
     "set_log_level", "system_info",
 ]

@@ -98,8 +98,8 @@ def _structure() -> Dfa:
         frac = rf"(\.{_D}{{1,{MAX_SIGNIFICANT - k}}})?" if k < MAX_SIGNIFICANT else ""
         alts.append(f"[1-9]{_D}{{{k - 1}}}{frac}")
     alts.append(rf"0(\.{_D}{{1,{MAX_SIGNIFICANT - 1}}})?")
-    shape = dfa(anchored("-?(" + "|".join(f"({a})" for a in alts) + ")"))
-    not_minus_zero = dfa(anchored(rf"{_UNSIGNED}|-(0\.0*[1-9][0-9.]*|[1-9][0-9.]*)"))
+    shape = dfa(anchored("-?(" + "|".join(f"({a})" for a in alts) + ")"), minimal=False)
+    not_minus_zero = dfa(anchored(rf"{_UNSIGNED}|-(0\.0*[1-9][0-9.]*|[1-9][0-9.]*)"), minimal=False)
     return intersect(shape, not_minus_zero)
 
 
@@ -111,9 +111,9 @@ def _identity(ranges: Ranges) -> list[str]:
 def _range_dfa(lo: Decimal | None, lo_open: bool, hi: Decimal | None, hi_open: bool) -> Dfa:
     d = _structure()
     if lo is not None:
-        d = intersect(d, dfa(anchored(_above(lo, lo_open))))
+        d = intersect(d, dfa(anchored(_above(lo, lo_open)), minimal=False), minimal=hi is None)
     if hi is not None:
-        d = intersect(d, dfa(anchored(_below(hi, hi_open))))
+        d = intersect(d, dfa(anchored(_below(hi, hi_open)), minimal=False))
     return d
 
 
