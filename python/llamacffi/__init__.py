@@ -19,6 +19,7 @@ from .errors import (
     KVCacheFullError,
     LlamaError,
     ModelLoadError,
+    SchemaError,
     StateError,
     TokenizeError,
 )
@@ -29,6 +30,6 @@ from .vocab import StreamDecoder, Vocab
 __all__ = [  # noqa: RUF022 - grouped as before: the package's classes, then its errors, then its functions
     "__version__", "Batch", "ChatTemplateError", "ClosedError", "Context", "ContextError", "DecodeAbortedError",
     "DecodeError", "GrammarError", "InvalidArgumentError", "InvalidTokenError", "KVCacheFullError", "LlamaError",
-    "Memory", "Model", "ModelLoadError", "Perf", "StateError", "StreamDecoder", "TokenizeError", "Vocab",
-    "numa_init", "set_log_level", "system_info",
+    "Memory", "Model", "ModelLoadError", "Perf", "SchemaError", "StateError", "StreamDecoder", "TokenizeError",
+    "Vocab", "numa_init", "set_log_level", "system_info",
 ]

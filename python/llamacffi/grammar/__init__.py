@@ -13,8 +13,10 @@ its JSON pointer, never ignored. The grammar may be stricter than the schema (it
   ``definitions``, recursion), ``properties``, ``required``, ``additionalProperties`` (absent: any extra member),
   ``items``, ``prefixItems``, ``additionalItems``, ``minItems``, ``maxItems``, ``minLength``, ``maxLength``,
   ``pattern`` (the subset in :mod:`llamacffi.grammar.regex`), ``format`` date, time, date-time (RFC 3339, real
-  calendar days, upper-case ``T``/``Z``) and uuid; ``minimum`` / ``maximum`` / exclusive forms on integers, exactly;
-* refused: bounds on non-integer numbers, other formats, ``multipleOf``, ``not``, ``if``/``then``/``else``,
+  calendar days, upper-case ``T``/``Z``) and uuid; ``minimum`` / ``maximum`` / exclusive forms, exactly on
+  integers, and on other numbers written without exponent in at most 15 significant digits (as the bounds must be),
+  where comparing the digits agrees with the validators' float comparison;
+* refused: other formats, ``multipleOf``, ``not``, ``if``/``then``/``else``,
   ``patternProperties``, ``propertyNames``, ``min/maxProperties``, ``dependent*``, ``unevaluated*``, ``contains``,
   ``uniqueItems: true``, unknown keywords (``x-`` extensions excepted), references outside the document, enum /
   const next to other constraints, and grammars beyond a size budget (repetition counts over 2000, large

@@ -166,8 +166,9 @@ def _split(moves: Sequence[tuple[Ranges, int]]) -> list[tuple[Ranges, list[int]]
     return [(normalize(rs), list(ts)) for ts, rs in groups.items()]
 
 
-def dfa(node: Node) -> Dfa:
-    """The pruned DFA of ``node``: every state can still reach acceptance. Raises TooLarge past the bounds."""
+def dfa(node: Node, minimal: bool = True) -> Dfa:
+    """The pruned (and by default minimal) DFA of ``node``: every state can still reach acceptance. Raises
+    TooLarge past the bounds."""
     nfa = _Nfa()
     start = nfa.state()
     end = nfa.build(node, start)
@@ -188,14 +189,17 @@ def dfa(node: Node) -> Dfa:
                 index[nxt] = out.add(end in nxt)
                 todo.append(nxt)
             out.edges[index[cur]].append((rs, index[nxt]))
-    return minimize(prune(out))
+    return minimize(prune(out)) if minimal else prune(out)
 
 
 def _signature(d: Dfa, block: list[int], i: int) -> tuple[object, ...]:
+    edges = d.edges[i]
+    if len(edges) == 1:
+        return (block[i], ((edges[0][0], block[edges[0][1]]),))
     by_block: dict[int, list[tuple[int, int]]] = {}
-    for rs, t in d.edges[i]:
+    for rs, t in edges:
         by_block.setdefault(block[t], []).extend(rs)
-    return (block[i], tuple(sorted((normalize(rs), t) for t, rs in by_block.items())))
+    return (block[i], tuple(sorted((normalize(rs) if len(rs) > 1 else tuple(rs), t) for t, rs in by_block.items())))
 
 
 def minimize(d: Dfa) -> Dfa:
@@ -251,7 +255,7 @@ def prune(d: Dfa) -> Dfa:
     return out
 
 
-def intersect(a: Dfa, b: Dfa) -> Dfa:
+def intersect(a: Dfa, b: Dfa, minimal: bool = True) -> Dfa:
     """The product automaton: strings both accept."""
     out = Dfa()
     if not a.accept or not b.accept:
@@ -270,7 +274,7 @@ def intersect(a: Dfa, b: Dfa) -> Dfa:
                     index[key] = out.add(a.accept[ta] and b.accept[tb])
                     todo.append(key)
                 out.edges[index[(pa, pb)]].append((rs, index[key]))
-    return minimize(prune(out))
+    return minimize(prune(out)) if minimal else prune(out)
 
 
 def length_dfa(lo: int, hi: int | None) -> Dfa:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 from urllib.parse import unquote
 
 from ..errors import SchemaError
+from .decimals import MAX_SIGNIFICANT, number_range, significant_digits
 from .gbnf import MAX_REPEAT, Builder, TooLarge, literal
 from .keywords import ANNOTATIONS, TYPES, check_keywords, fail, pointer
 from .merge import canonical, conjoin, merge_all
@@ -221,20 +223,30 @@ class Compiler:
             raise fail(f"{where}: the grammar would be too large: {e}", pointer(ptr, where), where) from None
 
     def numeric(self, s: dict[str, Any], ptr: str, hint: str, t: str) -> str | None:
-        lo, lo_open, hi, hi_open = _bounds(s, ptr)
+        (lo, lo_open, lo_key), (hi, hi_open, hi_key) = _bounds(s, ptr)
         if t == "number":
             if lo is None and hi is None:
                 return number(self.b)
-            key = "minimum" if "minimum" in s else "exclusiveMinimum" if lo is not None else \
-                "maximum" if "maximum" in s else "exclusiveMaximum"
-            raise fail(f"{key}: bounds on non-integer numbers are not enforced (use type integer, or a pattern on "
-                       f"a string)", pointer(ptr, key), key)
-        ilo = None if lo is None else (math.floor(lo) + 1 if lo_open else math.ceil(lo))
-        ihi = None if hi is None else (math.ceil(hi) - 1 if hi_open else math.floor(hi))
+            return number_range(self.b, _decimal(lo, lo_key, ptr), lo_open, _decimal(hi, hi_key, ptr), hi_open)
+        flo = None if lo is None else Fraction(lo)
+        fhi = None if hi is None else Fraction(hi)
+        ilo = None if flo is None else (math.floor(flo) + 1 if lo_open else math.ceil(flo))
+        ihi = None if fhi is None else (math.ceil(fhi) - 1 if hi_open else math.floor(fhi))
         try:
             return integer_range(self.b, ilo, ihi)
         except TooLarge as e:
             raise fail(f"the integer range is too large to enforce: {e}", ptr, "maximum") from None
+
+
+def _decimal(v: float | None, key: str, ptr: str) -> Decimal | None:
+    """A bound as the decimal its JSON spelling gives (a float's shortest repr), within MAX_SIGNIFICANT digits."""
+    if v is None:
+        return None
+    out = Decimal(v) if isinstance(v, int) else Decimal(repr(v))
+    if significant_digits(out) > MAX_SIGNIFICANT:
+        raise fail(f"{key}: a bound on a non-integer number may have at most {MAX_SIGNIFICANT} significant digits "
+                   f"(beyond that, float rounding decides)", pointer(ptr, key), key)
+    return out
 
 
 class _Unsatisfiable(SchemaError):
@@ -257,28 +269,31 @@ def count(s: dict[str, Any], key: str, ptr: str) -> int | None:
     return v
 
 
-def _bounds(s: dict[str, Any], ptr: str) -> tuple[Fraction | None, bool, Fraction | None, bool]:
-    """(lower, lower exclusive, upper, upper exclusive) from minimum/maximum and their exclusive forms."""
-    def num(key: str) -> Fraction | None:
+Bound = tuple[float | None, bool, str]  # ints are floats to typing
+
+
+def _bounds(s: dict[str, Any], ptr: str) -> tuple[Bound, Bound]:
+    """((lower, exclusive, keyword), (upper, exclusive, keyword)) from minimum/maximum and their exclusive forms."""
+    def num(key: str) -> float | None:
         v = s.get(key)
         if v is None or isinstance(v, bool):
             return None
         if not isinstance(v, (int, float)) or isinstance(v, float) and not math.isfinite(v):
             raise fail(f"{key} must be a number", pointer(ptr, key), key)
-        return Fraction(v)
+        return v
 
-    lo, hi = num("minimum"), num("maximum")
-    lo_open = hi_open = False
-    if s.get("exclusiveMinimum") is True:  # draft 4: a flag on minimum
-        lo_open = lo is not None
-    if s.get("exclusiveMaximum") is True:
-        hi_open = hi is not None
+    lo: Bound = (num("minimum"), False, "minimum")
+    hi: Bound = (num("maximum"), False, "maximum")
+    if s.get("exclusiveMinimum") is True and lo[0] is not None:  # draft 4: a flag on minimum
+        lo = (lo[0], True, "minimum")
+    if s.get("exclusiveMaximum") is True and hi[0] is not None:
+        hi = (hi[0], True, "maximum")
     xlo, xhi = num("exclusiveMinimum"), num("exclusiveMaximum")
-    if xlo is not None and (lo is None or xlo >= lo):
-        lo, lo_open = xlo, True
-    if xhi is not None and (hi is None or xhi <= hi):
-        hi, hi_open = xhi, True
-    return lo, lo_open, hi, hi_open
+    if xlo is not None and (lo[0] is None or xlo >= lo[0]):
+        lo = (xlo, True, "exclusiveMinimum")
+    if xhi is not None and (hi[0] is None or xhi <= hi[0]):
+        hi = (xhi, True, "exclusiveMaximum")
+    return lo, hi
 
 
 def _type_list(s: dict[str, Any], ptr: str) -> list[str] | None:
