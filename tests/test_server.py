@@ -23,12 +23,13 @@ PARALLEL = 4
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 SMOL = "smollm2-135m"
 GEMMA = "gemma"
+EMBED = "smol-embed"
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServeProcess]:
     proc = ServeProcess(["-m", SMOL, "-m", "gemma3-270m", "--alias", SMOL, "--alias", GEMMA, "-np", str(PARALLEL),
-                         "-c", str(CTX), "-t", str(THREADS)])
+                         "-c", str(CTX), "-t", str(THREADS), "--embedding-model", SMOL, "--embedding-alias", EMBED])
     yield proc
     assert proc.stop() == 0, "".join(proc.log[-20:])
 
@@ -58,7 +59,7 @@ def _metric(server: ServeProcess, name: str, model: str = SMOL) -> float:
 
 
 def test_models_list(client: Any) -> None:
-    assert [m.id for m in client.models.list().data] == [SMOL, GEMMA]
+    assert [m.id for m in client.models.list().data] == [SMOL, GEMMA, EMBED]
     assert client.models.retrieve(GEMMA).id == GEMMA
 
 
@@ -235,7 +236,11 @@ CHAT = {"model": SMOL, "messages": QUESTION, "max_tokens": 4}
     ({**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages"),
     ({**CHAT, "messages": "hello"}, "messages"),
     ({**CHAT, "frobnicate": True}, "frobnicate"),
-    ({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({**CHAT, "tools": "f"}, "tools"),
+    ({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}],
+      "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
+    ({**CHAT, "tool_choice": "required"}, "tool_choice"),
+    ({**CHAT, "response_format": {"type": "xml"}}, "response_format"),
     ({**CHAT, "stream_options": {"include_usage": True}}, "stream_options"),
     ({"model": SMOL, "prompt": "x", "suffix": "y"}, "suffix"),
     ({"model": SMOL, "prompt": 5}, "prompt"),
@@ -282,7 +287,7 @@ def test_health_and_metrics(server: ServeProcess) -> None:
 
 def test_a_dropped_stream_frees_its_slot(server: ServeProcess) -> None:
     body = {**CHAT, "max_tokens": 400, "stream": True, "temperature": 0,
-            "messages": [{"role": "user", "content": "Count from one to one thousand in words."}]}
+            "messages": [{"role": "user", "content": "Write a long story about a dragon who learns to read."}]}
     generated = _metric(server, "llamacffi_generated_tokens_total")
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
         chunks = 0
@@ -303,7 +308,7 @@ def test_a_dropped_stream_frees_its_slot(server: ServeProcess) -> None:
 
 def test_a_dropped_request_while_queued_or_waiting_is_cancelled(server: ServeProcess) -> None:
     body = {**CHAT, "max_tokens": 400, "temperature": 0,
-            "messages": [{"role": "user", "content": "Count from one to one thousand in words."}]}
+            "messages": [{"role": "user", "content": "Write a long story about a dragon who learns to read."}]}
     with pytest.raises(httpx.ReadTimeout):
         _post(server, "/v1/chat/completions", body, timeout=httpx.Timeout(60, read=0.5))
     deadline = time.monotonic() + 10
@@ -337,10 +342,11 @@ def test_api_key(guarded: ServeProcess) -> None:
 def test_a_full_queue_is_429(guarded: ServeProcess) -> None:
     headers = {"authorization": "Bearer s3cret"}
     body = {**CHAT, "max_tokens": 200, "stream": True,
-            "messages": [{"role": "user", "content": "Count from one to one thousand in words."}]}
+            "messages": [{"role": "user", "content": "Write a long story about a dragon who learns to read."}]}
     with httpx.stream("POST", guarded.url + "/v1/chat/completions", json=body, headers=headers, timeout=60) as r:
-        next(r.iter_lines())  # the only slot is busy now
+        first = next(r.iter_lines())  # the only slot is busy now
         refused = _post(guarded, "/v1/chat/completions", CHAT, headers=headers)
+        assert refused.status_code == 429, (first, "".join(guarded.log[-8:]))
         _error(refused, 429, "queue_full")
         assert refused.headers["retry-after"] == "1"
 
@@ -348,7 +354,7 @@ def test_a_full_queue_is_429(guarded: ServeProcess) -> None:
 def test_sigterm_during_streams_exits_cleanly() -> None:
     proc = ServeProcess(["-m", SMOL, "-np", "2", "-c", str(CTX), "-t", str(THREADS), "--grace", "1"])
     body = {"model": SMOL, "max_tokens": 2000, "stream": True, "temperature": 0,
-            "messages": [{"role": "user", "content": "Count from one to one thousand in words."}]}
+            "messages": [{"role": "user", "content": "Write a long story about a dragon who learns to read."}]}
     received: list[int] = []
 
     def read() -> None:
@@ -373,3 +379,148 @@ def test_sigterm_during_streams_exits_cleanly() -> None:
         t.join(30)
         assert not t.is_alive()
     assert not any("Traceback" in line for line in proc.log), "".join(proc.log)
+
+
+# ---- structured output -------------------------------------------------------------------------------------------
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40},
+                                                    "unit": {"enum": ["celsius", "fahrenheit"]}},
+                   "required": ["city", "unit"], "additionalProperties": False}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "description": "The local time in a time zone.",
+    "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 40}},
+                   "required": ["zone"], "additionalProperties": False}}}
+ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def test_json_object_and_json_schema_are_enforced(client: Any) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    ask = [{"role": "user", "content": "Give a JSON object with a cat's name and age."}]
+    r = client.chat.completions.create(model=SMOL, messages=ask, response_format={"type": "json_object"},
+                                       max_tokens=200, temperature=0.8, seed=3)
+    assert r.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(r.choices[0].message.content), dict)
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+                                               "age": {"type": "integer", "minimum": 0, "maximum": 30},
+                                               "colours": {"type": "array", "items": {"enum": ["black", "white",
+                                                                                              "orange"]},
+                                                           "maxItems": 3}},
+              "required": ["name", "age", "colours"], "additionalProperties": False}
+    for name in (SMOL, GEMMA):
+        for seed in (1, 2):
+            r = client.chat.completions.create(
+                model=name, messages=[{"role": "user", "content": "Describe a cat."}], max_tokens=160, seed=seed,
+                temperature=0.8, response_format={"type": "json_schema", "json_schema": {
+                    "name": "cat", "schema": schema, "strict": True}})
+            jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+
+
+def test_unenforceable_schemas_are_refused_by_name(server: ServeProcess) -> None:
+    body = {**CHAT, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "object", "properties": {"n": {"type": "integer", "multipleOf": 3}}}}}}
+    err = _error(_post(server, "/v1/chat/completions", body), 400, "unsupported_schema", "response_format")
+    assert "multipleOf" in err["message"] and "/properties/n" in err["message"]
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "not": {}}}}
+    err = _error(_post(server, "/v1/chat/completions", {**CHAT, "tools": [tool]}), 400, "unsupported_schema",
+                 "tools")
+    assert "not" in err["message"]
+
+
+def test_structured_output_with_the_openai_parse_helper(client: Any) -> None:
+    pydantic = pytest.importorskip("pydantic")
+
+    class City(pydantic.BaseModel):
+        name: str = pydantic.Field(max_length=30)
+        country: str = pydantic.Field(max_length=30)
+        population_millions: int = pydantic.Field(ge=0, le=50)
+
+    r = client.chat.completions.parse(model=SMOL, messages=[{"role": "user", "content": "Describe Paris."}],
+                                      response_format=City, max_tokens=120, temperature=0)
+    city = r.choices[0].message.parsed
+    assert isinstance(city, City) and city.name
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_forced_tool_calls(client: Any, choice: Any) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    r = client.chat.completions.create(model=SMOL, messages=ASK_WEATHER, tools=[WEATHER, TIME], tool_choice=choice,
+                                       max_tokens=80, temperature=0)
+    c = r.choices[0]
+    assert c.finish_reason == "tool_calls" and c.message.content is None
+    (call,) = c.message.tool_calls
+    assert call.type == "function" and call.id.startswith("call_")
+    if isinstance(choice, dict):
+        assert call.function.name == "get_weather"
+    params = {"get_weather": WEATHER, "get_time": TIME}[call.function.name]["function"]["parameters"]
+    jsonschema.validate(json.loads(call.function.arguments), params)
+    streamed = client.chat.completions.create(model=SMOL, messages=ASK_WEATHER, tools=[WEATHER, TIME],
+                                              tool_choice=choice, max_tokens=80, temperature=0, stream=True)
+    calls, reasons = [], []
+    for chunk in streamed:
+        for ch in chunk.choices:
+            calls += ch.delta.tool_calls or []
+            if ch.finish_reason:
+                reasons.append(ch.finish_reason)
+    assert reasons == ["tool_calls"]
+    assert [(t.function.name, t.function.arguments) for t in calls] == [(call.function.name,
+                                                                          call.function.arguments)]
+    # the result goes back as a tool message, and the conversation goes on
+    follow = client.chat.completions.create(model=SMOL, max_tokens=20, temperature=0, tools=[WEATHER, TIME],
+                                            messages=[*ASK_WEATHER, c.message.model_dump(exclude_none=True),
+                                                      {"role": "tool", "tool_call_id": call.id,
+                                                       "content": "18 degrees, sunny"}])
+    assert follow.choices[0].message.content or follow.choices[0].message.tool_calls
+
+
+# ---- embeddings --------------------------------------------------------------------------------------------------
+
+
+def test_embeddings_equal_the_pythonic_layer(client: Any) -> None:
+    import base64
+
+    import numpy as np
+
+    import llamacffi
+    from llamacffi import models
+
+    texts = ["The cat sat on the mat.", "Rivers flow to the sea.", "x"]
+    r = client.embeddings.create(model=EMBED, input=texts)
+    got = np.array([d.embedding for d in r.data], dtype=np.float32)
+    assert [d.index for d in r.data] == [0, 1, 2] and r.model == EMBED
+    with llamacffi.Model.load(models.fetch(SMOL)) as m:
+        expected = m.embed(texts)
+        n_tokens = sum(len(m.vocab.tokenize(t)) for t in texts)
+        ids = [m.vocab.tokenize(t).tolist() for t in texts]
+    assert got.shape == expected.shape
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-4)
+    assert (np.sum(got * expected, axis=1) >= 0.9999).all()
+    assert r.usage.prompt_tokens == n_tokens == r.usage.total_tokens
+    b64 = client.embeddings.create(model=EMBED, input=texts[0], encoding_format="base64")
+    raw = httpx.post(str(client.base_url).rstrip("/") + "/embeddings", json={"model": EMBED, "input": texts[0],
+                                                                "encoding_format": "base64"}, timeout=60).json()
+    decoded = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), dtype="<f4")
+    assert np.allclose(decoded, got[0], atol=1e-6)
+    assert b64.data[0].embedding == raw["data"][0]["embedding"]  # asked for base64, the client hands it over as is
+    by_ids = client.embeddings.create(model=EMBED, input=ids)
+    assert np.allclose(np.array([d.embedding for d in by_ids.data], dtype=np.float32), got, atol=1e-5)
+
+
+@pytest.mark.parametrize("body, status, param", [
+    ({"model": EMBED, "input": ""}, 400, "input"),
+    ({"model": EMBED, "input": []}, 400, "input"),
+    ({"model": EMBED, "input": [1, "a"]}, 400, "input"),
+    ({"model": EMBED, "input": "a", "dimensions": 8}, 400, "dimensions"),
+    ({"model": EMBED, "input": "a", "encoding_format": "hex"}, 400, "encoding_format"),
+    ({"model": EMBED, "input": [[10 ** 8]]}, 400, None),
+    ({"model": EMBED, "input": "lorem ipsum " * 2000}, 400, None),
+    ({"model": SMOL, "input": "a"}, 400, "model"),
+    ({"model": "nope", "input": "a"}, 404, "model"),
+])
+def test_bad_embedding_requests(server: ServeProcess, body: dict[str, Any], status: int, param: str | None) -> None:
+    _error(_post(server, "/v1/embeddings", body), status, param=param)
+
+
+def test_an_embedding_model_does_not_chat(server: ServeProcess) -> None:
+    _error(_post(server, "/v1/chat/completions", {**CHAT, "model": EMBED}), 400, "wrong_model_type", "model")

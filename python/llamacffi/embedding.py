@@ -11,7 +11,8 @@ import contextlib
 import enum
 import logging
 import threading
-from typing import Any, Iterator, Sequence, Union
+from collections.abc import Iterator, Sequence
+from typing import Any, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -20,9 +21,9 @@ from . import log
 from .batch import MAX_SEQ, Batch
 from .context import Context
 from .errors import ClosedError, InvalidArgumentError, LlamaError
-from .validate import as_int
 from .model import Model, _read_string
 from .raw import ffi, lib
+from .validate import as_int
 from .vocab import TokenArray, as_tokens
 
 DEFAULT_BATCH_TOKENS = 1024
@@ -50,7 +51,7 @@ class TextTooLongError(InvalidArgumentError):
         self.limit = limit
 
 
-def as_pooling(value: "Pooling | str | int | None") -> Pooling | None:
+def as_pooling(value: Pooling | str | int | None) -> Pooling | None:
     """A :class:`Pooling` from a member, its name (``"mean"``) or its value; None stays None (the model's own)."""
     if value is None or isinstance(value, Pooling):
         return value
@@ -87,7 +88,7 @@ def _meta(ptr: Any, key: str) -> str | None:
     return _read_string(lambda buf, n: lib.llama_model_meta_val_str(ptr, k, buf, n))
 
 
-def resolve_pooling(model: Model, pooling: "Pooling | str | int | None") -> Pooling:
+def resolve_pooling(model: Model, pooling: Pooling | str | int | None) -> Pooling:
     """The pooling an embedding of ``model`` uses: the one asked for, else the model's own, else MEAN (for a
     generative model). RANK needs a model that declares it (a reranker with a classification head)."""
     chosen = as_pooling(pooling)
@@ -197,7 +198,7 @@ class Embedder:
     kernels differ with the batch size; False makes it nearly independent). Close with :meth:`close` or ``with``; it
     keeps the model alive until then."""
 
-    def __init__(self, model: Model, *, pooling: "Pooling | str | int | None" = None,
+    def __init__(self, model: Model, *, pooling: Pooling | str | int | None = None,
                  batch_tokens: int = DEFAULT_BATCH_TOKENS, max_tokens: int | None = None,
                  n_threads: int | None = None, flash_attn: bool | None = None) -> None:
         if not isinstance(model, Model):
@@ -239,7 +240,7 @@ class Embedder:
     def closed(self) -> bool:
         return self._ctx.closed
 
-    def __enter__(self) -> "Embedder":
+    def __enter__(self) -> Embedder:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -314,7 +315,7 @@ class Embedder:
         return list(rows[:, None, :])
 
 
-def embed(model: Model, texts: Sequence[str], *, pooling: "Pooling | str | int | None" = None,
+def embed(model: Model, texts: Sequence[str], *, pooling: Pooling | str | int | None = None,
           normalize: bool = True, batch_tokens: int | None = None, truncate: bool = False,
           n_threads: int | None = None) -> Embeddings:
     """Embeddings of ``texts`` with a context made for this call (see :meth:`Embedder.embed`; an

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import typing
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -17,9 +18,8 @@ from .raw import CData, ffi, lib
 from .validate import as_bool, as_int, as_optional_bool
 from .vocab import Vocab
 
-import typing
 if typing.TYPE_CHECKING:
-    from typing import Sequence
+    from collections.abc import Sequence
 
     from .embedding import Embeddings, Pooling
 
@@ -230,8 +230,8 @@ class Model:
             out[key] = _read_string(functools.partial(lib.llama_model_meta_val_str_by_index, ptr, i))
         return out
 
-    def embed(self, texts: Sequence[str], *, pooling: "Pooling | str | int | None" = None, normalize: bool = True,
-              batch_tokens: int | None = None, truncate: bool = False) -> "Embeddings":
+    def embed(self, texts: Sequence[str], *, pooling: Pooling | str | int | None = None, normalize: bool = True,
+              batch_tokens: int | None = None, truncate: bool = False) -> Embeddings:
         """Embeddings of ``texts``: float32 ``(len(texts), dim)``, or with ``pooling="none"`` a list of one
         ``(tokens, dim)`` array per text. See :func:`llamacffi.embedding.embed`."""
         from . import embedding

@@ -278,7 +278,7 @@ def _bounds(s: dict[str, Any], ptr: str) -> tuple[Bound, Bound]:
         v = s.get(key)
         if v is None or isinstance(v, bool):
             return None
-        if not isinstance(v, (int, float)) or isinstance(v, float) and not math.isfinite(v):
+        if not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
             raise fail(f"{key} must be a number", pointer(ptr, key), key)
         return v
 
@@ -313,7 +313,7 @@ def _is_type(v: Any, t: str) -> bool:
     if t == "boolean":
         return isinstance(v, bool)
     if t == "integer":
-        return isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and v.is_integer()
+        return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
     if t == "number":
         return isinstance(v, (int, float)) and not isinstance(v, bool)
     if t == "string":

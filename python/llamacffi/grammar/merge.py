@@ -58,7 +58,7 @@ def _flatten(schema: Schema, ptr: str, resolve: Resolve, out: list[tuple[dict[st
         if not _flatten(target, target_ptr, resolve, out, depth + 1):
             return False
     members = schema.get("allOf", [])
-    if not isinstance(members, list) or not members and "allOf" in schema:
+    if not isinstance(members, list) or (not members and "allOf" in schema):
         raise fail("allOf must be a non-empty array of schemas", pointer(ptr, "allOf"), "allOf")
     for i, member in enumerate(members):
         if not _flatten(member, pointer(ptr, "allOf", i), resolve, out, depth + 1):
@@ -73,7 +73,7 @@ def _types(value: Any) -> set[str]:
 def _meet_types(a: Any, b: Any) -> list[str]:
     ta, tb = _types(a), _types(b)
     out = ta & tb
-    if "integer" in ta and "number" in tb or "integer" in tb and "number" in ta:
+    if ("integer" in ta and "number" in tb) or ("integer" in tb and "number" in ta):
         out.add("integer")
     return sorted(out)
 

@@ -26,28 +26,43 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..service import LlamaCppService, LlamaCppTextModel, LocalBackendConfig, ModelConfig
-from . import completions
+from ..service import (
+    LlamaCppEmbeddingModel,
+    LlamaCppService,
+    LlamaCppTextModel,
+    LocalBackendConfig,
+    ModelConfig,
+    ModelType,
+)
+from . import completions, embeddings
 from .errors import APIError, from_service, invalid
 from .metrics import Metrics
 from .requests import error_for_body, parse_chat, parse_completion
 
 log = logging.getLogger("llamacffi.server")
 MAX_BODY_BYTES = 8 << 20
-ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions")
+ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+Served = LlamaCppTextModel | LlamaCppEmbeddingModel
 
 
 class Server:
     """The models an app serves, loaded in the background, and its metrics."""
 
-    def __init__(self, models: Mapping[str, str | LlamaCppTextModel], backend: LocalBackendConfig | None,
-                 config: ModelConfig | None, on_load_error: Callable[[BaseException], None] | None) -> None:
-        if not models:
+    def __init__(self, models: Mapping[str, str | LlamaCppTextModel],
+                 embedders: Mapping[str, str | LlamaCppEmbeddingModel], backend: LocalBackendConfig | None,
+                 config: ModelConfig | None,
+                 on_load_error: Callable[[BaseException], None] | None) -> None:
+        if not models and not embedders:
             raise ValueError("create_app needs at least one model")
-        self.names = list(models)
-        self.models: dict[str, LlamaCppTextModel] = {k: v for k, v in models.items() if not isinstance(v, str)}
-        self._to_load = {k: v for k, v in models.items() if isinstance(v, str)}
-        self._owned: list[LlamaCppTextModel] = []
+        both = set(models) & set(embedders)
+        if both:
+            raise ValueError(f"a text model and an embedding model are both named {sorted(both)[0]!r}")
+        self.names = list(models) + list(embedders)
+        self.types = {**{k: ModelType.TEXT_TO_TEXT for k in models}, **{k: ModelType.TEXT_EMBEDDING for k in embedders}}
+        self.models: dict[str, Served] = {k: v for k, v in [*models.items(), *embedders.items()]
+                                          if not isinstance(v, str)}
+        self._to_load = {k: v for k, v in [*models.items(), *embedders.items()] if isinstance(v, str)}
+        self._owned: list[Served] = []
         self.service = LlamaCppService(backend) if self._to_load else None
         self.config = config or ModelConfig()
         self.error: BaseException | None = None
@@ -64,7 +79,9 @@ class Server:
         try:
             for name, model_id in self._to_load.items():
                 assert self.service is not None
-                model = self.service.load_model(model_id, config=self.config)
+                loaded = self.service.load_model(model_id, self.types[name], self.config)
+                assert isinstance(loaded, (LlamaCppTextModel, LlamaCppEmbeddingModel))
+                model: Served = loaded
                 with self._lock:
                     if self._closed:
                         model.close()
@@ -80,22 +97,37 @@ class Server:
                 on_error(exc)
 
     def _loads(self) -> dict[str, tuple[int, int]]:
-        return {name: m.load for name, m in list(self.models.items())}
+        return {name: m.load for name, m in list(self.models.items()) if isinstance(m, LlamaCppTextModel)}
 
-    def model(self, name: Any) -> tuple[str, LlamaCppTextModel]:
-        """The served model a request names (any, when one model is served and the request names none)."""
-        if name is None and len(self.names) == 1:
-            name = self.names[0]
+    def _served(self, name: Any, kind: ModelType) -> tuple[str, Served]:
+        names = [n for n in self.names if self.types[n] == kind]
+        what = "text" if kind == ModelType.TEXT_TO_TEXT else "embedding"
+        if name is None and len(names) == 1:
+            name = names[0]
         if name is None:
-            raise invalid("model is required: this server serves " + ", ".join(self.names), "model",
-                          "missing_required_parameter")
+            raise invalid(f"model is required: this server serves the {what} models {', '.join(names) or '(none)'}",
+                          "model", "missing_required_parameter")
         if name not in self.names:
             raise APIError(404, f"The model {name!r} does not exist; this server serves {', '.join(self.names)}",
                            param="model", code="model_not_found")
+        if self.types[name] != kind:
+            raise invalid(f"{name!r} is not a {what} model", "model", "wrong_model_type")
         if not self.ready.is_set():
             raise APIError(503, "the models are still loading" if self.error is None else
                            f"the models failed to load: {self.error}", type="server_error", code="unavailable")
         return name, self.models[name]
+
+    def model(self, name: Any) -> tuple[str, LlamaCppTextModel]:
+        """The text model a request names (any, when one is served and the request names none)."""
+        served, model = self._served(name, ModelType.TEXT_TO_TEXT)
+        assert isinstance(model, LlamaCppTextModel)
+        return served, model
+
+    def embedder(self, name: Any) -> tuple[str, LlamaCppEmbeddingModel]:
+        """The embedding model a request names (any, when one is served and the request names none)."""
+        served, model = self._served(name, ModelType.TEXT_EMBEDDING)
+        assert isinstance(model, LlamaCppEmbeddingModel)
+        return served, model
 
     def close(self) -> None:
         """Free the models this app loaded (not those it was given)."""
@@ -210,6 +242,20 @@ def _completion(chat: bool) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
+async def _embeddings(request: Request) -> Response:
+    server: Server = request.app.state.server
+    body = await _body(request)
+    name, model = server.embedder(body.get("model"))
+    try:
+        result = await _race(embeddings.respond(name, model, body), request.receive)
+    except Exception as exc:
+        raise from_service(exc) from None
+    if result is None:
+        return Response(status_code=499)
+    request.scope.setdefault("state", {})["usage"] = result["usage"]
+    return JSONResponse(result)
+
+
 async def _health(request: Request) -> Response:
     server: Server = request.app.state.server
     if server.ready.is_set():
@@ -280,7 +326,8 @@ class _Gate:
         route = path if path in ROUTES else "/v1/models/{name}" if path.startswith("/v1/models/") else "other"
         self.metrics().requests.labels(route, str(status)).inc()
         job = scope.get("state", {}).get("job")
-        extra = ""
+        usage = scope.get("state", {}).get("usage")
+        extra = f" prompt={usage['prompt_tokens']}" if usage else ""
         if job is not None:
             u = job.usage
             ttft = f"{job.first - job.started:.3f}s" if job.first is not None else "-"
@@ -291,17 +338,20 @@ class _Gate:
         log.info('%s "%s %s" %d%s total=%.3fs', client[0], scope["method"], path, status, extra, total)
 
 
-def create_app(models: Mapping[str, str | LlamaCppTextModel] | Sequence[str], *,
+def create_app(models: Mapping[str, str | LlamaCppTextModel] | Sequence[str] = (), *,
+               embeddings: Mapping[str, str | LlamaCppEmbeddingModel] | Sequence[str] = (),
                backend: LocalBackendConfig | None = None, config: ModelConfig | None = None,
                api_key: str | None = None, cors_origins: Sequence[str] = (),
                on_load_error: Callable[[BaseException], None] | None = None) -> Starlette:
-    """An OpenAI-compatible app serving ``models``: ``{served name: model id or loaded model}``, or a list of model
-    ids served under their ids. Ids are loaded with ``backend`` and ``config`` (one context of
-    ``config.parallel`` slots each); loaded models are served as they are and not closed by the app.
-    ``api_key``: every route but ``/health`` then needs ``Authorization: Bearer <key>``."""
+    """An OpenAI-compatible app serving text ``models`` and ``embeddings`` models: ``{served name: model id or
+    loaded model}``, or lists of model ids served under their ids. Ids are loaded with ``backend`` and ``config``
+    (one context of ``config.parallel`` slots each for a text model); loaded models are served as they are and not
+    closed by the app. ``api_key``: every route but ``/health`` then needs ``Authorization: Bearer <key>``."""
     if not isinstance(models, Mapping):
         models = {m: m for m in models}
-    server = Server(models, backend, config, on_load_error)
+    if not isinstance(embeddings, Mapping):
+        embeddings = {m: m for m in embeddings}
+    server = Server(models, embeddings, backend, config, on_load_error)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -327,6 +377,7 @@ def create_app(models: Mapping[str, str | LlamaCppTextModel] | Sequence[str], *,
         Route("/v1/models/{name:path}", _model, methods=["GET"]),
         Route("/v1/chat/completions", _completion(chat=True), methods=["POST"]),
         Route("/v1/completions", _completion(chat=False), methods=["POST"]),
+        Route("/v1/embeddings", _embeddings, methods=["POST"]),
     ]
     middleware = [Middleware(CORSMiddleware, allow_origins=list(cors_origins),
                              allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"])] if cors_origins else []

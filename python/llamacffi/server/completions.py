@@ -12,7 +12,7 @@ from typing import Any
 from ..service import LlamaCppTextModel
 from ..service.choices import Choices
 from ..service.events import Chunk, Finish, TokenLogprob
-from . import shapes
+from . import shapes, structured
 from .errors import from_service
 from .metrics import Metrics
 from .requests import Parsed
@@ -55,8 +55,11 @@ class Job:
 def prepare(name: str, model: LlamaCppTextModel, parsed: Parsed, chat: bool) -> Job:
     """Template, tokenize and bound a request before anything is queued (errors here are the client's)."""
     opts = parsed.options
+    if parsed.grammar is not None:
+        opts = dataclasses.replace(opts, grammar=parsed.grammar)
     if chat:
-        texts = [model.format_chat(parsed.messages, opts)]
+        messages = parsed.messages if parsed.tools is None else structured.with_tools(parsed.messages, parsed.tools)
+        texts = [model.format_chat(messages, opts)]
         prompts = [model.tokenize_prompt(texts[0], opts)]
     else:
         prompts = [model.tokenize_prompt(p, opts) for p in parsed.prompts]
@@ -160,12 +163,17 @@ async def respond(job: Job, metrics: Metrics) -> dict[str, Any]:
             tally.finish(index, event)
     rid, created, kind = _ids(job)
     choices = []
+    tools = job.parsed.tools
     for i in range(total):
         text = "".join(texts[i])
         if job.chat:
             logprobs = shapes.chat_logprobs(entries[i], piece) if job.parsed.logprobs is not None else None
-            choices.append({"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
-                            "logprobs": logprobs, "finish_reason": reasons[i]})
+            message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+            call = structured.as_call(text, tools) if tools is not None else None
+            if call is not None:
+                message.update(content=None, tool_calls=[call])
+                reasons[i] = "tool_calls"
+            choices.append({"index": i, "message": message, "logprobs": logprobs, "finish_reason": reasons[i]})
         else:
             echo = job.texts[i // job.parsed.n] if job.parsed.echo else ""
             logprobs = (shapes.text_logprobs(entries[i], piece, len(echo))
@@ -188,12 +196,15 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
     tally = _Tally(job, metrics)
     offsets = [0] * (len(job.prompts) * p.n)  # where each choice's next text starts, for text_offset
 
+    held = _Held(len(job.prompts) * p.n, p.tools)
+
     def chunk(index: int, text: str | None, logprobs: tuple[TokenLogprob, ...], reason: str | None,
-              first: bool = False) -> bytes:
+              first: bool = False, delta: dict[str, Any] | None = None) -> bytes:
         lp: Any = None
         if job.chat:
-            delta: dict[str, Any] = {"role": "assistant", "content": text or ""} if first else (
-                {"content": text} if text is not None else {})
+            if delta is None:
+                delta = {"role": "assistant", "content": text or ""} if first else (
+                    {"content": text} if text is not None else {})
             if logprobs and p.logprobs is not None:
                 lp = shapes.chat_logprobs(logprobs, piece)
             choice = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": reason}
@@ -213,10 +224,20 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
         async for index, event in _events(job):
             if isinstance(event, Chunk):
                 tally.chunk()
-                yield chunk(index, event.text, event.logprobs, None)
+                text = held.feed(index, event.text) if job.chat else event.text
+                if text is not None:
+                    yield chunk(index, text, event.logprobs, None)
             else:
                 tally.finish(index, event)
-                yield chunk(index, None, (), event.reason)
+                reason = event.reason
+                if job.chat and held.holding(index):
+                    call, rest = held.finish(index)
+                    if call is not None:
+                        yield chunk(index, None, (), None, delta={"tool_calls": [{"index": 0, **call}]})
+                        reason = "tool_calls"
+                    elif rest:
+                        yield chunk(index, rest, (), None)
+                yield chunk(index, None, (), reason)
         used = tally.close()
         if p.include_usage:
             yield shapes.sse({**head, "choices": [], "usage": used})
@@ -224,6 +245,40 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
     except Exception as exc:  # the status line is sent: the error goes in the stream
         yield shapes.sse(from_service(exc).body())
         yield shapes.DONE
+
+
+class _Held:
+    """Per choice of a streamed chat with tools: text that may be a tool call is held back until the choice ends
+    (all of it when a call is required; from an opening brace when the model may choose)."""
+
+    def __init__(self, n: int, tools: structured.Tools | None) -> None:
+        self.tools = tools
+        self.parts: list[list[str] | None] = [[] if tools is not None else None for _ in range(n)]
+        self.decided = [tools is None] * n
+
+    def feed(self, index: int, text: str) -> str | None:
+        """The text to send now, or None while it is held."""
+        parts = self.parts[index]
+        if parts is None:
+            return text
+        parts.append(text)
+        if self.tools is not None and not self.tools.forced() and not self.decided[index]:
+            start = "".join(parts).lstrip()
+            if start:
+                self.decided[index] = True
+                if not start.startswith("{"):  # plain text: send what was held and stop holding
+                    self.parts[index] = None
+                    return "".join(parts)
+        return None
+
+    def holding(self, index: int) -> bool:
+        return self.parts[index] is not None
+
+    def finish(self, index: int) -> tuple[dict[str, Any] | None, str]:
+        """The choice's tool call, or None and the text held."""
+        text = "".join(self.parts[index] or [])
+        assert self.tools is not None
+        return structured.as_call(text, self.tools), text
 
 
 def _fingerprint() -> str:

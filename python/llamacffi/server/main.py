@@ -31,19 +31,25 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def _served(args: argparse.Namespace) -> dict[str, str]:
-    """``{served name: model id}`` from ``-m`` and ``--alias`` (matched in order); ids are checked before binding."""
-    ids = args.model or [models.DEFAULT]
-    aliases = args.alias or []
+def _named(ids: list[str], aliases: list[str], what: str) -> list[str]:
     if len(aliases) > len(ids):
-        raise InvalidConfigError(f"{len(aliases)} --alias for {len(ids)} -m: give at most one alias per model")
-    names = aliases + ids[len(aliases):]
-    if len(set(names)) != len(names):
-        raise InvalidConfigError(f"two models would be served under the same name: {', '.join(names)}")
-    for model_id in ids:
+        raise InvalidConfigError(f"{len(aliases)} {what} aliases for {len(ids)} models: at most one alias per model")
+    return aliases + ids[len(aliases):]
+
+
+def _served(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
+    """``{served name: model id}`` of the text models (``-m`` with ``--alias``, matched in order) and of the
+    embedding models (``--embedding-model`` with ``--embedding-alias``); ids are checked before binding."""
+    ids = args.model or ([] if args.embedding_model else [models.DEFAULT])
+    names = _named(ids, args.alias, "--alias")
+    embed_names = _named(args.embedding_model, args.embedding_alias, "--embedding-alias")
+    everything = names + embed_names
+    if len(set(everything)) != len(everything):
+        raise InvalidConfigError(f"two models would be served under the same name: {', '.join(everything)}")
+    for model_id in ids + args.embedding_model:
         if model_id not in models.KNOWN:
             LlamaCppService.resolve(model_id)  # only looks: known models are fetched while serving
-    return dict(zip(names, ids, strict=False))
+    return dict(zip(names, ids, strict=True)), dict(zip(embed_names, args.embedding_model, strict=True))
 
 
 class _Uvicorn(uvicorn.Server):
@@ -83,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT / SIGTERM; 0 after a clean stop, 1 when the models fail to load."""
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    served = _served(args)
+    served, embedders = _served(args)
     api_key = args.api_key or os.environ.get("LLAMACFFI_API_KEY") or None
     if not _loopback(args.host) and api_key is None:
         log.warning("serving on %s, reachable from other machines, without --api-key: anyone who can reach it can "
@@ -100,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(served, backend=backend, config=model_config, api_key=api_key, cors_origins=args.cors_origin,
-                     on_load_error=load_failed)
+    app = create_app(served, embeddings=embedders, backend=backend, config=model_config, api_key=api_key,
+                     cors_origins=args.cors_origin, on_load_error=load_failed)
     config = uvicorn.Config(app, host=args.host, port=args.port, access_log=False, log_level="warning",
                             timeout_graceful_shutdown=args.grace + 30, lifespan="on")
     server = _Uvicorn(config, args.grace, app.state.server.close)
@@ -117,6 +123,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", action="append", default=[],
                    help="model id to serve (repeatable): a .gguf path, provider:user/repo:file under $MODELS_PATH, "
                         f"or a known name ({', '.join(models.KNOWN)}); default {models.DEFAULT}")
+    p.add_argument("--embedding-model", action="append", default=[], metavar="MODEL",
+                   help="model id to serve on /v1/embeddings (repeatable); its pooling is the model's own, else mean")
+    p.add_argument("--embedding-alias", action="append", default=[], metavar="NAME",
+                   help="name to serve the corresponding --embedding-model under (repeatable, in order)")
     p.add_argument("--alias", action="append", default=[],
                    help="name to serve the corresponding -m under (repeatable, in the order of -m)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")

@@ -2,16 +2,19 @@
 
 Fields OpenAI defines and that change nothing here (``user``, ``metadata``, ``store``, ...) are accepted and ignored;
 fields that would change the output and are not implemented, and names OpenAI does not define, are refused with 400.
+``response_format`` and ``tools`` become grammars through :mod:`.structured`.
 Unset sampling fields take the service's defaults (those of llama.cpp's server), not OpenAI's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any
 
 from ..service import GenerationOptions
+from . import structured
 from .errors import APIError, invalid
 
 IGNORED = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
@@ -22,7 +25,7 @@ SAMPLING = frozenset({"model", "max_tokens", "temperature", "top_p", "stop", "se
 CHAT_FIELDS = SAMPLING | {"messages", "max_completion_tokens", "logprobs", "top_logprobs", "response_format",
                           "tools", "tool_choice", "functions", "function_call"}
 COMPLETION_FIELDS = SAMPLING | {"prompt", "echo", "logprobs", "suffix", "best_of"}
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "user"}
 MAX_N = 16
 MAX_STOPS = 16
 
@@ -41,6 +44,8 @@ class Parsed:
     messages: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     prompts: list[str | list[int]] = dataclasses.field(default_factory=list)
     echo: bool = False
+    grammar: str | None = None  # GBNF the output must follow
+    tools: structured.Tools | None = None
 
 
 def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> float | None:
@@ -174,19 +179,15 @@ def parse_chat(body: dict[str, Any]) -> Parsed:
         raise invalid("give max_tokens or max_completion_tokens, not both", "max_tokens")
     name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     parsed = _common(body, raw=False, max_tokens_name=name)
-    for field in ("tools", "functions"):
-        if body.get(field):
-            raise invalid(f"{field} is not supported by this server", field, "unsupported_parameter")
-    for field in ("tool_choice", "function_call"):
-        if body.get(field) not in (None, "none"):
-            raise invalid(f"{field} is not supported by this server", field, "unsupported_parameter")
-    fmt = body.get("response_format")
-    if fmt is not None:
-        if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
-            raise invalid("response_format must be an object with a type", "response_format", "invalid_type")
-        if fmt["type"] != "text":
-            raise invalid(f"response_format {fmt['type']!r} is not supported by this server", "response_format",
-                          "unsupported_parameter")
+    if body.get("functions") or body.get("function_call") not in (None, "none"):
+        raise invalid("functions and function_call are superseded by tools and tool_choice, which this server "
+                      "supports", "functions", "unsupported_parameter")
+    parsed.grammar = structured.response_grammar(body.get("response_format"))
+    parsed.tools = structured.parse_tools(body.get("tools"), body.get("tool_choice"))
+    if parsed.tools is not None and parsed.grammar is not None:
+        raise invalid("tools and a JSON response_format cannot be combined", "response_format")
+    if parsed.tools is not None and parsed.tools.forced():
+        parsed.grammar = structured.call_grammar(parsed.tools)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise invalid("messages must be a non-empty list", "messages",
@@ -200,15 +201,39 @@ def parse_chat(body: dict[str, Any]) -> Parsed:
             raise invalid(f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}", "messages",
                           "invalid_value")
         content = m.get("content")
-        if content is None and role == "assistant":
+        if role == "assistant" and m.get("tool_calls"):
+            content = _calls_text(m["tool_calls"], where)
+        elif content is None and role == "assistant":
             content = ""
-        parsed.messages.append((ROLES[role], _text(content, f"{where}.content")))
+        text = _text(content, f"{where}.content")
+        if role == "tool":  # a function's result, as the user's turn: llama.cpp's templates have no tool role
+            text = f"Result of the call {m.get('tool_call_id') or ''}: {text}".replace("call :", "call:")
+        parsed.messages.append((ROLES[role], text))
     logprobs = _flag(body, "logprobs")
     top = _integer(body, "top_logprobs", 0, 20)
     if top is not None and not logprobs:
         raise invalid("top_logprobs needs logprobs: true", "top_logprobs")
     parsed.logprobs = (top or 0) if logprobs else None
     return parsed
+
+
+def _calls_text(calls: Any, where: str) -> str:
+    """An assistant's earlier tool calls, as the model was asked to write them."""
+    if not isinstance(calls, list):
+        raise invalid(f"{where}.tool_calls must be a list", "messages", "invalid_type")
+    out = []
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(fn.get("arguments"),
+                                                                                               str):
+            raise invalid(f"{where}.tool_calls: each needs a function with a name and arguments", "messages",
+                          "invalid_type")
+        try:
+            arguments = json.loads(fn["arguments"])
+        except ValueError:
+            raise invalid(f"{where}.tool_calls: arguments must be JSON text", "messages", "invalid_value") from None
+        out.append(json.dumps({"name": fn["name"], "arguments": arguments}, ensure_ascii=False))
+    return "\n".join(out)
 
 
 def _prompts(prompt: Any) -> list[str | list[int]]:

@@ -14,6 +14,7 @@ import numpy.typing as npt
 from .. import Model as LlamaModel
 from .. import embedding
 from .. import errors as binding
+from ..vocab import as_tokens
 from .config import LocalBackendConfig, ModelConfig, ModelType
 from .errors import ContextOverflowError, InvalidConfigError, ModelClosedError, ModelLoadFailedError, mapped
 from .interfaces import EmbeddingModel
@@ -26,7 +27,7 @@ PASS_TOKENS = 16  # one pass takes waiting requests up to this many batches' wor
 class _Job:
     tokens: list[npt.NDArray[np.int32]]
     normalize: bool
-    future: "concurrent.futures.Future[Vectors]" = field(default_factory=concurrent.futures.Future)
+    future: concurrent.futures.Future[Vectors] = field(default_factory=concurrent.futures.Future)
 
 
 class LlamaCppEmbeddingModel(EmbeddingModel):
@@ -37,7 +38,7 @@ class LlamaCppEmbeddingModel(EmbeddingModel):
     :func:`llamacffi.embedding.resolve_pooling`)."""
 
     def __init__(self, name: str, model: LlamaModel, config: ModelConfig, threads: int | None = None, *,
-                 pooling: "embedding.Pooling | str | None" = None) -> None:
+                 pooling: embedding.Pooling | str | None = None) -> None:
         self._name = name
         self._model = model
         self.config = config
@@ -57,7 +58,7 @@ class LlamaCppEmbeddingModel(EmbeddingModel):
 
     @classmethod
     def open(cls, name: str, path: Path, backend: LocalBackendConfig, config: ModelConfig, *,
-             pooling: "embedding.Pooling | str | None" = None) -> "LlamaCppEmbeddingModel":
+             pooling: embedding.Pooling | str | None = None) -> LlamaCppEmbeddingModel:
         """Load ``path`` with the backend's settings and serve it."""
         with mapped():
             llama_model = LlamaModel.load(path, n_gpu_layers=backend.gpu_layers if backend.use_gpu else 0,
@@ -120,16 +121,37 @@ class LlamaCppEmbeddingModel(EmbeddingModel):
         """Like :meth:`embed`, for asyncio; a cancelled task's texts are skipped if not yet started."""
         return await asyncio.wrap_future(self._submit(texts, normalize).future)
 
-    def _submit(self, texts: list[str], normalize: bool) -> _Job:
+    def embed_tokens(self, tokens: list[list[int]], *, normalize: bool = True) -> Vectors:
+        """Like :meth:`embed`, for texts given as token ids (checked against the vocabulary)."""
+        return self._submit(tokens, normalize, tokenized=True).future.result()
+
+    async def aembed_tokens(self, tokens: list[list[int]], *, normalize: bool = True) -> Vectors:
+        """Like :meth:`aembed`, for texts given as token ids."""
+        return await asyncio.wrap_future(self._submit(tokens, normalize, tokenized=True).future)
+
+    def count_tokens(self, texts: list[str]) -> int:
+        """How many tokens ``texts`` are, as :meth:`embed` tokenizes them (for usage counts)."""
+        with mapped():
+            return sum(len(t) for t in embedding.tokenize(self._model, texts))
+
+    def _submit(self, texts: list[str] | list[list[int]], normalize: bool, tokenized: bool = False) -> _Job:
         if not isinstance(normalize, bool):
             raise InvalidConfigError(f"normalize must be a bool, got {normalize!r}")
         try:
-            tokens = embedding.tokenize(self._model, texts)
+            if tokenized:
+                if not isinstance(texts, list) or not texts:
+                    raise binding.InvalidArgumentError("tokens must be a non-empty list of token id lists")
+                n_vocab = self._model.vocab.n_tokens
+                tokens = [as_tokens(t, n_vocab) for t in texts]
+                if any(len(t) == 0 for t in tokens):
+                    raise binding.InvalidArgumentError("a text given as tokens is empty")
+            else:
+                tokens = embedding.tokenize(self._model, texts)  # type: ignore[arg-type]
             tokens = embedding.fit(self._model, tokens, self._embedder.max_tokens, self.config.truncate_prompt,
                                    "shorten it, raise ModelConfig.context_size, or set truncate_prompt=True")
         except embedding.TextTooLongError as exc:
             raise ContextOverflowError(str(exc)) from exc
-        except (TypeError, binding.InvalidArgumentError, binding.TokenizeError) as exc:
+        except (TypeError, binding.InvalidArgumentError, binding.InvalidTokenError, binding.TokenizeError) as exc:
             raise InvalidConfigError(str(exc)) from exc
         except binding.ClosedError as exc:
             raise ModelClosedError(f"model {self._name!r} is closed") from exc

@@ -20,6 +20,7 @@ import numpy.typing as npt
 from .. import Batch, Context, DecodeAbortedError, LlamaError
 from .. import Model as LlamaModel
 from ..sampling import NativeSampler, Sampler, VocabLike
+from ..sampling.params import penalties_on
 from ..vocab import StreamDecoder
 from . import runner
 from .config import GenerationOptions, ModelConfig
@@ -55,8 +56,8 @@ class Request:
         self.n_generated = 0
         self.decoder = decoder
         self.stops = StopMatcher(options.stop_sequences)
-        penalties = (options.repeat_penalty != 1.0 or options.frequency_penalty != 0.0
-                     or options.presence_penalty != 0.0)
+        penalties = penalties_on(options.repeat_penalty, options.frequency_penalty, options.presence_penalty,
+                                 options.penalty_last_n)
         bias = options.logit_bias or None
         grammar = options.grammar_text()
         self.greedy = options.temperature == 0.0 and not penalties and bias is None and grammar is None

@@ -27,7 +27,7 @@ class Model(abc.ABC):
     def as_text_to_text(self) -> TextToTextModel:
         """This model as a :class:`TextToTextModel`; raises :class:`InferenceError` for other types."""
 
-    def as_embedding(self) -> "EmbeddingModel":
+    def as_embedding(self) -> EmbeddingModel:
         """This model as an :class:`EmbeddingModel`; raises :class:`InferenceError` for other types."""
         raise InferenceError(f"model {self.name!r} is a {self.model_type.value} model, not a text embedding model")
 
@@ -67,10 +67,10 @@ class EmbeddingModel(Model):
     @abc.abstractmethod
     async def aembed(self, texts: list[str], *, normalize: bool = True) -> npt.NDArray[np.float32]: ...
 
-    def as_text_to_text(self) -> "TextToTextModel":
+    def as_text_to_text(self) -> TextToTextModel:
         raise InferenceError(f"model {self.name!r} is a text embedding model, not a text-to-text model")
 
-    def as_embedding(self) -> "EmbeddingModel":
+    def as_embedding(self) -> EmbeddingModel:
         return self
 
 

@@ -24,6 +24,7 @@ from .. import errors as binding
 from ..vocab import as_tokens
 from .choices import Choices
 from .config import BackendType, GenerationOptions, LocalBackendConfig, ModelConfig, ModelType
+from .embedding import LlamaCppEmbeddingModel
 from .engine import END, Engine, Request
 from .errors import (
     ContextOverflowError,
@@ -34,7 +35,6 @@ from .errors import (
     ModelNotFoundError,
     mapped,
 )
-from .embedding import LlamaCppEmbeddingModel
 from .interfaces import InferenceService, Model, TextToTextModel
 
 DEFAULT_OPTIONS = GenerationOptions()

@@ -1,0 +1,68 @@
+"""``POST /v1/embeddings``: the body checked, the texts (or token ids) embedded by the service, OpenAI's response."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+
+from ..service import LlamaCppEmbeddingModel
+from .errors import invalid
+
+FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
+MAX_INPUTS = 2048
+
+
+def parse(body: dict[str, Any]) -> tuple[Any, bool, int | None]:
+    """``(inputs, as_base64, dimensions)``; every input is a non-empty string, or every one a list of token ids."""
+    for name in body:
+        if name not in FIELDS:
+            raise invalid(f"Unrecognized request argument supplied: {name}", name, "unknown_parameter")
+    data = body.get("input")
+    if isinstance(data, str):
+        inputs: Any = [data]
+    elif isinstance(data, list) and data and all(isinstance(t, int) and not isinstance(t, bool) for t in data):
+        inputs = [data]
+    else:
+        inputs = data
+    ok = isinstance(inputs, list) and 0 < len(inputs) <= MAX_INPUTS and (
+        all(isinstance(s, str) for s in inputs)
+        or all(isinstance(t, list) and t and all(isinstance(x, int) and not isinstance(x, bool) for x in t)
+               for t in inputs))
+    if not ok:
+        raise invalid(f"input must be a string, a list of at most {MAX_INPUTS} strings, a list of token ids or a "
+                      "list of such lists", "input", "missing_required_parameter" if data is None else "invalid_type")
+    for i, s in enumerate(inputs):
+        if isinstance(s, str) and not s:
+            raise invalid(f"input[{i}] is an empty string", "input", "invalid_value")
+    fmt = body.get("encoding_format", "float")
+    if fmt not in ("float", "base64"):
+        raise invalid("encoding_format must be float or base64", "encoding_format", "invalid_value")
+    dims = body.get("dimensions")
+    if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool) or dims < 1):
+        raise invalid("dimensions must be a positive integer", "dimensions", "invalid_type")
+    return inputs, fmt == "base64", dims
+
+
+async def respond(name: str, model: LlamaCppEmbeddingModel, body: dict[str, Any]) -> dict[str, Any]:
+    """The embeddings of a request; token ids are embedded as they are, text is tokenized by the model."""
+    inputs, as_base64, dims = parse(body)
+    dim = model.dim
+    if dims is not None and dims != dim:
+        raise invalid(f"dimensions: {name} gives vectors of {dim} dimensions and cannot shorten them", "dimensions",
+                      "unsupported_value")
+    if isinstance(inputs[0], str):
+        texts: list[str] = inputs
+        vectors = await model.aembed(texts)
+        n_tokens = model.count_tokens(texts)
+    else:
+        tokens: list[list[int]] = inputs
+        vectors = await model.aembed_tokens(tokens)
+        n_tokens = sum(len(t) for t in tokens)
+    data = []
+    for i, v in enumerate(np.asarray(vectors, dtype=np.float32)):
+        value: Any = base64.b64encode(v.astype("<f4").tobytes()).decode() if as_base64 else v.tolist()
+        data.append({"object": "embedding", "index": i, "embedding": value})
+    return {"object": "list", "data": data, "model": name,
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}

@@ -1,0 +1,151 @@
+"""Structured output over HTTP: ``response_format`` and ``tools`` / ``tool_choice`` turned into grammars, prompts and
+tool calls.
+
+The chat templates llama.cpp applies carry no tools, so the functions are described in a system message that asks
+for a call as ``{"name": ..., "arguments": {...}}``. With ``tool_choice`` ``"required"`` or a named function the
+output is constrained by a grammar to such a call, its ``arguments`` to the function's parameter schema; with
+``"auto"`` the model may answer in text, and an answer that is a well-formed call to a listed function becomes a tool
+call. Everything is checked when the request arrives: a schema the grammar compiler cannot enforce is a 400 that
+names the keyword, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from typing import Any
+
+from ..errors import SchemaError
+from ..grammar import JSON_GRAMMAR, from_json_schema
+from .errors import invalid
+
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+@dataclasses.dataclass
+class Tools:
+    """The functions a request offers and how the answer may use them."""
+
+    functions: dict[str, dict[str, Any]]  # name -> {"description", "parameters"}
+    choice: str  # "auto", "required", or a function's name
+    prompt: str  # the system text that describes them
+
+    def forced(self) -> bool:
+        return self.choice != "auto"
+
+
+def _compile(schema: Any, param: str) -> str:
+    try:
+        return from_json_schema(schema)
+    except SchemaError as exc:
+        raise invalid(f"{param}: {exc}", param, "unsupported_schema") from None
+
+
+def response_grammar(fmt: Any) -> str | None:
+    """The grammar a ``response_format`` asks for (None for text)."""
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
+        raise invalid("response_format must be an object with a type", "response_format", "invalid_type")
+    kind = fmt["type"]
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return JSON_GRAMMAR
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise invalid("response_format.json_schema must be an object with a name and a schema",
+                          "response_format", "invalid_type")
+        strict = spec.get("strict")
+        if strict is not None and not isinstance(strict, bool):
+            raise invalid("response_format.json_schema.strict must be a boolean", "response_format", "invalid_type")
+        schema = spec.get("schema", {})
+        if not isinstance(schema, (dict, bool)):
+            raise invalid("response_format.json_schema.schema must be an object", "response_format", "invalid_type")
+        return _compile(schema, "response_format")
+    raise invalid(f"response_format type {kind!r} is not one of text, json_object, json_schema", "response_format",
+                  "invalid_value")
+
+
+def parse_tools(tools: Any, choice: Any) -> Tools | None:
+    """``tools`` and ``tool_choice`` checked; None when the request uses no tools."""
+    if tools is None or tools == []:
+        if choice not in (None, "none", "auto"):
+            raise invalid("tool_choice needs tools", "tool_choice")
+        return None
+    if not isinstance(tools, list):
+        raise invalid("tools must be a list of functions", "tools", "invalid_type")
+    functions: dict[str, dict[str, Any]] = {}
+    for i, tool in enumerate(tools):
+        fn = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise invalid(f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}}", "tools",
+                          "invalid_type")
+        params = fn.get("parameters", ANY_OBJECT)
+        if not isinstance(params, dict):
+            raise invalid(f"tools[{i}].function.parameters must be a JSON schema object", "tools", "invalid_type")
+        if fn["name"] in functions:
+            raise invalid(f"tools[{i}]: two functions are named {fn['name']!r}", "tools", "invalid_value")
+        _compile(params, "tools")  # refused now if it cannot be enforced
+        functions[fn["name"]] = {"description": fn.get("description") or "", "parameters": params}
+    if choice in (None, "auto"):
+        picked = "auto"
+    elif choice == "none":
+        return None
+    elif choice == "required":
+        picked = "required"
+    elif (isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict)
+          and isinstance(choice["function"].get("name"), str)):
+        picked = choice["function"]["name"]
+        if picked not in functions:
+            raise invalid(f"tool_choice names {picked!r}, which is not among the tools", "tool_choice",
+                          "invalid_value")
+    else:
+        raise invalid("tool_choice must be none, auto, required or {'type': 'function', 'function': {'name'}}",
+                      "tool_choice", "invalid_value")
+    return Tools(functions, picked, _describe(functions, picked))
+
+
+def _describe(functions: dict[str, dict[str, Any]], choice: str) -> str:
+    lines = ["You can call the following functions. To call one, answer with only a JSON object of the form "
+             '{"name": <function name>, "arguments": <an object matching its parameters>}.']
+    if choice == "auto":
+        lines.append("If no function is needed, answer in plain text.")
+    elif choice == "required":
+        lines.append("You must call one of them.")
+    else:
+        lines.append(f"You must call {choice}.")
+    for name, fn in functions.items():
+        lines.append(json.dumps({"name": name, "description": fn["description"], "parameters": fn["parameters"]}))
+    return "\n".join(lines)
+
+
+def call_grammar(tools: Tools) -> str:
+    """The grammar of a call to the chosen function, or to any of them for ``"required"``."""
+    names = list(tools.functions) if tools.choice == "required" else [tools.choice]
+    calls = [{"type": "object", "properties": {"name": {"const": n}, "arguments": tools.functions[n]["parameters"]},
+              "required": ["name", "arguments"], "additionalProperties": False} for n in names]
+    return _compile(calls[0] if len(calls) == 1 else {"oneOf": calls}, "tools")
+
+
+def as_call(text: str, tools: Tools) -> dict[str, Any] | None:
+    """The tool call an answer makes (OpenAI's shape), or None when it is not a call to a listed function."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or set(doc) != {"name", "arguments"} or doc["name"] not in tools.functions:
+        return None
+    if not isinstance(doc["arguments"], dict):
+        return None
+    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
+            "function": {"name": doc["name"], "arguments": json.dumps(doc["arguments"], ensure_ascii=False)}}
+
+
+def with_tools(messages: list[tuple[str, str]], tools: Tools) -> list[tuple[str, str]]:
+    """The conversation with the functions described at the start of its system message."""
+    if messages and messages[0][0] == "system":
+        return [("system", tools.prompt + "\n\n" + messages[0][1]), *messages[1:]]
+    return [("system", tools.prompt), *messages]
