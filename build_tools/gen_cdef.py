@@ -130,7 +130,7 @@ def refs_of(node: c_ast.Node) -> Refs:
 
 def enum_text(kind_name: str, enum: c_ast.Enum) -> str:
     names = [e.name for e in enum.values.enumerators] if enum.values else []
-    return f"{kind_name} {{ {', '.join(names + ['...'])} }}"
+    return f"{kind_name} {{ {', '.join([*names, '...'])} }}"
 
 
 def generate(llama_dir: Path, cc: str) -> str:
@@ -234,7 +234,7 @@ def generate(llama_dir: Path, cc: str) -> str:
             out.append(text + ";")
 
     header = (llama_dir / "include" / "llama.h").read_text()
-    for name, val in re.findall(r"^#define\s+(LLAMA_[A-Z0-9_]+)\s+(-?(?:0x[0-9A-Fa-f]+|\d+)u?)\s*(?://.*)?$",
+    for name, _val in re.findall(r"^#define\s+(LLAMA_[A-Z0-9_]+)\s+(-?(?:0x[0-9A-Fa-f]+|\d+)u?)\s*(?://.*)?$",
                                 header, re.M):
         out.append(f"#define {name} ...")
     return "\n".join(out) + "\n"

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-
-import llamacffi
 from benchmarks.harness import common, report
 from benchmarks.sides import raw_cpp
+
+import llamacffi
 
 
 def test_gpu_layers_follow_the_build_and_the_choice(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,8 +13,17 @@ import numpy as np
 import pytest
 
 import llamacffi
-from llamacffi import (Batch, ClosedError, Context, DecodeAbortedError, InvalidArgumentError, InvalidTokenError,
-                       KVCacheFullError, LlamaError, StateError)
+from llamacffi import (
+    Batch,
+    ClosedError,
+    Context,
+    DecodeAbortedError,
+    InvalidArgumentError,
+    InvalidTokenError,
+    KVCacheFullError,
+    LlamaError,
+    StateError,
+)
 from llamacffi.raw import ffi
 
 THREADS = 2

@@ -10,8 +10,15 @@ import pytest
 
 import llamacffi
 from llamacffi import Batch, Context, InvalidArgumentError, ModelLoadError, hugepages
-from llamacffi.service import (GenerationOptions, InvalidConfigError, LlamaCppService, LlamaCppSpecificConfig,
-                               LlamaCppTextModel, LocalBackendConfig, ModelConfig)
+from llamacffi.service import (
+    GenerationOptions,
+    InvalidConfigError,
+    LlamaCppService,
+    LlamaCppSpecificConfig,
+    LlamaCppTextModel,
+    LocalBackendConfig,
+    ModelConfig,
+)
 
 HAS_THP = hugepages.page_size() > 0
 

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 import llamacffi
-from llamacffi import ownership
-from llamacffi import Batch, Context, GrammarError, InvalidArgumentError, LlamaError, TokenizeError
+from llamacffi import Batch, Context, GrammarError, InvalidArgumentError, LlamaError, TokenizeError, ownership
 from llamacffi.raw import lib
 from llamacffi.sampling import GRAMMAR_MAX_NESTING, GRAMMAR_MAX_RULES, NativeSampler, Sampler
 from llamacffi.service import ModelConfig
@@ -164,7 +163,7 @@ def test_a_refused_decode_token_leaves_the_running_decode_alone(smollm2: llamacf
         with ctx._busy:  # what another thread's decode holds
             with pytest.raises(LlamaError, match="in use by another thread"):
                 ctx.decode_token(7, 1)
-        for now, then in zip((one._token[:1], one._pos[:1], one._seq[:1]), before):
+        for now, then in zip((one._token[:1], one._pos[:1], one._seq[:1]), before, strict=False):
             np.testing.assert_array_equal(now, then)
 
 

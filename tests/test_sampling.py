@@ -481,6 +481,7 @@ def test_native_tiny_temperature_is_refused_not_nan() -> None:
 def test_native_sampler_is_one_thread_at_a_time() -> None:
     import threading
     import time
+
     from llamacffi.errors import LlamaError
     s = NativeSampler(top_k=3, repeat_penalty=1.2, seed=1)
     row = normal_row(100, 0)
@@ -574,7 +575,7 @@ def test_native_grammar_constrains_output(smollm2_vocab: _Vocab) -> None:
     rng = np.random.default_rng(0)
     seen = set()
     with NativeSampler(vocab=vocab, grammar=GRAMMAR, top_k=0, temperature=1.0, seed=3) as s:
-        for attempt in range(12):
+        for _attempt in range(12):
             s.reset()
             text = _grammar_answer(vocab, s, rng)
             assert text in ("yes.", "no.")

@@ -6,17 +6,17 @@ import asyncio
 import json
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 openai = pytest.importorskip("openai")
 
+from conftest import THREADS  # noqa: E402
 from llamacffi.service import GenerationOptions, LlamaCppService, LocalBackendConfig, ModelConfig  # noqa: E402
 from server_process import ServeProcess  # noqa: E402
-
-from conftest import THREADS  # noqa: E402
 
 CTX = 512
 PARALLEL = 4
@@ -145,7 +145,7 @@ def test_cached_tokens_on_a_repeated_prefix(client: Any) -> None:
     long = [{"role": "system", "content": "You are a helpful assistant who answers in one short sentence. " * 4},
             {"role": "user", "content": "Name a colour."}]
     client.chat.completions.create(model=SMOL, messages=long, temperature=0, max_tokens=4)
-    r = client.chat.completions.create(model=SMOL, messages=long[:1] + [{"role": "user", "content": "Name a fruit."}],
+    r = client.chat.completions.create(model=SMOL, messages=[*long[:1], {"role": "user", "content": "Name a fruit."}],
                                        temperature=0, max_tokens=4)
     assert r.usage.prompt_tokens_details.cached_tokens > 40
 
@@ -187,7 +187,7 @@ def test_concurrent_async_requests_equal_sequential(client: Any, server: ServePr
             await aclient.close()
 
     results = asyncio.run(everyone())
-    for p, r in zip(prompts, results):
+    for p, r in zip(prompts, results, strict=False):
         assert r.message.content
         if p in sequential:
             assert r.message.content == sequential[p].message.content

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 pytest.importorskip("starlette")
 
-from starlette.applications import Starlette  # noqa: E402
-from starlette.routing import Mount  # noqa: E402
-from starlette.testclient import TestClient  # noqa: E402
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from starlette.testclient import TestClient
 
-from llamacffi.server import create_app  # noqa: E402
-from llamacffi.server.main import _loopback  # noqa: E402
-from llamacffi.service import GenerationOptions, LlamaCppService, LocalBackendConfig, ModelConfig  # noqa: E402
-
-from conftest import THREADS  # noqa: E402
+from conftest import THREADS
+from llamacffi.server import create_app
+from llamacffi.server.main import _loopback
+from llamacffi.service import GenerationOptions, LlamaCppService, LocalBackendConfig, ModelConfig
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -9,16 +9,28 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 import llamacffi
-from llamacffi.service import (ContextOverflowError, GenerationOptions, InferenceError, InvalidConfigError,
-                               LlamaCppService, LlamaCppSpecificConfig, LlamaCppTextModel, LocalBackendConfig,
-                               ModelClosedError, ModelConfig, ModelLoadFailedError, ModelNotFoundError, ModelType,
-                               QueueFullError)
+from llamacffi.service import (
+    ContextOverflowError,
+    GenerationOptions,
+    InferenceError,
+    InvalidConfigError,
+    LlamaCppService,
+    LlamaCppSpecificConfig,
+    LlamaCppTextModel,
+    LocalBackendConfig,
+    ModelClosedError,
+    ModelConfig,
+    ModelLoadFailedError,
+    ModelNotFoundError,
+    ModelType,
+    QueueFullError,
+)
 from llamacffi.service.stops import StopMatcher
 
 GREEDY = GenerationOptions(temperature=0, max_tokens=24)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import llamacffi
 from llamacffi import InvalidTokenError, TokenizeError, raw_tools
@@ -158,7 +159,7 @@ def test_is_eog_agrees_with_llama_cpp_and_refuses_a_closed_model(smollm2_path: P
     m = llamacffi.Model.load(smollm2_path, vocab_only=True)
     v = m.vocab
     ptr = v._ptr
-    for t in list(range(64)) + [v.eos, v.eot, v.n_tokens - 1]:
+    for t in [*list(range(64)), v.eos, v.eot, v.n_tokens - 1]:
         assert v.is_eog(t) == bool(lib.llama_vocab_is_eog(ptr, t))
         assert v.is_eog(np.int32(t)) == v.is_eog(t)  # a second answer, from the cache, and numpy ids
     m.close()

@@ -10,9 +10,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: workers run from there
 
@@ -117,7 +118,7 @@ def paired_ratio(num: Series | None, den: Series | None) -> dict[str, float] | N
     """Ratios ``num[i] / den[i]`` of repetitions run side by side: their median and min-max."""
     if num is None or den is None or not num.values or not den.values:
         return None
-    pairs = [a / b for a, b in zip(num.values, den.values) if b]
+    pairs = [a / b for a, b in zip(num.values, den.values, strict=False) if b]
     if not pairs:
         return None
     return {"median": statistics.median(pairs), "min": min(pairs), "max": max(pairs), "n": len(pairs)}

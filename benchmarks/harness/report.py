@@ -10,7 +10,6 @@ from . import targets as T
 from .ops import OPS
 from .targets import PEER
 
-
 # ---- reading the results ------------------------------------------------------------------------------------------
 
 
@@ -28,7 +27,7 @@ def _values(side: dict[str, Any] | None) -> list[float]:
 
 def _paired(num: dict[str, Any] | None, den: dict[str, Any] | None) -> dict[str, float] | None:
     a, b = _values(num), _values(den)
-    pairs = [x / y for x, y in zip(a, b) if y]
+    pairs = [x / y for x, y in zip(a, b, strict=False) if y]
     if not pairs:
         return None
     return {"median": statistics.median(pairs), "min": min(pairs), "max": max(pairs), "n": len(pairs)}
@@ -164,7 +163,7 @@ def rows(out: dict[str, Any]) -> list[dict[str, Any]]:
                  _side(tg, "peer sampled")))
         add(_row(name, f"time to first token, cold {sz['prefix']}-token prompt", "ms", None, _side(ttft, "cold"),
                  _side(ttft, "peer cold"), scale=1e3))
-        add(_row(name, f"time to first token, 90% of the prompt shared with the previous request vs cold",
+        add(_row(name, "time to first token, 90% of the prompt shared with the previous request vs cold",
                  "ms", _side(ttft, "cold"), _side(ttft, "warm"), _side(ttft, "peer warm"), scale=1e3,
                  target=f"≤ {T.TTFT_WARM_MAX}×", judge=_at_most(T.TTFT_WARM_MAX),
                  short=f"time to first token, 90% shared ≤ {T.TTFT_WARM_MAX:.0%} of cold"))
@@ -213,8 +212,8 @@ def rows(out: dict[str, Any]) -> list[dict[str, Any]]:
                            f"aggregate tokens/s ÷ one process alone: Pythonic loop vs llama-bench", "×",
                      _ratio_side(shared.get("llama-bench x2"), shared.get("llama-bench alone")),
                      _ratio_side(shared.get("Pythonic x2"), shared.get("Pythonic alone")), None))
-            add(_row(name, f"the same with GOMP_SPINCOUNT=1000 in both processes: aggregate tokens/s ÷ one process "
-                           f"alone (default spin); Pythonic loop, default spin vs short", "×",
+            add(_row(name, "the same with GOMP_SPINCOUNT=1000 in both processes: aggregate tokens/s ÷ one process "
+                           "alone (default spin); Pythonic loop, default spin vs short", "×",
                      _ratio_side(shared.get("Pythonic x2"), shared.get("Pythonic alone")),
                      _ratio_side(shared.get("Pythonic x2, short spin"), shared.get("Pythonic alone")), None))
             add(_row(name, f"one process alone, tg{sz['shared_tokens']}: Pythonic loop with GOMP_SPINCOUNT=1000 vs "
@@ -239,7 +238,7 @@ def rows(out: dict[str, Any]) -> list[dict[str, Any]]:
 def _ratio_side(num: dict[str, Any] | None, den: dict[str, Any] | None) -> dict[str, Any] | None:
     """A side made of the paired ratios num[i] / den[i]."""
     a, b = _values(num), _values(den)
-    vals = [x / y for x, y in zip(a, b) if y]
+    vals = [x / y for x, y in zip(a, b, strict=False) if y]
     if not vals:
         return {"summary": None, "error": (num or {}).get("error") or (den or {}).get("error") or "not measured"}
     return {"summary": {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals),

@@ -8,16 +8,17 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import llamacffi
 from llamacffi import models
 
 from ..sides import micro, peer, raw_cpp, rss
 from . import report, worker
-from .ops import OPS
 from .common import GEN_PROMPT, GPU_LAYERS_ENV, Series, Unavailable, gpu_layers, interleaved, machine
+from .ops import OPS
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 CONCURRENCY_MODEL = "smollm2-135m"
@@ -183,7 +184,7 @@ def shared_cores_sides(path: Path, threads: int, n: int, pair_default: tuple[wor
     def loop_pair(pair: tuple[worker.Remote, worker.Remote]) -> Callable[[], tuple[float, dict[str, Any]]]:
         def run() -> tuple[float, dict[str, Any]]:
             sent = [w.send("pythonic", n=n) for w in pair]
-            runs = [float(w.receive("pythonic", ok)[0]) for w, ok in zip(pair, sent)]
+            runs = [float(w.receive("pythonic", ok)[0]) for w, ok in zip(pair, sent, strict=False)]
             return sum(runs), {"each": runs}
         return run
 

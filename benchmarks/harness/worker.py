@@ -16,8 +16,8 @@ import os
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .common import ROOT, Unavailable
 

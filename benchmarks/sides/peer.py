@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..harness.common import gpu_layers
 
@@ -25,8 +26,8 @@ class PeerHost:
     OPERATIONS = frozenset({"info", "generate", "stream", "ttft", "pp", "micro"})
 
     def __init__(self, path: str, threads: int, n_ctx: int) -> None:
-        import numpy as np
         import llama_cpp
+        import numpy as np
 
         self.np = np
         self.llama_cpp = llama_cpp

@@ -48,7 +48,7 @@ def measure(side: str, path: Path, threads: int, n: int) -> tuple[float, dict[st
 def _child(side: str, path: Path, threads: int, n: int) -> dict[str, Any]:
     import numpy  # noqa: F401  (the floor counts it)
 
-    import llamacffi  # noqa: F401
+    import llamacffi
 
     if side == "floor":
         return {}

@@ -9,8 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from llamacffi.service import (GenerationOptions, LlamaCppService, LlamaCppSpecificConfig, LlamaCppTextModel,
-                               LocalBackendConfig, ModelConfig)
+from llamacffi.service import (
+    GenerationOptions,
+    LlamaCppService,
+    LlamaCppSpecificConfig,
+    LlamaCppTextModel,
+    LocalBackendConfig,
+    ModelConfig,
+)
 
 from ..harness.common import FILLER, gpu_layers
 
@@ -73,7 +79,7 @@ class PrefixPrompts:
     def __init__(self, model: LlamaCppTextModel, n: int, share: float = 0.9) -> None:
         self.vocab = model.llama_model.vocab
         self.n = n
-        self.shared = int(round(n * share))
+        self.shared = round(n * share)
         body = self.vocab.tokenize(FILLER * (1 + 2 * n // 100), add_special=False)
         self.body = body
         self.i = 0

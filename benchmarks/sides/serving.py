@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import socket
@@ -22,8 +23,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
@@ -138,7 +140,7 @@ async def _one(client: httpx.AsyncClient, side: Side, prompt: str, tokens: int) 
                     times.append(time.perf_counter())
     n = usage["completion_tokens"] if usage else len(times)
     return {"start": t0, "end": time.perf_counter(), "ttft": (times[0] - t0) if times else None,
-            "gaps": [b - a for a, b in zip(times, times[1:])], "tokens": n}
+            "gaps": [b - a for a, b in itertools.pairwise(times)], "tokens": n}
 
 
 async def _round(side: Side, clients: int, tokens: int) -> dict[str, Any]:
@@ -156,7 +158,7 @@ def _pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 def measure(sides: list[Side], levels: list[int], tokens: int, reps: int, log: Callable[[str], None]
@@ -203,7 +205,7 @@ def ratios(raw: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[str, flo
                 continue
             t = theirs[clients]
             r = out.setdefault(str(clients), {})
-            r[f"tps_vs_{key}"] = statistics.median(a / b for a, b in zip(cell["tps"], t["tps"]))
+            r[f"tps_vs_{key}"] = statistics.median(a / b for a, b in zip(cell["tps"], t["tps"], strict=False))
             for name, values, q in (("ttft_p50", "ttft", 0.5), ("itl_p99", "gaps", 0.99)):
                 a, b = _pct(cell[values], q), _pct(t[values], q)
                 r[f"{name}_vs_{key}"] = a / b if a and b else None
