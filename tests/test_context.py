@@ -68,7 +68,7 @@ def test_logits_follow_every_decode_and_row(smollm2: llamacffi.Model) -> None:
         np.testing.assert_array_equal(view, ref.logits())
         batch = llamacffi.Batch.from_tokens(a[:3], logits="all")
         ctx.memory.clear()
-        with pytest.raises(LlamaError, match="3 output rows.*1 logits view"):
+        with pytest.raises(LlamaError, match=r"3 output rows.*1 logits view"):
             ctx.decode(batch)  # three outputs: llama.cpp would free the buffer that `view` shows
         assert ctx.memory.seq_pos_max(0) == -1  # nothing decoded
         sliced = view[:5]

@@ -160,9 +160,8 @@ def test_a_refused_decode_token_leaves_the_running_decode_alone(smollm2: llamacf
         ctx.decode_token(5, 0)
         one = ctx._one
         before = (one._token[:1].copy(), one._pos[:1].copy(), one._seq[:1].copy())
-        with ctx._busy:  # what another thread's decode holds
-            with pytest.raises(LlamaError, match="in use by another thread"):
-                ctx.decode_token(7, 1)
+        with ctx._busy, pytest.raises(LlamaError, match="in use by another thread"):  # another thread's decode
+            ctx.decode_token(7, 1)
         for now, then in zip((one._token[:1], one._pos[:1], one._seq[:1]), before, strict=False):
             np.testing.assert_array_equal(now, then)
 

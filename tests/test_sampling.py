@@ -458,9 +458,9 @@ def test_native_bans_and_errors() -> None:
             s.accept(1000)
         with pytest.raises(InvalidTokenError):
             s.accept(-1)
-    with NativeSampler(top_k=5, logit_bias={i: -math.inf for i in range(10)}) as s:
-        with pytest.raises(InvalidArgumentError, match="banned"):
-            s.sample(np.zeros(10, dtype=np.float32))
+    with NativeSampler(top_k=5, logit_bias={i: -math.inf for i in range(10)}) as s, \
+            pytest.raises(InvalidArgumentError, match="banned"):
+        s.sample(np.zeros(10, dtype=np.float32))
     with pytest.raises(InvalidTokenError):
         NativeSampler(logit_bias={2000: 1.0}).sample(row)
     nan_row = row.copy()

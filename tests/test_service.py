@@ -631,7 +631,7 @@ def test_a_context_that_cannot_be_allocated_is_a_load_error(service: LlamaCppSer
         raise llamacffi.ContextError("llama.cpp could not create a context with n_ctx=...")
 
     monkeypatch.setattr(engine, "Context", no_memory)
-    with pytest.raises(ModelLoadFailedError, match="ModelConfig.context_size"):
+    with pytest.raises(ModelLoadFailedError, match=r"ModelConfig\.context_size"):
         service.load_model("smollm2-135m", config=ModelConfig(context_size=256, parallel=1))
 
 

@@ -246,7 +246,8 @@ def python_child(module_args: Sequence[str], *, env: Mapping[str, str] | None = 
 
 def machine(threads: int) -> dict[str, Any]:
     """CPU model, cores, memory, OS, Python and load, as this process sees them."""
-    info: dict[str, Any] = {"threads": threads, "gpu_layers": gpu_layers(), "platform": platform.platform(), "python": platform.python_version(),
+    info: dict[str, Any] = {"threads": threads, "gpu_layers": gpu_layers(), "platform": platform.platform(),
+                            "python": platform.python_version(),
                             "machine": platform.machine(), "logical_cpus": os.cpu_count()}
     try:
         info["usable_cpus"] = len(os.sched_getaffinity(0))

@@ -145,17 +145,18 @@ def rows(out: dict[str, Any]) -> list[dict[str, Any]]:
         add(_row(name, f"greedy {gen_n} tokens, llama-simple's loop and timing: raw layer vs llama-simple (C)",
                  "tokens/s", _side(tg, "llama-simple"), _side(tg, "raw loop"), None))
         add(_row(name, f"service generate, greedy {gen_n} tokens vs llama-bench tg{tg_n}", "tokens/s", bench_tg,
-                 _side(tg, "generate"), _side(tg, "peer generate"), target=f"≥ {T.SERVICE_GENERATE}×; ≥ {T.SERVICE_VS_PEER}× {PEER}",
-                 judge=_service_judge,
+                 _side(tg, "generate"), _side(tg, "peer generate"),
+                 target=f"≥ {T.SERVICE_GENERATE}×; ≥ {T.SERVICE_VS_PEER}× {PEER}", judge=_service_judge,
                  short=f"service generate, greedy {gen_n}: ≥ {T.SERVICE_GENERATE}× llama-bench tg{tg_n}, "
                        f"≥ {T.SERVICE_VS_PEER}× {PEER}"))
         huge = res.get("huge_page_mib")
         add(_row(name, f"service generate, greedy {gen_n} tokens, weights in huge pages (huge_pages=True, "
                        f"{_num(huge) if huge is not None else '?'} MiB of them) vs llama-bench tg{tg_n} (its default, "
                        f"a mapped file)", "tokens/s", bench_tg, _side(tg, "generate, huge pages"),
-                 _side(tg, "peer generate"), target=f"≥ {T.SERVICE_GENERATE}×; ≥ {T.SERVICE_VS_PEER}× {PEER}", judge=_service_judge,
-                 short=f"service generate with huge pages, greedy {gen_n}: ≥ {T.SERVICE_GENERATE}× llama-bench tg{tg_n}, "
-                       f"≥ {T.SERVICE_VS_PEER}× {PEER}"))
+                 _side(tg, "peer generate"), target=f"≥ {T.SERVICE_GENERATE}×; ≥ {T.SERVICE_VS_PEER}× {PEER}",
+                 judge=_service_judge,
+                 short=f"service generate with huge pages, greedy {gen_n}: ≥ {T.SERVICE_GENERATE}× llama-bench "
+                       f"tg{tg_n}, ≥ {T.SERVICE_VS_PEER}× {PEER}"))
         add(_row(name, f"service generate_stream, greedy {gen_n} tokens, first chunk to end, vs llama-bench "
                        f"tg{tg_n}", "tokens/s", bench_tg, _side(tg, "generate_stream"), _side(tg, "peer stream")))
         add(_row(name, f"service generate, sampled {gen_n} tokens (temp 0.8, top-k 40, top-p 0.95, min-p 0.05, "
@@ -310,7 +311,8 @@ def machine_line(out: dict[str, Any]) -> str:
     return (f"{m.get('cpu_model', '?')} ({', '.join(m.get('cpu_flags', []))}), "
             f"{m.get('usable_cpus')} CPUs{f' ({cores} cores)' if cores else ''}, {m.get('memory_gib', '?')} GiB; "
             f"{m['platform']}; Python {m['python']}, numpy {m.get('numpy', '?')}; {m['threads']} threads on every "
-            f"side, {offload_words(out)}; llama.cpp {b['llama_cpp'][:10]} ({b.get('llama_cpp_version', '')}), {b['build_flags']}; "
+            f"side, {offload_words(out)}; llama.cpp {b['llama_cpp'][:10]} ({b.get('llama_cpp_version', '')}), "
+            f"{b['build_flags']}; "
             f"load average {load[0]} at the start, {load[1]} at the end")
 
 
@@ -330,9 +332,9 @@ def markdown(out: dict[str, Any], rows: list[dict[str, Any]], chart: str | None 
     if chart:
         lines += [f"![benchmarks]({chart})", ""]
     lines += ["| target | model | measured | status |", "| --- | --- | --- | --- |", *_targets(rows), ""]
-    lines += ["Ratios are llamacffi ÷ the other side, the median of the ratios of repetitions run side by side (A B A B): "
-              "above 1 means more tokens/s, or more µs / ms / MiB. The reference is raw llama.cpp unless the "
-              "measurement names another.", "",
+    lines += ["Ratios are llamacffi ÷ the other side, the median of the ratios of repetitions run side by side "
+              "(A B A B): above 1 means more tokens/s, or more µs / ms / MiB. The reference is raw llama.cpp unless "
+              "the measurement names another.", "",
               "| model | measurement | unit | reference | llamacffi | llama-cpp-python | llamacffi ÷ reference "
               "| llamacffi ÷ llama-cpp-python | target | status |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -359,8 +361,9 @@ def _measured(r: dict[str, Any]) -> str:
         return "—"
     parts = []
     if r["unit"] == "×":
-        parts.append(f"{c['median']:.2f}× (llama_decode alone: "
-                     f"{_num(r['reference']['median']) + '×' if r['reference'] and 'median' in r['reference'] else '—'})")
+        ref = r["reference"]
+        alone = _num(ref["median"]) + "×" if ref and "median" in ref else "—"
+        parts.append(f"{c['median']:.2f}× (llama_decode alone: {alone})")
     elif r["unit"] == "µs/call":
         parts.append(f"{_num(c['median'])} µs")
         if r["ratio_reference"]:

@@ -27,7 +27,7 @@ class Remote:
 
     def __init__(self, kind: str, env: dict[str, str] | None = None, **init: Any) -> None:
         self.kind = kind
-        self.log = tempfile.TemporaryFile(mode="w+")
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115  (closed in close(), with the worker)
         self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.harness.worker", kind, json.dumps(init)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      cwd=ROOT, env={**os.environ, **env} if env else None)

@@ -31,8 +31,8 @@ class PeerHost:
 
         self.np = np
         self.llama_cpp = llama_cpp
-        # Same configuration as llamacffi's side: the same offloaded layers, 2 threads for both phases, flash attention as llama.cpp's
-        # "auto" resolves it on CPU (on), batch 512.
+        # Same configuration as llamacffi's side: the same offloaded layers, 2 threads for both phases, flash
+        # attention as llama.cpp's "auto" resolves it on CPU (on), batch 512.
         self.llm: Any = llama_cpp.Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx,
                                    n_batch=512, n_ubatch=512, n_gpu_layers=gpu_layers(), flash_attn=True, seed=1234,
                                    verbose=False)

@@ -34,8 +34,8 @@ def simple_env(threads: int) -> dict[str, str]:
 
 def bench_argv(path: Path, threads: int, test: str, n: int) -> list[str]:
     args = ["-p", str(n), "-n", "0"] if test == "pp" else ["-p", "0", "-n", str(n)]
-    return [str(tool("llama-bench")), "-m", str(path), "-t", str(threads), "-r", "1", "-ngl", ngl_arg(gpu_layers()), "-o", "json",
-            *args]
+    return [str(tool("llama-bench")), "-m", str(path), "-t", str(threads), "-r", "1", "-ngl", ngl_arg(gpu_layers()),
+            "-o", "json", *args]
 
 
 def llama_bench(path: Path, threads: int, test: str, n: int) -> tuple[float, dict[str, Any]]:

@@ -231,7 +231,8 @@ def markdown(result: dict[str, Any]) -> str:
     levels = sorted({int(c) for s in summ.values() for c in s})
     lines = [f"# Serving: {result['model']}, {result['parallel']} slots, {result['threads']} threads, "
              f"{result['tokens']} greedy tokens per request, {result['reps']} repetitions", "",
-             "| side | clients | tokens/s | TTFT p50 (ms) | TTFT p99 (ms) | inter-token p50 (ms) | inter-token p99 (ms) |",
+             "| side | clients | tokens/s | TTFT p50 (ms) | TTFT p99 (ms) | inter-token p50 (ms) "
+             "| inter-token p99 (ms) |",
              "|---|---|---|---|---|---|---|"]
 
     def ms(v: float | None) -> str:
