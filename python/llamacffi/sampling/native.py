@@ -16,7 +16,7 @@ from ..ownership import Owner
 from ..raw import CData, ffi, lib
 from ..validate import as_int
 from .grammar import check_grammar_shape
-from .params import FloatArray, HistoryLike, Params, as_logits, bad_token, nan_error
+from .params import Configured, FloatArray, HistoryLike, Params, as_logits, bad_token, nan_error
 
 
 def _free_sampler(ptr: CData, _lib: CData = lib) -> None:
@@ -40,7 +40,7 @@ class VocabLike(Protocol):
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 
 
-class NativeSampler:
+class NativeSampler(Configured):
     """The same sampling done by llama.cpp's own sampler chain, plus optional GBNF grammar constraints.
 
     Takes :class:`Sampler`'s parameters, and:
@@ -100,16 +100,6 @@ class NativeSampler:
             self._one_arr = ffi.new("llama_token_data_array *")
         if vocab is not None:
             self._build(int(vocab.n_tokens))
-
-    @property
-    def penalties_on(self) -> bool:
-        """True when the penalties change logits, so the history of emitted tokens matters."""
-        return self._p.penalties_on
-
-    @property
-    def greedy(self) -> bool:
-        """True when ``temperature <= 0``: the chain ends in argmax instead of a random draw."""
-        return self._p.temperature <= 0
 
     @property
     def n_vocab(self) -> int | None:

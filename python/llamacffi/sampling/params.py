@@ -96,3 +96,19 @@ class Params:
     @property
     def penalties_on(self) -> bool:
         return penalties_on(self.repeat_penalty, self.frequency_penalty, self.presence_penalty, self.penalty_last_n)
+
+
+class Configured:
+    """What both samplers tell of their checked parameters (``self._p``)."""
+
+    _p: Params
+
+    @property
+    def penalties_on(self) -> bool:
+        """True when the penalties change logits, so the history of emitted tokens matters."""
+        return self._p.penalties_on
+
+    @property
+    def greedy(self) -> bool:
+        """True when ``temperature <= 0``: sampling takes the argmax and draws nothing."""
+        return self._p.temperature <= 0

@@ -20,7 +20,18 @@ from .kernels import (
     top_p_count,
     unique_counts,
 )
-from .params import FloatArray, HistoryLike, IdArray, Params, as_logits, bad_token, banned_error, check_seed, nan_error
+from .params import (
+    Configured,
+    FloatArray,
+    HistoryLike,
+    IdArray,
+    Params,
+    as_logits,
+    bad_token,
+    banned_error,
+    check_seed,
+    nan_error,
+)
 
 # With more override tokens (bias + penalised) than this, copying the row once is cheaper than merging.
 _MERGE_MAX = 4096
@@ -28,7 +39,7 @@ _MERGE_MAX = 4096
 _TOP_P_PROBE = 256
 
 
-class Sampler:
+class Sampler(Configured):
     """Pure-numpy sampler; its only state is its random generator (``numpy.random.default_rng(seed)``).
 
     Parameters (keyword-only), each disabled by its default:
@@ -52,16 +63,6 @@ class Sampler:
         self._penalties = self._p.penalties_on
         self._seed = self._p.seed
         self._rng = np.random.default_rng(self._seed)
-
-    @property
-    def penalties_on(self) -> bool:
-        """True when the penalties change logits, so the history of emitted tokens matters."""
-        return self._p.penalties_on
-
-    @property
-    def greedy(self) -> bool:
-        """True when ``temperature <= 0``: :meth:`sample` returns the argmax and draws nothing."""
-        return self._p.temperature <= 0
 
     @property
     def seed(self) -> int | None:
