@@ -525,3 +525,43 @@ def test_any_schema_compiles_to_a_grammar_llama_cpp_parses_or_raises_schema_erro
     except SchemaError:
         return
     NativeSampler(vocab=smollm2.vocab, grammar=gbnf).close()
+
+
+# ------------------------------------------------------------------- soundness: what the grammar emits validates
+
+
+@pytest.fixture(scope="module")
+def closing_tokens(smollm2: llamacffi.Model) -> Any:
+    """Tokens that close strings, objects or arrays, and short ones: favoured so random walks end soon."""
+    v = smollm2.vocab
+    pieces = [v.token_to_piece(i) for i in range(v.n_tokens)]
+    return (np.array([any(c in p for c in b'"}]') for p in pieces], dtype=np.float32) * 6
+            + np.array([len(p) <= 2 for p in pieces], dtype=np.float32) * 3)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+@given(schema=st.one_of(CASES.map(lambda case: hoist(case[0])), ANY_SCHEMA), seed=st.integers(0, 2**32 - 1))
+def test_random_walks_through_the_grammar_validate(smollm2: llamacffi.Model, closing_tokens: Any, schema: Any,
+                                                   seed: int) -> None:
+    """Sampling random logits under the grammar (no model): every document it completes is valid."""
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        cls.check_schema(schema)
+        gbnf = from_json_schema(schema)
+    except (jsonschema.SchemaError, SchemaError):
+        return
+    v = smollm2.vocab
+    rng = np.random.default_rng(seed)
+    out: list[int] = []
+    with NativeSampler(temperature=1.0, seed=seed, vocab=v, grammar=gbnf) as sampler:
+        for _ in range(48):
+            row = rng.normal(0, 2, v.n_tokens).astype(np.float32) + closing_tokens
+            row[v.eos] = 30.0  # end as soon as the grammar allows
+            try:
+                token = sampler.sample(row)
+            except InvalidArgumentError:  # a literal with a character this vocabulary cannot spell
+                return
+            if v.is_eog(token):
+                validate(json.loads(v.detokenize(out)), schema)
+                return
+            out.append(token)
