@@ -480,3 +480,88 @@ def test_ambiguous_unions_keep_llama_cpp_fast(smollm2: llamacffi.Model) -> None:
     t = time.perf_counter()
     assert accepts(smollm2.vocab, gbnf, doc)
     assert time.perf_counter() - t < 5.0
+
+
+# ------------------------------------------------------------------------------------- arbitrary schemas
+
+_TYPES = st.sampled_from(["string", "integer", "object", "array", "number", "null", "boolean"])
+_JUNK = st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | st.floats(-3, 3) | st.text(max_size=3),
+                     lambda c: st.lists(c, max_size=2) | st.dictionaries(st.text(max_size=3), c, max_size=2),
+                     max_leaves=4)
+
+
+def _schema_dict(c: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    keys = ["a", "b", "c"]
+    return st.fixed_dictionaries({}, optional={
+        "type": _TYPES | st.lists(_TYPES, min_size=1, max_size=3) | _JUNK,
+        "properties": st.dictionaries(st.sampled_from(keys), c, max_size=3) | _JUNK,
+        "required": st.lists(st.sampled_from(keys), max_size=2) | _JUNK,
+        "additionalProperties": c | _JUNK, "items": c | _JUNK, "prefixItems": st.lists(c, max_size=2) | _JUNK,
+        "minItems": st.integers(0, 3) | _JUNK, "maxItems": st.integers(0, 4),
+        "minLength": st.integers(0, 3), "maxLength": st.integers(0, 5) | _JUNK,
+        "pattern": st.sampled_from(["^a+$", "b", "^(x|y){1,3}", "[0-9]{2}$", "(", "\\p{L}"]) | _JUNK,
+        "format": st.sampled_from(["date", "uuid", "time", "email"]) | _JUNK,
+        "minimum": st.integers(-20, 20) | st.floats(-5, 5).map(lambda f: round(f, 2)) | _JUNK,
+        "maximum": st.integers(-20, 20), "exclusiveMinimum": st.integers(-20, 20) | st.booleans(),
+        "enum": st.lists(st.none() | st.integers(-3, 3) | st.text(max_size=2), min_size=1, max_size=3) | _JUNK,
+        "const": _JUNK,
+        "anyOf": st.lists(c, min_size=1, max_size=3) | _JUNK, "oneOf": st.lists(c, min_size=1, max_size=2),
+        "allOf": st.lists(c, min_size=1, max_size=2) | _JUNK,
+        "$ref": st.sampled_from(["#", "#/$defs/a", "#/properties/a", "#/nope", "x.json"]) | _JUNK,
+        "$defs": st.fixed_dictionaries({"a": c}) | _JUNK,
+    })
+
+
+ANY_SCHEMA = st.recursive(st.booleans() | st.just({}) | st.fixed_dictionaries({"type": _TYPES}), _schema_dict,
+                          max_leaves=10)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(schema=ANY_SCHEMA)
+def test_any_schema_compiles_to_a_grammar_llama_cpp_parses_or_raises_schema_error(smollm2: llamacffi.Model,
+                                                                                 schema: Any) -> None:
+    try:
+        gbnf = from_json_schema(schema)
+    except SchemaError:
+        return
+    NativeSampler(vocab=smollm2.vocab, grammar=gbnf).close()
+
+
+# ------------------------------------------------------------------- soundness: what the grammar emits validates
+
+
+@pytest.fixture(scope="module")
+def closing_tokens(smollm2: llamacffi.Model) -> Any:
+    """Tokens that close strings, objects or arrays, and short ones: favoured so random walks end soon."""
+    v = smollm2.vocab
+    pieces = [v.token_to_piece(i) for i in range(v.n_tokens)]
+    return (np.array([any(c in p for c in b'"}]') for p in pieces], dtype=np.float32) * 6
+            + np.array([len(p) <= 2 for p in pieces], dtype=np.float32) * 3)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+@given(schema=st.one_of(CASES.map(lambda case: hoist(case[0])), ANY_SCHEMA), seed=st.integers(0, 2**32 - 1))
+def test_random_walks_through_the_grammar_validate(smollm2: llamacffi.Model, closing_tokens: Any, schema: Any,
+                                                   seed: int) -> None:
+    """Sampling random logits under the grammar (no model): every document it completes is valid."""
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        cls.check_schema(schema)
+        gbnf = from_json_schema(schema)
+    except (jsonschema.SchemaError, SchemaError):
+        return
+    v = smollm2.vocab
+    rng = np.random.default_rng(seed)
+    out: list[int] = []
+    with NativeSampler(temperature=1.0, seed=seed, vocab=v, grammar=gbnf) as sampler:
+        for _ in range(48):
+            row = rng.normal(0, 2, v.n_tokens).astype(np.float32) + closing_tokens
+            row[v.eos] = 30.0  # end as soon as the grammar allows
+            try:
+                token = sampler.sample(row)
+            except InvalidArgumentError:  # a literal with a character this vocabulary cannot spell
+                return
+            if v.is_eog(token):
+                validate(json.loads(v.detokenize(out)), schema)
+                return
+            out.append(token)

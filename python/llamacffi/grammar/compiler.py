@@ -69,6 +69,12 @@ class Compiler:
         self._open.add(key)
         try:
             body = build()
+        except SchemaError:
+            # Rules built meanwhile may refer to the name: it matches nothing (what an unsatisfiable schema
+            # means; any other error ends the compilation), and the next use builds it again.
+            del self._named[key]
+            self.b.define(name, _NOTHING)
+            raise
         finally:
             self._open.discard(key)
         self.b.define(name, body)
@@ -210,7 +216,7 @@ class Compiler:
         if pattern is not None and not isinstance(pattern, str):
             raise fail("pattern must be a string", pointer(ptr, "pattern"), "pattern")
         fmt = s.get("format")
-        if fmt is not None and fmt not in FORMATS:
+        if fmt is not None and (not isinstance(fmt, str) or fmt not in FORMATS):
             raise fail(f"format {fmt!r} is not enforced (enforced formats: {', '.join(FORMATS)})",
                        pointer(ptr, "format"), "format")
         try:
@@ -247,6 +253,9 @@ def _decimal(v: float | None, key: str, ptr: str) -> Decimal | None:
         raise fail(f"{key}: a bound on a non-integer number may have at most {MAX_SIGNIFICANT} significant digits "
                    f"(beyond that, float rounding decides)", pointer(ptr, key), key)
     return out
+
+
+_NOTHING = "[^\\x00-\\U0010FFFF]"  # a class no character is in
 
 
 class _Unsatisfiable(SchemaError):

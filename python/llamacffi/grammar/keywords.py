@@ -52,6 +52,11 @@ _WHY = {
 }
 
 
+def json_type(v: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__)
+
+
 def pointer(base: str, *parts: object) -> str:
     """``base`` extended by JSON pointer tokens (``~`` and ``/`` escaped)."""
     out = base
@@ -64,9 +69,54 @@ def fail(message: str, ptr: str, keyword: str = "") -> SchemaError:
     return SchemaError(message, ptr, keyword)
 
 
+def _is_schema(v: Any) -> bool:
+    return isinstance(v, (dict, bool))
+
+
+def _is_count(v: Any) -> bool:
+    return (isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and v.is_integer()) and v >= 0
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_SHAPES: dict[str, tuple[Any, str]] = {
+    "type": (lambda v: isinstance(v, str) or isinstance(v, list) and all(isinstance(t, str) for t in v),
+             "a type name or a list of them"),
+    "enum": (lambda v: isinstance(v, list), "an array"),
+    "anyOf": (lambda v: isinstance(v, list) and v and all(map(_is_schema, v)), "a non-empty array of schemas"),
+    "oneOf": (lambda v: isinstance(v, list) and v and all(map(_is_schema, v)), "a non-empty array of schemas"),
+    "allOf": (lambda v: isinstance(v, list) and v and all(map(_is_schema, v)), "a non-empty array of schemas"),
+    "prefixItems": (lambda v: isinstance(v, list) and all(map(_is_schema, v)), "an array of schemas"),
+    "items": (lambda v: _is_schema(v) or isinstance(v, list) and all(map(_is_schema, v)), "a schema"),
+    "additionalItems": (_is_schema, "a schema"),
+    "additionalProperties": (_is_schema, "a schema"),
+    "properties": (lambda v: isinstance(v, dict) and all(map(_is_schema, v.values())), "an object of schemas"),
+    "$defs": (lambda v: isinstance(v, dict), "an object of schemas"),
+    "definitions": (lambda v: isinstance(v, dict), "an object of schemas"),
+    "required": (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v), "an array of strings"),
+    "minItems": (_is_count, "a non-negative integer"),
+    "maxItems": (_is_count, "a non-negative integer"),
+    "minLength": (_is_count, "a non-negative integer"),
+    "maxLength": (_is_count, "a non-negative integer"),
+    "pattern": (lambda v: isinstance(v, str), "a string"),
+    "format": (lambda v: isinstance(v, str), "a string"),
+    "$ref": (lambda v: isinstance(v, str), "a string"),
+    "minimum": (_is_number, "a number"),
+    "maximum": (_is_number, "a number"),
+    "exclusiveMinimum": (lambda v: _is_number(v) or isinstance(v, bool), "a number"),
+    "exclusiveMaximum": (lambda v: _is_number(v) or isinstance(v, bool), "a number"),
+    "uniqueItems": (lambda v: isinstance(v, bool), "a boolean"),
+}
+
+
 def check_keywords(schema: dict[str, Any], ptr: str) -> None:
-    """Raise SchemaError for the first keyword that changes validity and is not enforced."""
-    for key in schema:
+    """Raise SchemaError for the first keyword that changes validity and is not enforced, or is malformed."""
+    for key, value in schema.items():
+        shape = _SHAPES.get(key)
+        if shape is not None and not shape[0](value):
+            raise fail(f"{key} must be {shape[1]}, got {json_type(value)}", pointer(ptr, key), key)
         if key in ENFORCED or key in ANNOTATIONS or key.startswith("x-"):
             continue
         where = pointer(ptr, key)

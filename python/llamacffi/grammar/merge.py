@@ -133,7 +133,10 @@ def merge_all(schema: dict[str, Any], ptr: str, resolve: Resolve) -> Schema:
     for part, part_ptr in parts:
         part = dict(part)
         if "const" in part:
-            part["enum"] = [part.pop("const")]
+            const = part.pop("const")
+            part["enum"] = [v for v in part.get("enum", [const]) if canonical(v) == canonical(const)]
+            if not part["enum"]:
+                raise fail("const and enum exclude each other, no value can match", part_ptr, "const")
         if "properties" in part or "properties" in out:
             _meet_properties(out, part)
         for key, value in part.items():
