@@ -761,3 +761,32 @@ def test_penalties_off_means_the_history_is_ignored() -> None:
     row[3] = 1.0
     assert Sampler(temperature=0, presence_penalty=2.0).sample(row, [3]) != 3
     assert Sampler(temperature=0, presence_penalty=2.0, penalty_last_n=0).sample(row, [3]) == 3
+
+
+def test_native_grammar_shortlist_picks_as_a_whole_row_check(smollm2_vocab: _Vocab,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rows where the free pick is forbidden: the shortlist of the most likely tokens gives the whole-row check's
+    # greedy pick, and a sampled pick the grammar allows; with no allowed token in the shortlist, the whole row.
+    from llamacffi.sampling import native
+
+    rng = np.random.default_rng(5)
+    digits = 'root ::= [0-9] [0-9]'
+    n = smollm2_vocab.n_tokens
+    rows = [rng.normal(size=n).astype(np.float32) for _ in range(6)]
+    rows.append(np.where(np.arange(n) < 100, np.float32(50.0), rows[0]))  # the top 100: no digit among them
+    picks = []
+    for shortlist in (native.SHORTLIST, 10 ** 9):
+        monkeypatch.setattr(native, "SHORTLIST", shortlist)
+        with NativeSampler(vocab=smollm2_vocab, grammar=digits, temperature=0.0) as s:
+            picks.append([(s.reset(), s.sample(row))[1] for row in rows])
+    def text(t: int) -> str:
+        buf = ffi.new("char[]", 32)
+        return ffi.string(buf, lib.llama_token_to_piece(smollm2_vocab._ptr, t, buf, 32, 0, False)).decode()
+
+    assert picks[0] == picks[1]
+    assert all(text(t).isdigit() for t in picks[0])
+    monkeypatch.setattr(native, "SHORTLIST", 1024)
+    with NativeSampler(vocab=smollm2_vocab, grammar=digits, temperature=1.0, top_k=40, seed=1) as s:
+        for row in rows:
+            s.reset()
+            assert text(s.sample(row)).isdigit()

@@ -23,6 +23,10 @@ def _free_sampler(ptr: CData, _lib: CData = lib) -> None:
     _lib.llama_sampler_free(ptr)
 
 
+# How many of the most likely tokens a grammar checks before it checks the whole vocabulary (see _shortlisted).
+SHORTLIST = 1024
+
+
 class VocabLike(Protocol):
     """What NativeSampler needs from a vocabulary: its ``const struct llama_vocab *``, its size, and the owner of
     the model it belongs to (see :mod:`llamacffi.ownership`)."""
@@ -76,6 +80,10 @@ class NativeSampler(Configured):
         self._closed = False
         self._chain: CData = None
         self._grammar: CData = None
+        self._short: CData = None  # the shortlist a grammar checks first, made on first use
+        self._short_arr: CData = None
+        self._short_ids: np.ndarray = np.empty(0, np.int32)
+        self._short_logits: np.ndarray = np.empty(0, np.float32)
         self._vocab = vocab
         self._pending: list[int] = []  # tokens accepted before the chain exists
         self._n_vocab: int | None = None
@@ -230,16 +238,56 @@ class NativeSampler(Configured):
         self._ids_dirty = self._reorders
         token, logit = self._selected()
         if self._grammar is not None and (logit == -math.inf or not self._allowed(token)):
-            # as llama.cpp's common sampler: the unconstrained pick was rejected, so constrain the whole row first
-            self._apply(self._grammar, row, True)
-            self._apply(self._chain, row, False)
-            self._ids_dirty = self._reorders
-            token, logit = self._selected()
+            # The unconstrained pick was rejected: pick among the most likely tokens the grammar allows, or, when it
+            # allows none of them, constrain the whole row first (as llama.cpp's common sampler does).
+            picked = self._shortlisted(row)
+            if picked is None:
+                self._apply(self._grammar, row, True)
+                self._apply(self._chain, row, False)
+                self._ids_dirty = self._reorders
+                picked = self._selected()
+            token, logit = picked
         if logit == -math.inf:
             raise InvalidArgumentError("no token can be sampled: every candidate is banned"
                                        + (" or forbidden by the grammar" if self._grammar is not None else ""))
         self._accept(token)
         return token
+
+    def _shortlisted(self, row: FloatArray) -> tuple[int, float] | None:
+        """The chain's pick among the :data:`SHORTLIST` highest-scoring tokens (logit biases included) that the
+        grammar allows; None when it allows none of them. Checking a shortlist instead of every token of a large
+        vocabulary is what keeps constrained sampling about as fast as free sampling; the tokens left out carry a
+        negligible share of the probability (greedy sampling picks exactly what a whole-row check picks)."""
+        n = row.size
+        if n <= 2 * SHORTLIST:
+            return None
+        if self._short is None:
+            self._short = ffi.new("llama_token_data[]", SHORTLIST)
+            self._short_arr = ffi.new("llama_token_data_array *")
+            view = np.frombuffer(ffi.buffer(self._short), dtype=_TOKEN_DATA)
+            self._short_ids, self._short_logits = view["id"], view["logit"]
+        p = self._p
+        scores = row
+        if p.bias_ids is not None and p.bias_vals is not None:
+            scores = row.copy()
+            scores[p.bias_ids] += p.bias_vals
+        ids = np.argpartition(scores, n - SHORTLIST)[n - SHORTLIST:]
+        self._short_ids[:] = ids
+        self._short_logits[:] = row[ids]
+        arr = self._short_arr
+        arr.data = self._short
+        arr.size = SHORTLIST
+        arr.selected = -1
+        arr.sorted = False
+        lib.llama_sampler_apply(self._grammar, arr)
+        if not (self._short_logits != -math.inf).any():
+            return None
+        lib.llama_sampler_apply(self._chain, arr)
+        sel = arr.selected
+        if not 0 <= sel < arr.size:
+            return None
+        entry = arr.data[sel]
+        return int(entry.id), float(entry.logit)
 
     def _selected(self) -> tuple[int, float]:
         arr = self._arr
