@@ -216,8 +216,8 @@ def service_model(smollm2_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_service_types(smollm2_path: Path, service_model) -> None:  # type: ignore[no-untyped-def]
-    from llamacffi.service import (EmbeddingModel, InferenceError, LlamaCppService, LocalBackendConfig,
-                                   ModelConfig, ModelType)
+    from llamacffi.service import (EmbeddingModel, GenerationOptions, InferenceError, LlamaCppService,
+                                   LocalBackendConfig, ModelConfig, ModelType)
 
     assert isinstance(service_model, EmbeddingModel)
     assert service_model.model_type == ModelType.TEXT_EMBEDDING
@@ -229,6 +229,16 @@ def test_service_types(smollm2_path: Path, service_model) -> None:  # type: igno
         text = svc.load_model(str(smollm2_path), config=ModelConfig(context_size=64, parallel=1))
         with pytest.raises(InferenceError, match="not a text embedding model"):
             text.as_embedding()
+        # generation and embedding at once, on the one engine thread of the process (one OpenMP team)
+        generated: list[str] = []
+        worker = threading.Thread(target=lambda: generated.append(
+            text.generate("Count: one, two,", GenerationOptions(max_tokens=6, temperature=0, raw=True))))
+        worker.start()
+        vectors = service_model.embed(TEXTS[:2])
+        worker.join(timeout=120)
+        assert generated and generated[0] and vectors.shape == (2, service_model.dim)
+        names = [t.name for t in threading.enumerate()]
+        assert names.count("llamacffi-engine") == 1 and not any("embed" in n for n in names)
 
 
 def test_service_batches_concurrent_callers(smollm2: llamacffi.Model, service_model) -> None:  # type: ignore

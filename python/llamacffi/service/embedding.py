@@ -1,4 +1,5 @@
-"""The llama.cpp backend's text embedding model: callers' texts gathered by one worker thread and embedded together."""
+"""The llama.cpp backend's text embedding model: the texts of concurrent callers embedded together, in passes run by
+the process's engine thread (:mod:`llamacffi.service.runner`), which the text models' engines share."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .. import Model as LlamaModel
 from .. import embedding
 from .. import errors as binding
 from ..vocab import as_tokens
+from . import runner
 from .config import LocalBackendConfig, ModelConfig, ModelType
 from .errors import ContextOverflowError, InvalidConfigError, ModelClosedError, ModelLoadFailedError, mapped
 from .interfaces import EmbeddingModel
@@ -31,11 +33,10 @@ class _Job:
 
 
 class LlamaCppEmbeddingModel(EmbeddingModel):
-    """A GGUF model serving text embeddings. Thread-safe: concurrent callers' texts are embedded in one pass of a
-    worker thread, each caller getting its own rows. Texts may have up to ``ModelConfig.context_size`` tokens (at
-    most the model's training context); ``truncate_prompt`` cuts longer ones, otherwise they raise
-    :class:`ContextOverflowError`. Pooling: the model's own, else mean (see
-    :func:`llamacffi.embedding.resolve_pooling`)."""
+    """A GGUF model serving text embeddings. Thread-safe: the texts of concurrent callers are embedded in one pass,
+    each caller getting its own rows. Texts may have up to ``ModelConfig.context_size`` tokens (at most the model's
+    training context); ``truncate_prompt`` cuts longer ones, otherwise they raise :class:`ContextOverflowError`.
+    Pooling: the model's own, else mean (see :func:`llamacffi.embedding.resolve_pooling`)."""
 
     def __init__(self, name: str, model: LlamaModel, config: ModelConfig, threads: int | None = None, *,
                  pooling: embedding.Pooling | str | None = None) -> None:
@@ -49,12 +50,9 @@ class LlamaCppEmbeddingModel(EmbeddingModel):
             self._embedder.close()
             raise InvalidConfigError("pooling 'none' gives one vector per token; the service serves one per text: "
                                      "choose mean, cls or last")
-        self._pending: list[_Job] = []
-        self._cond = threading.Condition()
+        self._engine = _EmbeddingEngine(self._embedder, name)
         self._closed = False
-        self.stats = {"requests": 0, "texts": 0, "passes": 0}
-        self._worker = threading.Thread(target=self._serve, name=f"llamacffi-embed {name}", daemon=True)
-        self._worker.start()
+        self._lock = threading.Lock()
 
     @classmethod
     def open(cls, name: str, path: Path, backend: LocalBackendConfig, config: ModelConfig, *,
@@ -96,45 +94,46 @@ class LlamaCppEmbeddingModel(EmbeddingModel):
     def pooling(self) -> embedding.Pooling:
         return self._embedder.pooling
 
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: requests, texts, passes (a pass embeds the requests waiting together)."""
+        return dict(self._engine.stats)
+
     def close(self) -> None:
-        """Stop the worker (requests still waiting raise :class:`ModelClosedError`) and free the model."""
-        with self._cond:
+        """Free the model; requests still waiting raise :class:`ModelClosedError`."""
+        with self._lock:
             if self._closed:
                 return
             self._closed = True
-            waiting, self._pending = self._pending, []
-            self._cond.notify_all()
-        for job in waiting:
-            job.future.set_exception(ModelClosedError(f"model {self._name!r} was closed"))
-        if threading.current_thread() is not self._worker:
-            self._worker.join()
-        self._embedder.close()
+        if self._engine.close():  # False when no thread steps it any more (a forked child): its context stays
+            self._embedder.close()
         self._model.close()
 
     # ---- requests ---------------------------------------------------------------------------------------------
 
     def embed(self, texts: list[str], *, normalize: bool = True) -> Vectors:
         """Vectors of ``texts`` in order, float32 ``(len(texts), dim)``; ``normalize``: unit length."""
-        return self._submit(texts, normalize).future.result()
+        return self._submit(texts, normalize).result()
 
     async def aembed(self, texts: list[str], *, normalize: bool = True) -> Vectors:
-        """Like :meth:`embed`, for asyncio; a cancelled task's texts are skipped if not yet started."""
-        return await asyncio.wrap_future(self._submit(texts, normalize).future)
+        """Like :meth:`embed`, for asyncio; a cancelled task's texts are skipped if their pass has not begun."""
+        return await asyncio.wrap_future(self._submit(texts, normalize))
 
     def embed_tokens(self, tokens: list[list[int]], *, normalize: bool = True) -> Vectors:
         """Like :meth:`embed`, for texts given as token ids (checked against the vocabulary)."""
-        return self._submit(tokens, normalize, tokenized=True).future.result()
+        return self._submit(tokens, normalize, tokenized=True).result()
 
     async def aembed_tokens(self, tokens: list[list[int]], *, normalize: bool = True) -> Vectors:
         """Like :meth:`aembed`, for texts given as token ids."""
-        return await asyncio.wrap_future(self._submit(tokens, normalize, tokenized=True).future)
+        return await asyncio.wrap_future(self._submit(tokens, normalize, tokenized=True))
 
     def count_tokens(self, texts: list[str]) -> int:
         """How many tokens ``texts`` are, as :meth:`embed` tokenizes them (for usage counts)."""
         with mapped():
             return sum(len(t) for t in embedding.tokenize(self._model, texts))
 
-    def _submit(self, texts: list[str] | list[list[int]], normalize: bool, tokenized: bool = False) -> _Job:
+    def _submit(self, texts: list[str] | list[list[int]], normalize: bool,
+                tokenized: bool = False) -> concurrent.futures.Future[Vectors]:
         if not isinstance(normalize, bool):
             raise InvalidConfigError(f"normalize must be a bool, got {normalize!r}")
         try:
@@ -156,45 +155,92 @@ class LlamaCppEmbeddingModel(EmbeddingModel):
         except binding.ClosedError as exc:
             raise ModelClosedError(f"model {self._name!r} is closed") from exc
         job = _Job(tokens, normalize)
+        self._engine.submit(job)
+        return job.future
+
+
+class _EmbeddingEngine:
+    """The requests of one embedding model, stepped by the process's engine thread like a text model's
+    :class:`~llamacffi.service.engine.Engine` (one thread decodes for every model: see :mod:`.runner`)."""
+
+    def __init__(self, embedder: embedding.Embedder, name: str) -> None:
+        self.ctx = embedder._ctx  # the runner halts it at interpreter exit
+        self._embedder = embedder
+        self._name = name
+        self._pending: list[_Job] = []
+        self._runner = runner.shared()
+        self._cond = self._runner.lock  # the runner's: one lock for the engines of the process and their thread
+        self.closed = False
+        self._closed_why = f"model {name!r} is closed"
+        self.stats = {"requests": 0, "texts": 0, "passes": 0}
+        self._runner.attach(self)  # a runner.Stepped
+
+    def submit(self, job: _Job) -> None:
         with self._cond:
-            if self._closed:
-                raise ModelClosedError(f"model {self._name!r} is closed")
+            if self.closed:
+                raise ModelClosedError(self._closed_why)
             self._pending.append(job)
             self.stats["requests"] += 1
-            self.stats["texts"] += len(tokens)
-            self._cond.notify()
-        return job
+            self.stats["texts"] += len(job.tokens)
+            self._runner.wake()
 
-    # ---- the worker -------------------------------------------------------------------------------------------
+    def close(self) -> bool:
+        """Stop taking requests and wait until the engine thread lets go; False when it was already shut."""
+        with self._cond:
+            if self.closed:
+                return False
+            self.closed = True
+            self._runner.wake()
+        self._runner.detach(self)
+        self.fail_waiting()
+        return True
 
-    def _take(self) -> list[_Job] | None:
-        """The next requests to embed together, waiting for one; None once closed."""
+    def halt(self) -> None:
+        """Abort the pass under way and every later one (the process is exiting)."""
+        self.ctx._halt()
+
+    def shut(self, why: str) -> None:
+        """No thread steps this engine any more (called with the lock held): requests are refused, saying why."""
+        self.closed = True
+        self._closed_why = why
+
+    def orphan(self, new: runner.Runner) -> None:
+        """In a forked child: no thread steps this engine any more; requests are refused."""
+        self._runner, self._cond = new, new.lock
+        self.shut("the model was loaded before this process forked; load it again in this process")
+        self._pending.clear()
+
+    def fail_waiting(self) -> None:
+        with self._cond:
+            waiting, self._pending = self._pending, []
+        for job in waiting:
+            if not job.future.done():
+                job.future.set_exception(ModelClosedError(self._closed_why))
+
+    # ---- on the engine thread -----------------------------------------------------------------------------------
+
+    def has_work(self) -> bool:
+        return bool(self._pending)
+
+    def step(self, alone: bool) -> None:
+        """One pass: the waiting requests, up to :data:`PASS_TOKENS` batches' worth of tokens (at least one)."""
         budget = PASS_TOKENS * self._embedder.batch_tokens
         with self._cond:
-            while not self._pending and not self._closed:
-                self._cond.wait()
-            if self._closed:
-                return None
-            taken: list[_Job] = []
+            jobs: list[_Job] = []
             used = 0
-            while self._pending and (not taken or used + _size(self._pending[0]) <= budget):
-                job = self._pending.pop(0)
-                taken.append(job)
-                used += _size(job)
-            return taken
-
-    def _serve(self) -> None:
-        while (jobs := self._take()) is not None:
-            live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
-            if live:
-                self._run(live)
+            while self._pending and (not jobs or used + _size(self._pending[0]) <= budget):
+                jobs.append(self._pending.pop(0))
+                used += _size(jobs[-1])
+        live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+        if live:
+            self._run(live)
 
     def _run(self, jobs: list[_Job]) -> None:
         try:
             with mapped():
                 vectors = self._embedder.embed_tokens([t for j in jobs for t in j.tokens], normalize=False)
             assert isinstance(vectors, np.ndarray)  # pooled: one row per text
-        except Exception as exc:  # every caller of the pass learns of it; the worker goes on
+        except Exception as exc:  # every caller of the pass learns of it; the thread goes on
             for j in jobs:
                 j.future.set_exception(exc)
             return
@@ -203,7 +249,7 @@ class LlamaCppEmbeddingModel(EmbeddingModel):
         for j in jobs:
             rows = vectors[start:start + len(j.tokens)].copy()
             start += len(j.tokens)
-            scale = j.normalize and self.pooling != embedding.Pooling.RANK  # scores stay as they are
+            scale = j.normalize and self._embedder.pooling != embedding.Pooling.RANK  # scores stay as they are
             j.future.set_result(embedding.normalized(rows) if scale else rows)
 
 
