@@ -24,7 +24,7 @@ from .model import Model, _read_string
 from .raw import ffi, lib
 from .vocab import TokenArray, as_tokens
 
-DEFAULT_BATCH_TOKENS = 1024
+DEFAULT_BATCH_TOKENS = 512
 Vectors = npt.NDArray[np.float32]
 Embeddings = Union[Vectors, "list[Vectors]"]  # (n, dim), or one (tokens, dim) array per text with Pooling.NONE
 
