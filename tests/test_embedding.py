@@ -87,33 +87,35 @@ def test_batched_equals_one_by_one(name: str, bound: float, request: pytest.Fixt
     # Without flash attention the kernels hardly depend on what else is in the batch; gemma's quantized matrix
     # kernels still differ slightly between one row and many (its vectors have a few very large components).
     model: llamacffi.Model = request.getfixturevalue(name)
+    texts = SENTENCES[:8]
     with Embedder(model, flash_attn=False, n_threads=THREADS) as e:
-        together = e.embed(SENTENCES)
-        apart = np.vstack([e.embed([t]) for t in SENTENCES])
-    assert isinstance(together, np.ndarray) and together.shape == (len(SENTENCES), model.n_embd)
+        together = e.embed(texts)
+        apart = np.vstack([e.embed([t]) for t in texts])
+    assert isinstance(together, np.ndarray) and together.shape == (len(texts), model.n_embd)
     assert cosines(together, apart).min() >= bound
 
 
 def test_order_is_kept_across_batch_splits(smollm2: llamacffi.Model) -> None:
     long_text = "a much longer text, " * 12
-    texts = SENTENCES[:8] + [long_text] + SENTENCES[8:]
-    with Embedder(smollm2, flash_attn=False, n_threads=THREADS) as big:
+    texts = SENTENCES[:5] + [long_text] + SENTENCES[5:10]
+    with Embedder(smollm2, n_threads=THREADS) as big:
         reference = big.embed(texts)
     # 24 tokens a decode: most decodes hold one or two texts, the long one (more than 24 tokens) is decoded alone
-    with Embedder(smollm2, batch_tokens=24, max_tokens=128, flash_attn=False, n_threads=THREADS) as small:
+    with Embedder(smollm2, batch_tokens=24, max_tokens=128, n_threads=THREADS) as small:
         assert len(smollm2.vocab.tokenize(long_text)) > small.batch_tokens
         split = small.embed(texts)
     assert isinstance(reference, np.ndarray) and isinstance(split, np.ndarray)
-    assert cosines(split, reference).min() >= 0.99999
+    assert cosines(split, reference).min() >= 0.999  # flash attention's kernels vary a little with the batch
     similarity = split @ reference.T
     assert list(similarity.argmax(axis=1)) == list(range(len(texts)))  # each text lands on its own row
 
 
 def test_model_embed_splits_by_batch_tokens(smollm2: llamacffi.Model) -> None:
-    small = smollm2.embed(SENTENCES, batch_tokens=16)
-    whole = smollm2.embed(SENTENCES)
-    assert isinstance(small, np.ndarray) and small.shape == (len(SENTENCES), smollm2.n_embd)
-    assert list((small @ whole.T).argmax(axis=1)) == list(range(len(SENTENCES)))
+    texts = SENTENCES[:8]
+    small = smollm2.embed(texts, batch_tokens=16)
+    whole = smollm2.embed(texts)
+    assert isinstance(small, np.ndarray) and small.shape == (len(texts), smollm2.n_embd)
+    assert list((small @ whole.T).argmax(axis=1)) == list(range(len(texts)))
     assert cosines(small, whole).min() >= 0.999
 
 

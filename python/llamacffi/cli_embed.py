@@ -29,7 +29,7 @@ def add_parser(sub: Any) -> None:
                         "every token's vector (json only)")
     e.add_argument("--no-normalize", action="store_true", help="keep the vectors' lengths (default: unit length)")
     e.add_argument("--truncate", action="store_true", help="cut texts longer than the model's context")
-    e.add_argument("--batch-tokens", type=int, default=None, help="tokens per decode (default 1024)")
+    e.add_argument("--batch-tokens", type=int, default=None, help="tokens per decode (default 512)")
     e.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all available)")
     e.add_argument("-ngl", "--gpu-layers", type=int, default=-1,
                    help="layers to offload to a GPU (default -1: all, when the build has a GPU backend; 0: none)")

@@ -26,7 +26,7 @@ from .raw import ffi, lib
 from .validate import as_int
 from .vocab import TokenArray, as_tokens
 
-DEFAULT_BATCH_TOKENS = 1024
+DEFAULT_BATCH_TOKENS = 512
 Vectors = npt.NDArray[np.float32]
 Embeddings = Union[Vectors, "list[Vectors]"]  # (n, dim), or one (tokens, dim) array per text with Pooling.NONE
 
