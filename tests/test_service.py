@@ -99,7 +99,7 @@ def test_config_dict_and_json_round_trip() -> None:
 
 def test_interfaces(service: LlamaCppService, smol: LlamaCppTextModel) -> None:
     assert service.backend_type.value == "llama_cpp"
-    assert service.supported_model_types == [ModelType.TEXT_TO_TEXT]
+    assert service.supported_model_types == [ModelType.TEXT_TO_TEXT, ModelType.TEXT_EMBEDDING]
     assert smol.model_type is ModelType.TEXT_TO_TEXT and smol.name == "smollm2-135m"
     assert smol.as_text_to_text() is smol
 
