@@ -218,8 +218,15 @@ def service_model(smollm2_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_service_types(smollm2_path: Path, service_model) -> None:  # type: ignore[no-untyped-def]
-    from llamacffi.service import (EmbeddingModel, GenerationOptions, InferenceError, LlamaCppService,
-                                   LocalBackendConfig, ModelConfig, ModelType)
+    from llamacffi.service import (
+        EmbeddingModel,
+        GenerationOptions,
+        InferenceError,
+        LlamaCppService,
+        LocalBackendConfig,
+        ModelConfig,
+        ModelType,
+    )
 
     assert isinstance(service_model, EmbeddingModel)
     assert service_model.model_type == ModelType.TEXT_EMBEDDING

@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import llamacffi
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+
+import llamacffi
 from llamacffi.errors import GrammarError, InvalidArgumentError
 from llamacffi.grammar import JSON_GRAMMAR, SchemaError, any_json, from_json_schema
 from llamacffi.sampling import NativeSampler

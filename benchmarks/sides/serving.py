@@ -66,7 +66,9 @@ class Side:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {self.proc.returncode} before it was ready")
             try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                health = httpx.get(self.url + "/health", timeout=2).status_code
+                if health == 200 or (health == 404  # llama-cpp-python's server has no /health
+                                     and httpx.get(self.url + "/v1/models", timeout=2).status_code == 200):
                     return
             except httpx.HTTPError:
                 pass
@@ -113,7 +115,9 @@ def start_sides(path: Path, threads: int, parallel: int, ctx: int, peer: bool,
                 sides.append(Side("llama-cpp-python server", [
                     sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", MODEL,
                     "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(ctx), "--n_threads", str(threads),
-                    "--n_threads_batch", str(threads), "--n_gpu_layers", ngl, "--flash_attn", "true"], port, MODEL))
+                    "--n_threads_batch", str(threads), "--n_gpu_layers", ngl, "--flash_attn", "true",
+                    # its default aborts the stream under way when a request arrives: it queues them instead
+                    "--interrupt_requests", "false"], port, MODEL))
             except RuntimeError as exc:
                 absent["llama-cpp-python server"] = str(exc)
     for name, why in absent.items():
@@ -144,14 +148,19 @@ async def _one(client: httpx.AsyncClient, side: Side, prompt: str, tokens: int) 
 
 
 async def _round(side: Side, clients: int, tokens: int) -> dict[str, Any]:
+    """One round; a request that fails or takes longer than ROUND_TIMEOUT fails the round (nothing waits forever)."""
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        runs = await asyncio.gather(*(_one(client, side, f"Write a long story about {TOPICS[i % len(TOPICS)]}.",
-                                           tokens) for i in range(clients)))
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        runs = await asyncio.wait_for(asyncio.gather(*(
+            _one(client, side, f"Write a long story about {TOPICS[i % len(TOPICS)]}.", tokens)
+            for i in range(clients))), ROUND_TIMEOUT)
     wall = max(r["end"] for r in runs) - min(r["start"] for r in runs)
     total = sum(r["tokens"] for r in runs)
     return {"tps": total / wall, "tokens": total, "seconds": wall, "ttft": [r["ttft"] for r in runs if r["ttft"]],
             "gaps": [g for r in runs for g in r["gaps"]]}
+
+
+ROUND_TIMEOUT = 600.0
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -166,13 +175,21 @@ def measure(sides: list[Side], levels: list[int], tokens: int, reps: int, log: C
     """Interleaved rounds after one warm-up round per side; per side and client count: every repetition's
     tokens/s, and the latencies of all of them."""
     for side in sides:
-        asyncio.run(_round(side, 2, min(tokens, 16)))
+        try:
+            asyncio.run(_round(side, 2, min(tokens, 16)))
+        except Exception as exc:
+            log(f"  warm-up of {side.name} failed: {exc!r}")
     out: dict[str, dict[int, dict[str, Any]]] = {s.name: {} for s in sides}
     for rep in range(reps):
         for clients in levels:
             for side in sides:
-                r = asyncio.run(_round(side, clients, tokens))
-                cell = out[side.name].setdefault(clients, {"tps": [], "ttft": [], "gaps": []})
+                cell = out[side.name].setdefault(clients, {"tps": [], "ttft": [], "gaps": [], "errors": []})
+                try:
+                    r = asyncio.run(_round(side, clients, tokens))
+                except Exception as exc:  # reported in the results, never fatal to the other sides
+                    cell["errors"].append(repr(exc)[:200])
+                    log(f"  rep {rep + 1}/{reps}, {clients:2d} clients, {side.name}: failed: {exc!r}")
+                    continue
                 cell["tps"].append(r["tps"])
                 cell["ttft"] += r["ttft"]
                 cell["gaps"] += r["gaps"]
@@ -184,10 +201,12 @@ def summarize(raw: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[str, 
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for side, levels in raw.items():
         for clients, cell in levels.items():
+            if not cell["tps"]:
+                continue
             out.setdefault(side, {})[str(clients)] = {
                 "tps": statistics.median(cell["tps"]), "tps_all": cell["tps"],
                 "ttft_p50": _pct(cell["ttft"], 0.5), "ttft_p99": _pct(cell["ttft"], 0.99),
-                "itl_p50": _pct(cell["gaps"], 0.5), "itl_p99": _pct(cell["gaps"], 0.99)}
+                "itl_p50": _pct(cell["gaps"], 0.5), "itl_p99": _pct(cell["gaps"], 0.99), "errors": cell["errors"]}
     return out
 
 
@@ -205,7 +224,8 @@ def ratios(raw: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[str, flo
                 continue
             t = theirs[clients]
             r = out.setdefault(str(clients), {})
-            r[f"tps_vs_{key}"] = statistics.median(a / b for a, b in zip(cell["tps"], t["tps"], strict=False))
+            pairs = [a / b for a, b in zip(cell["tps"], t["tps"], strict=False)]
+            r[f"tps_vs_{key}"] = statistics.median(pairs) if pairs else None
             for name, values, q in (("ttft_p50", "ttft", 0.5), ("itl_p99", "gaps", 0.99)):
                 a, b = _pct(cell[values], q), _pct(t[values], q)
                 r[f"{name}_vs_{key}"] = a / b if a and b else None

@@ -74,7 +74,7 @@ def _is_schema(v: Any) -> bool:
 
 
 def _is_count(v: Any) -> bool:
-    return (isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and v.is_integer()) and v >= 0
+    return ((isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())) and v >= 0
 
 
 def _is_number(v: Any) -> bool:
@@ -82,14 +82,14 @@ def _is_number(v: Any) -> bool:
 
 
 _SHAPES: dict[str, tuple[Any, str]] = {
-    "type": (lambda v: isinstance(v, str) or isinstance(v, list) and all(isinstance(t, str) for t in v),
+    "type": (lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(t, str) for t in v)),
              "a type name or a list of them"),
     "enum": (lambda v: isinstance(v, list), "an array"),
     "anyOf": (lambda v: isinstance(v, list) and v and all(map(_is_schema, v)), "a non-empty array of schemas"),
     "oneOf": (lambda v: isinstance(v, list) and v and all(map(_is_schema, v)), "a non-empty array of schemas"),
     "allOf": (lambda v: isinstance(v, list) and v and all(map(_is_schema, v)), "a non-empty array of schemas"),
     "prefixItems": (lambda v: isinstance(v, list) and all(map(_is_schema, v)), "an array of schemas"),
-    "items": (lambda v: _is_schema(v) or isinstance(v, list) and all(map(_is_schema, v)), "a schema"),
+    "items": (lambda v: _is_schema(v) or (isinstance(v, list) and all(map(_is_schema, v))), "a schema"),
     "additionalItems": (_is_schema, "a schema"),
     "additionalProperties": (_is_schema, "a schema"),
     "properties": (lambda v: isinstance(v, dict) and all(map(_is_schema, v.values())), "an object of schemas"),
