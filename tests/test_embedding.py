@@ -97,7 +97,7 @@ def test_batched_equals_one_by_one(name: str, bound: float, request: pytest.Fixt
 
 def test_order_is_kept_across_batch_splits(smollm2: llamacffi.Model) -> None:
     long_text = "a much longer text, " * 12
-    texts = SENTENCES[:5] + [long_text] + SENTENCES[5:10]
+    texts = [*SENTENCES[:5], long_text, *SENTENCES[5:10]]
     with Embedder(smollm2, n_threads=THREADS) as big:
         reference = big.embed(texts)
     # 24 tokens a decode: most decodes hold one or two texts, the long one (more than 24 tokens) is decoded alone

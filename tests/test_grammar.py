@@ -241,7 +241,8 @@ PATTERNS = ["^[a-z]{1,6}$", "^[A-Z]{2}-[0-9]{3}$", "^(red|green|blue)$", "ab+c",
 FORMATS = {
     "date": st.dates().map(lambda d: d.isoformat()),
     "time": st.tuples(st.integers(0, 23), st.integers(0, 59), st.integers(0, 59), st.sampled_from(["", ".5", ".123"]),
-                      st.sampled_from(["Z", "+01:00", "-11:30"])).map(lambda t: f"{t[0]:02}:{t[1]:02}:{t[2]:02}{t[3]}{t[4]}"),
+                      st.sampled_from(["Z", "+01:00", "-11:30"])).map(
+                          lambda t: f"{t[0]:02}:{t[1]:02}:{t[2]:02}{t[3]}{t[4]}"),
     "uuid": st.uuids().map(str),
 }
 FORMATS["date-time"] = st.tuples(FORMATS["date"], FORMATS["time"]).map(lambda t: f"{t[0]}T{t[1]}")
@@ -328,7 +329,8 @@ def array_case(draw: st.DrawFn, inner: st.SearchStrategy[tuple[Any, Any]]) -> tu
     item_schema, first = draw(inner)
     n = draw(st.integers(0, 3))
     lo = draw(st.integers(0, n))
-    schema: dict[str, Any] = {"type": "array", "items": item_schema, "minItems": lo, "maxItems": n + draw(st.integers(0, 2))}
+    schema: dict[str, Any] = {"type": "array", "items": item_schema, "minItems": lo,
+                              "maxItems": n + draw(st.integers(0, 2))}
     if draw(st.booleans()):  # a tuple prefix
         return {"type": "array", "prefixItems": [item_schema, {"type": "boolean"}], "items": False}, [first, True]
     # further items are copies of the first: any valid item will do

@@ -14,10 +14,16 @@ from typing import Any
 import llamacffi
 from llamacffi import embedding, models
 
+from ..harness.common import Unavailable, gpu_layers, interleaved, paired_ratio
 from . import raw_cpp
-from .common import Unavailable, gpu_layers, interleaved, paired_ratio
 
-WORDS = ["the", "harbour", "town", "woke", "slowly", "fishermen", "pulled", "their", "boats", "onto", "shingle", "while", "baker", "opened", "his", "shutters", "and", "smell", "of", "bread", "drifted", "down", "narrow", "streets", "children", "ran", "past", "chapel", "towards", "school", "where", "old", "teacher", "was", "already", "writing", "lesson", "on", "blackboard", "rivers", "continent", "sources", "mouths", "cities", "grown", "along", "banks", "market", "merchants", "argued", "about", "price", "salt", "wool", "copper", "traveller", "from", "north", "asked", "for", "directions", "to", "lighthouse"]
+WORDS = [
+    "the", "harbour", "town", "woke", "slowly", "fishermen", "pulled", "their", "boats", "onto", "shingle",
+    "while", "baker", "opened", "his", "shutters", "and", "smell", "of", "bread", "drifted", "down",
+    "narrow", "streets", "children", "ran", "past", "chapel", "towards", "school", "where", "old", "teacher",
+    "was", "already", "writing", "lesson", "on", "blackboard", "rivers", "continent", "sources", "mouths",
+    "cities", "grown", "along", "banks", "market", "merchants", "argued", "about", "price", "salt", "wool",
+    "copper", "traveller", "from", "north", "asked", "for", "directions", "to", "lighthouse"]
 
 
 def sentences(n: int = 2000, seed: int = 0) -> list[str]:

@@ -246,7 +246,7 @@ def prune(d: Dfa) -> Dfa:
     out = Dfa()
     if 0 not in live:
         return out
-    order = [0] + sorted(live - {0})
+    order = [0, *sorted(live - {0})]
     renum = {old: new for new, old in enumerate(order)}
     for old in order:
         out.add(d.accept[old])

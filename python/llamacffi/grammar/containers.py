@@ -77,7 +77,7 @@ def _chain(c: Compiler, named: list[tuple[str, str | None, bool]], extra: str | 
         first = b.rule(f"{hint}-extras", f"{extra} {more}*") + "?"
     else:
         after = first = ""
-    for name, member, req in reversed(named):
+    for _name, member, req in reversed(named):
         if member is None:
             continue
         sep = b.rule(f"{hint}-next", f'"," {w} {member}')

@@ -60,10 +60,7 @@ def _flatten(schema: Schema, ptr: str, resolve: Resolve, out: list[tuple[dict[st
     members = schema.get("allOf", [])
     if not isinstance(members, list) or (not members and "allOf" in schema):
         raise fail("allOf must be a non-empty array of schemas", pointer(ptr, "allOf"), "allOf")
-    for i, member in enumerate(members):
-        if not _flatten(member, pointer(ptr, "allOf", i), resolve, out, depth + 1):
-            return False
-    return True
+    return all(_flatten(member, pointer(ptr, "allOf", i), resolve, out, depth + 1) for i, member in enumerate(members))
 
 
 def _types(value: Any) -> set[str]:
