@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .stats import paired
+
 ROOT = Path(__file__).resolve().parents[2]  # the repository: workers run from there
 
 # A prompt both models continue well past 128 tokens with greedy decoding, without an end-of-generation token.
@@ -116,12 +118,9 @@ def _reason(exc: BaseException) -> str:
 
 def paired_ratio(num: Series | None, den: Series | None) -> dict[str, float] | None:
     """Ratios ``num[i] / den[i]`` of repetitions run side by side: their median and min-max."""
-    if num is None or den is None or not num.values or not den.values:
+    if num is None or den is None:
         return None
-    pairs = [a / b for a, b in zip(num.values, den.values, strict=False) if b]
-    if not pairs:
-        return None
-    return {"median": statistics.median(pairs), "min": min(pairs), "max": max(pairs), "n": len(pairs)}
+    return paired(num.values, den.values)
 
 
 def per_call_us(fn: Callable[[], Any], calls: int) -> float:

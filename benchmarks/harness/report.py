@@ -8,6 +8,7 @@ from typing import Any
 
 from . import targets as T
 from .ops import OPS
+from .stats import paired
 from .targets import PEER
 
 # ---- reading the results ------------------------------------------------------------------------------------------
@@ -26,11 +27,7 @@ def _values(side: dict[str, Any] | None) -> list[float]:
 
 
 def _paired(num: dict[str, Any] | None, den: dict[str, Any] | None) -> dict[str, float] | None:
-    a, b = _values(num), _values(den)
-    pairs = [x / y for x, y in zip(a, b, strict=False) if y]
-    if not pairs:
-        return None
-    return {"median": statistics.median(pairs), "min": min(pairs), "max": max(pairs), "n": len(pairs)}
+    return paired(_values(num), _values(den))
 
 
 def _medians(num: dict[str, Any] | None, den: dict[str, Any] | None) -> dict[str, float] | None:
