@@ -115,3 +115,29 @@ def test_cli_generate_json_schema(smollm2_path: Path, tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "llamacffi", "generate", "--json-schema", '{"not": {}}', "x"],
                          check=False, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "#/not" in bad.stderr
+
+
+def test_a_grammar_the_vocabulary_cannot_spell_fails_alone(smol: LlamaCppTextModel) -> None:
+    # U+40000 starts with the byte 0xF1, which no token of SmolLM2's vocabulary holds: sampling finds no allowed
+    # token. That request ends with an error; a free request decoding in the same steps is not disturbed.
+    from llamacffi.service import GenerationError
+
+    free = GenerationOptions(temperature=0, max_tokens=24)
+    alone = smol.generate("Name three colours.", free)
+    results: dict[str, object] = {}
+
+    def run(key: str, prompt: str, opts: GenerationOptions) -> None:
+        try:
+            results[key] = smol.generate(prompt, opts)
+        except Exception as exc:
+            results[key] = exc
+
+    threads = [threading.Thread(target=run, args=("bad", "Say it.", GenerationOptions(
+                   temperature=0, max_tokens=8, grammar='root ::= "\U00040000"'))),
+               threading.Thread(target=run, args=("free", "Name three colours.", free))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert isinstance(results["bad"], GenerationError) and "sampling failed" in str(results["bad"])
+    assert results["free"] == alone

@@ -790,3 +790,35 @@ def test_native_grammar_shortlist_picks_as_a_whole_row_check(smollm2_vocab: _Voc
         for row in rows:
             s.reset()
             assert text(s.sample(row)).isdigit()
+
+
+@pytest.mark.parametrize("shortlist", [1024, 10 ** 9])
+def test_numpy_sampler_follows_a_grammar(smollm2_vocab: _Vocab, monkeypatch: pytest.MonkeyPatch,
+                                         shortlist: int) -> None:
+    # The numpy sampler honours a grammar as NativeSampler does: free pick first, the grammar's restriction of the
+    # row (its shortlist, or the whole row) when the pick is forbidden; the grammar is fed every token.
+    from llamacffi.sampling import constraint
+
+    monkeypatch.setattr(constraint, "SHORTLIST", shortlist)
+    vocab = smollm2_vocab
+    rng = np.random.default_rng(7)
+    seen = set()
+    for kw in (dict(temperature=1.0, seed=3), dict(temperature=0.8, top_k=40, top_p=0.9, seed=4),
+               dict(temperature=0.0)):
+        with Sampler(vocab=vocab, grammar=GRAMMAR, **kw) as s:  # type: ignore[arg-type]
+            for _ in range(6):
+                s.reset()
+                text = _grammar_answer(vocab, s, rng)  # type: ignore[arg-type]
+                assert text in ("yes.", "no.")
+                seen.add(text)
+                end = s.sample(rng.uniform(-1, 1, vocab.n_tokens).astype(np.float32))
+                assert lib.llama_vocab_is_eog(vocab._ptr, end)
+    assert seen == {"yes.", "no."}
+    with pytest.raises(InvalidArgumentError, match="vocab"):
+        Sampler(grammar=GRAMMAR)
+    with pytest.raises(GrammarError):
+        Sampler(vocab=vocab, grammar="root ::= (")
+    s = Sampler(vocab=vocab, grammar=GRAMMAR)
+    s.close()
+    with pytest.raises(ClosedError):
+        s.sample(np.zeros(vocab.n_tokens, dtype=np.float32))

@@ -15,15 +15,17 @@ Modules: :mod:`.params` (checked parameters), :mod:`.kernels` (numpy kernels), :
 :mod:`.native` (:class:`NativeSampler`), :mod:`.grammar` (the GBNF pre-parser).
 """
 
+from .constraint import Constraint, VocabLike
 from .grammar import GRAMMAR_MAX_NESTING, GRAMMAR_MAX_RULES
 from .kernels import greedy, penalize, top_k_indices, top_p_count
-from .native import NativeSampler, VocabLike
+from .native import NativeSampler
 from .params import FloatArray, HistoryLike, IdArray, penalties_on
 from .sampler import Sampler
 
 __all__ = [
     "GRAMMAR_MAX_NESTING",
     "GRAMMAR_MAX_RULES",
+    "Constraint",
     "FloatArray",
     "HistoryLike",
     "IdArray",

@@ -5,43 +5,16 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping
-from typing import Protocol
 
 import numpy as np
 
-from .. import ownership
 from ..errors import ClosedError, GrammarError, InvalidArgumentError, InvalidTokenError, LlamaError
 from ..limits import NATIVE_MIN_TEMPERATURE, PENALTY_WINDOW_MAX
-from ..ownership import Owner
 from ..raw import CData, ffi, lib
 from ..validate import as_int
-from .grammar import check_grammar_shape
+from .constraint import SHORTLIST, VocabLike, make_grammar
+from .constraint import TOKEN_DATA as _TOKEN_DATA
 from .params import Configured, FloatArray, HistoryLike, Params, as_logits, bad_token, nan_error
-
-
-def _free_sampler(ptr: CData, _lib: CData = lib) -> None:
-    _lib.llama_sampler_free(ptr)
-
-
-# How many of the most likely tokens a grammar checks before it checks the whole vocabulary (see _shortlisted).
-SHORTLIST = 1024
-
-
-class VocabLike(Protocol):
-    """What NativeSampler needs from a vocabulary: its ``const struct llama_vocab *``, its size, and the owner of
-    the model it belongs to (see :mod:`llamacffi.ownership`)."""
-
-    @property
-    def _ptr(self) -> CData: ...
-
-    @property
-    def owner(self) -> Owner: ...
-
-    @property
-    def n_tokens(self) -> int: ...
-
-
-_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 
 
 class NativeSampler(Configured):
@@ -90,19 +63,7 @@ class NativeSampler(Configured):
         if grammar is not None:
             if vocab is None:
                 raise InvalidArgumentError("a grammar needs the model's vocab (pass vocab=model.vocab)")
-            check_grammar_shape(grammar)
-            # The grammar keeps the vocabulary's pointer: its model stays loaded until this sampler is freed.
-            lease = vocab.owner.lease()
-            try:
-                g = lib.llama_sampler_init_grammar(vocab._ptr, grammar.encode(), grammar_root.encode())
-            except BaseException:
-                lease.release()
-                raise
-            if g == ffi.NULL:
-                lease.release()
-                raise GrammarError(f"the grammar does not parse, or has no rule {grammar_root!r} "
-                                   f"(llama.cpp logs the reason)")
-            self._grammar = ffi.gc(g, ownership.destructor(_free_sampler, lease))
+            self._grammar = make_grammar(vocab, grammar, grammar_root)  # holds the model while it lives
             # a one-entry candidate array to ask the grammar whether a single token is allowed
             self._one = ffi.new("llama_token_data[1]")
             self._one_arr = ffi.new("llama_token_data_array *")

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .constraint import Constraint, VocabLike
 from .kernels import (
     best_k,
     check_ids,
@@ -40,7 +41,8 @@ _TOP_P_PROBE = 256
 
 
 class Sampler(Configured):
-    """Pure-numpy sampler; its only state is its random generator (``numpy.random.default_rng(seed)``).
+    """Numpy sampler; its state is its random generator (``numpy.random.default_rng(seed)``) and, with a grammar,
+    the grammar's.
 
     Parameters (keyword-only), each disabled by its default:
 
@@ -52,25 +54,44 @@ class Sampler(Configured):
       ``history`` passed to :meth:`sample` (-1: the whole history, 0: none), as in :func:`penalize`.
     * ``logit_bias``: ``{token_id: bias}`` added to the logits first; ``-inf`` bans a token.
     * ``seed``: seeds the generator; None draws fresh entropy.
+    * ``grammar``: GBNF text (start rule ``grammar_root``) the output must follow, with ``vocab`` (the model's);
+      each :meth:`sample` returns a token the grammar allows and advances it (see :class:`Constraint`). As
+      :class:`NativeSampler`, the row is sampled free first and constrained only when the grammar rejects the pick.
     """
 
     def __init__(self, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
                  repeat_penalty: float = 1.0, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
                  penalty_last_n: int = 64, logit_bias: Mapping[int, float] | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, vocab: VocabLike | None = None, grammar: str | None = None,
+                 grammar_root: str = "root") -> None:
         self._p = Params(temperature, top_k, top_p, min_p, repeat_penalty, frequency_penalty, presence_penalty,
                          penalty_last_n, logit_bias, seed)
         self._penalties = self._p.penalties_on
         self._seed = self._p.seed
         self._rng = np.random.default_rng(self._seed)
+        self._constraint = None if grammar is None else Constraint(vocab, grammar, grammar_root)
 
     @property
     def seed(self) -> int | None:
         return self._seed
 
     def reset(self) -> None:
-        """Restart the random generator from the seed (a fresh random state when the seed is None)."""
+        """Restart the random generator from the seed (a fresh random state when the seed is None), and the
+        grammar."""
         self._rng = np.random.default_rng(self._seed)
+        if self._constraint is not None:
+            self._constraint.reset()
+
+    def close(self) -> None:
+        """Free the grammar now (without one there is nothing to free); idempotent."""
+        if self._constraint is not None:
+            self._constraint.close()
+
+    def __enter__(self) -> Sampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def reseed(self, seed: int | None) -> None:
         """Replace the seed and restart the generator from it."""
@@ -111,10 +132,19 @@ class Sampler(Configured):
         """Draw one token id from ``logits`` (1-D, n_vocab scores; read, never written or kept).
 
         ``history`` holds previous token ids (oldest first) for the penalties; it is ignored when they are off.
-        Raises InvalidArgumentError for bad logits or when every candidate is banned, InvalidTokenError for a
-        history or logit_bias id outside ``[0, n_vocab)``.
+        Raises InvalidArgumentError for bad logits or when every candidate is banned (or forbidden by the grammar),
+        InvalidTokenError for a history or logit_bias id outside ``[0, n_vocab)``.
         """
         row = as_logits(logits)
+        token = self._draw(row, history)
+        c = self._constraint
+        if c is not None:
+            if not c.allowed(token):
+                token = self._draw(c.restrict(row), history)
+            c.accept(token)
+        return token
+
+    def _draw(self, row: FloatArray, history: HistoryLike | None) -> int:
         n = row.size
         p = self._p
         overrides = self._overrides(row, history)

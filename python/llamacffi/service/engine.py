@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from .. import Batch, Context, DecodeAbortedError, LlamaError
 from .. import Model as LlamaModel
-from ..sampling import NativeSampler, Sampler, VocabLike
+from ..sampling import Sampler, VocabLike
 from ..sampling.params import penalties_on
 from ..vocab import StreamDecoder
 from . import runner
@@ -42,7 +42,7 @@ class Request:
     request ends, ``finish_reason``, ``n_reused`` and ``n_generated`` say how and with what."""
 
     __slots__ = ("prompt", "options", "sink", "cancelled", "finished", "n_generated", "decoder", "stops", "sampler",
-                 "history", "n_history", "greedy", "constrained", "logprobs", "entries", "after", "prompt_done",
+                 "history", "n_history", "greedy", "logprobs", "entries", "after", "prompt_done",
                  "finish_reason", "n_reused")
 
     def __init__(self, prompt: npt.NDArray[np.int32], options: GenerationOptions, sink: Sink,
@@ -61,25 +61,15 @@ class Request:
         bias = options.logit_bias or None
         grammar = options.grammar_text()
         self.greedy = options.temperature == 0.0 and not penalties and bias is None and grammar is None
-        self.sampler: Sampler | None = None
-        self.constrained: NativeSampler | None = None
-        if grammar is not None:
-            # A grammar has state: the request gets llama.cpp's sampler chain with its own grammar, which samples
-            # (greedy too), keeps its own penalty window and is fed every token it returns.
-            if vocab is None:
-                raise GenerationError("a constrained request needs the model's vocab")
-            self.constrained = NativeSampler(
-                temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, min_p=options.min_p,
-                repeat_penalty=options.repeat_penalty, frequency_penalty=options.frequency_penalty,
-                presence_penalty=options.presence_penalty, penalty_last_n=options.penalty_last_n, logit_bias=bias,
-                seed=options.seed, vocab=vocab, grammar=grammar)
-            penalties = False
-        elif not self.greedy:
-            self.sampler = Sampler(
-                temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, min_p=options.min_p,
-                repeat_penalty=options.repeat_penalty, frequency_penalty=options.frequency_penalty,
-                presence_penalty=options.presence_penalty, penalty_last_n=options.penalty_last_n, logit_bias=bias,
-                seed=options.seed)
+        if grammar is not None and vocab is None:
+            raise GenerationError("a constrained request needs the model's vocab")
+        # A grammar has state: a constrained request's sampler holds its own, fed every token it returns (greedy
+        # requests too), so constrained and free requests share decode steps.
+        self.sampler = None if self.greedy else Sampler(
+            temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, min_p=options.min_p,
+            repeat_penalty=options.repeat_penalty, frequency_penalty=options.frequency_penalty,
+            presence_penalty=options.presence_penalty, penalty_last_n=options.penalty_last_n, logit_bias=bias,
+            seed=options.seed, vocab=vocab if grammar is not None else None, grammar=grammar)
         self.logprobs = logprobs
         self.entries: list[TokenLogprob] = []  # log-probabilities of tokens whose text is not sent yet
         self.after = after
@@ -341,8 +331,8 @@ class Engine:
     def _release(self, slot: _Slot) -> None:
         if slot.request is not None:
             slot.request.finished = True
-            if slot.request.constrained is not None:
-                slot.request.constrained.close()
+            if slot.request.sampler is not None:
+                slot.request.sampler.close()  # its grammar, if any
         slot.request = None
         slot.pending = slot.cached[:0]
         slot.next_token = -1
@@ -416,14 +406,18 @@ class Engine:
 
     def _sample(self, slot: _Slot, req: Request) -> None:
         logits = self.ctx.logits(slot.logit_index)
-        if req.constrained is not None:
-            token = req.constrained.sample(logits)
-        elif req.greedy:
+        if req.greedy:
             token = int(logits.argmax())
         else:
             assert req.sampler is not None
             hist = req.history[:req.n_history] if req.history is not None else None
-            token = req.sampler.sample(logits, hist)
+            try:
+                token = req.sampler.sample(logits, hist)
+            except LlamaError as exc:  # no token can be sampled (a grammar the vocabulary cannot spell): this request
+                with self._cond:       # ends, the others in the step go on
+                    self._release(slot)
+                _emit(req, GenerationError(f"sampling failed: {exc}"))
+                return
         if self._vocab.is_eog(token):
             req.finish_reason = "stop"
             self._finish(slot, req)

@@ -1,0 +1,131 @@
+"""A GBNF grammar over a vocabulary, for either sampler: which tokens may come next, fed every token taken.
+
+The grammar is llama.cpp's grammar sampler; it keeps the vocabulary's pointer, so it holds a lease on the model
+(:mod:`llamacffi.ownership`) until it is freed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import numpy as np
+
+from .. import ownership
+from ..errors import ClosedError, GrammarError, InvalidArgumentError
+from ..ownership import Owner
+from ..raw import CData, ffi, lib
+from .grammar import check_grammar_shape
+from .params import FloatArray
+
+# How many of the most likely tokens a grammar checks before it checks the whole vocabulary. Tokens beyond them
+# carry a negligible share of the probability; a greedy pick is the same either way.
+SHORTLIST = 1024
+
+TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+
+
+class VocabLike(Protocol):
+    """What a grammar needs from a vocabulary: its ``const struct llama_vocab *``, its size, and the owner of
+    the model it belongs to (see :mod:`llamacffi.ownership`)."""
+
+    @property
+    def _ptr(self) -> CData: ...
+
+    @property
+    def owner(self) -> Owner: ...
+
+    @property
+    def n_tokens(self) -> int: ...
+
+
+def _free_sampler(ptr: CData, _lib: object = lib) -> None:
+    _lib.llama_sampler_free(ptr)  # type: ignore[attr-defined]
+
+
+def make_grammar(vocab: VocabLike | None, grammar: str, root: str) -> CData:
+    """llama.cpp's grammar sampler for ``grammar`` (start rule ``root``), freed by the garbage collector or
+    ``ffi.release``; :class:`GrammarError` when it does not parse."""
+    if vocab is None:
+        raise InvalidArgumentError("a grammar needs the model's vocab (pass vocab=model.vocab)")
+    check_grammar_shape(grammar)
+    if not isinstance(root, str) or not root or "\0" in root:
+        raise InvalidArgumentError(f"grammar_root must be a rule name, got {root!r}")
+    lease = vocab.owner.lease()
+    try:
+        g = lib.llama_sampler_init_grammar(vocab._ptr, grammar.encode(), root.encode())
+    except BaseException:
+        lease.release()
+        raise
+    if g == ffi.NULL:
+        lease.release()
+        raise GrammarError(f"the grammar does not parse, or has no rule {root!r} (llama.cpp logs the reason)")
+    return ffi.gc(g, ownership.destructor(_free_sampler, lease))
+
+
+class Constraint:
+    """The state of one grammar while a text is generated: :meth:`allowed`, :meth:`restrict`, :meth:`accept`."""
+
+    def __init__(self, vocab: VocabLike | None, grammar: str, root: str = "root") -> None:
+        self._g: CData = make_grammar(vocab, grammar, root)
+        self._data = ffi.new("llama_token_data[]", SHORTLIST)
+        self._arr = ffi.new("llama_token_data_array *")
+        view = np.frombuffer(ffi.buffer(self._data), dtype=TOKEN_DATA)
+        self._ids, self._logits = view["id"], view["logit"]
+
+    def _check(self) -> CData:
+        if self._g is None:
+            raise ClosedError("this grammar is closed")
+        return self._g
+
+    def _apply(self, ids: np.ndarray, logits: np.ndarray, data: CData) -> None:
+        arr = self._arr
+        arr.data = data
+        arr.size = ids.size
+        arr.selected = -1
+        arr.sorted = False
+        lib.llama_sampler_apply(self._check(), arr)
+
+    def allowed(self, token: int) -> bool:
+        """Whether the grammar allows ``token`` next."""
+        self._ids[0] = token
+        self._logits[0] = 0.0
+        self._apply(self._ids[:1], self._logits[:1], self._data)
+        return bool(self._logits[0] != -math.inf)
+
+    def restrict(self, row: FloatArray) -> FloatArray:
+        """A copy of ``row`` with -inf for every token the grammar forbids next, among the :data:`SHORTLIST` highest
+        (the whole row when it allows none of them, or the row is short)."""
+        n = row.size
+        out = np.full(n, -np.inf, dtype=np.float32)
+        if n > 2 * SHORTLIST:
+            ids = np.argpartition(row, n - SHORTLIST)[n - SHORTLIST:]
+            self._ids[:] = ids
+            self._logits[:] = row[ids]
+            self._apply(self._ids, self._logits, self._data)
+            keep = self._logits != -math.inf
+            if keep.any():
+                out[ids[keep]] = row[ids[keep]]
+                return out
+        data = ffi.new("llama_token_data[]", n)
+        view = np.frombuffer(ffi.buffer(data), dtype=TOKEN_DATA)
+        view["id"] = np.arange(n, dtype=np.int32)
+        view["logit"] = row
+        self._apply(view["id"], view["logit"], data)
+        keep_ids = view["id"][view["logit"] != -math.inf]
+        out[keep_ids] = row[keep_ids]
+        return out
+
+    def accept(self, token: int) -> None:
+        """Advance the grammar past ``token`` (which it must allow: llama.cpp aborts on a forbidden one)."""
+        if not self.allowed(token):
+            raise GrammarError(f"token {token} is not allowed by the grammar at this point")
+        lib.llama_sampler_accept(self._check(), token)
+
+    def reset(self) -> None:
+        lib.llama_sampler_reset(self._check())
+
+    def close(self) -> None:
+        if self._g is not None:
+            g, self._g = self._g, None
+            ffi.release(g)
