@@ -116,9 +116,10 @@ class Constraint:
         out[keep_ids] = row[keep_ids]
         return out
 
-    def accept(self, token: int) -> None:
-        """Advance the grammar past ``token`` (which it must allow: llama.cpp aborts on a forbidden one)."""
-        if not self.allowed(token):
+    def accept(self, token: int, *, checked: bool = False) -> None:
+        """Advance the grammar past ``token``, which it must allow (llama.cpp aborts on a forbidden one);
+        ``checked``: the caller has just had :meth:`allowed` or :meth:`restrict` say so."""
+        if not checked and not self.allowed(token):
             raise GrammarError(f"token {token} is not allowed by the grammar at this point")
         lib.llama_sampler_accept(self._check(), token)
 

@@ -141,7 +141,7 @@ class Sampler(Configured):
         if c is not None:
             if not c.allowed(token):
                 token = self._draw(c.restrict(row), history)
-            c.accept(token)
+            c.accept(token, checked=True)
         return token
 
     def _draw(self, row: FloatArray, history: HistoryLike | None) -> int:

@@ -20,6 +20,7 @@ from . import runner
 from .config import LocalBackendConfig, ModelConfig, ModelType
 from .errors import ContextOverflowError, InvalidConfigError, ModelClosedError, ModelLoadFailedError, mapped
 from .interfaces import EmbeddingModel
+from .loaded import Loaded
 
 Vectors = npt.NDArray[np.float32]
 PASS_TOKENS = 16  # one pass takes waiting requests up to this many batches' worth of tokens (at least one request)
@@ -32,7 +33,7 @@ class _Job:
     future: concurrent.futures.Future[Vectors] = field(default_factory=concurrent.futures.Future)
 
 
-class LlamaCppEmbeddingModel(EmbeddingModel):
+class LlamaCppEmbeddingModel(Loaded, EmbeddingModel):
     """A GGUF model serving text embeddings. Thread-safe: the texts of concurrent callers are embedded in one pass,
     each caller getting its own rows. Texts may have up to ``ModelConfig.context_size`` tokens (at most the model's
     training context); ``truncate_prompt`` cuts longer ones, otherwise they raise :class:`ContextOverflowError`.
@@ -76,14 +77,6 @@ class LlamaCppEmbeddingModel(EmbeddingModel):
     @property
     def model_type(self) -> ModelType:
         return ModelType.TEXT_EMBEDDING
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def llama_model(self) -> LlamaModel:
-        return self._model
 
     @property
     def dim(self) -> int:

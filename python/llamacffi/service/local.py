@@ -36,6 +36,7 @@ from .errors import (
     mapped,
 )
 from .interfaces import InferenceService, Model, TextToTextModel
+from .loaded import Loaded
 
 DEFAULT_OPTIONS = GenerationOptions()
 
@@ -143,7 +144,7 @@ class LlamaCppService(InferenceService):
         self._models.clear()
 
 
-class LlamaCppTextModel(TextToTextModel):
+class LlamaCppTextModel(Loaded, TextToTextModel):
     """A loaded GGUF model serving generation requests through a batching scheduler."""
 
     def __init__(self, name: str, model: LlamaModel, config: ModelConfig, threads: int | None) -> None:
@@ -166,14 +167,6 @@ class LlamaCppTextModel(TextToTextModel):
     @property
     def model_type(self) -> ModelType:
         return ModelType.TEXT_TO_TEXT
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def llama_model(self) -> LlamaModel:
-        return self._model
 
     def as_text_to_text(self) -> LlamaCppTextModel:
         return self
