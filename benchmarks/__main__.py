@@ -39,17 +39,28 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes, 2 repetitions: a smoke run (under 2 minutes)")
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"], choices=list(MODELS))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--gpu-layers", type=int, default=None, metavar="N",
-                    help="layers every side offloads to the GPU (-1: all; default: all when the build finds a GPU, "
-                         "else 0)")
-    ap.add_argument("--reps", type=int, default=None,
-                    help="repetitions after the warm-up (default 5, quick 2); pp and tg, whose targets sit within a "
-                         "few percent, run twice as many")
+    ap.add_argument(
+        "--gpu-layers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="layers every side offloads to the GPU (-1: all; default: all when the build finds a GPU, else 0)",
+    )
+    ap.add_argument(
+        "--reps",
+        type=int,
+        default=None,
+        help="repetitions after the warm-up (default 5, quick 2); pp and tg, whose targets sit within a "
+        "few percent, run twice as many",
+    )
     ap.add_argument("--no-peer", action="store_true", help="leave llama-cpp-python out even when installed")
     ap.add_argument("--no-chart", action="store_true")
     ap.add_argument("--concurrency-all", action="store_true", help="concurrent streams on every model")
-    ap.add_argument("--no-serving", action="store_true",
-                    help="leave out the serving section (python -m benchmarks.sides.serving runs it alone)")
+    ap.add_argument(
+        "--no-serving",
+        action="store_true",
+        help="leave out the serving section (python -m benchmarks.sides.serving runs it alone)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder of the results")
     ap.add_argument("--render", type=Path, metavar="JSON", help="only rewrite the .md and .png of a results JSON")
     args = ap.parse_args()

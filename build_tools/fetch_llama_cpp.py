@@ -62,7 +62,7 @@ def extract(tarball: Path, dest: Path) -> str:
                     commit = f.read().decode().strip() if f else commit
                 if not m.name.startswith(PREFIX) or not (m.isfile() or m.isdir() or m.issym()):
                     continue
-                m.name = m.name[len(PREFIX):]
+                m.name = m.name[len(PREFIX) :]
                 if m.name:
                     members.append(m)
             tf.extractall(staging, members=members, filter="data")
@@ -72,8 +72,9 @@ def extract(tarball: Path, dest: Path) -> str:
             stray_git.unlink()
         if not (staging / "include" / "llama.h").is_file():
             raise SystemExit(f"llamacffi: {tarball} holds no {PREFIX}include/llama.h; delete it and build again")
-        (staging / ORIGIN_FILE).write_text(json.dumps(
-            {"source": f"{SDIST} sdist", "sha256": SDIST_SHA256, "commit": commit}, indent=1) + "\n")
+        (staging / ORIGIN_FILE).write_text(
+            json.dumps({"source": f"{SDIST} sdist", "sha256": SDIST_SHA256, "commit": commit}, indent=1) + "\n"
+        )
         if dest.exists():
             shutil.rmtree(dest)
         staging.rename(dest)
@@ -96,9 +97,12 @@ def main(argv: list[str]) -> int:
         tarball = cached_sdist(pypi)
         commit = extract(tarball, dest)
     except pypi.FetchError as exc:
-        print(f"llamacffi: cannot get the pinned llama.cpp tree: {exc}\n"
-              f"Fix the network/index, or point the build at a llama.cpp checkout with "
-              f"LLAMACFFI_LLAMA_CPP_DIR=/path/to/llama.cpp (or -DLLAMACFFI_LLAMA_CPP_DIR=...).", file=sys.stderr)
+        print(
+            f"llamacffi: cannot get the pinned llama.cpp tree: {exc}\n"
+            f"Fix the network/index, or point the build at a llama.cpp checkout with "
+            f"LLAMACFFI_LLAMA_CPP_DIR=/path/to/llama.cpp (or -DLLAMACFFI_LLAMA_CPP_DIR=...).",
+            file=sys.stderr,
+        )
         return 1
     print(f"-- llamacffi: extracted llama.cpp {commit} into {dest}")
     return 0

@@ -43,25 +43,46 @@ GGML_FUNCTIONS = (
 # Minimal libc stand-ins: only names the preprocessed output needs to parse. cffi knows the real types.
 FAKE_LIBC = {
     "stddef.h": "typedef unsigned long size_t; typedef long ptrdiff_t;\n#define NULL 0\n",
-    "stdint.h": "".join(f"typedef int {t}_t;\n" for t in (
-        "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "intptr", "uintptr")),
+    "stdint.h": "".join(
+        f"typedef int {t}_t;\n"
+        for t in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "intptr", "uintptr")
+    ),
     "stdbool.h": "#define bool _Bool\n#define true 1\n#define false 0\n",
     "stdio.h": "typedef struct FILE FILE;\n",
     "stdarg.h": "typedef int va_list;\n",
-    "stdlib.h": "", "string.h": "", "assert.h": "", "limits.h": "", "math.h": "",
+    "stdlib.h": "",
+    "string.h": "",
+    "assert.h": "",
+    "limits.h": "",
+    "math.h": "",
 }
 LIBC_TYPEDEFS = {"size_t", "ptrdiff_t", "FILE", "va_list"} | {
-    f"{t}_t" for t in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "intptr", "uintptr")}
+    f"{t}_t" for t in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "intptr", "uintptr")
+}
 
 
 def preprocess(llama_dir: Path, cc: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         for name, text in FAKE_LIBC.items():
             Path(tmp, name).write_text(text)
-        cmd = [cc, "-E", "-nostdinc", "-I", tmp, "-I", str(llama_dir / "include"),
-               "-I", str(llama_dir / "ggml" / "include"),
-               "-D__attribute__(x)=", "-D__declspec(x)=", "-D__restrict=", "-D__inline=",
-               "-D__extension__=", "-U__GNUC__", str(llama_dir / "include" / "llama.h")]
+        cmd = [
+            cc,
+            "-E",
+            "-nostdinc",
+            "-I",
+            tmp,
+            "-I",
+            str(llama_dir / "include"),
+            "-I",
+            str(llama_dir / "ggml" / "include"),
+            "-D__attribute__(x)=",
+            "-D__declspec(x)=",
+            "-D__restrict=",
+            "-D__inline=",
+            "-D__extension__=",
+            "-U__GNUC__",
+            str(llama_dir / "include" / "llama.h"),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"llamacffi: preprocessing llama.h failed:\n{proc.stderr}")
@@ -146,8 +167,11 @@ def generate(llama_dir: Path, cc: str) -> str:
         if isinstance(node, c_ast.Typedef):
             typedefs[node.name] = node
             inner = node.type.type if isinstance(node.type, c_ast.TypeDecl) else None
-            if isinstance(inner, (c_ast.Struct, c_ast.Union, c_ast.Enum)) and inner.name and (
-                    inner.decls if not isinstance(inner, c_ast.Enum) else inner.values):
+            if (
+                isinstance(inner, (c_ast.Struct, c_ast.Union, c_ast.Enum))
+                and inner.name
+                and (inner.decls if not isinstance(inner, c_ast.Enum) else inner.values)
+            ):
                 tagged[(type(inner).__name__.lower(), inner.name)] = node
         elif isinstance(node, c_ast.Decl):
             if isinstance(node.type, c_ast.FuncDecl):
@@ -171,8 +195,11 @@ def generate(llama_dir: Path, cc: str) -> str:
     value: set[tuple[str, str]] = set()
     opaque: set[tuple[str, str]] = set()
     todo: list[c_ast.Node] = [funcs[n] for n in wanted_funcs]
-    todo += [n for n in order if from_llama(n) and not isinstance(n.type if isinstance(n, c_ast.Decl) else None,
-                                                                     c_ast.FuncDecl)]
+    todo += [
+        n
+        for n in order
+        if from_llama(n) and not isinstance(n.type if isinstance(n, c_ast.Decl) else None, c_ast.FuncDecl)
+    ]
     seen: set[int] = set()
     while todo:
         node = todo.pop()
@@ -234,8 +261,9 @@ def generate(llama_dir: Path, cc: str) -> str:
             out.append(text + ";")
 
     header = (llama_dir / "include" / "llama.h").read_text()
-    for name, _val in re.findall(r"^#define\s+(LLAMA_[A-Z0-9_]+)\s+(-?(?:0x[0-9A-Fa-f]+|\d+)u?)\s*(?://.*)?$",
-                                header, re.M):
+    for name, _val in re.findall(
+        r"^#define\s+(LLAMA_[A-Z0-9_]+)\s+(-?(?:0x[0-9A-Fa-f]+|\d+)u?)\s*(?://.*)?$", header, re.M
+    ):
         out.append(f"#define {name} ...")
     return "\n".join(out) + "\n"
 

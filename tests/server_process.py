@@ -21,9 +21,14 @@ class ServeProcess:
     its log; :meth:`stop` sends SIGTERM and returns the exit code (the process is killed after ``timeout``)."""
 
     def __init__(self, args: Sequence[str], *, ready_timeout: float = 300.0) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "llamacffi", "serve", "--host", "127.0.0.1",
-                                      "--port", "0", *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llamacffi", "serve", "--host", "127.0.0.1", "--port", "0", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=os.environ.copy(),
+        )
         self.log: list[str] = []
         self._bound = threading.Event()
         self.url = ""

@@ -35,7 +35,7 @@ def test_llama_bench_batches_offload_too(monkeypatch: pytest.MonkeyPatch) -> Non
 
     def fake_run(argv: list[str], **kw: object) -> common.ChildResult:
         seen.append(argv)
-        rows = [{"n_prompt": k, "avg_ts": 100.0 * k ** 0.5} for k in (1, 2, 4)]
+        rows = [{"n_prompt": k, "avg_ts": 100.0 * k**0.5} for k in (1, 2, 4)]
         return common.ChildResult(0, json.dumps(rows), "", 0.1, 0)
 
     monkeypatch.setattr(raw_cpp, "tool", lambda name: Path("/bin") / name)
@@ -60,6 +60,7 @@ def test_paired_ratios_and_interleaving() -> None:
         def run() -> tuple[float, dict[str, object]]:
             order.append(name)
             return value, {}
+
         return run
 
     groups = common.interleaved({"a": side("a", 2.0), "b": side("b", 1.0)}, reps=3)

@@ -27,14 +27,17 @@ def test_long_conversations_grow_the_buffer() -> None:
     assert long in apply_template("chatml", [("user", long)] * 3)
 
 
-@pytest.mark.parametrize("messages,match", [
-    ([("user", "a\0b")], "NUL"),
-    ([("user", "\ud800")], "surrogate"),
-    ([("user",)], "pair"),
-    ([{"role": "user"}], "str"),
-    ([("user", 5)], "str"),
-    ("user: hi", "list"),
-])
+@pytest.mark.parametrize(
+    "messages,match",
+    [
+        ([("user", "a\0b")], "NUL"),
+        ([("user", "\ud800")], "surrogate"),
+        ([("user",)], "pair"),
+        ([{"role": "user"}], "str"),
+        ([("user", 5)], "str"),
+        ("user: hi", "list"),
+    ],
+)
 def test_bad_messages_are_refused(messages: object, match: str) -> None:
     with pytest.raises(InvalidArgumentError, match=match):
         apply_template("chatml", messages)  # type: ignore[arg-type]

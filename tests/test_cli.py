@@ -17,11 +17,13 @@ from llamacffi import hugepages
 BIN = Path(sys.executable).parent / "llamacffi"
 
 
-def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
-        module: bool = False) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None, module: bool = False
+) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "llamacffi", *args] if module else [str(BIN), *args]
-    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        cmd, input=stdin, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
+    )
 
 
 def test_generate_streams_to_stdout(smollm2_path: Path) -> None:
@@ -90,11 +92,16 @@ def test_bench(smollm2_path: Path) -> None:
     assert (huge > 40) == (hugepages.page_size() > 0)  # of SmolLM2's ~95 MiB of weights
 
 
-@pytest.mark.parametrize("args", [("generate", "-m", "no-such-model", "hi"),
-                                  ("generate", "--temp", "-1", "hi"),
-                                  ("generate", "-c", "8", "hi"),
-                                  ("info", "-m", "/nowhere/x.gguf"),
-                                  ("bench", "-p", "100000")])  # beyond the 8,192 positions SmolLM2 was trained for
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("generate", "-m", "no-such-model", "hi"),
+        ("generate", "--temp", "-1", "hi"),
+        ("generate", "-c", "8", "hi"),
+        ("info", "-m", "/nowhere/x.gguf"),
+        ("bench", "-p", "100000"),
+    ],
+)  # beyond the 8,192 positions SmolLM2 was trained for
 def test_errors_are_one_line_without_traceback(args: tuple[str, ...]) -> None:
     out = run(*args)
     assert out.returncode == 1
@@ -103,11 +110,17 @@ def test_errors_are_one_line_without_traceback(args: tuple[str, ...]) -> None:
     assert "Traceback" not in out.stderr
 
 
-@pytest.mark.parametrize("redirect, args, says", [("0<&-", ("chat",), "standard input is closed"),
-                                                  ("1>&-", ("generate", "hi"), "standard output is closed"),
-                                                  ("", ("generate", "-ngl", "99999999999", "hi"), "gpu_layers")])
-def test_closed_streams_and_huge_numbers_are_one_line_errors(smollm2_path: Path, redirect: str,
-                                                             args: tuple[str, ...], says: str) -> None:
+@pytest.mark.parametrize(
+    "redirect, args, says",
+    [
+        ("0<&-", ("chat",), "standard input is closed"),
+        ("1>&-", ("generate", "hi"), "standard output is closed"),
+        ("", ("generate", "-ngl", "99999999999", "hi"), "gpu_layers"),
+    ],
+)
+def test_closed_streams_and_huge_numbers_are_one_line_errors(
+    smollm2_path: Path, redirect: str, args: tuple[str, ...], says: str
+) -> None:
     # as a shell starts it with `0<&-` or `1>&-`: that descriptor closed
     cmd = ["bash", "-c", f'exec "$0" "$@" {redirect}', str(BIN), args[0], "-m", str(smollm2_path), *args[1:]]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -156,8 +156,7 @@ def test_reused_prefix_logits(smollm2: llamacffi.Model) -> None:
     were computed inside a long prompt, then kept and continued, gives logits that differ from decoding the same
     tokens in one short batch; without flash attention they are equal."""
     vocab = smollm2.vocab
-    head = toks(smollm2, "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n",
-                bos=False)
+    head = toks(smollm2, "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n", bos=False)
     tail = toks(smollm2, "Name a fact about the number 3.<|im_end|>\n<|im_start|>assistant\n", bos=False)
     other = vocab.tokenize(" ".join(f"item{i}" for i in range(60)), add_special=False)
     diffs = {}
@@ -261,8 +260,19 @@ def test_bad_batches(smollm2: llamacffi.Model) -> None:
         assert ctx.memory.seq_pos_max(1) == before
 
 
-@pytest.mark.parametrize("kw", [{"n_ctx": 0}, {"n_ctx": -5}, {"n_ctx": 1 << 40}, {"n_batch": 0},
-                                {"n_seq_max": 0}, {"n_seq_max": 10_000}, {"n_threads": 0}, {"n_ctx": 1.5}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"n_ctx": 0},
+        {"n_ctx": -5},
+        {"n_ctx": 1 << 40},
+        {"n_batch": 0},
+        {"n_seq_max": 0},
+        {"n_seq_max": 10_000},
+        {"n_threads": 0},
+        {"n_ctx": 1.5},
+    ],
+)
 def test_bad_context_parameters(smollm2: llamacffi.Model, kw: dict[str, object]) -> None:
     with pytest.raises(InvalidArgumentError):
         Context(smollm2, **kw)  # type: ignore[arg-type]
@@ -316,8 +326,9 @@ def test_abort_from_another_thread(gemma3: llamacffi.Model, caplog: pytest.LogCa
         assert np.isfinite(ctx.logits()).all()
 
 
-@pytest.mark.parametrize("before", ["", "import asyncio; asyncio.run(asyncio.sleep(0))"],
-                         ids=["plain", "after asyncio.run"])
+@pytest.mark.parametrize(
+    "before", ["", "import asyncio; asyncio.run(asyncio.sleep(0))"], ids=["plain", "after asyncio.run"]
+)
 def test_ctrl_c_interrupts_a_long_decode(gemma3_path: Path, before: str) -> None:
     """Ctrl-C stops a decode mid-way, also after asyncio.run has installed (and removed) a SIGINT handler of its
     own: the memory then ends before the prompt does."""

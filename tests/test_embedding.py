@@ -41,10 +41,30 @@ def llama_embedding(path: Path, texts: list[str], pooling: str, normalize: int =
     """llama.cpp's llama-embedding on the same texts: all of them in one decode, as Model.embed does here."""
     exe = raw_tools.find("llama-embedding")
     if exe is None:
-        pytest.skip("llama-embedding is not built (install with CMAKE_ARGS=\"-DLLAMACFFI_RAW_TOOLS=ON\")")
-    argv = [str(exe), "-m", str(path), "-p", "\n".join(texts), "--pooling", pooling, "--embd-normalize",
-            str(normalize), "--embd-output-format", "json", "-c", "512", "-b", "512", "-ub", "512", "-t",
-            str(THREADS), "-ngl", "999"]
+        pytest.skip('llama-embedding is not built (install with CMAKE_ARGS="-DLLAMACFFI_RAW_TOOLS=ON")')
+    argv = [
+        str(exe),
+        "-m",
+        str(path),
+        "-p",
+        "\n".join(texts),
+        "--pooling",
+        pooling,
+        "--embd-normalize",
+        str(normalize),
+        "--embd-output-format",
+        "json",
+        "-c",
+        "512",
+        "-b",
+        "512",
+        "-ub",
+        "512",
+        "-t",
+        str(THREADS),
+        "-ngl",
+        "999",
+    ]
     res = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     data = json.loads(res.stdout)["data"]
@@ -53,8 +73,11 @@ def llama_embedding(path: Path, texts: list[str], pooling: str, normalize: int =
 
 # ---- against llama.cpp's own program ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,pooling", [("smollm2-135m", "mean"), ("smollm2-135m", "last"),
-                                          ("gemma3-270m", "mean"), ("smollm2-135m", "none")])
+
+@pytest.mark.parametrize(
+    "name,pooling",
+    [("smollm2-135m", "mean"), ("smollm2-135m", "last"), ("gemma3-270m", "mean"), ("smollm2-135m", "none")],
+)
 def test_vectors_match_llama_embedding(name: str, pooling: str, request: pytest.FixtureRequest) -> None:
     model: llamacffi.Model = request.getfixturevalue(name.split("-")[0])
     theirs = llama_embedding(model.path, TEXTS, pooling)
@@ -78,8 +101,9 @@ def test_unnormalized_vectors_match_llama_embedding(smollm2: llamacffi.Model) ->
 
 # ---- packing ----------------------------------------------------------------------------------------------------
 
-SENTENCES = [f"Sentence {i}: " + " ".join(["alpha", "beta", "gamma", "delta"][: 1 + i % 4]) * (1 + i % 3)
-             for i in range(16)]
+SENTENCES = [
+    f"Sentence {i}: " + " ".join(["alpha", "beta", "gamma", "delta"][: 1 + i % 4]) * (1 + i % 3) for i in range(16)
+]
 
 
 @pytest.mark.parametrize("name,bound", [("smollm2", 0.99999), ("gemma3", 0.999)])
@@ -131,6 +155,7 @@ def test_plan_covers_every_text_in_order_within_limits(lengths: list[int], batch
 
 # ---- pooling and normalisation ----------------------------------------------------------------------------------
 
+
 def test_normalisation(smollm2: llamacffi.Model) -> None:
     unit = smollm2.embed(TEXTS)
     raw = smollm2.embed(TEXTS, normalize=False)
@@ -163,6 +188,7 @@ def test_pooling_choices(smollm2: llamacffi.Model) -> None:
 
 
 # ---- bad input --------------------------------------------------------------------------------------------------
+
 
 def test_bad_input_gives_clear_errors(smollm2: llamacffi.Model) -> None:
     with pytest.raises(llamacffi.InvalidArgumentError, match="texts is empty"):
@@ -209,6 +235,7 @@ def test_closed_embedder_and_model(smollm2_path: Path) -> None:
 
 # ---- the service ------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def service_model(smollm2_path: Path):  # type: ignore[no-untyped-def]
     from llamacffi.service import LlamaCppService, LocalBackendConfig, ModelConfig, ModelType
@@ -240,8 +267,11 @@ def test_service_types(smollm2_path: Path, service_model) -> None:  # type: igno
             text.as_embedding()
         # generation and embedding at once, on the one engine thread of the process (one OpenMP team)
         generated: list[str] = []
-        worker = threading.Thread(target=lambda: generated.append(
-            text.generate("Count: one, two,", GenerationOptions(max_tokens=6, temperature=0, raw=True))))
+        worker = threading.Thread(
+            target=lambda: generated.append(
+                text.generate("Count: one, two,", GenerationOptions(max_tokens=6, temperature=0, raw=True))
+            )
+        )
         worker.start()
         vectors = service_model.embed(TEXTS[:2])
         worker.join(timeout=120)
@@ -252,7 +282,7 @@ def test_service_types(smollm2_path: Path, service_model) -> None:  # type: igno
 
 def test_service_batches_concurrent_callers(smollm2: llamacffi.Model, service_model) -> None:  # type: ignore
     texts = [f"Request {i // 2}, text {i % 2}: " + SENTENCES[i % len(SENTENCES)] for i in range(32)]
-    sequential = np.vstack([service_model.embed(texts[k:k + 2]) for k in range(0, len(texts), 2)])
+    sequential = np.vstack([service_model.embed(texts[k : k + 2]) for k in range(0, len(texts), 2)])
     before = dict(service_model.stats)
     results: dict[int, np.ndarray] = {}
     start = threading.Barrier(8)
@@ -260,7 +290,7 @@ def test_service_batches_concurrent_callers(smollm2: llamacffi.Model, service_mo
     def caller(worker: int) -> None:
         start.wait()
         for k in range(worker * 4, worker * 4 + 4, 2):  # two requests of two texts each
-            results[k] = service_model.embed(texts[k:k + 2])
+            results[k] = service_model.embed(texts[k : k + 2])
 
     threads = [threading.Thread(target=caller, args=(w,)) for w in range(8)]
     for t in threads:
@@ -307,9 +337,14 @@ def test_service_closed(smollm2_path: Path) -> None:
 
 # ---- the CLI ----------------------------------------------------------------------------------------------------
 
+
 def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "llamacffi", "embed", "-t", str(THREADS), *args],
-                          input=None if stdin is None else stdin.encode(), capture_output=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "llamacffi", "embed", "-t", str(THREADS), *args],
+        input=None if stdin is None else stdin.encode(),
+        capture_output=True,
+        timeout=300,
+    )
 
 
 def test_cli_json_and_npy(smollm2: llamacffi.Model, tmp_path: Path) -> None:
@@ -327,11 +362,13 @@ def test_cli_json_and_npy(smollm2: llamacffi.Model, tmp_path: Path) -> None:
     array = np.load(io.BytesIO(npy.stdout))
     assert array.dtype == np.float32 and array.shape == expected.shape  # the blank line is skipped
     assert cosines(array, expected).min() >= 0.99999
-    raw = run_cli("-m", str(smollm2.path), "--format", "npy", "--no-normalize", "--pooling", "last", "--file", "-",
-                  stdin=TEXTS[0])
+    raw = run_cli(
+        "-m", str(smollm2.path), "--format", "npy", "--no-normalize", "--pooling", "last", "--file", "-", stdin=TEXTS[0]
+    )
     assert raw.returncode == 0, raw.stderr.decode()
-    np.testing.assert_allclose(np.load(io.BytesIO(raw.stdout)),
-                               smollm2.embed(TEXTS[:1], pooling="last", normalize=False), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        np.load(io.BytesIO(raw.stdout)), smollm2.embed(TEXTS[:1], pooling="last", normalize=False), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_cli_errors(smollm2: llamacffi.Model) -> None:

@@ -14,8 +14,15 @@ from llamacffi import _pypi, models
 
 ROOT = Path(__file__).resolve().parent.parent
 # pip with no reachable index: what a machine without network sees.
-OFFLINE = {"PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_EXTRA_INDEX_URL": "",
-           "PIP_FIND_LINKS": "", "PIP_RETRIES": "0", "PIP_TIMEOUT": "2", "PIP_NO_INPUT": "1"}
+OFFLINE = {
+    "PIP_CONFIG_FILE": os.devnull,
+    "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+    "PIP_EXTRA_INDEX_URL": "",
+    "PIP_FIND_LINKS": "",
+    "PIP_RETRIES": "0",
+    "PIP_TIMEOUT": "2",
+    "PIP_NO_INPUT": "1",
+}
 
 
 def test_verify_rejects_a_wrong_checksum(tmp_path: Path) -> None:
@@ -52,8 +59,13 @@ def test_corrupt_cached_model_is_detected(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_llama_cpp_fetch_without_network_says_how_to_fix(tmp_path: Path) -> None:
     env = {**os.environ, **OFFLINE, "LLAMACFFI_CACHE": str(tmp_path / "cache")}
-    out = subprocess.run([sys.executable, str(ROOT / "build_tools" / "fetch_llama_cpp.py"), str(tmp_path / "tree")],
-                         capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "build_tools" / "fetch_llama_cpp.py"), str(tmp_path / "tree")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert out.returncode == 1
     assert "LLAMACFFI_LLAMA_CPP_DIR" in out.stderr and "cannot get the pinned llama.cpp tree" in out.stderr
     assert not (tmp_path / "tree").exists()
@@ -63,9 +75,20 @@ def test_build_stops_on_a_tree_without_llama_h(tmp_path: Path) -> None:
     cmake = shutil.which("cmake")
     assert cmake, "cmake is needed to build llamacffi"
     (tmp_path / "empty").mkdir()
-    out = subprocess.run([cmake, "-S", str(ROOT), "-B", str(tmp_path / "b"), f"-DPython_EXECUTABLE={sys.executable}",
-                          f"-DLLAMACFFI_LLAMA_CPP_DIR={tmp_path / 'empty'}"], capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [
+            cmake,
+            "-S",
+            str(ROOT),
+            "-B",
+            str(tmp_path / "b"),
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-DLLAMACFFI_LLAMA_CPP_DIR={tmp_path / 'empty'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode != 0
     message = " ".join(out.stderr.split())  # CMake wraps long lines
     assert "has no include/llama.h" in message and "LLAMACFFI_LLAMA_CPP_DIR" in message

@@ -163,8 +163,11 @@ REFUSED = [
     ({"type": "integer", "multipleOf": 3}, "#/multipleOf", "multipleOf"),
     ({"properties": {"age": {"type": "integer", "multipleOf": 2}}}, "#/properties/age/multipleOf", "multipleOf"),
     ({"type": "number", "minimum": 0.30000000000000004}, "#/minimum", "minimum"),
-    ({"type": "number", "maximum": 10, "exclusiveMaximum": 1.0000000000000002}, "#/exclusiveMaximum",
-     "exclusiveMaximum"),
+    (
+        {"type": "number", "maximum": 10, "exclusiveMaximum": 1.0000000000000002},
+        "#/exclusiveMaximum",
+        "exclusiveMaximum",
+    ),
     ({"type": "string", "format": "email"}, "#/format", "format"),
     ({"items": {"type": "string", "format": "uri"}}, "#/items/format", "format"),
     ({"not": {"type": "null"}}, "#/not", "not"),
@@ -178,8 +181,11 @@ REFUSED = [
     ({"unevaluatedProperties": False}, "#/unevaluatedProperties", "unevaluatedProperties"),
     ({"maxLenght": 3}, "#/maxLenght", "maxLenght"),
     ({"type": "string", "nullable": True}, "#/nullable", "nullable"),
-    ({"$defs": {"a/b": {"type": "string", "pattern": "(?=x)"}}, "$ref": "#/$defs/a~1b"}, "#/$defs/a~1b/pattern",
-     "pattern"),
+    (
+        {"$defs": {"a/b": {"type": "string", "pattern": "(?=x)"}}, "$ref": "#/$defs/a~1b"},
+        "#/$defs/a~1b/pattern",
+        "pattern",
+    ),
     ({"type": "string", "pattern": "\\bword"}, "#/pattern", "pattern"),
     ({"type": "string", "pattern": "(a)\\1"}, "#/pattern", "pattern"),
     ({"type": "string", "pattern": "a^b"}, "#/pattern", "pattern"),
@@ -188,8 +194,16 @@ REFUSED = [
     ({"$ref": "other.json#/x"}, "#/$ref", "$ref"),
     ({"$ref": "#/$defs/missing"}, "#/$ref", "$ref"),
     ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, "#/oneOf", "oneOf"),
-    ({"oneOf": [{"properties": {"k": {"const": 1}}, "required": ["k"]}, {"properties": {"k": {"const": 2}},
-                                                                        "required": ["k"]}]}, "#/oneOf", "oneOf"),
+    (
+        {
+            "oneOf": [
+                {"properties": {"k": {"const": 1}}, "required": ["k"]},
+                {"properties": {"k": {"const": 2}}, "required": ["k"]},
+            ]
+        },
+        "#/oneOf",
+        "oneOf",
+    ),
     ({"allOf": [{"pattern": "a"}, {"pattern": "b"}]}, "#/allOf", "pattern"),
     ({"enum": ["a", "bb"], "maxLength": 1}, "#/maxLength", "maxLength"),
     ({"type": "string", "minLength": -1}, "#/minLength", "minLength"),
@@ -210,16 +224,20 @@ def test_refused_keywords_name_their_pointer(schema: Any, ptr: str, keyword: str
     assert isinstance(info.value, ValueError) and isinstance(info.value, llamacffi.LlamaError)
 
 
-@pytest.mark.parametrize("schema", [
-    {"type": "integer", "minimum": 5, "maximum": 4},
-    {"type": "string", "minLength": 3, "maxLength": 2},
-    {"allOf": [{"type": "string"}, {"type": "integer"}]},
-    {"type": "object", "properties": {"a": False}, "required": ["a"]},
-    {"type": "string", "pattern": "^a$", "minLength": 2},
-    False,
-    "[1, 2]",
-    "{not json",
-], ids=str)
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "integer", "minimum": 5, "maximum": 4},
+        {"type": "string", "minLength": 3, "maxLength": 2},
+        {"allOf": [{"type": "string"}, {"type": "integer"}]},
+        {"type": "object", "properties": {"a": False}, "required": ["a"]},
+        {"type": "string", "pattern": "^a$", "minLength": 2},
+        False,
+        "[1, 2]",
+        "{not json",
+    ],
+    ids=str,
+)
 def test_unsatisfiable_or_malformed_schemas_raise(schema: Any) -> None:
     with pytest.raises(SchemaError):
         from_json_schema(schema)
@@ -227,8 +245,19 @@ def test_unsatisfiable_or_malformed_schemas_raise(schema: Any) -> None:
 
 def test_annotations_and_any_value() -> None:
     assert from_json_schema({}) == from_json_schema(True) == from_json_schema("{}")
-    annotated = {"title": "t", "description": "d", "examples": [1], "default": 1, "$schema": "x", "$id": "y",
-                 "$comment": "c", "readOnly": True, "deprecated": False, "x-vendor": 1, "type": "integer"}
+    annotated = {
+        "title": "t",
+        "description": "d",
+        "examples": [1],
+        "default": 1,
+        "$schema": "x",
+        "$id": "y",
+        "$comment": "c",
+        "readOnly": True,
+        "deprecated": False,
+        "x-vendor": 1,
+        "type": "integer",
+    }
     assert from_json_schema(annotated) == from_json_schema({"type": "integer"})
 
 
@@ -236,20 +265,35 @@ def test_annotations_and_any_value() -> None:
 
 
 # patterns with a generator of matching strings (explicit classes: hypothesis' \d would draw non-ASCII digits)
-PATTERNS = ["^[a-z]{1,6}$", "^[A-Z]{2}-[0-9]{3}$", "^(red|green|blue)$", "ab+c", "^x", "y$", "^[^\"\\\\]{0,4}$",
-            "^[0-9a-f]{2}(:[0-9a-f]{2}){0,2}$", "^\\w+@\\w+\\.(com|org)$", "^\\s?\\d+(\\.\\d{1,2})?$"]
+PATTERNS = [
+    "^[a-z]{1,6}$",
+    "^[A-Z]{2}-[0-9]{3}$",
+    "^(red|green|blue)$",
+    "ab+c",
+    "^x",
+    "y$",
+    '^[^"\\\\]{0,4}$',
+    "^[0-9a-f]{2}(:[0-9a-f]{2}){0,2}$",
+    "^\\w+@\\w+\\.(com|org)$",
+    "^\\s?\\d+(\\.\\d{1,2})?$",
+]
 FORMATS = {
     "date": st.dates().map(lambda d: d.isoformat()),
-    "time": st.tuples(st.integers(0, 23), st.integers(0, 59), st.integers(0, 59), st.sampled_from(["", ".5", ".123"]),
-                      st.sampled_from(["Z", "+01:00", "-11:30"])).map(
-                          lambda t: f"{t[0]:02}:{t[1]:02}:{t[2]:02}{t[3]}{t[4]}"),
+    "time": st.tuples(
+        st.integers(0, 23),
+        st.integers(0, 59),
+        st.integers(0, 59),
+        st.sampled_from(["", ".5", ".123"]),
+        st.sampled_from(["Z", "+01:00", "-11:30"]),
+    ).map(lambda t: f"{t[0]:02}:{t[1]:02}:{t[2]:02}{t[3]}{t[4]}"),
     "uuid": st.uuids().map(str),
 }
 FORMATS["date-time"] = st.tuples(FORMATS["date"], FORMATS["time"]).map(lambda t: f"{t[0]}T{t[1]}")
 KEYS = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=6)
 TEXT = st.text(st.characters(codec="utf-8"), max_size=8)
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), TEXT,
-                    st.floats(allow_nan=False, allow_infinity=False))
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-(10**6), 10**6), TEXT, st.floats(allow_nan=False, allow_infinity=False)
+)
 
 
 def _ascii_match(pattern: str) -> st.SearchStrategy[str]:
@@ -261,8 +305,8 @@ def _ascii_match(pattern: str) -> st.SearchStrategy[str]:
 
 @st.composite
 def integer_case(draw: st.DrawFn) -> tuple[dict[str, Any], Any]:
-    lo = draw(st.none() | st.integers(-10**9, 10**9))
-    hi = draw(st.none() | st.integers(lo if lo is not None else -10**9, 10**9))
+    lo = draw(st.none() | st.integers(-(10**9), 10**9))
+    hi = draw(st.none() | st.integers(lo if lo is not None else -(10**9), 10**9))
     schema: dict[str, Any] = {"type": "integer"}
     if lo is not None:
         schema["exclusiveMinimum" if draw(st.booleans()) else "minimum"] = lo
@@ -274,16 +318,16 @@ def integer_case(draw: st.DrawFn) -> tuple[dict[str, Any], Any]:
         schema.pop("exclusiveMaximum", None)
         schema.pop("exclusiveMinimum", None)
         a, z = lo, hi
-    return schema, draw(st.integers(a if a is not None else -10**15, z if z is not None else 10**15))
+    return schema, draw(st.integers(a if a is not None else -(10**15), z if z is not None else 10**15))
 
 
 @st.composite
 def number_case(draw: st.DrawFn) -> tuple[dict[str, Any], Any]:
     """Bounds and a document in hundredths (short decimals: the bounded grammar writes no exponent)."""
-    lo = draw(st.none() | st.integers(-10**5, 10**5))
-    hi = draw(st.none() | st.integers(lo if lo is not None else -10**5, 10**5))
+    lo = draw(st.none() | st.integers(-(10**5), 10**5))
+    hi = draw(st.none() | st.integers(lo if lo is not None else -(10**5), 10**5))
     lo_open, hi_open = draw(st.booleans()), draw(st.booleans())
-    a = -10**7 if lo is None else lo + lo_open
+    a = -(10**7) if lo is None else lo + lo_open
     z = 10**7 if hi is None else hi - hi_open
     assume(a <= z)
     schema: dict[str, Any] = {"type": "number"}
@@ -307,19 +351,27 @@ def string_case(draw: st.DrawFn) -> tuple[dict[str, Any], Any]:
     text = draw(TEXT)
     if kind == "plain":
         return {"type": "string"}, text
-    return {"type": "string", "minLength": len(text) - draw(st.integers(0, len(text))),
-            "maxLength": len(text) + draw(st.integers(0, 3))}, text
+    return {
+        "type": "string",
+        "minLength": len(text) - draw(st.integers(0, len(text))),
+        "maxLength": len(text) + draw(st.integers(0, 3)),
+    }, text
 
 
 def leaf_case() -> st.SearchStrategy[tuple[Any, Any]]:
     return st.one_of(
-        integer_case(), string_case(), number_case(),
-        st.tuples(st.just({"type": "number"}), st.floats(allow_nan=False, allow_infinity=False)
-                  | st.integers(-10**15, 10**15)),  # 16 digits at most (documented)
+        integer_case(),
+        string_case(),
+        number_case(),
+        st.tuples(
+            st.just({"type": "number"}),
+            st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(10**15), 10**15),
+        ),  # 16 digits at most (documented)
         st.tuples(st.just({"type": "boolean"}), st.booleans()),
         st.tuples(st.just({"type": ["null", "string"]}), st.none() | TEXT),
-        st.lists(SCALARS, min_size=1, max_size=4).flatmap(lambda vs: st.tuples(st.just({"enum": vs}),
-                                                                               st.sampled_from(vs))),
+        st.lists(SCALARS, min_size=1, max_size=4).flatmap(
+            lambda vs: st.tuples(st.just({"enum": vs}), st.sampled_from(vs))
+        ),
         st.tuples(st.just({}), SCALARS),
     )
 
@@ -329,8 +381,12 @@ def array_case(draw: st.DrawFn, inner: st.SearchStrategy[tuple[Any, Any]]) -> tu
     item_schema, first = draw(inner)
     n = draw(st.integers(0, 3))
     lo = draw(st.integers(0, n))
-    schema: dict[str, Any] = {"type": "array", "items": item_schema, "minItems": lo,
-                              "maxItems": n + draw(st.integers(0, 2))}
+    schema: dict[str, Any] = {
+        "type": "array",
+        "items": item_schema,
+        "minItems": lo,
+        "maxItems": n + draw(st.integers(0, 2)),
+    }
     if draw(st.booleans()):  # a tuple prefix
         return {"type": "array", "prefixItems": [item_schema, {"type": "boolean"}], "items": False}, [first, True]
     # further items are copies of the first: any valid item will do
@@ -362,11 +418,16 @@ def object_case(draw: st.DrawFn, inner: st.SearchStrategy[tuple[Any, Any]]) -> t
     return schema, doc
 
 
-CASES = st.recursive(leaf_case(), lambda inner: st.one_of(
-    array_case(inner), object_case(inner),
-    st.tuples(inner, inner).map(lambda ab: ({"anyOf": [ab[0][0], ab[1][0]]}, ab[1][1])),
-    inner.map(lambda sd: ({"x-def": sd[0]}, sd[1])),
-), max_leaves=6)
+CASES = st.recursive(
+    leaf_case(),
+    lambda inner: st.one_of(
+        array_case(inner),
+        object_case(inner),
+        st.tuples(inner, inner).map(lambda ab: ({"anyOf": [ab[0][0], ab[1][0]]}, ab[1][1])),
+        inner.map(lambda sd: ({"x-def": sd[0]}, sd[1])),
+    ),
+    max_leaves=6,
+)
 
 
 def hoist(schema: Any) -> Any:
@@ -415,29 +476,36 @@ def test_valid_documents_are_accepted(smollm2: llamacffi.Model, case: tuple[Any,
 @given(case=CASES, data=st.data())
 def test_invalid_documents_are_rejected(smollm2: llamacffi.Model, case: tuple[Any, Any], data: st.DataObject) -> None:
     schema = hoist(case[0])
-    bad = data.draw(st.one_of(SCALARS, st.lists(SCALARS, max_size=2),
-                              st.dictionaries(KEYS, SCALARS, max_size=2)))
+    bad = data.draw(st.one_of(SCALARS, st.lists(SCALARS, max_size=2), st.dictionaries(KEYS, SCALARS, max_size=2)))
     text = spell(bad, 1)
     assume(not is_valid(bad, schema) and spells(smollm2.vocab, text))
     assert not accepts(smollm2.vocab, from_json_schema(schema), text), (schema, bad)
 
 
-@pytest.mark.parametrize(("schema", "bad"), [
-    ({"type": "integer", "minimum": -50, "maximum": 1234}, ["-51", "1235", "-0", "007", "12.0", "-"]),
-    ({"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 10}, ["0", "10", "-1"]),
-    ({"type": "number", "minimum": -2.5, "exclusiveMaximum": 3.25}, ["-2.51", "3.25", "3.250", "4", "-0", "1e0",
-                                                                       "-3", "1.0000000000000001"]),
-    ({"type": "number", "exclusiveMinimum": 0, "maximum": 1}, ["0", "0.0", "-0.5", "1.01", "2"]),
-    ({"type": "string", "format": "date"}, ['"2023-02-29"', '"2024-13-01"', '"0000-01-01"', '"2024-04-31"']),
-    ({"type": "string", "format": "date-time"}, ['"2024-01-01T24:00:00Z"', '"2024-01-01T10:00:00"']),
-    ({"type": "string", "format": "uuid"}, ['"123e4567-e89b-12d3-a456-42661417400"']),
-    ({"type": "string", "pattern": "^[a-z]{2,3}$"}, ['"a"', '"abcd"', '"AB"']),
-    ({"type": "string", "maxLength": 3}, ['"abcd"', '"\\n\\n\\n\\n"']),
-    ({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}, ['{}', '{"b": 1}',
-                                                                                       '{"a": 1, "a": 2}']),
-    ({"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 2}, ["[]", "[1, 2, 3]"]),
-    ({"type": "object", "additionalProperties": False}, ['{"x": 1}']),
-], ids=lambda v: json.dumps(v)[:40])
+@pytest.mark.parametrize(
+    ("schema", "bad"),
+    [
+        ({"type": "integer", "minimum": -50, "maximum": 1234}, ["-51", "1235", "-0", "007", "12.0", "-"]),
+        ({"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 10}, ["0", "10", "-1"]),
+        (
+            {"type": "number", "minimum": -2.5, "exclusiveMaximum": 3.25},
+            ["-2.51", "3.25", "3.250", "4", "-0", "1e0", "-3", "1.0000000000000001"],
+        ),
+        ({"type": "number", "exclusiveMinimum": 0, "maximum": 1}, ["0", "0.0", "-0.5", "1.01", "2"]),
+        ({"type": "string", "format": "date"}, ['"2023-02-29"', '"2024-13-01"', '"0000-01-01"', '"2024-04-31"']),
+        ({"type": "string", "format": "date-time"}, ['"2024-01-01T24:00:00Z"', '"2024-01-01T10:00:00"']),
+        ({"type": "string", "format": "uuid"}, ['"123e4567-e89b-12d3-a456-42661417400"']),
+        ({"type": "string", "pattern": "^[a-z]{2,3}$"}, ['"a"', '"abcd"', '"AB"']),
+        ({"type": "string", "maxLength": 3}, ['"abcd"', '"\\n\\n\\n\\n"']),
+        (
+            {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+            ["{}", '{"b": 1}', '{"a": 1, "a": 2}'],
+        ),
+        ({"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 2}, ["[]", "[1, 2, 3]"]),
+        ({"type": "object", "additionalProperties": False}, ['{"x": 1}']),
+    ],
+    ids=lambda v: json.dumps(v)[:40],
+)
 def test_specific_invalid_documents(smollm2: llamacffi.Model, schema: Any, bad: list[str]) -> None:
     gbnf = from_json_schema(schema)
     for text in bad:
@@ -447,14 +515,18 @@ def test_specific_invalid_documents(smollm2: llamacffi.Model, schema: Any, bad: 
 # ---------------------------------------------------------------------------------------------- bounded costs
 
 
-@pytest.mark.parametrize("schema", [
-    {"type": "string", "pattern": "(a|b)*a(a|b){12}"},  # an exponential DFA
-    {"type": "string", "pattern": "^[a-z]{0,1000}[a-z]{0,1000}$"},  # highly ambiguous
-    {"type": "string", "pattern": "^(((a{0,50}){0,50}){0,50})$"},
-    {"type": "array", "items": {"type": "array", "maxItems": 2000}, "maxItems": 2000},
-    {"type": "integer", "minimum": -10**100, "maximum": 10**120},
-    {"anyOf": [{"type": "string", "format": "date-time", "maxLength": n} for n in range(20, 40)]},
-], ids=lambda s: json.dumps(s)[:50])
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "string", "pattern": "(a|b)*a(a|b){12}"},  # an exponential DFA
+        {"type": "string", "pattern": "^[a-z]{0,1000}[a-z]{0,1000}$"},  # highly ambiguous
+        {"type": "string", "pattern": "^(((a{0,50}){0,50}){0,50})$"},
+        {"type": "array", "items": {"type": "array", "maxItems": 2000}, "maxItems": 2000},
+        {"type": "integer", "minimum": -(10**100), "maximum": 10**120},
+        {"anyOf": [{"type": "string", "format": "date-time", "maxLength": n} for n in range(20, 40)]},
+    ],
+    ids=lambda s: json.dumps(s)[:50],
+)
 def test_blowups_return_within_a_bound(schema: Any) -> None:
     t = time.perf_counter()
     try:
@@ -488,41 +560,54 @@ def test_ambiguous_unions_keep_llama_cpp_fast(smollm2: llamacffi.Model) -> None:
 # ------------------------------------------------------------------------------------- arbitrary schemas
 
 _TYPES = st.sampled_from(["string", "integer", "object", "array", "number", "null", "boolean"])
-_JUNK = st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | st.floats(-3, 3) | st.text(max_size=3),
-                     lambda c: st.lists(c, max_size=2) | st.dictionaries(st.text(max_size=3), c, max_size=2),
-                     max_leaves=4)
+_JUNK = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(-3, 3) | st.text(max_size=3),
+    lambda c: st.lists(c, max_size=2) | st.dictionaries(st.text(max_size=3), c, max_size=2),
+    max_leaves=4,
+)
 
 
 def _schema_dict(c: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
     keys = ["a", "b", "c"]
-    return st.fixed_dictionaries({}, optional={
-        "type": _TYPES | st.lists(_TYPES, min_size=1, max_size=3) | _JUNK,
-        "properties": st.dictionaries(st.sampled_from(keys), c, max_size=3) | _JUNK,
-        "required": st.lists(st.sampled_from(keys), max_size=2) | _JUNK,
-        "additionalProperties": c | _JUNK, "items": c | _JUNK, "prefixItems": st.lists(c, max_size=2) | _JUNK,
-        "minItems": st.integers(0, 3) | _JUNK, "maxItems": st.integers(0, 4),
-        "minLength": st.integers(0, 3), "maxLength": st.integers(0, 5) | _JUNK,
-        "pattern": st.sampled_from(["^a+$", "b", "^(x|y){1,3}", "[0-9]{2}$", "(", "\\p{L}"]) | _JUNK,
-        "format": st.sampled_from(["date", "uuid", "time", "email"]) | _JUNK,
-        "minimum": st.integers(-20, 20) | st.floats(-5, 5).map(lambda f: round(f, 2)) | _JUNK,
-        "maximum": st.integers(-20, 20), "exclusiveMinimum": st.integers(-20, 20) | st.booleans(),
-        "enum": st.lists(st.none() | st.integers(-3, 3) | st.text(max_size=2), min_size=1, max_size=3) | _JUNK,
-        "const": _JUNK,
-        "anyOf": st.lists(c, min_size=1, max_size=3) | _JUNK, "oneOf": st.lists(c, min_size=1, max_size=2),
-        "allOf": st.lists(c, min_size=1, max_size=2) | _JUNK,
-        "$ref": st.sampled_from(["#", "#/$defs/a", "#/properties/a", "#/nope", "x.json"]) | _JUNK,
-        "$defs": st.fixed_dictionaries({"a": c}) | _JUNK,
-    })
+    return st.fixed_dictionaries(
+        {},
+        optional={
+            "type": _TYPES | st.lists(_TYPES, min_size=1, max_size=3) | _JUNK,
+            "properties": st.dictionaries(st.sampled_from(keys), c, max_size=3) | _JUNK,
+            "required": st.lists(st.sampled_from(keys), max_size=2) | _JUNK,
+            "additionalProperties": c | _JUNK,
+            "items": c | _JUNK,
+            "prefixItems": st.lists(c, max_size=2) | _JUNK,
+            "minItems": st.integers(0, 3) | _JUNK,
+            "maxItems": st.integers(0, 4),
+            "minLength": st.integers(0, 3),
+            "maxLength": st.integers(0, 5) | _JUNK,
+            "pattern": st.sampled_from(["^a+$", "b", "^(x|y){1,3}", "[0-9]{2}$", "(", "\\p{L}"]) | _JUNK,
+            "format": st.sampled_from(["date", "uuid", "time", "email"]) | _JUNK,
+            "minimum": st.integers(-20, 20) | st.floats(-5, 5).map(lambda f: round(f, 2)) | _JUNK,
+            "maximum": st.integers(-20, 20),
+            "exclusiveMinimum": st.integers(-20, 20) | st.booleans(),
+            "enum": st.lists(st.none() | st.integers(-3, 3) | st.text(max_size=2), min_size=1, max_size=3) | _JUNK,
+            "const": _JUNK,
+            "anyOf": st.lists(c, min_size=1, max_size=3) | _JUNK,
+            "oneOf": st.lists(c, min_size=1, max_size=2),
+            "allOf": st.lists(c, min_size=1, max_size=2) | _JUNK,
+            "$ref": st.sampled_from(["#", "#/$defs/a", "#/properties/a", "#/nope", "x.json"]) | _JUNK,
+            "$defs": st.fixed_dictionaries({"a": c}) | _JUNK,
+        },
+    )
 
 
-ANY_SCHEMA = st.recursive(st.booleans() | st.just({}) | st.fixed_dictionaries({"type": _TYPES}), _schema_dict,
-                          max_leaves=10)
+ANY_SCHEMA = st.recursive(
+    st.booleans() | st.just({}) | st.fixed_dictionaries({"type": _TYPES}), _schema_dict, max_leaves=10
+)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 @given(schema=ANY_SCHEMA)
-def test_any_schema_compiles_to_a_grammar_llama_cpp_parses_or_raises_schema_error(smollm2: llamacffi.Model,
-                                                                                 schema: Any) -> None:
+def test_any_schema_compiles_to_a_grammar_llama_cpp_parses_or_raises_schema_error(
+    smollm2: llamacffi.Model, schema: Any
+) -> None:
     try:
         gbnf = from_json_schema(schema)
     except SchemaError:
@@ -538,14 +623,17 @@ def closing_tokens(smollm2: llamacffi.Model) -> Any:
     """Tokens that close strings, objects or arrays, and short ones: favoured so random walks end soon."""
     v = smollm2.vocab
     pieces = [v.token_to_piece(i) for i in range(v.n_tokens)]
-    return (np.array([any(c in p for c in b'"}]') for p in pieces], dtype=np.float32) * 6
-            + np.array([len(p) <= 2 for p in pieces], dtype=np.float32) * 3)
+    return (
+        np.array([any(c in p for c in b'"}]') for p in pieces], dtype=np.float32) * 6
+        + np.array([len(p) <= 2 for p in pieces], dtype=np.float32) * 3
+    )
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
 @given(schema=st.one_of(CASES.map(lambda case: hoist(case[0])), ANY_SCHEMA), seed=st.integers(0, 2**32 - 1))
-def test_random_walks_through_the_grammar_validate(smollm2: llamacffi.Model, closing_tokens: Any, schema: Any,
-                                                   seed: int) -> None:
+def test_random_walks_through_the_grammar_validate(
+    smollm2: llamacffi.Model, closing_tokens: Any, schema: Any, seed: int
+) -> None:
     """Sampling random logits under the grammar (no model): every document it completes is valid."""
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:

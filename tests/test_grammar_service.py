@@ -43,19 +43,24 @@ def check(text: str) -> None:
 
 @pytest.fixture(scope="module")
 def smol() -> Iterator[LlamaCppTextModel]:
-    with LlamaCppService(LocalBackendConfig(threads=1)) as svc, \
-            svc.load_model("smollm2-135m", config=ModelConfig(context_size=512, parallel=3)) as m:
+    with (
+        LlamaCppService(LocalBackendConfig(threads=1)) as svc,
+        svc.load_model("smollm2-135m", config=ModelConfig(context_size=512, parallel=3)) as m,
+    ):
         yield m
 
 
-@pytest.mark.parametrize(("kw", "says"), [
-    ({"json_schema": {"type": "integer", "multipleOf": 2}}, "#/multipleOf"),
-    ({"json_schema": {"properties": {"a": {"format": "email"}}}}, "#/properties/a/format"),
-    ({"json_schema": "{oops"}, "not valid JSON"),
-    ({"json_schema": 5}, "json_schema"),
-    ({"grammar": ""}, "grammar"),
-    ({"grammar": 'root ::= "a"', "json_schema": {}}, "exclude each other"),
-])
+@pytest.mark.parametrize(
+    ("kw", "says"),
+    [
+        ({"json_schema": {"type": "integer", "multipleOf": 2}}, "#/multipleOf"),
+        ({"json_schema": {"properties": {"a": {"format": "email"}}}}, "#/properties/a/format"),
+        ({"json_schema": "{oops"}, "not valid JSON"),
+        ({"json_schema": 5}, "json_schema"),
+        ({"grammar": ""}, "grammar"),
+        ({"grammar": 'root ::= "a"', "json_schema": {}}, "exclude each other"),
+    ],
+)
 def test_options_validate_the_constraint(kw: dict[str, object], says: str) -> None:
     with pytest.raises(InvalidConfigError) as info:
         GenerationOptions(**kw)  # type: ignore[arg-type]
@@ -92,8 +97,10 @@ def test_free_requests_are_unaffected_by_constrained_ones(smol: LlamaCppTextMode
     decode_calls = smol.stats["max_batched_sequences"]
     out: dict[str, str] = {}
     constrained = GenerationOptions(json_schema=SCHEMA, temperature=0.8, seed=5, max_tokens=200)
-    threads = [threading.Thread(target=lambda: out.__setitem__("json", smol.generate("A person:", constrained))),
-               threading.Thread(target=lambda: out.__setitem__("free", smol.generate("The river flows", free)))]
+    threads = [
+        threading.Thread(target=lambda: out.__setitem__("json", smol.generate("A person:", constrained))),
+        threading.Thread(target=lambda: out.__setitem__("free", smol.generate("The river flows", free))),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -107,13 +114,37 @@ def test_cli_generate_json_schema(smollm2_path: Path, tmp_path: Path) -> None:
     schema_file = tmp_path / "s.json"
     schema_file.write_text(json.dumps(SCHEMA))
     for source in (str(schema_file), json.dumps(SCHEMA)):
-        out = subprocess.run([sys.executable, "-m", "llamacffi", "generate", "--json-schema", source, "-n", "200",
-                              "--seed", "1", "-t", "1", "A person:"], check=False, capture_output=True, text=True,
-                             timeout=300, env=dict(os.environ))
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "llamacffi",
+                "generate",
+                "--json-schema",
+                source,
+                "-n",
+                "200",
+                "--seed",
+                "1",
+                "-t",
+                "1",
+                "A person:",
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=dict(os.environ),
+        )
         assert out.returncode == 0, out.stderr
         check(out.stdout.strip())
-    bad = subprocess.run([sys.executable, "-m", "llamacffi", "generate", "--json-schema", '{"not": {}}', "x"],
-                         check=False, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "llamacffi", "generate", "--json-schema", '{"not": {}}', "x"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 1 and "#/not" in bad.stderr
 
 
@@ -132,9 +163,13 @@ def test_a_grammar_the_vocabulary_cannot_spell_fails_alone(smol: LlamaCppTextMod
         except Exception as exc:
             results[key] = exc
 
-    threads = [threading.Thread(target=run, args=("bad", "Say it.", GenerationOptions(
-                   temperature=0, max_tokens=8, grammar='root ::= "\U00040000"'))),
-               threading.Thread(target=run, args=("free", "Name three colours.", free))]
+    threads = [
+        threading.Thread(
+            target=run,
+            args=("bad", "Say it.", GenerationOptions(temperature=0, max_tokens=8, grammar='root ::= "\U00040000"')),
+        ),
+        threading.Thread(target=run, args=("free", "Name three colours.", free)),
+    ]
     for t in threads:
         t.start()
     for t in threads:

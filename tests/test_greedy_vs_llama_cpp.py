@@ -32,8 +32,10 @@ def raw_greedy(path: Path, prompt: str, n_predict: int) -> bytes:
         text = prompt.encode()
         n_prompt = -lib.llama_tokenize(vocab, text, len(text), ffi.NULL, 0, True, True)
         tokens = np.empty(n_prompt, dtype=np.int32)
-        assert lib.llama_tokenize(vocab, text, len(text), ffi.from_buffer("llama_token[]", tokens), n_prompt,
-                                  True, True) == n_prompt
+        assert (
+            lib.llama_tokenize(vocab, text, len(text), ffi.from_buffer("llama_token[]", tokens), n_prompt, True, True)
+            == n_prompt
+        )
         cparams = lib.llama_context_default_params()
         cparams.n_ctx = n_prompt + n_predict - 1
         cparams.n_batch = n_prompt
@@ -49,8 +51,9 @@ def raw_greedy(path: Path, prompt: str, n_predict: int) -> bytes:
 
             out = b"".join(piece(int(t)) for t in tokens)
             n_vocab = lib.llama_vocab_n_tokens(vocab)
-            assert lib.llama_decode(ctx, lib.llama_batch_get_one(ffi.from_buffer("llama_token[]", tokens),
-                                                                 n_prompt)) == 0
+            assert (
+                lib.llama_decode(ctx, lib.llama_batch_get_one(ffi.from_buffer("llama_token[]", tokens), n_prompt)) == 0
+            )
             one = ffi.new("llama_token[1]")
             for i in range(n_predict):
                 logits = np.frombuffer(ffi.buffer(lib.llama_get_logits_ith(ctx, -1), 4 * n_vocab), np.float32)
@@ -72,8 +75,12 @@ def raw_greedy(path: Path, prompt: str, n_predict: int) -> bytes:
 @pytest.mark.parametrize("name,prompt", CASES)
 def test_greedy_equals_llama_simple(name: str, prompt: str, llama_simple: Path) -> None:
     path = models.fetch(name)
-    expected = subprocess.run([str(llama_simple), "-m", str(path), "-n", str(N_PREDICT), "-ngl", "0", prompt],
-                              capture_output=True, check=True, timeout=300).stdout
+    expected = subprocess.run(
+        [str(llama_simple), "-m", str(path), "-n", str(N_PREDICT), "-ngl", "0", prompt],
+        capture_output=True,
+        check=True,
+        timeout=300,
+    ).stdout
     got = raw_greedy(path, prompt, N_PREDICT)
     assert got == expected
     assert len(got) > len(prompt.encode()) + 10  # something was generated

@@ -32,8 +32,10 @@ def last_logits(model: llamacffi.Model, text: str) -> np.ndarray:
 
 def test_weights_get_huge_pages_and_compute_the_same(model_path: Path) -> None:
     # n_gpu_layers=0: the weights stay in CPU memory on every build
-    with llamacffi.Model.load(model_path, n_gpu_layers=0, huge_pages=True) as huge, \
-            llamacffi.Model.load(model_path, n_gpu_layers=0) as mapped:
+    with (
+        llamacffi.Model.load(model_path, n_gpu_layers=0, huge_pages=True) as huge,
+        llamacffi.Model.load(model_path, n_gpu_layers=0) as mapped,
+    ):
         if HAS_THP:  # read after the first progress callback advised their buffers
             assert huge.huge_page_bytes >= huge.size // 2
         else:
@@ -70,8 +72,10 @@ def test_service_with_huge_pages_generates_the_same_text(smollm2_path: Path) -> 
     texts = []
     for llama_cpp in (LlamaCppSpecificConfig(), LlamaCppSpecificConfig(huge_pages=True)):
         backend = LocalBackendConfig(threads=2, use_gpu=False, llama_cpp=llama_cpp)
-        with LlamaCppService(backend) as svc, svc.load_model(str(smollm2_path),
-                                                             config=ModelConfig(context_size=256)) as m:
+        with (
+            LlamaCppService(backend) as svc,
+            svc.load_model(str(smollm2_path), config=ModelConfig(context_size=256)) as m,
+        ):
             tm = m.as_text_to_text()
             assert isinstance(tm, LlamaCppTextModel) and tm.llama_model.huge_pages == llama_cpp.huge_pages
             texts.append(tm.generate("Once upon a time", opts))
@@ -87,8 +91,9 @@ def test_unmapped_before() -> None:
     assert hugepages.unmapped_before([(0, 10), (20, 30), (40, 50)], [(5, 45)]) == [(10, 20), (30, 40)]
 
 
-@pytest.mark.skipif(not HAS_THP or hugepages.page_size() > 32 << 20, reason="no transparent huge pages of a "
-                    "testable size")
+@pytest.mark.skipif(
+    not HAS_THP or hugepages.page_size() > 32 << 20, reason="no transparent huge pages of a testable size"
+)
 def test_only_private_memory_mapped_after_the_snapshot_is_collapsed() -> None:
     size = hugepages.page_size()
 

@@ -24,6 +24,7 @@ THREADS = 2
 
 # ---- checked before calling llama.cpp -------------------------------------------------------------------------
 
+
 def test_encode_needs_an_encoder(smollm2: llamacffi.Model) -> None:
     with Context(smollm2, n_ctx=64, n_threads=THREADS) as ctx:
         with pytest.raises(InvalidArgumentError, match="no encoder"):
@@ -78,19 +79,27 @@ def test_grammar_depth_and_size_are_bounded(smollm2: llamacffi.Model) -> None:
 
 # ---- one thread at a time -----------------------------------------------------------------------------------
 
+
 def test_state_and_memory_calls_refuse_a_busy_context(smollm2: llamacffi.Model) -> None:
     with Context(smollm2, n_ctx=64, n_threads=THREADS) as ctx:
         ctx.decode_tokens([1, 2, 3])
         saved = ctx.state_save()
         with ctx._busy:  # what another thread's decode holds
-            for call in (ctx.state_save, lambda: ctx.state_load(saved), lambda: ctx.seq_state_save(0),
-                         ctx.memory.clear, lambda: ctx.memory.seq_rm(0, 1, -1), lambda: ctx.memory.seq_pos_max(0)):
+            for call in (
+                ctx.state_save,
+                lambda: ctx.state_load(saved),
+                lambda: ctx.seq_state_save(0),
+                ctx.memory.clear,
+                lambda: ctx.memory.seq_rm(0, 1, -1),
+                lambda: ctx.memory.seq_pos_max(0),
+            ):
                 with pytest.raises(LlamaError, match="in use by another thread"):
                     call()
         assert ctx.memory.seq_pos_max(0) == 2  # nothing changed
 
 
 # ---- lifetimes -------------------------------------------------------------------------------------------------
+
 
 def test_logits_views_outlive_close(gemma3_path: Path) -> None:
     m = llamacffi.Model.load(gemma3_path)
@@ -111,13 +120,18 @@ def test_logits_views_outlive_close(gemma3_path: Path) -> None:
 
 def test_numbers_c_would_truncate_or_wrap_are_refused(smollm2: llamacffi.Model, tmp_path: Path) -> None:
     from llamacffi import InvalidTokenError
+
     vocab = smollm2.vocab
     with Context(smollm2, n_ctx=np.int64(256), n_batch=np.int64(16), n_threads=THREADS) as ctx:
-        for call in (lambda: ctx.decode_token(5.9, 0), lambda: ctx.decode_token(5, 1.7),  # type: ignore[arg-type]
-                     lambda: ctx.decode_token(5, 1 << 40), lambda: ctx.decode_token(5, 0, seq_id=True),
-                     lambda: ctx.decode_tokens([5], start_pos=1.5),  # type: ignore[arg-type]
-                     lambda: ctx.decode_tokens([5], logits="bogus"),
-                     lambda: ctx.decode_tokens(np.arange(40) + 5, logits="all")):  # more than n_batch
+        for call in (
+            lambda: ctx.decode_token(5.9, 0),
+            lambda: ctx.decode_token(5, 1.7),  # type: ignore[arg-type]
+            lambda: ctx.decode_token(5, 1 << 40),
+            lambda: ctx.decode_token(5, 0, seq_id=True),
+            lambda: ctx.decode_tokens([5], start_pos=1.5),  # type: ignore[arg-type]
+            lambda: ctx.decode_tokens([5], logits="bogus"),
+            lambda: ctx.decode_tokens(np.arange(40) + 5, logits="all"),
+        ):  # more than n_batch
             with pytest.raises(InvalidArgumentError):
                 call()
         for tokens in ([5.9], [1 << 40], "abc", [[1, 2]], [None]):
@@ -134,17 +148,26 @@ def test_numbers_c_would_truncate_or_wrap_are_refused(smollm2: llamacffi.Model, 
                 ctx.logits(index)  # type: ignore[arg-type]
         np.testing.assert_array_equal(ctx.logits(np.int64(0)), ctx.logits())
         m = ctx.memory
-        for call in (lambda: m.seq_rm(0, 1.5), lambda: m.seq_add(0, 0, 1 << 40, 1),  # type: ignore[arg-type]
-                     lambda: m.seq_div(0, 0, -1, True), lambda: m.seq_cp(0, 0, None)):  # type: ignore[arg-type]
+        for call in (
+            lambda: m.seq_rm(0, 1.5),
+            lambda: m.seq_add(0, 0, 1 << 40, 1),  # type: ignore[arg-type]
+            lambda: m.seq_div(0, 0, -1, True),
+            lambda: m.seq_cp(0, 0, None),
+        ):  # type: ignore[arg-type]
             with pytest.raises(InvalidArgumentError):
                 call()
         assert m.seq_pos_max(0) == 0
         with pytest.raises(InvalidArgumentError, match="NUL"):
             ctx.seq_save_file(tmp_path / "a\0b", [5])
         assert not (tmp_path / "a").exists()
-    for call in (lambda: Batch(True), lambda: Batch(1).add(1 << 40, 0), lambda: Batch(1).add(1, 1 << 31),
-                 lambda: Batch.from_tokens([1], start_pos=(1 << 31) - 1 + 1), lambda: Batch(2).add(1, 0, None),
-                 lambda: Batch.from_tokens([1], seq_id=np.int64(-1))):  # type: ignore[arg-type]
+    for call in (
+        lambda: Batch(True),
+        lambda: Batch(1).add(1 << 40, 0),
+        lambda: Batch(1).add(1, 1 << 31),
+        lambda: Batch.from_tokens([1], start_pos=(1 << 31) - 1 + 1),
+        lambda: Batch(2).add(1, 0, None),
+        lambda: Batch.from_tokens([1], seq_id=np.int64(-1)),
+    ):  # type: ignore[arg-type]
         with pytest.raises(InvalidArgumentError):
             call()
     with pytest.raises(InvalidTokenError):
@@ -307,6 +330,7 @@ print("exiting", flush=True)
 def test_exit_while_a_daemon_thread_decodes(mode: str) -> None:
     # The process tears llama.cpp down at exit; a decode still running in a daemon thread must be stopped first.
     for delay in (0.7, 0.9, 1.2):
-        out = subprocess.run([sys.executable, "-c", EXIT_WHILE_DECODING, mode, str(delay)], capture_output=True,
-                             text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", EXIT_WHILE_DECODING, mode, str(delay)], capture_output=True, text=True, timeout=120
+        )
         assert out.returncode == 0 and "exiting" in out.stdout, (out.returncode, out.stderr[-1500:])

@@ -88,6 +88,7 @@ def test_progress_callback_cancels_and_reraises(smollm2_path: Path) -> None:
 
 def gguf_bytes(kv: list[tuple[str, int, bytes]]) -> bytes:
     """A GGUF file with no tensors and the given (key, value type, encoded value) pairs."""
+
     def s(text: str) -> bytes:
         return struct.pack("<Q", len(text.encode())) + text.encode()
 
@@ -108,26 +109,35 @@ def string_array(items: list[str]) -> bytes:
 @pytest.mark.parametrize("layers", [0, 1000])
 def test_layer_count_out_of_range(tmp_path: Path, layers: int) -> None:
     # llama.cpp asserts 0 < block_count <= LLAMA_MAX_LAYERS, which would abort the process
-    data = gguf_bytes([("general.architecture", 8, string_value("llama")),
-                       ("llama.block_count", 4, struct.pack("<I", layers))])
+    data = gguf_bytes(
+        [("general.architecture", 8, string_value("llama")), ("llama.block_count", 4, struct.pack("<I", layers))]
+    )
     with pytest.raises(ModelLoadError, match="block_count"):
         llamacffi.Model.load(write(tmp_path, "layers.gguf", data))
 
 
 @pytest.mark.parametrize("vocab_only", [False, True])
 def test_vocabulary_with_a_repeated_token(tmp_path: Path, vocab_only: bool) -> None:
-    data = gguf_bytes([("general.architecture", 8, string_value("llama")),
-                       ("llama.block_count", 4, struct.pack("<I", 1)),
-                       ("tokenizer.ggml.model", 8, string_value("llama")),
-                       ("tokenizer.ggml.tokens", 9, string_array(["a", "b", "a"]))])
+    data = gguf_bytes(
+        [
+            ("general.architecture", 8, string_value("llama")),
+            ("llama.block_count", 4, struct.pack("<I", 1)),
+            ("tokenizer.ggml.model", 8, string_value("llama")),
+            ("tokenizer.ggml.tokens", 9, string_array(["a", "b", "a"])),
+        ]
+    )
     with pytest.raises(ModelLoadError, match="more than once"):
         llamacffi.Model.load(write(tmp_path, "dup.gguf", data), vocab_only=vocab_only)
 
 
 def test_tokenizer_arrays_of_other_lengths(tmp_path: Path) -> None:
-    data = gguf_bytes([("general.architecture", 8, string_value("llama")),
-                       ("tokenizer.ggml.tokens", 9, string_array(["a", "b"])),
-                       ("tokenizer.ggml.scores", 9, struct.pack("<IQ", 6, 1) + struct.pack("<f", 0.0))])
+    data = gguf_bytes(
+        [
+            ("general.architecture", 8, string_value("llama")),
+            ("tokenizer.ggml.tokens", 9, string_array(["a", "b"])),
+            ("tokenizer.ggml.scores", 9, struct.pack("<IQ", 6, 1) + struct.pack("<f", 0.0)),
+        ]
+    )
     with pytest.raises(ModelLoadError, match="scores"):
         llamacffi.Model.load(write(tmp_path, "scores.gguf", data), vocab_only=True)
 
@@ -145,10 +155,16 @@ def test_metadata_check_accepts_what_llama_cpp_accepts(tmp_path: Path) -> None:
 
     arch = ("general.architecture", 8, string_value("llama"))
     check([arch, ("tokenizer.ggml.tokens", 9, string_array(["", "a", ""]))])  # empty texts get names of their own
-    check([arch, ("tokenizer.ggml.tokens", 9, string_array(["a", "b"])),
-           ("tokenizer.ggml.token_type", 9, struct.pack("<IQ", 5, 3) + struct.pack("<3i", 1, 1, 1))])  # longer
-    check([arch, ("tokenizer.ggml.tokens", 9, string_array(["a"])),
-           ("tokenizer.ggml.scores", 6, struct.pack("<f", 0.0))])  # not an array: llama.cpp's own error
+    check(
+        [
+            arch,
+            ("tokenizer.ggml.tokens", 9, string_array(["a", "b"])),
+            ("tokenizer.ggml.token_type", 9, struct.pack("<IQ", 5, 3) + struct.pack("<3i", 1, 1, 1)),
+        ]
+    )  # longer
+    check(
+        [arch, ("tokenizer.ggml.tokens", 9, string_array(["a"])), ("tokenizer.ggml.scores", 6, struct.pack("<f", 0.0))]
+    )  # not an array: llama.cpp's own error
     check([arch, ("llama.block_count", 4, struct.pack("<I", 0))], vocab_only=True)  # a vocab-only load reads no layers
     with pytest.raises(ModelLoadError, match="block_count"):  # the architecture may come after its keys
         check([("llama.block_count", 4, struct.pack("<I", 0)), arch])

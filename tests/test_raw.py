@@ -43,8 +43,14 @@ def test_every_llama_api_function_is_in_lib() -> None:
 
 def test_parser_sees_known_functions() -> None:
     names = llama_api_functions(llama_h().read_text())
-    for n in ("llama_decode", "llama_memory_seq_rm", "llama_tokenize", "llama_model_load_from_file",
-              "llama_sampler_init_grammar", "llama_numa_init"):
+    for n in (
+        "llama_decode",
+        "llama_memory_seq_rm",
+        "llama_tokenize",
+        "llama_model_load_from_file",
+        "llama_sampler_init_grammar",
+        "llama_numa_init",
+    ):
         assert n in names
 
 

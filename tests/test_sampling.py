@@ -47,8 +47,7 @@ def ref_top_p_count(probs: Sequence[float], p: float) -> int:
     return len(probs)
 
 
-def ref_penalized(row: F32, history: Sequence[int], last_n: int, rep: float, freq: float,
-                  pres: float) -> F32:
+def ref_penalized(row: F32, history: Sequence[int], last_n: int, rep: float, freq: float, pres: float) -> F32:
     """The whole row after llama.cpp's penalties, token by token in float32."""
     out = row.copy()
     window = list(history) if last_n == -1 else ([] if last_n == 0 else list(history)[-last_n:])
@@ -61,10 +60,21 @@ def ref_penalized(row: F32, history: Sequence[int], last_n: int, rep: float, fre
     return out
 
 
-def ref_sample(row: F32, history: Sequence[int] | None, u: float, *, temperature: float = 1.0, top_k: int = 0,
-               top_p: float = 1.0, min_p: float = 0.0, repeat_penalty: float = 1.0, frequency_penalty: float = 0.0,
-               presence_penalty: float = 0.0, penalty_last_n: int = 64,
-               logit_bias: dict[int, float] | None = None) -> int:
+def ref_sample(
+    row: F32,
+    history: Sequence[int] | None,
+    u: float,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    repeat_penalty: float = 1.0,
+    frequency_penalty: float = 0.0,
+    presence_penalty: float = 0.0,
+    penalty_last_n: int = 64,
+    logit_bias: dict[int, float] | None = None,
+) -> int:
     """Sampler's pipeline on a full copy of the row, with brute-force sorting; ``u`` is the uniform draw."""
     x = row.copy()
     for t, b in (logit_bias or {}).items():
@@ -214,8 +224,7 @@ PIPELINES: list[dict[str, Any]] = [
     dict(top_k=1000, temperature=1.3, top_p=0.5),
     dict(top_k=0, temperature=1.0),
     dict(top_k=0, temperature=0.7, min_p=0.2),
-    dict(top_k=50, temperature=1.0, repeat_penalty=1.3, frequency_penalty=0.2, presence_penalty=0.5,
-         penalty_last_n=16),
+    dict(top_k=50, temperature=1.0, repeat_penalty=1.3, frequency_penalty=0.2, presence_penalty=0.5, penalty_last_n=16),
     dict(top_k=50, temperature=1.0, repeat_penalty=1.1, penalty_last_n=-1, logit_bias={3: -math.inf, 9: 2.5}),
     dict(top_k=0, temperature=0.9, presence_penalty=1.0, logit_bias={1: 1.0}),
     dict(temperature=0.0, repeat_penalty=2.0, frequency_penalty=0.5, logit_bias={0: 0.5}),
@@ -242,14 +251,27 @@ def test_sampler_matches_brute_force_reference(which: int, seed: int, n: int) ->
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.integers(0, 99), max_size=80), st.sampled_from([-1, 0, 1, 5, 64]),
-       st.floats(0.1, 3.0), st.floats(-2.0, 2.0), st.floats(-2.0, 2.0), st.integers(0, 1000))
-def test_penalize_matches_formula(history: list[int], last_n: int, rep: float, freq: float, pres: float,
-                                  seed: int) -> None:
+@given(
+    st.lists(st.integers(0, 99), max_size=80),
+    st.sampled_from([-1, 0, 1, 5, 64]),
+    st.floats(0.1, 3.0),
+    st.floats(-2.0, 2.0),
+    st.floats(-2.0, 2.0),
+    st.integers(0, 1000),
+)
+def test_penalize_matches_formula(
+    history: list[int], last_n: int, rep: float, freq: float, pres: float, seed: int
+) -> None:
     row = normal_row(100, seed, scale=3.0)
     row[5] = 0.0
-    ids, vals = penalize(read_only(row), np.asarray(history, dtype=np.int32), repeat_penalty=rep,
-                         frequency_penalty=freq, presence_penalty=pres, penalty_last_n=last_n)
+    ids, vals = penalize(
+        read_only(row),
+        np.asarray(history, dtype=np.int32),
+        repeat_penalty=rep,
+        frequency_penalty=freq,
+        presence_penalty=pres,
+        penalty_last_n=last_n,
+    )
     expected = ref_penalized(row, history, last_n, rep, freq, pres)
     window = history if last_n == -1 else ([] if last_n == 0 else history[-last_n:])
     np.testing.assert_array_equal(ids, sorted(set(window)))
@@ -281,8 +303,15 @@ def test_logit_bias_bans_and_forces() -> None:
 def test_input_is_never_written() -> None:
     row = read_only(normal_row(49152, 0))
     before = row.copy()
-    s = Sampler(top_k=40, top_p=0.9, min_p=0.01, repeat_penalty=1.5, frequency_penalty=0.1,
-                logit_bias={1: 2.0, 2: -math.inf}, seed=0)
+    s = Sampler(
+        top_k=40,
+        top_p=0.9,
+        min_p=0.01,
+        repeat_penalty=1.5,
+        frequency_penalty=0.1,
+        logit_bias={1: 2.0, 2: -math.inf},
+        seed=0,
+    )
     for _ in range(10):
         s.sample(row, [1, 2, 3, 3, 4])
     Sampler(top_k=0, repeat_penalty=1.5, logit_bias={1: 2.0}, seed=0).sample(row, [1, 2])
@@ -331,16 +360,39 @@ def test_seeded_determinism() -> None:
 # ------------------------------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("kw", [
-    dict(temperature=-0.1), dict(temperature=math.nan), dict(top_k=-1), dict(top_p=0.0), dict(top_p=1.5),
-    dict(top_p=math.nan), dict(min_p=-0.1), dict(min_p=1.1), dict(repeat_penalty=0.0), dict(repeat_penalty=-1.0),
-    dict(penalty_last_n=-2), dict(logit_bias={"a": 1.0}), dict(logit_bias={1.5: 1.0}),
-    dict(logit_bias={True: 1.0}), dict(logit_bias={1: math.nan}), dict(seed=-1), dict(frequency_penalty=math.inf),
-    dict(top_k=1.5), dict(top_k=True), dict(temperature="hot"), dict(penalty_last_n=None),
-    dict(temperature=math.inf), dict(logit_bias={1: math.inf}),
-    # float32 would overflow to inf (and give NaN next to a banned logit)
-    dict(temperature=1e39), dict(repeat_penalty=1e39), dict(presence_penalty=-1e39), dict(logit_bias={1: 1e300}),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(temperature=-0.1),
+        dict(temperature=math.nan),
+        dict(top_k=-1),
+        dict(top_p=0.0),
+        dict(top_p=1.5),
+        dict(top_p=math.nan),
+        dict(min_p=-0.1),
+        dict(min_p=1.1),
+        dict(repeat_penalty=0.0),
+        dict(repeat_penalty=-1.0),
+        dict(penalty_last_n=-2),
+        dict(logit_bias={"a": 1.0}),
+        dict(logit_bias={1.5: 1.0}),
+        dict(logit_bias={True: 1.0}),
+        dict(logit_bias={1: math.nan}),
+        dict(seed=-1),
+        dict(frequency_penalty=math.inf),
+        dict(top_k=1.5),
+        dict(top_k=True),
+        dict(temperature="hot"),
+        dict(penalty_last_n=None),
+        dict(temperature=math.inf),
+        dict(logit_bias={1: math.inf}),
+        # float32 would overflow to inf (and give NaN next to a banned logit)
+        dict(temperature=1e39),
+        dict(repeat_penalty=1e39),
+        dict(presence_penalty=-1e39),
+        dict(logit_bias={1: 1e300}),
+    ],
+)
 @pytest.mark.parametrize("cls", [Sampler, NativeSampler])
 def test_bad_parameters(cls: type, kw: dict[str, Any]) -> None:
     with pytest.raises(InvalidArgumentError) as info:
@@ -353,9 +405,15 @@ def test_negative_bias_id_is_a_token_error() -> None:
         Sampler(logit_bias={-1: 1.0})
 
 
-@pytest.mark.parametrize("logits", [
-    np.zeros((2, 3), dtype=np.float32), np.zeros(3, dtype=np.int32), np.zeros(0, dtype=np.float32), "abc",
-])
+@pytest.mark.parametrize(
+    "logits",
+    [
+        np.zeros((2, 3), dtype=np.float32),
+        np.zeros(3, dtype=np.int32),
+        np.zeros(0, dtype=np.float32),
+        "abc",
+    ],
+)
 def test_bad_logits(logits: Any) -> None:
     with pytest.raises(InvalidArgumentError):
         Sampler().sample(logits)
@@ -438,8 +496,14 @@ def test_native_penalties_and_bias_match_sampler(seed: int, last_n: int) -> None
     top = np.argsort(-row)[:10]
     history = rng.choice(top, 12).tolist()
     bias = {int(top[0]): -math.inf, int(rng.integers(3000)): 3.0}
-    kw: dict[str, Any] = dict(temperature=0.0, repeat_penalty=1.4, frequency_penalty=0.3, presence_penalty=0.2,
-                              penalty_last_n=last_n, logit_bias=bias)
+    kw: dict[str, Any] = dict(
+        temperature=0.0,
+        repeat_penalty=1.4,
+        frequency_penalty=0.3,
+        presence_penalty=0.2,
+        penalty_last_n=last_n,
+        logit_bias=bias,
+    )
     with NativeSampler(**kw) as native:
         for t in history:
             native.accept(t)
@@ -458,8 +522,10 @@ def test_native_bans_and_errors() -> None:
             s.accept(1000)
         with pytest.raises(InvalidTokenError):
             s.accept(-1)
-    with NativeSampler(top_k=5, logit_bias={i: -math.inf for i in range(10)}) as s, \
-            pytest.raises(InvalidArgumentError, match="banned"):
+    with (
+        NativeSampler(top_k=5, logit_bias={i: -math.inf for i in range(10)}) as s,
+        pytest.raises(InvalidArgumentError, match="banned"),
+    ):
         s.sample(np.zeros(10, dtype=np.float32))
     with pytest.raises(InvalidTokenError):
         NativeSampler(logit_bias={2000: 1.0}).sample(row)
@@ -483,6 +549,7 @@ def test_native_sampler_is_one_thread_at_a_time() -> None:
     import time
 
     from llamacffi.errors import LlamaError
+
     s = NativeSampler(top_k=3, repeat_penalty=1.2, seed=1)
     row = normal_row(100, 0)
     s.sample(row)
@@ -614,11 +681,14 @@ def test_native_grammar_rejects_forbidden_accept(smollm2_vocab: _Vocab) -> None:
         assert lib.llama_vocab_is_eog(vocab._ptr, s.sample(row))
 
 
-@pytest.mark.parametrize("grammar,root", [
-    ('root ::= "unterminated', "root"),
-    ("root ::= undefined_rule", "root"),
-    ('root ::= "a"', "start"),
-])
+@pytest.mark.parametrize(
+    "grammar,root",
+    [
+        ('root ::= "unterminated', "root"),
+        ("root ::= undefined_rule", "root"),
+        ('root ::= "a"', "start"),
+    ],
+)
 def test_bad_grammar(smollm2_vocab: _Vocab, grammar: str, root: str) -> None:
     with pytest.raises(GrammarError):
         NativeSampler(vocab=smollm2_vocab, grammar=grammar, grammar_root=root)
@@ -747,10 +817,16 @@ def test_draw_frequencies_follow_the_softmax(top_k: int) -> None:
     np.testing.assert_allclose(freq, probs, atol=0.015)
 
 
-@pytest.mark.parametrize("kw,on", [
-    (dict(), False), (dict(repeat_penalty=1.1), True), (dict(presence_penalty=2.0), True),
-    (dict(presence_penalty=2.0, penalty_last_n=0), False), (dict(repeat_penalty=1.0, penalty_last_n=-1), False),
-])
+@pytest.mark.parametrize(
+    "kw,on",
+    [
+        (dict(), False),
+        (dict(repeat_penalty=1.1), True),
+        (dict(presence_penalty=2.0), True),
+        (dict(presence_penalty=2.0, penalty_last_n=0), False),
+        (dict(repeat_penalty=1.0, penalty_last_n=-1), False),
+    ],
+)
 @pytest.mark.parametrize("cls", [Sampler, NativeSampler])
 def test_penalties_on_says_whether_the_history_matters(cls: type, kw: dict[str, Any], on: bool) -> None:
     assert cls(**kw).penalties_on is on
@@ -763,22 +839,24 @@ def test_penalties_off_means_the_history_is_ignored() -> None:
     assert Sampler(temperature=0, presence_penalty=2.0, penalty_last_n=0).sample(row, [3]) == 3
 
 
-def test_native_grammar_shortlist_picks_as_a_whole_row_check(smollm2_vocab: _Vocab,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_native_grammar_shortlist_picks_as_a_whole_row_check(
+    smollm2_vocab: _Vocab, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Rows where the free pick is forbidden: the shortlist of the most likely tokens gives the whole-row check's
     # greedy pick, and a sampled pick the grammar allows; with no allowed token in the shortlist, the whole row.
     from llamacffi.sampling import native
 
     rng = np.random.default_rng(5)
-    digits = 'root ::= [0-9] [0-9]'
+    digits = "root ::= [0-9] [0-9]"
     n = smollm2_vocab.n_tokens
     rows = [rng.normal(size=n).astype(np.float32) for _ in range(6)]
     rows.append(np.where(np.arange(n) < 100, np.float32(50.0), rows[0]))  # the top 100: no digit among them
     picks = []
-    for shortlist in (native.SHORTLIST, 10 ** 9):
+    for shortlist in (native.SHORTLIST, 10**9):
         monkeypatch.setattr(native, "SHORTLIST", shortlist)
         with NativeSampler(vocab=smollm2_vocab, grammar=digits, temperature=0.0) as s:
             picks.append([(s.reset(), s.sample(row))[1] for row in rows])
+
     def text(t: int) -> str:
         buf = ffi.new("char[]", 32)
         return ffi.string(buf, lib.llama_token_to_piece(smollm2_vocab._ptr, t, buf, 32, 0, False)).decode()
@@ -792,9 +870,10 @@ def test_native_grammar_shortlist_picks_as_a_whole_row_check(smollm2_vocab: _Voc
             assert text(s.sample(row)).isdigit()
 
 
-@pytest.mark.parametrize("shortlist", [1024, 10 ** 9])
-def test_numpy_sampler_follows_a_grammar(smollm2_vocab: _Vocab, monkeypatch: pytest.MonkeyPatch,
-                                         shortlist: int) -> None:
+@pytest.mark.parametrize("shortlist", [1024, 10**9])
+def test_numpy_sampler_follows_a_grammar(
+    smollm2_vocab: _Vocab, monkeypatch: pytest.MonkeyPatch, shortlist: int
+) -> None:
     # The numpy sampler honours a grammar as NativeSampler does: free pick first, the grammar's restriction of the
     # row (its shortlist, or the whole row) when the pick is forbidden; the grammar is fed every token.
     from llamacffi.sampling import constraint
@@ -803,8 +882,11 @@ def test_numpy_sampler_follows_a_grammar(smollm2_vocab: _Vocab, monkeypatch: pyt
     vocab = smollm2_vocab
     rng = np.random.default_rng(7)
     seen = set()
-    for kw in (dict(temperature=1.0, seed=3), dict(temperature=0.8, top_k=40, top_p=0.9, seed=4),
-               dict(temperature=0.0)):
+    for kw in (
+        dict(temperature=1.0, seed=3),
+        dict(temperature=0.8, top_k=40, top_p=0.9, seed=4),
+        dict(temperature=0.0),
+    ):
         with Sampler(vocab=vocab, grammar=GRAMMAR, **kw) as s:  # type: ignore[arg-type]
             for _ in range(6):
                 s.reset()

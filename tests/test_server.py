@@ -28,8 +28,28 @@ EMBED = "smol-embed"
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServeProcess]:
-    proc = ServeProcess(["-m", SMOL, "-m", "gemma3-270m", "--alias", SMOL, "--alias", GEMMA, "-np", str(PARALLEL),
-                         "-c", str(CTX), "-t", str(THREADS), "--embedding-model", SMOL, "--embedding-alias", EMBED])
+    proc = ServeProcess(
+        [
+            "-m",
+            SMOL,
+            "-m",
+            "gemma3-270m",
+            "--alias",
+            SMOL,
+            "--alias",
+            GEMMA,
+            "-np",
+            str(PARALLEL),
+            "-c",
+            str(CTX),
+            "-t",
+            str(THREADS),
+            "--embedding-model",
+            SMOL,
+            "--embedding-alias",
+            EMBED,
+        ]
+    )
     yield proc
     assert proc.stop() == 0, "".join(proc.log[-20:])
 
@@ -66,8 +86,7 @@ def test_models_list(client: Any) -> None:
 @pytest.mark.parametrize("name", [SMOL, GEMMA])
 def test_chat_greedy_equals_service(client: Any, service_models: dict[str, Any], name: str) -> None:
     r = client.chat.completions.create(model=name, messages=QUESTION, temperature=0, max_tokens=24)
-    expected = service_models[name].generate(QUESTION[0]["content"], GenerationOptions(temperature=0,
-                                                                                         max_tokens=24))
+    expected = service_models[name].generate(QUESTION[0]["content"], GenerationOptions(temperature=0, max_tokens=24))
     assert r.choices[0].message.content == expected
     assert r.choices[0].message.role == "assistant"
     assert r.object == "chat.completion" and r.model == name
@@ -75,16 +94,18 @@ def test_chat_greedy_equals_service(client: Any, service_models: dict[str, Any],
 
 def test_completion_greedy_equals_service(client: Any, service_models: dict[str, Any]) -> None:
     r = client.completions.create(model=SMOL, prompt="Once upon a time", temperature=0, max_tokens=20)
-    expected = service_models[SMOL].generate("Once upon a time", GenerationOptions(temperature=0, max_tokens=20,
-                                                                                    raw=True))
+    expected = service_models[SMOL].generate(
+        "Once upon a time", GenerationOptions(temperature=0, max_tokens=20, raw=True)
+    )
     assert r.choices[0].text == expected
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 20
 
 
 def test_stream_concatenates_to_the_whole(client: Any) -> None:
     whole = client.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0, max_tokens=40)
-    stream = client.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0, max_tokens=40,
-                                            stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model=SMOL, messages=QUESTION, temperature=0, max_tokens=40, stream=True, stream_options={"include_usage": True}
+    )
     parts, reasons, usage = [], [], None
     for chunk in stream:
         if chunk.usage is not None:
@@ -101,8 +122,13 @@ def test_stream_concatenates_to_the_whole(client: Any) -> None:
 def test_completion_stream_and_echo(client: Any) -> None:
     whole = client.completions.create(model=SMOL, prompt="The sky is", temperature=0, max_tokens=12, echo=True)
     assert whole.choices[0].text.startswith("The sky is")
-    text = "".join(c.choices[0].text for c in client.completions.create(
-        model=SMOL, prompt="The sky is", temperature=0, max_tokens=12, echo=True, stream=True) if c.choices)
+    text = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model=SMOL, prompt="The sky is", temperature=0, max_tokens=12, echo=True, stream=True
+        )
+        if c.choices
+    )
     assert text == whole.choices[0].text
 
 
@@ -110,9 +136,10 @@ def test_stop_and_length(client: Any) -> None:
     free = client.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0, max_tokens=40)
     text = free.choices[0].message.content
     assert "Paris" in text
-    stopped = client.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0, max_tokens=40,
-                                             stop=["Paris"])
-    assert stopped.choices[0].message.content == text[:text.index("Paris")]
+    stopped = client.chat.completions.create(
+        model=SMOL, messages=QUESTION, temperature=0, max_tokens=40, stop=["Paris"]
+    )
+    assert stopped.choices[0].message.content == text[: text.index("Paris")]
     assert stopped.choices[0].finish_reason == "stop"
     short = client.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0, max_tokens=3)
     assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 3
@@ -120,8 +147,14 @@ def test_stop_and_length(client: Any) -> None:
 
 def test_n_choices_with_a_seed_are_reproducible(client: Any) -> None:
     def ask() -> list[str]:
-        r = client.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": "Tell me a story."}],
-                                           n=3, seed=42, temperature=1.0, max_tokens=24)
+        r = client.chat.completions.create(
+            model=SMOL,
+            messages=[{"role": "user", "content": "Tell me a story."}],
+            n=3,
+            seed=42,
+            temperature=1.0,
+            max_tokens=24,
+        )
         assert [c.index for c in r.choices] == [0, 1, 2]
         return [c.message.content for c in r.choices]
 
@@ -142,17 +175,21 @@ def test_usage_counts_tokens(client: Any, service_models: dict[str, Any]) -> Non
 
 
 def test_cached_tokens_on_a_repeated_prefix(client: Any) -> None:
-    long = [{"role": "system", "content": "You are a helpful assistant who answers in one short sentence. " * 4},
-            {"role": "user", "content": "Name a colour."}]
+    long = [
+        {"role": "system", "content": "You are a helpful assistant who answers in one short sentence. " * 4},
+        {"role": "user", "content": "Name a colour."},
+    ]
     client.chat.completions.create(model=SMOL, messages=long, temperature=0, max_tokens=4)
-    r = client.chat.completions.create(model=SMOL, messages=[*long[:1], {"role": "user", "content": "Name a fruit."}],
-                                       temperature=0, max_tokens=4)
+    r = client.chat.completions.create(
+        model=SMOL, messages=[*long[:1], {"role": "user", "content": "Name a fruit."}], temperature=0, max_tokens=4
+    )
     assert r.usage.prompt_tokens_details.cached_tokens > 40
 
 
 def test_logprobs_match_the_chosen_tokens(client: Any, service_models: dict[str, Any]) -> None:
-    r = client.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0, max_tokens=12, logprobs=True,
-                                       top_logprobs=3)
+    r = client.chat.completions.create(
+        model=SMOL, messages=QUESTION, temperature=0, max_tokens=12, logprobs=True, top_logprobs=3
+    )
     content = r.choices[0].logprobs.content
     assert len(content) == r.usage.completion_tokens
     assert "".join(bytes(t.bytes).decode() for t in content) == r.choices[0].message.content
@@ -161,8 +198,9 @@ def test_logprobs_match_the_chosen_tokens(client: Any, service_models: dict[str,
         assert t.top_logprobs[0].token == t.token  # greedy: the chosen token is the most likely one
         assert t.top_logprobs[0].logprob == pytest.approx(t.logprob)
         assert t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob >= t.top_logprobs[2].logprob
-    streamed = client.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0, max_tokens=12,
-                                              logprobs=True, stream=True)
+    streamed = client.chat.completions.create(
+        model=SMOL, messages=QUESTION, temperature=0, max_tokens=12, logprobs=True, stream=True
+    )
     tokens = [t.token for c in streamed for ch in c.choices if ch.logprobs for t in ch.logprobs.content]
     assert tokens == [t.token for t in content]
 
@@ -172,12 +210,14 @@ def test_concurrent_async_requests_equal_sequential(client: Any, server: ServePr
     sequential = {}
     for p in prompts[:8]:
         sequential[p] = client.chat.completions.create(
-            model=SMOL, messages=[{"role": "user", "content": p}], temperature=0, max_tokens=16).choices[0]
+            model=SMOL, messages=[{"role": "user", "content": p}], temperature=0, max_tokens=16
+        ).choices[0]
     aclient = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300)
 
     async def ask(p: str) -> Any:
-        r = await aclient.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": p}],
-                                                  temperature=0, max_tokens=16)
+        r = await aclient.chat.completions.create(
+            model=SMOL, messages=[{"role": "user", "content": p}], temperature=0, max_tokens=16
+        )
         return r.choices[0]
 
     async def everyone() -> list[Any]:
@@ -192,8 +232,9 @@ def test_concurrent_async_requests_equal_sequential(client: Any, server: ServePr
         if p in sequential:
             assert r.message.content == sequential[p].message.content
     for p in prompts[8:12]:  # and the other way round, after the concurrent run
-        alone = client.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": p}],
-                                               temperature=0, max_tokens=16).choices[0]
+        alone = client.chat.completions.create(
+            model=SMOL, messages=[{"role": "user", "content": p}], temperature=0, max_tokens=16
+        ).choices[0]
         assert alone.message.content == results[prompts.index(p)].message.content
 
 
@@ -220,32 +261,41 @@ def _error(r: httpx.Response, status: int, code: str | None = None, param: str |
 CHAT = {"model": SMOL, "messages": QUESTION, "max_tokens": 4}
 
 
-@pytest.mark.parametrize("body, param", [
-    ({**CHAT, "temperature": "hot"}, "temperature"),
-    ({**CHAT, "temperature": 3}, "temperature"),
-    ({**CHAT, "max_tokens": 0}, "max_tokens"),
-    ({**CHAT, "n": 0}, "n"),
-    ({**CHAT, "top_p": 0}, "top_p"),
-    ({**CHAT, "top_logprobs": 3}, "top_logprobs"),
-    ({**CHAT, "logit_bias": {"x": 1}}, "logit_bias"),
-    ({**CHAT, "logit_bias": {"1": 1000}}, "logit_bias"),
-    ({**CHAT, "stop": 5}, "stop"),
-    ({**CHAT, "seed": 1.5}, "seed"),
-    ({**CHAT, "messages": []}, "messages"),
-    ({**CHAT, "messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
-    ({**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages"),
-    ({**CHAT, "messages": "hello"}, "messages"),
-    ({**CHAT, "frobnicate": True}, "frobnicate"),
-    ({**CHAT, "tools": "f"}, "tools"),
-    ({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}],
-      "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
-    ({**CHAT, "tool_choice": "required"}, "tool_choice"),
-    ({**CHAT, "response_format": {"type": "xml"}}, "response_format"),
-    ({**CHAT, "stream_options": {"include_usage": True}}, "stream_options"),
-    ({"model": SMOL, "prompt": "x", "suffix": "y"}, "suffix"),
-    ({"model": SMOL, "prompt": 5}, "prompt"),
-    ({"model": SMOL, "prompt": [1, 2, 10 ** 8]}, None),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({**CHAT, "temperature": "hot"}, "temperature"),
+        ({**CHAT, "temperature": 3}, "temperature"),
+        ({**CHAT, "max_tokens": 0}, "max_tokens"),
+        ({**CHAT, "n": 0}, "n"),
+        ({**CHAT, "top_p": 0}, "top_p"),
+        ({**CHAT, "top_logprobs": 3}, "top_logprobs"),
+        ({**CHAT, "logit_bias": {"x": 1}}, "logit_bias"),
+        ({**CHAT, "logit_bias": {"1": 1000}}, "logit_bias"),
+        ({**CHAT, "stop": 5}, "stop"),
+        ({**CHAT, "seed": 1.5}, "seed"),
+        ({**CHAT, "messages": []}, "messages"),
+        ({**CHAT, "messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
+        ({**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages"),
+        ({**CHAT, "messages": "hello"}, "messages"),
+        ({**CHAT, "frobnicate": True}, "frobnicate"),
+        ({**CHAT, "tools": "f"}, "tools"),
+        (
+            {
+                **CHAT,
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
+            },
+            "tool_choice",
+        ),
+        ({**CHAT, "tool_choice": "required"}, "tool_choice"),
+        ({**CHAT, "response_format": {"type": "xml"}}, "response_format"),
+        ({**CHAT, "stream_options": {"include_usage": True}}, "stream_options"),
+        ({"model": SMOL, "prompt": "x", "suffix": "y"}, "suffix"),
+        ({"model": SMOL, "prompt": 5}, "prompt"),
+        ({"model": SMOL, "prompt": [1, 2, 10**8]}, None),
+    ],
+)
 def test_bad_requests_are_400(server: ServeProcess, body: dict[str, Any], param: str | None) -> None:
     path = "/v1/completions" if "prompt" in body else "/v1/chat/completions"
     _error(_post(server, path, body), 400, param=param)
@@ -278,16 +328,28 @@ def test_body_over_the_limit_is_413(server: ServeProcess) -> None:
 def test_health_and_metrics(server: ServeProcess) -> None:
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     text = httpx.get(server.url + "/metrics").text
-    for name in ("llamacffi_requests_total", "llamacffi_prompt_tokens_total", "llamacffi_cached_tokens_total",
-                 "llamacffi_generated_tokens_total", "llamacffi_queue_depth", "llamacffi_busy_slots",
-                 "llamacffi_time_to_first_token_seconds_bucket", "llamacffi_inter_token_seconds_bucket"):
+    for name in (
+        "llamacffi_requests_total",
+        "llamacffi_prompt_tokens_total",
+        "llamacffi_cached_tokens_total",
+        "llamacffi_generated_tokens_total",
+        "llamacffi_queue_depth",
+        "llamacffi_busy_slots",
+        "llamacffi_time_to_first_token_seconds_bucket",
+        "llamacffi_inter_token_seconds_bucket",
+    ):
         assert name in text
     assert 'llamacffi_requests_total{route="/v1/chat/completions",status="400"}' in text
 
 
 def test_a_dropped_stream_frees_its_slot(server: ServeProcess) -> None:
-    body = {**CHAT, "max_tokens": 400, "stream": True, "temperature": 0,
-            "messages": [{"role": "user", "content": "Write a long story about a dragon who learns to read."}]}
+    body = {
+        **CHAT,
+        "max_tokens": 400,
+        "stream": True,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": "Write a long story about a dragon who learns to read."}],
+    }
     generated = _metric(server, "llamacffi_generated_tokens_total")
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
         chunks = 0
@@ -307,8 +369,12 @@ def test_a_dropped_stream_frees_its_slot(server: ServeProcess) -> None:
 
 
 def test_a_dropped_request_while_queued_or_waiting_is_cancelled(server: ServeProcess) -> None:
-    body = {**CHAT, "max_tokens": 400, "temperature": 0,
-            "messages": [{"role": "user", "content": "Write a long story about a dragon who learns to read."}]}
+    body = {
+        **CHAT,
+        "max_tokens": 400,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": "Write a long story about a dragon who learns to read."}],
+    }
     with pytest.raises(httpx.ReadTimeout):
         _post(server, "/v1/chat/completions", body, timeout=httpx.Timeout(60, read=0.5))
     deadline = time.monotonic() + 10
@@ -322,8 +388,9 @@ def test_a_dropped_request_while_queued_or_waiting_is_cancelled(server: ServePro
 
 @pytest.fixture(scope="module")
 def guarded() -> Iterator[ServeProcess]:
-    proc = ServeProcess(["-m", SMOL, "--api-key", "s3cret", "-np", "1", "--max-queue", "0", "-c", str(CTX),
-                         "-t", str(THREADS)])
+    proc = ServeProcess(
+        ["-m", SMOL, "--api-key", "s3cret", "-np", "1", "--max-queue", "0", "-c", str(CTX), "-t", str(THREADS)]
+    )
     yield proc
     assert proc.stop() == 0
 
@@ -341,8 +408,12 @@ def test_api_key(guarded: ServeProcess) -> None:
 
 def test_a_full_queue_is_429(guarded: ServeProcess) -> None:
     headers = {"authorization": "Bearer s3cret"}
-    body = {**CHAT, "max_tokens": 200, "stream": True,
-            "messages": [{"role": "user", "content": "Write a long story about a dragon who learns to read."}]}
+    body = {
+        **CHAT,
+        "max_tokens": 200,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Write a long story about a dragon who learns to read."}],
+    }
     with httpx.stream("POST", guarded.url + "/v1/chat/completions", json=body, headers=headers, timeout=60) as r:
         first = next(r.iter_lines())  # the only slot is busy now
         refused = _post(guarded, "/v1/chat/completions", CHAT, headers=headers)
@@ -353,8 +424,13 @@ def test_a_full_queue_is_429(guarded: ServeProcess) -> None:
 
 def test_sigterm_during_streams_exits_cleanly() -> None:
     proc = ServeProcess(["-m", SMOL, "-np", "2", "-c", str(CTX), "-t", str(THREADS), "--grace", "1"])
-    body = {"model": SMOL, "max_tokens": 2000, "stream": True, "temperature": 0,
-            "messages": [{"role": "user", "content": "Write a long story about a dragon who learns to read."}]}
+    body = {
+        "model": SMOL,
+        "max_tokens": 2000,
+        "stream": True,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": "Write a long story about a dragon who learns to read."}],
+    }
     received: list[int] = []
 
     def read() -> None:
@@ -383,48 +459,84 @@ def test_sigterm_during_streams_exits_cleanly() -> None:
 
 # ---- structured output -------------------------------------------------------------------------------------------
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "The current weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40},
-                                                    "unit": {"enum": ["celsius", "fahrenheit"]}},
-                   "required": ["city", "unit"], "additionalProperties": False}}}
-TIME = {"type": "function", "function": {
-    "name": "get_time", "description": "The local time in a time zone.",
-    "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 40}},
-                   "required": ["zone"], "additionalProperties": False}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 40}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "The local time in a time zone.",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string", "maxLength": 40}},
+            "required": ["zone"],
+            "additionalProperties": False,
+        },
+    },
+}
 ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 def test_json_object_and_json_schema_are_enforced(client: Any) -> None:
     jsonschema = pytest.importorskip("jsonschema")
     ask = [{"role": "user", "content": "Give a JSON object with a cat's name and age."}]
-    r = client.chat.completions.create(model=SMOL, messages=ask, response_format={"type": "json_object"},
-                                       max_tokens=200, temperature=0.8, seed=3)
+    r = client.chat.completions.create(
+        model=SMOL, messages=ask, response_format={"type": "json_object"}, max_tokens=200, temperature=0.8, seed=3
+    )
     assert r.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(r.choices[0].message.content), dict)
-    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
-                                               "age": {"type": "integer", "minimum": 0, "maximum": 30},
-                                               "colours": {"type": "array", "items": {"enum": ["black", "white",
-                                                                                              "orange"]},
-                                                           "maxItems": 3}},
-              "required": ["name", "age", "colours"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 20},
+            "age": {"type": "integer", "minimum": 0, "maximum": 30},
+            "colours": {"type": "array", "items": {"enum": ["black", "white", "orange"]}, "maxItems": 3},
+        },
+        "required": ["name", "age", "colours"],
+        "additionalProperties": False,
+    }
     for name in (SMOL, GEMMA):
         for seed in (1, 2):
             r = client.chat.completions.create(
-                model=name, messages=[{"role": "user", "content": "Describe a cat."}], max_tokens=160, seed=seed,
-                temperature=0.8, response_format={"type": "json_schema", "json_schema": {
-                    "name": "cat", "schema": schema, "strict": True}})
+                model=name,
+                messages=[{"role": "user", "content": "Describe a cat."}],
+                max_tokens=160,
+                seed=seed,
+                temperature=0.8,
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "cat", "schema": schema, "strict": True},
+                },
+            )
             jsonschema.validate(json.loads(r.choices[0].message.content), schema)
 
 
 def test_unenforceable_schemas_are_refused_by_name(server: ServeProcess) -> None:
-    body = {**CHAT, "response_format": {"type": "json_schema", "json_schema": {
-        "name": "x", "schema": {"type": "object", "properties": {"n": {"type": "integer", "multipleOf": 3}}}}}}
+    body = {
+        **CHAT,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "x",
+                "schema": {"type": "object", "properties": {"n": {"type": "integer", "multipleOf": 3}}},
+            },
+        },
+    }
     err = _error(_post(server, "/v1/chat/completions", body), 400, "unsupported_schema", "response_format")
     assert "multipleOf" in err["message"] and "/properties/n" in err["message"]
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "not": {}}}}
-    err = _error(_post(server, "/v1/chat/completions", {**CHAT, "tools": [tool]}), 400, "unsupported_schema",
-                 "tools")
+    err = _error(_post(server, "/v1/chat/completions", {**CHAT, "tools": [tool]}), 400, "unsupported_schema", "tools")
     assert "not" in err["message"]
 
 
@@ -436,8 +548,13 @@ def test_structured_output_with_the_openai_parse_helper(client: Any) -> None:
         country: str = pydantic.Field(max_length=30)
         population_millions: int = pydantic.Field(ge=0, le=50)
 
-    r = client.chat.completions.parse(model=SMOL, messages=[{"role": "user", "content": "Describe Paris."}],
-                                      response_format=City, max_tokens=120, temperature=0)
+    r = client.chat.completions.parse(
+        model=SMOL,
+        messages=[{"role": "user", "content": "Describe Paris."}],
+        response_format=City,
+        max_tokens=120,
+        temperature=0,
+    )
     city = r.choices[0].message.parsed
     assert isinstance(city, City) and city.name
 
@@ -445,8 +562,9 @@ def test_structured_output_with_the_openai_parse_helper(client: Any) -> None:
 @pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
 def test_forced_tool_calls(client: Any, choice: Any) -> None:
     jsonschema = pytest.importorskip("jsonschema")
-    r = client.chat.completions.create(model=SMOL, messages=ASK_WEATHER, tools=[WEATHER, TIME], tool_choice=choice,
-                                       max_tokens=80, temperature=0)
+    r = client.chat.completions.create(
+        model=SMOL, messages=ASK_WEATHER, tools=[WEATHER, TIME], tool_choice=choice, max_tokens=80, temperature=0
+    )
     c = r.choices[0]
     assert c.finish_reason == "tool_calls" and c.message.content is None
     (call,) = c.message.tool_calls
@@ -455,8 +573,15 @@ def test_forced_tool_calls(client: Any, choice: Any) -> None:
         assert call.function.name == "get_weather"
     params = {"get_weather": WEATHER, "get_time": TIME}[call.function.name]["function"]["parameters"]
     jsonschema.validate(json.loads(call.function.arguments), params)
-    streamed = client.chat.completions.create(model=SMOL, messages=ASK_WEATHER, tools=[WEATHER, TIME],
-                                              tool_choice=choice, max_tokens=80, temperature=0, stream=True)
+    streamed = client.chat.completions.create(
+        model=SMOL,
+        messages=ASK_WEATHER,
+        tools=[WEATHER, TIME],
+        tool_choice=choice,
+        max_tokens=80,
+        temperature=0,
+        stream=True,
+    )
     calls, reasons = [], []
     for chunk in streamed:
         for ch in chunk.choices:
@@ -464,13 +589,19 @@ def test_forced_tool_calls(client: Any, choice: Any) -> None:
             if ch.finish_reason:
                 reasons.append(ch.finish_reason)
     assert reasons == ["tool_calls"]
-    assert [(t.function.name, t.function.arguments) for t in calls] == [(call.function.name,
-                                                                          call.function.arguments)]
+    assert [(t.function.name, t.function.arguments) for t in calls] == [(call.function.name, call.function.arguments)]
     # the result goes back as a tool message, and the conversation goes on
-    follow = client.chat.completions.create(model=SMOL, max_tokens=20, temperature=0, tools=[WEATHER, TIME],
-                                            messages=[*ASK_WEATHER, c.message.model_dump(exclude_none=True),
-                                                      {"role": "tool", "tool_call_id": call.id,
-                                                       "content": "18 degrees, sunny"}])
+    follow = client.chat.completions.create(
+        model=SMOL,
+        max_tokens=20,
+        temperature=0,
+        tools=[WEATHER, TIME],
+        messages=[
+            *ASK_WEATHER,
+            c.message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "18 degrees, sunny"},
+        ],
+    )
     assert follow.choices[0].message.content or follow.choices[0].message.tool_calls
 
 
@@ -498,8 +629,11 @@ def test_embeddings_equal_the_pythonic_layer(client: Any) -> None:
     assert (np.sum(got * expected, axis=1) >= 0.9999).all()
     assert r.usage.prompt_tokens == n_tokens == r.usage.total_tokens
     b64 = client.embeddings.create(model=EMBED, input=texts[0], encoding_format="base64")
-    raw = httpx.post(str(client.base_url).rstrip("/") + "/embeddings", json={"model": EMBED, "input": texts[0],
-                                                                "encoding_format": "base64"}, timeout=60).json()
+    raw = httpx.post(
+        str(client.base_url).rstrip("/") + "/embeddings",
+        json={"model": EMBED, "input": texts[0], "encoding_format": "base64"},
+        timeout=60,
+    ).json()
     decoded = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), dtype="<f4")
     assert np.allclose(decoded, got[0], atol=1e-6)
     assert b64.data[0].embedding == raw["data"][0]["embedding"]  # asked for base64, the client hands it over as is
@@ -507,17 +641,20 @@ def test_embeddings_equal_the_pythonic_layer(client: Any) -> None:
     assert np.allclose(np.array([d.embedding for d in by_ids.data], dtype=np.float32), got, atol=1e-5)
 
 
-@pytest.mark.parametrize("body, status, param", [
-    ({"model": EMBED, "input": ""}, 400, "input"),
-    ({"model": EMBED, "input": []}, 400, "input"),
-    ({"model": EMBED, "input": [1, "a"]}, 400, "input"),
-    ({"model": EMBED, "input": "a", "dimensions": 8}, 400, "dimensions"),
-    ({"model": EMBED, "input": "a", "encoding_format": "hex"}, 400, "encoding_format"),
-    ({"model": EMBED, "input": [[10 ** 8]]}, 400, None),
-    ({"model": EMBED, "input": "lorem ipsum " * 2000}, 400, None),
-    ({"model": SMOL, "input": "a"}, 400, "model"),
-    ({"model": "nope", "input": "a"}, 404, "model"),
-])
+@pytest.mark.parametrize(
+    "body, status, param",
+    [
+        ({"model": EMBED, "input": ""}, 400, "input"),
+        ({"model": EMBED, "input": []}, 400, "input"),
+        ({"model": EMBED, "input": [1, "a"]}, 400, "input"),
+        ({"model": EMBED, "input": "a", "dimensions": 8}, 400, "dimensions"),
+        ({"model": EMBED, "input": "a", "encoding_format": "hex"}, 400, "encoding_format"),
+        ({"model": EMBED, "input": [[10**8]]}, 400, None),
+        ({"model": EMBED, "input": "lorem ipsum " * 2000}, 400, None),
+        ({"model": SMOL, "input": "a"}, 400, "model"),
+        ({"model": "nope", "input": "a"}, 404, "model"),
+    ],
+)
 def test_bad_embedding_requests(server: ServeProcess, body: dict[str, Any], status: int, param: str | None) -> None:
     _error(_post(server, "/v1/embeddings", body), status, param=param)
 

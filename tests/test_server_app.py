@@ -35,16 +35,21 @@ def test_mounted_in_another_app(loaded: Any) -> None:
     with TestClient(parent) as client:
         assert client.get("/llm/health").json() == {"status": "ok"}
         assert [m["id"] for m in client.get("/llm/v1/models").json()["data"]] == ["smol"]
-        r = client.post("/llm/v1/chat/completions", json={"model": "smol", "messages": QUESTION, "temperature": 0,
-                                                           "max_tokens": 12})
+        r = client.post(
+            "/llm/v1/chat/completions", json={"model": "smol", "messages": QUESTION, "temperature": 0, "max_tokens": 12}
+        )
         assert r.status_code == 200
         expected = loaded.generate(QUESTION[0]["content"], GenerationOptions(temperature=0, max_tokens=12))
         assert r.json()["choices"][0]["message"]["content"] == expected
-        pre = client.options("/llm/v1/chat/completions", headers={
-            "origin": "https://example.org", "access-control-request-method": "POST"})
+        pre = client.options(
+            "/llm/v1/chat/completions",
+            headers={"origin": "https://example.org", "access-control-request-method": "POST"},
+        )
         assert pre.headers["access-control-allow-origin"] == "https://example.org"
-        other = client.options("/llm/v1/chat/completions", headers={
-            "origin": "https://evil.example", "access-control-request-method": "POST"})
+        other = client.options(
+            "/llm/v1/chat/completions",
+            headers={"origin": "https://evil.example", "access-control-request-method": "POST"},
+        )
         assert "access-control-allow-origin" not in other.headers
     assert not loaded._closed  # a model given loaded stays the caller's
 
@@ -53,10 +58,14 @@ def test_bad_requests_do_not_disturb_a_stream(loaded: Any) -> None:
     app = create_app({"smol": loaded})
     body = {"model": "smol", "messages": QUESTION, "temperature": 0, "max_tokens": 32, "stream": True}
     expected = loaded.generate(QUESTION[0]["content"], GenerationOptions(temperature=0, max_tokens=32))
-    bad = [b"{", json.dumps({"model": "smol", "messages": QUESTION, "n": 99}).encode(),
-           json.dumps({"model": "smol", "messages": [{"role": "user", "content": "x" * 10000}]}).encode(),
-           json.dumps({"model": "smol", "messages": QUESTION, "logit_bias": {"999999": 5}}).encode()]
+    bad = [
+        b"{",
+        json.dumps({"model": "smol", "messages": QUESTION, "n": 99}).encode(),
+        json.dumps({"model": "smol", "messages": [{"role": "user", "content": "x" * 10000}]}).encode(),
+        json.dumps({"model": "smol", "messages": QUESTION, "logit_bias": {"999999": 5}}).encode(),
+    ]
     with TestClient(app) as client:
+
         def stream() -> str:
             parts = []
             with client.stream("POST", "/v1/chat/completions", json=body) as r:
@@ -68,9 +77,16 @@ def test_bad_requests_do_not_disturb_a_stream(loaded: Any) -> None:
 
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             text = pool.submit(stream)
-            statuses = list(pool.map(lambda b: client.post("/v1/chat/completions", content=b,
-                                                           headers={"content-type": "application/json"}).status_code,
-                                     bad * 3))
+            statuses = list(
+                pool.map(
+                    lambda b: (
+                        client.post(
+                            "/v1/chat/completions", content=b, headers={"content-type": "application/json"}
+                        ).status_code
+                    ),
+                    bad * 3,
+                )
+            )
             assert text.result(timeout=120) == expected
     assert set(statuses) == {400}
 

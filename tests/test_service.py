@@ -50,36 +50,40 @@ def smol(service: LlamaCppService) -> LlamaCppTextModel:
 
 # ---- configuration ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cls,kw,field", [
-    (GenerationOptions, {"max_tokens": 0}, "max_tokens"),
-    (GenerationOptions, {"temperature": -1}, "temperature"),
-    (GenerationOptions, {"temperature": float("nan")}, "temperature"),
-    (GenerationOptions, {"top_p": 0}, "top_p"),
-    (GenerationOptions, {"top_k": -1}, "top_k"),
-    (GenerationOptions, {"min_p": 2}, "min_p"),
-    (GenerationOptions, {"seed": -3}, "seed"),
-    (GenerationOptions, {"stop_sequences": "stop"}, "stop_sequences"),
-    (GenerationOptions, {"stop_sequences": [""]}, "stop_sequences"),
-    (GenerationOptions, {"stop_sequences": None}, "stop_sequences"),
-    (GenerationOptions, {"stop_sequences": 5}, "stop_sequences"),
-    (GenerationOptions, {"stop_sequences": (s for s in ["x"])}, "stop_sequences"),
-    (GenerationOptions, {"stop_sequences": {"x": 1}}, "stop_sequences"),
-    (GenerationOptions, {"penalty_last_n": (1 << 20) + 1}, "penalty_last_n"),
-    (ModelConfig, {"context_size": 1 << 20, "parallel": 8}, "context_size"),
-    (ModelConfig, {"batch_size": 2, "parallel": 4}, "batch_size"),
-    (GenerationOptions, {"raw": "yes"}, "raw"),
-    (ModelConfig, {"context_size": 0}, "context_size"),
-    (ModelConfig, {"parallel": 0}, "parallel"),
-    (ModelConfig, {"batch_size": True}, "batch_size"),
-    (ModelConfig, {"flash_attn": "on"}, "flash_attn"),
-    (LocalBackendConfig, {"threads": 0}, "threads"),
-    (LocalBackendConfig, {"gpu_layers": -2}, "gpu_layers"),
-    (LocalBackendConfig, {"gpu_layers": 1 << 31}, "gpu_layers"),
-    (ModelConfig, {"chat_template": "chatml\0junk"}, "chat_template"),
-    (ModelConfig, {"chat_template": "\ud800"}, "chat_template"),
-    (LlamaCppSpecificConfig, {"numa_strategy": "sideways"}, "numa_strategy"),
-    (LlamaCppSpecificConfig, {"use_mmap": 1}, "use_mmap"),
-])
+
+@pytest.mark.parametrize(
+    "cls,kw,field",
+    [
+        (GenerationOptions, {"max_tokens": 0}, "max_tokens"),
+        (GenerationOptions, {"temperature": -1}, "temperature"),
+        (GenerationOptions, {"temperature": float("nan")}, "temperature"),
+        (GenerationOptions, {"top_p": 0}, "top_p"),
+        (GenerationOptions, {"top_k": -1}, "top_k"),
+        (GenerationOptions, {"min_p": 2}, "min_p"),
+        (GenerationOptions, {"seed": -3}, "seed"),
+        (GenerationOptions, {"stop_sequences": "stop"}, "stop_sequences"),
+        (GenerationOptions, {"stop_sequences": [""]}, "stop_sequences"),
+        (GenerationOptions, {"stop_sequences": None}, "stop_sequences"),
+        (GenerationOptions, {"stop_sequences": 5}, "stop_sequences"),
+        (GenerationOptions, {"stop_sequences": (s for s in ["x"])}, "stop_sequences"),
+        (GenerationOptions, {"stop_sequences": {"x": 1}}, "stop_sequences"),
+        (GenerationOptions, {"penalty_last_n": (1 << 20) + 1}, "penalty_last_n"),
+        (ModelConfig, {"context_size": 1 << 20, "parallel": 8}, "context_size"),
+        (ModelConfig, {"batch_size": 2, "parallel": 4}, "batch_size"),
+        (GenerationOptions, {"raw": "yes"}, "raw"),
+        (ModelConfig, {"context_size": 0}, "context_size"),
+        (ModelConfig, {"parallel": 0}, "parallel"),
+        (ModelConfig, {"batch_size": True}, "batch_size"),
+        (ModelConfig, {"flash_attn": "on"}, "flash_attn"),
+        (LocalBackendConfig, {"threads": 0}, "threads"),
+        (LocalBackendConfig, {"gpu_layers": -2}, "gpu_layers"),
+        (LocalBackendConfig, {"gpu_layers": 1 << 31}, "gpu_layers"),
+        (ModelConfig, {"chat_template": "chatml\0junk"}, "chat_template"),
+        (ModelConfig, {"chat_template": "\ud800"}, "chat_template"),
+        (LlamaCppSpecificConfig, {"numa_strategy": "sideways"}, "numa_strategy"),
+        (LlamaCppSpecificConfig, {"use_mmap": 1}, "use_mmap"),
+    ],
+)
 def test_config_validation_names_the_field(cls: type, kw: dict[str, object], field: str) -> None:
     with pytest.raises(InvalidConfigError, match=field):
         cls(**kw)
@@ -88,8 +92,10 @@ def test_config_validation_names_the_field(cls: type, kw: dict[str, object], fie
 
 
 def test_config_dict_and_json_round_trip() -> None:
-    cfg = LocalBackendConfig(threads=2, llama_cpp=LlamaCppSpecificConfig(use_mlock=True, numa_strategy="disabled",
-                                                                       use_mmap=False, huge_pages=True))
+    cfg = LocalBackendConfig(
+        threads=2,
+        llama_cpp=LlamaCppSpecificConfig(use_mlock=True, numa_strategy="disabled", use_mmap=False, huge_pages=True),
+    )
     assert LocalBackendConfig.from_dict(cfg.to_dict()) == cfg
     assert LocalBackendConfig.from_json(cfg.to_json()) == cfg
     opts = GenerationOptions(stop_sequences=["a", "b"], seed=3, system="s")
@@ -108,6 +114,7 @@ def test_config_dict_and_json_round_trip() -> None:
 
 
 # ---- generation ---------------------------------------------------------------------------------------------------
+
 
 def test_interfaces(service: LlamaCppService, smol: LlamaCppTextModel) -> None:
     assert service.backend_type.value == "llama_cpp"
@@ -139,18 +146,20 @@ def test_stop_sequences_end_to_end(smol: LlamaCppTextModel) -> None:
     # A stop string spanning three tokens, starting mid-text.
     start = len(smol.llama_model.vocab.detokenize(tokens[:2]))
     span = smol.llama_model.vocab.detokenize(tokens[2:5])
-    stop = full[start:start + len(span)]
-    expected = full[:full.find(stop)]
+    stop = full[start : start + len(span)]
+    expected = full[: full.find(stop)]
     opts = GenerationOptions(temperature=0, max_tokens=40, raw=True, stop_sequences=[stop])
     assert smol.generate(prompt, opts) == expected
     assert "".join(smol.generate_stream(prompt, opts)) == expected
     # At the very start: nothing at all is emitted.
-    assert smol.generate(prompt, GenerationOptions(temperature=0, max_tokens=40, raw=True,
-                                                   stop_sequences=[full[:3]])) == ""
+    assert (
+        smol.generate(prompt, GenerationOptions(temperature=0, max_tokens=40, raw=True, stop_sequences=[full[:3]]))
+        == ""
+    )
     # Overlapping stop strings: the earliest match wins.
     a, b = full[5:12], full[8:20]
     out = smol.generate(prompt, GenerationOptions(temperature=0, max_tokens=40, raw=True, stop_sequences=[b, a]))
-    assert out == full[:min(full.find(a), full.find(b))]
+    assert out == full[: min(full.find(a), full.find(b))]
 
 
 def test_stop_sequence_multibyte(smol: LlamaCppTextModel) -> None:
@@ -161,17 +170,20 @@ def test_stop_sequence_multibyte(smol: LlamaCppTextModel) -> None:
     i = wide[len(wide) // 2]
     stop = full[i]
     opts = GenerationOptions(temperature=0, max_tokens=40, raw=True, stop_sequences=[stop])
-    assert smol.generate(prompt, opts) == full[:full.find(stop)]
+    assert smol.generate(prompt, opts) == full[: full.find(stop)]
 
 
-@pytest.mark.parametrize("chunks,stops,emitted", [
-    (["ab", "c", "de"], ["cd"], "ab"),
-    (["a", "b", "c"], ["abc"], ""),
-    (["xab", "cy"], ["abc", "bcy"], "x"),
-    (["héllo wö", "rld"], ["wörld"], "héllo "),
-    (["ab", "ab", "ab"], ["abc"], "ababab"),
-    (["no stop here"], ["zzz"], "no stop here"),
-])
+@pytest.mark.parametrize(
+    "chunks,stops,emitted",
+    [
+        (["ab", "c", "de"], ["cd"], "ab"),
+        (["a", "b", "c"], ["abc"], ""),
+        (["xab", "cy"], ["abc", "bcy"], "x"),
+        (["héllo wö", "rld"], ["wörld"], "héllo "),
+        (["ab", "ab", "ab"], ["abc"], "ababab"),
+        (["no stop here"], ["zzz"], "no stop here"),
+    ],
+)
 def test_stop_matcher(chunks: list[str], stops: list[str], emitted: str) -> None:
     m = StopMatcher(tuple(stops))
     out = "".join(m.feed(c) for c in chunks)
@@ -260,6 +272,7 @@ def test_busy_slots_stay_adjacent_and_a_distant_prefix_is_copied(service: LlamaC
 
 # ---- concurrency --------------------------------------------------------------------------------------------------
 
+
 def test_threads_equal_sequential(service: LlamaCppService) -> None:
     # A model of its own: a prompt prefix reused from a slot can hold KV values rounded by another kernel than a
     # fresh decode of the same tokens (see test_context's test_reused_prefix_logits), so the comparison starts from
@@ -295,8 +308,10 @@ def test_models_share_one_engine_thread(service: LlamaCppService, smol: LlamaCpp
     opts = GenerationOptions(temperature=0, max_tokens=12, raw=True)
     alone = [smol.generate("The river", opts), gemma.generate("The river", opts)]
     together: list[str] = ["", ""]
-    threads = [threading.Thread(target=lambda i=i, m=m: together.__setitem__(i, m.generate("The river", opts)))
-               for i, m in enumerate((smol, gemma))]
+    threads = [
+        threading.Thread(target=lambda i=i, m=m: together.__setitem__(i, m.generate("The river", opts)))
+        for i, m in enumerate((smol, gemma))
+    ]
     for th in threads:
         th.start()
     for th in threads:
@@ -423,8 +438,9 @@ def test_leaving_a_stream_early_frees_its_slot(smol: LlamaCppTextModel) -> None:
 def test_cancelling_a_task_frees_its_slot(smol: LlamaCppTextModel) -> None:
     async def main() -> None:
         async def consume() -> None:
-            async for _ in smol.agenerate_stream("Tell a long story.", GenerationOptions(temperature=0,
-                                                                                        max_tokens=500)):
+            async for _ in smol.agenerate_stream(
+                "Tell a long story.", GenerationOptions(temperature=0, max_tokens=500)
+            ):
                 pass
 
         task = asyncio.create_task(consume())
@@ -481,8 +497,9 @@ def test_a_cancelled_waiting_request_leaves_the_queue(service: LlamaCppService) 
         busy.close()
 
 
-def test_a_caller_may_submit_again_as_soon_as_generate_returns(service: LlamaCppService,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_caller_may_submit_again_as_soon_as_generate_returns(
+    service: LlamaCppService, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from llamacffi.service import engine
 
     emit = engine._emit
@@ -500,8 +517,10 @@ def test_a_caller_may_submit_again_as_soon_as_generate_returns(service: LlamaCpp
 
 # ---- bad input ----------------------------------------------------------------------------------------------------
 
-def test_unknown_model_says_where_it_looked(service: LlamaCppService, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+
+def test_unknown_model_says_where_it_looked(
+    service: LlamaCppService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MODELS_PATH", str(tmp_path))
     with pytest.raises(ModelNotFoundError, match="looked at") as e:
         service.load_model("hf:someone/nothing:model")
@@ -512,8 +531,9 @@ def test_unknown_model_says_where_it_looked(service: LlamaCppService, tmp_path: 
         service.load_model(str(tmp_path))
 
 
-def test_list_available_models_over_models_path(service: LlamaCppService, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch, smollm2_path: Path) -> None:
+def test_list_available_models_over_models_path(
+    service: LlamaCppService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smollm2_path: Path
+) -> None:
     target = tmp_path / "hf" / "HuggingFaceTB" / "SmolLM2-135M" / "smol-q4.gguf"
     target.parent.mkdir(parents=True)
     target.symlink_to(smollm2_path)
@@ -551,8 +571,7 @@ def test_prompt_longer_than_context(service: LlamaCppService) -> None:
         with pytest.raises(ContextOverflowError, match="64"):
             m.generate(long, RAW)
         assert m.generate("short", RAW) is not None
-    with service.load_model("smollm2-135m", config=ModelConfig(context_size=64, parallel=1,
-                                                                truncate_prompt=True)) as m:
+    with service.load_model("smollm2-135m", config=ModelConfig(context_size=64, parallel=1, truncate_prompt=True)) as m:
         assert isinstance(m.generate("word " * 200, GenerationOptions(temperature=0, max_tokens=4, raw=True)), str)
 
 
@@ -579,11 +598,15 @@ def test_numa_conflict_is_a_clear_error() -> None:
         LlamaCppService(LocalBackendConfig(llama_cpp=LlamaCppSpecificConfig(numa_strategy="distribute")))
 
 
-@pytest.mark.parametrize("call", [
-    'm.generate("Tell a very long story.", LONG)',
-    'list(m.generate_stream("Tell a very long story.", LONG))',
-    'asyncio.run(m.agenerate("Tell a very long story.", LONG))',  # asyncio.run puts a SIGINT handler of its own
-], ids=["generate", "generate_stream", "asyncio"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        'm.generate("Tell a very long story.", LONG)',
+        'list(m.generate_stream("Tell a very long story.", LONG))',
+        'asyncio.run(m.agenerate("Tell a very long story.", LONG))',  # asyncio.run puts a SIGINT handler of its own
+    ],
+    ids=["generate", "generate_stream", "asyncio"],
+)
 def test_ctrl_c_leaves_the_model_usable(call: str) -> None:
     script = f"""
 import asyncio, os, signal, threading
@@ -623,8 +646,9 @@ def test_chat_template_prompt_and_messages_are_checked(service: LlamaCppService,
             smol.chat_stream(bad, GenerationOptions(max_tokens=2))  # type: ignore[arg-type]
 
 
-def test_a_context_that_cannot_be_allocated_is_a_load_error(service: LlamaCppService,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_context_that_cannot_be_allocated_is_a_load_error(
+    service: LlamaCppService, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from llamacffi.service import engine
 
     def no_memory(*args: object, **kwargs: object) -> None:
@@ -652,8 +676,13 @@ def test_a_request_whose_consumer_is_gone_stops(service: LlamaCppService, smol: 
         raise RuntimeError("the consumer's event loop is closed")
 
     tokens = smol._vocab.tokenize("Once upon a time", add_special=True)
-    request = Request(tokens, GenerationOptions(temperature=0, max_tokens=400, raw=True), gone,
-                      smol._vocab.stream(), smol.config.context_size)
+    request = Request(
+        tokens,
+        GenerationOptions(temperature=0, max_tokens=400, raw=True),
+        gone,
+        smol._vocab.stream(),
+        smol.config.context_size,
+    )
     before = smol.stats["generated_tokens"]
     smol._engine.submit(request)
     deadline = time.time() + 60
@@ -684,8 +713,9 @@ print("loaded", flush=True)
 
 
 def test_the_service_after_its_exit_hook_refuses_instead_of_hanging() -> None:
-    out = subprocess.run([sys.executable, "-c", EXIT_HOOK_USES_THE_SERVICE], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", EXIT_HOOK_USES_THE_SERVICE], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-1500:]
-    assert out.stdout.split() [:1] == ["loaded"] and "refused: the interpreter is exiting" in out.stdout
+    assert out.stdout.split()[:1] == ["loaded"] and "refused: the interpreter is exiting" in out.stdout
     assert out.stdout.strip().endswith("closed")

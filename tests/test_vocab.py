@@ -39,8 +39,9 @@ def llama_tokenize_ids(model_path: Path, text: str, parse_special: bool, tmp_pat
 
 
 @pytest.mark.parametrize("parse_special", [False, True])
-def test_tokenize_identical_to_llama_tokenize(model: llamacffi.Model, model_path: Path, parse_special: bool,
-                                              tmp_path: Path) -> None:
+def test_tokenize_identical_to_llama_tokenize(
+    model: llamacffi.Model, model_path: Path, parse_special: bool, tmp_path: Path
+) -> None:
     for text in CORPUS:
         ours = model.vocab.tokenize(text, add_special=True, parse_special=parse_special)
         assert ours.dtype == np.int32
@@ -59,8 +60,12 @@ def test_parse_special_changes_special_text(smollm2: llamacffi.Model) -> None:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 # Lossless where the tokenizer is: assigned, non-control characters (it drops C0 controls and unknown code points),
 # plus the usual white space.
-@given(st.text(alphabet=st.one_of(st.characters(blacklist_categories=("Cs", "Cn", "Co", "Cc")),
-                                  st.sampled_from("\n\t\r ")), max_size=200))
+@given(
+    st.text(
+        alphabet=st.one_of(st.characters(blacklist_categories=("Cs", "Cn", "Co", "Cc")), st.sampled_from("\n\t\r ")),
+        max_size=200,
+    )
+)
 def test_round_trip_byte_level_bpe(smollm2: llamacffi.Model, text: str) -> None:
     v = smollm2.vocab
     assert v.detokenize(v.tokenize(text, add_special=False)) == text
@@ -172,4 +177,5 @@ def test_piece_cache_is_what_the_stream_decoder_reads(smollm2: llamacffi.Model) 
     piece = v.token_to_piece(1000)
     assert v.piece_cache()[1000] == piece
     assert 1000 not in v.piece_cache(special=True) or v.piece_cache(special=True)[1000] == v.token_to_piece(
-        1000, special=True)
+        1000, special=True
+    )

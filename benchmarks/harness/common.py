@@ -71,8 +71,13 @@ class Series:
     def summary(self) -> dict[str, Any] | None:
         if not self.values:
             return None
-        return {"median": statistics.median(self.values), "min": min(self.values), "max": max(self.values),
-                "n": len(self.values), "values": self.values}
+        return {
+            "median": statistics.median(self.values),
+            "min": min(self.values),
+            "max": max(self.values),
+            "n": len(self.values),
+            "values": self.values,
+        }
 
 
 Measure = Callable[[], "float | tuple[float, dict[str, Any]]"]
@@ -158,8 +163,9 @@ def _gnu_time() -> bool:
 _HAS_GNU_TIME: bool | None = None
 
 
-def run_child(argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 600,
-              rss: bool = False) -> ChildResult:
+def run_child(
+    argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 600, rss: bool = False
+) -> ChildResult:
     """Run a program to its end. With ``rss``, also its peak resident memory.
 
     A child's ``ru_maxrss`` (``wait4``) is no good here: Linux carries the memory of the process that forks it
@@ -179,8 +185,9 @@ def run_child(argv: Sequence[str], *, env: Mapping[str, str] | None = None, time
             os.close(fd)
             prefix = [str(GNU_TIME), "-f", "%M", "-o", report]
     t0 = time.perf_counter()
-    proc = subprocess.Popen([*prefix, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=full_env, cwd=ROOT)
+    proc = subprocess.Popen(
+        [*prefix, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=ROOT
+    )
     try:
         out, err, polled = _communicate(proc, timeout, poll_rss=rss and report is None)
         proc.wait()
@@ -238,16 +245,22 @@ def _communicate(proc: subprocess.Popen[str], timeout: float, poll_rss: bool) ->
     return text[proc.stdout.fileno()], text[proc.stderr.fileno()], hwm
 
 
-def python_child(module_args: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 600,
-                 rss: bool = False) -> ChildResult:
+def python_child(
+    module_args: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 600, rss: bool = False
+) -> ChildResult:
     return run_child([sys.executable, "-m", *module_args], env=env, timeout=timeout, rss=rss)
 
 
 def machine(threads: int) -> dict[str, Any]:
     """CPU model, cores, memory, OS, Python and load, as this process sees them."""
-    info: dict[str, Any] = {"threads": threads, "gpu_layers": gpu_layers(), "platform": platform.platform(),
-                            "python": platform.python_version(),
-                            "machine": platform.machine(), "logical_cpus": os.cpu_count()}
+    info: dict[str, Any] = {
+        "threads": threads,
+        "gpu_layers": gpu_layers(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "logical_cpus": os.cpu_count(),
+    }
     try:
         info["usable_cpus"] = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -257,8 +270,11 @@ def machine(threads: int) -> dict[str, Any]:
         names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
         info["cpu_model"] = names[0] if names else platform.processor()
         flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-        info["cpu_flags"] = [f for f in ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16",
-                                         "avx_vnni", "amx_tile") if f in flags]
+        info["cpu_flags"] = [
+            f
+            for f in ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
+            if f in flags
+        ]
         cores = {(line.split(":", 1)[1].strip()) for line in text.splitlines() if line.startswith("core id")}
         sockets = {(line.split(":", 1)[1].strip()) for line in text.splitlines() if line.startswith("physical id")}
         if cores:

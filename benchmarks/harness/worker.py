@@ -28,9 +28,15 @@ class Remote:
     def __init__(self, kind: str, env: dict[str, str] | None = None, **init: Any) -> None:
         self.kind = kind
         self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115  (closed in close(), with the worker)
-        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.harness.worker", kind, json.dumps(init)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     cwd=ROOT, env={**os.environ, **env} if env else None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.harness.worker", kind, json.dumps(init)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **env} if env else None,
+        )
         self.info = self.call("info")
 
     def call(self, op: str, **kwargs: Any) -> Any:
@@ -54,8 +60,9 @@ class Remote:
         line = self.proc.stdout.readline() if sent else ""
         if not line:
             self.proc.wait()
-            raise RuntimeError(f"the {self.kind} worker ended ({self.proc.returncode}) during {op!r}: "
-                               f"{self._log_tail()}")
+            raise RuntimeError(
+                f"the {self.kind} worker ended ({self.proc.returncode}) during {op!r}: {self._log_tail()}"
+            )
         reply = json.loads(line)
         if "error" in reply:
             if reply.get("absent"):
@@ -70,9 +77,11 @@ class Remote:
 
     def measure(self, op: str, **kwargs: Any) -> Callable[[], tuple[float, dict[str, Any]]]:
         """A side for :func:`benchmarks.harness.common.interleaved`: the worker returns ``[value, extra]``."""
+
         def run() -> tuple[float, dict[str, Any]]:
             value, extra = self.call(op, **kwargs)
             return float(value), extra
+
         return run
 
     def close(self) -> None:
@@ -97,8 +106,11 @@ def start(kind: str, env: dict[str, str] | None = None, **init: Any) -> Remote:
 # ---- inside a worker ------------------------------------------------------------------------------------------------
 
 
-HOSTS = {"loops": ("benchmarks.sides.loops", "LoopsHost"), "service": ("benchmarks.sides.serve", "ServiceHost"),
-         "peer": ("benchmarks.sides.peer", "PeerHost")}
+HOSTS = {
+    "loops": ("benchmarks.sides.loops", "LoopsHost"),
+    "service": ("benchmarks.sides.serve", "ServiceHost"),
+    "peer": ("benchmarks.sides.peer", "PeerHost"),
+}
 
 
 def _host(kind: str, init: dict[str, Any]) -> Any:

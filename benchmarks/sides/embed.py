@@ -18,12 +18,70 @@ from ..harness.common import Unavailable, gpu_layers, interleaved, paired_ratio
 from . import raw_cpp
 
 WORDS = [
-    "the", "harbour", "town", "woke", "slowly", "fishermen", "pulled", "their", "boats", "onto", "shingle",
-    "while", "baker", "opened", "his", "shutters", "and", "smell", "of", "bread", "drifted", "down",
-    "narrow", "streets", "children", "ran", "past", "chapel", "towards", "school", "where", "old", "teacher",
-    "was", "already", "writing", "lesson", "on", "blackboard", "rivers", "continent", "sources", "mouths",
-    "cities", "grown", "along", "banks", "market", "merchants", "argued", "about", "price", "salt", "wool",
-    "copper", "traveller", "from", "north", "asked", "for", "directions", "to", "lighthouse"]
+    "the",
+    "harbour",
+    "town",
+    "woke",
+    "slowly",
+    "fishermen",
+    "pulled",
+    "their",
+    "boats",
+    "onto",
+    "shingle",
+    "while",
+    "baker",
+    "opened",
+    "his",
+    "shutters",
+    "and",
+    "smell",
+    "of",
+    "bread",
+    "drifted",
+    "down",
+    "narrow",
+    "streets",
+    "children",
+    "ran",
+    "past",
+    "chapel",
+    "towards",
+    "school",
+    "where",
+    "old",
+    "teacher",
+    "was",
+    "already",
+    "writing",
+    "lesson",
+    "on",
+    "blackboard",
+    "rivers",
+    "continent",
+    "sources",
+    "mouths",
+    "cities",
+    "grown",
+    "along",
+    "banks",
+    "market",
+    "merchants",
+    "argued",
+    "about",
+    "price",
+    "salt",
+    "wool",
+    "copper",
+    "traveller",
+    "from",
+    "north",
+    "asked",
+    "for",
+    "directions",
+    "to",
+    "lighthouse",
+]
 
 
 def sentences(n: int = 2000, seed: int = 0) -> list[str]:
@@ -42,9 +100,17 @@ def _lcp(path: str, threads: int) -> Any:
         from llama_cpp import LLAMA_POOLING_TYPE_MEAN, Llama  # type: ignore[import-not-found]
     except ImportError:
         raise Unavailable("absent (llama-cpp-python is not installed)") from None
-    return Llama(model_path=path, embedding=True, n_ctx=2048, n_batch=embedding.DEFAULT_BATCH_TOKENS,
-                 n_ubatch=embedding.DEFAULT_BATCH_TOKENS, n_threads=threads, n_gpu_layers=gpu_layers(),
-                 pooling_type=LLAMA_POOLING_TYPE_MEAN, verbose=False)
+    return Llama(
+        model_path=path,
+        embedding=True,
+        n_ctx=2048,
+        n_batch=embedding.DEFAULT_BATCH_TOKENS,
+        n_ubatch=embedding.DEFAULT_BATCH_TOKENS,
+        n_threads=threads,
+        n_gpu_layers=gpu_layers(),
+        pooling_type=LLAMA_POOLING_TYPE_MEAN,
+        verbose=False,
+    )
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -53,8 +119,9 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
-def measure(model_name: str = "smollm2-135m", n: int = 2000, threads: int | None = None, rounds: int = 4,
-            loop_texts: int = 200) -> dict[str, Any]:
+def measure(
+    model_name: str = "smollm2-135m", n: int = 2000, threads: int | None = None, rounds: int = 4, loop_texts: int = 200
+) -> dict[str, Any]:
     """Tokens/s of each side on ``n`` sentences, and the ratios of the packed ``Model.embed`` to each.
 
     The sentences are split into ``rounds`` parts; each round runs every side on its part, one after the other
@@ -68,7 +135,7 @@ def measure(model_name: str = "smollm2-135m", n: int = 2000, threads: int | None
     with llamacffi.Model.load(path, n_gpu_layers=gpu_layers()) as model:
         count = {t: len(model.vocab.tokenize(t, parse_special=True)) for t in texts}
         out.update(tokens=sum(count.values()), min_tokens=min(count.values()), max_tokens=max(count.values()))
-        looped = [p[:max(1, loop_texts // rounds)] for p in parts]
+        looped = [p[: max(1, loop_texts // rounds)] for p in parts]
         embedder = embedding.Embedder(model, batch_tokens=max(count.values()), n_threads=threads)
         embedding.embed(model, texts[:32], n_threads=threads)  # warm-up
         embedder.embed(texts[:1])
@@ -97,9 +164,11 @@ def measure(model_name: str = "smollm2-135m", n: int = 2000, threads: int | None
             return sum(count[t] for t in chunk) / _timed(lambda: llm.embed(chunk))
 
         sides: dict[str, Callable[[], float] | None] = {
-            "packed": packed, "one_by_one": one_by_one,
+            "packed": packed,
+            "one_by_one": one_by_one,
             "llama_bench_pp512": lambda: raw_cpp.llama_bench(path, threads, "pp", 512)[0],
-            "llama_cpp_python": lcp if llm is not None else None}
+            "llama_cpp_python": lcp if llm is not None else None,
+        }
         try:
             series = interleaved(sides, reps=rounds, warmup=0)
         finally:
@@ -125,18 +194,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loop-texts", type=int, default=200, help="texts of the one-per-decode loop, in all")
     args = ap.parse_args(argv)
     r = measure(args.model, args.texts, args.threads, args.rounds, args.loop_texts)
-    print(f"model {r['model']}, {r['texts']} sentences of {r['min_tokens']}-{r['max_tokens']} tokens "
-          f"({r['tokens']} in all), {r['threads']} threads, {r['rounds']} rounds (medians)")
-    labels = {"packed": "Model.embed (packed)", "one_by_one": "one text per llama_decode",
-              "llama_bench_pp512": "llama-bench pp512", "llama_cpp_python": "llama-cpp-python Llama.embed"}
+    print(
+        f"model {r['model']}, {r['texts']} sentences of {r['min_tokens']}-{r['max_tokens']} tokens "
+        f"({r['tokens']} in all), {r['threads']} threads, {r['rounds']} rounds (medians)"
+    )
+    labels = {
+        "packed": "Model.embed (packed)",
+        "one_by_one": "one text per llama_decode",
+        "llama_bench_pp512": "llama-bench pp512",
+        "llama_cpp_python": "llama-cpp-python Llama.embed",
+    }
     for side, label in labels.items():
         tps = r.get(side + "_tps")
         if tps is None:
             print(f"{label:30s} {r.get(side + '_error')}")
             continue
         ratio = r.get("packed_vs_" + side)
-        note = "" if ratio is None else (f"   packed / this = {ratio['median']:.2f} "
-                                         f"({ratio['min']:.2f}-{ratio['max']:.2f})")
+        note = (
+            ""
+            if ratio is None
+            else (f"   packed / this = {ratio['median']:.2f} ({ratio['min']:.2f}-{ratio['max']:.2f})")
+        )
         print(f"{label:30s} {tps:9.1f} tokens/s{note}")
     return 0
 

@@ -83,8 +83,11 @@ class RawLoop:
         finally:
             lib.llama_free(ctx)
         single = max(0, n_decode - 1)  # one-token decodes after the prompt's
-        return n_decode / (t1 - t0), {"tokens": n_decode, "prompt_tokens": n_prompt,
-                                      "gen_tps": single / (t1 - t_gen) if single else 0.0}
+        return n_decode / (t1 - t0), {
+            "tokens": n_decode,
+            "prompt_tokens": n_prompt,
+            "gen_tps": single / (t1 - t_gen) if single else 0.0,
+        }
 
 
 def pythonic_tg(model: Model, threads: int, n: int) -> float:
@@ -132,8 +135,9 @@ class BatchedDecode:
     the service's (``n_seq_max`` sequences of ``n_ctx_seq`` positions, a stream each)."""
 
     def __init__(self, model: Model, threads: int, n_seq_max: int, n_ctx_seq: int) -> None:
-        self.ctx = Context(model, n_ctx=n_ctx_seq * n_seq_max, n_batch=512, n_seq_max=n_seq_max, n_threads=threads,
-                           kv_unified=False)
+        self.ctx = Context(
+            model, n_ctx=n_ctx_seq * n_seq_max, n_batch=512, n_seq_max=n_seq_max, n_threads=threads, kv_unified=False
+        )
         self.batch = Batch(n_seq_max, n_seq_max=n_seq_max)
         self.start = model.vocab.tokenize("Once upon a time", add_special=False)
 
@@ -176,8 +180,7 @@ class LoopsHost:
         self.batched: Any = None
 
     def info(self) -> dict[str, Any]:
-        return {"n_vocab": self.model.vocab.n_tokens, "description": self.model.description,
-                "ring": self.micro.ring}
+        return {"n_vocab": self.model.vocab.n_tokens, "description": self.model.description, "ring": self.micro.ring}
 
     def pp(self, n: int) -> tuple[float, dict[str, Any]]:
         return self.loops.batch_pp(self.model, self.threads, n), {}

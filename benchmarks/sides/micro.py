@@ -17,7 +17,6 @@ from ..harness.ops import OPS  # noqa: F401  (the operations this side times)
 TEXT_1KB = (FILLER * 2)[:1024]
 
 
-
 def sample_tokens(model: Model) -> list[int]:
     """100 token ids of ordinary text (the ring the piece and detokenize benchmarks walk)."""
     toks = model.vocab.tokenize(TEXT_1KB, add_special=False)

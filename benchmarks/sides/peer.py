@@ -33,9 +33,18 @@ class PeerHost:
         self.llama_cpp = llama_cpp
         # Same configuration as llamacffi's side: the same offloaded layers, 2 threads for both phases, flash
         # attention as llama.cpp's "auto" resolves it on CPU (on), batch 512.
-        self.llm: Any = llama_cpp.Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx,
-                                   n_batch=512, n_ubatch=512, n_gpu_layers=gpu_layers(), flash_attn=True, seed=1234,
-                                   verbose=False)
+        self.llm: Any = llama_cpp.Llama(
+            model_path=path,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_ctx=n_ctx,
+            n_batch=512,
+            n_ubatch=512,
+            n_gpu_layers=gpu_layers(),
+            flash_attn=True,
+            seed=1234,
+            verbose=False,
+        )
         self.n_vocab = int(self.llm.n_vocab())
         self.version = str(getattr(llama_cpp, "__version__", "?"))
 
@@ -46,8 +55,7 @@ class PeerHost:
         """``Llama.__call__``: completion tokens (its usage) over the call's wall time. The prompt repeats, and
         ``Llama.generate`` keeps the longest common prefix, so a run decodes the last prompt token, then one token a
         step, as llamacffi's service does."""
-        kw = (dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=1234) if sampled
-              else dict(temperature=0.0))
+        kw = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=1234) if sampled else dict(temperature=0.0)
         t0 = time.perf_counter()
         out = self.llm(prompt, max_tokens=n, **kw)
         dt = time.perf_counter() - t0

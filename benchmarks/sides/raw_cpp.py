@@ -19,7 +19,7 @@ SIMPLE_SPEED = re.compile(r"decoded (\d+) tokens in ([\d.]+) s, speed: ([\d.]+) 
 def tool(name: str) -> Path:
     path = raw_tools.find(name)
     if path is None:
-        raise Unavailable(f"absent ({name} not built: install with CMAKE_ARGS=\"-DLLAMACFFI_RAW_TOOLS=ON\")")
+        raise Unavailable(f'absent ({name} not built: install with CMAKE_ARGS="-DLLAMACFFI_RAW_TOOLS=ON")')
     return path
 
 
@@ -34,8 +34,20 @@ def simple_env(threads: int) -> dict[str, str]:
 
 def bench_argv(path: Path, threads: int, test: str, n: int) -> list[str]:
     args = ["-p", str(n), "-n", "0"] if test == "pp" else ["-p", "0", "-n", str(n)]
-    return [str(tool("llama-bench")), "-m", str(path), "-t", str(threads), "-r", "1", "-ngl", ngl_arg(gpu_layers()),
-            "-o", "json", *args]
+    return [
+        str(tool("llama-bench")),
+        "-m",
+        str(path),
+        "-t",
+        str(threads),
+        "-r",
+        "1",
+        "-ngl",
+        ngl_arg(gpu_layers()),
+        "-o",
+        "json",
+        *args,
+    ]
 
 
 def llama_bench(path: Path, threads: int, test: str, n: int) -> tuple[float, dict[str, Any]]:
@@ -64,8 +76,10 @@ def llama_simple(path: Path, threads: int, n: int, prompt: str) -> tuple[float, 
     prompt's decode to the last token, each token also rendered and printed)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if not uses_openmp() and cpus < LLAMA_SIMPLE_THREADS:
-        raise Unavailable(f"not comparable: without OpenMP llama-simple runs {LLAMA_SIMPLE_THREADS} threads (it has no "
-                          f"option), more than the {cpus} CPUs here")
+        raise Unavailable(
+            f"not comparable: without OpenMP llama-simple runs {LLAMA_SIMPLE_THREADS} threads (it has no "
+            f"option), more than the {cpus} CPUs here"
+        )
     res = run_child(simple_argv(path, n, prompt), env=simple_env(threads))
     n_dec, secs, speed = parse_simple(res)  # the printed speed keeps more digits than the printed seconds
     return speed, {"tokens": n_dec, "seconds": secs}
@@ -74,8 +88,23 @@ def llama_simple(path: Path, threads: int, n: int, prompt: str) -> tuple[float, 
 def llama_bench_batches(path: Path, threads: int, sizes: list[int], reps: int) -> tuple[float, dict[str, Any]]:
     """llama-bench ``pp k`` for each ``k`` of ``sizes``, ``reps`` runs averaged: k tokens of one sequence per
     ``llama_decode`` (logits of the last only). Returns pp4 ÷ pp1 (or last ÷ first) and the tokens/s by k."""
-    argv = [str(tool("llama-bench")), "-m", str(path), "-t", str(threads), "-r", str(reps), "-ngl",
-            ngl_arg(gpu_layers()), "-o", "json", "-p", ",".join(map(str, sizes)), "-n", "0"]
+    argv = [
+        str(tool("llama-bench")),
+        "-m",
+        str(path),
+        "-t",
+        str(threads),
+        "-r",
+        str(reps),
+        "-ngl",
+        ngl_arg(gpu_layers()),
+        "-o",
+        "json",
+        "-p",
+        ",".join(map(str, sizes)),
+        "-n",
+        "0",
+    ]
     res = run_child(argv)
     if res.returncode != 0:
         raise RuntimeError(f"llama-bench failed ({res.returncode}): {res.stderr.strip()[-300:]}")

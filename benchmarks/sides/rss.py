@@ -75,8 +75,15 @@ def _child(side: str, path: Path, threads: int, n: int) -> dict[str, Any]:
     if side == "peer":
         from llama_cpp import Llama
 
-        llm: Any = Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads, n_ctx=SERVICE_CTX,
-                    n_gpu_layers=gpu_layers(), flash_attn=True, verbose=False)
+        llm: Any = Llama(
+            model_path=str(path),
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_ctx=SERVICE_CTX,
+            n_gpu_layers=gpu_layers(),
+            flash_attn=True,
+            verbose=False,
+        )
         out = llm(GEN_PROMPT, max_tokens=n, temperature=0.0)
         return {"generated_tokens": out["usage"]["completion_tokens"]}
     raise SystemExit(f"unknown side {side!r}")

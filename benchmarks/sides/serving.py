@@ -36,13 +36,31 @@ from ..harness.common import gpu_layers, machine
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 MODEL = "smollm2-135m"
-TOPICS = ("a lighthouse keeper", "a lost robot", "the first snow", "a market in Lisbon", "a chess match",
-          "a night train", "an old violin", "a desert well", "a paper boat", "a city garden", "a broken clock",
-          "a mountain road", "a quiet library", "a fishing village", "a comet", "a bakery at dawn")
+TOPICS = (
+    "a lighthouse keeper",
+    "a lost robot",
+    "the first snow",
+    "a market in Lisbon",
+    "a chess match",
+    "a night train",
+    "an old violin",
+    "a desert well",
+    "a paper boat",
+    "a city garden",
+    "a broken clock",
+    "a mountain road",
+    "a quiet library",
+    "a fishing village",
+    "a comet",
+    "a bakery at dawn",
+)
 # Targets, as ratios from one run (llamacffi serve over llama-server, or over llama-cpp-python's server).
-TARGETS = {"tps_vs_server": targets.SERVING_TPS_VS_SERVER, "tps_vs_peer": targets.SERVING_TPS_VS_PEER,
-           "ttft_p50_vs_server_max": targets.SERVING_TTFT_P50_VS_SERVER_MAX,
-           "itl_p99_vs_server_max": targets.SERVING_ITL_P99_VS_SERVER_MAX}
+TARGETS = {
+    "tps_vs_server": targets.SERVING_TPS_VS_SERVER,
+    "tps_vs_peer": targets.SERVING_TPS_VS_PEER,
+    "ttft_p50_vs_server_max": targets.SERVING_TTFT_P50_VS_SERVER_MAX,
+    "itl_p99_vs_server_max": targets.SERVING_ITL_P99_VS_SERVER_MAX,
+}
 
 
 def _free_port() -> int:
@@ -59,16 +77,19 @@ class Side:
         self.model = model
         self.url = f"http://127.0.0.1:{port}"
         self.log = open(os.devnull, "w")  # noqa: SIM115  (closed in stop)
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
-                                     env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, env={**os.environ, **(env or {})}
+        )
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {self.proc.returncode} before it was ready")
             try:
                 health = httpx.get(self.url + "/health", timeout=2).status_code
-                if health == 200 or (health == 404  # llama-cpp-python's server has no /health
-                                     and httpx.get(self.url + "/v1/models", timeout=2).status_code == 200):
+                if health == 200 or (
+                    health == 404  # llama-cpp-python's server has no /health
+                    and httpx.get(self.url + "/v1/models", timeout=2).status_code == 200
+                ):
                     return
             except httpx.HTTPError:
                 pass
@@ -87,23 +108,74 @@ class Side:
         self.log.close()
 
 
-def start_sides(path: Path, threads: int, parallel: int, ctx: int, peer: bool,
-                log: Callable[[str], None]) -> tuple[list[Side], dict[str, str]]:
+def start_sides(
+    path: Path, threads: int, parallel: int, ctx: int, peer: bool, log: Callable[[str], None]
+) -> tuple[list[Side], dict[str, str]]:
     """Every side that can run; a side that cannot says why in the second value."""
     sides, absent = [], {}
     ngl = str(gpu_layers())
     port = _free_port()
-    sides.append(Side("llamacffi serve", [sys.executable, "-m", "llamacffi", "serve", "-m", str(path), "--alias",
-                                          MODEL, "--port", str(port), "-np", str(parallel), "-c", str(ctx), "-t",
-                                          str(threads), "-ngl", ngl, "--log-level", "warning"], port, MODEL))
+    sides.append(
+        Side(
+            "llamacffi serve",
+            [
+                sys.executable,
+                "-m",
+                "llamacffi",
+                "serve",
+                "-m",
+                str(path),
+                "--alias",
+                MODEL,
+                "--port",
+                str(port),
+                "-np",
+                str(parallel),
+                "-c",
+                str(ctx),
+                "-t",
+                str(threads),
+                "-ngl",
+                ngl,
+                "--log-level",
+                "warning",
+            ],
+            port,
+            MODEL,
+        )
+    )
     server = raw_tools.find("llama-server")
     if server is None:
         absent["llama-server"] = "not built (CMAKE_ARGS=-DLLAMACFFI_RAW_TOOLS=ON)"
     else:
         port = _free_port()
-        sides.append(Side("llama-server", [str(server), "-m", str(path), "--host", "127.0.0.1", "--port", str(port),
-                                           "-np", str(parallel), "-c", str(ctx * parallel), "-t", str(threads),
-                                           "-tb", str(threads), "-ngl", ngl, "--no-webui"], port, MODEL))
+        sides.append(
+            Side(
+                "llama-server",
+                [
+                    str(server),
+                    "-m",
+                    str(path),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "-np",
+                    str(parallel),
+                    "-c",
+                    str(ctx * parallel),
+                    "-t",
+                    str(threads),
+                    "-tb",
+                    str(threads),
+                    "-ngl",
+                    ngl,
+                    "--no-webui",
+                ],
+                port,
+                MODEL,
+            )
+        )
     if peer:
         import importlib.util
 
@@ -112,12 +184,39 @@ def start_sides(path: Path, threads: int, parallel: int, ctx: int, peer: bool,
         else:
             port = _free_port()
             try:
-                sides.append(Side("llama-cpp-python server", [
-                    sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", MODEL,
-                    "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(ctx), "--n_threads", str(threads),
-                    "--n_threads_batch", str(threads), "--n_gpu_layers", ngl, "--flash_attn", "true",
-                    # its default aborts the stream under way when a request arrives: it queues them instead
-                    "--interrupt_requests", "false"], port, MODEL))
+                sides.append(
+                    Side(
+                        "llama-cpp-python server",
+                        [
+                            sys.executable,
+                            "-m",
+                            "llama_cpp.server",
+                            "--model",
+                            str(path),
+                            "--model_alias",
+                            MODEL,
+                            "--host",
+                            "127.0.0.1",
+                            "--port",
+                            str(port),
+                            "--n_ctx",
+                            str(ctx),
+                            "--n_threads",
+                            str(threads),
+                            "--n_threads_batch",
+                            str(threads),
+                            "--n_gpu_layers",
+                            ngl,
+                            "--flash_attn",
+                            "true",
+                            # its default aborts the stream under way when a request arrives: it queues them instead
+                            "--interrupt_requests",
+                            "false",
+                        ],
+                        port,
+                        MODEL,
+                    )
+                )
             except RuntimeError as exc:
                 absent["llama-cpp-python server"] = str(exc)
     for name, why in absent.items():
@@ -126,8 +225,14 @@ def start_sides(path: Path, threads: int, parallel: int, ctx: int, peer: bool,
 
 
 async def _one(client: httpx.AsyncClient, side: Side, prompt: str, tokens: int) -> dict[str, Any]:
-    body = {"model": side.model, "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": side.model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     t0 = time.perf_counter()
     times: list[float] = []
     usage = None
@@ -143,21 +248,37 @@ async def _one(client: httpx.AsyncClient, side: Side, prompt: str, tokens: int) 
                 if (c.get("delta") or {}).get("content"):
                     times.append(time.perf_counter())
     n = usage["completion_tokens"] if usage else len(times)
-    return {"start": t0, "end": time.perf_counter(), "ttft": (times[0] - t0) if times else None,
-            "gaps": [b - a for a, b in itertools.pairwise(times)], "tokens": n}
+    return {
+        "start": t0,
+        "end": time.perf_counter(),
+        "ttft": (times[0] - t0) if times else None,
+        "gaps": [b - a for a, b in itertools.pairwise(times)],
+        "tokens": n,
+    }
 
 
 async def _round(side: Side, clients: int, tokens: int) -> dict[str, Any]:
     """One round; a request that fails or takes longer than ROUND_TIMEOUT fails the round (nothing waits forever)."""
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        runs = await asyncio.wait_for(asyncio.gather(*(
-            _one(client, side, f"Write a long story about {TOPICS[i % len(TOPICS)]}.", tokens)
-            for i in range(clients))), ROUND_TIMEOUT)
+        runs = await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    _one(client, side, f"Write a long story about {TOPICS[i % len(TOPICS)]}.", tokens)
+                    for i in range(clients)
+                )
+            ),
+            ROUND_TIMEOUT,
+        )
     wall = max(r["end"] for r in runs) - min(r["start"] for r in runs)
     total = sum(r["tokens"] for r in runs)
-    return {"tps": total / wall, "tokens": total, "seconds": wall, "ttft": [r["ttft"] for r in runs if r["ttft"]],
-            "gaps": [g for r in runs for g in r["gaps"]]}
+    return {
+        "tps": total / wall,
+        "tokens": total,
+        "seconds": wall,
+        "ttft": [r["ttft"] for r in runs if r["ttft"]],
+        "gaps": [g for r in runs for g in r["gaps"]],
+    }
 
 
 ROUND_TIMEOUT = 600.0
@@ -170,8 +291,9 @@ def _pct(values: list[float], q: float) -> float | None:
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
-def measure(sides: list[Side], levels: list[int], tokens: int, reps: int, log: Callable[[str], None]
-            ) -> dict[str, dict[int, dict[str, Any]]]:
+def measure(
+    sides: list[Side], levels: list[int], tokens: int, reps: int, log: Callable[[str], None]
+) -> dict[str, dict[int, dict[str, Any]]]:
     """Interleaved rounds after one warm-up round per side; per side and client count: every repetition's
     tokens/s, and the latencies of all of them."""
     for side in sides:
@@ -204,9 +326,14 @@ def summarize(raw: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[str, 
             if not cell["tps"]:
                 continue
             out.setdefault(side, {})[str(clients)] = {
-                "tps": statistics.median(cell["tps"]), "tps_all": cell["tps"],
-                "ttft_p50": _pct(cell["ttft"], 0.5), "ttft_p99": _pct(cell["ttft"], 0.99),
-                "itl_p50": _pct(cell["gaps"], 0.5), "itl_p99": _pct(cell["gaps"], 0.99), "errors": cell["errors"]}
+                "tps": statistics.median(cell["tps"]),
+                "tps_all": cell["tps"],
+                "ttft_p50": _pct(cell["ttft"], 0.5),
+                "ttft_p99": _pct(cell["ttft"], 0.99),
+                "itl_p50": _pct(cell["gaps"], 0.5),
+                "itl_p99": _pct(cell["gaps"], 0.99),
+                "errors": cell["errors"],
+            }
     return out
 
 
@@ -240,20 +367,27 @@ def verdicts(rat: dict[str, dict[str, float | None]]) -> list[dict[str, Any]]:
         for clients, limit in per_level.items():
             value = rat.get(str(clients), {}).get(key)
             met = None if value is None else (value <= limit if at_most else value >= limit)
-            rows.append({"target": f"{key} at {clients} client{'s' if clients > 1 else ''} "
-                                   f"{'<=' if at_most else '>='} {limit}",
-                         "value": value, "met": met})
+            rows.append(
+                {
+                    "target": f"{key} at {clients} client{'s' if clients > 1 else ''} "
+                    f"{'<=' if at_most else '>='} {limit}",
+                    "value": value,
+                    "met": met,
+                }
+            )
     return rows
 
 
 def markdown(result: dict[str, Any]) -> str:
     summ, rows = result["summary"], result["verdicts"]
     levels = sorted({int(c) for s in summ.values() for c in s})
-    lines = [f"# Serving: {result['model']}, {result['parallel']} slots, {result['threads']} threads, "
-             f"{result['tokens']} greedy tokens per request, {result['reps']} repetitions", "",
-             "| side | clients | tokens/s | TTFT p50 (ms) | TTFT p99 (ms) | inter-token p50 (ms) "
-             "| inter-token p99 (ms) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Serving: {result['model']}, {result['parallel']} slots, {result['threads']} threads, "
+        f"{result['tokens']} greedy tokens per request, {result['reps']} repetitions",
+        "",
+        "| side | clients | tokens/s | TTFT p50 (ms) | TTFT p99 (ms) | inter-token p50 (ms) | inter-token p99 (ms) |",
+        "|---|---|---|---|---|---|---|",
+    ]
 
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{1000 * v:.1f}"
@@ -262,8 +396,10 @@ def markdown(result: dict[str, Any]) -> str:
         for c in levels:
             cell = cells.get(str(c))
             if cell:
-                lines.append(f"| {side} | {c} | {cell['tps']:.1f} | {ms(cell['ttft_p50'])} | {ms(cell['ttft_p99'])} "
-                             f"| {ms(cell['itl_p50'])} | {ms(cell['itl_p99'])} |")
+                lines.append(
+                    f"| {side} | {c} | {cell['tps']:.1f} | {ms(cell['ttft_p50'])} | {ms(cell['ttft_p99'])} "
+                    f"| {ms(cell['itl_p50'])} | {ms(cell['itl_p99'])} |"
+                )
     lines += ["", "| target | measured | verdict |", "|---|---|---|"]
     for r in rows:
         value = "-" if r["value"] is None else f"{r['value']:.3f}×"
@@ -298,8 +434,16 @@ def chart(result: dict[str, Any], path: Path) -> str | None:
     return None
 
 
-def run(quick: bool, threads: int = 2, parallel: int = 8, ctx: int = 512, reps: int | None = None,
-        peer: bool = True, out_dir: Path = RESULTS, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(
+    quick: bool,
+    threads: int = 2,
+    parallel: int = 8,
+    ctx: int = 512,
+    reps: int | None = None,
+    peer: bool = True,
+    out_dir: Path = RESULTS,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     levels = [1, 4] if quick else [1, 4, 8, 16]
     tokens = 16 if quick else 128
     reps = reps or (1 if quick else 3)
@@ -311,10 +455,22 @@ def run(quick: bool, threads: int = 2, parallel: int = 8, ctx: int = 512, reps: 
         for s in sides:
             s.stop()
     rat = ratios(raw)
-    result = {"model": MODEL, "threads": threads, "parallel": parallel, "ctx_per_slot": ctx, "tokens": tokens,
-              "reps": reps, "levels": levels, "quick": quick, "machine": machine(threads), "absent": absent,
-              "summary": summarize(raw), "ratios": rat, "verdicts": verdicts(rat),
-              "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+    result = {
+        "model": MODEL,
+        "threads": threads,
+        "parallel": parallel,
+        "ctx_per_slot": ctx,
+        "tokens": tokens,
+        "reps": reps,
+        "levels": levels,
+        "quick": quick,
+        "machine": machine(threads),
+        "absent": absent,
+        "summary": summarize(raw),
+        "ratios": rat,
+        "verdicts": verdicts(rat),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
     stem = "serving-quick" if quick else "serving"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -22,14 +22,28 @@ from ..harness.common import gpu_layers
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "tests" / "schemas"
 PROMPT = "List some people with their name, age, city and hobbies, as JSON."
-SCHEMA = {"type": "object", "properties": {"people": {"type": "array", "maxItems": 12, "items": {
-    "type": "object", "properties": {"name": {"type": "string", "maxLength": 30},
-                                     "age": {"type": "integer", "minimum": 0, "maximum": 120},
-                                     "city": {"type": "string", "maxLength": 30},
-                                     "hobbies": {"type": "array", "items": {"type": "string", "maxLength": 20},
-                                                 "maxItems": 4}},
-    "required": ["name", "age", "city", "hobbies"], "additionalProperties": False}}},
-    "required": ["people"], "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "people": {
+            "type": "array",
+            "maxItems": 12,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "maxLength": 30},
+                    "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                    "city": {"type": "string", "maxLength": 30},
+                    "hobbies": {"type": "array", "items": {"type": "string", "maxLength": 20}, "maxItems": 4},
+                },
+                "required": ["name", "age", "city", "hobbies"],
+                "additionalProperties": False,
+            },
+        }
+    },
+    "required": ["people"],
+    "additionalProperties": False,
+}
 
 
 def _rate(model: Any, options: GenerationOptions) -> float:
@@ -51,8 +65,12 @@ def generation(name: str, threads: int, reps: int, tokens: int) -> dict[str, Any
             rates["free"].append(_rate(model, free))
             rates["constrained"].append(_rate(model, constrained))
     ratios = [c / f for c, f in zip(rates["constrained"], rates["free"], strict=True)]
-    return {"free": statistics.median(rates["free"]), "constrained": statistics.median(rates["constrained"]),
-            "ratio": statistics.median(ratios), "ratios": ratios}
+    return {
+        "free": statistics.median(rates["free"]),
+        "constrained": statistics.median(rates["constrained"]),
+        "ratio": statistics.median(ratios),
+        "ratios": ratios,
+    }
 
 
 def compile_ms(repeats: int = 20) -> dict[str, float]:
@@ -87,8 +105,10 @@ def main() -> int:
     print("|---|---|---|---|")
     for name in args.models:
         r = generation(name, args.threads, args.reps, args.tokens)
-        print(f"| {name} | {r['free']:.1f} | {r['constrained']:.1f} | {r['ratio']:.3f} "
-              f"({min(r['ratios']):.3f}–{max(r['ratios']):.3f}) |")
+        print(
+            f"| {name} | {r['free']:.1f} | {r['constrained']:.1f} | {r['ratio']:.3f} "
+            f"({min(r['ratios']):.3f}–{max(r['ratios']):.3f}) |"
+        )
     print()
     print("| schema | compile time (ms, best of 20) |")
     print("|---|---|")

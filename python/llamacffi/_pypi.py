@@ -42,8 +42,18 @@ def pip_download(requirement: str, dest: Path, *, sdist: bool = False, progress:
     ``progress`` shows pip's progress bar on stderr."""
     dest.mkdir(parents=True, exist_ok=True)
     before = set(dest.iterdir())
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "--progress-bar", "on" if progress else "off", "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "--progress-bar",
+        "on" if progress else "off",
+        "-d",
+        str(dest),
+    ]
     if sdist:
         # No build isolation: pip only reads the sdist's metadata, it must not build its build requirements.
         cmd += ["--no-binary", ":all:", "--no-build-isolation"]

@@ -44,7 +44,8 @@ def numa_init(strategy: str) -> None:
         if _numa is not None:
             if _numa != key:
                 raise InvalidArgumentError(
-                    f"NUMA strategy {_numa!r} is already applied in this process; it cannot change to {key!r}")
+                    f"NUMA strategy {_numa!r} is already applied in this process; it cannot change to {key!r}"
+                )
             return
         lib.llama_numa_init(NUMA_STRATEGIES[key])
         _numa = key
@@ -58,21 +59,31 @@ def numa_strategy() -> str | None:
 def backends() -> list[str]:
     """Names of the ggml backends compiled into this build (e.g. ``["CPU"]``, ``["CUDA", "CPU"]``)."""
     ensure_backend()
-    return [ffi.string(lib.ggml_backend_reg_name(lib.ggml_backend_reg_get(i))).decode()
-            for i in range(lib.ggml_backend_reg_count())]
+    return [
+        ffi.string(lib.ggml_backend_reg_name(lib.ggml_backend_reg_get(i))).decode()
+        for i in range(lib.ggml_backend_reg_count())
+    ]
 
 
 def devices() -> list[dict[str, str]]:
     """The devices ggml sees: name, description and type (cpu, gpu, igpu, accel)."""
     ensure_backend()
-    kinds = {lib.GGML_BACKEND_DEVICE_TYPE_CPU: "cpu", lib.GGML_BACKEND_DEVICE_TYPE_GPU: "gpu",
-             lib.GGML_BACKEND_DEVICE_TYPE_IGPU: "igpu", lib.GGML_BACKEND_DEVICE_TYPE_ACCEL: "accel"}
+    kinds = {
+        lib.GGML_BACKEND_DEVICE_TYPE_CPU: "cpu",
+        lib.GGML_BACKEND_DEVICE_TYPE_GPU: "gpu",
+        lib.GGML_BACKEND_DEVICE_TYPE_IGPU: "igpu",
+        lib.GGML_BACKEND_DEVICE_TYPE_ACCEL: "accel",
+    }
     out = []
     for i in range(lib.ggml_backend_dev_count()):
         dev = lib.ggml_backend_dev_get(i)
-        out.append({"name": ffi.string(lib.ggml_backend_dev_name(dev)).decode(),
-                    "description": ffi.string(lib.ggml_backend_dev_description(dev)).decode(),
-                    "type": kinds.get(lib.ggml_backend_dev_type(dev), "other")})
+        out.append(
+            {
+                "name": ffi.string(lib.ggml_backend_dev_name(dev)).decode(),
+                "description": ffi.string(lib.ggml_backend_dev_description(dev)).decode(),
+                "type": kinds.get(lib.ggml_backend_dev_type(dev), "other"),
+            }
+        )
     return out
 
 

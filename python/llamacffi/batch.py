@@ -57,8 +57,7 @@ class Batch:
         self._n = 0
 
     @classmethod
-    def from_tokens(cls, tokens: npt.ArrayLike, *, start_pos: int = 0, seq_id: int = 0,
-                    logits: str = "last") -> Batch:
+    def from_tokens(cls, tokens: npt.ArrayLike, *, start_pos: int = 0, seq_id: int = 0, logits: str = "last") -> Batch:
         """One sequence's tokens at consecutive positions from ``start_pos``; logits for the last token only
         (``logits="all"`` for every token, ``"none"`` for none)."""
         arr = _ids(tokens)
@@ -71,8 +70,7 @@ class Batch:
         self._n = 0
         self._c.n_tokens = 0
 
-    def set_sequence(self, tokens: npt.ArrayLike, *, start_pos: int = 0, seq_id: int = 0,
-                     logits: str = "last") -> None:
+    def set_sequence(self, tokens: npt.ArrayLike, *, start_pos: int = 0, seq_id: int = 0, logits: str = "last") -> None:
         """Replace the contents with one sequence's tokens at positions ``start_pos, start_pos+1, ...``."""
         arr = _ids(tokens)
         n = len(arr)
@@ -110,14 +108,15 @@ class Batch:
         self._token[i] = as_int("token", token, 0, INT32_MAX)
         self._pos[i] = as_int("pos", pos, 0, INT32_MAX)
         self._n_seq[i] = len(ids)
-        self._seq[i, :len(ids)] = ids
+        self._seq[i, : len(ids)] = ids
         self._logits[i] = 1 if logits else 0
         self._n = i + 1
         self._c.n_tokens = i + 1
         return i
 
-    def add_sequence(self, tokens: npt.NDArray[np.int32], start_pos: int, seq_id: int = 0,
-                     logits_last: bool = False) -> int:
+    def add_sequence(
+        self, tokens: npt.NDArray[np.int32], start_pos: int, seq_id: int = 0, logits_last: bool = False
+    ) -> int:
         """Append tokens of one sequence at consecutive positions; returns the index of the last one."""
         tokens = _ids(tokens)
         n = len(tokens)
@@ -126,11 +125,11 @@ class Batch:
             raise InvalidArgumentError(f"cannot append {n} tokens to a batch holding {i} of {self.capacity}")
         self._check_seq(seq_id)
         start_pos = _start(start_pos, n)
-        self._token[i:i + n] = tokens
-        self._pos[i:i + n] = np.arange(start_pos, start_pos + n, dtype=np.int32)
-        self._n_seq[i:i + n] = 1
-        self._seq[i:i + n, 0] = seq_id
-        self._logits[i:i + n] = 0
+        self._token[i : i + n] = tokens
+        self._pos[i : i + n] = np.arange(start_pos, start_pos + n, dtype=np.int32)
+        self._n_seq[i : i + n] = 1
+        self._seq[i : i + n, 0] = seq_id
+        self._logits[i : i + n] = 0
         self._logits[i + n - 1] = 1 if logits_last else 0
         self._n = i + n
         self._c.n_tokens = i + n
@@ -159,8 +158,10 @@ class Batch:
             raise InvalidArgumentError(f"a sequence id in the batch is >= this context's n_seq_max {n_seq_max}")
         ensure(int(self._pos[:n].min()) >= 0, "positions must be >= 0")
         if one_seq_per_token and self.n_seq_max > 1:
-            ensure(int(self._n_seq[:n].max()) == 1, "a token can belong to several sequences only in a context "
-                                                    "created with kv_unified=True")
+            ensure(
+                int(self._n_seq[:n].max()) == 1,
+                "a token can belong to several sequences only in a context created with kv_unified=True",
+            )
 
     def _check_seq(self, seq_id: int) -> None:
         as_int("seq_id", seq_id, 0, self.n_seq_max - 1)
@@ -174,18 +175,18 @@ class Batch:
 
     @property
     def tokens(self) -> npt.NDArray[np.int32]:
-        return self._token[:self._n]
+        return self._token[: self._n]
 
     @property
     def positions(self) -> npt.NDArray[np.int32]:
-        return self._pos[:self._n]
+        return self._pos[: self._n]
 
     @property
     def logits_mask(self) -> npt.NDArray[np.int8]:
-        return self._logits[:self._n]
+        return self._logits[: self._n]
 
     def seq_ids(self, i: int) -> tuple[int, ...]:
-        return tuple(int(s) for s in self._seq[i, :self._n_seq[i]])
+        return tuple(int(s) for s in self._seq[i, : self._n_seq[i]])
 
     @property
     def c_batch(self) -> CData:
@@ -196,6 +197,4 @@ class Batch:
 def chunks(tokens: npt.NDArray[np.int32], size: int) -> Iterator[tuple[int, npt.NDArray[np.int32]]]:
     """``(offset, tokens[offset:offset+size])`` pieces of a token array."""
     for start in range(0, len(tokens), size):
-        yield start, tokens[start:start + size]
-
-
+        yield start, tokens[start : start + size]

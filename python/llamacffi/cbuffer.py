@@ -7,8 +7,13 @@ from collections.abc import Callable
 from .raw import CData, ffi
 
 
-def read_grown(fill: Callable[[CData, int], int], size: int, *, terminated: bool = False,
-               error: Callable[[int], Exception] | None = None) -> bytes:
+def read_grown(
+    fill: Callable[[CData, int], int],
+    size: int,
+    *,
+    terminated: bool = False,
+    error: Callable[[int], Exception] | None = None,
+) -> bytes:
     """The bytes ``fill(buf, size)`` writes into a ``char[size]``, growing the buffer until they fit.
 
     ``fill`` returns the length of the whole result, or ``-needed`` when it did not fit (llama.cpp uses both

@@ -33,8 +33,9 @@ def _pairs(messages: Iterable[Message]) -> list[tuple[str, str]]:
         elif isinstance(m, (tuple, list)) and len(m) == 2:
             role, content = m
         else:
-            raise InvalidArgumentError(f"messages[{i}] must be a (role, content) pair or a dict with 'role' and "
-                                       f"'content', got {m!r}")
+            raise InvalidArgumentError(
+                f"messages[{i}] must be a (role, content) pair or a dict with 'role' and 'content', got {m!r}"
+            )
         if not isinstance(role, str) or not isinstance(content, str):
             raise InvalidArgumentError(f"messages[{i}]: role and content must be str, got {role!r}, {content!r}")
         out.append((role, content))
@@ -64,8 +65,10 @@ def apply_template(template: str, messages: Iterable[Message], add_assistant: bo
         raise InvalidArgumentError(f"add_assistant must be a bool, got {add_assistant!r}")
     tmpl = _c_text(template, "the template")
     pairs = _pairs(messages)
-    encoded = [(_c_text(r, f"the role of message {i}"), _c_text(c, f"the content of message {i}"))
-               for i, (r, c) in enumerate(pairs)]
+    encoded = [
+        (_c_text(r, f"the role of message {i}"), _c_text(c, f"the content of message {i}"))
+        for i, (r, c) in enumerate(pairs)
+    ]
     strings = [ffi.new("char[]", s) for pair in encoded for s in pair]  # alive until the call returns
     chat = ffi.new("struct llama_chat_message[]", max(1, len(encoded)))
     for i in range(len(encoded)):
@@ -74,11 +77,16 @@ def apply_template(template: str, messages: Iterable[Message], add_assistant: bo
     size = sum(len(c) for _, c in encoded) * 2 + 256
 
     def unknown(_code: int) -> Exception:
-        return ChatTemplateError(f"llama.cpp does not know the chat template {template[:60]!r}: neither a built-in "
-                                 f"name nor a template text it recognises")
+        return ChatTemplateError(
+            f"llama.cpp does not know the chat template {template[:60]!r}: neither a built-in "
+            f"name nor a template text it recognises"
+        )
 
-    data = read_grown(lambda buf, n: lib.llama_chat_apply_template(tmpl, chat, len(encoded), add_assistant, buf, n),
-                      size, error=unknown)
+    data = read_grown(
+        lambda buf, n: lib.llama_chat_apply_template(tmpl, chat, len(encoded), add_assistant, buf, n),
+        size,
+        error=unknown,
+    )
     return data.decode("utf-8", "replace")
 
 

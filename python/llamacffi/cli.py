@@ -28,16 +28,27 @@ def _positive(text: str) -> int:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--model", default=models.DEFAULT,
-                   help=f"model id: a .gguf path, provider:user/repo:file under $MODELS_PATH, or a known name "
-                        f"({', '.join(models.KNOWN)}); default {models.DEFAULT}")
+    p.add_argument(
+        "-m",
+        "--model",
+        default=models.DEFAULT,
+        help=f"model id: a .gguf path, provider:user/repo:file under $MODELS_PATH, or a known name "
+        f"({', '.join(models.KNOWN)}); default {models.DEFAULT}",
+    )
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all available)")
     p.add_argument("-c", "--ctx-size", type=int, default=2048, help="context size per request (default 2048)")
-    p.add_argument("-ngl", "--gpu-layers", type=int, default=-1,
-                   help="layers to offload to a GPU (default -1: all, when the build has a GPU backend; 0: none)")
-    p.add_argument("--huge-pages", action="store_true",
-                   help="read the weights into memory backed by huge pages instead of mapping the file (Linux): "
-                        "faster tokens")
+    p.add_argument(
+        "-ngl",
+        "--gpu-layers",
+        type=int,
+        default=-1,
+        help="layers to offload to a GPU (default -1: all, when the build has a GPU backend; 0: none)",
+    )
+    p.add_argument(
+        "--huge-pages",
+        action="store_true",
+        help="read the weights into memory backed by huge pages instead of mapping the file (Linux): faster tokens",
+    )
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -58,8 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="stream a completion to stdout")
     g.add_argument("prompt", nargs="+")
     g.add_argument("--raw", action="store_true", help="complete the prompt text as is (no chat template)")
-    g.add_argument("--json-schema", default=None, metavar="FILE|JSON",
-                   help="constrain the output to JSON valid under this schema (a file, or JSON text)")
+    g.add_argument(
+        "--json-schema",
+        default=None,
+        metavar="FILE|JSON",
+        help="constrain the output to JSON valid under this schema (a file, or JSON text)",
+    )
     g.add_argument("--grammar", default=None, metavar="FILE", help="constrain the output to this GBNF grammar")
     _model_args(g)
     _sampling_args(g)
@@ -97,8 +112,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from .server.main import run
     except ImportError as exc:
-        raise ImportError(f"llamacffi serve needs the server extra ({exc.name} is missing): "
-                          f"pip install 'llamacffi[server]'") from None
+        raise ImportError(
+            f"llamacffi serve needs the server extra ({exc.name} is missing): pip install 'llamacffi[server]'"
+        ) from None
     return run(args)
 
 
@@ -109,8 +125,11 @@ def _service_model(args: argparse.Namespace, parallel: int = 1):  # type: ignore
         print(f"llamacffi: fetching {args.model} ({models.KNOWN[args.model].description})", file=sys.stderr)
         models.fetch(args.model, progress=True)
     llama_cpp = LlamaCppSpecificConfig(huge_pages=args.huge_pages)
-    svc = LlamaCppService(LocalBackendConfig(threads=args.threads, use_gpu=args.gpu_layers != 0,
-                                             gpu_layers=args.gpu_layers, llama_cpp=llama_cpp))
+    svc = LlamaCppService(
+        LocalBackendConfig(
+            threads=args.threads, use_gpu=args.gpu_layers != 0, gpu_layers=args.gpu_layers, llama_cpp=llama_cpp
+        )
+    )
     return svc, svc.load_model(args.model, config=ModelConfig(context_size=args.ctx_size, parallel=parallel))
 
 
@@ -129,9 +148,19 @@ def _constraint(args: argparse.Namespace) -> dict[str, Any]:
 def _options(args: argparse.Namespace, raw: bool = False):  # type: ignore[no-untyped-def]
     from .service import GenerationOptions
 
-    return GenerationOptions(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
-                             top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed,
-                             stop_sequences=tuple(args.stop), system=args.system, raw=raw, **_constraint(args))
+    return GenerationOptions(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty,
+        seed=args.seed,
+        stop_sequences=tuple(args.stop),
+        system=args.system,
+        raw=raw,
+        **_constraint(args),
+    )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -170,8 +199,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
             stream = _fitting_stream(model, history, opts)
             if stream is None:
                 history.pop()
-                print(f"llamacffi: that message alone does not fit the context of {args.ctx_size} tokens (-c)",
-                      file=sys.stderr)
+                print(
+                    f"llamacffi: that message alone does not fit the context of {args.ctx_size} tokens (-c)",
+                    file=sys.stderr,
+                )
                 continue
             reply = []
             for chunk in stream:
@@ -195,8 +226,7 @@ def _fitting_stream(model: Any, history: list[tuple[str, str]], opts: Any) -> It
             continue
         if start:
             del history[:start]
-            print(f"llamacffi: ({start // 2} of the oldest exchanges were dropped to fit the context)",
-                  file=sys.stderr)
+            print(f"llamacffi: ({start // 2} of the oldest exchanges were dropped to fit the context)", file=sys.stderr)
         return stream  # type: ignore[no-any-return]
     return None
 
@@ -225,10 +255,18 @@ def cmd_info(args: argparse.Namespace) -> int:
 
         path = LlamaCppService().resolve(args.model)
         with Model.load(path, vocab_only=False) as m:
-            info["model"] = {"path": str(path), "description": m.description, "n_params": m.n_params,
-                             "size": m.size, "n_ctx_train": m.n_ctx_train, "n_embd": m.n_embd,
-                             "n_layer": m.n_layer, "n_vocab": m.vocab.n_tokens,
-                             "chat_template": m.chat_template is not None, "metadata": m.metadata}
+            info["model"] = {
+                "path": str(path),
+                "description": m.description,
+                "n_params": m.n_params,
+                "size": m.size,
+                "n_ctx_train": m.n_ctx_train,
+                "n_embd": m.n_embd,
+                "n_layer": m.n_layer,
+                "n_vocab": m.vocab.n_tokens,
+                "chat_template": m.chat_template is not None,
+                "metadata": m.metadata,
+            }
     if args.json:
         print(json.dumps(info, indent=1))
     else:
@@ -259,7 +297,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.n_prompt + args.n_gen >= model.n_ctx_train:
             raise InvalidArgumentError(
                 f"-p {args.n_prompt} and -g {args.n_gen} need {args.n_prompt + args.n_gen + 1} positions, but "
-                f"{path.name} was trained for {model.n_ctx_train}")
+                f"{path.name} was trained for {model.n_ctx_train}"
+            )
         rng = np.random.default_rng(0)
         prompt = rng.integers(0, model.vocab.n_tokens, args.n_prompt, dtype=np.int32)
         n_ctx = args.n_prompt + args.n_gen + 1
@@ -283,8 +322,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "models": cmd_models, "info": cmd_info,
-            "bench": cmd_bench, "embed": cli_embed.cmd_embed, "serve": cmd_serve}
+COMMANDS = {
+    "generate": cmd_generate,
+    "chat": cmd_chat,
+    "models": cmd_models,
+    "info": cmd_info,
+    "bench": cmd_bench,
+    "embed": cli_embed.cmd_embed,
+    "serve": cmd_serve,
+}
 
 
 def _warn(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
@@ -305,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except (Exception) as exc:  # one clear line, no traceback
+    except Exception as exc:  # one clear line, no traceback
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"llamacffi: error: {message}", file=sys.stderr)
         return 1

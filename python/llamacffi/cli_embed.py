@@ -15,24 +15,44 @@ POOLINGS = ("none", "mean", "cls", "last", "rank")
 
 def add_parser(sub: Any) -> None:
     """Register the subcommand on the ``llamacffi`` parser's subparsers."""
-    e = sub.add_parser("embed", help="embeddings of texts, as JSON or .npy on stdout",
-                       description="Embed each TEXT (or each non-empty line of --file) with one vector per text.")
+    e = sub.add_parser(
+        "embed",
+        help="embeddings of texts, as JSON or .npy on stdout",
+        description="Embed each TEXT (or each non-empty line of --file) with one vector per text.",
+    )
     e.add_argument("texts", nargs="*", metavar="TEXT")
     e.add_argument("-f", "--file", default=None, help="read texts from this file, one per non-empty line ('-': stdin)")
-    e.add_argument("-m", "--model", default=models.DEFAULT,
-                   help=f"model id: a .gguf path, provider:user/repo:file under $MODELS_PATH, or a known name "
-                        f"({', '.join(models.KNOWN)}); default {models.DEFAULT}")
-    e.add_argument("--format", choices=("json", "npy"), default="json",
-                   help="json: an OpenAI-style list (default); npy: a float32 (n, dim) array")
-    e.add_argument("--pooling", choices=POOLINGS, default=None,
-                   help="how token vectors become one per text (default: the model's own, else mean); none gives "
-                        "every token's vector (json only)")
+    e.add_argument(
+        "-m",
+        "--model",
+        default=models.DEFAULT,
+        help=f"model id: a .gguf path, provider:user/repo:file under $MODELS_PATH, or a known name "
+        f"({', '.join(models.KNOWN)}); default {models.DEFAULT}",
+    )
+    e.add_argument(
+        "--format",
+        choices=("json", "npy"),
+        default="json",
+        help="json: an OpenAI-style list (default); npy: a float32 (n, dim) array",
+    )
+    e.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default=None,
+        help="how token vectors become one per text (default: the model's own, else mean); none gives "
+        "every token's vector (json only)",
+    )
     e.add_argument("--no-normalize", action="store_true", help="keep the vectors' lengths (default: unit length)")
     e.add_argument("--truncate", action="store_true", help="cut texts longer than the model's context")
     e.add_argument("--batch-tokens", type=int, default=None, help="tokens per decode (default 512)")
     e.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all available)")
-    e.add_argument("-ngl", "--gpu-layers", type=int, default=-1,
-                   help="layers to offload to a GPU (default -1: all, when the build has a GPU backend; 0: none)")
+    e.add_argument(
+        "-ngl",
+        "--gpu-layers",
+        type=int,
+        default=-1,
+        help="layers to offload to a GPU (default -1: all, when the build has a GPU backend; 0: none)",
+    )
 
 
 def read_texts(args: argparse.Namespace) -> list[str]:
@@ -69,8 +89,15 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
         path = LlamaCppService().resolve(args.model)
     with Model.load(path, n_gpu_layers=args.gpu_layers) as model:
-        vectors = embedding.embed(model, texts, pooling=args.pooling, normalize=not args.no_normalize,
-                                  batch_tokens=args.batch_tokens, truncate=args.truncate, n_threads=args.threads)
+        vectors = embedding.embed(
+            model,
+            texts,
+            pooling=args.pooling,
+            normalize=not args.no_normalize,
+            batch_tokens=args.batch_tokens,
+            truncate=args.truncate,
+            n_threads=args.threads,
+        )
     if args.format == "npy":
         assert isinstance(vectors, np.ndarray)
         np.save(sys.stdout.buffer, vectors, allow_pickle=False)

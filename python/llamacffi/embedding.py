@@ -96,8 +96,10 @@ def resolve_pooling(model: Model, pooling: Pooling | str | int | None) -> Poolin
     if chosen is None:
         return declared if declared is not None else Pooling.MEAN
     if chosen == Pooling.RANK and declared != Pooling.RANK:
-        raise InvalidArgumentError("pooling 'rank' needs a reranking model (one whose GGUF file declares rank "
-                                   "pooling and holds a classification head); use mean, cls or last")
+        raise InvalidArgumentError(
+            "pooling 'rank' needs a reranking model (one whose GGUF file declares rank "
+            "pooling and holds a classification head); use mean, cls or last"
+        )
     return chosen
 
 
@@ -139,7 +141,7 @@ def fit(model: Model, tokens: list[TokenArray], limit: int, truncate: bool, hint
         if len(t) > limit:
             if not truncate:
                 raise TextTooLongError(i, len(t), limit, hint)
-            t = np.concatenate([t[:limit - 1], t[-1:]]) if keep_end and limit > 1 else t[:limit]
+            t = np.concatenate([t[: limit - 1], t[-1:]]) if keep_end and limit > 1 else t[:limit]
         out.append(t)
     return out
 
@@ -198,9 +200,16 @@ class Embedder:
     kernels differ with the batch size; False makes it nearly independent). Close with :meth:`close` or ``with``; it
     keeps the model alive until then."""
 
-    def __init__(self, model: Model, *, pooling: Pooling | str | int | None = None,
-                 batch_tokens: int = DEFAULT_BATCH_TOKENS, max_tokens: int | None = None,
-                 n_threads: int | None = None, flash_attn: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        *,
+        pooling: Pooling | str | int | None = None,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        max_tokens: int | None = None,
+        n_threads: int | None = None,
+        flash_attn: bool | None = None,
+    ) -> None:
         if not isinstance(model, Model):
             raise TypeError(f"model must be a llamacffi.Model, not {type(model).__name__}")
         self.model = model
@@ -209,14 +218,18 @@ class Embedder:
         limit = model.n_ctx_train
         self.max_tokens = as_int("max_tokens", self.batch_tokens if max_tokens is None else max_tokens, 1, None)
         if self.max_tokens > limit:
-            raise InvalidArgumentError(f"max_tokens {self.max_tokens} exceeds the {limit} tokens {model.path.name} "
-                                       f"was trained for")
+            raise InvalidArgumentError(
+                f"max_tokens {self.max_tokens} exceeds the {limit} tokens {model.path.name} was trained for"
+            )
         has_encoder = bool(lib.llama_model_has_encoder(model.ptr))
         if has_encoder and lib.llama_model_has_decoder(model.ptr):
             raise InvalidArgumentError("embeddings of an encoder-decoder model are not supported (llama.cpp has none)")
         self._encode = has_encoder  # an encoder-only model runs llama_encode
-        self.dim = int(lib.llama_model_n_cls_out(model.ptr) if self.pooling == Pooling.RANK
-                       else lib.llama_model_n_embd_out(model.ptr))
+        self.dim = int(
+            lib.llama_model_n_cls_out(model.ptr)
+            if self.pooling == Pooling.RANK
+            else lib.llama_model_n_embd_out(model.ptr)
+        )
         n = max(self.batch_tokens, self.max_tokens)
         self.max_seqs = min(MAX_SEQ, n)
         # llama.cpp sizes its worst-case graph for n_seq_max sequences of equal length, rounding n_ubatch up to a
@@ -225,9 +238,18 @@ class Embedder:
         # One piece per decode (n_ubatch = n_batch) and one unified memory: llama.cpp pools each micro-batch apart,
         # and splits sequences of separate streams into equal-length pieces.
         with _quiet_setup():
-            self._ctx = Context(model, n_ctx=n, n_batch=n, n_ubatch=n, n_seq_max=self.max_seqs,
-                                n_threads=n_threads, embeddings=True, kv_unified=True,
-                                pooling_type=int(self.pooling), flash_attn=flash_attn)
+            self._ctx = Context(
+                model,
+                n_ctx=n,
+                n_batch=n,
+                n_ubatch=n,
+                n_seq_max=self.max_seqs,
+                n_threads=n_threads,
+                embeddings=True,
+                kv_unified=True,
+                pooling_type=int(self.pooling),
+                flash_attn=flash_attn,
+            )
         self._batch = Batch(n, n_seq_max=self.max_seqs)
         self._lock = threading.Lock()
 
@@ -247,16 +269,23 @@ class Embedder:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"<llamacffi.Embedder {self.model.path.name!r} pooling={self.pooling.name.lower()} dim={self.dim}"
-                f"{' closed' if self.closed else ''}>")
+        return (
+            f"<llamacffi.Embedder {self.model.path.name!r} pooling={self.pooling.name.lower()} dim={self.dim}"
+            f"{' closed' if self.closed else ''}>"
+        )
 
     def embed(self, texts: Sequence[str], *, normalize: bool = True, truncate: bool = False) -> Embeddings:
         """Embeddings of ``texts``, in order: float32 of shape ``(len(texts), dim)``; with :attr:`Pooling.NONE`
         a list with one ``(tokens, dim)`` array per text. ``normalize`` scales each vector to unit length (not
         RANK scores). A text over :attr:`max_tokens` raises :class:`TextTooLongError`, or is cut with
         ``truncate``."""
-        tokens = fit(self.model, tokenize(self.model, texts), self.max_tokens, truncate,
-                     "shorten it, pass truncate=True, or use a larger max_tokens")
+        tokens = fit(
+            self.model,
+            tokenize(self.model, texts),
+            self.max_tokens,
+            truncate,
+            "shorten it, pass truncate=True, or use a larger max_tokens",
+        )
         return self.embed_tokens(tokens, normalize=normalize)
 
     def embed_tokens(self, tokens: Sequence[npt.ArrayLike], *, normalize: bool = True) -> Embeddings:
@@ -315,9 +344,16 @@ class Embedder:
         return list(rows[:, None, :])
 
 
-def embed(model: Model, texts: Sequence[str], *, pooling: Pooling | str | int | None = None,
-          normalize: bool = True, batch_tokens: int | None = None, truncate: bool = False,
-          n_threads: int | None = None) -> Embeddings:
+def embed(
+    model: Model,
+    texts: Sequence[str],
+    *,
+    pooling: Pooling | str | int | None = None,
+    normalize: bool = True,
+    batch_tokens: int | None = None,
+    truncate: bool = False,
+    n_threads: int | None = None,
+) -> Embeddings:
     """Embeddings of ``texts`` with a context made for this call (see :meth:`Embedder.embed`; an
     :class:`Embedder` reuses one). A text may have up to the model's training context in tokens."""
     if not isinstance(model, Model):
@@ -325,9 +361,19 @@ def embed(model: Model, texts: Sequence[str], *, pooling: Pooling | str | int | 
     batch_tokens = DEFAULT_BATCH_TOKENS if batch_tokens is None else as_int("batch_tokens", batch_tokens, 1, 1 << 20)
     resolve_pooling(model, pooling)  # bad pooling before any tokenizing
     limit = model.n_ctx_train
-    tokens = fit(model, tokenize(model, texts), limit, truncate,
-                 f"the model was trained for {limit}; shorten it or pass truncate=True")
+    tokens = fit(
+        model,
+        tokenize(model, texts),
+        limit,
+        truncate,
+        f"the model was trained for {limit}; shorten it or pass truncate=True",
+    )
     # a context no larger than this call needs: its batch, or its longest text
-    with Embedder(model, pooling=pooling, batch_tokens=min(batch_tokens, sum(map(len, tokens))),
-                  max_tokens=max(map(len, tokens)), n_threads=n_threads) as embedder:
+    with Embedder(
+        model,
+        pooling=pooling,
+        batch_tokens=min(batch_tokens, sum(map(len, tokens))),
+        max_tokens=max(map(len, tokens)),
+        n_threads=n_threads,
+    ) as embedder:
         return embedder.embed_tokens(tokens, normalize=normalize)

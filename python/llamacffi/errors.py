@@ -99,7 +99,9 @@ def _raise_decode(rc: int, what: str) -> NoReturn:
     if rc == 1:
         raise KVCacheFullError(
             f"{what}: no memory slot for this batch (code 1); the context is unchanged. Free sequences with "
-            f"memory.seq_rm(), use a smaller batch, or create the context with a larger n_ctx.", rc)
+            f"memory.seq_rm(), use a smaller batch, or create the context with a larger n_ctx.",
+            rc,
+        )
     if rc == 2:
         raise DecodeAbortedError(f"{what}: aborted (code 2); micro-batches already processed remain in memory", rc)
     meaning = _DECODE_ERRORS.get(rc, "unknown error" if rc < 0 else "warning")
@@ -110,8 +112,10 @@ def __getattr__(name: str) -> object:
     # Old homes of names that moved: llamacffi.validate.as_int, llamacffi.limits.INT32_MAX.
     if name == "as_int":
         from .validate import as_int
+
         return as_int
     if name == "INT32_MAX":
         from .limits import INT32_MAX
+
         return INT32_MAX
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -46,7 +46,7 @@ class _Reader:
     def string(self) -> bytes:
         n = self.u64()
         start = self.take(n)
-        return bytes(self.buf[start:start + n])
+        return bytes(self.buf[start : start + n])
 
     def _strings(self, count: int, keep: bool) -> list[bytes] | None:
         """``count`` strings in a row (a vocabulary: hundreds of thousands), in one tight loop."""
@@ -58,7 +58,7 @@ class _Reader:
             n = unpack(buf, pos)[0]
             pos += 8
             if keep:
-                out.append(buf[pos:pos + n])
+                out.append(buf[pos : pos + n])
             pos += n
         if pos > end:
             raise self.fail("the metadata is truncated")
@@ -90,7 +90,7 @@ class _Reader:
 def read_metadata(path: Path, wanted: set[str]) -> dict[str, Any]:
     """The values of the ``wanted`` keys found in the metadata; ``{arch}.`` in a wanted key stands for the
     ``general.architecture`` value, wherever that key sits in the file."""
-    suffixes = {w[len("{arch}"):] for w in wanted if w.startswith("{arch}.")}
+    suffixes = {w[len("{arch}") :] for w in wanted if w.startswith("{arch}.")}
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         r = _Reader(buf, path)
         if bytes(buf[:4]) != MAGIC:
@@ -114,16 +114,24 @@ def read_metadata(path: Path, wanted: set[str]) -> dict[str, Any]:
         out = {w: found[w] for w in wanted if w in found}
         if prefix is not None:
             for w in wanted:
-                if w.startswith("{arch}.") and prefix + w[len("{arch}."):] in found:
-                    out[w] = found[prefix + w[len("{arch}."):]]
+                if w.startswith("{arch}.") and prefix + w[len("{arch}.") :] in found:
+                    out[w] = found[prefix + w[len("{arch}.") :]]
         return out
 
 
 def check(path: Path, vocab_only: bool = False) -> None:
     """Raise :class:`ModelLoadError` for metadata that llama.cpp would abort on (a vocab-only load reads no
     layers)."""
-    meta = read_metadata(path, {"{arch}.block_count", "{arch}.nextn_predict_layers", "tokenizer.ggml.tokens",
-                                "tokenizer.ggml.scores", "tokenizer.ggml.token_type"})
+    meta = read_metadata(
+        path,
+        {
+            "{arch}.block_count",
+            "{arch}.nextn_predict_layers",
+            "tokenizer.ggml.tokens",
+            "tokenizer.ggml.scores",
+            "tokenizer.ggml.token_type",
+        },
+    )
     layers = meta.get("{arch}.block_count")
     if not vocab_only and isinstance(layers, int) and not 0 < layers <= MAX_LAYERS:
         raise _fail(path, f"its block_count is {layers}; llama.cpp supports 1..{MAX_LAYERS} layers")

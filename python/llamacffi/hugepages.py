@@ -42,8 +42,11 @@ def _maps() -> list[tuple[int, int, bool]]:
             fields = line.split(None, 5)
             start, _, end = fields[0].partition(b"-")
             path = fields[5].strip() if len(fields) > 5 else b""
-            anon = fields[1] == b"rw-p" and fields[4] == b"0" and (not path or path == b"[heap]"
-                                                                    or path.startswith(b"[anon:"))
+            anon = (
+                fields[1] == b"rw-p"
+                and fields[4] == b"0"
+                and (not path or path == b"[heap]" or path.startswith(b"[anon:"))
+            )
             out.append((int(start, 16), int(end, 16), anon))
     return out
 

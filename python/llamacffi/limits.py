@@ -40,8 +40,9 @@ GRAMMAR_MAX_RULES = 10_000
 # ---- loading ----------------------------------------------------------------------------------------------------
 NUMA_STRATEGIES = ("disabled", "distribute", "isolate", "numactl", "mirror")
 # Why huge_pages refuses use_mmap=True (after the argument's name).
-HUGE_PAGES_WITH_MMAP = ("does not go with use_mmap=True (huge pages back memory the weights are read into, not a "
-                        "mapped file)")
+HUGE_PAGES_WITH_MMAP = (
+    "does not go with use_mmap=True (huge pages back memory the weights are read into, not a mapped file)"
+)
 
 # ---- the service's per-model and per-request sizes ---------------------------------------------------------------
 CONTEXT_SIZE_MIN = 16

@@ -78,9 +78,17 @@ class Model:
         self._vocab = Vocab(self.owner, lib.llama_model_get_vocab(ptr))
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, n_gpu_layers: int = -1, use_mmap: bool | None = None,
-             use_mlock: bool = False, vocab_only: bool = False, huge_pages: bool = False,
-             progress: ProgressCallback | None = None) -> Model:
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        n_gpu_layers: int = -1,
+        use_mmap: bool | None = None,
+        use_mlock: bool = False,
+        vocab_only: bool = False,
+        huge_pages: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> Model:
         """Load a GGUF file.
 
         ``n_gpu_layers``: layers to offload to a GPU backend (-1, the default as in llama.cpp: all of them when the
@@ -108,8 +116,10 @@ class Model:
         params = lib.llama_model_default_params()
         params.n_gpu_layers = MAX_GPU_LAYERS if n_gpu_layers == -1 else n_gpu_layers
         params.load_mode = {
-            (True, False): lib.LLAMA_LOAD_MODE_MMAP, (True, True): lib.LLAMA_LOAD_MODE_MMAP_MLOCK,
-            (False, False): lib.LLAMA_LOAD_MODE_NONE, (False, True): lib.LLAMA_LOAD_MODE_MLOCK,
+            (True, False): lib.LLAMA_LOAD_MODE_MMAP,
+            (True, True): lib.LLAMA_LOAD_MODE_MMAP_MLOCK,
+            (False, False): lib.LLAMA_LOAD_MODE_NONE,
+            (False, True): lib.LLAMA_LOAD_MODE_MLOCK,
         }[(bool(use_mmap), bool(use_mlock))]
         params.vocab_only = bool(vocab_only)
         params.no_host = bool(huge_pages)
@@ -230,14 +240,22 @@ class Model:
             out[key] = _read_string(functools.partial(lib.llama_model_meta_val_str_by_index, ptr, i))
         return out
 
-    def embed(self, texts: Sequence[str], *, pooling: Pooling | str | int | None = None, normalize: bool = True,
-              batch_tokens: int | None = None, truncate: bool = False) -> Embeddings:
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        pooling: Pooling | str | int | None = None,
+        normalize: bool = True,
+        batch_tokens: int | None = None,
+        truncate: bool = False,
+    ) -> Embeddings:
         """Embeddings of ``texts``: float32 ``(len(texts), dim)``, or with ``pooling="none"`` a list of one
         ``(tokens, dim)`` array per text. See :func:`llamacffi.embedding.embed`."""
         from . import embedding
 
-        return embedding.embed(self, texts, pooling=pooling, normalize=normalize, batch_tokens=batch_tokens,
-                               truncate=truncate)
+        return embedding.embed(
+            self, texts, pooling=pooling, normalize=normalize, batch_tokens=batch_tokens, truncate=truncate
+        )
 
     @property
     def chat_template(self) -> str | None:
@@ -245,8 +263,9 @@ class Model:
         t = lib.llama_model_chat_template(self.ptr, ffi.NULL)
         return None if t == ffi.NULL else ffi.string(t).decode("utf-8", "replace")
 
-    def apply_chat_template(self, messages: Iterable[chat.Message], *, template: str | None = None,
-                            add_assistant: bool = True) -> str:
+    def apply_chat_template(
+        self, messages: Iterable[chat.Message], *, template: str | None = None, add_assistant: bool = True
+    ) -> str:
         """``messages`` (``(role, content)`` pairs or ``{"role", "content"}`` dicts) as this model expects them.
 
         ``template``: a llama.cpp template name or template text; None uses the model's own, or llama.cpp's
@@ -254,11 +273,12 @@ class Model:
         :class:`~llamacffi.chat.ChatTemplateError` when there is none or llama.cpp does not know it.
         """
         if template is None:
-            template = self.chat_template or chat.builtin_template_for(
-                self.metadata.get("general.architecture", ""))
+            template = self.chat_template or chat.builtin_template_for(self.metadata.get("general.architecture", ""))
             if template is None:
-                raise chat.ChatTemplateError(f"{self.path.name} carries no chat template; pass template= (a llama.cpp "
-                                             f"template name such as 'chatml', or template text)")
+                raise chat.ChatTemplateError(
+                    f"{self.path.name} carries no chat template; pass template= (a llama.cpp "
+                    f"template name such as 'chatml', or template text)"
+                )
         return chat.apply_template(template, messages, add_assistant)
 
 

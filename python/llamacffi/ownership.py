@@ -157,17 +157,21 @@ class Owner:
 
 def destructor(free: Free, *leases: Lease) -> Free:
     """The ``ffi.gc`` destructor of a holder's C object: ``free(ptr)``, then release the ``leases`` it holds."""
+
     def done(ptr: Any) -> None:
         try:
             free(ptr)
         finally:
             for lease in leases:
                 lease.release()
+
     return done
 
 
 def keep_alive(obj: object) -> Free:
     """A no-op ``ffi.gc`` destructor that keeps ``obj`` alive as long as the cdata it is attached to."""
+
     def keep(_ptr: Any, _obj: object = obj) -> None:
         pass
+
     return keep

@@ -27,6 +27,7 @@ def require(name: str) -> Path:
     path = find(name)
     if path is None:
         raise FileNotFoundError(
-            f"{name} is not built: reinstall with CMAKE_ARGS=\"-DLLAMACFFI_RAW_TOOLS=ON\" pip install . "
-            f"(or set LLAMACFFI_RAW_TOOLS_DIR)")
+            f'{name} is not built: reinstall with CMAKE_ARGS="-DLLAMACFFI_RAW_TOOLS=ON" pip install . '
+            f"(or set LLAMACFFI_RAW_TOOLS_DIR)"
+        )
     return path

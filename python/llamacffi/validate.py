@@ -21,8 +21,10 @@ T = TypeVar("T")
 
 def failing(raising: type[Exception]) -> Fail:
     """A ``fail`` that raises ``raising("{name} must be {requirement}, got {value!r}")``."""
+
     def fail(name: str, requirement: str, value: object) -> Exception:
         return raising(f"{name} must be {requirement}, got {value!r}")
+
     return fail
 
 
@@ -35,8 +37,15 @@ def _span(lo: int | None, hi: int | None) -> str:
     return f"<= {hi}" if lo is None else f"in {lo}..{hi}"
 
 
-def as_int(name: str, value: object, lo: int | None = None, hi: int | None = None, *, exact: bool = False,
-           fail: Fail = invalid_argument) -> int:
+def as_int(
+    name: str,
+    value: object,
+    lo: int | None = None,
+    hi: int | None = None,
+    *,
+    exact: bool = False,
+    fail: Fail = invalid_argument,
+) -> int:
     """``value`` as a Python int within ``[lo, hi]``. numpy integers pass unless ``exact`` (which takes only
     ``int``); bools, floats and the rest fail."""
     if isinstance(value, bool) or (exact and not isinstance(value, int)):
@@ -50,8 +59,16 @@ def as_int(name: str, value: object, lo: int | None = None, hi: int | None = Non
     return out
 
 
-def as_real(name: str, value: object, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-            exact: bool = False, fail: Fail = invalid_argument) -> float:
+def as_real(
+    name: str,
+    value: object,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    exact: bool = False,
+    fail: Fail = invalid_argument,
+) -> float:
     """``value`` as a float within ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``), never NaN. Anything ``float()``
     takes passes unless ``exact``, which takes only int and float (no bool)."""
     rng = f"{'(' if lo_open else '['}{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}]"
@@ -80,8 +97,9 @@ def as_optional_bool(name: str, value: object, *, fail: Fail = invalid_argument)
     raise fail(name, "None or a bool", value)
 
 
-def one_of(name: str, value: object, choices: Collection[T], *, fold_case: bool = False,
-           fail: Fail = invalid_argument) -> T:
+def one_of(
+    name: str, value: object, choices: Collection[T], *, fold_case: bool = False, fail: Fail = invalid_argument
+) -> T:
     """``value`` when it is one of ``choices`` (compared in lower case with ``fold_case``)."""
     key = value.lower() if fold_case and isinstance(value, str) else value
     try:

@@ -145,14 +145,22 @@ class Vocab:
         out = np.empty(cap, dtype=np.int32)
         with self.owner.hold():
             ptr = self._raw
-            n = lib.llama_tokenize(ptr, data, len(data), ffi.from_buffer("llama_token[]", out), cap,
-                                   bool(add_special), bool(parse_special))
+            n = lib.llama_tokenize(
+                ptr, data, len(data), ffi.from_buffer("llama_token[]", out), cap, bool(add_special), bool(parse_special)
+            )
             if n < 0:
                 if n == -(2**31):
                     raise TokenizeError("tokenization overflowed int32")
                 out = np.empty(-n, dtype=np.int32)
-                n = lib.llama_tokenize(ptr, data, len(data), ffi.from_buffer("llama_token[]", out), -n,
-                                       bool(add_special), bool(parse_special))
+                n = lib.llama_tokenize(
+                    ptr,
+                    data,
+                    len(data),
+                    ffi.from_buffer("llama_token[]", out),
+                    -n,
+                    bool(add_special),
+                    bool(parse_special),
+                )
                 if n < 0:
                     raise TokenizeError(f"llama_tokenize failed ({n})")
         return out[:n].copy() if n < cap // 2 else out[:n]
@@ -175,20 +183,27 @@ class Vocab:
     def _piece(self, t: int, special: bool, lstrip: int) -> bytes:
         return read_grown(lambda buf, size: self._call(lib.llama_token_to_piece, t, buf, size, lstrip, special), 64)
 
-    def detokenize(self, tokens: Iterable[int] | npt.ArrayLike, *, remove_special: bool = False,
-                   unparse_special: bool = False) -> str:
+    def detokenize(
+        self, tokens: Iterable[int] | npt.ArrayLike, *, remove_special: bool = False, unparse_special: bool = False
+    ) -> str:
         """Text of a token sequence, as llama.cpp renders it (invalid UTF-8 becomes U+FFFD)."""
-        return self.detokenize_bytes(tokens, remove_special=remove_special,
-                                     unparse_special=unparse_special).decode("utf-8", "replace")
+        return self.detokenize_bytes(tokens, remove_special=remove_special, unparse_special=unparse_special).decode(
+            "utf-8", "replace"
+        )
 
-    def detokenize_bytes(self, tokens: Iterable[int] | npt.ArrayLike, *, remove_special: bool = False,
-                         unparse_special: bool = False) -> bytes:
+    def detokenize_bytes(
+        self, tokens: Iterable[int] | npt.ArrayLike, *, remove_special: bool = False, unparse_special: bool = False
+    ) -> bytes:
         arr = as_tokens(tokens, self.n_tokens)
         toks = ffi.from_buffer("llama_token[]", arr)
         size = max(64, 8 * len(arr))
         with self.owner.hold():
-            return read_grown(lambda buf, n: lib.llama_detokenize(self._raw, toks, len(arr), buf, n,
-                                                                  bool(remove_special), bool(unparse_special)), size)
+            return read_grown(
+                lambda buf, n: lib.llama_detokenize(
+                    self._raw, toks, len(arr), buf, n, bool(remove_special), bool(unparse_special)
+                ),
+                size,
+            )
 
     def stream(self, *, special: bool = False) -> StreamDecoder:
         """A :class:`StreamDecoder` for this vocabulary."""

@@ -31,10 +31,23 @@ class Context(StateIO):
     Keeps its model alive until closed. Not for concurrent use: a call while another thread is decoding raises.
     """
 
-    def __init__(self, model: Model, *, n_ctx: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
-                 n_seq_max: int = 1, n_threads: int | None = None, n_threads_batch: int | None = None,
-                 embeddings: bool = False, flash_attn: bool | None = None, kv_unified: bool = False,
-                 offload_kqv: bool = True, no_perf: bool = False, pooling_type: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        *,
+        n_ctx: int | None = None,
+        n_batch: int = 512,
+        n_ubatch: int | None = None,
+        n_seq_max: int = 1,
+        n_threads: int | None = None,
+        n_threads_batch: int | None = None,
+        embeddings: bool = False,
+        flash_attn: bool | None = None,
+        kv_unified: bool = False,
+        offload_kqv: bool = True,
+        no_perf: bool = False,
+        pooling_type: int | None = None,
+    ) -> None:
         if not isinstance(model, Model):
             raise TypeError(f"model must be a llamacffi.Model, not {type(model).__name__}")
         n_ctx = as_int("n_ctx", model.n_ctx_train if n_ctx is None else n_ctx, 1, MAX_CTX)
@@ -43,12 +56,14 @@ class Context(StateIO):
         if model.vocab_only:
             raise InvalidArgumentError("this Model was loaded with vocab_only=True: it has no weights to run")
         if min(n_ctx, n_batch) < n_seq_max:  # llama.cpp reserves an output row per sequence within n_batch
-            raise InvalidArgumentError(f"n_ctx ({n_ctx}) and n_batch ({n_batch}) must be at least n_seq_max "
-                                       f"({n_seq_max})")
+            raise InvalidArgumentError(
+                f"n_ctx ({n_ctx}) and n_batch ({n_batch}) must be at least n_seq_max ({n_seq_max})"
+            )
         n_ubatch = as_int("n_ubatch", min(n_batch, 512) if n_ubatch is None else n_ubatch, 1, n_batch)
         threads = as_int("n_threads", default_threads() if n_threads is None else n_threads, 1, MAX_THREADS)
-        threads_batch = as_int("n_threads_batch", threads if n_threads_batch is None else n_threads_batch, 1,
-                               MAX_THREADS)
+        threads_batch = as_int(
+            "n_threads_batch", threads if n_threads_batch is None else n_threads_batch, 1, MAX_THREADS
+        )
         params = lib.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
@@ -58,21 +73,24 @@ class Context(StateIO):
         params.n_threads_batch = threads_batch
         params.embeddings = bool(embeddings)
         if pooling_type is not None:  # a llama_pooling_type (see llamacffi.embedding.Pooling); None: the model's
-            params.pooling_type = as_int("pooling_type", pooling_type, lib.LLAMA_POOLING_TYPE_NONE,
-                                         lib.LLAMA_POOLING_TYPE_RANK)
+            params.pooling_type = as_int(
+                "pooling_type", pooling_type, lib.LLAMA_POOLING_TYPE_NONE, lib.LLAMA_POOLING_TYPE_RANK
+            )
         params.offload_kqv = bool(offload_kqv)
         params.kv_unified = bool(kv_unified)
         params.no_perf = bool(no_perf)
         if flash_attn is not None:
-            params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else \
-                lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            params.flash_attn_type = (
+                lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
         lease = model.owner.lease()
         try:
             ptr = lib.llama_init_from_model(lease.ptr, params)
             if ptr == ffi.NULL:
                 raise ContextError(
                     f"llama.cpp could not create a context with n_ctx={n_ctx}, n_batch={n_batch}, "
-                    f"n_seq_max={n_seq_max}: most likely not enough memory; try a smaller n_ctx")
+                    f"n_seq_max={n_seq_max}: most likely not enough memory; try a smaller n_ctx"
+                )
         except BaseException:
             lease.release()
             raise
@@ -162,8 +180,10 @@ class Context(StateIO):
             raise TypeError(f"decode takes a llamacffi.Batch, not {type(batch).__name__}")
         n = len(batch)
         if n > self.n_batch:
-            raise InvalidArgumentError(f"the batch holds {n} tokens but this context's n_batch is {self.n_batch}; "
-                                       "use decode_tokens() to split a long prompt")
+            raise InvalidArgumentError(
+                f"the batch holds {n} tokens but this context's n_batch is {self.n_batch}; "
+                "use decode_tokens() to split a long prompt"
+            )
         batch.check_for(self.n_vocab, self.n_seq_max, self.separate_streams)
         self._decode_batch(batch)
 
@@ -198,9 +218,11 @@ class Context(StateIO):
         """llama_decode of a batch, with the context claimed; returns its code."""
         n = len(batch)
         if n > self.n_ubatch and not lib.llama_get_causal_attn(self.ptr):
-            raise InvalidArgumentError(f"with non-causal attention (an embedding model) llama.cpp decodes a batch in "
-                                       f"one piece: {n} tokens exceed n_ubatch ({self.n_ubatch}); create the "
-                                       f"Context with a larger n_ubatch")
+            raise InvalidArgumentError(
+                f"with non-causal attention (an embedding model) llama.cpp decodes a batch in "
+                f"one piece: {n} tokens exceed n_ubatch ({self.n_ubatch}); create the "
+                f"Context with a larger n_ubatch"
+            )
         if batch is self._one:  # decode_token: one token, with logits
             outputs, n_out = _ONE_OUTPUT, 1
         elif self.embeddings_enabled:  # llama.cpp outputs every token of an embeddings context
@@ -219,8 +241,11 @@ class Context(StateIO):
         return 0
 
     def _decode_failed(self, rc: int) -> None:
-        if rc == 2 and not (self._abort.abort or self._abort.halt) and \
-                threading.current_thread() is threading.main_thread():
+        if (
+            rc == 2
+            and not (self._abort.abort or self._abort.halt)
+            and threading.current_thread() is threading.main_thread()
+        ):
             # Ctrl-C: the Python handler may already have run inside a log callback, where cffi swallows it.
             log.take_interrupt()
             raise KeyboardInterrupt
@@ -241,8 +266,9 @@ class Context(StateIO):
             seq_id = as_int("seq_id", seq_id, 0, self.n_seq_max - 1)
         self._decode_batch(self._one, token, pos, seq_id)
 
-    def decode_tokens(self, tokens: Iterable[int] | npt.ArrayLike, *, start_pos: int = 0, seq_id: int = 0,
-                      logits: str = "last") -> int:
+    def decode_tokens(
+        self, tokens: Iterable[int] | npt.ArrayLike, *, start_pos: int = 0, seq_id: int = 0, logits: str = "last"
+    ) -> int:
         """Decode a prompt of any length in pieces of ``n_batch``; returns the next position.
 
         ``logits`` is "last", "none", or "all" for a prompt that fits one decode (``n_batch``). Raises before
@@ -255,16 +281,20 @@ class Context(StateIO):
         if logits == "all" and len(arr) > self.n_batch:
             raise InvalidArgumentError(
                 f"logits='all' keeps the logits of one decode: {len(arr)} tokens exceed n_batch ({self.n_batch}); "
-                "decode pieces with decode(Batch) and read each one's logits, or use a larger n_batch")
+                "decode pieces with decode(Batch) and read each one's logits, or use a larger n_batch"
+            )
         end = start_pos + len(arr)
-        ensure(end <= self.n_ctx_seq,
-               f"{len(arr)} tokens from position {start_pos} exceed the {self.n_ctx_seq} positions of a sequence "
-               f"in this context; create the Context with a larger n_ctx")
+        ensure(
+            end <= self.n_ctx_seq,
+            f"{len(arr)} tokens from position {start_pos} exceed the {self.n_ctx_seq} positions of a sequence "
+            f"in this context; create the Context with a larger n_ctx",
+        )
         batch = Batch(min(len(arr), self.n_batch), n_seq_max=seq_id + 1)
         for offset, piece in chunks(arr, self.n_batch):
             last = offset + len(piece) == len(arr)
-            batch.set_sequence(piece, start_pos=start_pos + offset, seq_id=seq_id,
-                               logits=logits if last or logits == "all" else "none")
+            batch.set_sequence(
+                piece, start_pos=start_pos + offset, seq_id=seq_id, logits=logits if last or logits == "all" else "none"
+            )
             self._decode_batch(batch)
         return end
 
@@ -307,11 +337,13 @@ class Context(StateIO):
             raise LlamaError("no logits: decode a batch that requests logits first")
         if i < 0:
             if i < -n_out:
-                raise InvalidArgumentError(f"output index {i} is out of range: the last decode produced {n_out} "
-                                           "outputs")
+                raise InvalidArgumentError(
+                    f"output index {i} is out of range: the last decode produced {n_out} outputs"
+                )
         elif not (i < len(self._outputs) and self._outputs[i]):
-            raise InvalidArgumentError(f"batch index {i} has no logits (request them with logits=True when adding "
-                                       "the token)")
+            raise InvalidArgumentError(
+                f"batch index {i} has no logits (request them with logits=True when adding the token)"
+            )
         return i
 
     def logits(self, i: int = -1) -> npt.NDArray[np.float32]:

@@ -62,8 +62,10 @@ class Memory:
         s, d = self.check_seq(src), self.check_seq(dst)
         p0, p1 = self._range(p0, p1)
         if self._ctx.separate_streams and s != d and (p0 > 0 or p1 > 0):
-            raise InvalidArgumentError("copying part of a sequence needs a context created with kv_unified=True; "
-                                       "copy the whole sequence (p0=-1, p1=-1)")
+            raise InvalidArgumentError(
+                "copying part of a sequence needs a context created with kv_unified=True; "
+                "copy the whole sequence (p0=-1, p1=-1)"
+            )
         self._call(lib.llama_memory_seq_cp, s, d, p0, p1)
 
     def seq_keep(self, seq_id: int) -> None:

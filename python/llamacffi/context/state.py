@@ -22,8 +22,9 @@ def _c_path(path: str | os.PathLike[str]) -> bytes:
 
 
 def _state_bytes(data: object) -> CData:
-    ensure(isinstance(data, (bytes, bytearray, memoryview)) and len(data) > 0, "state must be non-empty bytes",
-           StateError)
+    ensure(
+        isinstance(data, (bytes, bytearray, memoryview)) and len(data) > 0, "state must be non-empty bytes", StateError
+    )
     return ffi.from_buffer(data)
 
 
@@ -79,8 +80,14 @@ class StateIO:
         """Save one sequence's memory and its tokens to a file."""
         self.memory.check_seq(seq_id)
         arr = as_tokens(tokens, self.n_vocab)
-        n = self._exclusive(lib.llama_state_seq_save_file, self.ptr, _c_path(path), seq_id,
-                            ffi.from_buffer("llama_token[]", arr), len(arr))
+        n = self._exclusive(
+            lib.llama_state_seq_save_file,
+            self.ptr,
+            _c_path(path),
+            seq_id,
+            ffi.from_buffer("llama_token[]", arr),
+            len(arr),
+        )
         ensure(n > 0, f"could not write the sequence state to {os.fspath(path)}", StateError)
 
     def seq_load_file(self, path: str | os.PathLike[str], seq_id: int = 0) -> TokenArray:
@@ -89,7 +96,14 @@ class StateIO:
         ensure(os.path.isfile(path), f"no state file at {os.fspath(path)}", StateError)
         out = np.empty(self.n_ctx, dtype=np.int32)
         count = ffi.new("size_t *")
-        n = self._exclusive(lib.llama_state_seq_load_file, self.ptr, _c_path(path), seq_id,
-                            ffi.from_buffer("llama_token[]", out), len(out), count)
+        n = self._exclusive(
+            lib.llama_state_seq_load_file,
+            self.ptr,
+            _c_path(path),
+            seq_id,
+            ffi.from_buffer("llama_token[]", out),
+            len(out),
+            count,
+        )
         ensure(n > 0, f"llama.cpp rejected the state file {os.fspath(path)}", StateError)
-        return out[:count[0]].copy()
+        return out[: count[0]].copy()

@@ -43,8 +43,10 @@ def free_pools(pools: list[CData]) -> None:
 
 def context_free(pools: list[CData]) -> Callable[[CData], None]:
     """How to free a context: llama_free, then the thread pools it uses at that time (``pools`` is read then)."""
+
     def free(ptr: CData, _lib: CData = lib) -> None:
         _lib.llamacffi_context_free(ptr, pools[0], pools[1])
+
     return free
 
 

@@ -51,7 +51,8 @@ class OutputViews:
             raise LlamaError(
                 f"this call needs {rows} output rows, more than any call before ({self.rows}): llama.cpp will "
                 f"move its logits buffer, and {len(self._refs)} logits view(s) of the old buffer are still "
-                f"referenced; drop them (del) first, or keep logits_copy() of what must outlive a decode")
+                f"referenced; drop them (del) first, or keep logits_copy() of what must outlive a decode"
+            )
 
     def close(self) -> bool:
         """Forget the views; True when one is still referenced (it then keeps the context alive)."""

@@ -42,12 +42,11 @@ class Compiler:
     def resolve(self, ref: Any, ptr: str) -> tuple[Schema, str]:
         """The schema ``ref`` points to inside the root document, and its pointer."""
         if not isinstance(ref, str) or not ref.startswith("#"):
-            raise fail(f"$ref {ref!r}: only references inside the schema (\"#...\") are supported", ptr, "$ref")
+            raise fail(f'$ref {ref!r}: only references inside the schema ("#...") are supported', ptr, "$ref")
         node = self.root
         parts = [] if ref in ("#", "#/") else ref[2:].split("/") if ref.startswith("#/") else None
         if parts is None:
-            raise fail(f"$ref {ref!r}: anchors are not supported, use a JSON pointer such as #/$defs/name", ptr,
-                       "$ref")
+            raise fail(f"$ref {ref!r}: anchors are not supported, use a JSON pointer such as #/$defs/name", ptr, "$ref")
         for raw in parts:
             key = unquote(raw).replace("~1", "/").replace("~0", "~")
             if isinstance(node, dict) and key in node:
@@ -62,8 +61,9 @@ class Compiler:
         """One rule per ``key``, reserved before its body is built so that the body may refer to it."""
         if key in self._named:
             if key in self._open:
-                raise fail("a reference cycle that consumes no character (left recursion)", key if
-                           key.startswith("#") else "#")
+                raise fail(
+                    "a reference cycle that consumes no character (left recursion)", key if key.startswith("#") else "#"
+                )
             return self._named[key]
         name = self._named[key] = self.b.name(hint)
         self._open.add(key)
@@ -129,8 +129,9 @@ class Compiler:
     def union(self, s: dict[str, Any], ptr: str, hint: str) -> str:
         key = "anyOf" if "anyOf" in s else "oneOf"
         if "anyOf" in s and "oneOf" in s:
-            raise fail("anyOf and oneOf in one schema are not supported (wrap one in allOf)", pointer(ptr, "oneOf"),
-                       "oneOf")
+            raise fail(
+                "anyOf and oneOf in one schema are not supported (wrap one in allOf)", pointer(ptr, "oneOf"), "oneOf"
+            )
         alts = s[key]
         if not isinstance(alts, list) or not alts:
             raise fail(f"{key} must be a non-empty array of schemas", pointer(ptr, key), key)
@@ -140,11 +141,14 @@ class Compiler:
         if key == "oneOf":
             flat = [(merge_all(m, p, self.resolve) if isinstance(m, dict) else m, p) for m, p in members]
             for i, (a, pa) in enumerate(flat):
-                for bm, pb in flat[i + 1:]:
+                for bm, pb in flat[i + 1 :]:
                     if not disjoint(a, bm, self.resolve):
-                        raise fail(f"oneOf: {pa} and {pb} may both match a document, and the grammar cannot "
-                                   f"exclude that (use anyOf, or give each a distinct const / type)",
-                                   pointer(ptr, "oneOf"), "oneOf")
+                        raise fail(
+                            f"oneOf: {pa} and {pb} may both match a document, and the grammar cannot "
+                            f"exclude that (use anyOf, or give each a distinct const / type)",
+                            pointer(ptr, "oneOf"),
+                            "oneOf",
+                        )
         exprs: list[str] = []
         for m, p in members:
             try:
@@ -165,8 +169,11 @@ class Compiler:
             values = [v for v in values if canonical(v) == canonical(s["const"])]
         for key in s:
             if key not in ("enum", "const", "type"):
-                raise fail(f"{key} next to enum / const is not enforced (list only the values that match)",
-                           pointer(ptr, key), key)
+                raise fail(
+                    f"{key} next to enum / const is not enforced (list only the values that match)",
+                    pointer(ptr, key),
+                    key,
+                )
         types = _type_list(s, ptr)
         texts = []
         for v in values:
@@ -217,15 +224,25 @@ class Compiler:
             raise fail("pattern must be a string", pointer(ptr, "pattern"), "pattern")
         fmt = s.get("format")
         if fmt is not None and (not isinstance(fmt, str) or fmt not in FORMATS):
-            raise fail(f"format {fmt!r} is not enforced (enforced formats: {', '.join(FORMATS)})",
-                       pointer(ptr, "format"), "format")
+            raise fail(
+                f"format {fmt!r} is not enforced (enforced formats: {', '.join(FORMATS)})",
+                pointer(ptr, "format"),
+                "format",
+            )
         try:
             return constrained_string(self.b, hint, lo, hi, pattern, fmt)
         except PatternError as e:
             raise fail(f"pattern: {e}", pointer(ptr, "pattern"), "pattern") from None
         except TooLarge as e:
-            where = "pattern" if pattern is not None else "format" if fmt is not None else \
-                "minLength" if lo > MAX_REPEAT else "maxLength"
+            where = (
+                "pattern"
+                if pattern is not None
+                else "format"
+                if fmt is not None
+                else "minLength"
+                if lo > MAX_REPEAT
+                else "maxLength"
+            )
             raise fail(f"{where}: the grammar would be too large: {e}", pointer(ptr, where), where) from None
 
     def numeric(self, s: dict[str, Any], ptr: str, hint: str, t: str) -> str | None:
@@ -250,8 +267,12 @@ def _decimal(v: float | None, key: str, ptr: str) -> Decimal | None:
         return None
     out = Decimal(v) if isinstance(v, int) else Decimal(repr(v))
     if significant_digits(out) > MAX_SIGNIFICANT:
-        raise fail(f"{key}: a bound on a non-integer number may have at most {MAX_SIGNIFICANT} significant digits "
-                   f"(beyond that, float rounding decides)", pointer(ptr, key), key)
+        raise fail(
+            f"{key}: a bound on a non-integer number may have at most {MAX_SIGNIFICANT} significant digits "
+            f"(beyond that, float rounding decides)",
+            pointer(ptr, key),
+            key,
+        )
     return out
 
 
@@ -283,6 +304,7 @@ Bound = tuple[float | None, bool, str]  # ints are floats to typing
 
 def _bounds(s: dict[str, Any], ptr: str) -> tuple[Bound, Bound]:
     """((lower, exclusive, keyword), (upper, exclusive, keyword)) from minimum/maximum and their exclusive forms."""
+
     def num(key: str) -> float | None:
         v = s.get(key)
         if v is None or isinstance(v, bool):
@@ -311,8 +333,11 @@ def _type_list(s: dict[str, Any], ptr: str) -> list[str] | None:
         return None
     types = [t] if isinstance(t, str) else t
     if not isinstance(types, list) or not types or any(x not in TYPES for x in types):
-        raise fail(f"type must be one of {', '.join(TYPES)} or a non-empty list of them, got {t!r}",
-                   pointer(ptr, "type"), "type")
+        raise fail(
+            f"type must be one of {', '.join(TYPES)} or a non-empty list of them, got {t!r}",
+            pointer(ptr, "type"),
+            "type",
+        )
     return list(dict.fromkeys(types))
 
 

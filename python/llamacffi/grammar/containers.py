@@ -51,14 +51,20 @@ def obj(c: Compiler, s: dict[str, Any], ptr: str, hint: str) -> str | None:
         for name in required:
             if name not in props:
                 if extra is False:
-                    raise fail(f"required property {name!r} is not in properties and additionalProperties is false",
-                               pointer(ptr, "required"), "required")
+                    raise fail(
+                        f"required property {name!r} is not in properties and additionalProperties is false",
+                        pointer(ptr, "required"),
+                        "required",
+                    )
                 value = c.value(extra, pointer(ptr, "additionalProperties"), f"{hint}-{name}")
                 named.append((name, _member(c, literal(json.dumps(name, ensure_ascii=False)), value, hint), True))
         extra_member = None
         if extra is not False:
-            value = c.value(extra, pointer(ptr, "additionalProperties"), f"{hint}-extra") if extra is not True \
+            value = (
+                c.value(extra, pointer(ptr, "additionalProperties"), f"{hint}-extra")
+                if extra is not True
                 else any_value(c.b)
+            )
             keys = tuple(n for n, _, _ in named)
             extra_member = _member(c, key_other_than(c.b, keys), value, f"{hint}-extra")
     finally:

@@ -31,7 +31,7 @@ def _char(cp: int, in_class: bool) -> str:
         return "\\t"
     if c == "\r":
         return "\\r"
-    if c in "\\\"[]-":
+    if c in '\\"[]-':
         return "\\" + c
     if cp < 0x100:
         return f"\\x{cp:02X}"

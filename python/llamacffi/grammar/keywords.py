@@ -11,19 +11,60 @@ __all__ = ["ANNOTATIONS", "ENFORCED", "TYPES", "check_keywords", "fail", "pointe
 TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 
 # Keywords that never change which documents are valid.
-ANNOTATIONS = frozenset({
-    "title", "description", "examples", "default", "$schema", "$id", "$comment", "$anchor", "$vocabulary",
-    "readOnly", "writeOnly", "deprecated", "contentMediaType", "contentEncoding", "contentSchema", "$defs",
-    "definitions", "discriminator", "example", "externalDocs", "xml",
-})
+ANNOTATIONS = frozenset(
+    {
+        "title",
+        "description",
+        "examples",
+        "default",
+        "$schema",
+        "$id",
+        "$comment",
+        "$anchor",
+        "$vocabulary",
+        "readOnly",
+        "writeOnly",
+        "deprecated",
+        "contentMediaType",
+        "contentEncoding",
+        "contentSchema",
+        "$defs",
+        "definitions",
+        "discriminator",
+        "example",
+        "externalDocs",
+        "xml",
+    }
+)
 
-ENFORCED = frozenset({
-    "type", "enum", "const", "anyOf", "oneOf", "allOf", "$ref",
-    "properties", "required", "additionalProperties",
-    "items", "prefixItems", "additionalItems", "minItems", "maxItems", "uniqueItems",
-    "minLength", "maxLength", "pattern", "format",
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-})
+ENFORCED = frozenset(
+    {
+        "type",
+        "enum",
+        "const",
+        "anyOf",
+        "oneOf",
+        "allOf",
+        "$ref",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "prefixItems",
+        "additionalItems",
+        "minItems",
+        "maxItems",
+        "uniqueItems",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "format",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+    }
+)
 
 # Known keywords that would change validity and that no grammar here enforces: named in the error.
 _WHY = {
@@ -48,13 +89,14 @@ _WHY = {
     "$dynamicAnchor": "dynamic references are not supported",
     "$recursiveRef": "recursive references are not supported (use $ref)",
     "$recursiveAnchor": "recursive references are not supported (use $ref)",
-    "nullable": "nullable is not JSON Schema (use \"type\": [..., \"null\"])",
+    "nullable": 'nullable is not JSON Schema (use "type": [..., "null"])',
 }
 
 
 def json_type(v: Any) -> str:
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__)
+        type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__
+    )
 
 
 def pointer(base: str, *parts: object) -> str:
@@ -82,8 +124,10 @@ def _is_number(v: Any) -> bool:
 
 
 _SHAPES: dict[str, tuple[Any, str]] = {
-    "type": (lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(t, str) for t in v)),
-             "a type name or a list of them"),
+    "type": (
+        lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(t, str) for t in v)),
+        "a type name or a list of them",
+    ),
     "enum": (lambda v: isinstance(v, list), "an array"),
     "anyOf": (lambda v: isinstance(v, list) and v and all(map(_is_schema, v)), "a non-empty array of schemas"),
     "oneOf": (lambda v: isinstance(v, list) and v and all(map(_is_schema, v)), "a non-empty array of schemas"),
@@ -124,5 +168,6 @@ def check_keywords(schema: dict[str, Any], ptr: str) -> None:
         raise fail(f"{key}: {why}", where, key)
     most = schema.get("maxItems")
     if schema.get("uniqueItems") not in (None, False) and not (isinstance(most, int) and most <= 1):
-        raise fail("uniqueItems: distinct items cannot be enforced by the grammar", pointer(ptr, "uniqueItems"),
-                   "uniqueItems")
+        raise fail(
+            "uniqueItems: distinct items cannot be enforced by the grammar", pointer(ptr, "uniqueItems"), "uniqueItems"
+        )

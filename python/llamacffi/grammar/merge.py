@@ -49,8 +49,11 @@ def _flatten(schema: Schema, ptr: str, resolve: Resolve, out: list[tuple[dict[st
     if not isinstance(schema, dict):
         raise fail(f"a schema must be an object or a boolean, not {type(schema).__name__}", ptr)
     check_keywords(schema, ptr)
-    rest = {k: v for k, v in schema.items()
-            if k not in ("allOf", "$ref") and k not in ANNOTATIONS and not k.startswith("x-")}
+    rest = {
+        k: v
+        for k, v in schema.items()
+        if k not in ("allOf", "$ref") and k not in ANNOTATIONS and not k.startswith("x-")
+    }
     if rest:
         out.append((rest, ptr))
     if "$ref" in schema:
@@ -97,8 +100,7 @@ def _meet(out: dict[str, Any], key: str, value: Any, ptr: str) -> None:
         if not isinstance(value, (int, float)) or not isinstance(old, (int, float)):
             raise fail(f"allOf: {key} must be a number", where, key)
         out[key] = max(old, value) if key in _LOWER else min(old, value)
-    elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(old, bool) \
-            and not isinstance(value, bool):
+    elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(old, bool) and not isinstance(value, bool):
         out[key] = max(old, value) if key == "exclusiveMinimum" else min(old, value)
     elif key in ("additionalProperties", "items") and not isinstance(old, list) and not isinstance(value, list):
         out[key] = conjoin(old, value)

@@ -17,7 +17,7 @@ def _spans(lo: int, hi: int) -> frozenset[Span]:
     out = set()
     for n in range(len(str(lo)), len(str(hi)) + 1):
         a = max(lo, 10 ** (n - 1) if n > 1 else 0)
-        z = min(hi, 10 ** n - 1)
+        z = min(hi, 10**n - 1)
         if a <= z:
             out.add((str(a), str(z)))
     return frozenset(out)

@@ -19,8 +19,9 @@ _ALL = frozenset({"object", "array", "string", "number", "boolean", "null"})
 
 
 def _deref(s: Any, resolve: Resolve, depth: int = 0) -> Any:
-    while isinstance(s, dict) and set(s) - {"$ref"} <= {"title", "description", "$comment"} and "$ref" in s \
-            and depth < 16:
+    while (
+        isinstance(s, dict) and set(s) - {"$ref"} <= {"title", "description", "$comment"} and "$ref" in s and depth < 16
+    ):
         s = resolve(s["$ref"], "#")[0]
         depth += 1
     return s
@@ -92,8 +93,11 @@ def disjoint(a: Any, b: Any, resolve: Resolve) -> bool:
     va, vb = _values(a), _values(b)
     if va is not None and vb is not None and not va & vb:
         return True
-    if isinstance(a, dict) and isinstance(b, dict) and (
-            _kinds(a, resolve) <= {"object"} or _kinds(b, resolve) <= {"object"}):
+    if (
+        isinstance(a, dict)
+        and isinstance(b, dict)
+        and (_kinds(a, resolve) <= {"object"} or _kinds(b, resolve) <= {"object"})
+    ):
         # every document both match is an object, so both sides' object keywords apply to it
         return _objects_disjoint(a, b, resolve) or _objects_disjoint(b, a, resolve)
     return False

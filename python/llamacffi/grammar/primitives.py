@@ -19,8 +19,9 @@ MAX_FRACTION = 18
 _WS = f'| " " | "\\n" [ \\t]{{0,{MAX_INDENT}}}'
 # one character of a JSON string; \\u escapes of UTF-16 surrogates are left out so that every escape is one code
 # point, as lengths count them
-_CHAR = ('[^"\\\\\\x00-\\x1F] | "\\\\" (["\\\\/bfnrt] | "u" ([0-9a-cA-Ce-fE-F] [0-9a-fA-F]{3} '
-         '| [dD] [0-7] [0-9a-fA-F]{2}))')
+_CHAR = (
+    '[^"\\\\\\x00-\\x1F] | "\\\\" (["\\\\/bfnrt] | "u" ([0-9a-cA-Ce-fE-F] [0-9a-fA-F]{3} | [dD] [0-7] [0-9a-fA-F]{2}))'
+)
 _INT_PART = f'("0" | [1-9] [0-9]{{0,{MAX_DIGITS - 1}}})'
 
 
@@ -52,8 +53,9 @@ def integer(b: Builder) -> str:
 
 def number(b: Builder) -> str:
     if "number" not in b.memo:
-        b.memo["number"] = b.define(b.name("number"), f'"-"? {_INT_PART} ("." [0-9]{{1,{MAX_FRACTION}}})? '
-                                                      f'([eE] [-+]? [0-9]{{1,3}})?')
+        b.memo["number"] = b.define(
+            b.name("number"), f'"-"? {_INT_PART} ("." [0-9]{{1,{MAX_FRACTION}}})? ([eE] [-+]? [0-9]{{1,3}})?'
+        )
         b.charge(3 * MAX_DIGITS)
     return b.memo["number"]
 

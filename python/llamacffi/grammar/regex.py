@@ -94,8 +94,9 @@ class _Parser:
         if c == "(":
             if self.s.startswith("?:", self.i):
                 self.i += 2
-            elif self.s.startswith("?P<", self.i) or (self.s.startswith("?<", self.i)
-                                                     and self.s[self.i + 2:self.i + 3] not in ("=", "!")):
+            elif self.s.startswith("?P<", self.i) or (
+                self.s.startswith("?<", self.i) and self.s[self.i + 2 : self.i + 3] not in ("=", "!")
+            ):
                 close = self.s.find(">", self.i)
                 if close < 0:
                     raise self.fail("unterminated group name")
@@ -133,7 +134,7 @@ class _Parser:
             return ((cp, cp),)
         if c in "xu":
             size = 2 if c == "x" else 4
-            digits = self.s[self.i:self.i + size]
+            digits = self.s[self.i : self.i + size]
             if len(digits) != size or any(d not in "0123456789abcdefABCDEF" for d in digits):
                 raise self.fail(f"\\{c} needs {size} hex digits")
             self.i += size
@@ -169,7 +170,7 @@ class _Parser:
             first = False
             rs, single = self.class_item()
             shorthand = shorthand or not single
-            if single and self.peek() == "-" and self.s[self.i + 1:self.i + 2] not in ("]", ""):
+            if single and self.peek() == "-" and self.s[self.i + 1 : self.i + 2] not in ("]", ""):
                 self.i += 1
                 hi_rs, hi_single = self.class_item()
                 if not hi_single or hi_rs[0][0] < rs[0][0]:
@@ -194,10 +195,14 @@ class _Parser:
             lo, hi = 1, None
         elif c == "{":
             close = self.s.find("}", self.i)
-            body = self.s[self.i + 1:close] if close > 0 else ""
+            body = self.s[self.i + 1 : close] if close > 0 else ""
             parts = body.split(",")
-            if close < 0 or len(parts) > 2 or not all(p.strip().isdigit() for p in parts[:1]) or \
-                    (len(parts) == 2 and parts[1].strip() and not parts[1].strip().isdigit()):
+            if (
+                close < 0
+                or len(parts) > 2
+                or not all(p.strip().isdigit() for p in parts[:1])
+                or (len(parts) == 2 and parts[1].strip() and not parts[1].strip().isdigit())
+            ):
                 raise self.fail("a '{' that is not a {m}, {m,} or {m,n} quantifier (write \\{ for a brace)")
             lo = int(parts[0])
             hi = lo if len(parts) == 1 else (int(parts[1]) if parts[1].strip() else None)
@@ -228,4 +233,3 @@ def parse(pattern: str) -> Node:
 def anchored(pattern: str) -> Node:
     """The language of strings ``pattern`` matches entirely (for the built-in format expressions)."""
     return _Parser(f"^(?:{pattern})$").top()
-

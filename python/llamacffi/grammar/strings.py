@@ -37,8 +37,10 @@ _ALL_LONG = '"u00" ("0" [0-7be-f] | "1" [0-9a-f])'
 _YEAR = r"(\d{3}[1-9]|\d{2}[1-9]\d|\d[1-9]\d{2}|[1-9]\d{3})"
 _LEAP = r"(\d\d(0[48]|[2468][048]|[13579][26])|(0[48]|[2468][048]|[13579][26])00)"
 _DAY31 = r"(0[1-9]|[12]\d|3[01])"
-_DATE = (rf"({_YEAR}-(0[13578]|1[02])-{_DAY31}|{_YEAR}-(0[469]|11)-(0[1-9]|[12]\d|30)"
-         rf"|{_YEAR}-02-(0[1-9]|1\d|2[0-8])|{_LEAP}-02-29)")
+_DATE = (
+    rf"({_YEAR}-(0[13578]|1[02])-{_DAY31}|{_YEAR}-(0[469]|11)-(0[1-9]|[12]\d|30)"
+    rf"|{_YEAR}-02-(0[1-9]|1\d|2[0-8])|{_LEAP}-02-29)"
+)
 _TIME = r"([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,9})?(Z|[+-]([01]\d|2[0-3]):[0-5]\d)"
 _HEX = "[0-9a-fA-F]"
 
@@ -83,8 +85,9 @@ def format_dfa(fmt: str) -> Dfa:
     return dfa(anchored(FORMATS[fmt]))
 
 
-def constrained_string(b: Builder, hint: str, lo: int, hi: int | None, pattern: str | None,
-                       fmt: str | None) -> str | None:
+def constrained_string(
+    b: Builder, hint: str, lo: int, hi: int | None, pattern: str | None, fmt: str | None
+) -> str | None:
     """A rule for strings of ``lo..hi`` characters matching ``pattern`` and ``fmt``; None when none can."""
     key = ("string", lo, hi, pattern, fmt)
     if key in b.memo:
@@ -99,8 +102,7 @@ def constrained_string(b: Builder, hint: str, lo: int, hi: int | None, pattern: 
         b.memo[key] = b.rule(hint, body)
         return b.memo[key]
     d: Dfa | None = None
-    for part in (pattern_dfa(pattern) if pattern is not None else None,
-                 format_dfa(fmt) if fmt is not None else None):
+    for part in (pattern_dfa(pattern) if pattern is not None else None, format_dfa(fmt) if fmt is not None else None):
         if part is not None:
             d = part if d is None else intersect(d, part)
     assert d is not None

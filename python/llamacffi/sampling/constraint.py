@@ -99,7 +99,7 @@ class Constraint:
         n = row.size
         out = np.full(n, -np.inf, dtype=np.float32)
         if n > 2 * SHORTLIST:
-            ids = np.argpartition(row, n - SHORTLIST)[n - SHORTLIST:]
+            ids = np.argpartition(row, n - SHORTLIST)[n - SHORTLIST :]
             self._ids[:] = ids
             self._logits[:] = row[ids]
             self._apply(self._ids, self._logits, self._data)

@@ -95,8 +95,13 @@ def best_k(row: FloatArray, k: int) -> tuple[IdArray, FloatArray]:
         # one pass in C: faster than the numpy passes below, most of all right after a decode has evicted the caches
         best = np.empty(k, dtype=np.int32)
         best_vals = np.empty(k, dtype=np.float32)
-        got = lib.llamacffi_top_k(ffi.from_buffer("float[]", row), n, k, ffi.from_buffer("int32_t[]", best),
-                                  ffi.from_buffer("float[]", best_vals))
+        got = lib.llamacffi_top_k(
+            ffi.from_buffer("float[]", row),
+            n,
+            k,
+            ffi.from_buffer("int32_t[]", best),
+            ffi.from_buffer("float[]", best_vals),
+        )
         if got < 0:
             raise nan_error()
         return best[:got].astype(np.intp), best_vals[:got]
@@ -107,7 +112,7 @@ def best_k(row: FloatArray, k: int) -> tuple[IdArray, FloatArray]:
         return order_desc(np.arange(n), row, k)
     main = row[: rows * cols].reshape(rows, cols)
     colmax = main.max(axis=0)
-    tail = row[rows * cols:]  # fewer than `rows` entries: each is its own column
+    tail = row[rows * cols :]  # fewer than `rows` entries: each is its own column
     allmax = np.concatenate((colmax, tail)) if tail.size else colmax
     if allmax.max() != allmax.max():
         raise nan_error()
@@ -173,8 +178,9 @@ def history_window(history: HistoryLike, last_n: int) -> npt.NDArray[np.integer[
     if arr.size == 0:
         return np.empty(0, dtype=np.intp)
     if arr.ndim != 1 or arr.dtype.kind not in "iu":
-        raise InvalidTokenError(f"history must be a 1-D sequence of int token ids, got dtype {arr.dtype} "
-                                f"and shape {arr.shape}")
+        raise InvalidTokenError(
+            f"history must be a 1-D sequence of int token ids, got dtype {arr.dtype} and shape {arr.shape}"
+        )
     return arr
 
 
@@ -186,9 +192,15 @@ def penalize_values(vals: FloatArray, counts: IdArray, repeat: float, freq: floa
     return out
 
 
-def penalize(logits: FloatArray, history: HistoryLike, *, repeat_penalty: float = 1.0,
-             frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
-             penalty_last_n: int = 64) -> tuple[IdArray, FloatArray]:
+def penalize(
+    logits: FloatArray,
+    history: HistoryLike,
+    *,
+    repeat_penalty: float = 1.0,
+    frequency_penalty: float = 0.0,
+    presence_penalty: float = 0.0,
+    penalty_last_n: int = 64,
+) -> tuple[IdArray, FloatArray]:
     """The penalised logits of the tokens in the last ``penalty_last_n`` ids of ``history`` (-1: all, 0: none).
 
     Returns ``(ids, new_logits)``, ids sorted ascending; ``logits`` is not modified. For each id seen ``c`` times:
@@ -196,8 +208,7 @@ def penalize(logits: FloatArray, history: HistoryLike, *, repeat_penalty: float 
     ``logit -= c * frequency_penalty + presence_penalty`` (llama.cpp's ``llama_sampler_penalties``).
     """
     row = as_logits(logits)
-    params = Params(1.0, 0, 1.0, 0.0, repeat_penalty, frequency_penalty, presence_penalty, penalty_last_n,
-                    None, None)
+    params = Params(1.0, 0, 1.0, 0.0, repeat_penalty, frequency_penalty, presence_penalty, penalty_last_n, None, None)
     if params.penalty_last_n == 0:
         return np.empty(0, dtype=np.intp), np.empty(0, dtype=row.dtype)
     window = history_window(history, params.penalty_last_n)
@@ -205,8 +216,9 @@ def penalize(logits: FloatArray, history: HistoryLike, *, repeat_penalty: float 
         return np.empty(0, dtype=np.intp), np.empty(0, dtype=row.dtype)
     ids, counts = unique_counts(window)
     check_ids(ids, row.size, "history")
-    return ids, penalize_values(row[ids], counts, params.repeat_penalty, params.frequency_penalty,
-                                 params.presence_penalty)
+    return ids, penalize_values(
+        row[ids], counts, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
+    )
 
 
 def check_ids(sorted_ids: IdArray, n_vocab: int, what: str) -> None:
@@ -215,8 +227,9 @@ def check_ids(sorted_ids: IdArray, n_vocab: int, what: str) -> None:
         raise bad_token(bad, n_vocab, what)
 
 
-def merge_overrides(ids: IdArray, vals: FloatArray, o_ids: IdArray, o_vals: FloatArray,
-           k: int) -> tuple[IdArray, FloatArray]:
+def merge_overrides(
+    ids: IdArray, vals: FloatArray, o_ids: IdArray, o_vals: FloatArray, k: int
+) -> tuple[IdArray, FloatArray]:
     """Top-k of (ids, vals) with the entries of the sorted override ids replaced by their override values."""
     pos = np.minimum(np.searchsorted(o_ids, ids), o_ids.size - 1)
     keep = o_ids[pos] != ids
@@ -245,12 +258,12 @@ def draw(weights: FloatArray, uniform: float) -> int:
     blocks = size // _DRAW_BLOCK
     sums = weights[: blocks * _DRAW_BLOCK].reshape(blocks, _DRAW_BLOCK).sum(axis=1, dtype=np.float64)
     if size > blocks * _DRAW_BLOCK:
-        sums = np.append(sums, weights[blocks * _DRAW_BLOCK:].sum(dtype=np.float64))
+        sums = np.append(sums, weights[blocks * _DRAW_BLOCK :].sum(dtype=np.float64))
     csum = np.cumsum(sums)
     target = uniform * csum[-1]
     b = _first_above(csum, target, sums)
     start = b * _DRAW_BLOCK
-    block = weights[start: start + _DRAW_BLOCK]
+    block = weights[start : start + _DRAW_BLOCK]
     inner = np.cumsum(block, dtype=np.float64)
     if b:
         inner += csum[b - 1]

@@ -36,19 +36,45 @@ class NativeSampler(Configured):
     :meth:`sample`, sized by that row.
     """
 
-    def __init__(self, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
-                 repeat_penalty: float = 1.0, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
-                 penalty_last_n: int = 64, logit_bias: Mapping[int, float] | None = None,
-                 seed: int | None = None, vocab: VocabLike | None = None, grammar: str | None = None,
-                 grammar_root: str = "root") -> None:
-        self._p = Params(temperature, top_k, top_p, min_p, repeat_penalty, frequency_penalty, presence_penalty,
-                         penalty_last_n, logit_bias, seed)
+    def __init__(
+        self,
+        *,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        repeat_penalty: float = 1.0,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        penalty_last_n: int = 64,
+        logit_bias: Mapping[int, float] | None = None,
+        seed: int | None = None,
+        vocab: VocabLike | None = None,
+        grammar: str | None = None,
+        grammar_root: str = "root",
+    ) -> None:
+        self._p = Params(
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repeat_penalty,
+            frequency_penalty,
+            presence_penalty,
+            penalty_last_n,
+            logit_bias,
+            seed,
+        )
         if self._p.penalty_last_n > PENALTY_WINDOW_MAX:  # llama.cpp allocates the window up front
-            raise InvalidArgumentError(f"penalty_last_n must be at most {PENALTY_WINDOW_MAX} here (llama.cpp "
-                                       f"allocates the window up front), got {penalty_last_n}")
+            raise InvalidArgumentError(
+                f"penalty_last_n must be at most {PENALTY_WINDOW_MAX} here (llama.cpp "
+                f"allocates the window up front), got {penalty_last_n}"
+            )
         if 0 < self._p.temperature < NATIVE_MIN_TEMPERATURE:
-            raise InvalidArgumentError(f"temperature must be 0 (greedy) or at least {NATIVE_MIN_TEMPERATURE:g} "
-                                       f"here (llama.cpp divides the logits by it), got {temperature}")
+            raise InvalidArgumentError(
+                f"temperature must be 0 (greedy) or at least {NATIVE_MIN_TEMPERATURE:g} "
+                f"here (llama.cpp divides the logits by it), got {temperature}"
+            )
         self._busy = threading.Lock()  # the C samplers are not for two threads at once
         self._closed = False
         self._chain: CData = None
@@ -98,8 +124,7 @@ class NativeSampler(Configured):
             add(lib.llama_sampler_init_logit_bias(n, p.bias_ids.size, biases))  # copies the array
         if p.penalties_on:
             last_n = PENALTY_WINDOW_MAX if p.penalty_last_n == -1 else p.penalty_last_n
-            add(lib.llama_sampler_init_penalties(n, last_n, p.repeat_penalty, p.frequency_penalty,
-                                                 p.presence_penalty))
+            add(lib.llama_sampler_init_penalties(n, last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty))
         # top_k/top_p/min_p reorder the candidate array in place, so its ids must be rewritten before each use
         self._reorders = False
         if p.temperature <= 0:
@@ -209,8 +234,10 @@ class NativeSampler(Configured):
                 picked = self._selected()
             token, logit = picked
         if logit == -math.inf:
-            raise InvalidArgumentError("no token can be sampled: every candidate is banned"
-                                       + (" or forbidden by the grammar" if self._grammar is not None else ""))
+            raise InvalidArgumentError(
+                "no token can be sampled: every candidate is banned"
+                + (" or forbidden by the grammar" if self._grammar is not None else "")
+            )
         self._accept(token)
         return token
 
@@ -232,7 +259,7 @@ class NativeSampler(Configured):
         if p.bias_ids is not None and p.bias_vals is not None:
             scores = row.copy()
             scores[p.bias_ids] += p.bias_vals
-        ids = np.argpartition(scores, n - SHORTLIST)[n - SHORTLIST:]
+        ids = np.argpartition(scores, n - SHORTLIST)[n - SHORTLIST :]
         self._short_ids[:] = ids
         self._short_logits[:] = row[ids]
         arr = self._short_arr

@@ -39,8 +39,9 @@ def banned_error() -> InvalidArgumentError:
 
 
 def bad_token(token: int, n_vocab: int, what: str) -> InvalidTokenError:
-    return InvalidTokenError(f"{what} token id {token} is out of range for a vocabulary of {n_vocab} tokens "
-                             f"(valid ids are 0..{n_vocab - 1})")
+    return InvalidTokenError(
+        f"{what} token id {token} is out of range for a vocabulary of {n_vocab} tokens (valid ids are 0..{n_vocab - 1})"
+    )
 
 
 def check_seed(seed: object) -> int | None:
@@ -48,8 +49,7 @@ def check_seed(seed: object) -> int | None:
     return None if seed is None else as_int("seed", seed, 0, SEED_MAX)
 
 
-def penalties_on(repeat_penalty: float, frequency_penalty: float, presence_penalty: float,
-                 penalty_last_n: int) -> bool:
+def penalties_on(repeat_penalty: float, frequency_penalty: float, presence_penalty: float, penalty_last_n: int) -> bool:
     """Whether these penalty settings change any logit."""
     return penalty_last_n != 0 and (repeat_penalty != 1.0 or frequency_penalty != 0.0 or presence_penalty != 0.0)
 
@@ -57,12 +57,33 @@ def penalties_on(repeat_penalty: float, frequency_penalty: float, presence_penal
 class Params:
     """Validated sampling parameters shared by both samplers."""
 
-    __slots__ = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "frequency_penalty",
-                 "presence_penalty", "penalty_last_n", "bias_ids", "bias_vals", "seed")
+    __slots__ = (
+        "temperature",
+        "top_k",
+        "top_p",
+        "min_p",
+        "repeat_penalty",
+        "frequency_penalty",
+        "presence_penalty",
+        "penalty_last_n",
+        "bias_ids",
+        "bias_vals",
+        "seed",
+    )
 
-    def __init__(self, temperature: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float,
-                 frequency_penalty: float, presence_penalty: float, penalty_last_n: int,
-                 logit_bias: Mapping[int, float] | None, seed: int | None) -> None:
+    def __init__(
+        self,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        min_p: float,
+        repeat_penalty: float,
+        frequency_penalty: float,
+        presence_penalty: float,
+        penalty_last_n: int,
+        logit_bias: Mapping[int, float] | None,
+        seed: int | None,
+    ) -> None:
         self.temperature = as_real("temperature", temperature, 0.0, TEMPERATURE_MAX)  # 0: greedy
         self.top_k = as_int("top_k", top_k, 0)  # 0: off
         self.top_p = as_real("top_p", top_p, 0.0, 1.0, lo_open=True)  # 1: off

@@ -59,13 +59,35 @@ class Sampler(Configured):
       :class:`NativeSampler`, the row is sampled free first and constrained only when the grammar rejects the pick.
     """
 
-    def __init__(self, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
-                 repeat_penalty: float = 1.0, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
-                 penalty_last_n: int = 64, logit_bias: Mapping[int, float] | None = None,
-                 seed: int | None = None, vocab: VocabLike | None = None, grammar: str | None = None,
-                 grammar_root: str = "root") -> None:
-        self._p = Params(temperature, top_k, top_p, min_p, repeat_penalty, frequency_penalty, presence_penalty,
-                         penalty_last_n, logit_bias, seed)
+    def __init__(
+        self,
+        *,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        repeat_penalty: float = 1.0,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        penalty_last_n: int = 64,
+        logit_bias: Mapping[int, float] | None = None,
+        seed: int | None = None,
+        vocab: VocabLike | None = None,
+        grammar: str | None = None,
+        grammar_root: str = "root",
+    ) -> None:
+        self._p = Params(
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repeat_penalty,
+            frequency_penalty,
+            presence_penalty,
+            penalty_last_n,
+            logit_bias,
+            seed,
+        )
         self._penalties = self._p.penalties_on
         self._seed = self._p.seed
         self._rng = np.random.default_rng(self._seed)
@@ -124,8 +146,9 @@ class Sampler(Configured):
         if seen is not None and counts is not None:
             where_seen = slice(None) if ids is seen else np.searchsorted(ids, seen)
             p = self._p
-            vals[where_seen] = penalize_values(vals[where_seen], counts, p.repeat_penalty, p.frequency_penalty,
-                                               p.presence_penalty)
+            vals[where_seen] = penalize_values(
+                vals[where_seen], counts, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
+            )
         return ids, vals
 
     def sample(self, logits: FloatArray, history: HistoryLike | None = None) -> int:
@@ -170,8 +193,9 @@ class Sampler(Configured):
             if overrides is None:
                 candidates, vals = best_k(row, p.top_k)
             else:
-                candidates, vals = merge_overrides(*best_k(row, p.top_k + overrides[0].size), overrides[0],
-                                                   overrides[1], p.top_k)
+                candidates, vals = merge_overrides(
+                    *best_k(row, p.top_k + overrides[0].size), overrides[0], overrides[1], p.top_k
+                )
             top = vals[0]
             is_sorted = True
         else:
@@ -222,8 +246,9 @@ class Sampler(Configured):
         i = draw(x, self._rng.random())
         return i if candidates is None else int(candidates[i])
 
-    def _top_p(self, candidates: IdArray | None, vals: FloatArray, top: float | np.floating[Any],
-               is_sorted: bool) -> tuple[IdArray | None, FloatArray]:
+    def _top_p(
+        self, candidates: IdArray | None, vals: FloatArray, top: float | np.floating[Any], is_sorted: bool
+    ) -> tuple[IdArray | None, FloatArray]:
         top_p = self._p.top_p
         top = vals.dtype.type(top)
         if is_sorted:

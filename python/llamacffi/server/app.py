@@ -48,10 +48,14 @@ Served = LlamaCppTextModel | LlamaCppEmbeddingModel
 class Server:
     """The models an app serves, loaded in the background, and its metrics."""
 
-    def __init__(self, models: Mapping[str, str | LlamaCppTextModel],
-                 embedders: Mapping[str, str | LlamaCppEmbeddingModel], backend: LocalBackendConfig | None,
-                 config: ModelConfig | None,
-                 on_load_error: Callable[[BaseException], None] | None) -> None:
+    def __init__(
+        self,
+        models: Mapping[str, str | LlamaCppTextModel],
+        embedders: Mapping[str, str | LlamaCppEmbeddingModel],
+        backend: LocalBackendConfig | None,
+        config: ModelConfig | None,
+        on_load_error: Callable[[BaseException], None] | None,
+    ) -> None:
         if not models and not embedders:
             raise ValueError("create_app needs at least one model")
         both = set(models) & set(embedders)
@@ -59,8 +63,9 @@ class Server:
             raise ValueError(f"a text model and an embedding model are both named {sorted(both)[0]!r}")
         self.names = list(models) + list(embedders)
         self.types = {**{k: ModelType.TEXT_TO_TEXT for k in models}, **{k: ModelType.TEXT_EMBEDDING for k in embedders}}
-        self.models: dict[str, Served] = {k: v for k, v in [*models.items(), *embedders.items()]
-                                          if not isinstance(v, str)}
+        self.models: dict[str, Served] = {
+            k: v for k, v in [*models.items(), *embedders.items()] if not isinstance(v, str)
+        }
         self._to_load = {k: v for k, v in [*models.items(), *embedders.items()] if isinstance(v, str)}
         self._owned: list[Served] = []
         self.service = LlamaCppService(backend) if self._to_load else None
@@ -105,16 +110,27 @@ class Server:
         if name is None and len(names) == 1:
             name = names[0]
         if name is None:
-            raise invalid(f"model is required: this server serves the {what} models {', '.join(names) or '(none)'}",
-                          "model", "missing_required_parameter")
+            raise invalid(
+                f"model is required: this server serves the {what} models {', '.join(names) or '(none)'}",
+                "model",
+                "missing_required_parameter",
+            )
         if name not in self.names:
-            raise APIError(404, f"The model {name!r} does not exist; this server serves {', '.join(self.names)}",
-                           param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"The model {name!r} does not exist; this server serves {', '.join(self.names)}",
+                param="model",
+                code="model_not_found",
+            )
         if self.types[name] != kind:
             raise invalid(f"{name!r} is not a {what} model", "model", "wrong_model_type")
         if not self.ready.is_set():
-            raise APIError(503, "the models are still loading" if self.error is None else
-                           f"the models failed to load: {self.error}", type="server_error", code="unavailable")
+            raise APIError(
+                503,
+                "the models are still loading" if self.error is None else f"the models failed to load: {self.error}",
+                type="server_error",
+                code="unavailable",
+            )
         return name, self.models[name]
 
     def model(self, name: Any) -> tuple[str, LlamaCppTextModel]:
@@ -191,8 +207,11 @@ class EventStream(Response):
         self.cleanup = cleanup
         self.status_code = 200
         self.background = None
-        self.raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                            (b"x-accel-buffering", b"no")]
+        self.raw_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
         self.events = events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -276,8 +295,7 @@ def _model_entry(name: str, created: int) -> dict[str, Any]:
 
 async def _models(request: Request) -> Response:
     server: Server = request.app.state.server
-    return JSONResponse({"object": "list", "data": [_model_entry(n, request.app.state.created)
-                                                    for n in server.names]})
+    return JSONResponse({"object": "list", "data": [_model_entry(n, request.app.state.created) for n in server.names]})
 
 
 async def _model(request: Request) -> Response:
@@ -312,9 +330,15 @@ class _Gate:
             if self.key is not None and scope["path"] != "/health" and scope["method"] != "OPTIONS":
                 given = dict(scope["headers"]).get(b"authorization", b"")
                 if not hmac.compare_digest(given, b"Bearer " + self.key):
-                    exc = APIError(401, "Incorrect API key provided" if given else "Missing API key: send "
-                                   "'Authorization: Bearer <key>'", type="invalid_request_error",
-                                   code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+                    exc = APIError(
+                        401,
+                        "Incorrect API key provided"
+                        if given
+                        else "Missing API key: send 'Authorization: Bearer <key>'",
+                        type="invalid_request_error",
+                        code="invalid_api_key",
+                        headers={"WWW-Authenticate": "Bearer"},
+                    )
                     await _error(exc)(scope, receive, sending)
                     return
             await self.app(scope, receive, sending)
@@ -331,18 +355,25 @@ class _Gate:
         if job is not None:
             u = job.usage
             ttft = f"{job.first - job.started:.3f}s" if job.first is not None else "-"
-            extra = (f" model={job.name} prompt={u.get('prompt_tokens', '-')} cached="
-                     f"{u.get('prompt_tokens_details', {}).get('cached_tokens', '-')} completion="
-                     f"{u.get('completion_tokens', '-')} ttft={ttft}")
+            extra = (
+                f" model={job.name} prompt={u.get('prompt_tokens', '-')} cached="
+                f"{u.get('prompt_tokens_details', {}).get('cached_tokens', '-')} completion="
+                f"{u.get('completion_tokens', '-')} ttft={ttft}"
+            )
         client = scope.get("client") or ("-", 0)
         log.info('%s "%s %s" %d%s total=%.3fs', client[0], scope["method"], path, status, extra, total)
 
 
-def create_app(models: Mapping[str, str | LlamaCppTextModel] | Sequence[str] = (), *,
-               embeddings: Mapping[str, str | LlamaCppEmbeddingModel] | Sequence[str] = (),
-               backend: LocalBackendConfig | None = None, config: ModelConfig | None = None,
-               api_key: str | None = None, cors_origins: Sequence[str] = (),
-               on_load_error: Callable[[BaseException], None] | None = None) -> Starlette:
+def create_app(
+    models: Mapping[str, str | LlamaCppTextModel] | Sequence[str] = (),
+    *,
+    embeddings: Mapping[str, str | LlamaCppEmbeddingModel] | Sequence[str] = (),
+    backend: LocalBackendConfig | None = None,
+    config: ModelConfig | None = None,
+    api_key: str | None = None,
+    cors_origins: Sequence[str] = (),
+    on_load_error: Callable[[BaseException], None] | None = None,
+) -> Starlette:
     """An OpenAI-compatible app serving text ``models`` and ``embeddings`` models: ``{served name: model id or
     loaded model}``, or lists of model ids served under their ids. Ids are loaded with ``backend`` and ``config``
     (one context of ``config.parallel`` slots each for a text model); loaded models are served as they are and not
@@ -379,16 +410,30 @@ def create_app(models: Mapping[str, str | LlamaCppTextModel] | Sequence[str] = (
         Route("/v1/completions", _completion(chat=False), methods=["POST"]),
         Route("/v1/embeddings", _embeddings, methods=["POST"]),
     ]
-    middleware = [Middleware(CORSMiddleware, allow_origins=list(cors_origins),
-                             allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"])] if cors_origins else []
+    middleware = (
+        [
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(cors_origins),
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["*"],
+            )
+        ]
+        if cors_origins
+        else []
+    )
     middleware.append(Middleware(_Gate, api_key=api_key, metrics=lambda: server.metrics))
 
     async def internal_error(request: Request, exc: Exception) -> Response:
         log.exception("internal error on %s %s", request.method, request.url.path, exc_info=exc)
         return _error(from_service(exc))
 
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                    exception_handlers={APIError: api_error, HTTPException: http_error, Exception: internal_error})
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={APIError: api_error, HTTPException: http_error, Exception: internal_error},
+    )
     app.state.server = server
     app.state.created = int(time.time())
     return app

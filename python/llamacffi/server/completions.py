@@ -63,8 +63,10 @@ def prepare(name: str, model: LlamaCppTextModel, parsed: Parsed, chat: bool) -> 
         prompts = [model.tokenize_prompt(texts[0], opts)]
     else:
         prompts = [model.tokenize_prompt(p, opts) for p in parsed.prompts]
-        texts = [p if isinstance(p, str) else model.llama_model.vocab.detokenize(t) if parsed.echo else ""
-                 for p, t in zip(parsed.prompts, prompts, strict=False)]
+        texts = [
+            p if isinstance(p, str) else model.llama_model.vocab.detokenize(t) if parsed.echo else ""
+            for p, t in zip(parsed.prompts, prompts, strict=False)
+        ]
     context = model.config.context_size
     room = min(context - len(p) for p in prompts)  # tokenize_prompt leaves at least one position
     wanted = parsed.max_tokens if parsed.max_tokens is not None else room
@@ -176,11 +178,17 @@ async def respond(job: Job, metrics: Metrics) -> dict[str, Any]:
             choices.append({"index": i, "message": message, "logprobs": logprobs, "finish_reason": reasons[i]})
         else:
             echo = job.texts[i // job.parsed.n] if job.parsed.echo else ""
-            logprobs = (shapes.text_logprobs(entries[i], piece, len(echo))
-                        if job.parsed.logprobs is not None else None)
+            logprobs = shapes.text_logprobs(entries[i], piece, len(echo)) if job.parsed.logprobs is not None else None
             choices.append({"index": i, "text": echo + text, "logprobs": logprobs, "finish_reason": reasons[i]})
-    return {"id": rid, "object": kind, "created": created, "model": job.name, "system_fingerprint": _fingerprint(),
-            "choices": choices, "usage": tally.close()}
+    return {
+        "id": rid,
+        "object": kind,
+        "created": created,
+        "model": job.name,
+        "system_fingerprint": _fingerprint(),
+        "choices": choices,
+        "usage": tally.close(),
+    }
 
 
 async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
@@ -198,13 +206,22 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
 
     held = _Held(len(job.prompts) * p.n, p.tools)
 
-    def chunk(index: int, text: str | None, logprobs: tuple[TokenLogprob, ...], reason: str | None,
-              first: bool = False, delta: dict[str, Any] | None = None) -> bytes:
+    def chunk(
+        index: int,
+        text: str | None,
+        logprobs: tuple[TokenLogprob, ...],
+        reason: str | None,
+        first: bool = False,
+        delta: dict[str, Any] | None = None,
+    ) -> bytes:
         lp: Any = None
         if job.chat:
             if delta is None:
-                delta = {"role": "assistant", "content": text or ""} if first else (
-                    {"content": text} if text is not None else {})
+                delta = (
+                    {"role": "assistant", "content": text or ""}
+                    if first
+                    else ({"content": text} if text is not None else {})
+                )
             if logprobs and p.logprobs is not None:
                 lp = shapes.chat_logprobs(logprobs, piece)
             choice = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": reason}

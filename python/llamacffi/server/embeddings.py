@@ -26,13 +26,24 @@ def parse(body: dict[str, Any]) -> tuple[Any, bool, int | None]:
         inputs = [data]
     else:
         inputs = data
-    ok = isinstance(inputs, list) and 0 < len(inputs) <= MAX_INPUTS and (
-        all(isinstance(s, str) for s in inputs)
-        or all(isinstance(t, list) and t and all(isinstance(x, int) and not isinstance(x, bool) for x in t)
-               for t in inputs))
+    ok = (
+        isinstance(inputs, list)
+        and 0 < len(inputs) <= MAX_INPUTS
+        and (
+            all(isinstance(s, str) for s in inputs)
+            or all(
+                isinstance(t, list) and t and all(isinstance(x, int) and not isinstance(x, bool) for x in t)
+                for t in inputs
+            )
+        )
+    )
     if not ok:
-        raise invalid(f"input must be a string, a list of at most {MAX_INPUTS} strings, a list of token ids or a "
-                      "list of such lists", "input", "missing_required_parameter" if data is None else "invalid_type")
+        raise invalid(
+            f"input must be a string, a list of at most {MAX_INPUTS} strings, a list of token ids or a "
+            "list of such lists",
+            "input",
+            "missing_required_parameter" if data is None else "invalid_type",
+        )
     for i, s in enumerate(inputs):
         if isinstance(s, str) and not s:
             raise invalid(f"input[{i}] is an empty string", "input", "invalid_value")
@@ -50,8 +61,11 @@ async def respond(name: str, model: LlamaCppEmbeddingModel, body: dict[str, Any]
     inputs, as_base64, dims = parse(body)
     dim = model.dim
     if dims is not None and dims != dim:
-        raise invalid(f"dimensions: {name} gives vectors of {dim} dimensions and cannot shorten them", "dimensions",
-                      "unsupported_value")
+        raise invalid(
+            f"dimensions: {name} gives vectors of {dim} dimensions and cannot shorten them",
+            "dimensions",
+            "unsupported_value",
+        )
     if isinstance(inputs[0], str):
         texts: list[str] = inputs
         vectors = await model.aembed(texts)
@@ -64,5 +78,9 @@ async def respond(name: str, model: LlamaCppEmbeddingModel, body: dict[str, Any]
     for i, v in enumerate(np.asarray(vectors, dtype=np.float32)):
         value: Any = base64.b64encode(v.astype("<f4").tobytes()).decode() if as_base64 else v.tolist()
         data.append({"object": "embedding", "index": i, "embedding": value})
-    return {"object": "list", "data": data, "model": name,
-            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
+    return {
+        "object": "list",
+        "data": data,
+        "model": name,
+        "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+    }

@@ -34,7 +34,7 @@ def _loopback(host: str) -> bool:
 def _named(ids: list[str], aliases: list[str], what: str) -> list[str]:
     if len(aliases) > len(ids):
         raise InvalidConfigError(f"{len(aliases)} {what} aliases for {len(ids)} models: at most one alias per model")
-    return aliases + ids[len(aliases):]
+    return aliases + ids[len(aliases) :]
 
 
 def _served(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
@@ -87,17 +87,27 @@ class _Uvicorn(uvicorn.Server):
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT / SIGTERM; 0 after a clean stop, 1 when the models fail to load."""
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     served, embedders = _served(args)
     api_key = args.api_key or os.environ.get("LLAMACFFI_API_KEY") or None
     if not _loopback(args.host) and api_key is None:
-        log.warning("serving on %s, reachable from other machines, without --api-key: anyone who can reach it can "
-                    "use it", args.host)
-    backend = LocalBackendConfig(threads=args.threads, use_gpu=args.gpu_layers != 0, gpu_layers=args.gpu_layers,
-                                 llama_cpp=LlamaCppSpecificConfig(huge_pages=args.huge_pages))
-    model_config = ModelConfig(context_size=args.ctx_size, parallel=args.parallel, max_queue=args.max_queue,
-                         batch_size=max(512, args.parallel))
+        log.warning(
+            "serving on %s, reachable from other machines, without --api-key: anyone who can reach it can use it",
+            args.host,
+        )
+    backend = LocalBackendConfig(
+        threads=args.threads,
+        use_gpu=args.gpu_layers != 0,
+        gpu_layers=args.gpu_layers,
+        llama_cpp=LlamaCppSpecificConfig(huge_pages=args.huge_pages),
+    )
+    model_config = ModelConfig(
+        context_size=args.ctx_size, parallel=args.parallel, max_queue=args.max_queue, batch_size=max(512, args.parallel)
+    )
     failed: list[BaseException] = []
     server: _Uvicorn | None = None
 
@@ -106,10 +116,24 @@ def run(args: argparse.Namespace) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(served, embeddings=embedders, backend=backend, config=model_config, api_key=api_key,
-                     cors_origins=args.cors_origin, on_load_error=load_failed)
-    config = uvicorn.Config(app, host=args.host, port=args.port, access_log=False, log_level="warning",
-                            timeout_graceful_shutdown=args.grace + 30, lifespan="on")
+    app = create_app(
+        served,
+        embeddings=embedders,
+        backend=backend,
+        config=model_config,
+        api_key=api_key,
+        cors_origins=args.cors_origin,
+        on_load_error=load_failed,
+    )
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=args.grace + 30,
+        lifespan="on",
+    )
     server = _Uvicorn(config, args.grace, app.state.server.close)
     if failed:
         server.should_exit = True
@@ -120,29 +144,65 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--model", action="append", default=[],
-                   help="model id to serve (repeatable): a .gguf path, provider:user/repo:file under $MODELS_PATH, "
-                        f"or a known name ({', '.join(models.KNOWN)}); default {models.DEFAULT}")
-    p.add_argument("--embedding-model", action="append", default=[], metavar="MODEL",
-                   help="model id to serve on /v1/embeddings (repeatable); its pooling is the model's own, else mean")
-    p.add_argument("--embedding-alias", action="append", default=[], metavar="NAME",
-                   help="name to serve the corresponding --embedding-model under (repeatable, in order)")
-    p.add_argument("--alias", action="append", default=[],
-                   help="name to serve the corresponding -m under (repeatable, in the order of -m)")
+    p.add_argument(
+        "-m",
+        "--model",
+        action="append",
+        default=[],
+        help="model id to serve (repeatable): a .gguf path, provider:user/repo:file under $MODELS_PATH, "
+        f"or a known name ({', '.join(models.KNOWN)}); default {models.DEFAULT}",
+    )
+    p.add_argument(
+        "--embedding-model",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="model id to serve on /v1/embeddings (repeatable); its pooling is the model's own, else mean",
+    )
+    p.add_argument(
+        "--embedding-alias",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="name to serve the corresponding --embedding-model under (repeatable, in order)",
+    )
+    p.add_argument(
+        "--alias",
+        action="append",
+        default=[],
+        help="name to serve the corresponding -m under (repeatable, in the order of -m)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     p.add_argument("-np", "--parallel", type=int, default=4, help="requests decoded together per model (default 4)")
-    p.add_argument("-c", "--ctx-size", type=int, default=2048,
-                   help="context per request, prompt and output (default 2048)")
+    p.add_argument(
+        "-c", "--ctx-size", type=int, default=2048, help="context per request, prompt and output (default 2048)"
+    )
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all available)")
-    p.add_argument("-ngl", "--gpu-layers", type=int, default=-1,
-                   help="layers to offload to a GPU (default -1: all, when the build has a GPU backend)")
+    p.add_argument(
+        "-ngl",
+        "--gpu-layers",
+        type=int,
+        default=-1,
+        help="layers to offload to a GPU (default -1: all, when the build has a GPU backend)",
+    )
     p.add_argument("--huge-pages", action="store_true", help="read the weights into huge pages (Linux)")
-    p.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' on every route but /health ($LLAMACFFI_API_KEY too)")
-    p.add_argument("--max-queue", type=int, default=256,
-                   help="requests that may wait for a slot per model before 429 (default 256)")
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on every route but /health ($LLAMACFFI_API_KEY too)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=256,
+        help="requests that may wait for a slot per model before 429 (default 256)",
+    )
     p.add_argument("--cors-origin", action="append", default=[], help="origin allowed by CORS (repeatable, or *)")
-    p.add_argument("--grace", type=float, default=10.0,
-                   help="seconds in-flight requests get to finish on SIGINT / SIGTERM (default 10)")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="seconds in-flight requests get to finish on SIGINT / SIGTERM (default 10)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

@@ -35,17 +35,30 @@ class Metrics:
     def __init__(self, loads: Loads) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("llamacffi_requests", "HTTP requests by route and status", ["route", "status"],
-                                registry=r)
-        self.prompt_tokens = Counter("llamacffi_prompt_tokens", "Prompt tokens of finished requests", ["model"],
-                                     registry=r)
-        self.cached_tokens = Counter("llamacffi_cached_tokens", "Prompt tokens reused from memory", ["model"],
-                                     registry=r)
+        self.requests = Counter(
+            "llamacffi_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
+        self.prompt_tokens = Counter(
+            "llamacffi_prompt_tokens", "Prompt tokens of finished requests", ["model"], registry=r
+        )
+        self.cached_tokens = Counter(
+            "llamacffi_cached_tokens", "Prompt tokens reused from memory", ["model"], registry=r
+        )
         self.generated_tokens = Counter("llamacffi_generated_tokens", "Generated tokens", ["model"], registry=r)
-        self.ttft = Histogram("llamacffi_time_to_first_token_seconds", "From the request to its first token",
-                              ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.inter_token = Histogram("llamacffi_inter_token_seconds", "Between two chunks of a stream",
-                                     ["model"], buckets=TOKEN_BUCKETS, registry=r)
+        self.ttft = Histogram(
+            "llamacffi_time_to_first_token_seconds",
+            "From the request to its first token",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inter_token = Histogram(
+            "llamacffi_inter_token_seconds",
+            "Between two chunks of a stream",
+            ["model"],
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
         r.register(_Load(loads))
 
     def render(self) -> bytes:

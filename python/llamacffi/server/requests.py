@@ -17,13 +17,49 @@ from ..service import GenerationOptions
 from . import structured
 from .errors import APIError, invalid
 
-IGNORED = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
-                     "safety_identifier", "cache_prompt", "verbosity"})
-SAMPLING = frozenset({"model", "max_tokens", "temperature", "top_p", "stop", "seed", "presence_penalty",
-                      "frequency_penalty", "logit_bias", "n", "stream", "stream_options", "top_k", "min_p",
-                      "repeat_penalty"})
-CHAT_FIELDS = SAMPLING | {"messages", "max_completion_tokens", "logprobs", "top_logprobs", "response_format",
-                          "tools", "tool_choice", "functions", "function_call"}
+IGNORED = frozenset(
+    {
+        "user",
+        "metadata",
+        "store",
+        "service_tier",
+        "parallel_tool_calls",
+        "prompt_cache_key",
+        "safety_identifier",
+        "cache_prompt",
+        "verbosity",
+    }
+)
+SAMPLING = frozenset(
+    {
+        "model",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "n",
+        "stream",
+        "stream_options",
+        "top_k",
+        "min_p",
+        "repeat_penalty",
+    }
+)
+CHAT_FIELDS = SAMPLING | {
+    "messages",
+    "max_completion_tokens",
+    "logprobs",
+    "top_logprobs",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+}
 COMPLETION_FIELDS = SAMPLING | {"prompt", "echo", "logprobs", "suffix", "best_of"}
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "user"}
 MAX_N = 16
@@ -52,11 +88,17 @@ def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> float | No
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not lo <= value <= hi:
-        raise invalid(f"{name} must be a number between {lo:g} and {hi:g}, got {value!r}", name,
-                      "invalid_value" if isinstance(value, (int, float)) and not isinstance(value, bool) else
-                      "invalid_type")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not lo <= value <= hi
+    ):
+        raise invalid(
+            f"{name} must be a number between {lo:g} and {hi:g}, got {value!r}",
+            name,
+            "invalid_value" if isinstance(value, (int, float)) and not isinstance(value, bool) else "invalid_type",
+        )
     return float(value)
 
 
@@ -107,8 +149,9 @@ def _bias(body: dict[str, Any]) -> dict[int, float] | None:
         if not (isinstance(key, str) and key.isdecimal() and len(key) < 10):
             raise invalid(f"logit_bias keys must be token ids, got {key!r}", "logit_bias", "invalid_value")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
-            raise invalid(f"logit_bias values must be numbers between -100 and 100, got {value!r}", "logit_bias",
-                          "invalid_value")
+            raise invalid(
+                f"logit_bias values must be numbers between -100 and 100, got {value!r}", "logit_bias", "invalid_value"
+            )
         out[int(key)] = float(value)
     return out or None
 
@@ -120,9 +163,14 @@ def _seed(body: dict[str, Any]) -> int | None:
 
 def _options(body: dict[str, Any], raw: bool) -> GenerationOptions:
     kwargs: dict[str, Any] = {"raw": raw}
-    for name, lo, hi in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0), ("min_p", 0.0, 1.0),
-                         ("presence_penalty", -2.0, 2.0), ("frequency_penalty", -2.0, 2.0),
-                         ("repeat_penalty", 0.0, 10.0)):
+    for name, lo, hi in (
+        ("temperature", 0.0, 2.0),
+        ("top_p", 0.0, 1.0),
+        ("min_p", 0.0, 1.0),
+        ("presence_penalty", -2.0, 2.0),
+        ("frequency_penalty", -2.0, 2.0),
+        ("repeat_penalty", 0.0, 10.0),
+    ):
         value = _number(body, name, lo, hi)
         if value is not None:
             kwargs[name] = value
@@ -165,8 +213,11 @@ def _text(content: Any, where: str) -> str:
         for i, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise invalid(f"{where}[{i}]: only text content parts are supported (got {kind!r})", "messages",
-                              "unsupported_content")
+                raise invalid(
+                    f"{where}[{i}]: only text content parts are supported (got {kind!r})",
+                    "messages",
+                    "unsupported_content",
+                )
             parts.append(part["text"])
         return "".join(parts)
     raise invalid(f"{where} must be a string or a list of text parts", "messages", "invalid_type")
@@ -180,8 +231,11 @@ def parse_chat(body: dict[str, Any]) -> Parsed:
     name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     parsed = _common(body, raw=False, max_tokens_name=name)
     if body.get("functions") or body.get("function_call") not in (None, "none"):
-        raise invalid("functions and function_call are superseded by tools and tool_choice, which this server "
-                      "supports", "functions", "unsupported_parameter")
+        raise invalid(
+            "functions and function_call are superseded by tools and tool_choice, which this server supports",
+            "functions",
+            "unsupported_parameter",
+        )
     parsed.grammar = structured.response_grammar(body.get("response_format"))
     parsed.tools = structured.parse_tools(body.get("tools"), body.get("tool_choice"))
     if parsed.tools is not None and parsed.grammar is not None:
@@ -190,16 +244,18 @@ def parse_chat(body: dict[str, Any]) -> Parsed:
         parsed.grammar = structured.call_grammar(parsed.tools)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise invalid("messages must be a non-empty list", "messages",
-                      "missing_required_parameter" if messages is None else "invalid_type")
+        raise invalid(
+            "messages must be a non-empty list",
+            "messages",
+            "missing_required_parameter" if messages is None else "invalid_type",
+        )
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
             raise invalid(f"{where} must be an object", "messages", "invalid_type")
         role = m.get("role")
         if role not in ROLES:
-            raise invalid(f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}", "messages",
-                          "invalid_value")
+            raise invalid(f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}", "messages", "invalid_value")
         content = m.get("content")
         if role == "assistant" and m.get("tool_calls"):
             content = _calls_text(m["tool_calls"], where)
@@ -224,10 +280,10 @@ def _calls_text(calls: Any, where: str) -> str:
     out = []
     for call in calls:
         fn = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(fn.get("arguments"),
-                                                                                               str):
-            raise invalid(f"{where}.tool_calls: each needs a function with a name and arguments", "messages",
-                          "invalid_type")
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(fn.get("arguments"), str):
+            raise invalid(
+                f"{where}.tool_calls: each needs a function with a name and arguments", "messages", "invalid_type"
+            )
         try:
             arguments = json.loads(fn["arguments"])
         except ValueError:
@@ -244,11 +300,15 @@ def _prompts(prompt: Any) -> list[str | list[int]]:
             return list(prompt)
         if all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             return [list(prompt)]
-        if all(isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p)
-               for p in prompt):
+        if all(
+            isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p) for p in prompt
+        ):
             return [list(p) for p in prompt]
-    raise invalid("prompt must be a string, a list of strings, a list of token ids or a list of such lists",
-                  "prompt", "invalid_type" if prompt is not None else "missing_required_parameter")
+    raise invalid(
+        "prompt must be a string, a list of strings, a list of token ids or a list of such lists",
+        "prompt",
+        "invalid_type" if prompt is not None else "missing_required_parameter",
+    )
 
 
 def parse_completion(body: dict[str, Any]) -> Parsed:
@@ -262,13 +322,15 @@ def parse_completion(body: dict[str, Any]) -> Parsed:
         raise invalid("suffix is not supported by this server", "suffix", "unsupported_parameter")
     best_of = _integer(body, "best_of", 1, MAX_N)
     if best_of not in (None, parsed.n):
-        raise invalid("best_of is not supported by this server (it must equal n)", "best_of",
-                      "unsupported_parameter")
+        raise invalid("best_of is not supported by this server (it must equal n)", "best_of", "unsupported_parameter")
     parsed.echo = _flag(body, "echo")
     parsed.logprobs = _integer(body, "logprobs", 0, 5)
     if parsed.echo and parsed.logprobs is not None:
-        raise invalid("echo with logprobs is not supported by this server (prompt log-probabilities are not "
-                      "computed)", "echo", "unsupported_parameter")
+        raise invalid(
+            "echo with logprobs is not supported by this server (prompt log-probabilities are not computed)",
+            "echo",
+            "unsupported_parameter",
+        )
     return parsed
 
 

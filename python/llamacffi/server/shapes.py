@@ -13,9 +13,12 @@ Piece = Callable[[int], bytes]  # a token's text as bytes
 
 def usage(prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> dict[str, Any]:
     """``usage`` of a request."""
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }
 
 
 def _token(token: int, logprob: float, piece: Piece) -> dict[str, Any]:
@@ -25,9 +28,13 @@ def _token(token: int, logprob: float, piece: Piece) -> dict[str, Any]:
 
 def chat_logprobs(entries: tuple[TokenLogprob, ...] | list[TokenLogprob], piece: Piece) -> dict[str, Any]:
     """``choices[i].logprobs`` of a chat completion: one entry per token with its alternatives."""
-    return {"content": [{**_token(e.token, e.logprob, piece),
-                         "top_logprobs": [_token(t, lp, piece) for t, lp in e.top]} for e in entries],
-            "refusal": None}
+    return {
+        "content": [
+            {**_token(e.token, e.logprob, piece), "top_logprobs": [_token(t, lp, piece) for t, lp in e.top]}
+            for e in entries
+        ],
+        "refusal": None,
+    }
 
 
 def text_logprobs(entries: list[TokenLogprob], piece: Piece, offset: int) -> dict[str, Any]:

@@ -56,8 +56,11 @@ def response_grammar(fmt: Any) -> str | None:
     if kind == "json_schema":
         spec = fmt.get("json_schema")
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise invalid("response_format.json_schema must be an object with a name and a schema",
-                          "response_format", "invalid_type")
+            raise invalid(
+                "response_format.json_schema must be an object with a name and a schema",
+                "response_format",
+                "invalid_type",
+            )
         strict = spec.get("strict")
         if strict is not None and not isinstance(strict, bool):
             raise invalid("response_format.json_schema.strict must be a boolean", "response_format", "invalid_type")
@@ -65,8 +68,11 @@ def response_grammar(fmt: Any) -> str | None:
         if not isinstance(schema, (dict, bool)):
             raise invalid("response_format.json_schema.schema must be an object", "response_format", "invalid_type")
         return _compile(schema, "response_format")
-    raise invalid(f"response_format type {kind!r} is not one of text, json_object, json_schema", "response_format",
-                  "invalid_value")
+    raise invalid(
+        f"response_format type {kind!r} is not one of text, json_object, json_schema",
+        "response_format",
+        "invalid_value",
+    )
 
 
 def parse_tools(tools: Any, choice: Any) -> Tools | None:
@@ -81,8 +87,9 @@ def parse_tools(tools: Any, choice: Any) -> Tools | None:
     for i, tool in enumerate(tools):
         fn = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise invalid(f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}}", "tools",
-                          "invalid_type")
+            raise invalid(
+                f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}}", "tools", "invalid_type"
+            )
         params = fn.get("parameters", ANY_OBJECT)
         if not isinstance(params, dict):
             raise invalid(f"tools[{i}].function.parameters must be a JSON schema object", "tools", "invalid_type")
@@ -96,21 +103,29 @@ def parse_tools(tools: Any, choice: Any) -> Tools | None:
         return None
     elif choice == "required":
         picked = "required"
-    elif (isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict)
-          and isinstance(choice["function"].get("name"), str)):
+    elif (
+        isinstance(choice, dict)
+        and choice.get("type") == "function"
+        and isinstance(choice.get("function"), dict)
+        and isinstance(choice["function"].get("name"), str)
+    ):
         picked = choice["function"]["name"]
         if picked not in functions:
-            raise invalid(f"tool_choice names {picked!r}, which is not among the tools", "tool_choice",
-                          "invalid_value")
+            raise invalid(f"tool_choice names {picked!r}, which is not among the tools", "tool_choice", "invalid_value")
     else:
-        raise invalid("tool_choice must be none, auto, required or {'type': 'function', 'function': {'name'}}",
-                      "tool_choice", "invalid_value")
+        raise invalid(
+            "tool_choice must be none, auto, required or {'type': 'function', 'function': {'name'}}",
+            "tool_choice",
+            "invalid_value",
+        )
     return Tools(functions, picked, _describe(functions, picked))
 
 
 def _describe(functions: dict[str, dict[str, Any]], choice: str) -> str:
-    lines = ["You can call the following functions. To call one, answer with only a JSON object of the form "
-             '{"name": <function name>, "arguments": <an object matching its parameters>}.']
+    lines = [
+        "You can call the following functions. To call one, answer with only a JSON object of the form "
+        '{"name": <function name>, "arguments": <an object matching its parameters>}.'
+    ]
     if choice == "auto":
         lines.append("If no function is needed, answer in plain text.")
     elif choice == "required":
@@ -125,8 +140,15 @@ def _describe(functions: dict[str, dict[str, Any]], choice: str) -> str:
 def call_grammar(tools: Tools) -> str:
     """The grammar of a call to the chosen function, or to any of them for ``"required"``."""
     names = list(tools.functions) if tools.choice == "required" else [tools.choice]
-    calls = [{"type": "object", "properties": {"name": {"const": n}, "arguments": tools.functions[n]["parameters"]},
-              "required": ["name", "arguments"], "additionalProperties": False} for n in names]
+    calls = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": n}, "arguments": tools.functions[n]["parameters"]},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for n in names
+    ]
     return _compile(calls[0] if len(calls) == 1 else {"oneOf": calls}, "tools")
 
 
@@ -140,8 +162,11 @@ def as_call(text: str, tools: Tools) -> dict[str, Any] | None:
         return None
     if not isinstance(doc["arguments"], dict):
         return None
-    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
-            "function": {"name": doc["name"], "arguments": json.dumps(doc["arguments"], ensure_ascii=False)}}
+    return {
+        "id": "call_" + uuid.uuid4().hex[:24],
+        "type": "function",
+        "function": {"name": doc["name"], "arguments": json.dumps(doc["arguments"], ensure_ascii=False)},
+    }
 
 
 def with_tools(messages: list[tuple[str, str]], tools: Tools) -> list[tuple[str, str]]:

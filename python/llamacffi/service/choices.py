@@ -17,8 +17,9 @@ class Choices:
     ``(index, Finish)`` as each ends. The requests are queued when this is made (a full queue raises then, before
     anything is sent to a client); :meth:`cancel`, or leaving an ``async for`` early, cancels those still running."""
 
-    def __init__(self, engine: Engine, requests: list[Request], items: asyncio.Queue[tuple[int, Any]],
-                 n_prompt: int) -> None:
+    def __init__(
+        self, engine: Engine, requests: list[Request], items: asyncio.Queue[tuple[int, Any]], n_prompt: int
+    ) -> None:
         self._engine = engine
         self._requests = requests
         self._items = items

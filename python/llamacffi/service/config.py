@@ -151,14 +151,22 @@ class ModelConfig(_Config):
         if self.chat_template is not None and (not isinstance(self.chat_template, str) or not self.chat_template):
             raise _fail(type(self), "chat_template", "must be None or a non-empty str", self.chat_template)
         if self.chat_template is not None and ("\0" in self.chat_template or not _encodable(self.chat_template)):
-            raise _fail(type(self), "chat_template", "must be text without NUL characters or lone surrogates",
-                        self.chat_template)
+            raise _fail(
+                type(self),
+                "chat_template",
+                "must be text without NUL characters or lone surrogates",
+                self.chat_template,
+            )
         self._int("context_size", limits.CONTEXT_SIZE_MIN, limits.CONTEXT_SIZE_MAX)
         self._int("batch_size", 1, limits.BATCH_SIZE_MAX)
         self._int("parallel", 1, limits.PARALLEL_MAX)
         if self.context_size * self.parallel > limits.MAX_CTX:  # Context's limit on n_ctx, which is their product
-            raise _fail(type(self), "context_size", f"times parallel ({self.parallel}) must be at most "
-                        f"{limits.MAX_CTX}", self.context_size)
+            raise _fail(
+                type(self),
+                "context_size",
+                f"times parallel ({self.parallel}) must be at most {limits.MAX_CTX}",
+                self.context_size,
+            )
         if self.batch_size < self.parallel:  # every step decodes a token of each of up to `parallel` requests
             raise _fail(type(self), "batch_size", f"must be at least parallel ({self.parallel})", self.batch_size)
         self._int("max_queue", 0)
@@ -219,10 +227,18 @@ class GenerationOptions(_Config):
     def _check_constraint(self) -> None:
         if self.grammar is not None:
             if self.json_schema is not None:
-                raise _fail(type(self), "grammar", "and json_schema exclude each other: give one", self.grammar[:80]
-                            if isinstance(self.grammar, str) else self.grammar)
-            if not isinstance(self.grammar, str) or not self.grammar.strip() or "\0" in self.grammar \
-                    or not _encodable(self.grammar):
+                raise _fail(
+                    type(self),
+                    "grammar",
+                    "and json_schema exclude each other: give one",
+                    self.grammar[:80] if isinstance(self.grammar, str) else self.grammar,
+                )
+            if (
+                not isinstance(self.grammar, str)
+                or not self.grammar.strip()
+                or "\0" in self.grammar
+                or not _encodable(self.grammar)
+            ):
                 raise _fail(type(self), "grammar", "must be non-empty GBNF text without NUL characters", self.grammar)
         if self.json_schema is not None:
             if not isinstance(self.json_schema, (dict, str)):
@@ -253,8 +269,9 @@ def _bias(value: Any) -> dict[int, float]:
         if not isinstance(token, int) or isinstance(token, bool) or not 0 <= token < 1 << 31:
             raise _fail(GenerationOptions, "logit_bias", "keys must be token ids (ints >= 0)", key)
         if not isinstance(bias, (int, float)) or isinstance(bias, bool) or not -100.0 <= bias <= 100.0:
-            raise _fail(GenerationOptions, "logit_bias", f"the bias of token {token} must be a number in "
-                        "[-100, 100]", bias)
+            raise _fail(
+                GenerationOptions, "logit_bias", f"the bias of token {token} must be a number in [-100, 100]", bias
+            )
         out[token] = float(bias)
     return out
 

@@ -39,37 +39,62 @@ class LlamaCppEmbeddingModel(Loaded, EmbeddingModel):
     training context); ``truncate_prompt`` cuts longer ones, otherwise they raise :class:`ContextOverflowError`.
     Pooling: the model's own, else mean (see :func:`llamacffi.embedding.resolve_pooling`)."""
 
-    def __init__(self, name: str, model: LlamaModel, config: ModelConfig, threads: int | None = None, *,
-                 pooling: embedding.Pooling | str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        model: LlamaModel,
+        config: ModelConfig,
+        threads: int | None = None,
+        *,
+        pooling: embedding.Pooling | str | None = None,
+    ) -> None:
         self._name = name
         self._model = model
         self.config = config
         self._embedder = embedding.Embedder(
-            model, pooling=pooling, batch_tokens=config.batch_size,
-            max_tokens=min(config.context_size, model.n_ctx_train), n_threads=threads)
+            model,
+            pooling=pooling,
+            batch_tokens=config.batch_size,
+            max_tokens=min(config.context_size, model.n_ctx_train),
+            n_threads=threads,
+        )
         if self._embedder.pooling == embedding.Pooling.NONE:
             self._embedder.close()
-            raise InvalidConfigError("pooling 'none' gives one vector per token; the service serves one per text: "
-                                     "choose mean, cls or last")
+            raise InvalidConfigError(
+                "pooling 'none' gives one vector per token; the service serves one per text: choose mean, cls or last"
+            )
         self._engine = _EmbeddingEngine(self._embedder, name)
         self._closed = False
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, name: str, path: Path, backend: LocalBackendConfig, config: ModelConfig, *,
-             pooling: embedding.Pooling | str | None = None) -> LlamaCppEmbeddingModel:
+    def open(
+        cls,
+        name: str,
+        path: Path,
+        backend: LocalBackendConfig,
+        config: ModelConfig,
+        *,
+        pooling: embedding.Pooling | str | None = None,
+    ) -> LlamaCppEmbeddingModel:
         """Load ``path`` with the backend's settings and serve it."""
         with mapped():
-            llama_model = LlamaModel.load(path, n_gpu_layers=backend.gpu_layers if backend.use_gpu else 0,
-                                          use_mmap=backend.llama_cpp.use_mmap, use_mlock=backend.llama_cpp.use_mlock,
-                                          huge_pages=backend.llama_cpp.huge_pages)
+            llama_model = LlamaModel.load(
+                path,
+                n_gpu_layers=backend.gpu_layers if backend.use_gpu else 0,
+                use_mmap=backend.llama_cpp.use_mmap,
+                use_mlock=backend.llama_cpp.use_mlock,
+                huge_pages=backend.llama_cpp.huge_pages,
+            )
         try:
             with mapped():
                 try:
                     return cls(name, llama_model, config, backend.threads, pooling=pooling)
                 except binding.ContextError as exc:
-                    raise ModelLoadFailedError(f"{path.name}: no embedding context of {config.context_size} tokens "
-                                               f"could be created; lower ModelConfig.context_size") from exc
+                    raise ModelLoadFailedError(
+                        f"{path.name}: no embedding context of {config.context_size} tokens "
+                        f"could be created; lower ModelConfig.context_size"
+                    ) from exc
         except BaseException:
             llama_model.close()
             raise
@@ -125,8 +150,9 @@ class LlamaCppEmbeddingModel(Loaded, EmbeddingModel):
         with mapped():
             return sum(len(t) for t in embedding.tokenize(self._model, texts))
 
-    def _submit(self, texts: list[str] | list[list[int]], normalize: bool,
-                tokenized: bool = False) -> concurrent.futures.Future[Vectors]:
+    def _submit(
+        self, texts: list[str] | list[list[int]], normalize: bool, tokenized: bool = False
+    ) -> concurrent.futures.Future[Vectors]:
         if not isinstance(normalize, bool):
             raise InvalidConfigError(f"normalize must be a bool, got {normalize!r}")
         try:
@@ -139,8 +165,13 @@ class LlamaCppEmbeddingModel(Loaded, EmbeddingModel):
                     raise binding.InvalidArgumentError("a text given as tokens is empty")
             else:
                 tokens = embedding.tokenize(self._model, texts)  # type: ignore[arg-type]
-            tokens = embedding.fit(self._model, tokens, self._embedder.max_tokens, self.config.truncate_prompt,
-                                   "shorten it, raise ModelConfig.context_size, or set truncate_prompt=True")
+            tokens = embedding.fit(
+                self._model,
+                tokens,
+                self._embedder.max_tokens,
+                self.config.truncate_prompt,
+                "shorten it, raise ModelConfig.context_size, or set truncate_prompt=True",
+            )
         except embedding.TextTooLongError as exc:
             raise ContextOverflowError(str(exc)) from exc
         except (TypeError, binding.InvalidArgumentError, binding.InvalidTokenError, binding.TokenizeError) as exc:
@@ -240,7 +271,7 @@ class _EmbeddingEngine:
         self.stats["passes"] += 1
         start = 0
         for j in jobs:
-            rows = vectors[start:start + len(j.tokens)].copy()
+            rows = vectors[start : start + len(j.tokens)].copy()
             start += len(j.tokens)
             scale = j.normalize and self._embedder.pooling != embedding.Pooling.RANK  # scores stay as they are
             j.future.set_result(embedding.normalized(rows) if scale else rows)

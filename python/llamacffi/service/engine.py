@@ -41,13 +41,39 @@ class Request:
     the same completion); this one waits until that one's prompt is in memory and starts from a copy of it. When the
     request ends, ``finish_reason``, ``n_reused`` and ``n_generated`` say how and with what."""
 
-    __slots__ = ("prompt", "options", "sink", "cancelled", "finished", "n_generated", "decoder", "stops", "sampler",
-                 "history", "n_history", "greedy", "logprobs", "entries", "after", "prompt_done",
-                 "finish_reason", "n_reused")
+    __slots__ = (
+        "prompt",
+        "options",
+        "sink",
+        "cancelled",
+        "finished",
+        "n_generated",
+        "decoder",
+        "stops",
+        "sampler",
+        "history",
+        "n_history",
+        "greedy",
+        "logprobs",
+        "entries",
+        "after",
+        "prompt_done",
+        "finish_reason",
+        "n_reused",
+    )
 
-    def __init__(self, prompt: npt.NDArray[np.int32], options: GenerationOptions, sink: Sink,
-                 decoder: StreamDecoder, context_size: int, vocab: VocabLike | None = None, *,
-                 logprobs: int | None = None, after: Request | None = None) -> None:
+    def __init__(
+        self,
+        prompt: npt.NDArray[np.int32],
+        options: GenerationOptions,
+        sink: Sink,
+        decoder: StreamDecoder,
+        context_size: int,
+        vocab: VocabLike | None = None,
+        *,
+        logprobs: int | None = None,
+        after: Request | None = None,
+    ) -> None:
         self.prompt = prompt
         self.options = options
         self.sink = sink
@@ -56,8 +82,9 @@ class Request:
         self.n_generated = 0
         self.decoder = decoder
         self.stops = StopMatcher(options.stop_sequences)
-        penalties = penalties_on(options.repeat_penalty, options.frequency_penalty, options.presence_penalty,
-                                 options.penalty_last_n)
+        penalties = penalties_on(
+            options.repeat_penalty, options.frequency_penalty, options.presence_penalty, options.penalty_last_n
+        )
         bias = options.logit_bias or None
         grammar = options.grammar_text()
         self.greedy = options.temperature == 0.0 and not penalties and bias is None and grammar is None
@@ -65,11 +92,24 @@ class Request:
             raise GenerationError("a constrained request needs the model's vocab")
         # A grammar has state: a constrained request's sampler holds its own, fed every token it returns (greedy
         # requests too), so constrained and free requests share decode steps.
-        self.sampler = None if self.greedy else Sampler(
-            temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, min_p=options.min_p,
-            repeat_penalty=options.repeat_penalty, frequency_penalty=options.frequency_penalty,
-            presence_penalty=options.presence_penalty, penalty_last_n=options.penalty_last_n, logit_bias=bias,
-            seed=options.seed, vocab=vocab if grammar is not None else None, grammar=grammar)
+        self.sampler = (
+            None
+            if self.greedy
+            else Sampler(
+                temperature=options.temperature,
+                top_k=options.top_k,
+                top_p=options.top_p,
+                min_p=options.min_p,
+                repeat_penalty=options.repeat_penalty,
+                frequency_penalty=options.frequency_penalty,
+                presence_penalty=options.presence_penalty,
+                penalty_last_n=options.penalty_last_n,
+                logit_bias=bias,
+                seed=options.seed,
+                vocab=vocab if grammar is not None else None,
+                grammar=grammar,
+            )
+        )
         self.logprobs = logprobs
         self.entries: list[TokenLogprob] = []  # log-probabilities of tokens whose text is not sent yet
         self.after = after
@@ -81,7 +121,7 @@ class Request:
         self.history = np.empty(size, dtype=np.int32) if penalties else None
         self.n_history = 0
         if self.history is not None:
-            self.history[:len(prompt)] = prompt
+            self.history[: len(prompt)] = prompt
             self.n_history = len(prompt)
 
 
@@ -145,9 +185,15 @@ class Engine:
         self.model = model
         self.config = config
         self.n_ctx_seq = config.context_size
-        self.ctx = Context(model, n_ctx=config.context_size * config.parallel, n_batch=config.batch_size,
-                           n_seq_max=config.parallel, n_threads=threads, kv_unified=False,
-                           flash_attn=config.flash_attn)
+        self.ctx = Context(
+            model,
+            n_ctx=config.context_size * config.parallel,
+            n_batch=config.batch_size,
+            n_seq_max=config.parallel,
+            n_threads=threads,
+            kv_unified=False,
+            flash_attn=config.flash_attn,
+        )
         self._vocab = model.vocab
         self._slots = [_Slot(i, config.context_size) for i in range(config.parallel)]
         self._batch = Batch(config.batch_size, n_seq_max=config.parallel)
@@ -157,9 +203,15 @@ class Engine:
         self._cond = self._runner.lock  # the runner's: one lock for the engines of the process and their thread
         self.closed = False
         self._closed_why = "the model is closed"
-        self.stats = {"requests": 0, "prompt_tokens_reused": 0, "prompt_tokens_decoded": 0,
-                      "generated_tokens": 0, "decode_calls": 0, "max_batched_sequences": 0,
-                      "prompt_copies": 0}
+        self.stats = {
+            "requests": 0,
+            "prompt_tokens_reused": 0,
+            "prompt_tokens_decoded": 0,
+            "generated_tokens": 0,
+            "decode_calls": 0,
+            "max_batched_sequences": 0,
+            "prompt_copies": 0,
+        }
         self._runner.attach(self)
 
     # ---- called from any thread -------------------------------------------------------------------------------
@@ -170,8 +222,9 @@ class Engine:
                 raise ModelClosedError(self._closed_why)
             busy = sum(1 for s in self._slots if s.request is not None)
             if len(self._queue) + busy >= self.config.parallel + self.config.max_queue:
-                raise QueueFullError(f"{len(self._queue)} requests are already waiting (max_queue="
-                                     f"{self.config.max_queue}); retry later")
+                raise QueueFullError(
+                    f"{len(self._queue)} requests are already waiting (max_queue={self.config.max_queue}); retry later"
+                )
             self._queue.append(request)
             self.stats["requests"] += 1
             self._runner.wake()
@@ -238,8 +291,11 @@ class Engine:
             active = [s for s in self._slots if s.request is not None]
             while active:
                 self._decode(active)
-                if not alone or self._runner.changes != changes or any(
-                        s.request is None or s.request.cancelled for s in active):  # ended, or its consumer gone
+                if (
+                    not alone
+                    or self._runner.changes != changes
+                    or any(s.request is None or s.request.cancelled for s in active)
+                ):  # ended, or its consumer gone
                     break
         except Exception as exc:  # never leave requests waiting on a failed step
             with self._cond:
@@ -297,7 +353,7 @@ class Engine:
         prompt = req.prompt
         busy = [s.seq_id for s in self._slots if s.request is not None]
         lead = [s for s in self._slots if s.request is not None and s.request is req.after]
-        lcps = {s.seq_id: _common_prefix(s.cached[:s.n_cached], prompt) for s in free + lead}
+        lcps = {s.seq_id: _common_prefix(s.cached[: s.n_cached], prompt) for s in free + lead}
 
         def worth(s: _Slot) -> int:
             # A few shared tokens (BOS, a template's header) do not justify evicting a long cached prompt: such a
@@ -317,7 +373,7 @@ class Engine:
         if lcps[donor.seq_id] >= lcps[target.seq_id] + (1 if donor in lead else COPY_MIN_TOKENS):
             mem.seq_rm(target.seq_id, -1, -1)
             mem.seq_cp(donor.seq_id, target.seq_id, -1, -1)
-            target.cached[:donor.n_cached] = donor.cached[:donor.n_cached]
+            target.cached[: donor.n_cached] = donor.cached[: donor.n_cached]
             target.n_cached = donor.n_cached
             lcps[target.seq_id] = lcps[donor.seq_id]
             self.stats["prompt_copies"] += 1
@@ -369,7 +425,7 @@ class Engine:
                 slot.cached[slot.n_cached] = slot.next_token
                 slot.next_token = -1
             else:
-                slot.cached[slot.n_cached:slot.n_cached + n] = slot.pending[:n]
+                slot.cached[slot.n_cached : slot.n_cached + n] = slot.pending[:n]
                 slot.pending = slot.pending[n:]
                 if len(slot.pending) <= 1 and slot.request is not None:
                     slot.request.prompt_done = True  # a sibling may copy it now
@@ -396,8 +452,9 @@ class Engine:
                 # its logits, where output starts, are then the same whether the prompt was decoded or reused.
                 rest = len(slot.pending)
                 take = min(rest - 1 if rest > 1 else 1, budget)
-                idx = batch.add_sequence(slot.pending[:take], slot.n_cached, slot.seq_id,
-                                         logits_last=take == len(slot.pending))
+                idx = batch.add_sequence(
+                    slot.pending[:take], slot.n_cached, slot.seq_id, logits_last=take == len(slot.pending)
+                )
                 if take == len(slot.pending):
                     slot.logit_index = idx
                 added.append((slot, take))
@@ -410,11 +467,11 @@ class Engine:
             token = int(logits.argmax())
         else:
             assert req.sampler is not None
-            hist = req.history[:req.n_history] if req.history is not None else None
+            hist = req.history[: req.n_history] if req.history is not None else None
             try:
                 token = req.sampler.sample(logits, hist)
             except LlamaError as exc:  # no token can be sampled (a grammar the vocabulary cannot spell): this request
-                with self._cond:       # ends, the others in the step go on
+                with self._cond:  # ends, the others in the step go on
                     self._release(slot)
                 _emit(req, GenerationError(f"sampling failed: {exc}"))
                 return

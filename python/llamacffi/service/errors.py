@@ -55,8 +55,12 @@ def mapped() -> Iterator[None]:
         raise ModelLoadFailedError(str(exc)) from exc
     except binding.ClosedError as exc:
         raise ModelClosedError(str(exc)) from exc
-    except (binding.InvalidArgumentError, binding.InvalidTokenError, binding.TokenizeError,
-            binding.GrammarError) as exc:
+    except (
+        binding.InvalidArgumentError,
+        binding.InvalidTokenError,
+        binding.TokenizeError,
+        binding.GrammarError,
+    ) as exc:
         raise InvalidConfigError(str(exc)) from exc
     except binding.LlamaError as exc:
         raise GenerationError(str(exc)) from exc

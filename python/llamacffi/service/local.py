@@ -84,25 +84,29 @@ class LlamaCppService(InferenceService):
             raise InvalidConfigError(str(exc)) from exc
 
     @overload
-    def load_model(self, model_id: str, model_type: Literal[ModelType.TEXT_TO_TEXT] = ...,
-                   config: ModelConfig | None = None) -> LlamaCppTextModel: ...
+    def load_model(
+        self, model_id: str, model_type: Literal[ModelType.TEXT_TO_TEXT] = ..., config: ModelConfig | None = None
+    ) -> LlamaCppTextModel: ...
 
     @overload
-    def load_model(self, model_id: str, model_type: Literal[ModelType.TEXT_EMBEDDING],
-                   config: ModelConfig | None = None) -> LlamaCppEmbeddingModel: ...
+    def load_model(
+        self, model_id: str, model_type: Literal[ModelType.TEXT_EMBEDDING], config: ModelConfig | None = None
+    ) -> LlamaCppEmbeddingModel: ...
 
     @overload
     def load_model(self, model_id: str, model_type: ModelType = ..., config: ModelConfig | None = None) -> Model: ...
 
-    def load_model(self, model_id: str, model_type: ModelType = ModelType.TEXT_TO_TEXT,
-                   config: ModelConfig | None = None) -> Model:
+    def load_model(
+        self, model_id: str, model_type: ModelType = ModelType.TEXT_TO_TEXT, config: ModelConfig | None = None
+    ) -> Model:
         if self._closed:
             raise ModelClosedError("the service is closed")
         if model_type == ModelType.TEXT_EMBEDDING:
             if config is not None and not isinstance(config, ModelConfig):
                 raise InvalidConfigError("config must be a ModelConfig")
-            embedder = LlamaCppEmbeddingModel.open(model_id, self.resolve(model_id), self.config,
-                                                   config or ModelConfig())
+            embedder = LlamaCppEmbeddingModel.open(
+                model_id, self.resolve(model_id), self.config, config or ModelConfig()
+            )
             self._models.append(embedder)
             return embedder
         if model_type != ModelType.TEXT_TO_TEXT:
@@ -113,13 +117,19 @@ class LlamaCppService(InferenceService):
         path = self.resolve(model_id)
         bc = self.config
         with mapped():
-            llama_model = LlamaModel.load(path, n_gpu_layers=bc.gpu_layers if bc.use_gpu else 0,
-                                          use_mmap=bc.llama_cpp.use_mmap, use_mlock=bc.llama_cpp.use_mlock,
-                                          huge_pages=bc.llama_cpp.huge_pages)
+            llama_model = LlamaModel.load(
+                path,
+                n_gpu_layers=bc.gpu_layers if bc.use_gpu else 0,
+                use_mmap=bc.llama_cpp.use_mmap,
+                use_mlock=bc.llama_cpp.use_mlock,
+                huge_pages=bc.llama_cpp.huge_pages,
+            )
         try:
             if config.context_size > llama_model.n_ctx_train:
-                message = (f"ModelConfig.context_size {config.context_size} exceeds the {llama_model.n_ctx_train} "
-                           f"tokens {path.name} was trained for")
+                message = (
+                    f"ModelConfig.context_size {config.context_size} exceeds the {llama_model.n_ctx_train} "
+                    f"tokens {path.name} was trained for"
+                )
                 if config.strict_context:
                     raise InvalidConfigError(message)
                 warnings.warn(message + "; output quality may degrade", RuntimeWarning, stacklevel=2)
@@ -152,14 +162,19 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
         self._model = model
         self.config = config
         self._vocab = model.vocab
-        self._template = config.chat_template or model.chat_template or chat.builtin_template_for(
-            model.metadata.get("general.architecture", ""))
+        self._template = (
+            config.chat_template
+            or model.chat_template
+            or chat.builtin_template_for(model.metadata.get("general.architecture", ""))
+        )
         if config.chat_template is not None:
             try:
                 chat.apply_template(config.chat_template, [("user", "x")])
             except chat.ChatTemplateError:
-                raise InvalidConfigError(f"ModelConfig.chat_template {config.chat_template[:60]!r} is neither a "
-                                         f"template name llama.cpp knows nor a template it recognises") from None
+                raise InvalidConfigError(
+                    f"ModelConfig.chat_template {config.chat_template[:60]!r} is neither a "
+                    f"template name llama.cpp knows nor a template it recognises"
+                ) from None
         self._engine = Engine(model, config, threads)
         self._closed = False
         self._lock = threading.Lock()
@@ -198,8 +213,9 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
     def format_chat(self, messages: list[tuple[str, str]], options: GenerationOptions) -> str:
         """A conversation of ``(role, content)`` pairs (roles "system", "user", "assistant") as the model sees it."""
         if not isinstance(messages, (list, tuple)) or not all(
-                isinstance(m, (list, tuple)) and len(m) == 2 and isinstance(m[0], str) and isinstance(m[1], str)
-                for m in messages):
+            isinstance(m, (list, tuple)) and len(m) == 2 and isinstance(m[0], str) and isinstance(m[1], str)
+            for m in messages
+        ):
             raise InvalidConfigError("messages must be a list of (role, content) pairs of str")
         if options.system is not None and not any(r == "system" for r, _ in messages):
             messages = [("system", options.system), *list(messages)]
@@ -229,8 +245,9 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
     def _request_text(self, text: str, options: GenerationOptions, sink: Any) -> Request:
         return self._new_request(self.tokenize_prompt(text, options), options, sink)
 
-    def tokenize_prompt(self, prompt: str | Sequence[int] | npt.NDArray[np.integer[Any]],
-                        options: GenerationOptions) -> npt.NDArray[np.int32]:
+    def tokenize_prompt(
+        self, prompt: str | Sequence[int] | npt.NDArray[np.integer[Any]], options: GenerationOptions
+    ) -> npt.NDArray[np.int32]:
         """The tokens a request decodes: text tokenized (special tokens parsed unless ``raw``), or token ids
         checked against the vocabulary. :class:`ContextOverflowError` when they do not fit a request's context,
         unless ``truncate_prompt`` keeps their end."""
@@ -247,27 +264,52 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
                 raise ContextOverflowError(
                     f"the prompt is {len(tokens)} tokens but the context holds {self.config.context_size} per request "
                     f"(prompt + output); shorten it, raise ModelConfig.context_size, or set truncate_prompt=True",
-                    prompt_tokens=len(tokens), context_size=self.config.context_size)
+                    prompt_tokens=len(tokens),
+                    context_size=self.config.context_size,
+                )
             tokens = tokens[-limit:]
         return tokens
 
-    def _new_request(self, tokens: npt.NDArray[np.int32], options: GenerationOptions, sink: Any, *,
-                     logprobs: int | None = None, after: Request | None = None) -> Request:
+    def _new_request(
+        self,
+        tokens: npt.NDArray[np.int32],
+        options: GenerationOptions,
+        sink: Any,
+        *,
+        logprobs: int | None = None,
+        after: Request | None = None,
+    ) -> Request:
         bias = options.logit_bias
         if bias and max(bias) >= self._vocab.n_tokens:
-            raise InvalidConfigError(f"GenerationOptions.logit_bias: token {max(bias)} is not in the vocabulary of "
-                                     f"{self._vocab.n_tokens} tokens")
+            raise InvalidConfigError(
+                f"GenerationOptions.logit_bias: token {max(bias)} is not in the vocabulary of "
+                f"{self._vocab.n_tokens} tokens"
+            )
         with mapped():
-            return Request(tokens, options, sink, self._vocab.stream(), self.config.context_size, self._vocab,
-                           logprobs=logprobs, after=after)
+            return Request(
+                tokens,
+                options,
+                sink,
+                self._vocab.stream(),
+                self.config.context_size,
+                self._vocab,
+                logprobs=logprobs,
+                after=after,
+            )
 
     @property
     def load(self) -> tuple[int, int]:
         """``(busy slots, waiting requests)`` now."""
         return self._engine.load()
 
-    def start_choices(self, prompt: str | Sequence[int] | npt.NDArray[np.integer[Any]],
-                      options: GenerationOptions | None = None, *, n: int = 1, logprobs: int | None = None) -> Choices:
+    def start_choices(
+        self,
+        prompt: str | Sequence[int] | npt.NDArray[np.integer[Any]],
+        options: GenerationOptions | None = None,
+        *,
+        n: int = 1,
+        logprobs: int | None = None,
+    ) -> Choices:
         """Queue ``n`` completions of one prompt, decoded together, the later ones starting from a copy of the
         first's prompt memory; iterate the result (in the running event loop) for their events.
 
@@ -277,8 +319,9 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
         opts = self._options(options)
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128:
             raise InvalidConfigError(f"n must be an int in 1..128 (got {n!r})")
-        if logprobs is not None and (not isinstance(logprobs, int) or isinstance(logprobs, bool)
-                                     or not 0 <= logprobs <= 20):
+        if logprobs is not None and (
+            not isinstance(logprobs, int) or isinstance(logprobs, bool) or not 0 <= logprobs <= 20
+        ):
             raise InvalidConfigError(f"logprobs must be None or an int in 0..20 (got {logprobs!r})")
         tokens = self.tokenize_prompt(prompt, opts)
         loop = asyncio.get_running_loop()
@@ -290,8 +333,9 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
             def sink(item: Any, i: int = i) -> None:
                 loop.call_soon_threadsafe(items.put_nowait, (i, item))
 
-            requests.append(self._new_request(tokens, seeded, sink, logprobs=logprobs,
-                                              after=requests[0] if requests else None))
+            requests.append(
+                self._new_request(tokens, seeded, sink, logprobs=logprobs, after=requests[0] if requests else None)
+            )
         return Choices(self._engine, requests, items, len(tokens))
 
     # ---- generation -------------------------------------------------------------------------------------------

@@ -31,8 +31,8 @@ class StopMatcher:
                 if buf.endswith(s[:n]):
                     keep = n
                     break
-        self._held = buf[len(buf) - keep:] if keep else ""
-        return buf[:len(buf) - keep]
+        self._held = buf[len(buf) - keep :] if keep else ""
+        return buf[: len(buf) - keep]
 
     def flush(self) -> str:
         """The held-back text once generation ended without a stop string."""
