@@ -119,6 +119,35 @@ def test_stream_concatenates_to_the_whole(client: Any) -> None:
     assert usage is not None and usage.completion_tokens == whole.usage.completion_tokens
 
 
+def test_stream_chunks_share_one_shape(server: ServeProcess) -> None:
+    """Every content chunk of a stream is the same object with only its text changed, quotes and newlines escaped
+    as JSON requires, whether the server rendered it whole or from its per-choice template."""
+    body = {
+        **CHAT,
+        "max_tokens": 40,
+        "stream": True,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": 'Print a JSON object with a "name" key, over several lines.'}],
+    }
+    events = []
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                events.append(json.loads(line[6:]))
+    content = [e for e in events if e["choices"] and e["choices"][0]["delta"].get("content")]
+    assert len(content) > 5
+    first = content[0]
+    for e in content:
+        assert list(e) == list(first) and {k: e[k] for k in e if k != "choices"} == {
+            k: first[k] for k in first if k != "choices"
+        }
+        assert list(e["choices"][0]) == ["index", "delta", "logprobs", "finish_reason"]
+        assert e["choices"][0]["finish_reason"] is None and list(e["choices"][0]["delta"]) == ["content"]
+    text = "".join(e["choices"][0]["delta"]["content"] for e in content)
+    whole = _post(server, "/v1/chat/completions", {**body, "stream": False}).json()
+    assert text == whole["choices"][0]["message"]["content"]
+
+
 def test_completion_stream_and_echo(client: Any) -> None:
     whole = client.completions.create(model=SMOL, prompt="The sky is", temperature=0, max_tokens=12, echo=True)
     assert whole.choices[0].text.startswith("The sky is")

@@ -1,12 +1,13 @@
 """Serving: ``llamacffi serve`` beside llama.cpp's ``llama-server`` (same tree and flags) and, when installed,
 llama-cpp-python's server, under 1, 4, 8 and 16 concurrent streaming chat clients.
 
-Every server serves the same model file with the same slots, context per slot and threads, all three started before
-the first measurement and idle while another is measured. For each repetition and each client count, the sides run
-one after another (A B C, then the next count), each driven by one asyncio client that sends that many streaming chat
-requests of ``tokens`` greedy tokens at once, each with its own prompt. Aggregate tokens/s is the completion tokens
-of all requests over the time from the first request sent to the last stream ended; time to first token and
-inter-token latency are taken from every request and every gap between two content chunks.
+Every server serves the same model file with the same slots, context per slot and threads, all started before the
+first measurement and idle while another is measured. The service driven in a process of its own without HTTP is
+measured beside them: the ceiling of what ``llamacffi serve`` can reach. For each repetition and each client count,
+the sides run one after another (A B C D, then the next count), each driven by one asyncio client that sends that many
+streaming chat requests of ``tokens`` greedy tokens at once, each with its own prompt. Aggregate tokens/s is the
+completion tokens of all requests over the time from the first request sent to the last stream ended; time to first
+token and inter-token latency are taken from every request and every gap between two content chunks.
 
 ``python -m benchmarks.sides.serving [--quick]`` writes ``benchmarks/results/serving[-quick].{json,md,png}``.
 """
@@ -14,46 +15,21 @@ inter-token latency are taken from every request and every gap between two conte
 from __future__ import annotations
 
 import argparse
-import asyncio
-import itertools
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from llamacffi import models, raw_tools
+from llamacffi import models
 
 from ..harness import targets
-from ..harness.common import gpu_layers, machine
+from ..harness.common import machine
+from .serving_sides import IN_PROCESS, MODEL, Side, start_sides
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-MODEL = "smollm2-135m"
-TOPICS = (
-    "a lighthouse keeper",
-    "a lost robot",
-    "the first snow",
-    "a market in Lisbon",
-    "a chess match",
-    "a night train",
-    "an old violin",
-    "a desert well",
-    "a paper boat",
-    "a city garden",
-    "a broken clock",
-    "a mountain road",
-    "a quiet library",
-    "a fishing village",
-    "a comet",
-    "a bakery at dawn",
-)
 # Targets, as ratios from one run (llamacffi serve over llama-server, or over llama-cpp-python's server).
 TARGETS = {
     "tps_vs_server": targets.SERVING_TPS_VS_SERVER,
@@ -61,227 +37,6 @@ TARGETS = {
     "ttft_p50_vs_server_max": targets.SERVING_TTFT_P50_VS_SERVER_MAX,
     "itl_p99_vs_server_max": targets.SERVING_ITL_P99_VS_SERVER_MAX,
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Side:
-    """A server process on loopback, stopped with SIGTERM (killed if it lingers)."""
-
-    def __init__(self, name: str, argv: list[str], port: int, model: str, env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.model = model
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = open(os.devnull, "w")  # noqa: SIM115  (closed in stop)
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, env={**os.environ, **(env or {})}
-        )
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {self.proc.returncode} before it was ready")
-            try:
-                health = httpx.get(self.url + "/health", timeout=2).status_code
-                if health == 200 or (
-                    health == 404  # llama-cpp-python's server has no /health
-                    and httpx.get(self.url + "/v1/models", timeout=2).status_code == 200
-                ):
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        self.stop()
-        raise RuntimeError(f"{name} was not ready after 300 s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
-def start_sides(
-    path: Path, threads: int, parallel: int, ctx: int, peer: bool, log: Callable[[str], None]
-) -> tuple[list[Side], dict[str, str]]:
-    """Every side that can run; a side that cannot says why in the second value."""
-    sides, absent = [], {}
-    ngl = str(gpu_layers())
-    port = _free_port()
-    sides.append(
-        Side(
-            "llamacffi serve",
-            [
-                sys.executable,
-                "-m",
-                "llamacffi",
-                "serve",
-                "-m",
-                str(path),
-                "--alias",
-                MODEL,
-                "--port",
-                str(port),
-                "-np",
-                str(parallel),
-                "-c",
-                str(ctx),
-                "-t",
-                str(threads),
-                "-ngl",
-                ngl,
-                "--log-level",
-                "warning",
-            ],
-            port,
-            MODEL,
-        )
-    )
-    server = raw_tools.find("llama-server")
-    if server is None:
-        absent["llama-server"] = "not built (CMAKE_ARGS=-DLLAMACFFI_RAW_TOOLS=ON)"
-    else:
-        port = _free_port()
-        sides.append(
-            Side(
-                "llama-server",
-                [
-                    str(server),
-                    "-m",
-                    str(path),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "-np",
-                    str(parallel),
-                    "-c",
-                    str(ctx * parallel),
-                    "-t",
-                    str(threads),
-                    "-tb",
-                    str(threads),
-                    "-ngl",
-                    ngl,
-                    "--no-webui",
-                ],
-                port,
-                MODEL,
-            )
-        )
-    if peer:
-        import importlib.util
-
-        if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llama_cpp.server") is None:
-            absent["llama-cpp-python server"] = "absent (pip install 'llama-cpp-python[server]')"
-        else:
-            port = _free_port()
-            try:
-                sides.append(
-                    Side(
-                        "llama-cpp-python server",
-                        [
-                            sys.executable,
-                            "-m",
-                            "llama_cpp.server",
-                            "--model",
-                            str(path),
-                            "--model_alias",
-                            MODEL,
-                            "--host",
-                            "127.0.0.1",
-                            "--port",
-                            str(port),
-                            "--n_ctx",
-                            str(ctx),
-                            "--n_threads",
-                            str(threads),
-                            "--n_threads_batch",
-                            str(threads),
-                            "--n_gpu_layers",
-                            ngl,
-                            "--flash_attn",
-                            "true",
-                            # its default aborts the stream under way when a request arrives: it queues them instead
-                            "--interrupt_requests",
-                            "false",
-                        ],
-                        port,
-                        MODEL,
-                    )
-                )
-            except RuntimeError as exc:
-                absent["llama-cpp-python server"] = str(exc)
-    for name, why in absent.items():
-        log(f"  {name}: {why}")
-    return sides, absent
-
-
-async def _one(client: httpx.AsyncClient, side: Side, prompt: str, tokens: int) -> dict[str, Any]:
-    body = {
-        "model": side.model,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": tokens,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    t0 = time.perf_counter()
-    times: list[float] = []
-    usage = None
-    async with client.stream("POST", side.url + "/v1/chat/completions", json=body) as r:
-        r.raise_for_status()
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            for c in chunk.get("choices") or ():
-                if (c.get("delta") or {}).get("content"):
-                    times.append(time.perf_counter())
-    n = usage["completion_tokens"] if usage else len(times)
-    return {
-        "start": t0,
-        "end": time.perf_counter(),
-        "ttft": (times[0] - t0) if times else None,
-        "gaps": [b - a for a, b in itertools.pairwise(times)],
-        "tokens": n,
-    }
-
-
-async def _round(side: Side, clients: int, tokens: int) -> dict[str, Any]:
-    """One round; a request that fails or takes longer than ROUND_TIMEOUT fails the round (nothing waits forever)."""
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        runs = await asyncio.wait_for(
-            asyncio.gather(
-                *(
-                    _one(client, side, f"Write a long story about {TOPICS[i % len(TOPICS)]}.", tokens)
-                    for i in range(clients)
-                )
-            ),
-            ROUND_TIMEOUT,
-        )
-    wall = max(r["end"] for r in runs) - min(r["start"] for r in runs)
-    total = sum(r["tokens"] for r in runs)
-    return {
-        "tps": total / wall,
-        "tokens": total,
-        "seconds": wall,
-        "ttft": [r["ttft"] for r in runs if r["ttft"]],
-        "gaps": [g for r in runs for g in r["gaps"]],
-    }
-
-
-ROUND_TIMEOUT = 600.0
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -298,16 +53,18 @@ def measure(
     tokens/s, and the latencies of all of them."""
     for side in sides:
         try:
-            asyncio.run(_round(side, 2, min(tokens, 16)))
+            side.round(2, min(tokens, 16))
         except Exception as exc:
             log(f"  warm-up of {side.name} failed: {exc!r}")
     out: dict[str, dict[int, dict[str, Any]]] = {s.name: {} for s in sides}
     for rep in range(reps):
         for clients in levels:
             for side in sides:
-                cell = out[side.name].setdefault(clients, {"tps": [], "ttft": [], "gaps": [], "errors": []})
+                cell = out[side.name].setdefault(
+                    clients, {"tps": [], "ttft": [], "gaps": [], "errors": [], "prompt_tokens": []}
+                )
                 try:
-                    r = asyncio.run(_round(side, clients, tokens))
+                    r = side.round(clients, tokens)
                 except Exception as exc:  # reported in the results, never fatal to the other sides
                     cell["errors"].append(repr(exc)[:200])
                     log(f"  rep {rep + 1}/{reps}, {clients:2d} clients, {side.name}: failed: {exc!r}")
@@ -315,6 +72,7 @@ def measure(
                 cell["tps"].append(r["tps"])
                 cell["ttft"] += r["ttft"]
                 cell["gaps"] += r["gaps"]
+                cell["prompt_tokens"].append(r["prompt_tokens"])
                 log(f"  rep {rep + 1}/{reps}, {clients:2d} clients, {side.name}: {r['tps']:.1f} tokens/s")
     return out
 
@@ -333,6 +91,7 @@ def summarize(raw: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[str, 
                 "itl_p50": _pct(cell["gaps"], 0.5),
                 "itl_p99": _pct(cell["gaps"], 0.99),
                 "errors": cell["errors"],
+                "prompt_tokens": max(cell["prompt_tokens"]),
             }
     return out
 
@@ -342,7 +101,7 @@ def ratios(raw: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[str, flo
     ratio of the percentiles."""
     ours = raw.get("llamacffi serve", {})
     out: dict[str, dict[str, float | None]] = {}
-    for other, key in (("llama-server", "server"), ("llama-cpp-python server", "peer")):
+    for other, key in (("llama-server", "server"), ("llama-cpp-python server", "peer"), (IN_PROCESS, "ceiling")):
         theirs = raw.get(other)
         if not theirs:
             continue
@@ -385,8 +144,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"# Serving: {result['model']}, {result['parallel']} slots, {result['threads']} threads, "
         f"{result['tokens']} greedy tokens per request, {result['reps']} repetitions",
         "",
-        "| side | clients | tokens/s | TTFT p50 (ms) | TTFT p99 (ms) | inter-token p50 (ms) | inter-token p99 (ms) |",
-        "|---|---|---|---|---|---|---|",
+        "| side | clients | tokens/s | TTFT p50 (ms) | TTFT p99 (ms) | inter-token p50 (ms) | inter-token p99 (ms) "
+        "| prompt tokens |",
+        "|---|---|---|---|---|---|---|---|",
     ]
 
     def ms(v: float | None) -> str:
@@ -398,9 +158,23 @@ def markdown(result: dict[str, Any]) -> str:
             if cell:
                 lines.append(
                     f"| {side} | {c} | {cell['tps']:.1f} | {ms(cell['ttft_p50'])} | {ms(cell['ttft_p99'])} "
-                    f"| {ms(cell['itl_p50'])} | {ms(cell['itl_p99'])} |"
+                    f"| {ms(cell['itl_p50'])} | {ms(cell['itl_p99'])} | {cell.get('prompt_tokens', '-')} |"
                 )
-    lines += ["", "| target | measured | verdict |", "|---|---|---|"]
+    lines += [
+        "",
+        "Prompt tokens: those of one round's requests together, as each side counted them (the same conversations, "
+        "so equal counts mean the same prompts).",
+        f'Ratios against "{IN_PROCESS}" (the ceiling, no HTTP): tokens/s '
+        + ", ".join(
+            f"{c} client{'s' if int(c) > 1 else ''} {v:.3f}×"
+            for c, r in sorted(result["ratios"].items(), key=lambda x: int(x[0]))
+            if (v := r.get("tps_vs_ceiling")) is not None
+        )
+        + ".",
+        "",
+        "| target | measured | verdict |",
+        "|---|---|---|",
+    ]
     for r in rows:
         value = "-" if r["value"] is None else f"{r['value']:.3f}×"
         verdict = "not measured" if r["met"] is None else "met" if r["met"] else "NOT met"

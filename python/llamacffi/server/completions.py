@@ -117,14 +117,16 @@ class _Tally:
         self.completion = 0
         self.cached = 0
         self.last = 0.0
+        self._ttft = metrics.ttft.labels(job.name)
+        self._inter_token = metrics.inter_token.labels(job.name)
 
     def chunk(self) -> None:
         now = time.perf_counter()
         if self.job.first is None:
             self.job.first = now
-            self.metrics.ttft.labels(self.job.name).observe(now - self.job.started)
+            self._ttft.observe(now - self.job.started)
         else:
-            self.metrics.inter_token.labels(self.job.name).observe(now - self.last)
+            self._inter_token.observe(now - self.last)
         self.last = now
 
     def finish(self, index: int, fin: Finish) -> None:
@@ -205,6 +207,7 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
     offsets = [0] * (len(job.prompts) * p.n)  # where each choice's next text starts, for text_offset
 
     held = _Held(len(job.prompts) * p.n, p.tools)
+    plain: dict[int, tuple[bytes, bytes]] = {}  # per choice: the bytes around the text of a plain content chunk
 
     def chunk(
         index: int,
@@ -242,8 +245,16 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
             if isinstance(event, Chunk):
                 tally.chunk()
                 text = held.feed(index, event.text) if job.chat else event.text
-                if text is not None:
+                if text is None:
+                    continue
+                if p.logprobs is not None:
                     yield chunk(index, text, event.logprobs, None)
+                    continue
+                around = plain.get(index)
+                if around is None:  # the one chunk of this shape, cut where its text goes
+                    before, _, after = chunk(index, _MARK, (), None).partition(_MARK_JSON)
+                    around = plain[index] = (before, after)
+                yield around[0] + shapes.json_string(text) + around[1]
             else:
                 tally.finish(index, event)
                 reason = event.reason
@@ -296,6 +307,10 @@ class _Held:
         text = "".join(self.parts[index] or [])
         assert self.tools is not None
         return structured.as_call(text, self.tools), text
+
+
+_MARK = "\u0000mark\u0000"  # text no model emits, cut out of a rendered chunk to make a template
+_MARK_JSON = shapes.json_string(_MARK)
 
 
 def _fingerprint() -> str:

@@ -55,4 +55,9 @@ def sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
 
+def json_string(text: str) -> bytes:
+    """A string as :func:`sse` writes it inside an event."""
+    return json.dumps(text, ensure_ascii=False).encode()
+
+
 DONE = b"data: [DONE]\n\n"
