@@ -1,13 +1,23 @@
-"""Chat templates: a conversation formatted as a model expects it, by llama.cpp's ``llama_chat_apply_template``.
+"""Chat templates: a conversation formatted as a model expects it.
 
-llama.cpp recognises a template by its name (``"chatml"``, ``"gemma"``, ``"llama3"``, ...) or by the Jinja source a
-GGUF file carries (it matches known patterns; it does not run Jinja). :meth:`llamacffi.Model.apply_chat_template`
-uses the model's own template.
+A template is Jinja source (what a GGUF file carries, as Hugging Face writes it) or the name of one of llama.cpp's
+built-in templates (``"chatml"``, ``"gemma"``, ``"llama3"``, ...). Jinja source is rendered by Jinja itself, in a
+sandbox, as llama.cpp's server and Hugging Face's tokenizers do, so a template's own logic (a default system message,
+a check that roles alternate) applies; a name goes to llama.cpp's ``llama_chat_apply_template``, which also matches
+the template text of common models when Jinja cannot compile it. :meth:`llamacffi.Model.apply_chat_template` uses
+the model's own template.
 """
 
 from __future__ import annotations
 
+import datetime
+import functools
+import json
 from collections.abc import Iterable, Mapping
+from typing import NoReturn, TypedDict
+
+import jinja2
+import jinja2.sandbox
 
 from .cbuffer import read_grown
 from .errors import InvalidArgumentError, LlamaError
@@ -16,7 +26,14 @@ from .raw import ffi, lib
 # A message: a (role, content) pair, or a mapping with "role" and "content" (as OpenAI-style APIs send them).
 Message = tuple[str, str] | Mapping[str, object]
 
-__all__ = ["ChatTemplateError", "Message", "apply_template", "builtin_template_for"]
+__all__ = ["ChatTemplateError", "Message", "Specials", "apply_template", "builtin_template_for", "is_jinja"]
+
+
+class Specials(TypedDict):
+    """The texts a Jinja chat template writes for the model's special tokens."""
+
+    bos_token: str
+    eos_token: str
 
 
 class ChatTemplateError(LlamaError, ValueError):
@@ -52,19 +69,96 @@ def _c_text(text: str, what: str) -> bytes:
     return data
 
 
-def apply_template(template: str, messages: Iterable[Message], add_assistant: bool = True) -> str:
-    """``messages`` formatted with ``template`` (a llama.cpp template name or a model's template text).
+def is_jinja(template: str) -> bool:
+    """Whether ``template`` is Jinja source rather than the name of a llama.cpp built-in template."""
+    return "{%" in template or "{{" in template
 
-    ``add_assistant`` ends the text with the opening of the assistant's turn, for the model to complete. Raises
-    :class:`InvalidArgumentError` for malformed messages or text with a NUL character or a lone surrogate, and
-    :class:`ChatTemplateError` for a template llama.cpp does not know.
+
+def apply_template(
+    template: str,
+    messages: Iterable[Message],
+    add_assistant: bool = True,
+    *,
+    bos_token: str = "",
+    eos_token: str = "",
+) -> str:
+    """``messages`` formatted with ``template`` (a model's Jinja template, or a llama.cpp template name).
+
+    ``add_assistant`` ends the text with the opening of the assistant's turn, for the model to complete.
+    ``bos_token`` / ``eos_token``: the text a Jinja template writes for them (leave ``bos_token`` empty when the
+    tokenizer adds the BOS token itself, or the prompt starts with two). Raises :class:`InvalidArgumentError` for
+    malformed messages, text with a NUL character or a lone surrogate, or messages the template itself refuses
+    (``raise_exception``), and :class:`ChatTemplateError` for a template neither Jinja nor llama.cpp can apply.
     """
     if not isinstance(template, str) or not template:
         raise InvalidArgumentError(f"template must be a non-empty str, got {template!r}")
     if not isinstance(add_assistant, bool):
         raise InvalidArgumentError(f"add_assistant must be a bool, got {add_assistant!r}")
-    tmpl = _c_text(template, "the template")
     pairs = _pairs(messages)
+    if is_jinja(template):
+        compiled = _compile(template)
+        if compiled is not None:
+            rendered = _render(compiled, pairs, add_assistant, bos_token, eos_token)
+            if rendered is not None:
+                return rendered
+    return _apply_builtin(template, pairs, add_assistant)
+
+
+class _Refused(Exception):
+    """A template's ``raise_exception``."""
+
+
+def _raise_exception(message: object) -> NoReturn:
+    raise _Refused(str(message))
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.datetime.now().strftime(fmt)
+
+
+def _tojson(value: object, indent: int | None = None, **_: object) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+@functools.lru_cache(maxsize=16)
+def _compile(template: str) -> jinja2.Template | None:
+    """The template compiled in a sandbox (no attribute or call escapes the data it is given), or None when Jinja
+    cannot compile it."""
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
+    env.filters["tojson"] = _tojson
+    try:
+        return env.from_string(template)
+    except jinja2.TemplateError:
+        return None
+
+
+def _render(
+    compiled: jinja2.Template, pairs: list[tuple[str, str]], add_assistant: bool, bos_token: str, eos_token: str
+) -> str | None:
+    """The rendered conversation, or None when the template fails on it for a reason of its own (a construct the
+    sandbox forbids, say): llama.cpp's matcher is tried then."""
+    for i, (r, c) in enumerate(pairs):
+        _c_text(r, f"the role of message {i}")
+        _c_text(c, f"the content of message {i}")
+    try:
+        return compiled.render(
+            messages=[{"role": r, "content": c} for r, c in pairs],
+            add_generation_prompt=add_assistant,
+            bos_token=bos_token,
+            eos_token=eos_token,
+        )
+    except _Refused as exc:
+        raise InvalidArgumentError(f"the chat template refuses these messages: {exc}") from None
+    except (jinja2.TemplateError, TypeError, ValueError, LookupError, AttributeError):
+        return None
+
+
+def _apply_builtin(template: str, pairs: list[tuple[str, str]], add_assistant: bool) -> str:
+    """``llama_chat_apply_template``: a built-in template by name, or one whose text llama.cpp recognises."""
+    tmpl = _c_text(template, "the template")
     encoded = [
         (_c_text(r, f"the role of message {i}"), _c_text(c, f"the content of message {i}"))
         for i, (r, c) in enumerate(pairs)

@@ -268,9 +268,11 @@ class Model:
     ) -> str:
         """``messages`` (``(role, content)`` pairs or ``{"role", "content"}`` dicts) as this model expects them.
 
-        ``template``: a llama.cpp template name or template text; None uses the model's own, or llama.cpp's
-        built-in one for its architecture when the file carries none (gemma). Raises
-        :class:`~llamacffi.chat.ChatTemplateError` when there is none or llama.cpp does not know it.
+        ``template``: Jinja source or a llama.cpp template name; None uses the model's own, or llama.cpp's
+        built-in one for its architecture when the file carries none (gemma). The template writes this model's BOS
+        text only where the tokenizer does not add the token itself. Raises
+        :class:`~llamacffi.chat.ChatTemplateError` when there is none or it cannot be applied (see
+        :func:`llamacffi.chat.apply_template`).
         """
         if template is None:
             template = self.chat_template or chat.builtin_template_for(self.metadata.get("general.architecture", ""))
@@ -279,7 +281,15 @@ class Model:
                     f"{self.path.name} carries no chat template; pass template= (a llama.cpp "
                     f"template name such as 'chatml', or template text)"
                 )
-        return chat.apply_template(template, messages, add_assistant)
+        return chat.apply_template(template, messages, add_assistant, **self.chat_specials())
+
+    def chat_specials(self) -> chat.Specials:
+        """The texts a Jinja chat template writes for ``bos_token`` and ``eos_token``: BOS is empty when the
+        tokenizer adds it itself, so a prompt never starts with two."""
+        vocab = self.vocab
+        bos = "" if vocab.add_bos or vocab.bos < 0 else vocab.token_to_piece(vocab.bos, special=True).decode()
+        eos = "" if vocab.eos < 0 else vocab.token_to_piece(vocab.eos, special=True).decode("utf-8", "replace")
+        return {"bos_token": bos, "eos_token": eos}
 
 
 def _read_string(fill: Callable[[CData, int], int], size: int = 256) -> str:

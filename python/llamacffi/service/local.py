@@ -170,10 +170,12 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
         if config.chat_template is not None:
             try:
                 chat.apply_template(config.chat_template, [("user", "x")])
+            except binding.InvalidArgumentError:
+                pass  # a template that refuses this conversation is still a template
             except chat.ChatTemplateError:
                 raise InvalidConfigError(
-                    f"ModelConfig.chat_template {config.chat_template[:60]!r} is neither a "
-                    f"template name llama.cpp knows nor a template it recognises"
+                    f"ModelConfig.chat_template {config.chat_template[:60]!r} is not a "
+                    f"template Jinja or llama.cpp can apply"
                 ) from None
         self._engine = Engine(model, config, threads)
         self._closed = False
@@ -208,7 +210,7 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
         if options.raw or self._template is None:
             return prompt if options.system is None or options.raw else f"{options.system}\n\n{prompt}"
         messages = ([("system", options.system)] if options.system is not None else []) + [("user", prompt)]
-        return apply_chat_template(self._template, messages, add_assistant=True)
+        return apply_chat_template(self._template, messages, **self._model.chat_specials())
 
     def format_chat(self, messages: list[tuple[str, str]], options: GenerationOptions) -> str:
         """A conversation of ``(role, content)`` pairs (roles "system", "user", "assistant") as the model sees it."""
@@ -221,7 +223,7 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
             messages = [("system", options.system), *list(messages)]
         if self._template is None:
             return "".join(f"{r}: {c}\n" for r, c in messages) + "assistant:"
-        return apply_chat_template(self._template, list(messages), add_assistant=True)
+        return apply_chat_template(self._template, list(messages), **self._model.chat_specials())
 
     def chat_stream(self, messages: list[tuple[str, str]], options: GenerationOptions | None = None) -> Iterator[str]:
         """Like :meth:`generate_stream`, for a whole conversation (prefix reuse makes each turn cheap)."""
@@ -438,12 +440,19 @@ def _text(item: Any) -> str | None:
     return str(item)
 
 
-def apply_chat_template(template: str, messages: list[tuple[str, str]], *, add_assistant: bool = True) -> str:
-    """Format ``(role, content)`` messages with llama.cpp's ``llama_chat_apply_template``
-    (:func:`llamacffi.chat.apply_template`, its errors as the service's)."""
+def apply_chat_template(
+    template: str,
+    messages: list[tuple[str, str]],
+    *,
+    add_assistant: bool = True,
+    bos_token: str = "",
+    eos_token: str = "",
+) -> str:
+    """Format ``(role, content)`` messages with a chat template (:func:`llamacffi.chat.apply_template`, its errors
+    as the service's)."""
     try:
-        return chat.apply_template(template, messages, add_assistant)
+        return chat.apply_template(template, messages, add_assistant, bos_token=bos_token, eos_token=eos_token)
     except chat.ChatTemplateError:
-        raise InferenceError("llama.cpp does not support this model's chat template; use raw=True") from None
+        raise InferenceError("this model's chat template cannot be applied; use raw=True") from None
     except binding.InvalidArgumentError as exc:
         raise InvalidConfigError(f"the prompt cannot go through the chat template: {exc}") from None
