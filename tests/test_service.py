@@ -230,6 +230,24 @@ def test_a_reused_prompt_gives_what_a_decoded_one_gave(service: LlamaCppService)
             assert m.generate(prompt, opts) == first
 
 
+def test_a_short_prompt_is_decoded_in_one_step_and_still_reused_alike(service: LlamaCppService) -> None:
+    # Fewer than 64 tokens of a sequence take the same attention kernel at once as alone: a short prompt's last
+    # token shares its step (first token one decode sooner), and a reused prompt still gives the same output. With
+    # flash attention off, the kernels differ by batch size: the last token keeps a step of its own.
+    prompt = "Name three colours of the rainbow."
+    for flash_attn, steps in ((None, 1), (False, 2)):
+        cfg = ModelConfig(context_size=512, parallel=1, flash_attn=flash_attn)
+        with service.load_model("smollm2-135m", config=cfg) as m:
+            before = m.stats["decode_calls"]
+            m.generate(prompt, GenerationOptions(max_tokens=1, temperature=0))
+            assert m.stats["decode_calls"] - before == steps
+            for opts in (GREEDY, GenerationOptions(max_tokens=16, temperature=0.8, seed=3)):
+                first = m.generate(prompt + " Then two more.", opts)
+                reused = m.stats["prompt_tokens_reused"]
+                assert m.generate(prompt + " Then two more.", opts) == first
+                assert m.stats["prompt_tokens_reused"] > reused
+
+
 def test_prefix_reuse_counters(smol: LlamaCppTextModel) -> None:
     base = " ".join(f"item{i}" for i in range(150))
     smol.generate(base + " first", GREEDY)

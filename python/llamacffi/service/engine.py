@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .. import Batch, Context, DecodeAbortedError, LlamaError
+from .. import Batch, Context, DecodeAbortedError, LlamaError, backend
 from .. import Model as LlamaModel
 from ..sampling import Sampler, VocabLike
 from ..sampling.params import penalties_on
@@ -30,6 +30,9 @@ from .stops import StopMatcher
 
 END = object()  # the last item a request's sink receives
 COPY_MIN_TOKENS = 32  # a cached prefix at least this much longer is copied to the chosen slot rather than decoded
+# Query tokens of one sequence from which ggml's CPU flash attention switches to its tiled kernel (GGML_FA_TILE_Q),
+# which rounds differently from the one-token kernel.
+FA_TILE = 64
 Sink = Callable[[Any], None]
 
 
@@ -195,6 +198,11 @@ class Engine:
             flash_attn=config.flash_attn,
         )
         self._vocab = model.vocab
+        # A short prompt's last token may share the prompt's step where the kernels are known: flash attention on
+        # ggml's CPU backend. Elsewhere it always gets a step of its own.
+        self._short_prompts_whole = config.flash_attn is not False and not any(
+            d["type"] in ("gpu", "igpu") for d in backend.devices()
+        )
         self._slots = [_Slot(i, config.context_size) for i in range(config.parallel)]
         self._batch = Batch(config.batch_size, n_seq_max=config.parallel)
         self._queue: deque[Request] = deque()
@@ -448,10 +456,12 @@ class Engine:
                 budget -= 1
         for slot in active:
             if slot.next_token < 0 and len(slot.pending) and budget > 0:
-                # The last prompt token gets a step of its own, as it does when the rest of the prompt is reused:
-                # its logits, where output starts, are then the same whether the prompt was decoded or reused.
+                # Where output starts, the logits must not depend on whether the prompt was decoded or reused (then
+                # its last token is decoded alone). They do not while the last token is decoded among fewer than
+                # FA_TILE of its sequence's tokens; a longer rest of a prompt leaves its last token a step of its own.
                 rest = len(slot.pending)
-                take = min(rest - 1 if rest > 1 else 1, budget)
+                alone = rest > 1 and (rest >= FA_TILE or not self._short_prompts_whole)
+                take = min(rest - 1 if alone else rest, budget)
                 idx = batch.add_sequence(
                     slot.pending[:take], slot.n_cached, slot.seq_id, logits_last=take == len(slot.pending)
                 )
