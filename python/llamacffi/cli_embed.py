@@ -6,14 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
 from . import models
 
 POOLINGS = ("none", "mean", "cls", "last", "rank")
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the subcommand on the ``llamacffi`` parser's subparsers."""
     e = sub.add_parser(
         "embed",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -13,9 +12,9 @@ from ..errors import InvalidArgumentError, InvalidTokenError
 from ..limits import BIAS_MAX, PENALTY_MAX, SEED_MAX, TEMPERATURE_MAX
 from ..validate import as_int, as_real
 
-FloatArray = npt.NDArray[np.floating[Any]]
+FloatArray = npt.NDArray[np.floating]
 IdArray = npt.NDArray[np.intp]
-HistoryLike = Sequence[int] | npt.NDArray[np.integer[Any]]
+HistoryLike = Sequence[int] | npt.NDArray[np.integer]
 
 
 def as_logits(logits: object) -> FloatArray:

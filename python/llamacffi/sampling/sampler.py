@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
@@ -247,7 +246,7 @@ class Sampler(Configured):
         return i if candidates is None else int(candidates[i])
 
     def _top_p(
-        self, candidates: IdArray | None, vals: FloatArray, top: float | np.floating[Any], is_sorted: bool
+        self, candidates: IdArray | None, vals: FloatArray, top: float | np.floating, is_sorted: bool
     ) -> tuple[IdArray | None, FloatArray]:
         top_p = self._p.top_p
         top = vals.dtype.type(top)

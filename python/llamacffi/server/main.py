@@ -8,9 +8,9 @@ import contextlib
 import ipaddress
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import uvicorn
 
@@ -62,7 +62,7 @@ class _Uvicorn(uvicorn.Server):
         self.grace = grace
         self.close_models = close_models
 
-    async def shutdown(self, sockets: Any = None) -> None:
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
         timer = loop.call_later(self.grace, lambda: loop.run_in_executor(None, self.close_models))
         try:
@@ -78,7 +78,7 @@ class _Uvicorn(uvicorn.Server):
             finally:
                 self._captured_signals.clear()
 
-    async def startup(self, sockets: Any = None) -> None:
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started and self.servers:
             host, port = self.servers[0].sockets[0].getsockname()[:2]
