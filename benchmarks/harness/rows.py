@@ -344,34 +344,11 @@ def _rss(name: str, res: Results, sz: Results) -> list[Row]:
         simple = r.get("llama-simple")
         add(_row(name, f"peak RSS, llama-bench tg{sz['rss_tokens']} (C)", "MiB", r.get("llama-bench"), None, None))
         add(_row(name, "peak RSS, python + numpy + import llamacffi, no model", "MiB", None, r.get("floor"), None))
-        add(
-            _row(
-                name,
-                f"peak RSS, greedy {sz['rss_tokens']}: raw-layer loop vs llama-simple",
-                "MiB",
-                simple,
-                r.get("raw"),
-                None,
-            )
-        )
-        add(
-            _row(
-                name,
-                f"peak RSS, greedy {sz['rss_tokens']}: Pythonic loop vs llama-simple",
-                "MiB",
-                simple,
-                r.get("pythonic"),
-                None,
-            )
-        )
-        add(
-            _row(
-                name,
-                f"peak RSS, greedy {sz['rss_tokens']}: service generate vs llama-simple",
-                "MiB",
-                simple,
-                r.get("service"),
-                r.get("peer"),
-            )
-        )
+        for label, key, peer in (
+            ("raw-layer loop", "raw", None),
+            ("Pythonic loop", "pythonic", None),
+            ("service generate", "service", "peer"),
+        ):
+            what = f"peak RSS, greedy {sz['rss_tokens']}: {label} vs llama-simple"
+            add(_row(name, what, "MiB", simple, r.get(key), r.get(peer) if peer else None))
     return result

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import cli_embed, models
+from . import cli_args, cli_embed, models
 
 if TYPE_CHECKING:  # the service is imported by the commands that use it: the others start faster
     from .service import GenerationOptions, LlamaCppTextModel
@@ -31,27 +31,9 @@ def _positive(text: str) -> int:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "-m",
-        "--model",
-        default=models.DEFAULT,
-        help=f"model id: a .gguf path, provider:user/repo:file under $MODELS_PATH, or a known name "
-        f"({', '.join(models.KNOWN)}); default {models.DEFAULT}",
-    )
-    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all available)")
+    cli_args.add_model(p)
     p.add_argument("-c", "--ctx-size", type=int, default=2048, help="context size per request (default 2048)")
-    p.add_argument(
-        "-ngl",
-        "--gpu-layers",
-        type=int,
-        default=-1,
-        help="layers to offload to a GPU (default -1: all, when the build has a GPU backend; 0: none)",
-    )
-    p.add_argument(
-        "--huge-pages",
-        action="store_true",
-        help="read the weights into memory backed by huge pages instead of mapping the file (Linux): faster tokens",
-    )
+    cli_args.add_compute(p)
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
