@@ -12,9 +12,12 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from . import cli_embed, models
+from . import cli_args, cli_embed, models
+
+if TYPE_CHECKING:  # the service is imported by the commands that use it: the others start faster
+    from .service import GenerationOptions, LlamaCppTextModel
 
 
 def _positive(text: str) -> int:
@@ -28,27 +31,9 @@ def _positive(text: str) -> int:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "-m",
-        "--model",
-        default=models.DEFAULT,
-        help=f"model id: a .gguf path, provider:user/repo:file under $MODELS_PATH, or a known name "
-        f"({', '.join(models.KNOWN)}); default {models.DEFAULT}",
-    )
-    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all available)")
+    cli_args.add_model(p)
     p.add_argument("-c", "--ctx-size", type=int, default=2048, help="context size per request (default 2048)")
-    p.add_argument(
-        "-ngl",
-        "--gpu-layers",
-        type=int,
-        default=-1,
-        help="layers to offload to a GPU (default -1: all, when the build has a GPU backend; 0: none)",
-    )
-    p.add_argument(
-        "--huge-pages",
-        action="store_true",
-        help="read the weights into memory backed by huge pages instead of mapping the file (Linux): faster tokens",
-    )
+    cli_args.add_compute(p)
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -133,21 +118,22 @@ def _service_model(args: argparse.Namespace, parallel: int = 1):  # type: ignore
     return svc, svc.load_model(args.model, config=ModelConfig(context_size=args.ctx_size, parallel=parallel))
 
 
-def _constraint(args: argparse.Namespace) -> dict[str, Any]:
-    """``grammar`` / ``json_schema`` options from --grammar FILE and --json-schema FILE|JSON."""
-    out: dict[str, Any] = {}
+def _constraint(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """``(grammar, json_schema)`` from --grammar FILE and --json-schema FILE|JSON."""
+    grammar = schema = None
     if getattr(args, "grammar", None) is not None:
-        out["grammar"] = Path(args.grammar).read_text(encoding="utf-8")
-    schema = getattr(args, "json_schema", None)
-    if schema is not None:
-        inline = schema.lstrip().startswith(("{", "true", "false"))  # JSON text; anything else names a file
-        out["json_schema"] = schema if inline else Path(schema).read_text(encoding="utf-8")
-    return out
+        grammar = Path(args.grammar).read_text(encoding="utf-8")
+    given = getattr(args, "json_schema", None)
+    if given is not None:
+        inline = given.lstrip().startswith(("{", "true", "false"))  # JSON text; anything else names a file
+        schema = given if inline else Path(given).read_text(encoding="utf-8")
+    return grammar, schema
 
 
-def _options(args: argparse.Namespace, raw: bool = False):  # type: ignore[no-untyped-def]
+def _options(args: argparse.Namespace, raw: bool = False) -> GenerationOptions:
     from .service import GenerationOptions
 
+    grammar, schema = _constraint(args)
     return GenerationOptions(
         max_tokens=args.max_tokens,
         temperature=args.temperature,
@@ -159,7 +145,8 @@ def _options(args: argparse.Namespace, raw: bool = False):  # type: ignore[no-un
         stop_sequences=tuple(args.stop),
         system=args.system,
         raw=raw,
-        **_constraint(args),
+        grammar=grammar,
+        json_schema=schema,
     )
 
 
@@ -214,7 +201,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fitting_stream(model: Any, history: list[tuple[str, str]], opts: Any) -> Iterator[str] | None:
+def _fitting_stream(
+    model: LlamaCppTextModel, history: list[tuple[str, str]], opts: GenerationOptions
+) -> Iterator[str] | None:
     """The reply's stream, after dropping the oldest exchanges the context cannot hold; None, with the history
     untouched, when even the last message alone does not fit."""
     from .service import ContextOverflowError
@@ -227,7 +216,7 @@ def _fitting_stream(model: Any, history: list[tuple[str, str]], opts: Any) -> It
         if start:
             del history[:start]
             print(f"llamacffi: ({start // 2} of the oldest exchanges were dropped to fit the context)", file=sys.stderr)
-        return stream  # type: ignore[no-any-return]
+        return stream
     return None
 
 

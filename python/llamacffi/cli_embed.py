@@ -6,14 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
-from . import models
+from . import cli_args, models
 
 POOLINGS = ("none", "mean", "cls", "last", "rank")
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the subcommand on the ``llamacffi`` parser's subparsers."""
     e = sub.add_parser(
         "embed",
@@ -22,13 +21,7 @@ def add_parser(sub: Any) -> None:
     )
     e.add_argument("texts", nargs="*", metavar="TEXT")
     e.add_argument("-f", "--file", default=None, help="read texts from this file, one per non-empty line ('-': stdin)")
-    e.add_argument(
-        "-m",
-        "--model",
-        default=models.DEFAULT,
-        help=f"model id: a .gguf path, provider:user/repo:file under $MODELS_PATH, or a known name "
-        f"({', '.join(models.KNOWN)}); default {models.DEFAULT}",
-    )
+    cli_args.add_model(e)
     e.add_argument(
         "--format",
         choices=("json", "npy"),
@@ -45,14 +38,7 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--no-normalize", action="store_true", help="keep the vectors' lengths (default: unit length)")
     e.add_argument("--truncate", action="store_true", help="cut texts longer than the model's context")
     e.add_argument("--batch-tokens", type=int, default=None, help="tokens per decode (default 512)")
-    e.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all available)")
-    e.add_argument(
-        "-ngl",
-        "--gpu-layers",
-        type=int,
-        default=-1,
-        help="layers to offload to a GPU (default -1: all, when the build has a GPU backend; 0: none)",
-    )
+    cli_args.add_compute(e, huge_pages=False)
 
 
 def read_texts(args: argparse.Namespace) -> list[str]:

@@ -12,7 +12,7 @@ import enum
 import logging
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any, Union
+from typing import Union
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +22,7 @@ from .batch import MAX_SEQ, Batch
 from .context import Context
 from .errors import ClosedError, InvalidArgumentError, LlamaError
 from .model import Model, _read_string
-from .raw import ffi, lib
+from .raw import CData, ffi, lib
 from .validate import as_int
 from .vocab import TokenArray, as_tokens
 
@@ -81,7 +81,7 @@ def declared_pooling(model: Model) -> Pooling | None:
         return None
 
 
-def _meta(ptr: Any, key: str) -> str | None:
+def _meta(ptr: CData, key: str) -> str | None:
     k = key.encode()
     if lib.llama_model_meta_val_str(ptr, k, ffi.NULL, 0) < 0:
         return None
@@ -103,7 +103,7 @@ def resolve_pooling(model: Model, pooling: Pooling | str | int | None) -> Poolin
     return chosen
 
 
-def check_texts(texts: Any) -> list[str]:
+def check_texts(texts: object) -> list[str]:
     """``texts`` as a list of non-empty str; raises naming the first bad item."""
     if isinstance(texts, (str, bytes)):
         raise InvalidArgumentError("texts must be a list of str, not a single text: wrap it in a list")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import mmap
 import struct
 from pathlib import Path
-from typing import Any
 
 from .errors import ModelLoadError
 
@@ -18,13 +17,17 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 _STRING, _ARRAY = 8, 9
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 
+# A metadata value as read here: a number or a string (bytes), or an array as (element type, count, its strings or
+# None); None for a value read past.
+Value = int | float | bytes | tuple[int, int, list[bytes] | None] | None
+
 
 def _fail(path: Path, why: str) -> ModelLoadError:
     return ModelLoadError(f"llama.cpp could not load {path}: {why}")
 
 
 class _Reader:
-    def __init__(self, buf: Any, path: Path) -> None:
+    def __init__(self, buf: mmap.mmap, path: Path) -> None:
         self.buf, self.pos, self.path = buf, 0, path
 
     def fail(self, why: str) -> ModelLoadError:
@@ -65,7 +68,7 @@ class _Reader:
         self.pos = pos
         return out if keep else None
 
-    def value(self, vtype: int, keep: bool) -> Any:
+    def value(self, vtype: int, keep: bool) -> Value:
         """The value (or None when not ``keep``); arrays give (element type, count, strings or None)."""
         if vtype in _SCALARS:
             fmt = _SCALARS[vtype]
@@ -87,7 +90,7 @@ class _Reader:
         raise self.fail(f"a value of unknown type {vtype}")
 
 
-def read_metadata(path: Path, wanted: set[str]) -> dict[str, Any]:
+def read_metadata(path: Path, wanted: set[str]) -> dict[str, Value]:
     """The values of the ``wanted`` keys found in the metadata; ``{arch}.`` in a wanted key stands for the
     ``general.architecture`` value, wherever that key sits in the file."""
     suffixes = {w[len("{arch}") :] for w in wanted if w.startswith("{arch}.")}
@@ -100,7 +103,7 @@ def read_metadata(path: Path, wanted: set[str]) -> dict[str, Any]:
             raise _fail(path, "GGUF version 1 is not supported")
         r.u64()  # tensors
         n_kv = r.u64()
-        found: dict[str, Any] = {}
+        found: dict[str, Value] = {}
         for _ in range(n_kv):
             key = r.string().decode("utf-8", "replace")
             vtype = r.u32()

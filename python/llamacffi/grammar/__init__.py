@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from typing import Any
 
 from ..errors import SchemaError
+from ..jsontypes import JSONObject
 from .compiler import Compiler
 from .gbnf import Builder
 from .primitives import any_object
@@ -59,7 +59,7 @@ def _compile(text: str) -> str:
     return Compiler(json.loads(text)).grammar()
 
 
-def from_json_schema(schema: dict[str, Any] | bool | str) -> str:
+def from_json_schema(schema: JSONObject | bool | str) -> str:
     """GBNF text (start rule ``root``) admitting exactly documents valid under ``schema`` (a dict, a boolean, or
     JSON text), possibly fewer (see the module docs). Raises :class:`SchemaError` for what it cannot enforce.
     Compiled grammars are cached by the schema's JSON text."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any
+from typing import Literal, TypeAlias
 
 from .gbnf import Builder, TooLarge
 
@@ -26,7 +26,11 @@ MAX_SUBSET_WORK = 100_000
 Ranges = tuple[tuple[int, int], ...]
 
 # Expression nodes: ("chars", ranges) | ("seq", (nodes)) | ("alt", (nodes)) | ("rep", node, lo, hi|None)
-Node = tuple[Any, ...]
+Node: TypeAlias = (
+    tuple[Literal["chars"], Ranges]
+    | tuple[Literal["seq", "alt"], tuple["Node", ...]]
+    | tuple[Literal["rep"], "Node", int, int | None]
+)
 EMPTY: Node = ("seq", ())
 ANY: Ranges = ((0, MAX_CP),)
 
@@ -95,25 +99,30 @@ class _Nfa:
 
     def build(self, node: Node, start: int) -> int:
         """Add ``node`` from ``start``; return its end state."""
-        kind = node[0]
-        if kind == "chars":
-            end = self.state()
-            for lo, hi in node[1]:
-                self.moves[start].append((lo, hi, end))
-            return end
-        if kind == "seq":
-            cur = start
-            for sub in node[1]:
-                cur = self.build(sub, cur)
-            return cur
-        if kind == "alt":
-            end = self.state()
-            for sub in node[1]:
-                s = self.state()
-                self.eps[start].append(s)
-                self.eps[self.build(sub, s)].append(end)
-            return end
-        _, sub, lo, hi = node
+        match node:
+            case ("chars", ranges):
+                end = self.state()
+                for lo, hi in ranges:
+                    self.moves[start].append((lo, hi, end))
+                return end
+            case ("seq", subs):
+                cur = start
+                for sub in subs:
+                    cur = self.build(sub, cur)
+                return cur
+            case ("alt", subs):
+                end = self.state()
+                for sub in subs:
+                    s = self.state()
+                    self.eps[start].append(s)
+                    self.eps[self.build(sub, s)].append(end)
+                return end
+            case ("rep", sub, lo, hi):
+                return self._repeat(sub, lo, hi, start)
+        raise AssertionError(f"not an expression node: {node!r}")
+
+    def _repeat(self, sub: Node, lo: int, hi: int | None, start: int) -> int:
+        """``sub`` from ``start``, ``lo`` to ``hi`` times (None: without bound); return the end state."""
         cur = start
         for _ in range(lo):
             cur = self.build(sub, cur)

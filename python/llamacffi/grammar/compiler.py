@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any
 from urllib.parse import unquote
 
 from ..errors import SchemaError
+from ..jsontypes import JSON, JSONObject, is_strings
 from .decimals import MAX_SIGNIFICANT, number_range, significant_digits
 from .gbnf import MAX_REPEAT, Builder, TooLarge, literal
 from .keywords import ANNOTATIONS, TYPES, check_keywords, fail, pointer
@@ -22,7 +23,7 @@ from .strings import FORMATS, constrained_string
 
 __all__ = ["Compiler"]
 
-Schema = Any
+Schema = JSON  # a JSON Schema: an object, or true / false
 
 
 class Compiler:
@@ -39,7 +40,7 @@ class Compiler:
 
     # ---------------------------------------------------------------------------------------- references
 
-    def resolve(self, ref: Any, ptr: str) -> tuple[Schema, str]:
+    def resolve(self, ref: JSON, ptr: str) -> tuple[Schema, str]:
         """The schema ``ref`` points to inside the root document, and its pointer."""
         if not isinstance(ref, str) or not ref.startswith("#"):
             raise fail(f'$ref {ref!r}: only references inside the schema ("#...") are supported', ptr, "$ref")
@@ -57,7 +58,7 @@ class Compiler:
                 raise fail(f"$ref {ref!r} points to nothing", ptr, "$ref")
         return node, "#" + ref[1:] if len(ref) > 1 else "#"
 
-    def _shared(self, key: str, hint: str, build: Any) -> str:
+    def _shared(self, key: str, hint: str, build: Callable[[], str]) -> str:
         """One rule per ``key``, reserved before its body is built so that the body may refer to it."""
         if key in self._named:
             if key in self._open:
@@ -120,13 +121,13 @@ class Compiler:
             return self.enum(s, ptr, hint)
         return self.typed(s, ptr, hint)
 
-    def _merged(self, s: dict[str, Any], ptr: str, hint: str) -> str:
+    def _merged(self, s: JSONObject, ptr: str, hint: str) -> str:
         merged = merge_all(s, ptr, self.resolve)
         if merged is False:
             raise fail("allOf: a member is false, no value can match", pointer(ptr, "allOf"), "allOf")
         return self.value(merged, ptr, hint)
 
-    def union(self, s: dict[str, Any], ptr: str, hint: str) -> str:
+    def union(self, s: JSONObject, ptr: str, hint: str) -> str:
         key = "anyOf" if "anyOf" in s else "oneOf"
         if "anyOf" in s and "oneOf" in s:
             raise fail(
@@ -161,7 +162,7 @@ class Compiler:
         exprs = list(dict.fromkeys(exprs))
         return exprs[0] if len(exprs) == 1 else self.b.rule(hint, " | ".join(exprs))
 
-    def enum(self, s: dict[str, Any], ptr: str, hint: str) -> str:
+    def enum(self, s: JSONObject, ptr: str, hint: str) -> str:
         values = s.get("enum", [s.get("const")])
         if not isinstance(values, list) or not values:
             raise fail("enum must be a non-empty array", pointer(ptr, "enum"), "enum")
@@ -187,7 +188,7 @@ class Compiler:
         texts = list(dict.fromkeys(texts))
         return texts[0] if len(texts) == 1 else self.b.rule(hint, " | ".join(texts))
 
-    def typed(self, s: dict[str, Any], ptr: str, hint: str) -> str:
+    def typed(self, s: JSONObject, ptr: str, hint: str) -> str:
         from .containers import array, obj
 
         types = _type_list(s, ptr)
@@ -216,7 +217,7 @@ class Compiler:
             raise _unsatisfiable("no value of the schema's type(s) meets its constraints", ptr)
         return exprs[0] if len(exprs) == 1 else self.b.rule(hint, " | ".join(exprs))
 
-    def string(self, s: dict[str, Any], ptr: str, hint: str) -> str | None:
+    def string(self, s: JSONObject, ptr: str, hint: str) -> str | None:
         lo = count(s, "minLength", ptr) or 0
         hi = count(s, "maxLength", ptr)
         pattern = s.get("pattern")
@@ -245,7 +246,7 @@ class Compiler:
             )
             raise fail(f"{where}: the grammar would be too large: {e}", pointer(ptr, where), where) from None
 
-    def numeric(self, s: dict[str, Any], ptr: str, hint: str, t: str) -> str | None:
+    def numeric(self, s: JSONObject, ptr: str, hint: str, t: str) -> str | None:
         (lo, lo_open, lo_key), (hi, hi_open, hi_key) = _bounds(s, ptr)
         if t == "number":
             if lo is None and hi is None:
@@ -287,7 +288,7 @@ def _unsatisfiable(message: str, ptr: str) -> SchemaError:
     return _Unsatisfiable(message, ptr)
 
 
-def count(s: dict[str, Any], key: str, ptr: str) -> int | None:
+def count(s: JSONObject, key: str, ptr: str) -> int | None:
     """A non-negative integer keyword, or None when absent."""
     v = s.get(key)
     if v is None:
@@ -302,7 +303,7 @@ def count(s: dict[str, Any], key: str, ptr: str) -> int | None:
 Bound = tuple[float | None, bool, str]  # ints are floats to typing
 
 
-def _bounds(s: dict[str, Any], ptr: str) -> tuple[Bound, Bound]:
+def _bounds(s: JSONObject, ptr: str) -> tuple[Bound, Bound]:
     """((lower, exclusive, keyword), (upper, exclusive, keyword)) from minimum/maximum and their exclusive forms."""
 
     def num(key: str) -> float | None:
@@ -327,12 +328,12 @@ def _bounds(s: dict[str, Any], ptr: str) -> tuple[Bound, Bound]:
     return lo, hi
 
 
-def _type_list(s: dict[str, Any], ptr: str) -> list[str] | None:
+def _type_list(s: JSONObject, ptr: str) -> list[str] | None:
     t = s.get("type")
     if t is None:
         return None
     types = [t] if isinstance(t, str) else t
-    if not isinstance(types, list) or not types or any(x not in TYPES for x in types):
+    if not is_strings(types) or not types or any(x not in TYPES for x in types):
         raise fail(
             f"type must be one of {', '.join(TYPES)} or a non-empty list of them, got {t!r}",
             pointer(ptr, "type"),
@@ -341,7 +342,7 @@ def _type_list(s: dict[str, Any], ptr: str) -> list[str] | None:
     return list(dict.fromkeys(types))
 
 
-def _is_type(v: Any, t: str) -> bool:
+def _is_type(v: JSON, t: str) -> bool:
     if t == "null":
         return v is None
     if t == "boolean":

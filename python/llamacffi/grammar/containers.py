@@ -9,8 +9,9 @@ are read.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ..jsontypes import JSONObject, is_strings
 from .gbnf import TooLarge, literal
 from .keywords import fail, pointer
 from .primitives import any_value, ws
@@ -27,13 +28,13 @@ def _member(c: Compiler, key_expr: str, value: str, hint: str) -> str:
     return c.b.rule(f"{hint}-kv", f'{key_expr} {w} ":" {w} {value} {w}')
 
 
-def obj(c: Compiler, s: dict[str, Any], ptr: str, hint: str) -> str | None:
+def obj(c: Compiler, s: JSONObject, ptr: str, hint: str) -> str | None:
     props = s.get("properties", {})
     required = s.get("required", [])
     extra = s.get("additionalProperties", True)
     if not isinstance(props, dict):
         raise fail("properties must be an object", pointer(ptr, "properties"), "properties")
-    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+    if not is_strings(required):
         raise fail("required must be an array of strings", pointer(ptr, "required"), "required")
     need = set(required)
     saved = c.consuming()
@@ -97,7 +98,7 @@ def _chain(c: Compiler, named: list[tuple[str, str | None, bool]], extra: str | 
     return first
 
 
-def array(c: Compiler, s: dict[str, Any], ptr: str, hint: str) -> str | None:
+def array(c: Compiler, s: JSONObject, ptr: str, hint: str) -> str | None:
     from .compiler import count
 
     prefix = s.get("prefixItems")

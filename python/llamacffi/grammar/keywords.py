@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 from ..errors import SchemaError
+from ..jsontypes import JSON, JSONObject
 
 __all__ = ["ANNOTATIONS", "ENFORCED", "TYPES", "check_keywords", "fail", "pointer"]
 
@@ -93,7 +94,7 @@ _WHY = {
 }
 
 
-def json_type(v: Any) -> str:
+def json_type(v: JSON) -> str:
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
         type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__
     )
@@ -111,19 +112,19 @@ def fail(message: str, ptr: str, keyword: str = "") -> SchemaError:
     return SchemaError(message, ptr, keyword)
 
 
-def _is_schema(v: Any) -> bool:
+def _is_schema(v: JSON) -> bool:
     return isinstance(v, (dict, bool))
 
 
-def _is_count(v: Any) -> bool:
+def _is_count(v: JSON) -> bool:
     return ((isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())) and v >= 0
 
 
-def _is_number(v: Any) -> bool:
+def _is_number(v: JSON) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-_SHAPES: dict[str, tuple[Any, str]] = {
+_SHAPES: dict[str, tuple[Callable[[JSON], object], str]] = {
     "type": (
         lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(t, str) for t in v)),
         "a type name or a list of them",
@@ -155,7 +156,7 @@ _SHAPES: dict[str, tuple[Any, str]] = {
 }
 
 
-def check_keywords(schema: dict[str, Any], ptr: str) -> None:
+def check_keywords(schema: JSONObject, ptr: str) -> None:
     """Raise SchemaError for the first keyword that changes validity and is not enforced, or is malformed."""
     for key, value in schema.items():
         shape = _SHAPES.get(key)
@@ -171,3 +172,43 @@ def check_keywords(schema: dict[str, Any], ptr: str) -> None:
         raise fail(
             "uniqueItems: distinct items cannot be enforced by the grammar", pointer(ptr, "uniqueItems"), "uniqueItems"
         )
+
+
+# What check_keywords has checked, read as its type: a value of another type here is a bug in this package.
+
+
+def array(value: JSON) -> list[JSON]:
+    """An array-valued keyword (``enum``, ``required``, ...)."""
+    if not isinstance(value, list):
+        raise TypeError(f"expected an array, got {json_type(value)}")
+    return value
+
+
+def members(value: JSON) -> JSONObject:
+    """An object-valued keyword (``properties``, ``$defs``)."""
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {json_type(value)}")
+    return value
+
+
+def text(value: JSON) -> str:
+    """A string-valued keyword (``$ref``, ``pattern``, ``format``)."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {json_type(value)}")
+    return value
+
+
+def number(value: JSON) -> float:
+    """A number-valued keyword (``minimum``, ``maxLength``, ...)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {json_type(value)}")
+    return value
+
+
+def type_names(value: JSON) -> list[str]:
+    """``type``: one name or a list of them."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise TypeError(f"expected type names, got {json_type(value)}")
+    return [t for t in value if isinstance(t, str)]

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
 
-from .keywords import ANNOTATIONS, check_keywords, fail, pointer
+from ..jsontypes import JSON, JSONObject
+from .keywords import ANNOTATIONS, array, check_keywords, fail, members, number, pointer, text, type_names
 
 __all__ = ["canonical", "conjoin", "merge_all"]
 
-Schema = Any  # a dict, or True / False
+Schema = JSON  # a JSON Schema: an object, or true / false
 Resolve = Callable[[str, str], tuple[Schema, str]]
 
 MAX_REF_CHAIN = 32
@@ -23,7 +23,7 @@ _LOWER = ("minimum", "minLength", "minItems")
 _UPPER = ("maximum", "maxLength", "maxItems")
 
 
-def canonical(value: Any) -> str:
+def canonical(value: JSON) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -38,7 +38,7 @@ def conjoin(a: Schema, b: Schema) -> Schema:
     return {"allOf": [a, b]}
 
 
-def _flatten(schema: Schema, ptr: str, resolve: Resolve, out: list[tuple[dict[str, Any], str]], depth: int) -> bool:
+def _flatten(schema: Schema, ptr: str, resolve: Resolve, out: list[tuple[JSONObject, str]], depth: int) -> bool:
     """Collect the conjuncts of ``schema`` (its allOf members and $ref targets); False if one is ``false``."""
     if depth > MAX_REF_CHAIN:
         raise fail(f"more than {MAX_REF_CHAIN} nested allOf / $ref levels (a reference cycle?)", ptr)
@@ -57,7 +57,7 @@ def _flatten(schema: Schema, ptr: str, resolve: Resolve, out: list[tuple[dict[st
     if rest:
         out.append((rest, ptr))
     if "$ref" in schema:
-        target, target_ptr = resolve(schema["$ref"], pointer(ptr, "$ref"))
+        target, target_ptr = resolve(text(schema["$ref"]), pointer(ptr, "$ref"))
         if not _flatten(target, target_ptr, resolve, out, depth + 1):
             return False
     members = schema.get("allOf", [])
@@ -66,19 +66,15 @@ def _flatten(schema: Schema, ptr: str, resolve: Resolve, out: list[tuple[dict[st
     return all(_flatten(member, pointer(ptr, "allOf", i), resolve, out, depth + 1) for i, member in enumerate(members))
 
 
-def _types(value: Any) -> set[str]:
-    return {value} if isinstance(value, str) else set(value)
-
-
-def _meet_types(a: Any, b: Any) -> list[str]:
-    ta, tb = _types(a), _types(b)
+def _meet_types(a: JSON, b: JSON) -> list[str]:
+    ta, tb = set(type_names(a)), set(type_names(b))
     out = ta & tb
     if ("integer" in ta and "number" in tb) or ("integer" in tb and "number" in ta):
         out.add("integer")
     return sorted(out)
 
 
-def _meet(out: dict[str, Any], key: str, value: Any, ptr: str) -> None:
+def _meet(out: JSONObject, key: str, value: JSON, ptr: str) -> None:
     """Merge one keyword of a further conjunct into ``out``."""
     if key not in out:
         out[key] = value
@@ -86,22 +82,22 @@ def _meet(out: dict[str, Any], key: str, value: Any, ptr: str) -> None:
     old = out[key]
     where = pointer(ptr, "allOf")
     if key == "type":
-        out[key] = _meet_types(old, value)
+        out[key] = [*_meet_types(old, value)]
         if not out[key]:
             raise fail("allOf: the types of its members exclude each other, no value can match", where, "allOf")
     elif key == "enum":
-        keep = {canonical(v) for v in value}
-        out[key] = [v for v in old if canonical(v) in keep]
+        keep = {canonical(v) for v in array(value)}
+        out[key] = [v for v in array(old) if canonical(v) in keep]
         if not out[key]:
             raise fail("allOf: the enum / const values of its members exclude each other", where, "allOf")
     elif key == "required":
-        out[key] = list(dict.fromkeys([*old, *value]))
+        out[key] = [*dict.fromkeys(map(text, [*array(old), *array(value)]))]
     elif key in _LOWER or key in _UPPER:
         if not isinstance(value, (int, float)) or not isinstance(old, (int, float)):
             raise fail(f"allOf: {key} must be a number", where, key)
         out[key] = max(old, value) if key in _LOWER else min(old, value)
     elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(old, bool) and not isinstance(value, bool):
-        out[key] = max(old, value) if key == "exclusiveMinimum" else min(old, value)
+        out[key] = max(number(old), number(value)) if key == "exclusiveMinimum" else min(number(old), number(value))
     elif key in ("additionalProperties", "items") and not isinstance(old, list) and not isinstance(value, list):
         out[key] = conjoin(old, value)
     elif key == "uniqueItems":
@@ -110,11 +106,11 @@ def _meet(out: dict[str, Any], key: str, value: Any, ptr: str) -> None:
         raise fail(f"allOf: two members give different {key!r}, which cannot be merged", where, key)
 
 
-def _meet_properties(out: dict[str, Any], part: dict[str, Any]) -> None:
+def _meet_properties(out: JSONObject, part: JSONObject) -> None:
     """Merge ``properties``: a name known to one side only must also match the other side's extra-property
     schema, when that side has one."""
-    mine = dict(out.get("properties", {}))
-    theirs = part.get("properties", {})
+    mine = dict(members(out.get("properties", {})))
+    theirs = members(part.get("properties", {}))
     for name, sub in theirs.items():
         mine[name] = conjoin(mine[name], sub) if name in mine else conjoin(sub, out.get("additionalProperties", True))
     for name in list(mine):
@@ -123,17 +119,17 @@ def _meet_properties(out: dict[str, Any], part: dict[str, Any]) -> None:
     out["properties"] = mine
 
 
-def merge_all(schema: dict[str, Any], ptr: str, resolve: Resolve) -> Schema:
+def merge_all(schema: JSONObject, ptr: str, resolve: Resolve) -> Schema:
     """One schema equivalent to ``schema`` with its ``allOf`` (and ``$ref``) merged in, or False."""
-    parts: list[tuple[dict[str, Any], str]] = []
+    parts: list[tuple[JSONObject, str]] = []
     if not _flatten(schema, ptr, resolve, parts, 0):
         return False
-    out: dict[str, Any] = {}
+    out: JSONObject = {}
     for part, part_ptr in parts:
         part = dict(part)
         if "const" in part:
             const = part.pop("const")
-            part["enum"] = [v for v in part.get("enum", [const]) if canonical(v) == canonical(const)]
+            part["enum"] = [v for v in array(part.get("enum", [const])) if canonical(v) == canonical(const)]
             if not part["enum"]:
                 raise fail("const and enum exclude each other, no value can match", part_ptr, "const")
         if "properties" in part or "properties" in out:

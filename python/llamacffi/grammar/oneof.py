@@ -8,26 +8,29 @@ objects that require one property whose const / enum values differ (a discrimina
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
+from ..jsontypes import JSON, JSONObject, is_strings
 from .merge import canonical
 
 __all__ = ["disjoint"]
 
-Resolve = Callable[[str, str], tuple[Any, str]]
+Resolve = Callable[[str, str], tuple[JSON, str]]
 _ALL = frozenset({"object", "array", "string", "number", "boolean", "null"})
 
 
-def _deref(s: Any, resolve: Resolve, depth: int = 0) -> Any:
+def _deref(s: JSON, resolve: Resolve, depth: int = 0) -> JSON:
     while (
-        isinstance(s, dict) and set(s) - {"$ref"} <= {"title", "description", "$comment"} and "$ref" in s and depth < 16
+        isinstance(s, dict)
+        and set(s) - {"$ref"} <= {"title", "description", "$comment"}
+        and isinstance(ref := s.get("$ref"), str)
+        and depth < 16
     ):
-        s = resolve(s["$ref"], "#")[0]
+        s = resolve(ref, "#")[0]
         depth += 1
     return s
 
 
-def _kind(v: Any) -> str:
+def _kind(v: JSON) -> str:
     if v is None:
         return "null"
     if isinstance(v, bool):
@@ -41,39 +44,40 @@ def _kind(v: Any) -> str:
     return "array" if isinstance(v, list) else "object"
 
 
-def _same(v: Any) -> str:
+def _same(v: JSON) -> str:
     """A text equal for equal JSON values (1 and 1.0 are equal)."""
     return canonical(int(v) if isinstance(v, float) and v.is_integer() else v)
 
 
-def _values(s: Any) -> set[str] | None:
+def _values(s: JSON) -> set[str] | None:
     if not isinstance(s, dict):
         return None
     if "const" in s:
         return {_same(s["const"])}
-    if isinstance(s.get("enum"), list):
-        return {_same(v) for v in s["enum"]}
+    if isinstance(enum := s.get("enum"), list):
+        return {_same(v) for v in enum}
     return None
 
 
-def _kinds(s: Any, resolve: Resolve) -> frozenset[str]:
+def _kinds(s: JSON, resolve: Resolve) -> frozenset[str]:
     s = _deref(s, resolve)
     if not isinstance(s, dict):
         return _ALL if s is not False else frozenset()
     kinds = _ALL | {"integer"}
     if "type" in s:
         t = s["type"]
-        kinds = frozenset([t] if isinstance(t, str) else t)
-    if "const" in s or isinstance(s.get("enum"), list):
-        kinds = frozenset(_kind(v) for v in ([s["const"]] if "const" in s else s["enum"]))
+        kinds = frozenset([t] if isinstance(t, str) else t if is_strings(t) else [])
+    values = [s["const"]] if "const" in s else s.get("enum")
+    if isinstance(values, list):
+        kinds = frozenset(_kind(v) for v in values)
     for key in ("anyOf", "oneOf"):
-        if isinstance(s.get(key), list):
+        if isinstance(alts := s.get(key), list):
             union: frozenset[str] = frozenset()
-            for alt in s[key]:
+            for alt in alts:
                 union |= _kinds(alt, resolve)
             kinds &= union | ({"integer"} if "number" in union else set())
-    if isinstance(s.get("allOf"), list):
-        for member in s["allOf"]:
+    if isinstance(members := s.get("allOf"), list):
+        for member in members:
             k = _kinds(member, resolve)
             kinds &= k | ({"integer"} if "number" in k else set())
     return frozenset(kinds)
@@ -83,7 +87,7 @@ def _kinds_meet(a: frozenset[str], b: frozenset[str]) -> bool:
     return bool(a & b) or ("integer" in a and "number" in b) or ("number" in a and "integer" in b)
 
 
-def disjoint(a: Any, b: Any, resolve: Resolve) -> bool:
+def disjoint(a: JSON, b: JSON, resolve: Resolve) -> bool:
     """True when no document can match both ``a`` and ``b`` (a sound, incomplete test)."""
     a, b = _deref(a, resolve), _deref(b, resolve)
     if a is False or b is False:
@@ -103,12 +107,12 @@ def disjoint(a: Any, b: Any, resolve: Resolve) -> bool:
     return False
 
 
-def _objects_disjoint(a: dict[str, Any], b: dict[str, Any], resolve: Resolve) -> bool:
+def _objects_disjoint(a: JSONObject, b: JSONObject, resolve: Resolve) -> bool:
     pa, pb = a.get("properties", {}), b.get("properties", {})
     if not isinstance(pa, dict) or not isinstance(pb, dict):
         return False
     req_a, req_b = a.get("required", []), b.get("required", [])
-    if not isinstance(req_a, list) or not isinstance(req_b, list):
+    if not is_strings(req_a) or not is_strings(req_b):
         return False
     # b requires a member that a forbids
     if a.get("additionalProperties") is False and any(name not in pa for name in req_b):

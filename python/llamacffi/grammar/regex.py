@@ -46,7 +46,7 @@ class _Parser:
         return self.s[self.i] if self.i < len(self.s) else ""
 
     def top(self) -> Node:
-        branches = []
+        branches: list[Node] = []
         while True:
             start = self.peek() == "^"
             if start:
@@ -55,8 +55,8 @@ class _Parser:
             end = self.peek() == "$"
             if end:
                 self.i += 1
-            parts = ([] if start else [("rep", ("chars", ANY), 0, None)]) + [body]
-            parts += [] if end else [("rep", ("chars", ANY), 0, None)]
+            anything: Node = ("rep", ("chars", ANY), 0, None)
+            parts = ([] if start else [anything]) + [body] + ([] if end else [anything])
             branches.append(("seq", tuple(parts)))
             if self.peek() == "|":
                 self.i += 1

@@ -4,7 +4,6 @@ the draw. Pure functions over a logits row, which they read and never write or k
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -149,7 +148,7 @@ def top_k_indices(logits: FloatArray, k: int) -> IdArray:
     return best_k(row, k)[0]
 
 
-def top_p_count(probs: npt.NDArray[np.floating[Any]], p: float) -> int:
+def top_p_count(probs: FloatArray, p: float) -> int:
     """How many of ``probs`` (sorted descending) top-p keeps: the shortest prefix whose sum is >= ``p``, at least 1.
 
     As in llama.cpp, when rounding keeps the total below ``p`` every entry is kept.
@@ -158,7 +157,7 @@ def top_p_count(probs: npt.NDArray[np.floating[Any]], p: float) -> int:
     return max(1, min(int(np.searchsorted(cum, p, side="left")) + 1, cum.size))
 
 
-def unique_counts(window: npt.NDArray[np.integer[Any]]) -> tuple[IdArray, IdArray]:
+def unique_counts(window: npt.NDArray[np.integer]) -> tuple[IdArray, IdArray]:
     """Sorted distinct ids of ``window`` and how often each occurs (cheaper than np.unique on small windows)."""
     s = np.sort(window.astype(np.intp, copy=False))
     first = np.empty(s.size, dtype=bool)
@@ -168,7 +167,7 @@ def unique_counts(window: npt.NDArray[np.integer[Any]]) -> tuple[IdArray, IdArra
     return s[starts], np.diff(np.append(starts, s.size))
 
 
-def history_window(history: HistoryLike, last_n: int) -> npt.NDArray[np.integer[Any]]:
+def history_window(history: HistoryLike, last_n: int) -> npt.NDArray[np.integer]:
     """The last ``last_n`` ids of ``history`` (all of it for -1) as an integer array."""
     if not isinstance(history, (np.ndarray, list, tuple)):
         history = list(history)

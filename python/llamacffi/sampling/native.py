@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping
 
 import numpy as np
 
@@ -14,7 +13,7 @@ from ..raw import CData, ffi, lib
 from ..validate import as_int
 from .constraint import SHORTLIST, VocabLike, make_grammar
 from .constraint import TOKEN_DATA as _TOKEN_DATA
-from .params import Configured, FloatArray, HistoryLike, Params, as_logits, bad_token, nan_error
+from .params import Configured, FloatArray, HistoryLike, as_logits, bad_token, nan_error
 
 
 class NativeSampler(Configured):
@@ -36,44 +35,17 @@ class NativeSampler(Configured):
     :meth:`sample`, sized by that row.
     """
 
-    def __init__(
-        self,
-        *,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        min_p: float = 0.0,
-        repeat_penalty: float = 1.0,
-        frequency_penalty: float = 0.0,
-        presence_penalty: float = 0.0,
-        penalty_last_n: int = 64,
-        logit_bias: Mapping[int, float] | None = None,
-        seed: int | None = None,
-        vocab: VocabLike | None = None,
-        grammar: str | None = None,
-        grammar_root: str = "root",
-    ) -> None:
-        self._p = Params(
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repeat_penalty,
-            frequency_penalty,
-            presence_penalty,
-            penalty_last_n,
-            logit_bias,
-            seed,
-        )
+    def _setup(self, vocab: VocabLike | None, grammar: str | None, grammar_root: str) -> None:
+        """The C sampler chain (now with ``vocab``, else at the first :meth:`sample`) and the grammar."""
         if self._p.penalty_last_n > PENALTY_WINDOW_MAX:  # llama.cpp allocates the window up front
             raise InvalidArgumentError(
                 f"penalty_last_n must be at most {PENALTY_WINDOW_MAX} here (llama.cpp "
-                f"allocates the window up front), got {penalty_last_n}"
+                f"allocates the window up front), got {self._p.penalty_last_n}"
             )
         if 0 < self._p.temperature < NATIVE_MIN_TEMPERATURE:
             raise InvalidArgumentError(
                 f"temperature must be 0 (greedy) or at least {NATIVE_MIN_TEMPERATURE:g} "
-                f"here (llama.cpp divides the logits by it), got {temperature}"
+                f"here (llama.cpp divides the logits by it), got {self._p.temperature}"
             )
         self._busy = threading.Lock()  # the C samplers are not for two threads at once
         self._closed = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -13,9 +13,12 @@ from ..errors import InvalidArgumentError, InvalidTokenError
 from ..limits import BIAS_MAX, PENALTY_MAX, SEED_MAX, TEMPERATURE_MAX
 from ..validate import as_int, as_real
 
-FloatArray = npt.NDArray[np.floating[Any]]
+if TYPE_CHECKING:  # constraint imports this module
+    from .constraint import VocabLike
+
+FloatArray = npt.NDArray[np.floating]
 IdArray = npt.NDArray[np.intp]
-HistoryLike = Sequence[int] | npt.NDArray[np.integer[Any]]
+HistoryLike = Sequence[int] | npt.NDArray[np.integer]
 
 
 def as_logits(logits: object) -> FloatArray:
@@ -120,9 +123,44 @@ class Params:
 
 
 class Configured:
-    """What both samplers tell of their checked parameters (``self._p``)."""
+    """The parameters both samplers take, checked once (``self._p``), and what they tell of them. A sampler sets
+    up the rest in :meth:`_setup`."""
 
     _p: Params
+
+    def __init__(
+        self,
+        *,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        repeat_penalty: float = 1.0,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        penalty_last_n: int = 64,
+        logit_bias: Mapping[int, float] | None = None,
+        seed: int | None = None,
+        vocab: VocabLike | None = None,
+        grammar: str | None = None,
+        grammar_root: str = "root",
+    ) -> None:
+        self._p = Params(
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repeat_penalty,
+            frequency_penalty,
+            presence_penalty,
+            penalty_last_n,
+            logit_bias,
+            seed,
+        )
+        self._setup(vocab, grammar, grammar_root)
+
+    def _setup(self, vocab: VocabLike | None, grammar: str | None, grammar_root: str) -> None:
+        raise NotImplementedError
 
     @property
     def penalties_on(self) -> bool:

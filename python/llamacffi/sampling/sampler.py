@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
@@ -26,7 +24,6 @@ from .params import (
     FloatArray,
     HistoryLike,
     IdArray,
-    Params,
     as_logits,
     bad_token,
     banned_error,
@@ -59,35 +56,8 @@ class Sampler(Configured):
       :class:`NativeSampler`, the row is sampled free first and constrained only when the grammar rejects the pick.
     """
 
-    def __init__(
-        self,
-        *,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        min_p: float = 0.0,
-        repeat_penalty: float = 1.0,
-        frequency_penalty: float = 0.0,
-        presence_penalty: float = 0.0,
-        penalty_last_n: int = 64,
-        logit_bias: Mapping[int, float] | None = None,
-        seed: int | None = None,
-        vocab: VocabLike | None = None,
-        grammar: str | None = None,
-        grammar_root: str = "root",
-    ) -> None:
-        self._p = Params(
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repeat_penalty,
-            frequency_penalty,
-            presence_penalty,
-            penalty_last_n,
-            logit_bias,
-            seed,
-        )
+    def _setup(self, vocab: VocabLike | None, grammar: str | None, grammar_root: str) -> None:
+        """The random generator, and the grammar's state over ``vocab``."""
         self._penalties = self._p.penalties_on
         self._seed = self._p.seed
         self._rng = np.random.default_rng(self._seed)
@@ -247,7 +217,7 @@ class Sampler(Configured):
         return i if candidates is None else int(candidates[i])
 
     def _top_p(
-        self, candidates: IdArray | None, vals: FloatArray, top: float | np.floating[Any], is_sorted: bool
+        self, candidates: IdArray | None, vals: FloatArray, top: float | np.floating, is_sorted: bool
     ) -> tuple[IdArray | None, FloatArray]:
         top_p = self._p.top_p
         top = vals.dtype.type(top)

@@ -7,11 +7,12 @@ import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
+from ..jsontypes import JSON, JSONObject
 from ..service import LlamaCppTextModel
 from ..service.choices import Choices
 from ..service.events import Chunk, Finish, TokenLogprob
+from ..vocab import TokenArray
 from . import shapes, structured
 from .errors import from_service
 from .metrics import Metrics
@@ -28,11 +29,11 @@ class Job:
     model: LlamaCppTextModel
     parsed: Parsed
     chat: bool
-    prompts: list[Any]  # token arrays, one per prompt
+    prompts: list[TokenArray]  # one per prompt
     texts: list[str]  # the prompts as text, for echo
     started: float = dataclasses.field(default_factory=time.perf_counter)
     first: float | None = None
-    usage: dict[str, Any] = dataclasses.field(default_factory=dict)
+    usage: JSONObject = dataclasses.field(default_factory=dict)
     choices: list[Choices] = dataclasses.field(default_factory=list)
 
     def start(self) -> None:
@@ -82,7 +83,7 @@ async def _events(job: Job) -> AsyncIterator[Event]:
         async for item in streams[0]:
             yield item
         return
-    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[int, Chunk | Finish | BaseException]] = asyncio.Queue()
 
     async def pump(k: int, stream: Choices) -> None:
         try:
@@ -97,7 +98,7 @@ async def _events(job: Job) -> AsyncIterator[Event]:
         left = len(streams) * p.n
         while left:
             index, event = await queue.get()
-            if index < 0:
+            if isinstance(event, BaseException):
                 raise event
             if isinstance(event, Finish):
                 left -= 1
@@ -134,7 +135,7 @@ class _Tally:
         if index % self.job.parsed.n == 0:  # the first choice of each prompt says what the prompt reused
             self.cached += fin.cached_tokens
 
-    def close(self) -> dict[str, Any]:
+    def close(self) -> JSONObject:
         prompt = sum(len(t) for t in self.job.prompts)
         m, name = self.metrics, self.job.name
         m.prompt_tokens.labels(name).inc(prompt)
@@ -149,7 +150,7 @@ def _ids(job: Job) -> tuple[str, int, str]:
     return prefix + uuid.uuid4().hex, int(time.time()), "chat.completion" if job.chat else "text_completion"
 
 
-async def respond(job: Job, metrics: Metrics) -> dict[str, Any]:
+async def respond(job: Job, metrics: Metrics) -> JSONObject:
     """The whole response object."""
     piece = job.model.llama_model.vocab.token_to_piece
     total = len(job.prompts) * job.parsed.n
@@ -166,13 +167,13 @@ async def respond(job: Job, metrics: Metrics) -> dict[str, Any]:
             reasons[index] = event.reason
             tally.finish(index, event)
     rid, created, kind = _ids(job)
-    choices = []
+    choices: list[JSON] = []
     tools = job.parsed.tools
     for i in range(total):
         text = "".join(texts[i])
         if job.chat:
             logprobs = shapes.chat_logprobs(entries[i], piece) if job.parsed.logprobs is not None else None
-            message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+            message: JSONObject = {"role": "assistant", "content": text, "refusal": None}
             call = structured.as_call(text, tools) if tools is not None else None
             if call is not None:
                 message.update(content=None, tool_calls=[call])
@@ -199,7 +200,13 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
     piece = job.model.llama_model.vocab.token_to_piece
     rid, created, kind = _ids(job)
     kind += ".chunk" if job.chat else ""
-    head = {"id": rid, "object": kind, "created": created, "model": job.name, "system_fingerprint": _fingerprint()}
+    head: JSONObject = {
+        "id": rid,
+        "object": kind,
+        "created": created,
+        "model": job.name,
+        "system_fingerprint": _fingerprint(),
+    }
     if job.parsed.include_usage:
         head["usage"] = None
     p = job.parsed
@@ -215,9 +222,9 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
         logprobs: tuple[TokenLogprob, ...],
         reason: str | None,
         first: bool = False,
-        delta: dict[str, Any] | None = None,
+        delta: JSONObject | None = None,
     ) -> bytes:
-        lp: Any = None
+        lp: JSON = None
         if job.chat:
             if delta is None:
                 delta = (
@@ -227,7 +234,7 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
                 )
             if logprobs and p.logprobs is not None:
                 lp = shapes.chat_logprobs(logprobs, piece)
-            choice = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": reason}
+            choice: JSONObject = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": reason}
         else:
             if logprobs and p.logprobs is not None:
                 lp = shapes.text_logprobs(list(logprobs), piece, offsets[index])
@@ -302,7 +309,7 @@ class _Held:
     def holding(self, index: int) -> bool:
         return self.parts[index] is not None
 
-    def finish(self, index: int) -> tuple[dict[str, Any] | None, str]:
+    def finish(self, index: int) -> tuple[JSONObject | None, str]:
         """The choice's tool call, or None and the text held."""
         text = "".join(self.parts[index] or [])
         assert self.tools is not None

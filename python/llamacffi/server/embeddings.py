@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import base64
-from typing import Any
 
 import numpy as np
 
+from ..jsontypes import JSON, JSONObject, is_integers, is_strings
 from ..service import LlamaCppEmbeddingModel
 from .errors import invalid
 
@@ -14,30 +14,14 @@ FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
 MAX_INPUTS = 2048
 
 
-def parse(body: dict[str, Any]) -> tuple[Any, bool, int | None]:
+def parse(body: JSONObject) -> tuple[list[str] | list[list[int]], bool, int | None]:
     """``(inputs, as_base64, dimensions)``; every input is a non-empty string, or every one a list of token ids."""
     for name in body:
         if name not in FIELDS:
             raise invalid(f"Unrecognized request argument supplied: {name}", name, "unknown_parameter")
     data = body.get("input")
-    if isinstance(data, str):
-        inputs: Any = [data]
-    elif isinstance(data, list) and data and all(isinstance(t, int) and not isinstance(t, bool) for t in data):
-        inputs = [data]
-    else:
-        inputs = data
-    ok = (
-        isinstance(inputs, list)
-        and 0 < len(inputs) <= MAX_INPUTS
-        and (
-            all(isinstance(s, str) for s in inputs)
-            or all(
-                isinstance(t, list) and t and all(isinstance(x, int) and not isinstance(x, bool) for x in t)
-                for t in inputs
-            )
-        )
-    )
-    if not ok:
+    inputs = _inputs(data)
+    if inputs is None or not 0 < len(inputs) <= MAX_INPUTS:
         raise invalid(
             f"input must be a string, a list of at most {MAX_INPUTS} strings, a list of token ids or a "
             "list of such lists",
@@ -56,7 +40,20 @@ def parse(body: dict[str, Any]) -> tuple[Any, bool, int | None]:
     return inputs, fmt == "base64", dims
 
 
-async def respond(name: str, model: LlamaCppEmbeddingModel, body: dict[str, Any]) -> dict[str, Any]:
+def _inputs(data: JSON) -> list[str] | list[list[int]] | None:
+    """The texts of ``input``, or its token id lists; None when it is neither."""
+    if isinstance(data, str):
+        return [data]
+    if is_integers(data) and data:
+        return [data]
+    if is_strings(data):
+        return data
+    if isinstance(data, list) and all(is_integers(t) and t for t in data):
+        return [t for t in data if is_integers(t)]
+    return None
+
+
+async def respond(name: str, model: LlamaCppEmbeddingModel, body: JSONObject) -> JSONObject:
     """The embeddings of a request; token ids are embedded as they are, text is tokenized by the model."""
     inputs, as_base64, dims = parse(body)
     dim = model.dim
@@ -66,17 +63,17 @@ async def respond(name: str, model: LlamaCppEmbeddingModel, body: dict[str, Any]
             "dimensions",
             "unsupported_value",
         )
-    if isinstance(inputs[0], str):
-        texts: list[str] = inputs
+    texts = [t for t in inputs if isinstance(t, str)]
+    if texts:
         vectors = await model.aembed(texts)
         n_tokens = model.count_tokens(texts)
     else:
-        tokens: list[list[int]] = inputs
+        tokens = [t for t in inputs if not isinstance(t, str)]
         vectors = await model.aembed_tokens(tokens)
         n_tokens = sum(len(t) for t in tokens)
-    data = []
+    data: list[JSON] = []
     for i, v in enumerate(np.asarray(vectors, dtype=np.float32)):
-        value: Any = base64.b64encode(v.astype("<f4").tobytes()).decode() if as_base64 else v.tolist()
+        value: JSON = base64.b64encode(v.astype("<f4").tobytes()).decode() if as_base64 else v.tolist()
         data.append({"object": "embedding", "index": i, "embedding": value})
     return {
         "object": "list",

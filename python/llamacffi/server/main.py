@@ -8,13 +8,13 @@ import contextlib
 import ipaddress
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import uvicorn
 
-from .. import models
+from .. import cli_args, models
 from ..service import LlamaCppService, LlamaCppSpecificConfig, LocalBackendConfig, ModelConfig
 from ..service.errors import InvalidConfigError
 from .app import create_app
@@ -62,7 +62,7 @@ class _Uvicorn(uvicorn.Server):
         self.grace = grace
         self.close_models = close_models
 
-    async def shutdown(self, sockets: Any = None) -> None:
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
         timer = loop.call_later(self.grace, lambda: loop.run_in_executor(None, self.close_models))
         try:
@@ -78,7 +78,7 @@ class _Uvicorn(uvicorn.Server):
             finally:
                 self._captured_signals.clear()
 
-    async def startup(self, sockets: Any = None) -> None:
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started and self.servers:
             host, port = self.servers[0].sockets[0].getsockname()[:2]
@@ -149,8 +149,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--model",
         action="append",
         default=[],
-        help="model id to serve (repeatable): a .gguf path, provider:user/repo:file under $MODELS_PATH, "
-        f"or a known name ({', '.join(models.KNOWN)}); default {models.DEFAULT}",
+        help=f"model id to serve (repeatable): {cli_args.MODEL_HELP}",
     )
     p.add_argument(
         "--embedding-model",
@@ -178,15 +177,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-c", "--ctx-size", type=int, default=2048, help="context per request, prompt and output (default 2048)"
     )
-    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all available)")
-    p.add_argument(
-        "-ngl",
-        "--gpu-layers",
-        type=int,
-        default=-1,
-        help="layers to offload to a GPU (default -1: all, when the build has a GPU backend)",
-    )
-    p.add_argument("--huge-pages", action="store_true", help="read the weights into huge pages (Linux)")
+    cli_args.add_compute(p)
     p.add_argument(
         "--api-key",
         default=None,

@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any
 
+from ..jsontypes import JSON, JSONObject, is_integers, is_strings
 from ..service import GenerationOptions
 from . import structured
-from .errors import APIError, invalid
+from .errors import invalid
 
 IGNORED = frozenset(
     {
@@ -64,6 +64,7 @@ COMPLETION_FIELDS = SAMPLING | {"prompt", "echo", "logprobs", "suffix", "best_of
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "user"}
 MAX_N = 16
 MAX_STOPS = 16
+DEFAULTS = GenerationOptions()  # what a field the request leaves unset takes
 
 
 @dataclasses.dataclass
@@ -84,7 +85,7 @@ class Parsed:
     tools: structured.Tools | None = None
 
 
-def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> float | None:
+def _number(body: JSONObject, name: str, lo: float, hi: float) -> float | None:
     value = body.get(name)
     if value is None:
         return None
@@ -102,7 +103,7 @@ def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> float | No
     return float(value)
 
 
-def _integer(body: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
+def _integer(body: JSONObject, name: str, lo: int, hi: int) -> int | None:
     value = body.get(name)
     if value is None:
         return None
@@ -113,7 +114,7 @@ def _integer(body: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
     return value
 
 
-def _flag(body: dict[str, Any], name: str) -> bool:
+def _flag(body: JSONObject, name: str) -> bool:
     value = body.get(name)
     if value is None:
         return False
@@ -122,23 +123,23 @@ def _flag(body: dict[str, Any], name: str) -> bool:
     return value
 
 
-def _check_fields(body: dict[str, Any], known: frozenset[str]) -> None:
+def _check_fields(body: JSONObject, known: frozenset[str]) -> None:
     for name in body:
         if name not in known and name not in IGNORED:
             raise invalid(f"Unrecognized request argument supplied: {name}", name, "unknown_parameter")
 
 
-def _stops(body: dict[str, Any]) -> tuple[str, ...]:
+def _stops(body: JSONObject) -> tuple[str, ...]:
     stop = body.get("stop")
     if stop is None:
         return ()
     stops = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops) or len(stops) > MAX_STOPS:
+    if not is_strings(stops) or len(stops) > MAX_STOPS:
         raise invalid(f"stop must be a string or a list of at most {MAX_STOPS} strings", "stop", "invalid_type")
     return tuple(s for s in stops if s)
 
 
-def _bias(body: dict[str, Any]) -> dict[int, float] | None:
+def _bias(body: JSONObject) -> dict[int, float] | None:
     bias = body.get("logit_bias")
     if bias is None:
         return None
@@ -156,38 +157,40 @@ def _bias(body: dict[str, Any]) -> dict[int, float] | None:
     return out or None
 
 
-def _seed(body: dict[str, Any]) -> int | None:
+def _seed(body: JSONObject) -> int | None:
     seed = _integer(body, "seed", -(1 << 63), (1 << 64) - 1)
     return None if seed is None else seed % (1 << 32)
 
 
-def _options(body: dict[str, Any], raw: bool) -> GenerationOptions:
-    kwargs: dict[str, Any] = {"raw": raw}
-    for name, lo, hi in (
-        ("temperature", 0.0, 2.0),
-        ("top_p", 0.0, 1.0),
-        ("min_p", 0.0, 1.0),
-        ("presence_penalty", -2.0, 2.0),
-        ("frequency_penalty", -2.0, 2.0),
-        ("repeat_penalty", 0.0, 10.0),
-    ):
-        value = _number(body, name, lo, hi)
-        if value is not None:
-            kwargs[name] = value
-    if kwargs.get("top_p") == 0.0:
+def _options(body: JSONObject, raw: bool) -> GenerationOptions:
+    temperature = _number(body, "temperature", 0.0, 2.0)
+    top_p = _number(body, "top_p", 0.0, 1.0)
+    min_p = _number(body, "min_p", 0.0, 1.0)
+    presence = _number(body, "presence_penalty", -2.0, 2.0)
+    frequency = _number(body, "frequency_penalty", -2.0, 2.0)
+    repeat = _number(body, "repeat_penalty", 0.0, 10.0)
+    if top_p == 0.0:
         raise invalid("top_p must be greater than 0", "top_p", "invalid_value")
-    if kwargs.get("repeat_penalty") == 0.0:
+    if repeat == 0.0:
         raise invalid("repeat_penalty must be greater than 0", "repeat_penalty", "invalid_value")
     top_k = _integer(body, "top_k", 0, 1 << 20)
-    if top_k is not None:
-        kwargs["top_k"] = top_k
-    kwargs["seed"] = _seed(body)
-    kwargs["stop_sequences"] = _stops(body)
-    kwargs["logit_bias"] = _bias(body)
-    return GenerationOptions(**kwargs)
+    d = DEFAULTS
+    return GenerationOptions(
+        raw=raw,
+        temperature=d.temperature if temperature is None else temperature,
+        top_p=d.top_p if top_p is None else top_p,
+        min_p=d.min_p if min_p is None else min_p,
+        presence_penalty=d.presence_penalty if presence is None else presence,
+        frequency_penalty=d.frequency_penalty if frequency is None else frequency,
+        repeat_penalty=d.repeat_penalty if repeat is None else repeat,
+        top_k=d.top_k if top_k is None else top_k,
+        seed=_seed(body),
+        stop_sequences=_stops(body),
+        logit_bias=_bias(body),
+    )
 
 
-def _common(body: dict[str, Any], raw: bool, max_tokens_name: str = "max_tokens") -> Parsed:
+def _common(body: JSONObject, raw: bool, max_tokens_name: str = "max_tokens") -> Parsed:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise invalid("model must be a string", "model", "invalid_type")
@@ -205,25 +208,26 @@ def _common(body: dict[str, Any], raw: bool, max_tokens_name: str = "max_tokens"
     return Parsed(model, _options(body, raw), max_tokens, n, stream, include_usage, None)
 
 
-def _text(content: Any, where: str) -> str:
+def _text(content: JSON, where: str) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
         parts = []
         for i, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            text = part.get("text") if isinstance(part, dict) and part.get("type") == "text" else None
+            if not isinstance(text, str):
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
                 raise invalid(
                     f"{where}[{i}]: only text content parts are supported (got {kind!r})",
                     "messages",
                     "unsupported_content",
                 )
-            parts.append(part["text"])
+            parts.append(text)
         return "".join(parts)
     raise invalid(f"{where} must be a string or a list of text parts", "messages", "invalid_type")
 
 
-def parse_chat(body: dict[str, Any]) -> Parsed:
+def parse_chat(body: JSONObject) -> Parsed:
     """A ``/v1/chat/completions`` body; :class:`APIError` (400) names the first bad field."""
     _check_fields(body, CHAT_FIELDS)
     if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
@@ -273,37 +277,36 @@ def parse_chat(body: dict[str, Any]) -> Parsed:
     return parsed
 
 
-def _calls_text(calls: Any, where: str) -> str:
+def _calls_text(calls: JSON, where: str) -> str:
     """An assistant's earlier tool calls, as the model was asked to write them."""
     if not isinstance(calls, list):
         raise invalid(f"{where}.tool_calls must be a list", "messages", "invalid_type")
     out = []
     for call in calls:
         fn = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(fn.get("arguments"), str):
+        name, text = (fn.get("name"), fn.get("arguments")) if isinstance(fn, dict) else (None, None)
+        if not isinstance(name, str) or not isinstance(text, str):
             raise invalid(
                 f"{where}.tool_calls: each needs a function with a name and arguments", "messages", "invalid_type"
             )
         try:
-            arguments = json.loads(fn["arguments"])
+            arguments = json.loads(text)
         except ValueError:
             raise invalid(f"{where}.tool_calls: arguments must be JSON text", "messages", "invalid_value") from None
-        out.append(json.dumps({"name": fn["name"], "arguments": arguments}, ensure_ascii=False))
+        out.append(json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False))
     return "\n".join(out)
 
 
-def _prompts(prompt: Any) -> list[str | list[int]]:
+def _prompts(prompt: JSON) -> list[str | list[int]]:
     if isinstance(prompt, str):
         return [prompt]
     if isinstance(prompt, list) and prompt:
-        if all(isinstance(p, str) for p in prompt):
+        if is_strings(prompt):
             return list(prompt)
-        if all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        if is_integers(prompt):
             return [list(prompt)]
-        if all(
-            isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p) for p in prompt
-        ):
-            return [list(p) for p in prompt]
+        if all(is_integers(p) and p for p in prompt):
+            return [list(p) for p in prompt if is_integers(p)]
     raise invalid(
         "prompt must be a string, a list of strings, a list of token ids or a list of such lists",
         "prompt",
@@ -311,7 +314,7 @@ def _prompts(prompt: Any) -> list[str | list[int]]:
     )
 
 
-def parse_completion(body: dict[str, Any]) -> Parsed:
+def parse_completion(body: JSONObject) -> Parsed:
     """A ``/v1/completions`` body; :class:`APIError` (400) names the first bad field."""
     _check_fields(body, COMPLETION_FIELDS)
     parsed = _common(body, raw=True)
@@ -332,10 +335,3 @@ def parse_completion(body: dict[str, Any]) -> Parsed:
             "unsupported_parameter",
         )
     return parsed
-
-
-def error_for_body(body: Any) -> APIError | None:
-    """A 400 for a JSON body that is not an object."""
-    if not isinstance(body, dict):
-        return invalid(f"the request body must be a JSON object, not {type(body).__name__}", None, "invalid_type")
-    return None

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
 
+from ..jsontypes import JSON, JSONObject
 from ..service.events import TokenLogprob
 
 Piece = Callable[[int], bytes]  # a token's text as bytes
 
 
-def usage(prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def usage(prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> JSONObject:
     """``usage`` of a request."""
     return {
         "prompt_tokens": prompt_tokens,
@@ -21,12 +21,12 @@ def usage(prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> dic
     }
 
 
-def _token(token: int, logprob: float, piece: Piece) -> dict[str, Any]:
+def _token(token: int, logprob: float, piece: Piece) -> JSONObject:
     raw = piece(token)
     return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
 
 
-def chat_logprobs(entries: tuple[TokenLogprob, ...] | list[TokenLogprob], piece: Piece) -> dict[str, Any]:
+def chat_logprobs(entries: tuple[TokenLogprob, ...] | list[TokenLogprob], piece: Piece) -> JSONObject:
     """``choices[i].logprobs`` of a chat completion: one entry per token with its alternatives."""
     return {
         "content": [
@@ -37,9 +37,12 @@ def chat_logprobs(entries: tuple[TokenLogprob, ...] | list[TokenLogprob], piece:
     }
 
 
-def text_logprobs(entries: list[TokenLogprob], piece: Piece, offset: int) -> dict[str, Any]:
+def text_logprobs(entries: list[TokenLogprob], piece: Piece, offset: int) -> JSONObject:
     """``choices[i].logprobs`` of a text completion (the legacy shape); ``offset``: where the text starts."""
-    tokens, values, tops, offsets = [], [], [], []
+    tokens: list[JSON] = []
+    values: list[JSON] = []
+    tops: list[JSON] = []
+    offsets: list[JSON] = []
     for e in entries:
         text = piece(e.token).decode("utf-8", "replace")
         tokens.append(text)
@@ -50,7 +53,7 @@ def text_logprobs(entries: list[TokenLogprob], piece: Piece, offset: int) -> dic
     return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
 
 
-def sse(obj: dict[str, Any]) -> bytes:
+def sse(obj: JSONObject) -> bytes:
     """One Server-Sent Event carrying a JSON object."""
     return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 

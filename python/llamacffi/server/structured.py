@@ -14,20 +14,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from typing import Any
 
 from ..errors import SchemaError
 from ..grammar import JSON_GRAMMAR, from_json_schema
+from ..jsontypes import JSON, JSONObject
 from .errors import invalid
 
-ANY_OBJECT: dict[str, Any] = {"type": "object"}
+ANY_OBJECT: JSONObject = {"type": "object"}
 
 
 @dataclasses.dataclass
 class Tools:
     """The functions a request offers and how the answer may use them."""
 
-    functions: dict[str, dict[str, Any]]  # name -> {"description", "parameters"}
+    functions: dict[str, JSONObject]  # name -> {"description", "parameters"}
     choice: str  # "auto", "required", or a function's name
     prompt: str  # the system text that describes them
 
@@ -35,14 +35,14 @@ class Tools:
         return self.choice != "auto"
 
 
-def _compile(schema: Any, param: str) -> str:
+def _compile(schema: JSONObject | bool, param: str) -> str:
     try:
         return from_json_schema(schema)
     except SchemaError as exc:
         raise invalid(f"{param}: {exc}", param, "unsupported_schema") from None
 
 
-def response_grammar(fmt: Any) -> str | None:
+def response_grammar(fmt: JSON) -> str | None:
     """The grammar a ``response_format`` asks for (None for text)."""
     if fmt is None:
         return None
@@ -75,7 +75,7 @@ def response_grammar(fmt: Any) -> str | None:
     )
 
 
-def parse_tools(tools: Any, choice: Any) -> Tools | None:
+def parse_tools(tools: JSON, choice: JSON) -> Tools | None:
     """``tools`` and ``tool_choice`` checked; None when the request uses no tools."""
     if tools is None or tools == []:
         if choice not in (None, "none", "auto"):
@@ -83,20 +83,21 @@ def parse_tools(tools: Any, choice: Any) -> Tools | None:
         return None
     if not isinstance(tools, list):
         raise invalid("tools must be a list of functions", "tools", "invalid_type")
-    functions: dict[str, dict[str, Any]] = {}
+    functions: dict[str, JSONObject] = {}
     for i, tool in enumerate(tools):
         fn = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if not isinstance(fn, dict) or not isinstance(name, str) or not name:
             raise invalid(
                 f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}}", "tools", "invalid_type"
             )
         params = fn.get("parameters", ANY_OBJECT)
         if not isinstance(params, dict):
             raise invalid(f"tools[{i}].function.parameters must be a JSON schema object", "tools", "invalid_type")
-        if fn["name"] in functions:
-            raise invalid(f"tools[{i}]: two functions are named {fn['name']!r}", "tools", "invalid_value")
+        if name in functions:
+            raise invalid(f"tools[{i}]: two functions are named {name!r}", "tools", "invalid_value")
         _compile(params, "tools")  # refused now if it cannot be enforced
-        functions[fn["name"]] = {"description": fn.get("description") or "", "parameters": params}
+        functions[name] = {"description": fn.get("description") or "", "parameters": params}
     if choice in (None, "auto"):
         picked = "auto"
     elif choice == "none":
@@ -106,10 +107,10 @@ def parse_tools(tools: Any, choice: Any) -> Tools | None:
     elif (
         isinstance(choice, dict)
         and choice.get("type") == "function"
-        and isinstance(choice.get("function"), dict)
-        and isinstance(choice["function"].get("name"), str)
+        and isinstance(named := choice.get("function"), dict)
+        and isinstance(named.get("name"), str)
     ):
-        picked = choice["function"]["name"]
+        picked = str(named["name"])
         if picked not in functions:
             raise invalid(f"tool_choice names {picked!r}, which is not among the tools", "tool_choice", "invalid_value")
     else:
@@ -121,7 +122,7 @@ def parse_tools(tools: Any, choice: Any) -> Tools | None:
     return Tools(functions, picked, _describe(functions, picked))
 
 
-def _describe(functions: dict[str, dict[str, Any]], choice: str) -> str:
+def _describe(functions: dict[str, JSONObject], choice: str) -> str:
     lines = [
         "You can call the following functions. To call one, answer with only a JSON object of the form "
         '{"name": <function name>, "arguments": <an object matching its parameters>}.'
@@ -140,7 +141,7 @@ def _describe(functions: dict[str, dict[str, Any]], choice: str) -> str:
 def call_grammar(tools: Tools) -> str:
     """The grammar of a call to the chosen function, or to any of them for ``"required"``."""
     names = list(tools.functions) if tools.choice == "required" else [tools.choice]
-    calls = [
+    calls: list[JSONObject] = [
         {
             "type": "object",
             "properties": {"name": {"const": n}, "arguments": tools.functions[n]["parameters"]},
@@ -149,10 +150,10 @@ def call_grammar(tools: Tools) -> str:
         }
         for n in names
     ]
-    return _compile(calls[0] if len(calls) == 1 else {"oneOf": calls}, "tools")
+    return _compile(calls[0] if len(calls) == 1 else {"oneOf": [*calls]}, "tools")
 
 
-def as_call(text: str, tools: Tools) -> dict[str, Any] | None:
+def as_call(text: str, tools: Tools) -> JSONObject | None:
     """The tool call an answer makes (OpenAI's shape), or None when it is not a call to a listed function."""
     try:
         doc = json.loads(text)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 from .engine import END, Engine, Request
 from .events import Chunk, Finish
@@ -18,7 +17,7 @@ class Choices:
     anything is sent to a client); :meth:`cancel`, or leaving an ``async for`` early, cancels those still running."""
 
     def __init__(
-        self, engine: Engine, requests: list[Request], items: asyncio.Queue[tuple[int, Any]], n_prompt: int
+        self, engine: Engine, requests: list[Request], items: asyncio.Queue[tuple[int, object]], n_prompt: int
     ) -> None:
         self._engine = engine
         self._requests = requests
@@ -49,7 +48,7 @@ class Choices:
                 elif isinstance(item, BaseException):
                     raise item
                 else:
-                    yield i, item if isinstance(item, Chunk) else Chunk(item)
+                    yield i, item if isinstance(item, Chunk) else Chunk(str(item))
         finally:
             self.cancel()
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from .. import limits, validate
+from ..jsontypes import JSONObject
 from .errors import InvalidConfigError
 
 T = TypeVar("T", bound="_Config")
@@ -22,15 +23,15 @@ class ModelType(str, enum.Enum):
     TEXT_EMBEDDING = "text_embedding"
 
 
-def _fail(cls: type, field: str, why: str, value: Any) -> InvalidConfigError:
+def _fail(cls: type, field: str, why: str, value: object) -> InvalidConfigError:
     return InvalidConfigError(f"{cls.__name__}.{field}: {why} (got {value!r})")
 
 
 class _Config:
     """dict/JSON conversion shared by the configuration classes."""
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def to_dict(self) -> JSONObject:
+        out: JSONObject = {}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             v = getattr(self, f.name)
             out[f.name] = v.to_dict() if isinstance(v, _Config) else list(v) if isinstance(v, tuple) else v
@@ -40,14 +41,14 @@ class _Config:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    def from_dict(cls: type[T], data: JSONObject) -> T:
         if not isinstance(data, dict):
             raise InvalidConfigError(f"{cls.__name__}: expected a dict, got {type(data).__name__}")
         names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(map(repr, set(data) - set(names)))
         if unknown:
             raise InvalidConfigError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
-        kwargs = dict(data)
+        kwargs: dict[str, object] = dict(data)
         for name, value in data.items():
             nested = _NESTED.get((cls.__name__, name))
             if nested is not None and isinstance(value, dict):
@@ -64,7 +65,7 @@ class _Config:
             raise InvalidConfigError(f"{cls.__name__}: invalid JSON: {exc}") from None
         return cls.from_dict(data)
 
-    def _fail(self, name: str, requirement: str, value: Any) -> InvalidConfigError:
+    def _fail(self, name: str, requirement: str, value: object) -> InvalidConfigError:
         return _fail(type(self), name, f"must be {requirement}", value)
 
     def _int(self, name: str, lo: int, hi: int | None = None, allow_none: bool = False) -> None:
@@ -200,7 +201,7 @@ class GenerationOptions(_Config):
     raw: bool = False
     logit_bias: dict[int, float] | None = None
     grammar: str | None = None
-    json_schema: dict[str, Any] | str | None = dataclasses.field(default=None, hash=False)
+    json_schema: JSONObject | str | None = dataclasses.field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         self._int("max_tokens", 1, limits.MAX_NEW_TOKENS)
@@ -259,7 +260,7 @@ class GenerationOptions(_Config):
         return self.grammar
 
 
-def _bias(value: Any) -> dict[int, float]:
+def _bias(value: object) -> dict[int, float]:
     """``{token_id: bias}`` with int ids >= 0 (decimal strings too, as JSON keys are) and biases in [-100, 100]."""
     if not isinstance(value, dict):
         raise _fail(GenerationOptions, "logit_bias", "must be a dict of token id to bias", value)

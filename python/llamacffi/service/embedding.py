@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +17,9 @@ from .. import errors as binding
 from ..vocab import as_tokens
 from . import runner
 from .config import LocalBackendConfig, ModelConfig, ModelType
-from .errors import ContextOverflowError, InvalidConfigError, ModelClosedError, ModelLoadFailedError, mapped
+from .errors import ContextOverflowError, InvalidConfigError, ModelClosedError, mapped
 from .interfaces import EmbeddingModel
-from .loaded import Loaded
+from .loaded import Loaded, load_file, serve
 
 Vectors = npt.NDArray[np.float32]
 PASS_TOKENS = 16  # one pass takes waiting requests up to this many batches' worth of tokens (at least one request)
@@ -37,7 +36,10 @@ class LlamaCppEmbeddingModel(Loaded, EmbeddingModel):
     """A GGUF model serving text embeddings. Thread-safe: the texts of concurrent callers are embedded in one pass,
     each caller getting its own rows. Texts may have up to ``ModelConfig.context_size`` tokens (at most the model's
     training context); ``truncate_prompt`` cuts longer ones, otherwise they raise :class:`ContextOverflowError`.
-    Pooling: the model's own, else mean (see :func:`llamacffi.embedding.resolve_pooling`)."""
+    Pooling: the model's own, else mean (see :func:`llamacffi.embedding.resolve_pooling`). :attr:`stats` counts
+    requests, texts and passes (a pass embeds the requests waiting together)."""
+
+    _engine: _EmbeddingEngine
 
     def __init__(
         self,
@@ -48,8 +50,7 @@ class LlamaCppEmbeddingModel(Loaded, EmbeddingModel):
         *,
         pooling: embedding.Pooling | str | None = None,
     ) -> None:
-        self._name = name
-        self._model = model
+        super().__init__(name, model)
         self.config = config
         self._embedder = embedding.Embedder(
             model,
@@ -64,8 +65,6 @@ class LlamaCppEmbeddingModel(Loaded, EmbeddingModel):
                 "pooling 'none' gives one vector per token; the service serves one per text: choose mean, cls or last"
             )
         self._engine = _EmbeddingEngine(self._embedder, name)
-        self._closed = False
-        self._lock = threading.Lock()
 
     @classmethod
     def open(
@@ -78,26 +77,13 @@ class LlamaCppEmbeddingModel(Loaded, EmbeddingModel):
         pooling: embedding.Pooling | str | None = None,
     ) -> LlamaCppEmbeddingModel:
         """Load ``path`` with the backend's settings and serve it."""
-        with mapped():
-            llama_model = LlamaModel.load(
-                path,
-                n_gpu_layers=backend.gpu_layers if backend.use_gpu else 0,
-                use_mmap=backend.llama_cpp.use_mmap,
-                use_mlock=backend.llama_cpp.use_mlock,
-                huge_pages=backend.llama_cpp.huge_pages,
-            )
-        try:
-            with mapped():
-                try:
-                    return cls(name, llama_model, config, backend.threads, pooling=pooling)
-                except binding.ContextError as exc:
-                    raise ModelLoadFailedError(
-                        f"{path.name}: no embedding context of {config.context_size} tokens "
-                        f"could be created; lower ModelConfig.context_size"
-                    ) from exc
-        except BaseException:
-            llama_model.close()
-            raise
+        llama_model = load_file(path, backend)
+        return serve(
+            llama_model,
+            lambda: cls(name, llama_model, config, backend.threads, pooling=pooling),
+            f"{path.name}: no embedding context of {config.context_size} tokens could be created; lower "
+            f"ModelConfig.context_size",
+        )
 
     @property
     def model_type(self) -> ModelType:
@@ -112,20 +98,10 @@ class LlamaCppEmbeddingModel(Loaded, EmbeddingModel):
     def pooling(self) -> embedding.Pooling:
         return self._embedder.pooling
 
-    @property
-    def stats(self) -> dict[str, int]:
-        """Counters: requests, texts, passes (a pass embeds the requests waiting together)."""
-        return dict(self._engine.stats)
-
-    def close(self) -> None:
-        """Free the model; requests still waiting raise :class:`ModelClosedError`."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
+    def _stop(self) -> None:
+        """Requests still waiting raise :class:`ModelClosedError`."""
         if self._engine.close():  # False when no thread steps it any more (a forked child): its context stays
             self._embedder.close()
-        self._model.close()
 
     # ---- requests ---------------------------------------------------------------------------------------------
 

@@ -1,15 +1,65 @@
-"""What the llama.cpp backend's models share: the name they were loaded under and the binding's model they serve."""
+"""What the llama.cpp backend's models share: loading a GGUF file with the backend's settings, the name a model was
+loaded under, the binding's model it serves, its counters and the one way it closes."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol, TypeVar
+
 from .. import Model as LlamaModel
+from .. import errors as binding
+from .config import LocalBackendConfig
+from .errors import ModelLoadFailedError, mapped
+
+T = TypeVar("T")
+
+
+class Counted(Protocol):
+    """An engine that keeps counters of what it did."""
+
+    @property
+    def stats(self) -> dict[str, int]: ...
+
+
+def load_file(path: Path, backend: LocalBackendConfig) -> LlamaModel:
+    """``path`` loaded with the backend's GPU and memory settings; the binding's errors as the service's."""
+    with mapped():
+        return LlamaModel.load(
+            path,
+            n_gpu_layers=backend.gpu_layers if backend.use_gpu else 0,
+            use_mmap=backend.llama_cpp.use_mmap,
+            use_mlock=backend.llama_cpp.use_mlock,
+            huge_pages=backend.llama_cpp.huge_pages,
+        )
+
+
+def serve(model: LlamaModel, build: Callable[[], T], no_context: str) -> T:
+    """``build()``, the served model around ``model``; ``model`` is closed if that fails. ``no_context`` is the
+    message when llama.cpp cannot create the context (most likely not enough memory)."""
+    try:
+        with mapped():
+            try:
+                return build()
+            except binding.ContextError as exc:
+                raise ModelLoadFailedError(no_context) from exc
+    except BaseException:
+        model.close()
+        raise
 
 
 class Loaded:
-    """A served model's name and its :class:`llamacffi.Model` (set by the subclass as ``_name`` and ``_model``)."""
+    """A served model's name, its :class:`llamacffi.Model` and its engine's counters; :meth:`close` is idempotent
+    and thread-safe: it stops the engine (:meth:`_stop`, once) and frees the model."""
 
-    _name: str
-    _model: LlamaModel
+    _engine: Counted
+
+    def __init__(self, name: str, model: LlamaModel) -> None:
+        self._name = name
+        self._model = model
+        self._closed = False
+        self._close_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -18,3 +68,21 @@ class Loaded:
     @property
     def llama_model(self) -> LlamaModel:
         return self._model
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """A copy of the engine's counters (which ones: see the subclass)."""
+        return dict(self._engine.stats)
+
+    def close(self) -> None:
+        """Free the model; requests still waiting raise :class:`~llamacffi.service.ModelClosedError`."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop()
+        self._model.close()
+
+    def _stop(self) -> None:
+        """Stop the engine: refuse new requests and let go of the context."""
+        raise NotImplementedError

@@ -1,0 +1,248 @@
+"""The llama.cpp backend's text-to-text model: a loaded GGUF file serving generation requests through the batching
+:class:`~llamacffi.service.engine.Engine`, blocking, streaming, asyncio, and several choices of one prompt."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import queue
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from .. import Model as LlamaModel
+from ..vocab import as_tokens
+from .choices import Choices
+from .config import GenerationOptions, ModelConfig, ModelType
+from .engine import Engine, Request
+from .errors import ContextOverflowError, InvalidConfigError, ModelClosedError, mapped
+from .interfaces import TextToTextModel
+from .loaded import Loaded
+from .prompts import Messages, check_messages, has_template, template_errors
+from .sinks import Collected, resolve, text_of
+
+DEFAULT_OPTIONS = GenerationOptions()
+Sink = Callable[[object], None]
+
+
+class LlamaCppTextModel(Loaded, TextToTextModel):
+    """A loaded GGUF model serving generation requests through a batching scheduler. :attr:`stats` counts requests,
+    prompt tokens reused from memory vs decoded, generated tokens and decode calls."""
+
+    _engine: Engine
+
+    def __init__(self, name: str, model: LlamaModel, config: ModelConfig, threads: int | None) -> None:
+        super().__init__(name, model)
+        self.config = config
+        self._vocab = model.vocab
+        self._templated = has_template(model, config.chat_template)
+        self._engine = Engine(model, config, threads)
+
+    @property
+    def model_type(self) -> ModelType:
+        return ModelType.TEXT_TO_TEXT
+
+    def as_text_to_text(self) -> LlamaCppTextModel:
+        return self
+
+    def _stop(self) -> None:
+        self._engine.close()
+
+    # ---- prompts ----------------------------------------------------------------------------------------------
+
+    def format_prompt(self, prompt: str, options: GenerationOptions) -> str:
+        """The text the model sees: the chat template applied to ``system`` and ``prompt`` unless ``raw``."""
+        if not isinstance(prompt, str):
+            raise InvalidConfigError(f"prompt must be a str, not {type(prompt).__name__}")
+        if options.raw or not self._templated:
+            return prompt if options.system is None or options.raw else f"{options.system}\n\n{prompt}"
+        messages = ([("system", options.system)] if options.system is not None else []) + [("user", prompt)]
+        return self._apply_template(messages)
+
+    def format_chat(self, messages: Messages, options: GenerationOptions) -> str:
+        """A conversation of ``(role, content)`` pairs (roles "system", "user", "assistant") as the model sees it."""
+        messages = check_messages(messages)
+        if options.system is not None and not any(r == "system" for r, _ in messages):
+            messages = [("system", options.system), *messages]
+        if not self._templated:
+            return "".join(f"{r}: {c}\n" for r, c in messages) + "assistant:"
+        return self._apply_template(messages)
+
+    def _apply_template(self, messages: Messages) -> str:
+        """``messages`` through :meth:`llamacffi.Model.apply_chat_template` (``ModelConfig.chat_template``, else the
+        model's own or its architecture's), ending with the opening of the assistant's turn."""
+        with template_errors():
+            return self._model.apply_chat_template(messages, template=self.config.chat_template)
+
+    def chat_stream(self, messages: Messages, options: GenerationOptions | None = None) -> Iterator[str]:
+        """Like :meth:`generate_stream`, for a whole conversation (prefix reuse makes each turn cheap)."""
+        opts = self._options(options)
+        items: queue.SimpleQueue[object] = queue.SimpleQueue()
+        request = self._request_text(self.format_chat(messages, opts), opts, items.put)
+        return self._stream(request, items)
+
+    def _options(self, options: GenerationOptions | None) -> GenerationOptions:
+        if self._closed:
+            raise ModelClosedError(f"model {self._name!r} is closed")
+        options = DEFAULT_OPTIONS if options is None else options
+        if not isinstance(options, GenerationOptions):
+            raise InvalidConfigError("options must be a GenerationOptions")
+        return options
+
+    def _request(self, prompt: str, options: GenerationOptions | None, sink: Sink) -> Request:
+        opts = self._options(options)
+        return self._request_text(self.format_prompt(prompt, opts), opts, sink)
+
+    def _request_text(self, text: str, options: GenerationOptions, sink: Sink) -> Request:
+        return self._new_request(self.tokenize_prompt(text, options), options, sink)
+
+    def tokenize_prompt(
+        self, prompt: str | Sequence[int] | npt.NDArray[np.integer], options: GenerationOptions
+    ) -> npt.NDArray[np.int32]:
+        """The tokens a request decodes: text tokenized (special tokens parsed unless ``raw``), or token ids
+        checked against the vocabulary. :class:`ContextOverflowError` when they do not fit a request's context,
+        unless ``truncate_prompt`` keeps their end."""
+        with mapped():
+            if isinstance(prompt, str):
+                tokens = self._vocab.tokenize(prompt, add_special=True, parse_special=not options.raw)
+            else:
+                tokens = as_tokens(prompt, self._vocab.n_tokens)
+        limit = self.config.context_size - 1
+        if len(tokens) == 0:
+            tokens = np.array([self._vocab.bos if self._vocab.bos >= 0 else 0], dtype=np.int32)
+        if len(tokens) > limit:
+            if not self.config.truncate_prompt:
+                raise ContextOverflowError(
+                    f"the prompt is {len(tokens)} tokens but the context holds {self.config.context_size} per request "
+                    f"(prompt + output); shorten it, raise ModelConfig.context_size, or set truncate_prompt=True",
+                    prompt_tokens=len(tokens),
+                    context_size=self.config.context_size,
+                )
+            tokens = tokens[-limit:]
+        return tokens
+
+    def _new_request(
+        self,
+        tokens: npt.NDArray[np.int32],
+        options: GenerationOptions,
+        sink: Sink,
+        *,
+        logprobs: int | None = None,
+        after: Request | None = None,
+    ) -> Request:
+        bias = options.logit_bias
+        if bias and max(bias) >= self._vocab.n_tokens:
+            raise InvalidConfigError(
+                f"GenerationOptions.logit_bias: token {max(bias)} is not in the vocabulary of "
+                f"{self._vocab.n_tokens} tokens"
+            )
+        with mapped():
+            return Request(
+                tokens,
+                options,
+                sink,
+                self._vocab.stream(),
+                self.config.context_size,
+                self._vocab,
+                logprobs=logprobs,
+                after=after,
+            )
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """``(busy slots, waiting requests)`` now."""
+        return self._engine.load()
+
+    def start_choices(
+        self,
+        prompt: str | Sequence[int] | npt.NDArray[np.integer],
+        options: GenerationOptions | None = None,
+        *,
+        n: int = 1,
+        logprobs: int | None = None,
+    ) -> Choices:
+        """Queue ``n`` completions of one prompt, decoded together, the later ones starting from a copy of the
+        first's prompt memory; iterate the result (in the running event loop) for their events.
+
+        ``prompt`` is the text the model sees (no chat template is applied; see :meth:`format_chat`) or token ids.
+        With a ``seed``, choice ``i`` samples with ``seed + i``. ``logprobs``: None, or how many alternatives each
+        token reports (0..20). Raises here, before anything runs, for a full queue or a prompt that does not fit."""
+        opts = self._options(options)
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128:
+            raise InvalidConfigError(f"n must be an int in 1..128 (got {n!r})")
+        if logprobs is not None and (
+            not isinstance(logprobs, int) or isinstance(logprobs, bool) or not 0 <= logprobs <= 20
+        ):
+            raise InvalidConfigError(f"logprobs must be None or an int in 0..20 (got {logprobs!r})")
+        tokens = self.tokenize_prompt(prompt, opts)
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
+        requests: list[Request] = []
+        for i in range(n):
+            seeded = opts if opts.seed is None or i == 0 else dataclasses.replace(opts, seed=(opts.seed + i) % 2**32)
+
+            def sink(item: object, i: int = i) -> None:
+                loop.call_soon_threadsafe(items.put_nowait, (i, item))
+
+            requests.append(
+                self._new_request(tokens, seeded, sink, logprobs=logprobs, after=requests[0] if requests else None)
+            )
+        return Choices(self._engine, requests, items, len(tokens))
+
+    # ---- generation -------------------------------------------------------------------------------------------
+
+    def generate(self, prompt: str, options: GenerationOptions | None = None) -> str:
+        """The whole completion. The calling thread sleeps until the request ends (no wake-up per token)."""
+        result = Collected()
+        request = self._request(prompt, options, result.put)
+        self._engine.submit(request)
+        try:
+            result.done.wait()
+        finally:
+            self._engine.cancel(request)
+        return result.text()
+
+    def generate_stream(self, prompt: str, options: GenerationOptions | None = None) -> Iterator[str]:
+        """Yields text as it is generated. The request starts at the first ``next()``; leaving the loop early (or
+        closing the iterator) frees its slot at the next step."""
+        items: queue.SimpleQueue[object] = queue.SimpleQueue()
+        request = self._request(prompt, options, items.put)
+        return self._stream(request, items)
+
+    def _stream(self, request: Request, items: queue.SimpleQueue[object]) -> Iterator[str]:
+        self._engine.submit(request)
+        try:
+            while (text := text_of(items.get())) is not None:
+                yield text
+        finally:
+            self._engine.cancel(request)
+
+    async def agenerate(self, prompt: str, options: GenerationOptions | None = None) -> str:
+        """Like :meth:`generate`, for asyncio; cancelling the task frees the slot."""
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = loop.create_future()
+        result = Collected(lambda: loop.call_soon_threadsafe(resolve, finished))
+        request = self._request(prompt, options, result.put)
+        self._engine.submit(request)
+        try:
+            await finished
+        finally:
+            self._engine.cancel(request)
+        return result.text()
+
+    async def agenerate_stream(self, prompt: str, options: GenerationOptions | None = None) -> AsyncIterator[str]:
+        """Like :meth:`generate_stream`, for asyncio; cancelling the task frees the slot."""
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[object] = asyncio.Queue()
+
+        def sink(item: object) -> None:
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+        request = self._request(prompt, options, sink)
+        self._engine.submit(request)
+        try:
+            while (text := text_of(await items.get())) is not None:
+                yield text
+        finally:
+            self._engine.cancel(request)
