@@ -159,19 +159,16 @@ class LlamaCppEmbeddingModel(Loaded, EmbeddingModel):
         return job.future
 
 
-class _EmbeddingEngine:
+class _EmbeddingEngine(runner.Attached):
     """The requests of one embedding model, stepped by the process's engine thread like a text model's
     :class:`~llamacffi.service.engine.Engine` (one thread decodes for every model: see :mod:`.runner`)."""
 
     def __init__(self, embedder: embedding.Embedder, name: str) -> None:
+        super().__init__(f"model {name!r} is closed")
         self.ctx = embedder._ctx  # the runner halts it at interpreter exit
         self._embedder = embedder
         self._name = name
         self._pending: list[_Job] = []
-        self._runner = runner.shared()
-        self._cond = self._runner.lock  # the runner's: one lock for the engines of the process and their thread
-        self.closed = False
-        self._closed_why = f"model {name!r} is closed"
         self.stats = {"requests": 0, "texts": 0, "passes": 0}
         self._runner.attach(self)  # a runner.Stepped
 
@@ -195,19 +192,7 @@ class _EmbeddingEngine:
         self.fail_waiting()
         return True
 
-    def halt(self) -> None:
-        """Abort the pass under way and every later one (the process is exiting)."""
-        self.ctx._halt()
-
-    def shut(self, why: str) -> None:
-        """No thread steps this engine any more (called with the lock held): requests are refused, saying why."""
-        self.closed = True
-        self._closed_why = why
-
-    def orphan(self, new: runner.Runner) -> None:
-        """In a forked child: no thread steps this engine any more; requests are refused."""
-        self._runner, self._cond = new, new.lock
-        self.shut("the model was loaded before this process forked; load it again in this process")
+    def _forget(self) -> None:
         self._pending.clear()
 
     def fail_waiting(self) -> None:

@@ -11,153 +11,24 @@ and leave when they finish or are cancelled.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from .. import Batch, Context, DecodeAbortedError, LlamaError, backend
 from .. import Model as LlamaModel
-from ..sampling import Sampler, VocabLike
-from ..sampling.params import penalties_on
-from ..vocab import StreamDecoder
 from . import runner
-from .config import GenerationOptions, ModelConfig
+from .config import ModelConfig
 from .errors import GenerationError, ModelClosedError, QueueFullError
-from .events import Chunk, TokenLogprob
-from .stops import StopMatcher
+from .request import END, Request, Sink, send, token_logprob
+from .request import emit as _emit
 
-END = object()  # the last item a request's sink receives
+__all__ = ["END", "Engine", "Request", "Sink"]
+
 COPY_MIN_TOKENS = 32  # a cached prefix at least this much longer is copied to the chosen slot rather than decoded
 # Query tokens of one sequence from which ggml's CPU flash attention switches to its tiled kernel (GGML_FA_TILE_Q),
 # which rounds differently from the one-token kernel.
 FA_TILE = 64
-Sink = Callable[[Any], None]
-
-
-class Request:
-    """One generation: its prompt tokens, options and where its text goes.
-
-    ``logprobs``: None, or how many most likely alternatives each token reports; the sink then receives
-    :class:`Chunk` items instead of plain text. ``after``: a request sharing this one's prompt (another choice of
-    the same completion); this one waits until that one's prompt is in memory and starts from a copy of it. When the
-    request ends, ``finish_reason``, ``n_reused`` and ``n_generated`` say how and with what."""
-
-    __slots__ = (
-        "prompt",
-        "options",
-        "sink",
-        "cancelled",
-        "finished",
-        "n_generated",
-        "decoder",
-        "stops",
-        "sampler",
-        "history",
-        "n_history",
-        "greedy",
-        "logprobs",
-        "entries",
-        "after",
-        "prompt_done",
-        "finish_reason",
-        "n_reused",
-    )
-
-    def __init__(
-        self,
-        prompt: npt.NDArray[np.int32],
-        options: GenerationOptions,
-        sink: Sink,
-        decoder: StreamDecoder,
-        context_size: int,
-        vocab: VocabLike | None = None,
-        *,
-        logprobs: int | None = None,
-        after: Request | None = None,
-    ) -> None:
-        self.prompt = prompt
-        self.options = options
-        self.sink = sink
-        self.cancelled = False
-        self.finished = False  # its slot was released
-        self.n_generated = 0
-        self.decoder = decoder
-        self.stops = StopMatcher(options.stop_sequences)
-        penalties = penalties_on(
-            options.repeat_penalty, options.frequency_penalty, options.presence_penalty, options.penalty_last_n
-        )
-        bias = options.logit_bias or None
-        grammar = options.grammar_text()
-        self.greedy = options.temperature == 0.0 and not penalties and bias is None and grammar is None
-        if grammar is not None and vocab is None:
-            raise GenerationError("a constrained request needs the model's vocab")
-        # A grammar has state: a constrained request's sampler holds its own, fed every token it returns (greedy
-        # requests too), so constrained and free requests share decode steps.
-        self.sampler = (
-            None
-            if self.greedy
-            else Sampler(
-                temperature=options.temperature,
-                top_k=options.top_k,
-                top_p=options.top_p,
-                min_p=options.min_p,
-                repeat_penalty=options.repeat_penalty,
-                frequency_penalty=options.frequency_penalty,
-                presence_penalty=options.presence_penalty,
-                penalty_last_n=options.penalty_last_n,
-                logit_bias=bias,
-                seed=options.seed,
-                vocab=vocab if grammar is not None else None,
-                grammar=grammar,
-            )
-        )
-        self.logprobs = logprobs
-        self.entries: list[TokenLogprob] = []  # log-probabilities of tokens whose text is not sent yet
-        self.after = after
-        self.prompt_done = False  # all of its prompt but the last token is in memory
-        self.finish_reason: str | None = None
-        self.n_reused = 0
-        # Penalties look at prompt + output, which the context bounds; kept in one preallocated array.
-        size = min(len(prompt) + options.max_tokens, context_size)
-        self.history = np.empty(size, dtype=np.int32) if penalties else None
-        self.n_history = 0
-        if self.history is not None:
-            self.history[: len(prompt)] = prompt
-            self.n_history = len(prompt)
-
-
-def _emit(req: Request, item: Any) -> None:
-    """Hand an item to a request's consumer; a consumer that is gone (closed event loop) cancels the request
-    instead of stopping the scheduler."""
-    try:
-        req.sink(item)
-    except Exception:
-        req.cancelled = True
-
-
-def _send(req: Request, text: str) -> None:
-    """Hand text to a request's consumer, with the log-probabilities of the tokens it came from when asked for."""
-    if req.logprobs is None:
-        if text:
-            _emit(req, text)
-    elif text or req.entries:
-        entries, req.entries = tuple(req.entries), []
-        _emit(req, Chunk(text, entries))
-
-
-def _token_logprob(logits: npt.NDArray[np.float32], token: int, top: int) -> TokenLogprob:
-    """The log-softmax of a logits row at ``token``, and its ``top`` highest entries."""
-    row = logits.astype(np.float64)
-    peak = row.max()
-    norm = peak + np.log(np.exp(row - peak).sum())
-    best: tuple[tuple[int, float], ...] = ()
-    if top > 0:
-        ids = np.argpartition(row, -top)[-top:]
-        ids = ids[np.argsort(-row[ids], kind="stable")]
-        best = tuple((int(i), float(row[i] - norm)) for i in ids)
-    return TokenLogprob(token, float(row[token] - norm), best)
 
 
 def _common_prefix(a: npt.NDArray[np.int32], b: npt.NDArray[np.int32]) -> int:
@@ -180,11 +51,12 @@ class _Slot:
         self.used = 0  # when a request last took this slot (the engine's admission count)
 
 
-class Engine:
+class Engine(runner.Attached):
     """Runs the requests of one model on one Context, stepped by the process's engine thread
     (:mod:`llamacffi.service.runner`)."""
 
     def __init__(self, model: LlamaModel, config: ModelConfig, threads: int | None) -> None:
+        super().__init__("the model is closed")
         self.model = model
         self.config = config
         self.n_ctx_seq = config.context_size
@@ -207,10 +79,6 @@ class Engine:
         self._batch = Batch(config.batch_size, n_seq_max=config.parallel)
         self._queue: deque[Request] = deque()
         self._tick = 0
-        self._runner = runner.shared()
-        self._cond = self._runner.lock  # the runner's: one lock for the engines of the process and their thread
-        self.closed = False
-        self._closed_why = "the model is closed"
         self.stats = {
             "requests": 0,
             "prompt_tokens_reused": 0,
@@ -262,19 +130,7 @@ class Engine:
         self._runner.detach(self)  # the engine thread lets go of the context before it is freed
         self.ctx.close()
 
-    def halt(self) -> None:
-        """Abort the decode under way and every later one (the process is exiting)."""
-        self.ctx._halt()
-
-    def shut(self, why: str) -> None:
-        """No thread steps this engine any more (called with the lock held): requests are refused, saying why."""
-        self.closed = True
-        self._closed_why = why
-
-    def orphan(self, runner: runner.Runner) -> None:
-        """In a forked child: no thread steps this engine any more; requests are refused."""
-        self._runner, self._cond = runner, runner.lock
-        self.shut("the model was loaded before this process forked; load it again in this process")
+    def _forget(self) -> None:
         self._queue.clear()
         for s in self._slots:
             s.request = None
@@ -495,8 +351,8 @@ class Engine:
             req.history[req.n_history] = token
             req.n_history += 1
         if req.logprobs is not None:
-            req.entries.append(_token_logprob(logits, token, req.logprobs))
-        _send(req, req.stops.feed(req.decoder.feed(token)))
+            req.entries.append(token_logprob(logits, token, req.logprobs))
+        send(req, req.stops.feed(req.decoder.feed(token)))
         if req.stops.stopped:
             req.finish_reason = "stop"
         elif req.n_generated >= req.options.max_tokens or slot.n_cached + 1 >= self.n_ctx_seq:
@@ -509,7 +365,7 @@ class Engine:
     def _finish(self, slot: _Slot, req: Request) -> None:
         tail = req.stops.feed(req.decoder.flush())
         tail += req.stops.flush()
-        _send(req, tail)
+        send(req, tail)
         with self._cond:
             self._release(slot)  # before END: a caller that submits again at once finds the slot free
         _emit(req, END)

@@ -21,6 +21,7 @@ import os
 import threading
 from typing import Protocol
 
+from ..context import Context
 from .errors import ModelClosedError
 
 
@@ -46,6 +47,39 @@ class Stepped(Protocol):
 
     def orphan(self, runner: Runner) -> None:
         """In a forked child, where no thread steps it: move to the child's runner and refuse requests."""
+
+
+class Attached:
+    """What every engine this module steps shares: the process's runner and its lock, being closed, and how it is
+    halted, shut and orphaned. A subclass sets :attr:`ctx`, implements :meth:`_forget`, and attaches itself
+    (``self._runner.attach(self)``) once it is ready to be stepped."""
+
+    ctx: Context
+
+    def __init__(self, closed_why: str) -> None:
+        self._runner = shared()
+        self._cond = self._runner.lock  # the runner's: one lock for the engines of the process and their thread
+        self.closed = False
+        self._closed_why = closed_why
+
+    def halt(self) -> None:
+        """Abort the decode under way and every later one (the process is exiting)."""
+        self.ctx._halt()
+
+    def shut(self, why: str) -> None:
+        """No thread steps this engine any more (called with the lock held): requests are refused, saying why."""
+        self.closed = True
+        self._closed_why = why
+
+    def orphan(self, runner: Runner) -> None:
+        """In a forked child: no thread steps this engine any more; requests are refused."""
+        self._runner, self._cond = runner, runner.lock
+        self.shut("the model was loaded before this process forked; load it again in this process")
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop every queued and running request without answering it (their consumers live in the parent)."""
+        raise NotImplementedError
 
 
 class Runner:
