@@ -15,6 +15,7 @@ from typing import Any
 import uvicorn
 
 from .. import models
+from ..cli import placement_args, rpc_list, split_list
 from ..service import LlamaCppService, LlamaCppSpecificConfig, LocalBackendConfig, ModelConfig
 from ..service.errors import InvalidConfigError
 from .app import create_app
@@ -104,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         use_gpu=args.gpu_layers != 0,
         gpu_layers=args.gpu_layers,
         llama_cpp=LlamaCppSpecificConfig(huge_pages=args.huge_pages),
+        rpc_servers=tuple(rpc_list(args.rpc)),
+        tensor_split=split_list(args.tensor_split),
     )
     model_config = ModelConfig(
         context_size=args.ctx_size, parallel=args.parallel, max_queue=args.max_queue, batch_size=max(512, args.parallel)
@@ -187,6 +190,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="layers to offload to a GPU (default -1: all, when the build has a GPU backend)",
     )
     p.add_argument("--huge-pages", action="store_true", help="read the weights into huge pages (Linux)")
+    placement_args(p)
     p.add_argument(
         "--api-key",
         default=None,

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .engine import END, Engine, Request
+from .engine import END, Request, Scheduler
 from .events import Chunk, Finish
 
 Event = tuple[int, "Chunk | Finish"]
@@ -18,7 +18,7 @@ class Choices:
     anything is sent to a client); :meth:`cancel`, or leaving an ``async for`` early, cancels those still running."""
 
     def __init__(
-        self, engine: Engine, requests: list[Request], items: asyncio.Queue[tuple[int, Any]], n_prompt: int
+        self, engine: Scheduler, requests: list[Request], items: asyncio.Queue[tuple[int, Any]], n_prompt: int
     ) -> None:
         self._engine = engine
         self._requests = requests

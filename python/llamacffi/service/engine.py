@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +31,21 @@ from .stops import StopMatcher
 END = object()  # the last item a request's sink receives
 COPY_MIN_TOKENS = 32  # a cached prefix at least this much longer is copied to the chosen slot rather than decoded
 Sink = Callable[[Any], None]
+
+
+class Scheduler(Protocol):
+    """What a text model asks of its scheduler: an :class:`Engine` in this process, or a
+    :class:`~.worker.WorkerEngine` whose model runs in a worker process."""
+
+    stats: dict[str, int]
+
+    def submit(self, request: Request) -> None: ...
+
+    def cancel(self, request: Request) -> None: ...
+
+    def load(self) -> tuple[int, int]: ...
+
+    def close(self) -> None: ...
 
 
 class Request:

@@ -25,7 +25,7 @@ from ..vocab import as_tokens
 from .choices import Choices
 from .config import BackendType, GenerationOptions, LocalBackendConfig, ModelConfig, ModelType
 from .embedding import LlamaCppEmbeddingModel
-from .engine import END, Engine, Request
+from .engine import END, Engine, Request, Scheduler
 from .errors import (
     ContextOverflowError,
     InferenceError,
@@ -102,6 +102,11 @@ class LlamaCppService(InferenceService):
         if self._closed:
             raise ModelClosedError("the service is closed")
         if model_type == ModelType.TEXT_EMBEDDING:
+            if self.config.rpc_servers:
+                raise InvalidConfigError(
+                    "LocalBackendConfig.rpc_servers: embedding models run in this process only; load them with a "
+                    "service without rpc_servers"
+                )
             if config is not None and not isinstance(config, ModelConfig):
                 raise InvalidConfigError("config must be a ModelConfig")
             embedder = LlamaCppEmbeddingModel.open(
@@ -116,14 +121,16 @@ class LlamaCppService(InferenceService):
             raise InvalidConfigError("config must be a ModelConfig")
         path = self.resolve(model_id)
         bc = self.config
+        load: dict[str, Any] = {
+            "n_gpu_layers": bc.gpu_layers if bc.use_gpu else 0,
+            "use_mmap": bc.llama_cpp.use_mmap,
+            "use_mlock": bc.llama_cpp.use_mlock,
+            "huge_pages": bc.llama_cpp.huge_pages,
+        }
+        if bc.rpc_servers:
+            return self._load_in_worker(model_id, path, load, config)
         with mapped():
-            llama_model = LlamaModel.load(
-                path,
-                n_gpu_layers=bc.gpu_layers if bc.use_gpu else 0,
-                use_mmap=bc.llama_cpp.use_mmap,
-                use_mlock=bc.llama_cpp.use_mlock,
-                huge_pages=bc.llama_cpp.huge_pages,
-            )
+            llama_model = LlamaModel.load(path, **load)
         try:
             if config.context_size > llama_model.n_ctx_train:
                 message = (
@@ -147,6 +154,32 @@ class LlamaCppService(InferenceService):
         self._models.append(model)
         return model
 
+    def _load_in_worker(self, model_id: str, path: Path, load: dict[str, Any], config: ModelConfig) -> Model:
+        """A model on RPC servers, run in a worker process of its own (:mod:`.worker`): a server that dies then
+        ends that process, not this one."""
+        from .worker import WorkerEngine, WorkerSpec
+
+        bc = self.config
+        load = {**load, "rpc_servers": list(bc.rpc_servers)}
+        if bc.tensor_split is not None:
+            load["tensor_split"] = list(bc.tensor_split)
+        with mapped():
+            vocab_model = LlamaModel.load(path, vocab_only=True)
+        try:
+            if config.context_size > vocab_model.n_ctx_train and config.strict_context:
+                raise InvalidConfigError(
+                    f"ModelConfig.context_size {config.context_size} exceeds the {vocab_model.n_ctx_train} tokens "
+                    f"{path.name} was trained for"
+                )
+            with mapped():
+                engine = WorkerEngine(WorkerSpec(model_id, path, load, config, bc.threads), bc.rpc_timeout)
+            model = LlamaCppTextModel(model_id, vocab_model, config, bc.threads, engine=engine)
+        except BaseException:
+            vocab_model.close()
+            raise
+        self._models.append(model)
+        return model
+
     def close(self) -> None:
         self._closed = True
         for m in self._models:
@@ -157,7 +190,17 @@ class LlamaCppService(InferenceService):
 class LlamaCppTextModel(Loaded, TextToTextModel):
     """A loaded GGUF model serving generation requests through a batching scheduler."""
 
-    def __init__(self, name: str, model: LlamaModel, config: ModelConfig, threads: int | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        model: LlamaModel,
+        config: ModelConfig,
+        threads: int | None,
+        *,
+        engine: Scheduler | None = None,
+    ) -> None:
+        """``engine``: the scheduler of a model that runs elsewhere (a worker process; ``model`` is then its
+        vocabulary-only copy); by default an :class:`Engine` over ``model`` in this process."""
         self._name = name
         self._model = model
         self.config = config
@@ -175,7 +218,7 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
                     f"ModelConfig.chat_template {config.chat_template[:60]!r} is neither a "
                     f"template name llama.cpp knows nor a template it recognises"
                 ) from None
-        self._engine = Engine(model, config, threads)
+        self._engine: Scheduler = engine if engine is not None else Engine(model, config, threads)
         self._closed = False
         self._lock = threading.Lock()
 
