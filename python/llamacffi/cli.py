@@ -387,6 +387,8 @@ def cmd_rpc_server(args: argparse.Namespace) -> int:
 
     from . import rpc
 
+    if args.host == "localhost":
+        args.host = "127.0.0.1"
     if not rpc.is_loopback(args.host) and not args.allow_remote:
         raise ValueError(
             f"refusing to listen on {args.host}, an address other machines can reach: {rpc.SECURITY_WARNING}. "

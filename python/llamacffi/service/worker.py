@@ -64,6 +64,7 @@ class WorkerEngine:
         self._next = 0
         self.closed = False
         self._why = "the model is closed"
+        self._error: type[Exception] = ModelClosedError  # GenerationError once the worker process is gone
         self.stats: dict[str, int] = {"requests": 0}
         mp = multiprocessing.get_context("spawn")
         self._conn, child = mp.Pipe()
@@ -122,7 +123,7 @@ class WorkerEngine:
     def submit(self, request: Request) -> None:
         with self._lock:
             if self.closed:
-                raise ModelClosedError(self._why)
+                raise self._error(self._why)
             if len(self._requests) >= self.config.parallel + self.config.max_queue:
                 waiting = len(self._requests) - self.config.parallel
                 raise QueueFullError(
@@ -214,6 +215,7 @@ class WorkerEngine:
                 return
             self.closed = True
         self._process.join(5.0)
+        self._error = GenerationError
         if why == "stalled":
             self._why = (
                 f"the worker process serving model {self.name!r} sent nothing for {self._stall:g} s with requests "
