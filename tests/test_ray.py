@@ -77,13 +77,12 @@ def _ask(url: str, question: str, timeout: float = 120) -> dict[str, Any]:
     return dict(r.json())
 
 
-def _replicas() -> list[Any]:
-    from ray.util.state import list_actors
-
+def _replicas() -> list[dict[str, str]]:
+    """The deployment's live replica actors, as ``{"name", "namespace"}`` (Serve names them SERVE_REPLICA::...)."""
     return [
         a
-        for a in list_actors(filters=[("state", "=", "ALIVE")])
-        if a.class_name.startswith("ServeReplica") and lray.DEPLOYMENT_NAME in a.class_name
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith("SERVE_REPLICA::") and f"#{lray.DEPLOYMENT_NAME}#" in a["name"]
     ]
 
 
@@ -104,7 +103,7 @@ def test_a_killed_replica_is_replaced(cluster: str, expected: dict[str, str]) ->
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         running = [pool.submit(_ask, cluster, q) for q in QUESTIONS[:4]]
         time.sleep(0.2)
-        ray.kill(ray.get_actor(victim.name, namespace=victim.ray_namespace), no_restart=True)
+        ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
         for f in running:
             try:
                 f.result()  # one on the killed replica may fail; none hangs
@@ -113,7 +112,7 @@ def test_a_killed_replica_is_replaced(cluster: str, expected: dict[str, str]) ->
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         now = _replicas()
-        if len(now) == 2 and victim.actor_id not in {a.actor_id for a in now}:
+        if len(now) == 2 and victim["name"] not in {a["name"] for a in now}:
             break
         time.sleep(0.5)
     else:
