@@ -319,3 +319,47 @@ def test_service_load_with_a_server_down_names_it(smollm2_path: Path) -> None:
             svc.load_model(str(smollm2_path))
         with pytest.raises(InvalidConfigError, match="embedding models"):
             svc.load_model(str(smollm2_path), llamacffi.service.ModelType.TEXT_EMBEDDING)
+
+
+# ---- the commands take --rpc --------------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llamacffi", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@needs_rpc
+def test_generate_and_bench_take_rpc(smollm2_path: Path, servers: list[str]) -> None:
+    common = ["-m", str(smollm2_path), "-t", "1"]
+    gen = ["generate", "--temp", "0", "-n", "12", "--raw", PROMPT, *common]
+    local = _cli(*gen)
+    split = _cli(*gen, "--rpc", ",".join(servers), "-ngl", str(OFFLOAD), "--tensor-split", "1,1")
+    assert local.returncode == 0 and split.returncode == 0, split.stderr
+    assert split.stdout == local.stdout
+    bench = _cli("bench", "-p", "16", "-g", "4", *common, "--rpc", servers[0])
+    assert bench.returncode == 0, bench.stderr
+    assert "tg4" in bench.stdout
+    down = _cli(*gen, "--rpc", f"127.0.0.1:{free_port()}")
+    assert down.returncode == 1 and "cannot be reached" in down.stderr and "Traceback" not in down.stderr
+
+
+@needs_rpc
+def test_serve_takes_rpc(smollm2_path: Path, servers: list[str]) -> None:
+    import httpx
+
+    from server_process import ServeProcess
+
+    server = ServeProcess(["-m", str(smollm2_path), "--alias", "m", "-t", "1", "--rpc", servers[1], "-ngl", "10"])
+    try:
+        body = {"model": "m", "prompt": PROMPT, "max_tokens": 8, "temperature": 0}
+        r = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == 8
+    finally:
+        server.stop()
