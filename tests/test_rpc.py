@@ -363,3 +363,28 @@ def test_serve_takes_rpc(smollm2_path: Path, servers: list[str]) -> None:
         assert r.json()["usage"]["completion_tokens"] == 8
     finally:
         server.stop()
+
+
+@needs_rpc
+def test_service_stops_a_worker_whose_server_stops_answering(smollm2_path: Path) -> None:
+    import os
+    import signal
+
+    server = RPCServerProcess()
+    svc = LlamaCppService(
+        LocalBackendConfig(threads=1, gpu_layers=OFFLOAD, rpc_servers=(server.endpoint,), rpc_timeout=2.0)
+    )
+    try:
+        model = svc.load_model(str(smollm2_path), config=ModelConfig(context_size=1024, parallel=1))
+        stream = model.generate_stream("Once upon a time", GenerationOptions(max_tokens=900, temperature=0.0))
+        next(stream)
+        os.kill(server.proc.pid, signal.SIGSTOP)  # alive, connection open, never answers: a host gone silent
+        t0 = time.monotonic()
+        with pytest.raises(GenerationError, match="sent nothing for 2 s"):
+            for _ in stream:
+                pass
+        assert time.monotonic() - t0 < 6
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        svc.close()
+        server.kill()
