@@ -388,3 +388,16 @@ def test_service_stops_a_worker_whose_server_stops_answering(smollm2_path: Path)
         os.kill(server.proc.pid, signal.SIGCONT)
         svc.close()
         server.kill()
+
+
+@needs_rpc
+def test_a_remote_device_named_later_is_checked_too(smollm2_path: Path) -> None:
+    server = RPCServerProcess()
+    try:
+        with Model.load(smollm2_path, rpc_servers=[server.endpoint], n_gpu_layers=4) as m:
+            assert m.devices is not None
+            name = m.devices[0]
+    finally:
+        server.kill()
+    with pytest.raises(ModelLoadError, match=f"RPC server {server.endpoint} cannot be reached"):
+        Model.load(smollm2_path, devices=[name], n_gpu_layers=4)  # without the check: llama.cpp would abort

@@ -123,21 +123,22 @@ def _local_default() -> list[CData]:
     return gpus or igpus
 
 
-def _by_name(name: str) -> CData:
+def _by_name(name: str, timeout: float) -> CData:
     dev = lib.ggml_backend_dev_by_name(name.encode())
-    if dev == ffi.NULL:
-        dev = rpc.find_device(name)
-    if dev is None or dev == ffi.NULL:
+    if dev != ffi.NULL:
+        return dev
+    found = rpc.find_device(name)
+    if found is None:
         known = [
             ffi.string(lib.ggml_backend_dev_name(lib.ggml_backend_dev_get(i))).decode()
             for i in range(lib.ggml_backend_dev_count())
         ]
-        remote = [n for e in rpc.servers() for n in _names(rpc.devices_of(rpc.parse(e)))]
         raise InvalidArgumentError(
-            f"no device named {name!r}; this process has {', '.join(known + remote)} (the devices of an RPC server "
-            f"are named once it is given in rpc_servers)"
+            f"no device named {name!r}; this process has {', '.join(known + rpc.device_names())} (the devices of "
+            f"an RPC server are named once it is given in rpc_servers)"
         )
-    return dev
+    rpc.devices_of(found[0], timeout)  # a remote device: its server is checked as if it were named
+    return found[1]
 
 
 def _names(devs: list[CData]) -> list[str]:
@@ -157,7 +158,7 @@ def build(wanted: Wanted, timeout: float = limits.RPC_PROBE_TIMEOUT) -> Placemen
     for endpoint in wanted.rpc_servers:
         remote += rpc.devices_of(endpoint, timeout)
     if wanted.devices is not None:
-        devs: list[CData] | None = [_by_name(n) for n in wanted.devices]
+        devs: list[CData] | None = [_by_name(n, timeout) for n in wanted.devices]
     elif remote:
         devs = remote + _local_default()
     else:

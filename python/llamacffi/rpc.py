@@ -185,14 +185,21 @@ def note_user(endpoints: Iterable[Endpoint], model: object) -> None:
             _users.setdefault(str(e), weakref.WeakSet()).add(model)
 
 
-def find_device(name: str) -> CData | None:
-    """A device of a server added in this process by its name (``RPC0``, ...), or None."""
+def find_device(name: str) -> tuple[Endpoint, CData] | None:
+    """A device of a server added in this process by its name (``RPC0``, ...), with the server's address; None
+    when no added server has it."""
     with _lock:
-        for devs in _servers.values():
+        for endpoint, devs in _servers.items():
             for d in devs:
                 if ffi.string(lib.ggml_backend_dev_name(d)).decode() == name:
-                    return d
+                    return parse(endpoint), d
     return None
+
+
+def device_names() -> list[str]:
+    """Names of the devices of the servers added in this process (no server is contacted)."""
+    with _lock:
+        return [ffi.string(lib.ggml_backend_dev_name(d)).decode() for devs in _servers.values() for d in devs]
 
 
 def describe(endpoint: Endpoint, timeout: float = limits.RPC_PROBE_TIMEOUT) -> list[dict[str, object]]:
