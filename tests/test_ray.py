@@ -21,8 +21,13 @@ serve = pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 
 import llamacffi.ray as lray  # noqa: E402
-from llamacffi.service import GenerationOptions, InvalidConfigError, LlamaCppService, LocalBackendConfig  # noqa: E402
-from llamacffi.service import ModelConfig  # noqa: E402
+from llamacffi.service import (  # noqa: E402
+    GenerationOptions,
+    InvalidConfigError,
+    LlamaCppService,
+    LocalBackendConfig,
+    ModelConfig,
+)
 
 TOKENS = 24
 PARALLEL = 2
