@@ -180,7 +180,12 @@ def ray_replicas(path: Path, clients: int, tokens: int, reps: int) -> dict[str, 
 
 
 def markdown(out: dict[str, Any]) -> str:
-    lines = [f"# Distributed: {out['model']}, {out['machine'].get('cpu', '')}", ""]
+    m = out["machine"]
+    lines = [
+        f"# Distributed: {out['model']}, {m.get('cpu_model', '')}, {m.get('usable_cpus')} CPUs, load average at "
+        f"the start {m.get('loadavg_start')}",
+        "",
+    ]
     rpc = out.get("rpc")
     if rpc:
         lines += [
@@ -234,7 +239,13 @@ def main() -> int:
     }
     reps = 1 if quick else 3
     path = models.fetch(MODEL)
-    out: dict[str, Any] = {"model": MODEL, "machine": machine(), "threads": args.threads, "sizes": sizes, "reps": reps}
+    out: dict[str, Any] = {
+        "model": MODEL,
+        "machine": machine(args.threads),
+        "threads": args.threads,
+        "sizes": sizes,
+        "reps": reps,
+    }
     if not args.no_rpc:
         out["rpc"] = rpc_split(path, args.threads, sizes["pp"], sizes["tg"], reps)
     if not args.no_ray:
