@@ -77,13 +77,13 @@ def application(
         raise InvalidConfigError(f"model must be a model id (a non-empty str), got {model!r}")
     options: dict[str, Any] = {"num_cpus": threads, **(ray_actor_options or {})}
     deployment = serve.deployment(
-        Replica,
         name=DEPLOYMENT_NAME,
         num_replicas=num_replicas,
         max_ongoing_requests=parallel,
         ray_actor_options=options,
-    )
-    return deployment.bind(model, served_name or model, backend.to_dict(), config.to_dict())
+    )(Replica)
+    app: serve.Application = deployment.bind(model, served_name or model, backend.to_dict(), config.to_dict())
+    return app
 
 
 def deploy(
