@@ -61,10 +61,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def servers() -> Iterator[list[str]]:
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     if not rpc.available():
         pytest.skip("built with -DGGML_RPC=OFF")
-    started = [RPCServerProcess() for _ in range(2)]
+    cache = tmp_path_factory.mktemp("rpc") / "cache"
+    started = [RPCServerProcess(), RPCServerProcess(("--threads", "1", "--cache", str(cache)))]
+    assert cache.is_dir()
     try:
         yield [s.endpoint for s in started]
     finally:
