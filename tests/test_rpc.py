@@ -359,10 +359,15 @@ def test_serve_takes_rpc(smollm2_path: Path, servers: list[str]) -> None:
 
     server = ServeProcess(["-m", str(smollm2_path), "--alias", "m", "-t", "1", "--rpc", servers[1], "-ngl", "10"])
     try:
-        body = {"model": "m", "prompt": PROMPT, "max_tokens": 8, "temperature": 0}
+        # two choices (the second starts from a copy of the first's prompt) with log-probabilities: every kind of
+        # event crosses the worker's pipe
+        body = {"model": "m", "prompt": PROMPT, "max_tokens": 8, "temperature": 0, "n": 2, "logprobs": 2}
         r = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
         assert r.status_code == 200, r.text
-        assert r.json()["usage"]["completion_tokens"] == 8
+        out = r.json()
+        assert out["usage"]["completion_tokens"] == 16
+        first, second = out["choices"]
+        assert first["text"] == second["text"] and len(first["logprobs"]["tokens"]) == 8
     finally:
         server.stop()
 
