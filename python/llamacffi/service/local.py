@@ -132,14 +132,7 @@ class LlamaCppService(InferenceService):
         with mapped():
             llama_model = LlamaModel.load(path, **load)
         try:
-            if config.context_size > llama_model.n_ctx_train:
-                message = (
-                    f"ModelConfig.context_size {config.context_size} exceeds the {llama_model.n_ctx_train} "
-                    f"tokens {path.name} was trained for"
-                )
-                if config.strict_context:
-                    raise InvalidConfigError(message)
-                warnings.warn(message + "; output quality may degrade", RuntimeWarning, stacklevel=2)
+            _check_context(config, llama_model, path)
             with mapped():
                 try:
                     model = LlamaCppTextModel(model_id, llama_model, config, bc.threads)
@@ -166,11 +159,7 @@ class LlamaCppService(InferenceService):
         with mapped():
             vocab_model = LlamaModel.load(path, vocab_only=True)
         try:
-            if config.context_size > vocab_model.n_ctx_train and config.strict_context:
-                raise InvalidConfigError(
-                    f"ModelConfig.context_size {config.context_size} exceeds the {vocab_model.n_ctx_train} tokens "
-                    f"{path.name} was trained for"
-                )
+            _check_context(config, vocab_model, path, stacklevel=4)
             with mapped():
                 engine = WorkerEngine(WorkerSpec(model_id, path, load, config, bc.threads), bc.rpc_timeout)
             model = LlamaCppTextModel(model_id, vocab_model, config, bc.threads, engine=engine)
@@ -185,6 +174,18 @@ class LlamaCppService(InferenceService):
         for m in self._models:
             m.close()
         self._models.clear()
+
+
+def _check_context(config: ModelConfig, model: LlamaModel, path: Path, stacklevel: int = 3) -> None:
+    """A context above what the model was trained for warns, or raises with ``strict_context``."""
+    if config.context_size > model.n_ctx_train:
+        message = (
+            f"ModelConfig.context_size {config.context_size} exceeds the {model.n_ctx_train} tokens {path.name} was "
+            f"trained for"
+        )
+        if config.strict_context:
+            raise InvalidConfigError(message)
+        warnings.warn(message + "; output quality may degrade", RuntimeWarning, stacklevel=stacklevel)
 
 
 class LlamaCppTextModel(Loaded, TextToTextModel):
