@@ -132,7 +132,7 @@ class LlamaCppService(InferenceService):
         with mapped():
             llama_model = LlamaModel.load(path, **load)
         try:
-            _check_context(config, llama_model, path)
+            _check_context(config, llama_model.n_ctx_train, path)
             with mapped():
                 try:
                     model = LlamaCppTextModel(model_id, llama_model, config, bc.threads)
@@ -159,10 +159,14 @@ class LlamaCppService(InferenceService):
         with mapped():
             vocab_model = LlamaModel.load(path, vocab_only=True)
         try:
-            _check_context(config, vocab_model, path, stacklevel=4)
             with mapped():
                 engine = WorkerEngine(WorkerSpec(model_id, path, load, config, bc.threads), bc.rpc_timeout)
-            model = LlamaCppTextModel(model_id, vocab_model, config, bc.threads, engine=engine)
+            try:
+                _check_context(config, engine.n_ctx_train, path, stacklevel=4)  # a vocab-only model does not know
+                model = LlamaCppTextModel(model_id, vocab_model, config, bc.threads, engine=engine)
+            except BaseException:
+                engine.close()
+                raise
         except BaseException:
             vocab_model.close()
             raise
@@ -176,11 +180,11 @@ class LlamaCppService(InferenceService):
         self._models.clear()
 
 
-def _check_context(config: ModelConfig, model: LlamaModel, path: Path, stacklevel: int = 3) -> None:
+def _check_context(config: ModelConfig, n_ctx_train: int, path: Path, stacklevel: int = 3) -> None:
     """A context above what the model was trained for warns, or raises with ``strict_context``."""
-    if config.context_size > model.n_ctx_train:
+    if config.context_size > n_ctx_train:
         message = (
-            f"ModelConfig.context_size {config.context_size} exceeds the {model.n_ctx_train} tokens {path.name} was "
+            f"ModelConfig.context_size {config.context_size} exceeds the {n_ctx_train} tokens {path.name} was "
             f"trained for"
         )
         if config.strict_context:

@@ -11,7 +11,7 @@ without closing its connection), every request still running ends with :class:`G
 and later requests are refused; the caller's process and its other models go on.
 
 The pipe carries pickled tuples. Parent to child: ``("submit", id, tokens, options, logprobs, after_id)``,
-``("cancel", id)``, ``("close",)``. Child to parent: ``("progress",)`` while loading, then ``("ready",)`` or
+``("cancel", id)``, ``("close",)``. Child to parent: ``("progress",)`` while loading, then ``("ready", n_ctx_train)`` or
 ``("failed", exception)``; ``("item", id, text_or_chunk)``, ``("end", id, finish_reason, n_reused, n_generated,
 stats)``, ``("error", id, exception)``.
 """
@@ -66,6 +66,7 @@ class WorkerEngine:
         self._why = "the model is closed"
         self._error: type[Exception] = ModelClosedError  # GenerationError once the worker process is gone
         self.stats: dict[str, int] = {"requests": 0}
+        self.n_ctx_train = 0  # the model's training context, as the worker read it
         mp = multiprocessing.get_context("spawn")
         self._conn, child = mp.Pipe()
         self._process = mp.Process(target=_child, args=(child, spec), name=f"llamacffi-worker {spec.name}", daemon=True)
@@ -87,6 +88,7 @@ class WorkerEngine:
                     self._last = time.monotonic()
                     continue
                 if msg is not None and msg[0] == "ready":
+                    self.n_ctx_train = int(msg[1])
                     return
                 self._stop()
                 if msg is not None and msg[0] == "failed":
@@ -323,7 +325,7 @@ def _child(conn: Connection, spec: WorkerSpec) -> None:  # pragma: no cover - ru
     def send_with_stats(msg: tuple[Any, ...]) -> None:
         send((*msg, dict(engine.stats)) if msg[0] == "end" else msg)
 
-    send(("ready",))
+    send(("ready", model.n_ctx_train))
     while True:
         try:
             msg = conn.recv()
