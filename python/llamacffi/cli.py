@@ -325,7 +325,17 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=1))
     else:
         for key, value in info.items():
-            if isinstance(value, dict):
+            if key == "rpc_devices" and isinstance(value, list):
+                print(f"{key}:" + ("" if value else " none"))
+                for d in value:
+                    if "error" in d:
+                        print(f"  {d['endpoint']}: {d['error']}")
+                    else:
+                        print(
+                            f"  {d['name']} at {d['endpoint']}: {d['memory_free'] >> 20} MiB free of "
+                            f"{d['memory_total'] >> 20} MiB"
+                        )
+            elif isinstance(value, dict):
                 print(f"{key}:")
                 for k, v in value.items():
                     print(f"  {k}: {v if not isinstance(v, dict) else ''}")
