@@ -2,7 +2,7 @@
 servers.
 
 llama.cpp's RPC client aborts the process when a server dies during a call (``RPC_STATUS_ASSERT``), which nothing
-in that process can catch. The model therefore runs in a child process (``spawn``: a fresh interpreter) that holds
+in that process can catch. The model therefore runs in a child process (a fresh interpreter) that holds
 the weights and the batching :class:`~.engine.Engine`; the caller's process keeps a vocabulary-only copy of the
 model for templates and tokens, and a :class:`WorkerEngine` that stands in for the engine: it sends each request's
 tokens and options through a pipe and hands the child's text, chunks and endings to the request's sink. When the
@@ -19,10 +19,13 @@ stats)``, ``("error", id, exception)``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import multiprocessing
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -67,11 +70,18 @@ class WorkerEngine:
         self._error: type[Exception] = ModelClosedError  # GenerationError once the worker process is gone
         self.stats: dict[str, int] = {"requests": 0}
         self.n_ctx_train = 0  # the model's training context, as the worker read it
-        mp = multiprocessing.get_context("spawn")
-        self._conn, child = mp.Pipe()
-        self._process = mp.Process(target=_child, args=(child, spec), name=f"llamacffi-worker {spec.name}", daemon=True)
-        self._process.start()
+        self._conn, child = multiprocessing.Pipe()  # a socket pair: one end here, the other the child's
+        # A fresh interpreter that imports this package as this process does (its sys.path), whatever this
+        # process's __main__ is (multiprocessing's spawn would run that again); a session of its own, so that a
+        # Ctrl-C at the terminal reaches this process only, which ends the child itself.
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _BOOT, json.dumps(sys.path), str(child.fileno())],
+            pass_fds=(child.fileno(),),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         child.close()
+        self._conn.send(spec)
         self._last = time.monotonic()
         self._wait_ready()
         self._reader = threading.Thread(target=self._read, name=f"llamacffi-worker-reader {spec.name}", daemon=True)
@@ -94,7 +104,7 @@ class WorkerEngine:
                 if msg is not None and msg[0] == "failed":
                     raise msg[1]
                 raise ModelLoadFailedError(f"the worker process loading {self.name!r} {self._ended()}")
-            if not self._process.is_alive():
+            if not self._alive():
                 self._stop()
                 raise ModelLoadFailedError(f"the worker process loading {self.name!r} {self._ended()}")
             if time.monotonic() - self._last > self._stall:
@@ -105,7 +115,7 @@ class WorkerEngine:
                 )
 
     def _ended(self) -> str:
-        code = self._process.exitcode
+        code = self._process.returncode
         if code is not None and code < 0:
             try:
                 sig = signal.Signals(-code).name
@@ -115,6 +125,9 @@ class WorkerEngine:
         else:
             how = f"exited with code {code}"
         return f"{how} (an RPC server it uses went away or refused a request?)"
+
+    def _alive(self) -> bool:
+        return self._process.poll() is None
 
     def _send(self, msg: tuple[Any, ...]) -> None:
         with self._send_lock:
@@ -168,7 +181,7 @@ class WorkerEngine:
 
     def close(self) -> None:
         with self._lock:
-            if self.closed and not self._process.is_alive():
+            if self.closed and not self._alive():
                 return
             self.closed = True
             self._why = "the model is closed"
@@ -182,10 +195,11 @@ class WorkerEngine:
     # ---- the child's messages ---------------------------------------------------------------------------------
 
     def _stop(self, grace: float = 10.0) -> None:
-        self._process.join(grace)
-        if self._process.is_alive():
+        try:
+            self._process.wait(grace)
+        except subprocess.TimeoutExpired:
             self._process.kill()
-            self._process.join()
+            self._process.wait()
         if threading.current_thread() is not getattr(self, "_reader", None) and hasattr(self, "_reader"):
             self._reader.join(5.0)
         self._conn.close()
@@ -207,7 +221,7 @@ class WorkerEngine:
                 busy = bool(self._requests)
                 if self.closed:
                     return
-            if not self._process.is_alive():
+            if not self._alive():
                 why = "ended"
             elif busy and time.monotonic() - self._last > self._stall:
                 why = "stalled"
@@ -216,7 +230,10 @@ class WorkerEngine:
             if self.closed:
                 return
             self.closed = True
-        self._process.join(5.0)
+        try:
+            self._process.wait(5.0)
+        except subprocess.TimeoutExpired:
+            pass
         self._error = GenerationError
         if why == "stalled":
             self._why = (
@@ -290,9 +307,18 @@ class _ChildSink:
             self._send(("item", self.rid, item))
 
 
-def _child(conn: Connection, spec: WorkerSpec) -> None:  # pragma: no cover - runs in the worker process
+_BOOT = (
+    "import sys, json; sys.path[:0] = json.loads(sys.argv[1]); "
+    "from llamacffi.service.worker import _child; _child(int(sys.argv[2]))"
+)
+
+
+def _child(fd: int) -> None:  # pragma: no cover - runs in the worker process
+    """The worker process: read the :class:`WorkerSpec`, load the model, then serve the parent's requests."""
     # An abort (the RPC client's) should end this process at once, without attaching a debugger for a backtrace.
     os.environ["GGML_NO_BACKTRACE"] = "1"
+    conn = Connection(fd)
+    spec: WorkerSpec = conn.recv()
     from .. import Model as LlamaModel
     from .local import LlamaCppTextModel
 
