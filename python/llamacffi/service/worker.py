@@ -10,7 +10,8 @@ child ends (an abort, a kill) or stays silent past ``stall_timeout`` seconds wit
 without closing its connection), every request still running ends with :class:`GenerationError` naming the model,
 and later requests are refused; the caller's process and its other models go on.
 
-The pipe carries pickled tuples. Parent to child: ``("submit", id, tokens, options, logprobs, after_id)``,
+The pipe (a socket pair) carries pickled objects. Parent to child: the :class:`WorkerSpec`, then
+``("submit", id, tokens, options, logprobs, after_id)``,
 ``("cancel", id)``, ``("close",)``. Child to parent: ``("progress",)`` while loading, then ``("ready", n_ctx_train)`` or
 ``("failed", exception)``; ``("item", id, text_or_chunk)``, ``("end", id, finish_reason, n_reused, n_generated,
 stats)``, ``("error", id, exception)``.
