@@ -98,7 +98,7 @@ def local_tokens(smollm2_path: Path) -> list[int]:
         ({"tensor_split": [1, 1, 1], "devices": ["CPU"]}, "one share per device"),
         ({"devices": []}, "at least one"),
         ({"devices": "CPU"}, "devices"),
-        ({"devices": ["CPU", "CPU"]}, "twice"),
+        ({"devices": ["CPU", "cpu"]}, "twice"),
         ({"rpc_servers": ["localhost"]}, "host:port"),
         ({"rpc_servers": ["127.0.0.1:0"]}, "host:port"),
         ({"rpc_servers": ["127.0.0.1:70000"]}, "host:port"),

@@ -68,7 +68,7 @@ def _strings(name: str, value: object, limit: int) -> tuple[str, ...] | None:
     items = tuple(value)
     if not all(isinstance(v, str) and v and "\0" not in v for v in items):
         raise InvalidArgumentError(f"{name} must be a list of non-empty str, got {value!r}")
-    if len(set(items)) != len(items):
+    if len({v.lower() for v in items}) != len(items):  # device names compare without case, as ggml does
         raise InvalidArgumentError(f"{name} names an entry twice: {list(items)!r}")
     if len(items) > limit:
         raise InvalidArgumentError(f"{name} holds {len(items)} entries; at most {limit}")

@@ -191,7 +191,7 @@ def find_device(name: str) -> tuple[Endpoint, CData] | None:
     with _lock:
         for endpoint, devs in _servers.items():
             for d in devs:
-                if ffi.string(lib.ggml_backend_dev_name(d)).decode() == name:
+                if ffi.string(lib.ggml_backend_dev_name(d)).decode().lower() == name.lower():  # as ggml compares
                     return parse(endpoint), d
     return None
 
