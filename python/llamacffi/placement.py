@@ -90,6 +90,8 @@ def check(
     gpu = as_int("main_gpu", main_gpu, -1, limits.MAX_DEVICES - 1)
     split: tuple[float, ...] | None = None
     if tensor_split is not None:
+        if hasattr(tensor_split, "tolist"):  # a numpy array: its numbers as Python floats
+            tensor_split = tensor_split.tolist()
         if isinstance(tensor_split, (str, bytes)) or not isinstance(tensor_split, Sequence):
             raise InvalidArgumentError(f"tensor_split must be a list of numbers, got {tensor_split!r}")
         split = tuple(as_real("tensor_split[]", x, 0.0, 1e9, exact=True) for x in tensor_split)
