@@ -7,8 +7,9 @@ reads the result, and this script writes:
 * the ggml types those declarations need: enums with their names only (values come from the compiler, ``...``),
   structs used by value as ``{ ...; }`` (the compiler fills the layout), everything used through a pointer as an
   opaque struct;
-* a few ggml functions named in ``GGML_FUNCTIONS``;
-* llama.h's integer ``#define`` constants as ``#define NAME ...``.
+* a few ggml functions named in ``GGML_FUNCTIONS``, and the RPC backend's in ``RPC_FUNCTIONS`` (ggml-rpc.h; a build
+  without ``GGML_RPC`` compiles stand-ins for them, see helpers.c);
+* llama.h's and ggml-rpc.h's integer ``#define`` constants as ``#define NAME ...``.
 
 Nothing here restates a declaration: the header is the only source.
 
@@ -38,6 +39,20 @@ GGML_FUNCTIONS = (
     "ggml_backend_dev_description",
     "ggml_backend_dev_type",
     "ggml_type_name",
+    # the device API: placement (devices by name), remote devices' memory, registering an RPC server's devices
+    "ggml_backend_dev_by_name",
+    "ggml_backend_dev_memory",
+    "ggml_backend_dev_backend_reg",
+    "ggml_backend_reg_by_name",
+    "ggml_backend_reg_dev_count",
+    "ggml_backend_reg_dev_get",
+    "ggml_backend_register",
+)
+
+# The RPC backend (ggml-rpc.h): a remote host's devices, and serving this build's own devices.
+RPC_FUNCTIONS = (
+    "ggml_backend_rpc_add_server",
+    "ggml_backend_rpc_start_server",
 )
 
 # Minimal libc stand-ins: only names the preprocessed output needs to parse. cffi knows the real types.
@@ -65,6 +80,9 @@ def preprocess(llama_dir: Path, cc: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         for name, text in FAKE_LIBC.items():
             Path(tmp, name).write_text(text)
+        # llama.h first, so its declarations keep their place; ggml-rpc.h after it.
+        top = Path(tmp, "llamacffi_top.h")
+        top.write_text('#include "llama.h"\n#include "ggml-rpc.h"\n')
         cmd = [
             cc,
             "-E",
@@ -81,7 +99,7 @@ def preprocess(llama_dir: Path, cc: str) -> str:
             "-D__inline=",
             "-D__extension__=",
             "-U__GNUC__",
-            str(llama_dir / "include" / "llama.h"),
+            str(top),
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -184,8 +202,9 @@ def generate(llama_dir: Path, cc: str) -> str:
     def from_llama(node: c_ast.Node) -> bool:
         return origin(node) == "llama.h"
 
-    wanted_funcs = [n for n, d in funcs.items() if from_llama(d)] + [n for n in GGML_FUNCTIONS if n in funcs]
-    missing = [n for n in GGML_FUNCTIONS if n not in funcs]
+    extra = (*GGML_FUNCTIONS, *RPC_FUNCTIONS)
+    wanted_funcs = [n for n, d in funcs.items() if from_llama(d)] + [n for n in extra if n in funcs]
+    missing = [n for n in extra if n not in funcs]
     if missing:
         sys.exit(f"llamacffi: ggml headers lack {missing}; this llama.cpp tree is too old or too new")
 
@@ -260,11 +279,12 @@ def generate(llama_dir: Path, cc: str) -> str:
                 continue
             out.append(text + ";")
 
-    header = (llama_dir / "include" / "llama.h").read_text()
-    for name, _val in re.findall(
-        r"^#define\s+(LLAMA_[A-Z0-9_]+)\s+(-?(?:0x[0-9A-Fa-f]+|\d+)u?)\s*(?://.*)?$", header, re.M
-    ):
-        out.append(f"#define {name} ...")
+    for header, prefix in (("include/llama.h", "LLAMA_"), ("ggml/include/ggml-rpc.h", "RPC_PROTO_|GGML_RPC_")):
+        text = (llama_dir / header).read_text()
+        for name, _val in re.findall(
+            rf"^#define\s+((?:{prefix})[A-Z0-9_]+)\s+(-?(?:0x[0-9A-Fa-f]+|\d+)u?)\s*(?://.*)?$", text, re.M
+        ):
+            out.append(f"#define {name} ...")
     return "\n".join(out) + "\n"
 
 

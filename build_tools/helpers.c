@@ -219,3 +219,18 @@ static int64_t llamacffi_huge_pages(uintptr_t start, size_t length, size_t page,
     return -ENOSYS;
 }
 #endif
+
+/* ---- the RPC backend: declared by ggml-rpc.h in every tree, compiled into ggml only with GGML_RPC=ON ---- */
+#include "ggml-rpc.h"
+#if !defined(LLAMACFFI_HAVE_RPC)
+/* Stand-ins so a build without GGML_RPC links; llama_supports_rpc() is false there and Python refuses before these
+   are reached. */
+ggml_backend_reg_t ggml_backend_rpc_add_server(const char *endpoint) {
+    (void) endpoint;
+    return NULL;
+}
+void ggml_backend_rpc_start_server(const char *endpoint, const char *cache_dir, size_t n_threads, size_t n_devices,
+                                   ggml_backend_dev_t *devices) {
+    (void) endpoint; (void) cache_dir; (void) n_threads; (void) n_devices; (void) devices;
+}
+#endif

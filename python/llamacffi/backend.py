@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Sequence
 
 from . import hugepages, limits, log
 from ._version import __version__
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, LlamaError
 from .raw import ffi, lib
 from .validate import one_of
 
@@ -94,11 +95,13 @@ def uses_openmp() -> bool:
     return "OPENMP = 1" in ffi.string(lib.llama_print_system_info()).decode()
 
 
-def system_info() -> dict[str, object]:
+def system_info(rpc_servers: Sequence[str] = ()) -> dict[str, object]:
     """What this build is: package version, llama.cpp commit, build flags, backends, devices, CPU features, and
-    the huge page size the system gives on request."""
+    the huge page size the system gives on request; whether it has the RPC backend, its protocol version, and the
+    devices (with free and total memory) of ``rpc_servers`` and of the servers this process added already (a
+    server that cannot be reached is listed with an ``error`` instead)."""
     ensure_backend()
-    return {
+    info: dict[str, object] = {
         "version": __version__,
         "llama_cpp": ffi.string(lib.llamacffi_llama_cpp_commit()).decode(),
         "llama_cpp_version": ffi.string(lib.llama_version()).decode(),
@@ -114,3 +117,24 @@ def system_info() -> dict[str, object]:
         "max_parallel_sequences": int(lib.llama_max_parallel_sequences()),
         "system_info": ffi.string(lib.llama_print_system_info()).decode().strip(),
     }
+    info.update(_remote(rpc_servers))
+    return info
+
+
+def _remote(rpc_servers: Sequence[str]) -> dict[str, object]:
+    from . import rpc  # rpc builds on this module
+
+    if isinstance(rpc_servers, str):
+        rpc_servers = [rpc_servers]
+    endpoints = [rpc.parse(s, "rpc_servers[]") for s in rpc_servers]
+    if endpoints:
+        rpc.require()
+    seen = {str(e) for e in endpoints}
+    endpoints += [rpc.parse(s) for s in rpc.servers() if s not in seen]
+    remote: list[dict[str, object]] = []
+    for e in endpoints:
+        try:
+            remote += rpc.describe(e)
+        except LlamaError as exc:
+            remote.append({"endpoint": str(e), "error": str(exc)})
+    return {"rpc": rpc.available(), "rpc_protocol": ".".join(map(str, rpc.PROTOCOL)), "rpc_devices": remote}

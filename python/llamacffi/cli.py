@@ -1,4 +1,4 @@
-"""The ``llamacffi`` command: generate, chat, models, info, bench, embed, serve.
+"""The ``llamacffi`` command: generate, chat, models, info, bench, embed, serve, rpc-server.
 
 Errors print one line and exit non-zero; Ctrl-C exits with 130.
 """
@@ -34,6 +34,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     cli_args.add_model(p)
     p.add_argument("-c", "--ctx-size", type=int, default=2048, help="context size per request (default 2048)")
     cli_args.add_compute(p)
+    cli_args.add_placement(p)
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -74,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="build, backends and devices; with -m, the model's metadata")
     i.add_argument("-m", "--model", default=None)
     i.add_argument("--json", action="store_true")
+    i.add_argument(
+        "--rpc", action="append", default=[], metavar="HOST:PORT[,...]", help="also list this RPC server's devices"
+    )
     b = sub.add_parser("bench", help="quick prompt-processing and generation speed")
     _model_args(b)
     b.add_argument("-p", "--n-prompt", type=_positive, default=128)
@@ -81,6 +85,19 @@ def _parser() -> argparse.ArgumentParser:
     cli_embed.add_parser(sub)
     s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (needs llamacffi[server])")
     _serve_arguments(s)
+    r = sub.add_parser("rpc-server", help="serve this build's devices to other hosts over llama.cpp's RPC protocol")
+    r.add_argument("--host", default="127.0.0.1", help="IPv4 address to listen on (default 127.0.0.1: this machine)")
+    r.add_argument("--port", type=int, default=50052, help="port (default 50052; 0: a free one, printed)")
+    r.add_argument("-t", "--threads", type=_positive, default=None, help="CPU threads (default: all cores)")
+    r.add_argument("--cache", default=None, metavar="DIR", help="keep received tensors here for faster reloads")
+    r.add_argument(
+        "--device",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a device to serve (repeatable; default: the GPUs, else the CPU; names as 'llamacffi info' lists them)",
+    )
+    r.add_argument("--allow-remote", action="store_true", help="listen on an address other machines can reach")
     return ap
 
 
@@ -112,7 +129,12 @@ def _service_model(args: argparse.Namespace, parallel: int = 1):  # type: ignore
     llama_cpp = LlamaCppSpecificConfig(huge_pages=args.huge_pages)
     svc = LlamaCppService(
         LocalBackendConfig(
-            threads=args.threads, use_gpu=args.gpu_layers != 0, gpu_layers=args.gpu_layers, llama_cpp=llama_cpp
+            threads=args.threads,
+            use_gpu=args.gpu_layers != 0,
+            gpu_layers=args.gpu_layers,
+            llama_cpp=llama_cpp,
+            rpc_servers=tuple(cli_args.rpc_list(args.rpc)),
+            tensor_split=cli_args.split_list(args.tensor_split),
         )
     )
     return svc, svc.load_model(args.model, config=ModelConfig(context_size=args.ctx_size, parallel=parallel))
@@ -238,7 +260,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from . import Model, system_info
 
-    info: dict[str, object] = system_info()
+    info: dict[str, object] = system_info(cli_args.rpc_list(args.rpc))
     if args.model:
         from .service import LlamaCppService
 
@@ -260,7 +282,17 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=1))
     else:
         for key, value in info.items():
-            if isinstance(value, dict):
+            if key == "rpc_devices" and isinstance(value, list):
+                print(f"{key}:" + ("" if value else " none"))
+                for d in value:
+                    if "error" in d:
+                        print(f"  {d['endpoint']}: {d['error']}")
+                    else:
+                        print(
+                            f"  {d['name']} at {d['endpoint']}: {d['memory_free'] >> 20} MiB free of "
+                            f"{d['memory_total'] >> 20} MiB"
+                        )
+            elif isinstance(value, dict):
                 print(f"{key}:")
                 for k, v in value.items():
                     print(f"  {k}: {v if not isinstance(v, dict) else ''}")
@@ -282,7 +314,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .service import LlamaCppService
 
         path = LlamaCppService().resolve(args.model)
-    with Model.load(path, n_gpu_layers=args.gpu_layers, huge_pages=args.huge_pages) as model:
+    split = cli_args.split_list(args.tensor_split)
+    rpc = cli_args.rpc_list(args.rpc) or None
+    with Model.load(
+        path, n_gpu_layers=args.gpu_layers, huge_pages=args.huge_pages, rpc_servers=rpc, tensor_split=split
+    ) as model:
         if args.n_prompt + args.n_gen >= model.n_ctx_train:
             raise InvalidArgumentError(
                 f"-p {args.n_prompt} and -g {args.n_gen} need {args.n_prompt + args.n_gen + 1} positions, but "
@@ -311,6 +347,40 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rpc_server(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    import threading
+
+    from . import rpc
+
+    if args.host == "localhost":
+        args.host = "127.0.0.1"
+    if not rpc.is_loopback(args.host) and not args.allow_remote:
+        raise ValueError(
+            f"refusing to listen on {args.host}, an address other machines can reach: {rpc.SECURITY_WARNING}. "
+            f"Pass --allow-remote to do it anyway"
+        )
+    if not rpc.is_loopback(args.host):
+        print(f"llamacffi: warning: {rpc.SECURITY_WARNING}", file=sys.stderr)
+    serving = rpc.start_server(args.host, args.port, threads=args.threads, cache_dir=args.cache, devices=args.device)
+    version = ".".join(map(str, rpc.PROTOCOL))
+    print(
+        f"llamacffi rpc-server: listening on {serving.host}:{serving.port} (RPC protocol {version}; devices: "
+        f"{', '.join(serving.devices)})",
+        flush=True,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while serving.thread.is_alive() and not stop.wait(0.5):
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # llama.cpp's accept loop has no way out; the process ends it.
+    os._exit(0 if stop.is_set() else 1)
+
+
 COMMANDS = {
     "generate": cmd_generate,
     "chat": cmd_chat,
@@ -319,6 +389,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "embed": cli_embed.cmd_embed,
     "serve": cmd_serve,
+    "rpc-server": cmd_rpc_server,
 }
 
 

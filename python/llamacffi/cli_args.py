@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 from . import models
 
@@ -33,3 +34,35 @@ def add_compute(p: argparse.ArgumentParser, huge_pages: bool = True) -> None:
             action="store_true",
             help="read the weights into memory backed by huge pages instead of mapping the file (Linux)",
         )
+
+
+def add_placement(p: argparse.ArgumentParser) -> None:
+    """``--rpc`` and ``--tensor-split``, for the commands that load a model."""
+    p.add_argument(
+        "--rpc",
+        action="append",
+        default=[],
+        metavar="HOST:PORT[,...]",
+        help="an RPC server ('llamacffi rpc-server') whose devices take the offloaded layers (-ngl); repeatable",
+    )
+    p.add_argument(
+        "--tensor-split",
+        default=None,
+        metavar="SHARES",
+        help="each offload device's share of the layers, e.g. 1,1 (default: by free memory)",
+    )
+
+
+def rpc_list(values: Sequence[str] | None) -> list[str]:
+    """``--rpc`` values (repeatable, each a comma-separated list of host:port, as llama.cpp's own tools take)."""
+    return [e.strip() for v in values or () for e in v.split(",") if e.strip()]
+
+
+def split_list(text: str | None) -> tuple[float, ...] | None:
+    """``--tensor-split 3,1``: each device's share."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(x) for x in text.replace("/", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tensor-split takes numbers separated by commas, got {text!r}") from None

@@ -44,6 +44,15 @@ HUGE_PAGES_WITH_MMAP = (
     "does not go with use_mmap=True (huge pages back memory the weights are read into, not a mapped file)"
 )
 
+# ---- placement and RPC -----------------------------------------------------------------------------------------
+MAX_DEVICES = int(lib.llama_max_devices())  # devices of one model; llama.cpp reads tensor_split up to this many
+SPLIT_MODES = ("none", "layer", "row")
+# Seconds to connect to an RPC server and get its HELLO answer before a load is refused.
+RPC_PROBE_TIMEOUT = 5.0
+# Seconds a worker process serving an RPC model may stay silent while it has requests before it is presumed stuck
+# (a host gone without closing its connection) and stopped.
+RPC_STALL_TIMEOUT = 120.0
+
 # ---- the service's per-model and per-request sizes ---------------------------------------------------------------
 CONTEXT_SIZE_MIN = 16
 CONTEXT_SIZE_MAX = 1 << 20

@@ -8,7 +8,7 @@ import typing
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from . import chat, gguf, hugepages, log, ownership
+from . import chat, gguf, hugepages, log, ownership, placement, rpc
 from .backend import ensure_backend
 from .cbuffer import read_grown
 from .errors import InvalidArgumentError, LlamaError, ModelLoadError
@@ -75,6 +75,7 @@ class Model:
         self.vocab_only = vocab_only  # loaded without weights: a tokenizer, no Context
         self.huge_pages = huge_pages  # its weights were read into memory that asked for huge pages
         self._huge_ranges: list[hugepages.Range] = []
+        self.devices: list[str] | None = None  # the devices it was loaded onto when given (None: llama.cpp's choice)
         self._vocab = Vocab(self.owner, lib.llama_model_get_vocab(ptr))
 
     @classmethod
@@ -88,6 +89,11 @@ class Model:
         vocab_only: bool = False,
         huge_pages: bool = False,
         progress: ProgressCallback | None = None,
+        devices: Sequence[str] | None = None,
+        split_mode: str = "layer",
+        main_gpu: int = 0,
+        tensor_split: Sequence[float] | None = None,
+        rpc_servers: Sequence[str] | None = None,
     ) -> Model:
         """Load a GGUF file.
 
@@ -98,6 +104,15 @@ class Model:
         memory, not to a GPU backend's pinned host buffer); :attr:`huge_page_bytes` tells how much it got.
         ``progress`` is called with the load progress in 0..1; returning ``False`` cancels the load
         (:class:`ModelLoadError`), an exception it raises is re-raised.
+
+        Placement (:mod:`llamacffi.placement`): ``devices`` names the devices to offload to, in order (names as
+        :func:`llamacffi.system_info` lists them; default: llama.cpp's choice); ``split_mode`` ``"layer"`` (layers
+        across the devices), ``"row"`` (rows too, where the backend can) or ``"none"`` (all on ``main_gpu``, an
+        index of the devices); ``tensor_split``: each device's share. ``rpc_servers``: ``"host:port"`` of
+        ``llamacffi rpc-server`` processes whose devices join the model's (before the local GPUs unless ``devices``
+        orders them); each is checked first and one that is down, busy or of another protocol version is a
+        :class:`ModelLoadError` naming it. A server that dies while the model is in use aborts this process
+        (llama.cpp's RPC client cannot recover): the service runs such models in a worker process.
         """
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be str or os.PathLike, not {type(path).__name__}")
@@ -112,7 +127,9 @@ class Model:
             use_mmap = not huge_pages
         elif huge_pages and use_mmap:
             raise InvalidArgumentError(f"huge_pages {HUGE_PAGES_WITH_MMAP}")
+        wanted = placement.check(devices, split_mode, main_gpu, tensor_split, rpc_servers)
         ensure_backend()
+        place = None if wanted.default or vocab_only else placement.build(wanted)
         params = lib.llama_model_default_params()
         params.n_gpu_layers = MAX_GPU_LAYERS if n_gpu_layers == -1 else n_gpu_layers
         params.load_mode = {
@@ -123,6 +140,8 @@ class Model:
         }[(bool(use_mmap), bool(use_mlock))]
         params.vocab_only = bool(vocab_only)
         params.no_host = bool(huge_pages)
+        if place is not None:
+            place.apply(params)
         payload = handle = None
         if progress is not None and not callable(progress):
             raise TypeError("progress must be callable")
@@ -148,6 +167,9 @@ class Model:
             reason = "; ".join(problems[:2]) or "the file is corrupt, truncated, or of an unsupported architecture"
             raise ModelLoadError(f"llama.cpp could not load {p}: {reason}")
         model = cls(ptr, p, bool(vocab_only), huge is not None)
+        if place is not None:
+            model.devices = place.device_names
+            rpc.note_user(wanted.rpc_servers, model.owner)
         if huge is not None:
             model._huge_ranges = huge.collapse()
         return model

@@ -104,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         use_gpu=args.gpu_layers != 0,
         gpu_layers=args.gpu_layers,
         llama_cpp=LlamaCppSpecificConfig(huge_pages=args.huge_pages),
+        rpc_servers=tuple(cli_args.rpc_list(args.rpc)),
+        tensor_split=cli_args.split_list(args.tensor_split),
     )
     model_config = ModelConfig(
         context_size=args.ctx_size, parallel=args.parallel, max_queue=args.max_queue, batch_size=max(512, args.parallel)
@@ -178,6 +180,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "-c", "--ctx-size", type=int, default=2048, help="context per request, prompt and output (default 2048)"
     )
     cli_args.add_compute(p)
+    cli_args.add_placement(p)
     p.add_argument(
         "--api-key",
         default=None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from .engine import END, Engine, Request
+from .engine import END, Request, Scheduler
 from .events import Chunk, Finish
 
 Event = tuple[int, "Chunk | Finish"]
@@ -17,7 +17,7 @@ class Choices:
     anything is sent to a client); :meth:`cancel`, or leaving an ``async for`` early, cancels those still running."""
 
     def __init__(
-        self, engine: Engine, requests: list[Request], items: asyncio.Queue[tuple[int, object]], n_prompt: int
+        self, engine: Scheduler, requests: list[Request], items: asyncio.Queue[tuple[int, object]], n_prompt: int
     ) -> None:
         self._engine = engine
         self._requests = requests

@@ -7,7 +7,7 @@ import enum
 import json
 from typing import TypeVar
 
-from .. import limits, validate
+from .. import limits, placement, validate
 from ..jsontypes import JSONObject
 from .errors import InvalidConfigError
 
@@ -107,17 +107,36 @@ class LlamaCppSpecificConfig(_Config):
 @dataclasses.dataclass(frozen=True)
 class LocalBackendConfig(_Config):
     """How the local backend runs: CPU threads (None: all available); GPU offload of ``gpu_layers`` (-1: all) when
-    ``use_gpu`` and the build has a GPU backend that finds a device (a CPU build ignores it)."""
+    ``use_gpu`` and the build has a GPU backend that finds a device (a CPU build ignores it).
+
+    ``rpc_servers``: ``"host:port"`` of ``llamacffi rpc-server`` processes; their devices take the offloaded layers
+    (``gpu_layers`` of them, the rest stay on this machine's CPU), shared by ``tensor_split`` (one share per device)
+    or by free memory. A text model with RPC servers runs in a worker process of its own (a server that dies ends
+    that process's requests with an error, not this process); ``rpc_timeout``: seconds it may stay silent with
+    requests under way, or while loading, before it is presumed stuck and stopped."""
 
     threads: int | None = None
     use_gpu: bool = True
     gpu_layers: int = -1
     llama_cpp: LlamaCppSpecificConfig = dataclasses.field(default_factory=LlamaCppSpecificConfig)
+    rpc_servers: tuple[str, ...] = ()
+    tensor_split: tuple[float, ...] | None = None
+    rpc_timeout: float = limits.RPC_STALL_TIMEOUT
 
     def __post_init__(self) -> None:
         self._int("threads", 1, limits.MAX_THREADS, allow_none=True)
         self._bool("use_gpu")
         self._int("gpu_layers", -1, limits.MAX_GPU_LAYERS)
+        for name in ("rpc_servers", "tensor_split"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        try:
+            placement.check(tensor_split=self.tensor_split, rpc_servers=self.rpc_servers)
+        except ValueError as exc:
+            field = "tensor_split" if "tensor_split" in str(exc) else "rpc_servers"
+            raise _fail(type(self), field, str(exc), getattr(self, field)) from None
+        self._float("rpc_timeout", 0.0, 1e6, lo_open=True)
         if not isinstance(self.llama_cpp, LlamaCppSpecificConfig):
             raise _fail(type(self), "llama_cpp", "must be a LlamaCppSpecificConfig", self.llama_cpp)
 

@@ -11,6 +11,7 @@ and leave when they finish or are cancelled.
 from __future__ import annotations
 
 from collections import deque
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -23,12 +24,27 @@ from .errors import GenerationError, ModelClosedError, QueueFullError
 from .request import END, Request, Sink, send, token_logprob
 from .request import emit as _emit
 
-__all__ = ["END", "Engine", "Request", "Sink"]
+__all__ = ["END", "Engine", "Request", "Scheduler", "Sink"]
 
 COPY_MIN_TOKENS = 32  # a cached prefix at least this much longer is copied to the chosen slot rather than decoded
 # Query tokens of one sequence from which ggml's CPU flash attention switches to its tiled kernel (GGML_FA_TILE_Q),
 # which rounds differently from the one-token kernel.
 FA_TILE = 64
+
+
+class Scheduler(Protocol):
+    """What a text model asks of its scheduler: an :class:`Engine` in this process, or a
+    :class:`~.worker.WorkerEngine` whose model runs in a worker process."""
+
+    stats: dict[str, int]
+
+    def submit(self, request: Request) -> None: ...
+
+    def cancel(self, request: Request) -> None: ...
+
+    def load(self) -> tuple[int, int]: ...
+
+    def close(self) -> None: ...
 
 
 def _common_prefix(a: npt.NDArray[np.int32], b: npt.NDArray[np.int32]) -> int:

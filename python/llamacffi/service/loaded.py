@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol, TypedDict, TypeVar
 
 from .. import Model as LlamaModel
 from .. import errors as binding
@@ -23,16 +23,28 @@ class Counted(Protocol):
     def stats(self) -> dict[str, int]: ...
 
 
+class LoadOptions(TypedDict):
+    """The arguments of :meth:`llamacffi.Model.load` that a backend's GPU and memory settings give."""
+
+    n_gpu_layers: int
+    use_mmap: bool | None
+    use_mlock: bool
+    huge_pages: bool
+
+
+def load_options(backend: LocalBackendConfig) -> LoadOptions:
+    return {
+        "n_gpu_layers": backend.gpu_layers if backend.use_gpu else 0,
+        "use_mmap": backend.llama_cpp.use_mmap,
+        "use_mlock": backend.llama_cpp.use_mlock,
+        "huge_pages": backend.llama_cpp.huge_pages,
+    }
+
+
 def load_file(path: Path, backend: LocalBackendConfig) -> LlamaModel:
     """``path`` loaded with the backend's GPU and memory settings; the binding's errors as the service's."""
     with mapped():
-        return LlamaModel.load(
-            path,
-            n_gpu_layers=backend.gpu_layers if backend.use_gpu else 0,
-            use_mmap=backend.llama_cpp.use_mmap,
-            use_mlock=backend.llama_cpp.use_mlock,
-            huge_pages=backend.llama_cpp.huge_pages,
-        )
+        return LlamaModel.load(path, **load_options(backend))
 
 
 def serve(model: LlamaModel, build: Callable[[], T], no_context: str) -> T:

@@ -11,13 +11,14 @@ import warnings
 from pathlib import Path
 from typing import Literal, overload
 
+from .. import Model as LlamaModel
 from .. import backend, models
 from .. import errors as binding
 from .config import BackendType, LocalBackendConfig, ModelConfig, ModelType
 from .embedding import LlamaCppEmbeddingModel
-from .errors import InvalidConfigError, ModelClosedError, ModelNotFoundError
+from .errors import InvalidConfigError, ModelClosedError, ModelNotFoundError, mapped
 from .interfaces import InferenceService, Model
-from .loaded import load_file, serve
+from .loaded import load_file, load_options, serve
 from .prompts import apply_chat_template
 from .text import LlamaCppTextModel
 
@@ -85,6 +86,11 @@ class LlamaCppService(InferenceService):
         if self._closed:
             raise ModelClosedError("the service is closed")
         if model_type == ModelType.TEXT_EMBEDDING:
+            if self.config.rpc_servers:
+                raise InvalidConfigError(
+                    "LocalBackendConfig.rpc_servers: embedding models run in this process only; load them with a "
+                    "service without rpc_servers"
+                )
             if config is not None and not isinstance(config, ModelConfig):
                 raise InvalidConfigError("config must be a ModelConfig")
             embedder = LlamaCppEmbeddingModel.open(
@@ -98,6 +104,8 @@ class LlamaCppService(InferenceService):
         if not isinstance(cfg, ModelConfig):
             raise InvalidConfigError("config must be a ModelConfig")
         path = self.resolve(model_id)
+        if self.config.rpc_servers:
+            return self._load_in_worker(model_id, path, cfg)
         llama_model = load_file(path, self.config)
 
         def build() -> LlamaCppTextModel:
@@ -110,6 +118,32 @@ class LlamaCppService(InferenceService):
             f"{path.name}: no context of {cfg.parallel} x {cfg.context_size} tokens could be created (most "
             f"likely not enough memory); lower ModelConfig.context_size or parallel",
         )
+        self._models.append(model)
+        return model
+
+    def _load_in_worker(self, model_id: str, path: Path, config: ModelConfig) -> LlamaCppTextModel:
+        """A model on RPC servers, run in a worker process of its own (:mod:`.worker`): a server that dies then
+        ends that process, not this one."""
+        from .worker import WorkerEngine, WorkerSpec
+
+        bc = self.config
+        load: dict[str, object] = {**load_options(bc), "rpc_servers": list(bc.rpc_servers)}
+        if bc.tensor_split is not None:
+            load["tensor_split"] = list(bc.tensor_split)
+        with mapped():
+            vocab_model = LlamaModel.load(path, vocab_only=True)
+        try:
+            with mapped():
+                engine = WorkerEngine(WorkerSpec(model_id, path, load, config, bc.threads), bc.rpc_timeout)
+            try:
+                _check_context(config, engine.n_ctx_train, path.name)  # a vocab-only model does not know it
+                model = LlamaCppTextModel(model_id, vocab_model, config, bc.threads, engine=engine)
+            except BaseException:
+                engine.close()
+                raise
+        except BaseException:
+            vocab_model.close()
+            raise
         self._models.append(model)
         return model
 

@@ -15,7 +15,7 @@ from .. import Model as LlamaModel
 from ..vocab import as_tokens
 from .choices import Choices
 from .config import GenerationOptions, ModelConfig, ModelType
-from .engine import Engine, Request
+from .engine import Engine, Request, Scheduler
 from .errors import ContextOverflowError, InvalidConfigError, ModelClosedError, mapped
 from .interfaces import TextToTextModel
 from .loaded import Loaded
@@ -30,14 +30,24 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
     """A loaded GGUF model serving generation requests through a batching scheduler. :attr:`stats` counts requests,
     prompt tokens reused from memory vs decoded, generated tokens and decode calls."""
 
-    _engine: Engine
+    _engine: Scheduler
 
-    def __init__(self, name: str, model: LlamaModel, config: ModelConfig, threads: int | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        model: LlamaModel,
+        config: ModelConfig,
+        threads: int | None,
+        *,
+        engine: Scheduler | None = None,
+    ) -> None:
+        """``engine``: the scheduler of a model that runs elsewhere (a worker process; ``model`` is then its
+        vocabulary-only copy); by default an :class:`Engine` over ``model`` in this process."""
         super().__init__(name, model)
         self.config = config
         self._vocab = model.vocab
         self._templated = has_template(model, config.chat_template)
-        self._engine = Engine(model, config, threads)
+        self._engine = engine if engine is not None else Engine(model, config, threads)
 
     @property
     def model_type(self) -> ModelType:

@@ -1,0 +1,379 @@
+"""A text model run in a worker process of its own: what the service does with a model whose layers live on RPC
+servers.
+
+llama.cpp's RPC client aborts the process when a server dies during a call (``RPC_STATUS_ASSERT``), which nothing
+in that process can catch. The model therefore runs in a child process (a fresh interpreter) that holds
+the weights and the batching :class:`~.engine.Engine`; the caller's process keeps a vocabulary-only copy of the
+model for templates and tokens, and a :class:`WorkerEngine` that stands in for the engine: it sends each request's
+tokens and options through a pipe and hands the child's text, chunks and endings to the request's sink. When the
+child ends (an abort, a kill) or stays silent past ``stall_timeout`` seconds with requests under way (a host gone
+without closing its connection), every request still running ends with :class:`GenerationError` naming the model,
+and later requests are refused; the caller's process and its other models go on.
+
+The pipe (a socket pair) carries pickled objects. Parent to child: the :class:`WorkerSpec`, then
+``("submit", id, tokens, options, logprobs, after_id)``,
+``("cancel", id)``, ``("close",)``. Child to parent: ``("progress",)`` while loading, then ``("ready", n_ctx_train)`` or
+``("failed", exception)``; ``("item", id, text_or_chunk)``, ``("end", id, finish_reason, n_reused, n_generated,
+stats)``, ``("error", id, exception)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from .config import ModelConfig
+from .errors import GenerationError, ModelClosedError, ModelLoadFailedError, QueueFullError
+from .request import END, Request
+from .request import emit as _emit
+
+PROGRESS_EVERY_S = 0.5  # the child tells it is loading at most this often
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSpec:
+    """What the child loads: the file, ``Model.load`` keyword arguments, the model's settings and threads."""
+
+    name: str
+    path: Path
+    load: dict[str, Any]
+    config: ModelConfig
+    threads: int | None
+
+
+class WorkerEngine:
+    """Stands in for an :class:`~.engine.Engine` whose model runs in a child process (see the module's text).
+
+    Starting it loads the model there and returns once it is ready; :class:`ModelLoadFailedError` (or the error
+    the load raised) when it is not, the child then being gone."""
+
+    def __init__(self, spec: WorkerSpec, stall_timeout: float) -> None:
+        self.name = spec.name
+        self.config = spec.config
+        self._stall = stall_timeout
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._requests: dict[int, Request] = {}
+        self._ids: dict[int, int] = {}  # id(request) -> its number in the pipe protocol
+        self._next = 0
+        self.closed = False
+        self._why = "the model is closed"
+        self._error: type[Exception] = ModelClosedError  # GenerationError once the worker process is gone
+        self.stats: dict[str, int] = {"requests": 0}
+        self.n_ctx_train = 0  # the model's training context, as the worker read it
+        self._conn, child = multiprocessing.Pipe()  # a socket pair: one end here, the other the child's
+        # A fresh interpreter that imports this package as this process does (its sys.path), whatever this
+        # process's __main__ is (multiprocessing's spawn would run that again); a session of its own, so that a
+        # Ctrl-C at the terminal reaches this process only, which ends the child itself.
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _BOOT, json.dumps(sys.path), str(child.fileno())],
+            pass_fds=(child.fileno(),),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        child.close()
+        self._conn.send(spec)
+        self._last = time.monotonic()
+        self._wait_ready()
+        self._reader = threading.Thread(target=self._read, name=f"llamacffi-worker-reader {spec.name}", daemon=True)
+        self._reader.start()
+
+    def _wait_ready(self) -> None:
+        while True:
+            if self._conn.poll(0.2):
+                try:
+                    msg = self._conn.recv()
+                except (EOFError, OSError):
+                    msg = None
+                if msg is not None and msg[0] == "progress":
+                    self._last = time.monotonic()
+                    continue
+                if msg is not None and msg[0] == "ready":
+                    self.n_ctx_train = int(msg[1])
+                    return
+                self._stop()
+                if msg is not None and msg[0] == "failed":
+                    raise msg[1]
+                raise ModelLoadFailedError(f"the worker process loading {self.name!r} {self._ended()}")
+            if not self._alive():
+                self._stop()
+                raise ModelLoadFailedError(f"the worker process loading {self.name!r} {self._ended()}")
+            if time.monotonic() - self._last > self._stall:
+                self._stop()
+                raise ModelLoadFailedError(
+                    f"loading {self.name!r} made no progress for {self._stall:g} s (an RPC server that stopped "
+                    f"answering?); the worker process was stopped"
+                )
+
+    def _ended(self) -> str:
+        code = self._process.returncode
+        if code is not None and code < 0:
+            try:
+                sig = signal.Signals(-code).name
+            except ValueError:
+                sig = f"signal {-code}"
+            how = f"was ended by {sig}" + (": llama.cpp aborted" if sig == "SIGABRT" else "")
+        else:
+            how = f"exited with code {code}"
+        return f"{how} (an RPC server it uses went away or refused a request?)"
+
+    def _alive(self) -> bool:
+        return self._process.poll() is None
+
+    def _send(self, msg: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            self._conn.send(msg)
+
+    # ---- the engine's interface -------------------------------------------------------------------------------
+
+    def submit(self, request: Request) -> None:
+        with self._lock:
+            if self.closed:
+                raise self._error(self._why)
+            if len(self._requests) >= self.config.parallel + self.config.max_queue:
+                waiting = len(self._requests) - self.config.parallel
+                raise QueueFullError(
+                    f"{waiting} requests are already waiting (max_queue={self.config.max_queue}); retry later"
+                )
+            if not self._requests:
+                self._last = time.monotonic()  # the silence that counts starts with work
+            rid, self._next = self._next, self._next + 1
+            self._requests[rid] = request
+            self._ids[id(request)] = rid
+            self.stats["requests"] += 1
+            after = self._ids.get(id(request.after)) if request.after is not None else None
+        try:
+            self._send(("submit", rid, request.prompt, request.options, request.logprobs, after))
+        except (OSError, ValueError):
+            with self._lock:
+                self._requests.pop(rid, None)
+                self._ids.pop(id(request), None)
+            raise GenerationError(f"model {self.name!r}: {self._why}") from None
+
+    def cancel(self, request: Request) -> None:
+        with self._lock:
+            if request.finished:
+                return
+            request.cancelled = True
+            rid = self._ids.pop(id(request), None)
+            if rid is None:
+                return
+            self._requests.pop(rid, None)
+        try:
+            self._send(("cancel", rid))
+        except (OSError, ValueError):
+            pass
+
+    def load(self) -> tuple[int, int]:
+        """``(busy slots, waiting requests)`` as this side counts them."""
+        with self._lock:
+            n = len(self._requests)
+        return min(n, self.config.parallel), max(0, n - self.config.parallel)
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed and not self._alive():
+                return
+            self.closed = True
+            self._why = "the model is closed"
+        try:
+            self._send(("close",))
+        except (OSError, ValueError):
+            pass
+        self._stop()
+        self._fail_all(ModelClosedError("the model was closed before the request finished"))
+
+    # ---- the child's messages ---------------------------------------------------------------------------------
+
+    def _stop(self, grace: float = 10.0) -> None:
+        try:
+            self._process.wait(grace)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        if threading.current_thread() is not getattr(self, "_reader", None) and hasattr(self, "_reader"):
+            self._reader.join(5.0)
+        self._conn.close()
+
+    def _read(self) -> None:
+        why = None
+        while why is None:
+            try:
+                ready = self._conn.poll(0.5)
+                msg = self._conn.recv() if ready else None
+            except (EOFError, OSError):
+                why = "ended"
+                break
+            if msg is not None:
+                self._last = time.monotonic()
+                self._dispatch(msg)
+                continue
+            with self._lock:
+                busy = bool(self._requests)
+                if self.closed:
+                    return
+            if not self._alive():
+                why = "ended"
+            elif busy and time.monotonic() - self._last > self._stall:
+                why = "stalled"
+                self._process.kill()
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        try:
+            self._process.wait(5.0)
+        except subprocess.TimeoutExpired:
+            pass
+        self._error = GenerationError
+        if why == "stalled":
+            self._why = (
+                f"the worker process serving model {self.name!r} sent nothing for {self._stall:g} s with requests "
+                f"under way (an RPC server that stopped answering?) and was stopped"
+            )
+        else:
+            self._why = f"the worker process serving model {self.name!r} {self._ended()}"
+        self._fail_all(GenerationError(self._why))
+
+    def _dispatch(self, msg: tuple[Any, ...]) -> None:
+        kind, rid = msg[0], msg[1]
+        with self._lock:
+            request = self._requests.get(rid)
+            if request is not None and kind != "item":
+                del self._requests[rid]
+                self._ids.pop(id(request), None)
+        if request is None:
+            return
+        if kind == "item":
+            _emit(request, msg[2])
+            if request.cancelled:  # its consumer is gone
+                self.cancel(request)
+        elif kind == "end":
+            request.finish_reason, request.n_reused, request.n_generated = msg[2], msg[3], msg[4]
+            self.stats.update(msg[5])
+            request.finished = True
+            _emit(request, END)
+        else:
+            request.finished = True
+            _emit(request, msg[2])
+
+    def _fail_all(self, error: Exception) -> None:
+        with self._lock:
+            pending = list(self._requests.values())
+            self._requests.clear()
+            self._ids.clear()
+        for r in pending:
+            r.finished = True
+            _emit(r, error)
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` when it survives pickling, else a :class:`GenerationError` with its message."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return GenerationError(f"{type(exc).__name__}: {exc}")
+
+
+class _ChildSink:
+    """A request's sink in the child: everything it gets goes to the parent under the request's number."""
+
+    def __init__(self, rid: int, send: Any, done: Any) -> None:
+        self.rid = rid
+        self.request: Request | None = None
+        self._send = send
+        self._done = done
+
+    def __call__(self, item: Any) -> None:
+        if item is END:
+            r = self.request
+            assert r is not None
+            self._done(self.rid)
+            self._send(("end", self.rid, r.finish_reason, r.n_reused, r.n_generated))
+        elif isinstance(item, BaseException):
+            self._done(self.rid)
+            self._send(("error", self.rid, _portable(item)))
+        else:
+            self._send(("item", self.rid, item))
+
+
+_BOOT = (
+    "import sys, json; sys.path[:0] = json.loads(sys.argv[1]); "
+    "from llamacffi.service.worker import _child; _child(int(sys.argv[2]))"
+)
+
+
+def _child(fd: int) -> None:  # pragma: no cover - runs in the worker process
+    """The worker process: read the :class:`WorkerSpec`, load the model, then serve the parent's requests."""
+    # An abort (the RPC client's) should end this process at once, without attaching a debugger for a backtrace.
+    os.environ["GGML_NO_BACKTRACE"] = "1"
+    conn = Connection(fd)
+    spec: WorkerSpec = conn.recv()
+    from .. import Model as LlamaModel
+    from .local import LlamaCppTextModel
+
+    lock = threading.Lock()
+
+    def send(msg: tuple[Any, ...]) -> None:
+        with lock:
+            conn.send(msg)
+
+    last = [0.0]
+
+    def progress(_: float) -> None:
+        now = time.monotonic()
+        if now - last[0] > PROGRESS_EVERY_S:
+            last[0] = now
+            send(("progress",))
+
+    try:
+        model = LlamaModel.load(spec.path, progress=progress, **spec.load)
+        text = LlamaCppTextModel(spec.name, model, spec.config, spec.threads)
+    except BaseException as exc:
+        send(("failed", _portable(exc)))
+        return
+    engine = text._engine
+    requests: dict[int, Request] = {}
+
+    def done(rid: int) -> None:
+        requests.pop(rid, None)
+
+    def send_with_stats(msg: tuple[Any, ...]) -> None:
+        send((*msg, dict(engine.stats)) if msg[0] == "end" else msg)
+
+    send(("ready", model.n_ctx_train))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            break
+        if msg[0] == "close":
+            break
+        if msg[0] == "cancel":
+            r = requests.pop(msg[1], None)
+            if r is not None:
+                engine.cancel(r)
+            continue
+        _, rid, tokens, options, logprobs, after = msg
+        sink = _ChildSink(rid, send_with_stats, done)
+        try:
+            r = text._new_request(tokens, options, sink, logprobs=logprobs, after=requests.get(after))
+            sink.request = r
+            requests[rid] = r
+            engine.submit(r)
+        except Exception as exc:
+            requests.pop(rid, None)
+            send(("error", rid, _portable(exc)))
+    text.close()

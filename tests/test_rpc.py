@@ -1,0 +1,410 @@
+"""A model split across hosts with llama.cpp's RPC backend: two ``llamacffi rpc-server`` processes on loopback.
+
+Layers are split across the local CPU and both servers; greedy continuations must equal the local model's token for
+token. Faults: a server that is down, of another protocol version or killed mid-generation ends in a clear error
+within a bound, and the process goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import llamacffi
+from llamacffi import Batch, Context, InvalidArgumentError, Model, ModelLoadError, placement, rpc
+from llamacffi.service import (
+    GenerationError,
+    GenerationOptions,
+    InvalidConfigError,
+    LlamaCppService,
+    LocalBackendConfig,
+    ModelConfig,
+    ModelLoadFailedError,
+)
+from rpc_server import RPCServerProcess
+
+needs_rpc = pytest.mark.skipif(not rpc.available(), reason="built with -DGGML_RPC=OFF")
+PROMPT = "The capital of France is"
+N_GEN = 24
+OFFLOAD = 20  # of smollm2-135m's 30 layers: 10 stay on the local CPU, 10 go to each server
+
+
+def greedy(model: Model, n: int = N_GEN) -> list[int]:
+    tokens = model.vocab.tokenize(PROMPT, add_special=True)
+    out: list[int] = []
+    with Context(model, n_ctx=128, n_batch=64, n_threads=2) as ctx:
+        ctx.decode(Batch.from_tokens(tokens))
+        pos = len(tokens)
+        for _ in range(n):
+            token = int(np.argmax(ctx.logits()))
+            out.append(token)
+            ctx.decode_token(token, pos)
+            pos += 1
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    if not rpc.available():
+        pytest.skip("built with -DGGML_RPC=OFF")
+    cache = tmp_path_factory.mktemp("rpc") / "cache"
+    started = [RPCServerProcess(), RPCServerProcess(("--threads", "1", "--cache", str(cache)))]
+    assert cache.is_dir()
+    try:
+        yield [s.endpoint for s in started]
+    finally:
+        for s in started:
+            s.stop()
+
+
+@pytest.fixture(scope="module")
+def local_tokens(smollm2_path: Path) -> list[int]:
+    with Model.load(smollm2_path) as m:
+        return greedy(m)
+
+
+# ---- refusals before any C call ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"split_mode": "tensor"}, "split_mode"),
+        ({"split_mode": 1}, "split_mode"),
+        ({"main_gpu": -2}, "main_gpu"),
+        ({"main_gpu": 1, "split_mode": "none", "devices": ["CPU"]}, "main_gpu"),
+        ({"tensor_split": [1.0, -1.0]}, "tensor_split"),
+        ({"tensor_split": [float("nan")]}, "tensor_split"),
+        ({"tensor_split": [0.0, 0.0]}, "positive sum"),
+        ({"tensor_split": [1.0] * 17}, "tensor_split"),
+        ({"tensor_split": "1,1"}, "tensor_split"),
+        ({"tensor_split": [1, 1, 1], "devices": ["CPU"]}, "one share per device"),
+        ({"devices": []}, "at least one"),
+        ({"devices": "CPU"}, "devices"),
+        ({"devices": ["CPU", "cpu"]}, "twice"),
+        ({"rpc_servers": ["localhost"]}, "host:port"),
+        ({"rpc_servers": ["127.0.0.1:0"]}, "host:port"),
+        ({"rpc_servers": ["127.0.0.1:70000"]}, "host:port"),
+        ({"rpc_servers": ["a b:1"]}, "host:port"),
+        ({"rpc_servers": ["127.0.0.1:5", "127.0.0.1:5"]}, "twice"),
+        ({"rpc_servers": [f"127.0.0.1:{p}" for p in range(1, 18)]}, "at most"),
+    ],
+)
+def test_bad_placement_is_refused_before_loading(smollm2_path: Path, kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=match):
+        placement.check(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match=match):
+        Model.load(smollm2_path, **kwargs)  # type: ignore[arg-type]
+
+
+def test_unknown_device_is_refused(smollm2_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"no device named .GPU7.*CPU"):
+        Model.load(smollm2_path, devices=["GPU7"])
+
+
+def test_service_config_checks_placement() -> None:
+    with pytest.raises(InvalidConfigError, match=r"LocalBackendConfig\.rpc_servers"):
+        LocalBackendConfig(rpc_servers=("nope",))
+    with pytest.raises(InvalidConfigError, match=r"LocalBackendConfig\.tensor_split"):
+        LocalBackendConfig(tensor_split=(-1.0,))
+    assert LocalBackendConfig(rpc_servers=["127.0.0.1:1"]).rpc_servers == ("127.0.0.1:1",)  # type: ignore[arg-type]
+    assert LocalBackendConfig.from_json(LocalBackendConfig(rpc_servers=("h:1",)).to_json()).rpc_servers == ("h:1",)
+
+
+@pytest.mark.skipif(rpc.available(), reason="only a build with -DGGML_RPC=OFF")
+def test_without_the_rpc_backend_loads_say_so(smollm2_path: Path) -> None:
+    with pytest.raises(rpc.RPCUnavailableError, match="GGML_RPC=OFF"):
+        Model.load(smollm2_path, rpc_servers=["127.0.0.1:50052"])
+    assert llamacffi.system_info()["rpc"] is False
+
+
+# ---- servers that cannot serve -----------------------------------------------------------------------------------
+
+
+@needs_rpc
+def test_server_down_is_a_clear_error(smollm2_path: Path) -> None:
+    endpoint = f"127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    with pytest.raises(ModelLoadError, match=f"RPC server {endpoint} cannot be reached"):
+        Model.load(smollm2_path, rpc_servers=[endpoint])
+    assert time.monotonic() - t0 < rpc.limits.RPC_PROBE_TIMEOUT + 1
+
+
+def _fake_server(answer: bytes | None) -> tuple[str, threading.Thread]:
+    """A server that reads a HELLO and answers ``answer`` (None: hangs up)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(64)
+                if answer is not None:
+                    conn.sendall(struct.pack("<Q", len(answer)) + answer)
+                    try:
+                        conn.recv(1)
+                    except OSError:
+                        pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return f"127.0.0.1:{listener.getsockname()[1]}", thread
+
+
+@needs_rpc
+@pytest.mark.parametrize(
+    ("answer", "match"),
+    [
+        (bytes([rpc.PROTOCOL[0] - 1, 0, 0, 0]) + bytes(rpc.CAPS_SIZE), "speaks RPC protocol"),
+        (bytes([rpc.PROTOCOL[0], rpc.PROTOCOL[1] + 1, 0, 0]) + bytes(rpc.CAPS_SIZE), "minor must not be newer"),
+        (bytes([rpc.PROTOCOL[0], 0, 0]), "another RPC protocol"),
+        (None, "another RPC protocol version"),
+    ],
+)
+def test_version_mismatch_is_a_clear_error(smollm2_path: Path, answer: bytes | None, match: str) -> None:
+    endpoint, thread = _fake_server(answer)
+    with pytest.raises(ModelLoadError, match=match):
+        Model.load(smollm2_path, rpc_servers=[endpoint])
+    thread.join(5)
+
+
+@needs_rpc
+def test_a_server_that_does_not_answer_times_out(smollm2_path: Path) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)  # accepts nothing: the HELLO is never answered
+    with listener:
+        endpoint = f"127.0.0.1:{listener.getsockname()[1]}"
+        t0 = time.monotonic()
+        with pytest.raises(ModelLoadError, match="busy serving another client"):
+            rpc.probe(rpc.parse(endpoint), timeout=0.5)
+        assert time.monotonic() - t0 < 2
+
+
+def test_rpc_server_refuses_a_remote_address() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "llamacffi", "rpc-server", "--host", "0.0.0.0", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "refusing to listen on 0.0.0.0" in proc.stderr and "--allow-remote" in proc.stderr
+    assert "no authentication or encryption" in proc.stderr
+
+
+# ---- a model split across the CPU and two servers -----------------------------------------------------------------
+
+
+@needs_rpc
+def test_layers_split_across_cpu_and_two_servers(
+    smollm2_path: Path, servers: list[str], local_tokens: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    llamacffi.set_log_level("INFO")
+    try:
+        with caplog.at_level(logging.INFO, logger="llamacffi"):
+            model = Model.load(smollm2_path, rpc_servers=servers, n_gpu_layers=OFFLOAD, tensor_split=[1, 1])
+    finally:
+        llamacffi.set_log_level("WARNING")
+    with model:
+        assert model.devices is not None and len(model.devices) == 2
+        assert all(d.startswith("RPC") for d in model.devices)
+        log = caplog.text
+        assert f"offloaded {OFFLOAD}/" in log
+        for endpoint in servers:
+            assert f"[{endpoint}] model buffer size" in log  # weights on each server
+        assert "CPU_Mapped model buffer size" in log or "CPU model buffer size" in log  # and here
+        assert greedy(model) == local_tokens
+
+
+@needs_rpc
+def test_devices_by_name_and_a_second_load(smollm2_path: Path, servers: list[str], local_tokens: list[int]) -> None:
+    with Model.load(smollm2_path, rpc_servers=servers[:1], n_gpu_layers=OFFLOAD) as first:
+        assert first.devices is not None and len(first.devices) == 1
+        # a second model on the same server while the first holds its connection; named devices, all on one
+        with Model.load(
+            smollm2_path, rpc_servers=servers, devices=first.devices, split_mode="none", n_gpu_layers=99
+        ) as second:
+            assert second.devices == first.devices
+            assert greedy(second, 8) == local_tokens[:8]
+    # a later load that names no server uses none: all on this machine
+    with Model.load(smollm2_path) as plain:
+        assert plain.devices is None
+
+
+@needs_rpc
+def test_system_info_and_info_list_remote_devices(servers: list[str]) -> None:
+    info = llamacffi.system_info(rpc_servers=servers)
+    assert info["rpc"] is True and info["rpc_protocol"] == ".".join(map(str, rpc.PROTOCOL))
+    remote = info["rpc_devices"]
+    assert isinstance(remote, list)
+    by_endpoint = {d["endpoint"]: d for d in remote}
+    assert set(servers) <= set(by_endpoint)
+    for e in servers:
+        assert int(by_endpoint[e]["memory_total"]) > 0 and "name" in by_endpoint[e]
+    proc = subprocess.run(
+        [sys.executable, "-m", "llamacffi", "info", "--json", "--rpc", servers[0]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    listed = json.loads(proc.stdout)["rpc_devices"]
+    assert listed[0]["endpoint"] == servers[0] and listed[0]["memory_total"] > 0
+
+
+# ---- the service: an RPC model in a worker process ---------------------------------------------------------------
+
+
+GREEDY = GenerationOptions(max_tokens=N_GEN, temperature=0.0, raw=True)
+
+
+@needs_rpc
+def test_service_model_on_servers_matches_local_and_survives_a_server_killed(smollm2_path: Path) -> None:
+    own = [RPCServerProcess() for _ in range(2)]  # this test kills one: servers of its own
+    local_svc = LlamaCppService(LocalBackendConfig(threads=1))
+    rpc_svc = LlamaCppService(
+        LocalBackendConfig(
+            threads=1, gpu_layers=OFFLOAD, rpc_servers=tuple(s.endpoint for s in own), tensor_split=(1.0, 1.0)
+        )
+    )
+    try:
+        config = ModelConfig(context_size=1024, parallel=2)
+        local = local_svc.load_model(str(smollm2_path), config=config)
+        split = rpc_svc.load_model(str(smollm2_path), config=config)
+        expected = local.generate(PROMPT, GREEDY)
+        assert split.generate(PROMPT, GREEDY) == expected
+
+        long = GenerationOptions(max_tokens=900, temperature=0.0, raw=True)
+        stream = split.generate_stream("Once upon a time", long)
+        next(stream)
+        own[1].kill()
+        t0 = time.monotonic()
+        with pytest.raises(GenerationError, match="worker process serving model"):
+            for _ in stream:
+                pass
+        assert time.monotonic() - t0 < 10
+        with pytest.raises(GenerationError):  # the model is gone; later requests are refused at once
+            split.generate(PROMPT, GREEDY)
+        assert local.generate(PROMPT, GREEDY) == expected  # this process and its other models go on
+    finally:
+        rpc_svc.close()
+        local_svc.close()
+        for s in own:
+            s.stop()
+
+
+@needs_rpc
+def test_service_load_with_a_server_down_names_it(smollm2_path: Path) -> None:
+    endpoint = f"127.0.0.1:{free_port()}"
+    with LlamaCppService(LocalBackendConfig(threads=1, rpc_servers=(endpoint,))) as svc:
+        with pytest.raises(ModelLoadFailedError, match=f"RPC server {endpoint} cannot be reached"):
+            svc.load_model(str(smollm2_path))
+        with pytest.raises(InvalidConfigError, match="embedding models"):
+            svc.load_model(str(smollm2_path), llamacffi.service.ModelType.TEXT_EMBEDDING)
+
+
+# ---- the commands take --rpc --------------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llamacffi", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@needs_rpc
+def test_generate_and_bench_take_rpc(smollm2_path: Path, servers: list[str]) -> None:
+    common = ["-m", str(smollm2_path), "-t", "1"]
+    gen = ["generate", "--temp", "0", "-n", "12", "--raw", PROMPT, *common]
+    local = _cli(*gen)
+    split = _cli(*gen, "--rpc", ",".join(servers), "-ngl", str(OFFLOAD), "--tensor-split", "1,1")
+    assert local.returncode == 0 and split.returncode == 0, split.stderr
+    assert split.stdout == local.stdout
+    bench = _cli("bench", "-p", "16", "-g", "4", *common, "--rpc", servers[0])
+    assert bench.returncode == 0, bench.stderr
+    assert "tg4" in bench.stdout
+    down = _cli(*gen, "--rpc", f"127.0.0.1:{free_port()}")
+    assert down.returncode == 1 and "cannot be reached" in down.stderr and "Traceback" not in down.stderr
+
+
+@needs_rpc
+def test_serve_takes_rpc(smollm2_path: Path, servers: list[str]) -> None:
+    import httpx
+
+    from server_process import ServeProcess
+
+    server = ServeProcess(["-m", str(smollm2_path), "--alias", "m", "-t", "1", "--rpc", servers[1], "-ngl", "10"])
+    try:
+        # two choices (the second starts from a copy of the first's prompt) with log-probabilities: every kind of
+        # event crosses the worker's pipe
+        body = {"model": "m", "prompt": PROMPT, "max_tokens": 8, "temperature": 0, "n": 2, "logprobs": 2}
+        r = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["usage"]["completion_tokens"] == 16
+        first, second = out["choices"]
+        assert first["text"] == second["text"] and len(first["logprobs"]["tokens"]) == 8
+    finally:
+        server.stop()
+
+
+@needs_rpc
+def test_service_stops_a_worker_whose_server_stops_answering(smollm2_path: Path) -> None:
+    import os
+    import signal
+
+    server = RPCServerProcess()
+    svc = LlamaCppService(
+        LocalBackendConfig(threads=1, gpu_layers=OFFLOAD, rpc_servers=(server.endpoint,), rpc_timeout=2.0)
+    )
+    try:
+        model = svc.load_model(str(smollm2_path), config=ModelConfig(context_size=1024, parallel=1))
+        stream = model.generate_stream("Once upon a time", GenerationOptions(max_tokens=900, temperature=0.0))
+        next(stream)
+        os.kill(server.proc.pid, signal.SIGSTOP)  # alive, connection open, never answers: a host gone silent
+        t0 = time.monotonic()
+        with pytest.raises(GenerationError, match="sent nothing for 2 s"):
+            for _ in stream:
+                pass
+        assert time.monotonic() - t0 < 6
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        svc.close()
+        server.kill()
+
+
+@needs_rpc
+def test_a_remote_device_named_later_is_checked_too(smollm2_path: Path) -> None:
+    server = RPCServerProcess()
+    try:
+        with Model.load(smollm2_path, rpc_servers=[server.endpoint], n_gpu_layers=4) as m:
+            assert m.devices is not None
+            name = m.devices[0]
+    finally:
+        server.kill()
+    with pytest.raises(ModelLoadError, match=f"RPC server {server.endpoint} cannot be reached"):
+        Model.load(smollm2_path, devices=[name], n_gpu_layers=4)  # without the check: llama.cpp would abort
