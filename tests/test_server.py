@@ -20,7 +20,9 @@ from server_process import ServeProcess  # noqa: E402
 
 CTX = 512
 PARALLEL = 4
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+SYSTEM = "You are a helpful assistant."
+ASK = "What is the capital of France?"
+QUESTION = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ASK}]
 SMOL = "smollm2-135m"
 GEMMA = "gemma"
 EMBED = "smol-embed"
@@ -86,7 +88,7 @@ def test_models_list(client: Any) -> None:
 @pytest.mark.parametrize("name", [SMOL, GEMMA])
 def test_chat_greedy_equals_service(client: Any, service_models: dict[str, Any], name: str) -> None:
     r = client.chat.completions.create(model=name, messages=QUESTION, temperature=0, max_tokens=24)
-    expected = service_models[name].generate(QUESTION[0]["content"], GenerationOptions(temperature=0, max_tokens=24))
+    expected = service_models[name].generate(ASK, GenerationOptions(temperature=0, max_tokens=24, system=SYSTEM))
     assert r.choices[0].message.content == expected
     assert r.choices[0].message.role == "assistant"
     assert r.object == "chat.completion" and r.model == name
@@ -196,7 +198,7 @@ def test_usage_counts_tokens(client: Any, service_models: dict[str, Any]) -> Non
     model = service_models[SMOL]
     r = client.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0, max_tokens=16)
     opts = GenerationOptions(temperature=0)
-    prompt = model.tokenize_prompt(model.format_chat([("user", QUESTION[0]["content"])], opts), opts)
+    prompt = model.tokenize_prompt(model.format_chat([("system", SYSTEM), ("user", ASK)], opts), opts)
     assert r.usage.prompt_tokens == len(prompt)
     out = model.llama_model.vocab.tokenize(r.choices[0].message.content, add_special=False)
     assert abs(r.usage.completion_tokens - len(out)) <= 1  # the end-of-generation token is not text

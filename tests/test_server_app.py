@@ -20,7 +20,9 @@ from llamacffi.server import create_app
 from llamacffi.server.main import _loopback
 from llamacffi.service import GenerationOptions, LlamaCppService, LocalBackendConfig, ModelConfig
 
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+SYSTEM = "You are a helpful assistant."
+ASK = "What is the capital of France?"
+QUESTION = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ASK}]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,7 @@ def test_mounted_in_another_app(loaded: Any) -> None:
             "/llm/v1/chat/completions", json={"model": "smol", "messages": QUESTION, "temperature": 0, "max_tokens": 12}
         )
         assert r.status_code == 200
-        expected = loaded.generate(QUESTION[0]["content"], GenerationOptions(temperature=0, max_tokens=12))
+        expected = loaded.generate(ASK, GenerationOptions(temperature=0, max_tokens=12, system=SYSTEM))
         assert r.json()["choices"][0]["message"]["content"] == expected
         pre = client.options(
             "/llm/v1/chat/completions",
@@ -57,7 +59,7 @@ def test_mounted_in_another_app(loaded: Any) -> None:
 def test_bad_requests_do_not_disturb_a_stream(loaded: Any) -> None:
     app = create_app({"smol": loaded})
     body = {"model": "smol", "messages": QUESTION, "temperature": 0, "max_tokens": 32, "stream": True}
-    expected = loaded.generate(QUESTION[0]["content"], GenerationOptions(temperature=0, max_tokens=32))
+    expected = loaded.generate(ASK, GenerationOptions(temperature=0, max_tokens=32, system=SYSTEM))
     bad = [
         b"{",
         json.dumps({"model": "smol", "messages": QUESTION, "n": 99}).encode(),
