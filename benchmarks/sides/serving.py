@@ -220,7 +220,7 @@ def run(
 ) -> dict[str, Any]:
     levels = [1, 4] if quick else [1, 4, 8, 16]
     tokens = 16 if quick else 128
-    reps = reps or (1 if quick else 3)
+    reps = reps or (1 if quick else 5)
     path = models.fetch(MODEL)
     sides, absent = start_sides(path, threads, parallel, ctx, peer, log)
     try:
