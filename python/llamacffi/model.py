@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from . import chat, gguf, hugepages, log, ownership
-from .backend import ensure_backend
+from .backend import ensure_backend, gpu_device_names
 from .cbuffer import read_grown
 from .errors import InvalidArgumentError, LlamaError, ModelLoadError
 from .limits import HUGE_PAGES_WITH_MMAP, MAX_GPU_LAYERS
@@ -75,6 +75,7 @@ class Model:
         self.vocab_only = vocab_only  # loaded without weights: a tokenizer, no Context
         self.huge_pages = huge_pages  # its weights were read into memory that asked for huge pages
         self._huge_ranges: list[hugepages.Range] = []
+        self._offloaded = 0
         self._vocab = Vocab(self.owner, lib.llama_model_get_vocab(ptr))
 
     @classmethod
@@ -97,7 +98,8 @@ class Model:
         pages where the system has them (Linux), which makes each token's pass over them faster (they go to plain
         memory, not to a GPU backend's pinned host buffer); :attr:`huge_page_bytes` tells how much it got.
         ``progress`` is called with the load progress in 0..1; returning ``False`` cancels the load
-        (:class:`ModelLoadError`), an exception it raises is re-raised.
+        (:class:`ModelLoadError`), an exception it raises is re-raised. :attr:`offloaded_layers` tells how many
+        layers went to a GPU; the ``llamacffi`` logger says it at INFO level.
         """
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be str or os.PathLike, not {type(path).__name__}")
@@ -150,6 +152,8 @@ class Model:
         model = cls(ptr, p, bool(vocab_only), huge is not None)
         if huge is not None:
             model._huge_ranges = huge.collapse()
+        if not vocab_only:
+            model._offloaded = _note_offload(model, int(params.n_gpu_layers))
         return model
 
     # ---- lifetime ---------------------------------------------------------------------------------------------
@@ -205,6 +209,14 @@ class Model:
         ``huge_pages=True`` on a system that has them. Reads /proc/self/smaps."""
         self.ptr
         return hugepages.huge_bytes(self._huge_ranges) if self._huge_ranges else 0
+
+    @property
+    def offloaded_layers(self) -> int:
+        """Layers whose weights a GPU backend holds, of the model's layers + 1 (llama.cpp counts the output layer
+        as one, offloaded first): ``n_gpu_layers`` capped at that; 0 where the build has no GPU backend or finds no
+        device, and for a ``vocab_only`` model."""
+        self.ptr
+        return self._offloaded
 
     @property
     def n_ctx_train(self) -> int:
@@ -280,6 +292,18 @@ class Model:
                     f"template name such as 'chatml', or template text)"
                 )
         return chat.apply_template(template, messages, add_assistant)
+
+
+def _note_offload(model: Model, n_gpu_layers: int) -> int:
+    """How many layers llama.cpp offloaded (its own rule: the last ``n_gpu_layers`` of the repeating layers and the
+    output layer, when it found a GPU device), logged at INFO level."""
+    ptr = model.ptr
+    layers = int(lib.llama_model_n_layer(ptr)) + int(lib.llama_model_n_layer_nextn(ptr)) + 1
+    gpus = gpu_device_names()
+    offloaded = min(n_gpu_layers, layers) if gpus else 0
+    where = f" to {', '.join(gpus)}" if offloaded else ""
+    log.logger.info("loaded %s: offloaded %d/%d layers%s", model.path.name, offloaded, layers, where)
+    return offloaded
 
 
 def _read_string(fill: Callable[[CData, int], int], size: int = 256) -> str:
