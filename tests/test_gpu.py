@@ -44,8 +44,8 @@ PROMPTS = {
     "smollm2-135m": ["The capital of France is", "Le chat noir est assis sur"],
     "gemma3-270m": ["Once upon a time", "Die Hauptstadt von Deutschland ist"],
 }
-# Backends add in other orders and in other precisions (ggml-vulkan quantizes activations to q8_1 and accumulates
-# in half precision in places), so offloaded logits differ from the CPU path's. Teacher-forced over prompt and
+# Backends add in other orders and round activations and partial sums in other precisions, so offloaded logits
+# differ from the CPU path's. Teacher-forced over prompt and
 # continuation: at every position the cosine similarity of the two logit vectors is at least MIN_COSINE (lavapipe:
 # 0.95 at worst), their root-mean-square difference is at most RMS_TOLERANCE of the CPU logits' standard deviation
 # on the median position (lavapipe: at most 0.46 at any position), and the top-1 token agrees wherever the CPU's
