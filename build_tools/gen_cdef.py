@@ -28,7 +28,8 @@ from pathlib import Path
 
 from pycparser import c_ast, c_generator, c_parser
 
-# ggml functions the Python layer uses besides llama.h's (backend registry for system_info, thread pool count).
+# ggml functions the Python layer uses besides llama.h's (backend registry and device memory for system_info, type
+# names).
 GGML_FUNCTIONS = (
     "ggml_backend_reg_count",
     "ggml_backend_reg_get",
@@ -38,6 +39,8 @@ GGML_FUNCTIONS = (
     "ggml_backend_dev_name",
     "ggml_backend_dev_description",
     "ggml_backend_dev_type",
+    "ggml_backend_dev_memory",
+    "ggml_backend_dev_backend_reg",
     "ggml_type_name",
     # the device API: placement (devices by name), remote devices' memory, registering an RPC server's devices
     "ggml_backend_dev_by_name",

@@ -80,6 +80,8 @@ def test_info(smollm2_path: Path) -> None:
     info = json.loads(out.stdout)
     assert info["version"] == llamacffi.__version__ and "CPU" in info["backends"]
     assert info["model"]["n_vocab"] == 49152
+    if not any(d["type"] in ("gpu", "igpu") for d in info["devices"]):
+        assert info["model"]["offloaded_layers"] == 0
 
 
 def test_bench(smollm2_path: Path) -> None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import llamacffi
+from llamacffi import backend
 from llamacffi.raw import ffi, lib
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +79,12 @@ def test_system_info() -> None:
     assert "CPU" in info["backends"]
     assert "CPU :" in info["system_info"] or "CPU" in info["system_info"]
     assert "GGML_CUDA=" in info["build_flags"]
+    for dev in info["devices"]:
+        assert dev["backend"] in info["backends"] and dev["type"] in ("cpu", "gpu", "igpu", "accel", "other")
+        assert 0 <= dev["memory_free"] <= dev["memory_total"], dev
+    assert [d["backend"] for d in info["devices"] if d["type"] == "cpu"] == ["CPU"]
+    gpus = [d["name"] for d in info["devices"] if d["type"] == "gpu"]
+    assert backend.gpu_device_names() == (gpus or [d["name"] for d in info["devices"] if d["type"] == "igpu"])
     thp = Path("/sys/kernel/mm/transparent_hugepage")
     if sys.platform.startswith("linux") and thp.is_dir() and "[never]" not in (thp / "enabled").read_text():
         assert info["huge_pages"] == int((thp / "hpage_pmd_size").read_text())

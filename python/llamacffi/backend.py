@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from . import hugepages, limits, log
 from ._version import __version__
 from .errors import InvalidArgumentError, LlamaError
-from .raw import ffi, lib
+from .raw import CData, ffi, lib
 from .validate import one_of
 
 _lock = threading.Lock()
@@ -66,26 +66,44 @@ def backends() -> list[str]:
     ]
 
 
-def devices() -> list[dict[str, str]]:
-    """The devices ggml sees: name, description and type (cpu, gpu, igpu, accel)."""
+_DEVICE_TYPES = ("CPU", "GPU", "IGPU", "ACCEL")
+
+
+def _device_type(dev: CData) -> str:
+    kind = lib.ggml_backend_dev_type(dev)
+    return next((t.lower() for t in _DEVICE_TYPES if kind == getattr(lib, f"GGML_BACKEND_DEVICE_TYPE_{t}")), "other")
+
+
+def devices() -> list[dict[str, str | int]]:
+    """The devices ggml sees: name, description, type (cpu, gpu, igpu, accel), the backend that drives it (e.g.
+    "CUDA", "Vulkan", "CPU") and its memory in bytes, free and total, as the backend reports it now."""
     ensure_backend()
-    kinds = {
-        lib.GGML_BACKEND_DEVICE_TYPE_CPU: "cpu",
-        lib.GGML_BACKEND_DEVICE_TYPE_GPU: "gpu",
-        lib.GGML_BACKEND_DEVICE_TYPE_IGPU: "igpu",
-        lib.GGML_BACKEND_DEVICE_TYPE_ACCEL: "accel",
-    }
-    out = []
+    out: list[dict[str, str | int]] = []
+    free, total = ffi.new("size_t *"), ffi.new("size_t *")
     for i in range(lib.ggml_backend_dev_count()):
         dev = lib.ggml_backend_dev_get(i)
+        lib.ggml_backend_dev_memory(dev, free, total)
         out.append(
             {
                 "name": ffi.string(lib.ggml_backend_dev_name(dev)).decode(),
                 "description": ffi.string(lib.ggml_backend_dev_description(dev)).decode(),
-                "type": kinds.get(lib.ggml_backend_dev_type(dev), "other"),
+                "type": _device_type(dev),
+                "backend": ffi.string(lib.ggml_backend_reg_name(lib.ggml_backend_dev_backend_reg(dev))).decode(),
+                "memory_free": int(free[0]),
+                "memory_total": int(total[0]),
             }
         )
     return out
+
+
+def gpu_device_names() -> list[str]:
+    """The devices a model load offloads to by default: llama.cpp takes every GPU (RPC servers included), or the
+    integrated GPUs where there is none."""
+    ensure_backend()
+    handles = (lib.ggml_backend_dev_get(i) for i in range(lib.ggml_backend_dev_count()))
+    found = [(dev, _device_type(dev)) for dev in handles]
+    wanted = "gpu" if any(kind == "gpu" for _, kind in found) else "igpu"
+    return [ffi.string(lib.ggml_backend_dev_name(dev)).decode() for dev, kind in found if kind == wanted]
 
 
 @functools.cache

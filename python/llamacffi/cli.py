@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("name", choices=sorted(models.KNOWN))
     i = sub.add_parser("info", help="build, backends and devices; with -m, the model's metadata")
     i.add_argument("-m", "--model", default=None)
+    i.add_argument("-ngl", "--gpu-layers", type=int, default=-1, help="layers the -m model offloads (default -1: all)")
     i.add_argument("--json", action="store_true")
     i.add_argument(
         "--rpc", action="append", default=[], metavar="HOST:PORT[,...]", help="also list this RPC server's devices"
@@ -265,7 +266,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         from .service import LlamaCppService
 
         path = LlamaCppService().resolve(args.model)
-        with Model.load(path, vocab_only=False) as m:
+        with Model.load(path, n_gpu_layers=args.gpu_layers) as m:
             info["model"] = {
                 "path": str(path),
                 "description": m.description,
@@ -274,6 +275,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                 "n_ctx_train": m.n_ctx_train,
                 "n_embd": m.n_embd,
                 "n_layer": m.n_layer,
+                "offloaded_layers": m.offloaded_layers,
                 "n_vocab": m.vocab.n_tokens,
                 "chat_template": m.chat_template is not None,
                 "metadata": m.metadata,

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from . import chat, gguf, hugepages, log, ownership, placement, rpc
-from .backend import ensure_backend
+from .backend import devices, ensure_backend, gpu_device_names
 from .cbuffer import read_grown
 from .errors import InvalidArgumentError, LlamaError, ModelLoadError
 from .limits import HUGE_PAGES_WITH_MMAP, MAX_GPU_LAYERS
@@ -76,6 +76,7 @@ class Model:
         self.huge_pages = huge_pages  # its weights were read into memory that asked for huge pages
         self._huge_ranges: list[hugepages.Range] = []
         self.devices: list[str] | None = None  # the devices it was loaded onto when given (None: llama.cpp's choice)
+        self._offloaded = 0
         self._vocab = Vocab(self.owner, lib.llama_model_get_vocab(ptr))
 
     @classmethod
@@ -103,7 +104,8 @@ class Model:
         pages where the system has them (Linux), which makes each token's pass over them faster (they go to plain
         memory, not to a GPU backend's pinned host buffer); :attr:`huge_page_bytes` tells how much it got.
         ``progress`` is called with the load progress in 0..1; returning ``False`` cancels the load
-        (:class:`ModelLoadError`), an exception it raises is re-raised.
+        (:class:`ModelLoadError`), an exception it raises is re-raised. :attr:`offloaded_layers` tells how many
+        layers went to a GPU; the ``llamacffi`` logger says it at INFO level.
 
         Placement (:mod:`llamacffi.placement`): ``devices`` names the devices to offload to, in order (names as
         :func:`llamacffi.system_info` lists them; default: llama.cpp's choice); ``split_mode`` ``"layer"`` (layers
@@ -172,6 +174,8 @@ class Model:
             rpc.note_user(wanted.rpc_servers, model.owner)
         if huge is not None:
             model._huge_ranges = huge.collapse()
+        if not vocab_only:
+            model._offloaded = _note_offload(model, int(params.n_gpu_layers))
         return model
 
     # ---- lifetime ---------------------------------------------------------------------------------------------
@@ -227,6 +231,14 @@ class Model:
         ``huge_pages=True`` on a system that has them. Reads /proc/self/smaps."""
         self.ptr
         return hugepages.huge_bytes(self._huge_ranges) if self._huge_ranges else 0
+
+    @property
+    def offloaded_layers(self) -> int:
+        """Layers whose weights a GPU backend holds, of the model's layers + 1 (llama.cpp counts the output layer
+        as one, offloaded first): ``n_gpu_layers`` capped at that; 0 where the build has no GPU backend or finds no
+        device, and for a ``vocab_only`` model."""
+        self.ptr
+        return self._offloaded
 
     @property
     def n_ctx_train(self) -> int:
@@ -312,6 +324,22 @@ class Model:
         bos = "" if vocab.add_bos or vocab.bos < 0 else vocab.token_to_piece(vocab.bos, special=True).decode()
         eos = "" if vocab.eos < 0 else vocab.token_to_piece(vocab.eos, special=True).decode("utf-8", "replace")
         return {"bos_token": bos, "eos_token": eos}
+
+
+def _note_offload(model: Model, n_gpu_layers: int) -> int:
+    """How many layers llama.cpp offloaded (its own rule: the last ``n_gpu_layers`` of the repeating layers and the
+    output layer, when it has a device to offload to), logged at INFO level."""
+    ptr = model.ptr
+    layers = int(lib.llama_model_n_layer(ptr)) + int(lib.llama_model_n_layer_nextn(ptr)) + 1
+    if model.devices is None:
+        gpus = gpu_device_names()
+    else:  # the devices the load was given, but the CPU (an RPC server's devices are not in the local list)
+        cpus = {str(d["name"]) for d in devices() if d["type"] == "cpu"}
+        gpus = [name for name in model.devices if name not in cpus]
+    offloaded = min(n_gpu_layers, layers) if gpus else 0
+    where = f" to {', '.join(gpus)}" if offloaded else ""
+    log.logger.info("loaded %s: offloaded %d/%d layers%s", model.path.name, offloaded, layers, where)
+    return offloaded
 
 
 def _read_string(fill: Callable[[CData, int], int], size: int = 256) -> str:
