@@ -12,11 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import select
 import shutil
-import signal
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import write_json
+from .worker import Worker, serve
 
 MODELS = ("smollm2-135m", "gemma3-270m")
 _SCALAR_SIZE = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
@@ -207,76 +205,28 @@ def write_mutant(src: Path, dest: Path, head: bytes, new_head: bytearray | None,
 # ---- the worker: loads mutants named on stdin, one result line each ----------------------------------------------
 
 
-def worker() -> int:
-    """Read ``SEED PATH`` lines, load each, print ``SEED outcome detail``; a crash ends the process (the parent
-    sees it)."""
-    import logging
-
+def load_one(line: str) -> tuple[str, str]:
+    """``SEED PATH`` -> ``(SEED, "outcome detail")``: the load's outcome, ``ModelLoadError`` or ``loaded`` when the
+    contract holds."""
     import llamacffi
 
-    logging.getLogger("llamacffi").setLevel(logging.CRITICAL)
-    for line in sys.stdin:
-        seed, path = line.rstrip("\n").split(" ", 1)
-        try:
-            with llamacffi.Model.load(path) as model:
-                model.vocab.tokenize("hello world")
-            outcome, detail = "loaded", ""
-        except llamacffi.ModelLoadError as exc:
-            outcome, detail = "ModelLoadError", str(exc).replace(path, "<file>")
-        except Exception as exc:  # any other type is a finding: the contract is ModelLoadError
-            outcome, detail = f"other:{type(exc).__name__}", str(exc).replace(path, "<file>")
-        print(seed, outcome, detail.replace("\n", " ")[:300], flush=True)
-    return 0
+    seed, path = line.split(" ", 1)
+    try:
+        with llamacffi.Model.load(path) as model:
+            model.vocab.tokenize("hello world")
+        return seed, "loaded"
+    except llamacffi.ModelLoadError as exc:
+        return seed, "ModelLoadError " + str(exc).replace(path, "<file>")
+    except Exception as exc:  # any other type is a finding: the contract is ModelLoadError
+        return seed, f"other:{type(exc).__name__} " + str(exc).replace(path, "<file>")
 
 
-class Worker:
-    def __init__(self, log: Path) -> None:
-        self.log = log
-        self._err = open(log, "ab")  # noqa: SIM115 - the worker's stderr for its lifetime, closed in close()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reliability", "fuzz-gguf", "--worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True,
-            cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "PYTHONPATH": _pythonpath()},
-        )  # fmt: skip
-
-    def load(self, seed: int, path: Path, timeout: float) -> tuple[str, str]:
-        assert self.proc.stdin and self.proc.stdout
-        try:
-            self.proc.stdin.write(f"{seed} {path}\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError:
-            return self._died()
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            self.proc.kill()
-            self.proc.wait()
-            return "hang", f"no answer within {timeout} s"
-        line = self.proc.stdout.readline()
-        if not line:
-            return self._died()
-        _, outcome, *rest = line.rstrip("\n").split(" ", 2)
-        return outcome, rest[0] if rest else ""
-
-    def _died(self) -> tuple[str, str]:
-        rc = self.proc.wait()
-        self._err.flush()
-        tail = self.log.read_bytes()[-600:].decode("utf-8", "replace").strip().splitlines()[-3:]
-        sig = f"signal {signal.Signals(-rc).name}" if rc < 0 else f"exit {rc}"
-        return "crash", f"{sig}: {' | '.join(tail)}"
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin
-            self.proc.stdin.close()
-            self.proc.wait(60)
-        self._err.close()
-
-
-def _pythonpath() -> str:
-    import llamacffi
-
-    parts = [str(Path(llamacffi.__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]
-    return os.pathsep.join(p for p in parts if p)
+def _load(w: Worker, seed: int, path: Path, timeout: float) -> tuple[str, str]:
+    outcome, detail = w.ask(f"{seed} {path}", timeout)
+    if outcome in ("crash", "hang"):
+        return outcome, detail
+    outcome, _, detail = detail.partition(" ")
+    return outcome, detail
 
 
 def model_of(seed: int) -> str:
@@ -296,7 +246,7 @@ class Tally:
 def _run_part(seeds: list[int], sources: dict[str, Path], heads: dict[str, tuple[bytes, Layout]], folder: Path,
               timeout: float, tally: Tally, lock: threading.Lock, log: Any) -> None:  # fmt: skip
     """Load the mutants of ``seeds`` in one worker process (replaced when one kills it)."""
-    w = Worker(folder / f"worker-{seeds[0] if seeds else 0}.log")
+    w = Worker("fuzz-gguf", folder / f"worker-{seeds[0] if seeds else 0}.log")
     start = time.monotonic()
     try:
         for seed in seeds:
@@ -305,7 +255,7 @@ def _run_part(seeds: list[int], sources: dict[str, Path], heads: dict[str, tuple
             what, new_head, cut = mutate(random.Random(seed), head, lay, sources[name].stat().st_size)
             target = folder / f"m{seed}.gguf"
             write_mutant(sources[name], target, head, new_head, cut)
-            outcome, detail = w.load(seed, target, timeout)
+            outcome, detail = _load(w, seed, target, timeout)
             target.unlink()
             with lock:
                 tally.outcomes[outcome] += 1
@@ -321,9 +271,9 @@ def _run_part(seeds: list[int], sources: dict[str, Path], heads: dict[str, tuple
                 if tally.done % 100 == 0:
                     print(f"  {tally.done} mutants, {time.monotonic() - start:.0f} s, {dict(tally.outcomes)}",
                           file=log, flush=True)  # fmt: skip
-            if w.proc.poll() is not None:
+            if not w.alive:
                 w.close()
-                w = Worker(folder / f"worker-{seed}.log")
+                w = Worker("fuzz-gguf", folder / f"worker-{seed}.log")
     finally:
         w.close()
 
@@ -396,7 +346,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        return worker()
+        import logging
+
+        logging.getLogger("llamacffi").setLevel(logging.CRITICAL)
+        return serve(load_one)
     report = run(args.count, args.seed, args.timeout, args.replay, args.jobs)
     print(f"{report['mutants']} mutants in {report['seconds']} s: {report['outcomes']}")
     for f in report["findings"]:

@@ -15,7 +15,7 @@ from .. import ownership
 from ..errors import ClosedError, GrammarError, InvalidArgumentError
 from ..ownership import Owner
 from ..raw import CData, ffi, lib
-from .grammar import check_grammar_shape
+from .grammar import check_grammar_shape, has_token_elements
 from .params import FloatArray
 
 # How many of the most likely tokens a grammar checks before it checks the whole vocabulary. Tokens beyond them
@@ -63,11 +63,27 @@ def make_grammar(vocab: VocabLike | None, grammar: str, root: str) -> CData:
     return ffi.gc(g, ownership.destructor(_free_sampler, lease))
 
 
+def accept(grammar: CData, token: int) -> None:
+    """Advance llama.cpp's grammar sampler past ``token``; GrammarError (not the process's end) when llama.cpp
+    throws instead, after which the grammar is spent until a reset."""
+    if lib.llamacffi_grammar_accept(grammar, token) != 0:
+        raise GrammarError(
+            f"llama.cpp's grammar refused token {token} after allowing it (its apply and accept steps disagree on "
+            "grammars with token elements); reset the sampler to use the grammar again"
+        )
+
+
+def accepts(grammar: CData, token: int) -> bool:
+    """Whether the grammar would accept ``token`` now, tried on a copy of its state."""
+    return bool(lib.llamacffi_grammar_accepts(grammar, token))
+
+
 class Constraint:
     """The state of one grammar while a text is generated: :meth:`allowed`, :meth:`restrict`, :meth:`accept`."""
 
     def __init__(self, vocab: VocabLike | None, grammar: str, root: str = "root") -> None:
         self._g: CData = make_grammar(vocab, grammar, root)
+        self._try_first = has_token_elements(grammar)
         self._data = ffi.new("llama_token_data[]", SHORTLIST)
         self._arr = ffi.new("llama_token_data_array *")
         view = np.frombuffer(ffi.buffer(self._data), dtype=TOKEN_DATA)
@@ -91,7 +107,9 @@ class Constraint:
         self._ids[0] = token
         self._logits[0] = 0.0
         self._apply(self._ids[:1], self._logits[:1], self._data)
-        return bool(self._logits[0] != -math.inf)
+        if self._logits[0] == -math.inf:
+            return False
+        return not self._try_first or accepts(self._check(), token)
 
     def restrict(self, row: FloatArray) -> FloatArray:
         """A copy of ``row`` with -inf for every token the grammar forbids next, among the :data:`SHORTLIST` highest
@@ -121,7 +139,7 @@ class Constraint:
         ``checked``: the caller has just had :meth:`allowed` or :meth:`restrict` say so."""
         if not checked and not self.allowed(token):
             raise GrammarError(f"token {token} is not allowed by the grammar at this point")
-        lib.llama_sampler_accept(self._check(), token)
+        accept(self._check(), token)
 
     def reset(self) -> None:
         lib.llama_sampler_reset(self._check())
