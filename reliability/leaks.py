@@ -212,6 +212,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument(
         "--kinds", nargs="+", default=["model", "service", "sampler"], choices=["model", "service", "sampler"]
     )
+    ap.add_argument(
+        "--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="models of the model cycles"
+    )
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of the full cycle counts (default 1)")
     ap.add_argument("--bound", type=float, default=5.0, help="MiB RSS may grow from the reference cycle (default 5)")
     ap.add_argument("--out", default="leaks.json", help="results file under reliability/results ('' for none)")
@@ -219,7 +222,7 @@ def main(argv: list[str]) -> int:
     random.seed(0)
     logging.getLogger("llamacffi").setLevel(logging.ERROR)  # llama.cpp's load warnings, 200 times over
     start = time.monotonic()
-    series = run(args.kinds, args.scale)
+    series = run(args.kinds, args.scale, tuple(args.models))
     failed = False
     report: dict[str, Any] = {"bound_mib": args.bound, "scale": args.scale}
     for key, s in series.items():

@@ -36,8 +36,6 @@ SEED_MAX = UINT32_MAX
 # a few thousand levels that overflows the C stack. No real grammar comes near these limits.
 GRAMMAR_MAX_NESTING = 256
 GRAMMAR_MAX_RULES = 10_000
-# Picks in a row that a grammar with token elements may allow and then refuse before sampling gives up.
-GRAMMAR_RETRIES = 64
 
 # ---- loading ----------------------------------------------------------------------------------------------------
 NUMA_STRATEGIES = ("disabled", "distribute", "isolate", "numactl", "mirror")

@@ -121,18 +121,26 @@ class Constraint:
             self._ids[:] = ids
             self._logits[:] = row[ids]
             self._apply(self._ids, self._logits, self._data)
-            keep = self._logits != -math.inf
-            if keep.any():
-                out[ids[keep]] = row[ids[keep]]
+            kept = self._accepted(ids[self._logits != -math.inf])
+            if kept.size:
+                out[kept] = row[kept]
                 return out
         data = ffi.new("llama_token_data[]", n)
         view = np.frombuffer(ffi.buffer(data), dtype=TOKEN_DATA)
         view["id"] = np.arange(n, dtype=np.int32)
         view["logit"] = row
         self._apply(view["id"], view["logit"], data)
-        keep_ids = view["id"][view["logit"] != -math.inf]
+        keep_ids = self._accepted(view["id"][view["logit"] != -math.inf])
         out[keep_ids] = row[keep_ids]
         return out
+
+    def _accepted(self, ids: np.ndarray) -> np.ndarray:
+        """``ids`` without those the grammar allows but would not accept (grammars with token elements only)."""
+        if not self._try_first or ids.size == 0:
+            return ids
+        g = self._check()
+        kept: np.ndarray = ids[np.fromiter((accepts(g, int(t)) for t in ids), dtype=bool, count=ids.size)]
+        return kept
 
     def accept(self, token: int, *, checked: bool = False) -> None:
         """Advance the grammar past ``token``, which it must allow (llama.cpp aborts on a forbidden one);

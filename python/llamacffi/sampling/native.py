@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..errors import ClosedError, GrammarError, InvalidArgumentError, InvalidTokenError, LlamaError
-from ..limits import GRAMMAR_RETRIES, NATIVE_MIN_TEMPERATURE, PENALTY_WINDOW_MAX
+from ..limits import NATIVE_MIN_TEMPERATURE, PENALTY_WINDOW_MAX
 from ..raw import CData, ffi, lib
 from ..validate import as_int
 from .constraint import SHORTLIST, VocabLike, accept, accepts, make_grammar
@@ -248,18 +248,21 @@ class NativeSampler(Configured):
         return token
 
     def _repick(self, row: FloatArray, token: int) -> tuple[int, float]:
-        """Pick again over the whole row without ``token``, which llama.cpp's grammar allowed but would not accept
-        (grammars with token elements only), until it accepts the pick."""
+        """Pick again over the whole row without the tokens llama.cpp's grammar allows but would not accept
+        (grammars with token elements only: ``token`` was one)."""
         row = row.copy()
-        for _ in range(GRAMMAR_RETRIES):
-            row[token] = -math.inf
-            self._apply(self._grammar, row, True)
-            self._apply(self._chain, row, False)
-            self._ids_dirty = self._reorders
-            token, logit = self._selected()
-            if logit == -math.inf or accepts(self._grammar, token):
-                return token, logit
-        raise GrammarError(f"the grammar allowed {GRAMMAR_RETRIES} tokens in a row that it then would not accept")
+        row[token] = -math.inf
+        self._apply(self._grammar, row, True)
+        allowed = self._ids_view[self._logit_view != -math.inf]
+        refused = [t for t in allowed.tolist() if not accepts(self._grammar, t)]
+        row[refused] = -math.inf
+        self._apply(self._grammar, row, True)
+        self._apply(self._chain, row, False)
+        self._ids_dirty = self._reorders
+        token, logit = self._selected()
+        if logit != -math.inf and not accepts(self._grammar, token):
+            raise GrammarError(f"llama.cpp's grammar allows token {token} but would not accept it")
+        return token, logit
 
     def _shortlisted(self, row: FloatArray) -> tuple[int, float] | None:
         """The chain's pick among the :data:`SHORTLIST` highest-scoring tokens (logit biases included) that the

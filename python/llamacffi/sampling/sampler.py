@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from ..limits import GRAMMAR_RETRIES
 from .constraint import Constraint, VocabLike
 from .kernels import (
     best_k,
@@ -164,13 +163,7 @@ class Sampler(Configured):
         c = self._constraint
         if c is not None:
             if not c.allowed(token):
-                row = c.restrict(row)
-                token = self._draw(row, history)
-                for _ in range(GRAMMAR_RETRIES):  # left at once unless the grammar has token elements
-                    if c.allowed(token):
-                        break
-                    row[token] = -math.inf
-                    token = self._draw(row, history)
+                token = self._draw(c.restrict(row), history)
             c.accept(token, checked=True)
         return token
 
