@@ -342,7 +342,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--replay", type=int, nargs="+", default=None, metavar="SEED", help="run only these seeds")
     ap.add_argument("--timeout", type=float, default=120, help="seconds a load may take before it counts as a hang")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes loading at once (default 2)")
-    ap.add_argument("--out", default="fuzz-gguf.json")
+    ap.add_argument(
+        "--out", default=None, help="results file under reliability/results (default fuzz-gguf.json; none for a replay)"
+    )
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -354,6 +356,7 @@ def main(argv: list[str]) -> int:
     print(f"{report['mutants']} mutants in {report['seconds']} s: {report['outcomes']}")
     for f in report["findings"]:
         print(f"  seed {f['seed']}: {f['outcome']} ({f['model']}, {f['mutation']}): {f['detail']}")
-    if args.out and not args.replay:
-        print("wrote", write_json(args.out, report))
+    out = args.out if args.out is not None else ("" if args.replay else "fuzz-gguf.json")
+    if out:
+        print("wrote", write_json(out, report))
     return 1 if report["findings"] else 0
