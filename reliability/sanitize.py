@@ -89,6 +89,7 @@ def environment(kind: str, site: Path, logs: Path) -> dict[str, str]:
     env["PYTHONPATH"] = str(site)
     env["LLAMACFFI_RAW_TOOLS_DIR"] = str(PACKAGE / "bin")
     env["GOMP_SPINCOUNT"] = "1000"
+    env["PYTHONUNBUFFERED"] = "1"  # pytest's lines reach the log as they happen, also when the run is cut short
     if kind == "address":
         # Every allocation through malloc, so ASan sees Python buffers handed to C too.
         env["PYTHONMALLOC"] = "malloc"
@@ -151,7 +152,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--no-build", action="store_true", help="reuse the module built before")
     ap.add_argument("--timeout", type=float, default=4 * 3600, help="seconds the test run may take")
-    ap.add_argument("tests", nargs="*", default=["tests"], help="test files or node ids (default: the whole suite)")
+    ap.add_argument(
+        "tests", nargs="*", default=["tests"], help="pytest arguments after --: test files, node ids, options"
+    )
     args = ap.parse_args(argv)
 
     build_dir = ROOT / "build" / f"sanitize-{args.kind}"
