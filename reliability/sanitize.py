@@ -75,17 +75,23 @@ def stage(module: Path, site: Path) -> Path:
     return site
 
 
+def compiler_file(name: str) -> str:
+    """The path of a library as the compiler finds it."""
+    path = subprocess.run(["gcc", f"-print-file-name={name}"], capture_output=True, text=True, check=True).stdout
+    return os.path.realpath(path.strip())
+
+
 def runtime(kind: str) -> str:
     """The sanitizer runtime to preload, as the compiler names it."""
-    lib = "libasan.so" if kind == "address" else "libtsan.so"
-    path = subprocess.run(["gcc", f"-print-file-name={lib}"], capture_output=True, text=True, check=True).stdout
-    return path.strip()
+    return compiler_file("libasan.so" if kind == "address" else "libtsan.so")
 
 
 def environment(kind: str, site: Path, logs: Path) -> dict[str, str]:
     """The environment of the test run: runtime preloaded, reports to ``logs``, the staged package first."""
     env = dict(os.environ)
-    env["LD_PRELOAD"] = runtime(kind)
+    # libstdc++ too: the runtime resolves its __cxa_throw interceptor when it starts, and CPython does not link the C++
+    # library, so without it the first exception llama.cpp throws (and catches) stops the process in a CHECK.
+    env["LD_PRELOAD"] = f"{runtime(kind)} {compiler_file('libstdc++.so.6')}"
     env["PYTHONPATH"] = str(site)
     env["LLAMACFFI_RAW_TOOLS_DIR"] = str(PACKAGE / "bin")
     env["GOMP_SPINCOUNT"] = "1000"
@@ -118,10 +124,15 @@ def reports(logs: Path) -> list[Report]:
     found: list[Report] = []
     for path in sorted(logs.glob("*")):
         text = path.read_text(errors="replace")
-        blocks = re.split(r"\n(?==+\n==\d+==ERROR|WARNING: ThreadSanitizer|\S+:\d+:\d+: runtime error)", "\n" + text)
+        blocks = re.split(
+            r"\n(?==+\n==\d+==ERROR|WARNING: ThreadSanitizer|\w+Sanitizer: CHECK|\S+:\d+:\d+: runtime error)",
+            "\n" + text,
+        )
         for block in blocks:
             block = block.strip()
-            if not block or not re.search(r"ERROR: AddressSanitizer|ThreadSanitizer|runtime error", block):
+            if not block or not re.search(
+                r"ERROR: AddressSanitizer|Sanitizer: CHECK failed|ThreadSanitizer|runtime error", block
+            ):
                 continue
             headline = next(
                 (ln for ln in block.splitlines() if re.search(r"ERROR|WARNING|runtime error", ln)), block[:200]
