@@ -4,6 +4,10 @@
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
 
+/* defined in guards.cpp, where llama.cpp's C++ exceptions can be caught */
+int llamacffi_grammar_accept(struct llama_sampler *smpl, llama_token token);
+int llamacffi_grammar_accepts(const struct llama_sampler *smpl, llama_token token);
+
 static const char *llamacffi_package_version(void) { return LLAMACFFI_PACKAGE_VERSION; }
 static const char *llamacffi_llama_cpp_commit(void) { return LLAMACFFI_LLAMA_CPP_COMMIT; }
 static const char *llamacffi_build_flags(void) { return LLAMACFFI_BUILD_FLAGS; }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable
 
 import numpy as np
@@ -12,6 +13,13 @@ from ..errors import StateError, ensure
 from ..raw import CData, ffi, lib
 from ..vocab import TokenArray, as_tokens
 from .memory import Memory
+
+# A sequence state file starts with its magic, its version and its token count (llama_state_seq_save_file); the
+# bytes of llama_state_seq_get_data start with another magic (io_magic, private to llama-context.cpp; a test
+# compares it with a saved sequence) and the sequence id, then hold what the file holds after its tokens.
+_SEQ_HEADER = struct.Struct("<III")
+_SEQ_BYTES_HEADER = struct.Struct("<Ii")
+SEQ_BYTES_MAGIC = 0xAF143CD8
 
 
 def _c_path(path: str | os.PathLike[str]) -> bytes:
@@ -91,19 +99,31 @@ class StateIO:
         ensure(n > 0, f"could not write the sequence state to {os.fspath(path)}", StateError)
 
     def seq_load_file(self, path: str | os.PathLike[str], seq_id: int = 0) -> TokenArray:
-        """Load a sequence saved by :meth:`seq_save_file` into ``seq_id``; returns its tokens."""
+        """Load a sequence saved by :meth:`seq_save_file` into ``seq_id``; returns its tokens.
+
+        The file's header (magic, version, token count) is checked here and its state goes through the in-memory
+        loader, which refuses a short buffer: llama.cpp's own file loader aborts the process on a truncated file."""
         self.memory.check_seq(seq_id)
+        _c_path(path)
         ensure(os.path.isfile(path), f"no state file at {os.fspath(path)}", StateError)
-        out = np.empty(self.n_ctx, dtype=np.int32)
-        count = ffi.new("size_t *")
-        n = self._exclusive(
-            lib.llama_state_seq_load_file,
-            self.ptr,
-            _c_path(path),
-            seq_id,
-            ffi.from_buffer("llama_token[]", out),
-            len(out),
-            count,
+        with open(path, "rb") as f:
+            data = f.read()
+        ensure(len(data) >= _SEQ_HEADER.size, f"{os.fspath(path)} is too short to be a sequence state file", StateError)
+        magic, version, count = _SEQ_HEADER.unpack_from(data)
+        ensure(
+            magic == lib.LLAMA_FILE_MAGIC_GGSQ and version == lib.LLAMA_STATE_SEQ_VERSION,
+            f"{os.fspath(path)} is not a sequence state file of this llama.cpp (magic {magic:#x}, version {version})",
+            StateError,
         )
+        ensure(
+            count <= self.n_ctx,
+            f"{os.fspath(path)} holds {count} tokens, more than this context's {self.n_ctx}",
+            StateError,
+        )
+        end = _SEQ_HEADER.size + 4 * count
+        ensure(len(data) > end, f"{os.fspath(path)} is truncated", StateError)
+        tokens = np.frombuffer(data, dtype="<i4", count=count, offset=_SEQ_HEADER.size).astype(np.int32)
+        state = _SEQ_BYTES_HEADER.pack(SEQ_BYTES_MAGIC, seq_id) + memoryview(data)[end:]
+        n = self._exclusive(lib.llama_state_seq_set_data, self.ptr, ffi.from_buffer(state), len(state), seq_id)
         ensure(n > 0, f"llama.cpp rejected the state file {os.fspath(path)}", StateError)
-        return out[: count[0]].copy()
+        return tokens

@@ -15,7 +15,7 @@ from .. import ownership
 from ..errors import ClosedError, GrammarError, InvalidArgumentError
 from ..ownership import Owner
 from ..raw import CData, ffi, lib
-from .grammar import check_grammar_shape
+from .grammar import check_grammar_shape, has_token_elements
 from .params import FloatArray
 
 # How many of the most likely tokens a grammar checks before it checks the whole vocabulary. Tokens beyond them
@@ -63,11 +63,27 @@ def make_grammar(vocab: VocabLike | None, grammar: str, root: str) -> CData:
     return ffi.gc(g, ownership.destructor(_free_sampler, lease))
 
 
+def accept(grammar: CData, token: int) -> None:
+    """Advance llama.cpp's grammar sampler past ``token``; GrammarError (not the process's end) when llama.cpp
+    throws instead, after which the grammar is spent until a reset."""
+    if lib.llamacffi_grammar_accept(grammar, token) != 0:
+        raise GrammarError(
+            f"llama.cpp's grammar refused token {token} after allowing it (its apply and accept steps disagree on "
+            "grammars with token elements); reset the sampler to use the grammar again"
+        )
+
+
+def accepts(grammar: CData, token: int) -> bool:
+    """Whether the grammar would accept ``token`` now, tried on a copy of its state."""
+    return bool(lib.llamacffi_grammar_accepts(grammar, token))
+
+
 class Constraint:
     """The state of one grammar while a text is generated: :meth:`allowed`, :meth:`restrict`, :meth:`accept`."""
 
     def __init__(self, vocab: VocabLike | None, grammar: str, root: str = "root") -> None:
         self._g: CData = make_grammar(vocab, grammar, root)
+        self._try_first = has_token_elements(grammar)
         self._data = ffi.new("llama_token_data[]", SHORTLIST)
         self._arr = ffi.new("llama_token_data_array *")
         view = np.frombuffer(ffi.buffer(self._data), dtype=TOKEN_DATA)
@@ -91,7 +107,9 @@ class Constraint:
         self._ids[0] = token
         self._logits[0] = 0.0
         self._apply(self._ids[:1], self._logits[:1], self._data)
-        return bool(self._logits[0] != -math.inf)
+        if self._logits[0] == -math.inf:
+            return False
+        return not self._try_first or accepts(self._check(), token)
 
     def restrict(self, row: FloatArray) -> FloatArray:
         """A copy of ``row`` with -inf for every token the grammar forbids next, among the :data:`SHORTLIST` highest
@@ -103,25 +121,33 @@ class Constraint:
             self._ids[:] = ids
             self._logits[:] = row[ids]
             self._apply(self._ids, self._logits, self._data)
-            keep = self._logits != -math.inf
-            if keep.any():
-                out[ids[keep]] = row[ids[keep]]
+            kept = self._accepted(ids[self._logits != -math.inf])
+            if kept.size:
+                out[kept] = row[kept]
                 return out
         data = ffi.new("llama_token_data[]", n)
         view = np.frombuffer(ffi.buffer(data), dtype=TOKEN_DATA)
         view["id"] = np.arange(n, dtype=np.int32)
         view["logit"] = row
         self._apply(view["id"], view["logit"], data)
-        keep_ids = view["id"][view["logit"] != -math.inf]
+        keep_ids = self._accepted(view["id"][view["logit"] != -math.inf])
         out[keep_ids] = row[keep_ids]
         return out
+
+    def _accepted(self, ids: np.ndarray) -> np.ndarray:
+        """``ids`` without those the grammar allows but would not accept (grammars with token elements only)."""
+        if not self._try_first or ids.size == 0:
+            return ids
+        g = self._check()
+        kept: np.ndarray = ids[np.fromiter((accepts(g, int(t)) for t in ids), dtype=bool, count=ids.size)]
+        return kept
 
     def accept(self, token: int, *, checked: bool = False) -> None:
         """Advance the grammar past ``token``, which it must allow (llama.cpp aborts on a forbidden one);
         ``checked``: the caller has just had :meth:`allowed` or :meth:`restrict` say so."""
         if not checked and not self.allowed(token):
             raise GrammarError(f"token {token} is not allowed by the grammar at this point")
-        lib.llama_sampler_accept(self._check(), token)
+        accept(self._check(), token)
 
     def reset(self) -> None:
         lib.llama_sampler_reset(self._check())

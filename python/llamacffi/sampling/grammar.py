@@ -6,7 +6,33 @@ from __future__ import annotations
 from ..errors import GrammarError
 from ..limits import GRAMMAR_MAX_NESTING, GRAMMAR_MAX_RULES
 
-__all__ = ["GRAMMAR_MAX_NESTING", "GRAMMAR_MAX_RULES", "check_grammar_shape"]
+__all__ = ["GRAMMAR_MAX_NESTING", "GRAMMAR_MAX_RULES", "check_grammar_shape", "has_token_elements"]
+
+
+def _outside_literals(text: str) -> str:
+    """The grammar text without its literals, character classes and comments."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"' or c == "[":
+            close = '"' if c == '"' else "]"
+            i += 1
+            while i < n and text[i] != close:
+                i += 2 if text[i] == "\\" else 1
+        elif c == "#":
+            while i < n and text[i] != "\n":
+                i += 1
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def has_token_elements(text: str) -> bool:
+    """Whether the grammar matches tokens by id (``<[id]>``, ``<|name|>``, ``!<...>``): with those, llama.cpp's
+    grammar can allow a token that it then refuses to accept, so each pick is tried on a copy first."""
+    return "<" in _outside_literals(text)
 
 
 def check_grammar_shape(text: str) -> None:

@@ -11,8 +11,9 @@ from ..errors import ClosedError, GrammarError, InvalidArgumentError, InvalidTok
 from ..limits import NATIVE_MIN_TEMPERATURE, PENALTY_WINDOW_MAX
 from ..raw import CData, ffi, lib
 from ..validate import as_int
-from .constraint import SHORTLIST, VocabLike, make_grammar
+from .constraint import SHORTLIST, VocabLike, accept, accepts, make_grammar
 from .constraint import TOKEN_DATA as _TOKEN_DATA
+from .grammar import has_token_elements
 from .params import Configured, FloatArray, HistoryLike, as_logits, bad_token, nan_error
 
 
@@ -58,6 +59,7 @@ class NativeSampler(Configured):
         self._vocab = vocab
         self._pending: list[int] = []  # tokens accepted before the chain exists
         self._n_vocab: int | None = None
+        self._try_first = grammar is not None and has_token_elements(grammar)
         if grammar is not None:
             if vocab is None:
                 raise InvalidArgumentError("a grammar needs the model's vocab (pass vocab=model.vocab)")
@@ -143,7 +145,9 @@ class NativeSampler(Configured):
         arr.selected = -1
         arr.sorted = False
         lib.llama_sampler_apply(self._grammar, arr)
-        return bool(self._one[0].logit != -math.inf)
+        if self._one[0].logit == -math.inf:
+            return False
+        return not self._try_first or accepts(self._grammar, token)
 
     def _apply(self, sampler: CData, row: FloatArray, fill: bool) -> None:
         """Apply ``sampler`` to the candidate array (first filled from ``row`` with ``fill``)."""
@@ -205,6 +209,8 @@ class NativeSampler(Configured):
                 self._ids_dirty = self._reorders
                 picked = self._selected()
             token, logit = picked
+            if self._try_first and logit != -math.inf and not accepts(self._grammar, token):
+                token, logit = self._repick(row, token)
         if logit == -math.inf:
             raise InvalidArgumentError(
                 "no token can be sampled: every candidate is banned"
@@ -212,6 +218,23 @@ class NativeSampler(Configured):
             )
         self._accept(token)
         return token
+
+    def _repick(self, row: FloatArray, token: int) -> tuple[int, float]:
+        """Pick again over the whole row without the tokens llama.cpp's grammar allows but would not accept
+        (grammars with token elements only: ``token`` was one)."""
+        row = row.copy()
+        row[token] = -math.inf
+        self._apply(self._grammar, row, True)
+        allowed = self._ids_view[self._logit_view != -math.inf]
+        refused = [t for t in allowed.tolist() if not accepts(self._grammar, t)]
+        row[refused] = -math.inf
+        self._apply(self._grammar, row, True)
+        self._apply(self._chain, row, False)
+        self._ids_dirty = self._reorders
+        token, logit = self._selected()
+        if logit != -math.inf and not accepts(self._grammar, token):
+            raise GrammarError(f"llama.cpp's grammar allows token {token} but would not accept it")
+        return token, logit
 
     def _shortlisted(self, row: FloatArray) -> tuple[int, float] | None:
         """The chain's pick among the :data:`SHORTLIST` highest-scoring tokens (logit biases included) that the
@@ -259,7 +282,7 @@ class NativeSampler(Configured):
 
     def _accept(self, token: int) -> None:
         if self._grammar is not None:
-            lib.llama_sampler_accept(self._grammar, token)
+            accept(self._grammar, token)
         lib.llama_sampler_accept(self._chain, token)
 
     def accept(self, token: int) -> None:
