@@ -39,16 +39,15 @@ GPU_LAYERS_ENV = "LLAMACFFI_BENCH_GPU_LAYERS"
 
 
 def gpu_layers() -> int:
-    """Layers each side offloads (-1: all). Without a choice in the environment: all on a build that can offload
-    to a GPU it finds (CUDA, Metal, ...), none otherwise."""
+    """Layers each side offloads (-1: all). Without a choice in the environment: all where the build finds a GPU
+    device (CUDA, Metal, Vulkan, ...), none otherwise (a build with only the RPC backend can offload, but to no
+    device of this machine)."""
     value = os.environ.get(GPU_LAYERS_ENV)
     if value is not None:
         return int(value)
-    from llamacffi.backend import ensure_backend
-    from llamacffi.raw import lib
+    from llamacffi.backend import gpu_device_names
 
-    ensure_backend()
-    return -1 if lib.llama_supports_gpu_offload() else 0
+    return -1 if gpu_device_names() else 0
 
 
 def ngl_arg(layers: int) -> str:

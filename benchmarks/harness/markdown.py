@@ -38,10 +38,10 @@ def _ratio(r: dict[str, float] | None) -> str:
 
 def offload_words(out: dict[str, Any]) -> str:
     layers = out["machine"].get("gpu_layers", 0)
-    if not layers:
-        return "no layer offloaded (CPU)"
     gpus = [f"{d['name']} ({d['description']})" for d in out["build"].get("devices", []) if d.get("type") != "cpu"]
-    return f"{'all' if layers < 0 else layers} layers offloaded to {', '.join(gpus) or 'the GPU'}"
+    if not layers or not gpus:
+        return "no layer offloaded (CPU)"
+    return f"{'all' if layers < 0 else layers} layers offloaded to {', '.join(gpus)}"
 
 
 def machine_line(out: dict[str, Any]) -> str:
