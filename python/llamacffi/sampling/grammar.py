@@ -39,26 +39,15 @@ def check_grammar_shape(text: str) -> None:
     """Refuse (GrammarError) a GBNF text nested or chained deeper than llama.cpp's parser can take."""
     if not isinstance(text, str):
         raise TypeError(f"grammar must be str, not {type(text).__name__}")
-    depth = deepest = rules = 0
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == '"' or c == "[":  # a literal or a character class: skip to its unescaped end
-            close = '"' if c == '"' else "]"
-            i += 1
-            while i < n and text[i] != close:
-                i += 2 if text[i] == "\\" else 1
-        elif c == "#":
-            while i < n and text[i] != "\n":
-                i += 1
-        elif c == "(":
+    bare = _outside_literals(text)
+    depth = deepest = 0
+    for c in bare:
+        if c == "(":
             depth += 1
             deepest = max(deepest, depth)
         elif c == ")":
             depth -= 1
-        elif c == ":" and text.startswith("::=", i):
-            rules += 1
-        i += 1
+    rules = bare.count("::=")
     if deepest > GRAMMAR_MAX_NESTING:
         raise GrammarError(f"the grammar nests groups {deepest} deep; at most {GRAMMAR_MAX_NESTING} are supported")
     if rules > GRAMMAR_MAX_RULES:
