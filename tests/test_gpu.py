@@ -149,7 +149,7 @@ def test_offloaded_layers_counts_what_n_gpu_layers_asks(smollm2_path: Path, capl
         assert m.offloaded_layers == 0
 
 
-def test_free_memory_drops_while_a_model_is_offloaded(gemma3_path: Path) -> None:
+def test_free_memory_drops_while_a_model_is_offloaded(smollm2_path: Path) -> None:
     gpus = [d for d in backend.devices() if d["name"] in GPUS]
     if any(d["type"] == "igpu" for d in gpus):
         pytest.skip("an integrated device's free memory is the host's, which other processes change meanwhile")
@@ -158,7 +158,7 @@ def test_free_memory_drops_while_a_model_is_offloaded(gemma3_path: Path) -> None
         return sum(int(d["memory_free"]) for d in backend.devices() if d["name"] in GPUS)
 
     before = free()
-    with llamacffi.Model.load(gemma3_path, n_gpu_layers=ALL) as m:
+    with llamacffi.Model.load(smollm2_path, n_gpu_layers=ALL) as m:
         during = free()
         if during == before:
             pytest.skip(f"the device reports the same free memory whatever it holds ({before} bytes)")

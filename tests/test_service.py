@@ -75,6 +75,8 @@ def smol(service: LlamaCppService) -> LlamaCppTextModel:
         (ModelConfig, {"parallel": 0}, "parallel"),
         (ModelConfig, {"batch_size": True}, "batch_size"),
         (ModelConfig, {"flash_attn": "on"}, "flash_attn"),
+        (ModelConfig, {"batch_window": -0.001}, "batch_window"),
+        (ModelConfig, {"batch_window": float("inf")}, "batch_window"),
         (LocalBackendConfig, {"threads": 0}, "threads"),
         (LocalBackendConfig, {"gpu_layers": -2}, "gpu_layers"),
         (LocalBackendConfig, {"gpu_layers": 1 << 31}, "gpu_layers"),
@@ -314,6 +316,28 @@ def test_threads_equal_sequential(service: LlamaCppService) -> None:
     assert agree == 40, f"{agree}/40 batched outputs equal the sequential ones"
     assert smol.stats["max_batched_sequences"] >= 2
     smol.close()
+
+
+@pytest.mark.parametrize("window,spacing", [(0.2, 0.02), (0.0, 0.25)])
+def test_a_burst_within_the_batch_window_starts_in_one_step(
+    service: LlamaCppService, window: float, spacing: float
+) -> None:
+    # Requests arriving a little apart (as HTTP clients started together do) are admitted together once none has
+    # arrived for a batch window: their prompts share one step instead of each waiting behind the one before.
+    cfg = ModelConfig(context_size=256, parallel=4, batch_window=window)
+    opts = GenerationOptions(temperature=0, max_tokens=1)
+    with service.load_model("smollm2-135m", config=cfg) as m:
+        threads = []
+        for i in range(4):
+            threads.append(threading.Thread(target=m.generate, args=(f"Name a fact about the number {i}.", opts)))
+            threads[-1].start()
+            time.sleep(spacing)
+        for th in threads:
+            th.join(timeout=120)
+        if window:
+            assert m.stats["decode_calls"] == 1 and m.stats["max_batched_sequences"] == 4
+        else:  # admitted as they come: the first prompt's step starts before the second arrives
+            assert m.stats["decode_calls"] > 1
 
 
 def _engine_threads() -> list[threading.Thread]:

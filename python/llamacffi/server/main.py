@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import uvicorn
 
-from .. import cli_args, models
+from .. import cli_args, limits, models
 from ..service import LlamaCppService, LlamaCppSpecificConfig, LocalBackendConfig, ModelConfig
 from ..service.errors import InvalidConfigError
 from .app import create_app
@@ -93,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     served, embedders = _served(args)
+    if not 0 <= args.batch_window <= 1000 * limits.BATCH_WINDOW_MAX:
+        raise InvalidConfigError(
+            f"--batch-window: must be 0 to {1000 * limits.BATCH_WINDOW_MAX:g} milliseconds (got {args.batch_window})"
+        )
     api_key = args.api_key or os.environ.get("LLAMACFFI_API_KEY") or None
     if not _loopback(args.host) and api_key is None:
         log.warning(
@@ -108,7 +112,11 @@ def run(args: argparse.Namespace) -> int:
         tensor_split=cli_args.split_list(args.tensor_split),
     )
     model_config = ModelConfig(
-        context_size=args.ctx_size, parallel=args.parallel, max_queue=args.max_queue, batch_size=max(512, args.parallel)
+        context_size=args.ctx_size,
+        parallel=args.parallel,
+        max_queue=args.max_queue,
+        batch_size=max(512, args.parallel),
+        batch_window=args.batch_window / 1000,
     )
     failed: list[BaseException] = []
     server: _Uvicorn | None = None
@@ -191,6 +199,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=256,
         help="requests that may wait for a slot per model before 429 (default 256)",
+    )
+    p.add_argument(
+        "--batch-window",
+        type=float,
+        default=5.0,
+        metavar="MS",
+        help="requests arriving within MS milliseconds of one another start in one step (at most a fifth of a "
+        "recent step; 0: each at once; default 5)",
     )
     p.add_argument("--cors-origin", action="append", default=[], help="origin allowed by CORS (repeatable, or *)")
     p.add_argument(

@@ -156,7 +156,10 @@ class ModelConfig(_Config):
     warns, or raises with ``strict_context``. ``truncate_prompt`` keeps the end of a prompt that does not fit.
     ``chat_template``: a llama.cpp template name (``"chatml"``, ``"gemma"``, ...) or template text, instead of the
     model's own. ``flash_attn``: flash attention on or off; None lets llama.cpp choose (on where the backend
-    supports it, as on CPU)."""
+    supports it, as on CPU). ``batch_window``: seconds; requests that arrive within it of one another start in one
+    step (the engine waits until none has arrived for that long, at most ``limits.BATCH_WINDOW_HOLDS`` windows and
+    never more than a fifth of a recent step, before it admits them), so a burst of clients does not wait behind
+    the prompt of the first; 0 admits at once."""
 
     context_size: int = 2048
     batch_size: int = 512
@@ -166,6 +169,7 @@ class ModelConfig(_Config):
     truncate_prompt: bool = False
     chat_template: str | None = None
     flash_attn: bool | None = None
+    batch_window: float = 0.005
 
     def __post_init__(self) -> None:
         if self.chat_template is not None and (not isinstance(self.chat_template, str) or not self.chat_template):
@@ -194,6 +198,7 @@ class ModelConfig(_Config):
         self._bool("truncate_prompt")
         if self.flash_attn is not None:
             self._bool("flash_attn")
+        self._float("batch_window", 0.0, limits.BATCH_WINDOW_MAX)
 
 
 @dataclasses.dataclass(frozen=True)
