@@ -5,8 +5,12 @@
 #include "ggml-cpu.h"
 
 /* defined in guards.cpp, where llama.cpp's C++ exceptions can be caught */
+struct llama_sampler *llamacffi_grammar_init(const struct llama_vocab *vocab, const char *text, const char *root,
+                                             size_t max_stacks, size_t max_breadth, int *why);
+long llamacffi_grammar_breadth(const struct llama_vocab *vocab, const char *text, const char *root, size_t budget);
 int llamacffi_grammar_accept(struct llama_sampler *smpl, llama_token token);
-int llamacffi_grammar_accepts(const struct llama_sampler *smpl, llama_token token);
+int llamacffi_grammar_accepts_many(struct llama_sampler *smpl, const llama_token *tokens, size_t n,
+                                   unsigned char *ok);
 
 static const char *llamacffi_package_version(void) { return LLAMACFFI_PACKAGE_VERSION; }
 static const char *llamacffi_llama_cpp_commit(void) { return LLAMACFFI_LLAMA_CPP_COMMIT; }

@@ -15,6 +15,8 @@ from reliability import fuzz_gguf, fuzz_grammar, fuzz_state, fuzz_tokenizer, lea
 import llamacffi
 from llamacffi import raw_tools
 from llamacffi.context.state import SEQ_BYTES_MAGIC
+from llamacffi.raw import lib
+from llamacffi.sampling import NativeSampler
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,6 +129,53 @@ def test_grammar_accept_refusal_is_an_error_not_an_abort(smollm2: llamacffi.Mode
     assert not c.allowed(crossing)  # llama.cpp's apply step alone says yes
     with pytest.raises(llamacffi.GrammarError, match="refused token"):
         c.accept(crossing, checked=True)
+
+
+# Grammars whose parses llama.cpp multiplies without end. The seeds are fuzz-grammar's cases that ran past its 60 s
+# bound before the grammar sampler had bounds of its own.
+SLOW_SEEDS = (90, 245, 354, 555, 922, 1117, 1299)
+
+
+def test_the_grammars_that_ran_for_minutes_are_refused_within_seconds() -> None:
+    report = fuzz_grammar.run(0, 0, timeout=30, seeds=list(SLOW_SEEDS))
+    assert report["findings"] == []
+    assert report["outcomes"] == {"gbnf:refused:GrammarError": len(SLOW_SEEDS)}
+
+
+def test_a_rule_reaching_itself_through_empty_rules_is_refused_before_llama_cpp_sees_it(
+    smollm2: llamacffi.Model,
+) -> None:
+    # llama.cpp's left-recursion check misses this one (r+ after an optional first element), and its first step
+    # then loops, pushing ever deeper stacks, until memory runs out.
+    for grammar in ('root ::= r "x"\nr ::= ("a" | "") (r+ "b"?)*', 'root ::= r "x"\nr ::= "a"? (r "b")*'):
+        assert lib.llamacffi_grammar_breadth(smollm2.vocab._ptr, grammar.encode(), b"root", 4096) > 4096
+        with pytest.raises(llamacffi.GrammarError, match="too many ways to parse"):
+            NativeSampler(vocab=smollm2.vocab, grammar=grammar)
+
+
+@pytest.mark.parametrize("grammar", ['root ::= "a" root? root? root?', 'root ::= ("a" root?)* "b"?'])
+def test_an_ambiguous_grammar_is_stopped_once_its_parses_multiply(smollm2: llamacffi.Model, grammar: str) -> None:
+    a = int(smollm2.vocab.tokenize("a", add_special=False)[0])
+    with NativeSampler(vocab=smollm2.vocab, grammar=grammar, temperature=0) as s:
+        with pytest.raises(llamacffi.GrammarError, match="too ambiguous"):
+            for _ in range(1000):
+                s.accept(a)
+        s.reset()  # usable again from the start
+        s.accept(a)
+
+
+def test_trying_many_tokens_leaves_the_grammar_as_it_was(smollm2: llamacffi.Model) -> None:
+    from llamacffi.sampling.constraint import accepted, make_grammar
+
+    g = make_grammar(smollm2.vocab, 'root ::= "ab" | "ac"', "root")
+    ids = np.arange(smollm2.vocab.n_tokens, dtype=np.int32)
+    first = accepted(g, ids)
+    pieces = [smollm2.vocab.token_to_piece(int(t)) for t in ids]
+    printable = [i for i, p in enumerate(pieces) if p and p.isascii() and p.decode().isprintable()]
+    assert {pieces[i] for i in printable if first[i]} == {b"a", b"ab", b"ac"}
+    assert (accepted(g, ids) == first).all()  # nothing was accepted meanwhile
+    eog = [t for t in range(smollm2.vocab.n_tokens) if smollm2.vocab.is_eog(t)]
+    assert not accepted(g, np.array(eog, dtype=np.int32)).any()  # llama.cpp aborts on these; refused here
 
 
 def test_truncated_sequence_state_files_are_refused(smollm2: llamacffi.Model, tmp_path: Path) -> None:

@@ -36,6 +36,13 @@ SEED_MAX = UINT32_MAX
 # a few thousand levels that overflows the C stack. No real grammar comes near these limits.
 GRAMMAR_MAX_NESTING = 256
 GRAMMAR_MAX_RULES = 10_000
+# llama.cpp's grammar keeps every parse an ambiguous grammar allows; their number can grow exponentially with each
+# character, and every step costs in proportion to it. A grammar past this many parse stacks (or, with deep stacks,
+# past this many times 4,096 for their number times their total depth) is stopped.
+GRAMMAR_MAX_STACKS = 1024
+# Stacks one advance step may reach from a rule reference: a rule that reaches itself through rules matching nothing
+# makes it unbounded (llama.cpp then loops until memory runs out); such a grammar is refused before llama.cpp sees it.
+GRAMMAR_MAX_BREADTH = 4096
 
 # ---- loading ----------------------------------------------------------------------------------------------------
 NUMA_STRATEGIES = ("disabled", "distribute", "isolate", "numactl", "mirror")

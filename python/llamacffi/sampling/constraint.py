@@ -1,7 +1,8 @@
 """A GBNF grammar over a vocabulary, for either sampler: which tokens may come next, fed every token taken.
 
-The grammar is llama.cpp's grammar sampler; it keeps the vocabulary's pointer, so it holds a lease on the model
-(:mod:`llamacffi.ownership`) until it is freed.
+The grammar is llama.cpp's grammar engine behind a sampler of llamacffi's own (``build_tools/guards.cpp``), which
+bounds its parse stacks (:data:`~llamacffi.limits.GRAMMAR_MAX_STACKS`); it keeps the vocabulary's pointer, so it
+holds a lease on the model (:mod:`llamacffi.ownership`) until it is freed.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .. import ownership
+from .. import limits, ownership
 from ..errors import ClosedError, GrammarError, InvalidArgumentError
 from ..ownership import Owner
 from ..raw import CData, ffi, lib
@@ -52,30 +53,62 @@ def make_grammar(vocab: VocabLike | None, grammar: str, root: str) -> CData:
     if not isinstance(root, str) or not root or "\0" in root:
         raise InvalidArgumentError(f"grammar_root must be a rule name, got {root!r}")
     lease = vocab.owner.lease()
+    why = ffi.new("int *")
     try:
-        g = lib.llama_sampler_init_grammar(vocab._ptr, grammar.encode(), root.encode())
+        g = lib.llamacffi_grammar_init(
+            vocab._ptr, grammar.encode(), root.encode(), limits.GRAMMAR_MAX_STACKS, limits.GRAMMAR_MAX_BREADTH, why
+        )
     except BaseException:
         lease.release()
         raise
     if g == ffi.NULL:
         lease.release()
+        if why[0] == 2:
+            raise GrammarError(
+                f"the grammar has too many ways to parse a text (more than {limits.GRAMMAR_MAX_BREADTH} at one step, "
+                f"or {limits.GRAMMAR_MAX_STACKS} at the start): a rule reaches itself through rules that may match "
+                "nothing, or its repetitions are ambiguous"
+            )
+        if why[0] == 3:
+            raise MemoryError("out of memory while parsing the grammar")
         raise GrammarError(f"the grammar does not parse, or has no rule {root!r} (llama.cpp logs the reason)")
     return ffi.gc(g, ownership.destructor(_free_sampler, lease))
 
 
 def accept(grammar: CData, token: int) -> None:
     """Advance llama.cpp's grammar sampler past ``token``; GrammarError (not the process's end) when llama.cpp
-    throws instead, after which the grammar is spent until a reset."""
-    if lib.llamacffi_grammar_accept(grammar, token) != 0:
+    throws instead, or the grammar's parses multiply past their bound, after which it is spent until a reset."""
+    rc = lib.llamacffi_grammar_accept(grammar, token)
+    if rc == -2:
+        raise GrammarError(
+            f"the grammar is too ambiguous: after token {token} it has more ways to parse the text than its bound "
+            f"({limits.GRAMMAR_MAX_STACKS}, or fewer of greater depth), and each would make every later token "
+            "slower; make its repetitions unambiguous, or reset the sampler to use it again"
+        )
+    if rc != 0:
         raise GrammarError(
             f"llama.cpp's grammar refused token {token} after allowing it (its apply and accept steps disagree on "
             "grammars with token elements); reset the sampler to use the grammar again"
         )
 
 
+def accepted(grammar: CData, tokens: np.ndarray) -> np.ndarray:
+    """For each token, whether the grammar would accept it now (its state tried and put back), as booleans."""
+    ids = np.ascontiguousarray(tokens, dtype=np.int32)
+    ok = np.zeros(ids.size, dtype=np.uint8)
+    rc = lib.llamacffi_grammar_accepts_many(
+        grammar, ffi.from_buffer("llama_token[]", ids), ids.size, ffi.from_buffer(ok)
+    )
+    if rc == -2:
+        raise MemoryError("out of memory while trying tokens on the grammar")
+    if rc != 0:
+        raise InvalidArgumentError("not a grammar sampler made by llamacffi")
+    return ok.astype(bool)
+
+
 def accepts(grammar: CData, token: int) -> bool:
-    """Whether the grammar would accept ``token`` now, tried on a copy of its state."""
-    return bool(lib.llamacffi_grammar_accepts(grammar, token))
+    """Whether the grammar would accept ``token`` now (its state tried and put back)."""
+    return bool(accepted(grammar, np.array([token], dtype=np.int32))[0])
 
 
 class Constraint:
@@ -139,7 +172,7 @@ class Constraint:
         if not self._try_first or ids.size == 0:
             return ids
         g = self._check()
-        kept: np.ndarray = ids[np.fromiter((accepts(g, int(t)) for t in ids), dtype=bool, count=ids.size)]
+        kept: np.ndarray = ids[accepted(g, ids)]
         return kept
 
     def accept(self, token: int, *, checked: bool = False) -> None:

@@ -11,7 +11,7 @@ from ..errors import ClosedError, GrammarError, InvalidArgumentError, InvalidTok
 from ..limits import NATIVE_MIN_TEMPERATURE, PENALTY_WINDOW_MAX
 from ..raw import CData, ffi, lib
 from ..validate import as_int
-from .constraint import SHORTLIST, VocabLike, accept, accepts, make_grammar
+from .constraint import SHORTLIST, VocabLike, accept, accepted, accepts, make_grammar
 from .constraint import TOKEN_DATA as _TOKEN_DATA
 from .grammar import has_token_elements
 from .params import Configured, FloatArray, HistoryLike, as_logits, bad_token, nan_error
@@ -226,8 +226,7 @@ class NativeSampler(Configured):
         row[token] = -math.inf
         self._apply(self._grammar, row, True)
         allowed = self._ids_view[self._logit_view != -math.inf]
-        refused = [t for t in allowed.tolist() if not accepts(self._grammar, t)]
-        row[refused] = -math.inf
+        row[allowed[~accepted(self._grammar, allowed)]] = -math.inf
         self._apply(self._grammar, row, True)
         self._apply(self._chain, row, False)
         self._ids_dirty = self._reorders
