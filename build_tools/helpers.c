@@ -12,6 +12,13 @@ int llamacffi_grammar_accept(struct llama_sampler *smpl, llama_token token);
 int llamacffi_grammar_accepts_many(struct llama_sampler *smpl, const llama_token *tokens, size_t n,
                                    unsigned char *ok);
 
+/* Whether a device's backend offers split buffers, which llama.cpp's split_mode row needs (it refuses the load
+   otherwise, after reading the file). */
+static int llamacffi_dev_splits_rows(ggml_backend_dev_t dev) {
+    ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(dev);
+    return reg != NULL && ggml_backend_reg_get_proc_address(reg, "ggml_backend_split_buffer_type") != NULL;
+}
+
 static const char *llamacffi_package_version(void) { return LLAMACFFI_PACKAGE_VERSION; }
 static const char *llamacffi_llama_cpp_commit(void) { return LLAMACFFI_LLAMA_CPP_COMMIT; }
 static const char *llamacffi_build_flags(void) { return LLAMACFFI_BUILD_FLAGS; }

@@ -300,9 +300,8 @@ def _placed(**kw: Any) -> Callable[[Path], llamacffi.Model]:
         {"split_mode": "none", "main_gpu": 0},
         {"split_mode": "layer"},
         {"split_mode": "layer", "tensor_split": [1.0] * len(GPUS)},
-        {"split_mode": "row", "main_gpu": 0},
     ],
-    ids=["devices", "none-main0", "layer", "layer-split", "row"],
+    ids=["devices", "none-main0", "layer", "layer-split"],
 )
 def test_placement_offloads_and_computes_the_same(
     kw: dict[str, Any], smollm2_path: Path, smol_cpu: llamacffi.Model
@@ -311,6 +310,22 @@ def test_placement_offloads_and_computes_the_same(
     with _placed(**kw)(smollm2_path) as m:
         assert m.offloaded_layers == m.n_layer + 1
         assert_same_greedy(greedy(m, prompt), greedy_margins(smol_cpu, prompt))
+
+
+@needs_placement
+def test_row_split_runs_where_the_backend_splits_rows_and_is_refused_before_loading_elsewhere(
+    smollm2_path: Path, smol_cpu: llamacffi.Model
+) -> None:
+    # llama.cpp's row split needs a backend with split buffers (in this tree SYCL; CUDA and Vulkan have none): the
+    # load is refused before the file is read, naming the devices that cannot.
+    if all(lib.llamacffi_dev_splits_rows(lib.ggml_backend_dev_by_name(n.encode())) for n in GPUS):
+        with _placed(split_mode="row", main_gpu=0)(smollm2_path) as m:
+            assert m.offloaded_layers == m.n_layer + 1
+            prompt = PROMPTS["smollm2-135m"][0]
+            assert_same_greedy(greedy(m, prompt), greedy_margins(smol_cpu, prompt))
+    else:
+        with pytest.raises(llamacffi.InvalidArgumentError, match="split_mode 'row'"):
+            _placed(split_mode="row", main_gpu=0)(smollm2_path)
 
 
 @needs_placement

@@ -252,6 +252,15 @@ def test_devices_by_name_and_a_second_load(smollm2_path: Path, servers: list[str
 
 
 @needs_rpc
+def test_row_split_on_a_backend_without_split_buffers_is_refused_before_loading(
+    smollm2_path: Path, servers: list[str]
+) -> None:
+    # llama.cpp would read the file, then refuse ("does not support split buffers"); RPC devices have none.
+    with pytest.raises(InvalidArgumentError, match=r"split_mode 'row'.*RPC"):
+        Model.load(smollm2_path, rpc_servers=servers[:1], split_mode="row", n_gpu_layers=OFFLOAD)
+
+
+@needs_rpc
 def test_system_info_and_info_list_remote_devices(servers: list[str]) -> None:
     info = llamacffi.system_info(rpc_servers=servers)
     assert info["rpc"] is True and info["rpc_protocol"] == ".".join(map(str, rpc.PROTOCOL))

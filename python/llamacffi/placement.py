@@ -166,6 +166,15 @@ def build(wanted: Wanted, timeout: float = limits.RPC_PROBE_TIMEOUT) -> Placemen
     else:
         devs = None
     place = Placement(wanted, _names(devs) if devs is not None else None)
+    if wanted.split_mode == "row":
+        unsplit = _names(
+            [d for d in (devs if devs is not None else _local_default()) if not lib.llamacffi_dev_splits_rows(d)]
+        )
+        if unsplit:
+            raise InvalidArgumentError(
+                f"split_mode 'row' needs devices whose backend splits a tensor's rows across devices (in this "
+                f"llama.cpp: SYCL); {', '.join(unsplit)} cannot: use split_mode 'layer'"
+            )
     if devs is not None:
         if wanted.split_mode == "none" and wanted.main_gpu >= len(devs):
             raise InvalidArgumentError(f"main_gpu {wanted.main_gpu} is not an index of the devices {_names(devs)}")
