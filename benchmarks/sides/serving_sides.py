@@ -78,12 +78,17 @@ class InProcessSide:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self._in.close()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            self._in.close()  # end of its input: it returns
+            _wait_or_kill(self.proc)
+
+
+def _wait_or_kill(proc: subprocess.Popen[Any], grace: float = 30) -> None:
+    """Wait for a process told to end; kill it if it lingers past ``grace`` seconds."""
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _free_port() -> int:
@@ -127,11 +132,7 @@ class HttpSide:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            _wait_or_kill(self.proc)
         self.log.close()
 
 
