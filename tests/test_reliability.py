@@ -34,7 +34,9 @@ def test_service_requests_and_abandoned_streams_hold_no_memory() -> None:
     from llamacffi.service import LlamaCppService, LocalBackendConfig, ModelConfig
 
     with LlamaCppService(LocalBackendConfig(threads=2)) as svc:
-        m = svc.load_model("smollm2-135m", config=ModelConfig(context_size=256, parallel=4))
+        m = svc.load_model(
+            "smollm2-135m", config=ModelConfig(context_size=256, parallel=4, prompt_cache_mib=leaks.CACHE_MIB)
+        )
         s = leaks.repeat("service", 15, leaks.service_requests(m, 4, 4))
     assert not s.grown, s.grown
     assert s.delta_mib <= 5, s.rss_mib

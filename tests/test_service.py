@@ -77,6 +77,8 @@ def smol(service: LlamaCppService) -> LlamaCppTextModel:
         (ModelConfig, {"flash_attn": "on"}, "flash_attn"),
         (ModelConfig, {"batch_window": -0.001}, "batch_window"),
         (ModelConfig, {"batch_window": float("inf")}, "batch_window"),
+        (ModelConfig, {"prompt_cache_mib": -1}, "prompt_cache_mib"),
+        (ModelConfig, {"prompt_cache_mib": 1.5}, "prompt_cache_mib"),
         (LocalBackendConfig, {"threads": 0}, "threads"),
         (LocalBackendConfig, {"gpu_layers": -2}, "gpu_layers"),
         (LocalBackendConfig, {"gpu_layers": 1 << 31}, "gpu_layers"),
@@ -288,6 +290,59 @@ def test_busy_slots_stay_adjacent_and_a_distant_prefix_is_copied(service: LlamaC
         assert after["max_batched_sequences"] >= 2
         assert engine._slots[1].n_cached > 300  # it ran next to the story, on slot 1
         assert got == expected
+
+
+def test_a_prompt_every_slot_let_go_of_is_restored_from_host_memory(service: LlamaCppService) -> None:
+    # Two slots, three conversations: the third evicts the first, whose memory is saved; when the first comes back
+    # it is restored instead of decoded, and gives what it gave. Without the host cache it is decoded again.
+    prompts = [
+        "Tell me a story about a lighthouse keeper who lost his way home in the fog.",
+        "What is the capital of France, and why did it become the capital?",
+        "List three uses of copper in electronics.",
+    ]
+    opts = GenerationOptions(temperature=0, max_tokens=24, system="You are a helpful assistant.")
+    for mib, restores in ((64, 1), (0, 0)):
+        with service.load_model(
+            "smollm2-135m", config=ModelConfig(context_size=512, parallel=2, prompt_cache_mib=mib)
+        ) as m:
+            first = [m.generate(p, opts) for p in prompts]
+            before = m.stats
+            again = m.generate(prompts[0], opts)
+            after = m.stats
+            n_prompt = len(
+                m.tokenize_prompt(m.format_chat([("system", opts.system), ("user", prompts[0])], opts), opts)
+            )
+            assert again == first[0]
+            assert after["prompt_cache_restores"] - before["prompt_cache_restores"] == restores
+            assert after["prompt_cache_saves"] >= restores
+            decoded = after["prompt_tokens_decoded"] - before["prompt_tokens_decoded"]
+            if restores:
+                assert decoded == 1  # the prompt's last token, which starts output
+            else:
+                assert decoded > n_prompt // 3  # all but the system message's tokens
+
+
+def test_the_host_prompt_cache_keeps_to_its_budget() -> None:
+    import numpy as np
+
+    from llamacffi.service.prompt_cache import PromptCache
+
+    cache = PromptCache(budget=1000)
+    a = np.arange(10, dtype=np.int32)
+    assert cache.put(a, b"x" * 400)
+    assert cache.holds(a[:5]) and not cache.holds(np.arange(1, 6, dtype=np.int32))
+    assert cache.put(np.arange(20, dtype=np.int32), b"y" * 400)  # starts with ``a``: ``a`` goes
+    assert len(cache) == 1 and cache.used == 400
+    cache.put(np.full(4, 7, dtype=np.int32), b"z" * 400)
+    cache.put(np.full(4, 8, dtype=np.int32), b"w" * 400)  # over the budget: the least recently used goes
+    assert cache.used <= 1000 and len(cache) == 2
+    entry, n = cache.match(np.arange(30, dtype=np.int32))
+    assert entry is None and n == 0
+    entry, n = cache.match(np.array([7, 7, 9], dtype=np.int32))
+    assert entry is not None and n == 2 and entry.state == b"z" * 400
+    assert not cache.put(np.arange(3, dtype=np.int32), b"v" * 1001)  # alone over the budget
+    cache.clear()
+    assert len(cache) == 0 and cache.used == 0
 
 
 # ---- concurrency --------------------------------------------------------------------------------------------------

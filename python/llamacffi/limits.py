@@ -70,3 +70,9 @@ MAX_NEW_TOKENS = 1 << 20
 # a window is at most a second (beyond that it is a delay, not a batch).
 BATCH_WINDOW_HOLDS = 4
 BATCH_WINDOW_MAX = 1.0
+# Prompts evicted from the slots are kept in host memory (the default budget, in MiB, of each text model; llama.cpp's
+# server keeps 8 GiB). One is saved when its slot loses at least this many tokens, and restored when it gives at
+# least this many more than any slot: a few tokens are cheaper to decode than a sequence's memory is to copy.
+PROMPT_CACHE_MIB = 2048
+PROMPT_CACHE_MIB_MAX = 1 << 30
+PROMPT_CACHE_MIN_TOKENS = 8

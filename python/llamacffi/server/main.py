@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         batch_size=max(512, args.parallel),
         batch_window=args.batch_window / 1000,
+        prompt_cache_mib=args.cache_ram,
     )
     failed: list[BaseException] = []
     server: _Uvicorn | None = None
@@ -207,6 +208,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="MS",
         help="requests arriving within MS milliseconds of one another start in one step (at most a fifth of a "
         "recent step; 0: each at once; default 5)",
+    )
+    p.add_argument(
+        "--cache-ram",
+        type=int,
+        default=limits.PROMPT_CACHE_MIB,
+        metavar="MIB",
+        help="host memory per model for prompts the slots let go of, restored when a request repeats one "
+        f"(0: none; default {limits.PROMPT_CACHE_MIB})",
     )
     p.add_argument("--cors-origin", action="append", default=[], help="origin allowed by CORS (repeatable, or *)")
     p.add_argument(

@@ -159,7 +159,8 @@ class ModelConfig(_Config):
     supports it, as on CPU). ``batch_window``: seconds; requests that arrive within it of one another start in one
     step (the engine waits until none has arrived for that long, at most ``limits.BATCH_WINDOW_HOLDS`` windows and
     never more than a fifth of a recent step, before it admits them), so a burst of clients does not wait behind
-    the prompt of the first; 0 admits at once."""
+    the prompt of the first; 0 admits at once. ``prompt_cache_mib``: host memory for prompts the slots let go of
+    (their sequence's memory, restored when a request shares more of it than any slot does); 0 keeps none."""
 
     context_size: int = 2048
     batch_size: int = 512
@@ -170,6 +171,7 @@ class ModelConfig(_Config):
     chat_template: str | None = None
     flash_attn: bool | None = None
     batch_window: float = 0.005
+    prompt_cache_mib: int = limits.PROMPT_CACHE_MIB
 
     def __post_init__(self) -> None:
         if self.chat_template is not None and (not isinstance(self.chat_template, str) or not self.chat_template):
@@ -199,6 +201,7 @@ class ModelConfig(_Config):
         if self.flash_attn is not None:
             self._bool("flash_attn")
         self._float("batch_window", 0.0, limits.BATCH_WINDOW_MAX)
+        self._int("prompt_cache_mib", 0, limits.PROMPT_CACHE_MIB_MAX)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,11 +17,12 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from .. import Batch, Context, DecodeAbortedError, LlamaError, backend, limits
+from .. import Batch, Context, DecodeAbortedError, LlamaError, StateError, backend, limits
 from .. import Model as LlamaModel
 from . import runner
 from .config import ModelConfig
 from .errors import GenerationError, ModelClosedError, QueueFullError
+from .prompt_cache import PromptCache, common_prefix
 from .request import END, Request, Sink, send, token_logprob
 from .request import emit as _emit
 
@@ -46,12 +47,6 @@ class Scheduler(Protocol):
     def load(self) -> tuple[int, int]: ...
 
     def close(self) -> None: ...
-
-
-def _common_prefix(a: npt.NDArray[np.int32], b: npt.NDArray[np.int32]) -> int:
-    n = min(len(a), len(b))
-    diff = np.flatnonzero(a[:n] != b[:n])
-    return int(diff[0]) if len(diff) else n
 
 
 class _Slot:
@@ -93,6 +88,7 @@ class Engine(runner.Attached):
             d["type"] in ("gpu", "igpu") for d in backend.devices()
         )
         self._slots = [_Slot(i, config.context_size) for i in range(config.parallel)]
+        self._saved = PromptCache(config.prompt_cache_mib << 20) if config.prompt_cache_mib else None
         self._batch = Batch(config.batch_size, n_seq_max=config.parallel)
         self._queue: deque[Request] = deque()
         self._tick = 0
@@ -107,6 +103,8 @@ class Engine(runner.Attached):
             "decode_calls": 0,
             "max_batched_sequences": 0,
             "prompt_copies": 0,
+            "prompt_cache_saves": 0,
+            "prompt_cache_restores": 0,
         }
         self._runner.attach(self)
 
@@ -153,6 +151,8 @@ class Engine(runner.Attached):
             self._runner.wake()
         self._runner.detach(self)  # the engine thread lets go of the context before it is freed
         self.ctx.close()
+        if self._saved is not None:
+            self._saved.clear()
 
     def _forget(self) -> None:
         self._queue.clear()
@@ -259,17 +259,20 @@ class Engine(runner.Attached):
         the slot that widens the range of the busy ones least wins (an empty stream inside the range costs about as
         much as a token). When another free slot shares a longer prefix, its memory is copied over first (a
         whole-stream copy, far cheaper than decoding the prefix again); so is a sibling's (``req.after``), busy or
-        not, whatever the length of the prompt they share."""
+        not, whatever the length of the prompt they share. A prompt saved in host memory that shares more than any
+        slot is restored into the chosen one. What the chosen slot held and loses is saved there first."""
         prompt = req.prompt
+        last = len(prompt) - 1  # decode at least the last prompt token: it starts output
         busy = [s.seq_id for s in self._slots if s.request is not None]
         lead = [s for s in self._slots if s.request is not None and s.request is req.after]
-        lcps = {s.seq_id: _common_prefix(s.cached[: s.n_cached], prompt) for s in free + lead}
+        lcps = {s.seq_id: common_prefix(s.cached[: s.n_cached], prompt) for s in free + lead}
 
         def worth(s: _Slot) -> int:
             # A few shared tokens (BOS, a template's header) do not justify evicting a long cached prompt: such a
-            # slot ranks as sharing nothing, and the least recently used one goes first.
+            # slot ranks as sharing nothing, and the least recently used one goes first. A slot that holds the whole
+            # prompt always counts.
             n = lcps[s.seq_id]
-            return n if n >= COPY_MIN_TOKENS or 2 * n >= s.n_cached else 0
+            return n if n >= COPY_MIN_TOKENS or 2 * n >= s.n_cached or n >= last else 0
 
         if busy:
             lo, hi = min(busy), max(busy)
@@ -280,19 +283,52 @@ class Engine(runner.Attached):
         target.used = self._tick
         mem = self.ctx.memory
         donor = max(free + lead, key=lambda s: (lcps[s.seq_id], s in lead, -s.seq_id))
-        if lcps[donor.seq_id] >= lcps[target.seq_id] + (1 if donor in lead else COPY_MIN_TOKENS):
+        copy = lcps[donor.seq_id] >= lcps[target.seq_id] + (1 if donor in lead else COPY_MIN_TOKENS)
+        have = min(lcps[donor.seq_id] if copy else lcps[target.seq_id], last)
+        saved, n_saved = self._saved.match(prompt) if self._saved is not None and not copy else (None, 0)
+        if min(n_saved, last) < have + limits.PROMPT_CACHE_MIN_TOKENS:
+            saved = None
+        self._save(target, min(lcps[target.seq_id], last))
+        if saved is not None:
+            try:
+                self.ctx.seq_state_load(saved.state, target.seq_id)
+            except StateError:  # not expected from a state this context saved; decode the prompt instead
+                mem.seq_rm(target.seq_id, -1, -1)
+                target.n_cached = lcps[target.seq_id] = 0
+            else:
+                target.cached[: len(saved.tokens)] = saved.tokens
+                target.n_cached = len(saved.tokens)
+                lcps[target.seq_id] = n_saved
+                self.stats["prompt_cache_restores"] += 1
+        elif copy:
             mem.seq_rm(target.seq_id, -1, -1)
             mem.seq_cp(donor.seq_id, target.seq_id, -1, -1)
             target.cached[: donor.n_cached] = donor.cached[: donor.n_cached]
             target.n_cached = donor.n_cached
             lcps[target.seq_id] = lcps[donor.seq_id]
             self.stats["prompt_copies"] += 1
-        keep = min(lcps[target.seq_id], len(prompt) - 1)  # decode at least the last prompt token: it starts output
+        keep = min(lcps[target.seq_id], last)
         if keep < target.n_cached and not mem.seq_rm(target.seq_id, keep, -1):
             mem.seq_rm(target.seq_id, -1, -1)
             keep = 0
         target.n_cached = keep
         return target, keep
+
+    def _save(self, slot: _Slot, keep: int) -> None:
+        """Save what ``slot`` holds to host memory before all but its first ``keep`` tokens go, unless that is too
+        little to matter or already saved."""
+        cache = self._saved
+        if cache is None or slot.n_cached - keep < limits.PROMPT_CACHE_MIN_TOKENS:
+            return
+        tokens = slot.cached[: slot.n_cached]
+        if cache.holds(tokens):
+            return
+        try:
+            state = self.ctx.seq_state_save(slot.seq_id)
+        except StateError:
+            return
+        if cache.put(tokens, state):
+            self.stats["prompt_cache_saves"] += 1
 
     def _release(self, slot: _Slot) -> None:
         if slot.request is not None:
