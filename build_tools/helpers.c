@@ -1,4 +1,5 @@
 /* The C helpers of llamacffi's cffi module, compiled with the generated module source (see build_ffi.py). */
+#include <errno.h>
 #include <signal.h>
 #include "llama.h"
 #include "ggml-backend.h"
@@ -23,32 +24,48 @@ static const char *llamacffi_package_version(void) { return LLAMACFFI_PACKAGE_VE
 static const char *llamacffi_llama_cpp_commit(void) { return LLAMACFFI_LLAMA_CPP_COMMIT; }
 static const char *llamacffi_build_flags(void) { return LLAMACFFI_BUILD_FLAGS; }
 
-/* ---- logging: filter in C so that dropped lines cost no Python call ---- */
-static void llamacffi_log_callback(enum ggml_log_level level, const char *text, void *user_data);
-static volatile int llamacffi_log_threshold = GGML_LOG_LEVEL_WARN;
-static int llamacffi_log_last_passed = 0;
 
 #if defined(_MSC_VER)
 #define LLAMACFFI_THREAD_LOCAL __declspec(thread)
 #else
 #define LLAMACFFI_THREAD_LOCAL _Thread_local
 #endif
-typedef struct { volatile int abort; int sigint_epoch; volatile int halt; } llamacffi_abort_state;
-static volatile sig_atomic_t llamacffi_sigint_epoch = 0;
+
+/* Flags one thread (or a signal handler) sets and another reads while it decodes: atomic loads and stores, so that
+   neither the compiler nor the CPU keeps a stale copy (lock-free, so also safe in a signal handler). MSVC gives
+   volatile accesses these semantics itself. */
+#if defined(_MSC_VER)
+#define LLAMACFFI_LOAD(p) (*(volatile int *) (p))
+#define LLAMACFFI_STORE(p, v) (*(volatile int *) (p) = (v))
+#define LLAMACFFI_INCREMENT(p) (++*(volatile int *) (p))
+#else
+#define LLAMACFFI_LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define LLAMACFFI_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define LLAMACFFI_INCREMENT(p) __atomic_add_fetch((p), 1, __ATOMIC_ACQ_REL)
+#endif
+
+/* ---- logging: filter in C so that dropped lines cost no Python call ---- */
+static void llamacffi_log_callback(enum ggml_log_level level, const char *text, void *user_data);
+static int llamacffi_log_threshold = GGML_LOG_LEVEL_WARN;
+static LLAMACFFI_THREAD_LOCAL int llamacffi_log_last_passed = 0;  /* a continuation line follows its thread's line */
+
+typedef struct { int abort; int sigint_epoch; int halt; } llamacffi_abort_state;
+static int llamacffi_sigint_epoch = 0;
 static LLAMACFFI_THREAD_LOCAL llamacffi_abort_state *llamacffi_decoding = NULL;  /* this thread's decode */
 static bool llamacffi_abort_check(void *data);
 static void llamacffi_sigint_keep(void);
 
 static void llamacffi_log_filter(enum ggml_log_level level, const char *text, void *user_data) {
-    int pass = level == GGML_LOG_LEVEL_CONT ? llamacffi_log_last_passed : (int) level >= llamacffi_log_threshold;
+    int pass = level == GGML_LOG_LEVEL_CONT ? llamacffi_log_last_passed
+                                            : (int) level >= LLAMACFFI_LOAD(&llamacffi_log_threshold);
     /* an aborted decode (Ctrl-C, Context.abort) makes llama.cpp log its failure: Python raises for it instead */
     if (pass && llamacffi_decoding != NULL && llamacffi_abort_check(llamacffi_decoding)) pass = 0;
     llamacffi_log_last_passed = pass;
     if (pass) llamacffi_log_callback(level, text, user_data);
 }
-static void llamacffi_log_set_threshold(int threshold) { llamacffi_log_threshold = threshold; }
+static void llamacffi_log_set_threshold(int threshold) { LLAMACFFI_STORE(&llamacffi_log_threshold, threshold); }
 static void llamacffi_log_install(int threshold) {
-    llamacffi_log_threshold = threshold;
+    LLAMACFFI_STORE(&llamacffi_log_threshold, threshold);
     llama_log_set(llamacffi_log_filter, NULL);
 }
 
@@ -56,7 +73,16 @@ static void llamacffi_log_install(int threshold) {
 
 static bool llamacffi_abort_check(void *data) {
     llamacffi_abort_state *s = (llamacffi_abort_state *) data;
-    return s->abort != 0 || s->halt != 0 || s->sigint_epoch != (int) llamacffi_sigint_epoch;
+    return LLAMACFFI_LOAD(&s->abort) != 0 || LLAMACFFI_LOAD(&s->halt) != 0 ||
+           s->sigint_epoch != LLAMACFFI_LOAD(&llamacffi_sigint_epoch);
+}
+/* Context.abort (which = 0) and the halt at interpreter exit (1), from any thread */
+static void llamacffi_abort_set(llamacffi_abort_state *s, int which) {
+    LLAMACFFI_STORE(which ? &s->halt : &s->abort, 1);
+}
+/* whether an abort or a halt was asked (0 after a Ctrl-C alone) */
+static int llamacffi_abort_asked(llamacffi_abort_state *s) {
+    return LLAMACFFI_LOAD(&s->abort) != 0 || LLAMACFFI_LOAD(&s->halt) != 0;
 }
 static void llamacffi_abort_attach(struct llama_context *ctx, llamacffi_abort_state *state) {
     llama_set_abort_callback(ctx, llamacffi_abort_check, state);
@@ -64,10 +90,10 @@ static void llamacffi_abort_attach(struct llama_context *ctx, llamacffi_abort_st
 /* llama_decode or llama_encode with the context's abort state armed; the two differ only in that call */
 static int32_t llamacffi_process(struct llama_context *ctx, struct llama_batch *batch, llamacffi_abort_state *s,
                                  int encode) {
-    if (s->halt) return 2;  /* halted for good (interpreter exit): as an aborted decode */
+    if (LLAMACFFI_LOAD(&s->halt)) return 2;  /* halted for good (interpreter exit): as an aborted decode */
     llamacffi_sigint_keep();
-    s->abort = 0;
-    s->sigint_epoch = (int) llamacffi_sigint_epoch;
+    LLAMACFFI_STORE(&s->abort, 0);
+    s->sigint_epoch = LLAMACFFI_LOAD(&llamacffi_sigint_epoch);
     llamacffi_decoding = s;
     const int32_t rc = encode ? llama_encode(ctx, *batch) : llama_decode(ctx, *batch);
     llamacffi_decoding = NULL;
@@ -159,12 +185,13 @@ static void llamacffi_sigint_keep(void) {}
    decode wraps the handler it finds again. The previous handler sits in one of two slots, and a new one goes to the
    other slot before it is published, so that a signal being handled meanwhile reads a whole one. */
 static struct sigaction llamacffi_prev_sigint[2];
-static volatile sig_atomic_t llamacffi_prev_slot = 0;
-static volatile int llamacffi_sigint_wanted = 0;
+static int llamacffi_prev_slot = 0;
+static int llamacffi_sigint_wanted = 0;
 static pthread_mutex_t llamacffi_sigint_lock = PTHREAD_MUTEX_INITIALIZER;
 static void llamacffi_on_sigint(int sig, siginfo_t *info, void *uctx) {
-    const struct sigaction *prev = &llamacffi_prev_sigint[llamacffi_prev_slot];
-    llamacffi_sigint_epoch++;
+    const int saved_errno = errno;  /* the code it interrupted may be about to read errno */
+    const struct sigaction *prev = &llamacffi_prev_sigint[LLAMACFFI_LOAD(&llamacffi_prev_slot)];
+    LLAMACFFI_INCREMENT(&llamacffi_sigint_epoch);
     if (prev->sa_flags & SA_SIGINFO) {
         if (prev->sa_sigaction) prev->sa_sigaction(sig, info, uctx);
     } else if (prev->sa_handler == SIG_DFL) {
@@ -173,6 +200,7 @@ static void llamacffi_on_sigint(int sig, siginfo_t *info, void *uctx) {
     } else if (prev->sa_handler != SIG_IGN) {
         prev->sa_handler(sig);
     }
+    errno = saved_errno;
 }
 static int llamacffi_sigint_wrap(void) {
     struct sigaction cur, ours;
@@ -184,9 +212,9 @@ static int llamacffi_sigint_wrap(void) {
         rc = -1;
     } else if (!((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == llamacffi_on_sigint) &&
                !(!(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == SIG_IGN)) {  /* not ours, not ignored */
-        const int next = 1 - llamacffi_prev_slot;
+        const int next = 1 - LLAMACFFI_LOAD(&llamacffi_prev_slot);
         llamacffi_prev_sigint[next] = cur;
-        llamacffi_prev_slot = next;
+        LLAMACFFI_STORE(&llamacffi_prev_slot, next);
         ours = cur;
         ours.sa_sigaction = llamacffi_on_sigint;
         ours.sa_flags = (cur.sa_flags | SA_SIGINFO) & ~SA_RESETHAND;
@@ -196,11 +224,11 @@ static int llamacffi_sigint_wrap(void) {
     return rc;
 }
 static int llamacffi_sigint_install(void) {
-    llamacffi_sigint_wanted = 1;
+    LLAMACFFI_STORE(&llamacffi_sigint_wanted, 1);
     return llamacffi_sigint_wrap();
 }
 static void llamacffi_sigint_keep(void) {  /* before a decode: one sigaction call when nothing changed */
-    if (llamacffi_sigint_wanted) llamacffi_sigint_wrap();
+    if (LLAMACFFI_LOAD(&llamacffi_sigint_wanted)) llamacffi_sigint_wrap();
 }
 #endif
 

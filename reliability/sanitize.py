@@ -113,8 +113,11 @@ def environment(kind: str, site: Path, logs: Path) -> dict[str, str]:
             f"print_stacktrace=1:log_path={logs / 'ubsan'}:suppressions={SUPPRESSIONS / 'ubsan.supp'}"
         )
     else:
+        # die_after_fork=0: a test forks a child that starts threads (the service's engine thread in the child);
+        # TSan cannot follow threads of a multi-threaded process's child and would stop it at once.
         env["TSAN_OPTIONS"] = (
             f"log_path={logs / 'tsan'}:suppressions={SUPPRESSIONS / 'tsan.supp'}:second_deadlock_stack=1"
+            ":die_after_fork=0"
         )
     return env
 

@@ -7,6 +7,7 @@ import gc
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -253,6 +254,9 @@ def test_close_waits_for_a_tokenize_in_another_thread(smollm2_path: Path) -> Non
     t = threading.Thread(target=work)
     t.start()
     started.wait()
+    deadline = time.monotonic() + 60
+    while m.owner._users == 0 and t.is_alive() and time.monotonic() < deadline:  # until the tokenize holds the model
+        time.sleep(0.001)
     m.close()
     t.join(timeout=120)
     assert result and result[0] > 100_000

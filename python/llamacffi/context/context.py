@@ -243,7 +243,7 @@ class Context(StateIO):
     def _decode_failed(self, rc: int) -> None:
         if (
             rc == 2
-            and not (self._abort.abort or self._abort.halt)
+            and not lib.llamacffi_abort_asked(self._abort)
             and threading.current_thread() is threading.main_thread()
         ):
             # Ctrl-C: the Python handler may already have run inside a log callback, where cffi swallows it.
@@ -321,11 +321,11 @@ class Context(StateIO):
 
     def abort(self) -> None:
         """Ask the decode in progress (in another thread) to stop; it raises :class:`DecodeAbortedError`."""
-        self._abort.abort = 1
+        lib.llamacffi_abort_set(self._abort, 0)
 
     def _halt(self) -> None:
         """Abort the decode in progress and every later one (at interpreter exit)."""
-        self._abort.halt = 1
+        lib.llamacffi_abort_set(self._abort, 1)
 
     # ---- outputs ----------------------------------------------------------------------------------------------
 
