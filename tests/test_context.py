@@ -406,6 +406,30 @@ def test_perf_and_threads(smollm2: llamacffi.Model) -> None:
         assert (ctx._pools[1] != ctx._pools[0]) == (not llamacffi.system_info()["openmp"])
 
 
+def test_replaced_thread_pools_live_until_a_decode_has_left_them(
+    smollm2: llamacffi.Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ggml's CPU backend remembers the pool it last ran on and pauses it when it next runs on another one: a pool
+    # that set_threads replaces is freed only after the next decode (ThreadSanitizer found it freed before, and
+    # used after). ggml pools are made here even where the build uses OpenMP, which runs them all the same.
+    from llamacffi.context import threads
+
+    monkeypatch.setattr(threads, "uses_openmp", lambda: False)
+    with ctx_for(smollm2) as ctx:
+        pos = ctx.decode_tokens(toks(smollm2, A, bos=True))
+        first = list(dict.fromkeys(ctx._pools))  # one pool, or two where the batch threads differ
+        ctx.set_threads(1)
+        assert ctx._retired == first
+        second = ctx._pools[0]
+        ctx.set_threads(2, 3)  # two replacements before any decode: every replaced pool waits
+        assert ctx._retired == [*first, second]
+        ctx.decode_token(int(np.argmax(ctx.logits())), pos)
+        assert ctx._retired == []
+        ctx.set_threads(1)
+        assert len(ctx._retired) == 2  # the two pools of (2, 3)
+    assert ctx._retired == []  # freed with the context
+
+
 def test_embeddings(smollm2: llamacffi.Model) -> None:
     with ctx_for(smollm2, embeddings=True) as ctx:
         ctx.decode_tokens(toks(smollm2, A, bos=True))

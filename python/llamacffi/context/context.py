@@ -18,7 +18,7 @@ from ..validate import as_int
 from ..vocab import as_tokens
 from .memory import Memory
 from .state import StateIO
-from .threads import Perf, context_free, default_threads, free_pools, halt_at_exit, new_pools
+from .threads import Perf, context_free, default_threads, free_retired_pools, halt_at_exit, new_pools
 from .views import OutputViews
 
 _ONE_OUTPUT = np.ones(1, dtype=np.int8)  # the outputs of decode_token: its one token has logits
@@ -104,7 +104,10 @@ class Context(StateIO):
             lib.llama_attach_threadpool(ptr, pools[0], pools[1])
         self._model = model
         self._pools = pools
-        self._ptr = ffi.gc(ptr, ownership.destructor(context_free(pools), lease))
+        # Pools that set_threads replaced: ggml's CPU backend keeps the last pool it ran on and pauses it when it next
+        # runs on another, so a replaced pool lives until a decode has run on the new ones (or the context is freed).
+        self._retired: list[CData] = []
+        self._ptr = ffi.gc(ptr, ownership.destructor(context_free(pools, self._retired), lease))
         self._mem = lib.llama_get_memory(ptr)
         self._abort = ffi.new("llamacffi_abort_state *")
         lib.llamacffi_abort_attach(ptr, self._abort)
@@ -236,6 +239,8 @@ class Context(StateIO):
         if rc != 0:
             self._forget_outputs()
             return rc
+        if self._retired:
+            free_retired_pools(self._retired)
         self._views.rows = max(self._views.rows, n_out)
         self._outputs, self._n_outputs = outputs, n_out
         return 0
@@ -315,6 +320,8 @@ class Context(StateIO):
             rc = lib.llamacffi_encode(self.ptr, batch.c_batch, self._abort)
             if rc == 0:
                 self._views.rows = max(self._views.rows, n)
+                if self._retired:
+                    free_retired_pools(self._retired)
         finally:
             self._busy.release()
         check_decode(rc, "llama_encode")
@@ -388,7 +395,7 @@ class Context(StateIO):
                 old = list(self._pools)
                 self._pools[:] = new_pools(n_threads, nb)
                 lib.llama_attach_threadpool(ptr, self._pools[0], self._pools[1])
-                free_pools(old)
+                self._retired.extend(p for i, p in enumerate(old) if p not in old[:i])
             lib.llama_set_n_threads(ptr, n_threads, nb)
 
     @property

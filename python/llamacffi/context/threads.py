@@ -37,15 +37,19 @@ def new_pools(threads: int, threads_batch: int) -> list[CData]:
     return pools
 
 
-def free_pools(pools: list[CData]) -> None:
-    lib.llamacffi_context_free(ffi.NULL, *pools)
+def free_retired_pools(retired: list[CData]) -> None:
+    """Free the pools a context no longer uses (each once) and empty the list."""
+    while retired:
+        lib.llamacffi_context_free(ffi.NULL, retired.pop(), ffi.NULL)
 
 
-def context_free(pools: list[CData]) -> Callable[[CData], None]:
-    """How to free a context: llama_free, then the thread pools it uses at that time (``pools`` is read then)."""
+def context_free(pools: list[CData], retired: list[CData]) -> Callable[[CData], None]:
+    """How to free a context: llama_free, then the thread pools it uses at that time and those it used before
+    (both lists are read then)."""
 
-    def free(ptr: CData, _lib: CData = lib) -> None:
+    def free(ptr: CData, _lib: CData = lib, _free_retired: Callable[[list[CData]], None] = free_retired_pools) -> None:
         _lib.llamacffi_context_free(ptr, pools[0], pools[1])
+        _free_retired(retired)
 
     return free
 
