@@ -24,7 +24,6 @@ static const char *llamacffi_package_version(void) { return LLAMACFFI_PACKAGE_VE
 static const char *llamacffi_llama_cpp_commit(void) { return LLAMACFFI_LLAMA_CPP_COMMIT; }
 static const char *llamacffi_build_flags(void) { return LLAMACFFI_BUILD_FLAGS; }
 
-
 #if defined(_MSC_VER)
 #define LLAMACFFI_THREAD_LOCAL __declspec(thread)
 #else
