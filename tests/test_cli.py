@@ -102,6 +102,8 @@ def test_bench(smollm2_path: Path) -> None:
         ("generate", "-c", "8", "hi"),
         ("info", "-m", "/nowhere/x.gguf"),
         ("bench", "-p", "100000"),
+        ("serve", "--cache-ram", "-5"),
+        ("serve", "--batch-window", "-1"),
     ],
 )  # beyond the 8,192 positions SmolLM2 was trained for
 def test_errors_are_one_line_without_traceback(args: tuple[str, ...]) -> None:
@@ -110,6 +112,8 @@ def test_errors_are_one_line_without_traceback(args: tuple[str, ...]) -> None:
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith("llamacffi: error: ")
     assert "Traceback" not in out.stderr
+    if args[0] == "serve":
+        assert lines[-1].startswith(f"llamacffi: error: {args[1]}: "), lines[-1]
 
 
 @pytest.mark.parametrize(

@@ -74,5 +74,5 @@ BATCH_WINDOW_MAX = 1.0
 # server keeps 8 GiB). One is saved when its slot loses at least this many tokens, and restored when it gives at
 # least this many more than any slot: a few tokens are cheaper to decode than a sequence's memory is to copy.
 PROMPT_CACHE_MIB = 2048
-PROMPT_CACHE_MIB_MAX = 1 << 30
+PROMPT_CACHE_MIB_MAX = 1 << 24
 PROMPT_CACHE_MIN_TOKENS = 8

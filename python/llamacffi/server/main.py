@@ -97,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidConfigError(
             f"--batch-window: must be 0 to {1000 * limits.BATCH_WINDOW_MAX:g} milliseconds (got {args.batch_window})"
         )
+    if not 0 <= args.cache_ram <= limits.PROMPT_CACHE_MIB_MAX:
+        raise InvalidConfigError(f"--cache-ram: must be 0 to {limits.PROMPT_CACHE_MIB_MAX} MiB (got {args.cache_ram})")
     api_key = args.api_key or os.environ.get("LLAMACFFI_API_KEY") or None
     if not _loopback(args.host) and api_key is None:
         log.warning(
