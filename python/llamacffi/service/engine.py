@@ -285,9 +285,11 @@ class Engine(runner.Attached):
         donor = max(free + lead, key=lambda s: (lcps[s.seq_id], s in lead, -s.seq_id))
         copy = lcps[donor.seq_id] >= lcps[target.seq_id] + (1 if donor in lead else COPY_MIN_TOKENS)
         have = min(lcps[donor.seq_id] if copy else lcps[target.seq_id], last)
-        saved, n_saved = self._saved.match(prompt) if self._saved is not None else (None, 0)
-        if min(n_saved, last) < have + limits.PROMPT_CACHE_MIN_TOKENS:
-            saved = None
+        saved, n_saved = None, 0
+        if self._saved is not None and have + limits.PROMPT_CACHE_MIN_TOKENS <= last:  # else no entry can win
+            saved, n_saved = self._saved.match(prompt)
+            if min(n_saved, last) < have + limits.PROMPT_CACHE_MIN_TOKENS:
+                saved = None
         self._save(target, min(lcps[target.seq_id], last))
         if saved is not None:
             try:
