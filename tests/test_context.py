@@ -181,6 +181,8 @@ def test_state_save_load_restores(model: llamacffi.Model, tmp_path: Path) -> Non
         end = ctx.decode_tokens(a)
         state = ctx.state_save()
         seq = ctx.seq_state_save(0)
+        seq_buffer = ctx.seq_state_bytearray(0)
+        assert isinstance(seq, bytes) and isinstance(seq_buffer, bytearray) and seq_buffer == seq
         ctx.seq_save_file(tmp_path / "seq.bin", a, 0)
         ctx.decode_tokens(c, start_pos=end)
         expected = ctx.logits_copy()
@@ -188,10 +190,12 @@ def test_state_save_load_restores(model: llamacffi.Model, tmp_path: Path) -> Non
         ctx.state_load(state)
         ctx.decode_tokens(c, start_pos=end)
         np.testing.assert_allclose(ctx.logits(), expected, atol=1e-5)
-    for restore in ("bytes", "file"):
+    for restore in ("bytes", "bytearray", "file"):
         with ctx_for(model) as other:
             if restore == "bytes":
                 other.seq_state_load(seq, 0)
+            elif restore == "bytearray":
+                other.seq_state_load(seq_buffer, 0)
             else:
                 assert other.seq_load_file(tmp_path / "seq.bin", 0).tolist() == a.tolist()
             assert other.memory.seq_pos_max(0) == end - 1

@@ -326,7 +326,7 @@ class Engine(runner.Attached):
         if cache.holds(tokens):
             return
         try:
-            state = self.ctx.seq_state_save(slot.seq_id)
+            state = self.ctx.seq_state_bytearray(slot.seq_id)
         except StateError:
             return
         if cache.put(tokens, state):

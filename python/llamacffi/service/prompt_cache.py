@@ -1,7 +1,7 @@
 """Prompts the engine's slots let go of, kept in host memory: a request that repeats one (a chat's next turn after
 its slot went to other clients, the same instructions sent again) restores that memory instead of decoding it anew.
 
-Each entry is a sequence's tokens and its memory as :meth:`~llamacffi.Context.seq_state_save` gives it. Entries are
+Each entry is a sequence's tokens and its memory as :meth:`~llamacffi.Context.seq_state_bytearray` gives it. Entries are
 kept up to a budget in bytes, least recently used first out; an entry whose tokens begin another's is dropped for
 the longer one.
 """
@@ -24,7 +24,7 @@ def common_prefix(a: npt.NDArray[np.int32], b: npt.NDArray[np.int32]) -> int:
 class Entry:
     __slots__ = ("tokens", "state")
 
-    def __init__(self, tokens: npt.NDArray[np.int32], state: bytes) -> None:
+    def __init__(self, tokens: npt.NDArray[np.int32], state: bytes | bytearray) -> None:
         self.tokens = tokens
         self.state = state
 
@@ -49,7 +49,7 @@ class PromptCache:
                 return True
         return False
 
-    def put(self, tokens: npt.NDArray[np.int32], state: bytes) -> bool:
+    def put(self, tokens: npt.NDArray[np.int32], state: bytes | bytearray) -> bool:
         """Keep a copy of ``tokens`` with their memory ``state``; False when the state alone exceeds the budget."""
         if len(state) > self.budget:
             return False
