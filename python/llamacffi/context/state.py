@@ -53,14 +53,22 @@ class StateIO:
     def _forget_outputs(self) -> None:
         raise NotImplementedError
 
+    def _read_state(
+        self, what: str, get_size: Callable[..., CData], get_data: Callable[..., CData], *seq: int
+    ) -> bytearray:
+        """What llama.cpp's ``get_data`` writes (``what``: for the error), straight into a new bytearray of the size
+        ``get_size`` gives."""
+        ptr = self.ptr
+        size = self._exclusive(get_size, ptr, *seq)
+        buf = bytearray(size)
+        n = self._exclusive(get_data, ptr, ffi.from_buffer(buf), size, *seq)
+        ensure(n > 0, f"llama.cpp could not save {what}", StateError)
+        del buf[n:]
+        return buf
+
     def state_save(self) -> bytes:
         """The whole state (memory, outputs) as bytes."""
-        ptr = self.ptr
-        size = self._exclusive(lib.llama_state_get_size, ptr)
-        buf = ffi.new("uint8_t[]", size)
-        n = self._exclusive(lib.llama_state_get_data, ptr, buf, size)
-        ensure(n > 0, "llama.cpp could not save the state", StateError)
-        return bytes(ffi.buffer(buf, n))
+        return bytes(self._read_state("the state", lib.llama_state_get_size, lib.llama_state_get_data))
 
     def state_load(self, data: bytes | bytearray | memoryview) -> None:
         """Restore a state from :meth:`state_save` of a context with the same model and sizes."""
@@ -75,14 +83,10 @@ class StateIO:
     def seq_state_bytearray(self, seq_id: int = 0) -> bytearray:
         """The memory of one sequence, written by llama.cpp straight into a new bytearray: one pass over the memory
         instead of the two that :meth:`seq_state_save` makes, for callers that save often (a prompt cache)."""
-        ptr = self.ptr
         self.memory.check_seq(seq_id)
-        size = self._exclusive(lib.llama_state_seq_get_size, ptr, seq_id)
-        buf = bytearray(size)
-        n = self._exclusive(lib.llama_state_seq_get_data, ptr, ffi.from_buffer(buf), size, seq_id)
-        ensure(n > 0, f"llama.cpp could not save sequence {seq_id}", StateError)
-        del buf[n:]
-        return buf
+        return self._read_state(
+            f"sequence {seq_id}", lib.llama_state_seq_get_size, lib.llama_state_seq_get_data, seq_id
+        )
 
     def seq_state_load(self, data: bytes | bytearray | memoryview, seq_id: int = 0) -> None:
         """Load a sequence saved by :meth:`seq_state_save` or :meth:`seq_state_bytearray` into ``seq_id`` (which
