@@ -24,7 +24,7 @@ HEAD_MEMBER = "llama_cpp_python-0.3.36/.git/modules/vendor/llama.cpp/HEAD"
 ORIGIN_FILE = "LLAMACFFI_ORIGIN.json"
 
 
-def _load_pypi():
+def load_pypi():
     path = Path(__file__).resolve().parent.parent / "python" / "llamacffi" / "_pypi.py"
     spec = importlib.util.spec_from_file_location("_llamacffi_pypi", path)
     assert spec and spec.loader
@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
     if (dest / "include" / "llama.h").is_file():
         print(f"-- llamacffi: llama.cpp tree already present at {dest}")
         return 0
-    pypi = _load_pypi()
+    pypi = load_pypi()
     try:
         tarball = cached_sdist(pypi)
         commit = extract(tarball, dest)

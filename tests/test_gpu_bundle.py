@@ -46,7 +46,7 @@ def bundle(tmp_path: Path) -> tuple[ModuleType, Path, dict[str, bytes]]:
         (src / "model.gguf", "models/model.gguf"),
     ]
     made = tmp_path / "made"
-    assert gb.split(files, made, 2 * MIB, "3.12") == 3
+    assert gb.split(files, made, 2 * MIB, "3.12", {"models/model.gguf": "tiny"}) == 3
     for part in made.iterdir():  # every folder keeps to the bound
         assert sum(f.stat().st_size for f in part.rglob("*") if f.is_file() and f.name != "MANIFEST.json") <= 2 * MIB
     return gb, made, {name: path.read_bytes() for path, name in files}
@@ -69,10 +69,12 @@ def test_the_build_needs_only_the_first_folder(
     assert (assembled / "llama.cpp" / "include" / "llama.h").read_bytes() == b"/* llama.h */\n"
     assert (assembled / "wheels" / "cffi-0-py3-none-any.whl").read_bytes() == want["wheels/cffi-0-py3-none-any.whl"]
     assert not (assembled / "models" / "model.gguf").exists()
+    assert (assembled / "MODELS").read_text() == ""  # no model is whole yet
 
     _arrive(made, there, 3, 2)  # later folders, in any order
     assert gb.assemble(there, partial=False) == 0
     assert (assembled / "models" / "model.gguf").read_bytes() == want["models/model.gguf"]
+    assert (assembled / "MODELS").read_text() == "tiny\n"
     assert not list(assembled.rglob("*.tmp"))
 
 
