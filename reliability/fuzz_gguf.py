@@ -246,9 +246,8 @@ class Tally:
 def _run_part(seeds: list[int], sources: dict[str, Path], heads: dict[str, tuple[bytes, Layout]], folder: Path,
               timeout: float, tally: Tally, lock: threading.Lock, log: Any) -> None:  # fmt: skip
     """Load the mutants of ``seeds`` in one worker process (replaced when one kills it)."""
-    w = Worker("fuzz-gguf", folder / f"worker-{seeds[0] if seeds else 0}.log")
     start = time.monotonic()
-    try:
+    with Worker("fuzz-gguf", folder, str(seeds[0]) if seeds else "none") as w:
         for seed in seeds:
             name = model_of(seed)
             head, lay = heads[name]
@@ -271,11 +270,6 @@ def _run_part(seeds: list[int], sources: dict[str, Path], heads: dict[str, tuple
                 if tally.done % 100 == 0:
                     print(f"  {tally.done} mutants, {time.monotonic() - start:.0f} s, {dict(tally.outcomes)}",
                           file=log, flush=True)  # fmt: skip
-            if not w.alive:
-                w.close()
-                w = Worker("fuzz-gguf", folder / f"worker-{seed}.log")
-    finally:
-        w.close()
 
 
 def run(

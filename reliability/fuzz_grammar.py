@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import write_json
-from .worker import Worker, serve
+from .worker import Worker, progress, serve
 
 MODEL = "smollm2-135m"
 ESCAPES = ["\\n", "\\t", "\\\\", '\\"', "\\x41", "\\xff", "\\u00e9", "\\u4e2d", "\\U0001F600", "\\]", "\\-", "\\r"]
@@ -236,29 +236,21 @@ def run(
     families: Counter[str] = Counter()
     findings: list[dict[str, Any]] = []
     slowest = (0.0, -1)
-    w = Worker("fuzz-grammar", folder / "worker.log")
     start = time.monotonic()
-    try:
+    with Worker("fuzz-grammar", folder) as w:
         for n, seed in enumerate(todo):
             kind, family, payload = case(seed)
             families[f"{kind}:{family}"] += 1
             t0 = time.monotonic()
             outcome, detail = w.ask(str(seed), timeout)
-            took = time.monotonic() - t0
-            slowest = max(slowest, (took, seed))
+            slowest = max(slowest, (time.monotonic() - t0, seed))
             outcomes[f"{kind}:{outcome}"] += 1
             if outcome in ("crash", "hang") or outcome.startswith("other:"):
                 text = payload if isinstance(payload, str) else json.dumps(payload)
                 findings.append({"seed": seed, "kind": kind, "family": family, "outcome": outcome, "detail": detail,
                                  "case": text[:500]})  # fmt: skip
                 print(f"  {outcome.upper()} seed {seed} ({kind} {family}): {detail}", file=log, flush=True)
-            if not w.alive:
-                w.close()
-                w = Worker("fuzz-grammar", folder / f"worker-{seed}.log")
-            if (n + 1) % 500 == 0:
-                print(f"  {n + 1}/{len(todo)} cases, {time.monotonic() - start:.0f} s", file=log, flush=True)
-    finally:
-        w.close()
+            progress(log, n + 1, len(todo), start, 500)
     return {
         "cases": len(todo),
         "first_seed": todo[0] if todo else None,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import write_json
-from .worker import Worker, serve
+from .worker import Worker, progress, serve
 
 MODEL = "smollm2-135m"
 OTHER = "gemma3-270m"
@@ -145,9 +145,8 @@ def run(
     outcomes: Counter[str] = Counter()
     accepted: Counter[str] = Counter()
     findings: list[dict[str, Any]] = []
-    w = Worker("fuzz-state", folder / "worker.log")
     start = time.monotonic()
-    try:
+    with Worker("fuzz-state", folder) as w:
         for n, seed in enumerate(todo):
             outcome, detail = w.ask(str(seed), timeout)
             outcomes[outcome] += 1
@@ -156,13 +155,7 @@ def run(
             if outcome in ("crash", "hang") or outcome.startswith("other"):
                 findings.append({"seed": seed, "outcome": outcome, "detail": detail})
                 print(f"  {outcome.upper()} seed {seed}: {detail}", file=log, flush=True)
-            if not w.alive:
-                w.close()
-                w = Worker("fuzz-state", folder / f"worker-{seed}.log")
-            if (n + 1) % 250 == 0:
-                print(f"  {n + 1}/{len(todo)} cases, {time.monotonic() - start:.0f} s", file=log, flush=True)
-    finally:
-        w.close()
+            progress(log, n + 1, len(todo), start, 250)
     return {
         "cases": len(todo),
         "first_seed": todo[0] if todo else None,

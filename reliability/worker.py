@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # Starts every answer line: anything else on the worker's stdout (a library printing there) is skipped.
@@ -30,25 +31,37 @@ def pythonpath() -> str:
 
 
 class Worker:
-    """``python -m reliability CHECK --worker``, answering one line per line it reads."""
+    """``python -m reliability CHECK --worker`` (or ``argv``), answering one line per line it reads. After a
+    case that killed it or hung, the next case starts a fresh process, logging to a file of its own
+    (``worker-FIRSTCASE.log``); workers that share a folder start with different ``tag``s."""
 
-    def __init__(self, check: str, log: Path) -> None:
-        self.log = log
-        self._err = open(log, "ab")  # noqa: SIM115 - the worker's stderr for its lifetime, closed in close()
+    def __init__(self, check: str, folder: Path, tag: str = "first", argv: list[str] | None = None) -> None:
+        self.argv = argv or [sys.executable, "-m", "reliability", check, "--worker"]
+        self.folder = folder
+        self._start(tag)
+
+    def _start(self, tag: str) -> None:
+        self.log = self.folder / f"worker-{tag}.log"
+        self._err = open(self.log, "ab")  # noqa: SIM115 - the worker's stderr for its lifetime, closed in close()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reliability", check, "--worker"],
+            self.argv,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True, cwd=ROOT,
             # GGML_NO_BACKTRACE: ggml's abort would otherwise attach gdb to print a backtrace (slow, and to stdout)
             env={**os.environ, "PYTHONPATH": pythonpath(), "GGML_NO_BACKTRACE": "1"},
         )  # fmt: skip
 
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def ask(self, line: str, timeout: float) -> tuple[str, str]:
         """Send one case; return ``(outcome, detail)``: the worker's answer split at its first space, or
         ``("crash", how)`` or ``("hang", ...)``."""
+        if self.proc.poll() is not None:
+            self.close()
+            self._start(line.split(" ", 1)[0])
         assert self.proc.stdin and self.proc.stdout
         try:
             self.proc.stdin.write(line.replace("\n", " ") + "\n")
@@ -86,6 +99,12 @@ class Worker:
                 self.proc.kill()
                 self.proc.wait()
         self._err.close()
+
+
+def progress(log: Any, done: int, total: int, start: float, every: int, what: str = "cases") -> None:
+    """A line on ``log`` every ``every`` cases: how many are done and the seconds so far."""
+    if done % every == 0:
+        print(f"  {done}/{total} {what}, {time.monotonic() - start:.0f} s", file=log, flush=True)
 
 
 def serve(handle: Callable[[str], tuple[str, str]]) -> int:

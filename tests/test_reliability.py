@@ -70,6 +70,35 @@ def test_generated_strings_cover_every_family() -> None:
 # ---- GGUF, grammar and state fuzzing -----------------------------------------------------------------------------
 
 
+# A worker that answers "ok", aborts on "crash" and never answers "hang".
+TOY_WORKER = textwrap.dedent(
+    """
+    import os, sys, time
+    for line in sys.stdin:
+        if line.startswith("crash"):
+            print("dying", file=sys.stderr, flush=True)
+            os.abort()
+        if line.startswith("hang"):
+            time.sleep(60)
+        print("@@answer ok", line.strip(), flush=True)
+    """
+)
+
+
+def test_worker_names_a_crash_and_a_hang_and_starts_again(tmp_path: Path) -> None:
+    from reliability.worker import Worker
+
+    with Worker("toy", tmp_path, argv=[sys.executable, "-c", TOY_WORKER]) as w:
+        assert w.ask("1 a", 10) == ("ok", "1 a")
+        outcome, detail = w.ask("crash", 10)
+        assert outcome == "crash" and detail.startswith("signal SIGABRT") and "dying" in detail
+        assert w.ask("2 b", 10) == ("ok", "2 b")
+        assert w.ask("hang", 0.5) == ("hang", "no answer within 0.5 s")
+        assert w.ask("3 c", 10) == ("ok", "3 c")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["worker-2.log", "worker-3.log", "worker-first.log"]
+    assert w.proc.poll() is not None
+
+
 def test_gguf_layout_reads_the_real_models(model_path: Path) -> None:
     head = model_path.read_bytes()[: 64 << 20]
     lay = fuzz_gguf.layout(head)

@@ -32,31 +32,25 @@ def simple_env(threads: int) -> dict[str, str]:
     return {"OMP_THREAD_LIMIT": str(threads)}
 
 
-def bench_argv(path: Path, threads: int, test: str, n: int) -> list[str]:
-    args = ["-p", str(n), "-n", "0"] if test == "pp" else ["-p", "0", "-n", str(n)]
-    return [
-        str(tool("llama-bench")),
-        "-m",
-        str(path),
-        "-t",
-        str(threads),
-        "-r",
-        "1",
-        "-ngl",
-        ngl_arg(gpu_layers()),
-        "-o",
-        "json",
-        *args,
-    ]
+def bench_argv(path: Path, threads: int, test: str, n: int | str, reps: int = 1) -> list[str]:
+    """llama-bench's arguments for ``pp`` or ``tg`` of ``n`` tokens (``pp`` also takes a comma-separated list)."""
+    p, t = (n, 0) if test == "pp" else (0, n)
+    tool_args = ["-m", str(path), "-t", str(threads), "-r", str(reps), "-ngl", ngl_arg(gpu_layers()), "-o", "json"]
+    return [str(tool("llama-bench")), *tool_args, "-p", str(p), "-n", str(t)]
+
+
+def _bench_rows(argv: list[str]) -> list[dict[str, Any]]:
+    res = run_child(argv)
+    if res.returncode != 0:
+        raise RuntimeError(f"llama-bench failed ({res.returncode}): {res.stderr.strip()[-300:]}")
+    rows: list[dict[str, Any]] = json.loads(res.stdout)
+    return rows
 
 
 def llama_bench(path: Path, threads: int, test: str, n: int) -> tuple[float, dict[str, Any]]:
     """tokens/s of one llama-bench test (``pp`` or ``tg``) of ``n`` tokens, one repetition (after its own
     warm-up run)."""
-    res = run_child(bench_argv(path, threads, test, n))
-    if res.returncode != 0:
-        raise RuntimeError(f"llama-bench failed ({res.returncode}): {res.stderr.strip()[-300:]}")
-    row = json.loads(res.stdout)[0]
+    row = _bench_rows(bench_argv(path, threads, test, n))[0]
     return float(row["avg_ts"]), {"n_threads": row.get("n_threads")}
 
 
@@ -88,27 +82,8 @@ def llama_simple(path: Path, threads: int, n: int, prompt: str) -> tuple[float, 
 def llama_bench_batches(path: Path, threads: int, sizes: list[int], reps: int) -> tuple[float, dict[str, Any]]:
     """llama-bench ``pp k`` for each ``k`` of ``sizes``, ``reps`` runs averaged: k tokens of one sequence per
     ``llama_decode`` (logits of the last only). Returns pp4 ÷ pp1 (or last ÷ first) and the tokens/s by k."""
-    argv = [
-        str(tool("llama-bench")),
-        "-m",
-        str(path),
-        "-t",
-        str(threads),
-        "-r",
-        str(reps),
-        "-ngl",
-        ngl_arg(gpu_layers()),
-        "-o",
-        "json",
-        "-p",
-        ",".join(map(str, sizes)),
-        "-n",
-        "0",
-    ]
-    res = run_child(argv)
-    if res.returncode != 0:
-        raise RuntimeError(f"llama-bench failed ({res.returncode}): {res.stderr.strip()[-300:]}")
-    by_k = {str(r["n_prompt"]): float(r["avg_ts"]) for r in json.loads(res.stdout)}
+    rows = _bench_rows(bench_argv(path, threads, "pp", ",".join(map(str, sizes)), reps))
+    by_k = {str(r["n_prompt"]): float(r["avg_ts"]) for r in rows}
     one = by_k[str(sizes[0])]
     four = by_k.get("4", by_k[str(sizes[-1])])
     return four / one, by_k
