@@ -16,7 +16,7 @@ from .. import limits, ownership
 from ..errors import ClosedError, GrammarError, InvalidArgumentError
 from ..ownership import Owner
 from ..raw import CData, ffi, lib
-from .grammar import check_grammar_shape, has_token_elements
+from .grammar import check_grammar_shape
 from .params import FloatArray
 
 # How many of the most likely tokens a grammar checks before it checks the whole vocabulary. Tokens beyond them
@@ -44,12 +44,13 @@ def _free_sampler(ptr: CData, _lib: object = lib) -> None:
     _lib.llama_sampler_free(ptr)  # type: ignore[attr-defined]
 
 
-def make_grammar(vocab: VocabLike | None, grammar: str, root: str) -> CData:
+def make_grammar(vocab: VocabLike | None, grammar: str, root: str) -> tuple[CData, bool]:
     """llama.cpp's grammar sampler for ``grammar`` (start rule ``root``), freed by the garbage collector or
-    ``ffi.release``; :class:`GrammarError` when it does not parse."""
+    ``ffi.release``, and whether it matches tokens by id (then each pick is tried on a copy first);
+    :class:`GrammarError` when it does not parse."""
     if vocab is None:
         raise InvalidArgumentError("a grammar needs the model's vocab (pass vocab=model.vocab)")
-    check_grammar_shape(grammar)
+    by_id = check_grammar_shape(grammar)
     if not isinstance(root, str) or not root or "\0" in root:
         raise InvalidArgumentError(f"grammar_root must be a rule name, got {root!r}")
     lease = vocab.owner.lease()
@@ -72,7 +73,7 @@ def make_grammar(vocab: VocabLike | None, grammar: str, root: str) -> CData:
         if why[0] == 3:
             raise MemoryError("out of memory while parsing the grammar")
         raise GrammarError(f"the grammar does not parse, or has no rule {root!r} (llama.cpp logs the reason)")
-    return ffi.gc(g, ownership.destructor(_free_sampler, lease))
+    return ffi.gc(g, ownership.destructor(_free_sampler, lease)), by_id
 
 
 def accept(grammar: CData, token: int) -> None:
@@ -115,8 +116,7 @@ class Constraint:
     """The state of one grammar while a text is generated: :meth:`allowed`, :meth:`restrict`, :meth:`accept`."""
 
     def __init__(self, vocab: VocabLike | None, grammar: str, root: str = "root") -> None:
-        self._g: CData = make_grammar(vocab, grammar, root)
-        self._try_first = has_token_elements(grammar)
+        self._g, self._try_first = make_grammar(vocab, grammar, root)
         self._data = ffi.new("llama_token_data[]", SHORTLIST)
         self._arr = ffi.new("llama_token_data_array *")
         view = np.frombuffer(ffi.buffer(self._data), dtype=TOKEN_DATA)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..errors import GrammarError
 from ..limits import GRAMMAR_MAX_NESTING, GRAMMAR_MAX_RULES
 
-__all__ = ["GRAMMAR_MAX_NESTING", "GRAMMAR_MAX_RULES", "check_grammar_shape", "has_token_elements"]
+__all__ = ["GRAMMAR_MAX_NESTING", "GRAMMAR_MAX_RULES", "check_grammar_shape"]
 
 
 def _outside_literals(text: str) -> str:
@@ -29,14 +29,10 @@ def _outside_literals(text: str) -> str:
     return "".join(out)
 
 
-def has_token_elements(text: str) -> bool:
-    """Whether the grammar matches tokens by id (``<[id]>``, ``<|name|>``, ``!<...>``): with those, llama.cpp's
-    grammar can allow a token that it then refuses to accept, so each pick is tried on a copy first."""
-    return "<" in _outside_literals(text)
-
-
-def check_grammar_shape(text: str) -> None:
-    """Refuse (GrammarError) a GBNF text nested or chained deeper than llama.cpp's parser can take."""
+def check_grammar_shape(text: str) -> bool:
+    """Refuse (GrammarError) a GBNF text nested or chained deeper than llama.cpp's parser can take. Return whether
+    it matches tokens by id (``<[id]>``, ``<|name|>``, ``!<...>``): with those, llama.cpp's grammar can allow a
+    token that it then refuses to accept, so each pick is tried on a copy first."""
     if not isinstance(text, str):
         raise TypeError(f"grammar must be str, not {type(text).__name__}")
     bare = _outside_literals(text)
@@ -52,3 +48,4 @@ def check_grammar_shape(text: str) -> None:
         raise GrammarError(f"the grammar nests groups {deepest} deep; at most {GRAMMAR_MAX_NESTING} are supported")
     if rules > GRAMMAR_MAX_RULES:
         raise GrammarError(f"the grammar has {rules} rules; at most {GRAMMAR_MAX_RULES} are supported")
+    return "<" in bare

@@ -13,7 +13,6 @@ from ..raw import CData, ffi, lib
 from ..validate import as_int
 from .constraint import SHORTLIST, VocabLike, accept, accepted, accepts, make_grammar
 from .constraint import TOKEN_DATA as _TOKEN_DATA
-from .grammar import has_token_elements
 from .params import Configured, FloatArray, HistoryLike, as_logits, bad_token, nan_error
 
 
@@ -59,11 +58,12 @@ class NativeSampler(Configured):
         self._vocab = vocab
         self._pending: list[int] = []  # tokens accepted before the chain exists
         self._n_vocab: int | None = None
-        self._try_first = grammar is not None and has_token_elements(grammar)
+        self._try_first = False
         if grammar is not None:
             if vocab is None:
                 raise InvalidArgumentError("a grammar needs the model's vocab (pass vocab=model.vocab)")
-            self._grammar = make_grammar(vocab, grammar, grammar_root)  # holds the model while it lives
+            # the grammar sampler holds the model while it lives
+            self._grammar, self._try_first = make_grammar(vocab, grammar, grammar_root)
             # a one-entry candidate array to ask the grammar whether a single token is allowed
             self._one = ffi.new("llama_token_data[1]")
             self._one_arr = ffi.new("llama_token_data_array *")
