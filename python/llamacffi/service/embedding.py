@@ -17,7 +17,7 @@ from .. import errors as binding
 from ..vocab import as_tokens
 from . import runner
 from .config import LocalBackendConfig, ModelConfig, ModelType
-from .errors import ContextOverflowError, InvalidConfigError, ModelClosedError, mapped
+from .errors import ContextOverflowError, GenerationError, InvalidConfigError, ModelClosedError, mapped
 from .interfaces import EmbeddingModel
 from .loaded import Loaded, load_file, serve
 
@@ -195,12 +195,13 @@ class _EmbeddingEngine(runner.Attached):
     def _forget(self) -> None:
         self._pending.clear()
 
-    def fail_waiting(self) -> None:
+    def fail_waiting(self, error: BaseException | None = None) -> None:
         with self._cond:
             waiting, self._pending = self._pending, []
         for job in waiting:
             if not job.future.done():
-                job.future.set_exception(ModelClosedError(self._closed_why))
+                why = f"embedding failed: {error!r}"
+                job.future.set_exception(ModelClosedError(self._closed_why) if error is None else GenerationError(why))
 
     # ---- on the engine thread -----------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ and leave when they finish or are cancelled.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from typing import Protocol
@@ -89,6 +90,9 @@ class Engine(runner.Attached):
         )
         self._slots = [_Slot(i, config.context_size) for i in range(config.parallel)]
         self._saved = PromptCache(config.prompt_cache_mib << 20) if config.prompt_cache_mib else None
+        # Slots whose memory a copy waits to read: llama.cpp copies between KV streams at the next decode, so until
+        # then nothing may be restored into them.
+        self._copy_sources: set[int] = set()
         self._batch = Batch(config.batch_size, n_seq_max=config.parallel)
         self._queue: deque[Request] = deque()
         self._tick = 0
@@ -114,10 +118,11 @@ class Engine(runner.Attached):
         with self._cond:
             if self.closed:
                 raise ModelClosedError(self._closed_why)
-            busy = sum(1 for s in self._slots if s.request is not None)
+            busy = self._busy()
             if len(self._queue) + busy >= self.config.parallel + self.config.max_queue:
                 raise QueueFullError(
-                    f"{len(self._queue)} requests are already waiting (max_queue={self.config.max_queue}); retry later"
+                    f"{busy} of {self.config.parallel} slots are busy and {len(self._queue)} requests are waiting "
+                    f"(max_queue={self.config.max_queue}); retry later"
                 )
             now = time.monotonic()
             if not self._queue:
@@ -141,7 +146,11 @@ class Engine(runner.Attached):
     def load(self) -> tuple[int, int]:
         """``(busy slots, waiting requests)``."""
         with self._cond:
-            return sum(1 for s in self._slots if s.request is not None), len(self._queue)
+            return self._busy(), len(self._queue)
+
+    def _busy(self) -> int:
+        """Slots whose request runs on (a cancelled one leaves its slot at the next step)."""
+        return sum(1 for s in self._slots if s.request is not None and not s.request.cancelled)
 
     def close(self) -> None:
         with self._cond:
@@ -177,8 +186,10 @@ class Engine(runner.Attached):
                 self._gather()
                 if self.closed:
                     return
-                self._admit()
+                refused = self._admit()
                 changes = self._runner.changes  # under the lock: a submission after the admission changes it
+            for r, exc in refused:
+                _emit(r, GenerationError(f"the request could not be placed: {exc!r}"))
             active = [s for s in self._slots if s.request is not None]
             while active:
                 self._decode(active)
@@ -199,15 +210,20 @@ class Engine(runner.Attached):
             for r in failed:
                 _emit(r, GenerationError(f"generation failed: {exc!r}"))
 
-    def fail_waiting(self) -> None:
-        """After :meth:`close`: every request still queued or running ends with :class:`ModelClosedError`."""
+    def fail_waiting(self, error: BaseException | None = None) -> None:
+        """After :meth:`close`: every request still queued or running ends with :class:`ModelClosedError`. After a
+        step that failed with ``error``: with a :class:`GenerationError`, and the slots start empty."""
         with self._cond:
             waiting = list(self._queue) + [s.request for s in self._slots if s.request is not None]
             self._queue.clear()
             for s in self._slots:
+                if error is not None:
+                    self._release(s)
+                    self._empty(s)
                 s.request = None
         for r in waiting:
-            _emit(r, ModelClosedError("the model was closed before the request finished"))
+            _emit(r, ModelClosedError("the model was closed before the request finished") if error is None
+                  else GenerationError(f"generation failed: {error!r}"))  # fmt: skip
 
     def _gather(self) -> None:
         """Hold the admission of a burst until it stops arriving (a batch window without a submission, at most
@@ -228,10 +244,12 @@ class Engine(runner.Attached):
                 return
             self._cond.wait(wait)
 
-    def _admit(self) -> None:
-        """Waiting requests take free slots in order; one whose sibling's prompt is not in memory yet waits."""
+    def _admit(self) -> list[tuple[Request, Exception]]:
+        """Waiting requests take free slots in order; one whose sibling's prompt is not in memory yet waits.
+        Returns the requests that failed to be placed, with why (the free slots then start empty)."""
         free = [s for s in self._slots if s.request is None]
         held: list[Request] = []
+        refused: list[tuple[Request, Exception]] = []
         while self._queue and free:
             req = self._queue.popleft()
             if req.cancelled:
@@ -240,7 +258,13 @@ class Engine(runner.Attached):
             if lead is not None and not (lead.prompt_done or lead.finished or lead.cancelled):
                 held.append(req)
                 continue
-            best, keep = self._place(req, free)
+            try:
+                best, keep = self._place(req, free)
+            except Exception as exc:  # what the free slots hold is unknown now: they start empty
+                refused.append((req, exc))
+                for s in free:
+                    self._empty(s)
+                continue
             free.remove(best)
             best.pending = req.prompt[keep:]
             best.request = req
@@ -250,6 +274,13 @@ class Engine(runner.Attached):
             self.stats["prompt_tokens_reused"] += keep
             self.stats["prompt_tokens_decoded"] += len(best.pending)
         self._queue.extendleft(reversed(held))
+        return refused
+
+    def _empty(self, slot: _Slot) -> None:
+        """Forget what a slot's memory holds, and drop it where the memory can."""
+        slot.n_cached = 0
+        with contextlib.suppress(LlamaError):
+            self.ctx.memory.seq_rm(slot.seq_id, -1, -1)
 
     def _place(self, req: Request, free: list[_Slot]) -> tuple[_Slot, int]:
         """Choose the slot for a new request and trim its memory to what the prompt shares; returns the slot and
@@ -286,7 +317,8 @@ class Engine(runner.Attached):
         copy = lcps[donor.seq_id] >= lcps[target.seq_id] + (1 if donor in lead else COPY_MIN_TOKENS)
         have = min(lcps[donor.seq_id] if copy else lcps[target.seq_id], last)
         saved, n_saved = None, 0
-        if self._saved is not None and have + limits.PROMPT_CACHE_MIN_TOKENS <= last:  # else no entry can win
+        restorable = target.seq_id not in self._copy_sources
+        if restorable and self._saved is not None and have + limits.PROMPT_CACHE_MIN_TOKENS <= last:
             saved, n_saved = self._saved.match(prompt)
             if min(n_saved, last) < have + limits.PROMPT_CACHE_MIN_TOKENS:
                 saved = None
@@ -305,6 +337,7 @@ class Engine(runner.Attached):
         elif copy:
             mem.seq_rm(target.seq_id, -1, -1)
             mem.seq_cp(donor.seq_id, target.seq_id, -1, -1)
+            self._copy_sources.add(donor.seq_id)
             target.cached[: donor.n_cached] = donor.cached[: donor.n_cached]
             target.n_cached = donor.n_cached
             lcps[target.seq_id] = lcps[donor.seq_id]
@@ -359,12 +392,15 @@ class Engine(runner.Attached):
                 self.ctx.memory.seq_rm(slot.seq_id, slot.n_cached, -1)
             return
         except LlamaError as exc:
-            for slot, _ in added:
-                self.ctx.memory.seq_rm(slot.seq_id, slot.n_cached, -1)
-                if slot.request is not None:
-                    _emit(slot.request, GenerationError(str(exc)))
-                self._release(slot)
+            failed = [slot.request for slot, _ in added if slot.request is not None]
+            with self._cond:  # freed before the callers hear of it: they may submit again at once
+                for slot, _ in added:
+                    self.ctx.memory.seq_rm(slot.seq_id, slot.n_cached, -1)
+                    self._release(slot)
+            for r in failed:
+                _emit(r, GenerationError(str(exc)))
             return
+        self._copy_sources.clear()  # the copies queued at admission are done
         took = time.perf_counter() - started
         self._step_seconds = took if not self._step_seconds else 0.8 * self._step_seconds + 0.2 * took
         stats = self.stats

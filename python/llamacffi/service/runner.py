@@ -17,12 +17,15 @@ registered first.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 from typing import Protocol
 
 from ..context import Context
 from .errors import ModelClosedError
+
+log = logging.getLogger("llamacffi.service")
 
 
 class Stepped(Protocol):
@@ -42,8 +45,9 @@ class Stepped(Protocol):
     def shut(self, why: str) -> None:
         """Refuse requests from now on, saying why."""
 
-    def fail_waiting(self) -> None:
-        """End every queued and running request with an error (takes the lock itself)."""
+    def fail_waiting(self, error: BaseException | None = None) -> None:
+        """End every queued and running request with an error (takes the lock itself): :class:`ModelClosedError`,
+        or, after a step that failed with ``error``, a :class:`GenerationError` naming it."""
 
     def orphan(self, runner: Runner) -> None:
         """In a forked child, where no thread steps it: move to the child's runner and refuse requests."""
@@ -175,7 +179,22 @@ class Runner:
             for engine in closed:
                 self._drop(engine)
             for engine in ready:
-                engine.step(alone=len(ready) == 1)
+                try:
+                    engine.step(alone=len(ready) == 1)
+                except Exception as exc:  # the thread steps every model: one engine's fault ends only its requests
+                    self._fail(engine, exc)
+
+    def _fail(self, engine: Stepped, exc: Exception) -> None:
+        log.exception("a step of the engine failed; its requests end with an error", exc_info=exc)
+        try:
+            engine.fail_waiting(exc)
+        except Exception:  # it cannot even be cleared: it is shut and no longer stepped
+            log.exception("the engine could not be cleared after a failed step; its model is shut")
+            with self.lock:
+                engine.shut("the model's engine failed; load the model again")
+                if engine in self._engines:
+                    self._engines.remove(engine)
+                self.lock.notify_all()
 
 
 _shared = Runner()
