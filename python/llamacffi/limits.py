@@ -60,6 +60,11 @@ RPC_PROBE_TIMEOUT = 5.0
 # (a host gone without closing its connection) and stopped.
 RPC_STALL_TIMEOUT = 120.0
 
+# ---- the server ------------------------------------------------------------------------------------------------------
+# A request's text up to this many characters is templated and tokenized on the event loop; a longer one in a worker
+# thread, so that it cannot hold up the other streams.
+INLINE_TEXT_CHARS = 1 << 14
+
 # ---- the service's per-model and per-request sizes ---------------------------------------------------------------
 CONTEXT_SIZE_MIN = 16
 CONTEXT_SIZE_MAX = 1 << 20

@@ -8,7 +8,6 @@ by any ASGI server or mounted in another app; its ``state.server`` (:class:`Serv
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -24,7 +23,7 @@ from starlette.routing import Route
 from ..jsontypes import JSONObject
 from ..service import LlamaCppEmbeddingModel, LlamaCppTextModel, LocalBackendConfig, ModelConfig
 from . import completions, embeddings
-from .asgi import MAX_BODY_BYTES, EventStream, error_response, race, read_body
+from .asgi import MAX_BODY_BYTES, EventStream, error_response, off_loop, race, read_body
 from .errors import APIError, from_service
 from .gate import Gate
 from .requests import parse_chat, parse_completion
@@ -32,20 +31,36 @@ from .served import Served, Server
 
 __all__ = ["MAX_BODY_BYTES", "ROUTES", "EventStream", "Served", "Server", "create_app"]
 
-log = logging.getLogger("llamacffi.server")
 ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 
+def _guarded(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """``endpoint``, with a fault of the server's own answered as a 500 in OpenAI's shape inside the middleware (so
+    CORS headers and the access log see it)."""
+
+    async def run(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except (APIError, HTTPException):
+            raise
+        except Exception as exc:
+            return error_response(from_service(exc))
+
+    return run
+
+
 def _completion(chat: bool) -> Callable[[Request], Awaitable[Response]]:
+    text_param = "messages" if chat else "prompt"
+
     async def endpoint(request: Request) -> Response:
         server: Server = request.app.state.server
         body = await read_body(request)
         parsed = parse_chat(body) if chat else parse_completion(body)
         name, model = server.model(parsed.model)
         try:
-            job = completions.prepare(name, model, parsed, chat)
+            job = await off_loop(lambda p: completions.prepare(name, model, p, chat), parsed, parsed.text_chars())
         except Exception as exc:
-            raise from_service(exc) from None
+            raise from_service(exc, text_param) from None
         request.scope.setdefault("state", {})["job"] = job
         try:
             job.start()
@@ -73,7 +88,7 @@ async def _embeddings(request: Request) -> Response:
     try:
         result = await race(embeddings.respond(name, model, body), request.receive)
     except Exception as exc:
-        raise from_service(exc) from None
+        raise from_service(exc, "input") from None
     if result is None:
         return Response(status_code=499)
     request.scope.setdefault("state", {})["usage"] = result["usage"]
@@ -153,9 +168,9 @@ def create_app(
         Route("/metrics", _metrics, methods=["GET"]),
         Route("/v1/models", _models, methods=["GET"]),
         Route("/v1/models/{name:path}", _model, methods=["GET"]),
-        Route("/v1/chat/completions", _completion(chat=True), methods=["POST"]),
-        Route("/v1/completions", _completion(chat=False), methods=["POST"]),
-        Route("/v1/embeddings", _embeddings, methods=["POST"]),
+        Route("/v1/chat/completions", _guarded(_completion(chat=True)), methods=["POST"]),
+        Route("/v1/completions", _guarded(_completion(chat=False)), methods=["POST"]),
+        Route("/v1/embeddings", _guarded(_embeddings), methods=["POST"]),
     ]
     middleware = (
         [
@@ -171,8 +186,7 @@ def create_app(
     )
     middleware.append(Middleware(Gate, api_key=api_key, metrics=lambda: server.metrics, routes=ROUTES))
 
-    async def internal_error(request: Request, exc: Exception) -> Response:
-        log.exception("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    async def internal_error(request: Request, exc: Exception) -> Response:  # outside the middleware: a last resort
         return error_response(from_service(exc))
 
     app = Starlette(

@@ -9,18 +9,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from .. import limits
 from ..jsontypes import JSON, JSONObject
 from .errors import APIError, invalid
 
 MAX_BODY_BYTES = 8 << 20
 T = TypeVar("T")
+A = TypeVar("A")
 
 
-def error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+def error_response(exc: APIError) -> Response:
+    """The error's body as ASCII JSON: a message may quote what the request held (a lone surrogate, too)."""
+    return Response(exc.json(), status_code=exc.status, headers=exc.headers, media_type="application/json")
 
 
 async def read_body(request: Request) -> JSONObject:
@@ -40,6 +43,14 @@ async def read_body(request: Request) -> JSONObject:
     if not isinstance(body, dict):
         raise invalid(f"the request body must be a JSON object, not {type(body).__name__}", None, "invalid_type")
     return body
+
+
+async def off_loop(call: Callable[[A], T], arg: A, chars: int) -> T:
+    """``call(arg)``: on the event loop for a short text (quicker than a hop to a thread), in a worker thread for
+    one of more than ``INLINE_TEXT_CHARS`` characters, so that templating and tokenizing it holds up no stream."""
+    if chars <= limits.INLINE_TEXT_CHARS:
+        return call(arg)
+    return await asyncio.to_thread(call, arg)
 
 
 async def _until_disconnect(receive: Receive) -> None:
@@ -77,14 +88,13 @@ class EventStream(Response):
         self.events = events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-
         async def pump() -> None:
             async for data in self.events:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
         try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             await race(pump(), receive)
         except OSError:  # the connection broke while sending
             pass

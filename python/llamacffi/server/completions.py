@@ -30,7 +30,7 @@ class Job:
     parsed: Parsed
     chat: bool
     prompts: list[TokenArray]  # one per prompt
-    texts: list[str]  # the prompts as text, for echo
+    texts: list[str]  # the prompts as text: echoed, and where the completions' text_offset starts
     started: float = dataclasses.field(default_factory=time.perf_counter)
     first: float | None = None
     usage: JSONObject = dataclasses.field(default_factory=dict)
@@ -65,7 +65,7 @@ def prepare(name: str, model: LlamaCppTextModel, parsed: Parsed, chat: bool) -> 
     else:
         prompts = [model.tokenize_prompt(p, opts) for p in parsed.prompts]
         texts = [
-            p if isinstance(p, str) else model.llama_model.vocab.detokenize(t) if parsed.echo else ""
+            p if isinstance(p, str) else model.llama_model.vocab.detokenize(t)
             for p, t in zip(parsed.prompts, prompts, strict=False)
         ]
     context = model.config.context_size
@@ -110,38 +110,38 @@ async def _events(job: Job) -> AsyncIterator[Event]:
 
 
 class _Tally:
-    """Counts a job's tokens as its events pass, and feeds the metrics."""
+    """Times a job's chunks, and counts its tokens into the usage and the metrics once it ends, however it ends."""
 
     def __init__(self, job: Job, metrics: Metrics) -> None:
         self.job = job
         self.metrics = metrics
-        self.completion = 0
-        self.cached = 0
-        self.last = 0.0
+        self.last: dict[int, float] = {}  # per choice: when its latest chunk came
         self._ttft = metrics.ttft.labels(job.name)
         self._inter_token = metrics.inter_token.labels(job.name)
 
-    def chunk(self) -> None:
+    def chunk(self, index: int) -> None:
         now = time.perf_counter()
         if self.job.first is None:
             self.job.first = now
             self._ttft.observe(now - self.job.started)
-        else:
-            self._inter_token.observe(now - self.last)
-        self.last = now
-
-    def finish(self, index: int, fin: Finish) -> None:
-        self.completion += fin.completion_tokens
-        if index % self.job.parsed.n == 0:  # the first choice of each prompt says what the prompt reused
-            self.cached += fin.cached_tokens
+        if index in self.last:
+            self._inter_token.observe(now - self.last[index])
+        self.last[index] = now
 
     def close(self) -> JSONObject:
-        prompt = sum(len(t) for t in self.job.prompts)
-        m, name = self.metrics, self.job.name
-        m.prompt_tokens.labels(name).inc(prompt)
-        m.cached_tokens.labels(name).inc(self.cached)
-        m.generated_tokens.labels(name).inc(self.completion)
-        self.job.usage = shapes.usage(prompt, self.cached, self.completion)
+        """The usage; the metrics count it the first time (a response that ends early counts what it spent)."""
+        if not self.job.usage:
+            counts = [c.tokens() for c in self.job.choices]
+            prompt, cached, completion = (
+                sum(map(len, self.job.prompts)),
+                sum(c[0] for c in counts),
+                sum(c[1] for c in counts),
+            )
+            m, name = self.metrics, self.job.name
+            m.prompt_tokens.labels(name).inc(prompt)
+            m.cached_tokens.labels(name).inc(cached)
+            m.generated_tokens.labels(name).inc(completion)
+            self.job.usage = shapes.usage(prompt, cached, completion)
         return self.job.usage
 
 
@@ -158,14 +158,16 @@ async def respond(job: Job, metrics: Metrics) -> JSONObject:
     entries: list[list[TokenLogprob]] = [[] for _ in range(total)]
     reasons = ["stop"] * total
     tally = _Tally(job, metrics)
-    async for index, event in _events(job):
-        if isinstance(event, Chunk):
-            tally.chunk()
-            texts[index].append(event.text)
-            entries[index].extend(event.logprobs)
-        else:
-            reasons[index] = event.reason
-            tally.finish(index, event)
+    try:
+        async for index, event in _events(job):
+            if isinstance(event, Chunk):
+                tally.chunk(index)
+                texts[index].append(event.text)
+                entries[index].extend(event.logprobs)
+            else:
+                reasons[index] = event.reason
+    finally:
+        usage = tally.close()
     rid, created, kind = _ids(job)
     choices: list[JSON] = []
     tools = job.parsed.tools
@@ -180,8 +182,9 @@ async def respond(job: Job, metrics: Metrics) -> JSONObject:
                 reasons[i] = "tool_calls"
             choices.append({"index": i, "message": message, "logprobs": logprobs, "finish_reason": reasons[i]})
         else:
-            echo = job.texts[i // job.parsed.n] if job.parsed.echo else ""
-            logprobs = shapes.text_logprobs(entries[i], piece, len(echo)) if job.parsed.logprobs is not None else None
+            prompt = job.texts[i // job.parsed.n]
+            echo = prompt if job.parsed.echo else ""
+            logprobs = shapes.text_logprobs(entries[i], piece, len(prompt)) if job.parsed.logprobs is not None else None
             choices.append({"index": i, "text": echo + text, "logprobs": logprobs, "finish_reason": reasons[i]})
     return {
         "id": rid,
@@ -190,7 +193,7 @@ async def respond(job: Job, metrics: Metrics) -> JSONObject:
         "model": job.name,
         "system_fingerprint": _fingerprint(),
         "choices": choices,
-        "usage": tally.close(),
+        "usage": usage,
     }
 
 
@@ -211,7 +214,8 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
         head["usage"] = None
     p = job.parsed
     tally = _Tally(job, metrics)
-    offsets = [0] * (len(job.prompts) * p.n)  # where each choice's next text starts, for text_offset
+    # where each choice's next text starts in prompt + completion, for text_offset (an echo is sent as text first)
+    offsets = [0 if p.echo else len(job.texts[i // p.n]) for i in range(len(job.prompts) * p.n)]
 
     held = _Held(len(job.prompts) * p.n, p.tools)
     plain: dict[int, tuple[bytes, bytes]] = {}  # per choice: the bytes around the text of a plain content chunk
@@ -250,12 +254,12 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
                 yield chunk(i, job.texts[i // p.n], (), None)
         async for index, event in _events(job):
             if isinstance(event, Chunk):
-                tally.chunk()
-                text = held.feed(index, event.text) if job.chat else event.text
+                tally.chunk(index)
+                text, logprobs = held.feed(index, event) if job.chat else (event.text, event.logprobs)
                 if text is None:
                     continue
                 if p.logprobs is not None:
-                    yield chunk(index, text, event.logprobs, None)
+                    yield chunk(index, text, logprobs, None)
                     continue
                 around = plain.get(index)
                 if around is None:  # the one chunk of this shape, cut where its text goes
@@ -263,23 +267,24 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
                     around = plain[index] = (before, after)
                 yield around[0] + shapes.json_string(text) + around[1]
             else:
-                tally.finish(index, event)
                 reason = event.reason
                 if job.chat and held.holding(index):
-                    call, rest = held.finish(index)
+                    call, rest, logprobs = held.finish(index)
                     if call is not None:
-                        yield chunk(index, None, (), None, delta={"tool_calls": [{"index": 0, **call}]})
+                        yield chunk(index, None, logprobs, None, delta={"tool_calls": [{"index": 0, **call}]})
                         reason = "tool_calls"
                     elif rest:
-                        yield chunk(index, rest, (), None)
+                        yield chunk(index, rest, logprobs, None)
                 yield chunk(index, None, (), reason)
         used = tally.close()
         if p.include_usage:
             yield shapes.sse({**head, "choices": [], "usage": used})
         yield shapes.DONE
     except Exception as exc:  # the status line is sent: the error goes in the stream
-        yield shapes.sse(from_service(exc).body())
+        yield b"data: " + from_service(exc).json() + b"\n\n"
         yield shapes.DONE
+    finally:  # also when the client leaves: what was spent is counted
+        tally.close()
 
 
 class _Held:
@@ -289,31 +294,37 @@ class _Held:
     def __init__(self, n: int, tools: structured.Tools | None) -> None:
         self.tools = tools
         self.parts: list[list[str] | None] = [[] if tools is not None else None for _ in range(n)]
+        self.logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
         self.decided = [tools is None] * n
 
-    def feed(self, index: int, text: str) -> str | None:
-        """The text to send now, or None while it is held."""
+    def feed(self, index: int, chunk: Chunk) -> tuple[str | None, tuple[TokenLogprob, ...]]:
+        """The text to send now and its tokens' log-probabilities, or None while it is held."""
         parts = self.parts[index]
         if parts is None:
-            return text
-        parts.append(text)
+            return chunk.text, chunk.logprobs
+        parts.append(chunk.text)
+        self.logprobs[index].extend(chunk.logprobs)
         if self.tools is not None and not self.tools.forced() and not self.decided[index]:
             start = "".join(parts).lstrip()
             if start:
                 self.decided[index] = True
                 if not start.startswith("{"):  # plain text: send what was held and stop holding
                     self.parts[index] = None
-                    return "".join(parts)
-        return None
+                    return "".join(parts), self._take(index)
+        return None, ()
 
     def holding(self, index: int) -> bool:
         return self.parts[index] is not None
 
-    def finish(self, index: int) -> tuple[JSONObject | None, str]:
-        """The choice's tool call, or None and the text held."""
+    def finish(self, index: int) -> tuple[JSONObject | None, str, tuple[TokenLogprob, ...]]:
+        """The choice's tool call (or None), the text held, and its tokens' log-probabilities."""
         text = "".join(self.parts[index] or [])
         assert self.tools is not None
-        return structured.as_call(text, self.tools), text
+        return structured.as_call(text, self.tools), text, self._take(index)
+
+    def _take(self, index: int) -> tuple[TokenLogprob, ...]:
+        taken, self.logprobs[index] = tuple(self.logprobs[index]), []
+        return taken
 
 
 _MARK = "\u0000mark\u0000"  # text no model emits, cut out of a rendered chunk to make a template

@@ -8,6 +8,8 @@ import numpy as np
 
 from ..jsontypes import JSON, JSONObject, is_integers, is_strings
 from ..service import LlamaCppEmbeddingModel
+from ..vocab import TokenArray
+from .asgi import off_loop
 from .errors import invalid
 
 FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
@@ -65,12 +67,11 @@ async def respond(name: str, model: LlamaCppEmbeddingModel, body: JSONObject) ->
         )
     texts = [t for t in inputs if isinstance(t, str)]
     if texts:
-        vectors = await model.aembed(texts)
-        n_tokens = model.count_tokens(texts)
+        tokens: list[list[int]] | list[TokenArray] = await off_loop(model.tokenize, texts, sum(map(len, texts)))
     else:
         tokens = [t for t in inputs if not isinstance(t, str)]
-        vectors = await model.aembed_tokens(tokens)
-        n_tokens = sum(len(t) for t in tokens)
+    vectors = await model.aembed_tokens(tokens)
+    n_tokens = sum(len(t) for t in tokens)
     data: list[JSON] = []
     for i, v in enumerate(np.asarray(vectors, dtype=np.float32)):
         value: JSON = base64.b64encode(v.astype("<f4").tobytes()).decode() if as_base64 else v.tolist()

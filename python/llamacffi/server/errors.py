@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 from ..jsontypes import JSONObject
 from ..service.errors import (
@@ -13,6 +14,8 @@ from ..service.errors import (
     ModelNotFoundError,
     QueueFullError,
 )
+
+log = logging.getLogger("llamacffi.server")
 
 
 class APIError(Exception):
@@ -48,12 +51,14 @@ def invalid(message: str, param: str | None = None, code: str | None = None) -> 
     return APIError(400, message, param=param, code=code)
 
 
-def from_service(exc: BaseException) -> APIError:
-    """The HTTP form of a service error; anything unexpected is a 500 that says only its class."""
+def from_service(exc: BaseException, text_param: str = "messages") -> APIError:
+    """The HTTP form of a service error; anything unexpected is a 500 that says only its class (and is logged with
+    its traceback). ``text_param``: the field that holds the request's text, named when it does not fit the
+    context."""
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, ContextOverflowError):
-        return APIError(400, str(exc), param="messages", code="context_length_exceeded")
+        return APIError(400, str(exc), param=text_param, code="context_length_exceeded")
     if isinstance(exc, QueueFullError):
         return APIError(429, str(exc), type="rate_limit_exceeded", code="queue_full", headers={"Retry-After": "1"})
     if isinstance(exc, ModelNotFoundError):
@@ -64,4 +69,5 @@ def from_service(exc: BaseException) -> APIError:
         return APIError(503, str(exc), type="server_error", code="unavailable")
     if isinstance(exc, InferenceError):
         return APIError(500, str(exc), type="server_error")
+    log.error("internal error (%s)", type(exc).__name__, exc_info=exc)
     return APIError(500, f"internal error ({type(exc).__name__})", type="server_error")

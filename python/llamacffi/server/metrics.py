@@ -54,7 +54,7 @@ class Metrics:
         )
         self.inter_token = Histogram(
             "llamacffi_inter_token_seconds",
-            "Between two chunks of a stream",
+            "Between two chunks of one choice of a response",
             ["model"],
             buckets=TOKEN_BUCKETS,
             registry=r,

@@ -84,6 +84,10 @@ class Parsed:
     grammar: str | None = None  # GBNF the output must follow
     tools: structured.Tools | None = None
 
+    def text_chars(self) -> int:
+        """How long the request's text is: its messages' characters and its prompts' characters or tokens."""
+        return sum(len(t) for _, t in self.messages) + sum(len(p) for p in self.prompts)
+
 
 def _number(body: JSONObject, name: str, lo: float, hi: float) -> float | None:
     value = body.get(name)
@@ -258,7 +262,7 @@ def parse_chat(body: JSONObject) -> Parsed:
         if not isinstance(m, dict):
             raise invalid(f"{where} must be an object", "messages", "invalid_type")
         role = m.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise invalid(f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}", "messages", "invalid_value")
         content = m.get("content")
         if role == "assistant" and m.get("tool_calls"):
@@ -267,7 +271,10 @@ def parse_chat(body: JSONObject) -> Parsed:
             content = ""
         text = _text(content, f"{where}.content")
         if role == "tool":  # a function's result, as the user's turn: llama.cpp's templates have no tool role
-            text = f"Result of the call {m.get('tool_call_id') or ''}: {text}".replace("call :", "call:")
+            call_id = m.get("tool_call_id")
+            if call_id is not None and not isinstance(call_id, str):
+                raise invalid(f"{where}.tool_call_id must be a string", "messages", "invalid_type")
+            text = f"Result of the call {call_id or ''}: {text}".replace("call :", "call:")
         parsed.messages.append((ROLES[role], text))
     logprobs = _flag(body, "logprobs")
     top = _integer(body, "top_logprobs", 0, 20)
@@ -291,7 +298,7 @@ def _calls_text(calls: JSON, where: str) -> str:
             )
         try:
             arguments = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise invalid(f"{where}.tool_calls: arguments must be JSON text", "messages", "invalid_value") from None
         out.append(json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False))
     return "\n".join(out)

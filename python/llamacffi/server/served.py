@@ -92,6 +92,8 @@ class Server:
                 "model",
                 "missing_required_parameter",
             )
+        if not isinstance(name, str):
+            raise invalid(f"model must be a string, not {type(name).__name__}", "model", "invalid_type")
         if name not in self.names:
             raise APIError(
                 404,

@@ -157,11 +157,11 @@ def as_call(text: str, tools: Tools) -> JSONObject | None:
     """The tool call an answer makes (OpenAI's shape), or None when it is not a call to a listed function."""
     try:
         doc = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    if not isinstance(doc, dict) or set(doc) != {"name", "arguments"} or doc["name"] not in tools.functions:
+    if not isinstance(doc, dict) or set(doc) != {"name", "arguments"}:
         return None
-    if not isinstance(doc["arguments"], dict):
+    if not isinstance(doc["name"], str) or doc["name"] not in tools.functions or not isinstance(doc["arguments"], dict):
         return None
     return {
         "id": "call_" + uuid.uuid4().hex[:24],

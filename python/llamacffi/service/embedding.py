@@ -14,7 +14,7 @@ import numpy.typing as npt
 from .. import Model as LlamaModel
 from .. import embedding
 from .. import errors as binding
-from ..vocab import as_tokens
+from ..vocab import TokenArray, as_tokens
 from . import runner
 from .config import LocalBackendConfig, ModelConfig, ModelType
 from .errors import ContextOverflowError, GenerationError, InvalidConfigError, ModelClosedError, mapped
@@ -113,21 +113,29 @@ class LlamaCppEmbeddingModel(Loaded, EmbeddingModel):
         """Like :meth:`embed`, for asyncio; a cancelled task's texts are skipped if their pass has not begun."""
         return await asyncio.wrap_future(self._submit(texts, normalize))
 
-    def embed_tokens(self, tokens: list[list[int]], *, normalize: bool = True) -> Vectors:
+    def embed_tokens(self, tokens: list[list[int]] | list[TokenArray], *, normalize: bool = True) -> Vectors:
         """Like :meth:`embed`, for texts given as token ids (checked against the vocabulary)."""
         return self._submit(tokens, normalize, tokenized=True).result()
 
-    async def aembed_tokens(self, tokens: list[list[int]], *, normalize: bool = True) -> Vectors:
+    async def aembed_tokens(self, tokens: list[list[int]] | list[TokenArray], *, normalize: bool = True) -> Vectors:
         """Like :meth:`aembed`, for texts given as token ids."""
         return await asyncio.wrap_future(self._submit(tokens, normalize, tokenized=True))
 
+    def tokenize(self, texts: list[str]) -> list[TokenArray]:
+        """Each text's tokens as :meth:`embed` makes them: to count them, or to embed them with :meth:`embed_tokens`
+        after tokenizing elsewhere (a server's worker thread)."""
+        try:
+            with mapped():
+                return embedding.tokenize(self._model, texts)
+        except TypeError as exc:
+            raise InvalidConfigError(str(exc)) from exc
+
     def count_tokens(self, texts: list[str]) -> int:
         """How many tokens ``texts`` are, as :meth:`embed` tokenizes them (for usage counts)."""
-        with mapped():
-            return sum(len(t) for t in embedding.tokenize(self._model, texts))
+        return sum(len(t) for t in self.tokenize(texts))
 
     def _submit(
-        self, texts: list[str] | list[list[int]], normalize: bool, tokenized: bool = False
+        self, texts: list[str] | list[list[int]] | list[TokenArray], normalize: bool, tokenized: bool = False
     ) -> concurrent.futures.Future[Vectors]:
         if not isinstance(normalize, bool):
             raise InvalidConfigError(f"normalize must be a bool, got {normalize!r}")

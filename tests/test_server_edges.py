@@ -1,0 +1,269 @@
+"""The server's app in this process at its edges: request shapes that must be 400s and not 500s, a fault of its own
+answered in OpenAI's shape, long texts prepared off the event loop, and the fields and routes the README promises
+beyond the common path (several prompts, text-completion log-probabilities, tools the model may call, the health of
+a failed load)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("starlette")
+
+from starlette.testclient import TestClient
+
+from conftest import THREADS
+from llamacffi import limits
+from llamacffi.server import completions, create_app, structured
+from llamacffi.service import GenerationOptions, LlamaCppService, LocalBackendConfig, ModelConfig, ModelType
+
+SMOL = "smol"
+ASK = [{"role": "user", "content": "What is the capital of France?"}]
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 40}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def models() -> Iterator[dict[str, Any]]:
+    with LlamaCppService(LocalBackendConfig(threads=THREADS)) as svc:
+        yield {
+            "text": svc.load_model("smollm2-135m", config=ModelConfig(context_size=256, parallel=4)),
+            "embed": svc.load_model("smollm2-135m", ModelType.TEXT_EMBEDDING, ModelConfig(context_size=64)),
+        }
+
+
+@pytest.fixture(scope="module")
+def client(models: dict[str, Any]) -> Iterator[TestClient]:
+    app = create_app({SMOL: models["text"]}, embeddings={"emb": models["embed"]}, cors_origins=["https://a.example"])
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def _post(client: TestClient, path: str, body: Any) -> Any:
+    raw = body if isinstance(body, str) else json.dumps(body)
+    return client.post(path, content=raw.encode("utf-8", "surrogatepass"), headers={"content-type": "application/json"})
+
+
+def _chat(**kw: Any) -> dict[str, Any]:
+    return {"model": SMOL, "messages": ASK, "max_tokens": 4, "temperature": 0, **kw}
+
+
+DEEP = "[" * 5000 + "]" * 5000
+BAD_SHAPES = [
+    ("/v1/chat/completions", _chat(messages=[{"role": ["user"], "content": "hi"}]), "messages"),
+    ("/v1/chat/completions", _chat(messages=[{"role": {"x": 1}, "content": "hi"}]), "messages"),
+    (
+        "/v1/chat/completions",
+        _chat(messages=[*ASK, {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": DEEP}}]}]),
+        "messages",
+    ),
+    (
+        "/v1/chat/completions",
+        _chat(messages=[*ASK, {"role": "tool", "tool_call_id": {"a": 1}, "content": "x"}]),
+        "messages",
+    ),
+    (
+        "/v1/chat/completions",
+        '{"model": "smol", "\\ud800": 1, "messages": [{"role": "user", "content": "hi"}]}',
+        "\ud800",
+    ),
+    (
+        "/v1/chat/completions",
+        _chat(
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "s", "schema": {"type": "object", "properties": {"\ud800": {"multipleOf": 3}}}},
+            }
+        ),
+        "response_format",
+    ),
+    ("/v1/completions", {"model": SMOL, "prompt": "hi \ud800 there", "max_tokens": 2}, None),
+    ("/v1/embeddings", {"model": ["emb"], "input": "a"}, "model"),
+]
+
+
+@pytest.mark.parametrize("path,body,param", BAD_SHAPES)
+def test_odd_shapes_and_lone_surrogates_are_400(client: TestClient, path: str, body: Any, param: str | None) -> None:
+    r = _post(client, path, body)
+    assert r.status_code == 400, r.text
+    error = json.loads(r.content)["error"]  # ASCII JSON, even where the message quotes a lone surrogate
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+
+
+def test_a_text_too_long_names_the_field_that_holds_it(client: TestClient) -> None:
+    long = "lorem ipsum " * 400
+    for path, body, param in [
+        ("/v1/chat/completions", _chat(messages=[{"role": "user", "content": long}]), "messages"),
+        ("/v1/completions", {"model": SMOL, "prompt": long}, "prompt"),
+        ("/v1/embeddings", {"model": "emb", "input": [long]}, "input"),
+    ]:
+        r = _post(client, path, body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (path, r.text)
+
+
+def test_a_fault_of_the_server_is_a_500_in_openai_shape_with_cors_logged_once(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(job: Any, metrics: Any) -> Any:
+        raise RuntimeError("a fault of the server's own")
+
+    monkeypatch.setattr(completions, "respond", broken)
+    with caplog.at_level(logging.ERROR):
+        r = client.post("/v1/chat/completions", json=_chat(), headers={"origin": "https://a.example"})
+    assert r.status_code == 500
+    assert r.json()["error"] == {
+        "message": "internal error (RuntimeError)",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
+    assert r.headers["access-control-allow-origin"] == "https://a.example"
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == ["internal error (RuntimeError)"]
+    monkeypatch.undo()
+    assert client.post("/v1/chat/completions", json=_chat()).status_code == 200  # and it serves on
+
+
+def test_a_long_text_is_prepared_off_the_event_loop(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[str] = []
+    prepare = completions.prepare
+
+    def spy(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return prepare(*args)
+
+    monkeypatch.setattr(completions, "prepare", spy)
+    short, long = "Hello", "word " * (limits.INLINE_TEXT_CHARS // 5 + 1)
+    for text in (short, long):
+        r = client.post("/v1/completions", json={"model": SMOL, "prompt": text, "max_tokens": 1})
+        assert r.status_code in (200, 400), r.text
+    loop_thread = threads[0]  # a short text: on the loop, with the other requests
+    assert threads[1] != loop_thread
+
+
+def test_a_model_answer_that_is_no_call_to_a_listed_function_stays_text() -> None:
+    tools = structured.parse_tools([WEATHER], "auto")
+    assert tools is not None
+    for text in [
+        '{"name": ["get_weather"], "arguments": {}}',
+        '{"name": {"a": 1}, "arguments": {}}',
+        '{"name": "get_time", "arguments": {}}',
+        '{"name": "get_weather", "arguments": [1]}',
+        '{"name": "get_weather", "arguments": {}, "extra": 1}',
+        DEEP,
+        "Paris.",
+    ]:
+        assert structured.as_call(text, tools) is None, text
+    call = structured.as_call('{"name": "get_weather", "arguments": {"city": "Paris"}}', tools)
+    assert call is not None and call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+
+
+def _events(client: TestClient, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    with client.stream("POST", path, json={**body, "stream": True}) as r:
+        assert r.status_code == 200
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    for line in lines[:-1]:
+        out.append(json.loads(line[6:]))
+    return out
+
+
+def test_tools_the_model_may_call_stream_as_they_answer_whole(client: TestClient) -> None:
+    asks = [
+        [{"role": "user", "content": "Call get_weather for Paris."}],  # held back: it starts with a brace
+        [{"role": "user", "content": "Say hello."}],
+    ]
+    for messages in asks:
+        body = _chat(messages=messages, tools=[WEATHER], tool_choice="auto", max_tokens=40, logprobs=True)
+        whole = _post(client, "/v1/chat/completions", body).json()["choices"][0]
+        events = _events(client, "/v1/chat/completions", body)
+        choices = [c for e in events for c in e["choices"]]
+        text = "".join(c["delta"].get("content") or "" for c in choices)
+        calls = [t for c in choices for t in c["delta"].get("tool_calls", [])]
+        reason = next(c["finish_reason"] for c in choices if c["finish_reason"])
+        assert reason == whole["finish_reason"]
+        if whole["finish_reason"] == "tool_calls":
+            assert whole["message"]["content"] is None and not text
+            assert [c["function"] for c in calls] == [c["function"] for c in whole["message"]["tool_calls"]]
+        else:
+            assert text == whole["message"]["content"] and not calls
+        streamed = [e["token"] for c in choices if c["logprobs"] for e in c["logprobs"]["content"]]
+        assert streamed == [e["token"] for e in whole["logprobs"]["content"]]  # none lost while held back
+
+
+def test_text_offsets_count_from_the_start_of_the_prompt(client: TestClient) -> None:
+    prompt = "The sky is"
+    body = {"model": SMOL, "prompt": prompt, "max_tokens": 4, "temperature": 0, "logprobs": 1}
+    lp = _post(client, "/v1/completions", body).json()["choices"][0]["logprobs"]
+    expected, at = [], len(prompt)
+    for token in lp["tokens"]:
+        expected.append(at)
+        at += len(token)
+    assert lp["text_offset"] == expected
+    streamed = [o for e in _events(client, "/v1/completions", body) for c in e["choices"] if c["logprobs"]
+                for o in c["logprobs"]["text_offset"]]  # fmt: skip
+    assert streamed == expected
+
+
+def test_several_prompts_and_n_choices(client: TestClient, models: dict[str, Any]) -> None:
+    prompts = ["The sky is", "Water is"]
+    body = {"model": SMOL, "prompt": prompts, "max_tokens": 6, "temperature": 0, "n": 2}
+    whole = _post(client, "/v1/completions", body).json()
+    assert [c["index"] for c in whole["choices"]] == [0, 1, 2, 3]
+    one = GenerationOptions(temperature=0, max_tokens=6, raw=True)
+    expected = [models["text"].generate(p, one) for p in prompts for _ in range(2)]
+    assert [c["text"] for c in whole["choices"]] == expected
+    parts = ["", "", "", ""]
+    for e in _events(client, "/v1/completions", body):
+        for c in e["choices"]:
+            parts[c["index"]] += c["text"]
+    assert parts == expected
+    single = [_post(client, "/v1/completions", {**body, "prompt": p, "n": 1}).json()["usage"] for p in prompts]
+    assert whole["usage"]["completion_tokens"] == 2 * sum(u["completion_tokens"] for u in single)
+    assert whole["usage"]["prompt_tokens"] == sum(u["prompt_tokens"] for u in single)
+
+
+def test_sampling_fields_and_roles_take_effect(client: TestClient) -> None:
+    greedy = _post(client, "/v1/chat/completions", _chat(max_tokens=8)).json()["choices"][0]["message"]["content"]
+    for extra in ({"top_k": 1}, {"min_p": 1.0}):  # one candidate left: whatever the temperature, the greedy pick
+        r = _post(client, "/v1/chat/completions", _chat(max_tokens=8, temperature=1.5, seed=5, **extra))
+        assert r.json()["choices"][0]["message"]["content"] == greedy, extra
+    r = _post(client, "/v1/chat/completions", _chat(max_tokens=None, max_completion_tokens=3, repeat_penalty=1.3))
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3
+    system = [{"role": "system", "content": "Answer in French."}, *ASK]
+    developer = [{"role": "developer", "content": "Answer in French."}, *ASK]
+    a = _post(client, "/v1/chat/completions", _chat(messages=system, max_tokens=8)).json()
+    b = _post(client, "/v1/chat/completions", _chat(messages=developer, max_tokens=8)).json()
+    assert a["choices"][0]["message"]["content"] == b["choices"][0]["message"]["content"]
+    assert _post(client, "/v1/chat/completions", _chat(repeat_penalty=-1)).status_code == 400
+
+
+def test_health_says_why_a_load_failed() -> None:
+    failures: list[BaseException] = []
+    app = create_app(["no-such-model"], on_load_error=failures.append)
+    with TestClient(app) as c:
+        deadline = time.monotonic() + 30
+        while (r := c.get("/health")).json()["status"] == "loading":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert r.status_code == 503 and r.json()["status"] == "error" and "no-such-model" in r.json()["message"]
+        chat = c.post("/v1/chat/completions", json={"model": "no-such-model", "messages": ASK})
+        assert chat.status_code == 503 and "failed to load" in chat.json()["error"]["message"]
+    assert failures
