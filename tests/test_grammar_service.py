@@ -94,7 +94,7 @@ def test_a_bad_grammar_is_a_config_error(smol: LlamaCppTextModel) -> None:
 def test_free_requests_are_unaffected_by_constrained_ones(smol: LlamaCppTextModel) -> None:
     free = GenerationOptions(temperature=0, max_tokens=24, raw=True)
     alone = smol.generate("The river flows", free)
-    decode_calls = smol.stats["max_batched_sequences"]
+    smol._engine.stats["max_batched_sequences"] = 0  # a high-water mark: from here, this test's alone
     out: dict[str, str] = {}
     constrained = GenerationOptions(json_schema=SCHEMA, temperature=0.8, seed=5, max_tokens=200)
     threads = [
@@ -107,7 +107,7 @@ def test_free_requests_are_unaffected_by_constrained_ones(smol: LlamaCppTextMode
         t.join(timeout=300)
     check(out["json"])
     assert out["free"] == alone
-    assert smol.stats["max_batched_sequences"] >= max(2, decode_calls)  # they shared decode steps
+    assert smol.stats["max_batched_sequences"] >= 2  # they shared decode steps
 
 
 def test_cli_generate_json_schema(smollm2_path: Path, tmp_path: Path) -> None:

@@ -534,14 +534,16 @@ def test_leaving_a_stream_early_frees_its_slot(smol: LlamaCppTextModel) -> None:
 
 def test_cancelling_a_task_frees_its_slot(smol: LlamaCppTextModel) -> None:
     async def main() -> None:
+        started = asyncio.Event()
+
         async def consume() -> None:
             async for _ in smol.agenerate_stream(
                 "Tell a long story.", GenerationOptions(temperature=0, max_tokens=500)
             ):
-                pass
+                started.set()
 
         task = asyncio.create_task(consume())
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(started.wait(), 60)  # it holds a slot now, not a place in the queue
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -680,12 +682,37 @@ def test_invalid_options_and_closed(service: LlamaCppService) -> None:
         m.generate(b"bytes", GREEDY)  # type: ignore[arg-type]
     with pytest.raises(InvalidConfigError):
         m.generate("bad \ud800", GREEDY)
+    with pytest.raises(InvalidConfigError, match="not bytes"):
+        m.start_choices(b"abc", GREEDY)  # type: ignore[arg-type]  # bytes iterate as ints, but are no token ids
+    assert hash(GenerationOptions(logit_bias={1: 1.0})) == hash(GenerationOptions(logit_bias={1: 1.0}))
     m.close()
     m.close()
     with pytest.raises(ModelClosedError):
         m.generate("x", GREEDY)
     with pytest.raises(ModelClosedError):
         list(m.generate_stream("x", GREEDY))
+    with pytest.raises(ModelClosedError):
+        m.format_prompt("x", GREEDY)
+    with pytest.raises(ModelClosedError):
+        m.format_chat([("user", "x")], GREEDY)
+
+
+def test_a_service_closed_while_a_model_loads_closes_that_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llamacffi.service import local
+
+    svc = LlamaCppService(LocalBackendConfig(threads=1))
+    real = local.load_file
+    loaded: list[llamacffi.Model] = []
+
+    def load_then_close(path: Path, backend: LocalBackendConfig) -> llamacffi.Model:
+        loaded.append(real(path, backend))
+        svc.close()  # as another thread's close() would, while this load runs
+        return loaded[0]
+
+    monkeypatch.setattr(local, "load_file", load_then_close)
+    with pytest.raises(ModelClosedError, match="closed while the model loaded"):
+        svc.load_model("smollm2-135m", config=ModelConfig(context_size=128, parallel=1))
+    assert loaded and loaded[0].closed
 
 
 def test_numa_conflict_is_a_clear_error() -> None:
@@ -816,3 +843,11 @@ def test_the_service_after_its_exit_hook_refuses_instead_of_hanging() -> None:
     assert out.returncode == 0, out.stderr[-1500:]
     assert out.stdout.split()[:1] == ["loaded"] and "refused: the interpreter is exiting" in out.stdout
     assert out.stdout.strip().endswith("closed")
+
+
+def test_an_embedding_model_refuses_what_is_not_text(service: LlamaCppService) -> None:
+    with service.load_model("smollm2-135m", ModelType.TEXT_EMBEDDING, ModelConfig(context_size=64)) as e:
+        for call in (e.count_tokens, e.tokenize, e.embed):
+            with pytest.raises(InvalidConfigError, match="must be a str"):
+                call([5])  # type: ignore[list-item]
+        assert [len(t) for t in e.tokenize(["hello world"])] == [e.count_tokens(["hello world"])]

@@ -226,7 +226,7 @@ class GenerationOptions(_Config):
     stop_sequences: tuple[str, ...] = ()
     system: str | None = None
     raw: bool = False
-    logit_bias: dict[int, float] | None = None
+    logit_bias: dict[int, float] | None = dataclasses.field(default=None, hash=False)
     grammar: str | None = None
     json_schema: JSONObject | str | None = dataclasses.field(default=None, hash=False)
 

@@ -82,6 +82,10 @@ class Loaded:
         return self._model
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def stats(self) -> dict[str, int]:
         """A copy of the engine's counters (which ones: see the subclass)."""
         return dict(self._engine.stats)

@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
-from typing import Literal, overload
+from typing import Literal, TypeVar, overload
 
 from .. import Model as LlamaModel
 from .. import backend, models
@@ -18,9 +19,11 @@ from .config import BackendType, LocalBackendConfig, ModelConfig, ModelType
 from .embedding import LlamaCppEmbeddingModel
 from .errors import InvalidConfigError, ModelClosedError, ModelNotFoundError, mapped
 from .interfaces import InferenceService, Model
-from .loaded import load_file, load_options, serve
+from .loaded import Loaded, load_file, load_options, serve
 from .prompts import apply_chat_template
 from .text import LlamaCppTextModel
+
+M = TypeVar("M", bound=Loaded)
 
 __all__ = ["LlamaCppService", "LlamaCppTextModel", "apply_chat_template"]
 
@@ -40,8 +43,9 @@ class LlamaCppService(InferenceService):
             except ValueError as exc:
                 raise InvalidConfigError(f"LlamaCppSpecificConfig.numa_strategy: {exc}") from None
         backend.ensure_backend()
-        self._models: list[Model] = []
+        self._models: list[Loaded] = []
         self._closed = False
+        self._lock = threading.Lock()  # close() against loads finishing in other threads
 
     @property
     def backend_type(self) -> BackendType:
@@ -96,8 +100,7 @@ class LlamaCppService(InferenceService):
             embedder = LlamaCppEmbeddingModel.open(
                 model_id, self.resolve(model_id), self.config, config or ModelConfig()
             )
-            self._models.append(embedder)
-            return embedder
+            return self._keep(embedder)
         if model_type != ModelType.TEXT_TO_TEXT:
             raise InvalidConfigError(f"model_type {model_type!r} is not supported by the llama.cpp backend")
         cfg = config or ModelConfig()
@@ -118,8 +121,7 @@ class LlamaCppService(InferenceService):
             f"{path.name}: no context of {cfg.parallel} x {cfg.context_size} tokens could be created (most "
             f"likely not enough memory); lower ModelConfig.context_size or parallel",
         )
-        self._models.append(model)
-        return model
+        return self._keep(model)
 
     def _load_in_worker(self, model_id: str, path: Path, config: ModelConfig) -> LlamaCppTextModel:
         """A model on RPC servers, run in a worker process of its own (:mod:`.worker`): a server that dies then
@@ -144,14 +146,25 @@ class LlamaCppService(InferenceService):
         except BaseException:
             vocab_model.close()
             raise
-        self._models.append(model)
-        return model
+        return self._keep(model)
+
+    def _keep(self, model: M) -> M:
+        """A model just loaded, owned by the service from now on; closed and refused if the service closed while it
+        loaded. Models closed since are let go."""
+        with self._lock:
+            if not self._closed:
+                self._models = [m for m in self._models if not m.closed]
+                self._models.append(model)
+                return model
+        model.close()
+        raise ModelClosedError("the service was closed while the model loaded")
 
     def close(self) -> None:
-        self._closed = True
-        for m in self._models:
+        with self._lock:
+            self._closed = True
+            models, self._models = self._models, []
+        for m in models:
             m.close()
-        self._models.clear()
 
 
 def _check_context(config: ModelConfig, n_ctx_train: int, file: str) -> None:

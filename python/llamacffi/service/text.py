@@ -65,6 +65,7 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
         """The text the model sees: the chat template applied to ``system`` and ``prompt`` unless ``raw``."""
         if not isinstance(prompt, str):
             raise InvalidConfigError(f"prompt must be a str, not {type(prompt).__name__}")
+        self._check_open()
         if options.raw or not self._templated:
             return prompt if options.system is None or options.raw else f"{options.system}\n\n{prompt}"
         messages = ([("system", options.system)] if options.system is not None else []) + [("user", prompt)]
@@ -73,6 +74,7 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
     def format_chat(self, messages: Messages, options: GenerationOptions) -> str:
         """A conversation of ``(role, content)`` pairs (roles "system", "user", "assistant") as the model sees it."""
         messages = check_messages(messages)
+        self._check_open()
         if options.system is not None and not any(r == "system" for r, _ in messages):
             messages = [("system", options.system), *messages]
         if not self._templated:
@@ -92,9 +94,12 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
         request = self._request_text(self.format_chat(messages, opts), opts, items.put)
         return self._stream(request, items)
 
-    def _options(self, options: GenerationOptions | None) -> GenerationOptions:
+    def _check_open(self) -> None:
         if self._closed:
             raise ModelClosedError(f"model {self._name!r} is closed")
+
+    def _options(self, options: GenerationOptions | None) -> GenerationOptions:
+        self._check_open()
         options = DEFAULT_OPTIONS if options is None else options
         if not isinstance(options, GenerationOptions):
             raise InvalidConfigError("options must be a GenerationOptions")
@@ -113,6 +118,8 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
         """The tokens a request decodes: text tokenized (special tokens parsed unless ``raw``), or token ids
         checked against the vocabulary. :class:`ContextOverflowError` when they do not fit a request's context,
         unless ``truncate_prompt`` keeps their end."""
+        if isinstance(prompt, (bytes, bytearray, memoryview)):  # not token ids, though it iterates as ints
+            raise InvalidConfigError("prompt must be a str or token ids, not bytes: decode it first")
         with mapped():
             if isinstance(prompt, str):
                 tokens = self._vocab.tokenize(prompt, add_special=True, parse_special=not options.raw)
