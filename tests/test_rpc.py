@@ -417,3 +417,37 @@ def test_a_remote_device_named_later_is_checked_too(smollm2_path: Path) -> None:
         server.kill()
     with pytest.raises(ModelLoadError, match=f"RPC server {server.endpoint} cannot be reached"):
         Model.load(smollm2_path, devices=[name], n_gpu_layers=4)  # without the check: llama.cpp would abort
+
+
+@needs_rpc
+def test_a_message_the_service_cannot_handle_ends_the_worker_not_its_callers(smollm2_path: Path) -> None:
+    import pickle
+    import threading
+
+    server = RPCServerProcess()
+    svc = LlamaCppService(LocalBackendConfig(threads=1, gpu_layers=OFFLOAD, rpc_servers=(server.endpoint,)))
+    try:
+        model = svc.load_model(str(smollm2_path), config=ModelConfig(context_size=256, parallel=1))
+        engine = model._engine
+
+        def unreadable(msg: object) -> None:
+            raise pickle.UnpicklingError("a message cut short")
+
+        engine._dispatch = unreadable  # type: ignore[attr-defined]
+        answer: list[BaseException | str] = []
+
+        def call() -> None:
+            try:
+                answer.append(model.generate("Once upon a time", GenerationOptions(max_tokens=8, temperature=0.0)))
+            except BaseException as exc:
+                answer.append(exc)
+
+        t = threading.Thread(target=call, daemon=True)
+        t.start()
+        t.join(60)
+        assert answer, "the caller was left waiting"
+        assert isinstance(answer[0], GenerationError) and "worker process" in str(answer[0])
+    finally:
+        svc.close()
+        server.kill()
+    assert engine._conn.closed  # type: ignore[attr-defined]

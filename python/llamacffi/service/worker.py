@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import multiprocessing
 import os
 import pickle
@@ -37,6 +38,8 @@ from .config import ModelConfig
 from .errors import GenerationError, ModelClosedError, ModelLoadFailedError, QueueFullError
 from .request import END, Request
 from .request import emit as _emit
+
+log = logging.getLogger("llamacffi.service")
 
 PROGRESS_EVERY_S = 0.5  # the child tells it is loading at most this often
 
@@ -83,8 +86,13 @@ class WorkerEngine:
             start_new_session=True,
         )
         child.close()
-        self._conn.send(spec)
         self._last = time.monotonic()
+        try:
+            self._conn.send(spec)
+        except BaseException:  # the child is gone already, or this was interrupted: it does not outlive this
+            self._process.kill()
+            self._stop()
+            raise
         self._wait_ready()
         self._reader = threading.Thread(target=self._read, name=f"llamacffi-worker-reader {spec.name}", daemon=True)
         self._reader.start()
@@ -183,7 +191,8 @@ class WorkerEngine:
 
     def close(self) -> None:
         with self._lock:
-            if self.closed and not self._alive():
+            if self.closed and not self._alive():  # its reader found it gone: only the pipe is left
+                self._conn.close()
                 return
             self.closed = True
             self._why = "the model is closed"
@@ -212,13 +221,18 @@ class WorkerEngine:
             try:
                 ready = self._conn.poll(0.5)
                 msg = self._conn.recv() if ready else None
+                if msg is not None:
+                    self._last = time.monotonic()
+                    self._dispatch(msg)
+                    continue
             except (EOFError, OSError):
                 why = "ended"
                 break
-            if msg is not None:
-                self._last = time.monotonic()
-                self._dispatch(msg)
-                continue
+            except Exception:  # a message this side cannot read or handle: nothing it says can be trusted now
+                log.exception("the worker process serving %r sent what could not be handled", self.name)
+                why = "ended"
+                self._process.kill()
+                break
             with self._lock:
                 busy = bool(self._requests)
                 if self.closed:
