@@ -851,3 +851,22 @@ def test_an_embedding_model_refuses_what_is_not_text(service: LlamaCppService) -
             with pytest.raises(InvalidConfigError, match="must be a str"):
                 call([5])  # type: ignore[list-item]
         assert [len(t) for t in e.tokenize(["hello world"])] == [e.count_tokens(["hello world"])]
+
+
+def test_a_service_dropped_without_close_frees_its_models() -> None:
+    import gc
+    import weakref
+
+    from llamacffi.service import runner
+
+    before = len(runner.shared()._engines)
+    svc = LlamaCppService(LocalBackendConfig(threads=1))
+    m = svc.load_model("smollm2-135m", config=ModelConfig(context_size=64, parallel=1))
+    assert m.generate("Hi", GenerationOptions(temperature=0, max_tokens=2))
+    model = weakref.ref(m)
+    del m
+    with pytest.warns(ResourceWarning, match="without close"):
+        del svc
+        gc.collect()
+    assert model() is None or model().closed  # type: ignore[union-attr]
+    assert len(runner.shared()._engines) == before
