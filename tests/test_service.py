@@ -853,20 +853,22 @@ def test_an_embedding_model_refuses_what_is_not_text(service: LlamaCppService) -
         assert [len(t) for t in e.tokenize(["hello world"])] == [e.count_tokens(["hello world"])]
 
 
-def test_a_service_dropped_without_close_frees_its_models() -> None:
+def test_a_model_dropped_without_close_is_freed_and_one_whose_service_is_dropped_serves_on() -> None:
     import gc
     import weakref
 
     from llamacffi.service import runner
 
     before = len(runner.shared()._engines)
+    cfg = ModelConfig(context_size=64, parallel=1)
+    kept = LlamaCppService(LocalBackendConfig(threads=1)).load_model("smollm2-135m", config=cfg)  # service dropped
+    gc.collect()
+    assert kept.generate("Hi", GenerationOptions(temperature=0, max_tokens=2))
     svc = LlamaCppService(LocalBackendConfig(threads=1))
-    m = svc.load_model("smollm2-135m", config=ModelConfig(context_size=64, parallel=1))
-    assert m.generate("Hi", GenerationOptions(temperature=0, max_tokens=2))
-    model = weakref.ref(m)
-    del m
+    dropped = weakref.ref(svc.load_model("smollm2-135m", ModelType.TEXT_EMBEDDING, ModelConfig(context_size=64)))
+    assert len(runner.shared()._engines) == before + 2
     with pytest.warns(ResourceWarning, match="without close"):
-        del svc
+        del svc, kept
         gc.collect()
-    assert model() is None or model().closed  # type: ignore[union-attr]
-    assert len(runner.shared()._engines) == before
+    assert dropped() is None
+    assert len(runner.shared()._engines) == before  # nothing holds their engines any more

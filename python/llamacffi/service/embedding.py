@@ -65,6 +65,7 @@ class LlamaCppEmbeddingModel(Loaded, EmbeddingModel):
                 "pooling 'none' gives one vector per token; the service serves one per text: choose mean, cls or last"
             )
         self._engine = _EmbeddingEngine(self._embedder, name)
+        self._engine_made(self._engine, self._embedder)
 
     @classmethod
     def open(
@@ -98,10 +99,16 @@ class LlamaCppEmbeddingModel(Loaded, EmbeddingModel):
     def pooling(self) -> embedding.Pooling:
         return self._embedder.pooling
 
-    def _stop(self) -> None:
+    def _parts(self) -> tuple[object, ...]:
+        return (self._engine, self._embedder)
+
+    @staticmethod
+    def _stop_parts(parts: tuple[object, ...]) -> None:
         """Requests still waiting raise :class:`ModelClosedError`."""
-        if self._engine.close():  # False when no thread steps it any more (a forked child): its context stays
-            self._embedder.close()
+        engine, embedder = parts
+        assert isinstance(engine, _EmbeddingEngine) and isinstance(embedder, embedding.Embedder)
+        if engine.close():  # False when no thread steps it any more (a forked child): its context stays
+            embedder.close()
 
     # ---- requests ---------------------------------------------------------------------------------------------
 

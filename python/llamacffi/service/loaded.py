@@ -4,9 +4,11 @@ loaded under, the binding's model it serves, its counters and the one way it clo
 from __future__ import annotations
 
 import threading
+import warnings
+import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, TypedDict, TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar
 
 from .. import Model as LlamaModel
 from .. import errors as binding
@@ -72,6 +74,13 @@ class Loaded:
         self._model = model
         self._closed = False
         self._close_lock = threading.Lock()
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    def _engine_made(self, *parts: object) -> None:
+        """Called once the engine runs: the safety net of a model dropped without :meth:`close`. The process's
+        engine thread holds the engine, so only this frees it: ``_stop_parts(parts)``, then the model."""
+        self._finalizer = weakref.finalize(self, _close_dropped, self._name, type(self)._stop_parts, parts, self._model)
+        self._finalizer.atexit = False  # at exit the engine thread's own hook ends every engine
 
     @property
     def name(self) -> str:
@@ -96,9 +105,37 @@ class Loaded:
             if self._closed:
                 return
             self._closed = True
+        if self._finalizer is not None:
+            self._finalizer.detach()
         self._stop()
         self._model.close()
 
     def _stop(self) -> None:
         """Stop the engine: refuse new requests and let go of the context."""
+        self._stop_parts(self._parts())
+
+    def _parts(self) -> tuple[object, ...]:
+        """What :meth:`_stop_parts` stops (none of them this object, which a finalizer may not hold)."""
         raise NotImplementedError
+
+    @staticmethod
+    def _stop_parts(parts: tuple[object, ...]) -> None:
+        raise NotImplementedError
+
+
+def _close_dropped(name: str, stop: Callable[[tuple[object, ...]], None], parts: tuple[object, ...],
+                   model: LlamaModel) -> None:  # fmt: skip
+    """Close a model collected without close(), away from the engine thread (a collection there could otherwise
+    free a context it is stepping)."""
+    warnings.warn(
+        f"model {name!r} was garbage-collected without close(); it is closed now", ResourceWarning, stacklevel=2
+    )
+
+    def run() -> None:
+        stop(parts)
+        model.close()
+
+    if threading.current_thread().name.startswith("llamacffi-engine"):
+        threading.Thread(target=run, name="llamacffi-close", daemon=True).start()
+    else:
+        run()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import warnings
-import weakref
 from pathlib import Path
 from typing import Literal, TypeVar, overload
 
@@ -47,10 +46,6 @@ class LlamaCppService(InferenceService):
         self._models: list[Loaded] = []
         self._closed = False
         self._lock = threading.Lock()  # close() against loads finishing in other threads
-        # The safety net of a service dropped without close(): the process's engine thread holds every model's
-        # engine, so nothing else would ever free them.
-        self._finalizer = weakref.finalize(self, _close_dropped, self._models)
-        self._finalizer.atexit = False  # at exit the engine thread's own hook ends every model
 
     @property
     def backend_type(self) -> BackendType:
@@ -169,30 +164,8 @@ class LlamaCppService(InferenceService):
             self._closed = True
             models = list(self._models)
             self._models.clear()
-        self._finalizer.detach()
         for m in models:
             m.close()
-
-
-def _close_dropped(models: list[Loaded]) -> None:
-    """Close the models of a service collected without close(), away from the engine thread (a collection there
-    could otherwise free a context it is stepping)."""
-    if not models:
-        return
-    warnings.warn(
-        f"a LlamaCppService was garbage-collected without close(); its {len(models)} model(s) are closed now",
-        ResourceWarning,
-        stacklevel=2,
-    )
-    if threading.current_thread().name.startswith("llamacffi-engine"):
-        threading.Thread(target=_close_all, args=(list(models),), name="llamacffi-close", daemon=True).start()
-    else:
-        _close_all(models)
-
-
-def _close_all(models: list[Loaded]) -> None:
-    for m in list(models):
-        m.close()
 
 
 def _check_context(config: ModelConfig, n_ctx_train: int, file: str) -> None:
