@@ -5,6 +5,7 @@
 #include "llama-grammar.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <new>
 #include <set>
@@ -141,8 +142,26 @@ void accept(llama_sampler * smpl, llama_token token) {
     }
 }
 
+void forbid_all(llama_token_data_array * cur_p) {
+    for (size_t i = 0; i < cur_p->size; i++) {
+        cur_p->data[i].logit = -INFINITY;
+    }
+}
+
+// A grammar left without stacks (by a token it refused, or by too many parses) admits nothing until a reset, where
+// llama.cpp's apply asserts. What llama.cpp throws (std::out_of_range for an id outside the vocabulary, say) would end
+// the process in C: it forbids every candidate instead.
 void apply(llama_sampler * smpl, llama_token_data_array * cur_p) {
-    llama_grammar_apply_impl(*static_cast<guarded_grammar *>(smpl->ctx)->grammar, cur_p);
+    const llama_grammar & grammar = *static_cast<guarded_grammar *>(smpl->ctx)->grammar;
+    if (grammar.stacks.empty()) {
+        forbid_all(cur_p);
+        return;
+    }
+    try {
+        llama_grammar_apply_impl(grammar, cur_p);
+    } catch (...) {
+        forbid_all(cur_p);
+    }
 }
 
 void reset(llama_sampler * smpl) {

@@ -458,6 +458,54 @@ def test_bad_token_ids_name_the_id_and_vocab() -> None:
     assert Sampler(repeat_penalty=1.2, penalty_last_n=1, temperature=0).sample(row, [500, 1]) == int(np.argmax(row))
 
 
+def test_ids_past_int64_are_named_as_given() -> None:
+    # ids beyond any vocabulary are token errors naming the id given, not overflows or ids wrapped by a cast
+    row = normal_row(100, 0)
+    for cls in (Sampler, NativeSampler):
+        for big in (2**31, 2**63):
+            with pytest.raises(InvalidTokenError, match=str(big)):
+                cls(logit_bias={big: 1.0})
+    s = Sampler(repeat_penalty=1.2)
+    with pytest.raises(InvalidTokenError, match=str(2**63)):
+        s.sample(row, [2**63])
+    with pytest.raises(InvalidTokenError, match=str(2**64 - 1)):
+        s.sample(row, np.array([3, 2**64 - 1], dtype=np.uint64))
+    with pytest.raises(InvalidTokenError, match=str(2**31)):
+        NativeSampler().accept(2**31)  # no vocabulary yet: still no int32 id
+
+
+def test_a_closed_sampler_raises() -> None:
+    row = normal_row(100, 0)
+    s = Sampler(seed=1)
+    s.sample(row)
+    s.close()
+    s.close()
+    for call in (lambda: s.sample(row), s.reset, lambda: s.reseed(2)):
+        with pytest.raises(ClosedError):
+            call()
+    with pytest.raises(ClosedError), s:
+        pass
+
+
+def test_sampler_is_one_thread_at_a_time() -> None:
+    import threading
+    import time
+
+    from llamacffi.errors import LlamaError
+
+    s = Sampler(top_k=3, seed=1)
+    row = normal_row(100, 0)
+    with s._busy:  # what a call under way in another thread holds
+        for call in (lambda: s.sample(row), s.reset):
+            with pytest.raises(LlamaError, match="in use by another thread"):
+                call()
+    s._busy.acquire()
+    threading.Timer(0.3, s._busy.release).start()
+    t0 = time.perf_counter()
+    s.close()  # waits for the call under way
+    assert time.perf_counter() - t0 >= 0.25
+
+
 # ------------------------------------------------------------------------------------------------ NativeSampler
 
 
@@ -904,3 +952,160 @@ def test_numpy_sampler_follows_a_grammar(
     s.close()
     with pytest.raises(ClosedError):
         s.sample(np.zeros(vocab.n_tokens, dtype=np.float32))
+
+
+# ------------------------------------------------------------------------------------- a grammar that raised
+
+AMBIGUOUS = 'root ::= "a" root? root? root?'  # its parses multiply with each "a" until they pass their bound
+CROSSING = 'root ::= "]" !<[2]>* "x"'  # llama.cpp's apply step allows "])" here, its accept step refuses it
+
+
+def _spend(vocab: _Vocab, which: str) -> Any:
+    """A sampler (or Constraint) of AMBIGUOUS fed "a" until it raised GrammarError."""
+    from llamacffi.sampling import Constraint
+
+    a = tokenize(vocab, "a")[0]
+    obj: Any = (
+        Constraint(vocab, AMBIGUOUS)
+        if which == "constraint"
+        else (NativeSampler if which == "native" else Sampler)(vocab=vocab, grammar=AMBIGUOUS, temperature=0)
+    )
+    row = np.zeros(vocab.n_tokens, dtype=np.float32)
+    row[a] = 5
+    with pytest.raises(GrammarError, match="too ambiguous"):
+        for _ in range(1000):
+            obj.accept(a) if which != "numpy" else obj.sample(row)
+    return obj
+
+
+@pytest.mark.parametrize("which", ["native", "numpy", "constraint"])
+def test_a_grammar_that_raised_raises_until_reset(smollm2_vocab: _Vocab, which: str) -> None:
+    # llama.cpp's grammar has no parse left then: using it again aborted the process
+    obj = _spend(smollm2_vocab, which)
+    a = tokenize(smollm2_vocab, "a")[0]
+    row = np.zeros(smollm2_vocab.n_tokens, dtype=np.float32)
+    row[a] = 5
+    calls = {
+        "native": [lambda: obj.sample(row), lambda: obj.accept(a)],
+        "numpy": [lambda: obj.sample(row)],
+        "constraint": [lambda: obj.allowed(a), lambda: obj.restrict(row), lambda: obj.accept(a)],
+    }[which]
+    for call in calls:
+        with pytest.raises(GrammarError, match=r"reset\(\)"):
+            call()
+    obj.reset()  # usable again from the start
+    if which == "numpy":
+        assert obj.sample(row) == a
+    else:
+        obj.accept(a)
+    obj.close()
+
+
+def test_a_refused_token_leaves_the_constraint_spent(smollm2_vocab: _Vocab) -> None:
+    from llamacffi.sampling import Constraint
+
+    vocab = smollm2_vocab
+    c = Constraint(vocab, CROSSING)
+    crossing = tokenize(vocab, "])")[0]
+    assert piece(vocab, crossing) == "])"
+    with pytest.raises(GrammarError, match="refused token"):
+        c.accept(crossing, checked=True)
+    with pytest.raises(GrammarError, match=r"reset\(\)"):
+        c.allowed(crossing)
+    c.reset()
+    assert not c.allowed(crossing) and c.allowed(tokenize(vocab, "]")[0])
+
+
+def test_a_spent_grammar_forbids_every_token_in_c() -> None:
+    # The C guard on its own, past the Python checks: llama.cpp's apply asserts on a grammar with no parse left,
+    # and throws on an id outside the vocabulary.
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        f"""
+        import numpy as np, llamacffi
+        from llamacffi import models
+        from llamacffi.raw import ffi, lib
+        from llamacffi.sampling.constraint import accept, accepts, make_grammar
+        v = llamacffi.Model.load(models.fetch("smollm2-135m"), vocab_only=True).vocab
+        a = int(v.tokenize("a", add_special=False)[0])
+        g, _ = make_grammar(v, {AMBIGUOUS!r}, "root")
+
+        def logit(token):
+            data = ffi.new("llama_token_data[1]", [(token, 1.0, 0.0)])
+            lib.llama_sampler_apply(g, ffi.new("llama_token_data_array *", (data, 1, -1, False)))
+            return data[0].logit
+
+        assert logit(a) == 1.0 and logit(v.n_tokens + 5) == -np.inf and logit(-1) == -np.inf
+        try:
+            for _ in range(1000):
+                accept(g, a)
+        except llamacffi.GrammarError:
+            pass
+        assert logit(a) == -np.inf and not accepts(g, a)
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_grammar_token_ids_and_rows_are_checked(smollm2_vocab: _Vocab) -> None:
+    # llama.cpp's grammar looks ids up without a check (std::out_of_range through C: the process's end)
+    from llamacffi.sampling import Constraint
+
+    n = smollm2_vocab.n_tokens
+    c = Constraint(smollm2_vocab, 'root ::= "a"')
+    for bad in (-1, n, n + 5, 2**31, 2**40):
+        with pytest.raises(InvalidTokenError, match=str(bad)):
+            c.allowed(bad)
+        with pytest.raises(InvalidTokenError, match=str(bad)):
+            c.accept(bad)
+    with pytest.raises(InvalidArgumentError):
+        c.allowed(1.5)  # type: ignore[arg-type]
+    s = Sampler(vocab=smollm2_vocab, grammar='root ::= "a"', temperature=0)
+    for size in (100, n + 100):  # the row's indices are token ids
+        row = np.zeros(size, dtype=np.float32)
+        row[-1] = 10
+        with pytest.raises(InvalidArgumentError, match=f"{size} entries"):
+            c.restrict(row)
+        with pytest.raises(InvalidArgumentError, match=f"{size} entries"):
+            s.sample(row)
+    assert piece(smollm2_vocab, s.sample(np.zeros(n, dtype=np.float32))) == "a"
+
+
+def test_constraint_is_one_thread_at_a_time(smollm2_vocab: _Vocab) -> None:
+    from llamacffi.errors import LlamaError
+    from llamacffi.sampling import Constraint
+
+    c = Constraint(smollm2_vocab, GRAMMAR)
+    row = np.zeros(smollm2_vocab.n_tokens, dtype=np.float32)
+    with c._busy:  # what a call under way in another thread holds
+        for call in (lambda: c.allowed(1), lambda: c.restrict(row), lambda: c.accept(1), c.reset):
+            with pytest.raises(LlamaError, match="in use by another thread"):
+                call()
+    c.close()
+    with pytest.raises(ClosedError):
+        c.allowed(1)
+
+
+@pytest.mark.parametrize(
+    ("grammar", "root", "error", "match"),
+    [
+        ('root ::= "\ud800"', "root", GrammarError, "surrogate"),
+        ('root ::= "a"\0((((', "root", GrammarError, "NUL"),
+        ('root ::= "a"', "\ud800", InvalidArgumentError, "rule name"),
+        ('root ::= "a"', "root\0", InvalidArgumentError, "rule name"),
+    ],
+)
+def test_grammar_text_c_cannot_carry_is_refused(
+    smollm2_vocab: _Vocab, grammar: str, root: str, error: type, match: str
+) -> None:
+    for make in (
+        lambda: NativeSampler(vocab=smollm2_vocab, grammar=grammar, grammar_root=root),
+        lambda: Sampler(vocab=smollm2_vocab, grammar=grammar, grammar_root=root),
+    ):
+        with pytest.raises(error, match=match):
+            make()

@@ -8,16 +8,19 @@ holds a lease on the model (:mod:`llamacffi.ownership`) until it is freed.
 from __future__ import annotations
 
 import math
+import re
+import threading
 from typing import Protocol
 
 import numpy as np
 
 from .. import limits, ownership
-from ..errors import ClosedError, GrammarError, InvalidArgumentError
+from ..errors import ClosedError, GrammarError, InvalidArgumentError, LlamaError
 from ..ownership import Owner
 from ..raw import CData, ffi, lib
+from ..validate import as_int
 from .grammar import check_grammar_shape
-from .params import FloatArray
+from .params import FloatArray, as_logits, bad_token
 
 # How many of the most likely tokens a grammar checks before it checks the whole vocabulary. Tokens beyond them
 # carry a negligible share of the probability; a greedy pick is the same either way.
@@ -40,24 +43,46 @@ class VocabLike(Protocol):
     def n_tokens(self) -> int: ...
 
 
+_RULE_NAME = re.compile(r"[A-Za-z0-9-]+")  # what llama.cpp's parser takes as a rule name
+
+
 def _free_sampler(ptr: CData, _lib: object = lib) -> None:
     _lib.llama_sampler_free(ptr)  # type: ignore[attr-defined]
+
+
+def _c_grammar(grammar: str) -> bytes:
+    """The grammar's text for C: GrammarError for what C cannot carry (a lone surrogate; a NUL, where llama.cpp
+    would silently end the text)."""
+    try:
+        data = grammar.encode()
+    except UnicodeEncodeError as exc:
+        raise GrammarError(f"the grammar is not valid Unicode: a lone surrogate at index {exc.start}") from None
+    if b"\0" in data:
+        raise GrammarError(f"the grammar holds a NUL character (index {grammar.index(chr(0))}); remove it")
+    return data
+
+
+def need_vocab(vocab: VocabLike | None) -> VocabLike:
+    """``vocab``, which a grammar needs."""
+    if vocab is None:
+        raise InvalidArgumentError("a grammar needs the model's vocab (pass vocab=model.vocab)")
+    return vocab
 
 
 def make_grammar(vocab: VocabLike | None, grammar: str, root: str) -> tuple[CData, bool]:
     """llama.cpp's grammar sampler for ``grammar`` (start rule ``root``), freed by the garbage collector or
     ``ffi.release``, and whether it matches tokens by id (then each pick is tried on a copy first);
     :class:`GrammarError` when it does not parse."""
-    if vocab is None:
-        raise InvalidArgumentError("a grammar needs the model's vocab (pass vocab=model.vocab)")
+    vocab = need_vocab(vocab)
     by_id = check_grammar_shape(grammar)
-    if not isinstance(root, str) or not root or "\0" in root:
-        raise InvalidArgumentError(f"grammar_root must be a rule name, got {root!r}")
+    text = _c_grammar(grammar)
+    if not isinstance(root, str) or not _RULE_NAME.fullmatch(root):
+        raise InvalidArgumentError(f"grammar_root must be a rule name (letters, digits and '-'), got {root!r}")
     lease = vocab.owner.lease()
     why = ffi.new("int *")
     try:
         g = lib.llamacffi_grammar_init(
-            vocab._ptr, grammar.encode(), root.encode(), limits.GRAMMAR_MAX_STACKS, limits.GRAMMAR_MAX_BREADTH, why
+            vocab._ptr, text, root.encode(), limits.GRAMMAR_MAX_STACKS, limits.GRAMMAR_MAX_BREADTH, why
         )
     except BaseException:
         lease.release()
@@ -78,7 +103,8 @@ def make_grammar(vocab: VocabLike | None, grammar: str, root: str) -> tuple[CDat
 
 def accept(grammar: CData, token: int) -> None:
     """Advance llama.cpp's grammar sampler past ``token``; GrammarError (not the process's end) when llama.cpp
-    throws instead, or the grammar's parses multiply past their bound, after which it is spent until a reset."""
+    throws instead, or the grammar's parses multiply past their bound, after which it is spent until a reset (see
+    :func:`spent_error`)."""
     rc = lib.llamacffi_grammar_accept(grammar, token)
     if rc == -2:
         raise GrammarError(
@@ -91,6 +117,17 @@ def accept(grammar: CData, token: int) -> None:
             f"llama.cpp's grammar refused token {token} after allowing it (its apply and accept steps disagree on "
             "grammars with token elements); reset the sampler to use the grammar again"
         )
+
+
+def spent_error() -> GrammarError:
+    """What a grammar says after :func:`accept` raised: it admits nothing until a reset."""
+    return GrammarError("the grammar stopped at an earlier GrammarError and admits nothing more; call reset() first")
+
+
+def claim(lock: threading.Lock, what: str) -> None:
+    """Take ``lock`` for one call, or raise: a sampler's C state is not for two threads at once."""
+    if not lock.acquire(blocking=False):
+        raise LlamaError(f"this {what} is in use by another thread; use one {what} per thread")
 
 
 def accepted(grammar: CData, tokens: np.ndarray) -> np.ndarray:
@@ -113,47 +150,90 @@ def accepts(grammar: CData, token: int) -> bool:
 
 
 class Constraint:
-    """The state of one grammar while a text is generated: :meth:`allowed`, :meth:`restrict`, :meth:`accept`."""
+    """The state of one grammar while a text is generated: :meth:`allowed`, :meth:`restrict`, :meth:`accept`.
+
+    One thread at a time: a call while another thread is in one raises :class:`LlamaError`. After :meth:`accept`
+    raised :class:`GrammarError` every call but :meth:`reset` and :meth:`close` raises it too."""
 
     def __init__(self, vocab: VocabLike | None, grammar: str, root: str = "root") -> None:
+        vocab = need_vocab(vocab)
         self._g, self._try_first = make_grammar(vocab, grammar, root)
+        self.n_vocab = int(vocab.n_tokens)
+        self._spent = False
+        self._busy = threading.Lock()
         self._data = ffi.new("llama_token_data[]", SHORTLIST)
         self._arr = ffi.new("llama_token_data_array *")
         view = np.frombuffer(ffi.buffer(self._data), dtype=TOKEN_DATA)
         self._ids, self._logits = view["id"], view["logit"]
 
-    def _check(self) -> CData:
+    def _open(self) -> CData:
         if self._g is None:
             raise ClosedError("this grammar is closed")
         return self._g
 
-    def _apply(self, ids: np.ndarray, logits: np.ndarray, data: CData) -> None:
+    def _live(self) -> CData:
+        g = self._open()
+        if self._spent:
+            raise spent_error()
+        return g
+
+    def _token(self, token: object) -> int:
+        t = as_int("token", token)
+        if not 0 <= t < self.n_vocab:  # llama.cpp's lookups would throw through C
+            raise bad_token(t, self.n_vocab, "grammar")
+        return t
+
+    def _apply(self, ids: np.ndarray, data: CData) -> None:
         arr = self._arr
         arr.data = data
         arr.size = ids.size
         arr.selected = -1
         arr.sorted = False
-        lib.llama_sampler_apply(self._check(), arr)
+        lib.llama_sampler_apply(self._live(), arr)
+
+    def check_row(self, row: FloatArray) -> None:
+        """InvalidArgumentError unless ``row`` has one logit per token of the vocabulary (its indices are the ids)."""
+        if row.size != self.n_vocab:
+            raise InvalidArgumentError(
+                f"logits have {row.size} entries but the grammar's vocabulary has {self.n_vocab} tokens"
+            )
 
     def allowed(self, token: int) -> bool:
-        """Whether the grammar allows ``token`` next."""
+        """Whether the grammar allows ``token`` next; InvalidTokenError for an id outside ``[0, n_vocab)``."""
+        t = self._token(token)
+        claim(self._busy, "Constraint")
+        try:
+            return self._allowed(t)
+        finally:
+            self._busy.release()
+
+    def _allowed(self, token: int) -> bool:
         self._ids[0] = token
         self._logits[0] = 0.0
-        self._apply(self._ids[:1], self._logits[:1], self._data)
+        self._apply(self._ids[:1], self._data)
         if self._logits[0] == -math.inf:
             return False
-        return not self._try_first or accepts(self._check(), token)
+        return not self._try_first or accepts(self._live(), token)
 
     def restrict(self, row: FloatArray) -> FloatArray:
-        """A copy of ``row`` with -inf for every token the grammar forbids next, among the :data:`SHORTLIST` highest
-        (the whole row when it allows none of them, or the row is short)."""
+        """A copy of ``row`` (n_vocab logits) with -inf for every token the grammar forbids next, among the
+        :data:`SHORTLIST` highest (the whole row when it allows none of them)."""
+        row = as_logits(row)
+        self.check_row(row)
+        claim(self._busy, "Constraint")
+        try:
+            return self._restrict(row)
+        finally:
+            self._busy.release()
+
+    def _restrict(self, row: FloatArray) -> FloatArray:
         n = row.size
         out = np.full(n, -np.inf, dtype=np.float32)
         if n > 2 * SHORTLIST:
             ids = np.argpartition(row, n - SHORTLIST)[n - SHORTLIST :]
             self._ids[:] = ids
             self._logits[:] = row[ids]
-            self._apply(self._ids, self._logits, self._data)
+            self._apply(self._ids, self._data)
             kept = self._accepted(ids[self._logits != -math.inf])
             if kept.size:
                 out[kept] = row[kept]
@@ -162,7 +242,7 @@ class Constraint:
         view = np.frombuffer(ffi.buffer(data), dtype=TOKEN_DATA)
         view["id"] = np.arange(n, dtype=np.int32)
         view["logit"] = row
-        self._apply(view["id"], view["logit"], data)
+        self._apply(view["id"], data)
         keep_ids = self._accepted(view["id"][view["logit"] != -math.inf])
         out[keep_ids] = row[keep_ids]
         return out
@@ -171,21 +251,39 @@ class Constraint:
         """``ids`` without those the grammar allows but would not accept (grammars with token elements only)."""
         if not self._try_first or ids.size == 0:
             return ids
-        g = self._check()
-        kept: np.ndarray = ids[accepted(g, ids)]
+        kept: np.ndarray = ids[accepted(self._live(), ids)]
         return kept
 
     def accept(self, token: int, *, checked: bool = False) -> None:
         """Advance the grammar past ``token``, which it must allow (llama.cpp aborts on a forbidden one);
-        ``checked``: the caller has just had :meth:`allowed` or :meth:`restrict` say so."""
-        if not checked and not self.allowed(token):
-            raise GrammarError(f"token {token} is not allowed by the grammar at this point")
-        accept(self._check(), token)
+        ``checked``: the caller has just had :meth:`allowed` or :meth:`restrict` say so. A GrammarError here
+        leaves the grammar spent until :meth:`reset`."""
+        t = self._token(token)
+        claim(self._busy, "Constraint")
+        try:
+            if not checked and not self._allowed(t):
+                raise GrammarError(f"token {t} is not allowed by the grammar at this point")
+            g = self._live()
+            try:
+                accept(g, t)
+            except GrammarError:
+                self._spent = True
+                raise
+        finally:
+            self._busy.release()
 
     def reset(self) -> None:
-        lib.llama_sampler_reset(self._check())
+        """Start the grammar again from its root rule (a spent grammar too)."""
+        claim(self._busy, "Constraint")
+        try:
+            lib.llama_sampler_reset(self._open())
+            self._spent = False
+        finally:
+            self._busy.release()
 
     def close(self) -> None:
-        if self._g is not None:
-            g, self._g = self._g, None
-            ffi.release(g)
+        """Free the grammar now, once a call under way in another thread has returned; idempotent."""
+        with self._busy:
+            if self._g is not None:
+                g, self._g = self._g, None
+                ffi.release(g)

@@ -157,9 +157,12 @@ def top_p_count(probs: FloatArray, p: float) -> int:
     return max(1, min(int(np.searchsorted(cum, p, side="left")) + 1, cum.size))
 
 
-def unique_counts(window: npt.NDArray[np.integer]) -> tuple[IdArray, IdArray]:
-    """Sorted distinct ids of ``window`` and how often each occurs (cheaper than np.unique on small windows)."""
-    s = np.sort(window.astype(np.intp, copy=False))
+def unique_counts(window: npt.NDArray[np.integer], n_vocab: int, what: str) -> tuple[IdArray, IdArray]:
+    """Sorted distinct ids of ``window`` and how often each occurs (cheaper than np.unique on small windows);
+    InvalidTokenError naming ``what`` for an id outside ``[0, n_vocab)``."""
+    s = np.sort(window)
+    check_ids(s, n_vocab, what)  # before the cast, which would wrap ids of 2**63 and more
+    s = s.astype(np.intp, copy=False)
     first = np.empty(s.size, dtype=bool)
     first[0] = True
     np.not_equal(s[1:], s[:-1], out=first[1:])
@@ -213,14 +216,13 @@ def penalize(
     window = history_window(history, params.penalty_last_n)
     if window.size == 0:
         return np.empty(0, dtype=np.intp), np.empty(0, dtype=row.dtype)
-    ids, counts = unique_counts(window)
-    check_ids(ids, row.size, "history")
+    ids, counts = unique_counts(window, row.size, "history")
     return ids, penalize_values(
         row[ids], counts, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
     )
 
 
-def check_ids(sorted_ids: IdArray, n_vocab: int, what: str) -> None:
+def check_ids(sorted_ids: npt.NDArray[np.integer], n_vocab: int, what: str) -> None:
     if sorted_ids.size and (sorted_ids[0] < 0 or sorted_ids[-1] >= n_vocab):
         bad = int(sorted_ids[0]) if sorted_ids[0] < 0 else int(sorted_ids[-1])
         raise bad_token(bad, n_vocab, what)

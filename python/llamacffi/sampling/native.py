@@ -8,10 +8,10 @@ import threading
 import numpy as np
 
 from ..errors import ClosedError, GrammarError, InvalidArgumentError, InvalidTokenError, LlamaError
-from ..limits import NATIVE_MIN_TEMPERATURE, PENALTY_WINDOW_MAX
+from ..limits import INT32_MAX, NATIVE_MIN_TEMPERATURE, PENALTY_WINDOW_MAX
 from ..raw import CData, ffi, lib
 from ..validate import as_int
-from .constraint import SHORTLIST, VocabLike, accept, accepted, accepts, make_grammar
+from .constraint import SHORTLIST, VocabLike, accept, accepted, accepts, make_grammar, need_vocab, spent_error
 from .constraint import TOKEN_DATA as _TOKEN_DATA
 from .params import Configured, FloatArray, HistoryLike, as_logits, bad_token, nan_error
 
@@ -30,8 +30,9 @@ class NativeSampler(Configured):
     window and advances the grammar), and :meth:`accept` feeds other tokens, such as the prompt. ``seed=None`` (or
     ``2**32 - 1``, llama.cpp's LLAMA_DEFAULT_SEED) lets llama.cpp pick a random seed. With a grammar, the row is first
     sampled unconstrained and the grammar only checks the pick; when it rejects it, the grammar masks the whole row
-    and the chain samples again, as llama.cpp's common sampler does. Free it with :meth:`close` or a ``with`` block;
-    using it afterwards raises :class:`ClosedError`. Without ``vocab`` the C sampler is built on the first
+    and the chain samples again, as llama.cpp's common sampler does. A GrammarError from the grammar leaves it spent:
+    :meth:`sample` and :meth:`accept` raise it again until :meth:`reset`. Free it with :meth:`close` or a ``with``
+    block; using it afterwards raises :class:`ClosedError`. Without ``vocab`` the C sampler is built on the first
     :meth:`sample`, sized by that row.
     """
 
@@ -59,11 +60,10 @@ class NativeSampler(Configured):
         self._pending: list[int] = []  # tokens accepted before the chain exists
         self._n_vocab: int | None = None
         self._try_first = False
+        self._spent = False  # the grammar raised GrammarError: it admits nothing until a reset
         if grammar is not None:
-            if vocab is None:
-                raise InvalidArgumentError("a grammar needs the model's vocab (pass vocab=model.vocab)")
             # the grammar sampler holds the model while it lives
-            self._grammar, self._try_first = make_grammar(vocab, grammar, grammar_root)
+            self._grammar, self._try_first = make_grammar(need_vocab(vocab), grammar, grammar_root)
             # a one-entry candidate array to ask the grammar whether a single token is allowed
             self._one = ffi.new("llama_token_data[1]")
             self._one_arr = ffi.new("llama_token_data_array *")
@@ -186,6 +186,8 @@ class NativeSampler(Configured):
             self._busy.release()
 
     def _sample(self, row: FloatArray) -> int:
+        if self._spent:
+            raise spent_error()
         n = row.size
         if self._chain is None:
             self._build(n)
@@ -281,7 +283,11 @@ class NativeSampler(Configured):
 
     def _accept(self, token: int) -> None:
         if self._grammar is not None:
-            accept(self._grammar, token)
+            try:
+                accept(self._grammar, token)
+            except GrammarError:
+                self._spent = True
+                raise
         lib.llama_sampler_accept(self._chain, token)
 
     def accept(self, token: int) -> None:
@@ -292,8 +298,12 @@ class NativeSampler(Configured):
         t = as_int("token", token)
         if t < 0:
             raise InvalidTokenError(f"accepted token id {t} is negative")
+        if t > INT32_MAX:
+            raise InvalidTokenError(f"accepted token id {t} is beyond any vocabulary (ids are int32)")
         self._claim()
         try:
+            if self._spent:
+                raise spent_error()
             if self._n_vocab is not None and t >= self._n_vocab:
                 raise bad_token(t, self._n_vocab, "accepted")
             if self._grammar is not None and not self._allowed(t):
@@ -314,6 +324,7 @@ class NativeSampler(Configured):
                 lib.llama_sampler_reset(self._chain)
             if self._grammar is not None:
                 lib.llama_sampler_reset(self._grammar)
+            self._spent = False
         finally:
             self._busy.release()
 

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidArgumentError, InvalidTokenError
-from ..limits import BIAS_MAX, PENALTY_MAX, SEED_MAX, TEMPERATURE_MAX
+from ..limits import BIAS_MAX, INT32_MAX, PENALTY_MAX, SEED_MAX, TEMPERATURE_MAX
 from ..validate import as_int, as_real
 
 if TYPE_CHECKING:  # constraint imports this module
@@ -108,6 +108,8 @@ class Params:
                 raise InvalidArgumentError(f"logit_bias keys must be int token ids, got {key!r}")
             if key < 0:
                 raise InvalidTokenError(f"logit_bias token id {key} is negative")
+            if key > INT32_MAX:
+                raise InvalidTokenError(f"logit_bias token id {key} is beyond any vocabulary (ids are int32)")
             # +inf on a banned (-inf) logit would give NaN; a large finite bias already forces a token
             value = -math.inf if bias == -math.inf else as_real(f"logit_bias[{key}]", bias, -BIAS_MAX, BIAS_MAX)
             items[int(key)] = value

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
-from .constraint import Constraint, VocabLike
+from ..errors import ClosedError
+from .constraint import Constraint, VocabLike, claim
 from .kernels import (
     best_k,
-    check_ids,
     draw,
     greedy,
     history_window,
@@ -54,6 +55,9 @@ class Sampler(Configured):
     * ``grammar``: GBNF text (start rule ``grammar_root``) the output must follow, with ``vocab`` (the model's);
       each :meth:`sample` returns a token the grammar allows and advances it (see :class:`Constraint`). As
       :class:`NativeSampler`, the row is sampled free first and constrained only when the grammar rejects the pick.
+
+    One thread at a time: a call while another thread is in one raises :class:`~llamacffi.LlamaError`. Free the
+    grammar with :meth:`close` or a ``with`` block; using the sampler afterwards raises :class:`ClosedError`.
     """
 
     def _setup(self, vocab: VocabLike | None, grammar: str | None, grammar_root: str) -> None:
@@ -61,34 +65,53 @@ class Sampler(Configured):
         self._penalties = self._p.penalties_on
         self._seed = self._p.seed
         self._rng = np.random.default_rng(self._seed)
+        self._busy = threading.Lock()
+        self._closed = False
         self._constraint = None if grammar is None else Constraint(vocab, grammar, grammar_root)
 
     @property
     def seed(self) -> int | None:
         return self._seed
 
+    def _claim(self) -> None:
+        claim(self._busy, "Sampler")
+        if self._closed:
+            self._busy.release()
+            raise ClosedError("this Sampler is closed; create a new one")
+
     def reset(self) -> None:
         """Restart the random generator from the seed (a fresh random state when the seed is None), and the
         grammar."""
-        self._rng = np.random.default_rng(self._seed)
-        if self._constraint is not None:
-            self._constraint.reset()
+        self._restart(self._seed)
+
+    def reseed(self, seed: int | None) -> None:
+        """Replace the seed and restart the generator from it."""
+        self._restart(check_seed(seed))
+
+    def _restart(self, seed: int | None) -> None:
+        self._claim()
+        try:
+            self._seed = seed
+            self._rng = np.random.default_rng(seed)
+            if self._constraint is not None:
+                self._constraint.reset()
+        finally:
+            self._busy.release()
 
     def close(self) -> None:
-        """Free the grammar now (without one there is nothing to free); idempotent."""
-        if self._constraint is not None:
-            self._constraint.close()
+        """Free the grammar now, once a call under way in another thread has returned; idempotent."""
+        with self._busy:
+            self._closed = True
+            if self._constraint is not None:
+                self._constraint.close()
 
     def __enter__(self) -> Sampler:
+        if self._closed:
+            raise ClosedError("this Sampler is closed; create a new one")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def reseed(self, seed: int | None) -> None:
-        """Replace the seed and restart the generator from it."""
-        self._seed = check_seed(seed)
-        self.reset()
 
     def _overrides(self, row: FloatArray, history: HistoryLike | None) -> tuple[IdArray, FloatArray] | None:
         """Sorted ids whose logits bias/penalties change, and their new values; None when nothing changes."""
@@ -101,8 +124,7 @@ class Sampler(Configured):
         if self._penalties and history is not None:
             window = history_window(history, self._p.penalty_last_n)
             if window.size:
-                seen, counts = unique_counts(window)
-                check_ids(seen, n, "history")
+                seen, counts = unique_counts(window, n, "history")
         if b_ids is None or b_vals is None:
             if seen is None:
                 return None
@@ -126,16 +148,23 @@ class Sampler(Configured):
 
         ``history`` holds previous token ids (oldest first) for the penalties; it is ignored when they are off.
         Raises InvalidArgumentError for bad logits or when every candidate is banned (or forbidden by the grammar),
-        InvalidTokenError for a history or logit_bias id outside ``[0, n_vocab)``.
+        InvalidTokenError for a history or logit_bias id outside ``[0, n_vocab)``, GrammarError when the grammar
+        stops (see :class:`Constraint`; it then raises until :meth:`reset`).
         """
         row = as_logits(logits)
-        token = self._draw(row, history)
-        c = self._constraint
-        if c is not None:
+        self._claim()
+        try:
+            c = self._constraint
+            if c is None:
+                return self._draw(row, history)
+            c.check_row(row)
+            token = self._draw(row, history)
             if not c.allowed(token):
                 token = self._draw(c.restrict(row), history)
             c.accept(token, checked=True)
-        return token
+            return token
+        finally:
+            self._busy.release()
 
     def _draw(self, row: FloatArray, history: HistoryLike | None) -> int:
         n = row.size
