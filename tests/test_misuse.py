@@ -17,6 +17,7 @@ import llamacffi
 from llamacffi import Batch, Context, GrammarError, InvalidArgumentError, LlamaError, TokenizeError, ownership
 from llamacffi.raw import lib
 from llamacffi.sampling import GRAMMAR_MAX_NESTING, GRAMMAR_MAX_RULES, NativeSampler, Sampler
+from llamacffi.sampling.grammar import check_grammar_shape
 from llamacffi.service import ModelConfig
 from llamacffi.service.errors import InvalidConfigError
 
@@ -72,8 +73,18 @@ def test_grammar_depth_and_size_are_bounded(smollm2: llamacffi.Model) -> None:
     chain = "\n".join(f'r{i} ::= r{i + 1} "a"' for i in range(GRAMMAR_MAX_RULES + 1))
     with pytest.raises(GrammarError, match="rules"):
         NativeSampler(vocab=smollm2.vocab, grammar="root ::= r0\n" + chain + f'\nr{GRAMMAR_MAX_RULES + 1} ::= "a"')
-    # brackets inside literals and classes do not count
-    ok = 'root ::= "((((" [(] ' + "(" * 10 + '"a"' + ")" * 10
+    # A comment ends at \r as well as \n (llama.cpp's parse_space), and a token reference at its first '>' (a quote
+    # in it opens no literal): what follows is grammar, nested or chained as deep.
+    deep_groups = "(" * (GRAMMAR_MAX_NESTING + 1) + '"a"' + ")" * (GRAMMAR_MAX_NESTING + 1)
+    with pytest.raises(GrammarError, match="nests"):
+        NativeSampler(vocab=smollm2.vocab, grammar='root ::= "a" # c\rx ::= ' + deep_groups)
+    chain_cr = "\r".join(f'r{i} ::= r{i + 1} "a"' for i in range(GRAMMAR_MAX_RULES + 1))
+    with pytest.raises(GrammarError, match="rules"):
+        NativeSampler(vocab=smollm2.vocab, grammar=f'root ::= r0 # c\r{chain_cr}\rr{GRAMMAR_MAX_RULES + 1} ::= "a"')
+    with pytest.raises(GrammarError, match="nests"):
+        check_grammar_shape('root ::= <"> x\nx ::= ' + deep_groups)
+    # brackets inside literals and classes do not count, escaped quotes and brackets included
+    ok = 'root ::= "((((" [(] "\\"((" [\\]((] ' + "(" * 10 + '"a"' + ")" * 10
     with NativeSampler(vocab=smollm2.vocab, grammar=ok, temperature=0.0) as s:
         assert s.n_vocab == smollm2.vocab.n_tokens
 

@@ -10,7 +10,9 @@ __all__ = ["GRAMMAR_MAX_NESTING", "GRAMMAR_MAX_RULES", "check_grammar_shape"]
 
 
 def _outside_literals(text: str) -> str:
-    """The grammar text without its literals, character classes and comments."""
+    """The grammar text as llama.cpp's parser reads its structure: without literals and character classes (where a
+    backslash escapes the next character), the inside of token references (``<...>``, kept as ``<``) and comments
+    (``#`` to the end of the line, which ``\\r`` ends as well as ``\\n``, as in llama.cpp's ``parse_space``)."""
     out: list[str] = []
     i, n = 0, len(text)
     while i < n:
@@ -20,8 +22,12 @@ def _outside_literals(text: str) -> str:
             i += 1
             while i < n and text[i] != close:
                 i += 2 if text[i] == "\\" else 1
+        elif c == "<":  # <[id]> or <name>: llama.cpp reads to the first '>'
+            out.append(c)
+            while i < n and text[i] != ">":
+                i += 1
         elif c == "#":
-            while i < n and text[i] != "\n":
+            while i < n and text[i] not in "\r\n":
                 i += 1
         else:
             out.append(c)
