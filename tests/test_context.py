@@ -24,7 +24,8 @@ from llamacffi import (
     LlamaError,
     StateError,
 )
-from llamacffi.raw import ffi
+from llamacffi.embedding import Embedder
+from llamacffi.raw import ffi, lib
 
 THREADS = 2
 A = "The quick brown fox jumps over the lazy dog. "
@@ -443,6 +444,39 @@ def test_embeddings(smollm2: llamacffi.Model) -> None:
         ctx.decode_tokens(toks(smollm2, A))
         with pytest.raises(InvalidArgumentError):
             ctx.embeddings()
+
+
+def test_pooled_embeddings_are_whole_or_refused(smollm2: llamacffi.Model) -> None:
+    # llama.cpp pools each micro-batch on its own, and keeps no per-token vectors when it pools.
+    tokens = toks(smollm2, A, bos=True)
+    mean, rank = lib.LLAMA_POOLING_TYPE_MEAN, lib.LLAMA_POOLING_TYPE_RANK
+    with ctx_for(smollm2, n_ctx=64, embeddings=True, pooling_type=rank) as ctx:
+        ctx.decode_tokens(tokens)
+        # a reranker's scores: the n_cls_out floats llama.cpp holds for a sequence, nothing read past them
+        assert ctx.sequence_embedding(0).shape == (lib.llama_model_n_cls_out(smollm2.ptr),)
+    with ctx_for(smollm2, n_ctx=64, n_ubatch=4, embeddings=True, pooling_type=mean) as ctx:
+        assert len(tokens) > 6
+        with pytest.raises(InvalidArgumentError, match="n_ubatch"):
+            ctx.decode_tokens(tokens)
+        with pytest.raises(InvalidArgumentError, match="n_ubatch"):
+            ctx.decode(Batch.from_tokens(tokens[:6]))
+        assert ctx.memory.seq_pos_max(0) == -1
+        ctx.decode_tokens(tokens[:4])
+        with pytest.raises(InvalidArgumentError, match="sequence_embedding"):
+            ctx.embeddings()
+    with pytest.raises(InvalidArgumentError, match="kv_unified"):
+        ctx_for(smollm2, n_ctx=64, n_seq_max=2, embeddings=True, pooling_type=mean)
+    with ctx_for(smollm2, n_ctx=64, n_seq_max=2, kv_unified=True, embeddings=True, pooling_type=mean) as ctx:
+        ctx.decode_tokens(tokens)
+        pooled = ctx.sequence_embedding(0)
+        assert pooled.shape == (lib.llama_model_n_embd_out(smollm2.ptr),)
+    with ctx_for(smollm2, n_ctx=64, embeddings=True, pooling_type=0) as ctx:
+        ctx.decode_tokens(tokens)
+        with pytest.raises(InvalidArgumentError, match="no pooling type"):
+            ctx.sequence_embedding(0)
+    with Embedder(smollm2, pooling="mean") as embedder:
+        expected = embedder.embed_tokens([tokens], normalize=False)[0]
+    np.testing.assert_allclose(pooled, expected, atol=1e-3, rtol=1e-3)
 
 
 def test_model_properties(model: llamacffi.Model) -> None:

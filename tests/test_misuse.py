@@ -110,6 +110,24 @@ def test_state_and_memory_calls_refuse_a_busy_context(smollm2: llamacffi.Model) 
         assert ctx.memory.seq_pos_max(0) == 2  # nothing changed
 
 
+def test_output_reads_refuse_a_busy_context(smollm2: llamacffi.Model) -> None:
+    # A read while another thread decodes would see llama.cpp's outputs half written, or a buffer being replaced.
+    mean = lib.LLAMA_POOLING_TYPE_MEAN
+    with (
+        Context(smollm2, n_ctx=64, n_threads=THREADS) as ctx,
+        Context(smollm2, n_ctx=64, embeddings=True, pooling_type=0, n_threads=THREADS) as emb,
+        Context(smollm2, n_ctx=64, embeddings=True, pooling_type=mean, n_threads=THREADS) as pooled,
+    ):
+        for c in (ctx, emb, pooled):
+            c.decode_tokens([1, 2, 3])
+        calls = (ctx.logits, ctx.logits_copy, ctx.perf, ctx.perf_reset, emb.embeddings, pooled.sequence_embedding)
+        for call in calls:
+            owner = call.__self__  # type: ignore[attr-defined]
+            with owner._busy, pytest.raises(LlamaError, match="in use by another thread"):  # another thread's decode
+                call()
+            call()  # free again
+
+
 # ---- lifetimes -------------------------------------------------------------------------------------------------
 
 

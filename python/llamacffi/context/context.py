@@ -25,6 +25,26 @@ _ONE_OUTPUT = np.ones(1, dtype=np.int8)  # the outputs of decode_token: its one 
 _ONE_OUTPUT.flags.writeable = False
 
 
+def _new_context(model: CData, params: CData) -> CData:
+    """``llama_init_from_model``; ContextError when llama.cpp cannot make the context, InvalidArgumentError when
+    its pooled embeddings would be wrong: llama.cpp splits the sequences of separate streams into pieces of equal
+    length and pools each piece on its own."""
+    ptr = lib.llama_init_from_model(model, params)
+    if ptr == ffi.NULL:
+        raise ContextError(
+            f"llama.cpp could not create a context with n_ctx={params.n_ctx}, n_batch={params.n_batch}, "
+            f"n_seq_max={params.n_seq_max}: most likely not enough memory; try a smaller n_ctx"
+        )
+    pooled = params.embeddings and lib.llama_pooling_type(ptr) != lib.LLAMA_POOLING_TYPE_NONE
+    if pooled and params.n_seq_max > 1 and not params.kv_unified:
+        lib.llama_free(ptr)
+        raise InvalidArgumentError(
+            "pooled embeddings of several sequences need kv_unified=True (with a stream per sequence llama.cpp "
+            "pools pieces of them apart); or use Model.embed() or an Embedder"
+        )
+    return ptr
+
+
 class Context(StateIO):
     """An inference context over a :class:`Model`: its own KV memory, threads and outputs.
 
@@ -85,12 +105,7 @@ class Context(StateIO):
             )
         lease = model.owner.lease()
         try:
-            ptr = lib.llama_init_from_model(lease.ptr, params)
-            if ptr == ffi.NULL:
-                raise ContextError(
-                    f"llama.cpp could not create a context with n_ctx={n_ctx}, n_batch={n_batch}, "
-                    f"n_seq_max={n_seq_max}: most likely not enough memory; try a smaller n_ctx"
-                )
+            ptr = _new_context(lease.ptr, params)
         except BaseException:
             lease.release()
             raise
@@ -116,12 +131,18 @@ class Context(StateIO):
         halt_at_exit(self)
         self.n_vocab = model.vocab.n_tokens
         self.n_embd = model.n_embd
+        self.n_embd_out = int(lib.llama_model_n_embd_out(model.ptr))  # the size of llama.cpp's embeddings
+        self.pooling_type = int(lib.llama_pooling_type(ptr))
+        # A pooled embedding: a reranker's n_cls_out scores, or one vector.
+        rank = self.pooling_type == lib.LLAMA_POOLING_TYPE_RANK
+        self._pooled_size = int(lib.llama_model_n_cls_out(model.ptr)) if rank else self.n_embd_out
         self.n_ctx = int(lib.llama_n_ctx(ptr))
         self.n_batch = int(lib.llama_n_batch(ptr))
         self.n_ubatch = int(lib.llama_n_ubatch(ptr))
         self.n_seq_max = int(lib.llama_n_seq_max(ptr))
         self.n_ctx_seq = int(lib.llama_n_ctx_seq(ptr))  # the positions one sequence may use
         self.embeddings_enabled = bool(embeddings)
+        self.pooled = self.embeddings_enabled and self.pooling_type != lib.LLAMA_POOLING_TYPE_NONE
         # Without a unified memory each sequence has a stream of its own, which llama.cpp cannot share by position.
         self.separate_streams = not kv_unified and self.n_seq_max > 1
         self._outputs: npt.NDArray[np.int8] = np.zeros(0, dtype=np.int8)  # per token of the last batch: logits?
@@ -220,12 +241,8 @@ class Context(StateIO):
     def _decode_claimed(self, batch: Batch) -> int:
         """llama_decode of a batch, with the context claimed; returns its code."""
         n = len(batch)
-        if n > self.n_ubatch and not lib.llama_get_causal_attn(self.ptr):
-            raise InvalidArgumentError(
-                f"with non-causal attention (an embedding model) llama.cpp decodes a batch in "
-                f"one piece: {n} tokens exceed n_ubatch ({self.n_ubatch}); create the "
-                f"Context with a larger n_ubatch"
-            )
+        if n > self.n_ubatch and (self.pooled or not lib.llama_get_causal_attn(self.ptr)):
+            raise self._one_piece_error(n)
         if batch is self._one:  # decode_token: one token, with logits
             outputs, n_out = _ONE_OUTPUT, 1
         elif self.embeddings_enabled:  # llama.cpp outputs every token of an embeddings context
@@ -244,6 +261,19 @@ class Context(StateIO):
         self._views.rows = max(self._views.rows, n_out)
         self._outputs, self._n_outputs = outputs, n_out
         return 0
+
+    def _one_piece_error(self, n: int) -> InvalidArgumentError:
+        """Why ``n`` tokens past n_ubatch are refused: llama.cpp would split them into micro-batches."""
+        if self.pooled:
+            return InvalidArgumentError(
+                f"llama.cpp pools each micro-batch on its own, so a pooled embedding needs its sequence in one: "
+                f"{n} tokens exceed n_ubatch ({self.n_ubatch}); create the Context with a larger n_ubatch, or use "
+                "Model.embed() or an Embedder, which size their context for the texts"
+            )
+        return InvalidArgumentError(
+            f"with non-causal attention (an embedding model) llama.cpp decodes a batch in one piece: {n} tokens "
+            f"exceed n_ubatch ({self.n_ubatch}); create the Context with a larger n_ubatch"
+        )
 
     def _decode_failed(self, rc: int) -> None:
         if (
@@ -283,6 +313,8 @@ class Context(StateIO):
         seq_id = as_int("seq_id", seq_id, 0, self.n_seq_max - 1)
         start_pos = as_int("start_pos", start_pos, 0, INT32_MAX)
         check_logits(logits)
+        if self.pooled and len(arr) > self.n_ubatch:  # a sequence in several decodes: each would be pooled apart
+            raise self._one_piece_error(len(arr))
         if logits == "all" and len(arr) > self.n_batch:
             raise InvalidArgumentError(
                 f"logits='all' keeps the logits of one decode: {len(arr)} tokens exceed n_batch ({self.n_batch}); "
@@ -359,30 +391,56 @@ class Context(StateIO):
         Zero-copy: it shows what the next decode writes, and stays readable after :meth:`close`. A decode that asks
         for more outputs than any before makes llama.cpp move its buffer: it raises :class:`LlamaError` while a view
         of the old buffer is referenced, so keep :meth:`logits_copy` of what must outlive a decode."""
-        ptr = lib.llama_get_logits_ith(self.ptr, self._output_index(i))
-        if ptr == ffi.NULL:
-            raise LlamaError(f"llama.cpp has no logits for index {i}")
-        return self._views.view(ptr, self.n_vocab, self._ptr)
+        self._claim()
+        try:
+            ptr = lib.llama_get_logits_ith(self.ptr, self._output_index(i))
+            if ptr == ffi.NULL:
+                raise LlamaError(f"llama.cpp has no logits for index {i}")
+            return self._views.view(ptr, self.n_vocab, self._ptr)
+        finally:
+            self._busy.release()
 
     def logits_copy(self, i: int = -1) -> npt.NDArray[np.float32]:
         return self.logits(i).copy()
 
     def embeddings(self, i: int = -1) -> npt.NDArray[np.float32]:
-        """Embedding of batch token ``i`` (contexts created with ``embeddings=True``); a copy."""
+        """Embedding of batch token ``i`` (contexts created with ``embeddings=True`` and no pooling); a copy of
+        ``n_embd_out`` floats."""
         ensure(self.embeddings_enabled, "create the Context with embeddings=True to read embeddings")
-        ptr = lib.llama_get_embeddings_ith(self.ptr, self._output_index(i))
-        if ptr == ffi.NULL:
-            raise LlamaError(f"llama.cpp has no embedding for index {i}")
-        return np.frombuffer(ffi.buffer(ptr, self.n_embd * 4), dtype=np.float32).copy()
+        ensure(
+            not self.pooled,
+            f"this context pools its embeddings (pooling_type {self.pooling_type}) and keeps none per token: read "
+            "sequence_embedding(seq_id), or create the Context with pooling_type=0 (none) for one vector per token",
+        )
+        return self._read_embedding(
+            lambda ptr: lib.llama_get_embeddings_ith(ptr, self._output_index(i)),
+            self.n_embd_out,
+            f"llama.cpp has no embedding for index {i}",
+        )
 
     def sequence_embedding(self, seq_id: int = 0) -> npt.NDArray[np.float32]:
-        """Pooled embedding of a sequence (models/contexts with a pooling type); a copy."""
+        """Pooled embedding of a sequence from the tokens of the last decode (contexts created with
+        ``embeddings=True`` and a pooling type); a copy of ``n_embd_out`` floats, with rank pooling of the model's
+        ``n_cls_out`` scores."""
         ensure(self.embeddings_enabled, "create the Context with embeddings=True to read embeddings")
-        self.memory.check_seq(seq_id)
-        ptr = lib.llama_get_embeddings_seq(self.ptr, seq_id)
-        if ptr == ffi.NULL:
-            raise LlamaError("no pooled embedding: this context has no pooling type")
-        return np.frombuffer(ffi.buffer(ptr, self.n_embd * 4), dtype=np.float32).copy()
+        seq = self.memory.check_seq(seq_id)
+        ensure(self.pooled, "no pooled embedding: this context has no pooling type; read embeddings(i) per token")
+        return self._read_embedding(
+            lambda ptr: lib.llama_get_embeddings_seq(ptr, seq),
+            self._pooled_size,
+            f"llama.cpp has no pooled embedding for sequence {seq}: it was not in the last decode",
+        )
+
+    def _read_embedding(self, get: Callable[[CData], CData], size: int, missing: str) -> npt.NDArray[np.float32]:
+        """A copy of the ``size`` floats at what ``get`` returns for the context, with the context claimed."""
+        self._claim()
+        try:
+            ptr = get(self.ptr)
+            if ptr == ffi.NULL:
+                raise LlamaError(missing)
+            return np.frombuffer(ffi.buffer(ptr, size * 4), dtype=np.float32).copy()
+        finally:
+            self._busy.release()
 
     # ---- threads and timings ----------------------------------------------------------------------------------
 
@@ -403,10 +461,15 @@ class Context(StateIO):
         return int(lib.llama_n_threads(self.ptr))
 
     def perf(self) -> Perf:
-        ptr = self.ptr
-        lib.llama_synchronize(ptr)  # llama.cpp books the last decode's time when it synchronizes
-        d = lib.llama_perf_context(ptr)
+        """Timings of the decodes since the context was made or :meth:`perf_reset`."""
+        self._claim()
+        try:
+            ptr = self.ptr
+            lib.llama_synchronize(ptr)  # llama.cpp books the last decode's time when it synchronizes
+            d = lib.llama_perf_context(ptr)
+        finally:
+            self._busy.release()
         return Perf(d.t_load_ms, d.t_p_eval_ms, d.t_eval_ms, d.n_p_eval, d.n_eval, d.n_reused)
 
     def perf_reset(self) -> None:
-        lib.llama_perf_context_reset(self.ptr)
+        self._exclusive(lib.llama_perf_context_reset, self.ptr)
