@@ -42,6 +42,8 @@ def test_long_conversations_grow_the_buffer() -> None:
         ([{"role": "user"}], "str"),
         ([("user", 5)], "str"),
         ("user: hi", "list"),
+        (None, "list"),
+        (5, "list"),
     ],
 )
 def test_bad_messages_are_refused(messages: object, match: str) -> None:
@@ -119,6 +121,25 @@ def test_a_template_cannot_reach_outside_its_data() -> None:
     escape = "{{ messages.__class__.__mro__[1].__subclasses__() }}"
     with pytest.raises(ChatTemplateError):
         apply_template(escape, [("user", "Hi")])
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ 1 / 0 }}",
+        "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
+        "{{ (2 ** 10000) * 1.0 }}",
+    ],
+)
+def test_a_template_failing_as_it_runs_is_a_template_error(template: str) -> None:
+    # Jinja fails (division by zero, recursion, overflow); llama.cpp's matcher then does not know the text either.
+    with pytest.raises(ChatTemplateError):
+        apply_template(template, [("user", "Hi")])
+
+
+def test_a_model_refuses_no_messages(smollm2: llamacffi.Model) -> None:
+    with pytest.raises(InvalidArgumentError, match="messages"):
+        smollm2.apply_chat_template(None)  # type: ignore[arg-type]
 
 
 def test_the_bos_text_is_left_to_the_tokenizer_that_adds_it(smollm2: llamacffi.Model) -> None:

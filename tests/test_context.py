@@ -205,6 +205,11 @@ def test_state_save_load_restores(model: llamacffi.Model, tmp_path: Path) -> Non
     with ctx_for(model) as other:
         with pytest.raises(StateError):
             other.state_load(b"\x00garbage" * 10)
+        for strided in (memoryview(state)[::2], memoryview(seq)[::2]):
+            with pytest.raises(StateError, match="contiguous"):
+                other.state_load(strided)
+            with pytest.raises(StateError, match="contiguous"):
+                other.seq_state_load(strided, 0)
         with pytest.raises(StateError):
             other.seq_load_file(tmp_path / "missing.bin")
         for bad in (seq[: len(seq) // 2], seq[:20] + bytes(len(seq) - 20), b"\x01" * 64):

@@ -43,6 +43,12 @@ def test_every_sequence_needs_an_output_row(smollm2: llamacffi.Model) -> None:
         ModelConfig(context_size=256, batch_size=1, parallel=2)
 
 
+def test_n_gpu_layers_fits_llama_cpps_int32(smollm2_path: Path) -> None:
+    for bad in (2**31, 2**40):
+        with pytest.raises(InvalidArgumentError, match="n_gpu_layers"):
+            llamacffi.Model.load(smollm2_path, vocab_only=True, n_gpu_layers=bad)
+
+
 def test_a_vocab_only_model_has_no_context(smollm2_path: Path) -> None:
     with llamacffi.Model.load(smollm2_path, vocab_only=True) as m:
         assert m.vocab.tokenize("hi").size > 0

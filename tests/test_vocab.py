@@ -172,6 +172,20 @@ def test_is_eog_agrees_with_llama_cpp_and_refuses_a_closed_model(smollm2_path: P
         v.is_eog(v.n_tokens - 1)  # answered before: still refused once the model is closed
 
 
+def test_stream_decoder_takes_only_int_ids(smollm2: llamacffi.Model) -> None:
+    tokens = smollm2.vocab.tokenize(CORPUS[1], add_special=False)
+    text = smollm2.vocab.stream().feed_many(tokens)
+    assert text == smollm2.vocab.stream().feed_many(tokens.tolist()) == smollm2.vocab.detokenize(tokens)
+    for bad in ([1.5], np.array([1.0]), [True], ["a"]):
+        with pytest.raises(InvalidTokenError):
+            smollm2.vocab.stream().feed_many(bad)  # type: ignore[arg-type]
+    dec = smollm2.vocab.stream()
+    dec.feed(int(tokens[0]))
+    for bad in (1.5, True):  # after the first token too (a cached piece for 1 is no answer to True)
+        with pytest.raises(InvalidTokenError):
+            dec.feed(bad)  # type: ignore[arg-type]
+
+
 def test_piece_cache_is_what_the_stream_decoder_reads(smollm2: llamacffi.Model) -> None:
     v = smollm2.vocab
     piece = v.token_to_piece(1000)

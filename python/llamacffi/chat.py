@@ -41,7 +41,7 @@ class ChatTemplateError(LlamaError, ValueError):
 
 
 def _pairs(messages: Iterable[Message]) -> list[tuple[str, str]]:
-    if isinstance(messages, (str, bytes, Mapping)):
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Iterable):
         raise InvalidArgumentError("messages must be a list of (role, content) pairs or {'role', 'content'} dicts")
     out = []
     for i, m in enumerate(messages):
@@ -152,7 +152,7 @@ def _render(
         )
     except _Refused as exc:
         raise InvalidArgumentError(f"the chat template refuses these messages: {exc}") from None
-    except (jinja2.TemplateError, TypeError, ValueError, LookupError, AttributeError):
+    except (jinja2.TemplateError, TypeError, ValueError, LookupError, AttributeError, ArithmeticError, RecursionError):
         return None
 
 

@@ -121,7 +121,7 @@ class Model:
         p = Path(path)
         _check_file(p)
         gguf.check(p, bool(vocab_only))
-        n_gpu_layers = as_int("n_gpu_layers", n_gpu_layers, -1)
+        n_gpu_layers = as_int("n_gpu_layers", n_gpu_layers, -1, MAX_GPU_LAYERS)
         for name, flag in (("use_mlock", use_mlock), ("vocab_only", vocab_only), ("huge_pages", huge_pages)):
             as_bool(name, flag)
         use_mmap = as_optional_bool("use_mmap", use_mmap)

@@ -228,17 +228,20 @@ class StreamDecoder:
         self._cache = vocab.piece_cache(special)
 
     def feed(self, token: int) -> str:
+        if type(token) is not int:  # numpy ints pass; floats, bools and the rest raise InvalidTokenError
+            token = int(as_tokens([token], self._vocab.n_tokens)[0])
         if self._first:
             # llama.cpp strips the space prefix from the first token only; detokenize applies that rule.
             self._first = False
             data = self._vocab.detokenize_bytes([token], unparse_special=self._special)
         else:
-            cached = self._cache.get(token) if isinstance(token, int) else None
+            cached = self._cache.get(token)
             data = self._vocab.token_to_piece(token, special=self._special) if cached is None else cached
         return self._decoder.decode(data)
 
     def feed_many(self, tokens: Iterable[int]) -> str:
-        return "".join(self.feed(int(t)) for t in tokens)
+        ids = tokens.tolist() if isinstance(tokens, np.ndarray) else tokens
+        return "".join(self.feed(t) for t in ids)
 
     def flush(self) -> str:
         """Whatever is left (an incomplete character becomes U+FFFD); the decoder is ready for a new stream."""

@@ -29,11 +29,14 @@ def _c_path(path: str | os.PathLike[str]) -> bytes:
     return raw
 
 
-def _state_bytes(data: object) -> CData:
-    ensure(
-        isinstance(data, (bytes, bytearray, memoryview)) and len(data) > 0, "state must be non-empty bytes", StateError
-    )
-    return ffi.from_buffer(data)
+def _state_bytes(data: object) -> tuple[CData, int]:
+    """A state's bytes for C, and their number (a memoryview's items may be larger than a byte)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise StateError(f"state must be non-empty bytes, not {type(data).__name__}")
+    view = memoryview(data)
+    ensure(view.nbytes > 0, "state must be non-empty bytes", StateError)
+    ensure(view.c_contiguous, "state must be contiguous bytes (a memoryview slice with a step is not)", StateError)
+    return ffi.from_buffer(view), view.nbytes
 
 
 class StateIO:
@@ -72,7 +75,7 @@ class StateIO:
 
     def state_load(self, data: bytes | bytearray | memoryview) -> None:
         """Restore a state from :meth:`state_save` of a context with the same model and sizes."""
-        n = self._exclusive(lib.llama_state_set_data, self.ptr, _state_bytes(data), len(data))
+        n = self._exclusive(lib.llama_state_set_data, self.ptr, *_state_bytes(data))
         ensure(n > 0, "llama.cpp rejected the state (another model or context size, or corrupt data)", StateError)
         self._forget_outputs()
 
@@ -92,7 +95,7 @@ class StateIO:
         """Load a sequence saved by :meth:`seq_state_save` or :meth:`seq_state_bytearray` into ``seq_id`` (which
         should be empty)."""
         self.memory.check_seq(seq_id)
-        n = self._exclusive(lib.llama_state_seq_set_data, self.ptr, _state_bytes(data), len(data), seq_id)
+        n = self._exclusive(lib.llama_state_seq_set_data, self.ptr, *_state_bytes(data), seq_id)
         ensure(n > 0, "llama.cpp rejected the sequence state (another model, or corrupt data)", StateError)
 
     def seq_save_file(self, path: str | os.PathLike[str], tokens: npt.ArrayLike, seq_id: int = 0) -> None:
