@@ -81,7 +81,10 @@ def test_logits_follow_every_decode_and_row(smollm2: llamacffi.Model) -> None:
         rows = [ctx.logits(i).copy() for i in range(3)]
         assert not np.array_equal(rows[0], rows[1]) and np.array_equal(ctx.logits(), rows[2])
         ctx.decode_token(int(a[3]), 3)
-        assert np.array_equal(ctx.logits(), ctx.logits(0))
+        ref.memory.clear()
+        ref.decode_tokens(a[:4])
+        for i in (-1, 0):  # the one output, as a context that decoded a[:4] at once says
+            np.testing.assert_allclose(ctx.logits(i), ref.logits(), atol=2e-2, rtol=1e-3)
 
 
 def test_seq_rm_then_decode_equals_fresh(model: llamacffi.Model) -> None:
