@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,12 +20,24 @@ BIN = Path(sys.executable).parent / "llamacffi"
 
 
 def run(
-    *args: str, stdin: str | None = None, env: dict[str, str] | None = None, module: bool = False
+    *args: str,
+    stdin: str | bytes | None = None,
+    env: dict[str, str] | None = None,
+    module: bool = False,
+    timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "llamacffi", *args] if module else [str(BIN), *args]
-    return subprocess.run(
-        cmd, input=stdin, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
-    )
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    out = subprocess.run(cmd, input=data, capture_output=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.CompletedProcess(out.args, out.returncode, out.stdout.decode(), out.stderr.decode())
+
+
+def one_line_error(out: subprocess.CompletedProcess[str], rc: int = 1) -> str:
+    """The error line of a command that must fail with one line on stderr and nothing else."""
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert out.returncode == rc and len(lines) == 1, out.stderr
+    assert lines[0].startswith("llamacffi: error: "), lines[0]
+    return lines[0]
 
 
 def test_generate_streams_to_stdout(smollm2_path: Path) -> None:
@@ -162,3 +176,62 @@ def test_warnings_are_one_line(smollm2_path: Path) -> None:
 def test_bench_sizes_must_be_positive(value: str) -> None:
     out = run("bench", "-p", value)
     assert out.returncode == 2 and "positive integer" in out.stderr
+
+
+# ---- serve: what the command refuses before it listens -----------------------------------------------------------
+
+needs_server = pytest.mark.skipif(importlib.util.find_spec("uvicorn") is None, reason="needs llamacffi[server]")
+
+
+@needs_server
+@pytest.mark.parametrize(
+    "args, env, says",
+    [
+        (("--port", "70000"), {}, "--port: "),
+        (("--port", "65536"), {}, "--port: "),
+        (("--port", "-1"), {}, "--port: "),
+        (("--grace", "nan"), {}, "--grace: "),
+        (("--grace", "-5"), {}, "--grace: "),
+        (("--api-key", ""), {}, "--api-key: "),
+        ((), {"LLAMACFFI_API_KEY": ""}, "$LLAMACFFI_API_KEY is set but empty"),
+        (("--host", "bogus.invalid"), {}, "--host bogus.invalid: "),
+    ],
+)
+def test_serve_refuses_bad_flags_before_listening(args: tuple[str, ...], env: dict[str, str], says: str) -> None:
+    out = run("serve", "--port", "0", *args, env=env, timeout=120)  # the options given last win
+    assert "listening" not in out.stderr and "reachable from other machines" not in out.stderr
+    assert one_line_error(out).startswith("llamacffi: error: " + says)
+
+
+@needs_server
+def test_serve_on_a_port_in_use_is_one_line() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        out = run("serve", "--port", str(port), timeout=120)
+    assert f"--port {port}: cannot listen there" in one_line_error(out)
+
+
+@needs_server
+def test_serve_a_file_that_is_no_model_is_one_line_and_never_listens(smollm2_path: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.gguf"
+    with smollm2_path.open("rb") as f:
+        cut.write_bytes(f.read(1 << 20))  # in the middle of the metadata
+    out = run("serve", "--port", "0", "-m", str(cut), timeout=120)
+    assert "listening" not in out.stderr
+    assert "the metadata is truncated" in one_line_error(out)
+
+
+@needs_server
+def test_serve_takes_its_key_from_the_environment(smollm2_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    from server_process import ServeProcess
+
+    monkeypatch.setenv("LLAMACFFI_API_KEY", "s3cret")
+    proc = ServeProcess(["-m", "smollm2-135m", "-np", "1", "-c", "256", "-t", "2"])
+    try:
+        assert httpx.get(proc.url + "/v1/models", timeout=30).status_code == 401
+        headers = {"authorization": "Bearer s3cret"}
+        assert httpx.get(proc.url + "/v1/models", headers=headers, timeout=30).status_code == 200
+    finally:
+        assert proc.stop() == 0

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import os
 import socket
 import sys
@@ -14,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import uvicorn
 
-from .. import cli_args, limits, models
+from .. import cli_args, gguf, limits, models
 from ..service import LlamaCppService, LlamaCppSpecificConfig, LocalBackendConfig, ModelConfig
 from ..service.errors import InvalidConfigError
 from .app import create_app
@@ -22,13 +23,54 @@ from .app import create_app
 log = logging.getLogger("llamacffi.server")
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+def _loopback(address: str) -> bool:
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
+
+
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to ``port`` on each address ``host`` resolves to, as uvicorn would bind them, but before the
+    models load and with errors that name the flags (port 0: one free port, the same on every address)."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        raise OSError(f"--host {host}: {getattr(exc, 'strerror', None) or exc}") from None
+    sockets: list[socket.socket] = []
+    wanted = port
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((address[0], port, *address[2:]))
+            port = port or sock.getsockname()[1]
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise OSError(f"--host {host} --port {wanted}: cannot listen there: {exc.strerror or exc}") from None
+    return sockets
+
+
+def _check(args: argparse.Namespace) -> None:
+    """The serve-only flags' values, refused naming the flag."""
+    if not 0 <= args.port <= 65535:
+        raise InvalidConfigError(f"--port: must be 0 to 65535 (got {args.port})")
+    if not (math.isfinite(args.grace) and args.grace >= 0):
+        raise InvalidConfigError(f"--grace: must be a number of seconds, 0 or more (got {args.grace})")
+    if not 0 <= args.batch_window <= 1000 * limits.BATCH_WINDOW_MAX:
+        raise InvalidConfigError(
+            f"--batch-window: must be 0 to {1000 * limits.BATCH_WINDOW_MAX:g} milliseconds (got {args.batch_window})"
+        )
+    if not 0 <= args.cache_ram <= limits.PROMPT_CACHE_MIB_MAX:
+        raise InvalidConfigError(f"--cache-ram: must be 0 to {limits.PROMPT_CACHE_MIB_MAX} MiB (got {args.cache_ram})")
+    if args.api_key == "":
+        raise InvalidConfigError("--api-key: empty; give a key, or leave the option out to serve without one")
+    if os.environ.get("LLAMACFFI_API_KEY") == "" and args.api_key is None:
+        raise InvalidConfigError("$LLAMACFFI_API_KEY is set but empty; give it a key, or unset it")
 
 
 def _named(ids: list[str], aliases: list[str], what: str) -> list[str]:
@@ -39,7 +81,8 @@ def _named(ids: list[str], aliases: list[str], what: str) -> list[str]:
 
 def _served(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
     """``{served name: model id}`` of the text models (``-m`` with ``--alias``, matched in order) and of the
-    embedding models (``--embedding-model`` with ``--embedding-alias``); ids are checked before binding."""
+    embedding models (``--embedding-model`` with ``--embedding-alias``); ids, and the headers of the files already
+    there, are checked before binding."""
     ids = args.model or ([] if args.embedding_model else [models.DEFAULT])
     names = _named(ids, args.alias, "--alias")
     embed_names = _named(args.embedding_model, args.embedding_alias, "--embedding-alias")
@@ -47,8 +90,8 @@ def _served(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
     if len(set(everything)) != len(everything):
         raise InvalidConfigError(f"two models would be served under the same name: {', '.join(everything)}")
     for model_id in ids + args.embedding_model:
-        if model_id not in models.KNOWN:
-            LlamaCppService.resolve(model_id)  # only looks: known models are fetched while serving
+        if model_id not in models.KNOWN:  # known models are fetched while serving
+            gguf.check(LlamaCppService.resolve(model_id))
     return dict(zip(names, ids, strict=True)), dict(zip(embed_names, args.embedding_model, strict=True))
 
 
@@ -80,27 +123,39 @@ class _Uvicorn(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if self.started and self.servers:
+        if self.started and self.servers and not self.should_exit:  # not when a model failed to load
             host, port = self.servers[0].sockets[0].getsockname()[:2]
             print(f"llamacffi serve: listening on http://{host}:{port}", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until SIGINT / SIGTERM; 0 after a clean stop, 1 when the models fail to load."""
+    """Serve until SIGINT / SIGTERM; 0 after a clean stop. A bad flag, an address it cannot listen on or a model
+    that fails to load raises (the command's one-line error)."""
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    _check(args)
     served, embedders = _served(args)
-    if not 0 <= args.batch_window <= 1000 * limits.BATCH_WINDOW_MAX:
-        raise InvalidConfigError(
-            f"--batch-window: must be 0 to {1000 * limits.BATCH_WINDOW_MAX:g} milliseconds (got {args.batch_window})"
-        )
-    if not 0 <= args.cache_ram <= limits.PROMPT_CACHE_MIB_MAX:
-        raise InvalidConfigError(f"--cache-ram: must be 0 to {limits.PROMPT_CACHE_MIB_MAX} MiB (got {args.cache_ram})")
     api_key = args.api_key or os.environ.get("LLAMACFFI_API_KEY") or None
-    if not _loopback(args.host) and api_key is None:
+    sockets = _listen(args.host, args.port)
+    try:
+        return _serve(args, served, embedders, api_key, sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _serve(
+    args: argparse.Namespace,
+    served: dict[str, str],
+    embedders: dict[str, str],
+    api_key: str | None,
+    sockets: list[socket.socket],
+) -> int:
+    """Serve the models on the bound ``sockets`` until a signal stops the server or a model fails to load."""
+    if api_key is None and not all(_loopback(sock.getsockname()[0]) for sock in sockets):
         log.warning(
             "serving on %s, reachable from other machines, without --api-key: anyone who can reach it can use it",
             args.host,
@@ -150,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     server = _Uvicorn(config, args.grace, app.state.server.close)
     if failed:
         server.should_exit = True
-    server.run()
+    server.run(sockets)
     if failed:
         raise failed[0]
     return 0
