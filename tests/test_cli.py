@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import pty
 import re
 import socket
 import subprocess
@@ -17,6 +18,11 @@ import llamacffi
 from llamacffi import hugepages
 
 BIN = Path(sys.executable).parent / "llamacffi"
+
+
+GREEDY = ("--temp", "0", "-n", "16", "-t", "2")
+SECRET = "The secret word is banana.\n"
+ASK = "What is the secret word?\n"  # SmolLM2 answers it from the history, and does not guess it without
 
 
 def run(
@@ -38,6 +44,17 @@ def one_line_error(out: subprocess.CompletedProcess[str], rc: int = 1) -> str:
     assert out.returncode == rc and len(lines) == 1, out.stderr
     assert lines[0].startswith("llamacffi: error: "), lines[0]
     return lines[0]
+
+
+def last_reply(lines: str | bytes, last: str, *args: str) -> tuple[str, subprocess.CompletedProcess[str]]:
+    """What ``chat`` prints for the message ``last`` after the ``lines`` before it (greedy, so the replies before
+    it are what a run without it prints), and the run with it."""
+    before = run("chat", *GREEDY, *args, stdin=lines)
+    data = lines.encode() if isinstance(lines, str) else lines
+    after = run("chat", *GREEDY, *args, stdin=data + last.encode())
+    assert before.returncode == 0 and after.returncode == 0, after.stderr
+    assert after.stdout.startswith(before.stdout)
+    return after.stdout[len(before.stdout) :], after
 
 
 def test_generate_streams_to_stdout(smollm2_path: Path) -> None:
@@ -70,10 +87,20 @@ def test_generate_with_stop_and_system_via_python_m(smollm2_path: Path) -> None:
 
 
 def test_chat_keeps_history(smollm2_path: Path) -> None:
-    out = run("chat", "--temp", "0", "-n", "12", stdin="My name is Ada.\nWhat is the capital of France?\n")
+    assert "banana" in last_reply(SECRET, ASK)[0]
+    assert "banana" not in run("chat", *GREEDY, stdin=ASK).stdout  # the answer comes from the history
+
+
+def test_chat_system(smollm2_path: Path) -> None:
+    out = run("chat", *GREEDY, "--system", SECRET.strip(), stdin=ASK)
     assert out.returncode == 0, out.stderr
-    assert len([ln for ln in out.stdout.splitlines() if ln.strip()]) >= 2
-    assert "Paris" in out.stdout
+    assert "banana" in out.stdout
+
+
+def test_chat_reports_a_line_that_is_not_utf8_and_goes_on(smollm2_path: Path) -> None:
+    reply, out = last_reply(SECRET.encode() + b"hello \xff\xfe world\n", ASK)
+    assert "banana" in reply
+    assert "that message was not sent: not UTF-8 text" in out.stderr, out.stderr
 
 
 def test_models_list_and_pull(tmp_path: Path, smollm2_path: Path) -> None:
@@ -135,7 +162,7 @@ def test_errors_are_one_line_without_traceback(args: tuple[str, ...]) -> None:
     [
         ("0<&-", ("chat",), "standard input is closed"),
         ("1>&-", ("generate", "hi"), "standard output is closed"),
-        ("", ("generate", "-ngl", "99999999999", "hi"), "gpu_layers"),
+        ("", ("generate", "-ngl", "99999999999", "hi"), "--gpu-layers"),
     ],
 )
 def test_closed_streams_and_huge_numbers_are_one_line_errors(
@@ -157,18 +184,17 @@ def test_chat_drops_old_turns_to_fit_the_context(smollm2_path: Path) -> None:
 
 
 def test_chat_refuses_a_message_too_long_and_keeps_the_history(smollm2_path: Path) -> None:
-    lines = "My name is Ada.\nHello again.\n" + "word " * 400 + "\nWhat is my name?\n"
-    out = run("chat", "--temp", "0", "-n", "12", "-c", "256", stdin=lines)
-    assert out.returncode == 0, out.stderr
+    lines = SECRET + "Hello again.\n" + "word " * 400 + "\n"
+    reply, out = last_reply(lines, ASK, "-c", "256")
+    assert "banana" in reply  # the kept history is the one used
     assert "does not fit the context" in out.stderr
     assert "dropped" not in out.stderr  # the refused message took nothing of the history with it
-    assert len([ln for ln in out.stdout.splitlines() if ln.strip()]) >= 3
 
 
 def test_warnings_are_one_line(smollm2_path: Path) -> None:
     out = run("generate", "--temp", "0", "-n", "2", "-c", "16384", "--raw", "Hi")
     assert out.returncode == 0, out.stderr
-    warned = [ln for ln in out.stderr.splitlines() if "context_size" in ln]
+    warned = [ln for ln in out.stderr.splitlines() if "--ctx-size 16384" in ln]
     assert len(warned) == 1 and warned[0].startswith("llamacffi: warning: ") and "Traceback" not in out.stderr
 
 
@@ -176,6 +202,107 @@ def test_warnings_are_one_line(smollm2_path: Path) -> None:
 def test_bench_sizes_must_be_positive(value: str) -> None:
     out = run("bench", "-p", value)
     assert out.returncode == 2 and "positive integer" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (("generate", "-n", "0", "hi"), "--max-tokens: "),
+        (("generate", "-c", "0", "hi"), "--ctx-size: "),
+        (("generate", "-t", "0", "hi"), "--threads: "),
+        (("generate", "--top-p", "2", "hi"), "--top-p: "),
+        (("embed", "-t", "0", "hi"), "--threads "),
+        (("embed", "--batch-tokens", "0", "hi"), "--batch-tokens "),
+        (("rpc-server", "-t", "0"), "--threads "),
+        (("generate", "--grammar", "/nonexistent/g.gbnf", "hi"), "--grammar /nonexistent/g.gbnf: "),
+        (("embed", "--file", "/nonexistent/texts.txt"), "--file /nonexistent/texts.txt: "),
+        (("generate", "--json-schema", "[1]", "hi"), "--json-schema: "),
+        (("generate", "--json-schema", "null", "hi"), "--json-schema: "),
+        (("generate", "--json-schema", '{"type": ', "hi"), "--json-schema: not valid JSON"),
+        (("generate", "--stop", "", "hi"), "--stop: "),
+        (("generate", "--stop", "\udcff", "hi"), "--stop: not UTF-8"),  # the byte 0xff, as Python passes it
+        (("generate", "-n", "2", ""), "the prompt is empty"),
+        (("generate", "--raw", " "), "the prompt is empty"),
+        (("embed", "hi", " "), "TEXT 2 is empty"),
+    ],
+)
+def test_errors_name_the_flags(args: tuple[str, ...], says: str) -> None:
+    line = one_line_error(run(*args))
+    assert line.startswith("llamacffi: error: " + says), line
+    for python_name in ("Options.", "Config.", "n_threads", "batch_tokens", "Errno", "=True"):
+        assert python_name not in line
+
+
+def test_errors_name_the_truncating_flag_where_there_is_one(smollm2_path: Path, tmp_path: Path) -> None:
+    line = one_line_error(run("generate", "-c", "16", "-n", "4", "hello there, how are you today?"))
+    assert "raise --ctx-size" in line and "truncate" not in line  # generate has no flag that truncates
+    long = tmp_path / "long.txt"
+    long.write_text("word " * 9000)  # beyond the 8,192 tokens SmolLM2 was trained for
+    line = one_line_error(run("embed", "-t", "2", "--file", str(long)))
+    assert "pass --truncate" in line
+    assert run("embed", "-t", "2", "--truncate", "--file", str(long)).returncode == 0
+
+
+def test_grammar_and_json_schema_files(smollm2_path: Path, tmp_path: Path) -> None:
+    grammar = tmp_path / "yes-no.gbnf"
+    grammar.write_text('root ::= "yes" | "no"\n')
+    out = run("generate", *GREEDY, "--grammar", str(grammar), "Is water wet?")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() in ("yes", "no")
+    schema = tmp_path / "schema.json"
+    schema.write_text('{"type": "boolean"}')
+    out = run("generate", *GREEDY, "--json-schema", str(schema), "Is water wet?")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() in ("true", "false")
+    bad = tmp_path / "latin1.gbnf"
+    bad.write_bytes(b'root ::= "\xe9"\n')
+    assert "not UTF-8 text" in one_line_error(run("generate", "--grammar", str(bad), "hi"))
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (("generate", "--raw", "--system", "Be brief.", "hi"), "argument --system: not allowed with argument --raw"),
+        (("generate", "--grammar", "g", "--json-schema", "{}", "hi"), "not allowed with argument --grammar"),
+        (("bench", "-c", "0"), "unrecognized arguments: -c 0"),  # its context is what -p and -g need
+    ],
+)
+def test_options_that_do_not_go_together_are_usage_errors(args: tuple[str, ...], says: str) -> None:
+    out = run(*args)
+    assert out.returncode == 2 and says in out.stderr.splitlines()[-1], out.stderr
+
+
+def test_stop_takes_its_text_as_typed(smollm2_path: Path) -> None:
+    prompt = "Line one.\n\nLine two.\n\nLine three."
+    out = run("generate", *GREEDY, "--raw", "--stop", "\\n\\n", prompt)  # a backslash and an n, twice
+    assert out.returncode == 0 and "\n\n" in out.stdout, out.stdout  # never met: the reply goes past a blank line
+    out = run("generate", *GREEDY, "--raw", "--stop", "\n\n", prompt)  # as bash's $'\n\n' passes it
+    assert out.returncode == 0 and "\n\n" not in out.stdout, out.stdout
+
+
+def test_a_model_that_fails_to_load_is_one_line(smollm2_path: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.gguf"
+    with smollm2_path.open("rb") as f:
+        cut.write_bytes(f.read(10 << 20))  # the metadata whole, the tensors cut short
+    line = one_line_error(run("generate", "-m", str(cut), "hi"))  # llama.cpp's log lines say what it says
+    assert "not within the file bounds" in line
+
+
+def test_embed_npy_refuses_a_terminal(smollm2_path: Path) -> None:
+    controller, terminal = pty.openpty()
+    try:
+        out = subprocess.run(
+            [str(BIN), "embed", "--format", "npy", "hello"], stdout=terminal, stderr=subprocess.PIPE, timeout=300
+        )
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert out.returncode == 1 and b"redirect it to a file or a pipe" in out.stderr, out.stderr
+
+
+def test_models_list_says_when_models_path_is_not_a_folder(tmp_path: Path) -> None:
+    out = run("models", "list", env={"MODELS_PATH": str(tmp_path / "nowhere")})
+    assert out.returncode == 0 and "nowhere is not a folder" in out.stderr, out.stderr
 
 
 # ---- serve: what the command refuses before it listens -----------------------------------------------------------

@@ -1,17 +1,19 @@
 """The ``llamacffi`` command: generate, chat, models, info, bench, embed, serve, rpc-server.
 
-Errors print one line and exit non-zero; Ctrl-C exits with 130.
+Errors print one line, ``llamacffi: error: ...``, and exit 1; a usage error (an unknown option, a value of the wrong
+type) prints argparse's usage and exits 2; Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import cli_args, cli_embed, models
@@ -30,14 +32,15 @@ def _positive(text: str) -> int:
     return value
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
+def _model_args(p: argparse.ArgumentParser, ctx_size: bool = True) -> None:
     cli_args.add_model(p)
-    p.add_argument("-c", "--ctx-size", type=int, default=2048, help="context size per request (default 2048)")
+    if ctx_size:
+        p.add_argument("-c", "--ctx-size", type=int, default=2048, help="context size per request (default 2048)")
     cli_args.add_compute(p)
     cli_args.add_placement(p)
 
 
-def _sampling_args(p: argparse.ArgumentParser) -> None:
+def _sampling_args(p: argparse.ArgumentParser, system_in: argparse._ActionsContainer | None = None) -> None:
     p.add_argument("-n", "--max-tokens", type=int, default=256)
     p.add_argument("--temperature", "--temp", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=40)
@@ -45,8 +48,13 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-p", type=float, default=0.05)
     p.add_argument("--repeat-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
-    p.add_argument("--system", default=None, help="system prompt (through the chat template)")
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        help="stop sequence, taken as typed (repeatable; a newline in bash: $'\\n')",
+    )
+    (system_in or p).add_argument("--system", default=None, help="system prompt (through the chat template)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,16 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="stream a completion to stdout")
     g.add_argument("prompt", nargs="+")
-    g.add_argument("--raw", action="store_true", help="complete the prompt text as is (no chat template)")
-    g.add_argument(
+    templated = g.add_mutually_exclusive_group()
+    templated.add_argument("--raw", action="store_true", help="complete the prompt text as is (no chat template)")
+    constraint = g.add_mutually_exclusive_group()
+    constraint.add_argument(
         "--json-schema",
         default=None,
-        metavar="FILE|JSON",
-        help="constrain the output to JSON valid under this schema (a file, or JSON text)",
+        metavar="JSON|FILE",
+        help="constrain the output to JSON valid under this schema (JSON text, else a file)",
     )
-    g.add_argument("--grammar", default=None, metavar="FILE", help="constrain the output to this GBNF grammar")
+    constraint.add_argument("--grammar", default=None, metavar="FILE", help="constrain the output to this GBNF grammar")
     _model_args(g)
-    _sampling_args(g)
+    _sampling_args(g, system_in=templated)
     c = sub.add_parser("chat", help="interactive chat (history through the chat template)")
     _model_args(c)
     _sampling_args(c)
@@ -80,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         "--rpc", action="append", default=[], metavar="HOST:PORT[,...]", help="also list this RPC server's devices"
     )
     b = sub.add_parser("bench", help="quick prompt-processing and generation speed")
-    _model_args(b)
+    _model_args(b, ctx_size=False)  # its context is what -p and -g need
     b.add_argument("-p", "--n-prompt", type=_positive, default=128)
     b.add_argument("-g", "--n-gen", type=_positive, default=32)
     cli_embed.add_parser(sub)
@@ -89,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("rpc-server", help="serve this build's devices to other hosts over llama.cpp's RPC protocol")
     r.add_argument("--host", default="127.0.0.1", help="IPv4 address to listen on (default 127.0.0.1: this machine)")
     r.add_argument("--port", type=int, default=50052, help="port (default 50052; 0: a free one, printed)")
-    r.add_argument("-t", "--threads", type=_positive, default=None, help="CPU threads (default: all cores)")
+    r.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     r.add_argument("--cache", default=None, metavar="DIR", help="keep received tensors here for faster reloads")
     r.add_argument(
         "--device",
@@ -138,25 +148,41 @@ def _service_model(args: argparse.Namespace, parallel: int = 1):  # type: ignore
             tensor_split=cli_args.split_list(args.tensor_split),
         )
     )
-    return svc, svc.load_model(args.model, config=ModelConfig(context_size=args.ctx_size, parallel=parallel))
+    config = ModelConfig(context_size=args.ctx_size, parallel=parallel)
+    with cli_args.log_held():
+        return svc, svc.load_model(args.model, config=config)
 
 
 def _constraint(args: argparse.Namespace) -> tuple[str | None, str | None]:
-    """``(grammar, json_schema)`` from --grammar FILE and --json-schema FILE|JSON."""
+    """``(grammar, json_schema)`` from --grammar FILE and --json-schema JSON|FILE."""
     grammar = schema = None
     if getattr(args, "grammar", None) is not None:
-        grammar = Path(args.grammar).read_text(encoding="utf-8")
+        grammar = cli_args.read_text("--grammar", args.grammar)
     given = getattr(args, "json_schema", None)
     if given is not None:
-        inline = given.lstrip().startswith(("{", "true", "false"))  # JSON text; anything else names a file
-        schema = given if inline else Path(given).read_text(encoding="utf-8")
+        schema = _schema_text(given)
     return grammar, schema
+
+
+def _schema_text(given: str) -> str:
+    """--json-schema's value: JSON text as it is, else the text of the file it names."""
+    try:
+        json.loads(given)
+    except ValueError as exc:
+        if given.lstrip().startswith(("{", "[")) and not os.path.isfile(given):
+            raise ValueError(f"--json-schema: not valid JSON: {exc}") from None
+        return cli_args.read_text("--json-schema", given)
+    return given
 
 
 def _options(args: argparse.Namespace, raw: bool = False) -> GenerationOptions:
     from .service import GenerationOptions
 
     grammar, schema = _constraint(args)
+    for stop in args.stop:
+        if not stop:
+            raise ValueError("--stop: an empty stop sequence would end every reply before it starts")
+        cli_args.check_utf8("--stop", stop)
     return GenerationOptions(
         max_tokens=args.max_tokens,
         temperature=args.temperature,
@@ -174,11 +200,15 @@ def _options(args: argparse.Namespace, raw: bool = False) -> GenerationOptions:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    prompt = " ".join(args.prompt)
+    if not prompt.strip():
+        raise ValueError("the prompt is empty: give the text to complete or answer")
+    cli_args.check_utf8("prompt", prompt)
     opts = _options(args, raw=args.raw)
     svc, model = _service_model(args)
     last = ""
     with svc, model:
-        for chunk in model.generate_stream(" ".join(args.prompt), opts):
+        for chunk in model.generate_stream(prompt, opts):
             sys.stdout.write(chunk)
             sys.stdout.flush()
             last = chunk or last
@@ -188,31 +218,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    from .service import InvalidConfigError
+
     opts = _options(args)
     svc, model = _service_model(args)
     history: list[tuple[str, str]] = []
-    interactive = sys.stdin.isatty()
     with svc, model:
-        while True:
-            if interactive:
-                sys.stdout.write("> ")
-                sys.stdout.flush()
-            line = sys.stdin.readline()
-            if not line:
-                break
-            text = line.rstrip("\n")
-            if not text.strip():
-                continue
-            if text.strip() in ("/exit", "/quit"):
-                break
+        for text in _messages():
             history.append(("user", text))
-            stream = _fitting_stream(model, history, opts)
+            refused = f"that message alone does not fit the context of {args.ctx_size} tokens (-c)"
+            try:
+                stream = _fitting_stream(model, history, opts)
+            except InvalidConfigError as exc:  # this message's own fault: the session goes on without it
+                stream, refused = None, f"that message was not sent: {_cli_words(str(exc), 'chat')}"
             if stream is None:
                 history.pop()
-                print(
-                    f"llamacffi: that message alone does not fit the context of {args.ctx_size} tokens (-c)",
-                    file=sys.stderr,
-                )
+                print(f"llamacffi: {refused}", file=sys.stderr)
                 continue
             reply = []
             for chunk in stream:
@@ -222,6 +243,29 @@ def cmd_chat(args: argparse.Namespace) -> int:
             sys.stdout.write("\n")
             history.append(("assistant", "".join(reply)))
     return 0
+
+
+def _messages() -> Iterator[str]:
+    """Chat's messages, one per line of standard input, until its end or /exit; a line that is not UTF-8 is
+    reported and skipped."""
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            sys.stdout.write("> ")
+            sys.stdout.flush()
+        line = sys.stdin.buffer.readline()
+        if not line:
+            return
+        try:
+            text = line.decode("utf-8").rstrip("\n")
+        except UnicodeDecodeError as exc:
+            print(f"llamacffi: that message was not sent: {cli_args.not_utf8(exc)}", file=sys.stderr)
+            continue
+        if not text.strip():
+            continue
+        if text.strip() in ("/exit", "/quit"):
+            return
+        yield text
 
 
 def _fitting_stream(
@@ -250,6 +294,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     from .service import LlamaCppService
 
+    root = models.models_path()
+    if root is not None and not root.is_dir():
+        print(f"llamacffi: warning: $MODELS_PATH {root} is not a folder: only known models are listed", file=sys.stderr)
     for model_id in LlamaCppService().list_available_models():
         note = ""
         if model_id in models.KNOWN:
@@ -266,7 +313,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         from .service import LlamaCppService
 
         path = LlamaCppService().resolve(args.model)
-        with Model.load(path, n_gpu_layers=args.gpu_layers) as m:
+        with cli_args.log_held():
+            m = Model.load(path, n_gpu_layers=args.gpu_layers)
+        with m:
             info["model"] = {
                 "path": str(path),
                 "description": m.description,
@@ -297,13 +346,18 @@ def cmd_info(args: argparse.Namespace) -> int:
             elif isinstance(value, dict):
                 print(f"{key}:")
                 for k, v in value.items():
-                    print(f"  {k}: {v if not isinstance(v, dict) else ''}")
+                    print(f"  {k}: {_one_line(v) if not isinstance(v, dict) else ''}")
                     if isinstance(v, dict):
                         for kk, vv in v.items():
-                            print(f"    {kk}: {str(vv)[:100]}")
+                            print(f"    {kk}: {_one_line(vv)[:100]}")
             else:
                 print(f"{key}: {value}")
     return 0
+
+
+def _one_line(value: object) -> str:
+    """A metadata value on one line of the indented listing (a chat template holds newlines)."""
+    return str(value).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -318,9 +372,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         path = LlamaCppService().resolve(args.model)
     split = cli_args.split_list(args.tensor_split)
     rpc = cli_args.rpc_list(args.rpc) or None
-    with Model.load(
-        path, n_gpu_layers=args.gpu_layers, huge_pages=args.huge_pages, rpc_servers=rpc, tensor_split=split
-    ) as model:
+    with cli_args.log_held():
+        model = Model.load(
+            path, n_gpu_layers=args.gpu_layers, huge_pages=args.huge_pages, rpc_servers=rpc, tensor_split=split
+        )
+    with model:
         if args.n_prompt + args.n_gen >= model.n_ctx_train:
             raise InvalidArgumentError(
                 f"-p {args.n_prompt} and -g {args.n_gen} need {args.n_prompt + args.n_gen + 1} positions, but "
@@ -395,13 +451,55 @@ COMMANDS = {
 }
 
 
-def _warn(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
-    print(f"llamacffi: warning: {message}", file=sys.stderr)
+# The service's and the library's names for what the command line sets, as the flags the user typed.
+_FLAGS = {
+    "max_tokens": "--max-tokens",
+    "temperature": "--temp",
+    "top_k": "--top-k",
+    "top_p": "--top-p",
+    "min_p": "--min-p",
+    "repeat_penalty": "--repeat-penalty",
+    "seed": "--seed",
+    "stop_sequences": "--stop",
+    "system": "--system",
+    "grammar": "--grammar",
+    "json_schema": "--json-schema",
+    "context_size": "--ctx-size",
+    "parallel": "--parallel",
+    "max_queue": "--max-queue",
+    "threads": "--threads",
+    "gpu_layers": "--gpu-layers",
+    "rpc_servers": "--rpc",
+    "tensor_split": "--tensor-split",
+    "huge_pages": "--huge-pages",
+    "n_threads": "--threads",
+    "batch_tokens": "--batch-tokens",
+    "port": "--port",
+}
+_FIELD = re.compile(r"\b(?:GenerationOptions|ModelConfig|LocalBackendConfig|LlamaCppSpecificConfig)\.(\w+)")
+_LEADING = re.compile(r"^(\w+)(?= must be )")  # the library's messages start with the argument's name
+_HINTS = (
+    (", or set truncate_prompt=True", ""),  # no flag sets it
+    ("pass truncate=True", "pass --truncate"),
+)
+
+
+def _cli_words(message: str, command: str) -> str:
+    """``message`` with the fields and keyword arguments it names written as ``command``'s flags."""
+    message = _FIELD.sub(lambda m: _FLAGS.get(m.group(1), m.group(0)), message)
+    message = _LEADING.sub(lambda m: _FLAGS.get(m.group(1), m.group(0)), message)
+    for hint, flag in _HINTS:
+        message = message.replace(hint, flag)
+    return message.replace(" or parallel", " or --parallel" if command == "serve" else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    previous, warnings.showwarning = warnings.showwarning, _warn  # one line, like the errors
+
+    def warn(message: Warning | str, category: type[Warning], *rest: object, **kwargs: object) -> None:
+        print(f"llamacffi: warning: {_cli_words(str(message), args.command)}", file=sys.stderr)
+
+    previous, warnings.showwarning = warnings.showwarning, warn  # one line, like the errors
     try:
         if sys.stdout is None:  # started with its standard output closed
             raise OSError("standard output is closed: llamacffi writes its results there")
@@ -415,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except Exception as exc:  # one clear line, no traceback
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"llamacffi: error: {message}", file=sys.stderr)
+        print(f"llamacffi: error: {_cli_words(message, args.command)}", file=sys.stderr)
         return 1
     finally:
         warnings.showwarning = previous

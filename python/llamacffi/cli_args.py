@@ -1,9 +1,13 @@
-"""Command-line options that several commands share (generate, chat, bench, info, embed, serve), defined once."""
+"""Command-line options that several commands share (generate, chat, bench, info, embed, serve), defined once, and
+the helpers behind them."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from . import models
 
@@ -66,3 +70,50 @@ def split_list(text: str | None) -> tuple[float, ...] | None:
         return tuple(float(x) for x in text.replace("/", ",").split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"--tensor-split takes numbers separated by commas, got {text!r}") from None
+
+
+def read_text(flag: str, path: str) -> str:
+    """The UTF-8 text of the file an option names; errors say which option and which file."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{flag} {path}: {not_utf8(exc)}") from None
+    except OSError as exc:
+        raise OSError(f"{flag} {path}: {exc.strerror or exc}") from None
+
+
+def check_utf8(what: str, text: str) -> None:
+    """Refuse text from the command line that is not UTF-8 (Python keeps such bytes as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what}: not UTF-8 text") from None
+
+
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """Where bytes that should be UTF-8 are not, in a few words."""
+    return f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+
+
+class _Held(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def log_held() -> Iterator[None]:
+    """Hold back llama.cpp's log lines while a model loads: they are shown when the block succeeds and dropped when
+    it raises, since the error then quotes what they say (the command's one line stays one line)."""
+    logger = logging.getLogger("llamacffi")
+    held = _Held()
+    logger.addHandler(held)
+    try:
+        yield
+    finally:
+        logger.removeHandler(held)
+    for record in held.records:  # reached only without an exception
+        logger.handle(record)

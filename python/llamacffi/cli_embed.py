@@ -42,19 +42,26 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def read_texts(args: argparse.Namespace) -> list[str]:
+    """The TEXT arguments, or the non-blank lines of --file; blank or non-UTF-8 input is refused by name."""
     if args.file is not None and args.texts:
         raise ValueError("give texts as arguments or with --file, not both")
     if args.file is None:
         if not args.texts:
             raise ValueError("no text to embed: give TEXT arguments or --file")
+        for i, text in enumerate(args.texts, 1):
+            if not text.strip():
+                raise ValueError(f"TEXT {i} is empty: nothing to embed")
+            cli_args.check_utf8(f"TEXT {i}", text)
         return list(args.texts)
     if args.file == "-":
         if sys.stdin is None:
             raise OSError("standard input is closed: --file - reads the texts there")
-        lines = sys.stdin.read().splitlines()
+        try:
+            lines = sys.stdin.buffer.read().decode("utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"--file -: {cli_args.not_utf8(exc)}") from None
     else:
-        with open(args.file, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        lines = cli_args.read_text("--file", args.file).splitlines()
     texts = [line for line in lines if line.strip()]
     if not texts:
         raise ValueError(f"{args.file} holds no text to embed")
@@ -68,13 +75,17 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     if args.format == "npy" and args.pooling == "none":
         raise ValueError("--format npy writes one vector per text; use --format json with --pooling none")
+    if args.format == "npy" and sys.stdout.isatty():
+        raise ValueError("--format npy writes binary data: redirect it to a file or a pipe")
     texts = read_texts(args)
     path = models.fetch(args.model, progress=True) if args.model in models.KNOWN else None
     if path is None:
         from .service import LlamaCppService
 
         path = LlamaCppService().resolve(args.model)
-    with Model.load(path, n_gpu_layers=args.gpu_layers) as model:
+    with cli_args.log_held():
+        model = Model.load(path, n_gpu_layers=args.gpu_layers)
+    with model:
         vectors = embedding.embed(
             model,
             texts,
