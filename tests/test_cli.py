@@ -349,6 +349,14 @@ def test_serve_a_file_that_is_no_model_is_one_line_and_never_listens(smollm2_pat
 
 
 @needs_server
+def test_serve_without_the_server_extra_says_what_to_install(tmp_path: Path) -> None:
+    (tmp_path / "uvicorn.py").write_text("raise ModuleNotFoundError(\"No module named 'uvicorn'\", name='uvicorn')\n")
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    out = run("serve", "--port", "0", "-m", "smollm2-135m", env={"PYTHONPATH": path}, timeout=120)
+    assert "pip install 'llamacffi[server]'" in one_line_error(out)
+
+
+@needs_server
 def test_serve_takes_its_key_from_the_environment(smollm2_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import httpx
 

@@ -115,8 +115,8 @@ def _parser() -> argparse.ArgumentParser:
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
     try:
         from .server.main import add_arguments
-    except ImportError:  # without the server extra: the command explains what to install
-        p.add_argument("rest", nargs=argparse.REMAINDER)
+    except ImportError:  # without the server extra: its options are let through, and the command says what to install
+        p.set_defaults(server_missing=True)
         return
     add_arguments(p)
 
@@ -494,7 +494,10 @@ def _cli_words(message: str, command: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "server_missing", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
 
     def warn(message: Warning | str, category: type[Warning], *rest: object, **kwargs: object) -> None:
         print(f"llamacffi: warning: {_cli_words(str(message), args.command)}", file=sys.stderr)
