@@ -165,3 +165,43 @@ def test_a_failed_decode_frees_the_slot_before_the_caller_hears(
         with pytest.raises(GenerationError, match="a failed llama_decode"):
             m.generate("Hello there", RAW)
         assert m.generate("Hello there", RAW)  # at once: the slot is already free
+
+
+def test_other_threads_take_the_lock_while_a_prompt_is_saved_or_restored(service: LlamaCppService) -> None:
+    """Saving or restoring a sequence's memory may copy gigabytes: submissions, cancellations and the counts of
+    every model (a server's event loop among the callers) go on meanwhile."""
+    cfg = ModelConfig(context_size=256, parallel=1, prompt_cache_mib=64)
+    with service.load_model("smollm2-135m", config=cfg) as m:
+        engine = m._engine
+        ctx = engine.ctx
+        free_while: list[bool] = []
+
+        def lock_is_free() -> None:
+            def take() -> None:
+                got = engine._cond.acquire(timeout=10)
+                if got:
+                    engine._cond.release()
+                free_while.append(got)
+
+            t = threading.Thread(target=take)
+            t.start()
+            t.join()
+
+        save, load = ctx.seq_state_bytearray, ctx.seq_state_load
+
+        def saving(seq_id: int = 0) -> bytearray:
+            lock_is_free()
+            return save(seq_id)
+
+        def restoring(state: Any, seq_id: int = 0) -> None:
+            lock_is_free()
+            load(state, seq_id)
+
+        ctx.seq_state_bytearray = saving  # type: ignore[method-assign]
+        ctx.seq_state_load = restoring  # type: ignore[method-assign]
+        expected = m.generate(PLANETS, RAW)
+        m.generate(BREAD, RAW)  # PLANETS is saved to host memory as BREAD takes the slot
+        assert m.generate(PLANETS, RAW) == expected  # and restored
+        assert m.stats["prompt_cache_saves"] >= 1 and m.stats["prompt_cache_restores"] >= 1
+        assert free_while and all(free_while)
+        assert m.load == (0, 0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
@@ -93,6 +94,7 @@ class Engine(runner.Attached):
         # Slots whose memory a copy waits to read: llama.cpp copies between KV streams at the next decode, so until
         # then nothing may be restored into them.
         self._copy_sources: set[int] = set()
+        self._placing = 0  # a request between the queue and its slot (admission lets go of the lock while copying)
         self._batch = Batch(config.batch_size, n_seq_max=config.parallel)
         self._queue: deque[Request] = deque()
         self._tick = 0
@@ -149,8 +151,8 @@ class Engine(runner.Attached):
             return self._busy(), len(self._queue)
 
     def _busy(self) -> int:
-        """Slots whose request runs on (a cancelled one leaves its slot at the next step)."""
-        return sum(1 for s in self._slots if s.request is not None and not s.request.cancelled)
+        """Slots whose request runs on (a cancelled one leaves its slot at the next step), and one being placed."""
+        return self._placing + sum(1 for s in self._slots if s.request is not None and not s.request.cancelled)
 
     def close(self) -> None:
         with self._cond:
@@ -258,6 +260,7 @@ class Engine(runner.Attached):
             if lead is not None and not (lead.prompt_done or lead.finished or lead.cancelled):
                 held.append(req)
                 continue
+            self._placing = 1  # out of the queue and in no slot yet: it still counts against the limit
             try:
                 best, keep = self._place(req, free)
             except Exception as exc:  # what the free slots hold is unknown now: they start empty
@@ -265,6 +268,8 @@ class Engine(runner.Attached):
                 for s in free:
                     self._empty(s)
                 continue
+            finally:
+                self._placing = 0
             free.remove(best)
             best.pending = req.prompt[keep:]
             best.request = req
@@ -325,7 +330,8 @@ class Engine(runner.Attached):
         self._save(target, min(lcps[target.seq_id], last))
         if saved is not None:
             try:
-                self.ctx.seq_state_load(saved.state, target.seq_id)
+                with self._unlocked():
+                    self.ctx.seq_state_load(saved.state, target.seq_id)
             except StateError:  # not expected from a state this context saved; decode the prompt instead
                 mem.seq_rm(target.seq_id, -1, -1)
                 target.n_cached = lcps[target.seq_id] = 0
@@ -359,11 +365,23 @@ class Engine(runner.Attached):
         if cache.holds(tokens):
             return
         try:
-            state = self.ctx.seq_state_bytearray(slot.seq_id)
+            with self._unlocked():
+                state = self.ctx.seq_state_bytearray(slot.seq_id)
         except StateError:
             return
         if cache.put(tokens, state):
             self.stats["prompt_cache_saves"] += 1
+
+    @contextlib.contextmanager
+    def _unlocked(self) -> Iterator[None]:
+        """The lock let go while this thread copies a sequence's memory (up to gigabytes): other threads, and the
+        event loop of a server, only queue, cancel and count meanwhile, which admission allows for. The slots and the
+        context stay this thread's."""
+        self._cond.release()
+        try:
+            yield
+        finally:
+            self._cond.acquire()
 
     def _release(self, slot: _Slot) -> None:
         if slot.request is not None:
