@@ -198,7 +198,7 @@ def test_an_ambiguous_grammar_is_stopped_once_its_parses_multiply(smollm2: llama
 def test_trying_many_tokens_leaves_the_grammar_as_it_was(smollm2: llamacffi.Model) -> None:
     from llamacffi.sampling.constraint import accepted, make_grammar
 
-    g = make_grammar(smollm2.vocab, 'root ::= "ab" | "ac"', "root")
+    g, _ = make_grammar(smollm2.vocab, 'root ::= "ab" | "ac"', "root")
     ids = np.arange(smollm2.vocab.n_tokens, dtype=np.int32)
     first = accepted(g, ids)
     pieces = [smollm2.vocab.token_to_piece(int(t)) for t in ids]
