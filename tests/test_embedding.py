@@ -373,7 +373,7 @@ def test_cli_json_and_npy(smollm2: llamacffi.Model, tmp_path: Path) -> None:
 
 def test_cli_errors(smollm2: llamacffi.Model) -> None:
     empty = run_cli("-m", str(smollm2.path), "")
-    assert empty.returncode == 1 and b"texts[0] is an empty string" in empty.stderr
+    assert empty.returncode == 1 and empty.stderr == b"llamacffi: error: TEXT 1 is empty: nothing to embed\n"
     none = run_cli("-m", str(smollm2.path))
     assert none.returncode == 1 and b"no text to embed" in none.stderr
     both = run_cli("-m", str(smollm2.path), "--format", "npy", "--pooling", "none", "x")
