@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -98,3 +99,14 @@ def test_pinned_tree_origin_recorded() -> None:
         assert origin.is_file()
         assert llamacffi.system_info()["llama_cpp"] in origin.read_text()
         assert not (ROOT / "vendor" / "llama.cpp" / ".git").exists()
+
+
+def test_the_layers_submodules_load_on_first_use() -> None:
+    code = (
+        "import sys, llamacffi; assert 'llamacffi.sampling' not in sys.modules; "
+        "from llamacffi.sampling import Sampler; assert llamacffi.sampling.Sampler is Sampler; "
+        "assert callable(llamacffi.grammar.from_json_schema); "
+        "assert not hasattr(llamacffi, 'service')"  # a floor above: imported by name, never reached from here
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr

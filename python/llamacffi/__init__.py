@@ -27,6 +27,17 @@ from .log import set_log_level
 from .model import Model
 from .vocab import StreamDecoder, Vocab
 
+# Submodules of this layer that ``llamacffi.<name>`` loads on first use (``import llamacffi`` does not pay for them).
+_LAZY = frozenset({"embedding", "gguf", "grammar", "hugepages", "models", "raw", "raw_tools", "rpc", "sampling"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [  # noqa: RUF022 - grouped as before: the package's classes, then its errors, then its functions
     "__version__",
     "Batch",
