@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 import warnings
@@ -230,7 +229,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             try:
                 stream = _fitting_stream(model, history, opts)
             except InvalidConfigError as exc:  # this message's own fault: the session goes on without it
-                stream, refused = None, f"that message was not sent: {_cli_words(str(exc), 'chat')}"
+                stream, refused = None, f"that message was not sent: {cli_args.flag_words(str(exc), 'chat')}"
             if stream is None:
                 history.pop()
                 print(f"llamacffi: {refused}", file=sys.stderr)
@@ -451,48 +450,6 @@ COMMANDS = {
 }
 
 
-# The service's and the library's names for what the command line sets, as the flags the user typed.
-_FLAGS = {
-    "max_tokens": "--max-tokens",
-    "temperature": "--temp",
-    "top_k": "--top-k",
-    "top_p": "--top-p",
-    "min_p": "--min-p",
-    "repeat_penalty": "--repeat-penalty",
-    "seed": "--seed",
-    "stop_sequences": "--stop",
-    "system": "--system",
-    "grammar": "--grammar",
-    "json_schema": "--json-schema",
-    "context_size": "--ctx-size",
-    "parallel": "--parallel",
-    "max_queue": "--max-queue",
-    "threads": "--threads",
-    "gpu_layers": "--gpu-layers",
-    "rpc_servers": "--rpc",
-    "tensor_split": "--tensor-split",
-    "huge_pages": "--huge-pages",
-    "n_threads": "--threads",
-    "batch_tokens": "--batch-tokens",
-    "port": "--port",
-}
-_FIELD = re.compile(r"\b(?:GenerationOptions|ModelConfig|LocalBackendConfig|LlamaCppSpecificConfig)\.(\w+)")
-_LEADING = re.compile(r"^(\w+)(?= must be )")  # the library's messages start with the argument's name
-_HINTS = (
-    (", or set truncate_prompt=True", ""),  # no flag sets it
-    ("pass truncate=True", "pass --truncate"),
-)
-
-
-def _cli_words(message: str, command: str) -> str:
-    """``message`` with the fields and keyword arguments it names written as ``command``'s flags."""
-    message = _FIELD.sub(lambda m: _FLAGS.get(m.group(1), m.group(0)), message)
-    message = _LEADING.sub(lambda m: _FLAGS.get(m.group(1), m.group(0)), message)
-    for hint, flag in _HINTS:
-        message = message.replace(hint, flag)
-    return message.replace(" or parallel", " or --parallel" if command == "serve" else "")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args, unknown = parser.parse_known_args(argv)
@@ -500,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
 
     def warn(message: Warning | str, category: type[Warning], *rest: object, **kwargs: object) -> None:
-        print(f"llamacffi: warning: {_cli_words(str(message), args.command)}", file=sys.stderr)
+        print(f"llamacffi: warning: {cli_args.flag_words(str(message), args.command)}", file=sys.stderr)
 
     previous, warnings.showwarning = warnings.showwarning, warn  # one line, like the errors
     try:
@@ -516,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except Exception as exc:  # one clear line, no traceback
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"llamacffi: error: {_cli_words(message, args.command)}", file=sys.stderr)
+        print(f"llamacffi: error: {cli_args.flag_words(message, args.command)}", file=sys.stderr)
         return 1
     finally:
         warnings.showwarning = previous

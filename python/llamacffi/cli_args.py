@@ -1,11 +1,12 @@
 """Command-line options that several commands share (generate, chat, bench, info, embed, serve), defined once, and
-the helpers behind them."""
+the helpers behind them; and the flags that the library's and the service's messages are rewritten to name."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -117,3 +118,45 @@ def log_held() -> Iterator[None]:
         logger.removeHandler(held)
     for record in held.records:  # reached only without an exception
         logger.handle(record)
+
+
+# The service's and the library's names for what the command line sets, as the flags the user typed.
+_FLAGS = {
+    "max_tokens": "--max-tokens",
+    "temperature": "--temp",
+    "top_k": "--top-k",
+    "top_p": "--top-p",
+    "min_p": "--min-p",
+    "repeat_penalty": "--repeat-penalty",
+    "seed": "--seed",
+    "stop_sequences": "--stop",
+    "system": "--system",
+    "grammar": "--grammar",
+    "json_schema": "--json-schema",
+    "context_size": "--ctx-size",
+    "parallel": "--parallel",
+    "max_queue": "--max-queue",
+    "threads": "--threads",
+    "gpu_layers": "--gpu-layers",
+    "rpc_servers": "--rpc",
+    "tensor_split": "--tensor-split",
+    "huge_pages": "--huge-pages",
+    "n_threads": "--threads",
+    "batch_tokens": "--batch-tokens",
+    "port": "--port",
+}
+_FIELD = re.compile(r"\b(?:GenerationOptions|ModelConfig|LocalBackendConfig|LlamaCppSpecificConfig)\.(\w+)")
+_LEADING = re.compile(r"^(\w+)(?= must be )")  # the library's messages start with the argument's name
+_HINTS = (
+    (", or set truncate_prompt=True", ""),  # no flag sets it
+    ("pass truncate=True", "pass --truncate"),
+)
+
+
+def flag_words(message: str, command: str) -> str:
+    """``message`` with the fields and keyword arguments it names written as ``command``'s flags."""
+    message = _FIELD.sub(lambda m: _FLAGS.get(m.group(1), m.group(0)), message)
+    message = _LEADING.sub(lambda m: _FLAGS.get(m.group(1), m.group(0)), message)
+    for hint, flag in _HINTS:
+        message = message.replace(hint, flag)
+    return message.replace(" or parallel", " or --parallel" if command == "serve" else "")
