@@ -38,6 +38,7 @@ def __getattr__(name: str) -> object:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [  # noqa: RUF022 - grouped as before: the package's classes, then its errors, then its functions
     "__version__",
     "Batch",
