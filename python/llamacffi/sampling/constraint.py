@@ -7,9 +7,11 @@ holds a lease on the model (:mod:`llamacffi.ownership`) until it is freed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import threading
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import numpy as np
@@ -124,10 +126,18 @@ def spent_error() -> GrammarError:
     return GrammarError("the grammar stopped at an earlier GrammarError and admits nothing more; call reset() first")
 
 
-def claim(lock: threading.Lock, what: str) -> None:
-    """Take ``lock`` for one call, or raise: a sampler's C state is not for two threads at once."""
+@contextlib.contextmanager
+def claimed(lock: threading.Lock, what: str, closed: Callable[[], bool] = lambda: False) -> Iterator[None]:
+    """``lock`` held for one call, or LlamaError: a sampler's C state is not for two threads at once.
+    ClosedError when ``closed()`` says the object is closed."""
     if not lock.acquire(blocking=False):
         raise LlamaError(f"this {what} is in use by another thread; use one {what} per thread")
+    try:
+        if closed():
+            raise ClosedError(f"this {what} is closed; create a new one")
+        yield
+    finally:
+        lock.release()
 
 
 def accepted(grammar: CData, tokens: np.ndarray) -> np.ndarray:
@@ -201,11 +211,8 @@ class Constraint:
     def allowed(self, token: int) -> bool:
         """Whether the grammar allows ``token`` next; InvalidTokenError for an id outside ``[0, n_vocab)``."""
         t = self._token(token)
-        claim(self._busy, "Constraint")
-        try:
+        with claimed(self._busy, "Constraint"):
             return self._allowed(t)
-        finally:
-            self._busy.release()
 
     def _allowed(self, token: int) -> bool:
         self._ids[0] = token
@@ -220,11 +227,8 @@ class Constraint:
         :data:`SHORTLIST` highest (the whole row when it allows none of them)."""
         row = as_logits(row)
         self.check_row(row)
-        claim(self._busy, "Constraint")
-        try:
+        with claimed(self._busy, "Constraint"):
             return self._restrict(row)
-        finally:
-            self._busy.release()
 
     def _restrict(self, row: FloatArray) -> FloatArray:
         n = row.size
@@ -259,8 +263,7 @@ class Constraint:
         ``checked``: the caller has just had :meth:`allowed` or :meth:`restrict` say so. A GrammarError here
         leaves the grammar spent until :meth:`reset`."""
         t = self._token(token)
-        claim(self._busy, "Constraint")
-        try:
+        with claimed(self._busy, "Constraint"):
             if not checked and not self._allowed(t):
                 raise GrammarError(f"token {t} is not allowed by the grammar at this point")
             g = self._live()
@@ -269,17 +272,12 @@ class Constraint:
             except GrammarError:
                 self._spent = True
                 raise
-        finally:
-            self._busy.release()
 
     def reset(self) -> None:
         """Start the grammar again from its root rule (a spent grammar too)."""
-        claim(self._busy, "Constraint")
-        try:
+        with claimed(self._busy, "Constraint"):
             lib.llama_sampler_reset(self._open())
             self._spent = False
-        finally:
-            self._busy.release()
 
     def close(self) -> None:
         """Free the grammar now, once a call under way in another thread has returned; idempotent."""

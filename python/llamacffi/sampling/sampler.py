@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 
 import numpy as np
 
 from ..errors import ClosedError
-from .constraint import Constraint, VocabLike, claim
+from .constraint import Constraint, VocabLike, claimed
 from .kernels import (
     best_k,
     draw,
@@ -73,11 +74,8 @@ class Sampler(Configured):
     def seed(self) -> int | None:
         return self._seed
 
-    def _claim(self) -> None:
-        claim(self._busy, "Sampler")
-        if self._closed:
-            self._busy.release()
-            raise ClosedError("this Sampler is closed; create a new one")
+    def _claimed(self) -> contextlib.AbstractContextManager[None]:
+        return claimed(self._busy, "Sampler", lambda: self._closed)
 
     def reset(self) -> None:
         """Restart the random generator from the seed (a fresh random state when the seed is None), and the
@@ -89,14 +87,11 @@ class Sampler(Configured):
         self._restart(check_seed(seed))
 
     def _restart(self, seed: int | None) -> None:
-        self._claim()
-        try:
+        with self._claimed():
             self._seed = seed
             self._rng = np.random.default_rng(seed)
             if self._constraint is not None:
                 self._constraint.reset()
-        finally:
-            self._busy.release()
 
     def close(self) -> None:
         """Free the grammar now, once a call under way in another thread has returned; idempotent."""
@@ -152,8 +147,7 @@ class Sampler(Configured):
         stops (see :class:`Constraint`; it then raises until :meth:`reset`).
         """
         row = as_logits(logits)
-        self._claim()
-        try:
+        with self._claimed():
             c = self._constraint
             if c is None:
                 return self._draw(row, history)
@@ -163,8 +157,6 @@ class Sampler(Configured):
                 token = self._draw(c.restrict(row), history)
             c.accept(token, checked=True)
             return token
-        finally:
-            self._busy.release()
 
     def _draw(self, row: FloatArray, history: HistoryLike | None) -> int:
         n = row.size
