@@ -22,22 +22,24 @@ from conftest import THREADS
 from llamacffi import limits
 from llamacffi.server import completions, create_app, structured
 from llamacffi.service import GenerationOptions, LlamaCppService, LocalBackendConfig, ModelConfig, ModelType
+from test_server import WEATHER as WEATHER_AND_UNIT
 
 SMOL = "smol"
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+# The weather function of the server tests, asking for the city only: SmolLM2 then answers "Call get_weather for
+# Paris." with text that starts with a brace, which a stream holds back until the answer ends.
+_FUNCTION = WEATHER_AND_UNIT["function"]
 WEATHER = {
     "type": "function",
     "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 40}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
+        "name": _FUNCTION["name"],
+        "description": _FUNCTION["description"],
+        "parameters": {**_FUNCTION["parameters"], "properties": {"city": {"type": "string", "maxLength": 40}},
+                       "required": ["city"]},
     },
-}
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
