@@ -129,6 +129,10 @@ def test_a_template_cannot_reach_outside_its_data() -> None:
         "{{ 1 / 0 }}",
         "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
         "{{ (2 ** 10000) * 1.0 }}",
+        "{{ 'a' * 10**10 }}",  # gigabytes, refused before they are asked for
+        "{{ [1] * 10**10 }}",
+        "{{ 10 ** (10 ** 10) }}",  # a power that would compute for ever
+        "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",  # a render past the bound
     ],
 )
 def test_a_template_failing_as_it_runs_is_a_template_error(template: str) -> None:

@@ -14,11 +14,14 @@ import datetime
 import functools
 import json
 from collections.abc import Iterable, Mapping
-from typing import NoReturn, TypedDict
+from typing import Any, NoReturn, TypedDict
 
 import jinja2
+import jinja2.exceptions
+import jinja2.runtime
 import jinja2.sandbox
 
+from . import limits
 from .cbuffer import read_grown
 from .errors import InvalidArgumentError, LlamaError
 from .raw import ffi, lib
@@ -120,13 +123,30 @@ def _tojson(value: object, indent: int | None = None, **_: object) -> str:
     return json.dumps(value, ensure_ascii=False, indent=indent)
 
 
+class _Bounded(jinja2.sandbox.ImmutableSandboxedEnvironment):
+    """The sandbox, with ``*`` and ``**`` bounded (see :data:`limits.CHAT_TEMPLATE_MAX_CHARS`)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > _MAX_CHARS:
+                    raise jinja2.exceptions.SecurityError(f"the template repeats a sequence to over {_MAX_CHARS} items")
+        elif isinstance(left, int) and isinstance(right, int) and right * abs(left).bit_length() > _MAX_BITS:
+            raise jinja2.exceptions.SecurityError("the template raises a number to too high a power")
+        return super().call_binop(context, operator, left, right)
+
+
+_MAX_CHARS = limits.CHAT_TEMPLATE_MAX_CHARS
+_MAX_BITS = limits.CHAT_TEMPLATE_MAX_POWER_BITS
+
+
 @functools.lru_cache(maxsize=16)
 def _compile(template: str) -> jinja2.Template | None:
     """The template compiled in a sandbox (no attribute or call escapes the data it is given), or None when Jinja
     cannot compile it."""
-    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-    )
+    env = _Bounded(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
     env.filters["tojson"] = _tojson
     try:
@@ -144,12 +164,19 @@ def _render(
         _c_text(r, f"the role of message {i}")
         _c_text(c, f"the content of message {i}")
     try:
-        return compiled.render(
+        out: list[str] = []
+        size = 0
+        for piece in compiled.generate(
             messages=[{"role": r, "content": c} for r, c in pairs],
             add_generation_prompt=add_assistant,
             bos_token=bos_token,
             eos_token=eos_token,
-        )
+        ):
+            size += len(piece)
+            if size > _MAX_CHARS:
+                raise jinja2.exceptions.SecurityError(f"the chat template renders over {_MAX_CHARS} characters")
+            out.append(piece)
+        return "".join(out)
     except _Refused as exc:
         raise InvalidArgumentError(f"the chat template refuses these messages: {exc}") from None
     except (jinja2.TemplateError, TypeError, ValueError, LookupError, AttributeError, ArithmeticError, RecursionError):

@@ -60,6 +60,13 @@ RPC_PROBE_TIMEOUT = 5.0
 # (a host gone without closing its connection) and stopped.
 RPC_STALL_TIMEOUT = 120.0
 
+# ---- chat templates -------------------------------------------------------------------------------------------------
+# The most characters a chat template may render, or make with one ``*``: a template comes with the model file, and
+# Jinja's sandbox would let one ask for gigabytes (``{{ 'a' * 10**10 }}``).
+CHAT_TEMPLATE_MAX_CHARS = 1 << 26
+# The most bits an integer ``**`` in a template may give (``{{ 10**10**10 }}`` would compute for ever).
+CHAT_TEMPLATE_MAX_POWER_BITS = 4096
+
 # ---- the server ------------------------------------------------------------------------------------------------------
 # A request's text up to this many characters is templated and tokenized on the event loop; a longer one in a worker
 # thread, so that it cannot hold up the other streams.
