@@ -414,6 +414,25 @@ def test_a_dropped_request_while_queued_or_waiting_is_cancelled(server: ServePro
         time.sleep(0.05)
 
 
+def test_a_request_dropped_while_it_waits_for_a_slot_leaves_the_queue() -> None:
+    proc = ServeProcess(["-m", SMOL, "-np", "1", "--max-queue", "4", "-c", str(CTX), "-t", str(THREADS)])
+    story = [{"role": "user", "content": "Write a long story about a dragon who learns to read."}]
+    body = {**CHAT, "max_tokens": 400, "temperature": 0, "stream": True, "messages": story}
+    try:
+        with httpx.stream("POST", proc.url + "/v1/chat/completions", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            next(lines)  # the only slot is busy now
+            with pytest.raises(httpx.ReadTimeout):  # queued behind it, then dropped by its client
+                _post(proc, "/v1/chat/completions", {**CHAT, "max_tokens": 50}, timeout=httpx.Timeout(60, read=0.5))
+            deadline = time.monotonic() + 10
+            while _metric(proc, "llamacffi_queue_depth") != 0:
+                assert time.monotonic() < deadline, "the dropped request still waits in the queue"
+                time.sleep(0.05)
+            assert _metric(proc, "llamacffi_busy_slots") == 1  # the stream runs on
+    finally:
+        assert proc.stop() == 0
+
+
 # ---- a server with a key, one slot and no queue -------------------------------------------------------------------
 
 
