@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 
 import numpy as np
 
-from ..errors import ClosedError, GrammarError, InvalidArgumentError, InvalidTokenError, LlamaError
+from ..errors import ClosedError, GrammarError, InvalidArgumentError, InvalidTokenError
 from ..limits import INT32_MAX, NATIVE_MIN_TEMPERATURE, PENALTY_WINDOW_MAX
 from ..raw import CData, ffi, lib
 from ..validate import as_int
-from .constraint import SHORTLIST, VocabLike, accept, accepted, accepts, make_grammar, need_vocab, spent_error
+from .constraint import (
+    SHORTLIST,
+    VocabLike,
+    accept,
+    accepted,
+    accepts,
+    claimed,
+    make_grammar,
+    need_vocab,
+    spent_error,
+)
 from .constraint import TOKEN_DATA as _TOKEN_DATA
 from .params import Configured, FloatArray, HistoryLike, as_logits, bad_token, nan_error
 
@@ -163,12 +174,8 @@ class NativeSampler(Configured):
         arr.sorted = False
         lib.llama_sampler_apply(sampler, arr)
 
-    def _claim(self) -> None:
-        if not self._busy.acquire(blocking=False):
-            raise LlamaError("this NativeSampler is in use by another thread; use one sampler per thread")
-        if self._closed:
-            self._busy.release()
-            raise ClosedError("this NativeSampler is closed; create a new one")
+    def _claimed(self) -> contextlib.AbstractContextManager[None]:
+        return claimed(self._busy, "NativeSampler", lambda: self._closed)
 
     def sample(self, logits: FloatArray, history: HistoryLike | None = None) -> int:
         """Draw one token id from ``logits`` (1-D, n_vocab scores; copied, never kept) and accept it.
@@ -179,11 +186,8 @@ class NativeSampler(Configured):
         those tokens are candidates.
         """
         row = as_logits(logits)
-        self._claim()
-        try:
+        with self._claimed():
             return self._sample(row)
-        finally:
-            self._busy.release()
 
     def _sample(self, row: FloatArray) -> int:
         if self._spent:
@@ -300,8 +304,7 @@ class NativeSampler(Configured):
             raise InvalidTokenError(f"accepted token id {t} is negative")
         if t > INT32_MAX:
             raise InvalidTokenError(f"accepted token id {t} is beyond any vocabulary (ids are int32)")
-        self._claim()
-        try:
+        with self._claimed():
             if self._spent:
                 raise spent_error()
             if self._n_vocab is not None and t >= self._n_vocab:
@@ -312,21 +315,16 @@ class NativeSampler(Configured):
                 self._pending.append(t)
             else:
                 self._accept(t)
-        finally:
-            self._busy.release()
 
     def reset(self) -> None:
         """Forget accepted tokens, restart the grammar and reseed the draw from the seed."""
-        self._claim()
-        try:
+        with self._claimed():
             self._pending.clear()
             if self._chain is not None:
                 lib.llama_sampler_reset(self._chain)
             if self._grammar is not None:
                 lib.llama_sampler_reset(self._grammar)
             self._spent = False
-        finally:
-            self._busy.release()
 
     def close(self) -> None:
         """Free the C samplers now, once a call under way in another thread has returned; idempotent."""
