@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,3 +62,22 @@ def llama_simple() -> Path:
 @pytest.fixture(scope="session")
 def llama_bench() -> Path:
     return raw_tools.require("llama-bench")
+
+
+def answer_within(seconds: float, call: Any) -> Any:
+    """``call()``'s result or exception, failing the test if it has neither after ``seconds`` (a lost request)."""
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append(call())
+        except BaseException as exc:
+            box.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert box, f"no answer within {seconds} s: the request was lost"
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]

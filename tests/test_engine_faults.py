@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from conftest import answer_within
 from llamacffi import DecodeError
 from llamacffi.service import (
     GenerationError,
@@ -33,25 +34,6 @@ PLANETS = "List of planets in order from the sun: Mercury, Venus, Earth, Mars, J
 def service() -> Iterator[LlamaCppService]:
     with LlamaCppService(LocalBackendConfig(threads=2)) as svc:
         yield svc
-
-
-def _within(seconds: float, call: Any) -> Any:
-    """``call()``'s result or exception, failing the test if it has neither after ``seconds`` (a lost request)."""
-    box: list[Any] = []
-
-    def run() -> None:
-        try:
-            box.append(call())
-        except BaseException as exc:
-            box.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert box, f"no answer within {seconds} s: the request was lost"
-    if isinstance(box[0], BaseException):
-        raise box[0]
-    return box[0]
 
 
 def _collect(done: threading.Event, out: list[Any]) -> Any:
@@ -104,7 +86,7 @@ def test_a_request_that_cannot_be_placed_fails_and_the_next_runs(service: LlamaC
 
         ctx.seq_state_bytearray = no_memory  # type: ignore[method-assign]  # saving the slot's prompt fails
         with pytest.raises(GenerationError, match=r"could not be placed.*MemoryError"):
-            _within(60, lambda: m.generate("Completely different words here", RAW))
+            answer_within(60, lambda: m.generate("Completely different words here", RAW))
         del ctx.seq_state_bytearray
         assert m.load == (0, 0)
         with service.load_model("smollm2-135m", config=ModelConfig(context_size=256, parallel=1)) as ref:
@@ -124,9 +106,9 @@ def test_a_failed_step_ends_its_requests_and_the_engine_thread_goes_on(service: 
 
         engine.step = broken  # type: ignore[method-assign]
         with pytest.raises(GenerationError, match="a fault outside"):
-            _within(60, lambda: m.generate("Hi", RAW))
+            answer_within(60, lambda: m.generate("Hi", RAW))
         del engine.step
-        assert _within(60, lambda: embedder.embed(["hello"])).shape == (1, embedder.dim)  # another model: stepped
+        assert answer_within(60, lambda: embedder.embed(["hello"])).shape == (1, embedder.dim)  # another model: stepped
         assert m.generate("Hi", RAW) == expected  # and this one again
 
 

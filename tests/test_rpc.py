@@ -422,7 +422,8 @@ def test_a_remote_device_named_later_is_checked_too(smollm2_path: Path) -> None:
 @needs_rpc
 def test_a_message_the_service_cannot_handle_ends_the_worker_not_its_callers(smollm2_path: Path) -> None:
     import pickle
-    import threading
+
+    from conftest import answer_within
 
     server = RPCServerProcess()
     svc = LlamaCppService(LocalBackendConfig(threads=1, gpu_layers=OFFLOAD, rpc_servers=(server.endpoint,)))
@@ -434,19 +435,9 @@ def test_a_message_the_service_cannot_handle_ends_the_worker_not_its_callers(smo
             raise pickle.UnpicklingError("a message cut short")
 
         engine._dispatch = unreadable  # type: ignore[attr-defined]
-        answer: list[BaseException | str] = []
-
-        def call() -> None:
-            try:
-                answer.append(model.generate("Once upon a time", GenerationOptions(max_tokens=8, temperature=0.0)))
-            except BaseException as exc:
-                answer.append(exc)
-
-        t = threading.Thread(target=call, daemon=True)
-        t.start()
-        t.join(60)
-        assert answer, "the caller was left waiting"
-        assert isinstance(answer[0], GenerationError) and "worker process" in str(answer[0])
+        greedy = GenerationOptions(max_tokens=8, temperature=0.0)
+        with pytest.raises(GenerationError, match="worker process"):
+            answer_within(60, lambda: model.generate("Once upon a time", greedy))
     finally:
         svc.close()
         server.kill()
