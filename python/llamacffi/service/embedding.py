@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +66,7 @@ class LlamaCppEmbeddingModel(Loaded, EmbeddingModel):
                 "pooling 'none' gives one vector per token; the service serves one per text: choose mean, cls or last"
             )
         self._engine = _EmbeddingEngine(self._embedder, name)
-        self._engine_made(self._engine, self._embedder)
+        self._engine_made(functools.partial(_stop, self._engine, self._embedder))
 
     @classmethod
     def open(
@@ -98,17 +99,6 @@ class LlamaCppEmbeddingModel(Loaded, EmbeddingModel):
     @property
     def pooling(self) -> embedding.Pooling:
         return self._embedder.pooling
-
-    def _parts(self) -> tuple[object, ...]:
-        return (self._engine, self._embedder)
-
-    @staticmethod
-    def _stop_parts(parts: tuple[object, ...]) -> None:
-        """Requests still waiting raise :class:`ModelClosedError`."""
-        engine, embedder = parts
-        assert isinstance(engine, _EmbeddingEngine) and isinstance(embedder, embedding.Embedder)
-        if engine.close():  # False when no thread steps it any more (a forked child): its context stays
-            embedder.close()
 
     # ---- requests ---------------------------------------------------------------------------------------------
 
@@ -252,6 +242,12 @@ class _EmbeddingEngine(runner.Attached):
             start += len(j.tokens)
             scale = j.normalize and self._embedder.pooling != embedding.Pooling.RANK  # scores stay as they are
             j.future.set_result(embedding.normalized(rows) if scale else rows)
+
+
+def _stop(engine: _EmbeddingEngine, embedder: embedding.Embedder) -> None:
+    """Requests still waiting raise :class:`ModelClosedError`; the context goes with the engine."""
+    if engine.close():  # False when no thread steps it any more (a forked child): its context stays
+        embedder.close()
 
 
 def _size(job: _Job) -> int:

@@ -65,7 +65,7 @@ def serve(model: LlamaModel, build: Callable[[], T], no_context: str) -> T:
 
 class Loaded:
     """A served model's name, its :class:`llamacffi.Model` and its engine's counters; :meth:`close` is idempotent
-    and thread-safe: it stops the engine (:meth:`_stop`, once) and frees the model."""
+    and thread-safe: it stops the engine (once) and frees the model."""
 
     _engine: Counted
 
@@ -74,12 +74,15 @@ class Loaded:
         self._model = model
         self._closed = False
         self._close_lock = threading.Lock()
+        self._stop_engine: Callable[[], object] = lambda: None
         self._finalizer: weakref.finalize[Any, Any] | None = None
 
-    def _engine_made(self, *parts: object) -> None:
-        """Called once the engine runs: the safety net of a model dropped without :meth:`close`. The process's
-        engine thread holds the engine, so only this frees it: ``_stop_parts(parts)``, then the model."""
-        self._finalizer = weakref.finalize(self, _close_dropped, self._name, type(self)._stop_parts, parts, self._model)
+    def _engine_made(self, stop: Callable[[], object]) -> None:
+        """Called once the engine runs, with what stops it (refuses new requests, lets go of the context; it must not
+        hold this object). Also the safety net of a model dropped without :meth:`close`: the process's engine thread
+        holds the engine, so only this frees it."""
+        self._stop_engine = stop
+        self._finalizer = weakref.finalize(self, _close_dropped, self._name, stop, self._model)
         self._finalizer.atexit = False  # at exit the engine thread's own hook ends every engine
 
     @property
@@ -107,24 +110,11 @@ class Loaded:
             self._closed = True
         if self._finalizer is not None:
             self._finalizer.detach()
-        self._stop()
+        self._stop_engine()
         self._model.close()
 
-    def _stop(self) -> None:
-        """Stop the engine: refuse new requests and let go of the context."""
-        self._stop_parts(self._parts())
 
-    def _parts(self) -> tuple[object, ...]:
-        """What :meth:`_stop_parts` stops (none of them this object, which a finalizer may not hold)."""
-        raise NotImplementedError
-
-    @staticmethod
-    def _stop_parts(parts: tuple[object, ...]) -> None:
-        raise NotImplementedError
-
-
-def _close_dropped(name: str, stop: Callable[[tuple[object, ...]], None], parts: tuple[object, ...],
-                   model: LlamaModel) -> None:  # fmt: skip
+def _close_dropped(name: str, stop: Callable[[], object], model: LlamaModel) -> None:
     """Close a model collected without close(), away from the engine thread (a collection there could otherwise
     free a context it is stepping)."""
     warnings.warn(
@@ -132,7 +122,7 @@ def _close_dropped(name: str, stop: Callable[[tuple[object, ...]], None], parts:
     )
 
     def run() -> None:
-        stop(parts)
+        stop()
         model.close()
 
     if threading.current_thread().name.startswith("llamacffi-engine"):

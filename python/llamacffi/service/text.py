@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import queue
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -49,7 +48,7 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
         self._vocab = model.vocab
         self._templated = has_template(model, config.chat_template)
         self._engine = engine if engine is not None else Engine(model, config, threads)
-        self._engine_made(self._engine)
+        self._engine_made(self._engine.close)
 
     @property
     def model_type(self) -> ModelType:
@@ -57,13 +56,6 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
 
     def as_text_to_text(self) -> LlamaCppTextModel:
         return self
-
-    def _parts(self) -> tuple[object, ...]:
-        return (self._engine,)
-
-    @staticmethod
-    def _stop_parts(parts: tuple[object, ...]) -> None:
-        cast(Scheduler, parts[0]).close()
 
     # ---- prompts ----------------------------------------------------------------------------------------------
 
