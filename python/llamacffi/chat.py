@@ -10,18 +10,12 @@ the model's own template.
 
 from __future__ import annotations
 
-import datetime
-import functools
-import json
 from collections.abc import Iterable, Mapping
-from typing import Any, NoReturn, TypedDict
+from typing import TypedDict
 
 import jinja2
-import jinja2.exceptions
-import jinja2.runtime
-import jinja2.sandbox
 
-from . import limits
+from . import chat_sandbox
 from .cbuffer import read_grown
 from .errors import InvalidArgumentError, LlamaError
 from .raw import ffi, lib
@@ -99,60 +93,12 @@ def apply_template(
         raise InvalidArgumentError(f"add_assistant must be a bool, got {add_assistant!r}")
     pairs = _pairs(messages)
     if is_jinja(template):
-        compiled = _compile(template)
+        compiled = chat_sandbox.compile_template(template)
         if compiled is not None:
             rendered = _render(compiled, pairs, add_assistant, bos_token, eos_token)
             if rendered is not None:
                 return rendered
     return _apply_builtin(template, pairs, add_assistant)
-
-
-class _Refused(Exception):
-    """A template's ``raise_exception``."""
-
-
-def _raise_exception(message: object) -> NoReturn:
-    raise _Refused(str(message))
-
-
-def _strftime_now(fmt: str) -> str:
-    return datetime.datetime.now().strftime(fmt)
-
-
-def _tojson(value: object, indent: int | None = None, **_: object) -> str:
-    return json.dumps(value, ensure_ascii=False, indent=indent)
-
-
-class _Bounded(jinja2.sandbox.ImmutableSandboxedEnvironment):
-    """The sandbox, with ``*`` and ``**`` bounded (see :data:`limits.CHAT_TEMPLATE_MAX_CHARS`)."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*":
-            for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > _MAX_CHARS:
-                    raise jinja2.exceptions.SecurityError(f"the template repeats a sequence to over {_MAX_CHARS} items")
-        elif isinstance(left, int) and isinstance(right, int) and right * abs(left).bit_length() > _MAX_BITS:
-            raise jinja2.exceptions.SecurityError("the template raises a number to too high a power")
-        return super().call_binop(context, operator, left, right)
-
-
-_MAX_CHARS = limits.CHAT_TEMPLATE_MAX_CHARS
-_MAX_BITS = limits.CHAT_TEMPLATE_MAX_POWER_BITS
-
-
-@functools.lru_cache(maxsize=16)
-def _compile(template: str) -> jinja2.Template | None:
-    """The template compiled in a sandbox (no attribute or call escapes the data it is given), or None when Jinja
-    cannot compile it."""
-    env = _Bounded(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
-    env.filters["tojson"] = _tojson
-    try:
-        return env.from_string(template)
-    except jinja2.TemplateError:
-        return None
 
 
 def _render(
@@ -164,22 +110,25 @@ def _render(
         _c_text(r, f"the role of message {i}")
         _c_text(c, f"the content of message {i}")
     try:
-        out: list[str] = []
-        size = 0
-        for piece in compiled.generate(
+        return chat_sandbox.render(
+            compiled,
             messages=[{"role": r, "content": c} for r, c in pairs],
             add_generation_prompt=add_assistant,
             bos_token=bos_token,
             eos_token=eos_token,
-        ):
-            size += len(piece)
-            if size > _MAX_CHARS:
-                raise jinja2.exceptions.SecurityError(f"the chat template renders over {_MAX_CHARS} characters")
-            out.append(piece)
-        return "".join(out)
-    except _Refused as exc:
+        )
+    except chat_sandbox.Refused as exc:
         raise InvalidArgumentError(f"the chat template refuses these messages: {exc}") from None
-    except (jinja2.TemplateError, TypeError, ValueError, LookupError, AttributeError, ArithmeticError, RecursionError):
+    except (
+        jinja2.TemplateError,
+        TypeError,
+        ValueError,
+        LookupError,
+        AttributeError,
+        ArithmeticError,
+        RecursionError,
+        MemoryError,
+    ):
         return None
 
 

@@ -61,9 +61,14 @@ RPC_PROBE_TIMEOUT = 5.0
 RPC_STALL_TIMEOUT = 120.0
 
 # ---- chat templates -------------------------------------------------------------------------------------------------
-# The most characters a chat template may render, or make with one ``*``: a template comes with the model file, and
-# Jinja's sandbox would let one ask for gigabytes (``{{ 'a' * 10**10 }}``).
+# Chat templates come with the model file and run in a bounded sandbox (``chat_sandbox``). One render may give at most
+# this many characters, and make no string or list longer with one operator, filter or call (``'a' * 10**10``).
 CHAT_TEMPLATE_MAX_CHARS = 1 << 26
+# The most characters and list items one render may make in all, by operators, filters and calls.
+CHAT_TEMPLATE_MAX_MADE = 1 << 30
+# The most steps one render may take in all: loop iterations, ``range`` items, and the items of containers walked
+# before they become text (nested loops could run for ever).
+CHAT_TEMPLATE_MAX_STEPS = 1 << 22
 # The most bits an integer ``**`` in a template may give (``{{ 10**10**10 }}`` would compute for ever).
 CHAT_TEMPLATE_MAX_POWER_BITS = 4096
 

@@ -1,0 +1,326 @@
+"""The Jinja sandbox that chat templates render in, bounded in time and memory.
+
+A template comes with the model file. Jinja's own sandbox keeps it from reaching anything but the data it is given,
+not from asking for gigabytes (``'a' * 10**10``, ``'a'|center(10**10)``, a string doubled forty times) or from
+looping for ever (nested ``range`` loops). Here one render may:
+
+- take at most :data:`limits.CHAT_TEMPLATE_MAX_STEPS` steps in all: loop iterations, ``range`` items, and the
+  items of containers walked before they become text;
+- make no string or list longer than :data:`limits.CHAT_TEMPLATE_MAX_CHARS` with an operator, a filter or a call,
+  and pass no number above it to one (a width, a count);
+- make at most :data:`limits.CHAT_TEMPLATE_MAX_MADE` characters and items in all that way;
+- turn into text no value whose text would be longer than :data:`limits.CHAT_TEMPLATE_MAX_CHARS`.
+
+A render that asks for more fails with Jinja's ``SecurityError``, as any other forbidden construct does.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime
+import functools
+import json
+import re
+import string
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, NoReturn
+
+import jinja2
+import jinja2.compiler
+import jinja2.exceptions
+import jinja2.nodes
+import jinja2.runtime
+import jinja2.sandbox
+import jinja2.utils
+
+from . import limits
+
+__all__ = ["Refused", "compile_template", "render"]
+
+_MAX_STEPS = limits.CHAT_TEMPLATE_MAX_STEPS
+_MAX_CHARS = limits.CHAT_TEMPLATE_MAX_CHARS
+_MAX_MADE = limits.CHAT_TEMPLATE_MAX_MADE
+_MAX_BITS = limits.CHAT_TEMPLATE_MAX_POWER_BITS
+
+_Sized = (str, list, tuple)
+_Containers = (list, tuple, set, frozenset, dict, Mapping)
+# Callables that keep what they are given: any number may be stored.
+_STORING = (jinja2.utils.Namespace, dict)
+# Filters that do not turn their value into text, so it needs no walk before them.
+_STRUCTURAL_FILTERS = frozenset(
+    {
+        "abs", "attr", "batch", "count", "d", "default", "dictsort", "first", "float", "groupby", "int", "items",
+        "last", "length", "list", "map", "max", "min", "random", "reject", "rejectattr", "reverse", "round", "select",
+        "selectattr", "slice", "sort", "sum", "unique",
+    }
+)  # fmt: skip
+
+
+class Refused(Exception):
+    """A template's own ``raise_exception``: it refuses the messages."""
+
+
+class _Budget:
+    """What one render has spent."""
+
+    __slots__ = ("made", "steps")
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.made = 0
+
+
+# The budget of the render running in this thread; None while a template compiles (Jinja folds constants then).
+_budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("chat_template_budget", default=None)
+
+
+def _refuse(message: str) -> NoReturn:
+    raise jinja2.exceptions.SecurityError(message)
+
+
+def _steps(n: int) -> None:
+    budget = _budget.get()
+    if budget is not None:
+        budget.steps += n
+        if budget.steps > _MAX_STEPS:
+            _refuse(f"the chat template takes over {_MAX_STEPS} steps (loop iterations, items walked)")
+
+
+def _size(n: int) -> None:
+    """Check a string or list of ``n`` items before it is made, and count it."""
+    if n > _MAX_CHARS:
+        _refuse(f"the chat template makes a string or list of over {_MAX_CHARS} items")
+    budget = _budget.get()
+    if budget is not None:
+        budget.made += n
+        if budget.made > _MAX_MADE:
+            _refuse(f"the chat template makes over {_MAX_MADE} characters in all")
+
+
+def _made(value: Any) -> Any:
+    """Count a value a filter or call made (its size can only be known after)."""
+    if isinstance(value, _Sized):
+        _size(len(value))
+    return value
+
+
+def _numbers(values: Iterable[Any]) -> None:
+    for value in values:
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _MAX_CHARS:
+            _refuse(f"the chat template passes a number over {_MAX_CHARS} to a filter or call")
+
+
+def _measured(value: Any) -> None:
+    """Walk a container that is about to become text. A list that holds another twice by reference, forty times
+    over, is small in memory and a terabyte as text; the walk counts as loop steps, and the text is bounded."""
+    if not isinstance(value, _Containers):
+        return
+    size = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            size += len(item)
+        elif isinstance(item, Mapping):
+            _steps(len(item))
+            stack.extend(item.keys())
+            stack.extend(item.values())
+            size += 4 * len(item)
+        elif isinstance(item, _Containers):
+            _steps(len(item))
+            stack.extend(item)
+            size += 2 * len(item)
+        elif isinstance(item, int):
+            size += item.bit_length() // 3  # its decimal digits, about
+        if size > _MAX_CHARS:
+            _refuse(f"the chat template turns a value of over {_MAX_CHARS} characters into text")
+
+
+def _arguments(args: Iterable[Any], kwargs: Mapping[str, Any]) -> None:
+    """The checks on what a filter or call is given: bounded numbers, and containers that can become text."""
+    values = [*args, *kwargs.values()]
+    _numbers(values)
+    for value in values:
+        _measured(value)
+
+
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0 +-]*(\*|\d+)?(?:\.(\*|\d+))?")
+
+
+def _check_percent(fmt: str, args: Any) -> None:
+    """``fmt % args``: no width or precision above the bound, written or taken from ``args``."""
+    for match in _PERCENT_SPEC.finditer(fmt):
+        for part in match.groups():
+            if part == "*":
+                _numbers(args if isinstance(args, tuple) else (args,))
+            elif part is not None and int(part) > _MAX_CHARS:
+                _refuse(f"the chat template formats to a width over {_MAX_CHARS}")
+
+
+def _check_format(fmt: str) -> None:
+    """``fmt.format(...)``: the same, for the format specifications of ``str.format``."""
+    try:
+        fields = [spec for _, _, spec, _ in string.Formatter().parse(fmt) if spec]
+    except ValueError:
+        return  # str.format raises it again, as the template's own error
+    for spec in fields:  # a width given as an argument ({:{}}) was checked with the other arguments
+        if any(int(n) > _MAX_CHARS for n in re.findall(r"\d+", spec)):
+            _refuse(f"the chat template formats to a width over {_MAX_CHARS}")
+
+
+def _bounded_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
+    # Filters get the context or environment first when Jinja marks them so, then the value, then their arguments.
+    skip = 2 if getattr(f, "jinja_pass_arg", None) is not None else 1
+    structural = name in _STRUCTURAL_FILTERS
+
+    @functools.wraps(f)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        value, rest = args[skip - 1 : skip], args[skip:]
+        if name == "format" and value and isinstance(value[0], str):
+            _check_percent(value[0], tuple(rest) or kwargs)
+        if not structural and value:
+            _measured(value[0])
+        _arguments(rest, kwargs)
+        return _made(f(*args, **kwargs))
+
+    return bounded
+
+
+def _tojson(value: object, indent: int | None = None, **_: object) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+def _raise_exception(message: object) -> NoReturn:
+    raise Refused(str(message))
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.datetime.now().strftime(fmt)
+
+
+def _range(*args: int) -> range:
+    items = jinja2.sandbox.safe_range(*args)
+    _steps(len(items))
+    return items
+
+
+class _Generator(jinja2.compiler.CodeGenerator):
+    """Jinja's code generator, with every loop's items counted and every ``~`` measured."""
+
+    def visit_For(self, node: jinja2.nodes.For, frame: jinja2.compiler.Frame) -> None:
+        counted = jinja2.nodes.Call(
+            jinja2.nodes.EnvironmentAttribute("counted"), [node.iter], [], None, None, lineno=node.lineno
+        )
+        loop = jinja2.nodes.For(
+            node.target, counted, node.body, node.else_, node.test, node.recursive, lineno=node.lineno
+        )
+        super().visit_For(loop, frame)
+
+    def visit_Concat(self, node: jinja2.nodes.Concat, frame: jinja2.compiler.Frame) -> None:
+        self.write("environment.bounded_concat(context.eval_ctx, (")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, bounded as the module says."""
+
+    code_generator_class = _Generator
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def __init__(self) -> None:
+        super().__init__(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"], finalize=self._finalize
+        )
+        self.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now, range=_range)
+        self.filters["tojson"] = _tojson
+        self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
+
+    @staticmethod
+    def _finalize(value: Any) -> Any:
+        _measured(value)  # what ``{{ ... }}`` writes
+        return value
+
+    @staticmethod
+    def counted(items: Iterable[Any]) -> Iterator[Any]:
+        for item in items:
+            _steps(1)
+            yield item
+
+    @staticmethod
+    def bounded_concat(eval_ctx: jinja2.nodes.EvalContext, parts: tuple[Any, ...]) -> str:
+        for part in parts:
+            _measured(part)
+        texts = [p if isinstance(p, str) else str(p) for p in parts]
+        _size(sum(map(len, texts)))
+        join = jinja2.runtime.markup_join if eval_ctx.autoescape else jinja2.runtime.str_join
+        return join(parts)
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, _Sized) and isinstance(n, int):
+                    _size(len(seq) * max(n, 0))
+            if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > _MAX_BITS:
+                _refuse("the chat template multiplies numbers too large")
+        elif operator == "+":
+            if isinstance(left, _Sized) and isinstance(right, _Sized):
+                _size(len(left) + len(right))
+        elif operator == "%":
+            if isinstance(left, str):
+                _check_percent(left, right)
+                _measured(right)
+                return _made(super().call_binop(context, operator, left, right))
+        elif isinstance(left, int) and isinstance(right, int) and right * abs(left).bit_length() > _MAX_BITS:
+            _refuse("the chat template raises a number to too high a power")
+        return super().call_binop(context, operator, left, right)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        fmt: str = value.__self__
+        is_map = value.__name__ == "format_map"
+
+        @functools.wraps(wrapped)
+        def checked(*args: Any, **kwargs: Any) -> str:
+            _arguments(args, args[0] if is_map and len(args) == 1 and isinstance(args[0], Mapping) else kwargs)
+            _check_format(fmt)
+            return str(_made(wrapped(*args, **kwargs)))
+
+        checked.checks_itself = True  # type: ignore[attr-defined]
+        return checked
+
+    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        checked_elsewhere = __obj is _Sandbox.counted or getattr(__obj, "checks_itself", False)
+        if not checked_elsewhere and not any(__obj is kind for kind in _STORING):
+            _arguments(args, kwargs)
+        return _made(super().call(__context, __obj, *args, **kwargs))
+
+
+@functools.lru_cache(maxsize=16)
+def compile_template(template: str) -> jinja2.Template | None:
+    """``template`` compiled in the bounded sandbox, or None when Jinja cannot compile it."""
+    try:
+        return _Sandbox().from_string(template)
+    except jinja2.TemplateError:
+        return None
+
+
+def render(compiled: jinja2.Template, **variables: Any) -> str:
+    """``compiled`` rendered with ``variables``, within the bounds. Raises :class:`Refused` when the template refuses
+    its input, and Jinja's errors (``SecurityError`` past a bound) or Python's when it fails."""
+    token = _budget.set(_Budget())
+    try:
+        out: list[str] = []
+        size = 0
+        for piece in compiled.generate(**variables):
+            size += len(piece)
+            if size > _MAX_CHARS:
+                _refuse(f"the chat template renders over {_MAX_CHARS} characters")
+            out.append(piece)
+        return "".join(out)
+    finally:
+        _budget.reset(token)

@@ -1,0 +1,151 @@
+"""The bounded sandbox chat templates render in: what a template from a model file cannot ask for, and what a real
+template still does."""
+
+from __future__ import annotations
+
+import time
+
+import jinja2.exceptions
+import jinja2.sandbox
+import pytest
+
+from llamacffi import chat_sandbox, limits
+from llamacffi.chat import ChatTemplateError, apply_template
+
+MESSAGES = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " yo "}]
+BIG = 3 * limits.CHAT_TEMPLATE_MAX_CHARS  # a width or count past the bound, small enough to be made if asked
+# A list that holds the one before it twice, forty times over: small in memory, a terabyte as text.
+DOUBLED = "{% set ns = namespace(x=['ab']) %}{% for i in range(40) %}{% set ns.x = [ns.x, ns.x] %}{% endfor %}"
+
+
+def render(template: str) -> str:
+    compiled = chat_sandbox.compile_template(template)
+    assert compiled is not None
+    return chat_sandbox.render(compiled, messages=MESSAGES, add_generation_prompt=True, bos_token="", eos_token="")
+
+
+@pytest.fixture
+def few_steps(monkeypatch: pytest.MonkeyPatch) -> int:
+    """A small step budget, so that a template past it fails in milliseconds."""
+    monkeypatch.setattr(chat_sandbox, "_MAX_STEPS", 100_000)
+    return 100_000
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        "{% for i in range(100000) %}{% for m in messages %}{% endfor %}{% endfor %}",
+        "{% for i in range(1000) %}{{ range(1000)|sum }}{% endfor %}",  # range items count, looped or not
+        "{% for x in [1, [2, [3]]] recursive %}{% for i in range(99999) %}{% endfor %}{{ loop([x]) }}{% endfor %}",
+    ],
+)
+def test_loops_are_bounded_in_steps(template: str, few_steps: int) -> None:
+    with pytest.raises(jinja2.exceptions.SecurityError, match=f"over {few_steps} steps"):
+        render(template)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ 'a' * BIG }}",
+        "{{ [1] * BIG }}",
+        "{{ '%BIGd' % 1 }}",
+        "{{ '%*d' % (BIG, 1) }}",
+        "{{ '%BIGd'|format(1) }}",
+        "{{ '{:>BIG}'.format('a') }}",
+        "{{ '{:>{}}'.format('a', BIG) }}",
+        "{{ '{:>{w}}'.format_map({'w': BIG}) }}",
+        "{{ 'a'|center(BIG) }}",
+        "{{ 'a\nb'|indent(BIG) }}",
+        "{{ 'a'.ljust(BIG) }}",
+        "{{ 'a'.zfill(BIG) }}",
+        "{{ [1]|batch(BIG, 0)|list }}",
+        "{{ lipsum(BIG) }}",
+        "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+        "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+        "{% set ns = namespace(s=['ab']) %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+    ],
+)
+def test_no_string_list_or_width_past_the_bound(template: str) -> None:
+    with pytest.raises(jinja2.exceptions.SecurityError, match=f"over {limits.CHAT_TEMPLATE_MAX_CHARS}"):
+        render(template.replace("BIG", str(BIG)))
+
+
+def test_what_a_render_makes_in_all_is_bounded() -> None:
+    # Each string is within the bound; forty of them are not.
+    each = limits.CHAT_TEMPLATE_MAX_CHARS
+    template = f"{{% for i in range(40) %}}{{% set x = 'a' * {each} %}}{{% endfor %}}"
+    with pytest.raises(jinja2.exceptions.SecurityError, match=f"over {limits.CHAT_TEMPLATE_MAX_MADE} characters"):
+        render(template)
+
+
+def test_numbers_multiplied_past_the_bound_are_refused() -> None:
+    template = "{% set ns = namespace(n=7) %}{% for i in range(40) %}{% set ns.n = ns.n * ns.n %}{% endfor %}"
+    with pytest.raises(jinja2.exceptions.SecurityError, match="multiplies numbers"):
+        render(template)
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        "{{ ns.x }}",
+        "{{ ns.x|tojson }}",
+        "{{ ns.x|string }}",
+        "{{ ns.x|upper }}",
+        "{{ ns.x|join(',') }}",
+        "{{ 'a' ~ ns.x }}",
+        "{{ '%s' % [ns.x] }}",
+        "{{ '{}'.format(ns.x) }}",
+        "{{ ', '.join([ns.x|string]) }}",
+    ],
+)
+def test_a_value_nested_by_reference_does_not_become_a_terabyte_of_text(use: str, few_steps: int) -> None:
+    started = time.monotonic()
+    with pytest.raises(jinja2.exceptions.SecurityError, match=f"over {few_steps} steps"):
+        render(DOUBLED + use)
+    assert time.monotonic() - started < 10
+
+
+def test_namespace_and_dict_keep_any_number() -> None:
+    assert render(f"{{% set ns = namespace(n={BIG}) %}}{{{{ ns.n }}}}{{{{ dict(a={BIG}).a }}}}") == str(BIG) * 2
+
+
+def test_the_budget_is_per_render(few_steps: int) -> None:
+    # Most of the budget, twice: each render has its own (a loop over a range counts its items and its iterations).
+    template = f"{{% for i in range({few_steps // 2 - 1000}) %}}{{% endfor %}}done"
+    assert render(template) == "done"
+    assert render(template) == "done"
+
+
+def test_apply_template_reports_a_bounded_template_as_unknown(few_steps: int) -> None:
+    # A template that fails as it runs falls back to llama.cpp's matcher, which does not know it either.
+    with pytest.raises(ChatTemplateError):
+        apply_template("{% for i in range(100000) %}{% for m in messages %}{% endfor %}{% endfor %}", [("user", "a")])
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        (
+            "{% for m in messages %}{{ loop.index }}/{{ loop.length }}{% if loop.last %}!{% endif %}{% endfor %}",
+            "1/22/2!",
+        ),
+        ("{% for m in messages if m.role == 'user' %}{{ m.content }}{% else %}none{% endfor %}", "hi"),
+        ("{% for m in [] %}x{% else %}none{% endfor %}", "none"),
+        (
+            "{% for x in [[1, [2]], [3]] recursive %}[{% if x is iterable %}{{ loop(x) }}{% else %}{{ x }}{% endif %}]"
+            "{% endfor %}",
+            "[[1][[2]]][[3]]",
+        ),
+        ("{{ {'a': [1, 'x'], 'b': none}|tojson }}", '{"a": [1, "x"], "b": null}'),
+        ("{{ messages|selectattr('role', 'equalto', 'user')|map(attribute='content')|join(',') }}", "hi"),
+        ("{{ '%-4s|%03d' % ('ab', 7) }}{{ '{:>4}'.format(1) }}{{ '%d'|format(5) }}", "ab  |007   15"),
+        ("{{ messages[1].content|trim|upper }}{{ '-' * 3 }}{{ 'a' ~ 1 ~ [2] }}{{ [1] + [2] }}", "YO---a1[2][1, 2]"),
+        ("{% autoescape true %}{{ '<' ~ messages[0].content }}{% endautoescape %}", "&lt;hi"),
+        ("{{ 'x'|center(5) }}|{{ 'a\nb'|indent(2) }}|{{ range(3)|list }}|{{ 2 ** 10 }}", "  x  |a\n  b|[0, 1, 2]|1024"),
+    ],
+)
+def test_a_real_template_renders_as_jinja_renders_it(template: str, expected: str) -> None:
+    assert render(template) == expected
+    assert jinja2.sandbox.ImmutableSandboxedEnvironment().from_string(template).render(messages=MESSAGES) == expected
