@@ -260,6 +260,29 @@ def test_row_split_on_a_backend_without_split_buffers_is_refused_before_loading(
         Model.load(smollm2_path, rpc_servers=servers[:1], split_mode="row", n_gpu_layers=OFFLOAD)
 
 
+def test_the_docs_name_the_backends_that_split_rows() -> None:
+    """DISTRIBUTED.md's ``split_mode`` row names exactly the backends of the vendored llama.cpp that offer split
+    buffers (what row split needs), and no other."""
+    import os
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    ggml = Path(os.environ.get("LLAMACFFI_LLAMA_CPP_DIR") or root / "vendor" / "llama.cpp") / "ggml" / "src"
+    if not ggml.is_dir():
+        pytest.skip("no llama.cpp tree")
+    backends = {d.name[5:] for d in ggml.glob("ggml-*") if d.is_dir()}
+    splitting = {
+        d.name[5:]
+        for d in ggml.glob("ggml-*")
+        if d.is_dir()
+        and any('"ggml_backend_split_buffer_type"' in f.read_text(errors="replace") for f in d.glob("*.cpp"))
+    }
+    assert splitting, "no backend of the tree offers split buffers: the check below would say nothing"
+    row = next(line for line in (root / "docs" / "DISTRIBUTED.md").read_text().splitlines() if "`split_mode=`" in line)
+    named = {b for b in backends if re.search(rf"\b{b}\b", row, re.IGNORECASE)}
+    assert named == splitting
+
+
 @needs_rpc
 def test_system_info_and_info_list_remote_devices(servers: list[str]) -> None:
     info = llamacffi.system_info(rpc_servers=servers)
