@@ -103,6 +103,9 @@ def local_tokens(smollm2_path: Path) -> list[int]:
         ({"rpc_servers": ["127.0.0.1:0"]}, "host:port"),
         ({"rpc_servers": ["127.0.0.1:70000"]}, "host:port"),
         ({"rpc_servers": ["a b:1"]}, "host:port"),
+        ({"rpc_servers": ["a..b:50052"]}, "label"),
+        ({"rpc_servers": [".:50052"]}, "label"),
+        ({"rpc_servers": ["a" * 64 + ":50052"]}, "label"),
         ({"rpc_servers": ["127.0.0.1:5", "127.0.0.1:5"]}, "twice"),
         ({"rpc_servers": [f"127.0.0.1:{p}" for p in range(1, 18)]}, "at most"),
     ],
@@ -112,6 +115,17 @@ def test_bad_placement_is_refused_before_loading(smollm2_path: Path, kwargs: dic
         placement.check(**kwargs)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError, match=match):
         Model.load(smollm2_path, **kwargs)  # type: ignore[arg-type]
+
+
+@needs_rpc
+def test_a_host_name_that_cannot_be_encoded_is_a_load_error() -> None:
+    """A name the resolver's IDNA encoding refuses is a ModelLoadError from probe(), never a raw UnicodeError;
+    parse() refuses such names first (a trailing dot, a fully qualified name, is fine)."""
+    assert rpc.parse("localhost.:1").host == "localhost."
+    with pytest.raises(ModelLoadError, match="cannot be reached"):
+        rpc.probe(rpc.Endpoint("a..b", 50052), timeout=1)
+    with pytest.raises(InvalidArgumentError, match="label"):
+        llamacffi.system_info(rpc_servers=["a" * 64 + ".example:50052"])
 
 
 def test_unknown_device_is_refused(smollm2_path: Path) -> None:

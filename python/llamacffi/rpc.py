@@ -72,8 +72,9 @@ class Endpoint:
 
 
 def parse(endpoint: object, name: str = "rpc server") -> Endpoint:
-    """``"host:port"`` checked: a host of letters, digits, dots and dashes (or an IPv4 address) and a port in
-    1..65535. Raises :class:`InvalidArgumentError` saying what is wrong."""
+    """``"host:port"`` checked: a host of letters, digits, dots and dashes (or an IPv4 address) whose dot-separated
+    labels are 1..63 characters (a trailing dot allowed), as the resolver requires, and a port in 1..65535. Raises
+    :class:`InvalidArgumentError` saying what is wrong."""
     if not isinstance(endpoint, str):
         raise InvalidArgumentError(f"{name} must be a 'host:port' str, got {endpoint!r}")
     host, sep, port = endpoint.rpartition(":")
@@ -81,6 +82,11 @@ def parse(endpoint: object, name: str = "rpc server") -> Endpoint:
     if not sep or not ok_host or not port.isdecimal() or not 1 <= int(port) <= 65535:
         raise InvalidArgumentError(
             f"{name} must be 'host:port' (an IPv4 address or host name, port 1..65535), got {endpoint!r}"
+        )
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    if not all(1 <= len(label) <= 63 for label in labels):
+        raise InvalidArgumentError(
+            f"{name}: every dot-separated label of a host name must be 1..63 characters, got {endpoint!r}"
         )
     return Endpoint(host, int(port))
 
@@ -115,6 +121,8 @@ def probe(endpoint: Endpoint, timeout: float = limits.RPC_PROBE_TIMEOUT, *, hell
         sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
     except TimeoutError:
         raise ModelLoadError(f"{where} did not accept a connection within {timeout:g} s (down, unreachable)") from None
+    except UnicodeError as exc:  # a host name the resolver's IDNA encoding refuses
+        raise ModelLoadError(f"{where} cannot be reached: its host name cannot be resolved ({exc})") from None
     except OSError as exc:
         raise ModelLoadError(
             f"{where} cannot be reached: {exc.strerror or exc}; is 'llamacffi rpc-server' running there?"
