@@ -139,3 +139,17 @@ def test_bad_arguments_are_refused_before_ray_runs_anything() -> None:
         lray.application("smollm2-135m", parallel=0)
     with pytest.raises(InvalidConfigError, match="model"):
         lray.build({"num_replicas": 1})
+    with pytest.raises(InvalidConfigError, match="served_name"):
+        lray.application("smollm2-135m", served_name=5)  # type: ignore[arg-type]
+    with pytest.raises(InvalidConfigError, match="served_name"):
+        lray.application("smollm2-135m", served_name="")
+    with pytest.raises(InvalidConfigError, match="rpc_servers must be a list"):
+        lray.application("smollm2-135m", rpc_servers="127.0.0.1:50052")
+    with pytest.raises(InvalidConfigError, match="ray_actor_options"):
+        lray.application("smollm2-135m", ray_actor_options=[1])  # type: ignore[arg-type]
+    with pytest.raises(InvalidConfigError, match="model"):
+        lray.build({"model": None})
+    with pytest.raises(InvalidConfigError, match=r"unknown.*'replicas'"):
+        lray.build({"model": "smollm2-135m", "replicas": 2})
+    with pytest.raises(InvalidConfigError, match="args"):
+        lray.build(["smollm2-135m"])  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ or, with ``serve run config.yaml``, ``import_path: llamacffi.ray:build`` and the
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ try:
 except ImportError as exc:  # pragma: no cover - without the extra
     raise ImportError(f"llamacffi.ray needs Ray Serve ({exc.name} is missing): pip install 'llamacffi[ray]'") from None
 
+from . import limits
 from .service import LlamaCppService, LocalBackendConfig, ModelConfig
 from .service.errors import InvalidConfigError
 from .validate import as_int, failing
@@ -67,14 +69,21 @@ def application(
     a path every node can read, a ``$MODELS_PATH`` id, or a known name, fetched on each node on first use), each
     with ``threads_per_replica`` threads and ``parallel`` slots of ``context_size`` tokens. ``served_name``: the
     name requests use (default: ``model``). Everything is checked here, before Ray starts a replica."""
+    if not isinstance(model, str) or not model:
+        raise InvalidConfigError(f"model must be a model id (a non-empty str), got {model!r}")
+    if served_name is not None and (not isinstance(served_name, str) or not served_name):
+        raise InvalidConfigError(f"served_name must be a non-empty str or None, got {served_name!r}")
     num_replicas = as_int("num_replicas", num_replicas, 1, 4096, fail=_fail)
     threads = as_int("threads_per_replica", threads_per_replica, 1, 1024, fail=_fail)
+    parallel = as_int("parallel", parallel, 1, limits.PARALLEL_MAX, fail=_fail)
+    if isinstance(rpc_servers, str) or not isinstance(rpc_servers, (list, tuple)):
+        raise InvalidConfigError(f"rpc_servers must be a list of 'host:port' strs, got {rpc_servers!r}")
+    if ray_actor_options is not None and not isinstance(ray_actor_options, Mapping):
+        raise InvalidConfigError(f"ray_actor_options must be a mapping or None, got {ray_actor_options!r}")
     backend = LocalBackendConfig(
         threads=threads, use_gpu=gpu_layers != 0, gpu_layers=gpu_layers, rpc_servers=tuple(rpc_servers)
     )
     config = ModelConfig(context_size=context_size, parallel=parallel, batch_size=max(512, parallel))
-    if not isinstance(model, str) or not model:
-        raise InvalidConfigError(f"model must be a model id (a non-empty str), got {model!r}")
     options: dict[str, Any] = {"num_cpus": threads, **(ray_actor_options or {})}
     deployment = serve.deployment(
         name=DEPLOYMENT_NAME,
@@ -109,6 +118,10 @@ def build(args: Mapping[str, Any]) -> serve.Application:
     """The application builder for ``serve run`` configs: ``import_path: llamacffi.ray:build`` with ``args`` of
     :func:`application`'s names (``model`` required)."""
     if not isinstance(args, Mapping) or "model" not in args:
-        raise InvalidConfigError("args must hold at least 'model'")
+        raise InvalidConfigError("args must be a mapping holding at least 'model'")
+    names = inspect.signature(application).parameters
+    unknown = sorted(map(repr, set(args) - set(names)))
+    if unknown:
+        raise InvalidConfigError(f"args: unknown name(s) {', '.join(unknown)}; the names are {', '.join(names)}")
     rest = {k: v for k, v in args.items() if k != "model"}
-    return application(str(args["model"]), **rest)
+    return application(args["model"], **rest)
