@@ -226,6 +226,43 @@ def test_rpc_server_refuses_a_remote_address() -> None:
     assert "no authentication or encryption" in proc.stderr
 
 
+START_SERVER_BESIDE_A_LISTENER = """
+import json, socket
+from llamacffi import rpc
+other = socket.socket()
+other.bind(("127.0.0.1", 0))
+other.listen(1)  # a listening socket of this process that is not the RPC server's
+taken = other.getsockname()[1]
+serving = rpc.start_server("127.0.0.1", 0, threads=1, devices=["CPU"])
+out = {"taken": taken, "port": serving.port, "version": list(rpc.probe(rpc.parse(f"127.0.0.1:{serving.port}"), 5))}
+try:
+    rpc.start_server("127.0.0.1", taken, threads=1, devices=["CPU"])
+    out["reuse"] = "returned"
+except OSError as exc:
+    out["reuse"] = str(exc)
+print(json.dumps(out))
+"""
+
+
+@needs_rpc
+def test_start_server_reports_its_own_socket_or_fails() -> None:
+    """In a process that already listens elsewhere, ``start_server`` returns the port of the socket it made (a HELLO
+    there is answered), and a port already taken is an OSError, not a success. In a process of its own: its server
+    thread never returns, and the process ends it."""
+    proc = subprocess.run(
+        [sys.executable, "-c", START_SERVER_BESIDE_A_LISTENER],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["port"] != out["taken"]
+    assert tuple(out["version"]) == rpc.PROTOCOL
+    assert "could not listen on 127.0.0.1:" in out["reuse"]
+
+
 # ---- a model split across the CPU and two servers -----------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from . import limits
@@ -233,9 +233,9 @@ def servers() -> list[str]:
         return list(_servers)
 
 
-def listening_port(host: str, port: int) -> int | None:
-    """The port of a socket of this process listening on ``host`` (``port``, or any when 0), from /proc (Linux);
-    None when there is none yet or the system does not tell."""
+def _listening(host: str, port: int) -> dict[str, int] | None:
+    """``{socket inode: port}`` of this process's sockets listening on ``host`` (``port``, or any when 0), from /proc
+    (Linux); None when the system does not tell."""
     try:
         inodes = set()
         for fd in os.listdir("/proc/self/fd"):
@@ -250,12 +250,21 @@ def listening_port(host: str, port: int) -> int | None:
     except OSError:
         return None
     want = socket.inet_aton(host)[::-1].hex().upper() if host != "0.0.0.0" else "00000000"
+    found = {}
     for row in rows:
         cols = row.split()
         addr, at = cols[1].split(":")
         if cols[3] == "0A" and cols[9] in inodes and addr == want and (port == 0 or int(at, 16) == port):
-            return int(at, 16)
-    return None
+            found[cols[9]] = int(at, 16)
+    return found
+
+
+def listening_port(host: str, port: int, *, besides: Collection[str] = ()) -> int | None:
+    """The port of a socket of this process listening on ``host`` (``port``, or any when 0), other than the sockets
+    whose inodes are ``besides`` (those that listened before), from /proc (Linux); None when there is none yet or
+    the system does not tell."""
+    found = _listening(host, port) or {}
+    return next((at for inode, at in found.items() if inode not in besides), None)
 
 
 def _serving_devices(names: Iterable[str] | None) -> list[CData]:
@@ -335,11 +344,16 @@ def start_server(
         name="llamacffi-rpc-server",
         daemon=True,
     )
+    # Sockets of this process that listen already (an HTTP server, an earlier start_server) are not this server's.
+    before = set(_listening(host, port) or {}) if linux else set()
     thread.start()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        bound = listening_port(host, port) if linux else (port if time.monotonic() > deadline - timeout + 0.5 else None)
-        if bound is not None:
+        if linux:
+            bound = listening_port(host, port, besides=before)
+        else:
+            bound = port if time.monotonic() > deadline - timeout + 0.5 else None
+        if bound is not None and thread.is_alive():  # a thread that returned could not bind
             return Serving(thread, host, bound, [ffi.string(lib.ggml_backend_dev_name(d)).decode() for d in devs])
         if not thread.is_alive():
             break
