@@ -516,3 +516,31 @@ def test_a_message_the_service_cannot_handle_ends_the_worker_not_its_callers(smo
         svc.close()
         server.kill()
     assert engine._conn.closed  # type: ignore[attr-defined]
+
+
+# ---- the worker process's own faults ------------------------------------------------------------------------------
+
+
+@needs_rpc
+def test_an_interrupted_load_ends_its_worker(smollm2_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C while the service waits for the worker to load kills and reaps the worker at once: it does not
+    live on (holding the server's one connection) for as long as the KeyboardInterrupt is kept."""
+    from llamacffi.service import worker
+
+    server = RPCServerProcess()
+    started: list[subprocess.Popen[bytes]] = []
+
+    def interrupted(self: worker.WorkerEngine) -> None:
+        started.append(self._process)
+        raise KeyboardInterrupt  # where a Ctrl-C lands while the service waits
+
+    monkeypatch.setattr(worker.WorkerEngine, "_wait_ready", interrupted)
+    svc = LlamaCppService(LocalBackendConfig(threads=1, gpu_layers=OFFLOAD, rpc_servers=(server.endpoint,)))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            svc.load_model(str(smollm2_path), config=ModelConfig(context_size=256, parallel=1))
+        assert started and started[0].returncode is not None  # killed and reaped
+        assert rpc.probe(rpc.parse(server.endpoint), timeout=10) == rpc.PROTOCOL  # the server is free
+    finally:
+        svc.close()
+        server.kill()

@@ -89,11 +89,11 @@ class WorkerEngine:
         self._last = time.monotonic()
         try:
             self._conn.send(spec)
+            self._wait_ready()
         except BaseException:  # the child is gone already, or this was interrupted: it does not outlive this
             self._process.kill()
             self._stop()
             raise
-        self._wait_ready()
         self._reader = threading.Thread(target=self._read, name=f"llamacffi-worker-reader {spec.name}", daemon=True)
         self._reader.start()
 
