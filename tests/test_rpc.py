@@ -544,3 +544,113 @@ def test_an_interrupted_load_ends_its_worker(smollm2_path: Path, monkeypatch: py
     finally:
         svc.close()
         server.kill()
+
+
+@pytest.fixture
+def process_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str, float | None]]:
+    """``(pid, "kill" | "wait", timeout)`` of every Popen.kill and Popen.wait the test makes, in order."""
+    calls: list[tuple[int, str, float | None]] = []
+    kill, wait = subprocess.Popen.kill, subprocess.Popen.wait
+
+    def recorded_kill(self: subprocess.Popen[bytes]) -> None:
+        calls.append((self.pid, "kill", None))
+        kill(self)
+
+    def recorded_wait(self: subprocess.Popen[bytes], timeout: float | None = None) -> int:
+        calls.append((self.pid, "wait", timeout))
+        return wait(self, timeout)
+
+    monkeypatch.setattr(subprocess.Popen, "kill", recorded_kill)
+    monkeypatch.setattr(subprocess.Popen, "wait", recorded_wait)
+    return calls
+
+
+@needs_rpc
+def test_a_stalled_load_kills_its_worker_at_once(
+    smollm2_path: Path, monkeypatch: pytest.MonkeyPatch, process_calls: list[tuple[int, str, float | None]]
+) -> None:
+    """A worker that makes no progress while loading is killed when that is found, without first waiting for an
+    exit it cannot make."""
+    import os
+    import signal
+
+    from llamacffi.service import worker
+
+    server = RPCServerProcess()
+    pids: list[int] = []
+    wait_ready = worker.WorkerEngine._wait_ready
+
+    def hung(self: worker.WorkerEngine) -> None:
+        pids.append(self._process.pid)
+        os.kill(self._process.pid, signal.SIGSTOP)  # alive, never answers: a load stuck in C
+        wait_ready(self)
+
+    monkeypatch.setattr(worker.WorkerEngine, "_wait_ready", hung)
+    svc = LlamaCppService(
+        LocalBackendConfig(threads=1, gpu_layers=OFFLOAD, rpc_servers=(server.endpoint,), rpc_timeout=0.5)
+    )
+    try:
+        with pytest.raises(ModelLoadFailedError, match=r"made no progress for 0\.5 s"):
+            svc.load_model(str(smollm2_path), config=ModelConfig(context_size=256, parallel=1))
+        mine = [(what, timeout) for pid, what, timeout in process_calls if pid == pids[0]]
+        assert mine[0] == ("kill", None), mine
+    finally:
+        svc.close()
+        server.kill()
+
+
+@needs_rpc
+def test_closing_a_model_whose_worker_hangs_fails_its_requests_first_and_waits_briefly(
+    smollm2_path: Path, process_calls: list[tuple[int, str, float | None]]
+) -> None:
+    """close() of a model whose worker is stuck (SIGSTOP, as a decode stuck in C): the requests waiting on it end
+    with ModelClosedError while the worker still runs, and the worker gets a short grace before it is killed."""
+    import os
+    import signal
+
+    from llamacffi.service import ModelClosedError, worker
+
+    server = RPCServerProcess()
+    svc = LlamaCppService(LocalBackendConfig(threads=1, gpu_layers=OFFLOAD, rpc_servers=(server.endpoint,)))
+    try:
+        model = svc.load_model(str(smollm2_path), config=ModelConfig(context_size=256, parallel=1))
+        engine = model._engine
+        assert isinstance(engine, worker.WorkerEngine)
+        pid = engine._process.pid
+        os.kill(pid, signal.SIGSTOP)
+        answers: list[object] = []
+        waiting = threading.Thread(target=lambda: answers.append(_closed(model)), daemon=True)
+        waiting.start()
+        deadline = time.monotonic() + 30
+        while model.load == (0, 0):  # until the request is under way
+            assert time.monotonic() < deadline, "the request never reached the worker"
+            time.sleep(0.01)
+        alive_when_failed: list[bool] = []
+        fail_all = engine._fail_all
+
+        def recorded(error: Exception) -> None:
+            alive_when_failed.append(engine._process.poll() is None)
+            fail_all(error)
+
+        engine._fail_all = recorded  # type: ignore[method-assign]
+        model.close()
+        waiting.join(60)
+        assert answers and isinstance(answers[0], ModelClosedError)
+        assert alive_when_failed == [True]
+        mine = [(what, timeout) for p, what, timeout in process_calls if p == pid]
+        assert mine[0][0] == "wait" and mine[0][1] is not None and mine[0][1] <= worker.CLOSE_GRACE_S <= 2
+        assert mine[1] == ("kill", None)
+    finally:
+        svc.close()
+        server.kill()
+
+
+def _closed(model: object) -> object:
+    """What a request on ``model`` ends with: its text, or the exception it raised."""
+    from llamacffi.service import LlamaCppTextModel
+
+    assert isinstance(model, LlamaCppTextModel)
+    try:
+        return model.generate("Once upon a time", GenerationOptions(max_tokens=8, temperature=0.0))
+    except Exception as exc:
+        return exc

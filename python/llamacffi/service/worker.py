@@ -25,6 +25,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import select
 import signal
 import subprocess
 import sys
@@ -42,6 +43,7 @@ from .request import emit as _emit
 log = logging.getLogger("llamacffi.service")
 
 PROGRESS_EVERY_S = 0.5  # the child tells it is loading at most this often
+CLOSE_GRACE_S = 2.0  # how long a closed model's worker may take to end before it is killed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +120,7 @@ class WorkerEngine:
                 self._stop()
                 raise ModelLoadFailedError(f"the worker process loading {self.name!r} {self._ended()}")
             if time.monotonic() - self._last > self._stall:
+                self._process.kill()  # stuck: it could not act on anything it is sent
                 self._stop()
                 raise ModelLoadFailedError(
                     f"loading {self.name!r} made no progress for {self._stall:g} s (an RPC server that stopped "
@@ -142,6 +145,21 @@ class WorkerEngine:
     def _send(self, msg: tuple[Any, ...]) -> None:
         with self._send_lock:
             self._conn.send(msg)
+
+    def _send_now(self, msg: tuple[Any, ...]) -> bool:
+        """Send a short ``msg`` if that cannot block: False when another send has been blocked for the grace, or the
+        pipe is full (the child stopped reading), or the child is gone."""
+        if not self._send_lock.acquire(timeout=CLOSE_GRACE_S):
+            return False
+        try:
+            if not select.select([], [self._conn], [], 0)[1]:
+                return False
+            self._conn.send(msg)
+            return True
+        except (OSError, ValueError):
+            return False
+        finally:
+            self._send_lock.release()
 
     # ---- the engine's interface -------------------------------------------------------------------------------
 
@@ -196,16 +214,16 @@ class WorkerEngine:
                 return
             self.closed = True
             self._why = "the model is closed"
-        try:
-            self._send(("close",))
-        except (OSError, ValueError):
-            pass
-        self._stop()
+        # Its callers hear first: a worker stuck in a decode does not make them wait for its end.
         self._fail_all(ModelClosedError("the model was closed before the request finished"))
+        if not self._send_now(("close",)):
+            self._process.kill()  # it reads nothing: asking it to end would only wait out the grace
+        self._stop(CLOSE_GRACE_S)
 
     # ---- the child's messages ---------------------------------------------------------------------------------
 
-    def _stop(self, grace: float = 10.0) -> None:
+    def _stop(self, grace: float = CLOSE_GRACE_S) -> None:
+        """Wait up to ``grace`` seconds for the child to end, then kill it; reap it, then close this side."""
         try:
             self._process.wait(grace)
         except subprocess.TimeoutExpired:
