@@ -654,3 +654,65 @@ def _closed(model: object) -> object:
         return model.generate("Once upon a time", GenerationOptions(max_tokens=8, temperature=0.0))
     except Exception as exc:
         return exc
+
+
+class _MainStop(str):
+    """A str subclass that pickles by reference to ``__main__``, which the worker process's ``__main__`` lacks."""
+
+
+@pytest.fixture(scope="module")
+def worker_model(smollm2_path: Path) -> Iterator[llamacffi.service.LlamaCppTextModel]:
+    """A model in a worker process on a server of its own: one slot and one waiting place."""
+    server = RPCServerProcess()
+    svc = LlamaCppService(LocalBackendConfig(threads=1, gpu_layers=OFFLOAD, rpc_servers=(server.endpoint,)))
+    try:
+        yield svc.load_model(str(smollm2_path), config=ModelConfig(context_size=256, parallel=1, max_queue=1))
+    finally:
+        svc.close()
+        server.kill()
+
+
+SHORT = GenerationOptions(max_tokens=8, temperature=0.0, raw=True)
+
+
+@needs_rpc
+def test_options_of_str_subclasses_reach_the_worker_as_plain_data(
+    worker_model: llamacffi.service.LlamaCppTextModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stop sequences of a str subclass this process cannot pickle (defined in a function) or the worker cannot
+    import (from the caller's ``__main__``) work as plain strs do, call after call."""
+    import dataclasses
+
+    class LocalStop(str):
+        pass
+
+    monkeypatch.setattr(_MainStop, "__module__", "__main__")
+    monkeypatch.setattr(sys.modules["__main__"], "_MainStop", _MainStop, raising=False)
+    expected = worker_model.generate(PROMPT, dataclasses.replace(SHORT, stop_sequences=("\n\n",)))
+    for kind in (LocalStop, _MainStop, LocalStop, _MainStop):
+        assert worker_model.generate(PROMPT, dataclasses.replace(SHORT, stop_sequences=(kind("\n\n"),))) == expected
+    assert worker_model.load == (0, 0)
+
+
+@needs_rpc
+def test_what_the_pipe_cannot_carry_is_refused_and_the_model_serves_on(
+    worker_model: llamacffi.service.LlamaCppTextModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Options that cannot be pickled are an InvalidConfigError that leaves nothing queued (repeated past the
+    queue's size); options the worker cannot read are an InvalidConfigError from the worker, which serves on."""
+    from llamacffi.service import worker
+
+    expected = worker_model.generate(PROMPT, SHORT)
+    odd = GenerationOptions(max_tokens=8, temperature=0.0, raw=True)
+    object.__setattr__(odd, "system", lambda: "no pickle")  # past the checks: nothing refuses it before the pipe
+    for _ in range(4):
+        with pytest.raises(InvalidConfigError, match="cannot be sent to its worker process"):
+            worker_model.generate(PROMPT, odd)
+        assert worker_model.load == (0, 0)
+    monkeypatch.setattr(worker, "_plain", lambda value: value)  # subclasses sent as they are
+    monkeypatch.setattr(_MainStop, "__module__", "__main__")
+    monkeypatch.setattr(sys.modules["__main__"], "_MainStop", _MainStop, raising=False)
+    unreadable = GenerationOptions(max_tokens=8, temperature=0.0, raw=True, stop_sequences=(_MainStop("\n\n"),))
+    with pytest.raises(InvalidConfigError, match="worker process could not read"):
+        worker_model.generate(PROMPT, unreadable)
+    assert worker_model.generate(PROMPT, SHORT) == expected

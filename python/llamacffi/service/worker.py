@@ -11,7 +11,8 @@ without closing its connection), every request still running ends with :class:`G
 and later requests are refused; the caller's process and its other models go on.
 
 The pipe (a socket pair) carries pickled objects. Parent to child: the :class:`WorkerSpec`, then
-``("submit", id, tokens, options, logprobs, after_id)``,
+``("submit", id, payload, after_id)`` (``payload``: ``(tokens, options, logprobs)`` pickled here, before the request
+counts, with the options as plain data: a caller's str subclass may not exist in the child, or not pickle at all),
 ``("cancel", id)``, ``("close",)``. Child to parent: ``("progress",)`` while loading, then ``("ready", n_ctx_train)`` or
 ``("failed", exception)``; ``("item", id, text_or_chunk)``, ``("end", id, finish_reason, n_reused, n_generated,
 stats)``, ``("error", id, exception)``.
@@ -35,8 +36,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from .config import ModelConfig
-from .errors import GenerationError, ModelClosedError, ModelLoadFailedError, QueueFullError
+from .config import GenerationOptions, ModelConfig
+from .errors import GenerationError, InvalidConfigError, ModelClosedError, ModelLoadFailedError, QueueFullError
 from .request import END, Request
 from .request import emit as _emit
 
@@ -164,6 +165,12 @@ class WorkerEngine:
     # ---- the engine's interface -------------------------------------------------------------------------------
 
     def submit(self, request: Request) -> None:
+        try:
+            payload = pickle.dumps((request.prompt, _plain(request.options.to_dict()), request.logprobs))
+        except Exception as exc:  # PicklingError, AttributeError, TypeError, RecursionError: nothing is queued
+            raise InvalidConfigError(
+                f"model {self.name!r}: the request's options cannot be sent to its worker process: {exc}"
+            ) from None
         with self._lock:
             if self.closed:
                 raise self._error(self._why)
@@ -180,7 +187,7 @@ class WorkerEngine:
             self.stats["requests"] += 1
             after = self._ids.get(id(request.after)) if request.after is not None else None
         try:
-            self._send(("submit", rid, request.prompt, request.options, request.logprobs, after))
+            self._send(("submit", rid, payload, after))
         except (OSError, ValueError):
             with self._lock:
                 self._requests.pop(rid, None)
@@ -310,6 +317,24 @@ class WorkerEngine:
             _emit(r, error)
 
 
+def _plain(value: object) -> object:
+    """``value`` rebuilt of built-in types (str, int, float, list, dict) where it holds subclasses of them, so that
+    the worker process reads it whatever classes the caller used; anything else is left as it is."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _portable(exc: BaseException) -> BaseException:
     """``exc`` when it survives pickling, else a :class:`GenerationError` with its message."""
     try:
@@ -398,9 +423,14 @@ def _child(fd: int) -> None:  # pragma: no cover - runs in the worker process
             if r is not None:
                 engine.cancel(r)
             continue
-        _, rid, tokens, options, logprobs, after = msg
+        _, rid, payload, after = msg
         sink = _ChildSink(rid, send_with_stats, done)
         try:
+            try:
+                tokens, fields, logprobs = pickle.loads(payload)
+            except Exception as exc:
+                raise InvalidConfigError(f"the worker process could not read the request's options: {exc}") from None
+            options = GenerationOptions.from_dict(fields)
             r = text._new_request(tokens, options, sink, logprobs=logprobs, after=requests.get(after))
             sink.request = r
             requests[rid] = r
