@@ -1,12 +1,13 @@
-// Guards around llama.cpp's grammar: C++ exceptions it lets out of its C API are caught before they reach C (where
-// they end the process through std::terminate), and a grammar whose parse stacks multiply is stopped. Declared for
-// cffi in callbacks.cdef and helpers.c.
+// Guards around llama.cpp's grammar and tokenizer: C++ exceptions it lets out of its C API are caught before they
+// reach C (where they end the process through std::terminate), and a grammar whose parse stacks multiply is stopped.
+// Declared for cffi in callbacks.cdef and helpers.c.
 #include "llama.h"
 #include "llama-grammar.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdio>
 #include <new>
 #include <set>
 #include <stdexcept>
@@ -303,6 +304,22 @@ extern "C" int llamacffi_grammar_accepts_many(struct llama_sampler * smpl, const
         }
     } catch (const std::bad_alloc &) {  // copying the stacks
         return -2;
+    }
+    return 0;
+}
+
+// llama_tokenize with the C++ exceptions caught: llama.cpp's result, or 0 with what it threw written to error (a
+// non-empty C string, cut to error_size). A vocabulary that lacks a byte token its tokenizer looks up throws
+// std::out_of_range from inside llama_tokenize.
+extern "C" int32_t llamacffi_tokenize(const struct llama_vocab * vocab, const char * text, int32_t text_len,
+                                      llama_token * tokens, int32_t n_tokens_max, bool add_special,
+                                      bool parse_special, char * error, size_t error_size) {
+    try {
+        return llama_tokenize(vocab, text, text_len, tokens, n_tokens_max, add_special, parse_special);
+    } catch (const std::exception & e) {
+        std::snprintf(error, error_size, "%s", e.what()[0] ? e.what() : "an exception");
+    } catch (...) {
+        std::snprintf(error, error_size, "%s", "an exception of unknown type");
     }
     return 0;
 }

@@ -12,6 +12,9 @@ long llamacffi_grammar_breadth(const struct llama_vocab *vocab, const char *text
 int llamacffi_grammar_accept(struct llama_sampler *smpl, llama_token token);
 int llamacffi_grammar_accepts_many(struct llama_sampler *smpl, const llama_token *tokens, size_t n,
                                    unsigned char *ok);
+int32_t llamacffi_tokenize(const struct llama_vocab *vocab, const char *text, int32_t text_len, llama_token *tokens,
+                           int32_t n_tokens_max, bool add_special, bool parse_special, char *error,
+                           size_t error_size);
 
 /* Whether a device's backend offers split buffers, which llama.cpp's split_mode row needs (it refuses the load
    otherwise, after reading the file). */

@@ -4,6 +4,8 @@ of the whole process (GGML_ASSERT) instead of an error are checked here first.""
 from __future__ import annotations
 
 import mmap
+import os
+import stat
 import struct
 from pathlib import Path
 
@@ -11,6 +13,8 @@ from .errors import ModelLoadError
 
 MAGIC = b"GGUF"
 MAX_LAYERS = 512  # llama.cpp's LLAMA_MAX_LAYERS
+MAX_EXPERTS = 1024  # llama.cpp's LLAMA_MAX_EXPERTS
+ROPE_SCALING_TYPES = (b"none", b"linear", b"yarn", b"longrope")  # what llama_rope_scaling_type_from_string knows
 
 # value type -> struct format of one scalar (8 is a string, 9 an array)
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -18,8 +22,8 @@ _STRING, _ARRAY = 8, 9
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 
 # A metadata value as read here: a number or a string (bytes), or an array as (element type, count, its strings or
-# None); None for a value read past.
-Value = int | float | bytes | tuple[int, int, list[bytes] | None] | None
+# numbers); None for a value read past.
+Value = int | float | bytes | tuple[int, int, list[bytes] | list[int | float] | None] | None
 
 
 def _fail(path: Path, why: str) -> ModelLoadError:
@@ -82,12 +86,38 @@ class _Reader:
         if vtype == _ARRAY:
             etype, count = self.u32(), self.u64()
             if etype in _SCALARS:
-                self.take(count * struct.calcsize(_SCALARS[etype]))
-                return etype, count, None
+                fmt = _SCALARS[etype]
+                start = self.take(count * struct.calcsize(fmt))
+                numbers = list(struct.unpack_from(f"<{count}{fmt[1]}", self.buf, start)) if keep else None
+                return etype, count, numbers
             if etype == _STRING:
                 return etype, count, self._strings(count, keep)
             raise self.fail(f"an array of unknown value type {etype}")
         raise self.fail(f"a value of unknown type {vtype}")
+
+
+def check_file(path: Path) -> None:
+    """Raise :class:`ModelLoadError` unless ``path`` is a readable regular file that starts as a GGUF file does (a
+    named pipe would block a reader for ever; an empty file cannot be mapped)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ModelLoadError(f"model file not found: {path}") from None
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model file {path}: {exc.strerror}") from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise ModelLoadError(f"model path is a directory, not a GGUF file: {path}")
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelLoadError(f"model path is not a regular file (a pipe, socket or device): {path}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model file {path}: {exc.strerror}") from exc
+    if not head:
+        raise ModelLoadError(f"model file is empty: {path}")
+    if head != MAGIC:
+        raise ModelLoadError(f"not a GGUF file (magic {head!r}, expected {MAGIC!r}): {path}")
 
 
 def read_metadata(path: Path, wanted: set[str]) -> dict[str, Value]:
@@ -123,29 +153,84 @@ def read_metadata(path: Path, wanted: set[str]) -> dict[str, Value]:
 
 
 def check(path: Path, vocab_only: bool = False) -> None:
-    """Raise :class:`ModelLoadError` for metadata that llama.cpp would abort on (a vocab-only load reads no
-    layers)."""
+    """Raise :class:`ModelLoadError` for a path that is no GGUF file, or metadata that llama.cpp would abort on (a
+    vocab-only load reads no layers)."""
+    check_file(path)
     meta = read_metadata(
         path,
         {
             "{arch}.block_count",
             "{arch}.nextn_predict_layers",
+            "{arch}.expert_count",
+            "{arch}.expert_used_count",
+            "{arch}.expert_group_count",
+            "{arch}.expert_group_used_count",
+            "{arch}.rope.scaling.type",
             "tokenizer.ggml.tokens",
             "tokenizer.ggml.scores",
             "tokenizer.ggml.token_type",
         },
     )
-    layers = meta.get("{arch}.block_count")
-    if not vocab_only and isinstance(layers, int) and not 0 < layers <= MAX_LAYERS:
+    if not vocab_only:
+        _check_layers(path, meta)
+    _check_vocabulary(path, meta)
+
+
+def _number(value: Value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None  # other types: llama.cpp says
+
+
+def _check_layers(path: Path, meta: dict[str, Value]) -> None:
+    layers = _number(meta.get("{arch}.block_count"))
+    if layers is not None and not 0 < layers <= MAX_LAYERS:
         raise _fail(path, f"its block_count is {layers}; llama.cpp supports 1..{MAX_LAYERS} layers")
-    nextn = meta.get("{arch}.nextn_predict_layers")
-    if not vocab_only and isinstance(layers, int) and isinstance(nextn, int) and nextn > layers:
+    nextn = _number(meta.get("{arch}.nextn_predict_layers"))
+    if layers is not None and nextn is not None and nextn > layers:
         raise _fail(path, f"its nextn_predict_layers ({nextn}) exceeds its block_count ({layers})")
+    scaling = meta.get("{arch}.rope.scaling.type")
+    if isinstance(scaling, bytes) and scaling not in ROPE_SCALING_TYPES:
+        known = ", ".join(t.decode() for t in ROPE_SCALING_TYPES)
+        raise _fail(path, f"its rope.scaling.type {scaling[:40]!r} is none of {known}")
+    _check_experts(path, meta, layers)
+
+
+def _check_experts(path: Path, meta: dict[str, Value], layers: int | None) -> None:
+    """The expert counts of a mixture-of-experts model, as llama.cpp asserts them."""
+    experts = _number(meta.get("{arch}.expert_count")) or 0
+    groups = _number(meta.get("{arch}.expert_group_count")) or 0
+    groups_used = _number(meta.get("{arch}.expert_group_used_count")) or 0
+    used = meta.get("{arch}.expert_used_count")  # one count, or one per layer
+    if isinstance(used, tuple):
+        per_layer = [n for n in used[2] or () if isinstance(n, int)]
+        used_max = max(per_layer[:layers] if layers else per_layer, default=0)
+    else:
+        used_max = _number(used) or 0
+    if experts > MAX_EXPERTS:
+        raise _fail(path, f"its expert_count is {experts}; llama.cpp supports at most {MAX_EXPERTS} experts")
+    if used_max > experts or (experts and used_max <= 0):
+        raise _fail(path, f"its expert_used_count ({used_max}) is not within 1..expert_count ({experts})")
+    if not experts and groups:
+        raise _fail(path, f"it has expert groups ({groups}) but no experts")
+    if experts and groups >= experts:
+        raise _fail(path, f"its expert_group_count ({groups}) is not below its expert_count ({experts})")
+    if groups > 1 and (experts % groups or not 0 < groups_used < groups):
+        raise _fail(
+            path,
+            f"its {experts} experts in {groups} groups, {groups_used} used, are not what llama.cpp supports "
+            "(groups dividing the experts, and 1 up to one less than the groups used)",
+        )
+
+
+def _check_vocabulary(path: Path, meta: dict[str, Value]) -> None:
     tokens = meta.get("tokenizer.ggml.tokens")
     if not isinstance(tokens, tuple):
         return  # none, or not an array: llama.cpp reports it
     _, count, strings = tokens
-    texts = [t for t in strings or () if t]  # llama.cpp names empty texts after their index
+    # llama.cpp reads each text as a C string (up to a NUL) and names an empty one after its index.
+    texts = [
+        (t.split(b"\0", 1)[0] if isinstance(t, bytes) else b"") or b"[EMPTY_%d]" % i
+        for i, t in enumerate(strings or ())
+    ]
     if len(set(texts)) != len(texts):
         raise _fail(path, "its vocabulary lists a token text more than once")
     for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):

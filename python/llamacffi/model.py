@@ -119,7 +119,6 @@ class Model:
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be str or os.PathLike, not {type(path).__name__}")
         p = Path(path)
-        _check_file(p)
         gguf.check(p, bool(vocab_only))
         n_gpu_layers = as_int("n_gpu_layers", n_gpu_layers, -1, MAX_GPU_LAYERS)
         for name, flag in (("use_mlock", use_mlock), ("vocab_only", vocab_only), ("huge_pages", huge_pages)):
@@ -346,19 +345,3 @@ def _read_string(fill: Callable[[CData, int], int], size: int = 256) -> str:
     """The text of a llama.cpp ``(buf, size) -> length`` function (snprintf-like)."""
     data = read_grown(fill, size, terminated=True, error=lambda _: LlamaError("llama.cpp could not read the value"))
     return data.decode("utf-8", "replace")
-
-
-def _check_file(p: Path) -> None:
-    if not p.exists():
-        raise ModelLoadError(f"model file not found: {p}")
-    if p.is_dir():
-        raise ModelLoadError(f"model path is a directory, not a GGUF file: {p}")
-    try:
-        with open(p, "rb") as f:
-            head = f.read(4)
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read model file {p}: {exc.strerror}") from exc
-    if not head:
-        raise ModelLoadError(f"model file is empty: {p}")
-    if head != gguf.MAGIC:
-        raise ModelLoadError(f"not a GGUF file (magic {head!r}, expected {gguf.MAGIC!r}): {p}")

@@ -59,6 +59,9 @@ def _text_bytes(text: str | bytes, what: str = "text") -> bytes:
     raise TypeError(f"{what} must be str or bytes, not {type(text).__name__}")
 
 
+_NO_TOKENIZER = "the model has no vocabulary (its type is none): it has no text to tokenize or render tokens with"
+
+
 class Vocab:
     """A model's vocabulary, borrowed from its :class:`Model` (valid while the model is open).
 
@@ -69,6 +72,8 @@ class Vocab:
         self.owner = owner
         self._raw = ptr
         self.n_tokens: int = int(lib.llama_vocab_n_tokens(ptr))
+        # A model without a vocabulary (type none): llama.cpp asserts on every token's text, piece or attribute.
+        self.has_tokenizer: bool = lib.llama_vocab_type(ptr) != lib.LLAMA_VOCAB_TYPE_NONE
         self._pieces: dict[int, bytes] = {}
         self._special_pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
@@ -112,6 +117,8 @@ class Vocab:
         t = int(token)
         if t < 0 or t >= self.n_tokens:
             raise InvalidTokenError(f"token id {t} is out of range for a vocabulary of {self.n_tokens} tokens")
+        if not self.has_tokenizer:
+            raise TokenizeError(_NO_TOKENIZER)
         return t
 
     def is_eog(self, token: int) -> bool:
@@ -141,29 +148,42 @@ class Vocab:
         data = _text_bytes(text)
         if len(data) > 2**31 - 2:
             raise TokenizeError("text is too long to tokenize (over 2 GiB)")
+        if not self.has_tokenizer:
+            raise TokenizeError(_NO_TOKENIZER)
         cap = min(len(data) + 8, 2**31 - 1)
         out = np.empty(cap, dtype=np.int32)
         with self.owner.hold():
-            ptr = self._raw
-            n = lib.llama_tokenize(
-                ptr, data, len(data), ffi.from_buffer("llama_token[]", out), cap, bool(add_special), bool(parse_special)
-            )
+            n = self._tokenize(data, out, add_special, parse_special)
             if n < 0:
-                if n == -(2**31):
-                    raise TokenizeError("tokenization overflowed int32")
                 out = np.empty(-n, dtype=np.int32)
-                n = lib.llama_tokenize(
-                    ptr,
-                    data,
-                    len(data),
-                    ffi.from_buffer("llama_token[]", out),
-                    -n,
-                    bool(add_special),
-                    bool(parse_special),
-                )
+                n = self._tokenize(data, out, add_special, parse_special)
                 if n < 0:
                     raise TokenizeError(f"llama_tokenize failed ({n})")
         return out[:n].copy() if n < cap // 2 else out[:n]
+
+    def _tokenize(self, data: bytes, out: TokenArray, add_special: bool, parse_special: bool) -> int:
+        """``llama_tokenize`` into ``out`` (its count, or minus the room it needs), with what llama.cpp throws (a
+        vocabulary without the byte tokens its tokenizer looks up) a :class:`TokenizeError`."""
+        error = ffi.new("char[200]")
+        n = int(
+            lib.llamacffi_tokenize(
+                self._raw,
+                data,
+                len(data),
+                ffi.from_buffer("llama_token[]", out),
+                len(out),
+                bool(add_special),
+                bool(parse_special),
+                error,
+                len(error),
+            )
+        )
+        if error[0] != b"\0":
+            why = ffi.string(error).decode("utf-8", "replace")
+            raise TokenizeError(f"llama.cpp could not tokenize this text with this vocabulary: {why}")
+        if n == -(2**31):
+            raise TokenizeError("tokenization overflowed int32")
+        return n
 
     def piece_cache(self, special: bool = False) -> dict[int, bytes]:
         """The pieces :meth:`token_to_piece` rendered so far, by token id (the same dict, filled as it goes): a

@@ -81,6 +81,9 @@ def make_grammar(vocab: VocabLike | None, grammar: str, root: str) -> tuple[CDat
     if not isinstance(root, str) or not _RULE_NAME.fullmatch(root):
         raise InvalidArgumentError(f"grammar_root must be a rule name (letters, digits and '-'), got {root!r}")
     lease = vocab.owner.lease()
+    if lib.llama_vocab_type(vocab._ptr) == lib.LLAMA_VOCAB_TYPE_NONE:  # llama.cpp would assert on each token's text
+        lease.release()
+        raise InvalidArgumentError("a grammar needs a model with a vocabulary; this model's vocabulary type is none")
     why = ffi.new("int *")
     try:
         g = lib.llamacffi_grammar_init(
