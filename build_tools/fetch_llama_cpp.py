@@ -48,6 +48,27 @@ def cached_sdist(pypi) -> Path:
     return tarball
 
 
+def _extract_members(tf: tarfile.TarFile, dest: Path, members: list[tarfile.TarInfo]) -> None:
+    """Extract ``members`` into ``dest`` and nowhere else. Python's own "data" filter does that where it exists
+    (3.10.12+, 3.11.4+); before, each name and link is checked here (Debian 12's Python is 3.11.2)."""
+    if hasattr(tarfile, "data_filter"):
+        tf.extractall(dest, members=members, filter="data")
+        return
+    root = dest.resolve()
+    links = {m.name.rstrip("/") for m in members if m.issym()}
+    for m in members:
+        target = (root / m.name).resolve()
+        link = (target.parent / m.linkname).resolve() if m.issym() else target
+        through_link = any(str(parent) in links for parent in Path(m.name).parents)
+        if (
+            Path(m.name).is_absolute()
+            or through_link
+            or not (target.is_relative_to(root) and link.is_relative_to(root))
+        ):
+            raise SystemExit(f"llamacffi: the llama.cpp sdist holds a path outside its folder: {m.name}")
+    tf.extractall(dest, members=members)
+
+
 def extract(tarball: Path, dest: Path) -> str:
     """Extract the llama.cpp folder into ``dest``; return the llama.cpp commit the sdist recorded."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +86,7 @@ def extract(tarball: Path, dest: Path) -> str:
                 m.name = m.name[len(PREFIX) :]
                 if m.name:
                     members.append(m)
-            tf.extractall(staging, members=members, filter="data")
+            _extract_members(tf, staging, members)
         # The sdist's submodule pointer refers to a git folder that is not extracted.
         stray_git = staging / ".git"
         if stray_git.is_file() or stray_git.is_symlink():

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
+import types
 from pathlib import Path
 
 import pytest
@@ -92,3 +96,62 @@ def test_build_stops_on_a_tree_without_llama_h(tmp_path: Path) -> None:
     assert out.returncode != 0
     message = " ".join(out.stderr.split())  # CMake wraps long lines
     assert "has no include/llama.h" in message and "LLAMACFFI_LLAMA_CPP_DIR" in message
+
+
+def _fetch_module() -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("fetch_llama_cpp", ROOT / "build_tools" / "fetch_llama_cpp.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_tree_extracts_where_python_has_no_tar_filter(tmp_path: Path) -> None:
+    # Python before 3.10.12 and 3.11.4 (Debian 12's is 3.11.2) has no tarfile "data" filter; the build still works.
+    fetch = _fetch_module()
+    cached = _pypi.cache_dir() / "src" / fetch.SDIST_FILE
+    assert cached.is_file(), "the build caches the verified sdist"
+    (tmp_path / "cache" / "src").mkdir(parents=True)
+    (tmp_path / "cache" / "src" / fetch.SDIST_FILE).symlink_to(cached)
+    script = ROOT / "build_tools" / "fetch_llama_cpp.py"
+    code = (  # such a Python: no data_filter, and extractall takes no filter argument
+        "import runpy, sys, tarfile; del tarfile.data_filter; plain = tarfile.TarFile.extractall; "
+        "tarfile.TarFile.extractall = lambda self, path, members=None, *, numeric_owner=False: "
+        "plain(self, path, members, numeric_owner=numeric_owner); "
+        "sys.argv[:] = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    env = {**os.environ, **OFFLINE, "LLAMACFFI_CACHE": str(tmp_path / "cache")}
+    tree = tmp_path / "tree"
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(script), str(tree)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert (tree / "include" / "llama.h").is_file() and (tree / "LLAMACFFI_ORIGIN.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [("x", "../../outside"), ("y", None)],  # a link out of the tree
+        [("x", "."), ("x/../../outside", None)],  # a name out of the tree
+        [("x", "/"), ("x/etc/passwd", None)],  # a file written through a link
+    ],
+)
+def test_extraction_without_a_tar_filter_stays_in_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entries: list[tuple[str, str | None]]
+) -> None:
+    fetch = _fetch_module()
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    archive = tmp_path / "t.tar"
+    with tarfile.open(archive, "w") as tf:
+        for name, link in entries:
+            info = tarfile.TarInfo(name)
+            if link is None:
+                tf.addfile(info, io.BytesIO(b""))
+            else:
+                info.type, info.linkname = tarfile.SYMTYPE, link
+                tf.addfile(info)
+    (tmp_path / "dest").mkdir()
+    with tarfile.open(archive) as tf, pytest.raises(SystemExit, match="outside its folder"):
+        fetch._extract_members(tf, tmp_path / "dest", tf.getmembers())
+    assert not (tmp_path / "outside").exists()
