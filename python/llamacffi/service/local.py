@@ -17,7 +17,7 @@ from .. import backend, models
 from .. import errors as binding
 from .config import BackendType, LocalBackendConfig, ModelConfig, ModelType
 from .embedding import LlamaCppEmbeddingModel
-from .errors import InvalidConfigError, ModelClosedError, ModelNotFoundError, mapped
+from .errors import InvalidConfigError, ModelClosedError, ModelLoadFailedError, ModelNotFoundError, mapped
 from .interfaces import InferenceService, Model
 from .loaded import Loaded, load_file, load_options, serve
 from .prompts import apply_chat_template
@@ -68,6 +68,8 @@ class LlamaCppService(InferenceService):
             return models.resolve(model_id)
         except models.ModelNotFoundError as exc:
             raise ModelNotFoundError(str(exc)) from exc
+        except models.ModelFetchError as exc:  # a known model that cannot be downloaded now
+            raise ModelLoadFailedError(str(exc)) from exc
         except binding.InvalidArgumentError as exc:
             raise InvalidConfigError(str(exc)) from exc
 
