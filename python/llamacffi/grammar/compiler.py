@@ -251,7 +251,11 @@ class Compiler:
         if t == "number":
             if lo is None and hi is None:
                 return number(self.b)
-            return number_range(self.b, _decimal(lo, lo_key, ptr), lo_open, _decimal(hi, hi_key, ptr), hi_open)
+            try:
+                return number_range(self.b, _decimal(lo, lo_key, ptr), lo_open, _decimal(hi, hi_key, ptr), hi_open)
+            except (TooLarge, PatternError) as e:
+                key = lo_key if hi is None or (lo is not None and abs(lo) >= abs(hi)) else hi_key
+                raise fail(f"{key}: the number range is too large to enforce: {e}", pointer(ptr, key), key) from None
         flo = None if lo is None else Fraction(lo)
         fhi = None if hi is None else Fraction(hi)
         ilo = None if flo is None else (math.floor(flo) + 1 if lo_open else math.ceil(flo))
@@ -267,6 +271,8 @@ def _decimal(v: float | None, key: str, ptr: str) -> Decimal | None:
     if v is None:
         return None
     out = Decimal(v) if isinstance(v, int) else Decimal(repr(v))
+    if out == 0:
+        out = Decimal(0)  # -0.0 is 0: its sign would be read as a digit
     if significant_digits(out) > MAX_SIGNIFICANT:
         raise fail(
             f"{key}: a bound on a non-integer number may have at most {MAX_SIGNIFICANT} significant digits "
@@ -302,6 +308,11 @@ def count(s: JSONObject, key: str, ptr: str) -> int | None:
 
 Bound = tuple[float | None, bool, str]  # ints are floats to typing
 
+# Integer bounds are refused from this magnitude on: no grammar could enforce them (its budgets stop far earlier),
+# and Python cannot even print an integer of more than 4300 digits.
+MAX_BOUND_DIGITS = 1000
+MAX_BOUND = 10**MAX_BOUND_DIGITS
+
 
 def _bounds(s: JSONObject, ptr: str) -> tuple[Bound, Bound]:
     """((lower, exclusive, keyword), (upper, exclusive, keyword)) from minimum/maximum and their exclusive forms."""
@@ -312,6 +323,8 @@ def _bounds(s: JSONObject, ptr: str) -> tuple[Bound, Bound]:
             return None
         if not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
             raise fail(f"{key} must be a number", pointer(ptr, key), key)
+        if isinstance(v, int) and not -MAX_BOUND < v < MAX_BOUND:
+            raise fail(f"{key}: bounds of 10**{MAX_BOUND_DIGITS} and beyond are not supported", pointer(ptr, key), key)
         return v
 
     lo: Bound = (num("minimum"), False, "minimum")

@@ -40,7 +40,8 @@ class _Parser:
         self.i = 0
 
     def fail(self, what: str) -> PatternError:
-        return PatternError(f"{what} at offset {self.i} of pattern {self.s!r}")
+        shown = self.s if len(self.s) <= 80 else self.s[:77] + "..."
+        return PatternError(f"{what} at offset {self.i} of pattern {shown!r}")
 
     def peek(self) -> str:
         return self.s[self.i] if self.i < len(self.s) else ""
@@ -204,6 +205,8 @@ class _Parser:
                 or (len(parts) == 2 and parts[1].strip() and not parts[1].strip().isdigit())
             ):
                 raise self.fail("a '{' that is not a {m}, {m,} or {m,n} quantifier (write \\{ for a brace)")
+            if len(body) > 2 * len(str(MAX_COUNT)) + 1:  # before int(): Python refuses over 4300 digits
+                raise self.fail(f"repetition counts above {MAX_COUNT} are not supported")
             lo = int(parts[0])
             hi = lo if len(parts) == 1 else (int(parts[1]) if parts[1].strip() else None)
             if hi is not None and hi < lo:
