@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from typing import Any
 
 import pytest
@@ -11,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llamacffi.grammar import SchemaError, from_json_schema
+from llamacffi.grammar.automaton import Dfa
+from llamacffi.grammar.strings import pattern_dfa
 from llamacffi.server import structured
 from llamacffi.server.errors import APIError
 
@@ -107,3 +110,67 @@ def test_huge_bounds_name_their_keyword() -> None:
     with pytest.raises(SchemaError) as e:
         from_json_schema({"type": "number", "maximum": -(10**1001)})
     assert (e.value.pointer, e.value.keyword) == ("#/maximum", "maximum")
+
+
+# ------------------------------------------------------------------------------------------- patterns
+
+
+def dfa_matches(d: Dfa, text: str) -> bool:
+    """Whether the automaton accepts ``text``."""
+    if not d.accept:
+        return False
+    state = 0
+    for ch in text:
+        cp = ord(ch)
+        for ranges, target in d.edges[state]:
+            if any(lo <= cp <= hi for lo, hi in ranges):
+                state = target
+                break
+        else:
+            return False
+    return d.accept[state]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "exact"),
+    [
+        *[(p, True) for p in (r"^\S$", r"^[^\s]$", r"^[^\sa]$", r"^[\S]$")],
+        *[(p, False) for p in (r"^[^\S]$", r"^\s$", r"^[\s]$", r"^\S\s$")],
+    ],
+)
+def test_space_classes_agree_with_python_re(pattern: str, exact: bool) -> None:
+    """What the grammar takes Python's re matches; \\S and [^\\s] take exactly Python's non-blanks within ASCII
+    (\\s keeps to ECMA's ASCII blanks, which Python's include)."""
+    d = pattern_dfa(pattern)
+    for cp in [*range(0x80), 0x85, 0xA0, 0x1680, 0x2028, 0x3000, 0xFEFF, 0xE9]:
+        text = chr(cp) if "\\s$" not in pattern[2:] else "a" + chr(cp)
+        python = re.search(pattern, text) is not None
+        grammar = dfa_matches(d, text)
+        assert not grammar or python, hex(cp)
+        if exact and cp < 0x80:
+            assert grammar == python, hex(cp)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "texts"),
+    [
+        ("^a{ 2}$", ["a{ 2}", "aa", "a"]),
+        ("^a{2, 3}$", ["a{2, 3}", "aa", "aaa"]),
+        ("^a{\u0662}$", ["a{\u0662}", "aa"]),
+        ("^a{}$", ["a{}", "a"]),
+        ("^x{a}$", ["x{a}", "x"]),
+        ("^{ 1}b$", ["{ 1}b", "b"]),
+        ("^a{2}b{1,2}c{0,}$", ["aab", "aabbc", "aabbbc", "ab", "aabccc"]),
+    ],
+)
+def test_braces_that_are_not_quantifiers_are_text(pattern: str, texts: list[str]) -> None:
+    d = pattern_dfa(pattern)
+    for text in texts:
+        assert dfa_matches(d, text) == (re.search(pattern, text) is not None), text
+
+
+@pytest.mark.parametrize("pattern", ["a{,5}", "a{,}", "{2}", "{1,3}a"])
+def test_braces_the_engines_read_differently_are_refused(pattern: str) -> None:
+    with pytest.raises(SchemaError) as e:
+        from_json_schema({"type": "string", "pattern": pattern})
+    assert e.value.keyword == "pattern"
