@@ -174,3 +174,36 @@ def test_braces_the_engines_read_differently_are_refused(pattern: str) -> None:
     with pytest.raises(SchemaError) as e:
         from_json_schema({"type": "string", "pattern": pattern})
     assert e.value.keyword == "pattern"
+
+
+# ------------------------------------------------------------------------------------------- oneOf
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"oneOf": [{"const": {"a": 1}}, {"const": {"a": 1.0}}]},
+        {"oneOf": [{"enum": [[1, 2]]}, {"enum": [[1.0, 2]]}]},
+        {"oneOf": [{"const": [{"x": [0]}]}, {"enum": ["a", [{"x": [-0.0]}]]}]},
+        {
+            "type": "object",
+            "oneOf": [
+                {"properties": {"k": {"const": [0]}}, "required": ["k"]},
+                {"properties": {"k": {"const": [0.0]}}, "required": ["k"]},
+            ],
+        },
+    ],
+)
+def test_one_of_compares_numbers_by_value_at_any_depth(schema: Any) -> None:
+    """1 and 1.0 are one JSON value: alternatives that differ only so may both match, which the grammar cannot
+    exclude."""
+    with pytest.raises(SchemaError) as e:
+        from_json_schema(schema)
+    assert e.value.keyword == "oneOf"
+
+
+def test_enum_and_const_compare_numbers_by_value() -> None:
+    g = from_json_schema({"allOf": [{"enum": [[1], [2]]}, {"enum": [[1.0]]}]})
+    assert '"[1]"' in g and "[2]" not in g
+    g = from_json_schema({"const": {"a": 2}, "enum": [{"a": 2.0}, 3]})
+    assert "2.0" in g and "3" not in g

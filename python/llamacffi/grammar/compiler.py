@@ -14,7 +14,7 @@ from ..jsontypes import JSON, JSONObject, is_strings
 from .decimals import MAX_SIGNIFICANT, number_range, significant_digits
 from .gbnf import MAX_REPEAT, Builder, TooLarge, literal
 from .keywords import ANNOTATIONS, TYPES, check_keywords, fail, pointer
-from .merge import canonical, conjoin, merge_all
+from .merge import canonical, conjoin, merge_all, same_value
 from .numbers import integer_range
 from .oneof import disjoint
 from .primitives import any_value, boolean, number
@@ -167,7 +167,7 @@ class Compiler:
         if not isinstance(values, list) or not values:
             raise fail("enum must be a non-empty array", pointer(ptr, "enum"), "enum")
         if "const" in s:
-            values = [v for v in values if canonical(v) == canonical(s["const"])]
+            values = [v for v in values if same_value(v) == same_value(s["const"])]
         for key in s:
             if key not in ("enum", "const", "type"):
                 raise fail(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from ..jsontypes import JSON, JSONObject
 from .keywords import ANNOTATIONS, array, check_keywords, fail, members, number, pointer, text, type_names
 
-__all__ = ["canonical", "conjoin", "merge_all"]
+__all__ = ["canonical", "conjoin", "merge_all", "same_value"]
 
 Schema = JSON  # a JSON Schema: an object, or true / false
 Resolve = Callable[[str, str], tuple[Schema, str]]
@@ -25,6 +25,22 @@ _UPPER = ("maximum", "maxLength", "maxItems")
 
 def canonical(value: JSON) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _numbers_as_values(value: JSON) -> JSON:
+    """``value`` with integral floats made ints, at any depth."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_numbers_as_values(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _numbers_as_values(v) for k, v in value.items()}
+    return value
+
+
+def same_value(value: JSON) -> str:
+    """A text equal for values JSON Schema calls equal: numbers by value (1 and 1.0), at any depth."""
+    return canonical(_numbers_as_values(value))
 
 
 def conjoin(a: Schema, b: Schema) -> Schema:
@@ -86,8 +102,8 @@ def _meet(out: JSONObject, key: str, value: JSON, ptr: str) -> None:
         if not out[key]:
             raise fail("allOf: the types of its members exclude each other, no value can match", where, "allOf")
     elif key == "enum":
-        keep = {canonical(v) for v in array(value)}
-        out[key] = [v for v in array(old) if canonical(v) in keep]
+        keep = {same_value(v) for v in array(value)}
+        out[key] = [v for v in array(old) if same_value(v) in keep]
         if not out[key]:
             raise fail("allOf: the enum / const values of its members exclude each other", where, "allOf")
     elif key == "required":
@@ -129,7 +145,7 @@ def merge_all(schema: JSONObject, ptr: str, resolve: Resolve) -> Schema:
         part = dict(part)
         if "const" in part:
             const = part.pop("const")
-            part["enum"] = [v for v in array(part.get("enum", [const])) if canonical(v) == canonical(const)]
+            part["enum"] = [v for v in array(part.get("enum", [const])) if same_value(v) == same_value(const)]
             if not part["enum"]:
                 raise fail("const and enum exclude each other, no value can match", part_ptr, "const")
         if "properties" in part or "properties" in out:

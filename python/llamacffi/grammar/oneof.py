@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..jsontypes import JSON, JSONObject, is_strings
-from .merge import canonical
+from .merge import same_value
 
 __all__ = ["disjoint"]
 
@@ -45,8 +45,8 @@ def _kind(v: JSON) -> str:
 
 
 def _same(v: JSON) -> str:
-    """A text equal for equal JSON values (1 and 1.0 are equal)."""
-    return canonical(int(v) if isinstance(v, float) and v.is_integer() else v)
+    """A text equal for equal JSON values (1 and 1.0 are equal, also inside arrays and objects)."""
+    return same_value(v)
 
 
 def _values(s: JSON) -> set[str] | None:
