@@ -7,15 +7,45 @@ import json
 import re
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import llamacffi
+from llamacffi.errors import GrammarError, InvalidArgumentError
 from llamacffi.grammar import SchemaError, from_json_schema
 from llamacffi.grammar.automaton import Dfa
+from llamacffi.grammar.refs import rebase
 from llamacffi.grammar.strings import pattern_dfa
+from llamacffi.sampling import NativeSampler
 from llamacffi.server import structured
 from llamacffi.server.errors import APIError
+from llamacffi.server.requests import parse_chat
+
+jsonschema = pytest.importorskip("jsonschema")
+
+
+def accepts(vocab: llamacffi.Vocab, gbnf: str, text: str) -> bool:
+    """Whether llama.cpp's grammar takes ``text`` token by token and may end right after it."""
+    with NativeSampler(temperature=0, vocab=vocab, grammar=gbnf) as s:
+        for t in vocab.tokenize(text, add_special=False).tolist():
+            try:
+                s.accept(t)
+            except GrammarError:
+                return False
+        row = np.full(vocab.n_tokens, -np.inf, dtype=np.float32)
+        row[vocab.eos] = 0.0
+        try:
+            return bool(s.sample(row) == vocab.eos)
+        except InvalidArgumentError:
+            return False
+
+
+def is_valid(doc: Any, schema: Any) -> bool:
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return bool(cls(schema).is_valid(doc))
+
 
 # ------------------------------------------------------------------------------------------- odd values
 
@@ -207,3 +237,74 @@ def test_enum_and_const_compare_numbers_by_value() -> None:
     assert '"[1]"' in g and "[2]" not in g
     g = from_json_schema({"const": {"a": 2}, "enum": [{"a": 2.0}, 3]})
     assert "2.0" in g and "3" not in g
+
+
+# ------------------------------------------------------------------------------------------- tools
+
+PET = {  # what pydantic emits for a nested model
+    "type": "object",
+    "properties": {"pet": {"$ref": "#/$defs/Pet"}, "owner": {"type": "string"}},
+    "required": ["pet"],
+    "$defs": {
+        "Pet": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "kind": {"$ref": "#/$defs/Kind"}},
+            "required": ["name", "kind"],
+            "additionalProperties": False,
+        },
+        "Kind": {"enum": ["cat", "dog"]},
+    },
+    "additionalProperties": False,
+}
+TREE = {  # recursion to the parameters' root
+    "type": "object",
+    "properties": {"kids": {"type": "array", "items": {"$ref": "#"}}},
+    "additionalProperties": False,
+}
+CALLS = [
+    ("adopt", {"pet": {"name": "Rex", "kind": "dog"}}),
+    ("adopt", {"pet": {"name": "Tom", "kind": "cat"}, "owner": "Ann"}),
+    ("adopt", {"pet": {"name": "Rex", "kind": "cow"}}),
+    ("adopt", {"pet": {"name": "Rex"}}),
+    ("adopt", {"pet": {"pet": {"name": "Rex", "kind": "dog"}}}),
+    ("tree", {"kids": [{"kids": []}, {}]}),
+    ("tree", {"kids": [{"kids": [{"kids": []}]}]}),
+    ("tree", {"kids": [{"name": "tree", "arguments": {}}]}),
+    ("tree", {"kids": [{"pet": {"name": "Rex", "kind": "dog"}}]}),
+]
+
+
+def tool(name: str, params: Any) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "parameters": params}}
+
+
+@pytest.mark.parametrize("choice", ["required", "adopt", "tree"])
+def test_tool_parameters_keep_their_references(smollm2: llamacffi.Model, choice: str) -> None:
+    """A forced call's arguments are what the parameters alone accept: their $defs and "#" point into them."""
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [tool("adopt", PET), tool("tree", TREE)],
+        "tool_choice": choice if choice == "required" else {"type": "function", "function": {"name": choice}},
+    }
+    gbnf = parse_chat(body).grammar
+    assert gbnf is not None
+    params = {"adopt": PET, "tree": TREE}
+    for name, args in CALLS:
+        text = json.dumps({"name": name, "arguments": args}, separators=(",", ":"))
+        expected = choice in ("required", name) and is_valid(args, params[name])
+        assert accepts(smollm2.vocab, gbnf, text) == expected, text
+
+
+def test_rebase_moves_references_not_data() -> None:
+    schema = {
+        "properties": {"$ref": {"$ref": "#"}, "c": {"const": {"$ref": "#/x"}, "default": {"$ref": "#"}}},
+        "items": [{"$ref": "#/$defs/a"}],
+        "$defs": {"a": {"$id": "https://example.com/a", "$ref": "#/b"}},
+        "$id": "https://example.com/root",
+    }
+    assert rebase(schema, "#/$defs/f0") == {
+        "properties": {"$ref": {"$ref": "#/$defs/f0"}, "c": {"const": {"$ref": "#/x"}, "default": {"$ref": "#"}}},
+        "items": [{"$ref": "#/$defs/f0/$defs/a"}],
+        "$defs": {"a": {"$id": "https://example.com/a", "$ref": "#/b"}},
+    }

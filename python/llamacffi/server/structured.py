@@ -17,6 +17,7 @@ import uuid
 
 from ..errors import SchemaError
 from ..grammar import JSON_GRAMMAR, from_json_schema
+from ..grammar.refs import rebase
 from ..jsontypes import JSON, JSONObject
 from .errors import invalid
 
@@ -139,18 +140,25 @@ def _describe(functions: dict[str, JSONObject], choice: str) -> str:
 
 
 def call_grammar(tools: Tools) -> str:
-    """The grammar of a call to the chosen function, or to any of them for ``"required"``."""
+    """The grammar of a call to the chosen function, or to any of them for ``"required"``.
+
+    Each function's parameters move under the call schema's ``$defs``, their references rebased there, so that
+    ``#/$defs/...`` and ``#`` inside them keep pointing into the parameters, not into the call around them."""
     names = list(tools.functions) if tools.choice == "required" else [tools.choice]
-    calls: list[JSONObject] = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": n}, "arguments": tools.functions[n]["parameters"]},
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        }
-        for n in names
-    ]
-    return _compile(calls[0] if len(calls) == 1 else {"oneOf": [*calls]}, "tools")
+    defs: JSONObject = {}
+    calls: list[JSONObject] = []
+    for i, n in enumerate(names):
+        defs[f"f{i}"] = rebase(tools.functions[n]["parameters"], f"#/$defs/f{i}")
+        calls.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": n}, "arguments": {"$ref": f"#/$defs/f{i}"}},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    call: JSONObject = calls[0] if len(calls) == 1 else {"oneOf": [*calls]}
+    return _compile({**call, "$defs": defs}, "tools")
 
 
 def as_call(text: str, tools: Tools) -> JSONObject | None:
