@@ -308,3 +308,59 @@ def test_rebase_moves_references_not_data() -> None:
         "items": [{"$ref": "#/$defs/f0/$defs/a"}],
         "$defs": {"a": {"$id": "https://example.com/a", "$ref": "#/b"}},
     }
+
+
+# ------------------------------------------------------------------------------------------- $id
+
+
+@pytest.mark.parametrize(
+    ("schema", "ptr"),
+    [
+        (
+            {
+                "$defs": {
+                    "b": {"type": "string"},
+                    "inner": {
+                        "$id": "https://example.com/inner",
+                        "$defs": {"b": {"type": "integer"}},
+                        "$ref": "#/$defs/b",
+                    },
+                },
+                "$ref": "#/$defs/inner",
+            },
+            "#/$defs/inner/$id",
+        ),
+        (
+            {
+                "type": "object",
+                "properties": {
+                    "child": {
+                        "$id": "node.json",
+                        "type": "array",
+                        "items": {"anyOf": [{"type": "integer"}, {"$ref": "#"}]},
+                    }
+                },
+            },
+            "#/properties/child/$id",
+        ),
+        ({"items": [{"$id": "a", "properties": {"x": {"$id": "b", "$ref": "#"}}}]}, "#/items/0/$id"),
+    ],
+)
+def test_embedded_id_with_references_is_refused(schema: Any, ptr: str) -> None:
+    """References inside an embedded resource resolve against its $id; the compiler resolves against the root."""
+    with pytest.raises(SchemaError) as e:
+        from_json_schema(schema)
+    assert (e.value.pointer, e.value.keyword) == (ptr, "$id")
+
+
+def test_ids_that_change_no_reference_are_ignored() -> None:
+    plain = {"type": "object", "properties": {"a": {"$ref": "#/$defs/a"}}, "$defs": {"a": {"type": "integer"}}}
+    with_ids = {
+        **plain,
+        "$id": "https://example.com/root",
+        "$defs": {"a": {"$id": "https://example.com/a", "type": "integer"}},
+        "properties": {"a": {"$ref": "#/$defs/a"}, "b": {"$id": "#frag", "$ref": "#/$defs/a"}},
+    }
+    assert from_json_schema(plain)
+    g = from_json_schema(with_ids)
+    assert "int" in g

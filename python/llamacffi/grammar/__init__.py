@@ -19,8 +19,10 @@ its JSON pointer, never ignored. The grammar may be stricter than the schema (it
 * refused: other formats, ``multipleOf``, ``not``, ``if``/``then``/``else``,
   ``patternProperties``, ``propertyNames``, ``min/maxProperties``, ``dependent*``, ``unevaluated*``, ``contains``,
   ``uniqueItems: true``, unknown keywords (``x-`` extensions excepted), references outside the document, enum /
-  const next to other constraints, and grammars beyond a size budget (repetition counts over 2000, large
-  automata). Annotations (title, description, default, examples, $schema, $id, $comment, readOnly...) are ignored.
+  const next to other constraints, grammars beyond a size budget (repetition counts over 2000, large automata),
+  and an ``$id`` below the root with ``#...`` references inside it (they would resolve against that ``$id``;
+  references resolve against the document root here). Annotations (title, description, default, examples,
+  $schema, $id, $comment, readOnly...) are ignored.
 
 Strings with a pattern or format, and extra keys, are deterministic automata; optional properties are a linear
 chain; so llama.cpp's parser keeps few stacks on any emitted grammar.

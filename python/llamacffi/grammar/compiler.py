@@ -18,6 +18,7 @@ from .merge import canonical, conjoin, merge_all, same_value
 from .numbers import integer_range
 from .oneof import disjoint
 from .primitives import any_value, boolean, number
+from .refs import children, subschemas
 from .regex import PatternError
 from .strings import FORMATS, constrained_string
 
@@ -30,6 +31,7 @@ class Compiler:
     """Compiles one root schema; rules for ``$ref`` targets and merged ``allOf`` nodes are shared and may recurse."""
 
     def __init__(self, root: Schema) -> None:
+        _check_embedded_ids(root)
         self.root = root
         self.b = Builder()
         self._named: dict[str, str] = {}  # $ref target pointer or canonical merged schema -> rule
@@ -281,6 +283,38 @@ def _decimal(v: float | None, key: str, ptr: str) -> Decimal | None:
             key,
         )
     return out
+
+
+def _check_embedded_ids(root: Schema) -> None:
+    """Refuse a sub-schema whose ``$id`` changes what its ``#...`` references point to.
+
+    An ``$id`` below the root starts an embedded resource, and a ``#...`` reference inside it resolves against
+    that resource, not the document. References resolve here against the document only, so such an ``$id`` is
+    refused; one whose sub-schemas hold no ``#...`` reference changes nothing and is ignored like the other
+    annotations."""
+    todo = _children_of(root)
+    while todo:
+        where, node = todo.pop()
+        ident = node.get("$id")
+        if isinstance(ident, str) and ident.partition("#")[0]:
+            for inner, sub in subschemas(node, where):
+                ref = sub.get("$ref")
+                if isinstance(ref, str) and ref.startswith("#"):
+                    raise fail(
+                        f"$id {ident!r} makes the reference {ref!r} at {inner} resolve inside its own resource; "
+                        f"references resolve against the document root only (drop this $id)",
+                        pointer(where, "$id"),
+                        "$id",
+                    )
+            continue  # nothing below refers by '#': nested $ids below change nothing either
+        todo.extend(_children_of(node, where))
+
+
+def _children_of(node: Schema, where: str = "#") -> list[tuple[str, JSONObject]]:
+    """The object sub-schemas directly below ``node``."""
+    if not isinstance(node, dict):
+        return []
+    return [(pointer(where, *path), sub) for path, sub in children(node) if isinstance(sub, dict)]
 
 
 _NOTHING = "[^\\x00-\\U0010FFFF]"  # a class no character is in

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from ..jsontypes import JSON, JSONObject
 from .keywords import pointer
 
-__all__ = ["rebase", "subschemas"]
+__all__ = ["children", "rebase", "subschemas"]
 
 # Keywords whose value is a schema, an array of schemas, or an object of schemas (draft 4 to 2020-12).
 _ONE = frozenset(
@@ -30,7 +30,8 @@ _MANY = frozenset({"anyOf", "oneOf", "allOf", "prefixItems", "items"})
 _NAMED = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependencies"})
 
 
-def _children(schema: JSONObject) -> Iterator[tuple[tuple[str, ...], JSON]]:
+def children(schema: JSONObject) -> Iterator[tuple[tuple[str, ...], JSON]]:
+    """The sub-schemas directly below ``schema``, each with its pointer tokens relative to it."""
     for key, value in schema.items():
         if key in _ONE and isinstance(value, (dict, bool)):
             yield (key,), value
@@ -52,7 +53,7 @@ def subschemas(schema: JSON, ptr: str = "#") -> Iterator[tuple[str, JSONObject]]
         if not isinstance(node, dict):
             continue
         yield where, node
-        todo.extend((pointer(where, *path), sub) for path, sub in reversed(list(_children(node))))
+        todo.extend((pointer(where, *path), sub) for path, sub in reversed(list(children(node))))
 
 
 def rebase(schema: JSON, base: str) -> JSON:
