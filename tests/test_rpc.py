@@ -716,3 +716,34 @@ def test_what_the_pipe_cannot_carry_is_refused_and_the_model_serves_on(
     with pytest.raises(InvalidConfigError, match="worker process could not read"):
         worker_model.generate(PROMPT, unreadable)
     assert worker_model.generate(PROMPT, SHORT) == expected
+
+
+@needs_rpc
+def test_a_worker_decoding_a_prompt_longer_than_rpc_timeout_is_not_a_stall(smollm2_path: Path) -> None:
+    """A worker that decodes a prompt for longer than its stall timeout reports its steps, so it is not taken for
+    stuck: the request completes and the model serves on. Steps of one token make a short prompt slow to decode
+    (over RPC a step costs round trips), sized here from a shorter one's time to take about two timeouts; the
+    context stays short because llama.cpp's step with output can itself take a while at a long one. The timeout
+    is a few seconds: on a busy machine one step can take a second."""
+    from conftest import answer_within
+
+    timeout = 3.0
+    server = RPCServerProcess()
+    svc = LlamaCppService(
+        LocalBackendConfig(threads=1, gpu_layers=OFFLOAD, rpc_servers=(server.endpoint,), rpc_timeout=timeout)
+    )
+    one = GenerationOptions(max_tokens=1, temperature=0.0, raw=True)
+    try:
+        config = ModelConfig(context_size=1024, parallel=1, batch_size=1, prompt_cache_mib=0)
+        model = svc.load_model(str(smollm2_path), config=config)
+        t0 = time.monotonic()
+        model.generate(" ".join(["the"] * 40), one)
+        n = min(900, int(2 * timeout / ((time.monotonic() - t0) / 40)) + 40)
+        t0 = time.monotonic()
+        answer_within(300, lambda: model.generate(" ".join(["a"] * n), one))
+        if time.monotonic() - t0 <= timeout:
+            pytest.skip(f"{n} tokens decoded within the timeout here: nothing was at stake")
+        assert isinstance(model.generate(PROMPT, one), str)
+    finally:
+        svc.close()
+        server.kill()

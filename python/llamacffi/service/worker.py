@@ -8,14 +8,17 @@ model for templates and tokens, and a :class:`WorkerEngine` that stands in for t
 tokens and options through a pipe and hands the child's text, chunks and endings to the request's sink. When the
 child ends (an abort, a kill) or stays silent past ``stall_timeout`` seconds with requests under way (a host gone
 without closing its connection), every request still running ends with :class:`GenerationError` naming the model,
-and later requests are refused; the caller's process and its other models go on.
+and later requests are refused; the caller's process and its other models go on. Silence means a stuck decode
+step, not a long prompt: the child sends ``("progress",)`` while its engine decodes, after each step (in a worker
+a step holds at most :data:`STEP_TOKENS_MAX` tokens, one llama.cpp micro-batch), at most every quarter of
+``stall_timeout``.
 
 The pipe (a socket pair) carries pickled objects. Parent to child: the :class:`WorkerSpec`, then
 ``("submit", id, payload, after_id)`` (``payload``: ``(tokens, options, logprobs)`` pickled here, before the request
 counts, with the options as plain data: a caller's str subclass may not exist in the child, or not pickle at all),
 ``("cancel", id)``, ``("close",)``. Child to parent: ``("progress",)`` while loading, then ``("ready", n_ctx_train)`` or
-``("failed", exception)``; ``("item", id, text_or_chunk)``, ``("end", id, finish_reason, n_reused, n_generated,
-stats)``, ``("error", id, exception)``.
+``("failed", exception)``; ``("progress",)`` while decoding, ``("item", id, text_or_chunk)``, ``("end", id,
+finish_reason, n_reused, n_generated, stats)``, ``("error", id, exception)``.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ from .request import emit as _emit
 
 log = logging.getLogger("llamacffi.service")
 
-PROGRESS_EVERY_S = 0.5  # the child tells it is loading at most this often
+PROGRESS_EVERY_S = 0.5  # the child tells it is loading or decoding this often at most (or a quarter of the timeout)
+STEP_TOKENS_MAX = 512  # tokens of one decode step in a worker: llama.cpp's micro-batch (a Context's default n_ubatch)
 CLOSE_GRACE_S = 2.0  # how long a closed model's worker may take to end before it is killed
 
 
@@ -56,6 +60,7 @@ class WorkerSpec:
     load: dict[str, Any]
     config: ModelConfig
     threads: int | None
+    report_every: float = PROGRESS_EVERY_S  # seconds between the child's progress messages, at most
 
 
 class WorkerEngine:
@@ -91,7 +96,7 @@ class WorkerEngine:
         child.close()
         self._last = time.monotonic()
         try:
-            self._conn.send(spec)
+            self._conn.send(dataclasses.replace(spec, report_every=min(PROGRESS_EVERY_S, stall_timeout / 4)))
             self._wait_ready()
         except BaseException:  # the child is gone already, or this was interrupted: it does not outlive this
             self._process.kill()
@@ -248,7 +253,8 @@ class WorkerEngine:
                 msg = self._conn.recv() if ready else None
                 if msg is not None:
                     self._last = time.monotonic()
-                    self._dispatch(msg)
+                    if msg[0] != "progress":
+                        self._dispatch(msg)
                     continue
             except (EOFError, OSError):
                 why = "ended"
@@ -391,17 +397,34 @@ def _child(fd: int) -> None:  # pragma: no cover - runs in the worker process
 
     def progress(_: float) -> None:
         now = time.monotonic()
-        if now - last[0] > PROGRESS_EVERY_S:
+        if now - last[0] > spec.report_every:
             last[0] = now
             send(("progress",))
 
+    # Steps no longer than one micro-batch: the engine's steps are what tell the parent it is not stuck.
+    config = dataclasses.replace(spec.config, batch_size=min(spec.config.batch_size, STEP_TOKENS_MAX))
     try:
         model = LlamaModel.load(spec.path, progress=progress, **spec.load)
-        text = LlamaCppTextModel(spec.name, model, spec.config, spec.threads)
+        text = LlamaCppTextModel(spec.name, model, config, spec.threads)
     except BaseException as exc:
         send(("failed", _portable(exc)))
         return
     engine = text._engine
+    stopping = threading.Event()
+
+    def report() -> None:
+        """Tell the parent the engine is moving: a decode step since the last look (a stuck one makes none)."""
+        seen = engine.stats["decode_calls"]
+        while not stopping.wait(spec.report_every):
+            steps = engine.stats["decode_calls"]
+            if steps != seen:
+                seen = steps
+                try:
+                    send(("progress",))
+                except OSError:
+                    return
+
+    threading.Thread(target=report, name="llamacffi-worker-progress", daemon=True).start()
     requests: dict[int, Request] = {}
 
     def done(rid: int) -> None:
@@ -438,4 +461,5 @@ def _child(fd: int) -> None:  # pragma: no cover - runs in the worker process
         except Exception as exc:
             requests.pop(rid, None)
             send(("error", rid, _portable(exc)))
+    stopping.set()
     text.close()
