@@ -153,3 +153,15 @@ def test_bad_arguments_are_refused_before_ray_runs_anything() -> None:
         lray.build({"model": "smollm2-135m", "replicas": 2})
     with pytest.raises(InvalidConfigError, match="args"):
         lray.build(["smollm2-135m"])  # type: ignore[arg-type]
+
+
+def test_a_replica_whose_model_stopped_serving_reports_itself_unhealthy() -> None:
+    """Serve calls ``check_health`` periodically and replaces a replica that raises: one whose model's worker
+    process ended (what ``failure`` tells) raises with the reason."""
+    from types import SimpleNamespace
+
+    healthy = SimpleNamespace(_model=SimpleNamespace(failure=None))
+    lray.Replica.check_health(healthy)  # type: ignore[arg-type]
+    failed = SimpleNamespace(_model=SimpleNamespace(failure="the worker process serving model 'm' ended by SIGABRT"))
+    with pytest.raises(RuntimeError, match="ended by SIGABRT"):
+        lray.Replica.check_health(failed)  # type: ignore[arg-type]

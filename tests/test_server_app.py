@@ -96,3 +96,37 @@ def test_bad_requests_do_not_disturb_a_stream(loaded: Any) -> None:
 def test_loopback_addresses() -> None:  # of the sockets bound: a host name is resolved before
     assert _loopback("127.0.0.1") and _loopback("::1") and _loopback("127.8.0.1")
     assert not _loopback("0.0.0.0") and not _loopback("192.168.1.2") and not _loopback("example.org")
+
+
+def test_health_reports_a_model_whose_worker_process_ended(loaded: Any) -> None:
+    """A model whose worker process ended (its RPC server gone) serves nothing more: /health answers 503 naming it
+    and why, so that a load balancer stops sending traffic and an orchestrator replaces the instance."""
+    import time
+
+    from llamacffi import rpc
+    from rpc_server import RPCServerProcess
+
+    if not rpc.available():
+        pytest.skip("built with -DGGML_RPC=OFF")
+    server = RPCServerProcess()
+    svc = LlamaCppService(LocalBackendConfig(threads=THREADS, gpu_layers=4, rpc_servers=(server.endpoint,)))
+    try:
+        remote = svc.load_model("smollm2-135m", config=ModelConfig(context_size=256, parallel=1))
+        app = create_app({"smol": loaded, "remote": remote})
+        with TestClient(app) as client:
+            assert client.get("/health").json() == {"status": "ok"}
+            assert remote.failure is None
+            server.kill()
+            remote._engine._process.kill()  # as llama.cpp's abort on the lost server would end it
+            deadline = time.monotonic() + 30
+            while remote.failure is None:  # its reader finds the worker gone
+                assert time.monotonic() < deadline, "the worker's end was never noticed"
+                time.sleep(0.01)
+            r = client.get("/health")
+            assert r.status_code == 503
+            body = r.json()
+            assert body["status"] == "error" and "'remote'" in body["message"] and "SIGKILL" in body["message"]
+            assert loaded.failure is None  # the model in this process serves on
+    finally:
+        svc.close()
+        server.kill()

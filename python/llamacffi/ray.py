@@ -47,6 +47,13 @@ class Replica:  # pragma: no cover - runs in each replica
         self._model = self._service.load_model(model, config=ModelConfig.from_dict(config))
         self._served_name = served_name
 
+    def check_health(self) -> None:
+        """Serve's periodic check: a model whose worker process ended serves nothing more, so the replica reports
+        itself unhealthy and Serve replaces it."""
+        failure = self._model.failure
+        if failure is not None:
+            raise RuntimeError(failure)
+
     def __serve_build_asgi_app__(self) -> Any:
         from .server import create_app
 

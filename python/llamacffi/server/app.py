@@ -96,8 +96,13 @@ async def _embeddings(request: Request) -> Response:
 
 
 async def _health(request: Request) -> Response:
+    """200 once every model is loaded and can serve; 503 while they load, when loading failed, or when a model's
+    worker process has ended (it serves nothing more: the instance needs replacing)."""
     server: Server = request.app.state.server
     if server.ready.is_set():
+        down = [f"model {name!r}: {m.failure}" for name, m in list(server.models.items()) if m.failure is not None]
+        if down:
+            return JSONResponse({"status": "error", "message": "; ".join(down)}, status_code=503)
         return JSONResponse({"status": "ok"})
     if server.error is not None:
         return JSONResponse({"status": "error", "message": str(server.error)}, status_code=503)

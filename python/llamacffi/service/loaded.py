@@ -98,6 +98,13 @@ class Loaded:
         return self._closed
 
     @property
+    def failure(self) -> str | None:
+        """Why the model can serve no more requests though it was not closed (the worker process that ran it
+        ended), or None; what a health check reports."""
+        why: str | None = getattr(getattr(self, "_engine", None), "failure", None)
+        return why
+
+    @property
     def stats(self) -> dict[str, int]:
         """A copy of the engine's counters (which ones: see the subclass)."""
         return dict(self._engine.stats)

@@ -213,6 +213,12 @@ class WorkerEngine:
         except (OSError, ValueError):
             pass
 
+    @property
+    def failure(self) -> str | None:
+        """Why the model can serve no more requests though it was not closed (its worker process ended or was
+        stopped as stuck), or None. It stays so: a model whose worker is gone is not brought back here."""
+        return self._why if self._error is GenerationError else None
+
     def load(self) -> tuple[int, int]:
         """``(busy slots, waiting requests)`` as this side counts them."""
         with self._lock:
