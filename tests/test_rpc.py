@@ -303,6 +303,18 @@ def test_devices_by_name_and_a_second_load(smollm2_path: Path, servers: list[str
 
 
 @needs_rpc
+def test_a_model_on_devices_named_alone_shares_its_servers_connection(smollm2_path: Path, servers: list[str]) -> None:
+    # A server's devices, once added, can be named without rpc_servers. A model so placed holds the server's one
+    # connection; a later load naming the server shares it, instead of waiting behind it for a HELLO ("busy").
+    with Model.load(smollm2_path, rpc_servers=servers[:1], n_gpu_layers=OFFLOAD) as first:
+        names = first.devices
+    with Model.load(smollm2_path, devices=names, n_gpu_layers=OFFLOAD) as held:
+        with Model.load(smollm2_path, rpc_servers=servers[:1], n_gpu_layers=OFFLOAD) as second:
+            assert second.devices == held.devices == names
+        assert llamacffi.system_info(servers[:1])["rpc_devices"][0]["name"] == names[0]
+
+
+@needs_rpc
 def test_row_split_on_a_backend_without_split_buffers_is_refused_before_loading(
     smollm2_path: Path, servers: list[str]
 ) -> None:

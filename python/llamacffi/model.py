@@ -170,7 +170,7 @@ class Model:
         model = cls(ptr, p, bool(vocab_only), huge is not None)
         if place is not None:
             model.devices = place.device_names
-            rpc.note_user(wanted.rpc_servers, model.owner)
+            rpc.note_user(place.servers, model.owner)
         if huge is not None:
             model._huge_ranges = huge.collapse()
         if not vocab_only:

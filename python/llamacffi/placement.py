@@ -47,6 +47,7 @@ class Placement:
 
     wanted: Wanted
     device_names: list[str] | None  # None: llama.cpp's default devices
+    servers: tuple[rpc.Endpoint, ...] = ()  # the RPC servers the model may hold buffers on: given, or of a device named
     _devices: CData = field(default=None, repr=False)  # ggml_backend_dev_t[n + 1], NULL-terminated
     _split: CData = field(default=None, repr=False)  # float[llama_max_devices()]
 
@@ -125,10 +126,11 @@ def _local_default() -> list[CData]:
     return gpus or igpus
 
 
-def _by_name(name: str, timeout: float) -> CData:
+def _by_name(name: str, timeout: float) -> tuple[CData, rpc.Endpoint | None]:
+    """The device of this name, and the RPC server it is on (None for a local one)."""
     dev = lib.ggml_backend_dev_by_name(name.encode())
     if dev != ffi.NULL:
-        return dev
+        return dev, None
     found = rpc.find_device(name)
     if found is None:
         known = [
@@ -140,7 +142,7 @@ def _by_name(name: str, timeout: float) -> CData:
             f"an RPC server are named once it is given in rpc_servers)"
         )
     rpc.devices_of(found[0], timeout)  # a remote device: its server is checked as if it were named
-    return found[1]
+    return found[1], found[0]
 
 
 def _names(devs: list[CData]) -> list[str]:
@@ -159,13 +161,16 @@ def build(wanted: Wanted, timeout: float = limits.RPC_PROBE_TIMEOUT) -> Placemen
         rpc.require()
     for endpoint in wanted.rpc_servers:
         remote += rpc.devices_of(endpoint, timeout)
+    servers = list(wanted.rpc_servers)
     if wanted.devices is not None:
-        devs: list[CData] | None = [_by_name(n, timeout) for n in wanted.devices]
+        named = [_by_name(n, timeout) for n in wanted.devices]
+        devs: list[CData] | None = [dev for dev, _ in named]
+        servers += [e for _, e in named if e is not None and e not in servers]
     elif remote:
         devs = remote + _local_default()
     else:
         devs = None
-    place = Placement(wanted, _names(devs) if devs is not None else None)
+    place = Placement(wanted, _names(devs) if devs is not None else None, tuple(servers))
     if wanted.split_mode == "row":
         unsplit = _names(
             [d for d in (devs if devs is not None else _local_default()) if not lib.llamacffi_dev_splits_rows(d)]
