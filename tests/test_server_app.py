@@ -126,7 +126,12 @@ def test_health_reports_a_model_whose_worker_process_ended(loaded: Any) -> None:
             assert r.status_code == 503
             body = r.json()
             assert body["status"] == "error" and "'remote'" in body["message"] and "SIGKILL" in body["message"]
+            ask = {"model": "remote", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+            r = client.post("/v1/chat/completions", json=ask)  # unavailable, as /health says, not a fault of the server
+            assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
+            assert "can serve no more requests" in r.json()["error"]["message"]
             assert loaded.failure is None  # the model in this process serves on
+            assert client.post("/v1/chat/completions", json={**ask, "model": "smol"}).status_code == 200
     finally:
         svc.close()
         server.kill()

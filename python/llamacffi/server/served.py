@@ -110,7 +110,15 @@ class Server:
                 type="server_error",
                 code="unavailable",
             )
-        return name, self.models[name]
+        model = self.models[name]
+        if model.failure is not None:  # its worker process ended: it will not serve again
+            raise APIError(
+                503,
+                f"model {name!r} can serve no more requests: {model.failure}",
+                type="server_error",
+                code="unavailable",
+            )
+        return name, model
 
     def model(self, name: object) -> tuple[str, LlamaCppTextModel]:
         """The text model a request names (any, when one is served and the request names none)."""
