@@ -364,3 +364,59 @@ def test_ids_that_change_no_reference_are_ignored() -> None:
     assert from_json_schema(plain)
     g = from_json_schema(with_ids)
     assert "int" in g
+
+
+# ------------------------------------------------------------------------------------------- many values
+
+WORDS = [f"{a}{b}{c}-{i}" for i, (a, b, c) in enumerate(itertools.product("abcdefghijklmno", "pqrstuvwxyz", "xyz!"))]
+assert len(WORDS) > 600
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"enum": [f"S{i}" for i in range(3000)]},
+        {"type": "string", "enum": WORDS + [f"S{i}" for i in range(2000)]},
+        {"anyOf": [{"const": w} for w in WORDS] + [{"enum": list(range(1500))}, {"type": "boolean"}]},
+        {
+            "type": "object",
+            "properties": {"sku": {"enum": [f"S{i}" for i in range(3000)]}},
+            "required": ["sku"],
+            "additionalProperties": False,
+        },
+        {"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(500)}},
+    ],
+    ids=["enum", "typed-enum", "any-of-consts", "property-enum", "optional-properties"],
+)
+def test_thousands_of_values_build_a_sampler_and_generate_a_member(smollm2: llamacffi.Model, schema: Any) -> None:
+    """Values written as a trie keep llama.cpp's parse stacks few: the sampler is built, and a run under it gives
+    a valid document."""
+    gbnf = from_json_schema(schema)
+    vocab = smollm2.vocab
+    with llamacffi.Context(smollm2, n_ctx=256, n_batch=64, n_threads=1) as ctx:
+        pos = ctx.decode_tokens(vocab.tokenize("Pick one value as JSON:\n", add_special=True))
+        out: list[int] = []
+        with NativeSampler(temperature=0.8, seed=1, vocab=vocab, grammar=gbnf) as sampler:
+            for _ in range(160):
+                token = sampler.sample(ctx.logits(-1))
+                if vocab.is_eog(token):
+                    break
+                out.append(token)
+                ctx.decode_token(token, pos)
+                pos += 1
+    text = vocab.detokenize(out)
+    assert is_valid(json.loads(text), schema), text
+    if "sku" in text:
+        assert accepts(vocab, gbnf, '{"sku":"S5"}') and accepts(vocab, gbnf, '{"sku":"S2999"}')
+        assert not accepts(vocab, gbnf, '{"sku":"S3000"}')
+
+
+def test_too_many_choices_at_one_place_are_refused() -> None:
+    """A trie node with more distinct next characters (or a run of more optional properties) than
+    limits.GRAMMAR_MAX_ALTERNATIVES is a SchemaError, not a sampler that fails later."""
+    with pytest.raises(SchemaError) as e:
+        from_json_schema({"enum": [chr(0x4E00 + i) + chr(0x4E00 + i) * (i % 7) for i in range(600)]})
+    assert e.value.keyword == "enum"
+    with pytest.raises(SchemaError) as e:
+        from_json_schema({"type": "object", "properties": {f"p{i}": {} for i in range(600)}})
+    assert (e.value.pointer, e.value.keyword) == ("#/properties", "properties")

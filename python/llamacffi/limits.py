@@ -43,6 +43,9 @@ GRAMMAR_MAX_STACKS = 1024
 # Stacks one advance step may reach from a rule reference: a rule that reaches itself through rules matching nothing
 # makes it unbounded (llama.cpp then loops until memory runs out); such a grammar is refused before llama.cpp sees it.
 GRAMMAR_MAX_BREADTH = 4096
+# Alternatives a compiled schema lets one parse step start at once (the values of an enum whose spellings share a
+# prefix, a run of optional properties): llama.cpp holds a stack for each, so past this the schema is refused.
+GRAMMAR_MAX_ALTERNATIVES = 512
 
 # ---- loading ----------------------------------------------------------------------------------------------------
 NUMA_STRATEGIES = ("disabled", "distribute", "isolate", "numactl", "mirror")

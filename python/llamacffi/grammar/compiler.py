@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from decimal import Decimal
 from fractions import Fraction
@@ -12,7 +13,7 @@ from urllib.parse import unquote
 from ..errors import SchemaError
 from ..jsontypes import JSON, JSONObject, is_strings
 from .decimals import MAX_SIGNIFICANT, number_range, significant_digits
-from .gbnf import MAX_REPEAT, Builder, TooLarge, literal
+from .gbnf import MAX_REPEAT, Builder, TooLarge, choice, literal
 from .keywords import ANNOTATIONS, TYPES, check_keywords, fail, pointer
 from .merge import canonical, conjoin, merge_all, same_value
 from .numbers import integer_range
@@ -153,18 +154,40 @@ class Compiler:
                             "oneOf",
                         )
         exprs: list[str] = []
+        texts: list[str] = []  # the values of members that only list values, compiled together as one trie
         for m, p in members:
             try:
-                exprs.append(self.value(m, p, hint))
+                if isinstance(m, dict) and _only_values(m):
+                    check_keywords(m, p)
+                    texts += self.enum_texts(m, p)
+                else:
+                    exprs.append(self.value(m, p, hint))
             except SchemaError as e:
                 if not getattr(e, "unsatisfiable", False):
                     raise
+        if texts:
+            exprs.insert(0, self.choice(texts, pointer(ptr, key), hint))
         if not exprs:
             raise _unsatisfiable(f"no member of {key} can match", pointer(ptr, key))
         exprs = list(dict.fromkeys(exprs))
         return exprs[0] if len(exprs) == 1 else self.b.rule(hint, " | ".join(exprs))
 
     def enum(self, s: JSONObject, ptr: str, hint: str) -> str:
+        return self.choice(self.enum_texts(s, ptr), ptr, hint)
+
+    def choice(self, texts: list[str], ptr: str, hint: str) -> str:
+        """A symbol for the JSON texts ``texts``: one literal, or a trie so that llama.cpp keeps few stacks."""
+        texts = list(dict.fromkeys(texts))
+        if len(texts) == 1:
+            return literal(texts[0])
+        try:
+            seq = choice(self.b, texts, hint)
+            return seq if _NAME.fullmatch(seq) else self.b.rule(hint, seq)
+        except TooLarge as e:
+            raise fail(f"enum: {e}", pointer(ptr, "enum"), "enum") from None
+
+    def enum_texts(self, s: JSONObject, ptr: str) -> list[str]:
+        """The compact JSON spellings of the values an enum / const schema admits."""
         values = s.get("enum", [s.get("const")])
         if not isinstance(values, list) or not values:
             raise fail("enum must be a non-empty array", pointer(ptr, "enum"), "enum")
@@ -182,13 +205,12 @@ class Compiler:
         for v in values:
             if types is None or any(_is_type(v, t) for t in types):
                 try:
-                    texts.append(literal(json.dumps(v, ensure_ascii=False, separators=(",", ":"), allow_nan=False)))
+                    texts.append(json.dumps(v, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
                 except (TypeError, ValueError):
                     raise fail(f"enum value {v!r} is not JSON", pointer(ptr, "enum"), "enum") from None
         if not texts:
             raise _unsatisfiable("no enum / const value has the schema's type", pointer(ptr, "enum"))
-        texts = list(dict.fromkeys(texts))
-        return texts[0] if len(texts) == 1 else self.b.rule(hint, " | ".join(texts))
+        return texts
 
     def typed(self, s: JSONObject, ptr: str, hint: str) -> str:
         from .containers import array, obj
@@ -283,6 +305,15 @@ def _decimal(v: float | None, key: str, ptr: str) -> Decimal | None:
             key,
         )
     return out
+
+
+_NAME = re.compile(r"[a-z][a-z0-9-]*")  # a rule name
+
+
+def _only_values(s: JSONObject) -> bool:
+    """Whether ``s`` admits just the values its enum / const lists (with at most a type to filter them)."""
+    keys = {k for k in s if k not in ANNOTATIONS and not k.startswith("x-")}
+    return bool(keys & {"enum", "const"}) and keys <= {"enum", "const", "type"}
 
 
 def _check_embedded_ids(root: Schema) -> None:

@@ -12,6 +12,7 @@ import json
 from typing import TYPE_CHECKING
 
 from ..jsontypes import JSONObject, is_strings
+from ..limits import GRAMMAR_MAX_ALTERNATIVES
 from .gbnf import TooLarge, literal
 from .keywords import fail, pointer
 from .primitives import any_value, ws
@@ -70,6 +71,17 @@ def obj(c: Compiler, s: JSONObject, ptr: str, hint: str) -> str | None:
             extra_member = _member(c, key_other_than(c.b, keys), value, f"{hint}-extra")
     finally:
         c.restore(saved)
+    run = most = 1 if extra_member is not None else 0
+    for _name, member, req in reversed(named):  # a run of optional members: any of them may come next
+        run = 0 if req else run + (member is not None)
+        most = max(most, run)
+    if most > GRAMMAR_MAX_ALTERNATIVES:
+        raise fail(
+            f"more than {GRAMMAR_MAX_ALTERNATIVES} optional properties in a row (with extra ones counted as one): "
+            f"each may come next, and the grammar's parser would hold a stack for each (make some required)",
+            pointer(ptr, "properties"),
+            "properties",
+        )
     return c.b.rule(hint, f'"{{" {ws(c.b)} {_chain(c, named, extra_member, hint)} "}}"')
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["Builder", "TooLarge", "char_class", "literal"]
+from ..limits import GRAMMAR_MAX_ALTERNATIVES
+
+__all__ = ["Builder", "TooLarge", "char_class", "choice", "literal"]
 
 # llama.cpp turns a repetition bound above 2000 into "unbounded" and refuses a lower bound above it.
 MAX_REPEAT = 2000
@@ -140,3 +142,55 @@ _REF = re.compile(r"[a-z][a-z0-9-]*")
 def _refs(body: str) -> list[str]:
     """The rule names a body refers to."""
     return _REF.findall(_TERMINAL.sub(" ", body))
+
+
+def choice(b: Builder, texts: Iterable[str], hint: str) -> str:
+    """A GBNF sequence matching exactly ``texts``, written as a trie: alternatives that share a prefix share its
+    rule and a rule's alternatives start with different characters (those with the same rest share a class), so
+    llama.cpp holds one parse stack per character that can come next, not one per text. Raises
+    :class:`TooLarge` when more than ``GRAMMAR_MAX_ALTERNATIVES`` could come next at one place."""
+    kids: list[dict[str, int]] = [{}]
+    ends = [False]
+    for text in dict.fromkeys(texts):
+        node = 0
+        for ch in text:
+            nxt = kids[node].get(ch)
+            if nxt is None:
+                nxt = kids[node][ch] = len(kids)
+                kids.append({})
+                ends.append(False)
+            node = nxt
+        ends[node] = True
+    # each node's suffix language as (literal text, GBNF rest); children have larger numbers than their parent
+    seqs: list[tuple[str, str]] = [("", "")] * len(kids)
+    for node in range(len(kids) - 1, -1, -1):
+        groups: dict[str, list[str]] = {}
+        by_text: dict[str, tuple[str, str]] = {}
+        for ch, child in kids[node].items():
+            text = _sequence(seqs[child])
+            groups.setdefault(text, []).append(ch)
+            by_text[text] = seqs[child]
+        if len(groups) > GRAMMAR_MAX_ALTERNATIVES:
+            raise TooLarge(f"more than {GRAMMAR_MAX_ALTERNATIVES} values differ in the character after a shared start")
+        if not ends[node] and len(groups) == 1:
+            ((text, chs),) = groups.items()
+            seqs[node] = _prefixed(chs, by_text[text])
+            continue
+        alts = [_sequence(_prefixed(chs, by_text[text])) for text, chs in groups.items()]
+        if not alts:
+            continue  # the end of a text: the empty sequence
+        body = " | ".join(alts) if not ends[node] else "| " + " | ".join(alts)
+        seqs[node] = ("", b.rule(hint, body))
+    return _sequence(seqs[0]) or '""'
+
+
+def _prefixed(chars: list[str], seq: tuple[str, str]) -> tuple[str, str]:
+    """One of ``chars`` followed by ``seq``."""
+    if len(chars) == 1:
+        return chars[0] + seq[0], seq[1]
+    return "", f"{char_class((ord(c), ord(c)) for c in sorted(chars))} {_sequence(seq)}".strip()
+
+
+def _sequence(seq: tuple[str, str]) -> str:
+    text, rest = seq
+    return f"{literal(text)} {rest}".strip() if text else rest
