@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 from typing import Any
 
 import numpy as np
@@ -16,8 +17,10 @@ import llamacffi
 from llamacffi.errors import GrammarError, InvalidArgumentError
 from llamacffi.grammar import SchemaError, from_json_schema
 from llamacffi.grammar.automaton import Dfa
+from llamacffi.grammar.compiler import Compiler
 from llamacffi.grammar.refs import rebase
 from llamacffi.grammar.strings import pattern_dfa
+from llamacffi.limits import GRAMMAR_MAX_WORK
 from llamacffi.sampling import NativeSampler
 from llamacffi.server import structured
 from llamacffi.server.errors import APIError
@@ -58,6 +61,8 @@ ODD_NUMBERS: list[Any] = [
     5e-324,
     -5e-324,
     2**53 + 1,
+    10**999,
+    -(10**999),
     10**1000,
     -(10**1000),
     10**1001,
@@ -420,3 +425,65 @@ def test_too_many_choices_at_one_place_are_refused() -> None:
     with pytest.raises(SchemaError) as e:
         from_json_schema({"type": "object", "properties": {f"p{i}": {} for i in range(600)}})
     assert (e.value.pointer, e.value.keyword) == ("#/properties", "properties")
+
+
+# ------------------------------------------------------------------------------------------- compile work
+
+
+def points(n: int) -> str:
+    """A bracket class of ``n`` separate code points."""
+    return "[" + "".join(chr(0x100 + 2 * i) for i in range(n)) + "]"
+
+
+def work(schema: Any) -> int:
+    """The automaton steps compiling ``schema`` took (it must compile)."""
+    c = Compiler(schema)
+    c.grammar()
+    return c.b.work
+
+
+def test_a_long_class_costs_linear_work() -> None:
+    """Splitting a class of n code points sweeps its ends once: the work grows with n, not n squared."""
+    small, large = (
+        work({"type": "string", "pattern": f"^{points(1000)}$"}),
+        work({"type": "string", "pattern": f"^{points(8000)}$"}),
+    )
+    assert large <= 10 * small
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "string", "pattern": f"^{points(1000)}{{1,300}}$"},  # a 1 KB pattern that took minutes
+        {"type": "object", "properties": {f"p{i}": {"pattern": f"^x{i}{points(130)}{{1,300}}$"} for i in range(30)}},
+        {"type": "integer", "maximum": 10**999},
+    ],
+    ids=["1000x300", "many-patterns", "integer-1e999"],
+)
+def test_compile_work_is_bounded(schema: Any) -> None:
+    """Past limits.GRAMMAR_MAX_WORK automaton steps a schema is refused: a clock only guards against a hang."""
+    t = time.perf_counter()
+    with pytest.raises(SchemaError) as e:
+        from_json_schema(schema)
+    assert "steps" in str(e.value) or "too large" in str(e.value)
+    assert time.perf_counter() - t < 30
+
+
+def test_large_classes_are_shared_rules() -> None:
+    """A class taken by every state of a repetition is one rule, so the grammar text stays small."""
+    schema = {"type": "string", "pattern": f"^{points(120)}{{1,300}}$"}
+    assert work(schema) <= GRAMMAR_MAX_WORK
+    assert len(from_json_schema(schema)) < 40_000
+
+
+def test_tool_parameters_share_one_budget() -> None:
+    """All functions' parameters are compiled as one schema: many costly ones are refused together (a 400)."""
+
+    def params(i: int) -> dict[str, Any]:
+        return {"type": "object", "properties": {"s": {"type": "string", "pattern": f"^{i}{points(130)}{{1,300}}$"}}}
+
+    structured.parse_tools([tool("f0", params(0))], "auto")
+    many = [tool(f"f{i}", params(i)) for i in range(4)]
+    with pytest.raises(APIError) as e:
+        structured.parse_tools(many, "auto")
+    assert e.value.status == 400

@@ -46,6 +46,10 @@ GRAMMAR_MAX_BREADTH = 4096
 # Alternatives a compiled schema lets one parse step start at once (the values of an enum whose spellings share a
 # prefix, a run of optional properties): llama.cpp holds a stack for each, so past this the schema is refused.
 GRAMMAR_MAX_ALTERNATIVES = 512
+# Steps the schema compiler may take building the automata of one schema (patterns, formats, bounded numbers:
+# ranges split, edges paired, states compared), which bounds its time on any schema a client sends (well under
+# a second here).
+GRAMMAR_MAX_WORK = 1_000_000
 
 # ---- loading ----------------------------------------------------------------------------------------------------
 NUMA_STRATEGIES = ("disabled", "distribute", "isolate", "numactl", "mirror")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
 from typing import Literal, TypeAlias
 
+from ..limits import GRAMMAR_MAX_WORK
 from .gbnf import Builder, TooLarge
 
 __all__ = ["ANY", "Dfa", "Node", "chars", "dfa", "emit", "intersect", "length_dfa", "lit", "negate"]
@@ -20,8 +20,6 @@ __all__ = ["ANY", "Dfa", "Node", "chars", "dfa", "emit", "intersect", "length_df
 MAX_CP = 0x10FFFF
 MAX_NFA_STATES = 20_000
 MAX_DFA_STATES = 2_000
-# NFA states summed over the DFA states built: bounds the time spent on ambiguous patterns
-MAX_SUBSET_WORK = 100_000
 
 Ranges = tuple[tuple[int, int], ...]
 
@@ -64,14 +62,31 @@ def negate(ranges: Ranges, universe: Ranges = ANY) -> Ranges:
 
 
 def overlap(a: Ranges, b: Ranges) -> Ranges:
-    """The code points in both ``a`` and ``b``."""
+    """The code points in both ``a`` and ``b`` (sorted, disjoint ranges): one merge pass."""
     out = []
-    for alo, ahi in a:
-        for blo, bhi in b:
-            lo, hi = max(alo, blo), min(ahi, bhi)
-            if lo <= hi:
-                out.append((lo, hi))
-    return normalize(out)
+    i = j = 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if lo <= hi:
+            out.append((lo, hi))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return tuple(out)
+
+
+class Work:
+    """Steps an automaton construction has taken (ranges split, edges paired, states compared), counted against
+    ``limits.GRAMMAR_MAX_WORK`` so that no pattern can hold the compiler for long."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def add(self, n: int) -> None:
+        self.steps += n
+        if self.steps > GRAMMAR_MAX_WORK:
+            raise TooLarge("the pattern's automaton is too large to build (it is long or highly ambiguous)")
 
 
 def chars(ranges: Iterable[tuple[int, int]]) -> Node:
@@ -155,6 +170,7 @@ class Dfa:
 
     accept: list[bool] = field(default_factory=list)
     edges: list[list[tuple[Ranges, int]]] = field(default_factory=list)
+    work: int = 0  # the steps its construction took (not its inputs'): what a grammar using it is charged
 
     def add(self, accepting: bool) -> int:
         if len(self.accept) >= MAX_DFA_STATES:
@@ -164,14 +180,27 @@ class Dfa:
         return len(self.accept) - 1
 
 
-def _split(moves: Sequence[tuple[Ranges, int]]) -> list[tuple[Ranges, list[int]]]:
-    """Partition the code points covered by ``moves`` into ranges with the same set of targets."""
-    cuts = sorted({b for rs, _ in moves for lo, hi in rs for b in (lo, hi + 1)})
+def _split(moves: Sequence[tuple[int, int, int]], work: Work) -> list[tuple[Ranges, list[int]]]:
+    """Partition the code points covered by ``moves`` (lo, hi, target) into ranges with the same set of targets: a
+    sweep over the sorted range ends, each segment costing the targets active over it."""
+    events = sorted([(lo, 1, t) for lo, _, t in moves] + [(hi + 1, -1, t) for _, hi, t in moves])
+    work.add(len(events))
+    active: dict[int, int] = {}
     groups: dict[tuple[int, ...], list[tuple[int, int]]] = {}
-    for a, b in pairwise(cuts):
-        targets = tuple(t for rs, t in moves if any(lo <= a <= hi for lo, hi in rs))
-        if targets:
-            groups.setdefault(targets, []).append((a, b - 1))
+    i = 0
+    while i < len(events):
+        at = events[i][0]
+        while i < len(events) and events[i][0] == at:
+            _, step, t = events[i]
+            left = active.get(t, 0) + step
+            if left:
+                active[t] = left
+            else:
+                del active[t]
+            i += 1
+        if active and i < len(events):
+            work.add(len(active))
+            groups.setdefault(tuple(sorted(active)), []).append((at, events[i][0] - 1))
     return [(normalize(rs), list(ts)) for ts, rs in groups.items()]
 
 
@@ -182,46 +211,60 @@ def dfa(node: Node, minimal: bool = True) -> Dfa:
     start = nfa.state()
     end = nfa.build(node, start)
     out = Dfa()
+    work = Work()
     first = nfa.closure([start])
     index = {first: out.add(end in first)}
     todo = [first]
-    work = 0
     while todo:
         cur = todo.pop()
-        work += len(cur)
-        if work > MAX_SUBSET_WORK:
-            raise TooLarge("the pattern's automaton is too large (it is highly ambiguous)")
-        moves = [(((lo, hi),), t) for s in cur for lo, hi, t in nfa.moves[s]]
-        for rs, targets in _split(moves):
+        work.add(len(cur))
+        moves = [move for s in cur for move in nfa.moves[s]]
+        for rs, targets in _split(moves, work):
             nxt = nfa.closure(targets)
             if nxt not in index:
                 index[nxt] = out.add(end in nxt)
                 todo.append(nxt)
             out.edges[index[cur]].append((rs, index[nxt]))
-    return minimize(prune(out)) if minimal else prune(out)
+    return _finish(out, minimal, work)
 
 
-def _signature(d: Dfa, block: list[int], i: int) -> tuple[object, ...]:
-    edges = d.edges[i]
-    if len(edges) == 1:
-        return (block[i], ((edges[0][0], block[edges[0][1]]),))
-    by_block: dict[int, list[tuple[int, int]]] = {}
-    for rs, t in edges:
-        by_block.setdefault(block[t], []).extend(rs)
-    return (block[i], tuple(sorted((normalize(rs) if len(rs) > 1 else tuple(rs), t) for t, rs in by_block.items())))
+def _finish(d: Dfa, minimal: bool, work: Work) -> Dfa:
+    out = minimize(prune(d), work) if minimal else prune(d)
+    out.work = work.steps
+    return out
 
 
-def minimize(d: Dfa) -> Dfa:
-    """The equivalent DFA with the fewest states (Moore's partition refinement)."""
+def minimize(d: Dfa, work: Work | None = None) -> Dfa:
+    """The equivalent DFA with the fewest states (Moore's partition refinement). Range sets are numbered once, so
+    a refinement round costs the edges, not their ranges."""
     n = len(d.accept)
     if n == 0:
         return d
+    work = work or Work()
+    ids: dict[Ranges, int] = {}
+    work.add(sum(len(rs) for es in d.edges for rs, _ in es))
+    edges = [[(ids.setdefault(rs, len(ids)), t) for rs, t in es] for es in d.edges]
+    size = n + sum(map(len, edges))
+
+    def signature(i: int) -> tuple[object, ...]:
+        es = edges[i]
+        if len(es) == 1:
+            return (block[i], block[es[0][1]], es[0][0])
+        blocks = [block[t] for _, t in es]
+        if len(set(blocks)) == len(blocks):
+            return (block[i], *sorted(zip(blocks, (r for r, _ in es), strict=True)))
+        by_block: dict[int, list[tuple[int, int]]] = {}
+        for rs, t in d.edges[i]:
+            by_block.setdefault(block[t], []).extend(rs)
+            work.add(len(rs))
+        return (block[i], *sorted((t, ids.setdefault(normalize(rs), len(ids))) for t, rs in by_block.items()))
+
     block = [int(a) for a in d.accept]
     count = len(set(block))
     while True:
+        work.add(size)
         sigs: dict[tuple[object, ...], int] = {}
-        new = [sigs.setdefault(_signature(d, block, i), len(sigs)) for i in range(n)]
-        block = new
+        block = [sigs.setdefault(signature(i), len(sigs)) for i in range(n)]
         if len(sigs) == count:
             break
         count = len(sigs)
@@ -267,7 +310,9 @@ def prune(d: Dfa) -> Dfa:
 def intersect(a: Dfa, b: Dfa, minimal: bool = True) -> Dfa:
     """The product automaton: strings both accept."""
     out = Dfa()
+    work = Work()
     if not a.accept or not b.accept:
+        out.work = work.steps
         return out
     index = {(0, 0): out.add(a.accept[0] and b.accept[0])}
     todo = [(0, 0)]
@@ -275,6 +320,7 @@ def intersect(a: Dfa, b: Dfa, minimal: bool = True) -> Dfa:
         pa, pb = todo.pop()
         for rs_a, ta in a.edges[pa]:
             for rs_b, tb in b.edges[pb]:
+                work.add(len(rs_a) + len(rs_b))
                 rs = overlap(rs_a, rs_b)
                 if not rs:
                     continue
@@ -283,7 +329,7 @@ def intersect(a: Dfa, b: Dfa, minimal: bool = True) -> Dfa:
                     index[key] = out.add(a.accept[ta] and b.accept[tb])
                     todo.append(key)
                 out.edges[index[(pa, pb)]].append((rs, index[key]))
-    return minimize(prune(out)) if minimal else prune(out)
+    return _finish(out, minimal, work)
 
 
 def length_dfa(lo: int, hi: int | None) -> Dfa:
@@ -302,9 +348,13 @@ def length_dfa(lo: int, hi: int | None) -> Dfa:
 def emit(b: Builder, d: Dfa, hint: str, encode: Callable[[Ranges], list[str]], final: str) -> str:
     """Rules for ``d``: each state's rule is its alternatives ``encode(ranges) target``, plus ``final`` where it
     accepts (``""``: the empty alternative). Returns the start state's rule name."""
+    b.spend(sum(len(rs) for es in d.edges for rs, _ in es))
     names = [b.name(f"{hint}-{i}") for i in range(len(d.accept))]
     for i, es in enumerate(d.edges):
-        alts = [f"{sym} {names[t]}" for rs, t in es for sym in encode(rs)]
+        # a long class (or escape group) is a rule of its own, shared by the states that take it
+        alts = [
+            f"{sym if len(sym) <= 64 else b.rule(hint + '-c', sym)} {names[t]}" for rs, t in es for sym in encode(rs)
+        ]
         if d.accept[i]:
             if final:
                 alts.append(final)

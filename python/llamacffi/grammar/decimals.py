@@ -110,16 +110,27 @@ def _identity(ranges: Ranges) -> list[str]:
 @lru_cache(maxsize=256)
 def _range_dfa(lo: Decimal | None, lo_open: bool, hi: Decimal | None, hi_open: bool) -> Dfa:
     d = _structure()
-    if lo is not None:
-        d = intersect(d, dfa(anchored(_above(lo, lo_open)), minimal=False), minimal=hi is None)
-    if hi is not None:
-        d = intersect(d, dfa(anchored(_below(hi, hi_open)), minimal=False))
+    work = 0
+    sides = [(_above(lo, lo_open), hi is None)] if lo is not None else []
+    sides += [(_below(hi, hi_open), True)] if hi is not None else []
+    for side, last in sides:  # minimized once, at the end
+        bound = dfa(anchored(side), minimal=False)
+        d = intersect(d, bound, minimal=last)
+        work += bound.work + d.work
+    if sides:
+        d.work = work  # the steps of this range (the shared structure automaton is built once)
     return d
 
 
 def number_range(b: Builder, lo: Decimal | None, lo_open: bool, hi: Decimal | None, hi_open: bool) -> str | None:
     """A rule for the numbers between the bounds (None: unbounded on that side); None when none fits."""
+    top = Decimal(10) ** MAX_SIGNIFICANT  # what is written has fewer digits: beyond it a bound decides nothing
+    if (lo is not None and lo >= top) or (hi is not None and hi <= -top):
+        return None
+    lo = None if lo is not None and lo <= -top else lo
+    hi = None if hi is not None and hi >= top else hi
     d = _range_dfa(lo, lo_open, hi, hi_open)
+    b.spend_once(("number", lo, lo_open, hi, hi_open), d.work)
     if not d.accept:
         return None
     b.charge(len(d.accept))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from ..limits import GRAMMAR_MAX_ALTERNATIVES
+from ..limits import GRAMMAR_MAX_ALTERNATIVES, GRAMMAR_MAX_WORK
 
 __all__ = ["Builder", "TooLarge", "char_class", "choice", "literal"]
 
@@ -75,6 +75,7 @@ class Builder:
         self._by_body: dict[str, str] = {}
         self._used: set[str] = {"root"}
         self.cost = 0
+        self.work = 0
         self.memo: dict[object, str] = {}
 
     def name(self, hint: str) -> str:
@@ -115,6 +116,19 @@ class Builder:
         if lo == 0 and hi == 1:
             return f"{symbol}?"
         return f"{symbol}{{{lo},{hi}}}"
+
+    def spend(self, n: int) -> None:
+        """Count ``n`` steps of automaton work (done now or, for a cached automaton, once) against the grammar's
+        budget, ``limits.GRAMMAR_MAX_WORK``: a schema's compile time stays bounded however many patterns it has."""
+        self.work += n
+        if self.work > GRAMMAR_MAX_WORK:
+            raise TooLarge(f"the schema's automata need more than {GRAMMAR_MAX_WORK} steps to build")
+
+    def spend_once(self, key: object, n: int) -> None:
+        """:meth:`spend` for a cached automaton: once per grammar, whether or not the cache held it."""
+        if ("spent", key) not in self.memo:
+            self.memo["spent", key] = ""
+            self.spend(n)
 
     def charge(self, n: int) -> None:
         self.cost += n

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .automaton import Dfa, Ranges, emit, normalize
+from .automaton import Dfa, Ranges, Work, emit, normalize
 from .gbnf import Builder, char_class
 from .primitives import MAX_DIGITS, integer
 
@@ -37,6 +37,7 @@ def _automaton(pos: frozenset[Span], neg: frozenset[Span]) -> Dfa:
     """The minimal-ish DFA over digits (and a leading "-" for ``neg``): states are the remaining spans."""
     d = Dfa()
     d.add(False)
+    work = Work()
     index: dict[frozenset[Span], int] = {}
     todo: list[tuple[frozenset[Span], int]] = []
 
@@ -52,11 +53,13 @@ def _automaton(pos: frozenset[Span], neg: frozenset[Span]) -> Dfa:
     while first or todo:
         spans, s = first.pop() if first else todo.pop()
         by_target: dict[int, list[tuple[int, int]]] = {}
+        work.add(10 * sum(len(lo) for lo, _ in spans))
         for digit in "0123456789":
             nxt = _step(spans, digit)
             if nxt:
                 by_target.setdefault(state(nxt), []).append((ord(digit), ord(digit)))
         d.edges[s].extend((normalize(rs), t) for t, rs in by_target.items())
+    d.work = work.steps
     return d
 
 
@@ -79,6 +82,7 @@ def integer_range(b: Builder, lo: int | None, hi: int | None) -> str | None:
     pos = _spans(max(lo_, 0), hi_) if hi_ >= 0 else frozenset()
     neg = _spans(max(-hi_, 1), -lo_) if lo_ < 0 else frozenset()
     d = _automaton(pos, neg)
+    b.spend(d.work)
     b.charge(len(d.accept))
     b.memo[key] = emit(b, d, "int", _identity, "")
     return b.memo[key]

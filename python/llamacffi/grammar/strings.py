@@ -102,12 +102,20 @@ def constrained_string(
         b.memo[key] = b.rule(hint, body)
         return b.memo[key]
     d: Dfa | None = None
-    for part in (pattern_dfa(pattern) if pattern is not None else None, format_dfa(fmt) if fmt is not None else None):
-        if part is not None:
-            d = part if d is None else intersect(d, part)
+    if pattern is not None:
+        d = pattern_dfa(pattern)
+        b.spend_once(("pattern", pattern), d.work)
+    if fmt is not None:
+        f = format_dfa(fmt)
+        b.spend_once(("format", fmt), f.work)
+        d = f if d is None else intersect(d, f)
+        b.spend(d.work)
     assert d is not None
     if lo > 0 or hi is not None:
-        d = intersect(d, length_dfa(lo, hi))
+        # not minimized: the product with a length counter is a chain, which partition refinement takes in
+        # quadratic time, and the states it could merge are few
+        d = intersect(d, length_dfa(lo, hi), minimal=False)
+        b.spend(d.work)
     if not d.accept:
         return None
     b.charge(len(d.accept))

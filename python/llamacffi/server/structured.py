@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import uuid
 
 from ..errors import SchemaError
@@ -36,11 +37,20 @@ class Tools:
         return self.choice != "auto"
 
 
-def _compile(schema: JSONObject | bool, param: str) -> str:
+def _compile(schema: JSONObject | bool, param: str, names: list[str] | None = None) -> str:
     try:
         return from_json_schema(schema)
     except SchemaError as exc:
-        raise invalid(f"{param}: {exc}", param, "unsupported_schema") from None
+        message = str(exc)
+        if names is not None and (m := _IN_FUNCTION.match(exc.pointer)) is not None:
+            # a call schema's pointer into one function's parameters, told relative to them
+            inner = "#" + (m.group(2) or "")
+            message = message.removesuffix(f" (at {exc.pointer})")
+            message = f"function {names[int(m.group(1))]!r}: {message} (at {inner} of its parameters)"
+        raise invalid(f"{param}: {message}", param, "unsupported_schema") from None
+
+
+_IN_FUNCTION = re.compile(r"#/\$defs/f(\d+)(/.*)?$")
 
 
 def response_grammar(fmt: JSON) -> str | None:
@@ -97,8 +107,17 @@ def parse_tools(tools: JSON, choice: JSON) -> Tools | None:
             raise invalid(f"tools[{i}].function.parameters must be a JSON schema object", "tools", "invalid_type")
         if name in functions:
             raise invalid(f"tools[{i}]: two functions are named {name!r}", "tools", "invalid_value")
-        _compile(params, "tools")  # refused now if it cannot be enforced
         functions[name] = {"description": fn.get("description") or "", "parameters": params}
+    # refused now if it cannot be enforced: all parameters in one schema, so one compile budget bounds them all
+    names = list(functions)
+    defs: JSONObject = {f"f{i}": rebase(functions[n]["parameters"], f"#/$defs/f{i}") for i, n in enumerate(names)}
+    every: JSONObject = {
+        "type": "object",
+        "properties": {f"f{i}": {"$ref": f"#/$defs/f{i}"} for i in range(len(names))},
+        "required": [f"f{i}" for i in range(len(names))],
+        "$defs": defs,
+    }
+    _compile(every, "tools", names)
     if choice in (None, "auto"):
         picked = "auto"
     elif choice == "none":
@@ -158,7 +177,7 @@ def call_grammar(tools: Tools) -> str:
             }
         )
     call: JSONObject = calls[0] if len(calls) == 1 else {"oneOf": [*calls]}
-    return _compile({**call, "$defs": defs}, "tools")
+    return _compile({**call, "$defs": defs}, "tools", names)
 
 
 def as_call(text: str, tools: Tools) -> JSONObject | None:
