@@ -66,6 +66,12 @@ RPC_PROBE_TIMEOUT = 5.0
 # Seconds a worker process serving an RPC model may stay silent while it has requests before it is presumed stuck
 # (a host gone without closing its connection) and stopped.
 RPC_STALL_TIMEOUT = 120.0
+# A model's worker process tells it is loading or decoding this often at most (or a quarter of the stall timeout), and
+# decodes steps of at most this many tokens (one llama.cpp micro-batch): its steps tell it is not stuck.
+WORKER_PROGRESS_EVERY_S = 0.5
+WORKER_STEP_TOKENS_MAX = 512
+# How long a closed model's worker may take to end before it is killed.
+WORKER_CLOSE_GRACE_S = 2.0
 
 # ---- chat templates -------------------------------------------------------------------------------------------------
 # Chat templates come with the model file and run in a bounded sandbox (``chat_sandbox``). One render may give at most
@@ -83,6 +89,12 @@ CHAT_TEMPLATE_MAX_POWER_BITS = 4096
 # A request's text up to this many characters is templated and tokenized on the event loop; a longer one in a worker
 # thread, so that it cannot hold up the other streams.
 INLINE_TEXT_CHARS = 1 << 14
+# The largest request body (413 past it), the most choices one request asks for (prompts x n, best_of), the most
+# stop strings, and the most texts one embeddings request sends.
+MAX_BODY_BYTES = 8 << 20
+MAX_CHOICES = 16
+MAX_STOPS = 16
+MAX_EMBEDDING_INPUTS = 2048
 
 # ---- the service's per-model and per-request sizes ---------------------------------------------------------------
 CONTEXT_SIZE_MIN = 16

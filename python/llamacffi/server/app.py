@@ -23,13 +23,13 @@ from starlette.routing import Route
 from ..jsontypes import JSONObject
 from ..service import LlamaCppEmbeddingModel, LlamaCppTextModel, LocalBackendConfig, ModelConfig
 from . import completions, embeddings
-from .asgi import MAX_BODY_BYTES, EventStream, error_response, off_loop, race, read_body
+from .asgi import EventStream, error_response, off_loop, race, read_body
 from .errors import APIError, from_service
 from .gate import Gate
 from .requests import parse_chat, parse_completion
 from .served import Served, Server
 
-__all__ = ["MAX_BODY_BYTES", "ROUTES", "EventStream", "Served", "Server", "create_app"]
+__all__ = ["ROUTES", "EventStream", "Served", "Server", "create_app"]
 
 ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 

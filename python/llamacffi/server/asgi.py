@@ -16,7 +16,6 @@ from .. import limits
 from ..jsontypes import JSON, JSONObject
 from .errors import APIError, invalid
 
-MAX_BODY_BYTES = 8 << 20
 T = TypeVar("T")
 A = TypeVar("A")
 
@@ -29,13 +28,13 @@ def error_response(exc: APIError) -> Response:
 async def read_body(request: Request) -> JSONObject:
     """The JSON body, read up to the size limit."""
     size = request.headers.get("content-length")
-    if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
-        raise APIError(413, f"the request body is over {MAX_BODY_BYTES} bytes", code="request_too_large")
+    if size is not None and size.isdigit() and int(size) > limits.MAX_BODY_BYTES:
+        raise APIError(413, f"the request body is over {limits.MAX_BODY_BYTES} bytes", code="request_too_large")
     data = bytearray()
     async for part in request.stream():
         data += part
-        if len(data) > MAX_BODY_BYTES:
-            raise APIError(413, f"the request body is over {MAX_BODY_BYTES} bytes", code="request_too_large")
+        if len(data) > limits.MAX_BODY_BYTES:
+            raise APIError(413, f"the request body is over {limits.MAX_BODY_BYTES} bytes", code="request_too_large")
     try:
         body: JSON = json.loads(data)
     except (ValueError, RecursionError) as exc:

@@ -6,6 +6,7 @@ import base64
 
 import numpy as np
 
+from .. import limits
 from ..jsontypes import JSON, JSONObject, is_integers, is_strings
 from ..service import LlamaCppEmbeddingModel
 from ..vocab import TokenArray
@@ -13,7 +14,6 @@ from .asgi import off_loop
 from .errors import invalid
 
 FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
-MAX_INPUTS = 2048
 
 
 def parse(body: JSONObject) -> tuple[list[str] | list[list[int]], bool, int | None]:
@@ -23,10 +23,10 @@ def parse(body: JSONObject) -> tuple[list[str] | list[list[int]], bool, int | No
             raise invalid(f"Unrecognized request argument supplied: {name}", name, "unknown_parameter")
     data = body.get("input")
     inputs = _inputs(data)
-    if inputs is None or not 0 < len(inputs) <= MAX_INPUTS:
+    if inputs is None or not 0 < len(inputs) <= limits.MAX_EMBEDDING_INPUTS:
         raise invalid(
-            f"input must be a string, a list of at most {MAX_INPUTS} strings, a list of token ids or a "
-            "list of such lists",
+            f"input must be a string, a list of at most {limits.MAX_EMBEDDING_INPUTS} strings, a list of token ids or "
+            "a list of such lists",
             "input",
             "missing_required_parameter" if data is None else "invalid_type",
         )

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 
+from .. import limits
 from ..jsontypes import JSON, JSONObject, is_integers, is_strings
 from ..service import GenerationOptions
 from . import structured
@@ -62,8 +63,6 @@ CHAT_FIELDS = SAMPLING | {
 }
 COMPLETION_FIELDS = SAMPLING | {"prompt", "echo", "logprobs", "suffix", "best_of"}
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "user"}
-MAX_N = 16
-MAX_STOPS = 16
 DEFAULTS = GenerationOptions()  # what a field the request leaves unset takes
 
 
@@ -138,8 +137,8 @@ def _stops(body: JSONObject) -> tuple[str, ...]:
     if stop is None:
         return ()
     stops = [stop] if isinstance(stop, str) else stop
-    if not is_strings(stops) or len(stops) > MAX_STOPS:
-        raise invalid(f"stop must be a string or a list of at most {MAX_STOPS} strings", "stop", "invalid_type")
+    if not is_strings(stops) or len(stops) > limits.MAX_STOPS:
+        raise invalid(f"stop must be a string or a list of at most {limits.MAX_STOPS} strings", "stop", "invalid_type")
     return tuple(s for s in stops if s)
 
 
@@ -199,7 +198,7 @@ def _common(body: JSONObject, raw: bool, max_tokens_name: str = "max_tokens") ->
     if model is not None and not isinstance(model, str):
         raise invalid("model must be a string", "model", "invalid_type")
     max_tokens = _integer(body, max_tokens_name, 1, 1 << 20)
-    n = _integer(body, "n", 1, MAX_N) or 1
+    n = _integer(body, "n", 1, limits.MAX_CHOICES) or 1
     stream = _flag(body, "stream")
     options = body.get("stream_options")
     include_usage = False
@@ -326,11 +325,11 @@ def parse_completion(body: JSONObject) -> Parsed:
     _check_fields(body, COMPLETION_FIELDS)
     parsed = _common(body, raw=True)
     parsed.prompts = _prompts(body.get("prompt"))
-    if len(parsed.prompts) * parsed.n > MAX_N:
-        raise invalid(f"at most {MAX_N} choices per request (prompts x n)", "n", "invalid_value")
+    if len(parsed.prompts) * parsed.n > limits.MAX_CHOICES:
+        raise invalid(f"at most {limits.MAX_CHOICES} choices per request (prompts x n)", "n", "invalid_value")
     if body.get("suffix") is not None:
         raise invalid("suffix is not supported by this server", "suffix", "unsupported_parameter")
-    best_of = _integer(body, "best_of", 1, MAX_N)
+    best_of = _integer(body, "best_of", 1, limits.MAX_CHOICES)
     if best_of not in (None, parsed.n):
         raise invalid("best_of is not supported by this server (it must equal n)", "best_of", "unsupported_parameter")
     parsed.echo = _flag(body, "echo")

@@ -10,8 +10,8 @@ child ends (an abort, a kill) or stays silent past ``stall_timeout`` seconds wit
 without closing its connection), every request still running ends with :class:`GenerationError` naming the model,
 and later requests are refused; the caller's process and its other models go on. Silence means a stuck decode
 step, not a long prompt: the child sends ``("progress",)`` while its engine decodes, after each step (in a worker
-a step holds at most :data:`STEP_TOKENS_MAX` tokens, one llama.cpp micro-batch), at most every quarter of
-``stall_timeout``.
+a step holds at most :data:`~llamacffi.limits.WORKER_STEP_TOKENS_MAX` tokens, one llama.cpp micro-batch), at most
+every quarter of ``stall_timeout``.
 
 The pipe (a socket pair) carries pickled objects. Parent to child: the :class:`WorkerSpec`, then
 ``("submit", id, payload, after_id)`` (``payload``: ``(tokens, options, logprobs)`` pickled here, before the request
@@ -39,6 +39,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from .. import limits
 from .config import GenerationOptions, ModelConfig
 from .errors import GenerationError, InvalidConfigError, ModelClosedError, ModelLoadFailedError, QueueFullError
 from .request import END, Request
@@ -46,9 +47,9 @@ from .request import emit as _emit
 
 log = logging.getLogger("llamacffi.service")
 
-PROGRESS_EVERY_S = 0.5  # the child tells it is loading or decoding this often at most (or a quarter of the timeout)
-STEP_TOKENS_MAX = 512  # tokens of one decode step in a worker: llama.cpp's micro-batch (a Context's default n_ubatch)
-CLOSE_GRACE_S = 2.0  # how long a closed model's worker may take to end before it is killed
+PROGRESS_EVERY_S = limits.WORKER_PROGRESS_EVERY_S
+STEP_TOKENS_MAX = limits.WORKER_STEP_TOKENS_MAX
+CLOSE_GRACE_S = limits.WORKER_CLOSE_GRACE_S
 
 
 @dataclasses.dataclass(frozen=True)
