@@ -159,6 +159,33 @@ def test_a_long_text_is_prepared_off_the_event_loop(client: TestClient, monkeypa
     assert threads[1] != loop_thread
 
 
+def test_a_schema_is_compiled_off_the_event_loop(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A schema can take up to the compile budget (limits.GRAMMAR_MAX_WORK): no stream waits on it.
+    threads: list[str] = []
+    compile_schema = structured.from_json_schema
+
+    def spy(schema: Any) -> str:
+        threads.append(threading.current_thread().name)
+        return compile_schema(schema)
+
+    monkeypatch.setattr(structured, "from_json_schema", spy)
+    schema = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "string", "maxLength": 3}}}
+    assert client.post("/v1/chat/completions", json={**_chat(), "response_format": schema}).status_code == 200
+    assert client.post("/v1/chat/completions", json={**_chat(), "tools": [WEATHER]}).status_code == 200
+    loop_thread = _loop_thread(client)
+    assert len(threads) >= 2 and loop_thread not in threads
+
+
+def _loop_thread(client: TestClient) -> str:
+    """The name of the thread the app's event loop runs in."""
+
+    async def name() -> str:
+        return threading.current_thread().name
+
+    assert client.portal is not None
+    return client.portal.call(name)
+
+
 def test_a_model_answer_that_is_no_call_to_a_listed_function_stays_text() -> None:
     tools = structured.parse_tools([WEATHER], "auto")
     assert tools is not None

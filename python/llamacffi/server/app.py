@@ -55,7 +55,11 @@ def _completion(chat: bool) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         server: Server = request.app.state.server
         body = await read_body(request)
-        parsed = parse_chat(body) if chat else parse_completion(body)
+        parse = parse_chat if chat else parse_completion
+        if isinstance(body, dict) and (body.get("tools") or body.get("response_format")):
+            parsed = await asyncio.to_thread(parse, body)  # compiles a JSON schema: up to its work budget
+        else:
+            parsed = parse(body)
         name, model = server.model(parsed.model)
         try:
             job = await off_loop(lambda p: completions.prepare(name, model, p, chat), parsed, parsed.text_chars())
