@@ -147,6 +147,21 @@ def test_huge_bounds_name_their_keyword() -> None:
     assert (e.value.pointer, e.value.keyword) == ("#/maximum", "maximum")
 
 
+@pytest.mark.parametrize(
+    ("bounds", "keyword"),
+    [
+        ({"minimum": -(10**300)}, "minimum"),
+        ({"maximum": 10**300}, "maximum"),
+        ({"minimum": 0, "exclusiveMaximum": 10**300}, "exclusiveMaximum"),
+        ({"exclusiveMinimum": -(10**300), "maximum": 5}, "exclusiveMinimum"),
+    ],
+)
+def test_an_integer_range_too_large_names_its_bound(bounds: dict[str, int], keyword: str) -> None:
+    with pytest.raises(SchemaError, match="integer range is too large") as e:
+        from_json_schema({"type": "integer", **bounds})
+    assert (e.value.pointer, e.value.keyword) == (f"#/{keyword}", keyword)
+
+
 # ------------------------------------------------------------------------------------------- patterns
 
 

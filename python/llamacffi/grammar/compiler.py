@@ -287,7 +287,8 @@ class Compiler:
         try:
             return integer_range(self.b, ilo, ihi)
         except TooLarge as e:
-            raise fail(f"the integer range is too large to enforce: {e}", ptr, "maximum") from None
+            key = lo_key if ihi is None or (ilo is not None and abs(ilo) >= abs(ihi)) else hi_key
+            raise fail(f"{key}: the integer range is too large to enforce: {e}", pointer(ptr, key), key) from None
 
 
 def _decimal(v: float | None, key: str, ptr: str) -> Decimal | None:
