@@ -51,6 +51,24 @@ GRAMMAR_MAX_ALTERNATIVES = 512
 # a second here).
 GRAMMAR_MAX_WORK = 1_000_000
 
+# The compiled JSON Schema grammar's sizes: pattern automata (NFA states built, DFA states kept), repetition counts
+# (llama.cpp reads a bound above 2000 as unbounded and refuses a lower bound above it), rules the grammar may cost
+# llama.cpp (its own and those its repetitions expand to), and $ref hops followed in a row.
+GRAMMAR_MAX_NFA_STATES = 20_000
+GRAMMAR_MAX_DFA_STATES = 2_000
+GRAMMAR_MAX_REPEAT = 2000
+GRAMMAR_MAX_COST = 20_000
+GRAMMAR_MAX_REF_CHAIN = 32
+# Integer bounds of a schema are refused from this many digits on (no grammar could enforce them, and Python cannot
+# print an integer of more than 4300 digits); number bounds with more significant digits than this are refused.
+GRAMMAR_MAX_BOUND_DIGITS = 1000
+GRAMMAR_MAX_SIGNIFICANT = 15
+# What the grammar lets a model write: whitespace of a line break and at most this many blanks, numbers of at most
+# this many digits before the point and after it, so that a model cannot spin for ever on blanks or digits.
+GRAMMAR_MAX_INDENT = 16
+GRAMMAR_MAX_DIGITS = 16
+GRAMMAR_MAX_FRACTION = 18
+
 # ---- loading ----------------------------------------------------------------------------------------------------
 NUMA_STRATEGIES = ("disabled", "distribute", "isolate", "numactl", "mirror")
 # Why huge_pages refuses use_mmap=True (after the argument's name).

@@ -12,14 +12,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
-from ..limits import GRAMMAR_MAX_WORK
+from ..limits import GRAMMAR_MAX_DFA_STATES, GRAMMAR_MAX_NFA_STATES, GRAMMAR_MAX_WORK
 from .gbnf import Builder, TooLarge
 
 __all__ = ["ANY", "Dfa", "Node", "chars", "dfa", "emit", "intersect", "length_dfa", "lit", "negate"]
 
 MAX_CP = 0x10FFFF
-MAX_NFA_STATES = 20_000
-MAX_DFA_STATES = 2_000
 
 Ranges = tuple[tuple[int, int], ...]
 
@@ -106,8 +104,8 @@ class _Nfa:
         self.moves: list[list[tuple[int, int, int]]] = []
 
     def state(self) -> int:
-        if len(self.eps) >= MAX_NFA_STATES:
-            raise TooLarge(f"the pattern needs more than {MAX_NFA_STATES} automaton states")
+        if len(self.eps) >= GRAMMAR_MAX_NFA_STATES:
+            raise TooLarge(f"the pattern needs more than {GRAMMAR_MAX_NFA_STATES} automaton states")
         self.eps.append([])
         self.moves.append([])
         return len(self.eps) - 1
@@ -173,8 +171,8 @@ class Dfa:
     work: int = 0  # the steps its construction took (not its inputs'): what a grammar using it is charged
 
     def add(self, accepting: bool) -> int:
-        if len(self.accept) >= MAX_DFA_STATES:
-            raise TooLarge(f"the pattern needs more than {MAX_DFA_STATES} automaton states")
+        if len(self.accept) >= GRAMMAR_MAX_DFA_STATES:
+            raise TooLarge(f"the pattern needs more than {GRAMMAR_MAX_DFA_STATES} automaton states")
         self.accept.append(accepting)
         self.edges.append([])
         return len(self.accept) - 1

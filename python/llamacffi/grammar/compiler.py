@@ -12,8 +12,9 @@ from urllib.parse import unquote
 
 from ..errors import SchemaError
 from ..jsontypes import JSON, JSONObject, is_strings
-from .decimals import MAX_SIGNIFICANT, number_range, significant_digits
-from .gbnf import MAX_REPEAT, Builder, TooLarge, choice, literal
+from ..limits import GRAMMAR_MAX_BOUND_DIGITS, GRAMMAR_MAX_REPEAT, GRAMMAR_MAX_SIGNIFICANT
+from .decimals import number_range, significant_digits
+from .gbnf import Builder, TooLarge, choice, literal
 from .keywords import ANNOTATIONS, TYPES, check_keywords, fail, pointer
 from .merge import canonical, conjoin, merge_all, same_value
 from .numbers import integer_range
@@ -265,7 +266,7 @@ class Compiler:
                 else "format"
                 if fmt is not None
                 else "minLength"
-                if lo > MAX_REPEAT
+                if lo > GRAMMAR_MAX_REPEAT
                 else "maxLength"
             )
             raise fail(f"{where}: the grammar would be too large: {e}", pointer(ptr, where), where) from None
@@ -292,15 +293,16 @@ class Compiler:
 
 
 def _decimal(v: float | None, key: str, ptr: str) -> Decimal | None:
-    """A bound as the decimal its JSON spelling gives (a float's shortest repr), within MAX_SIGNIFICANT digits."""
+    """A bound as the decimal its JSON spelling gives (a float's shortest repr), within GRAMMAR_MAX_SIGNIFICANT
+    digits."""
     if v is None:
         return None
     out = Decimal(v) if isinstance(v, int) else Decimal(repr(v))
     if out == 0:
         out = Decimal(0)  # -0.0 is 0: its sign would be read as a digit
-    if significant_digits(out) > MAX_SIGNIFICANT:
+    if significant_digits(out) > GRAMMAR_MAX_SIGNIFICANT:
         raise fail(
-            f"{key}: a bound on a non-integer number may have at most {MAX_SIGNIFICANT} significant digits "
+            f"{key}: a bound on a non-integer number may have at most {GRAMMAR_MAX_SIGNIFICANT} significant digits "
             f"(beyond that, float rounding decides)",
             pointer(ptr, key),
             key,
@@ -374,10 +376,7 @@ def count(s: JSONObject, key: str, ptr: str) -> int | None:
 
 Bound = tuple[float | None, bool, str]  # ints are floats to typing
 
-# Integer bounds are refused from this magnitude on: no grammar could enforce them (its budgets stop far earlier),
-# and Python cannot even print an integer of more than 4300 digits.
-MAX_BOUND_DIGITS = 1000
-MAX_BOUND = 10**MAX_BOUND_DIGITS
+MAX_BOUND = 10**GRAMMAR_MAX_BOUND_DIGITS  # the magnitude integer bounds stay below
 
 
 def _bounds(s: JSONObject, ptr: str) -> tuple[Bound, Bound]:
@@ -390,7 +389,9 @@ def _bounds(s: JSONObject, ptr: str) -> tuple[Bound, Bound]:
         if not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
             raise fail(f"{key} must be a number", pointer(ptr, key), key)
         if isinstance(v, int) and not -MAX_BOUND < v < MAX_BOUND:
-            raise fail(f"{key}: bounds of 10**{MAX_BOUND_DIGITS} and beyond are not supported", pointer(ptr, key), key)
+            raise fail(
+                f"{key}: bounds of 10**{GRAMMAR_MAX_BOUND_DIGITS} and beyond are not supported", pointer(ptr, key), key
+            )
         return v
 
     lo: Bound = (num("minimum"), False, "minimum")

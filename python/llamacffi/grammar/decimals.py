@@ -1,9 +1,9 @@
 """Non-integer numbers within bounds, as a decimal automaton.
 
 Validators compare numbers as binary floats, so a document just past a bound could round onto it. Bounded numbers
-are therefore written without an exponent and with at most ``MAX_SIGNIFICANT`` digits in all, and bounds may have
-no more: distinct decimals of that many digits are distinct floats in the same order, so comparing the digits
-agrees with comparing the floats.
+are therefore written without an exponent and with at most ``limits.GRAMMAR_MAX_SIGNIFICANT`` digits in all, and
+bounds may have no more: distinct decimals of that many digits are distinct floats in the same order, so comparing
+the digits agrees with comparing the floats.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from __future__ import annotations
 from decimal import Decimal
 from functools import lru_cache
 
+from ..limits import GRAMMAR_MAX_SIGNIFICANT
 from .automaton import Dfa, Ranges, dfa, emit, intersect
 from .gbnf import Builder, char_class
 from .regex import anchored
 
-__all__ = ["MAX_SIGNIFICANT", "number_range", "significant_digits"]
+__all__ = ["number_range", "significant_digits"]
 
-MAX_SIGNIFICANT = 15
 _D = "[0-9]"
 _UNSIGNED = "[0-9][0-9.]*"  # any unsigned text; the structure automaton keeps only well-formed ones
 
@@ -92,12 +92,12 @@ def _below(hi: Decimal, strict: bool) -> str:
 
 @lru_cache(maxsize=1)
 def _structure() -> Dfa:
-    """Numbers without exponent, leading zeros or ``-0``, of at most MAX_SIGNIFICANT digits."""
+    """Numbers without exponent, leading zeros or ``-0``, of at most GRAMMAR_MAX_SIGNIFICANT digits."""
     alts = []
-    for k in range(1, MAX_SIGNIFICANT + 1):
-        frac = rf"(\.{_D}{{1,{MAX_SIGNIFICANT - k}}})?" if k < MAX_SIGNIFICANT else ""
+    for k in range(1, GRAMMAR_MAX_SIGNIFICANT + 1):
+        frac = rf"(\.{_D}{{1,{GRAMMAR_MAX_SIGNIFICANT - k}}})?" if k < GRAMMAR_MAX_SIGNIFICANT else ""
         alts.append(f"[1-9]{_D}{{{k - 1}}}{frac}")
-    alts.append(rf"0(\.{_D}{{1,{MAX_SIGNIFICANT - 1}}})?")
+    alts.append(rf"0(\.{_D}{{1,{GRAMMAR_MAX_SIGNIFICANT - 1}}})?")
     shape = dfa(anchored("-?(" + "|".join(f"({a})" for a in alts) + ")"), minimal=False)
     not_minus_zero = dfa(anchored(rf"{_UNSIGNED}|-(0\.0*[1-9][0-9.]*|[1-9][0-9.]*)"), minimal=False)
     return intersect(shape, not_minus_zero)
@@ -124,7 +124,7 @@ def _range_dfa(lo: Decimal | None, lo_open: bool, hi: Decimal | None, hi_open: b
 
 def number_range(b: Builder, lo: Decimal | None, lo_open: bool, hi: Decimal | None, hi_open: bool) -> str | None:
     """A rule for the numbers between the bounds (None: unbounded on that side); None when none fits."""
-    top = Decimal(10) ** MAX_SIGNIFICANT  # what is written has fewer digits: beyond it a bound decides nothing
+    top = Decimal(10) ** GRAMMAR_MAX_SIGNIFICANT  # what is written has fewer digits: beyond it a bound decides nothing
     if (lo is not None and lo >= top) or (hi is not None and hi <= -top):
         return None
     lo = None if lo is not None and lo <= -top else lo

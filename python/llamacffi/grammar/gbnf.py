@@ -5,14 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from ..limits import GRAMMAR_MAX_ALTERNATIVES, GRAMMAR_MAX_WORK
+from ..limits import GRAMMAR_MAX_ALTERNATIVES, GRAMMAR_MAX_COST, GRAMMAR_MAX_REPEAT, GRAMMAR_MAX_WORK
 
 __all__ = ["Builder", "TooLarge", "char_class", "choice", "literal"]
 
-# llama.cpp turns a repetition bound above 2000 into "unbounded" and refuses a lower bound above it.
-MAX_REPEAT = 2000
-# Rules the emitted grammar may cost llama.cpp (its own rules plus the ones repetitions expand to).
-MAX_COST = 20_000
 
 _PLAIN = re.compile(r"[A-Za-z0-9 !#$%&'()*+,./:;<=>?@_`{|}~]")
 
@@ -67,7 +63,7 @@ class Builder:
     """Rules by name, in definition order; identical bodies share one rule.
 
     ``cost`` counts the rules llama.cpp will hold, repetitions expanded, and raises :class:`TooLarge` past
-    ``MAX_COST``.
+    ``GRAMMAR_MAX_COST``.
     """
 
     def __init__(self) -> None:
@@ -104,8 +100,8 @@ class Builder:
 
     def repeat(self, symbol: str, lo: int, hi: int | None) -> str:
         """``symbol`` (one rule name, literal or class) repeated ``lo..hi`` times (``hi=None``: unbounded)."""
-        if lo > MAX_REPEAT or (hi is not None and hi > MAX_REPEAT):
-            raise TooLarge(f"a repetition of {max(lo, hi or 0)} exceeds the limit of {MAX_REPEAT}")
+        if lo > GRAMMAR_MAX_REPEAT or (hi is not None and hi > GRAMMAR_MAX_REPEAT):
+            raise TooLarge(f"a repetition of {max(lo, hi or 0)} exceeds the limit of {GRAMMAR_MAX_REPEAT}")
         if hi is not None and hi < lo:
             raise ValueError("empty repetition")
         self.charge(max(lo, hi if hi is not None else lo + 1))
@@ -132,8 +128,8 @@ class Builder:
 
     def charge(self, n: int) -> None:
         self.cost += n
-        if self.cost > MAX_COST:
-            raise TooLarge(f"the grammar would need more than {MAX_COST} rules")
+        if self.cost > GRAMMAR_MAX_COST:
+            raise TooLarge(f"the grammar would need more than {GRAMMAR_MAX_COST} rules")
 
     def text(self, root: str) -> str:
         """The grammar, ``root ::= <root>`` first, without the rules it does not reach."""

@@ -10,14 +10,13 @@ import json
 from collections.abc import Callable
 
 from ..jsontypes import JSON, JSONObject
+from ..limits import GRAMMAR_MAX_REF_CHAIN
 from .keywords import ANNOTATIONS, array, check_keywords, fail, members, number, pointer, text, type_names
 
 __all__ = ["canonical", "conjoin", "merge_all", "same_value"]
 
 Schema = JSON  # a JSON Schema: an object, or true / false
 Resolve = Callable[[str, str], tuple[Schema, str]]
-
-MAX_REF_CHAIN = 32
 
 _LOWER = ("minimum", "minLength", "minItems")
 _UPPER = ("maximum", "maxLength", "maxItems")
@@ -56,8 +55,8 @@ def conjoin(a: Schema, b: Schema) -> Schema:
 
 def _flatten(schema: Schema, ptr: str, resolve: Resolve, out: list[tuple[JSONObject, str]], depth: int) -> bool:
     """Collect the conjuncts of ``schema`` (its allOf members and $ref targets); False if one is ``false``."""
-    if depth > MAX_REF_CHAIN:
-        raise fail(f"more than {MAX_REF_CHAIN} nested allOf / $ref levels (a reference cycle?)", ptr)
+    if depth > GRAMMAR_MAX_REF_CHAIN:
+        raise fail(f"more than {GRAMMAR_MAX_REF_CHAIN} nested allOf / $ref levels (a reference cycle?)", ptr)
     if schema is True:
         return True
     if schema is False:

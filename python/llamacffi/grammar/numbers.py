@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from ..limits import GRAMMAR_MAX_DIGITS
 from .automaton import Dfa, Ranges, Work, emit, normalize
 from .gbnf import Builder, char_class
-from .primitives import MAX_DIGITS, integer
+from .primitives import integer
 
 __all__ = ["integer_range"]
 
@@ -68,7 +69,7 @@ def _identity(ranges: Ranges) -> list[str]:
 
 
 def integer_range(b: Builder, lo: int | None, hi: int | None) -> str | None:
-    """A rule for the integers in ``[lo, hi]`` (None: unbounded, up to MAX_DIGITS digits); None when empty."""
+    """A rule for the integers in ``[lo, hi]`` (None: unbounded, up to GRAMMAR_MAX_DIGITS digits); None when empty."""
     if lo is None and hi is None:
         return integer(b)
     key = ("int", lo, hi)
@@ -76,7 +77,7 @@ def integer_range(b: Builder, lo: int | None, hi: int | None) -> str | None:
         return b.memo[key]
     if lo is not None and hi is not None and lo > hi:
         return None
-    top = 10 ** max(MAX_DIGITS, len(str(abs(lo or 0))), len(str(abs(hi or 0)))) - 1
+    top = 10 ** max(GRAMMAR_MAX_DIGITS, len(str(abs(lo or 0))), len(str(abs(hi or 0)))) - 1
     lo_ = -top if lo is None else lo
     hi_ = top if hi is None else hi
     pos = _spans(max(lo_, 0), hi_) if hi_ >= 0 else frozenset()

@@ -1,34 +1,32 @@
 """The shared rules: bounded whitespace, and any JSON value, object, array, string and number.
 
-Whitespace between tokens is at most one space, or one line break and up to ``MAX_INDENT`` spaces or tabs, so a
-model cannot spend its tokens on blanks. Numbers have at most ``MAX_DIGITS`` digits in their integer part,
-``MAX_FRACTION`` in their fraction (a float's shortest spelling fits) and three in their exponent, so it cannot
+Whitespace between tokens is at most one space, or one line break and up to ``GRAMMAR_MAX_INDENT`` spaces or tabs, so a
+model cannot spend its tokens on blanks. Numbers have at most ``GRAMMAR_MAX_DIGITS`` digits in their integer part,
+``GRAMMAR_MAX_FRACTION`` in their fraction (a float's shortest spelling fits) and three in their exponent, so it cannot
 spin on digits either.
 """
 
 from __future__ import annotations
 
+from ..limits import GRAMMAR_MAX_DIGITS, GRAMMAR_MAX_FRACTION, GRAMMAR_MAX_INDENT
 from .gbnf import Builder
 
-__all__ = ["MAX_DIGITS", "MAX_INDENT", "any_value", "boolean", "integer", "number", "string", "string_char", "ws"]
+__all__ = ["any_value", "boolean", "integer", "number", "string", "string_char", "ws"]
 
-MAX_INDENT = 16
-MAX_DIGITS = 16
-MAX_FRACTION = 18
 
-_WS = f'| " " | "\\n" [ \\t]{{0,{MAX_INDENT}}}'
+_WS = f'| " " | "\\n" [ \\t]{{0,{GRAMMAR_MAX_INDENT}}}'
 # one character of a JSON string; \\u escapes of UTF-16 surrogates are left out so that every escape is one code
 # point, as lengths count them
 _CHAR = (
     '[^"\\\\\\x00-\\x1F] | "\\\\" (["\\\\/bfnrt] | "u" ([0-9a-cA-Ce-fE-F] [0-9a-fA-F]{3} | [dD] [0-7] [0-9a-fA-F]{2}))'
 )
-_INT_PART = f'("0" | [1-9] [0-9]{{0,{MAX_DIGITS - 1}}})'
+_INT_PART = f'("0" | [1-9] [0-9]{{0,{GRAMMAR_MAX_DIGITS - 1}}})'
 
 
 def ws(b: Builder) -> str:
     if "ws" not in b.memo:
         b.memo["ws"] = b.define(b.name("ws"), _WS)
-        b.charge(MAX_INDENT)
+        b.charge(GRAMMAR_MAX_INDENT)
     return b.memo["ws"]
 
 
@@ -47,16 +45,16 @@ def string(b: Builder) -> str:
 def integer(b: Builder) -> str:
     if "integer" not in b.memo:
         b.memo["integer"] = b.define(b.name("integer"), f'"-"? {_INT_PART}')
-        b.charge(MAX_DIGITS)
+        b.charge(GRAMMAR_MAX_DIGITS)
     return b.memo["integer"]
 
 
 def number(b: Builder) -> str:
     if "number" not in b.memo:
         b.memo["number"] = b.define(
-            b.name("number"), f'"-"? {_INT_PART} ("." [0-9]{{1,{MAX_FRACTION}}})? ([eE] [-+]? [0-9]{{1,3}})?'
+            b.name("number"), f'"-"? {_INT_PART} ("." [0-9]{{1,{GRAMMAR_MAX_FRACTION}}})? ([eE] [-+]? [0-9]{{1,3}})?'
         )
-        b.charge(3 * MAX_DIGITS)
+        b.charge(3 * GRAMMAR_MAX_DIGITS)
     return b.memo["number"]
 
 
