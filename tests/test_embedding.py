@@ -208,12 +208,12 @@ def test_bad_input_gives_clear_errors(smollm2: llamacffi.Model) -> None:
 def test_text_over_the_context_is_refused_or_cut(smollm2: llamacffi.Model) -> None:
     limit = smollm2.n_ctx_train
     too_long = "word " * (limit + 100)
-    with pytest.raises(TextTooLongError, match=rf"text 1 is \d+ tokens, over the {limit} tokens") as info:
+    with pytest.raises(TextTooLongError, match=rf"texts\[1\] is \d+ tokens, over the {limit} tokens") as info:
         smollm2.embed(["short", too_long])
     assert info.value.index == 1 and info.value.n_tokens > limit and info.value.limit == limit
     with Embedder(smollm2, batch_tokens=32, n_threads=THREADS) as e:
         assert e.max_tokens == 32
-        with pytest.raises(TextTooLongError, match="text 0 is"):
+        with pytest.raises(TextTooLongError, match=r"texts\[0\] is"):
             e.embed([too_long])
         cut = e.embed([too_long], truncate=True)
         first = e.embed_tokens([smollm2.vocab.tokenize(too_long, parse_special=True)[:32]])
@@ -319,7 +319,7 @@ def test_service_async_and_errors(service_model) -> None:  # type: ignore[no-unt
         service_model.embed([])
     with pytest.raises(InvalidConfigError, match="must be a str"):
         service_model.embed([b"bytes"])
-    with pytest.raises(ContextOverflowError, match="text 0 is"):
+    with pytest.raises(ContextOverflowError, match=r"texts\[0\] is"):
         service_model.embed(["word " * 300])
     unnormalized = service_model.embed(TEXTS[:2], normalize=False)
     assert np.abs(np.linalg.norm(unnormalized, axis=1) - 1).min() > 0.1
@@ -333,6 +333,84 @@ def test_service_closed(smollm2_path: Path) -> None:
         model.close()
         with pytest.raises(ModelClosedError):
             model.embed(["hello"])
+
+
+# 48 texts of about 30 tokens: one or two per 64-token decode
+LONG_TEXTS = [f"Text {i}: " + " ".join(SENTENCES[(i + k) % len(SENTENCES)] for k in range(3)) for i in range(48)]
+
+
+@pytest.fixture
+def small_steps(smollm2_path: Path):  # type: ignore[no-untyped-def]
+    """A service with an embedding model whose decodes hold 64 tokens, and a text model beside it."""
+    from llamacffi.service import LlamaCppService, LocalBackendConfig, ModelConfig, ModelType
+
+    with LlamaCppService(LocalBackendConfig(threads=THREADS)) as svc:
+        config = ModelConfig(context_size=128, batch_size=64, parallel=1, max_queue=1)
+        embedder = svc.load_model(str(smollm2_path), ModelType.TEXT_EMBEDDING, config)
+        text = svc.load_model(str(smollm2_path), config=ModelConfig(context_size=64, parallel=1))
+        yield embedder, text
+
+
+def test_a_large_request_does_not_hold_up_other_models(small_steps) -> None:  # type: ignore[no-untyped-def]
+    # One engine thread steps every model; a request of many texts is embedded a decode at a time, so a text
+    # model's stream goes on between its steps instead of waiting for all of it.
+    from llamacffi.service import GenerationOptions
+
+    embedder, text = small_steps
+    big = embedder._submit(LONG_TEXTS, True)
+    answer = text.generate("Count: one, two,", GenerationOptions(max_tokens=6, temperature=0, raw=True))
+    assert answer and not big.done(), "the stream waited for the whole embedding request"
+    assert big.result(timeout=300).shape == (len(LONG_TEXTS), embedder.dim)
+    assert embedder.stats["passes"] > len(LONG_TEXTS) // 4  # a decode's worth per step, not the whole request
+    assert cosines(big.result()[:3], embedder.embed(LONG_TEXTS[:3])).min() >= 0.999  # rows in order
+
+
+def test_a_cancelled_request_stops_between_steps(small_steps) -> None:  # type: ignore[no-untyped-def]
+    embedder, _ = small_steps
+
+    async def main() -> int:
+        task = asyncio.ensure_future(embedder.aembed(LONG_TEXTS))
+        while embedder.stats["passes"] == 0:  # under way
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await embedder.aembed(["after"])  # served once the cancelled texts are dropped
+        return int(embedder.stats["passes"])
+
+    assert asyncio.run(main()) < len(LONG_TEXTS) // 4  # the cancelled request's other steps never ran
+
+
+def test_the_queue_of_an_embedding_model_is_bounded(small_steps) -> None:  # type: ignore[no-untyped-def]
+    from llamacffi.service import QueueFullError
+
+    embedder, _ = small_steps  # parallel 1 + max_queue 1
+    first, second = embedder._submit(LONG_TEXTS, True), embedder._submit(LONG_TEXTS[:1], True)
+    with pytest.raises(QueueFullError, match="max_queue"):
+        embedder.embed(["a third"])
+    first.result(timeout=300)
+    second.result(timeout=300)
+    assert embedder.embed(["a third"]).shape == (1, embedder.dim)
+
+
+def test_the_model_config_applies_to_an_embedding_model(smollm2_path: Path) -> None:
+    from llamacffi.service import InvalidConfigError, LlamaCppService, LocalBackendConfig, ModelConfig, ModelType
+
+    with LlamaCppService(LocalBackendConfig(threads=THREADS)) as svc:
+        vectors = [
+            svc.load_model(str(smollm2_path), ModelType.TEXT_EMBEDDING, ModelConfig(flash_attn=fa)).embed(TEXTS[:2])
+            for fa in (False, True)
+        ]  # other kernels: the same vectors, not the same bits
+        assert not np.array_equal(*vectors) and cosines(*vectors).min() >= 0.999
+        past = ModelConfig(
+            context_size=2 * svc.load_model(str(smollm2_path), ModelType.TEXT_EMBEDDING)._model.n_ctx_train
+        )
+        with pytest.warns(RuntimeWarning, match="was trained for; texts may have"):
+            svc.load_model(str(smollm2_path), ModelType.TEXT_EMBEDDING, past).close()
+        with pytest.raises(InvalidConfigError, match="was trained for"):
+            svc.load_model(
+                str(smollm2_path), ModelType.TEXT_EMBEDDING, ModelConfig(**{**past.to_dict(), "strict_context": True})
+            )
 
 
 # ---- the CLI ----------------------------------------------------------------------------------------------------

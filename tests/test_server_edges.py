@@ -118,6 +118,23 @@ def test_a_text_too_long_names_the_field_that_holds_it(client: TestClient) -> No
     ]:
         r = _post(client, path, body)
         assert r.status_code == 400 and r.json()["error"]["param"] == param, (path, r.text)
+        message = r.json()["error"]["message"]  # what a client can do: not a ModelConfig of the service's caller
+        assert message.endswith("; shorten it") and "ModelConfig" not in message, message
+
+
+def test_embedding_usage_counts_the_tokens_embedded(smollm2_path: Any) -> None:
+    # A text cut to the context (truncate_prompt) counts as what was embedded, not as what was sent.
+    with LlamaCppService(LocalBackendConfig(threads=THREADS)) as svc:
+        cut = svc.load_model(
+            str(smollm2_path), ModelType.TEXT_EMBEDDING, ModelConfig(context_size=16, truncate_prompt=True)
+        )
+        with TestClient(create_app({}, embeddings={"cut": cut})) as c:
+            texts = c.post("/v1/embeddings", json={"model": "cut", "input": ["word " * 40, "word"]})
+            ids = c.post("/v1/embeddings", json={"model": "cut", "input": [list(range(1, 41)), [1, 2, 3]]})
+    for r in (texts, ids):
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["prompt_tokens"] == r.json()["usage"]["total_tokens"] <= 16 + 3
+    assert ids.json()["usage"]["prompt_tokens"] == 16 + 3
 
 
 def test_a_fault_of_the_server_is_a_500_in_openai_shape_with_cors_logged_once(

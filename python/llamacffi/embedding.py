@@ -45,7 +45,7 @@ class TextTooLongError(InvalidArgumentError):
     """A text has more tokens than a context holds; ``index``, ``n_tokens`` and ``limit`` say which and by how much."""
 
     def __init__(self, index: int, n_tokens: int, limit: int, hint: str) -> None:
-        super().__init__(f"text {index} is {n_tokens} tokens, over the {limit} tokens a text may have here; {hint}")
+        super().__init__(f"texts[{index}] is {n_tokens} tokens, over the {limit} tokens a text may have here; {hint}")
         self.index = index
         self.n_tokens = n_tokens
         self.limit = limit

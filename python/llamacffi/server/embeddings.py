@@ -71,7 +71,7 @@ async def respond(name: str, model: LlamaCppEmbeddingModel, body: JSONObject) ->
     else:
         tokens = [t for t in inputs if not isinstance(t, str)]
     vectors = await model.aembed_tokens(tokens)
-    n_tokens = sum(len(t) for t in tokens)
+    n_tokens = sum(min(len(t), model.max_text_tokens) for t in tokens)  # as embedded: a longer text is cut
     data: list[JSON] = []
     for i, v in enumerate(np.asarray(vectors, dtype=np.float32)):
         value: JSON = base64.b64encode(v.astype("<f4").tobytes()).decode() if as_base64 else v.tolist()

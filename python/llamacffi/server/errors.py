@@ -57,8 +57,8 @@ def from_service(exc: BaseException, text_param: str = "messages") -> APIError:
     context."""
     if isinstance(exc, APIError):
         return exc
-    if isinstance(exc, ContextOverflowError):
-        return APIError(400, str(exc), param=text_param, code="context_length_exceeded")
+    if isinstance(exc, ContextOverflowError):  # the service's hint is for its own callers, not a client's
+        return APIError(400, f"{exc.reason}; shorten it", param=text_param, code="context_length_exceeded")
     if isinstance(exc, QueueFullError):
         return APIError(429, str(exc), type="rate_limit_exceeded", code="queue_full", headers={"Retry-After": "1"})
     if isinstance(exc, ModelNotFoundError):

@@ -153,7 +153,8 @@ def _encodable(text: str) -> bool:
 class ModelConfig(_Config):
     """Per-model settings. ``context_size``: tokens per request (prompt + output); ``parallel``: requests decoded
     together; ``max_queue``: requests that may wait beyond those. A context above what the model was trained for
-    warns, or raises with ``strict_context``. ``truncate_prompt`` keeps the end of a prompt that does not fit.
+    warns, or raises with ``strict_context``. ``truncate_prompt`` keeps the end of a prompt that does not fit (an
+    embedding model keeps the start of a text, and its end-of-text token).
     ``chat_template``: a llama.cpp template name (``"chatml"``, ``"gemma"``, ...) or template text, instead of the
     model's own. ``flash_attn``: flash attention on or off; None lets llama.cpp choose (on where the backend
     supports it, as on CPU). ``batch_window``: seconds; requests that arrive within it of one another start in one

@@ -26,12 +26,20 @@ class ModelLoadFailedError(InferenceError):
 
 
 class ContextOverflowError(InferenceError, builtins.ValueError):
-    """The prompt does not fit the context; ``prompt_tokens`` and ``context_size`` say by how much, where known."""
+    """The prompt does not fit the context; ``prompt_tokens`` and ``context_size`` say by how much, where known.
+    ``reason`` is what does not fit, the message that and ``hint`` (what a caller of the service can change: a
+    server's client can only shorten its text)."""
 
-    def __init__(self, message: str, *, prompt_tokens: int | None = None, context_size: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, reason: str, *, hint: str = "", prompt_tokens: int | None = None, context_size: int | None = None
+    ) -> None:
+        super().__init__(f"{reason}; {hint}" if hint else reason)
+        self.reason = reason
         self.prompt_tokens = prompt_tokens
         self.context_size = context_size
+
+    def __reduce__(self) -> tuple[object, ...]:  # its fields cross a worker process's pipe too
+        return (type(self), (self.reason,), {**self.__dict__, "args": self.args})
 
 
 class ModelClosedError(InferenceError, builtins.RuntimeError):

@@ -12,8 +12,8 @@ from typing import Any, Protocol, TypedDict, TypeVar
 
 from .. import Model as LlamaModel
 from .. import errors as binding
-from .config import LocalBackendConfig
-from .errors import ModelLoadFailedError, mapped
+from .config import LocalBackendConfig, ModelConfig
+from .errors import InvalidConfigError, ModelLoadFailedError, mapped
 
 T = TypeVar("T")
 
@@ -47,6 +47,19 @@ def load_file(path: Path, backend: LocalBackendConfig) -> LlamaModel:
     """``path`` loaded with the backend's GPU and memory settings; the binding's errors as the service's."""
     with mapped():
         return LlamaModel.load(path, **load_options(backend))
+
+
+def check_context(
+    config: ModelConfig, n_ctx_train: int, file: str, *, effect: str = "output quality may degrade", stacklevel: int = 5
+) -> None:
+    """A context longer than the model was trained for: an error with ``strict_context``, else a warning saying its
+    ``effect``."""
+    if config.context_size <= n_ctx_train:
+        return
+    message = f"ModelConfig.context_size {config.context_size} exceeds the {n_ctx_train} tokens {file} was trained for"
+    if config.strict_context:
+        raise InvalidConfigError(message)
+    warnings.warn(f"{message}; {effect}", RuntimeWarning, stacklevel=stacklevel)
 
 
 def serve(model: LlamaModel, build: Callable[[], T], no_context: str) -> T:

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import threading
-import warnings
 from pathlib import Path
 from typing import Literal, TypeVar, overload
 
@@ -19,7 +18,7 @@ from .config import BackendType, LocalBackendConfig, ModelConfig, ModelType
 from .embedding import LlamaCppEmbeddingModel
 from .errors import InvalidConfigError, ModelClosedError, ModelLoadFailedError, ModelNotFoundError, mapped
 from .interfaces import InferenceService, Model
-from .loaded import Loaded, load_file, load_options, serve
+from .loaded import Loaded, check_context, load_file, load_options, serve
 from .prompts import apply_chat_template
 from .text import LlamaCppTextModel
 
@@ -114,7 +113,7 @@ class LlamaCppService(InferenceService):
         llama_model = load_file(path, self.config)
 
         def build() -> LlamaCppTextModel:
-            _check_context(cfg, llama_model.n_ctx_train, path.name)
+            check_context(cfg, llama_model.n_ctx_train, path.name)
             return LlamaCppTextModel(model_id, llama_model, cfg, self.config.threads)
 
         model = serve(
@@ -140,7 +139,7 @@ class LlamaCppService(InferenceService):
             with mapped():
                 engine = WorkerEngine(WorkerSpec(model_id, path, load, config, bc.threads), bc.rpc_timeout)
             try:
-                _check_context(config, engine.n_ctx_train, path.name)  # a vocab-only model does not know it
+                check_context(config, engine.n_ctx_train, path.name)  # a vocab-only model does not know it
                 model = LlamaCppTextModel(model_id, vocab_model, config, bc.threads, engine=engine)
             except BaseException:
                 engine.close()
@@ -168,13 +167,3 @@ class LlamaCppService(InferenceService):
             self._models.clear()
         for m in models:
             m.close()
-
-
-def _check_context(config: ModelConfig, n_ctx_train: int, file: str) -> None:
-    """A context longer than the model was trained for: an error with ``strict_context``, else a warning."""
-    if config.context_size <= n_ctx_train:
-        return
-    message = f"ModelConfig.context_size {config.context_size} exceeds the {n_ctx_train} tokens {file} was trained for"
-    if config.strict_context:
-        raise InvalidConfigError(message)
-    warnings.warn(message + "; output quality may degrade", RuntimeWarning, stacklevel=5)

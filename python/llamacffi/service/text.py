@@ -130,7 +130,8 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
             if not self.config.truncate_prompt:
                 raise ContextOverflowError(
                     f"the prompt is {len(tokens)} tokens but the context holds {self.config.context_size} per request "
-                    f"(prompt + output); shorten it, raise ModelConfig.context_size, or set truncate_prompt=True",
+                    f"(prompt + output)",
+                    hint="shorten it, raise ModelConfig.context_size, or set truncate_prompt=True",
                     prompt_tokens=len(tokens),
                     context_size=self.config.context_size,
                 )
