@@ -84,7 +84,7 @@ class Work:
     def add(self, n: int) -> None:
         self.steps += n
         if self.steps > GRAMMAR_MAX_WORK:
-            raise TooLarge("the pattern's automaton is too large to build (it is long or highly ambiguous)")
+            raise TooLarge(f"its automaton needs more than {GRAMMAR_MAX_WORK} steps to build (limits.GRAMMAR_MAX_WORK)")
 
 
 def chars(ranges: Iterable[tuple[int, int]]) -> Node:
@@ -105,7 +105,7 @@ class _Nfa:
 
     def state(self) -> int:
         if len(self.eps) >= GRAMMAR_MAX_NFA_STATES:
-            raise TooLarge(f"the pattern needs more than {GRAMMAR_MAX_NFA_STATES} automaton states")
+            raise TooLarge(f"it needs more than {GRAMMAR_MAX_NFA_STATES} automaton states")
         self.eps.append([])
         self.moves.append([])
         return len(self.eps) - 1
@@ -172,7 +172,7 @@ class Dfa:
 
     def add(self, accepting: bool) -> int:
         if len(self.accept) >= GRAMMAR_MAX_DFA_STATES:
-            raise TooLarge(f"the pattern needs more than {GRAMMAR_MAX_DFA_STATES} automaton states")
+            raise TooLarge(f"it needs more than {GRAMMAR_MAX_DFA_STATES} automaton states")
         self.accept.append(accepting)
         self.edges.append([])
         return len(self.accept) - 1

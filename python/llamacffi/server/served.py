@@ -84,6 +84,7 @@ class Server:
     def _served(self, name: object, kind: ModelType) -> tuple[str, Served]:
         names = [n for n in self.names if self.types[n] == kind]
         what = "text" if kind == ModelType.TEXT_TO_TEXT else "embedding"
+        article = "a" if kind == ModelType.TEXT_TO_TEXT else "an"
         if name is None and len(names) == 1:
             name = names[0]
         if name is None:
@@ -102,7 +103,7 @@ class Server:
                 code="model_not_found",
             )
         if self.types[name] != kind:
-            raise invalid(f"{name!r} is not a {what} model", "model", "wrong_model_type")
+            raise invalid(f"{name!r} is not {article} {what} model", "model", "wrong_model_type")
         if not self.ready.is_set():
             raise APIError(
                 503,
