@@ -8,13 +8,11 @@ import re
 import time
 from typing import Any
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import llamacffi
-from llamacffi.errors import GrammarError, InvalidArgumentError
 from llamacffi.grammar import SchemaError, from_json_schema
 from llamacffi.grammar.automaton import Dfa
 from llamacffi.grammar.compiler import Compiler
@@ -25,24 +23,9 @@ from llamacffi.sampling import NativeSampler
 from llamacffi.server import structured
 from llamacffi.server.errors import APIError
 from llamacffi.server.requests import parse_chat
+from test_grammar import accepts
 
 jsonschema = pytest.importorskip("jsonschema")
-
-
-def accepts(vocab: llamacffi.Vocab, gbnf: str, text: str) -> bool:
-    """Whether llama.cpp's grammar takes ``text`` token by token and may end right after it."""
-    with NativeSampler(temperature=0, vocab=vocab, grammar=gbnf) as s:
-        for t in vocab.tokenize(text, add_special=False).tolist():
-            try:
-                s.accept(t)
-            except GrammarError:
-                return False
-        row = np.full(vocab.n_tokens, -np.inf, dtype=np.float32)
-        row[vocab.eos] = 0.0
-        try:
-            return bool(s.sample(row) == vocab.eos)
-        except InvalidArgumentError:
-            return False
 
 
 def is_valid(doc: Any, schema: Any) -> bool:

@@ -60,41 +60,33 @@ class Refused(Exception):
     """A template's own ``raise_exception``: it refuses the messages."""
 
 
-class _Budget:
-    """What one render has spent."""
-
-    __slots__ = ("made", "steps")
-
-    def __init__(self) -> None:
-        self.steps = 0
-        self.made = 0
-
-
-# The budget of the render running in this thread; None while a template compiles (Jinja folds constants then).
-_budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("chat_template_budget", default=None)
+# What the render running in this thread has spent, by kind ("steps", "made"); None while a template compiles (Jinja
+# folds constants then).
+_spent: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar("chat_template_spent", default=None)
+_OVER = {"steps": "takes over {} steps (loop iterations, items walked)", "made": "makes over {} characters in all"}
 
 
 def _refuse(message: str) -> NoReturn:
     raise jinja2.exceptions.SecurityError(message)
 
 
+def _spend(kind: str, n: int, most: int) -> None:
+    spent = _spent.get()
+    if spent is not None:
+        spent[kind] += n
+        if spent[kind] > most:
+            _refuse("the chat template " + _OVER[kind].format(most))
+
+
 def _steps(n: int) -> None:
-    budget = _budget.get()
-    if budget is not None:
-        budget.steps += n
-        if budget.steps > _MAX_STEPS:
-            _refuse(f"the chat template takes over {_MAX_STEPS} steps (loop iterations, items walked)")
+    _spend("steps", n, _MAX_STEPS)
 
 
 def _size(n: int) -> None:
     """Check a string or list of ``n`` items before it is made, and count it."""
     if n > _MAX_CHARS:
         _refuse(f"the chat template makes a string or list of over {_MAX_CHARS} items")
-    budget = _budget.get()
-    if budget is not None:
-        budget.made += n
-        if budget.made > _MAX_MADE:
-            _refuse(f"the chat template makes over {_MAX_MADE} characters in all")
+    _spend("made", n, _MAX_MADE)
 
 
 def _made(value: Any) -> Any:
@@ -312,7 +304,7 @@ def compile_template(template: str) -> jinja2.Template | None:
 def render(compiled: jinja2.Template, **variables: Any) -> str:
     """``compiled`` rendered with ``variables``, within the bounds. Raises :class:`Refused` when the template refuses
     its input, and Jinja's errors (``SecurityError`` past a bound) or Python's when it fails."""
-    token = _budget.set(_Budget())
+    token = _spent.set({"steps": 0, "made": 0})
     try:
         out: list[str] = []
         size = 0
@@ -323,4 +315,4 @@ def render(compiled: jinja2.Template, **variables: Any) -> str:
             out.append(piece)
         return "".join(out)
     finally:
-        _budget.reset(token)
+        _spent.reset(token)
