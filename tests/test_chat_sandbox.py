@@ -65,6 +65,14 @@ def test_loops_are_bounded_in_steps(template: str, few_steps: int) -> None:
         "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
         "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
         "{% set ns = namespace(s=['ab']) %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+        # what grows with the product of two lengths, refused before it is made
+        "{{ ('a' * 10000)|replace('a', 'b' * 10000) }}",
+        "{{ ('a' * 10000).replace('a', 'b' * 10000) }}",
+        "{{ ('a\n' * 10000)|indent('b' * 10000) }}",
+        "{{ ('x' * 10000)|join('y' * 10000) }}",
+        "{{ ('y' * 10000).join('x' * 10000) }}",
+        "{{ ('a\t' * 10000).expandtabs(10000) }}",
+        "{{ [[1, 2, 3]]|tojson(indent=10000000) }}",
     ],
 )
 def test_no_string_list_or_width_past_the_bound(template: str) -> None:
@@ -118,9 +126,9 @@ def test_the_budget_is_per_render(few_steps: int) -> None:
     assert render(template) == "done"
 
 
-def test_apply_template_reports_a_bounded_template_as_unknown(few_steps: int) -> None:
-    # A template that fails as it runs falls back to llama.cpp's matcher, which does not know it either.
-    with pytest.raises(ChatTemplateError):
+def test_apply_template_names_the_bound_a_template_passes(few_steps: int) -> None:
+    # Not llama.cpp's matcher then: for a template it knows, it would format the chat another way.
+    with pytest.raises(ChatTemplateError, match=r"passes a bound of llamacffi\.limits on these messages"):
         apply_template("{% for i in range(100000) %}{% for m in messages %}{% endfor %}{% endfor %}", [("user", "a")])
 
 
@@ -144,6 +152,11 @@ def test_apply_template_reports_a_bounded_template_as_unknown(few_steps: int) ->
         ("{{ messages[1].content|trim|upper }}{{ '-' * 3 }}{{ 'a' ~ 1 ~ [2] }}{{ [1] + [2] }}", "YO---a1[2][1, 2]"),
         ("{% autoescape true %}{{ '<' ~ messages[0].content }}{% endautoescape %}", "&lt;hi"),
         ("{{ 'x'|center(5) }}|{{ 'a\nb'|indent(2) }}|{{ range(3)|list }}|{{ 2 ** 10 }}", "  x  |a\n  b|[0, 1, 2]|1024"),
+        ("{{ '%d'|format(1700000000000) }} {{ '{}'.format(1700000000000) }}", "1700000000000 1700000000000"),
+        (
+            "{{ ', '.join(messages|map(attribute='role')) }}|{{ messages|map(attribute='content')|join('/') }}",
+            "user, assistant|hi/ yo ",
+        ),
     ],
 )
 def test_a_real_template_renders_as_jinja_renders_it(template: str, expected: str) -> None:

@@ -85,7 +85,8 @@ def apply_template(
     ``bos_token`` / ``eos_token``: the text a Jinja template writes for them (leave ``bos_token`` empty when the
     tokenizer adds the BOS token itself, or the prompt starts with two). Raises :class:`InvalidArgumentError` for
     malformed messages, text with a NUL character or a lone surrogate, or messages the template itself refuses
-    (``raise_exception``), and :class:`ChatTemplateError` for a template neither Jinja nor llama.cpp can apply.
+    (``raise_exception``), and :class:`ChatTemplateError` for a template neither Jinja nor llama.cpp can apply, or
+    one that passes the sandbox's bounds on these messages (:mod:`llamacffi.chat_sandbox`).
     """
     if not isinstance(template, str) or not template:
         raise InvalidArgumentError(f"template must be a non-empty str, got {template!r}")
@@ -119,6 +120,10 @@ def _render(
         )
     except chat_sandbox.Refused as exc:
         raise InvalidArgumentError(f"the chat template refuses these messages: {exc}") from None
+    except chat_sandbox.Bounded as exc:  # not llama.cpp's matcher then: it would format the chat another way
+        raise ChatTemplateError(
+            f"the chat template passes a bound of llamacffi.limits on these messages: {exc}"
+        ) from None
     except (
         jinja2.TemplateError,
         TypeError,

@@ -11,7 +11,7 @@ looping for ever (nested ``range`` loops). Here one render may:
 - make at most :data:`limits.CHAT_TEMPLATE_MAX_MADE` characters and items in all that way;
 - turn into text no value whose text would be longer than :data:`limits.CHAT_TEMPLATE_MAX_CHARS`.
 
-A render that asks for more fails with Jinja's ``SecurityError``, as any other forbidden construct does.
+A render that asks for more raises :class:`Bounded` (a Jinja ``SecurityError``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import jinja2.utils
 
 from . import limits
 
-__all__ = ["Refused", "compile_template", "render"]
+__all__ = ["Bounded", "Refused", "compile_template", "render"]
 
 _MAX_STEPS = limits.CHAT_TEMPLATE_MAX_STEPS
 _MAX_CHARS = limits.CHAT_TEMPLATE_MAX_CHARS
@@ -60,6 +60,10 @@ class Refused(Exception):
     """A template's own ``raise_exception``: it refuses the messages."""
 
 
+class Bounded(jinja2.exceptions.SecurityError):
+    """A render passed one of the bounds above."""
+
+
 # What the render running in this thread has spent, by kind ("steps", "made"); None while a template compiles (Jinja
 # folds constants then).
 _spent: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar("chat_template_spent", default=None)
@@ -67,7 +71,7 @@ _OVER = {"steps": "takes over {} steps (loop iterations, items walked)", "made":
 
 
 def _refuse(message: str) -> NoReturn:
-    raise jinja2.exceptions.SecurityError(message)
+    raise Bounded(message)
 
 
 def _spend(kind: str, n: int, most: int) -> None:
@@ -102,11 +106,14 @@ def _numbers(values: Iterable[Any]) -> None:
             _refuse(f"the chat template passes a number over {_MAX_CHARS} to a filter or call")
 
 
-def _measured(value: Any) -> None:
-    """Walk a container that is about to become text. A list that holds another twice by reference, forty times
-    over, is small in memory and a terabyte as text; the walk counts as loop steps, and the text is bounded."""
+def _measured(value: Any) -> int:
+    """Walk a value that is about to become text, and say about how long that text is. A list that holds another
+    twice by reference, forty times over, is small in memory and a terabyte as text; the walk counts as loop steps,
+    and the text is bounded."""
+    if isinstance(value, str):
+        return len(value)
     if not isinstance(value, _Containers):
-        return
+        return 24  # a number's digits, about (their size is bounded where numbers are made)
     size = 0
     stack = [value]
     while stack:
@@ -126,14 +133,14 @@ def _measured(value: Any) -> None:
             size += item.bit_length() // 3  # its decimal digits, about
         if size > _MAX_CHARS:
             _refuse(f"the chat template turns a value of over {_MAX_CHARS} characters into text")
+    return size
 
 
 def _arguments(args: Iterable[Any], kwargs: Mapping[str, Any]) -> None:
-    """The checks on what a filter or call is given: bounded numbers, and containers that can become text."""
-    values = [*args, *kwargs.values()]
-    _numbers(values)
-    for value in values:
-        _measured(value)
+    """The check on what a filter or call is given: containers that can become text."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, _Containers):
+            _measured(value)
 
 
 _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0 +-]*(\*|\d+)?(?:\.(\*|\d+))?")
@@ -149,15 +156,85 @@ def _check_percent(fmt: str, args: Any) -> None:
                 _refuse(f"the chat template formats to a width over {_MAX_CHARS}")
 
 
-def _check_format(fmt: str) -> None:
-    """``fmt.format(...)``: the same, for the format specifications of ``str.format``."""
+def _check_format(fmt: str, given: Iterable[Any]) -> None:
+    """``fmt.format(...)``: the same, for the format specifications of ``str.format`` (``given``: its arguments)."""
     try:
         fields = [spec for _, _, spec, _ in string.Formatter().parse(fmt) if spec]
     except ValueError:
         return  # str.format raises it again, as the template's own error
-    for spec in fields:  # a width given as an argument ({:{}}) was checked with the other arguments
+    for spec in fields:
+        if "{" in spec:  # a width given as an argument ({:{}})
+            _numbers(given)
         if any(int(n) > _MAX_CHARS for n in re.findall(r"\d+", spec)):
             _refuse(f"the chat template formats to a width over {_MAX_CHARS}")
+
+
+def _items(items: Any) -> tuple[list[Any], int]:
+    """``items`` as a list (counted as steps), and the length of their text."""
+    listed = list(items) if isinstance(items, Iterable) else []
+    _steps(len(listed))
+    return listed, sum(_measured(x) for x in listed)
+
+
+def _replaced(s: Any, old: Any, new: Any, count: Any = -1) -> int:
+    if not (isinstance(s, str) and isinstance(old, str) and isinstance(new, str)):
+        return 0
+    times = len(s) // max(len(old), 1) + 1
+    if isinstance(count, int) and count >= 0:
+        times = min(times, count)
+    return len(s) + times * max(len(new) - len(old), 0)
+
+
+def _width(s: Any, width: Any) -> int:
+    return max(len(s) if isinstance(s, str) else 0, width if isinstance(width, int) else 0)
+
+
+def _arg(args: tuple[Any, ...], kwargs: Mapping[str, Any], i: int, name: str, default: Any = None) -> Any:
+    return args[i] if len(args) > i else kwargs.get(name, default)
+
+
+# What a string method or a filter that can make a much longer text than it is given makes at most, known before it
+# runs: (its value or string, its arguments, its keyword arguments) -> characters or items.
+_Estimate = Callable[[Any, tuple[Any, ...], Mapping[str, Any]], int]
+_METHODS: dict[str, _Estimate] = {
+    "replace": lambda s, a, k: _replaced(s, _arg(a, k, 0, "old"), _arg(a, k, 1, "new"), _arg(a, k, 2, "count", -1)),
+    "center": lambda s, a, k: _width(s, _arg(a, k, 0, "width")),
+    "ljust": lambda s, a, k: _width(s, _arg(a, k, 0, "width")),
+    "rjust": lambda s, a, k: _width(s, _arg(a, k, 0, "width")),
+    "zfill": lambda s, a, k: _width(s, _arg(a, k, 0, "width")),
+    "expandtabs": lambda s, a, k: len(s) * max(_arg(a, k, 0, "tabsize", 8), 1),
+}
+_FILTERS: dict[str, _Estimate] = {
+    "replace": lambda v, a, k: _replaced(v, _arg(a, k, 0, "old"), _arg(a, k, 1, "new"), _arg(a, k, 2, "count", -1)),
+    "center": lambda v, a, k: _width(v, _arg(a, k, 0, "width", 80)),
+    "indent": lambda v, a, k: _indented(v, _arg(a, k, 0, "width", 4)),
+    "wordwrap": lambda v, a, k: (
+        len(v) * (1 + len(_arg(a, k, 2, "wrapstring", None) or "\n")) if isinstance(v, str) else 0
+    ),
+    "batch": lambda v, a, k: _arg(a, k, 0, "linecount", 0),
+    "slice": lambda v, a, k: _arg(a, k, 0, "slices", 0),
+    "tojson": lambda v, a, k: (_arg(a, k, 0, "indent", 0) or 0) * (_measured(v) + 1),
+}
+
+
+def _indented(s: Any, width: Any) -> int:
+    if not isinstance(s, str):
+        return 0
+    pad = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
+    return len(s) + (s.count("\n") + 1) * pad
+
+
+def _estimated(
+    table: dict[str, _Estimate], name: str, value: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> None:
+    estimate = table.get(name)
+    if estimate is not None:
+        try:
+            n = estimate(value, args, kwargs)
+        except TypeError:
+            return  # arguments of the wrong kind: the call itself says so
+        if isinstance(n, int) and n > 0:
+            _size(n)
 
 
 def _bounded_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
@@ -168,10 +245,16 @@ def _bounded_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(f)
     def bounded(*args: Any, **kwargs: Any) -> Any:
         value, rest = args[skip - 1 : skip], args[skip:]
-        if name == "format" and value and isinstance(value[0], str):
+        if name == "join" and value:  # its items' text and separators, known before it is made
+            items, length = _items(value[0])
+            _size(length + len(str(_arg(rest, kwargs, 0, "d", ""))) * len(items))
+            args = (*args[: skip - 1], items, *rest)
+        elif name == "format" and value and isinstance(value[0], str):
             _check_percent(value[0], tuple(rest) or kwargs)
-        if not structural and value:
+        elif not structural and value:
             _measured(value[0])
+        if value:
+            _estimated(_FILTERS, name, value[0], rest, kwargs)
         _arguments(rest, kwargs)
         return _made(f(*args, **kwargs))
 
@@ -278,8 +361,9 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
 
         @functools.wraps(wrapped)
         def checked(*args: Any, **kwargs: Any) -> str:
-            _arguments(args, args[0] if is_map and len(args) == 1 and isinstance(args[0], Mapping) else kwargs)
-            _check_format(fmt)
+            named = args[0] if is_map and len(args) == 1 and isinstance(args[0], Mapping) else kwargs
+            _arguments(args, named)
+            _check_format(fmt, [*args, *named.values()])
             return str(_made(wrapped(*args, **kwargs)))
 
         checked.checks_itself = True  # type: ignore[attr-defined]
@@ -289,6 +373,17 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
         checked_elsewhere = __obj is _Sandbox.counted or getattr(__obj, "checks_itself", False)
         if not checked_elsewhere and not any(__obj is kind for kind in _STORING):
             _arguments(args, kwargs)
+            owner = getattr(__obj, "__self__", None)
+            name = getattr(__obj, "__name__", "")
+            if isinstance(owner, str) and name == "join" and len(args) == 1:  # sep.join(items)
+                items, length = _items(args[0])
+                _size(length + len(owner) * len(items))
+                args = (items,)
+            elif isinstance(owner, str):
+                _estimated(_METHODS, name, owner, args, kwargs)
+            elif __obj is jinja2.utils.generate_lorem_ipsum:  # lipsum(n): n paragraphs of up to 100 words
+                paragraphs = _arg(args, kwargs, 0, "n", 5)
+                _size(1000 * paragraphs if isinstance(paragraphs, int) else 0)
         return _made(super().call(__context, __obj, *args, **kwargs))
 
 
