@@ -485,3 +485,9 @@ def test_tool_parameters_share_one_budget() -> None:
     with pytest.raises(APIError) as e:
         structured.parse_tools(many, "auto")
     assert e.value.status == 400
+
+
+@pytest.mark.parametrize(("pattern", "text"), [("^a{00005}$", "aaaaa"), ("^a{0002,0003}$", "aaa")])
+def test_counts_with_leading_zeros_are_their_numbers(pattern: str, text: str) -> None:
+    d = pattern_dfa(pattern)
+    assert dfa_matches(d, text) and not dfa_matches(d, text + "a")

@@ -57,6 +57,7 @@ GRAMMAR_MAX_WORK = 1_000_000
 GRAMMAR_MAX_NFA_STATES = 20_000
 GRAMMAR_MAX_DFA_STATES = 2_000
 GRAMMAR_MAX_REPEAT = 2000
+GRAMMAR_MAX_PATTERN_COUNT = 1000  # a pattern's {m,n}
 GRAMMAR_MAX_COST = 20_000
 GRAMMAR_MAX_REF_CHAIN = 32
 # Integer bounds of a schema are refused from this many digits on (no grammar could enforce them, and Python cannot

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import re
 
+from ..limits import GRAMMAR_MAX_PATTERN_COUNT
 from .automaton import ANY, Node, Ranges, chars, negate, normalize
 
 __all__ = ["PatternError", "parse"]
-
-MAX_COUNT = 1000
 
 
 class PatternError(ValueError):
@@ -232,15 +231,16 @@ class _Parser:
                 return atom  # "{}" is text to both
             if not lo_text:
                 raise self.fail("'{,' is a quantifier to Python's re and text to ECMA-262 (write \\{ for a brace)")
-            if len(lo_text) > len(str(MAX_COUNT)) or len(hi_text or "") > len(str(MAX_COUNT)):
-                raise self.fail(f"repetition counts above {MAX_COUNT} are not supported")  # before int() reads them
+            lo_text, hi_text = lo_text.lstrip("0") or "0", hi_text and (hi_text.lstrip("0") or "0")
+            if max(len(lo_text), len(hi_text or "")) > len(str(GRAMMAR_MAX_PATTERN_COUNT)):  # before int() reads them
+                raise self.fail(f"repetition counts above {GRAMMAR_MAX_PATTERN_COUNT} are not supported")
             lo = int(lo_text)
             hi = lo if not comma else (int(hi_text) if hi_text else None)
             close = m.end() - 1
             if hi is not None and hi < lo:
                 raise self.fail(f"{{{lo},{hi}}} has its bounds reversed")
-            if max(lo, hi or 0) > MAX_COUNT:
-                raise self.fail(f"repetition counts above {MAX_COUNT} are not supported")
+            if max(lo, hi or 0) > GRAMMAR_MAX_PATTERN_COUNT:
+                raise self.fail(f"repetition counts above {GRAMMAR_MAX_PATTERN_COUNT} are not supported")
             self.i = close
         else:
             return atom
