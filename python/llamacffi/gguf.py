@@ -72,8 +72,9 @@ class _Reader:
         self.pos = pos
         return out if keep else None
 
-    def value(self, vtype: int, keep: bool) -> Value:
-        """The value (or None when not ``keep``); arrays give (element type, count, strings or None)."""
+    def value(self, vtype: int, keep: bool, numbers: bool = False) -> Value:
+        """The value (or None when not ``keep``); arrays give (element type, count, their strings, or their numbers
+        with ``numbers``, else None): a vocabulary's scores are only counted."""
         if vtype in _SCALARS:
             fmt = _SCALARS[vtype]
             start = self.take(struct.calcsize(fmt))
@@ -88,8 +89,8 @@ class _Reader:
             if etype in _SCALARS:
                 fmt = _SCALARS[etype]
                 start = self.take(count * struct.calcsize(fmt))
-                numbers = list(struct.unpack_from(f"<{count}{fmt[1]}", self.buf, start)) if keep else None
-                return etype, count, numbers
+                kept = list(struct.unpack_from(f"<{count}{fmt[1]}", self.buf, start)) if keep and numbers else None
+                return etype, count, kept
             if etype == _STRING:
                 return etype, count, self._strings(count, keep)
             raise self.fail(f"an array of unknown value type {etype}")
@@ -120,9 +121,10 @@ def check_file(path: Path) -> None:
         raise ModelLoadError(f"not a GGUF file (magic {head!r}, expected {MAGIC!r}): {path}")
 
 
-def read_metadata(path: Path, wanted: set[str]) -> dict[str, Value]:
+def read_metadata(path: Path, wanted: set[str], numbers: frozenset[str] = frozenset()) -> dict[str, Value]:
     """The values of the ``wanted`` keys found in the metadata; ``{arch}.`` in a wanted key stands for the
-    ``general.architecture`` value, wherever that key sits in the file."""
+    ``general.architecture`` value, wherever that key sits in the file. Arrays of numbers keep their numbers only
+    for the keys (by their suffix after the architecture) in ``numbers``."""
     suffixes = {w[len("{arch}") :] for w in wanted if w.startswith("{arch}.")}
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         r = _Reader(buf, path)
@@ -139,7 +141,7 @@ def read_metadata(path: Path, wanted: set[str]) -> dict[str, Value]:
             vtype = r.u32()
             dot = key.find(".")
             keep = key in wanted or key == "general.architecture" or (dot > 0 and key[dot:] in suffixes)
-            value = r.value(vtype, keep)
+            value = r.value(vtype, keep, keep and dot > 0 and key[dot:] in numbers)
             if keep:
                 found[key] = value
         arch = found.get("general.architecture")
@@ -170,6 +172,7 @@ def check(path: Path, vocab_only: bool = False) -> None:
             "tokenizer.ggml.scores",
             "tokenizer.ggml.token_type",
         },
+        numbers=frozenset({".expert_used_count"}),
     )
     if not vocab_only:
         _check_layers(path, meta)
