@@ -159,7 +159,9 @@ class WorkerEngine:
         if not self._send_lock.acquire(timeout=CLOSE_GRACE_S):
             return False
         try:
-            if not select.select([], [self._conn], [], 0)[1]:
+            writable = select.poll()  # not select.select: it refuses descriptors from 1024 on
+            writable.register(self._conn.fileno(), select.POLLOUT)
+            if not writable.poll(0):
                 return False
             self._conn.send(msg)
             return True
