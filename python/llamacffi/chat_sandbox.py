@@ -196,17 +196,24 @@ def _arg(args: tuple[Any, ...], kwargs: Mapping[str, Any], i: int, name: str, de
 # What a string method or a filter that can make a much longer text than it is given makes at most, known before it
 # runs: (its value or string, its arguments, its keyword arguments) -> characters or items.
 _Estimate = Callable[[Any, tuple[Any, ...], Mapping[str, Any]], int]
+
+
+def _replace_size(s: Any, a: tuple[Any, ...], k: Mapping[str, Any]) -> int:
+    return _replaced(s, _arg(a, k, 0, "old"), _arg(a, k, 1, "new"), _arg(a, k, 2, "count", -1))
+
+
+def _padded_size(s: Any, a: tuple[Any, ...], k: Mapping[str, Any]) -> int:
+    return _width(s, _arg(a, k, 0, "width", 80))
+
+
 _METHODS: dict[str, _Estimate] = {
-    "replace": lambda s, a, k: _replaced(s, _arg(a, k, 0, "old"), _arg(a, k, 1, "new"), _arg(a, k, 2, "count", -1)),
-    "center": lambda s, a, k: _width(s, _arg(a, k, 0, "width")),
-    "ljust": lambda s, a, k: _width(s, _arg(a, k, 0, "width")),
-    "rjust": lambda s, a, k: _width(s, _arg(a, k, 0, "width")),
-    "zfill": lambda s, a, k: _width(s, _arg(a, k, 0, "width")),
+    "replace": _replace_size,
+    **dict.fromkeys(("center", "ljust", "rjust", "zfill"), _padded_size),
     "expandtabs": lambda s, a, k: len(s) * max(_arg(a, k, 0, "tabsize", 8), 1),
 }
 _FILTERS: dict[str, _Estimate] = {
-    "replace": lambda v, a, k: _replaced(v, _arg(a, k, 0, "old"), _arg(a, k, 1, "new"), _arg(a, k, 2, "count", -1)),
-    "center": lambda v, a, k: _width(v, _arg(a, k, 0, "width", 80)),
+    "replace": _replace_size,
+    "center": _padded_size,
     "indent": lambda v, a, k: _indented(v, _arg(a, k, 0, "width", 4)),
     "wordwrap": lambda v, a, k: (
         len(v) * (1 + len(_arg(a, k, 2, "wrapstring", None) or "\n")) if isinstance(v, str) else 0
