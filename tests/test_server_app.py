@@ -135,3 +135,25 @@ def test_health_reports_a_model_whose_worker_process_ended(loaded: Any) -> None:
     finally:
         svc.close()
         server.kill()
+
+
+def test_a_service_error_names_the_request_field(loaded: Any) -> None:
+    with TestClient(create_app({"smol": loaded})) as client:
+        r = client.post(
+            "/v1/chat/completions", json={"model": "smol", "messages": QUESTION, "logit_bias": {"999999": 5}}
+        )
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "logit_bias" and "not in the vocabulary" in r.json()["error"]["message"]
+
+
+def test_service_fields_map_to_request_params() -> None:
+    from llamacffi.server.errors import from_service
+    from llamacffi.service import InvalidConfigError
+
+    def param(field: str | None) -> object:
+        return from_service(InvalidConfigError("bad", field=field)).param
+
+    assert param("GenerationOptions.top_k") == "top_k" and param("n") == "n"
+    assert param("GenerationOptions.json_schema") == "response_format"
+    assert param("GenerationOptions.stop_sequences") == "stop"
+    assert param("ModelConfig.context_size") is None and param(None) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -89,8 +90,11 @@ def smol(service: LlamaCppService) -> LlamaCppTextModel:
     ],
 )
 def test_config_validation_names_the_field(cls: type, kw: dict[str, object], field: str) -> None:
-    with pytest.raises(InvalidConfigError, match=field):
+    with pytest.raises(InvalidConfigError, match=field) as caught:
         cls(**kw)
+    assert caught.value.field == f"{cls.__name__}.{field}"
+    copy = pickle.loads(pickle.dumps(caught.value))  # as it crosses a worker's pipe
+    assert (type(copy), str(copy), copy.field) == (InvalidConfigError, str(caught.value), caught.value.field)
     with pytest.raises(ValueError):
         cls(**kw)
 

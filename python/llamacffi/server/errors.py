@@ -46,6 +46,17 @@ class APIError(Exception):
         return json.dumps(self.body()).encode()
 
 
+# A service field at fault -> the request field a client sets it with (the same name unless listed).
+_PARAMS = {"GenerationOptions.json_schema": "response_format", "GenerationOptions.stop_sequences": "stop"}
+
+
+def _param(field: str | None) -> str | None:
+    if field is None or field in _PARAMS:
+        return _PARAMS.get(field or "")
+    owner, _, name = field.rpartition(".")
+    return name if owner in ("", "GenerationOptions") else None
+
+
 def invalid(message: str, param: str | None = None, code: str | None = None) -> APIError:
     """400: the request is malformed or a value is out of range."""
     return APIError(400, message, param=param, code=code)
@@ -64,7 +75,7 @@ def from_service(exc: BaseException, text_param: str = "messages") -> APIError:
     if isinstance(exc, ModelNotFoundError):
         return APIError(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, InvalidConfigError):
-        return APIError(400, str(exc))
+        return APIError(400, str(exc), param=_param(exc.field))
     if isinstance(exc, ModelClosedError):
         return APIError(503, str(exc), type="server_error", code="unavailable")
     if isinstance(exc, InferenceError):

@@ -24,7 +24,7 @@ class ModelType(str, enum.Enum):
 
 
 def _fail(cls: type, field: str, why: str, value: object) -> InvalidConfigError:
-    return InvalidConfigError(f"{cls.__name__}.{field}: {why} (got {value!r})")
+    return InvalidConfigError(f"{cls.__name__}.{field}: {why} (got {value!r})", field=f"{cls.__name__}.{field}")
 
 
 class _Config:
@@ -277,7 +277,9 @@ class GenerationOptions(_Config):
             try:
                 from_json_schema(self.json_schema)
             except SchemaError as exc:
-                raise InvalidConfigError(f"GenerationOptions.json_schema: {exc}") from exc
+                raise InvalidConfigError(
+                    f"GenerationOptions.json_schema: {exc}", field="GenerationOptions.json_schema"
+                ) from exc
 
     def grammar_text(self) -> str | None:
         """The GBNF text constraining the output: ``grammar``, or ``json_schema`` compiled (cached); None if free."""

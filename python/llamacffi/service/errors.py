@@ -14,7 +14,16 @@ class InferenceError(Exception):
 
 
 class InvalidConfigError(InferenceError, builtins.ValueError):
-    """A configuration or option value is invalid; the message names the field."""
+    """A configuration or option value is invalid; the message names the field. ``field`` is that field as
+    ``Class.name`` (``"GenerationOptions.top_k"``), or the argument's name (``"n"``), where one is at fault, else
+    None."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def __reduce__(self) -> tuple[object, ...]:  # crosses a worker process's pipe with its field
+        return (type(self), (str(self),), {**self.__dict__, "args": self.args})
 
 
 class ModelNotFoundError(InferenceError, builtins.LookupError):

@@ -40,7 +40,9 @@ class LlamaCppService(InferenceService):
             try:
                 backend.numa_init(strategy)
             except ValueError as exc:
-                raise InvalidConfigError(f"LlamaCppSpecificConfig.numa_strategy: {exc}") from None
+                raise InvalidConfigError(
+                    f"LlamaCppSpecificConfig.numa_strategy: {exc}", field="LlamaCppSpecificConfig.numa_strategy"
+                ) from None
         backend.ensure_backend()
         self._models: list[Loaded] = []
         self._closed = False
@@ -94,7 +96,8 @@ class LlamaCppService(InferenceService):
             if self.config.rpc_servers:
                 raise InvalidConfigError(
                     "LocalBackendConfig.rpc_servers: embedding models run in this process only; load them with a "
-                    "service without rpc_servers"
+                    "service without rpc_servers",
+                    field="LocalBackendConfig.rpc_servers",
                 )
             if config is not None and not isinstance(config, ModelConfig):
                 raise InvalidConfigError("config must be a ModelConfig")

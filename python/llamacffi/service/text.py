@@ -62,7 +62,7 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
     def format_prompt(self, prompt: str, options: GenerationOptions) -> str:
         """The text the model sees: the chat template applied to ``system`` and ``prompt`` unless ``raw``."""
         if not isinstance(prompt, str):
-            raise InvalidConfigError(f"prompt must be a str, not {type(prompt).__name__}")
+            raise InvalidConfigError(f"prompt must be a str, not {type(prompt).__name__}", field="prompt")
         self._check_open()
         if options.raw or not self._templated:
             return prompt if options.system is None or options.raw else f"{options.system}\n\n{prompt}"
@@ -100,7 +100,7 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
         self._check_open()
         options = DEFAULT_OPTIONS if options is None else options
         if not isinstance(options, GenerationOptions):
-            raise InvalidConfigError("options must be a GenerationOptions")
+            raise InvalidConfigError("options must be a GenerationOptions", field="options")
         return options
 
     def _request(self, prompt: str, options: GenerationOptions | None, sink: Sink) -> Request:
@@ -117,7 +117,7 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
         checked against the vocabulary. :class:`ContextOverflowError` when they do not fit a request's context,
         unless ``truncate_prompt`` keeps their end."""
         if isinstance(prompt, (bytes, bytearray, memoryview)):  # not token ids, though it iterates as ints
-            raise InvalidConfigError("prompt must be a str or token ids, not bytes: decode it first")
+            raise InvalidConfigError("prompt must be a str or token ids, not bytes: decode it first", field="prompt")
         with mapped():
             if isinstance(prompt, str):
                 tokens = self._vocab.tokenize(prompt, add_special=True, parse_special=not options.raw)
@@ -151,7 +151,8 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
         if bias and max(bias) >= self._vocab.n_tokens:
             raise InvalidConfigError(
                 f"GenerationOptions.logit_bias: token {max(bias)} is not in the vocabulary of "
-                f"{self._vocab.n_tokens} tokens"
+                f"{self._vocab.n_tokens} tokens",
+                field="GenerationOptions.logit_bias",
             )
         with mapped():
             return Request(
@@ -186,11 +187,11 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
         token reports (0..20). Raises here, before anything runs, for a full queue or a prompt that does not fit."""
         opts = self._options(options)
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128:
-            raise InvalidConfigError(f"n must be an int in 1..128 (got {n!r})")
+            raise InvalidConfigError(f"n must be an int in 1..128 (got {n!r})", field="n")
         if logprobs is not None and (
             not isinstance(logprobs, int) or isinstance(logprobs, bool) or not 0 <= logprobs <= 20
         ):
-            raise InvalidConfigError(f"logprobs must be None or an int in 0..20 (got {logprobs!r})")
+            raise InvalidConfigError(f"logprobs must be None or an int in 0..20 (got {logprobs!r})", field="logprobs")
         tokens = self.tokenize_prompt(prompt, opts)
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
