@@ -139,6 +139,10 @@ def test_bad_token_ids(model: llamacffi.Model) -> None:
         v.detokenize(np.array([2**40], dtype=np.int64))
     with pytest.raises(TypeError):
         v.token_to_piece("a")  # type: ignore[arg-type]
+    for unordered in ({1: 0, 2: 0}, {1, 2}, b"\x01\x02", bytearray(b"\x01"), "12"):  # iterable, but not ids in order
+        with pytest.raises(InvalidTokenError, match="1-D sequence of int ids, not a"):
+            v.detokenize(unordered)  # type: ignore[arg-type]
+    assert v.detokenize(iter([1, 2])) == v.detokenize([1, 2])
 
 
 def test_bad_text(model: llamacffi.Model) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Set
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +22,8 @@ def as_tokens(tokens: Iterable[int] | npt.ArrayLike, n_vocab: int) -> TokenArray
     if isinstance(tokens, np.ndarray) and tokens.dtype == np.int32 and tokens.flags.c_contiguous:
         raw: np.ndarray = tokens
     else:
+        if isinstance(tokens, (str, bytes, bytearray, memoryview, Mapping, Set)):  # iterable, but not ids in order
+            raise InvalidTokenError(f"tokens must be a 1-D sequence of int ids, not a {type(tokens).__name__}")
         try:
             seq = tokens if isinstance(tokens, (np.ndarray, list, tuple)) else list(tokens)  # type: ignore[arg-type]
             raw = np.asarray(seq)
