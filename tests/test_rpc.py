@@ -759,3 +759,43 @@ def test_a_worker_decoding_a_prompt_longer_than_rpc_timeout_is_not_a_stall(smoll
     finally:
         svc.close()
         server.kill()
+
+
+# ---- workers without RPC servers: the pipe and the process, not the network ---------------------------------------
+
+
+def _workers(svc: LlamaCppService, path: Path, n: int) -> list[llamacffi.service.LlamaCppTextModel]:
+    """``n`` models of ``svc``, each in a worker process of its own, on this machine's CPU: an RPC server serves one
+    process at a time, and what these tests look at is the worker, not the network."""
+    return [svc._load_in_worker("smol", path, ModelConfig(context_size=256, parallel=1)) for _ in range(n)]
+
+
+def test_closing_a_worker_whose_pipe_is_descriptor_1024_or_more_lets_it_end_by_itself(smollm2_path: Path) -> None:
+    """close() asks the worker to end through its pipe when the pipe's descriptor is 1024 or more (select() refuses
+    those): the worker exits by itself, with status 0, rather than being killed."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1100:
+        pytest.skip(f"RLIMIT_NOFILE's hard limit is {hard}: no descriptor from 1024 on can be opened here")
+    if soft != resource.RLIM_INFINITY and soft < 1100:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1100, hard))
+    spare: list[int] = []
+    svc = LlamaCppService(LocalBackendConfig(threads=1))
+    try:
+        while not spare or spare[-1] < 1023:  # every descriptor below 1024 taken: the pipe's come after
+            spare.append(os.open(os.devnull, os.O_RDONLY))
+        (model,) = _workers(svc, smollm2_path, 1)
+        for fd in spare:
+            os.close(fd)
+        spare.clear()
+        engine = model._engine
+        assert engine._conn.fileno() >= 1024  # type: ignore[attr-defined]
+        model.close()
+        assert engine._process.returncode == 0  # type: ignore[attr-defined]
+    finally:
+        for fd in spare:
+            os.close(fd)
+        svc.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
