@@ -236,11 +236,12 @@ def test_errors_name_the_flags(args: tuple[str, ...], says: str) -> None:
 def test_errors_name_the_truncating_flag_where_there_is_one(smollm2_path: Path, tmp_path: Path) -> None:
     line = one_line_error(run("generate", "-c", "16", "-n", "4", "hello there, how are you today?"))
     assert "raise --ctx-size" in line and "truncate" not in line  # generate has no flag that truncates
-    long = tmp_path / "long.txt"
-    long.write_text("word " * 9000)  # beyond the 8,192 tokens SmolLM2 was trained for
+    long = tmp_path / "long.txt"  # its 4th line is beyond the 8,192 tokens SmolLM2 was trained for
+    long.write_bytes("first\n\nsecond\u2028half\fmore\r\n".encode() + b"word " * 9000 + b"\n")
     line = one_line_error(run("embed", "-t", "2", "--file", str(long)))
-    assert "pass --truncate" in line
-    assert run("embed", "-t", "2", "--truncate", "--file", str(long)).returncode == 0
+    assert f"line 4 of {long} is " in line and "pass --truncate" in line  # the file's line, not texts[2]
+    out = run("embed", "-t", "2", "--truncate", "--file", str(long))
+    assert out.returncode == 0 and len(json.loads(out.stdout)["data"]) == 3  # lines end only at line ends
 
 
 def test_grammar_and_json_schema_files(smollm2_path: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 from . import cli_args, models
@@ -41,8 +42,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     cli_args.add_compute(e, huge_pages=False)
 
 
-def read_texts(args: argparse.Namespace) -> list[str]:
-    """The TEXT arguments, or the non-blank lines of --file; blank or non-UTF-8 input is refused by name."""
+def read_texts(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The TEXT arguments, or the non-blank lines of --file, and what each is called in errors (``TEXT 2``, ``line
+    7 of FILE``); blank or non-UTF-8 input is refused by name."""
     if args.file is not None and args.texts:
         raise ValueError("give texts as arguments or with --file, not both")
     if args.file is None:
@@ -52,20 +54,22 @@ def read_texts(args: argparse.Namespace) -> list[str]:
             if not text.strip():
                 raise ValueError(f"TEXT {i} is empty: nothing to embed")
             cli_args.check_utf8(f"TEXT {i}", text)
-        return list(args.texts)
+        return list(args.texts), [f"TEXT {i}" for i in range(1, len(args.texts) + 1)]
     if args.file == "-":
         if sys.stdin is None:
             raise OSError("standard input is closed: --file - reads the texts there")
         try:
-            lines = sys.stdin.buffer.read().decode("utf-8").splitlines()
+            text = sys.stdin.buffer.read().decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ValueError(f"--file -: {cli_args.not_utf8(exc)}") from None
     else:
-        lines = cli_args.read_text("--file", args.file).splitlines()
-    texts = [line for line in lines if line.strip()]
-    if not texts:
-        raise ValueError(f"{args.file} holds no text to embed")
-    return texts
+        text = cli_args.read_text("--file", args.file)
+    source = "standard input" if args.file == "-" else args.file
+    # Lines end where an editor's do (\n, \r\n, \r): str.splitlines would also split a text at U+2028 or \f.
+    numbered = [(n, line) for n, line in enumerate(re.split("\r\n|\r|\n", text), 1) if line.strip()]
+    if not numbered:
+        raise ValueError(f"{source} holds no text to embed")
+    return [line for _, line in numbered], [f"line {n} of {source}" for n, _ in numbered]
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -77,7 +81,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise ValueError("--format npy writes one vector per text; use --format json with --pooling none")
     if args.format == "npy" and sys.stdout.isatty():
         raise ValueError("--format npy writes binary data: redirect it to a file or a pipe")
-    texts = read_texts(args)
+    texts, names = read_texts(args)
     path = models.fetch(args.model, progress=True) if args.model in models.KNOWN else None
     if path is None:
         from .service import LlamaCppService
@@ -86,15 +90,18 @@ def cmd_embed(args: argparse.Namespace) -> int:
     with cli_args.log_held():
         model = Model.load(path, n_gpu_layers=args.gpu_layers)
     with model:
-        vectors = embedding.embed(
-            model,
-            texts,
-            pooling=args.pooling,
-            normalize=not args.no_normalize,
-            batch_tokens=args.batch_tokens,
-            truncate=args.truncate,
-            n_threads=args.threads,
-        )
+        try:
+            vectors = embedding.embed(
+                model,
+                texts,
+                pooling=args.pooling,
+                normalize=not args.no_normalize,
+                batch_tokens=args.batch_tokens,
+                truncate=args.truncate,
+                n_threads=args.threads,
+            )
+        except embedding.TextError as exc:  # named as the user gave it, not by its place among the kept texts
+            raise ValueError(f"{names[exc.index]} {exc.reason}") from None
     if args.format == "npy":
         assert isinstance(vectors, np.ndarray)
         np.save(sys.stdout.buffer, vectors, allow_pickle=False)

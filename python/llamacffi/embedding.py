@@ -41,12 +41,21 @@ class Pooling(enum.IntEnum):
     RANK = lib.LLAMA_POOLING_TYPE_RANK  # a reranker's classification head: n_cls_out scores per text
 
 
-class TextTooLongError(InvalidArgumentError):
+class TextError(InvalidArgumentError):
+    """One text of a list cannot be embedded: ``index`` says which, ``reason`` why (the message is
+    ``texts[index] reason``), so a caller that took the texts from elsewhere can name them its own way."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"texts[{index}] {reason}")
+        self.index = index
+        self.reason = reason
+
+
+class TextTooLongError(TextError):
     """A text has more tokens than a context holds; ``index``, ``n_tokens`` and ``limit`` say which and by how much."""
 
     def __init__(self, index: int, n_tokens: int, limit: int, hint: str) -> None:
-        super().__init__(f"texts[{index}] is {n_tokens} tokens, over the {limit} tokens a text may have here; {hint}")
-        self.index = index
+        super().__init__(index, f"is {n_tokens} tokens, over the {limit} tokens a text may have here; {hint}")
         self.n_tokens = n_tokens
         self.limit = limit
 
@@ -115,7 +124,7 @@ def check_texts(texts: object) -> list[str]:
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] must be a str, not {type(text).__name__}")
         if not text:
-            raise InvalidArgumentError(f"texts[{i}] is an empty string, which has nothing to embed")
+            raise TextError(i, "is an empty string, which has nothing to embed")
     return list(texts)
 
 
@@ -126,7 +135,7 @@ def tokenize(model: Model, texts: Sequence[str]) -> list[TokenArray]:
     for i, text in enumerate(check_texts(texts)):
         tokens = vocab.tokenize(text, add_special=True, parse_special=True)
         if len(tokens) == 0:
-            raise InvalidArgumentError(f"texts[{i}] gives no tokens, which has nothing to embed")
+            raise TextError(i, "gives no tokens, which has nothing to embed")
         out.append(tokens)
     return out
 
