@@ -799,3 +799,33 @@ def test_closing_a_worker_whose_pipe_is_descriptor_1024_or_more_lets_it_end_by_i
             os.close(fd)
         svc.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_requests_to_a_worker_that_just_ended_hear_how_it_ended(
+    smollm2_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests sent while this side reaps a worker that ended fail with the GenerationError saying how it ended,
+    not with ModelClosedError, and the model reports itself down with the same words. Reaping is slowed here to
+    widen that moment."""
+    svc = LlamaCppService(LocalBackendConfig(threads=1))
+    try:
+        (model,) = _workers(svc, smollm2_path, 1)
+        process = model._engine._process  # type: ignore[attr-defined]
+        wait = process.wait
+        reaping = threading.Event()
+
+        def slow_wait(timeout: float | None = None) -> int:
+            reaping.set()
+            time.sleep(0.5)
+            return wait(timeout)
+
+        monkeypatch.setattr(process, "wait", slow_wait)
+        process.kill()
+        assert reaping.wait(30), "the worker's end was never noticed"
+        answers = [_closed(model) for _ in range(3)]
+        for a in answers:
+            assert isinstance(a, GenerationError), a
+            assert "the worker process serving model 'smol' was ended by SIGKILL" in str(a)
+        assert model.failure == str(answers[-1])
+    finally:
+        svc.close()

@@ -196,11 +196,14 @@ class WorkerEngine:
             after = self._ids.get(id(request.after)) if request.after is not None else None
         try:
             self._send(("submit", rid, payload, after))
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # the worker is gone (or this side closed meanwhile)
             with self._lock:
                 self._requests.pop(rid, None)
                 self._ids.pop(id(request), None)
-            raise GenerationError(f"model {self.name!r}: {self._why}") from None
+            self._down()
+            with self._lock:
+                error = self._error(self._why)
+            raise error from None
 
     def cancel(self, request: Request) -> None:
         with self._lock:
@@ -214,7 +217,7 @@ class WorkerEngine:
         try:
             self._send(("cancel", rid))
         except (OSError, ValueError):
-            pass
+            self._down()
 
     @property
     def failure(self) -> str | None:
@@ -255,22 +258,19 @@ class WorkerEngine:
         self._conn.close()
 
     def _read(self) -> None:
-        why = None
-        while why is None:
+        stuck = None
+        while True:
             try:
-                ready = self._conn.poll(0.5)
-                msg = self._conn.recv() if ready else None
-                if msg is not None:
+                if self._conn.poll(0.5):
+                    msg = self._conn.recv()
                     self._last = time.monotonic()
                     if msg[0] != "progress":
                         self._dispatch(msg)
                     continue
             except (EOFError, OSError):
-                why = "ended"
                 break
             except Exception:  # a message this side cannot read or handle: nothing it says can be trusted now
                 log.exception("the worker process serving %r sent what could not be handled", self.name)
-                why = "ended"
                 self._process.kill()
                 break
             with self._lock:
@@ -278,26 +278,35 @@ class WorkerEngine:
                 if self.closed:
                     return
             if not self._alive():
-                why = "ended"
-            elif busy and time.monotonic() - self._last > self._stall:
-                why = "stalled"
-                self._process.kill()
+                break
+            if busy and time.monotonic() - self._last > self._stall:
+                stuck = (
+                    f"the worker process serving model {self.name!r} sent nothing for {self._stall:g} s with "
+                    f"requests under way (an RPC server that stopped answering?) and was stopped"
+                )
+                break
+        self._down(stuck)
+
+    def _down(self, stuck: str | None = None) -> None:
+        """The worker serves no more: it ended (its exit status says how), or it is stuck (``stuck`` says how; it is
+        killed). Requests under way end with :class:`GenerationError` saying so, later ones are refused with it, and
+        :attr:`failure` tells it, all from the same moment; nothing changes once the model is closed."""
+        with self._lock:
+            if self.closed:
+                return
+        if stuck is None:
+            try:
+                self._process.wait(5.0)  # for its exit status, which says how it ended
+            except subprocess.TimeoutExpired:
+                pass
         with self._lock:
             if self.closed:
                 return
             self.closed = True
-        try:
-            self._process.wait(5.0)
-        except subprocess.TimeoutExpired:
-            pass
-        self._error = GenerationError
-        if why == "stalled":
-            self._why = (
-                f"the worker process serving model {self.name!r} sent nothing for {self._stall:g} s with requests "
-                f"under way (an RPC server that stopped answering?) and was stopped"
-            )
-        else:
-            self._why = f"the worker process serving model {self.name!r} {self._ended()}"
+            self._error = GenerationError
+            self._why = stuck or f"the worker process serving model {self.name!r} {self._ended()}"
+        if stuck is not None:
+            self._process.kill()
         self._fail_all(GenerationError(self._why))
 
     def _dispatch(self, msg: tuple[Any, ...]) -> None:
