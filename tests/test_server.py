@@ -358,6 +358,14 @@ def test_body_over_the_limit_is_413(server: ServeProcess) -> None:
 
 def test_health_and_metrics(server: ServeProcess) -> None:
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+    listening = next(line for line in server.log if "listening on" in line)
+    assert listening.rstrip().endswith("(loading the models: /health is 503 until they are)")
+    for _ in range(100):  # printed within a poll of the models' readiness
+        if any(f"llamacffi serve: ready ({SMOL}, {GEMMA}, {EMBED})" in line for line in server.log):
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("no 'ready' line:\n" + "".join(server.log[-20:]))
     text = httpx.get(server.url + "/metrics").text
     for name in (
         "llamacffi_requests_total",

@@ -11,7 +11,7 @@ import math
 import os
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -19,6 +19,7 @@ from .. import cli_args, gguf, limits, models
 from ..service import LlamaCppService, LlamaCppSpecificConfig, LocalBackendConfig, ModelConfig
 from ..service.errors import InvalidConfigError
 from .app import create_app
+from .served import Server
 
 log = logging.getLogger("llamacffi.server")
 
@@ -96,18 +97,19 @@ def _served(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
 
 
 class _Uvicorn(uvicorn.Server):
-    """Says where it listens once the socket is bound (the port may have been 0); on SIGINT / SIGTERM stops
-    accepting, gives in-flight requests ``grace`` seconds, then closes the models (what still runs ends with an
-    error the client receives) and exits 0 instead of raising the signal again."""
+    """Says where it listens once the socket is bound (the port may have been 0), and when the models are ready; on
+    SIGINT / SIGTERM stops accepting, gives in-flight requests ``grace`` seconds, then closes the models (what still
+    runs ends with an error the client receives) and exits 0 instead of raising the signal again."""
 
-    def __init__(self, config: uvicorn.Config, grace: float, close_models: Callable[[], None]) -> None:
+    def __init__(self, config: uvicorn.Config, grace: float, served: Server) -> None:
         super().__init__(config)
         self.grace = grace
-        self.close_models = close_models
+        self.served = served
+        self._ready: asyncio.Task[None] | None = None
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
-        timer = loop.call_later(self.grace, lambda: loop.run_in_executor(None, self.close_models))
+        timer = loop.call_later(self.grace, lambda: loop.run_in_executor(None, self.served.close))
         try:
             await super().shutdown(sockets)
         finally:
@@ -125,7 +127,17 @@ class _Uvicorn(uvicorn.Server):
         await super().startup(sockets)
         if self.started and self.servers and not self.should_exit:  # not when a model failed to load
             host, port = self.servers[0].sockets[0].getsockname()[:2]
-            print(f"llamacffi serve: listening on http://{host}:{port}", file=sys.stderr, flush=True)
+            loading = "" if self.served.ready.is_set() else " (loading the models: /health is 503 until they are)"
+            print(f"llamacffi serve: listening on http://{host}:{port}{loading}", file=sys.stderr, flush=True)
+            self._ready = asyncio.create_task(self._say_ready())
+
+    async def _say_ready(self) -> None:
+        """One line once every model can serve: until then the socket answers, but not with text."""
+        while not self.served.ready.is_set():
+            if self.served.error is not None or self.should_exit:
+                return
+            await asyncio.sleep(0.05)
+        print(f"llamacffi serve: ready ({', '.join(self.served.names)})", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -202,7 +214,7 @@ def _serve(
         timeout_graceful_shutdown=args.grace + 30,
         lifespan="on",
     )
-    server = _Uvicorn(config, args.grace, app.state.server.close)
+    server = _Uvicorn(config, args.grace, app.state.server)
     if failed:
         server.should_exit = True
     server.run(sockets)
