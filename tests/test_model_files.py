@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -306,3 +307,25 @@ def test_a_model_without_a_vocabulary_refuses_what_needs_one(tmp_path: Path) -> 
                 call()
         with pytest.raises(InvalidArgumentError, match="vocabulary type is none"):
             NativeSampler(vocab=vocab, grammar='root ::= "a"')
+
+
+def test_the_check_counts_a_vocabulary_s_numbers_without_reading_them(tmp_path: Path) -> None:
+    # a scores array as large as a big vocabulary's, times ten: only its length matters to the check
+    n = 4_000_000
+    data = gguf_bytes(
+        [
+            ("general.architecture", 8, string_value("llama")),
+            ("llama.block_count", 4, struct.pack("<I", 1)),
+            ("tokenizer.ggml.tokens", 9, string_array(["a", "b"])),
+            ("tokenizer.ggml.scores", 9, struct.pack("<IQ", 6, n) + bytes(4 * n)),
+            ("tokenizer.ggml.token_type", 9, struct.pack("<IQ", 5, n) + bytes(4 * n)),
+        ]
+    )
+    path = write(tmp_path, "scores.gguf", data)
+    tracemalloc.start()
+    try:
+        gguf.check(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < n  # bytes: a list of the scores would be over 30 times that
