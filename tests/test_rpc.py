@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -827,5 +828,47 @@ def test_requests_to_a_worker_that_just_ended_hear_how_it_ended(
             assert isinstance(a, GenerationError), a
             assert "the worker process serving model 'smol' was ended by SIGKILL" in str(a)
         assert model.failure == str(answers[-1])
+    finally:
+        svc.close()
+
+
+def _fill(conn: Any) -> None:
+    """Write to ``conn`` until its pipe is full, as requests to a worker that reads nothing leave it."""
+    import os
+
+    s = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        while True:
+            try:
+                s.send(b"\0" * 65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+    finally:
+        s.close()
+
+
+def test_a_request_to_a_worker_that_reads_nothing_fails_promptly(smollm2_path: Path) -> None:
+    """A request to a worker that stopped reading its pipe (SIGSTOP), the pipe full, fails within a short bound with
+    the GenerationError of a worker gone, naming the model, instead of waiting for the stall check (rpc_timeout); the
+    worker is stopped, the model reports it down, and later requests are refused at once."""
+    import os
+    import signal
+
+    from conftest import answer_within
+
+    svc = LlamaCppService(LocalBackendConfig(threads=1, rpc_timeout=60.0))
+    try:
+        (model,) = _workers(svc, smollm2_path, 1)
+        engine = model._engine
+        os.kill(engine._process.pid, signal.SIGSTOP)  # type: ignore[attr-defined]
+        _fill(engine._conn)  # type: ignore[attr-defined]
+        t0 = time.monotonic()
+        with pytest.raises(GenerationError, match="worker process serving model 'smol'"):
+            answer_within(30, lambda: model.generate(PROMPT, GREEDY))
+        assert time.monotonic() - t0 < 10
+        assert model.failure is not None and "worker process serving model 'smol'" in model.failure
+        with pytest.raises(GenerationError, match="worker process serving model 'smol'"):
+            answer_within(5, lambda: model.generate(PROMPT, GREEDY))
+        assert engine._process.wait(10) == -signal.SIGKILL  # type: ignore[attr-defined]
     finally:
         svc.close()

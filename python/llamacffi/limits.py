@@ -91,6 +91,9 @@ WORKER_PROGRESS_EVERY_S = 0.5
 WORKER_STEP_TOKENS_MAX = 512
 # How long a closed model's worker may take to end before it is killed.
 WORKER_CLOSE_GRACE_S = 2.0
+# A worker reads its pipe at all times (its engine decodes on another thread): one that takes no byte of a message for
+# this long (or the stall timeout, if shorter) is stuck, and is stopped.
+WORKER_PIPE_STALL_S = 2.0
 
 # ---- chat templates -------------------------------------------------------------------------------------------------
 # Chat templates come with the model file and run in a bounded sandbox (``chat_sandbox``). One render may give at most

@@ -6,12 +6,13 @@ in that process can catch. The model therefore runs in a child process (a fresh 
 the weights and the batching :class:`~.engine.Engine`; the caller's process keeps a vocabulary-only copy of the
 model for templates and tokens, and a :class:`WorkerEngine` that stands in for the engine: it sends each request's
 tokens and options through a pipe and hands the child's text, chunks and endings to the request's sink. When the
-child ends (an abort, a kill) or stays silent past ``stall_timeout`` seconds with requests under way (a host gone
-without closing its connection), every request still running ends with :class:`GenerationError` naming the model,
-and later requests are refused; the caller's process and its other models go on. Silence means a stuck decode
-step, not a long prompt: the child sends ``("progress",)`` while its engine decodes, after each step (in a worker
-a step holds at most :data:`~llamacffi.limits.WORKER_STEP_TOKENS_MAX` tokens, one llama.cpp micro-batch), at most
-every quarter of ``stall_timeout``.
+child ends (an abort, a kill), stays silent past ``stall_timeout`` seconds with requests under way (a host gone
+without closing its connection), or takes nothing of a message from its pipe for
+:data:`~llamacffi.limits.WORKER_PIPE_STALL_S` (it reads at all times: it is stuck), every request still running ends
+with :class:`GenerationError` naming the model, and later requests are refused; the caller's process and its other
+models go on. Silence means a stuck decode step, not a long prompt: the child sends ``("progress",)`` while its
+engine decodes, after each step (in a worker a step holds at most :data:`~llamacffi.limits.WORKER_STEP_TOKENS_MAX`
+tokens, one llama.cpp micro-batch), at most every quarter of ``stall_timeout``.
 
 The pipe (a socket pair) carries pickled objects. Parent to child: the :class:`WorkerSpec`, then
 ``("submit", id, payload, after_id)`` (``payload``: ``(tokens, options, logprobs)`` pickled here, before the request
@@ -31,6 +32,8 @@ import os
 import pickle
 import select
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -50,6 +53,7 @@ log = logging.getLogger("llamacffi.service")
 PROGRESS_EVERY_S = limits.WORKER_PROGRESS_EVERY_S
 STEP_TOKENS_MAX = limits.WORKER_STEP_TOKENS_MAX
 CLOSE_GRACE_S = limits.WORKER_CLOSE_GRACE_S
+PIPE_STALL_S = limits.WORKER_PIPE_STALL_S
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +78,7 @@ class WorkerEngine:
         self.name = spec.name
         self.config = spec.config
         self._stall = stall_timeout
+        self._pipe_stall = min(PIPE_STALL_S, stall_timeout)
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._requests: dict[int, Request] = {}
@@ -99,6 +104,7 @@ class WorkerEngine:
         try:
             self._conn.send(dataclasses.replace(spec, report_every=min(PROGRESS_EVERY_S, stall_timeout / 4)))
             self._wait_ready()
+            _send_timeout(self._conn, self._pipe_stall)
         except BaseException:  # the child is gone already, or this was interrupted: it does not outlive this
             self._process.kill()
             self._stop()
@@ -150,8 +156,17 @@ class WorkerEngine:
         return self._process.poll() is None
 
     def _send(self, msg: tuple[Any, ...]) -> None:
-        with self._send_lock:
-            self._conn.send(msg)
+        """Send ``msg``; OSError when the worker is gone, or takes no byte of it for the pipe's stall bound (then it
+        is stuck, and stopped: a request to it fails now, not at the stall check)."""
+        try:
+            with self._send_lock:
+                self._conn.send(msg)
+        except BlockingIOError:  # the send timeout: it reads nothing
+            self._down(
+                f"the worker process serving model {self.name!r} read nothing from its pipe for "
+                f"{self._pipe_stall:g} s (stuck?) and was stopped"
+            )
+            raise
 
     def _send_now(self, msg: tuple[Any, ...]) -> bool:
         """Send a short ``msg`` if that cannot block: False when another send has been blocked for the grace, or the
@@ -339,6 +354,17 @@ class WorkerEngine:
         for r in pending:
             r.finished = True
             _emit(r, error)
+
+
+def _send_timeout(conn: Connection, seconds: float) -> None:
+    """A send on ``conn`` that can write nothing for ``seconds`` fails (BlockingIOError) instead of blocking."""
+    s = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        s.setblocking(True)  # the descriptor is shared: it stays blocking, as the connection expects
+        usec = max(1, round(seconds * 1e6))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", usec // 10**6, usec % 10**6))
+    finally:
+        s.close()
 
 
 def _plain(value: object) -> object:
