@@ -371,3 +371,22 @@ def test_serve_takes_its_key_from_the_environment(smollm2_path: Path, monkeypatc
         assert httpx.get(proc.url + "/v1/models", headers=headers, timeout=30).status_code == 200
     finally:
         assert proc.stop() == 0
+
+
+@pytest.mark.parametrize("command", [["info"], ["embed", "hi"], ["serve"]])
+def test_a_short_option_is_not_read_as_the_start_of_a_longer_one(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llamacffi import cli
+
+    with pytest.raises(SystemExit) as exit:
+        cli._parser().parse_args([*command, "-n", "3"])  # argparse alone reads it as -ngl 3 (or as ambiguous)
+    assert exit.value.code == 2
+    assert "-n is not an option of this command (did you mean -ngl" in capsys.readouterr().err
+
+
+def test_bench_takes_llama_bench_s_n() -> None:
+    from llamacffi import cli
+
+    args = cli._parser().parse_args(["bench", "-p", "8", "-n", "4"])
+    assert (args.n_prompt, args.n_gen, args.gpu_layers) == (8, 4, -1)

@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="quick prompt-processing and generation speed")
     _model_args(b, ctx_size=False)  # its context is what -p and -g need
     b.add_argument("-p", "--n-prompt", type=_positive, default=128)
-    b.add_argument("-g", "--n-gen", type=_positive, default=32)
+    b.add_argument("-g", "-n", "--n-gen", type=_positive, default=32)  # -n: llama-bench's name
     cli_embed.add_parser(sub)
     s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (needs llamacffi[server])")
     _serve_arguments(s)
@@ -108,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
         help="a device to serve (repeatable; default: the GPUs, else the CPU; names as 'llamacffi info' lists them)",
     )
     r.add_argument("--allow-remote", action="store_true", help="listen on an address other machines can reach")
+    for command in sub.choices.values():
+        cli_args.refuse_prefixes(command)
     return ap
 
 

@@ -23,6 +23,26 @@ def add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", default=models.DEFAULT, help=f"model id: {MODEL_HELP}")
 
 
+class _NotAnOption(argparse.Action):
+    """An option string refused by name: argparse would otherwise read it as the start of a longer single-dash
+    option (``-n 4`` as ``-ngl 4``), which ``allow_abbrev=False`` does not prevent."""
+
+    def __init__(self, option_strings: list[str], dest: str, **_: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help=argparse.SUPPRESS)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        given = self.option_strings[0]
+        longer = sorted(o for o in parser._option_string_actions if o.startswith(given) and o != given)
+        parser.error(f"{given} is not an option of this command (did you mean {' or '.join(longer)}?)")
+
+
+def refuse_prefixes(p: argparse.ArgumentParser) -> None:
+    """Make ``-n`` an error on a parser that has ``-ngl`` or ``-np`` but no ``-n`` of its own; call it once the
+    parser has all its options."""
+    if "-n" not in p._option_string_actions and any(o.startswith("-n") for o in p._option_string_actions):
+        p.add_argument("-n", action=_NotAnOption, dest=argparse.SUPPRESS)
+
+
 def add_compute(p: argparse.ArgumentParser, huge_pages: bool = True) -> None:
     """``-t/--threads``, ``-ngl/--gpu-layers`` and (unless told not to) ``--huge-pages``."""
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all available)")
