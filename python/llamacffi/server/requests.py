@@ -269,7 +269,7 @@ def parse_chat(body: JSONObject) -> Parsed:
         elif content is None and role == "assistant":
             content = ""
         text = _text(content, f"{where}.content")
-        if role == "tool":  # a function's result, as the user's turn: llama.cpp's templates have no tool role
+        if role == "tool":  # a function's result, as the user's turn: not every template has a tool role
             call_id = m.get("tool_call_id")
             if call_id is not None and not isinstance(call_id, str):
                 raise invalid(f"{where}.tool_call_id must be a string", "messages", "invalid_type")
