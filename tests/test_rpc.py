@@ -872,3 +872,53 @@ def test_a_request_to_a_worker_that_reads_nothing_fails_promptly(smollm2_path: P
         assert engine._process.wait(10) == -signal.SIGKILL  # type: ignore[attr-defined]
     finally:
         svc.close()
+
+
+def test_closing_a_service_closes_its_hung_workers_together(
+    smollm2_path: Path, process_calls: list[tuple[int, str, float | None]]
+) -> None:
+    """close() of a service whose workers all hang (SIGSTOP, as decodes stuck in C): the request waiting on each ends
+    with ModelClosedError while its worker still runs, and the workers share one grace before they are killed
+    instead of each waiting a grace of its own after the one before."""
+    import os
+    import signal
+
+    from llamacffi.service import ModelClosedError, worker
+
+    svc = LlamaCppService(LocalBackendConfig(threads=1))
+    try:
+        models = _workers(svc, smollm2_path, 3)
+        alive_when_failed: list[bool] = []
+        answers: list[object] = []
+        waiting = []
+        for m in models:
+            engine = m._engine
+            assert isinstance(engine, worker.WorkerEngine)
+            os.kill(engine._process.pid, signal.SIGSTOP)
+
+            def recorded(
+                error: Exception, engine: worker.WorkerEngine = engine, fail_all: Any = engine._fail_all
+            ) -> None:
+                alive_when_failed.append(engine._process.poll() is None)
+                fail_all(error)
+
+            engine._fail_all = recorded  # type: ignore[method-assign]
+            waiting.append(threading.Thread(target=lambda m=m: answers.append(_closed(m)), daemon=True))
+            waiting[-1].start()
+        deadline = time.monotonic() + 30
+        while any(m.load == (0, 0) for m in models):  # until every request is under way
+            assert time.monotonic() < deadline, "a request never reached its worker"
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        svc.close()
+        took = time.monotonic() - t0
+        for t in waiting:
+            t.join(60)
+        assert len(answers) == 3 and all(isinstance(a, ModelClosedError) for a in answers), answers
+        assert alive_when_failed == [True, True, True]
+        assert took < 2 * worker.CLOSE_GRACE_S, f"{took:.1f} s: the workers were waited on one after another"
+        for m in models:
+            pid = m._engine._process.pid  # type: ignore[attr-defined]
+            assert [what for p, what, _ in process_calls if p == pid][-2:] == ["kill", "wait"]
+    finally:
+        svc.close()

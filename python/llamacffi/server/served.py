@@ -44,7 +44,6 @@ class Server:
             k: v for k, v in [*models.items(), *embedders.items()] if not isinstance(v, str)
         }
         self._to_load = {k: v for k, v in [*models.items(), *embedders.items()] if isinstance(v, str)}
-        self._owned: list[Served] = []
         self.service = LlamaCppService(backend) if self._to_load else None
         self.config = config or ModelConfig()
         self.error: BaseException | None = None
@@ -68,7 +67,6 @@ class Server:
                     if self._closed:
                         model.close()
                         return
-                    self._owned.append(model)
                     self.models[name] = model
                 log.info("model %s loaded (%s)", name, model_id)
             self.ready.set()
@@ -134,11 +132,9 @@ class Server:
         return served, model
 
     def close(self) -> None:
-        """Free the models this app loaded (not those it was given)."""
+        """Free the models this app loaded (not those it was given): its service's, closed together, so that their
+        worker processes' grace to end runs once for all."""
         with self._lock:
             self._closed = True
-            owned, self._owned = self._owned, []
-        for m in owned:
-            m.close()
         if self.service is not None:
             self.service.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol, TypedDict, TypeVar
 
@@ -88,13 +88,17 @@ class Loaded:
         self._closed = False
         self._close_lock = threading.Lock()
         self._stop_engine: Callable[[], object] = lambda: None
+        self._begin_stop: Callable[[], object] = lambda: None
         self._finalizer: weakref.finalize[Any, Any] | None = None
 
-    def _engine_made(self, stop: Callable[[], object]) -> None:
+    def _engine_made(self, stop: Callable[[], object], begin: Callable[[], object] | None = None) -> None:
         """Called once the engine runs, with what stops it (refuses new requests, lets go of the context; it must not
-        hold this object). Also the safety net of a model dropped without :meth:`close`: the process's engine thread
-        holds the engine, so only this frees it."""
+        hold this object), and what starts stopping it without waiting, if that can wait (a worker process's end).
+        Also the safety net of a model dropped without :meth:`close`: the process's engine thread holds the engine, so
+        only this frees it."""
         self._stop_engine = stop
+        if begin is not None:
+            self._begin_stop = begin
         self._finalizer = weakref.finalize(self, _close_dropped, self._name, stop, self._model)
         self._finalizer.atexit = False  # at exit the engine thread's own hook ends every engine
 
@@ -132,6 +136,21 @@ class Loaded:
             self._finalizer.detach()
         self._stop_engine()
         self._model.close()
+
+    def _begin_close(self) -> None:
+        """Start closing without waiting (see :func:`close_all`); :meth:`close` still finishes it."""
+        if not self._closed:
+            self._begin_stop()
+
+
+def close_all(models: Iterable[Loaded]) -> None:
+    """Close ``models`` together: each one's requests end and its worker process, if any, is asked to end first, then
+    each is closed, so that the workers' grace to end runs once for all rather than once after another."""
+    models = list(models)
+    for m in models:
+        m._begin_close()
+    for m in models:
+        m.close()
 
 
 def _close_dropped(name: str, stop: Callable[[], object], model: LlamaModel) -> None:

@@ -18,7 +18,7 @@ from .config import BackendType, LocalBackendConfig, ModelConfig, ModelType
 from .embedding import LlamaCppEmbeddingModel
 from .errors import InvalidConfigError, ModelClosedError, ModelLoadFailedError, ModelNotFoundError, mapped
 from .interfaces import InferenceService, Model
-from .loaded import Loaded, check_context, load_file, load_options, serve
+from .loaded import Loaded, check_context, close_all, load_file, load_options, serve
 from .prompts import apply_chat_template
 from .text import LlamaCppTextModel
 
@@ -164,9 +164,9 @@ class LlamaCppService(InferenceService):
         raise ModelClosedError("the service was closed while the model loaded")
 
     def close(self) -> None:
+        """Close every model loaded here, together (:func:`~.loaded.close_all`)."""
         with self._lock:
             self._closed = True
             models = list(self._models)
             self._models.clear()
-        for m in models:
-            m.close()
+        close_all(models)

@@ -85,6 +85,7 @@ class WorkerEngine:
         self._ids: dict[int, int] = {}  # id(request) -> its number in the pipe protocol
         self._next = 0
         self.closed = False
+        self._deadline: float | None = None  # when the worker's grace to end runs out, once closing began
         self._why = "the model is closed"
         self._error: type[Exception] = ModelClosedError  # GenerationError once the worker process is gone
         self.stats: dict[str, int] = {"requests": 0}
@@ -169,9 +170,9 @@ class WorkerEngine:
             raise
 
     def _send_now(self, msg: tuple[Any, ...]) -> bool:
-        """Send a short ``msg`` if that cannot block: False when another send has been blocked for the grace, or the
-        pipe is full (the child stopped reading), or the child is gone."""
-        if not self._send_lock.acquire(timeout=CLOSE_GRACE_S):
+        """Send a short ``msg`` if that cannot block: False when another send is under way, or the pipe is full (the
+        child stopped reading), or the child is gone."""
+        if not self._send_lock.acquire(blocking=False):
             return False
         try:
             writable = select.poll()  # not select.select: it refuses descriptors from 1024 on
@@ -246,25 +247,36 @@ class WorkerEngine:
             n = len(self._requests)
         return min(n, self.config.parallel), max(0, n - self.config.parallel)
 
-    def close(self) -> None:
+    def begin_close(self) -> None:
+        """Start closing without waiting: the requests under way end with :class:`ModelClosedError` (or the error of
+        a worker found gone), and the worker is asked to end, or killed when it cannot take the message. Its grace
+        to end runs from here, so that closing several models waits one grace for all (:func:`.loaded.close_all`).
+        Idempotent."""
         with self._lock:
-            if self.closed and not self._alive():  # its reader found it gone: only the pipe is left
-                self._conn.close()
+            if self._deadline is not None:
                 return
+            self._deadline = time.monotonic() + CLOSE_GRACE_S
+            down = self.closed  # found gone or stuck: it is ending or dead already
             self.closed = True
-            self._why = "the model is closed"
+            error = (
+                self._error(self._why) if down else ModelClosedError("the model was closed before the request finished")
+            )
         # Its callers hear first: a worker stuck in a decode does not make them wait for its end.
-        self._fail_all(ModelClosedError("the model was closed before the request finished"))
-        if not self._send_now(("close",)):
+        self._fail_all(error)
+        if down or not self._send_now(("close",)):
             self._process.kill()  # it reads nothing: asking it to end would only wait out the grace
-        self._stop(CLOSE_GRACE_S)
+
+    def close(self) -> None:
+        self.begin_close()
+        assert self._deadline is not None
+        self._stop(self._deadline - time.monotonic())
 
     # ---- the child's messages ---------------------------------------------------------------------------------
 
     def _stop(self, grace: float = CLOSE_GRACE_S) -> None:
         """Wait up to ``grace`` seconds for the child to end, then kill it; reap it, then close this side."""
         try:
-            self._process.wait(grace)
+            self._process.wait(max(0.0, grace))
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
