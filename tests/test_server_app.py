@@ -100,7 +100,8 @@ def test_loopback_addresses() -> None:  # of the sockets bound: a host name is r
 
 def test_health_reports_a_model_whose_worker_process_ended(loaded: Any) -> None:
     """A model whose worker process ended (its RPC server gone) serves nothing more: /health answers 503 naming it
-    and why, so that a load balancer stops sending traffic and an orchestrator replaces the instance."""
+    and why, so that a load balancer stops sending traffic and an orchestrator replaces the instance; requests naming
+    it get 503, and /v1/models still lists it."""
     import time
 
     from llamacffi import rpc
@@ -130,6 +131,9 @@ def test_health_reports_a_model_whose_worker_process_ended(loaded: Any) -> None:
             r = client.post("/v1/chat/completions", json=ask)  # unavailable, as /health says, not a fault of the server
             assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
             assert "can serve no more requests" in r.json()["error"]["message"]
+            # Still listed: it is what the server is configured to serve, and naming it is not a client's mistake.
+            assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["smol", "remote"]
+            assert client.get("/v1/models/remote").json()["id"] == "remote"
             assert loaded.failure is None  # the model in this process serves on
             assert client.post("/v1/chat/completions", json={**ask, "model": "smol"}).status_code == 200
     finally:

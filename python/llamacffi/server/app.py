@@ -123,6 +123,8 @@ def _model_entry(name: str, created: int) -> JSONObject:
 
 
 async def _models(request: Request) -> Response:
+    """Every model the app is configured to serve, loading, loaded or down (its worker process ended): a request
+    naming one that cannot serve gets 503, which clients retry and /health explains, not 404 ``model_not_found``."""
     server: Server = request.app.state.server
     return JSONResponse({"object": "list", "data": [_model_entry(n, request.app.state.created) for n in server.names]})
 
