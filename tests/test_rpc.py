@@ -922,3 +922,34 @@ def test_closing_a_service_closes_its_hung_workers_together(
             assert [what for p, what, _ in process_calls if p == pid][-2:] == ["kill", "wait"]
     finally:
         svc.close()
+
+
+def test_a_worker_whose_reader_cannot_start_does_not_outlive_the_load(
+    smollm2_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load that fails after the worker is ready (here: its reader thread cannot start, as when the process is out
+    of threads) kills and reaps the worker: no process is left behind, holding the model's memory and servers."""
+    from llamacffi.service import worker
+
+    started: list[subprocess.Popen[bytes]] = []
+    wait_ready = worker.WorkerEngine._wait_ready
+    start = threading.Thread.start
+
+    def recorded(self: worker.WorkerEngine) -> None:
+        started.append(self._process)
+        wait_ready(self)
+
+    def refused(self: threading.Thread) -> None:
+        if self.name.startswith("llamacffi-worker-reader"):
+            raise RuntimeError("can't start new thread")
+        start(self)
+
+    monkeypatch.setattr(worker.WorkerEngine, "_wait_ready", recorded)
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    svc = LlamaCppService(LocalBackendConfig(threads=1))
+    try:
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            _workers(svc, smollm2_path, 1)
+        assert started and started[0].returncode is not None  # killed and reaped
+    finally:
+        svc.close()

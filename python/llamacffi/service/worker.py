@@ -102,16 +102,16 @@ class WorkerEngine:
         )
         child.close()
         self._last = time.monotonic()
+        self._reader = threading.Thread(target=self._read, name=f"llamacffi-worker-reader {spec.name}", daemon=True)
         try:
             self._conn.send(dataclasses.replace(spec, report_every=min(PROGRESS_EVERY_S, stall_timeout / 4)))
             self._wait_ready()
             _send_timeout(self._conn, self._pipe_stall)
+            self._reader.start()
         except BaseException:  # the child is gone already, or this was interrupted: it does not outlive this
             self._process.kill()
             self._stop()
             raise
-        self._reader = threading.Thread(target=self._read, name=f"llamacffi-worker-reader {spec.name}", daemon=True)
-        self._reader.start()
 
     def _wait_ready(self) -> None:
         while True:
@@ -280,7 +280,7 @@ class WorkerEngine:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
-        if threading.current_thread() is not getattr(self, "_reader", None) and hasattr(self, "_reader"):
+        if self._reader.is_alive() and threading.current_thread() is not self._reader:
             self._reader.join(5.0)
         self._conn.close()
 
