@@ -161,3 +161,25 @@ def test_service_fields_map_to_request_params() -> None:
     assert param("GenerationOptions.json_schema") == "response_format"
     assert param("GenerationOptions.stop_sequences") == "stop"
     assert param("ModelConfig.context_size") is None and param(None) is None
+
+
+def test_closing_the_app_while_it_loads_is_not_a_load_failure() -> None:
+    """An app closed while its models load (a shutdown during startup) does not report the load it cut short as a
+    failure: on_load_error, which makes ``llamacffi serve`` exit with an error, is not called."""
+    import threading
+    import time
+
+    failures: list[BaseException] = []
+    app = create_app(
+        ["smollm2-135m"],
+        backend=LocalBackendConfig(threads=THREADS),
+        config=ModelConfig(context_size=256, parallel=1),
+        on_load_error=failures.append,
+    )
+    app.state.server.close()
+    deadline = time.monotonic() + 60
+    while any(t.name == "llamacffi-load" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the load never ended"
+        time.sleep(0.01)
+    assert failures == []
+    assert app.state.server.error is None

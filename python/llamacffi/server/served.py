@@ -71,6 +71,9 @@ class Server:
                 log.info("model %s loaded (%s)", name, model_id)
             self.ready.set()
         except BaseException as exc:
+            with self._lock:
+                if self._closed:  # closed while loading (shutting down): what failed is the load cut short
+                    return
             self.error = exc
             log.error("loading the models failed: %s", exc)
             if on_error is not None:
