@@ -203,7 +203,7 @@ REFUSED = [
         "#/oneOf",
         "oneOf",
     ),
-    ({"allOf": [{"pattern": "a"}, {"pattern": "b"}]}, "#/allOf", "pattern"),
+    ({"allOf": [{"pattern": "a"}, {"pattern": "b"}]}, "#/allOf/1/pattern", "pattern"),
     ({"enum": ["a", "bb"], "maxLength": 1}, "#/maxLength", "maxLength"),
     ({"type": "string", "minLength": -1}, "#/minLength", "minLength"),
     ({"type": "strin"}, "#/type", "type"),

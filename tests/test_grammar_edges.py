@@ -369,6 +369,132 @@ def test_ids_that_change_no_reference_are_ignored() -> None:
     assert "int" in g
 
 
+# ------------------------------------------------------------------------------------------- error pointers
+
+MANY_CONSTS = [{"const": chr(0x100 + i) + str(i)} for i in range(600)]  # 600 next characters after the quote
+
+POINTED = [
+    ({"allOf": [{"type": "object"}, {"properties": {"a": {"type": "nope"}}}]}, "#/allOf/1/properties/a/type"),
+    ({"allOf": [{"type": "string"}, {"pattern": "(?i)x"}]}, "#/allOf/1/pattern"),
+    ({"allOf": [{"pattern": "a"}, {"pattern": "b"}]}, "#/allOf/1/pattern"),
+    ({"allOf": [{"type": "string"}, {"type": "integer"}]}, "#/allOf/1/type"),
+    ({"allOf": [{"type": "string"}, False]}, "#/allOf/1"),
+    ({"allOf": [{"type": "string"}, {"minLength": 5000}]}, "#/allOf/1/minLength"),
+    ({"allOf": [{"type": "integer", "maximum": 10**1000}]}, "#/allOf/0/maximum"),
+    ({"allOf": [{"properties": {"a": False}}, {"required": ["a"]}]}, "#/allOf/0/properties/a"),
+    (
+        {"allOf": [{"properties": {"a": {"type": "string"}}}, {"properties": {"a": {"format": "email"}}}]},
+        "#/allOf/1/properties/a/format",
+    ),
+    (
+        {"allOf": [{"type": "array", "items": {"type": "string"}}, {"items": {"format": "email"}}]},
+        "#/allOf/1/items/format",
+    ),
+    (
+        {"allOf": [{"additionalProperties": {"type": "string"}}, {"properties": {"b": {"format": "email"}}}]},
+        "#/allOf/1/properties/b/format",
+    ),
+    ({"allOf": [{"oneOf": [{"type": "integer"}, {"type": "number"}]}]}, "#/allOf/0/oneOf"),
+    ({"allOf": [{"anyOf": [{"type": "string"}, {"pattern": "(?i)"}]}]}, "#/allOf/0/anyOf/1/pattern"),
+    ({"type": "string", "format": "email", "anyOf": [{"minLength": 1}, {"maxLength": 3}]}, "#/format"),
+    ({"$defs": {"x": {"type": "string", "format": "email"}}, "$ref": "#/$defs/x", "maxLength": 3}, "#/$defs/x/format"),
+    (
+        {
+            "$defs": {"x": {"type": "object", "properties": {"a": {"multipleOf": 2}}}},
+            "properties": {"p": {"$ref": "#/$defs/x", "type": "object"}},
+        },
+        "#/$defs/x/properties/a/multipleOf",
+    ),
+    (
+        {
+            "$defs": {"x": {"allOf": [{"type": "string"}, {"format": "email"}]}},
+            "properties": {"p": {"$ref": "#/$defs/x"}},
+        },
+        "#/$defs/x/allOf/1/format",
+    ),
+    (
+        {"type": "object", "properties": {"a": {"const": 1, "type": "string"}}, "required": ["a"]},
+        "#/properties/a/const",
+    ),
+    ({"anyOf": MANY_CONSTS}, "#/anyOf"),
+    ({"properties": {"k": {"anyOf": [*MANY_CONSTS, {"type": "null"}]}}}, "#/properties/k/anyOf"),
+]
+
+
+def resolves(doc: Any, ptr: str) -> bool:
+    """Whether the JSON pointer ``ptr`` (``#/...``) names a place in ``doc``."""
+    node = doc
+    for raw in ptr[2:].split("/") if ptr != "#" else []:
+        key = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        else:
+            return False
+    return True
+
+
+@pytest.mark.parametrize(("schema", "ptr"), POINTED, ids=[p for _, p in POINTED])
+def test_errors_point_where_the_problem_is(schema: Any, ptr: str) -> None:
+    """A problem inside an allOf member, a $ref target or a union is reported at its own place in the document,
+    not at the merged schema's (which is no place in it)."""
+    with pytest.raises(SchemaError) as e:
+        from_json_schema(schema)
+    assert e.value.pointer == ptr
+    assert resolves(schema, e.value.pointer)
+    assert str(e.value).endswith(f"(at {ptr})")
+
+
+SCHEMA_PARTS = st.sampled_from(
+    [
+        {"type": "string"},
+        {"type": "integer"},
+        {"type": "object"},
+        {"type": "nope"},
+        {"format": "email"},
+        {"pattern": "(?i)"},
+        {"pattern": "^a+$"},
+        {"minLength": 5000},
+        {"multipleOf": 2},
+        {"const": 1},
+        {"enum": [1, "a"]},
+        {"minimum": 3, "maximum": 1},
+        {"required": ["q"]},
+        {"additionalProperties": False},
+        {"items": False, "minItems": 1},
+        {"$ref": "#/$defs/d"},
+        {"$ref": "#/$defs/bad"},
+        True,
+        False,
+    ]
+)
+
+
+def _nest(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    many = st.lists(inner, min_size=1, max_size=3)
+    return st.one_of(
+        many.map(lambda ms: {"allOf": ms}),
+        many.map(lambda ms: {"anyOf": ms}),
+        many.map(lambda ms: {"oneOf": ms}),
+        st.dictionaries(st.sampled_from(["a", "q"]), inner, max_size=2).map(lambda ps: {"properties": ps}),
+        inner.map(lambda sub: {"items": sub}),
+        inner.map(lambda sub: {"additionalProperties": sub}),
+        st.tuples(inner, inner).map(lambda ab: {k: v for s in ab if isinstance(s, dict) for k, v in s.items()}),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(SCHEMA_PARTS, _nest, max_leaves=8), st.recursive(SCHEMA_PARTS, _nest, max_leaves=4))
+def test_fuzz_error_pointers_name_a_place_in_the_schema(schema: Any, target: Any) -> None:
+    root = dict(schema) if isinstance(schema, dict) else {"allOf": [schema]}
+    root["$defs"] = {"d": target, "bad": {"type": "string", "format": "uri"}}
+    try:
+        from_json_schema(root)
+    except SchemaError as e:
+        assert resolves(root, e.pointer), (e, root)
+
+
 # ------------------------------------------------------------------------------------------- many values
 
 WORDS = [f"{a}{b}{c}-{i}" for i, (a, b, c) in enumerate(itertools.product("abcdefghijklmno", "pqrstuvwxyz", "xyz!"))]

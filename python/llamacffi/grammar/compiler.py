@@ -30,14 +30,23 @@ Schema = JSON  # a JSON Schema: an object, or true / false
 
 
 class Compiler:
-    """Compiles one root schema; rules for ``$ref`` targets and merged ``allOf`` nodes are shared and may recurse."""
+    """Compiles one root schema; rules for ``$ref`` targets and merged ``allOf`` nodes are shared and may recurse.
+
+    Errors name the place in the document where the problem is: a sub-schema reached through a merged ``allOf``
+    or a ``$ref`` keeps its own pointer (:meth:`at`), and a keyword of a merged schema is traced back to the
+    member that gave it."""
 
     def __init__(self, root: Schema) -> None:
         _check_embedded_ids(root)
         self.root = root
         self.b = Builder()
         self._named: dict[str, str] = {}  # $ref target pointer or canonical merged schema -> rule
-        self._open: set[str] = set()  # those entered since the last consumed character (left recursion)
+        self._open: dict[str, str] = {}  # those entered since the last consumed character (left recursion) -> pointer
+        # id of each object schema of the document (and of views of one, such as a union's other keywords) ->
+        # (the schema, kept alive so that its id stays its own; its pointer)
+        self._places: dict[int, tuple[JSON, str]] = {}
+        for where, node in subschemas(root):
+            self._places.setdefault(id(node), (node, where))
 
     def grammar(self) -> str:
         return self.b.text(self.value(self.root, "#", "value"))
@@ -62,16 +71,20 @@ class Compiler:
                 raise fail(f"$ref {ref!r} points to nothing", ptr, "$ref")
         return node, "#" + ref[1:] if len(ref) > 1 else "#"
 
-    def _shared(self, key: str, hint: str, build: Callable[[], str]) -> str:
+    def at(self, schema: Schema, ptr: str) -> str:
+        """The pointer of ``schema`` in the document when it is one of the document's sub-schemas, else ``ptr`` (the
+        place it is compiled at)."""
+        found = self._places.get(id(schema))
+        return found[1] if found is not None and found[0] is schema else ptr
+
+    def _shared(self, key: str, hint: str, build: Callable[[], str], ptr: str) -> str:
         """One rule per ``key``, reserved before its body is built so that the body may refer to it."""
         if key in self._named:
             if key in self._open:
-                raise fail(
-                    "a reference cycle that consumes no character (left recursion)", key if key.startswith("#") else "#"
-                )
+                raise fail("a reference cycle that consumes no character (left recursion)", self._open[key])
             return self._named[key]
         name = self._named[key] = self.b.name(hint)
-        self._open.add(key)
+        self._open[key] = ptr
         try:
             body = build()
         except SchemaError:
@@ -81,22 +94,23 @@ class Compiler:
             self.b.define(name, _NOTHING)
             raise
         finally:
-            self._open.discard(key)
+            self._open.pop(key, None)
         self.b.define(name, body)
         return name
 
-    def consuming(self) -> set[str]:
+    def consuming(self) -> dict[str, str]:
         """Start a construct that consumes a character first: references below it are not left-recursive."""
-        saved, self._open = self._open, set()
+        saved, self._open = self._open, {}
         return saved
 
-    def restore(self, saved: set[str]) -> None:
+    def restore(self, saved: dict[str, str]) -> None:
         self._open = saved
 
     # ---------------------------------------------------------------------------------------------- values
 
     def value(self, schema: Schema, ptr: str, hint: str) -> str:
         """A GBNF symbol (rule name or literal) for the documents ``schema`` accepts."""
+        ptr = self.at(schema, ptr)
         try:
             return self._value(schema, ptr, hint)
         except TooLarge as e:
@@ -116,9 +130,9 @@ class Compiler:
         if set(s) == {"$ref"}:
             target, target_ptr = self.resolve(s["$ref"], pointer(ptr, "$ref"))
             name = target_ptr.rsplit("/", 1)[-1] or "ref"
-            return self._shared(target_ptr, name, lambda: self.value(target, target_ptr, name))
+            return self._shared(target_ptr, name, lambda: self.value(target, target_ptr, name), target_ptr)
         if "allOf" in s or "$ref" in s:
-            return self._shared(canonical(s), hint, lambda: self._merged(s, ptr, hint))
+            return self._shared(canonical(s), hint, lambda: self._merged(s, ptr, hint), ptr)
         if "anyOf" in s or "oneOf" in s:
             return self.union(s, ptr, hint)
         if "enum" in s or "const" in s:
@@ -126,10 +140,16 @@ class Compiler:
         return self.typed(s, ptr, hint)
 
     def _merged(self, s: JSONObject, ptr: str, hint: str) -> str:
-        merged = merge_all(s, ptr, self.resolve)
-        if merged is False:
-            raise fail("allOf: a member is false, no value can match", pointer(ptr, "allOf"), "allOf")
-        return self.value(merged, ptr, hint)
+        merged = merge_all(s, ptr, self.resolve, self.at)
+        if merged.schema is False:
+            raise fail("allOf: this member is false, no value can match", merged.false_at, "allOf")
+        try:
+            return self.value(merged.schema, ptr, hint)
+        except SchemaError as e:
+            where = merged.origin(e.pointer)
+            if where == e.pointer:
+                raise
+            raise _moved(e, where) from None
 
     def union(self, s: JSONObject, ptr: str, hint: str) -> str:
         key = "anyOf" if "anyOf" in s else "oneOf"
@@ -141,10 +161,15 @@ class Compiler:
         if not isinstance(alts, list) or not alts:
             raise fail(f"{key} must be a non-empty array of schemas", pointer(ptr, key), key)
         rest = {k: v for k, v in s.items() if k != key}
-        members = [(conjoin(rest, alt) if rest else alt, pointer(ptr, key, i)) for i, alt in enumerate(alts)]
+        self._places[id(rest)] = (rest, ptr)  # each member is met with it: its keywords are this schema's
+        members = [
+            (conjoin(rest, alt) if rest else alt, self.at(alt, pointer(ptr, key, i))) for i, alt in enumerate(alts)
+        ]
         members = [(m, p) for m, p in members if m is not False]
         if key == "oneOf":
-            flat = [(merge_all(m, p, self.resolve) if isinstance(m, dict) else m, p) for m, p in members]
+            flat = [
+                (merge_all(m, p, self.resolve, self.at).schema if isinstance(m, dict) else m, p) for m, p in members
+            ]
             for i, (a, pa) in enumerate(flat):
                 for bm, pb in flat[i + 1 :]:
                     if not disjoint(a, bm, self.resolve):
@@ -167,17 +192,18 @@ class Compiler:
                 if not getattr(e, "unsatisfiable", False):
                     raise
         if texts:
-            exprs.insert(0, self.choice(texts, pointer(ptr, key), hint))
+            exprs.insert(0, self.choice(texts, hint, pointer(ptr, key), key))
         if not exprs:
             raise _unsatisfiable(f"no member of {key} can match", pointer(ptr, key))
         exprs = list(dict.fromkeys(exprs))
         return exprs[0] if len(exprs) == 1 else self.b.rule(hint, " | ".join(exprs))
 
     def enum(self, s: JSONObject, ptr: str, hint: str) -> str:
-        return self.choice(self.enum_texts(s, ptr), ptr, hint)
+        return self.choice(self.enum_texts(s, ptr), hint, pointer(ptr, "enum"), "enum")
 
-    def choice(self, texts: list[str], ptr: str, hint: str) -> str:
-        """A symbol for the JSON texts ``texts``: one literal, or a trie so that llama.cpp keeps few stacks."""
+    def choice(self, texts: list[str], hint: str, ptr: str, keyword: str) -> str:
+        """A symbol for the JSON texts ``texts``, the values that ``keyword`` at ``ptr`` lists: one literal, or a
+        trie so that llama.cpp keeps few stacks."""
         texts = list(dict.fromkeys(texts))
         if len(texts) == 1:
             return literal(texts[0])
@@ -185,7 +211,7 @@ class Compiler:
             seq = choice(self.b, texts, hint)
             return seq if _NAME.fullmatch(seq) else self.b.rule(hint, seq)
         except TooLarge as e:
-            raise fail(f"enum: {e}", pointer(ptr, "enum"), "enum") from None
+            raise fail(f"{keyword}: {e}", ptr, keyword) from None
 
     def enum_texts(self, s: JSONObject, ptr: str) -> list[str]:
         """The compact JSON spellings of the values an enum / const schema admits."""
@@ -202,15 +228,17 @@ class Compiler:
                     key,
                 )
         types = _type_list(s, ptr)
+        listed = "enum" if "enum" in s else "const"
+        where = pointer(ptr, listed)
         texts = []
         for v in values:
             if types is None or any(_is_type(v, t) for t in types):
                 try:
                     texts.append(json.dumps(v, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
                 except (TypeError, ValueError):
-                    raise fail(f"enum value {v!r} is not JSON", pointer(ptr, "enum"), "enum") from None
+                    raise fail(f"{listed} value {v!r} is not JSON", where, listed) from None
         if not texts:
-            raise _unsatisfiable("no enum / const value has the schema's type", pointer(ptr, "enum"))
+            raise _unsatisfiable("no enum / const value has the schema's type", where)
         return texts
 
     def typed(self, s: JSONObject, ptr: str, hint: str) -> str:
@@ -360,6 +388,12 @@ class _Unsatisfiable(SchemaError):
 
 def _unsatisfiable(message: str, ptr: str) -> SchemaError:
     return _Unsatisfiable(message, ptr)
+
+
+def _moved(e: SchemaError, ptr: str) -> SchemaError:
+    """``e`` (of the same class) naming ``ptr`` instead of the place it was found at."""
+    message = str(e).removesuffix(f" (at {e.pointer})")
+    return type(e)(message, ptr, e.keyword)
 
 
 def count(s: JSONObject, key: str, ptr: str) -> int | None:

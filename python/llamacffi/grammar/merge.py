@@ -1,22 +1,26 @@
 """``allOf``: the conjunction of schemas merged into one schema, where that can be done exactly.
 
 Sub-schemas that meet (two ``properties`` entries with the same name, two ``items``) are not merged here but
-become a new ``allOf`` that the compiler meets later, so recursive definitions merge level by level.
+become a new ``allOf`` that the compiler meets later, so recursive definitions merge level by level. A merged schema
+is no place in the document: :class:`Merged` keeps where each of its keywords came from, so that an error found in
+it names the member where the keyword is.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from ..jsontypes import JSON, JSONObject
 from ..limits import GRAMMAR_MAX_REF_CHAIN
 from .keywords import ANNOTATIONS, array, check_keywords, fail, members, number, pointer, text, type_names
 
-__all__ = ["canonical", "conjoin", "merge_all", "same_value"]
+__all__ = ["Merged", "canonical", "conjoin", "merge_all", "same_value"]
 
 Schema = JSON  # a JSON Schema: an object, or true / false
 Resolve = Callable[[str, str], tuple[Schema, str]]
+Place = Callable[[Schema, str], str]  # a sub-schema's pointer in the document, given the one it would have here
 
 _LOWER = ("minimum", "minLength", "minItems")
 _UPPER = ("maximum", "maxLength", "maxItems")
@@ -53,14 +57,17 @@ def conjoin(a: Schema, b: Schema) -> Schema:
     return {"allOf": [a, b]}
 
 
-def _flatten(schema: Schema, ptr: str, resolve: Resolve, out: list[tuple[JSONObject, str]], depth: int) -> bool:
-    """Collect the conjuncts of ``schema`` (its allOf members and $ref targets); False if one is ``false``."""
+def _flatten(
+    schema: Schema, ptr: str, resolve: Resolve, place: Place, out: list[tuple[JSONObject, str]], depth: int
+) -> str:
+    """Collect the conjuncts of ``schema`` (its allOf members and $ref targets) with their pointers; return the
+    pointer of a member that is ``false`` (no value matches), or ``""``."""
     if depth > GRAMMAR_MAX_REF_CHAIN:
         raise fail(f"more than {GRAMMAR_MAX_REF_CHAIN} nested allOf / $ref levels (a reference cycle?)", ptr)
     if schema is True:
-        return True
+        return ""
     if schema is False:
-        return False
+        return ptr
     if not isinstance(schema, dict):
         raise fail(f"a schema must be an object or a boolean, not {type(schema).__name__}", ptr)
     check_keywords(schema, ptr)
@@ -73,12 +80,15 @@ def _flatten(schema: Schema, ptr: str, resolve: Resolve, out: list[tuple[JSONObj
         out.append((rest, ptr))
     if "$ref" in schema:
         target, target_ptr = resolve(text(schema["$ref"]), pointer(ptr, "$ref"))
-        if not _flatten(target, target_ptr, resolve, out, depth + 1):
-            return False
+        if false_at := _flatten(target, target_ptr, resolve, place, out, depth + 1):
+            return false_at
     members = schema.get("allOf", [])
     if not isinstance(members, list) or (not members and "allOf" in schema):
         raise fail("allOf must be a non-empty array of schemas", pointer(ptr, "allOf"), "allOf")
-    return all(_flatten(member, pointer(ptr, "allOf", i), resolve, out, depth + 1) for i, member in enumerate(members))
+    for i, member in enumerate(members):
+        if false_at := _flatten(member, place(member, pointer(ptr, "allOf", i)), resolve, place, out, depth + 1):
+            return false_at
+    return ""
 
 
 def _meet_types(a: JSON, b: JSON) -> list[str]:
@@ -89,27 +99,27 @@ def _meet_types(a: JSON, b: JSON) -> list[str]:
     return sorted(out)
 
 
-def _meet(out: JSONObject, key: str, value: JSON, ptr: str) -> None:
-    """Merge one keyword of a further conjunct into ``out``."""
+def _meet(out: JSONObject, key: str, value: JSON, here: str, before: str) -> None:
+    """Merge one keyword of a further conjunct into ``out``: ``here`` is its pointer, ``before`` that of the
+    keyword it meets."""
     if key not in out:
         out[key] = value
         return
     old = out[key]
-    where = pointer(ptr, "allOf")
     if key == "type":
         out[key] = [*_meet_types(old, value)]
         if not out[key]:
-            raise fail("allOf: the types of its members exclude each other, no value can match", where, "allOf")
+            raise fail(f"allOf: these types and those at {before} exclude each other, no value can match", here, key)
     elif key == "enum":
         keep = {same_value(v) for v in array(value)}
         out[key] = [v for v in array(old) if same_value(v) in keep]
         if not out[key]:
-            raise fail("allOf: the enum / const values of its members exclude each other", where, "allOf")
+            raise fail(f"allOf: these enum / const values and those at {before} exclude each other", here, key)
     elif key == "required":
         out[key] = [*dict.fromkeys(map(text, [*array(old), *array(value)]))]
     elif key in _LOWER or key in _UPPER:
         if not isinstance(value, (int, float)) or not isinstance(old, (int, float)):
-            raise fail(f"allOf: {key} must be a number", where, key)
+            raise fail(f"allOf: {key} must be a number", here, key)
         out[key] = max(old, value) if key in _LOWER else min(old, value)
     elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(old, bool) and not isinstance(value, bool):
         out[key] = max(number(old), number(value)) if key == "exclusiveMinimum" else min(number(old), number(value))
@@ -118,7 +128,7 @@ def _meet(out: JSONObject, key: str, value: JSON, ptr: str) -> None:
     elif key == "uniqueItems":
         out[key] = bool(old or value)
     elif canonical(old) != canonical(value):
-        raise fail(f"allOf: two members give different {key!r}, which cannot be merged", where, key)
+        raise fail(f"allOf: {key} differs from the one at {before}, and the two cannot be merged", here, key)
 
 
 def _meet_properties(out: JSONObject, part: JSONObject) -> None:
@@ -134,24 +144,58 @@ def _meet_properties(out: JSONObject, part: JSONObject) -> None:
     out["properties"] = mine
 
 
-def merge_all(schema: JSONObject, ptr: str, resolve: Resolve) -> Schema:
-    """One schema equivalent to ``schema`` with its ``allOf`` (and ``$ref``) merged in, or False."""
+@dataclass
+class Merged:
+    """An ``allOf`` merged into one schema (``False`` when a member is false, at ``false_at``), and ``origins``:
+    the pointer each keyword and property of the merged schema would have, mapped to where it is in the document."""
+
+    schema: Schema
+    false_at: str = ""
+    origins: dict[str, str] = field(default_factory=dict)
+
+    def origin(self, ptr: str) -> str:
+        """``ptr``, a place below the merged schema, as the place in the document it came from (unchanged when it
+        is not below one of the merged schema's keywords)."""
+        cut = len(ptr)
+        while cut > 0:
+            found = self.origins.get(ptr[:cut])
+            if found is not None:
+                return found + ptr[cut:]
+            cut = ptr.rfind("/", 0, cut)
+        return ptr
+
+
+def merge_all(schema: JSONObject, ptr: str, resolve: Resolve, place: Place = lambda _s, p: p) -> Merged:
+    """One schema equivalent to ``schema`` with its ``allOf`` (and ``$ref``) merged in, or False. ``place`` gives
+    a member's own pointer where it has one (a member of an ``allOf`` this module made lies elsewhere)."""
     parts: list[tuple[JSONObject, str]] = []
-    if not _flatten(schema, ptr, resolve, parts, 0):
-        return False
+    false_at = _flatten(schema, ptr, resolve, place, parts, 0)
+    if false_at:
+        return Merged(False, false_at)
     out: JSONObject = {}
+    origins: dict[str, str] = {}
     for part, part_ptr in parts:
         part = dict(part)
+        here = {key: pointer(part_ptr, key) for key in part}
         if "const" in part:
             const = part.pop("const")
+            here.setdefault("enum", here["const"])
             part["enum"] = [v for v in array(part.get("enum", [const])) if same_value(v) == same_value(const)]
             if not part["enum"]:
-                raise fail("const and enum exclude each other, no value can match", part_ptr, "const")
+                raise fail("const and enum exclude each other, no value can match", pointer(part_ptr, "const"), "const")
+        for key, where in here.items():
+            origins.setdefault(pointer(ptr, key), where)
         if "properties" in part or "properties" in out:
             _meet_properties(out, part)
+            for name in members(part.get("properties", {})):
+                origins.setdefault(pointer(ptr, "properties", name), pointer(part_ptr, "properties", name))
         for key, value in part.items():
             if key != "properties":
-                _meet(out, key, value, ptr)
+                _meet(out, key, value, here[key], origins[pointer(ptr, key)])
     if "anyOf" in out and "oneOf" in out:
-        raise fail("allOf: members with both anyOf and oneOf cannot be merged", pointer(ptr, "allOf"), "allOf")
-    return out
+        raise fail(
+            f"allOf: anyOf at {origins[pointer(ptr, 'anyOf')]} and oneOf cannot be merged",
+            origins[pointer(ptr, "oneOf")],
+            "oneOf",
+        )
+    return Merged(out, origins=origins)
