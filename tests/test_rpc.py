@@ -953,3 +953,35 @@ def test_a_worker_whose_reader_cannot_start_does_not_outlive_the_load(
         assert started and started[0].returncode is not None  # killed and reaped
     finally:
         svc.close()
+
+
+@needs_rpc
+def test_a_worker_whose_parent_is_gone_ends_though_its_decode_is_stuck(smollm2_path: Path) -> None:
+    """A worker whose pipe closes at the other end (its parent died: nothing will kill it) while its engine is stuck
+    in a decode (an RPC server that stopped answering) ends by itself within a grace instead of living on."""
+    import os
+    import signal
+
+    from llamacffi.service import worker
+
+    server = RPCServerProcess()
+    svc = LlamaCppService(LocalBackendConfig(threads=1, gpu_layers=OFFLOAD, rpc_servers=(server.endpoint,)))
+    try:
+        model = svc.load_model(str(smollm2_path), config=ModelConfig(context_size=1024, parallel=1))
+        engine = model._engine
+        assert isinstance(engine, worker.WorkerEngine)
+        stream = model.generate_stream("Once upon a time", GenerationOptions(max_tokens=900, temperature=0.0))
+        next(stream)
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        time.sleep(0.5)  # the decode under way now waits for the server
+        parent_end = socket.socket(fileno=os.dup(engine._conn.fileno()))
+        parent_end.shutdown(socket.SHUT_RDWR)  # what the worker sees of its parent's death
+        parent_end.close()
+        try:
+            engine._process.wait(5 * worker.CLOSE_GRACE_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the worker lived on after its parent was gone")
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        svc.close()
+        server.kill()

@@ -518,4 +518,9 @@ def _child(fd: int) -> None:  # pragma: no cover - runs in the worker process
             requests.pop(rid, None)
             send(("error", rid, _portable(exc)))
     stopping.set()
+    # With its engine stuck in a decode (a server that stopped answering) closing would wait for ever, and a parent
+    # that is gone no longer kills this process after its grace: it ends itself then.
+    watchdog = threading.Timer(CLOSE_GRACE_S, os._exit, (1,))
+    watchdog.daemon = True
+    watchdog.start()
     text.close()
