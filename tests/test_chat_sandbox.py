@@ -3,7 +3,11 @@ template still does."""
 
 from __future__ import annotations
 
+import functools
+import os
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import jinja2.exceptions
 import jinja2.sandbox
@@ -162,3 +166,70 @@ def test_apply_template_names_the_bound_a_template_passes(few_steps: int) -> Non
 def test_a_real_template_renders_as_jinja_renders_it(template: str, expected: str) -> None:
     assert render(template) == expected
     assert jinja2.sandbox.ImmutableSandboxedEnvironment().from_string(template).render(messages=MESSAGES) == expected
+
+
+# llama.cpp's collection of real templates (the vendored tree is there once the package is built).
+TEMPLATES = Path(os.environ.get("LLAMACFFI_LLAMA_CPP_DIR") or Path(__file__).parent.parent / "vendor" / "llama.cpp")
+TEMPLATES /= "models/templates"
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+CONVERSATIONS: list[dict[str, object]] = [
+    {"messages": [{"role": "user", "content": "Hi"}]},
+    {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Tell me a joke."},
+        ]
+    },
+    {"messages": [{"role": "user", "content": 'Quote: "x < y" & {braces}\nnew line'}], "add_generation_prompt": False},
+    {"messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": TOOLS},
+    {
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": "", "tool_calls": [CALL]},
+            {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": '{"t": 20}'},
+            {"role": "assistant", "content": "It is 20."},
+        ],
+        "tools": TOOLS,
+    },
+]
+
+
+def outcome(render: Callable[..., str], variables: dict[str, object]) -> str:
+    """What a render gives: its text, or the kind of error it raises."""
+    try:
+        return render(**variables)
+    except Exception as exc:
+        return f"raises {type(exc).__name__}"
+
+
+@pytest.mark.skipif(not TEMPLATES.is_dir(), reason="llama.cpp's models/templates is not there (package not built)")
+@pytest.mark.parametrize("path", sorted(TEMPLATES.glob("*.jinja")), ids=lambda p: p.stem)
+def test_llama_cpps_templates_render_as_plain_jinja_renders_them(path: Path) -> None:
+    source = path.read_text()
+    plain = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    plain.globals.update(raise_exception=chat_sandbox._raise_exception, strftime_now=chat_sandbox._strftime_now)
+    plain.filters["tojson"] = chat_sandbox._tojson
+    bounded = chat_sandbox.compile_template(source)
+    try:
+        theirs = plain.from_string(source)
+    except jinja2.TemplateError:
+        assert bounded is None
+        return
+    assert bounded is not None
+    for given in CONVERSATIONS:
+        variables = {"add_generation_prompt": True, "bos_token": "<s>", "eos_token": "</s>", **given}
+        assert outcome(functools.partial(chat_sandbox.render, bounded), variables) == outcome(theirs.render, variables)
