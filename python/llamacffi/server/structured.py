@@ -2,11 +2,11 @@
 tool calls.
 
 The functions are described in a system message, not given to the model's chat template: the same call format then
-serves every model (a family's own tool syntax would need its own parser), ``{"name": ..., "arguments": {...}}``. With ``tool_choice`` ``"required"`` or a named function the
-output is constrained by a grammar to such a call, its ``arguments`` to the function's parameter schema; with
-``"auto"`` the model may answer in text, and an answer that is a well-formed call to a listed function becomes a tool
-call. Everything is checked when the request arrives: a schema the grammar compiler cannot enforce is a 400 that
-names the keyword, never a silent fallback.
+serves every model (a family's own tool syntax would need its own parser), ``{"name": ..., "arguments": {...}}``.
+With ``tool_choice`` ``"required"`` or a named function the output is constrained by a grammar to such a call, its
+``arguments`` to the function's parameter schema; with ``"auto"`` the model may answer in text, and an answer that is
+a well-formed call to a listed function becomes a tool call. Everything is checked when the request arrives: a schema
+the grammar compiler cannot enforce is a 400 that names the keyword, never a silent fallback.
 """
 
 from __future__ import annotations
