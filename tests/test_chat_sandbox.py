@@ -18,8 +18,6 @@ from llamacffi.chat import ChatTemplateError, apply_template
 
 MESSAGES = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " yo "}]
 BIG = 3 * limits.CHAT_TEMPLATE_MAX_CHARS  # a width or count past the bound, small enough to be made if asked
-# A list that holds the one before it twice, forty times over: small in memory, a terabyte as text.
-DOUBLED = "{% set ns = namespace(x=['ab']) %}{% for i in range(40) %}{% set ns.x = [ns.x, ns.x] %}{% endfor %}"
 
 
 def render(template: str) -> str:
@@ -98,25 +96,51 @@ def test_numbers_multiplied_past_the_bound_are_refused() -> None:
         render(template)
 
 
+def doubled(times: int, pair: str = "[ns.x, ns.x]") -> str:
+    """A template that makes ``ns.x`` hold the one before it twice (``pair``), ``times`` over."""
+    return f"{{% set ns = namespace(x=['ab']) %}}{{% for i in range({times}) %}}{{% set ns.x = {pair} %}}{{% endfor %}}"
+
+
 @pytest.mark.parametrize(
     "use",
     [
         "{{ ns.x }}",
         "{{ ns.x|tojson }}",
+        "{{ ns.x|tojson|length }}",
         "{{ ns.x|string }}",
         "{{ ns.x|upper }}",
-        "{{ ns.x|join(',') }}",
+        "{{ ns.x|pprint }}",
+        "{{ [ns.x]|join(',') }}",
         "{{ 'a' ~ ns.x }}",
         "{{ '%s' % [ns.x] }}",
         "{{ '{}'.format(ns.x) }}",
         "{{ ', '.join([ns.x|string]) }}",
+        "{{ ns }}",  # a namespace is written as its attributes
+        "{{ {'a': ns.x}.items() }}",  # and a dict view as its items
+        "{{ {'a': ns.x}.values() }}",
     ],
 )
-def test_a_value_nested_by_reference_does_not_become_a_terabyte_of_text(use: str, few_steps: int) -> None:
+@pytest.mark.parametrize("pair", ["[ns.x, ns.x]", "(ns.x, ns.x)", "{'k': ns.x, 'j': ns.x}", "[ns.x] * 2"])
+def test_a_value_nested_by_reference_does_not_become_a_terabyte_of_text(use: str, pair: str) -> None:
+    # Each object is walked once: refused in milliseconds, long before the step budget is spent.
     started = time.monotonic()
-    with pytest.raises(jinja2.exceptions.SecurityError, match=f"over {few_steps} steps"):
-        render(DOUBLED + use)
-    assert time.monotonic() - started < 10
+    with pytest.raises(jinja2.exceptions.SecurityError, match=f"value of over {limits.CHAT_TEMPLATE_MAX_CHARS} char"):
+        render(doubled(40, pair) + use)
+    assert time.monotonic() - started < 0.5
+
+
+def test_a_value_nested_by_reference_costs_the_objects_it_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 2**17 paths, 18 objects: within a budget of 1000 steps, and written as Jinja writes it.
+    monkeypatch.setattr(chat_sandbox, "_MAX_STEPS", 1000)
+    template = doubled(16) + "{{ ns.x }}{{ ns.x|tojson|length }}{{ ns }}"
+    assert len(render(template)) > 2**19
+    assert render(template) == jinja2.sandbox.ImmutableSandboxedEnvironment().from_string(template).render()
+
+
+def test_what_a_walk_makes_stays_alive_until_it_ends() -> None:
+    # A dict view's items are made as they are walked: were the first view's freed, the second's could take their ids.
+    views = [{str(i): "" for i in range(100)}.items(), {str(i): "x" * 1000 for i in range(100)}.items()]
+    assert chat_sandbox._measured(views) == chat_sandbox._measured([list(view) for view in views])
 
 
 def test_namespace_and_dict_keep_any_number() -> None:

@@ -22,7 +22,7 @@ import functools
 import json
 import re
 import string
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MappingView
 from typing import Any, NoReturn
 
 import jinja2
@@ -43,7 +43,8 @@ _MAX_MADE = limits.CHAT_TEMPLATE_MAX_MADE
 _MAX_BITS = limits.CHAT_TEMPLATE_MAX_POWER_BITS
 
 _Sized = (str, list, tuple)
-_Containers = (list, tuple, set, frozenset, dict, Mapping)
+# What is written as the text of the values it holds: containers, dict views, namespaces.
+_Walked = (list, tuple, set, frozenset, Mapping, MappingView, jinja2.utils.Namespace)
 # Callables that keep what they are given: any number may be stored.
 _STORING = (jinja2.utils.Namespace, dict)
 # Filters that do not turn their value into text, so it needs no walk before them.
@@ -108,38 +109,60 @@ def _numbers(values: Iterable[Any]) -> None:
 
 def _measured(value: Any) -> int:
     """Walk a value that is about to become text, and say about how long that text is. A list that holds another
-    twice by reference, forty times over, is small in memory and a terabyte as text; the walk counts as loop steps,
-    and the text is bounded."""
+    twice by reference, forty times over, is small in memory and a terabyte as text: each object is walked once (its
+    items count as loop steps), and the text of the whole, counted along every path, is bounded."""
     if isinstance(value, str):
         return len(value)
-    if not isinstance(value, _Containers):
+    if not isinstance(value, _Walked):
         return 24  # a number's digits, about (their size is bounded where numbers are made)
-    size = 0
-    stack = [value]
+    sizes: dict[int, int] = {}  # id -> text size; 0 while the object's own parts are walked (a cycle prints "...")
+    kept: list[list[Any]] = []  # the parts of every object walked: alive until the end, so that no id is reused
+    stack: list[tuple[Any, list[Any] | None]] = [(value, None)]
     while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            size += len(item)
-        elif isinstance(item, Mapping):
-            _steps(len(item))
-            stack.extend(item.keys())
-            stack.extend(item.values())
-            size += 4 * len(item)
-        elif isinstance(item, _Containers):
-            _steps(len(item))
-            stack.extend(item)
-            size += 2 * len(item)
-        elif isinstance(item, int):
-            size += item.bit_length() // 3  # its decimal digits, about
+        item, parts = stack[-1]
+        if parts is None:
+            if id(item) in sizes:
+                stack.pop()
+                continue
+            parts = _parts(item)
+            _steps(len(parts))
+            kept.append(parts)
+            sizes[id(item)] = 0
+            stack[-1] = (item, parts)
+            stack.extend((part, None) for part in parts if isinstance(part, _Walked) and id(part) not in sizes)
+            continue
+        stack.pop()
+        size = (4 if isinstance(item, Mapping) else 2) * len(parts)
+        for part in parts:
+            size += sizes[id(part)] if isinstance(part, _Walked) else _leaf(part)
         if size > _MAX_CHARS:
             _refuse(f"the chat template turns a value of over {_MAX_CHARS} characters into text")
-    return size
+        sizes[id(item)] = size
+    return sizes[id(value)]
+
+
+def _parts(item: Any) -> list[Any]:
+    if isinstance(item, Mapping):
+        return [*item.keys(), *item.values()]
+    if isinstance(item, jinja2.utils.Namespace):  # written as its attributes' dict
+        return [item._Namespace__attrs]
+    return list(item)
+
+
+def _leaf(item: Any) -> int:
+    if isinstance(item, str):
+        return len(item)
+    if isinstance(item, int):
+        return item.bit_length() // 3  # its decimal digits, about
+    if isinstance(item, bytes):
+        return 4 * len(item)  # \x.. for each byte, at most
+    return 0
 
 
 def _arguments(args: Iterable[Any], kwargs: Mapping[str, Any]) -> None:
     """The check on what a filter or call is given: containers that can become text."""
     for value in (*args, *kwargs.values()):
-        if isinstance(value, _Containers):
+        if isinstance(value, _Walked):
             _measured(value)
 
 
