@@ -143,6 +143,23 @@ def test_what_a_walk_makes_stays_alive_until_it_ends() -> None:
     assert chat_sandbox._measured(views) == chat_sandbox._measured([list(view) for view in views])
 
 
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ ([[0]] * 1000000)|sum(start=[])|length }}",
+        "{{ ([[0] * 1000] * 100000)|sum(start=[])|length }}",
+        "{{ (range(100000)|map('string')|map('list')|list)|sum(start=[])|length }}",
+        "{{ ([{'a': [0] * 1000}] * 100000)|sum(attribute='a', start=[])|length }}",
+        "{{ ([('x',) * 1000] * 100000)|sum(start=())|length }}",
+        "{{ ([[0]] * 1000000 + [[1]])|sum(start=[0] * 1000)|length }}",
+    ],
+)
+def test_adding_lists_with_sum_is_bounded_before_it_runs(template: str) -> None:
+    # Each partial sum is a copy: a million one-item lists would copy half a million million items.
+    with pytest.raises(jinja2.exceptions.SecurityError, match=f"over {limits.CHAT_TEMPLATE_MAX_MADE} characters"):
+        render(template)
+
+
 def test_namespace_and_dict_keep_any_number() -> None:
     assert render(f"{{% set ns = namespace(n={BIG}) %}}{{{{ ns.n }}}}{{{{ dict(a={BIG}).a }}}}") == str(BIG) * 2
 
@@ -184,6 +201,10 @@ def test_apply_template_names_the_bound_a_template_passes(few_steps: int) -> Non
         (
             "{{ ', '.join(messages|map(attribute='role')) }}|{{ messages|map(attribute='content')|join('/') }}",
             "user, assistant|hi/ yo ",
+        ),
+        (
+            "{{ [[1], [2, 3]]|sum(start=[]) }}|{{ [{'n': 2}, {'n': 3}]|sum(attribute='n') }}|{{ range(4)|sum }}",
+            "[1, 2, 3]|5|6",
         ),
     ],
 )

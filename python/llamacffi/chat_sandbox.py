@@ -295,6 +295,30 @@ def _tojson(value: object, indent: int | None = None, **_: object) -> str:
     return json.dumps(value, ensure_ascii=False, indent=indent)
 
 
+@jinja2.pass_environment
+def _sum(environment: jinja2.Environment, iterable: Iterable[Any], attribute: Any = None, start: Any = 0) -> Any:
+    """Jinja's ``sum``, with what adding lists, tuples or strings one by one makes (each partial sum is a copy)
+    counted before it runs."""
+    items = (
+        list(iterable)
+        if attribute is None
+        else list(map(jinja2.filters.make_attrgetter(environment, attribute), iterable))
+    )
+    _steps(len(items))
+    length = len(start) if isinstance(start, _Sized) else 0
+    made = 0
+    for item in items:
+        if isinstance(item, _Sized):
+            length += len(item)
+            made += length
+            if made > _MAX_MADE:
+                break
+    if made:
+        _size(length)  # the last partial sum, the longest
+        _spend("made", made - length, _MAX_MADE)
+    return sum(items, start)
+
+
 def _raise_exception(message: object) -> NoReturn:
     raise Refused(str(message))
 
@@ -340,7 +364,7 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
             trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"], finalize=self._finalize
         )
         self.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now, range=_range)
-        self.filters["tojson"] = _tojson
+        self.filters.update(tojson=_tojson, sum=_sum)
         self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
 
     @staticmethod
