@@ -16,6 +16,7 @@ import llamacffi
 from llamacffi.grammar import SchemaError, from_json_schema
 from llamacffi.grammar.automaton import Dfa
 from llamacffi.grammar.compiler import Compiler
+from llamacffi.grammar.gbnf import TooLarge
 from llamacffi.grammar.refs import rebase
 from llamacffi.grammar.strings import pattern_dfa
 from llamacffi.limits import GRAMMAR_MAX_WORK
@@ -575,6 +576,53 @@ def test_a_long_class_costs_linear_work() -> None:
     assert large <= 10 * small
 
 
+@pytest.mark.parametrize("pattern", ["^a{1000}$", "^[0-9]{1000}$", "^\\d{0,1000}$", "^a{1000,}$", "^x[a-f]{1,1000}y$"])
+def test_counted_repetition_costs_linear_work(pattern: str) -> None:
+    """A counted repetition is a chain of states; minimizing it takes the smaller half of each split, so ten times
+    the count costs about ten times the work (it was quadratic, and a{1000} was past the budget)."""
+    small = work({"type": "string", "pattern": pattern.replace("1000", "100")})
+    assert work({"type": "string", "pattern": pattern}) <= 12 * small
+
+
+def test_a_long_counted_repetition_is_enforced_by_llama_cpp(smollm2: llamacffi.Model) -> None:
+    gbnf = from_json_schema({"type": "string", "pattern": "^[0-9]{1000}$"})
+    vocab = smollm2.vocab
+    assert accepts(vocab, gbnf, json.dumps("7" * 1000))
+    assert not accepts(vocab, gbnf, json.dumps("7" * 999))
+    assert not accepts(vocab, gbnf, json.dumps("7" * 1001))
+    assert not accepts(vocab, gbnf, json.dumps("7" * 500 + "x" + "7" * 499))
+
+
+REGEX_ATOMS = st.sampled_from(["a", "b", "[ab]", "[^a]", ".", "[0-5]", "\\d", "\u00e9"])
+
+
+def _regex(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    counts = st.sampled_from(["*", "+", "?", "{2}", "{0,3}", "{2,}"])
+    return st.one_of(
+        st.tuples(inner, inner).map("".join),
+        st.tuples(inner, inner).map(lambda ab: f"({ab[0]}|{ab[1]})"),
+        st.tuples(inner, counts).map(lambda rc: f"(?:{rc[0]}){rc[1]}"),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.recursive(REGEX_ATOMS, _regex, max_leaves=8),
+    st.booleans(),
+    st.booleans(),
+    st.lists(st.text("ab05x\u00e9", max_size=10), max_size=8),
+)
+def test_fuzz_pattern_automata_match_as_python_re(body: str, start: bool, end: bool, texts: list[str]) -> None:
+    """Minimal automata (and the one state an unanchored end becomes) take what Python's re finds."""
+    pattern = ("^" if start else "") + body + ("$" if end else "")
+    try:
+        d = pattern_dfa(pattern)
+    except TooLarge:
+        return
+    for text in texts:
+        assert dfa_matches(d, text) == (re.search(pattern, text) is not None), (pattern, text)
+
+
 @pytest.mark.parametrize(
     "schema",
     [
@@ -607,7 +655,7 @@ def test_tool_parameters_share_one_budget() -> None:
         return {"type": "object", "properties": {"s": {"type": "string", "pattern": f"^{i}{points(130)}{{1,300}}$"}}}
 
     structured.parse_tools([tool("f0", params(0))], "auto")
-    many = [tool(f"f{i}", params(i)) for i in range(4)]
+    many = [tool(f"f{i}", params(i)) for i in range(GRAMMAR_MAX_WORK // work(params(0)) + 1)]
     with pytest.raises(APIError) as e:
         structured.parse_tools(many, "auto")
     assert e.value.status == 400

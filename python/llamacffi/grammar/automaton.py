@@ -8,6 +8,7 @@ its stack sets grow.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
@@ -211,6 +212,10 @@ def dfa(node: Node, minimal: bool = True) -> Dfa:
     out = Dfa()
     work = Work()
     first = nfa.closure([start])
+    # An unanchored end leaves the NFA's end state taking any character back to itself: every set holding it
+    # accepts anything from there on, so all are one state (else a set is made for each of its other members).
+    at_end = nfa.closure([end])
+    universal = any(lo == 0 and hi == MAX_CP and end in nfa.closure([t]) for s in at_end for lo, hi, t in nfa.moves[s])
     index = {first: out.add(end in first)}
     todo = [first]
     while todo:
@@ -219,6 +224,8 @@ def dfa(node: Node, minimal: bool = True) -> Dfa:
         moves = [move for s in cur for move in nfa.moves[s]]
         for rs, targets in _split(moves, work):
             nxt = nfa.closure(targets)
+            if universal and end in nxt:
+                nxt = at_end
             if nxt not in index:
                 index[nxt] = out.add(end in nxt)
                 todo.append(nxt)
@@ -233,39 +240,150 @@ def _finish(d: Dfa, minimal: bool, work: Work) -> Dfa:
 
 
 def minimize(d: Dfa, work: Work | None = None) -> Dfa:
-    """The equivalent DFA with the fewest states (Moore's partition refinement). Range sets are numbered once, so
-    a refinement round costs the edges, not their ranges."""
+    """The equivalent DFA with the fewest states, for a DFA whose states are reachable and can reach acceptance (as
+    :func:`prune` leaves them). Valmari and Lehtinen's refinement of states and transitions, which takes the smaller
+    half of each split (Hopcroft) on partial automata, over the letters the edges' ranges cut the code points into:
+    its work grows as m log n for m transitions, so a long chain (a counted repetition) costs linear work."""
     n = len(d.accept)
     if n == 0:
         return d
     work = work or Work()
-    ids: dict[Ranges, int] = {}
-    work.add(sum(len(rs) for es in d.edges for rs, _ in es))
-    edges = [[(ids.setdefault(rs, len(ids)), t) for rs, t in es] for es in d.edges]
-    size = n + sum(map(len, edges))
+    letters = _letters(d, work)
+    tails: list[int] = []
+    heads: list[int] = []
+    labels: list[int] = []
+    for q, es in enumerate(d.edges):
+        for rs, t in es:
+            for a in letters[rs]:
+                tails.append(q)
+                heads.append(t)
+                labels.append(a)
+    m = len(tails)
+    work.add(n + m)
+    into: list[list[int]] = [[] for _ in range(n)]  # transitions by target state
+    for i, t in enumerate(heads):
+        into[t].append(i)
+    finals = [q for q in range(n) if d.accept[q]]
+    blocks = _Partition([*finals, *(q for q in range(n) if not d.accept[q])], [n], work)
+    blocks.mark_first(0, len(finals))
+    blocks.split()
+    by_label = sorted(range(m), key=labels.__getitem__)
+    cords = _Partition(by_label, [len(list(g)) for _, g in itertools.groupby(by_label, labels.__getitem__)], work)
+    b, c = 1, 0  # the next block and cord to split by; block 0 need not be one (Hopcroft's "all but one")
+    while c < len(cords.first):
+        for i in range(cords.first[c], cords.past[c]):
+            blocks.mark(tails[cords.elems[i]])
+        blocks.split()
+        c += 1
+        while b < len(blocks.first):
+            for i in range(blocks.first[b], blocks.past[b]):
+                for t in into[blocks.elems[i]]:
+                    cords.mark(t)
+            cords.split()
+            b += 1
+    return _quotient(d, blocks.set_of)
 
-    def signature(i: int) -> tuple[object, ...]:
-        es = edges[i]
-        if len(es) == 1:
-            return (block[i], block[es[0][1]], es[0][0])
-        blocks = [block[t] for _, t in es]
-        if len(set(blocks)) == len(blocks):
-            return (block[i], *sorted(zip(blocks, (r for r, _ in es), strict=True)))
-        by_block: dict[int, list[tuple[int, int]]] = {}
-        for rs, t in d.edges[i]:
-            by_block.setdefault(block[t], []).extend(rs)
-            work.add(len(rs))
-        return (block[i], *sorted((t, ids.setdefault(normalize(rs), len(ids))) for t, rs in by_block.items()))
 
-    block = [int(a) for a in d.accept]
-    count = len(set(block))
-    while True:
-        work.add(size)
-        sigs: dict[tuple[object, ...], int] = {}
-        block = [sigs.setdefault(signature(i), len(sigs)) for i in range(n)]
-        if len(sigs) == count:
-            break
-        count = len(sigs)
+class _Partition:
+    """A refinable partition of 0..n-1: the elements of each set lie together in ``elems`` (from ``first`` to
+    ``past``), so marking elements and splitting the marked ones off costs the marked ones only."""
+
+    def __init__(self, order: list[int], sizes: list[int], work: Work) -> None:
+        self.elems = order
+        self.loc = [0] * len(order)
+        self.set_of = [0] * len(order)
+        self.first: list[int] = []
+        self.past: list[int] = []
+        for i, e in enumerate(order):
+            self.loc[e] = i
+        at = 0
+        for k, size in enumerate(sizes):
+            self.first.append(at)
+            self.past.append(at + size)
+            for i in range(at, at + size):
+                self.set_of[order[i]] = k
+            at += size
+        self.marked = [0] * len(sizes)
+        self.touched: list[int] = []
+        self.work = work
+
+    def mark(self, e: int) -> None:
+        s, i = self.set_of[e], self.loc[e]
+        j = self.first[s] + self.marked[s]
+        self.elems[i] = other = self.elems[j]
+        self.loc[other] = i
+        self.elems[j] = e
+        self.loc[e] = j
+        if not self.marked[s]:
+            self.touched.append(s)
+        self.marked[s] += 1
+        self.work.add(1)
+
+    def mark_first(self, s: int, count: int) -> None:
+        """Mark the first ``count`` elements of set ``s`` as they lie."""
+        if count:
+            self.marked[s] = count
+            self.touched.append(s)
+
+    def split(self) -> None:
+        """Split each touched set into its marked and unmarked elements; the smaller part becomes a new set."""
+        while self.touched:
+            s = self.touched.pop()
+            j = self.first[s] + self.marked[s]
+            self.marked[s] = 0
+            if j == self.past[s]:
+                continue
+            if j - self.first[s] <= self.past[s] - j:
+                self.first.append(self.first[s])
+                self.past.append(j)
+                self.first[s] = j
+            else:
+                self.first.append(j)
+                self.past.append(self.past[s])
+                self.past[s] = j
+            self.marked.append(0)
+            z = len(self.first) - 1
+            for i in range(self.first[z], self.past[z]):
+                self.set_of[self.elems[i]] = z
+            self.work.add(self.past[z] - self.first[z])
+
+
+def _letters(d: Dfa, work: Work) -> dict[Ranges, list[int]]:
+    """Each range set of ``d``'s edges as the letters it covers: the coarsest cut of the code points such that
+    every range set is a union of letters (a class used throughout is one letter, however many ranges it has).
+    One sweep over the sorted range ends."""
+    sets = list(dict.fromkeys(rs for es in d.edges for rs, _ in es))
+    events = sorted(
+        [(lo, 1, k) for k, rs in enumerate(sets) for lo, _ in rs]
+        + [(hi + 1, -1, k) for k, rs in enumerate(sets) for _, hi in rs]
+    )
+    work.add(len(events))
+    active: set[int] = set()
+    letter: dict[frozenset[int], int] = {}
+    covers: list[list[int]] = [[] for _ in sets]
+    i = 0
+    while i < len(events):
+        at = events[i][0]
+        while i < len(events) and events[i][0] == at:
+            _, step, k = events[i]
+            if step > 0:
+                active.add(k)
+            else:
+                active.discard(k)
+            i += 1
+        if active:
+            work.add(len(active))
+            key = frozenset(active)
+            if key not in letter:
+                letter[key] = len(letter)
+                for k in key:
+                    covers[k].append(letter[key])
+    return dict(zip(sets, covers, strict=True))
+
+
+def _quotient(d: Dfa, block: list[int]) -> Dfa:
+    """``d`` with the states of each block merged; blocks are numbered by their first state, the start's first."""
+    n = len(d.accept)
     order = {block[0]: 0}
     for i in range(n):
         order.setdefault(block[i], len(order))
@@ -285,14 +403,17 @@ def minimize(d: Dfa, work: Work | None = None) -> Dfa:
 
 def prune(d: Dfa) -> Dfa:
     """Drop the states from which no accepting state can be reached (dead ends for a generator)."""
+    back: list[list[int]] = [[] for _ in d.accept]
+    for i, es in enumerate(d.edges):
+        for _, t in es:
+            back[t].append(i)
     live = {i for i, a in enumerate(d.accept) if a}
-    changed = True
-    while changed:
-        changed = False
-        for i, es in enumerate(d.edges):
-            if i not in live and any(t in live for _, t in es):
+    todo = list(live)
+    while todo:
+        for i in back[todo.pop()]:
+            if i not in live:
                 live.add(i)
-                changed = True
+                todo.append(i)
     out = Dfa()
     if 0 not in live:
         return out

@@ -112,8 +112,7 @@ def constrained_string(
         b.spend(d.work)
     assert d is not None
     if lo > 0 or hi is not None:
-        # not minimized: the product with a length counter is a chain, which partition refinement takes in
-        # quadratic time, and the states it could merge are few
+        # not minimized: the product with a length counter is a chain whose states can seldom be merged
         d = intersect(d, length_dfa(lo, hi), minimal=False)
         b.spend(d.work)
     if not d.accept:
