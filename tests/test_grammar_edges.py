@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import llamacffi
 from llamacffi.grammar import SchemaError, from_json_schema
-from llamacffi.grammar.automaton import Dfa
+from llamacffi.grammar.automaton import Dfa, prune
 from llamacffi.grammar.compiler import Compiler
 from llamacffi.grammar.gbnf import TooLarge
 from llamacffi.grammar.refs import rebase
@@ -382,7 +382,7 @@ POINTED = [
     ({"allOf": [{"type": "string"}, False]}, "#/allOf/1"),
     ({"allOf": [{"type": "string"}, {"minLength": 5000}]}, "#/allOf/1/minLength"),
     ({"allOf": [{"type": "integer", "maximum": 10**1000}]}, "#/allOf/0/maximum"),
-    ({"allOf": [{"properties": {"a": False}}, {"required": ["a"]}]}, "#/allOf/0/properties/a"),
+    ({"allOf": [{"type": "object", "properties": {"a": False}}, {"required": ["a"]}]}, "#/allOf/0/properties/a"),
     (
         {"allOf": [{"properties": {"a": {"type": "string"}}}, {"properties": {"a": {"format": "email"}}}]},
         "#/allOf/1/properties/a/format",
@@ -665,3 +665,59 @@ def test_tool_parameters_share_one_budget() -> None:
 def test_counts_with_leading_zeros_are_their_numbers(pattern: str, text: str) -> None:
     d = pattern_dfa(pattern)
     assert dfa_matches(d, text) and not dfa_matches(d, text + "a")
+
+
+# ----------------------------------------------------------------------------------- merged items, empty schemas
+
+
+@pytest.mark.parametrize(
+    ("schema", "good", "bad"),
+    [
+        # the second member's items apply to every item, the first one's included
+        ({"allOf": [{"prefixItems": [{"type": "integer"}]}, {"items": {"type": "string"}}]}, ["[]"], ["[1]", '["a"]']),
+        (
+            {
+                "allOf": [
+                    {"prefixItems": [{"type": "integer"}, {"type": "string"}]},
+                    {"prefixItems": [{"minimum": 0}], "items": {"type": "string"}},
+                ]
+            },
+            ['[1,"a"]', '[1,"a","b"]', "[0]"],
+            ['[-1,"a"]', "[1,2]", '[1,"a",3]'],
+        ),
+        ({"prefixItems": [{"type": "integer"}], "anyOf": [{"items": {"type": "string"}}]}, ["[]"], ["[1]"]),
+        ({"prefixItems": [{}, False]}, ["[]", "[1]"], ["[1,2]"]),
+        ({"type": "array", "items": {"allOf": [{"type": "string"}, {"type": "integer"}]}}, ["[]"], ["[1]", '["a"]']),
+        (
+            {"type": "object", "properties": {"a": {"allOf": [{"type": "string"}, {"type": "integer"}]}}},
+            ['{"b":1}'],
+            ['{"a":1}', '{"a":"x"}'],
+        ),
+        ({"type": "object", "additionalProperties": {"enum": [1], "type": "string"}}, ["{}"], ['{"a":1}']),
+        ({"type": ["object", "null"], "properties": {"a": False}, "required": ["a"]}, ["null"], ["{}"]),
+        ({"type": "object", "required": ["x", "x"]}, ['{"x":1}'], ["{}"]),
+    ],
+    ids=lambda v: json.dumps(v)[:60] if isinstance(v, dict) else None,
+)
+def test_merged_items_and_empty_sub_schemas(
+    smollm2: llamacffi.Model, schema: Any, good: list[str], bad: list[str]
+) -> None:
+    """Items merge position by position (a member's items reach past another's prefixItems); an item, property
+    or type that no value can match ends the array there, is left out, or leaves the other types."""
+    gbnf = from_json_schema(schema)
+    for text in good:
+        assert is_valid(json.loads(text), schema) and accepts(smollm2.vocab, gbnf, text), text
+    for text in bad:
+        assert not is_valid(json.loads(text), schema) and not accepts(smollm2.vocab, gbnf, text), text
+
+
+def test_pruning_a_long_chain_takes_linear_time() -> None:
+    """Dead states are found walking edges backwards once (a pass per state of a chain took seconds, uncounted)."""
+    d = Dfa()
+    for i in range(2000):
+        d.add(i == 1999)
+    for i in range(1999):
+        d.edges[i].append((((0x61, 0x61),), i + 1))
+    t = time.process_time()
+    assert len(prune(d).accept) == 2000
+    assert time.process_time() - t < 0.2

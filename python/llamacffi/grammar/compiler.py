@@ -15,7 +15,7 @@ from ..jsontypes import JSON, JSONObject, is_strings
 from ..limits import GRAMMAR_MAX_BOUND_DIGITS, GRAMMAR_MAX_REPEAT, GRAMMAR_MAX_SIGNIFICANT
 from .decimals import number_range, significant_digits
 from .gbnf import Builder, TooLarge, choice, literal
-from .keywords import ANNOTATIONS, TYPES, check_keywords, fail, pointer
+from .keywords import ANNOTATIONS, TYPES, check_keywords, fail, is_unsatisfiable, pointer, unsatisfiable
 from .merge import canonical, conjoin, merge_all, same_value
 from .numbers import integer_range
 from .oneof import disjoint
@@ -120,7 +120,7 @@ class Compiler:
         if schema is True:
             return any_value(self.b)
         if schema is False:
-            raise fail("the schema false matches no value", ptr)
+            raise unsatisfiable("the schema false matches no value", ptr)
         if not isinstance(schema, dict):
             raise fail(f"a schema must be an object or a boolean, not {type(schema).__name__}", ptr)
         check_keywords(schema, ptr)
@@ -142,7 +142,7 @@ class Compiler:
     def _merged(self, s: JSONObject, ptr: str, hint: str) -> str:
         merged = merge_all(s, ptr, self.resolve, self.at)
         if merged.schema is False:
-            raise fail("allOf: this member is false, no value can match", merged.false_at, "allOf")
+            raise unsatisfiable("allOf: this member is false, no value can match", merged.false_at, "allOf")
         try:
             return self.value(merged.schema, ptr, hint)
         except SchemaError as e:
@@ -189,12 +189,12 @@ class Compiler:
                 else:
                     exprs.append(self.value(m, p, hint))
             except SchemaError as e:
-                if not getattr(e, "unsatisfiable", False):
+                if not is_unsatisfiable(e):
                     raise
         if texts:
             exprs.insert(0, self.choice(texts, hint, pointer(ptr, key), key))
         if not exprs:
-            raise _unsatisfiable(f"no member of {key} can match", pointer(ptr, key))
+            raise unsatisfiable(f"no member of {key} can match", pointer(ptr, key))
         exprs = list(dict.fromkeys(exprs))
         return exprs[0] if len(exprs) == 1 else self.b.rule(hint, " | ".join(exprs))
 
@@ -238,7 +238,7 @@ class Compiler:
                 except (TypeError, ValueError):
                     raise fail(f"{listed} value {v!r} is not JSON", where, listed) from None
         if not texts:
-            raise _unsatisfiable("no enum / const value has the schema's type", where)
+            raise unsatisfiable("no enum / const value has the schema's type", where)
         return texts
 
     def typed(self, s: JSONObject, ptr: str, hint: str) -> str:
@@ -250,24 +250,30 @@ class Compiler:
         elif "integer" in types and "number" in types:
             types = [t for t in types if t != "integer"]
         exprs: list[str] = []
+        why: SchemaError | None = None  # why no value of a type meets the constraints, when said
         for t in types:
             expr: str | None
-            if t == "object":
-                expr = obj(self, s, ptr, hint)
-            elif t == "array":
-                expr = array(self, s, ptr, hint)
-            elif t == "string":
-                expr = self.string(s, ptr, hint)
-            elif t in ("number", "integer"):
-                expr = self.numeric(s, ptr, hint, t)
-            elif t == "boolean":
-                expr = boolean(self.b)
-            else:
-                expr = literal("null")
+            try:
+                if t == "object":
+                    expr = obj(self, s, ptr, hint)
+                elif t == "array":
+                    expr = array(self, s, ptr, hint)
+                elif t == "string":
+                    expr = self.string(s, ptr, hint)
+                elif t in ("number", "integer"):
+                    expr = self.numeric(s, ptr, hint, t)
+                elif t == "boolean":
+                    expr = boolean(self.b)
+                else:
+                    expr = literal("null")
+            except SchemaError as e:
+                if not is_unsatisfiable(e):
+                    raise
+                expr, why = None, why or e  # other types may still match
             if expr is not None:
                 exprs.append(expr)
         if not exprs:
-            raise _unsatisfiable("no value of the schema's type(s) meets its constraints", ptr)
+            raise why or unsatisfiable("no value of the schema's type(s) meets its constraints", ptr)
         return exprs[0] if len(exprs) == 1 else self.b.rule(hint, " | ".join(exprs))
 
     def string(self, s: JSONObject, ptr: str, hint: str) -> str | None:
@@ -380,14 +386,6 @@ def _children_of(node: Schema, where: str = "#") -> list[tuple[str, JSONObject]]
 
 
 _NOTHING = "[^\\x00-\\U0010FFFF]"  # a class no character is in
-
-
-class _Unsatisfiable(SchemaError):
-    unsatisfiable = True
-
-
-def _unsatisfiable(message: str, ptr: str) -> SchemaError:
-    return _Unsatisfiable(message, ptr)
 
 
 def _moved(e: SchemaError, ptr: str) -> SchemaError:

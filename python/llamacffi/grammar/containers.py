@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from ..jsontypes import JSONObject, is_strings
+from ..errors import SchemaError
+from ..jsontypes import JSON, JSONObject, is_strings
 from ..limits import GRAMMAR_MAX_ALTERNATIVES
 from .gbnf import TooLarge, literal
-from .keywords import fail, pointer
+from .keywords import fail, is_unsatisfiable, pointer, unsatisfiable
 from .primitives import any_value, ws
 from .strings import key_other_than
 
@@ -37,7 +38,7 @@ def obj(c: Compiler, s: JSONObject, ptr: str, hint: str) -> str | None:
         raise fail("properties must be an object", pointer(ptr, "properties"), "properties")
     if not is_strings(required):
         raise fail("required must be an array of strings", pointer(ptr, "required"), "required")
-    need = set(required)
+    need = dict.fromkeys(required)  # a name listed twice is one member, not two
     saved = c.consuming()
     try:
         named: list[tuple[str, str | None, bool]] = []  # (name, member rule or None if it cannot occur, required)
@@ -45,15 +46,21 @@ def obj(c: Compiler, s: JSONObject, ptr: str, hint: str) -> str | None:
             sub_ptr = pointer(ptr, "properties", name)
             if sub is False:
                 if name in need:
-                    raise fail(f"property {name!r} is required but its schema is false", sub_ptr)
+                    raise unsatisfiable(f"property {name!r} is required but its schema is false", sub_ptr)
                 named.append((name, None, False))
                 continue
-            value = c.value(sub, sub_ptr, f"{hint}-{name}")
+            try:
+                value = c.value(sub, sub_ptr, f"{hint}-{name}")
+            except SchemaError as e:
+                if name in need or not is_unsatisfiable(e):
+                    raise
+                named.append((name, None, False))  # no value can match: the property cannot occur
+                continue
             named.append((name, _member(c, literal(json.dumps(name, ensure_ascii=False)), value, hint), name in need))
-        for name in required:
+        for name in need:
             if name not in props:
                 if extra is False:
-                    raise fail(
+                    raise unsatisfiable(
                         f"required property {name!r} is not in properties and additionalProperties is false",
                         pointer(ptr, "required"),
                         "required",
@@ -62,13 +69,19 @@ def obj(c: Compiler, s: JSONObject, ptr: str, hint: str) -> str | None:
                 named.append((name, _member(c, literal(json.dumps(name, ensure_ascii=False)), value, hint), True))
         extra_member = None
         if extra is not False:
-            value = (
-                c.value(extra, pointer(ptr, "additionalProperties"), f"{hint}-extra")
-                if extra is not True
-                else any_value(c.b)
-            )
-            keys = tuple(n for n, _, _ in named)
-            extra_member = _member(c, key_other_than(c.b, keys), value, f"{hint}-extra")
+            try:
+                value = (
+                    c.value(extra, pointer(ptr, "additionalProperties"), f"{hint}-extra")
+                    if extra is not True
+                    else any_value(c.b)
+                )
+            except SchemaError as e:
+                if not is_unsatisfiable(e):
+                    raise
+                value = ""  # no extra member can occur
+            if value:
+                keys = tuple(n for n, _, _ in named)
+                extra_member = _member(c, key_other_than(c.b, keys), value, f"{hint}-extra")
     finally:
         c.restore(saved)
     run = most = 1 if extra_member is not None else 0
@@ -110,35 +123,57 @@ def _chain(c: Compiler, named: list[tuple[str, str | None, bool]], extra: str | 
     return first
 
 
+def _item(c: Compiler, schema: JSON, ptr: str, hint: str) -> str | None:
+    """The rule for an item, or None when no value matches ``schema`` (the array must end before it)."""
+    if schema is False:
+        return None
+    try:
+        return c.value(schema, ptr, hint)
+    except SchemaError as e:
+        if is_unsatisfiable(e):
+            return None
+        raise
+
+
 def array(c: Compiler, s: JSONObject, ptr: str, hint: str) -> str | None:
     from .compiler import count
 
     prefix = s.get("prefixItems")
+    prefix_key = "prefixItems"
     items = s.get("items", True)
     items_ptr = pointer(ptr, "items")
     if isinstance(items, list):  # draft 4-7 tuple form
         if prefix is not None:
             raise fail("items as an array together with prefixItems", items_ptr, "items")
         prefix, items, items_ptr = items, s.get("additionalItems", True), pointer(ptr, "additionalItems")
+        prefix_key = "items"
     prefix = prefix or []
     if not isinstance(prefix, list):
         raise fail("prefixItems must be an array of schemas", pointer(ptr, "prefixItems"), "prefixItems")
     lo = count(s, "minItems", ptr) or 0
     hi = count(s, "maxItems", ptr)
-    k = len(prefix)
-    if items is False:
-        hi = k if hi is None else min(hi, k)
     if hi is not None and hi < lo:
         return None
     w = ws(c.b)
     saved = c.consuming()
     try:
-        elems = [c.value(sub, pointer(ptr, "prefixItems", i), f"{hint}-{i}") for i, sub in enumerate(prefix[:hi])]
+        elems: list[str] = []
+        for i, sub in enumerate(prefix[:hi]):
+            item = _item(c, sub, pointer(ptr, prefix_key, i), f"{hint}-{i}")
+            if item is None:  # no item can be there: the array ends before it
+                hi = i
+                break
+            elems.append(item)
+        k = len(elems)
         rest = None
         if hi is None or hi > k:
-            rest = c.value(items, items_ptr, f"{hint}-item")
+            rest = _item(c, items, items_ptr, f"{hint}-item")
+            if rest is None:
+                hi = k
     finally:
         c.restore(saved)
+    if hi is not None and hi < lo:
+        return None
     # the members after the first, innermost first: a repetition of `"," ws item ws` for items past the prefix
     tail = ""
     if rest is not None:

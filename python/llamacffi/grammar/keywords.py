@@ -7,7 +7,7 @@ from collections.abc import Callable
 from ..errors import SchemaError
 from ..jsontypes import JSON, JSONObject
 
-__all__ = ["ANNOTATIONS", "ENFORCED", "TYPES", "check_keywords", "fail", "pointer"]
+__all__ = ["ANNOTATIONS", "ENFORCED", "TYPES", "check_keywords", "fail", "is_unsatisfiable", "pointer", "unsatisfiable"]
 
 TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 
@@ -110,6 +110,20 @@ def pointer(base: str, *parts: object) -> str:
 
 def fail(message: str, ptr: str, keyword: str = "") -> SchemaError:
     return SchemaError(message, ptr, keyword)
+
+
+class _Unsatisfiable(SchemaError):
+    unsatisfiable = True
+
+
+def unsatisfiable(message: str, ptr: str, keyword: str = "") -> SchemaError:
+    """A SchemaError saying that no value matches the schema at ``ptr``: a union leaves such a member out, an array
+    ends before such an item, and an object omits such an optional property."""
+    return _Unsatisfiable(message, ptr, keyword)
+
+
+def is_unsatisfiable(e: SchemaError) -> bool:
+    return bool(getattr(e, "unsatisfiable", False))
 
 
 def _is_schema(v: JSON) -> bool:

@@ -14,7 +14,18 @@ from dataclasses import dataclass, field
 
 from ..jsontypes import JSON, JSONObject
 from ..limits import GRAMMAR_MAX_REF_CHAIN
-from .keywords import ANNOTATIONS, array, check_keywords, fail, members, number, pointer, text, type_names
+from .keywords import (
+    ANNOTATIONS,
+    array,
+    check_keywords,
+    fail,
+    members,
+    number,
+    pointer,
+    text,
+    type_names,
+    unsatisfiable,
+)
 
 __all__ = ["Merged", "canonical", "conjoin", "merge_all", "same_value"]
 
@@ -23,6 +34,7 @@ Resolve = Callable[[str, str], tuple[Schema, str]]
 Place = Callable[[Schema, str], str]  # a sub-schema's pointer in the document, given the one it would have here
 
 _LOWER = ("minimum", "minLength", "minItems")
+_ITEMS = ("prefixItems", "items", "additionalItems")  # which schema an item meets depends on all three
 _UPPER = ("maximum", "maxLength", "maxItems")
 
 
@@ -109,12 +121,14 @@ def _meet(out: JSONObject, key: str, value: JSON, here: str, before: str) -> Non
     if key == "type":
         out[key] = [*_meet_types(old, value)]
         if not out[key]:
-            raise fail(f"allOf: these types and those at {before} exclude each other, no value can match", here, key)
+            raise unsatisfiable(
+                f"allOf: these types and those at {before} exclude each other, no value can match", here, key
+            )
     elif key == "enum":
         keep = {same_value(v) for v in array(value)}
         out[key] = [v for v in array(old) if same_value(v) in keep]
         if not out[key]:
-            raise fail(f"allOf: these enum / const values and those at {before} exclude each other", here, key)
+            raise unsatisfiable(f"allOf: these enum / const values and those at {before} exclude each other", here, key)
     elif key == "required":
         out[key] = [*dict.fromkeys(map(text, [*array(old), *array(value)]))]
     elif key in _LOWER or key in _UPPER:
@@ -123,7 +137,7 @@ def _meet(out: JSONObject, key: str, value: JSON, here: str, before: str) -> Non
         out[key] = max(old, value) if key in _LOWER else min(old, value)
     elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(old, bool) and not isinstance(value, bool):
         out[key] = max(number(old), number(value)) if key == "exclusiveMinimum" else min(number(old), number(value))
-    elif key in ("additionalProperties", "items") and not isinstance(old, list) and not isinstance(value, list):
+    elif key == "additionalProperties":
         out[key] = conjoin(old, value)
     elif key == "uniqueItems":
         out[key] = bool(old or value)
@@ -165,6 +179,41 @@ class Merged:
         return ptr
 
 
+def _positional(part: JSONObject, part_ptr: str) -> tuple[list[tuple[JSON, str]], tuple[JSON, str]]:
+    """The schemas a part gives the first items, and the one it gives the items after them, with their pointers,
+    from either spelling: prefixItems and items (2020-12), or items as an array and additionalItems (draft 4-7)."""
+    items = part.get("items", True)
+    if isinstance(items, list):
+        if "prefixItems" in part:
+            raise fail("items as an array together with prefixItems", pointer(part_ptr, "items"), "items")
+        first = [(sub, pointer(part_ptr, "items", i)) for i, sub in enumerate(items)]
+        return first, (part.get("additionalItems", True), pointer(part_ptr, "additionalItems"))
+    first = [(sub, pointer(part_ptr, "prefixItems", i)) for i, sub in enumerate(array(part.get("prefixItems", [])))]
+    return first, (items, pointer(part_ptr, "items"))
+
+
+def _meet_items(out: JSONObject, part: JSONObject, part_ptr: str, ptr: str, origins: dict[str, str]) -> None:
+    """Merge the item schemas position by position (``out`` holds them as prefixItems and items): an item past
+    one side's prefix meets that side's schema for the rest."""
+    first, (rest, rest_at) = _positional(part, part_ptr)
+    mine = array(out.pop("prefixItems", []))
+    own = out.pop("items", True)
+    merged = []
+    for i in range(max(len(mine), len(first))):
+        sub, at = first[i] if i < len(first) else (rest, rest_at)
+        if i >= len(mine) and own is not True:
+            origins.setdefault(pointer(ptr, "prefixItems", i), origins[pointer(ptr, "items")])
+        if sub is not True:
+            origins.setdefault(pointer(ptr, "prefixItems", i), at)
+        merged.append(conjoin(mine[i] if i < len(mine) else own, sub))
+    if merged:
+        out["prefixItems"] = merged
+    if rest is not True:
+        origins.setdefault(pointer(ptr, "items"), rest_at)
+    if (both := conjoin(own, rest)) is not True:
+        out["items"] = both
+
+
 def merge_all(schema: JSONObject, ptr: str, resolve: Resolve, place: Place = lambda _s, p: p) -> Merged:
     """One schema equivalent to ``schema`` with its ``allOf`` (and ``$ref``) merged in, or False. ``place`` gives
     a member's own pointer where it has one (a member of an ``allOf`` this module made lies elsewhere)."""
@@ -182,15 +231,20 @@ def merge_all(schema: JSONObject, ptr: str, resolve: Resolve, place: Place = lam
             here.setdefault("enum", here["const"])
             part["enum"] = [v for v in array(part.get("enum", [const])) if same_value(v) == same_value(const)]
             if not part["enum"]:
-                raise fail("const and enum exclude each other, no value can match", pointer(part_ptr, "const"), "const")
+                raise unsatisfiable(
+                    "const and enum exclude each other, no value can match", pointer(part_ptr, "const"), "const"
+                )
         for key, where in here.items():
-            origins.setdefault(pointer(ptr, key), where)
+            if key not in _ITEMS:
+                origins.setdefault(pointer(ptr, key), where)
+        if any(key in part for key in _ITEMS):
+            _meet_items(out, part, part_ptr, ptr, origins)
         if "properties" in part or "properties" in out:
             _meet_properties(out, part)
             for name in members(part.get("properties", {})):
                 origins.setdefault(pointer(ptr, "properties", name), pointer(part_ptr, "properties", name))
         for key, value in part.items():
-            if key != "properties":
+            if key != "properties" and key not in _ITEMS:
                 _meet(out, key, value, here[key], origins[pointer(ptr, key)])
     if "anyOf" in out and "oneOf" in out:
         raise fail(
