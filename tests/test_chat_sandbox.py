@@ -90,6 +90,21 @@ def test_what_a_render_makes_in_all_is_bounded() -> None:
         render(template)
 
 
+@pytest.mark.parametrize(
+    ("value", "copy"),
+    [
+        ("'x' * 1000", "v[::-1]"),
+        ("[0] * 1000", "v[1:]"),
+        ("dict(range(1000)|map('string')|batch(2))", "dict(**v)"),
+        ("dict(range(1000)|batch(2))", "v.copy()"),
+    ],
+)
+def test_copies_count_in_what_a_render_makes(value: str, copy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chat_sandbox, "_MAX_MADE", 1_000_000)
+    with pytest.raises(jinja2.exceptions.SecurityError, match="over 1000000 characters in all"):
+        render(f"{{% set v = {value} %}}{{% for i in range(10000) %}}{{% set c = {copy} %}}{{% endfor %}}")
+
+
 def test_numbers_multiplied_past_the_bound_are_refused() -> None:
     template = "{% set ns = namespace(n=7) %}{% for i in range(40) %}{% set ns.n = ns.n * ns.n %}{% endfor %}"
     with pytest.raises(jinja2.exceptions.SecurityError, match="multiplies numbers"):

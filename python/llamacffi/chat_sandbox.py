@@ -43,6 +43,9 @@ _MAX_MADE = limits.CHAT_TEMPLATE_MAX_MADE
 _MAX_BITS = limits.CHAT_TEMPLATE_MAX_POWER_BITS
 
 _Sized = (str, list, tuple)
+# What a filter, a call or a slice makes, counted by its length: sequences, and the dicts and sets that ``dict(**d)``,
+# ``d.copy()`` or ``s.union(t)`` copy.
+_Made = (*_Sized, dict, set, frozenset)
 # What is written as the text of the values it holds: containers, dict views, namespaces.
 _Walked = (list, tuple, set, frozenset, Mapping, MappingView, jinja2.utils.Namespace)
 # Callables that keep what they are given: any number may be stored.
@@ -95,8 +98,8 @@ def _size(n: int) -> None:
 
 
 def _made(value: Any) -> Any:
-    """Count a value a filter or call made (its size can only be known after)."""
-    if isinstance(value, _Sized):
+    """Count a value a filter, call or slice made (its size can only be known after)."""
+    if isinstance(value, _Made):
         _size(len(value))
     return value
 
@@ -334,7 +337,7 @@ def _range(*args: int) -> range:
 
 
 class _Generator(jinja2.compiler.CodeGenerator):
-    """Jinja's code generator, with every loop's items counted and every ``~`` measured."""
+    """Jinja's code generator, with every loop's items counted, every ``~`` measured and every slice counted."""
 
     def visit_For(self, node: jinja2.nodes.For, frame: jinja2.compiler.Frame) -> None:
         counted = jinja2.nodes.Call(
@@ -344,6 +347,20 @@ class _Generator(jinja2.compiler.CodeGenerator):
             node.target, counted, node.body, node.else_, node.test, node.recursive, lineno=node.lineno
         )
         super().visit_For(loop, frame)
+
+    def visit_Getitem(self, node: jinja2.nodes.Getitem, frame: jinja2.compiler.Frame) -> None:
+        if not isinstance(node.arg, jinja2.nodes.Slice):
+            super().visit_Getitem(node, frame)
+            return
+        self.write("environment.sliced(")
+        self.visit(node.node, frame)
+        for part in (node.arg.start, node.arg.stop, node.arg.step):
+            self.write(", ")
+            if part is None:
+                self.write("None")
+            else:
+                self.visit(part, frame)
+        self.write(")")
 
     def visit_Concat(self, node: jinja2.nodes.Concat, frame: jinja2.compiler.Frame) -> None:
         self.write("environment.bounded_concat(context.eval_ctx, (")
@@ -405,6 +422,10 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
         elif isinstance(left, int) and isinstance(right, int) and right * abs(left).bit_length() > _MAX_BITS:
             _refuse("the chat template raises a number to too high a power")
         return super().call_binop(context, operator, left, right)
+
+    @staticmethod
+    def sliced(value: Any, start: Any, stop: Any, step: Any) -> Any:
+        return _made(value[start:stop:step])  # a copy, as long as the value at most
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         wrapped = super().wrap_str_format(value)
