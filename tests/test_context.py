@@ -235,6 +235,16 @@ def test_kv_cache_full_leaves_state_unchanged(smollm2: llamacffi.Model) -> None:
         ctx.decode(Batch.from_tokens(filler[:8], start_pos=n - 8))  # usable again
 
 
+def test_a_prompt_that_runs_out_of_memory_midway_leaves_nothing(smollm2: llamacffi.Model) -> None:
+    with Context(smollm2, n_ctx=256, n_batch=32, n_seq_max=2, kv_unified=True, n_threads=THREADS) as ctx:
+        filler = np.full(200, toks(smollm2, " the")[0], dtype=np.int32)
+        ctx.decode_tokens(filler, seq_id=1)
+        with pytest.raises(KVCacheFullError, match="unchanged"):
+            ctx.decode_tokens(filler[:100], seq_id=0)  # its first pieces fit, a later one does not
+        assert ctx.memory.seq_pos_max(0) == -1
+        assert ctx.memory.seq_pos_max(1) == 199
+
+
 def test_bad_batches(smollm2: llamacffi.Model) -> None:
     with ctx_for(smollm2, n_batch=16, n_seq_max=2) as ctx:
         n_vocab = smollm2.vocab.n_tokens

@@ -10,7 +10,15 @@ import numpy.typing as npt
 
 from .. import log, ownership
 from ..batch import Batch, check_logits, chunks
-from ..errors import ClosedError, ContextError, InvalidArgumentError, LlamaError, check_decode, ensure
+from ..errors import (
+    ClosedError,
+    ContextError,
+    InvalidArgumentError,
+    KVCacheFullError,
+    LlamaError,
+    check_decode,
+    ensure,
+)
 from ..limits import INT32_MAX, MAX_CTX, MAX_SEQ, MAX_THREADS
 from ..model import Model
 from ..raw import CData, ffi, lib
@@ -307,7 +315,8 @@ class Context(StateIO):
         """Decode a prompt of any length in pieces of ``n_batch``; returns the next position.
 
         ``logits`` is "last", "none", or "all" for a prompt that fits one decode (``n_batch``). Raises before
-        decoding anything when the prompt cannot fit a sequence of the context."""
+        decoding anything when the prompt cannot fit a sequence of the context; a :class:`KVCacheFullError` from a
+        later piece removes what the earlier ones added, so it too leaves the context unchanged."""
         arr = as_tokens(tokens, self.n_vocab)
         ensure(len(arr) > 0, "no tokens to decode")
         seq_id = as_int("seq_id", seq_id, 0, self.n_seq_max - 1)
@@ -332,8 +341,25 @@ class Context(StateIO):
             batch.set_sequence(
                 piece, start_pos=start_pos + offset, seq_id=seq_id, logits=logits if last or logits == "all" else "none"
             )
-            self._decode_batch(batch)
+            try:
+                self._decode_batch(batch)
+            except KVCacheFullError as exc:
+                if offset:
+                    self._undo_pieces(exc, seq_id, start_pos, offset)
+                raise
         return end
+
+    def _undo_pieces(self, exc: KVCacheFullError, seq_id: int, start_pos: int, done: int) -> None:
+        """After a later piece of :meth:`decode_tokens` found no memory slot: remove the ``done`` tokens its earlier
+        pieces added, so that the context is unchanged as the error says (a sequence's positions are consecutive,
+        so those are all it holds from ``start_pos`` on); else raise saying what stayed."""
+        if not self.memory.seq_rm(seq_id, start_pos, -1):
+            raise KVCacheFullError(
+                f"llama_decode: no memory slot for the prompt's tokens from {done} on (code 1); its first {done} stay "
+                f"decoded in sequence {seq_id} (this memory cannot remove part of a sequence). Free sequences with "
+                "memory.clear() or memory.seq_rm(), or create the context with a larger n_ctx.",
+                exc.code,
+            ) from exc
 
     def encode(self, batch: Batch) -> None:
         """Run the encoder of an encoder-decoder model on a batch (at most ``n_ubatch`` tokens: llama.cpp encodes
