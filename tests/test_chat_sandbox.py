@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -80,6 +81,38 @@ def test_loops_are_bounded_in_steps(template: str, few_steps: int) -> None:
 def test_no_string_list_or_width_past_the_bound(template: str) -> None:
     with pytest.raises(jinja2.exceptions.SecurityError, match=f"over {limits.CHAT_TEMPLATE_MAX_CHARS}"):
         render(template.replace("BIG", str(BIG)))
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        # one argument written by many fields
+        "{{ ('{0}' * 1000).format('x' * 100000) }}",
+        "{{ ('{a}' * 1000).format_map({'a': 'x' * 100000}) }}",
+        "{{ ('%(a)s' * 1000) % {'a': 'x' * 100000} }}",
+        "{{ ('%(a)s' * 1000)|format(a='x' * 100000) }}",
+        # many fields, each wide
+        "{{ ('{:>100000}' * 1000).format(*range(1000)) }}",
+        "{{ ('%(a)100000d' * 1000) % {'a': 1} }}",
+        "{{ ('{:.100000}' * 1000).format(*([1.5] * 1000)) }}",
+        # a character written as a long text
+        "{{ ('a' * 100000).translate({97: 'x' * 1000}) }}",
+        # bytes, as strings
+        "{{ 'x'.encode() * 100000000 }}",
+        "{{ 'x'.encode().center(100000000) }}",
+        "{{ '%100000000d'.encode() % 1 }}",
+        "{{ ('y' * 10000).encode().join(['x'.encode()] * 10000) }}",
+        "{{ ('y' * 10000).encode().replace('y'.encode(), ('x' * 10000).encode()) }}",
+    ],
+)
+def test_a_text_past_the_bound_is_refused_before_it_is_made(template: str) -> None:
+    tracemalloc.start()
+    try:
+        with pytest.raises(jinja2.exceptions.SecurityError, match=f"over {limits.CHAT_TEMPLATE_MAX_CHARS}"):
+            render(template)
+        assert tracemalloc.get_traced_memory()[1] < limits.CHAT_TEMPLATE_MAX_CHARS // 4
+    finally:
+        tracemalloc.stop()
 
 
 def test_what_a_render_makes_in_all_is_bounded() -> None:

@@ -42,7 +42,8 @@ _MAX_CHARS = limits.CHAT_TEMPLATE_MAX_CHARS
 _MAX_MADE = limits.CHAT_TEMPLATE_MAX_MADE
 _MAX_BITS = limits.CHAT_TEMPLATE_MAX_POWER_BITS
 
-_Sized = (str, list, tuple)
+_Text = (str, bytes)  # bytes: what str.encode makes, with the same methods
+_Sized = (*_Text, list, tuple)
 # What a filter, a call or a slice makes, counted by its length: sequences, and the dicts and sets that ``dict(**d)``,
 # ``d.copy()`` or ``s.union(t)`` copy.
 _Made = (*_Sized, dict, set, frozenset)
@@ -90,10 +91,15 @@ def _steps(n: int) -> None:
     _spend("steps", n, _MAX_STEPS)
 
 
-def _size(n: int) -> None:
-    """Check a string or list of ``n`` items before it is made, and count it."""
+def _within(n: int) -> None:
+    """Check a string or list of ``n`` items before it is made."""
     if n > _MAX_CHARS:
         _refuse(f"the chat template makes a string or list of over {_MAX_CHARS} items")
+
+
+def _size(n: int) -> None:
+    """Check a string or list of ``n`` items before it is made, and count it."""
+    _within(n)
     _spend("made", n, _MAX_MADE)
 
 
@@ -114,8 +120,8 @@ def _measured(value: Any) -> int:
     """Walk a value that is about to become text, and say about how long that text is. A list that holds another
     twice by reference, forty times over, is small in memory and a terabyte as text: each object is walked once (its
     items count as loop steps), and the text of the whole, counted along every path, is bounded."""
-    if isinstance(value, str):
-        return len(value)
+    if isinstance(value, _Text):
+        return _leaf(value)
     if not isinstance(value, _Walked):
         return 24  # a number's digits, about (their size is bounded where numbers are made)
     sizes: dict[int, int] = {}  # id -> text size; 0 while the object's own parts are walked (a cycle prints "...")
@@ -172,27 +178,40 @@ def _arguments(args: Iterable[Any], kwargs: Mapping[str, Any]) -> None:
 _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0 +-]*(\*|\d+)?(?:\.(\*|\d+))?")
 
 
-def _check_percent(fmt: str, args: Any) -> None:
-    """``fmt % args``: no width or precision above the bound, written or taken from ``args``."""
-    for match in _PERCENT_SPEC.finditer(fmt):
-        for part in match.groups():
-            if part == "*":
-                _numbers(args if isinstance(args, tuple) else (args,))
-            elif part is not None and int(part) > _MAX_CHARS:
-                _refuse(f"the chat template formats to a width over {_MAX_CHARS}")
+def _check_percent(fmt: str | bytes, args: Any) -> None:
+    """``fmt % args`` (or ``fmt|format(args)``), checked before it runs."""
+    text = fmt.decode("latin-1") if isinstance(fmt, bytes) else fmt
+    values = list(args) if isinstance(args, tuple) else [args]  # a mapping: written whole, or one value per field
+    fields = [[part for part in match.groups() if part is not None] for match in _PERCENT_SPEC.finditer(text)]
+    _check_fields(len(fmt), fields, values)
 
 
-def _check_format(fmt: str, given: Iterable[Any]) -> None:
-    """``fmt.format(...)``: the same, for the format specifications of ``str.format`` (``given``: its arguments)."""
+def _check_format(fmt: str, given: list[Any]) -> None:
+    """``fmt.format(...)`` or ``fmt.format_map(...)`` (``given``: the values it may write), checked before it runs."""
     try:
-        fields = [spec for _, _, spec, _ in string.Formatter().parse(fmt) if spec]
+        specs = [spec or "" for _, name, spec, _ in string.Formatter().parse(fmt) if name is not None]
     except ValueError:
         return  # str.format raises it again, as the template's own error
-    for spec in fields:
-        if "{" in spec:  # a width given as an argument ({:{}})
-            _numbers(given)
-        if any(int(n) > _MAX_CHARS for n in re.findall(r"\d+", spec)):
+    _check_fields(len(fmt), [re.findall(r"\d+", spec) + ["*"] * ("{" in spec) for spec in specs], given)
+
+
+def _check_fields(length: int, fields: list[list[str]], values: list[Any]) -> None:
+    """A format of ``length`` characters with these fields (each its widths and precisions: digits, or "*" for a
+    number taken from ``values``): no field wider than the bound, and no text longer. A field writes at most the
+    longest value or its width, and one value may be written by many fields (``'{0}{0}'``, ``'%(a)s%(a)s'``)."""
+    if any("*" in parts for parts in fields):
+        _numbers(values)
+    star = max((abs(v) for v in values if isinstance(v, int)), default=0)
+    longest = max(map(_measured, values), default=0)
+    total = length
+    for parts in fields:
+        width = max(
+            (star if part == "*" else _MAX_CHARS + 1 if len(part) > 9 else int(part) for part in parts), default=0
+        )
+        if width > _MAX_CHARS:
             _refuse(f"the chat template formats to a width over {_MAX_CHARS}")
+        total += max(width, longest)
+    _within(total)
 
 
 def _items(items: Any) -> tuple[list[Any], int]:
@@ -203,7 +222,7 @@ def _items(items: Any) -> tuple[list[Any], int]:
 
 
 def _replaced(s: Any, old: Any, new: Any, count: Any = -1) -> int:
-    if not (isinstance(s, str) and isinstance(old, str) and isinstance(new, str)):
+    if not (isinstance(s, _Text) and isinstance(old, _Text) and isinstance(new, _Text)):
         return 0
     times = len(s) // max(len(old), 1) + 1
     if isinstance(count, int) and count >= 0:
@@ -212,7 +231,7 @@ def _replaced(s: Any, old: Any, new: Any, count: Any = -1) -> int:
 
 
 def _width(s: Any, width: Any) -> int:
-    return max(len(s) if isinstance(s, str) else 0, width if isinstance(width, int) else 0)
+    return max(len(s) if isinstance(s, _Text) else 0, width if isinstance(width, int) else 0)
 
 
 def _arg(args: tuple[Any, ...], kwargs: Mapping[str, Any], i: int, name: str, default: Any = None) -> Any:
@@ -236,6 +255,7 @@ _METHODS: dict[str, _Estimate] = {
     "replace": _replace_size,
     **dict.fromkeys(("center", "ljust", "rjust", "zfill"), _padded_size),
     "expandtabs": lambda s, a, k: len(s) * max(_arg(a, k, 0, "tabsize", 8), 1),
+    "translate": lambda s, a, k: len(s) * _longest(_arg(a, k, 0, "table")),
 }
 _FILTERS: dict[str, _Estimate] = {
     "replace": _replace_size,
@@ -248,6 +268,12 @@ _FILTERS: dict[str, _Estimate] = {
     "slice": lambda v, a, k: _arg(a, k, 0, "slices", 0),
     "tojson": lambda v, a, k: (_arg(a, k, 0, "indent", 0) or 0) * (_measured(v) + 1),
 }
+
+
+def _longest(table: Any) -> int:
+    """The longest text a ``translate`` table puts for one character."""
+    values = table.values() if isinstance(table, Mapping) else table if isinstance(table, (list, tuple)) else ()
+    return max((len(v) for v in values if isinstance(v, str)), default=1)
 
 
 def _indented(s: Any, width: Any) -> int:
@@ -415,9 +441,8 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
             if isinstance(left, _Sized) and isinstance(right, _Sized):
                 _size(len(left) + len(right))
         elif operator == "%":
-            if isinstance(left, str):
+            if isinstance(left, (str, bytes)):
                 _check_percent(left, right)
-                _measured(right)
                 return _made(super().call_binop(context, operator, left, right))
         elif isinstance(left, int) and isinstance(right, int) and right * abs(left).bit_length() > _MAX_BITS:
             _refuse("the chat template raises a number to too high a power")
@@ -436,9 +461,10 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
 
         @functools.wraps(wrapped)
         def checked(*args: Any, **kwargs: Any) -> str:
-            named = args[0] if is_map and len(args) == 1 and isinstance(args[0], Mapping) else kwargs
-            _arguments(args, named)
-            _check_format(fmt, [*args, *named.values()])
+            if is_map and len(args) == 1 and isinstance(args[0], Mapping):
+                _check_format(fmt, list(args[0].values()))
+            else:
+                _check_format(fmt, [*args, *kwargs.values()])
             return str(_made(wrapped(*args, **kwargs)))
 
         checked.checks_itself = True  # type: ignore[attr-defined]
@@ -450,11 +476,11 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
             _arguments(args, kwargs)
             owner = getattr(__obj, "__self__", None)
             name = getattr(__obj, "__name__", "")
-            if isinstance(owner, str) and name == "join" and len(args) == 1:  # sep.join(items)
+            if isinstance(owner, _Text) and name == "join" and len(args) == 1:  # sep.join(items)
                 items, length = _items(args[0])
                 _size(length + len(owner) * len(items))
                 args = (items,)
-            elif isinstance(owner, str):
+            elif isinstance(owner, _Text):
                 _estimated(_METHODS, name, owner, args, kwargs)
             elif __obj is jinja2.utils.generate_lorem_ipsum:  # lipsum(n): n paragraphs of up to 100 words
                 paragraphs = _arg(args, kwargs, 0, "n", 5)
