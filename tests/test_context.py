@@ -223,6 +223,28 @@ def test_state_save_load_restores(model: llamacffi.Model, tmp_path: Path) -> Non
             other.seq_load_file(tmp_path / "garbage.bin")
 
 
+def test_a_rejected_state_leaves_the_memory_whole_or_empty(gemma3: llamacffi.Model, smollm2: llamacffi.Model) -> None:
+    # gemma3's memory is two caches (sliding-window attention): a state cut short restores the first one only,
+    # and the prompt decoded again over that half gave other logits
+    a = toks(gemma3, A, bos=True)
+    with ctx_for(gemma3) as ctx, ctx_for(smollm2) as foreign:
+        foreign.decode_tokens(toks(smollm2, A))
+        ctx.decode_tokens(a)
+        expected = ctx.logits_copy()
+        state, seq = ctx.state_save(), ctx.seq_state_save(0)
+        with pytest.raises(StateError, match=r"wrong model arch.*memory is unchanged"):
+            ctx.state_load(foreign.state_save())
+        with pytest.raises(StateError, match=r"magic.*sequence 0 is unchanged"):
+            ctx.seq_state_load(state, 0)
+        assert ctx.memory.seq_pos_max(0) == len(a) - 1
+        for load, data in ((ctx.state_load, state), (ctx.seq_state_load, seq)):
+            with pytest.raises(StateError, match="now empty"):
+                load(data[:-16])
+            assert ctx.memory.seq_pos_max(0) == -1
+            ctx.decode_tokens(a)
+            np.testing.assert_allclose(ctx.logits(), expected, atol=1e-4)
+
+
 def test_kv_cache_full_leaves_state_unchanged(smollm2: llamacffi.Model) -> None:
     with Context(smollm2, n_ctx=256, n_batch=256, n_threads=THREADS) as ctx:
         n = ctx.n_ctx

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import StateError, ensure
+from ..log import capture_problems
 from ..raw import CData, ffi, lib
 from ..vocab import TokenArray, as_tokens
 from .memory import Memory
@@ -39,11 +40,18 @@ def _state_bytes(data: object) -> tuple[CData, int]:
     return ffi.from_buffer(view), view.nbytes
 
 
+def _reason(problems: list[str], default: str) -> str:
+    """What llama.cpp logged about a failed load, without its function name; ``default`` when it logged nothing."""
+    lines = [line.partition(": ")[2] or line for line in problems[:2]]
+    return "; ".join(line.removeprefix("error loading state: ") for line in lines) or default
+
+
 class StateIO:
     """The state methods of :class:`~llamacffi.Context` (a base class of it)."""
 
     memory: Memory
     n_vocab: int
+    n_seq_max: int
     n_ctx: int
 
     @property
@@ -70,14 +78,47 @@ class StateIO:
         return buf
 
     def state_save(self) -> bytes:
-        """The whole state (memory, outputs) as bytes."""
+        """The memory of every sequence as bytes (not the logits: decode after a load to get them)."""
         return bytes(self._read_state("the state", lib.llama_state_get_size, lib.llama_state_get_data))
 
     def state_load(self, data: bytes | bytearray | memoryview) -> None:
-        """Restore a state from :meth:`state_save` of a context with the same model and sizes."""
-        n = self._exclusive(lib.llama_state_set_data, self.ptr, *_state_bytes(data))
-        ensure(n > 0, "llama.cpp rejected the state (another model or context size, or corrupt data)", StateError)
+        """Restore a state from :meth:`state_save` of a context with the same model and sizes.
+
+        On a rejected state the StateError says whether the memory is unchanged (llama.cpp refused it before
+        touching the memory: another model's) or now empty: a load that fails midway leaves part of a state, with
+        sliding-window attention two caches that disagree, so it is cleared."""
+        seqs = range(self.n_seq_max)
+        before = [self._seq_span(s) for s in seqs]
+        ptr = self.ptr
+        with capture_problems() as problems:
+            n = self._exclusive(lib.llama_state_set_data, ptr, *_state_bytes(data))
         self._forget_outputs()
+        if n > 0:
+            return
+        why = _reason(problems, "another model or context size, or corrupt data")
+        if all(b == (-1, -1) for b in before) or any(self._seq_span(s) != b for s, b in zip(seqs, before, strict=True)):
+            self.memory.clear()
+            raise StateError(f"llama.cpp rejected the state ({why}); the context's memory is now empty")
+        raise StateError(f"llama.cpp rejected the state ({why}); the context's memory is unchanged")
+
+    def _seq_span(self, seq_id: int) -> tuple[int, int]:
+        m = self.memory
+        return m.seq_pos_min(seq_id), m.seq_pos_max(seq_id)
+
+    def _load_seq(self, state: CData, size: int, seq_id: int, what: str) -> None:
+        """llama.cpp's sequence loader on ``size`` bytes at ``state``; on failure the sequence is emptied unless
+        llama.cpp left it as it was (see :meth:`state_load`), and StateError says which."""
+        before = self._seq_span(seq_id)
+        ptr = self.ptr
+        with capture_problems() as problems:
+            n = self._exclusive(lib.llama_state_seq_set_data, ptr, state, size, seq_id)
+        if n > 0:
+            return
+        why = _reason(problems, "another model or context size, or corrupt data")
+        if before == (-1, -1) or self._seq_span(seq_id) != before:
+            self.memory.seq_rm(seq_id, -1, -1)
+            raise StateError(f"llama.cpp rejected {what} ({why}); sequence {seq_id} is now empty")
+        raise StateError(f"llama.cpp rejected {what} ({why}); sequence {seq_id} is unchanged")
 
     def seq_state_save(self, seq_id: int = 0) -> bytes:
         """The memory of one sequence as bytes."""
@@ -95,8 +136,7 @@ class StateIO:
         """Load a sequence saved by :meth:`seq_state_save` or :meth:`seq_state_bytearray` into ``seq_id`` (which
         should be empty)."""
         self.memory.check_seq(seq_id)
-        n = self._exclusive(lib.llama_state_seq_set_data, self.ptr, *_state_bytes(data), seq_id)
-        ensure(n > 0, "llama.cpp rejected the sequence state (another model, or corrupt data)", StateError)
+        self._load_seq(*_state_bytes(data), seq_id, "the sequence state")
 
     def seq_save_file(self, path: str | os.PathLike[str], tokens: npt.ArrayLike, seq_id: int = 0) -> None:
         """Save one sequence's memory and its tokens to a file."""
@@ -138,6 +178,5 @@ class StateIO:
         ensure(len(data) > end, f"{os.fspath(path)} is truncated", StateError)
         tokens = np.frombuffer(data, dtype="<i4", count=count, offset=_SEQ_HEADER.size).astype(np.int32)
         state = _SEQ_BYTES_HEADER.pack(SEQ_BYTES_MAGIC, seq_id) + memoryview(data)[end:]
-        n = self._exclusive(lib.llama_state_seq_set_data, self.ptr, ffi.from_buffer(state), len(state), seq_id)
-        ensure(n > 0, f"llama.cpp rejected the state file {os.fspath(path)}", StateError)
+        self._load_seq(ffi.from_buffer(state), len(state), seq_id, f"the state file {os.fspath(path)}")
         return tokens
