@@ -332,6 +332,15 @@ def test_closed_objects_raise(smollm2_path: Path) -> None:
         ctx.decode_token(1, 0)
     with pytest.raises(ClosedError):
         ctx.memory.seq_pos_max(0)
+    one = Batch.from_tokens([1])
+    for call in (  # each says the context is closed, not what else is wrong with the call
+        lambda: ctx.encode(one),
+        lambda: ctx.embeddings(),
+        lambda: ctx.sequence_embedding(0),
+        lambda: ctx.seq_load_file(smollm2_path.parent / "no-such-state.bin"),
+    ):
+        with pytest.raises(ClosedError):
+            call()
     model.close()
     with pytest.raises(ClosedError):
         model.n_params

@@ -366,6 +366,7 @@ class Context(StateIO):
         a batch in one piece)."""
         if not isinstance(batch, Batch):
             raise TypeError(f"encode takes a llamacffi.Batch, not {type(batch).__name__}")
+        self.ptr  # a closed context raises ClosedError before the checks below blame the model or the batch
         # a decoder's KV memory makes llama.cpp's encoder graph dereference a missing memory context
         ensure(self._model.has_encoder or self._mem == ffi.NULL, "this model has no encoder: use decode()")
         n = len(batch)
@@ -432,6 +433,7 @@ class Context(StateIO):
     def embeddings(self, i: int = -1) -> npt.NDArray[np.float32]:
         """Embedding of batch token ``i`` (contexts created with ``embeddings=True`` and no pooling); a copy of
         ``n_embd_out`` floats."""
+        self.ptr
         ensure(self.embeddings_enabled, "create the Context with embeddings=True to read embeddings")
         ensure(
             not self.pooled,
@@ -448,6 +450,7 @@ class Context(StateIO):
         """Pooled embedding of a sequence from the tokens of the last decode (contexts created with
         ``embeddings=True`` and a pooling type); a copy of ``n_embd_out`` floats, with rank pooling of the model's
         ``n_cls_out`` scores."""
+        self.ptr
         ensure(self.embeddings_enabled, "create the Context with embeddings=True to read embeddings")
         seq = self.memory.check_seq(seq_id)
         ensure(self.pooled, "no pooled embedding: this context has no pooling type; read embeddings(i) per token")

@@ -158,6 +158,7 @@ class StateIO:
         The file's header (magic, version, token count) is checked here and its state goes through the in-memory
         loader, which refuses a short buffer: llama.cpp's own file loader aborts the process on a truncated file."""
         self.memory.check_seq(seq_id)
+        self.ptr  # a closed context raises ClosedError, whatever the file
         _c_path(path)
         ensure(os.path.isfile(path), f"no state file at {os.fspath(path)}", StateError)
         with open(path, "rb") as f:
