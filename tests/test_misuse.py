@@ -193,6 +193,13 @@ def test_numbers_c_would_truncate_or_wrap_are_refused(smollm2: llamacffi.Model, 
             with pytest.raises(InvalidArgumentError):
                 call()
         assert m.seq_pos_max(0) == 0
+        ctx.decode_token(5, 1)
+        with pytest.raises(InvalidArgumentError, match="largest position"):
+            m.seq_add(0, -1, -1, (1 << 31) - 1)  # 1 would wrap to a negative position, and its token would go
+        m.seq_add(0, 2, -1, 1 << 30)  # nothing held from 2 on
+        assert (m.seq_pos_min(0), m.seq_pos_max(0)) == (0, 1)
+        m.seq_add(0, -1, 1, (1 << 31) - 1)  # position 0 alone: it fits
+        assert (m.seq_pos_min(0), m.seq_pos_max(0)) == (1, (1 << 31) - 1)
         with pytest.raises(InvalidArgumentError, match="NUL"):
             ctx.seq_save_file(tmp_path / "a\0b", [5])
         assert not (tmp_path / "a").exists()

@@ -80,11 +80,21 @@ class Memory:
                 self._call(lib.llama_memory_seq_rm, other, -1, -1)
 
     def seq_add(self, seq_id: int, p0: int, p1: int, delta: int) -> None:
-        """Shift positions ``[p0, p1)`` of a sequence by ``delta`` (needs a memory that can shift)."""
+        """Shift positions ``[p0, p1)`` of a sequence by ``delta`` (needs a memory that can shift); those that
+        become negative are removed, as in llama.cpp. A shift past the largest position (int32) is refused: C would
+        wrap those positions to negative ones, and llama.cpp would remove their tokens."""
         s = self.check_seq(seq_id)
         p0, p1 = self._range(p0, p1)
         delta = as_int("delta", delta, -INT32_MAX - 1, INT32_MAX)
         ensure(self.can_shift, "this model's memory cannot shift positions")
+        if delta > 0:
+            top = int(self._call(lib.llama_memory_seq_pos_max, s))
+            top = top if p1 < 0 else min(top, p1 - 1)
+            ensure(
+                top < p0 or top + delta <= INT32_MAX,
+                f"shifting position {top} of sequence {s} by {delta} passes the largest position ({INT32_MAX}); "
+                "shift by less, or remove the tokens first (seq_rm)",
+            )
         self._call(lib.llama_memory_seq_add, s, p0, p1, delta)
 
     def seq_div(self, seq_id: int, p0: int, p1: int, d: int) -> None:
