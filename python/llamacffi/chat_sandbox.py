@@ -22,6 +22,7 @@ import functools
 import json
 import re
 import string
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, MappingView
 from typing import Any, NoReturn
 
@@ -267,7 +268,41 @@ _FILTERS: dict[str, _Estimate] = {
     "batch": lambda v, a, k: _arg(a, k, 0, "linecount", 0),
     "slice": lambda v, a, k: _arg(a, k, 0, "slices", 0),
     "tojson": lambda v, a, k: (_arg(a, k, 0, "indent", 0) or 0) * (_measured(v) + 1),
+    **dict.fromkeys(("e", "escape", "forceescape"), lambda v, a, k: _escaped(v)),
+    "xmlattr": lambda v, a, k: 5 * _measured(v),  # each value escaped, each key and value quoted
+    "urlencode": lambda v, a, k: (3 if v.isascii() else 12) * len(v) if isinstance(v, str) else 12 * _measured(v),
+    "urlize": lambda v, a, k: _urlized(v, _arg(a, k, 2, "target"), _arg(a, k, 3, "rel")),
+    "pprint": lambda v, a, k: _measured(v) * (_depth(v) + 2),  # a line's indent grows with its depth
 }
+
+
+def _escaped(value: Any) -> int:
+    """How long ``value`` is as HTML-escaped text (``&`` is ``&amp;``, at most five characters for one)."""
+    if not isinstance(value, str):
+        return 5 * _measured(value)
+    quotes = value.count("&") + value.count('"') + value.count("'")
+    return len(value) + 4 * quotes + 3 * (value.count("<") + value.count(">"))
+
+
+def _urlized(text: Any, target: Any, rel: Any) -> int:
+    """At most how long ``text|urlize`` is: each link writes its address twice, and the target and rel attributes.
+    A link holds a dot, an @ or a colon, so there are no more links than those."""
+    escaped = _escaped(text)
+    links = sum(map(text.count, ".@:")) + 1 if isinstance(text, str) else escaped // 2 + 1
+    return 2 * escaped + links * (5 * (_measured(target) + _measured(rel)) + 80)
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value``'s containers nest, each counted once a level (a value :func:`_measured` has walked)."""
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        _steps(len(level))
+        inner = {id(part): part for item in level if isinstance(item, _Walked) for part in _parts(item)}
+        level = [part for part in inner.values() if isinstance(part, _Walked)]
+        if depth > sys.getrecursionlimit():  # a cycle, or deeper than pprint can go
+            break
+    return depth
 
 
 def _longest(table: Any) -> int:
