@@ -123,6 +123,21 @@ def test_a_text_past_the_bound_is_refused_before_it_is_made(template: str) -> No
         tracemalloc.stop()
 
 
+def test_constants_costing_characters_are_made_as_the_template_renders() -> None:
+    # Jinja folds constant expressions as it compiles, outside a render's budget: here, 20 x 60 million characters.
+    template = "{{ 'a'|center(60000000) ~ 'b'|center(60000000) }}" * 10
+    tracemalloc.start()
+    try:
+        compiled = chat_sandbox.compile_template(template)
+        assert tracemalloc.get_traced_memory()[1] < limits.CHAT_TEMPLATE_MAX_CHARS
+    finally:
+        tracemalloc.stop()
+    assert compiled is not None
+    with pytest.raises(jinja2.exceptions.SecurityError, match=f"over {limits.CHAT_TEMPLATE_MAX_CHARS}"):
+        render(template)
+    assert render("{{ 'ab'|upper ~ 'c'|center(3) ~ [1]|tojson }}{% if 'x'|length == 1 %}!{% endif %}") == "AB c [1]!"
+
+
 def test_what_a_render_makes_in_all_is_bounded() -> None:
     # Each string is within the bound; forty of them are not.
     each = limits.CHAT_TEMPLATE_MAX_CHARS

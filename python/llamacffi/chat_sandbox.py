@@ -70,8 +70,7 @@ class Bounded(jinja2.exceptions.SecurityError):
     """A render passed one of the bounds above."""
 
 
-# What the render running in this thread has spent, by kind ("steps", "made"); None while a template compiles (Jinja
-# folds constants then).
+# What the render (or compile) running in this thread has spent, by kind ("steps", "made"); None outside them.
 _spent: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar("chat_template_spent", default=None)
 _OVER = {"steps": "takes over {} steps (loop iterations, items walked)", "made": "makes over {} characters in all"}
 
@@ -525,11 +524,17 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
 
 @functools.lru_cache(maxsize=16)
 def compile_template(template: str) -> jinja2.Template | None:
-    """``template`` compiled in the bounded sandbox, or None when Jinja cannot compile it."""
+    """``template`` compiled in the bounded sandbox, or None when Jinja cannot compile it.
+
+    Jinja folds constant expressions as it compiles (``'a'|center(n)``, ``x ~ y``), outside any render's budget. The
+    budget is spent here from the start, so that whatever costs steps or characters is left to the render."""
+    token = _spent.set({"steps": _MAX_STEPS, "made": _MAX_MADE})
     try:
         return _Sandbox().from_string(template)
     except jinja2.TemplateError:
         return None
+    finally:
+        _spent.reset(token)
 
 
 def render(compiled: jinja2.Template, **variables: Any) -> str:
