@@ -721,3 +721,24 @@ def test_pruning_a_long_chain_takes_linear_time() -> None:
     t = time.process_time()
     assert len(prune(d).accept) == 2000
     assert time.process_time() - t < 0.2
+
+
+@pytest.mark.parametrize(
+    "schema", [{"type": "string", "pattern": "\ud800"}, {"type": "string", "pattern": "^[\ud800-\udfff]$"}]
+)
+def test_a_pattern_only_surrogates_match_is_unsatisfiable(schema: Any) -> None:
+    """No string here can hold a surrogate code point: a pattern that needs one matches nothing (it was an IndexError
+    with a length, and otherwise a string the grammar never let end)."""
+    with pytest.raises(SchemaError):
+        from_json_schema(schema)
+    with pytest.raises(SchemaError):
+        from_json_schema({**schema, "maxLength": 3})
+
+
+def test_lone_surrogates_in_values_and_names_are_written_as_escapes(smollm2: llamacffi.Model) -> None:
+    """UTF-8 cannot hold a lone surrogate, so an enum value or property name with one is spelled with its escape."""
+    vocab = smollm2.vocab
+    schema = {"enum": ["\ud800x", "y"]}
+    assert accepts(vocab, from_json_schema(schema), '"\\ud800x"')
+    schema = {"type": "object", "properties": {"\ud83d": {"type": "integer"}}, "required": ["\ud83d"]}
+    assert accepts(vocab, from_json_schema(schema), '{"\\ud83d":1}')

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from ..errors import SchemaError
 from ..jsontypes import JSON, JSONObject, is_strings
 from ..limits import GRAMMAR_MAX_BOUND_DIGITS, GRAMMAR_MAX_REPEAT, GRAMMAR_MAX_SIGNIFICANT
 from .decimals import number_range, significant_digits
-from .gbnf import Builder, TooLarge, choice, literal
+from .gbnf import Builder, TooLarge, choice, json_text, literal
 from .keywords import ANNOTATIONS, TYPES, check_keywords, fail, is_unsatisfiable, pointer, unsatisfiable
 from .merge import canonical, conjoin, merge_all, same_value
 from .numbers import integer_range
@@ -234,7 +233,7 @@ class Compiler:
         for v in values:
             if types is None or any(_is_type(v, t) for t in types):
                 try:
-                    texts.append(json.dumps(v, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
+                    texts.append(json_text(v))
                 except (TypeError, ValueError):
                     raise fail(f"{listed} value {v!r} is not JSON", where, listed) from None
         if not texts:

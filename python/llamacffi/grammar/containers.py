@@ -8,13 +8,12 @@ are read.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 from ..errors import SchemaError
 from ..jsontypes import JSON, JSONObject, is_strings
 from ..limits import GRAMMAR_MAX_ALTERNATIVES
-from .gbnf import TooLarge, literal
+from .gbnf import TooLarge, json_text, literal
 from .keywords import fail, is_unsatisfiable, pointer, unsatisfiable
 from .primitives import any_value, ws
 from .strings import key_other_than
@@ -56,7 +55,7 @@ def obj(c: Compiler, s: JSONObject, ptr: str, hint: str) -> str | None:
                     raise
                 named.append((name, None, False))  # no value can match: the property cannot occur
                 continue
-            named.append((name, _member(c, literal(json.dumps(name, ensure_ascii=False)), value, hint), name in need))
+            named.append((name, _member(c, literal(json_text(name)), value, hint), name in need))
         for name in need:
             if name not in props:
                 if extra is False:
@@ -66,7 +65,7 @@ def obj(c: Compiler, s: JSONObject, ptr: str, hint: str) -> str | None:
                         "required",
                     )
                 value = c.value(extra, pointer(ptr, "additionalProperties"), f"{hint}-{name}")
-                named.append((name, _member(c, literal(json.dumps(name, ensure_ascii=False)), value, hint), True))
+                named.append((name, _member(c, literal(json_text(name)), value, hint), True))
         extra_member = None
         if extra is not False:
             try:

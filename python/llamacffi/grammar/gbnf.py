@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 
 from ..limits import GRAMMAR_MAX_ALTERNATIVES, GRAMMAR_MAX_COST, GRAMMAR_MAX_REPEAT, GRAMMAR_MAX_WORK
 
-__all__ = ["Builder", "TooLarge", "char_class", "choice", "literal"]
+__all__ = ["Builder", "TooLarge", "char_class", "choice", "json_text", "literal"]
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9 !#$%&'()*+,./:;<=>?@_`{|}~]")
@@ -36,6 +37,17 @@ def _char(cp: int, in_class: bool) -> str:
     if cp < 0x10000:
         return f"\\u{cp:04X}"
     return f"\\U{cp:08X}"
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def json_text(value: object) -> str:
+    """``value`` as compact JSON text that UTF-8 can hold: characters as themselves, but a lone surrogate (a JSON
+    string may hold one as an escape, UTF-8 text cannot) as its ``\\u`` escape. Raises ValueError for what is not
+    JSON."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def literal(text: str) -> str:

@@ -19,6 +19,7 @@ from .automaton import (
     negate,
     normalize,
     overlap,
+    prune,
 )
 from .gbnf import Builder, char_class, literal
 from .primitives import string, string_char
@@ -28,6 +29,7 @@ __all__ = ["FORMATS", "constrained_string", "key_other_than", "pattern_dfa"]
 
 _SPECIAL: Ranges = normalize([(0x00, 0x1F), (0x22, 0x22), (0x5C, 0x5C)])
 # surrogate code points cannot occur in UTF-8 text
+_TEXT: Ranges = negate(((0xD800, 0xDFFF),))
 _PLAIN: Ranges = negate(normalize([*_SPECIAL, (0xD800, 0xDFFF)]))
 _SHORT = {0x08: "b", 0x09: "t", 0x0A: "n", 0x0C: "f", 0x0D: "r", 0x22: '"', 0x5C: "\\\\"}
 # the control characters without a short escape, all spelled \u00xx (lower-case hex)
@@ -76,8 +78,13 @@ def encode(ranges: Ranges) -> list[str]:
 
 @lru_cache(maxsize=256)
 def pattern_dfa(pattern: str) -> Dfa:
-    """The automaton of strings matching ``pattern`` (raises PatternError, TooLarge)."""
-    return dfa(parse(pattern))
+    """The automaton of strings matching ``pattern`` (raises PatternError, TooLarge), without the surrogate code
+    points a pattern may name: no string here can hold one (see :func:`encode`), and a state left with no way on
+    would be a rule without alternatives."""
+    d = dfa(parse(pattern))
+    out = prune(Dfa(d.accept, [[(text, t) for rs, t in es if (text := overlap(rs, _TEXT))] for es in d.edges]))
+    out.work = d.work
+    return out
 
 
 @cache
