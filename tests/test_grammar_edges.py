@@ -24,7 +24,7 @@ from llamacffi.sampling import NativeSampler
 from llamacffi.server import structured
 from llamacffi.server.errors import APIError
 from llamacffi.server.requests import parse_chat
-from test_grammar import accepts
+from test_grammar import accepts, validate
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -742,3 +742,65 @@ def test_lone_surrogates_in_values_and_names_are_written_as_escapes(smollm2: lla
     assert accepts(vocab, from_json_schema(schema), '"\\ud800x"')
     schema = {"type": "object", "properties": {"\ud83d": {"type": "integer"}}, "required": ["\ud83d"]}
     assert accepts(vocab, from_json_schema(schema), '{"\\ud83d":1}')
+
+
+SOUND_PARTS = st.sampled_from(
+    [
+        {"type": "string", "maxLength": 2},
+        {"type": "string", "pattern": "^[ab]+$"},
+        {"type": "string", "format": "date"},
+        {"type": "integer", "minimum": -3, "maximum": 7},
+        {"type": "number", "minimum": -1.5, "exclusiveMaximum": 2.25},
+        {"type": ["boolean", "null"]},
+        {"type": "object", "properties": {"k": {"const": "x"}, "v": {"type": "integer"}}, "required": ["k"]},
+        {"properties": {"a": {"type": "integer"}}, "additionalProperties": False},
+        {"prefixItems": [{"type": "integer"}], "maxItems": 2},
+        {"items": {"type": "string"}},
+        {"minItems": 1},
+        {"enum": [1, "a", [1], None]},
+        {"const": {"a": 1}},
+        {"$ref": "#/$defs/d"},
+        {},
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def short_tokens(smollm2: llamacffi.Model) -> Any:
+    """Logits that favour short tokens, so that documents sampled under a grammar end soon."""
+    import numpy as np
+
+    vocab = smollm2.vocab
+    return np.array([-0.8 * len(vocab.detokenize([t])) for t in range(vocab.n_tokens)], dtype=np.float32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.recursive(SOUND_PARTS, _nest, max_leaves=6), st.recursive(SOUND_PARTS, _nest, max_leaves=3), st.integers(0, 999)
+)
+def test_fuzz_sampled_documents_are_valid(
+    smollm2: llamacffi.Model, short_tokens: Any, schema: Any, target: Any, seed: int
+) -> None:
+    """What llama.cpp samples under a schema's grammar, from noise, is valid under the schema."""
+    import numpy as np
+
+    root = dict(schema) if isinstance(schema, dict) else {"allOf": [schema]}
+    root["$defs"] = {"d": target}
+    try:
+        gbnf = from_json_schema(root)
+    except SchemaError:
+        return
+    vocab = smollm2.vocab
+    rng = np.random.default_rng(seed)
+    for run in range(2):
+        with NativeSampler(temperature=1.0, seed=seed + run, vocab=vocab, grammar=gbnf) as sampler:
+            out: list[int] = []
+            for _ in range(100):
+                row = (short_tokens + rng.normal(0, 2, vocab.n_tokens)).astype(np.float32)
+                row[vocab.eos] = 3.0
+                token = sampler.sample(row)
+                if vocab.is_eog(token):
+                    text = vocab.detokenize(out)
+                    validate(json.loads(text), root)
+                    break
+                out.append(token)
