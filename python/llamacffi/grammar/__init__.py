@@ -4,8 +4,9 @@
 ``NativeSampler(grammar=...)``. What cannot be enforced is refused with :class:`SchemaError` naming the keyword and
 its JSON pointer, never ignored. The grammar may be stricter than the schema (it never admits an invalid document):
 
-* compact spelling choices: properties in schema order, extra properties after the named ones, no duplicate keys,
-  numbers without leading zeros or ``-0``, at most 16 digits before and after the point and 3 in an exponent,
+* compact spelling choices: properties in schema order, extra properties after the named ones under other keys (two
+  extra members may share a key: each value is valid, whichever a parser keeps), numbers without leading zeros or
+  ``-0``, at most 16 digits before the point, 18 after it and 3 in an exponent,
   whitespace of at most one space or one line break and 16 blanks between tokens, no whitespace around the document;
 * ``type`` (names and lists), ``enum``, ``const``, ``anyOf``, ``oneOf`` (when its alternatives are disjoint: other
   types, other const / enum values, or a required discriminator property), ``allOf`` (merged; refused when two
