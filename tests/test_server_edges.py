@@ -254,6 +254,36 @@ def test_tools_the_model_may_call_stream_as_they_answer_whole(client: TestClient
         assert streamed == [e["token"] for e in whole["logprobs"]["content"]]  # none lost while held back
 
 
+@pytest.mark.parametrize(
+    "ask,choice",
+    [
+        ("Call get_weather for Paris.", "required"),
+        ("Call get_weather for Paris.", {"type": "function", "function": {"name": "get_weather"}}),
+        ("Call get_weather for Paris.", "auto"),
+        ("Say hello.", "auto"),
+    ],
+)
+def test_a_stream_accumulates_in_the_openai_client_to_the_whole_response(
+    client: TestClient, ask: str, choice: Any
+) -> None:
+    """Each chunk is a valid ``ChatCompletionChunk``, and the client's stream accumulator builds the message a whole
+    response gives: a call's content is null, not an empty string from a role chunk sent before the answer showed."""
+    pytest.importorskip("openai")
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    body = _chat(messages=[{"role": "user", "content": ask}], tools=[WEATHER], tool_choice=choice, max_tokens=40)
+    whole = ChatCompletion.model_validate(_post(client, "/v1/chat/completions", body).json(), strict=True)
+    state: Any = ChatCompletionStreamState()
+    for event in _events(client, "/v1/chat/completions", body):
+        state.handle_chunk(ChatCompletionChunk.model_validate(event, strict=True))
+    got, want = state.current_completion_snapshot.choices[0], whole.choices[0]
+    assert got.finish_reason == want.finish_reason
+    assert got.message.role == "assistant" and got.message.content == want.message.content
+    calls = [(t.function.name, t.function.arguments) for t in got.message.tool_calls or []]
+    assert calls == [(t.function.name, t.function.arguments) for t in want.message.tool_calls or []]
+
+
 def test_text_offsets_count_from_the_start_of_the_prompt(client: TestClient) -> None:
     prompt = "The sky is"
     body = {"model": SMOL, "prompt": prompt, "max_tokens": 4, "temperature": 0, "logprobs": 1}

@@ -219,23 +219,24 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
 
     held = _Held(len(job.prompts) * p.n, p.tools)
     plain: dict[int, tuple[bytes, bytes]] = {}  # per choice: the bytes around the text of a plain content chunk
+    # choices whose first delta (the one with the role) is not sent yet: with tools it waits until the answer shows
+    # whether it is text or a call, so that a call's message has content null, as a whole response's has
+    unopened = set(range(len(job.prompts) * p.n)) if job.chat else set()
 
     def chunk(
         index: int,
         text: str | None,
         logprobs: tuple[TokenLogprob, ...],
         reason: str | None,
-        first: bool = False,
         delta: JSONObject | None = None,
     ) -> bytes:
         lp: JSON = None
         if job.chat:
             if delta is None:
-                delta = (
-                    {"role": "assistant", "content": text or ""}
-                    if first
-                    else ({"content": text} if text is not None else {})
-                )
+                delta = {"content": text} if text is not None else {}
+            if index in unopened:
+                unopened.discard(index)
+                delta = {"role": "assistant", "content": "", **delta}
             if logprobs and p.logprobs is not None:
                 lp = shapes.chat_logprobs(logprobs, piece)
             choice: JSONObject = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": reason}
@@ -248,9 +249,9 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
 
     try:
         for i in range(len(job.prompts) * p.n):
-            if job.chat:
-                yield chunk(i, None, (), None, first=True)
-            elif p.echo and job.texts[i // p.n]:
+            if job.chat and p.tools is None:
+                yield chunk(i, "", (), None)
+            elif not job.chat and p.echo and job.texts[i // p.n]:
                 yield chunk(i, job.texts[i // p.n], (), None)
         async for index, event in _events(job):
             if isinstance(event, Chunk):
@@ -260,6 +261,9 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
                     continue
                 if p.logprobs is not None:
                     yield chunk(index, text, logprobs, None)
+                    continue
+                if index in unopened:
+                    yield chunk(index, text, (), None)
                     continue
                 around = plain.get(index)
                 if around is None:  # the one chunk of this shape, cut where its text goes
@@ -271,7 +275,8 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
                 if job.chat and held.holding(index):
                     call, rest, logprobs = held.finish(index)
                     if call is not None:
-                        yield chunk(index, None, logprobs, None, delta={"tool_calls": [{"index": 0, **call}]})
+                        calls: JSONObject = {"content": None, "tool_calls": [{"index": 0, **call}]}
+                        yield chunk(index, None, logprobs, None, calls)
                         reason = "tool_calls"
                     elif rest:
                         yield chunk(index, rest, logprobs, None)
