@@ -20,7 +20,8 @@ from starlette.testclient import TestClient
 
 from conftest import THREADS
 from llamacffi import limits
-from llamacffi.server import completions, create_app, structured
+from llamacffi.server import completions, create_app, requests, structured
+from llamacffi.server.errors import APIError
 from llamacffi.service import GenerationOptions, LlamaCppService, LocalBackendConfig, ModelConfig, ModelType
 from test_server import WEATHER as WEATHER_AND_UNIT
 
@@ -282,6 +283,23 @@ def test_a_stream_accumulates_in_the_openai_client_to_the_whole_response(
     assert got.message.role == "assistant" and got.message.content == want.message.content
     calls = [(t.function.name, t.function.arguments) for t in got.message.tool_calls or []]
     assert calls == [(t.function.name, t.function.arguments) for t in want.message.tool_calls or []]
+
+
+def test_an_assistant_refusal_is_part_of_the_conversation() -> None:
+    """An assistant's refusal, as a content part or beside null content, is what it said: a client replaying a
+    conversation sends it back as OpenAI gave it, and it is text, not an unsupported part."""
+    for said in [
+        {
+            "role": "assistant",
+            "content": [{"type": "text", "text": "I can't "}, {"type": "refusal", "refusal": "help."}],
+        },
+        {"role": "assistant", "content": None, "refusal": "I can't help."},
+    ]:
+        parsed = requests.parse_chat({"model": SMOL, "messages": [*ASK, said, *ASK]})
+        assert parsed.messages[1] == ("assistant", "I can't help.")
+    with pytest.raises(APIError) as caught:  # a user does not refuse
+        requests.parse_chat({"messages": [{"role": "user", "content": [{"type": "refusal", "refusal": "no"}]}]})
+    assert caught.value.status == 400 and caught.value.code == "unsupported_content"
 
 
 def test_text_offsets_count_from_the_start_of_the_prompt(client: TestClient) -> None:

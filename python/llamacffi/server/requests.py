@@ -211,17 +211,20 @@ def _common(body: JSONObject, raw: bool, max_tokens_name: str = "max_tokens") ->
     return Parsed(model, _options(body, raw), max_tokens, n, stream, include_usage, None)
 
 
-def _text(content: JSON, where: str) -> str:
+def _text(content: JSON, where: str, assistant: bool = False) -> str:
+    """A message's text; an assistant's ``refusal`` parts are what it said, so they count as text too."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
         parts = []
         for i, part in enumerate(content):
-            text = part.get("text") if isinstance(part, dict) and part.get("type") == "text" else None
+            kind = part.get("type") if isinstance(part, dict) else None
+            key = "text" if kind == "text" else "refusal" if assistant and kind == "refusal" else None
+            text = part.get(key) if isinstance(part, dict) and key is not None else None
             if not isinstance(text, str):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                shown = kind if isinstance(part, dict) else type(part).__name__
                 raise invalid(
-                    f"{where}[{i}]: only text content parts are supported (got {kind!r})",
+                    f"{where}[{i}]: only text content parts are supported (got {shown!r})",
                     "messages",
                     "unsupported_content",
                 )
@@ -267,8 +270,9 @@ def parse_chat(body: JSONObject) -> Parsed:
         if role == "assistant" and m.get("tool_calls"):
             content = _calls_text(m["tool_calls"], where)
         elif content is None and role == "assistant":
-            content = ""
-        text = _text(content, f"{where}.content")
+            refusal = m.get("refusal")
+            content = refusal if isinstance(refusal, str) else ""
+        text = _text(content, f"{where}.content", role == "assistant")
         if role == "tool":  # a function's result, as the user's turn: not every template has a tool role
             call_id = m.get("tool_call_id")
             if call_id is not None and not isinstance(call_id, str):
