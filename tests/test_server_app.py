@@ -183,3 +183,16 @@ def test_closing_the_app_while_it_loads_is_not_a_load_failure() -> None:
         time.sleep(0.01)
     assert failures == []
     assert app.state.server.error is None
+
+
+def test_model_routes_take_a_trailing_slash(loaded: Any) -> None:
+    """``/v1/models/`` is the list and ``/v1/models/{id}/`` the model, as every other route takes a trailing slash;
+    an id with a slash in it is found whether the client escapes the slash or not."""
+    app = create_app({"smol": loaded, "org/smol": loaded})
+    with TestClient(app) as client:
+        assert client.get("/v1/models/").json() == client.get("/v1/models").json()
+        for path, name in [("/v1/models/smol/", "smol"), ("/v1/models/org/smol/", "org/smol"),
+                           ("/v1/models/org%2Fsmol", "org/smol")]:  # fmt: skip
+            r = client.get(path)
+            assert r.status_code == 200 and r.json()["id"] == name, path
+        assert client.get("/v1/models/nope/").json()["error"]["code"] == "model_not_found"

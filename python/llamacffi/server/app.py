@@ -130,8 +130,13 @@ async def _models(request: Request) -> Response:
 
 
 async def _model(request: Request) -> Response:
+    """One model; a trailing slash is ignored, as on the other routes (``/v1/models/`` is the list)."""
     server: Server = request.app.state.server
     name = request.path_params["name"]
+    if name not in server.names:
+        name = name.rstrip("/")
+        if not name:
+            return await _models(request)
     if name not in server.names:
         raise APIError(404, f"The model {name!r} does not exist", param="model", code="model_not_found")
     return JSONResponse(_model_entry(name, request.app.state.created))
