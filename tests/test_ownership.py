@@ -90,3 +90,21 @@ def test_keep_alive_ties_an_object_to_a_cdata() -> None:
     del cdata
     gc.collect()
     assert ref() is None
+
+
+def test_destructors_need_no_module_global_at_interpreter_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Interpreter exit may clear a module's globals (to None) before the last cdata of that module is collected.
+    freed: list[int] = []
+    memory = ffi.new("char[16]")
+    at = int(ffi.cast("uintptr_t", memory))
+    owner = ownership.Owner(ffi.cast(CTYPE, memory), lambda p: freed.append(int(ffi.cast("uintptr_t", p))), "T", CTYPE)
+    lease = owner.lease()
+    unraisable: list[Any] = []
+    monkeypatch.setattr("sys.unraisablehook", unraisable.append)
+    for name in ("_owner_gone", "_unlease", "_lock", "_leases", "_orphaned", "address", "ffi"):
+        monkeypatch.setattr(ownership, name, None)
+    del owner
+    gc.collect()
+    lease.release()
+    monkeypatch.undo()
+    assert not unraisable and freed == [at]

@@ -43,17 +43,25 @@ def address(ptr: Any) -> int:
     return int(ffi.cast("uintptr_t", ptr))
 
 
-def _owner_gone(ptr: Any, free: Free) -> None:
+# The destructors below take what they use as default arguments: interpreter exit may clear this module's globals
+# before the last cdata is collected.
+
+
+def _owner_gone(
+    ptr: Any, free: Free, _lock: Any = _lock, _leases: Any = _leases, _orphaned: Any = _orphaned, _cast: Any = ffi.cast
+) -> None:
     """The ``ffi.gc`` destructor of an owned pointer: free it now, or leave it to the last lease."""
     with _lock:
-        at = address(ptr)
+        at = int(_cast("uintptr_t", ptr))
         if _leases.get(at):
             _orphaned[at] = free
             return
     free(ptr)
 
 
-def _unlease(at: int, ctype: str) -> None:
+def _unlease(
+    at: int, ctype: str, _lock: Any = _lock, _leases: Any = _leases, _orphaned: Any = _orphaned, _cast: Any = ffi.cast
+) -> None:
     with _lock:
         left = _leases[at] - 1
         if left:
@@ -62,7 +70,7 @@ def _unlease(at: int, ctype: str) -> None:
         del _leases[at]
         free = _orphaned.pop(at, None)
     if free is not None:
-        free(ffi.cast(ctype, at))
+        free(_cast(ctype, at))
 
 
 class Lease:
@@ -80,7 +88,7 @@ class Lease:
         with _lock:
             _leases[self._at] = _leases.get(self._at, 0) + 1
 
-    def release(self) -> None:
+    def release(self, _unlease: Callable[[int, str], None] = _unlease) -> None:
         if self._done:
             return
         self._done = True
@@ -96,7 +104,7 @@ class Owner:
     ``ctype`` is the pointer's C type. :meth:`close` frees the object now, or with the last hold or lease."""
 
     def __init__(self, ptr: Any, free: Free, what: str, ctype: str) -> None:
-        self._ptr: Any = ffi.gc(ptr, lambda p, _free=free: _owner_gone(p, _free))
+        self._ptr: Any = ffi.gc(ptr, lambda p, _free=free, _gone=_owner_gone: _gone(p, _free))
         self._what = what
         self._ctype = ctype
         self._users = 0
