@@ -310,6 +310,7 @@ CHAT = {"model": SMOL, "messages": QUESTION, "max_tokens": 4}
         ({**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages"),
         ({**CHAT, "messages": "hello"}, "messages"),
         ({**CHAT, "frobnicate": True}, "frobnicate"),
+        ({**CHAT, "modalities": ["text", "audio"]}, "modalities"),
         ({**CHAT, "tools": "f"}, "tools"),
         (
             {

@@ -361,3 +361,11 @@ def test_health_says_why_a_load_failed() -> None:
         chat = c.post("/v1/chat/completions", json={"model": "no-such-model", "messages": ASK})
         assert chat.status_code == 503 and "failed to load" in chat.json()["error"]["message"]
     assert failures
+
+
+def test_fields_that_change_nothing_for_text_are_taken() -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "modalities": ["text"], "prediction": {"type": "content"}}
+    assert requests.parse_chat(body).messages == [("user", "hi")]
+    with pytest.raises(APIError, match="modalities") as refused:
+        requests.parse_chat({**body, "modalities": ["audio"]})
+    assert refused.value.param == "modalities"

@@ -29,6 +29,7 @@ IGNORED = frozenset(
         "safety_identifier",
         "cache_prompt",
         "verbosity",
+        "prediction",  # predicted output: a latency hint, the answer is the same without it
     }
 )
 SAMPLING = frozenset(
@@ -60,6 +61,7 @@ CHAT_FIELDS = SAMPLING | {
     "tool_choice",
     "functions",
     "function_call",
+    "modalities",
 }
 COMPLETION_FIELDS = SAMPLING | {"prompt", "echo", "logprobs", "suffix", "best_of"}
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "user"}
@@ -246,6 +248,9 @@ def parse_chat(body: JSONObject) -> Parsed:
             "functions",
             "unsupported_parameter",
         )
+    modalities = body.get("modalities")
+    if modalities is not None and modalities != ["text"]:
+        raise invalid(f'modalities must be ["text"]: this server writes text only, got {modalities!r}', "modalities")
     parsed.grammar = structured.response_grammar(body.get("response_format"))
     parsed.tools = structured.parse_tools(body.get("tools"), body.get("tool_choice"))
     if parsed.tools is not None and parsed.grammar is not None:
