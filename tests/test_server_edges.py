@@ -369,3 +369,12 @@ def test_fields_that_change_nothing_for_text_are_taken() -> None:
     with pytest.raises(APIError, match="modalities") as refused:
         requests.parse_chat({**body, "modalities": ["audio"]})
     assert refused.value.param == "modalities"
+
+
+def test_an_assistant_s_text_before_its_calls_stays_in_the_conversation() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+    said = {"role": "assistant", "content": "Let me look.", "tool_calls": [call]}
+    body = {"messages": [{"role": "user", "content": "hi"}, said]}
+    assert requests.parse_chat(body).messages[1] == ("assistant", 'Let me look.\n{"name": "f", "arguments": {"a": 1}}')
+    body = {"messages": [{"role": "user", "content": "hi"}, {**said, "content": None}]}
+    assert requests.parse_chat(body).messages[1] == ("assistant", '{"name": "f", "arguments": {"a": 1}}')

@@ -272,12 +272,13 @@ def parse_chat(body: JSONObject) -> Parsed:
         if not isinstance(role, str) or role not in ROLES:
             raise invalid(f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}", "messages", "invalid_value")
         content = m.get("content")
-        if role == "assistant" and m.get("tool_calls"):
-            content = _calls_text(m["tool_calls"], where)
-        elif content is None and role == "assistant":
+        calls = _calls_text(m["tool_calls"], where) if role == "assistant" and m.get("tool_calls") else ""
+        if content is None and role == "assistant":
             refusal = m.get("refusal")
             content = refusal if isinstance(refusal, str) else ""
         text = _text(content, f"{where}.content", role == "assistant")
+        if calls:  # what the assistant said before its calls stays in the conversation
+            text = f"{text}\n{calls}" if text else calls
         if role == "tool":  # a function's result, as the user's turn: not every template has a tool role
             call_id = m.get("tool_call_id")
             if call_id is not None and not isinstance(call_id, str):
