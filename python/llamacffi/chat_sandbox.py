@@ -49,7 +49,9 @@ _Sized = (*_Text, list, tuple)
 # ``d.copy()`` or ``s.union(t)`` copy.
 _Made = (*_Sized, dict, set, frozenset)
 # What is written as the text of the values it holds: containers, dict views, namespaces.
-_Walked = (list, tuple, set, frozenset, Mapping, MappingView, jinja2.utils.Namespace)
+_Walked = (list, tuple, dict, set, frozenset, Mapping, MappingView, jinja2.utils.Namespace)
+_SEQUENCES = (list, tuple)  # walked as they are (a template cannot change them)
+_LEAVES = frozenset({str, int, float, bool, type(None)})
 # Callables that keep what they are given: any number may be stored.
 _STORING = (jinja2.utils.Namespace, dict)
 # Filters that do not turn their value into text, so it needs no walk before them.
@@ -99,7 +101,8 @@ def _within(n: int) -> None:
 
 def _size(n: int) -> None:
     """Check a string or list of ``n`` items before it is made, and count it."""
-    _within(n)
+    if n > _MAX_CHARS:
+        _within(n)
     _spend("made", n, _MAX_MADE)
 
 
@@ -120,38 +123,50 @@ def _measured(value: Any) -> int:
     """Walk a value that is about to become text, and say about how long that text is. A list that holds another
     twice by reference, forty times over, is small in memory and a terabyte as text: each object is walked once (its
     items count as loop steps), and the text of the whole, counted along every path, is bounded."""
+    if type(value) is str:
+        return len(value)
     if isinstance(value, _Text):
         return _leaf(value)
     if not isinstance(value, _Walked):
         return 24  # a number's digits, about (their size is bounded where numbers are made)
-    sizes: dict[int, int] = {}  # id -> text size; 0 while the object's own parts are walked (a cycle prints "...")
-    kept: list[list[Any]] = []  # the parts of every object walked: alive until the end, so that no id is reused
-    stack: list[tuple[Any, list[Any] | None]] = [(value, None)]
+    # id -> text size, or -1 while the object's own parts are walked (a cycle is written "..."). Every object walked
+    # stays alive until the end (held by its container, or by ``parts_of``), so that no id is reused in the walk; an
+    # id found here is thus a walked object's.
+    sizes: dict[int, int] = {}
+    parts_of: dict[int, Any] = {}
+    stack: list[Any] = [value]
     while stack:
-        item, parts = stack[-1]
-        if parts is None:
-            if id(item) in sizes:
-                stack.pop()
-                continue
-            parts = _parts(item)
+        item = stack[-1]
+        key = id(item)
+        size = sizes.get(key)
+        if size is None:
+            parts = parts_of[key] = item if type(item) in _SEQUENCES else _parts(item)
             _steps(len(parts))
-            kept.append(parts)
-            sizes[id(item)] = 0
-            stack[-1] = (item, parts)
-            stack.extend((part, None) for part in parts if isinstance(part, _Walked) and id(part) not in sizes)
+            sizes[key] = -1
+            inner = [p for p in parts if type(p) not in _LEAVES and id(p) not in sizes and isinstance(p, _Walked)]
+            if inner:
+                stack.extend(inner)
+                continue
+        elif size >= 0:  # a second way to an object already walked
+            stack.pop()
             continue
         stack.pop()
-        size = (4 if isinstance(item, Mapping) else 2) * len(parts)
+        parts = parts_of[key]
+        size = (4 if type(item) is dict or isinstance(item, Mapping) else 2) * len(parts)
         for part in parts:
-            size += sizes[id(part)] if isinstance(part, _Walked) else _leaf(part)
+            if type(part) is str:
+                size += len(part)
+            else:
+                inner_size = sizes.get(id(part))
+                size += _leaf(part) if inner_size is None else max(inner_size, 0)
         if size > _MAX_CHARS:
             _refuse(f"the chat template turns a value of over {_MAX_CHARS} characters into text")
-        sizes[id(item)] = size
+        sizes[key] = size
     return sizes[id(value)]
 
 
 def _parts(item: Any) -> list[Any]:
-    if isinstance(item, Mapping):
+    if type(item) is dict or isinstance(item, Mapping):
         return [*item.keys(), *item.values()]
     if isinstance(item, jinja2.utils.Namespace):  # written as its attributes' dict
         return [item._Namespace__attrs]
@@ -465,17 +480,17 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
         return join(parts)
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*":
+        if operator == "+":
+            if isinstance(left, _Sized) and isinstance(right, _Sized):
+                _size(len(left) + len(right))
+        elif operator == "*":
             for seq, n in ((left, right), (right, left)):
                 if isinstance(seq, _Sized) and isinstance(n, int):
                     _size(len(seq) * max(n, 0))
             if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > _MAX_BITS:
                 _refuse("the chat template multiplies numbers too large")
-        elif operator == "+":
-            if isinstance(left, _Sized) and isinstance(right, _Sized):
-                _size(len(left) + len(right))
         elif operator == "%":
-            if isinstance(left, (str, bytes)):
+            if isinstance(left, _Text):
                 _check_percent(left, right)
                 return _made(super().call_binop(context, operator, left, right))
         elif isinstance(left, int) and isinstance(right, int) and right * abs(left).bit_length() > _MAX_BITS:
@@ -505,7 +520,12 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
         return checked
 
     def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        checked_elsewhere = __obj is _Sandbox.counted or getattr(__obj, "checks_itself", False)
+        # A macro's arguments are measured where it writes them.
+        checked_elsewhere = (
+            __obj is _Sandbox.counted
+            or isinstance(__obj, jinja2.runtime.Macro)
+            or getattr(__obj, "checks_itself", False)
+        )
         if not checked_elsewhere and not any(__obj is kind for kind in _STORING):
             _arguments(args, kwargs)
             owner = getattr(__obj, "__self__", None)
