@@ -378,3 +378,37 @@ def test_an_assistant_s_text_before_its_calls_stays_in_the_conversation() -> Non
     assert requests.parse_chat(body).messages[1] == ("assistant", 'Let me look.\n{"name": "f", "arguments": {"a": 1}}')
     body = {"messages": [{"role": "user", "content": "hi"}, {**said, "content": None}]}
     assert requests.parse_chat(body).messages[1] == ("assistant", '{"name": "f", "arguments": {"a": 1}}')
+
+
+CITY = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 20}, "country": {"type": "string", "maxLength": 20}},
+    "required": ["name", "country"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("ask", ["Call get_weather for Paris.", "Describe Paris."])
+def test_tools_beside_a_json_response_format_answer_a_call_or_that_json(client: TestClient, ask: str) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}}
+    body = _chat(messages=[{"role": "user", "content": ask}], tools=[WEATHER], response_format=fmt, max_tokens=60)
+    r = _post(client, "/v1/chat/completions", body)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    if choice["finish_reason"] == "tool_calls":
+        (call,) = choice["message"]["tool_calls"]
+        assert call["function"]["name"] == "get_weather"
+        jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER["function"]["parameters"])
+    else:
+        assert choice["finish_reason"] == "stop"
+        jsonschema.validate(json.loads(choice["message"]["content"]), CITY)
+    forced = _post(client, "/v1/chat/completions", {**body, "tool_choice": "required"}).json()["choices"][0]
+    assert forced["finish_reason"] == "tool_calls"  # a call is asked for: the answer's format does not apply
+
+
+def test_tools_beside_a_response_format_describe_a_json_answer() -> None:
+    fmt = {"type": "json_object"}
+    parsed = requests.parse_chat({"messages": ASK, "tools": [WEATHER], "response_format": fmt})
+    assert parsed.tools is not None and "answer with the JSON asked for" in parsed.tools.prompt
+    assert parsed.grammar is not None and parsed.grammar != structured.call_grammar(parsed.tools)

@@ -252,11 +252,11 @@ def parse_chat(body: JSONObject) -> Parsed:
     if modalities is not None and modalities != ["text"]:
         raise invalid(f'modalities must be ["text"]: this server writes text only, got {modalities!r}', "modalities")
     parsed.grammar = structured.response_grammar(body.get("response_format"))
-    parsed.tools = structured.parse_tools(body.get("tools"), body.get("tool_choice"))
-    if parsed.tools is not None and parsed.grammar is not None:
-        raise invalid("tools and a JSON response_format cannot be combined", "response_format")
+    parsed.tools = structured.parse_tools(body.get("tools"), body.get("tool_choice"), parsed.grammar is not None)
     if parsed.tools is not None and parsed.tools.forced():
-        parsed.grammar = structured.call_grammar(parsed.tools)
+        parsed.grammar = structured.call_grammar(parsed.tools)  # a call: the answer's format does not apply
+    elif parsed.tools is not None and parsed.grammar is not None:  # a call, or the answer in its format
+        parsed.grammar = structured.call_grammar(parsed.tools, structured.response_schema(body.get("response_format")))
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise invalid(

@@ -4,8 +4,9 @@ tool calls.
 The functions are described in a system message, not given to the model's chat template: the same call format then
 serves every model (a family's own tool syntax would need its own parser), ``{"name": ..., "arguments": {...}}``.
 With ``tool_choice`` ``"required"`` or a named function the output is constrained by a grammar to such a call, its
-``arguments`` to the function's parameter schema; with ``"auto"`` the model may answer in text, and an answer that is
-a well-formed call to a listed function becomes a tool call. Everything is checked when the request arrives: a schema
+``arguments`` to the function's parameter schema; with ``"auto"`` the model may answer in text (beside a JSON
+``response_format``: a grammar admits a call or a document of that format), and an answer that is a well-formed call to
+a listed function becomes a tool call. Everything is checked when the request arrives: a schema
 the grammar compiler cannot enforce is a 400 that names the keyword, never a silent fallback.
 """
 
@@ -55,6 +56,14 @@ _IN_FUNCTION = re.compile(r"#/\$defs/f(\d+)(/.*)?$")
 
 def response_grammar(fmt: JSON) -> str | None:
     """The grammar a ``response_format`` asks for (None for text)."""
+    schema = response_schema(fmt)
+    if schema is None:
+        return None
+    return JSON_GRAMMAR if schema is ANY_OBJECT else _compile(schema, "response_format")
+
+
+def response_schema(fmt: JSON) -> JSONObject | bool | None:
+    """The schema a ``response_format`` asks for (:data:`ANY_OBJECT` for ``json_object``, None for text)."""
     if fmt is None:
         return None
     if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
@@ -63,7 +72,7 @@ def response_grammar(fmt: JSON) -> str | None:
     if kind == "text":
         return None
     if kind == "json_object":
-        return JSON_GRAMMAR
+        return ANY_OBJECT
     if kind == "json_schema":
         spec = fmt.get("json_schema")
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
@@ -78,7 +87,7 @@ def response_grammar(fmt: JSON) -> str | None:
         schema = spec.get("schema", {})
         if not isinstance(schema, (dict, bool)):
             raise invalid("response_format.json_schema.schema must be an object", "response_format", "invalid_type")
-        return _compile(schema, "response_format")
+        return schema
     raise invalid(
         f"response_format type {kind!r} is not one of text, json_object, json_schema",
         "response_format",
@@ -86,8 +95,9 @@ def response_grammar(fmt: JSON) -> str | None:
     )
 
 
-def parse_tools(tools: JSON, choice: JSON) -> Tools | None:
-    """``tools`` and ``tool_choice`` checked; None when the request uses no tools."""
+def parse_tools(tools: JSON, choice: JSON, json_answer: bool = False) -> Tools | None:
+    """``tools`` and ``tool_choice`` checked; None when the request uses no tools. ``json_answer``: an answer that
+    calls nothing is the JSON a ``response_format`` asks for, not text."""
     if tools is None or tools == []:
         if choice not in (None, "none", "auto"):
             raise invalid("tool_choice needs tools", "tool_choice")
@@ -139,16 +149,18 @@ def parse_tools(tools: JSON, choice: JSON) -> Tools | None:
             "tool_choice",
             "invalid_value",
         )
-    return Tools(functions, picked, _describe(functions, picked))
+    return Tools(functions, picked, _describe(functions, picked, json_answer))
 
 
-def _describe(functions: dict[str, JSONObject], choice: str) -> str:
+def _describe(functions: dict[str, JSONObject], choice: str, json_answer: bool) -> str:
     lines = [
         "You can call the following functions. To call one, answer with only a JSON object of the form "
         '{"name": <function name>, "arguments": <an object matching its parameters>}.'
     ]
     if choice == "auto":
-        lines.append("If no function is needed, answer in plain text.")
+        lines.append(
+            f"If no function is needed, answer {'with the JSON asked for' if json_answer else 'in plain text'}."
+        )
     elif choice == "required":
         lines.append("You must call one of them.")
     else:
@@ -158,12 +170,13 @@ def _describe(functions: dict[str, JSONObject], choice: str) -> str:
     return "\n".join(lines)
 
 
-def call_grammar(tools: Tools) -> str:
-    """The grammar of a call to the chosen function, or to any of them for ``"required"``.
+def call_grammar(tools: Tools, answer: JSONObject | bool | None = None) -> str:
+    """The grammar of a call to the chosen function, or to any of them for ``"required"`` and ``"auto"``; with an
+    ``answer`` schema (``"auto"`` with a JSON ``response_format``), of a call or a document of that schema.
 
     Each function's parameters move under the call schema's ``$defs``, their references rebased there, so that
     ``#/$defs/...`` and ``#`` inside them keep pointing into the parameters, not into the call around them."""
-    names = list(tools.functions) if tools.choice == "required" else [tools.choice]
+    names = [tools.choice] if tools.forced() and tools.choice != "required" else list(tools.functions)
     defs: JSONObject = {}
     calls: list[JSONObject] = []
     for i, n in enumerate(names):
@@ -177,6 +190,9 @@ def call_grammar(tools: Tools) -> str:
             }
         )
     call: JSONObject = calls[0] if len(calls) == 1 else {"oneOf": [*calls]}
+    if answer is not None:  # a call, or the answer: anyOf, since the answer's schema may admit a call's shape too
+        defs["answer"] = rebase(answer, "#/$defs/answer") if isinstance(answer, dict) else answer
+        call = {"anyOf": [call, {"$ref": "#/$defs/answer"}]}
     return _compile({**call, "$defs": defs}, "tools", names)
 
 
