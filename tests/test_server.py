@@ -624,6 +624,23 @@ def test_structured_output_with_the_openai_parse_helper(client: Any) -> None:
     city = r.choices[0].message.parsed
     assert isinstance(city, City) and city.name
 
+    class GetWeather(pydantic.BaseModel):
+        city: str = pydantic.Field(max_length=30)
+
+    both = client.chat.completions.parse(  # a call or a City: the helper parses either
+        model=SMOL,
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[openai.pydantic_function_tool(GetWeather)],
+        response_format=City,
+        max_tokens=120,
+        temperature=0,
+    )
+    message = both.choices[0].message
+    if message.tool_calls:
+        assert isinstance(message.tool_calls[0].function.parsed_arguments, GetWeather)
+    else:
+        assert isinstance(message.parsed, City)
+
 
 @pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
 def test_forced_tool_calls(client: Any, choice: Any) -> None:
