@@ -474,6 +474,8 @@ class Context(StateIO):
     # ---- threads and timings ----------------------------------------------------------------------------------
 
     def set_threads(self, n_threads: int, n_threads_batch: int | None = None) -> None:
+        """Threads for generation and for prompt batches (default: ``n_threads``). Unlike the calls that raise while
+        another thread decodes, this waits for that decode: its thread pools cannot change under it."""
         n_threads = as_int("n_threads", n_threads, 1, MAX_THREADS)
         nb = as_int("n_threads_batch", n_threads if n_threads_batch is None else n_threads_batch, 1, MAX_THREADS)
         ptr = self.ptr
