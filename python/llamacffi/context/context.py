@@ -57,6 +57,10 @@ class Context(StateIO):
     """An inference context over a :class:`Model`: its own KV memory, threads and outputs.
 
     Keeps its model alive until closed. Not for concurrent use: a call while another thread is decoding raises.
+
+    ``n_ctx`` is the memory's positions in all (default: the model's training context). Without ``kv_unified`` each
+    of the ``n_seq_max`` sequences gets its own share, which llama.cpp rounds up to a multiple of 256: the memory
+    can come out larger than asked (``Context(m, n_ctx=256, n_seq_max=256).n_ctx`` is 65536), so read :attr:`n_ctx`.
     """
 
     def __init__(
