@@ -168,8 +168,12 @@ def test_numbers_multiplied_past_the_bound_are_refused() -> None:
 
 
 def doubled(times: int, pair: str = "[ns.x, ns.x]") -> str:
-    """A template that makes ``ns.x`` hold the one before it twice (``pair``), ``times`` over."""
-    return f"{{% set ns = namespace(x=['ab']) %}}{{% for i in range({times}) %}}{{% set ns.x = {pair} %}}{{% endfor %}}"
+    """A template that makes ``ns.x`` hold the one before it twice (``pair``), ``times`` over, and ``ns.y`` the same
+    (equal, not the same objects)."""
+    return (
+        f"{{% set ns = namespace(x=['ab'], y=['ab']) %}}{{% for i in range({times}) %}}"
+        f"{{% set ns.x = {pair} %}}{{% set ns.y = {pair.replace('ns.x', 'ns.y')} %}}{{% endfor %}}"
+    )
 
 
 @pytest.mark.parametrize(
@@ -189,6 +193,13 @@ def doubled(times: int, pair: str = "[ns.x, ns.x]") -> str:
         "{{ ns }}",  # a namespace is written as its attributes
         "{{ {'a': ns.x}.items() }}",  # and a dict view as its items
         "{{ {'a': ns.x}.values() }}",
+        # compared or hashed along every path
+        "{% if ns.x == ns.y %}{% endif %}",
+        "{% if ns.x in [ns.y] %}{% endif %}",
+        "{% if ns.x is eq(ns.y) %}{% endif %}",
+        "{% set d = {ns.x: 1} %}",
+        "{% set d = dict([(ns.x, 1)]) %}",
+        "{{ [ns.x, ns.y]|unique|list|length }}",
     ],
 )
 @pytest.mark.parametrize("pair", ["[ns.x, ns.x]", "(ns.x, ns.x)", "{'k': ns.x, 'j': ns.x}", "[ns.x] * 2"])
@@ -218,10 +229,10 @@ def test_what_a_walk_makes_stays_alive_until_it_ends() -> None:
     "template",
     [
         "{{ ([[0]] * 1000000)|sum(start=[])|length }}",
-        "{{ ([[0] * 1000] * 100000)|sum(start=[])|length }}",
+        "{{ ([[0] * 100] * 100000)|sum(start=[])|length }}",
         "{{ (range(100000)|map('string')|map('list')|list)|sum(start=[])|length }}",
-        "{{ ([{'a': [0] * 1000}] * 100000)|sum(attribute='a', start=[])|length }}",
-        "{{ ([('x',) * 1000] * 100000)|sum(start=())|length }}",
+        "{{ ([{'a': [0] * 100}] * 100000)|sum(attribute='a', start=[])|length }}",
+        "{{ ([('x',) * 100] * 100000)|sum(start=())|length }}",
         "{{ ([[0]] * 1000000 + [[1]])|sum(start=[0] * 1000)|length }}",
     ],
 )
@@ -229,6 +240,31 @@ def test_adding_lists_with_sum_is_bounded_before_it_runs(template: str) -> None:
     # Each partial sum is a copy: a million one-item lists would copy half a million million items.
     with pytest.raises(jinja2.exceptions.SecurityError, match=f"over {limits.CHAT_TEMPLATE_MAX_MADE} characters"):
         render(template)
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        "{{ s.find('y') }}",
+        "{{ 'y' in s }}",
+        "{{ s == t }}",
+        "{{ s|wordcount }}",
+        "{{ s is in t }}",
+        "{{ [s]|select('in', t)|list }}",
+        "{{ l|max }}",
+        "{{ l.index(0) }}",
+        "{{ 1 in l }}",
+        "{{ l|unique|list|length }}",
+    ],
+)
+def test_what_a_render_reads_in_all_is_bounded(use: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Searching a long text or list makes nothing, and takes one step; two thousand times over, it reads 200 million
+    # characters or two million items.
+    monkeypatch.setattr(chat_sandbox, "_MAX_READ", 10_000_000)
+    monkeypatch.setattr(chat_sandbox, "_MAX_STEPS", 100_000)
+    values = "{% set s = 'x' * 100000 %}{% set t = 'x' * 100000 %}{% set l = [0] * 1000 %}"
+    with pytest.raises(jinja2.exceptions.SecurityError, match=r"over (100000 steps|10000000 characters in all)"):
+        render(values + "{% for i in range(2000) %}" + use + "{% endfor %}")
 
 
 def test_namespace_and_dict_keep_any_number() -> None:

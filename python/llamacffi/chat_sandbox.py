@@ -5,7 +5,9 @@ not from asking for gigabytes (``'a' * 10**10``, ``'a'|center(10**10)``, a strin
 looping for ever (nested ``range`` loops). Here one render may:
 
 - take at most :data:`limits.CHAT_TEMPLATE_MAX_STEPS` steps in all: loop iterations, ``range`` items, and the
-  items of containers walked before they become text;
+  items of containers walked (each object once) before they become text or are compared, searched or scanned;
+- read at most :data:`limits.CHAT_TEMPLATE_MAX_READ` characters in all by comparing, searching or scanning
+  (``x in s``, ``s.find(t)``, a filter's value), a container counted as its text;
 - make no string or list longer than :data:`limits.CHAT_TEMPLATE_MAX_CHARS` with an operator, a filter or a call,
   and pass no number above it to one (a width, a count);
 - make at most :data:`limits.CHAT_TEMPLATE_MAX_MADE` characters and items in all that way;
@@ -41,6 +43,7 @@ __all__ = ["Bounded", "Refused", "compile_template", "render"]
 _MAX_STEPS = limits.CHAT_TEMPLATE_MAX_STEPS
 _MAX_CHARS = limits.CHAT_TEMPLATE_MAX_CHARS
 _MAX_MADE = limits.CHAT_TEMPLATE_MAX_MADE
+_MAX_READ = limits.CHAT_TEMPLATE_MAX_READ
 _MAX_BITS = limits.CHAT_TEMPLATE_MAX_POWER_BITS
 
 _Text = (str, bytes)  # bytes: what str.encode makes, with the same methods
@@ -54,14 +57,15 @@ _SEQUENCES = (list, tuple)  # walked as they are (a template cannot change them)
 _LEAVES = frozenset({str, int, float, bool, type(None)})
 # Callables that keep what they are given: any number may be stored.
 _STORING = (jinja2.utils.Namespace, dict)
-# Filters that do not turn their value into text, so it needs no walk before them.
-_STRUCTURAL_FILTERS = frozenset(
-    {
-        "abs", "attr", "batch", "count", "d", "default", "dictsort", "first", "float", "groupby", "int", "items",
-        "last", "length", "list", "map", "max", "min", "random", "reject", "rejectattr", "reverse", "round", "select",
-        "selectattr", "slice", "sort", "sum", "unique",
-    }
-)  # fmt: skip
+# Filters that take about the same time whatever their value: the others read it (a text's characters, a
+# container's items and their text) before they run.
+_CHEAP_FILTERS = frozenset({"abs", "attr", "count", "d", "default", "first", "items", "last", "length", "random"})
+# Tests that compare their value with another, reading both.
+_COMPARING_TESTS = frozenset(
+    {"in", "eq", "equalto", "==", "ne", "!=", "lt", "lessthan", "<", "le", "<=", "gt", "greaterthan", ">", "ge", ">="}
+)
+# A text shorter than this is read in about the time the call that reads it takes, which the step budget bounds.
+_READ_FREE = 256
 
 
 class Refused(Exception):
@@ -74,7 +78,11 @@ class Bounded(jinja2.exceptions.SecurityError):
 
 # What the render (or compile) running in this thread has spent, by kind ("steps", "made"); None outside them.
 _spent: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar("chat_template_spent", default=None)
-_OVER = {"steps": "takes over {} steps (loop iterations, items walked)", "made": "makes over {} characters in all"}
+_OVER = {
+    "steps": "takes over {} steps (loop iterations, items walked)",
+    "made": "makes over {} characters in all",
+    "read": "reads over {} characters in all (comparing, searching, scanning)",
+}
 
 
 def _refuse(message: str) -> NoReturn:
@@ -181,6 +189,27 @@ def _leaf(item: Any) -> int:
     if isinstance(item, bytes):
         return 4 * len(item)  # \x.. for each byte, at most
     return 0
+
+
+def _read(value: Any) -> Any:
+    """Count what comparing, searching or scanning ``value`` reads: a text's characters, or a container's text (each
+    of its objects walked once, as steps)."""
+    if type(value) is str or isinstance(value, _Text):
+        n = len(value)
+    elif isinstance(value, _Walked):
+        n = _measured(value)
+    else:
+        return value
+    if n >= _READ_FREE:
+        _spend("read", n, _MAX_READ)
+    return value
+
+
+def _searched(value: Any) -> Any:
+    """Count what ``x in value`` reads: not a mapping's or a set's items, which are looked up."""
+    if type(value) is dict or isinstance(value, (Mapping, set, frozenset, range)):
+        return value
+    return _read(value)
 
 
 def _arguments(args: Iterable[Any], kwargs: Mapping[str, Any]) -> None:
@@ -348,7 +377,7 @@ def _estimated(
 def _bounded_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
     # Filters get the context or environment first when Jinja marks them so, then the value, then their arguments.
     skip = 2 if getattr(f, "jinja_pass_arg", None) is not None else 1
-    structural = name in _STRUCTURAL_FILTERS
+    cheap = name in _CHEAP_FILTERS
 
     @functools.wraps(f)
     def bounded(*args: Any, **kwargs: Any) -> Any:
@@ -359,14 +388,24 @@ def _bounded_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
             args = (*args[: skip - 1], items, *rest)
         elif name == "format" and value and isinstance(value[0], str):
             _check_percent(value[0], tuple(rest) or kwargs)
-        elif not structural and value:
-            _measured(value[0])
+        elif not cheap and value:
+            _read(value[0])
         if value:
             _estimated(_FILTERS, name, value[0], rest, kwargs)
         _arguments(rest, kwargs)
         return _made(f(*args, **kwargs))
 
     return bounded
+
+
+def _comparing_test(f: Any) -> Any:  # Any: Jinja types its tests as plain functions
+    @functools.wraps(f)
+    def reading(*args: Any, **kwargs: Any) -> Any:
+        for value in args:
+            _read(value)
+        return f(*args, **kwargs)
+
+    return reading
 
 
 def _tojson(value: object, indent: int | None = None, **_: object) -> str:
@@ -411,8 +450,16 @@ def _range(*args: int) -> range:
     return items
 
 
+def _literal(node: jinja2.nodes.Node) -> bool:
+    """Whether ``node`` is written in the template (a constant, or a list or tuple of them): as long as its text."""
+    if isinstance(node, (jinja2.nodes.List, jinja2.nodes.Tuple)):
+        return all(map(_literal, node.items))
+    return isinstance(node, jinja2.nodes.Const)
+
+
 class _Generator(jinja2.compiler.CodeGenerator):
-    """Jinja's code generator, with every loop's items counted, every ``~`` measured and every slice counted."""
+    """Jinja's code generator, with every loop's items counted, every ``~`` measured, every slice counted and what
+    comparisons read counted."""
 
     def visit_For(self, node: jinja2.nodes.For, frame: jinja2.compiler.Frame) -> None:
         counted = jinja2.nodes.Call(
@@ -437,6 +484,43 @@ class _Generator(jinja2.compiler.CodeGenerator):
                 self.visit(part, frame)
         self.write(")")
 
+    @jinja2.compiler.optimizeconst
+    def visit_Compare(self, node: jinja2.nodes.Compare, frame: jinja2.compiler.Frame) -> None:
+        # What a comparison reads: an operand written in the template bounds it, else both are read (only the
+        # searched one for ``in``, when the other is written in the template).
+        operands = [node.expr, *(op.expr for op in node.ops)]
+        reads = [""] * len(operands)
+        for i, op in enumerate(node.ops):
+            left, right = _literal(operands[i]), _literal(operands[i + 1])
+            if op.op in ("in", "notin"):
+                reads[i + 1] = "" if right else "searched"
+                reads[i] = reads[i] or ("" if left or right else "read")
+            elif not (left or right):
+                reads[i] = reads[i] or "read"
+                reads[i + 1] = reads[i + 1] or "read"
+        self.write("(")
+        for i, operand in enumerate(operands):
+            if i:
+                self.write(f" {jinja2.compiler.operators[node.ops[i - 1].op]} ")
+            self._read(operand, reads[i], frame)
+        self.write(")")
+
+    def visit_Dict(self, node: jinja2.nodes.Dict, frame: jinja2.compiler.Frame) -> None:
+        self.write("{")
+        for i, item in enumerate(node.items):
+            self.write(", " if i else "")
+            self._read(item.key, "" if _literal(item.key) else "read", frame)  # a key is hashed
+            self.write(": ")
+            self.visit(item.value, frame)
+        self.write("}")
+
+    def _read(self, node: jinja2.nodes.Expr, how: str, frame: jinja2.compiler.Frame) -> None:
+        if how:
+            self.write(f"environment.{how}(")
+        self.visit(node, frame)
+        if how:
+            self.write(")")
+
     def visit_Concat(self, node: jinja2.nodes.Concat, frame: jinja2.compiler.Frame) -> None:
         self.write("environment.bounded_concat(context.eval_ctx, (")
         for arg in node.nodes:
@@ -458,11 +542,15 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
         self.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now, range=_range)
         self.filters.update(tojson=_tojson, sum=_sum)
         self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
+        self.tests = {name: _comparing_test(f) if name in _COMPARING_TESTS else f for name, f in self.tests.items()}
 
     @staticmethod
     def _finalize(value: Any) -> Any:
         _measured(value)  # what ``{{ ... }}`` writes
         return value
+
+    read = staticmethod(_read)
+    searched = staticmethod(_searched)
 
     @staticmethod
     def counted(items: Iterable[Any]) -> Iterator[Any]:
@@ -526,7 +614,10 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
             or isinstance(__obj, jinja2.runtime.Macro)
             or getattr(__obj, "checks_itself", False)
         )
-        if not checked_elsewhere and not any(__obj is kind for kind in _STORING):
+        if any(__obj is kind for kind in _STORING):
+            for arg in args:  # dict(pairs): its keys are hashed
+                _read(arg)
+        elif not checked_elsewhere:
             _arguments(args, kwargs)
             owner = getattr(__obj, "__self__", None)
             name = getattr(__obj, "__name__", "")
@@ -535,7 +626,10 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
                 _size(length + len(owner) * len(items))
                 args = (items,)
             elif isinstance(owner, _Text):
+                _read(owner)
                 _estimated(_METHODS, name, owner, args, kwargs)
+            elif isinstance(owner, (list, tuple)) and name in ("index", "count"):
+                _read(owner)
             elif __obj is jinja2.utils.generate_lorem_ipsum:  # lipsum(n): n paragraphs of up to 100 words
                 paragraphs = _arg(args, kwargs, 0, "n", 5)
                 _size(1000 * paragraphs if isinstance(paragraphs, int) else 0)
@@ -548,7 +642,7 @@ def compile_template(template: str) -> jinja2.Template | None:
 
     Jinja folds constant expressions as it compiles (``'a'|center(n)``, ``x ~ y``), outside any render's budget. The
     budget is spent here from the start, so that whatever costs steps or characters is left to the render."""
-    token = _spent.set({"steps": _MAX_STEPS, "made": _MAX_MADE})
+    token = _spent.set({"steps": _MAX_STEPS, "made": _MAX_MADE, "read": _MAX_READ})
     try:
         return _Sandbox().from_string(template)
     except jinja2.TemplateError:
@@ -560,7 +654,7 @@ def compile_template(template: str) -> jinja2.Template | None:
 def render(compiled: jinja2.Template, **variables: Any) -> str:
     """``compiled`` rendered with ``variables``, within the bounds. Raises :class:`Refused` when the template refuses
     its input, and Jinja's errors (``SecurityError`` past a bound) or Python's when it fails."""
-    token = _spent.set({"steps": 0, "made": 0})
+    token = _spent.set({"steps": 0, "made": 0, "read": 0})
     try:
         out: list[str] = []
         size = 0

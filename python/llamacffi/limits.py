@@ -104,6 +104,9 @@ CHAT_TEMPLATE_MAX_MADE = 1 << 30
 # The most steps one render may take in all: loop iterations, ``range`` items, and the items of containers walked
 # before they become text (nested loops could run for ever).
 CHAT_TEMPLATE_MAX_STEPS = 1 << 22
+# The most characters one render may read in all by comparing, searching or scanning (``x in s``, ``s.find(t)``,
+# ``s|trim``), a container counted as its text: a search through one long text, looped, could run for hours.
+CHAT_TEMPLATE_MAX_READ = 1 << 30
 # The most bits an integer ``**`` in a template may give (``{{ 10**10**10 }}`` would compute for ever).
 CHAT_TEMPLATE_MAX_POWER_BITS = 4096
 
