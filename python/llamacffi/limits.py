@@ -47,8 +47,7 @@ GRAMMAR_MAX_BREADTH = 4096
 # prefix, a run of optional properties): llama.cpp holds a stack for each, so past this the schema is refused.
 GRAMMAR_MAX_ALTERNATIVES = 512
 # Steps the schema compiler may take building the automata of one schema (patterns, formats, bounded numbers:
-# ranges split, edges paired, states compared), which bounds its time on any schema a client sends (well under
-# a second here).
+# ranges split, edges paired, states compared), which bounds its time on any schema a client sends.
 GRAMMAR_MAX_WORK = 1_000_000
 
 # The compiled JSON Schema grammar's sizes: pattern automata (NFA states built, DFA states kept), repetition counts
