@@ -41,6 +41,19 @@ def few_steps(monkeypatch: pytest.MonkeyPatch) -> int:
         "{% for i in range(100000) %}{% for m in messages %}{% endfor %}{% endfor %}",
         "{% for i in range(1000) %}{{ range(1000)|sum }}{% endfor %}",  # range items count, looped or not
         "{% for x in [1, [2, [3]]] recursive %}{% for i in range(99999) %}{% endfor %}{{ loop([x]) }}{% endfor %}",
+        # filters that go through a text's characters or a range's numbers one by one
+        "{{ ('x' * 200000)|unique|list|length }}",
+        "{{ ('x' * 200000)|batch(1)|list|length }}",
+        "{{ [1]|slice(200000)|list|length }}",
+        "{% set r = range(1000) %}{% for i in range(200) %}{{ r|max }}{% endfor %}",
+        # dicts made item by item
+        "{% set d = dict(range(2000)|map('string')|batch(2)) %}"
+        "{% for i in range(200) %}{% set e = dict(**d) %}{% endfor %}",
+        "{{ lipsum(1, false, 200000, 200001)|length }}",
+        # macros and blocks calling themselves twice
+        "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(14) }}",
+        "{% set ns = namespace(d=0) %}{% block b %}{% if ns.d < 12 %}{% set ns.d = ns.d + 1 %}"
+        "{{ self.b() }}{{ self.b() }}{% set ns.d = ns.d - 1 %}{% endif %}{% endblock %}",
     ],
 )
 def test_loops_are_bounded_in_steps(template: str, few_steps: int) -> None:

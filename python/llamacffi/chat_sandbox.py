@@ -60,10 +60,20 @@ _STORING = (jinja2.utils.Namespace, dict)
 # Filters that take about the same time whatever their value: the others read it (a text's characters, a
 # container's items and their text) before they run.
 _CHEAP_FILTERS = frozenset({"abs", "attr", "count", "d", "default", "first", "items", "last", "length", "random"})
+# Filters that go through their value item by item in Python: a text's characters and a range's numbers count as
+# steps (a container's items do, as it is read).
+_ITERATING_FILTERS = frozenset(
+    {
+        "batch", "dictsort", "groupby", "map", "max", "min", "reject", "rejectattr", "select", "selectattr", "slice",
+        "sort", "sum", "unique",
+    }
+)  # fmt: skip
 # Tests that compare their value with another, reading both.
 _COMPARING_TESTS = frozenset(
     {"in", "eq", "equalto", "==", "ne", "!=", "lt", "lessthan", "<", "le", "<=", "gt", "greaterthan", ">", "ge", ">="}
 )
+# A call of a macro or a block takes about as long as this many empty loop iterations, and counts as many steps.
+_CALL_STEPS = 16
 # A text shorter than this is read in about the time the call that reads it takes, which the step budget bounds.
 _READ_FREE = 256
 
@@ -115,9 +125,12 @@ def _size(n: int) -> None:
 
 
 def _made(value: Any) -> Any:
-    """Count a value a filter, call or slice made (its size can only be known after)."""
+    """Count a value a filter, call or slice made (its size can only be known after). A dict or set is made item by
+    item, each item a step."""
     if isinstance(value, _Made):
         _size(len(value))
+        if not isinstance(value, _Sized):
+            _steps(len(value))
     return value
 
 
@@ -309,7 +322,7 @@ _FILTERS: dict[str, _Estimate] = {
         len(v) * (1 + len(_arg(a, k, 2, "wrapstring", None) or "\n")) if isinstance(v, str) else 0
     ),
     "batch": lambda v, a, k: _arg(a, k, 0, "linecount", 0),
-    "slice": lambda v, a, k: _arg(a, k, 0, "slices", 0),
+    "slice": lambda v, a, k: _slices(_arg(a, k, 0, "slices", 0)),
     "tojson": lambda v, a, k: (_arg(a, k, 0, "indent", 0) or 0) * (_measured(v) + 1),
     **dict.fromkeys(("e", "escape", "forceescape"), lambda v, a, k: _escaped(v)),
     "xmlattr": lambda v, a, k: 5 * _measured(v),  # each value escaped, each key and value quoted
@@ -317,6 +330,21 @@ _FILTERS: dict[str, _Estimate] = {
     "urlize": lambda v, a, k: _urlized(v, _arg(a, k, 2, "target"), _arg(a, k, 3, "rel")),
     "pprint": lambda v, a, k: _measured(v) * (_depth(v) + 2),  # a line's indent grows with its depth
 }
+
+
+def _lipsum(paragraphs: Any, words: Any) -> None:
+    """``lipsum(paragraphs, html, min, words)``: up to ``words`` words a paragraph, each a step of its Python loop and
+    up to 14 characters (a 12-letter word, a comma or dot, a space)."""
+    if isinstance(paragraphs, int) and isinstance(words, int) and paragraphs > 0 and words > 0:
+        _size(paragraphs * (14 * words + 8))
+        _steps(paragraphs * words)
+
+
+def _slices(n: Any) -> int:
+    """``slice(n)`` makes ``n`` lists, one a step of its Python loop."""
+    if isinstance(n, int) and n > 0:
+        _steps(n)
+    return n if isinstance(n, int) else 0
 
 
 def _escaped(value: Any) -> int:
@@ -378,6 +406,7 @@ def _bounded_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
     # Filters get the context or environment first when Jinja marks them so, then the value, then their arguments.
     skip = 2 if getattr(f, "jinja_pass_arg", None) is not None else 1
     cheap = name in _CHEAP_FILTERS
+    iterating = name in _ITERATING_FILTERS
 
     @functools.wraps(f)
     def bounded(*args: Any, **kwargs: Any) -> Any:
@@ -390,6 +419,8 @@ def _bounded_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
             _check_percent(value[0], tuple(rest) or kwargs)
         elif not cheap and value:
             _read(value[0])
+            if iterating and isinstance(value[0], (*_Text, range)):
+                _steps(len(value[0]))
         if value:
             _estimated(_FILTERS, name, value[0], rest, kwargs)
         _arguments(rest, kwargs)
@@ -608,13 +639,13 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
         return checked
 
     def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        # A macro's arguments are measured where it writes them.
-        checked_elsewhere = (
-            __obj is _Sandbox.counted
-            or isinstance(__obj, jinja2.runtime.Macro)
-            or getattr(__obj, "checks_itself", False)
-        )
-        if any(__obj is kind for kind in _STORING):
+        # A macro's arguments are measured where it writes them. A call of a macro or a block counts as steps, so
+        # that one calling itself twice, thirty deep, is bounded.
+        recursive = isinstance(__obj, (jinja2.runtime.Macro, jinja2.runtime.BlockReference))
+        checked_elsewhere = recursive or __obj is _Sandbox.counted or getattr(__obj, "checks_itself", False)
+        if recursive:
+            _steps(_CALL_STEPS)
+        elif any(__obj is kind for kind in _STORING):
             for arg in args:  # dict(pairs): its keys are hashed
                 _read(arg)
         elif not checked_elsewhere:
@@ -630,9 +661,8 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
                 _estimated(_METHODS, name, owner, args, kwargs)
             elif isinstance(owner, (list, tuple)) and name in ("index", "count"):
                 _read(owner)
-            elif __obj is jinja2.utils.generate_lorem_ipsum:  # lipsum(n): n paragraphs of up to 100 words
-                paragraphs = _arg(args, kwargs, 0, "n", 5)
-                _size(1000 * paragraphs if isinstance(paragraphs, int) else 0)
+            elif __obj is jinja2.utils.generate_lorem_ipsum:
+                _lipsum(_arg(args, kwargs, 0, "n", 5), _arg(args, kwargs, 3, "max", 100))
         return _made(super().call(__context, __obj, *args, **kwargs))
 
 
