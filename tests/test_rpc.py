@@ -985,3 +985,29 @@ def test_a_worker_whose_parent_is_gone_ends_though_its_decode_is_stuck(smollm2_p
         os.kill(server.proc.pid, signal.SIGCONT)
         svc.close()
         server.kill()
+
+
+def test_a_worker_is_sent_a_json_schema_as_its_compiled_grammar(smollm2_path: Path) -> None:
+    """The worker reads its pipe on one thread, which must not stall compiling a schema (the pipe's send bound would
+    take the worker for stuck): the schema goes as the grammar compiled here, and the answer keeps to it."""
+    import pickle
+
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}},
+        "required": ["ok"],
+        "additionalProperties": False,
+    }
+    svc = LlamaCppService(LocalBackendConfig(threads=1))
+    try:
+        (model,) = _workers(svc, smollm2_path, 1)
+        engine = model._engine
+        sent: list[tuple[Any, ...]] = []
+        send = engine._send  # type: ignore[attr-defined]
+        engine._send = lambda msg: (sent.append(msg), send(msg))[1]  # type: ignore[attr-defined]
+        options = GenerationOptions(temperature=0, max_tokens=24, json_schema=schema)
+        assert json.loads(model.generate("Is water wet? Answer in JSON.", options))["ok"] in (True, False)
+        (fields,) = [pickle.loads(m[2])[1] for m in sent if m[0] == "submit"]
+        assert fields["json_schema"] is None and fields["grammar"] == options.grammar_text()
+    finally:
+        svc.close()

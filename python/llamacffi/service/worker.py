@@ -16,7 +16,8 @@ tokens, one llama.cpp micro-batch), at most every quarter of ``stall_timeout``.
 
 The pipe (a socket pair) carries pickled objects. Parent to child: the :class:`WorkerSpec`, then
 ``("submit", id, payload, after_id)`` (``payload``: ``(tokens, options, logprobs)`` pickled here, before the request
-counts, with the options as plain data: a caller's str subclass may not exist in the child, or not pickle at all),
+counts, with the options as plain data: a caller's str subclass may not exist in the child, or not pickle at all;
+a ``json_schema`` goes as its compiled grammar),
 ``("cancel", id)``, ``("close",)``. Child to parent: ``("progress",)`` while loading, then ``("ready", n_ctx_train)`` or
 ``("failed", exception)``; ``("progress",)`` while decoding, ``("item", id, text_or_chunk)``, ``("end", id,
 finish_reason, n_reused, n_generated, stats)``, ``("error", id, exception)``.
@@ -170,9 +171,9 @@ class WorkerEngine:
             raise
 
     def _send_now(self, msg: tuple[Any, ...]) -> bool:
-        """Send a short ``msg`` if that cannot block: False when another send is under way, or the pipe is full (the
-        child stopped reading), or the child is gone."""
-        if not self._send_lock.acquire(blocking=False):
+        """Send a short ``msg`` if that cannot block: False when another send holds the pipe past its own bound, or the
+        pipe is full (the child stopped reading), or the child is gone."""
+        if not self._send_lock.acquire(timeout=self._pipe_stall):  # a send under way ends within that bound
             return False
         try:
             writable = select.poll()  # not select.select: it refuses descriptors from 1024 on
@@ -189,8 +190,11 @@ class WorkerEngine:
     # ---- the engine's interface -------------------------------------------------------------------------------
 
     def submit(self, request: Request) -> None:
+        fields = request.options.to_dict()
+        if fields.get("json_schema") is not None:  # its grammar, compiled here: the worker's reader compiles nothing
+            fields["grammar"], fields["json_schema"] = request.options.grammar_text(), None
         try:
-            payload = pickle.dumps((request.prompt, _plain(request.options.to_dict()), request.logprobs))
+            payload = pickle.dumps((request.prompt, _plain(fields), request.logprobs))
         except Exception as exc:  # PicklingError, AttributeError, TypeError, RecursionError: nothing is queued
             raise InvalidConfigError(
                 f"model {self.name!r}: the request's options cannot be sent to its worker process: {exc}"
