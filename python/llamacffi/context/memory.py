@@ -81,8 +81,9 @@ class Memory:
 
     def seq_add(self, seq_id: int, p0: int, p1: int, delta: int) -> None:
         """Shift positions ``[p0, p1)`` of a sequence by ``delta`` (needs a memory that can shift); those that
-        become negative are removed, as in llama.cpp. A shift past the largest position (int32) is refused: C would
-        wrap those positions to negative ones, and llama.cpp would remove their tokens."""
+        become negative are removed, as in llama.cpp. A shift that may pass the largest position (int32) is refused: C
+        would wrap those positions to negative ones, and llama.cpp would remove their tokens. (The check takes the
+        range's end, or the sequence's last position if lower, as held: llama.cpp cannot say which is.)"""
         s = self.check_seq(seq_id)
         p0, p1 = self._range(p0, p1)
         delta = as_int("delta", delta, -INT32_MAX - 1, INT32_MAX)
