@@ -143,6 +143,9 @@ def test_bad_token_ids(model: llamacffi.Model) -> None:
         with pytest.raises(InvalidTokenError, match="1-D sequence of int ids, not a"):
             v.detokenize(unordered)  # type: ignore[arg-type]
     assert v.detokenize(iter([1, 2])) == v.detokenize([1, 2])
+    assert v.detokenize(memoryview(np.array([1, 2], np.int32))) == v.detokenize([1, 2])
+    with pytest.raises(InvalidTokenError, match="not a memoryview"):
+        v.detokenize(memoryview(b"\x01\x02"))  # type: ignore[arg-type]
 
 
 def test_bad_text(model: llamacffi.Model) -> None:

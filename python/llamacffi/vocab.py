@@ -22,7 +22,10 @@ def as_tokens(tokens: Iterable[int] | npt.ArrayLike, n_vocab: int) -> TokenArray
     if isinstance(tokens, np.ndarray) and tokens.dtype == np.int32 and tokens.flags.c_contiguous:
         raw: np.ndarray = tokens
     else:
-        if isinstance(tokens, (str, bytes, bytearray, memoryview, Mapping, Set)):  # iterable, but not ids in order
+        # iterable, but not ids in order (a typed memoryview, such as a numpy array's, is taken)
+        if isinstance(tokens, (str, bytes, bytearray, Mapping, Set)) or (
+            isinstance(tokens, memoryview) and tokens.format in ("B", "b", "c")
+        ):
             raise InvalidTokenError(f"tokens must be a 1-D sequence of int ids, not a {type(tokens).__name__}")
         try:
             seq = tokens if isinstance(tokens, (np.ndarray, list, tuple)) else list(tokens)  # type: ignore[arg-type]
