@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import pickle
 import subprocess
 import sys
 import threading
@@ -211,6 +212,8 @@ def test_text_over_the_context_is_refused_or_cut(smollm2: llamacffi.Model) -> No
     with pytest.raises(TextTooLongError, match=rf"texts\[1\] is \d+ tokens, over the {limit} tokens") as info:
         smollm2.embed(["short", too_long])
     assert info.value.index == 1 and info.value.n_tokens > limit and info.value.limit == limit
+    copy = pickle.loads(pickle.dumps(info.value))  # as across a process's pipe
+    assert type(copy) is TextTooLongError and (str(copy), copy.__dict__) == (str(info.value), info.value.__dict__)
     with Embedder(smollm2, batch_tokens=32, n_threads=THREADS) as e:
         assert e.max_tokens == 32
         with pytest.raises(TextTooLongError, match=r"texts\[0\] is"):

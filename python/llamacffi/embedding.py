@@ -50,6 +50,16 @@ class TextError(InvalidArgumentError):
         self.index = index
         self.reason = reason
 
+    def __reduce__(self) -> tuple[object, ...]:  # its fields survive a pickle (a worker process's pipe)
+        return (_unpickled, (type(self), self.args, self.__dict__))
+
+
+def _unpickled(cls: type[TextError], args: tuple[object, ...], fields: dict[str, object]) -> TextError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(fields)
+    return error
+
 
 class TextTooLongError(TextError):
     """A text has more tokens than a context holds; ``index``, ``n_tokens`` and ``limit`` say which and by how much."""
