@@ -412,3 +412,11 @@ def test_tools_beside_a_response_format_describe_a_json_answer() -> None:
     parsed = requests.parse_chat({"messages": ASK, "tools": [WEATHER], "response_format": fmt})
     assert parsed.tools is not None and "answer with the JSON asked for" in parsed.tools.prompt
     assert parsed.grammar is not None and parsed.grammar != structured.call_grammar(parsed.tools)
+
+
+def test_an_answer_schema_beside_the_calls_is_blamed_as_the_response_format() -> None:
+    tools = structured.parse_tools([WEATHER], "auto", json_answer=True)
+    assert tools is not None
+    with pytest.raises(APIError) as refused:  # as when the answer and the calls together pass the compile budget
+        structured.call_grammar(tools, {"type": "object", "properties": {"a": {"not": {}}}})
+    assert refused.value.param == "response_format" and "(at #/properties/a/not;" in refused.value.message

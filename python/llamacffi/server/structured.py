@@ -43,6 +43,15 @@ def _compile(schema: JSONObject | bool, param: str, names: list[str] | None = No
         return from_json_schema(schema)
     except SchemaError as exc:
         message = str(exc)
+        if names is not None and (m := _IN_ANSWER.match(exc.pointer)) is not None:
+            # the answer's schema beside the calls (a budget they share): the response_format's fault as much
+            inner = "#" + (m.group(1) or "")
+            message = message.removesuffix(f" (at {exc.pointer})")
+            raise invalid(
+                f"response_format: {message} (at {inner}; with the tools' parameters)",
+                "response_format",
+                "unsupported_schema",
+            ) from None
         if names is not None and (m := _IN_FUNCTION.match(exc.pointer)) is not None:
             # a call schema's pointer into one function's parameters, told relative to them
             inner = "#" + (m.group(2) or "")
@@ -52,6 +61,7 @@ def _compile(schema: JSONObject | bool, param: str, names: list[str] | None = No
 
 
 _IN_FUNCTION = re.compile(r"#/\$defs/f(\d+)(/.*)?$")
+_IN_ANSWER = re.compile(r"#/\$defs/answer(/.*)?$")
 
 
 def response_grammar(fmt: JSON) -> str | None:
