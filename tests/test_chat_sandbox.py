@@ -50,6 +50,12 @@ def few_steps(monkeypatch: pytest.MonkeyPatch) -> int:
         "{% set d = dict(range(2000)|map('string')|batch(2)) %}"
         "{% for i in range(200) %}{% set e = dict(**d) %}{% endfor %}",
         "{{ lipsum(1, false, 200000, 200001)|length }}",
+        # filters that go through a text word by word in Python
+        "{{ ('a ' * 100000)|title|length }}",
+        "{{ ('a ' * 100000)|urlize|length }}",
+        "{{ ('a ' * 100000)|wordwrap(1)|length }}",
+        "{{ ('<a>' * 100000)|striptags|length }}",
+        "{{ ('a ' * 100000)|urlencode|length }}",
         # macros and blocks calling themselves twice
         "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(14) }}",
         "{% set ns = namespace(d=0) %}{% block b %}{% if ns.d < 12 %}{% set ns.d = ns.d + 1 %}"
@@ -121,6 +127,10 @@ def test_no_string_list_or_width_past_the_bound(template: str) -> None:
         "{{ {'a': '&' * 14000000}|xmlattr }}",
         "{{ ('\U0001f600' * 6000000)|urlencode }}",
         "{{ ('http://example.com ' * 200000)|urlize(target='x' * 1000) }}",
+        # what a block, a macro or a filter block writes, joined
+        "{% set s = 'x' * 10000000 %}{% set y %}{% for i in range(10) %}{{ s }}{% endfor %}{% endset %}{{ y|length }}",
+        "{% set s = 'x' * 10000000 %}{% macro m() %}{% for i in range(10) %}{{ s }}{% endfor %}{% endmacro %}{{ m() }}",
+        "{% set s = 'x' * 10000000 %}{% filter length %}{% for i in range(10) %}{{ s }}{% endfor %}{% endfilter %}",
         # indented as deep as it nests
         "{% set ns = namespace(x=['y' * 100] * 100000) %}"
         "{% for i in range(700) %}{% set ns.x = [ns.x, 1] %}{% endfor %}{{ ns.x|pprint }}",
@@ -174,9 +184,14 @@ def test_copies_count_in_what_a_render_makes(value: str, copy: str, monkeypatch:
         render(f"{{% set v = {value} %}}{{% for i in range(10000) %}}{{% set c = {copy} %}}{{% endfor %}}")
 
 
-def test_numbers_multiplied_past_the_bound_are_refused() -> None:
-    template = "{% set ns = namespace(n=7) %}{% for i in range(40) %}{% set ns.n = ns.n * ns.n %}{% endfor %}"
-    with pytest.raises(jinja2.exceptions.SecurityError, match="multiplies numbers"):
+@pytest.mark.parametrize(
+    ("step", "refusal"),
+    [("ns.n * ns.n", "multiplies numbers"), ("ns.n + ns.n", "adds numbers"), ("ns.n - (0 - ns.n)", "adds numbers")],
+)
+def test_numbers_grown_past_the_bound_are_refused(step: str, refusal: str) -> None:
+    # Doubled four million times, a number has four million bits, and each addition takes longer.
+    template = f"{{% set ns = namespace(n=7) %}}{{% for i in range(5000) %}}{{% set ns.n = {step} %}}{{% endfor %}}"
+    with pytest.raises(jinja2.exceptions.SecurityError, match=refusal):
         render(template)
 
 

@@ -60,12 +60,12 @@ _STORING = (jinja2.utils.Namespace, dict)
 # Filters that take about the same time whatever their value: the others read it (a text's characters, a
 # container's items and their text) before they run.
 _CHEAP_FILTERS = frozenset({"abs", "attr", "count", "d", "default", "first", "items", "last", "length", "random"})
-# Filters that go through their value item by item in Python: a text's characters and a range's numbers count as
-# steps (a container's items do, as it is read).
+# Filters that go through their value item by item (or word by word) in Python: a text's characters and a range's
+# numbers count as steps (a container's items do, as it is read).
 _ITERATING_FILTERS = frozenset(
     {
         "batch", "dictsort", "groupby", "map", "max", "min", "reject", "rejectattr", "select", "selectattr", "slice",
-        "sort", "sum", "unique",
+        "sort", "striptags", "sum", "title", "unique", "urlencode", "urlize", "wordwrap",
     }
 )  # fmt: skip
 # Tests that compare their value with another, reading both.
@@ -419,10 +419,10 @@ def _bounded_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
             _check_percent(value[0], tuple(rest) or kwargs)
         elif not cheap and value:
             _read(value[0])
-            if iterating and isinstance(value[0], (*_Text, range)):
-                _steps(len(value[0]))
         if value:
             _estimated(_FILTERS, name, value[0], rest, kwargs)
+            if iterating and isinstance(value[0], (*_Text, range)):
+                _steps(len(value[0]))
         _arguments(rest, kwargs)
         return _made(f(*args, **kwargs))
 
@@ -564,7 +564,7 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
     """Jinja's immutable sandbox, bounded as the module says."""
 
     code_generator_class = _Generator
-    intercepted_binops = frozenset({"*", "**", "+", "%"})
+    intercepted_binops = frozenset({"*", "**", "+", "-", "%"})
 
     def __init__(self) -> None:
         super().__init__(
@@ -590,6 +590,13 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
             yield item
 
     @staticmethod
+    def concat(pieces: Iterable[str]) -> str:
+        """What a block, a macro or ``{% set %}...{% endset %}`` writes, joined: as long as all it wrote."""
+        pieces = list(pieces)
+        _size(sum(map(len, pieces)))
+        return "".join(pieces)
+
+    @staticmethod
     def bounded_concat(eval_ctx: jinja2.nodes.EvalContext, parts: tuple[Any, ...]) -> str:
         for part in parts:
             _measured(part)
@@ -599,9 +606,13 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
         return join(parts)
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "+":
+        if operator in ("+", "-"):
             if isinstance(left, _Sized) and isinstance(right, _Sized):
                 _size(len(left) + len(right))
+            elif (
+                isinstance(left, int) and isinstance(right, int) and max(abs(left), abs(right)).bit_length() > _MAX_BITS
+            ):
+                _refuse("the chat template adds numbers too large")  # doubled forty thousand times, say
         elif operator == "*":
             for seq, n in ((left, right), (right, left)):
                 if isinstance(seq, _Sized) and isinstance(n, int):
