@@ -50,6 +50,10 @@ def few_steps(monkeypatch: pytest.MonkeyPatch) -> int:
         "{% set d = dict(range(2000)|map('string')|batch(2)) %}"
         "{% for i in range(200) %}{% set e = dict(**d) %}{% endfor %}",
         "{{ lipsum(1, false, 200000, 200001)|length }}",
+        # arguments given from a list or a dict, copied
+        "{% set r = range(1000)|list %}{% for i in range(200) %}{% set t = cycler(*r) %}{% endfor %}",
+        "{% set d = dict(range(2000)|map('string')|batch(2)) %}{% for i in range(200) %}{% set t = namespace(**d) %}"
+        "{% endfor %}",
         # filters that go through a text word by word in Python
         "{{ ('a ' * 100000)|title|length }}",
         "{{ ('a ' * 100000)|urlize|length }}",

@@ -74,6 +74,9 @@ _COMPARING_TESTS = frozenset(
 )
 # A call of a macro or a block takes about as long as this many empty loop iterations, and counts as many steps.
 _CALL_STEPS = 16
+# A call is given at most about this many arguments as the template writes them; more come from ``f(*items)`` or
+# ``f(**d)``, which copy them.
+_WRITTEN_ARGUMENTS = 8
 # A text shorter than this is read in about the time the call that reads it takes, which the step budget bounds.
 _READ_FREE = 256
 
@@ -654,6 +657,9 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
         # that one calling itself twice, thirty deep, is bounded.
         recursive = isinstance(__obj, (jinja2.runtime.Macro, jinja2.runtime.BlockReference))
         checked_elsewhere = recursive or __obj is _Sandbox.counted or getattr(__obj, "checks_itself", False)
+        given = len(args) + len(kwargs)
+        if given > _WRITTEN_ARGUMENTS:  # f(*items) or f(**d): each item copied, more than once
+            _steps(given)
         if recursive:
             _steps(_CALL_STEPS)
         elif any(__obj is kind for kind in _STORING):
