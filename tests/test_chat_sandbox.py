@@ -229,6 +229,7 @@ def doubled(times: int, pair: str = "[ns.x, ns.x]") -> str:
         "{% if ns.x == ns.y %}{% endif %}",
         "{% if ns.x in [ns.y] %}{% endif %}",
         "{% if ns.x is eq(ns.y) %}{% endif %}",
+        "{% if ns.x is lower %}{% endif %}",
         "{% set d = {ns.x: 1} %}",
         "{% set d = dict([(ns.x, 1)]) %}",
         "{{ [ns.x, ns.y]|unique|list|length }}",

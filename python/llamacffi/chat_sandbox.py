@@ -68,10 +68,14 @@ _ITERATING_FILTERS = frozenset(
         "sort", "striptags", "sum", "title", "unique", "urlencode", "urlize", "wordwrap",
     }
 )  # fmt: skip
-# Tests that compare their value with another, reading both.
-_COMPARING_TESTS = frozenset(
-    {"in", "eq", "equalto", "==", "ne", "!=", "lt", "lessthan", "<", "le", "<=", "gt", "greaterthan", ">", "ge", ">="}
-)
+# Tests that read their value: those that compare it with another (reading both), and lower and upper, which write
+# it as text.
+_READING_TESTS = frozenset(
+    {
+        "in", "eq", "equalto", "==", "ne", "!=", "lt", "lessthan", "<", "le", "<=", "gt", "greaterthan", ">", "ge",
+        ">=", "lower", "upper",
+    }
+)  # fmt: skip
 # A call of a macro or a block takes about as long as this many empty loop iterations, and counts as many steps.
 _CALL_STEPS = 16
 # A call is given at most about this many arguments as the template writes them; more come from ``f(*items)`` or
@@ -432,7 +436,7 @@ def _bounded_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
     return bounded
 
 
-def _comparing_test(f: Any) -> Any:  # Any: Jinja types its tests as plain functions
+def _reading_test(f: Any) -> Any:  # Any: Jinja types its tests as plain functions
     @functools.wraps(f)
     def reading(*args: Any, **kwargs: Any) -> Any:
         for value in args:
@@ -576,7 +580,7 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
         self.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now, range=_range)
         self.filters.update(tojson=_tojson, sum=_sum)
         self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
-        self.tests = {name: _comparing_test(f) if name in _COMPARING_TESTS else f for name, f in self.tests.items()}
+        self.tests = {name: _reading_test(f) if name in _READING_TESTS else f for name, f in self.tests.items()}
 
     @staticmethod
     def _finalize(value: Any) -> Any:
