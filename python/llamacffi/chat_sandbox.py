@@ -4,8 +4,9 @@ A template comes with the model file. Jinja's own sandbox keeps it from reaching
 not from asking for gigabytes (``'a' * 10**10``, ``'a'|center(10**10)``, a string doubled forty times) or from
 looping for ever (nested ``range`` loops). Here one render may:
 
-- take at most :data:`limits.CHAT_TEMPLATE_MAX_STEPS` steps in all: loop iterations, ``range`` items, and the
-  items of containers walked (each object once) before they become text or are compared, searched or scanned;
+- take at most :data:`limits.CHAT_TEMPLATE_MAX_STEPS` steps in all: loop iterations, ``range`` items, macro and
+  block calls, and the items gone through one by one (a container's, each object once, before it becomes text or
+  is compared; a filter's value's);
 - read at most :data:`limits.CHAT_TEMPLATE_MAX_READ` characters in all by comparing, searching or scanning
   (``x in s``, ``s.find(t)``, a filter's value), a container counted as its text;
 - make no string or list longer than :data:`limits.CHAT_TEMPLATE_MAX_CHARS` with an operator, a filter or a call,
