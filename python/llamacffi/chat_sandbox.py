@@ -94,7 +94,7 @@ class Bounded(jinja2.exceptions.SecurityError):
     """A render passed one of the bounds above."""
 
 
-# What the render (or compile) running in this thread has spent, by kind ("steps", "made"); None outside them.
+# What the render (or compile) running in this thread has spent, by kind ("steps", "made", "read"); None outside them.
 _spent: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar("chat_template_spent", default=None)
 _OVER = {
     "steps": "takes over {} steps (loop iterations, items walked)",
@@ -528,20 +528,19 @@ class _Generator(jinja2.compiler.CodeGenerator):
         # What a comparison reads: an operand written in the template bounds it, else both are read (only the
         # searched one for ``in``, when the other is written in the template).
         operands = [node.expr, *(op.expr for op in node.ops)]
-        reads = [""] * len(operands)
+        reads = [0] * len(operands)  # 0: not read, 1: searched, 2: read (what a chained comparison needs most)
         for i, op in enumerate(node.ops):
             left, right = _literal(operands[i]), _literal(operands[i + 1])
             if op.op in ("in", "notin"):
-                reads[i + 1] = "" if right else "searched"
-                reads[i] = reads[i] or ("" if left or right else "read")
+                reads[i + 1] = max(reads[i + 1], 0 if right else 1)
+                reads[i] = max(reads[i], 0 if left or right else 2)
             elif not (left or right):
-                reads[i] = reads[i] or "read"
-                reads[i + 1] = reads[i + 1] or "read"
+                reads[i] = reads[i + 1] = 2
         self.write("(")
         for i, operand in enumerate(operands):
             if i:
                 self.write(f" {jinja2.compiler.operators[node.ops[i - 1].op]} ")
-            self._read(operand, reads[i], frame)
+            self._read(operand, ("", "searched", "read")[reads[i]], frame)
         self.write(")")
 
     def visit_Dict(self, node: jinja2.nodes.Dict, frame: jinja2.compiler.Frame) -> None:
@@ -620,7 +619,7 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
             elif (
                 isinstance(left, int) and isinstance(right, int) and max(abs(left), abs(right)).bit_length() > _MAX_BITS
             ):
-                _refuse("the chat template adds numbers too large")  # doubled forty thousand times, say
+                _refuse("the chat template adds numbers too large")  # one doubled in a loop: each addition slower
         elif operator == "*":
             for seq, n in ((left, right), (right, left)):
                 if isinstance(seq, _Sized) and isinstance(n, int):
