@@ -315,6 +315,8 @@ def test_apply_template_names_the_bound_a_template_passes(few_steps: int) -> Non
     # Not llama.cpp's matcher then: for a template it knows, it would format the chat another way.
     with pytest.raises(ChatTemplateError, match=r"passes a bound of llamacffi\.limits on these messages"):
         apply_template("{% for i in range(100000) %}{% for m in messages %}{% endfor %}{% endfor %}", [("user", "a")])
+    with pytest.raises(ChatTemplateError, match=r"passes a bound .*Range too big"):  # Jinja's own bound on a range
+        apply_template("{% for i in range(10**6) %}{% endfor %}{{ messages[0].content }}", [("user", "a")])
 
 
 @pytest.mark.parametrize(

@@ -484,7 +484,10 @@ def _strftime_now(fmt: str) -> str:
 
 
 def _range(*args: int) -> range:
-    items = jinja2.sandbox.safe_range(*args)
+    try:
+        items = jinja2.sandbox.safe_range(*args)
+    except OverflowError as exc:  # Jinja's own bound on a range: a bound like the others, not a template fault
+        _refuse(str(exc))
     _steps(len(items))
     return items
 
