@@ -4,13 +4,13 @@ A template comes with the model file. Jinja's own sandbox keeps it from reaching
 not from asking for gigabytes (``'a' * 10**10``, ``'a'|center(10**10)``, a string doubled forty times) or from
 looping for ever (nested ``range`` loops). Here one render may:
 
-- take at most :data:`limits.CHAT_TEMPLATE_MAX_STEPS` steps in all: loop iterations, ``range`` items, macro and
-  block calls, and the items gone through one by one (a container's, each object once, before it becomes text or
-  is compared; a filter's value's);
+- take at most :data:`limits.CHAT_TEMPLATE_MAX_STEPS` steps in all: loop iterations, ``range`` items, macro,
+  block and recursive loop calls, and the items gone through one by one (a container's, each object once, before it
+  becomes text or is compared; a filter's value's, a lazy filter's; the pieces a split makes);
 - read at most :data:`limits.CHAT_TEMPLATE_MAX_READ` characters in all by comparing, searching or scanning
   (``x in s``, ``s.find(t)``, a filter's value), a container counted as its text;
-- make no string or list longer than :data:`limits.CHAT_TEMPLATE_MAX_CHARS` with an operator, a filter or a call,
-  and pass no number above it to one (a width, a count);
+- make no string or list longer than :data:`limits.CHAT_TEMPLATE_MAX_CHARS` with an operator, a filter or a call
+  (a width or a count that would is refused before);
 - make at most :data:`limits.CHAT_TEMPLATE_MAX_MADE` characters and items in all that way;
 - turn into text no value whose text would be longer than :data:`limits.CHAT_TEMPLATE_MAX_CHARS`.
 
@@ -66,7 +66,7 @@ _CHEAP_FILTERS = frozenset({"abs", "attr", "count", "d", "default", "first", "it
 _ITERATING_FILTERS = frozenset(
     {
         "batch", "dictsort", "groupby", "map", "max", "min", "reject", "rejectattr", "select", "selectattr", "slice",
-        "sort", "striptags", "sum", "title", "unique", "urlencode", "urlize", "wordwrap",
+        "sort", "striptags", "sum", "title", "unique", "urlencode", "urlize", "wordwrap", "wordcount", "indent",
     }
 )  # fmt: skip
 # Tests that read their value: those that compare it with another (reading both), and lower and upper, which write
@@ -77,7 +77,8 @@ _READING_TESTS = frozenset(
         ">=", "lower", "upper",
     }
 )  # fmt: skip
-# A call of a macro or a block takes about as long as this many empty loop iterations, and counts as many steps.
+# What a call of a macro, a block or a recursive loop counts, in steps: a chosen cost, of the order of the loop
+# iterations such a call takes.
 _CALL_STEPS = 16
 # A call is given at most about this many arguments as the template writes them; more come from ``f(*items)`` or
 # ``f(**d)``, which copy them.
@@ -331,7 +332,7 @@ _FILTERS: dict[str, _Estimate] = {
     ),
     "batch": lambda v, a, k: _arg(a, k, 0, "linecount", 0),
     "slice": lambda v, a, k: _slices(_arg(a, k, 0, "slices", 0)),
-    "tojson": lambda v, a, k: (_arg(a, k, 0, "indent", 0) or 0) * (_measured(v) + 1),
+    "tojson": lambda v, a, k: _json_growth(v, _arg(a, k, 0, "ensure_ascii", False), _arg(a, k, 1, "indent", None)),
     **dict.fromkeys(("e", "escape", "forceescape"), lambda v, a, k: _escaped(v)),
     "xmlattr": lambda v, a, k: 5 * _measured(v),  # each value escaped, each key and value quoted
     "urlencode": lambda v, a, k: (3 if v.isascii() else 12) * len(v) if isinstance(v, str) else 12 * _measured(v),
@@ -410,6 +411,25 @@ def _estimated(
             _size(n)
 
 
+def _json_growth(value: Any, ensure_ascii: Any, indent: Any) -> int:
+    """What ``tojson`` adds to a value's text: each line's indent, each non-ASCII character's escape."""
+    width = indent if isinstance(indent, int) else len(indent) if isinstance(indent, str) else 0
+    text = _measured(value)
+    return max(width, 0) * (text + 1) + (11 * text if ensure_ascii else 0)  # \ud83d\ude00: 12 for one
+
+
+_SPLITTING = frozenset({"split", "rsplit", "splitlines"})
+
+
+def _pieces(s: Any, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
+    """At most how many pieces ``s.split`` (``rsplit``, ``splitlines``) makes, each a new string: counted before."""
+    if name == "splitlines":
+        return len(s) // 2 + 1 if isinstance(s, bytes) else s.count("\n") + s.count("\r") + 1
+    sep, most = _arg(args, kwargs, 0, "sep"), _arg(args, kwargs, 1, "maxsplit", -1)
+    n = s.count(sep) + 1 if isinstance(sep, type(s)) and sep else len(s) // 2 + 1
+    return min(n, most + 1) if isinstance(most, int) and most >= 0 else n
+
+
 def _bounded_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
     # Filters get the context or environment first when Jinja marks them so, then the value, then their arguments.
     skip = 2 if getattr(f, "jinja_pass_arg", None) is not None else 1
@@ -431,6 +451,8 @@ def _bounded_filter(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
             _estimated(_FILTERS, name, value[0], rest, kwargs)
             if iterating and isinstance(value[0], (*_Text, range)):
                 _steps(len(value[0]))
+            elif isinstance(args[skip - 1], Iterator):  # a lazy map or select (join has listed it): each item a step
+                args = (*args[: skip - 1], _Sandbox.counted(args[skip - 1]), *args[skip:])
         _arguments(rest, kwargs)
         return _made(f(*args, **kwargs))
 
@@ -447,8 +469,15 @@ def _reading_test(f: Any) -> Any:  # Any: Jinja types its tests as plain functio
     return reading
 
 
-def _tojson(value: object, indent: int | None = None, **_: object) -> str:
-    return json.dumps(value, ensure_ascii=False, indent=indent)
+def _tojson(
+    value: object,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    """Hugging Face's ``tojson``: its arguments, and no HTML escaping (Jinja's own escapes ``<``)."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
 @jinja2.pass_environment
@@ -662,13 +691,15 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
     def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         # A macro's arguments are measured where it writes them. A call of a macro or a block counts as steps, so
         # that one calling itself twice, thirty deep, is bounded.
-        recursive = isinstance(__obj, (jinja2.runtime.Macro, jinja2.runtime.BlockReference))
+        recursive = isinstance(__obj, (jinja2.runtime.Macro, jinja2.runtime.BlockReference, jinja2.runtime.LoopContext))
         checked_elsewhere = recursive or __obj is _Sandbox.counted or getattr(__obj, "checks_itself", False)
         given = len(args) + len(kwargs)
         if given > _WRITTEN_ARGUMENTS:  # f(*items) or f(**d): each item copied, more than once
             _steps(given)
         if recursive:
             _steps(_CALL_STEPS)
+            if isinstance(__obj, jinja2.runtime.LoopContext) and args:  # loop(items): its items are steps too
+                args = (_Sandbox.counted(args[0]), *args[1:])
         elif any(__obj is kind for kind in _STORING):
             for arg in args:  # dict(pairs): its keys are hashed
                 _read(arg)
@@ -683,6 +714,8 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
             elif isinstance(owner, _Text):
                 _read(owner)
                 _estimated(_METHODS, name, owner, args, kwargs)
+                if name in _SPLITTING:
+                    _steps(_pieces(owner, name, args, kwargs))
             elif isinstance(owner, (list, tuple)) and name in ("index", "count"):
                 _read(owner)
             elif __obj is jinja2.utils.generate_lorem_ipsum:
@@ -699,8 +732,8 @@ def compile_template(template: str) -> jinja2.Template | None:
     token = _spent.set({"steps": _MAX_STEPS, "made": _MAX_MADE, "read": _MAX_READ})
     try:
         return _Sandbox().from_string(template)
-    except jinja2.TemplateError:
-        return None
+    except (jinja2.TemplateError, SyntaxError, RecursionError, MemoryError, ValueError, OverflowError):
+        return None  # Python's own limits on what it compiles (nesting, say) too
     finally:
         _spent.reset(token)
 

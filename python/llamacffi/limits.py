@@ -100,9 +100,9 @@ WORKER_PIPE_STALL_S = 2.0
 CHAT_TEMPLATE_MAX_CHARS = 1 << 26
 # The most characters and list items one render may make in all, by operators, filters and calls.
 CHAT_TEMPLATE_MAX_MADE = 1 << 30
-# The most steps one render may take in all: loop iterations, ``range`` items, macro and block calls, and the items
-# gone through one by one (a container's walked before it becomes text or is compared, a filter's value's), so that
-# nested loops or a macro calling itself twice cannot run for ever.
+# The most steps one render may take in all: loop iterations, ``range`` items, macro, block and recursive loop calls,
+# and the items gone through one by one (a container's walked before it becomes text or is compared, a filter's
+# value's, a lazy filter's, a split's pieces), so that nested loops or a macro calling itself twice cannot run for ever.
 CHAT_TEMPLATE_MAX_STEPS = 1 << 22
 # The most characters one render may read in all by comparing, searching or scanning (``x in s``, ``s.find(t)``,
 # ``s|trim``), a container counted as its text: a search through one long text, looped, could run for hours.
