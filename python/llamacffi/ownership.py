@@ -77,7 +77,7 @@ class Lease:
     """A holder's claim on an owned pointer, taken with :meth:`Owner.lease`: :attr:`ptr` stays valid until
     :meth:`release` (idempotent), which the holder's destructor calls once it has freed its C object."""
 
-    __slots__ = ("ptr", "_at", "_ctype", "_owner", "_done")
+    __slots__ = ("ptr", "_at", "_ctype", "_owner", "_done", "_unlease")
 
     def __init__(self, owner: Owner, ptr: Any, ctype: str) -> None:
         self.ptr = ffi.cast(ctype, ptr)  # a plain pointer: the lease, not a reference, keeps the object alive
@@ -85,14 +85,15 @@ class Lease:
         self._ctype = ctype
         self._owner = weakref.ref(owner)
         self._done = False
+        self._unlease = _unlease  # kept: release may run after interpreter exit cleared this module
         with _lock:
             _leases[self._at] = _leases.get(self._at, 0) + 1
 
-    def release(self, _unlease: Callable[[int, str], None] = _unlease) -> None:
+    def release(self) -> None:
         if self._done:
             return
         self._done = True
-        _unlease(self._at, self._ctype)
+        self._unlease(self._at, self._ctype)
         owner = self._owner()
         if owner is not None:
             owner._unuse()
