@@ -48,6 +48,8 @@ class Scheduler(Protocol):
 
     def load(self) -> tuple[int, int]: ...
 
+    def begin_close(self) -> None: ...  # start closing, without waiting (see service.loaded.close_all)
+
     def close(self) -> None: ...
 
 
@@ -153,6 +155,9 @@ class Engine(runner.Attached):
     def _busy(self) -> int:
         """Slots whose request runs on (a cancelled one leaves its slot at the next step), and one being placed."""
         return self._placing + sum(1 for s in self._slots if s.request is not None and not s.request.cancelled)
+
+    def begin_close(self) -> None:
+        """Nothing to start: an engine in this process closes without a wait to share."""
 
     def close(self) -> None:
         with self._cond:

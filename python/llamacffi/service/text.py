@@ -48,7 +48,7 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
         self._vocab = model.vocab
         self._templated = has_template(model, config.chat_template)
         self._engine = engine if engine is not None else Engine(model, config, threads)
-        self._engine_made(self._engine.close, getattr(self._engine, "begin_close", None))
+        self._engine_made(self._engine.close, self._engine.begin_close)
 
     @property
     def model_type(self) -> ModelType:
