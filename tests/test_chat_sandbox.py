@@ -439,3 +439,9 @@ def test_tojson_takes_hugging_face_s_arguments() -> None:
     assert render("{{ {'b': 'é', 'a': 1}|tojson(ensure_ascii=True, sort_keys=True) }}") == '{"a": 1, "b": "\\u00e9"}'
     assert render("{{ [1, 2]|tojson(separators=(',', ':')) }}") == "[1,2]"
     assert render("{{ {'a': 1}|tojson(indent=2) }}") == '{\n  "a": 1\n}'
+
+
+def test_a_loop_s_own_variables_are_not_arguments_of_the_calls_in_it(few_steps: int) -> None:
+    # Jinja passes them (_loop_vars) to every call in the loop: counted, they made a long chat quadratic.
+    template = "{% set r = range(500)|list %}{% for i in range(1000) %}{% set a = r %}{{ 'x'.strip() }}{% endfor %}"
+    assert render(template) == "x" * 1000

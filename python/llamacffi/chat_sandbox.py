@@ -414,11 +414,14 @@ def _estimated(
 def _json_growth(value: Any, ensure_ascii: Any, indent: Any) -> int:
     """What ``tojson`` adds to a value's text: each line's indent, each non-ASCII character's escape."""
     width = indent if isinstance(indent, int) else len(indent) if isinstance(indent, str) else 0
+    if width <= 0 and not ensure_ascii:
+        return 0  # as long as the value's text, which is measured where it is written
     text = _measured(value)
     return max(width, 0) * (text + 1) + (11 * text if ensure_ascii else 0)  # \ud83d\ude00: 12 for one
 
 
 _SPLITTING = frozenset({"split", "rsplit", "splitlines"})
+_SCOPE_KEYWORDS = ("_loop_vars", "_block_vars")  # what Jinja adds to calls inside a loop or a block
 
 
 def _pieces(s: Any, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
@@ -690,7 +693,9 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
 
     def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         # A macro's arguments are measured where it writes them. A call of a macro or a block counts as steps, so
-        # that one calling itself twice, thirty deep, is bounded.
+        # that one calling itself twice, thirty deep, is bounded. Jinja passes a loop's or block's own variables to
+        # every call in it (_loop_vars, _block_vars): not arguments the template gave, so neither counted nor read.
+        scope = {k: kwargs.pop(k) for k in _SCOPE_KEYWORDS if k in kwargs}
         recursive = isinstance(__obj, (jinja2.runtime.Macro, jinja2.runtime.BlockReference, jinja2.runtime.LoopContext))
         checked_elsewhere = recursive or __obj is _Sandbox.counted or getattr(__obj, "checks_itself", False)
         given = len(args) + len(kwargs)
@@ -720,7 +725,7 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
                 _read(owner)
             elif __obj is jinja2.utils.generate_lorem_ipsum:
                 _lipsum(_arg(args, kwargs, 0, "n", 5), _arg(args, kwargs, 3, "max", 100))
-        return _made(super().call(__context, __obj, *args, **kwargs))
+        return _made(super().call(__context, __obj, *args, **kwargs, **scope))
 
 
 @functools.lru_cache(maxsize=16)
