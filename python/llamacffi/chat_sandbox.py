@@ -56,8 +56,6 @@ _Made = (*_Sized, dict, set, frozenset)
 _Walked = (list, tuple, dict, set, frozenset, Mapping, MappingView, jinja2.utils.Namespace)
 _SEQUENCES = (list, tuple)  # walked as they are (a template cannot change them)
 _LEAVES = frozenset({str, int, float, bool, type(None)})
-# Callables that keep what they are given: any number may be stored.
-_STORING = (jinja2.utils.Namespace, dict)
 # Filters that take about the same time whatever their value: the others read it (a text's characters, a
 # container's items and their text) before they run.
 _CHEAP_FILTERS = frozenset({"abs", "attr", "count", "d", "default", "first", "items", "last", "length", "random"})
@@ -697,7 +695,7 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
         # every call in it (_loop_vars, _block_vars): not arguments the template gave, so neither counted nor read.
         scope = {k: kwargs.pop(k) for k in _SCOPE_KEYWORDS if k in kwargs}
         recursive = isinstance(__obj, (jinja2.runtime.Macro, jinja2.runtime.BlockReference, jinja2.runtime.LoopContext))
-        checked_elsewhere = recursive or __obj is _Sandbox.counted or getattr(__obj, "checks_itself", False)
+        checked_elsewhere = recursive or getattr(__obj, "checks_itself", False)
         given = len(args) + len(kwargs)
         if given > _WRITTEN_ARGUMENTS:  # f(*items) or f(**d): each item copied, more than once
             _steps(given)
@@ -705,7 +703,7 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
             _steps(_CALL_STEPS)
             if isinstance(__obj, jinja2.runtime.LoopContext) and args:  # loop(items): its items are steps too
                 args = (_Sandbox.counted(args[0]), *args[1:])
-        elif any(__obj is kind for kind in _STORING):
+        elif __obj is dict or __obj is jinja2.utils.Namespace:  # they keep what they are given
             for arg in args:  # dict(pairs): its keys are hashed
                 _read(arg)
         elif not checked_elsewhere:
@@ -726,6 +724,9 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
             elif __obj is jinja2.utils.generate_lorem_ipsum:
                 _lipsum(_arg(args, kwargs, 0, "n", 5), _arg(args, kwargs, 3, "max", 100))
         return _made(super().call(__context, __obj, *args, **kwargs, **scope))
+
+
+_Sandbox.counted.checks_itself = True  # type: ignore[attr-defined]  # what a loop goes through: counted as it goes
 
 
 @functools.lru_cache(maxsize=16)
