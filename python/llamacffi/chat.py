@@ -10,8 +10,10 @@ the model's own template.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import TypedDict
+import functools
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal, TypedDict
 
 import jinja2
 
@@ -20,10 +22,24 @@ from .cbuffer import read_grown
 from .errors import InvalidArgumentError, LlamaError
 from .raw import ffi, lib
 
-# A message: a (role, content) pair, or a mapping with "role" and "content" (as OpenAI-style APIs send them).
+# A message: a (role, content) pair, or a mapping with "role" and "content" (as OpenAI-style APIs send them), and
+# for a Jinja template optionally "tool_calls" (an assistant's calls), "tool_call_id" and "name" (a tool's result).
 Message = tuple[str, str] | Mapping[str, object]
 
-__all__ = ["ChatTemplateError", "Message", "Specials", "apply_template", "builtin_template_for", "is_jinja"]
+# The tool-call syntaxes this package can prompt and read: "hermes" is ``<tool_call>{"name": ..., "arguments":
+# {...}}</tool_call>`` (Hermes 2 Pro and 3, Qwen 2.5 and 3, QwQ, Granite 4 and their fine-tunes).
+ToolSyntax = Literal["hermes"]
+
+__all__ = [
+    "ChatTemplateError",
+    "Message",
+    "Specials",
+    "ToolSyntax",
+    "apply_template",
+    "builtin_template_for",
+    "is_jinja",
+    "tool_syntax",
+]
 
 
 class Specials(TypedDict):
@@ -37,13 +53,27 @@ class ChatTemplateError(LlamaError, ValueError):
     """llama.cpp does not know the template (neither a name it has built in nor a template text it recognises)."""
 
 
-def _pairs(messages: Iterable[Message]) -> list[tuple[str, str]]:
+_EXTRAS = {"tool_calls": list, "tool_call_id": str, "name": str}  # message keys beside role and content
+
+
+def _messages(messages: Iterable[Message]) -> list[dict[str, object]]:
+    """``messages`` checked, as ``{"role", "content"}`` dicts with the extras they carry."""
     if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Iterable):
         raise InvalidArgumentError("messages must be a list of (role, content) pairs or {'role', 'content'} dicts")
-    out = []
+    out: list[dict[str, object]] = []
     for i, m in enumerate(messages):
+        extras: dict[str, object] = {}
         if isinstance(m, Mapping):
             role, content = m.get("role"), m.get("content")
+            for key, kind in _EXTRAS.items():
+                value = m.get(key)
+                if value is not None and not isinstance(value, kind):
+                    raise InvalidArgumentError(f"messages[{i}].{key} must be a {kind.__name__}, got {value!r}")
+                if value is not None:
+                    extras[key] = value
+            calls = extras.get("tool_calls")
+            if isinstance(calls, list) and not all(isinstance(c, Mapping) for c in calls):
+                raise InvalidArgumentError(f"messages[{i}].tool_calls must be a list of mappings")
         elif isinstance(m, (tuple, list)) and len(m) == 2:
             role, content = m
         else:
@@ -52,7 +82,7 @@ def _pairs(messages: Iterable[Message]) -> list[tuple[str, str]]:
             )
         if not isinstance(role, str) or not isinstance(content, str):
             raise InvalidArgumentError(f"messages[{i}]: role and content must be str, got {role!r}, {content!r}")
-        out.append((role, content))
+        out.append({"role": role, "content": content, **extras})
     return out
 
 
@@ -78,45 +108,69 @@ def apply_template(
     *,
     bos_token: str = "",
     eos_token: str = "",
+    tools: Sequence[Mapping[str, object]] | None = None,
 ) -> str:
     """``messages`` formatted with ``template`` (a model's Jinja template, or a llama.cpp template name).
 
     ``add_assistant`` ends the text with the opening of the assistant's turn, for the model to complete.
     ``bos_token`` / ``eos_token``: the text a Jinja template writes for them (leave ``bos_token`` empty when the
-    tokenizer adds the BOS token itself, or the prompt starts with two). Raises :class:`InvalidArgumentError` for
-    malformed messages, text with a NUL character or a lone surrogate, or messages the template itself refuses
-    (``raise_exception``), and :class:`ChatTemplateError` for a template neither Jinja nor llama.cpp can apply, or
-    one that passes the sandbox's bounds on these messages (:mod:`llamacffi.chat_sandbox`).
+    tokenizer adds the BOS token itself, or the prompt starts with two). ``tools``: the functions the model may call
+    (OpenAI's ``{"type": "function", "function": {...}}`` objects), given to a Jinja template as ``tools``; messages
+    may then carry ``tool_calls`` (with ``arguments`` as objects, as templates write them), ``tool_call_id`` and
+    ``name`` (see :func:`tool_syntax`). Raises :class:`InvalidArgumentError` for malformed messages, text with a NUL
+    character or a lone surrogate, or messages the template itself refuses (``raise_exception``), and
+    :class:`ChatTemplateError` for a template neither Jinja nor llama.cpp can apply, tools or tool calls for a
+    template Jinja cannot apply (llama.cpp's built-in templates have none), or one that passes the sandbox's bounds
+    on these messages (:mod:`llamacffi.chat_sandbox`).
     """
     if not isinstance(template, str) or not template:
         raise InvalidArgumentError(f"template must be a non-empty str, got {template!r}")
     if not isinstance(add_assistant, bool):
         raise InvalidArgumentError(f"add_assistant must be a bool, got {add_assistant!r}")
-    pairs = _pairs(messages)
+    if tools is not None and (
+        isinstance(tools, (str, bytes, Mapping))
+        or not isinstance(tools, Sequence)
+        or not all(isinstance(t, Mapping) for t in tools)
+    ):
+        raise InvalidArgumentError(f"tools must be a list of mappings, got {tools!r}")
+    checked = _messages(messages)
     if is_jinja(template):
         compiled = chat_sandbox.compile_template(template)
         if compiled is not None:
-            rendered = _render(compiled, pairs, add_assistant, bos_token, eos_token)
+            rendered = _render(compiled, checked, add_assistant, bos_token, eos_token, tools)
             if rendered is not None:
                 return rendered
-    return _apply_builtin(template, pairs, add_assistant)
+    if tools is not None or any(len(m) > 2 for m in checked):
+        raise ChatTemplateError(
+            "tools and tool calls need a Jinja chat template that renders them; llama.cpp's built-in templates "
+            "have none"
+        )
+    return _apply_builtin(template, [(str(m["role"]), str(m["content"])) for m in checked], add_assistant)
 
 
 def _render(
-    compiled: jinja2.Template, pairs: list[tuple[str, str]], add_assistant: bool, bos_token: str, eos_token: str
+    compiled: jinja2.Template,
+    messages: list[dict[str, object]],
+    add_assistant: bool,
+    bos_token: str,
+    eos_token: str,
+    tools: Sequence[Mapping[str, object]] | None = None,
 ) -> str | None:
     """The rendered conversation, or None when the template fails on it for a reason of its own (a construct the
     sandbox forbids, say): llama.cpp's matcher is tried then."""
-    for i, (r, c) in enumerate(pairs):
-        _c_text(r, f"the role of message {i}")
-        _c_text(c, f"the content of message {i}")
+    for i, m in enumerate(messages):
+        for key, value in m.items():
+            if isinstance(value, str):
+                _c_text(value, f"the {key.replace('_', ' ')} of message {i}")
+    extra = {} if tools is None else {"tools": list(tools)}
     try:
         return chat_sandbox.render(
             compiled,
-            messages=[{"role": r, "content": c} for r, c in pairs],
+            messages=messages,
             add_generation_prompt=add_assistant,
             bos_token=bos_token,
             eos_token=eos_token,
+            **extra,
         )
     except chat_sandbox.Refused as exc:
         raise InvalidArgumentError(f"the chat template refuses these messages: {exc}") from None
@@ -169,3 +223,52 @@ def builtin_template_for(architecture: str) -> str | None:
     """The llama.cpp built-in template for a model of this architecture whose GGUF carries none (gemma files often
     do not), or None."""
     return "gemma" if architecture.startswith("gemma") else None
+
+
+# A call and a result, written by a template that knows tools, show which syntax it teaches the model.
+_PROBE_TOOL: dict[str, object] = {
+    "type": "function",
+    "function": {
+        "name": "probe_function",
+        "description": "probe description",
+        "parameters": {"type": "object", "properties": {"probe_argument": {"type": "integer"}}},
+    },
+}
+_PROBE_CHAT: list[dict[str, object]] = [
+    {"role": "user", "content": "probe question"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "id": "call00001",
+                "type": "function",
+                "function": {"name": "probe_function", "arguments": {"probe_argument": 1}},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call00001", "name": "probe_function", "content": "probe result"},
+]
+_HERMES_CALL = re.compile(
+    r'<tool_call>\s*\{"name":\s*"probe_function",\s*"arguments":\s*\{"probe_argument":\s*1\}\}\s*</tool_call>'
+)
+
+
+@functools.lru_cache(maxsize=32)
+def tool_syntax(template: str, *, bos_token: str = "", eos_token: str = "") -> ToolSyntax | None:
+    """The tool-call syntax a Jinja ``template`` teaches its model, when it is one this package reads: it describes
+    the ``tools`` it is given, and writes an assistant's call and a tool's result. None for other templates (their
+    functions can still be described in a system message)."""
+    if not isinstance(template, str) or not is_jinja(template):
+        return None
+    compiled = chat_sandbox.compile_template(template)
+    if compiled is None:
+        return None
+    try:
+        described = _render(compiled, [_PROBE_CHAT[0]], True, bos_token, eos_token, [_PROBE_TOOL])
+        written = _render(compiled, [dict(m) for m in _PROBE_CHAT], True, bos_token, eos_token, [_PROBE_TOOL])
+    except (InvalidArgumentError, ChatTemplateError):
+        return None
+    if described is None or written is None or "probe description" not in described or "probe result" not in written:
+        return None
+    return "hermes" if _HERMES_CALL.search(written) else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from . import chat, gguf, hugepages, log, ownership, placement, rpc
@@ -297,24 +297,45 @@ class Model:
         return None if t == ffi.NULL else ffi.string(t).decode("utf-8", "replace")
 
     def apply_chat_template(
-        self, messages: Iterable[chat.Message], *, template: str | None = None, add_assistant: bool = True
+        self,
+        messages: Iterable[chat.Message],
+        *,
+        template: str | None = None,
+        add_assistant: bool = True,
+        tools: Sequence[Mapping[str, object]] | None = None,
     ) -> str:
         """``messages`` (``(role, content)`` pairs or ``{"role", "content"}`` dicts) as this model expects them.
 
         ``template``: Jinja source or a llama.cpp template name; None uses the model's own, or llama.cpp's
         built-in one for its architecture when the file carries none (gemma). The template writes this model's BOS
-        text only where the tokenizer does not add the token itself. Raises
+        text only where the tokenizer does not add the token itself. ``tools``: the functions the model may call,
+        for a template that describes them (:meth:`tool_syntax`). Raises
         :class:`~llamacffi.chat.ChatTemplateError` when there is none or it cannot be applied (see
         :func:`llamacffi.chat.apply_template`).
         """
-        if template is None:
-            template = self.chat_template or chat.builtin_template_for(self.metadata.get("general.architecture", ""))
-            if template is None:
-                raise chat.ChatTemplateError(
-                    f"{self.path.name} carries no chat template; pass template= (a llama.cpp "
-                    f"template name such as 'chatml', or template text)"
-                )
-        return chat.apply_template(template, messages, add_assistant, **self.chat_specials())
+        return chat.apply_template(
+            self._template(template), messages, add_assistant, tools=tools, **self.chat_specials()
+        )
+
+    def tool_syntax(self, *, template: str | None = None) -> chat.ToolSyntax | None:
+        """The tool-call syntax the chat template (``template``, else the model's own) teaches this model, when it
+        is one this package reads (:func:`llamacffi.chat.tool_syntax`), else None."""
+        try:
+            chosen = self._template(template)
+        except chat.ChatTemplateError:
+            return None
+        return chat.tool_syntax(chosen, **self.chat_specials())
+
+    def _template(self, template: str | None) -> str:
+        if template is not None:
+            return template
+        found = self.chat_template or chat.builtin_template_for(self.metadata.get("general.architecture", ""))
+        if found is None:
+            raise chat.ChatTemplateError(
+                f"{self.path.name} carries no chat template; pass template= (a llama.cpp "
+                f"template name such as 'chatml', or template text)"
+            )
+        return found
 
     def chat_specials(self) -> chat.Specials:
         """The texts a Jinja chat template writes for ``bos_token`` and ``eos_token``: BOS is empty when the

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from .. import Model as LlamaModel
@@ -10,7 +10,9 @@ from .. import chat
 from .. import errors as binding
 from .errors import InferenceError, InvalidConfigError
 
-Messages = list[tuple[str, str]]
+# (role, content) pairs, or {"role", "content"} dicts that may carry tool calls (see llamacffi.chat.Message)
+Messages = Sequence[tuple[str, str] | Mapping[str, object]]
+Checked = list[tuple[str, str] | dict[str, object]]  # messages as check_messages returns them
 
 
 @contextmanager
@@ -25,12 +27,20 @@ def template_errors() -> Iterator[None]:
 
 
 def apply_chat_template(
-    template: str, messages: Messages, *, add_assistant: bool = True, bos_token: str = "", eos_token: str = ""
+    template: str,
+    messages: Messages,
+    *,
+    add_assistant: bool = True,
+    bos_token: str = "",
+    eos_token: str = "",
+    tools: list[dict[str, object]] | None = None,
 ) -> str:
     """Format ``(role, content)`` messages with a chat template (:func:`llamacffi.chat.apply_template`, its errors
     as the service's)."""
     with template_errors():
-        return chat.apply_template(template, messages, add_assistant, bos_token=bos_token, eos_token=eos_token)
+        return chat.apply_template(
+            template, messages, add_assistant, bos_token=bos_token, eos_token=eos_token, tools=tools
+        )
 
 
 def has_template(model: LlamaModel, template: str | None) -> bool:
@@ -51,13 +61,25 @@ def has_template(model: LlamaModel, template: str | None) -> bool:
     return True
 
 
-def check_messages(messages: object) -> Messages:
-    """``messages`` as a list of ``(role, content)`` pairs of str, or :class:`InvalidConfigError`."""
+def check_messages(messages: object) -> Checked:
+    """``messages`` as a list of ``(role, content)`` pairs of str (or dicts with ``role`` and ``content`` str, and
+    the tool fields :func:`llamacffi.chat.apply_template` takes), or :class:`InvalidConfigError`."""
+    wrong = "messages must be a list of (role, content) pairs of str, or of {'role', 'content'} dicts"
     if not isinstance(messages, (list, tuple)):
-        raise InvalidConfigError("messages must be a list of (role, content) pairs of str")
-    pairs: Messages = []
+        raise InvalidConfigError(wrong)
+    checked: Checked = []
     for m in messages:
-        if not (isinstance(m, (list, tuple)) and len(m) == 2 and isinstance(m[0], str) and isinstance(m[1], str)):
-            raise InvalidConfigError("messages must be a list of (role, content) pairs of str")
-        pairs.append((m[0], m[1]))
-    return pairs
+        if isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str):
+            checked.append(dict(m))
+        elif isinstance(m, (list, tuple)) and len(m) == 2 and isinstance(m[0], str) and isinstance(m[1], str):
+            checked.append((m[0], m[1]))
+        else:
+            raise InvalidConfigError(wrong)
+    return checked
+
+
+def role_and_content(message: tuple[str, str] | dict[str, object]) -> tuple[str, str]:
+    """A checked message's role and content."""
+    if isinstance(message, dict):
+        return str(message["role"]), str(message["content"])
+    return message

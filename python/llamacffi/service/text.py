@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import queue
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
@@ -12,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import Model as LlamaModel
+from ..chat import ToolSyntax
 from ..vocab import as_tokens
 from .choices import Choices
 from .config import GenerationOptions, ModelConfig, ModelType
@@ -19,7 +21,7 @@ from .engine import Engine, Request, Scheduler
 from .errors import ContextOverflowError, InvalidConfigError, ModelClosedError, mapped
 from .interfaces import TextToTextModel
 from .loaded import Loaded
-from .prompts import Messages, check_messages, has_template, template_errors
+from .prompts import Messages, check_messages, has_template, role_and_content, template_errors
 from .sinks import Collected, resolve, text_of
 
 DEFAULT_OPTIONS = GenerationOptions()
@@ -69,21 +71,33 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
         messages = ([("system", options.system)] if options.system is not None else []) + [("user", prompt)]
         return self._apply_template(messages)
 
-    def format_chat(self, messages: Messages, options: GenerationOptions) -> str:
-        """A conversation of ``(role, content)`` pairs (roles "system", "user", "assistant") as the model sees it."""
-        messages = check_messages(messages)
+    def format_chat(
+        self, messages: Messages, options: GenerationOptions, *, tools: list[dict[str, object]] | None = None
+    ) -> str:
+        """A conversation of ``(role, content)`` pairs (roles "system", "user", "assistant"), or of dicts with tool
+        calls and results, as the model sees it. ``tools``: the functions the model may call, described by a chat
+        template that knows them (:attr:`tool_syntax`)."""
+        checked = check_messages(messages)
         self._check_open()
-        if options.system is not None and not any(r == "system" for r, _ in messages):
-            messages = [("system", options.system), *messages]
+        if options.system is not None and not any(role_and_content(m)[0] == "system" for m in checked):
+            checked = [("system", options.system), *checked]
         if not self._templated:
-            return "".join(f"{r}: {c}\n" for r, c in messages) + "assistant:"
-        return self._apply_template(messages)
+            if tools is not None:
+                raise InvalidConfigError("this model has no chat template to describe tools with", field="tools")
+            return "".join("{}: {}\n".format(*role_and_content(m)) for m in checked) + "assistant:"
+        return self._apply_template(checked, tools)
 
-    def _apply_template(self, messages: Messages) -> str:
+    @functools.cached_property
+    def tool_syntax(self) -> ToolSyntax | None:
+        """The tool-call syntax the model's chat template (``ModelConfig.chat_template``, else its own) teaches it,
+        when it is one this package reads (:func:`llamacffi.chat.tool_syntax`), else None."""
+        return self._model.tool_syntax(template=self.config.chat_template) if self._templated else None
+
+    def _apply_template(self, messages: Messages, tools: list[dict[str, object]] | None = None) -> str:
         """``messages`` through :meth:`llamacffi.Model.apply_chat_template` (``ModelConfig.chat_template``, else the
         model's own or its architecture's), ending with the opening of the assistant's turn."""
         with template_errors():
-            return self._model.apply_chat_template(messages, template=self.config.chat_template)
+            return self._model.apply_chat_template(messages, template=self.config.chat_template, tools=tools)
 
     def chat_stream(self, messages: Messages, options: GenerationOptions | None = None) -> Iterator[str]:
         """Like :meth:`generate_stream`, for a whole conversation (prefix reuse makes each turn cheap)."""
