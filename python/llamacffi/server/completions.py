@@ -13,7 +13,7 @@ from ..service import LlamaCppTextModel
 from ..service.choices import Choices
 from ..service.events import Chunk, Finish, TokenLogprob
 from ..vocab import TokenArray
-from . import shapes, structured
+from . import calls, hermes, shapes, structured
 from .errors import from_service
 from .metrics import Metrics
 from .requests import Parsed
@@ -35,6 +35,7 @@ class Job:
     first: float | None = None
     usage: JSONObject = dataclasses.field(default_factory=dict)
     choices: list[Choices] = dataclasses.field(default_factory=list)
+    reader: calls.Reader | None = None  # how the answers make tool calls, when the request offers tools
 
     def start(self) -> None:
         """Queue every prompt's choices; a full queue raises here, before any response starts."""
@@ -58,9 +59,18 @@ def prepare(name: str, model: LlamaCppTextModel, parsed: Parsed, chat: bool) -> 
     opts = parsed.options
     if parsed.grammar is not None:
         opts = dataclasses.replace(opts, grammar=parsed.grammar)
+    reader = None
     if chat:
-        messages = parsed.messages if parsed.tools is None else structured.with_tools(parsed.messages, parsed.tools)
-        texts = [model.format_chat(messages, opts)]
+        tools = parsed.tools
+        syntax = model.tool_syntax if tools is not None else None
+        if tools is not None and syntax == "hermes":  # the template describes the tools and writes the calls
+            grammar = hermes.grammar(tools, parsed.grammar, parsed.answer_grammar, parsed.parallel)
+            opts = dataclasses.replace(opts, grammar=grammar)
+            texts = [model.format_chat(parsed.chat, opts, tools=hermes.described(tools))]
+        else:
+            messages = parsed.messages if tools is None else structured.with_tools(parsed.messages, tools)
+            texts = [model.format_chat(messages, opts)]
+        reader = calls.Reader(tools, syntax, parsed.parallel) if tools is not None else None
         prompts = [model.tokenize_prompt(texts[0], opts)]
     else:
         prompts = [model.tokenize_prompt(p, opts) for p in parsed.prompts]
@@ -72,7 +82,7 @@ def prepare(name: str, model: LlamaCppTextModel, parsed: Parsed, chat: bool) -> 
     room = min(context - len(p) for p in prompts)  # tokenize_prompt leaves at least one position
     wanted = parsed.max_tokens if parsed.max_tokens is not None else room
     parsed.options = dataclasses.replace(opts, max_tokens=max(1, min(wanted, room)))
-    return Job(name, model, parsed, chat, prompts, texts)
+    return Job(name, model, parsed, chat, prompts, texts, reader=reader)
 
 
 async def _events(job: Job) -> AsyncIterator[Event]:
@@ -170,15 +180,14 @@ async def respond(job: Job, metrics: Metrics) -> JSONObject:
         usage = tally.close()
     rid, created, kind = _ids(job)
     choices: list[JSON] = []
-    tools = job.parsed.tools
     for i in range(total):
         text = "".join(texts[i])
         if job.chat:
             logprobs = shapes.chat_logprobs(entries[i], piece) if job.parsed.logprobs is not None else None
             message: JSONObject = {"role": "assistant", "content": text, "refusal": None}
-            call = structured.as_call(text, tools) if tools is not None else None
-            if call is not None:
-                message.update(content=None, tool_calls=[call])
+            content, made = job.reader.read(text) if job.reader is not None else (text, [])
+            if made:
+                message.update(content=content, tool_calls=list(made))
                 reasons[i] = "tool_calls"
             choices.append({"index": i, "message": message, "logprobs": logprobs, "finish_reason": reasons[i]})
         else:
@@ -217,7 +226,7 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
     # where each choice's next text starts in prompt + completion, for text_offset (an echo is sent as text first)
     offsets = [0 if p.echo else len(job.texts[i // p.n]) for i in range(len(job.prompts) * p.n)]
 
-    held = _Held(len(job.prompts) * p.n, p.tools)
+    held = _Held(len(job.prompts) * p.n, job.reader)
     plain: dict[int, tuple[bytes, bytes]] = {}  # per choice: the bytes around the text of a plain content chunk
     # choices whose first delta (the one with the role) is not sent yet: with tools it waits until the answer shows
     # whether it is text or a call, so that a call's message has content null, as a whole response's has
@@ -249,7 +258,7 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
 
     try:
         for i in range(len(job.prompts) * p.n):
-            if job.chat and p.tools is None:
+            if job.chat and job.reader is None:
                 yield chunk(i, "", (), None)
             elif not job.chat and p.echo and job.texts[i // p.n]:
                 yield chunk(i, job.texts[i // p.n], (), None)
@@ -273,10 +282,12 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
             else:
                 reason = event.reason
                 if job.chat and held.holding(index):
-                    call, rest, logprobs = held.finish(index)
-                    if call is not None:
-                        calls: JSONObject = {"content": None, "tool_calls": [{"index": 0, **call}]}
-                        yield chunk(index, None, logprobs, None, calls)
+                    rest, made, logprobs = held.finish(index)
+                    if made:
+                        delta: JSONObject = {"tool_calls": [{"index": k, **c} for k, c in enumerate(made)]}
+                        if rest is not None or index in unopened:
+                            delta = {"content": rest, **delta}
+                        yield chunk(index, None, logprobs, None, delta)
                         reason = "tool_calls"
                     elif rest:
                         yield chunk(index, rest, logprobs, None)
@@ -294,38 +305,38 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
 
 class _Held:
     """Per choice of a streamed chat with tools: text that may be a tool call is held back until the choice ends
-    (all of it when a call is required; from an opening brace when the model may choose)."""
+    (all of it when a call is required; from where a call may start when the model may choose)."""
 
-    def __init__(self, n: int, tools: structured.Tools | None) -> None:
-        self.tools = tools
-        self.parts: list[list[str] | None] = [[] if tools is not None else None for _ in range(n)]
+    def __init__(self, n: int, reader: calls.Reader | None) -> None:
+        self.reader = reader
+        self.parts: list[list[str] | None] = [[] if reader is not None else None for _ in range(n)]
         self.logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
-        self.decided = [tools is None] * n
 
     def feed(self, index: int, chunk: Chunk) -> tuple[str | None, tuple[TokenLogprob, ...]]:
         """The text to send now and its tokens' log-probabilities, or None while it is held."""
         parts = self.parts[index]
-        if parts is None:
+        if parts is None or self.reader is None:
             return chunk.text, chunk.logprobs
         parts.append(chunk.text)
         self.logprobs[index].extend(chunk.logprobs)
-        if self.tools is not None and not self.tools.forced() and not self.decided[index]:
-            start = "".join(parts).lstrip()
-            if start:
-                self.decided[index] = True
-                if not start.startswith("{"):  # plain text: send what was held and stop holding
-                    self.parts[index] = None
-                    return "".join(parts), self._take(index)
-        return None, ()
+        text = "".join(parts)
+        cut = self.reader.held_from(text)
+        if cut == 0:
+            parts[:] = [text]
+            return None, ()
+        self.parts[index] = None if cut is None else [text[cut:]]
+        return text[:cut], self._take(index)
 
     def holding(self, index: int) -> bool:
         return self.parts[index] is not None
 
-    def finish(self, index: int) -> tuple[JSONObject | None, str, tuple[TokenLogprob, ...]]:
-        """The choice's tool call (or None), the text held, and its tokens' log-probabilities."""
+    def finish(self, index: int) -> tuple[str | None, list[JSONObject], tuple[TokenLogprob, ...]]:
+        """The text held that is not a call (None when there is none beside calls), the calls, and the held tokens'
+        log-probabilities."""
         text = "".join(self.parts[index] or [])
-        assert self.tools is not None
-        return structured.as_call(text, self.tools), text, self._take(index)
+        assert self.reader is not None
+        content, made = self.reader.read(text)
+        return content, made, self._take(index)
 
     def _take(self, index: int) -> tuple[TokenLogprob, ...]:
         taken, self.logprobs[index] = tuple(self.logprobs[index]), []

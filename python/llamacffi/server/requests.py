@@ -24,7 +24,6 @@ IGNORED = frozenset(
         "metadata",
         "store",
         "service_tier",
-        "parallel_tool_calls",
         "prompt_cache_key",
         "safety_identifier",
         "cache_prompt",
@@ -59,6 +58,7 @@ CHAT_FIELDS = SAMPLING | {
     "response_format",
     "tools",
     "tool_choice",
+    "parallel_tool_calls",
     "functions",
     "function_call",
     "modalities",
@@ -84,6 +84,10 @@ class Parsed:
     echo: bool = False
     grammar: str | None = None  # GBNF the output must follow
     tools: structured.Tools | None = None
+    # the conversation with its tool calls and results as such, for a template that writes them
+    chat: list[dict[str, object]] = dataclasses.field(default_factory=list)
+    answer_grammar: str | None = None  # GBNF of the response_format alone
+    parallel: bool = True  # whether an answer may make several tool calls
 
     def text_chars(self) -> int:
         """How long the request's text is: its messages' characters and its prompts' characters or tokens."""
@@ -251,8 +255,9 @@ def parse_chat(body: JSONObject) -> Parsed:
     modalities = body.get("modalities")
     if modalities is not None and modalities != ["text"]:
         raise invalid(f'modalities must be ["text"]: this server writes text only, got {modalities!r}', "modalities")
-    parsed.grammar = structured.response_grammar(body.get("response_format"))
+    parsed.grammar = parsed.answer_grammar = structured.response_grammar(body.get("response_format"))
     parsed.tools = structured.parse_tools(body.get("tools"), body.get("tool_choice"), parsed.grammar is not None)
+    parsed.parallel = body.get("parallel_tool_calls") is None or _flag(body, "parallel_tool_calls")
     if parsed.tools is not None and parsed.tools.forced():
         parsed.grammar = structured.call_grammar(parsed.tools)  # a call: the answer's format does not apply
     elif parsed.tools is not None and parsed.grammar is not None:  # a call, or the answer in its format
@@ -272,19 +277,26 @@ def parse_chat(body: JSONObject) -> Parsed:
         if not isinstance(role, str) or role not in ROLES:
             raise invalid(f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}", "messages", "invalid_value")
         content = m.get("content")
-        calls = _calls_text(m["tool_calls"], where) if role == "assistant" and m.get("tool_calls") else ""
+        calls = _calls(m["tool_calls"], where) if role == "assistant" and m.get("tool_calls") else []
         if content is None and role == "assistant":
             refusal = m.get("refusal")
             content = refusal if isinstance(refusal, str) else ""
-        text = _text(content, f"{where}.content", role == "assistant")
+        said = _text(content, f"{where}.content", role == "assistant")
+        native: dict[str, object] = {"role": "tool" if role == "tool" else ROLES[role], "content": said}
+        text = said
         if calls:  # what the assistant said before its calls stays in the conversation
-            text = f"{text}\n{calls}" if text else calls
+            native["tool_calls"] = calls
+            written = "\n".join(json.dumps(c["function"], ensure_ascii=False) for c in calls)
+            text = f"{text}\n{written}" if text else written
         if role == "tool":  # a function's result, as the user's turn: not every template has a tool role
             call_id = m.get("tool_call_id")
             if call_id is not None and not isinstance(call_id, str):
                 raise invalid(f"{where}.tool_call_id must be a string", "messages", "invalid_type")
+            if call_id is not None:
+                native["tool_call_id"] = call_id
             text = f"Result of the call {call_id or ''}: {text}".replace("call :", "call:")
         parsed.messages.append((ROLES[role], text))
+        parsed.chat.append(native)
     logprobs = _flag(body, "logprobs")
     top = _integer(body, "top_logprobs", 0, 20)
     if top is not None and not logprobs:
@@ -293,11 +305,11 @@ def parse_chat(body: JSONObject) -> Parsed:
     return parsed
 
 
-def _calls_text(calls: JSON, where: str) -> str:
-    """An assistant's earlier tool calls, as the model was asked to write them."""
+def _calls(calls: JSON, where: str) -> list[JSONObject]:
+    """An assistant's earlier tool calls, their arguments read as JSON (templates write them as objects)."""
     if not isinstance(calls, list):
         raise invalid(f"{where}.tool_calls must be a list", "messages", "invalid_type")
-    out = []
+    out: list[JSONObject] = []
     for call in calls:
         fn = call.get("function") if isinstance(call, dict) else None
         name, text = (fn.get("name"), fn.get("arguments")) if isinstance(fn, dict) else (None, None)
@@ -309,8 +321,15 @@ def _calls_text(calls: JSON, where: str) -> str:
             arguments = json.loads(text)
         except (ValueError, RecursionError):
             raise invalid(f"{where}.tool_calls: arguments must be JSON text", "messages", "invalid_value") from None
-        out.append(json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False))
-    return "\n".join(out)
+        call_id = call.get("id") if isinstance(call, dict) else None
+        out.append(
+            {
+                "id": call_id if isinstance(call_id, str) else "",
+                "type": "function",
+                "function": {"name": name, "arguments": arguments},
+            }
+        )
+    return out
 
 
 def _prompts(prompt: JSON) -> list[str | list[int]]:

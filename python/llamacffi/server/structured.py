@@ -1,13 +1,13 @@
 """Structured output over HTTP: ``response_format`` and ``tools`` / ``tool_choice`` turned into grammars, prompts and
 tool calls.
 
-The functions are described in a system message, not given to the model's chat template: the same call format then
-serves every model (a family's own tool syntax would need its own parser), ``{"name": ..., "arguments": {...}}``.
-With ``tool_choice`` ``"required"`` or a named function the output is constrained by a grammar to such a call, its
+For a model whose chat template has no tool syntax this package reads (:mod:`.hermes` has the one it does), the
+functions are described in a system message with one call format, ``{"name": ..., "arguments": {...}}``. With
+``tool_choice`` ``"required"`` or a named function the output is constrained by a grammar to such a call, its
 ``arguments`` to the function's parameter schema; with ``"auto"`` the model may answer in text (beside a JSON
-``response_format``: a grammar admits a call or a document of that format), and an answer that is a well-formed call to
-a listed function becomes a tool call. Everything is checked when the request arrives: a schema
-the grammar compiler cannot enforce is a 400 that names the keyword, never a silent fallback.
+``response_format``: a grammar admits a call or a document of that format), and an answer that is a well-formed call
+to a listed function becomes a tool call. Everything is checked when the request arrives: a schema the grammar
+compiler cannot enforce is a 400 that names the keyword, never a silent fallback.
 """
 
 from __future__ import annotations

@@ -1,0 +1,73 @@
+"""Tool calls in the syntax of Hermes-style chat templates (Hermes 2 Pro and 3, Qwen 2.5 and 3, QwQ, Granite 4):
+``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks, one per call.
+
+For a model whose template teaches this syntax (:func:`llamacffi.chat.tool_syntax`), the template itself describes
+the functions and writes earlier calls and results, as the model saw them in training; a forced choice constrains
+the output to such blocks by a grammar, and ``"auto"`` reads the blocks the model chose to write.
+"""
+
+from __future__ import annotations
+
+from ..grammar.combine import either, tagged
+from ..jsontypes import JSONObject
+from . import structured
+
+OPEN = "<tool_call>"
+CLOSE = "</tool_call>"
+
+
+def described(tools: structured.Tools) -> list[dict[str, object]]:
+    """The functions as OpenAI's ``tools`` list, which the templates take."""
+    return [{"type": "function", "function": {"name": name, **fn}} for name, fn in tools.functions.items()]
+
+
+def grammar(tools: structured.Tools, call: str | None, answer: str | None, parallel: bool) -> str | None:
+    """The grammar of the answer: blocks of ``call`` (the grammar of one call's JSON, :func:`.structured.call_grammar`)
+    when a call is forced, one only for a named function or without ``parallel``; with ``"auto"``, blocks or a
+    document of the ``answer`` grammar (a JSON ``response_format``), or nothing (None) without one."""
+    if not tools.forced():
+        if answer is None:
+            return None
+        return either(_blocks(structured.call_grammar(tools), parallel), answer)
+    assert call is not None
+    return _blocks(call, parallel and tools.choice == "required")
+
+
+def _blocks(call: str, many: bool) -> str:
+    return tagged(call, OPEN + "\n", "\n" + CLOSE, separator="\n" if many else None)
+
+
+def read(text: str, tools: structured.Tools, parallel: bool) -> tuple[str | None, list[JSONObject]]:
+    """The answer's text beside its calls (None when blank) and its calls (the first only without ``parallel``); the
+    whole text and no call when it holds no block, or a block that is not a well-formed call to a listed function.
+
+    The text before the first block keeps its start, as a stream sends it; text between or after blocks follows it
+    on lines of its own."""
+    calls: list[JSONObject] = []
+    outside: list[str] = []
+    pos = 0
+    while (start := text.find(OPEN, pos)) >= 0:
+        end = text.find(CLOSE, start)
+        call = structured.as_call(text[start + len(OPEN) : end], tools) if end >= 0 else None
+        if call is None:
+            return text, []
+        outside.append(text[pos:start])
+        calls.append(call)
+        pos = end + len(CLOSE)
+    if not calls:
+        return text, []
+    content = outside[0].rstrip() + "".join("\n" + p.strip() for p in [*outside[1:], text[pos:]] if p.strip())
+    return (content if content.strip() else None), calls if parallel else calls[:1]
+
+
+def held_from(text: str) -> int:
+    """Where the text that may be a call starts: at its first block, or at an end that may begin one, and the blanks
+    before either (its length when there is neither)."""
+    cut = text.find(OPEN)
+    if cut < 0:
+        cut = len(text)
+        for k in range(min(len(OPEN) - 1, len(text)), 0, -1):
+            if text.endswith(OPEN[:k]):
+                cut = len(text) - k
+                break
+    return len(text[:cut].rstrip())

@@ -1,0 +1,363 @@
+"""Tool calls in a chat template's own syntax: which of llama.cpp's templates teach the Hermes syntax, the template
+rendering tools, calls and results, the grammars that force the blocks, reading them back (whole and streamed), and
+the server end to end with a Hermes template."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import llamacffi
+from llamacffi import InvalidArgumentError
+from llamacffi.chat import ChatTemplateError, apply_template, tool_syntax
+from llamacffi.grammar import from_json_schema
+from llamacffi.grammar.combine import either, tagged
+from test_grammar import accepts
+
+TEMPLATES = Path(os.environ.get("LLAMACFFI_LLAMA_CPP_DIR") or Path(__file__).parent.parent / "vendor" / "llama.cpp")
+TEMPLATES /= "models/templates"
+needs_templates = pytest.mark.skipif(not TEMPLATES.is_dir(), reason="llama.cpp's templates are not there (not built)")
+
+# llama.cpp's templates that write <tool_call>{"name": ..., "arguments": {...}}</tool_call>
+HERMES = {
+    "Bielik-11B-v3.0-Instruct",
+    "MiMo-VL",
+    "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use",
+    "NousResearch-Hermes-3-Llama-3.1-8B-tool_use",
+    "Qwen-QwQ-32B",
+    "Qwen-Qwen2.5-7B-Instruct",
+    "Qwen-Qwen3-0.6B",
+    "Reka-Edge",
+    "ibm-granite-granite-4.0",
+    "ibm-granite-granite-4.1",
+}
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 30}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "The local time in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 30}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+CALLED = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": "18 degrees, sunny"},
+]
+
+
+def qwen() -> str:
+    return (TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text()
+
+
+# ---- the template ------------------------------------------------------------------------------------------------
+
+
+@needs_templates
+def test_the_hermes_templates_of_llama_cpp_are_found() -> None:
+    found = {p.stem for p in TEMPLATES.glob("*.jinja") if tool_syntax(p.read_text(), eos_token="</s>") == "hermes"}
+    assert found == HERMES
+
+
+def test_templates_without_tools_have_no_syntax() -> None:
+    assert tool_syntax("chatml") is None
+    plain = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+    assert tool_syntax(plain) is None
+
+
+@needs_templates
+def test_the_template_renders_tools_calls_and_results() -> None:
+    text = apply_template(qwen(), CALLED, tools=[WEATHER])
+    assert "The weather in a city." in text  # the function described by the template
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in text
+    assert "<tool_response>\n18 degrees, sunny\n</tool_response>" in text
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+@needs_templates
+def test_tools_need_a_template_that_renders_them() -> None:
+    with pytest.raises(ChatTemplateError, match="Jinja"):
+        apply_template("chatml", [("user", "Hi")], tools=[WEATHER])
+    with pytest.raises(ChatTemplateError, match="Jinja"):
+        apply_template("chatml", CALLED)
+    for bad in ["f", WEATHER, [1]]:
+        with pytest.raises(InvalidArgumentError, match="tools"):
+            apply_template(qwen(), [("user", "Hi")], tools=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="tool_calls"):
+        apply_template(qwen(), [{"role": "assistant", "content": "", "tool_calls": "x"}])
+    with pytest.raises(InvalidArgumentError, match="tool_calls"):
+        apply_template(qwen(), [{"role": "assistant", "content": "", "tool_calls": [1]}])
+    with pytest.raises(InvalidArgumentError, match="NUL"):
+        apply_template(qwen(), [{"role": "tool", "content": "x", "tool_call_id": "a\0"}])
+
+
+@needs_templates
+def test_the_model_reports_its_templates_syntax(smollm2: llamacffi.Model) -> None:
+    assert smollm2.tool_syntax() is None  # SmolLM2's own template knows no tools
+    assert smollm2.tool_syntax(template=qwen()) == "hermes"
+    text = smollm2.apply_chat_template(CALLED, template=qwen(), tools=[WEATHER])
+    assert "<tool_response>" in text
+
+
+# ---- grammars ----------------------------------------------------------------------------------------------------
+
+CITY = from_json_schema({"type": "object", "properties": {"city": {"type": "string", "maxLength": 8}},
+                         "required": ["city"], "additionalProperties": False})  # fmt: skip
+NUMBER = from_json_schema({"type": "integer", "minimum": 0, "maximum": 99})
+
+
+def test_tagged_and_either_are_grammars_llama_cpp_runs(smollm2: llamacffi.Model) -> None:
+    vocab = smollm2.vocab
+    one = tagged(CITY, "<a>\n", "\n</a>")
+    assert accepts(vocab, one, '<a>\n{"city": "Paris"}\n</a>')
+    assert not accepts(vocab, one, '{"city": "Paris"}')
+    assert not accepts(vocab, one, '<a>\n{"city": "Paris"}\n</a>\n<a>\n{"city": "Rome"}\n</a>')
+    many = tagged(CITY, "<a>\n", "\n</a>", separator="\n")
+    assert accepts(vocab, many, '<a>\n{"city": "Paris"}\n</a>\n<a>\n{"city": "Rome"}\n</a>')
+    assert not accepts(vocab, many, '<a>\n{"city": "Paris"}\n</a><a>\n{"city": "Rome"}\n</a>')
+    both = either(many, NUMBER)
+    assert accepts(vocab, both, "42") and accepts(vocab, both, '<a>\n{"city": "Rome"}\n</a>')
+    assert not accepts(vocab, both, "420") and not accepts(vocab, both, '{"city": "Rome"}')
+    both = either(NUMBER, CITY)  # the same rule names on both sides are kept apart
+    assert accepts(vocab, both, '{"city": "Rome"}') and accepts(vocab, both, "7")
+    assert not accepts(vocab, both, '{"city": "Rome and Paris"}')
+    with pytest.raises(ValueError, match="root"):
+        tagged("x ::= [a]\nroot ::= x\n", "<", ">")
+
+
+# ---- reading the blocks ------------------------------------------------------------------------------------------
+
+
+def _tools(choice: Any = "auto") -> Any:
+    from llamacffi.server import structured
+
+    return structured.parse_tools([WEATHER, TIME], choice)
+
+
+def test_blocks_are_read_as_calls() -> None:
+    from llamacffi.server import hermes
+
+    tools = _tools()
+    paris = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    rome = '<tool_call>\n{"name": "get_time", "arguments": {"city": "Rome"}}\n</tool_call>'
+
+    def read(text: str, parallel: bool = True) -> tuple[str | None, list[tuple[str, Any]]]:
+        content, calls = hermes.read(text, tools, parallel)
+        assert all(c["id"].startswith("call_") and c["type"] == "function" for c in calls)
+        return content, [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls]
+
+    assert read("Paris is sunny.") == ("Paris is sunny.", [])
+    assert read(paris) == (None, [("get_weather", {"city": "Paris"})])
+    assert read(f"{paris}\n{rome}\n") == (None, [("get_weather", {"city": "Paris"}), ("get_time", {"city": "Rome"})])
+    assert read(f"{paris}\n{rome}", parallel=False) == (None, [("get_weather", {"city": "Paris"})])
+    assert read(f"Let me look.\n\n{paris}\nDone.") == ("Let me look.\nDone.", [("get_weather", {"city": "Paris"})])
+    for wrong in [
+        paris.replace("get_weather", "get_rain"),  # not a listed function
+        paris.replace("</tool_call>", ""),  # not closed
+        paris.replace('"city"', "city"),  # not JSON
+        f'{paris}\n<tool_call>\n{{"name": "get_time"}}\n</tool_call>',  # one block of two is no call
+    ]:
+        assert read(wrong) == (wrong, [])
+
+
+def test_a_stream_holds_back_from_where_a_block_may_start() -> None:
+    from llamacffi.server import calls, hermes
+
+    assert hermes.held_from("Hello") == 5
+    assert hermes.held_from("Hello <tool") == 5  # may be a block: held, and the blank before it
+    assert hermes.held_from("Hello <b>") == 9
+    assert hermes.held_from("Hello\n\n") == 5
+    assert hermes.held_from("Hi <tool_call>\n{") == 2
+    assert hermes.held_from("<") == 0
+    reader = calls.Reader(_tools(), "hermes", True)
+    assert reader.held_from("  ") == 0 and reader.held_from("Hi <") == 2
+    forced = calls.Reader(_tools("required"), "hermes", True)
+    assert forced.held_from("Hi") == 0  # a forced call holds everything
+    plain = calls.Reader(_tools(), None, True)
+    assert plain.held_from(' {"name"') == 0 and plain.held_from("Hi") is None
+
+
+# ---- the server with a Hermes template ---------------------------------------------------------------------------
+
+starlette = pytest.importorskip("starlette")
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Any]:
+    """SmolLM2 with Qwen 2.5's template (its special tokens are plain text to SmolLM2)."""
+    from conftest import THREADS
+    from llamacffi.service import LlamaCppService, LocalBackendConfig, ModelConfig
+
+    if not TEMPLATES.is_dir():
+        pytest.skip("llama.cpp's templates are not there (not built)")
+    with LlamaCppService(LocalBackendConfig(threads=THREADS)) as svc:
+        model = svc.load_model("smollm2-135m", config=ModelConfig(context_size=1024, parallel=2, chat_template=qwen()))
+        assert model.tool_syntax == "hermes"
+        yield model
+
+
+@pytest.fixture(scope="module")
+def client(served: Any) -> Iterator[Any]:
+    from starlette.testclient import TestClient
+
+    from llamacffi.server import create_app
+
+    with TestClient(create_app({"qwenish": served}), raise_server_exceptions=False) as c:
+        yield c
+
+
+ASK = [{"role": "user", "content": "What is the weather in Paris and the time in Rome?"}]
+
+
+def _chat(client: Any, **kw: Any) -> dict[str, Any]:
+    body = {"model": "qwenish", "messages": ASK, "tools": [WEATHER, TIME], "max_tokens": 80, "temperature": 0, **kw}
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    return dict(r.json()["choices"][0])
+
+
+def _streamed(client: Any, **kw: Any) -> tuple[str, list[dict[str, Any]], str]:
+    body = {"model": "qwenish", "messages": ASK, "tools": [WEATHER, TIME], "max_tokens": 80, "temperature": 0,
+            "stream": True, **kw}  # fmt: skip
+    with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        events = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: ") and x != "data: [DONE]"]
+    deltas = [c for e in events for c in e["choices"]]
+    text = "".join(c["delta"].get("content") or "" for c in deltas)
+    made = [t for c in deltas for t in c["delta"].get("tool_calls", [])]
+    (reason,) = [c["finish_reason"] for c in deltas if c["finish_reason"]]
+    return text, made, reason
+
+
+def _validated(calls: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    jsonschema = pytest.importorskip("jsonschema")
+    out = []
+    for c in calls:
+        args = json.loads(c["function"]["arguments"])
+        fn = {"get_weather": WEATHER, "get_time": TIME}[c["function"]["name"]]["function"]
+        jsonschema.validate(args, fn["parameters"])
+        out.append((c["function"]["name"], args))
+    return out
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_required_calls_are_blocks_of_the_template(client: Any, parallel: bool) -> None:
+    whole = _chat(client, tool_choice="required", parallel_tool_calls=parallel)
+    assert whole["finish_reason"] == "tool_calls" and whole["message"]["content"] is None
+    made = _validated(whole["message"]["tool_calls"])
+    assert made and (parallel or len(made) == 1)
+    text, streamed, reason = _streamed(client, tool_choice="required", parallel_tool_calls=parallel)
+    assert reason == "tool_calls" and not text
+    assert [t["index"] for t in streamed] == list(range(len(made)))
+    assert _validated(streamed) == made
+
+
+def test_a_named_call_and_the_conversation_after_it(client: Any) -> None:
+    named = {"type": "function", "function": {"name": "get_time"}}
+    whole = _chat(client, tool_choice=named)
+    ((name, _args),) = _validated(whole["message"]["tool_calls"])
+    assert name == "get_time"
+    follow = _chat(
+        client,
+        max_tokens=16,
+        messages=[
+            *ASK,
+            whole["message"],
+            {"role": "tool", "tool_call_id": whole["message"]["tool_calls"][0]["id"], "content": "10:15"},
+        ],
+    )
+    assert follow["finish_reason"] in ("stop", "length", "tool_calls")
+
+
+def test_the_prompt_is_the_templates_own(served: Any) -> None:
+    from llamacffi.server import completions, requests
+
+    body = {
+        "model": "qwenish",
+        "tools": [WEATHER],
+        "messages": [
+            *ASK,
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+            ]},
+            {"role": "tool", "tool_call_id": "c1", "content": "18 degrees"},
+        ],
+    }  # fmt: skip
+    job = completions.prepare("qwenish", served, requests.parse_chat(body), True)
+    (text,) = job.texts
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in text
+    assert "<tool_response>\n18 degrees\n</tool_response>" in text and "The weather in a city." in text
+
+
+def test_auto_with_a_json_answer_is_a_call_or_the_document(client: Any) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "integer"}}}
+    whole = _chat(client, tool_choice="auto", response_format=fmt)
+    if whole["finish_reason"] == "tool_calls":
+        assert _validated(whole["message"]["tool_calls"])
+    else:
+        assert isinstance(json.loads(whole["message"]["content"]), int)
+
+
+def test_auto_streams_what_it_answers_whole(client: Any) -> None:
+    for messages in [ASK, [{"role": "user", "content": "Say hello."}]]:
+        whole = _chat(client, messages=messages, tool_choice="auto", max_tokens=48)
+        text, made, reason = _streamed(client, messages=messages, tool_choice="auto", max_tokens=48)
+        assert reason == whole["finish_reason"]
+        assert text == (whole["message"]["content"] or "")
+        assert [t["function"] for t in made] == [t["function"] for t in whole["message"].get("tool_calls") or []]
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 200])
+def test_a_stream_with_a_call_after_text_sends_the_text_then_the_call(size: int) -> None:
+    from llamacffi.server import calls, completions
+    from llamacffi.service.events import Chunk
+
+    answer = 'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+    reader = calls.Reader(_tools(), "hermes", True)
+    held = completions._Held(1, reader)
+    sent = ""
+    for k in range(0, len(answer), size):
+        text, _ = held.feed(0, Chunk(answer[k : k + size]))
+        assert "<" not in (text or "")  # nothing of the block goes out as text
+        sent += text or ""
+    assert held.holding(0)
+    rest, made, _ = held.finish(0)
+    whole = reader.read(answer)
+    assert sent + (rest or "") == whole[0] == "Let me look."
+    assert [c["function"] for c in made] == [c["function"] for c in whole[1]]
+    assert json.loads(made[0]["function"]["arguments"]) == {"city": "Paris"}
+    text_only = "A <b>bold</b> answer.\n"
+    held = completions._Held(1, reader)
+    sent = "".join(held.feed(0, Chunk(text_only[k : k + size]))[0] or "" for k in range(0, len(text_only), size))
+    rest, made, _ = held.finish(0)
+    assert sent + (rest or "") == text_only and not made
