@@ -106,9 +106,10 @@ def test_the_template_renders_tools_calls_and_results() -> None:
 
 @needs_templates
 def test_tools_need_a_template_that_renders_them() -> None:
-    with pytest.raises(ChatTemplateError, match="Jinja"):
+    assert not issubclass(ChatTemplateError, InvalidArgumentError)
+    with pytest.raises(InvalidArgumentError, match="Jinja"):
         apply_template("chatml", [("user", "Hi")], tools=[WEATHER])
-    with pytest.raises(ChatTemplateError, match="Jinja"):
+    with pytest.raises(InvalidArgumentError, match="Jinja"):
         apply_template("chatml", CALLED)
     for bad in ["f", WEATHER, [1]]:
         with pytest.raises(InvalidArgumentError, match="tools"):
@@ -127,6 +128,26 @@ def test_the_model_reports_its_templates_syntax(smollm2: llamacffi.Model) -> Non
     assert smollm2.tool_syntax(template=qwen()) == "hermes"
     text = smollm2.apply_chat_template(CALLED, template=qwen(), tools=[WEATHER])
     assert "<tool_response>" in text
+
+
+@needs_templates
+def test_the_service_formats_tools_or_says_why_not(service: Any, served: Any) -> None:
+    from llamacffi.service import GenerationOptions, InvalidConfigError, ModelConfig
+
+    text = served.format_chat(CALLED, GenerationOptions(system="Be brief."), tools=[WEATHER])
+    assert "Be brief." in text and "The weather in a city." in text and "<tool_response>" in text
+    assert served.format_chat([("user", "Hi")], GenerationOptions()) == served.format_chat(
+        [{"role": "user", "content": "Hi"}], GenerationOptions()
+    )
+    with pytest.raises(InvalidConfigError, match="messages"):
+        served.format_chat([{"role": "user"}], GenerationOptions())
+    with pytest.raises(InvalidConfigError, match="tool_calls"):
+        served.format_chat([{"role": "assistant", "content": "", "tool_calls": 5}], GenerationOptions())
+    chatml = service.load_model("smollm2-135m", config=ModelConfig(context_size=64, chat_template="chatml"))
+    assert chatml.tool_syntax is None
+    with pytest.raises(InvalidConfigError, match="Jinja"):
+        chatml.format_chat([("user", "Hi")], GenerationOptions(), tools=[WEATHER])
+    chatml.close()
 
 
 # ---- grammars ----------------------------------------------------------------------------------------------------
@@ -209,27 +230,31 @@ def test_a_stream_holds_back_from_where_a_block_may_start() -> None:
 
 # ---- the server with a Hermes template ---------------------------------------------------------------------------
 
-starlette = pytest.importorskip("starlette")
+
+@pytest.fixture(scope="module")
+def service() -> Iterator[Any]:
+    from conftest import THREADS
+    from llamacffi.service import LlamaCppService, LocalBackendConfig
+
+    with LlamaCppService(LocalBackendConfig(threads=THREADS)) as svc:
+        yield svc
 
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[Any]:
+def served(service: Any) -> Any:
     """SmolLM2 with Qwen 2.5's template (its special tokens are plain text to SmolLM2)."""
-    from conftest import THREADS
-    from llamacffi.service import LlamaCppService, LocalBackendConfig, ModelConfig
+    from llamacffi.service import ModelConfig
 
     if not TEMPLATES.is_dir():
         pytest.skip("llama.cpp's templates are not there (not built)")
-    with LlamaCppService(LocalBackendConfig(threads=THREADS)) as svc:
-        model = svc.load_model("smollm2-135m", config=ModelConfig(context_size=1024, parallel=2, chat_template=qwen()))
-        assert model.tool_syntax == "hermes"
-        yield model
+    model = service.load_model("smollm2-135m", config=ModelConfig(context_size=1024, parallel=2, chat_template=qwen()))
+    assert model.tool_syntax == "hermes"
+    return model
 
 
 @pytest.fixture(scope="module")
 def client(served: Any) -> Iterator[Any]:
-    from starlette.testclient import TestClient
-
+    TestClient = pytest.importorskip("starlette.testclient").TestClient
     from llamacffi.server import create_app
 
     with TestClient(create_app({"qwenish": served}), raise_server_exceptions=False) as c:

@@ -118,10 +118,10 @@ def apply_template(
     (OpenAI's ``{"type": "function", "function": {...}}`` objects), given to a Jinja template as ``tools``; messages
     may then carry ``tool_calls`` (with ``arguments`` as objects, as templates write them), ``tool_call_id`` and
     ``name`` (see :func:`tool_syntax`). Raises :class:`InvalidArgumentError` for malformed messages, text with a NUL
-    character or a lone surrogate, or messages the template itself refuses (``raise_exception``), and
-    :class:`ChatTemplateError` for a template neither Jinja nor llama.cpp can apply, tools or tool calls for a
-    template Jinja cannot apply (llama.cpp's built-in templates have none), or one that passes the sandbox's bounds
-    on these messages (:mod:`llamacffi.chat_sandbox`).
+    character or a lone surrogate, messages the template itself refuses (``raise_exception``), or tools and tool
+    calls for a template Jinja cannot apply (llama.cpp's built-in templates have none), and
+    :class:`ChatTemplateError` for a template neither Jinja nor llama.cpp can apply, or one that passes the sandbox's
+    bounds on these messages (:mod:`llamacffi.chat_sandbox`).
     """
     if not isinstance(template, str) or not template:
         raise InvalidArgumentError(f"template must be a non-empty str, got {template!r}")
@@ -141,7 +141,7 @@ def apply_template(
             if rendered is not None:
                 return rendered
     if tools is not None or any(len(m) > 2 for m in checked):
-        raise ChatTemplateError(
+        raise InvalidArgumentError(
             "tools and tool calls need a Jinja chat template that renders them; llama.cpp's built-in templates "
             "have none"
         )
