@@ -224,6 +224,11 @@ def test_bench_sizes_must_be_positive(value: str) -> None:
         (("generate", "-n", "2", ""), "the prompt is empty"),
         (("generate", "--raw", " "), "the prompt is empty"),
         (("embed", "hi", " "), "TEXT 2 is empty"),
+        (
+            ("generate", "--chat-template-file", "/nonexistent/t.jinja", "hi"),
+            "--chat-template-file /nonexistent/t.jinja: ",
+        ),
+        (("chat", "--chat-template", "\udcff"), "--chat-template: not UTF-8"),
     ],
 )
 def test_errors_name_the_flags(args: tuple[str, ...], says: str) -> None:
@@ -271,6 +276,21 @@ def test_grammar_and_json_schema_files(smollm2_path: Path, tmp_path: Path) -> No
 def test_options_that_do_not_go_together_are_usage_errors(args: tuple[str, ...], says: str) -> None:
     out = run(*args)
     assert out.returncode == 2 and says in out.stderr.splitlines()[-1], out.stderr
+
+
+def test_a_chat_template_from_the_command_line(smollm2_path: Path, tmp_path: Path) -> None:
+    own = run("generate", *GREEDY, "Capital of Italy?")
+    named = run("generate", *GREEDY, "--chat-template", "chatml", "Capital of Italy?")
+    template = tmp_path / "plain.jinja"
+    template.write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    filed = run("generate", *GREEDY, "--chat-template-file", str(template), "The capital of France is")
+    raw = run("generate", *GREEDY, "--raw", "The capital of France is")
+    assert own.returncode == named.returncode == filed.returncode == 0, named.stderr + filed.stderr
+    assert filed.stdout == raw.stdout  # the template's text is the prompt, as the raw prompt is
+    line = one_line_error(run("generate", "--chat-template", "no-such-template", "hi"))
+    assert "--chat-template 'no-such-template' is not a template" in line
+    out = run("generate", "--chat-template", "chatml", "--chat-template-file", str(template), "hi")
+    assert out.returncode == 2 and "not allowed with argument" in out.stderr
 
 
 def test_stop_takes_its_text_as_typed(smollm2_path: Path) -> None:
@@ -323,6 +343,7 @@ needs_server = pytest.mark.skipif(importlib.util.find_spec("uvicorn") is None, r
         (("--api-key", ""), {}, "--api-key: "),
         ((), {"LLAMACFFI_API_KEY": ""}, "$LLAMACFFI_API_KEY is set but empty"),
         (("--host", "bogus.invalid"), {}, "--host bogus.invalid: "),
+        (("--chat-template-file", "/nonexistent/t.jinja"), {}, "--chat-template-file /nonexistent/t.jinja: "),
     ],
 )
 def test_serve_refuses_bad_flags_before_listening(args: tuple[str, ...], env: dict[str, str], says: str) -> None:

@@ -386,3 +386,39 @@ def test_a_stream_with_a_call_after_text_sends_the_text_then_the_call(size: int)
     sent = "".join(held.feed(0, Chunk(text_only[k : k + size]))[0] or "" for k in range(0, len(text_only), size))
     rest, made, _ = held.finish(0)
     assert sent + (rest or "") == text_only and not made
+
+
+@needs_templates
+def test_serve_with_a_template_file_answers_the_openai_client_with_calls() -> None:
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("uvicorn")
+    from conftest import THREADS
+    from server_process import ServeProcess
+
+    template = TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja"
+    proc = ServeProcess(["-m", "smollm2-135m", "--chat-template-file", str(template), "-np", "2", "-t", str(THREADS)])
+    try:
+        client = openai.OpenAI(base_url=proc.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        r = client.chat.completions.create(
+            model="smollm2-135m", messages=ASK, tools=[WEATHER, TIME], tool_choice="required", temperature=0
+        )
+        assert r.choices[0].finish_reason == "tool_calls"
+        made = [(c.function.name, json.loads(c.function.arguments)) for c in r.choices[0].message.tool_calls]
+        assert ("get_weather", {"city": "Paris"}) in made
+        stream = client.chat.completions.create(
+            model="smollm2-135m",
+            messages=ASK,
+            tools=[WEATHER, TIME],
+            tool_choice="required",
+            temperature=0,
+            stream=True,
+        )
+        parts: dict[int, list[str]] = {}
+        names: dict[int, str] = {}
+        for chunk in stream:
+            for d in chunk.choices[0].delta.tool_calls or []:
+                names[d.index] = d.function.name or names.get(d.index, "")
+                parts.setdefault(d.index, []).append(d.function.arguments or "")
+        assert [(names[i], json.loads("".join(parts[i]))) for i in sorted(parts)] == made
+    finally:
+        assert proc.stop() == 0, "".join(proc.log[-20:])

@@ -72,9 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     constraint.add_argument("--grammar", default=None, metavar="FILE", help="constrain the output to this GBNF grammar")
     _model_args(g)
+    cli_args.add_chat_template(g)
     _sampling_args(g, system_in=templated)
     c = sub.add_parser("chat", help="interactive chat (history through the chat template)")
     _model_args(c)
+    cli_args.add_chat_template(c)
     _sampling_args(c)
     m = sub.add_parser("models", help="list or fetch models")
     msub = m.add_subparsers(dest="action", required=True)
@@ -149,7 +151,8 @@ def _service_model(args: argparse.Namespace, parallel: int = 1):  # type: ignore
             tensor_split=cli_args.split_list(args.tensor_split),
         )
     )
-    config = ModelConfig(context_size=args.ctx_size, parallel=parallel)
+    template = cli_args.chat_template(args) if hasattr(args, "chat_template") else None
+    config = ModelConfig(context_size=args.ctx_size, parallel=parallel, chat_template=template)
     with cli_args.log_held():
         return svc, svc.load_model(args.model, config=config)
 

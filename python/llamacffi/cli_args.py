@@ -78,6 +78,31 @@ def add_placement(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_chat_template(p: argparse.ArgumentParser) -> None:
+    """``--chat-template`` and ``--chat-template-file``: a template instead of the model's own, as llama-server
+    takes them."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--chat-template",
+        default=None,
+        metavar="NAME|JINJA",
+        help="chat template instead of the model's own: a llama.cpp template name (chatml, gemma, ...) or Jinja text",
+    )
+    g.add_argument(
+        "--chat-template-file", default=None, metavar="FILE", help="a Jinja chat template file, instead of the model's"
+    )
+
+
+def chat_template(args: argparse.Namespace) -> str | None:
+    """The template ``--chat-template`` or ``--chat-template-file`` gives, or None."""
+    if args.chat_template_file is not None:
+        return read_text("--chat-template-file", args.chat_template_file)
+    template: str | None = args.chat_template
+    if template is not None:
+        check_utf8("--chat-template", template)
+    return template
+
+
 def rpc_list(values: Sequence[str] | None) -> list[str]:
     """``--rpc`` values (repeatable, each a comma-separated list of host:port, as llama.cpp's own tools take)."""
     return [e.strip() for v in values or () for e in v.split(",") if e.strip()]
@@ -164,6 +189,7 @@ _FLAGS = {
     "n_threads": "--threads",
     "batch_tokens": "--batch-tokens",
     "port": "--port",
+    "chat_template": "--chat-template",
 }
 _FIELD = re.compile(r"\b(?:GenerationOptions|ModelConfig|LocalBackendConfig|LlamaCppSpecificConfig)\.(\w+)")
 _LEADING = re.compile(r"^(\w+)(?= must be )")  # the library's messages start with the argument's name

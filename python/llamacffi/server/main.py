@@ -151,9 +151,10 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     served, embedders = _served(args)
     api_key = args.api_key or os.environ.get("LLAMACFFI_API_KEY") or None
+    template = cli_args.chat_template(args)
     sockets = _listen(args.host, args.port)
     try:
-        return _serve(args, served, embedders, api_key, sockets)
+        return _serve(args, served, embedders, api_key, sockets, template)
     finally:
         for sock in sockets:
             sock.close()
@@ -165,6 +166,7 @@ def _serve(
     embedders: dict[str, str],
     api_key: str | None,
     sockets: list[socket.socket],
+    template: str | None,
 ) -> int:
     """Serve the models on the bound ``sockets`` until a signal stops the server or a model fails to load."""
     if api_key is None and not all(_loopback(sock.getsockname()[0]) for sock in sockets):
@@ -187,6 +189,7 @@ def _serve(
         batch_size=max(512, args.parallel),
         batch_window=args.batch_window / 1000,
         prompt_cache_mib=args.cache_ram,
+        chat_template=template,
     )
     failed: list[BaseException] = []
     server: _Uvicorn | None = None
@@ -259,6 +262,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     cli_args.add_compute(p)
     cli_args.add_placement(p)
+    cli_args.add_chat_template(p)
     p.add_argument(
         "--api-key",
         default=None,
