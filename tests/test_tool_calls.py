@@ -37,6 +37,22 @@ HERMES = {
     "ibm-granite-granite-4.1",
 }
 
+LLAMA3 = {"meta-llama-Llama-3.1-8B-Instruct", "meta-llama-Llama-3.2-3B-Instruct", "meta-llama-Llama-3.3-70B-Instruct"}
+
+# per syntax: a template of it, and how it writes CALLED's call and result
+WRITTEN = {
+    "hermes": (
+        "Qwen-Qwen2.5-7B-Instruct",
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
+        "<tool_response>\n18 degrees, sunny\n</tool_response>",
+    ),
+    "llama3": (
+        "meta-llama-Llama-3.1-8B-Instruct",
+        '<|end_header_id|>\n\n{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>',
+        '<|start_header_id|>ipython<|end_header_id|>\n\n"18 degrees, sunny"<|eot_id|>',
+    ),
+}
+
 WEATHER = {
     "type": "function",
     "function": {
@@ -84,9 +100,13 @@ def qwen() -> str:
 
 
 @needs_templates
-def test_the_hermes_templates_of_llama_cpp_are_found() -> None:
-    found = {p.stem for p in TEMPLATES.glob("*.jinja") if tool_syntax(p.read_text(), eos_token="</s>") == "hermes"}
-    assert found == HERMES
+def test_the_templates_of_llama_cpp_with_a_syntax_read_here_are_found() -> None:
+    found: dict[str, set[str]] = {}
+    for p in TEMPLATES.glob("*.jinja"):
+        syntax = tool_syntax(p.read_text(), eos_token="</s>")
+        if syntax is not None:
+            found.setdefault(syntax, set()).add(p.stem)
+    assert found == {"hermes": HERMES, "llama3": LLAMA3}
 
 
 def test_templates_without_tools_have_no_syntax() -> None:
@@ -96,12 +116,12 @@ def test_templates_without_tools_have_no_syntax() -> None:
 
 
 @needs_templates
-def test_the_template_renders_tools_calls_and_results() -> None:
-    text = apply_template(qwen(), CALLED, tools=[WEATHER])
+@pytest.mark.parametrize("syntax", sorted(WRITTEN))
+def test_the_template_renders_tools_calls_and_results(syntax: str) -> None:
+    name, call, result = WRITTEN[syntax]
+    text = apply_template((TEMPLATES / f"{name}.jinja").read_text(), CALLED, tools=[WEATHER])
     assert "The weather in a city." in text  # the function described by the template
-    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in text
-    assert "<tool_response>\n18 degrees, sunny\n</tool_response>" in text
-    assert text.endswith("<|im_start|>assistant\n")
+    assert call in text and result in text
 
 
 @needs_templates
@@ -135,7 +155,8 @@ def test_the_service_formats_tools_or_says_why_not(service: Any, served: Any) ->
     from llamacffi.service import GenerationOptions, InvalidConfigError, ModelConfig
 
     text = served.format_chat(CALLED, GenerationOptions(system="Be brief."), tools=[WEATHER])
-    assert "Be brief." in text and "The weather in a city." in text and "<tool_response>" in text
+    _, call, result = WRITTEN[served.tool_syntax]
+    assert "Be brief." in text and "The weather in a city." in text and call in text and result in text
     assert served.format_chat([("user", "Hi")], GenerationOptions()) == served.format_chat(
         [{"role": "user", "content": "Hi"}], GenerationOptions()
     )
@@ -211,6 +232,23 @@ def test_blocks_are_read_as_calls() -> None:
         assert read(wrong) == (wrong, [])
 
 
+def test_llama3_answers_are_one_call_object() -> None:
+    from llamacffi.server import calls
+
+    reader = calls.Reader(_tools(), "llama3", True)
+    content, made = reader.read('{"name": "get_time", "parameters": {"city": "Rome"}}')
+    assert content is None and [(c["function"]["name"], c["function"]["arguments"]) for c in made] == [
+        ("get_time", '{"city": "Rome"}')
+    ]
+    for text in [
+        '{"name": "get_time", "arguments": {"city": "Rome"}}',
+        "Rome.",
+        '{"name": "get_rain", "parameters": {}}',
+    ]:
+        assert reader.read(text) == (text, [])
+    assert reader.held_from(' {"na') == 0 and reader.held_from("Rome") is None
+
+
 def test_a_stream_holds_back_from_where_a_block_may_start() -> None:
     from llamacffi.server import calls, hermes
 
@@ -240,16 +278,20 @@ def service() -> Iterator[Any]:
         yield svc
 
 
-@pytest.fixture(scope="module")
-def served(service: Any) -> Any:
-    """SmolLM2 with Qwen 2.5's template (its special tokens are plain text to SmolLM2)."""
+@pytest.fixture(scope="module", params=sorted(WRITTEN))
+def served(service: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """SmolLM2 with the template of each syntax (their special tokens are plain text to SmolLM2)."""
     from llamacffi.service import ModelConfig
 
     if not TEMPLATES.is_dir():
         pytest.skip("llama.cpp's templates are not there (not built)")
-    model = service.load_model("smollm2-135m", config=ModelConfig(context_size=1024, parallel=2, chat_template=qwen()))
-    assert model.tool_syntax == "hermes"
-    return model
+    template = (TEMPLATES / f"{WRITTEN[request.param][0]}.jinja").read_text()
+    model = service.load_model(
+        "smollm2-135m", config=ModelConfig(context_size=1024, parallel=2, chat_template=template)
+    )
+    assert model.tool_syntax == request.param
+    yield model
+    model.close()
 
 
 @pytest.fixture(scope="module")
@@ -296,11 +338,12 @@ def _validated(calls: list[dict[str, Any]]) -> list[tuple[str, Any]]:
 
 
 @pytest.mark.parametrize("parallel", [True, False])
-def test_required_calls_are_blocks_of_the_template(client: Any, parallel: bool) -> None:
+def test_required_calls_take_the_templates_syntax(client: Any, served: Any, parallel: bool) -> None:
     whole = _chat(client, tool_choice="required", parallel_tool_calls=parallel)
     assert whole["finish_reason"] == "tool_calls" and whole["message"]["content"] is None
     made = _validated(whole["message"]["tool_calls"])
     assert made and (parallel or len(made) == 1)
+    assert len(made) == 1 or served.tool_syntax == "hermes"  # Llama 3 makes one call an answer
     text, streamed, reason = _streamed(client, tool_choice="required", parallel_tool_calls=parallel)
     assert reason == "tool_calls" and not text
     assert [t["index"] for t in streamed] == list(range(len(made)))
@@ -340,8 +383,9 @@ def test_the_prompt_is_the_templates_own(served: Any) -> None:
     }  # fmt: skip
     job = completions.prepare("qwenish", served, requests.parse_chat(body), True)
     (text,) = job.texts
-    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in text
-    assert "<tool_response>\n18 degrees\n</tool_response>" in text and "The weather in a city." in text
+    _, call, result = WRITTEN[served.tool_syntax]
+    assert call in text and result.replace("18 degrees, sunny", "18 degrees") in text
+    assert "The weather in a city." in text
 
 
 def test_auto_with_a_json_answer_is_a_call_or_the_document(client: Any) -> None:

@@ -27,8 +27,9 @@ from .raw import ffi, lib
 Message = tuple[str, str] | Mapping[str, object]
 
 # The tool-call syntaxes this package can prompt and read: "hermes" is ``<tool_call>{"name": ..., "arguments":
-# {...}}</tool_call>`` (Hermes 2 Pro and 3, Qwen 2.5 and 3, QwQ, Granite 4 and their fine-tunes).
-ToolSyntax = Literal["hermes"]
+# {...}}</tool_call>`` (Hermes 2 Pro and 3, Qwen 2.5 and 3, QwQ, Granite 4 and their fine-tunes), "llama3" an answer
+# that is ``{"name": ..., "parameters": {...}}`` (Llama 3.1 to 3.3).
+ToolSyntax = Literal["hermes", "llama3"]
 
 __all__ = [
     "ChatTemplateError",
@@ -252,6 +253,8 @@ _PROBE_CHAT: list[dict[str, object]] = [
 _HERMES_CALL = re.compile(
     r'<tool_call>\s*\{"name":\s*"probe_function",\s*"arguments":\s*\{"probe_argument":\s*1\}\}\s*</tool_call>'
 )
+# the call as the whole of the assistant's turn: what follows the turn's header is the object
+_LLAMA3_CALL = re.compile(r'>\s*\{"name":\s*"probe_function",\s*"parameters":\s*\{"probe_argument":\s*1\}\}\s*<')
 
 
 @functools.lru_cache(maxsize=32)
@@ -271,4 +274,6 @@ def tool_syntax(template: str, *, bos_token: str = "", eos_token: str = "") -> T
         return None
     if described is None or written is None or "probe description" not in described or "probe result" not in written:
         return None
-    return "hermes" if _HERMES_CALL.search(written) else None
+    if _HERMES_CALL.search(written):
+        return "hermes"
+    return "llama3" if _LLAMA3_CALL.search(written) else None

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .. import limits
 from ..jsontypes import JSONObject
 from ..service import LlamaCppEmbeddingModel, LlamaCppTextModel, LocalBackendConfig, ModelConfig
 from . import completions, embeddings
@@ -62,7 +63,9 @@ def _completion(chat: bool) -> Callable[[Request], Awaitable[Response]]:
             parsed = parse(body)
         name, model = server.model(parsed.model)
         try:
-            job = await off_loop(lambda p: completions.prepare(name, model, p, chat), parsed, parsed.text_chars())
+            # with tools, preparing may compile the calls' grammar in the template's syntax: never on the loop
+            chars = parsed.text_chars() if parsed.tools is None else limits.INLINE_TEXT_CHARS + 1
+            job = await off_loop(lambda p: completions.prepare(name, model, p, chat), parsed, chars)
         except Exception as exc:
             raise from_service(exc, text_param) from None
         request.scope.setdefault("state", {})["job"] = job

@@ -1,5 +1,6 @@
-"""Tool calls in an answer, read in the syntax the model was prompted with: the system message's JSON object
-(:mod:`.structured`) or its chat template's own (:mod:`.hermes`)."""
+"""Tool calls in the syntax the model is prompted with: the system message's JSON object (:mod:`.structured`), or
+its chat template's own (:func:`llamacffi.chat.tool_syntax`): Hermes blocks (:mod:`.hermes`), or Llama 3's answer
+that is one ``{"name": ..., "parameters": {...}}`` object."""
 
 from __future__ import annotations
 
@@ -9,6 +10,32 @@ from ..chat import ToolSyntax
 from ..jsontypes import JSONObject
 from . import hermes, structured
 
+LLAMA3_ARGUMENTS = "parameters"  # the member Llama 3's templates put a call's arguments in
+
+
+def described(tools: structured.Tools) -> list[dict[str, object]]:
+    """The functions as OpenAI's ``tools`` list, which the templates take."""
+    return [{"type": "function", "function": {"name": name, **fn}} for name, fn in tools.functions.items()]
+
+
+def grammar(
+    syntax: ToolSyntax,
+    tools: structured.Tools,
+    answer: JSONObject | bool | None,
+    answer_grammar: str | None,
+    parallel: bool,
+) -> str | None:
+    """The grammar of an answer in a template's syntax: calls when one is forced; with ``"auto"``, calls or a
+    document of the ``answer`` schema (a JSON ``response_format``, compiled as ``answer_grammar``), or anything
+    (None) without one."""
+    if tools.forced():
+        answer = answer_grammar = None  # a call: the answer's format does not apply
+    elif answer is None:
+        return None
+    if syntax == "hermes":
+        return hermes.grammar(tools, structured.call_grammar(tools), answer_grammar, parallel)
+    return structured.call_grammar(tools, answer, LLAMA3_ARGUMENTS)
+
 
 @dataclasses.dataclass(frozen=True)
 class Reader:
@@ -16,13 +43,14 @@ class Reader:
 
     tools: structured.Tools
     syntax: ToolSyntax | None  # None: the JSON object the system message describes
-    parallel: bool  # several calls in one answer (the template's syntax only)
+    parallel: bool  # several calls in one answer (where the syntax has them)
 
     def read(self, text: str) -> tuple[str | None, list[JSONObject]]:
         """The answer's text (None when there is none beside its calls) and its calls."""
         if self.syntax == "hermes":
             return hermes.read(text, self.tools, self.parallel)
-        call = structured.as_call(text, self.tools)
+        arguments = LLAMA3_ARGUMENTS if self.syntax == "llama3" else "arguments"
+        call = structured.as_call(text, self.tools, arguments)
         return (text, []) if call is None else (None, [call])
 
     def held_from(self, text: str) -> int | None:

@@ -13,7 +13,7 @@ from ..service import LlamaCppTextModel
 from ..service.choices import Choices
 from ..service.events import Chunk, Finish, TokenLogprob
 from ..vocab import TokenArray
-from . import calls, hermes, shapes, structured
+from . import calls, shapes, structured
 from .errors import from_service
 from .metrics import Metrics
 from .requests import Parsed
@@ -63,10 +63,10 @@ def prepare(name: str, model: LlamaCppTextModel, parsed: Parsed, chat: bool) -> 
     if chat:
         tools = parsed.tools
         syntax = model.tool_syntax if tools is not None else None
-        if tools is not None and syntax == "hermes":  # the template describes the tools and writes the calls
-            grammar = hermes.grammar(tools, parsed.grammar, parsed.answer_grammar, parsed.parallel)
+        if tools is not None and syntax is not None:  # the template describes the tools and writes the calls
+            grammar = calls.grammar(syntax, tools, parsed.answer_schema, parsed.answer_grammar, parsed.parallel)
             opts = dataclasses.replace(opts, grammar=grammar)
-            texts = [model.format_chat(parsed.chat, opts, tools=hermes.described(tools))]
+            texts = [model.format_chat(parsed.chat, opts, tools=calls.described(tools))]
         else:
             messages = parsed.messages if tools is None else structured.with_tools(parsed.messages, tools)
             texts = [model.format_chat(messages, opts)]

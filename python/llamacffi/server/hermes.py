@@ -3,7 +3,7 @@
 
 For a model whose template teaches this syntax (:func:`llamacffi.chat.tool_syntax`), the template itself describes
 the functions and writes earlier calls and results, as the model saw them in training; a forced choice constrains
-the output to such blocks by a grammar, and ``"auto"`` reads the blocks the model chose to write.
+the output to such blocks by a grammar, and ``"auto"`` reads the blocks the model chose to write (:mod:`.calls`).
 """
 
 from __future__ import annotations
@@ -16,21 +16,12 @@ OPEN = "<tool_call>"
 CLOSE = "</tool_call>"
 
 
-def described(tools: structured.Tools) -> list[dict[str, object]]:
-    """The functions as OpenAI's ``tools`` list, which the templates take."""
-    return [{"type": "function", "function": {"name": name, **fn}} for name, fn in tools.functions.items()]
-
-
-def grammar(tools: structured.Tools, call: str | None, answer: str | None, parallel: bool) -> str | None:
-    """The grammar of the answer: blocks of ``call`` (the grammar of one call's JSON, :func:`.structured.call_grammar`)
-    when a call is forced, one only for a named function or without ``parallel``; with ``"auto"``, blocks or a
-    document of the ``answer`` grammar (a JSON ``response_format``), or nothing (None) without one."""
-    if not tools.forced():
-        if answer is None:
-            return None
-        return either(_blocks(structured.call_grammar(tools), parallel), answer)
-    assert call is not None
-    return _blocks(call, parallel and tools.choice == "required")
+def grammar(tools: structured.Tools, call: str, answer: str | None, parallel: bool) -> str:
+    """The grammar of the answer: blocks of ``call`` (the grammar of one call's JSON, :func:`.structured.call_grammar`),
+    one only for a named function or without ``parallel``; beside an ``answer`` grammar (``"auto"`` with a JSON
+    ``response_format``), blocks or a document of it."""
+    blocks = _blocks(call, parallel and tools.choice in ("required", "auto"))
+    return blocks if answer is None else either(blocks, answer)
 
 
 def _blocks(call: str, many: bool) -> str:

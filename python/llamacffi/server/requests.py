@@ -86,6 +86,7 @@ class Parsed:
     tools: structured.Tools | None = None
     # the conversation with its tool calls and results as such, for a template that writes them
     chat: list[dict[str, object]] = dataclasses.field(default_factory=list)
+    answer_schema: JSONObject | bool | None = None  # the response_format's schema, for a grammar beside calls
     answer_grammar: str | None = None  # GBNF of the response_format alone
     parallel: bool = True  # whether an answer may make several tool calls
 
@@ -255,13 +256,14 @@ def parse_chat(body: JSONObject) -> Parsed:
     modalities = body.get("modalities")
     if modalities is not None and modalities != ["text"]:
         raise invalid(f'modalities must be ["text"]: this server writes text only, got {modalities!r}', "modalities")
+    parsed.answer_schema = structured.response_schema(body.get("response_format"))
     parsed.grammar = parsed.answer_grammar = structured.response_grammar(body.get("response_format"))
     parsed.tools = structured.parse_tools(body.get("tools"), body.get("tool_choice"), parsed.grammar is not None)
     parsed.parallel = body.get("parallel_tool_calls") is None or _flag(body, "parallel_tool_calls")
     if parsed.tools is not None and parsed.tools.forced():
         parsed.grammar = structured.call_grammar(parsed.tools)  # a call: the answer's format does not apply
     elif parsed.tools is not None and parsed.grammar is not None:  # a call, or the answer in its format
-        parsed.grammar = structured.call_grammar(parsed.tools, structured.response_schema(body.get("response_format")))
+        parsed.grammar = structured.call_grammar(parsed.tools, parsed.answer_schema)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise invalid(

@@ -1,7 +1,7 @@
 """Structured output over HTTP: ``response_format`` and ``tools`` / ``tool_choice`` turned into grammars, prompts and
 tool calls.
 
-For a model whose chat template has no tool syntax this package reads (:mod:`.hermes` has the one it does), the
+For a model whose chat template has no tool syntax this package reads (:mod:`.calls` has those it does), the
 functions are described in a system message with one call format, ``{"name": ..., "arguments": {...}}``. With
 ``tool_choice`` ``"required"`` or a named function the output is constrained by a grammar to such a call, its
 ``arguments`` to the function's parameter schema; with ``"auto"`` the model may answer in text (beside a JSON
@@ -180,9 +180,10 @@ def _describe(functions: dict[str, JSONObject], choice: str, json_answer: bool) 
     return "\n".join(lines)
 
 
-def call_grammar(tools: Tools, answer: JSONObject | bool | None = None) -> str:
+def call_grammar(tools: Tools, answer: JSONObject | bool | None = None, arguments: str = "arguments") -> str:
     """The grammar of a call to the chosen function, or to any of them for ``"required"`` and ``"auto"``; with an
     ``answer`` schema (``"auto"`` with a JSON ``response_format``), of a call or a document of that schema.
+    ``arguments``: the member that holds the arguments (Llama 3's templates say ``"parameters"``).
 
     Each function's parameters move under the call schema's ``$defs``, their references rebased there, so that
     ``#/$defs/...`` and ``#`` inside them keep pointing into the parameters, not into the call around them."""
@@ -194,8 +195,8 @@ def call_grammar(tools: Tools, answer: JSONObject | bool | None = None) -> str:
         calls.append(
             {
                 "type": "object",
-                "properties": {"name": {"const": n}, "arguments": {"$ref": f"#/$defs/f{i}"}},
-                "required": ["name", "arguments"],
+                "properties": {"name": {"const": n}, arguments: {"$ref": f"#/$defs/f{i}"}},
+                "required": ["name", arguments],
                 "additionalProperties": False,
             }
         )
@@ -206,20 +207,21 @@ def call_grammar(tools: Tools, answer: JSONObject | bool | None = None) -> str:
     return _compile({**call, "$defs": defs}, "tools", names)
 
 
-def as_call(text: str, tools: Tools) -> JSONObject | None:
-    """The tool call an answer makes (OpenAI's shape), or None when it is not a call to a listed function."""
+def as_call(text: str, tools: Tools, arguments: str = "arguments") -> JSONObject | None:
+    """The tool call an answer makes (OpenAI's shape), or None when it is not a call to a listed function.
+    ``arguments``: the member that holds the arguments, as for :func:`call_grammar`."""
     try:
         doc = json.loads(text)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(doc, dict) or set(doc) != {"name", "arguments"}:
+    if not isinstance(doc, dict) or set(doc) != {"name", arguments}:
         return None
-    if not isinstance(doc["name"], str) or doc["name"] not in tools.functions or not isinstance(doc["arguments"], dict):
+    if not isinstance(doc["name"], str) or doc["name"] not in tools.functions or not isinstance(doc[arguments], dict):
         return None
     return {
         "id": "call_" + uuid.uuid4().hex[:24],
         "type": "function",
-        "function": {"name": doc["name"], "arguments": json.dumps(doc["arguments"], ensure_ascii=False)},
+        "function": {"name": doc["name"], "arguments": json.dumps(doc[arguments], ensure_ascii=False)},
     }
 
 
