@@ -160,6 +160,10 @@ def test_the_service_formats_tools_or_says_why_not(service: Any, served: Any) ->
     assert served.format_chat([("user", "Hi")], GenerationOptions()) == served.format_chat(
         [{"role": "user", "content": "Hi"}], GenerationOptions()
     )
+    only_calls = [CALLED[0], {**CALLED[1], "content": None}, CALLED[2]]  # as OpenAI's API writes such a turn
+    assert served.format_chat(only_calls, GenerationOptions(), tools=[WEATHER]) == served.format_chat(
+        CALLED, GenerationOptions(), tools=[WEATHER]
+    )
     with pytest.raises(InvalidConfigError, match="messages"):
         served.format_chat([{"role": "user"}], GenerationOptions())
     with pytest.raises(InvalidConfigError, match="tool_calls"):

@@ -75,6 +75,8 @@ def _messages(messages: Iterable[Message]) -> list[dict[str, object]]:
             calls = extras.get("tool_calls")
             if isinstance(calls, list) and not all(isinstance(c, Mapping) for c in calls):
                 raise InvalidArgumentError(f"messages[{i}].tool_calls must be a list of mappings")
+            if content is None and calls:  # an assistant's turn that only calls, as OpenAI's API writes it
+                content = ""
         elif isinstance(m, (tuple, list)) and len(m) == 2:
             role, content = m
         else:

@@ -63,14 +63,20 @@ def has_template(model: LlamaModel, template: str | None) -> bool:
 
 def check_messages(messages: object) -> Checked:
     """``messages`` as a list of ``(role, content)`` pairs of str (or dicts with ``role`` and ``content`` str, and
-    the tool fields :func:`llamacffi.chat.apply_template` takes), or :class:`InvalidConfigError`."""
+    the tool fields :func:`llamacffi.chat.apply_template` takes; ``content`` None beside ``tool_calls`` is empty), or
+    :class:`InvalidConfigError`."""
     wrong = "messages must be a list of (role, content) pairs of str, or of {'role', 'content'} dicts"
     if not isinstance(messages, (list, tuple)):
         raise InvalidConfigError(wrong)
     checked: Checked = []
     for m in messages:
-        if isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str):
-            checked.append(dict(m))
+        if isinstance(m, Mapping) and isinstance(m.get("role"), str):
+            content = m.get("content")
+            if content is None and m.get("tool_calls"):  # an assistant's turn that only calls
+                content = ""
+            if not isinstance(content, str):
+                raise InvalidConfigError(wrong)
+            checked.append({**m, "content": content})
         elif isinstance(m, (list, tuple)) and len(m) == 2 and isinstance(m[0], str) and isinstance(m[1], str):
             checked.append((m[0], m[1]))
         else:
