@@ -243,6 +243,30 @@ def test_enum_and_const_compare_numbers_by_value() -> None:
     assert "2.0" in g and "3" not in g
 
 
+@pytest.mark.parametrize(
+    "schema,docs",
+    [
+        ({"$defs": {"9n": {"type": "integer"}}, "$ref": "#/$defs/9n"}, ["7", '"7"']),
+        (
+            {
+                "$defs": {"u": {"anyOf": [{"type": "string", "maxLength": 3}, {"type": "integer"}]}},
+                "type": "object",
+                "properties": {"a": {"$ref": "#/$defs/u/anyOf/0"}},
+                "required": ["a"],
+                "additionalProperties": False,
+            },
+            ['{"a":"abc"}', '{"a":5}', '{"a":"abcd"}'],
+        ),
+    ],
+)
+def test_references_to_targets_named_by_a_digit(smollm2: llamacffi.Model, schema: Any, docs: list[str]) -> None:
+    # a rule name starts with a letter, so that llama.cpp reads the rule a pointer such as ".../anyOf/0" names
+    gbnf = from_json_schema(schema)
+    assert all(re.match(r"[a-z]", line) for line in gbnf.splitlines())
+    for doc in docs:
+        assert accepts(smollm2.vocab, gbnf, doc) == is_valid(json.loads(doc), schema), doc
+
+
 # ------------------------------------------------------------------------------------------- tools
 
 PET = {  # what pydantic emits for a nested model

@@ -79,6 +79,11 @@ BAD_SHAPES = [
     ),
     (
         "/v1/chat/completions",
+        _chat(messages=[*ASK, {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "[1]"}}]}]),
+        "messages",
+    ),
+    (
+        "/v1/chat/completions",
         _chat(messages=[*ASK, {"role": "tool", "tool_call_id": {"a": 1}, "content": "x"}]),
         "messages",
     ),

@@ -227,8 +227,12 @@ def test_blocks_are_read_as_calls() -> None:
     assert read(f"{paris}\n{rome}\n") == (None, [("get_weather", {"city": "Paris"}), ("get_time", {"city": "Rome"})])
     assert read(f"{paris}\n{rome}", parallel=False) == (None, [("get_weather", {"city": "Paris"})])
     assert read(f"Let me look.\n\n{paris}\nDone.") == ("Let me look.\nDone.", [("get_weather", {"city": "Paris"})])
+    tagged = '<tool_call>\n{"name": "get_time", "arguments": {"city": "</tool_call>"}}\n</tool_call>'
+    assert read(tagged) == (None, [("get_time", {"city": "</tool_call>"})])  # the tag inside a string is text
     for wrong in [
         paris.replace("get_weather", "get_rain"),  # not a listed function
+        paris.replace("\n</tool_call>", " x</tool_call>"),  # more than the call in the block
+        paris.replace("}}\n", "}} }\n"),
         paris.replace("</tool_call>", ""),  # not closed
         paris.replace('"city"', "city"),  # not JSON
         f'{paris}\n<tool_call>\n{{"name": "get_time"}}\n</tool_call>',  # one block of two is no call

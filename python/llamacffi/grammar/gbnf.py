@@ -89,6 +89,8 @@ class Builder:
     def name(self, hint: str) -> str:
         """Reserve a fresh rule name derived from ``hint``."""
         base = _NAME_BAD.sub("-", hint.lower()).strip("-")[:40].strip("-") or "r"
+        if not base[0].isalpha():  # a name starts with a letter (a $ref to ".../anyOf/0" hints "0")
+            base = "r-" + base
         name, i = base, 1
         while name in self._used:
             i += 1

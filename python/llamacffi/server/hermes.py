@@ -8,12 +8,15 @@ the output to such blocks by a grammar, and ``"auto"`` reads the blocks the mode
 
 from __future__ import annotations
 
+import json
+
 from ..grammar.combine import either, tagged
 from ..jsontypes import JSONObject
 from . import structured
 
 OPEN = "<tool_call>"
 CLOSE = "</tool_call>"
+_DECODER = json.JSONDecoder()
 
 
 def grammar(tools: structured.Tools, call: str, answer: str | None, parallel: bool) -> str:
@@ -38,17 +41,37 @@ def read(text: str, tools: structured.Tools, parallel: bool) -> tuple[str | None
     outside: list[str] = []
     pos = 0
     while (start := text.find(OPEN, pos)) >= 0:
-        end = text.find(CLOSE, start)
-        call = structured.as_call(text[start + len(OPEN) : end], tools) if end >= 0 else None
-        if call is None:
+        block = _block(text, start + len(OPEN), tools)
+        if block is None:
             return text, []
         outside.append(text[pos:start])
-        calls.append(call)
-        pos = end + len(CLOSE)
+        calls.append(block[0])
+        pos = block[1]
     if not calls:
         return text, []
     content = outside[0].rstrip() + "".join("\n" + p.strip() for p in [*outside[1:], text[pos:]] if p.strip())
     return (content if content.strip() else None), calls if parallel else calls[:1]
+
+
+def _block(text: str, pos: int, tools: structured.Tools) -> tuple[JSONObject, int] | None:
+    """The call whose JSON starts after blanks at ``pos``, and where its closing tag ends; None when it is not a
+    call followed by the tag (the JSON is read whole: a string in it may hold the tag)."""
+    pos = _after_blanks(text, pos)
+    try:
+        _, end = _DECODER.raw_decode(text, pos)
+    except (ValueError, RecursionError):
+        return None
+    call = structured.as_call(text[pos:end], tools)
+    end = _after_blanks(text, end)
+    if call is None or not text.startswith(CLOSE, end):
+        return None
+    return call, end + len(CLOSE)
+
+
+def _after_blanks(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
 
 
 def held_from(text: str) -> int:

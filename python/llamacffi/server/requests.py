@@ -322,7 +322,9 @@ def _calls(calls: JSON, where: str) -> list[JSONObject]:
         try:
             arguments = json.loads(text)
         except (ValueError, RecursionError):
-            raise invalid(f"{where}.tool_calls: arguments must be JSON text", "messages", "invalid_value") from None
+            arguments = None
+        if not isinstance(arguments, dict):  # what a call's arguments are, and what templates write them as
+            raise invalid(f"{where}.tool_calls: arguments must be a JSON object", "messages", "invalid_value")
         call_id = call.get("id") if isinstance(call, dict) else None
         out.append(
             {
