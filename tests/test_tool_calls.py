@@ -131,6 +131,8 @@ def test_tools_need_a_template_that_renders_them() -> None:
         apply_template("chatml", [("user", "Hi")], tools=[WEATHER])
     with pytest.raises(InvalidArgumentError, match="Jinja"):
         apply_template("chatml", CALLED)
+    named = [{"role": "user", "content": "Hi", "name": "ann"}, {"role": "tool", "content": "18", "tool_call_id": "c"}]
+    assert apply_template("chatml", named) == apply_template("chatml", [("user", "Hi"), ("tool", "18")])
     for bad in ["f", WEATHER, [1]]:
         with pytest.raises(InvalidArgumentError, match="tools"):
             apply_template(qwen(), [("user", "Hi")], tools=bad)  # type: ignore[arg-type]

@@ -143,7 +143,7 @@ def apply_template(
             rendered = _render(compiled, checked, add_assistant, bos_token, eos_token, tools)
             if rendered is not None:
                 return rendered
-    if tools is not None or any(len(m) > 2 for m in checked):
+    if tools is not None or any("tool_calls" in m for m in checked):  # a result's id or a name can be left out
         raise InvalidArgumentError(
             "tools and tool calls need a Jinja chat template that renders them; llama.cpp's built-in templates "
             "have none"
