@@ -39,11 +39,19 @@ HERMES = {
 
 LLAMA3 = {"meta-llama-Llama-3.1-8B-Instruct", "meta-llama-Llama-3.2-3B-Instruct", "meta-llama-Llama-3.3-70B-Instruct"}
 
+# <tool_call><function=NAME><parameter=NAME>value</parameter></function></tool_call>
+QWEN_XML = {"NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", "Qwen3-Coder", "Qwen3.5-4B", "StepFun3.5-Flash"}
+
 # per syntax: a template of it, and how it writes CALLED's call and result
 WRITTEN = {
     "hermes": (
         "Qwen-Qwen2.5-7B-Instruct",
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
+        "<tool_response>\n18 degrees, sunny\n</tool_response>",
+    ),
+    "qwen-xml": (
+        "Qwen3-Coder",
+        "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>",
         "<tool_response>\n18 degrees, sunny\n</tool_response>",
     ),
     "llama3": (
@@ -106,7 +114,7 @@ def test_the_templates_of_llama_cpp_with_a_syntax_read_here_are_found() -> None:
         syntax = tool_syntax(p.read_text(), eos_token="</s>")
         if syntax is not None:
             found.setdefault(syntax, set()).add(p.stem)
-    assert found == {"hermes": HERMES, "llama3": LLAMA3}
+    assert found == {"hermes": HERMES, "llama3": LLAMA3, "qwen-xml": QWEN_XML}
 
 
 def test_templates_without_tools_have_no_syntax() -> None:
@@ -276,6 +284,29 @@ def test_a_stream_holds_back_from_where_a_block_may_start() -> None:
     assert plain.held_from(' {"name"') == 0 and plain.held_from("Hi") is None
 
 
+@pytest.mark.parametrize("syntax", ["hermes", "qwen-xml"])
+def test_an_answer_cut_short_keeps_its_whole_calls(syntax: str) -> None:
+    from llamacffi.server import calls
+
+    one = {
+        "hermes": '<tool_call>\n{"name": "get_time", "arguments": {"city": "Rome"}}\n</tool_call>',
+        "qwen-xml": "<tool_call>\n<function=get_time>\n<parameter=city>\nRome\n</parameter>\n</function>\n</tool_call>",
+    }[syntax]
+    reader = calls.Reader(_tools(), syntax, True)  # type: ignore[arg-type]
+    rome = [("get_time", '{"city": "Rome"}')]
+    for text, content in [
+        (f"Looking.\n{one}\n{one[:30]}", "Looking."),  # a second block left open: read whole, no call
+        (f"{one}\n<tool_c", None),
+        (f"{one}\n{one[:11]}", None),  # only the opening tag
+        (f"{one} Done", "\nDone"),  # text after a block on a line of its own
+    ]:
+        got, made = reader.read(text, cut=True)
+        assert got == content and [(c["function"]["name"], c["function"]["arguments"]) for c in made] == rome
+    assert reader.read(f"{one}\n{one[:30]}")[1] == []
+    assert reader.read("Plain text <", cut=True) == ("Plain text ", [])
+    assert reader.read(f"Cut {one[:40]}", cut=True) == ("Cut ", [])
+
+
 # ---- the server with a Hermes template ---------------------------------------------------------------------------
 
 
@@ -350,12 +381,14 @@ def _validated(calls: list[dict[str, Any]]) -> list[tuple[str, Any]]:
 @pytest.mark.parametrize("parallel", [True, False])
 def test_required_calls_take_the_templates_syntax(client: Any, served: Any, parallel: bool) -> None:
     whole = _chat(client, tool_choice="required", parallel_tool_calls=parallel)
-    assert whole["finish_reason"] == "tool_calls" and whole["message"]["content"] is None
+    # SmolLM2 does not know the XML syntax: given the choice, it writes block after block until its length
+    ends = {"tool_calls", "length"} if parallel and served.tool_syntax == "qwen-xml" else {"tool_calls"}
+    assert whole["finish_reason"] in ends and whole["message"]["content"] is None
     made = _validated(whole["message"]["tool_calls"])
     assert made and (parallel or len(made) == 1)
-    assert len(made) == 1 or served.tool_syntax == "hermes"  # Llama 3 makes one call an answer
+    assert len(made) == 1 or served.tool_syntax != "llama3"  # Llama 3 makes one call an answer
     text, streamed, reason = _streamed(client, tool_choice="required", parallel_tool_calls=parallel)
-    assert reason == "tool_calls" and not text
+    assert reason == whole["finish_reason"] and not text
     assert [t["index"] for t in streamed] == list(range(len(made)))
     assert _validated(streamed) == made
 
@@ -401,7 +434,8 @@ def test_the_prompt_is_the_templates_own(served: Any) -> None:
 def test_auto_with_a_json_answer_is_a_call_or_the_document(client: Any) -> None:
     fmt = {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "integer"}}}
     whole = _chat(client, tool_choice="auto", response_format=fmt)
-    if whole["finish_reason"] == "tool_calls":
+    if whole["message"].get("tool_calls"):  # "length" where it went on to write more blocks
+        assert whole["finish_reason"] in ("tool_calls", "length")
         assert _validated(whole["message"]["tool_calls"])
     else:
         assert isinstance(json.loads(whole["message"]["content"]), int)
@@ -409,6 +443,9 @@ def test_auto_with_a_json_answer_is_a_call_or_the_document(client: Any) -> None:
 
 def test_auto_streams_what_it_answers_whole(client: Any) -> None:
     for messages in [ASK, [{"role": "user", "content": "Say hello."}]]:
+        # a prefix cached from another prompt's batches may tip a near tie: both answers compared below start
+        # from this prompt's own cache, which this first request leaves
+        _chat(client, messages=messages, tool_choice="auto", max_tokens=1)
         whole = _chat(client, messages=messages, tool_choice="auto", max_tokens=48)
         text, made, reason = _streamed(client, messages=messages, tool_choice="auto", max_tokens=48)
         assert reason == whole["finish_reason"]

@@ -28,8 +28,9 @@ Message = tuple[str, str] | Mapping[str, object]
 
 # The tool-call syntaxes this package can prompt and read: "hermes" is ``<tool_call>{"name": ..., "arguments":
 # {...}}</tool_call>`` (Hermes 2 Pro and 3, Qwen 2.5 and 3, QwQ, Granite 4 and their fine-tunes), "llama3" an answer
-# that is ``{"name": ..., "parameters": {...}}`` (Llama 3.1 to 3.3).
-ToolSyntax = Literal["hermes", "llama3"]
+# that is ``{"name": ..., "parameters": {...}}`` (Llama 3.1 to 3.3), "qwen-xml" ``<tool_call><function=NAME>`` blocks
+# with a ``<parameter=NAME>`` element per argument (Qwen3-Coder, Qwen 3.5, Nemotron 3 Nano, Step 3.5).
+ToolSyntax = Literal["hermes", "llama3", "qwen-xml"]
 
 __all__ = [
     "ChatTemplateError",
@@ -255,6 +256,10 @@ _PROBE_CHAT: list[dict[str, object]] = [
 _HERMES_CALL = re.compile(
     r'<tool_call>\s*\{"name":\s*"probe_function",\s*"arguments":\s*\{"probe_argument":\s*1\}\}\s*</tool_call>'
 )
+_QWEN_XML_CALL = re.compile(
+    r"<tool_call>\s*<function=probe_function>\s*<parameter=probe_argument>\s*1\s*</parameter>\s*</function>\s*"
+    r"</tool_call>"
+)
 # the call as the whole of the assistant's turn: what follows the turn's header is the object
 _LLAMA3_CALL = re.compile(r'>\s*\{"name":\s*"probe_function",\s*"parameters":\s*\{"probe_argument":\s*1\}\}\s*<')
 
@@ -278,4 +283,6 @@ def tool_syntax(template: str, *, bos_token: str = "", eos_token: str = "") -> T
         return None
     if _HERMES_CALL.search(written):
         return "hermes"
+    if _QWEN_XML_CALL.search(written):
+        return "qwen-xml"
     return "llama3" if _LLAMA3_CALL.search(written) else None

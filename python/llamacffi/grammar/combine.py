@@ -10,7 +10,7 @@ import re
 
 from .gbnf import literal
 
-__all__ = ["either", "tagged"]
+__all__ = ["either", "spliced", "tagged"]
 
 _RULE = re.compile(r"^([a-z][a-z0-9-]*) ::= ", re.M)
 _TERMINAL_OR_NAME = re.compile(r'("(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\])|([a-z][a-z0-9-]*)')
@@ -47,17 +47,23 @@ def tagged(grammar: str, before: str, after: str, *, separator: str | None = Non
     return f"root ::= {name} ({literal(separator)} {name})*\n{name} ::= {block}\n{rules}"
 
 
-def either(first: str, second: str) -> str:
-    """A grammar admitting what ``first`` or ``second`` admits: ``second``'s rules are renamed apart."""
-    body1, rules1 = _split(first)
-    body2, rules2 = _split(second)
-    prefix = _fresh("other", _names(first)) + "-"
+def spliced(grammar: str, prefix: str) -> tuple[str, str]:
+    """``grammar``'s root body and its other rules, every name in both prefixed with ``prefix`` (a prefix no other
+    rule of the grammar it joins starts with), to be used inside another grammar."""
+    body, rules = _split(grammar)
 
     def renamed(text: str) -> str:
         return _TERMINAL_OR_NAME.sub(lambda m: m.group(1) or prefix + m.group(2), text)
 
     moved = ""
-    for line in rules2.splitlines():
-        name, body = line.split(" ::= ", 1)
-        moved += f"{prefix}{name} ::= {renamed(body)}\n"
-    return f"root ::= ({body1}) | ({renamed(body2)})\n{rules1}{moved}"
+    for line in rules.splitlines():
+        name, rule = line.split(" ::= ", 1)
+        moved += f"{prefix}{name} ::= {renamed(rule)}\n"
+    return renamed(body), moved
+
+
+def either(first: str, second: str) -> str:
+    """A grammar admitting what ``first`` or ``second`` admits: ``second``'s rules are renamed apart."""
+    body1, rules1 = _split(first)
+    body2, rules2 = spliced(second, _fresh("other", _names(first)) + "-")
+    return f"root ::= ({body1}) | ({body2})\n{rules1}{rules2}"

@@ -21,11 +21,11 @@ from .automaton import (
     overlap,
     prune,
 )
-from .gbnf import Builder, char_class, literal
+from .gbnf import Builder, TooLarge, char_class, literal
 from .primitives import string, string_char
 from .regex import anchored, parse
 
-__all__ = ["FORMATS", "constrained_string", "key_other_than", "pattern_dfa"]
+__all__ = ["FORMATS", "constrained_string", "key_other_than", "pattern_dfa", "raw_text"]
 
 _SPECIAL: Ranges = normalize([(0x00, 0x1F), (0x22, 0x22), (0x5C, 0x5C)])
 # surrogate code points cannot occur in UTF-8 text
@@ -165,3 +165,41 @@ def key_other_than(b: Builder, keys: tuple[str, ...]) -> str:
     start = emit(b, d, "key", encode, q)
     b.memo[memo_key] = b.rule("key", f"{q} {start}")
     return b.memo[memo_key]
+
+
+def raw_text(b: Builder, hint: str, ending: str, lo: int = 0, hi: int | None = None) -> str:
+    """A rule for unquoted text of ``lo..hi`` characters that does not hold ``ending`` (the tag that closes it), as
+    a template writes a string between tags. Where a length bound would need too many automaton states, the text
+    holds no ``ending[0]`` at all (fewer texts, never one that holds the tag)."""
+    key = ("raw", ending, lo, hi)
+    if key in b.memo:
+        return b.memo[key]
+    d = _without(ending)
+    try:
+        if lo > 0 or hi is not None:
+            d = intersect(d, length_dfa(lo, hi), minimal=False)
+        b.spend(d.work + len(d.accept))
+        b.charge(len(d.accept))
+        rule = emit(b, d, hint, lambda rs: [char_class(rs)], "")
+    except TooLarge:
+        rule = b.rule(hint, b.repeat(char_class(negate(((ord(ending[0]), ord(ending[0])),))), lo, hi))
+    b.memo[key] = rule
+    return rule
+
+
+@lru_cache(maxsize=16)
+def _without(word: str) -> Dfa:
+    """The texts that do not hold ``word``: its prefix matched so far is the state (Knuth-Morris-Pratt)."""
+    out = Dfa()
+    for _ in word:
+        out.add(True)
+    letters = normalize((ord(c), ord(c)) for c in word)
+    for k in range(len(word)):
+        targets: dict[int, list[tuple[int, int]]] = {0: list(negate(letters))}
+        for c in sorted(set(word)):
+            seen = word[:k] + c
+            nxt = next(n for n in range(len(seen), -1, -1) if word.startswith(seen[len(seen) - n :]))
+            if nxt < len(word):  # reaching its length would hold the word
+                targets.setdefault(nxt, []).append((ord(c), ord(c)))
+        out.edges[k] = [(normalize(rs), t) for t, rs in sorted(targets.items())]
+    return out

@@ -1,6 +1,6 @@
 """Tool calls in the syntax the model is prompted with: the system message's JSON object (:mod:`.structured`), or
-its chat template's own (:func:`llamacffi.chat.tool_syntax`): Hermes blocks (:mod:`.hermes`), or Llama 3's answer
-that is one ``{"name": ..., "parameters": {...}}`` object."""
+its chat template's own (:func:`llamacffi.chat.tool_syntax`): Hermes blocks (:mod:`.hermes`), Qwen3-Coder's XML
+blocks (:mod:`.qwen_xml`), or Llama 3's answer that is one ``{"name": ..., "parameters": {...}}`` object."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import dataclasses
 
 from ..chat import ToolSyntax
 from ..jsontypes import JSONObject
-from . import hermes, structured
+from . import hermes, qwen_xml, structured
 
 LLAMA3_ARGUMENTS = "parameters"  # the member Llama 3's templates put a call's arguments in
 
@@ -34,6 +34,8 @@ def grammar(
         return None
     if syntax == "hermes":
         return hermes.grammar(tools, structured.call_grammar(tools), answer_grammar, parallel)
+    if syntax == "qwen-xml":
+        return qwen_xml.grammar(tools, answer_grammar, parallel)
     return structured.call_grammar(tools, answer, LLAMA3_ARGUMENTS)
 
 
@@ -45,10 +47,15 @@ class Reader:
     syntax: ToolSyntax | None  # None: the JSON object the system message describes
     parallel: bool  # several calls in one answer (where the syntax has them)
 
-    def read(self, text: str) -> tuple[str | None, list[JSONObject]]:
-        """The answer's text (None when there is none beside its calls) and its calls."""
+    def read(self, text: str, cut: bool = False) -> tuple[str | None, list[JSONObject]]:
+        """The answer's text (None when there is none beside its calls) and its calls. ``cut``: the answer ended at
+        its length limit, and a block it left open is dropped."""
+        if cut and self.syntax in ("hermes", "qwen-xml"):
+            text = hermes.whole_blocks(text)
         if self.syntax == "hermes":
             return hermes.read(text, self.tools, self.parallel)
+        if self.syntax == "qwen-xml":
+            return qwen_xml.read(text, self.tools, self.parallel)
         arguments = LLAMA3_ARGUMENTS if self.syntax == "llama3" else "arguments"
         call = structured.as_call(text, self.tools, arguments)
         return (text, []) if call is None else (None, [call])
@@ -58,6 +65,6 @@ class Reader:
         length when nothing is held); None when the answer is text to its end, and nothing needs holding again."""
         if self.tools.forced() or not text.strip():
             return 0
-        if self.syntax == "hermes":
+        if self.syntax in ("hermes", "qwen-xml"):  # blocks that open with the same tag
             return hermes.held_from(text)
         return 0 if text.lstrip().startswith("{") else None

@@ -184,11 +184,12 @@ async def respond(job: Job, metrics: Metrics) -> JSONObject:
         text = "".join(texts[i])
         if job.chat:
             logprobs = shapes.chat_logprobs(entries[i], piece) if job.parsed.logprobs is not None else None
-            message: JSONObject = {"role": "assistant", "content": text, "refusal": None}
-            content, made = job.reader.read(text) if job.reader is not None else (text, [])
-            if made:
-                message.update(content=content, tool_calls=list(made))
-                reasons[i] = "tool_calls"
+            cut = reasons[i] == "length"
+            content, made = job.reader.read(text, cut) if job.reader is not None else (text, [])
+            message: JSONObject = {"role": "assistant", "content": content, "refusal": None}
+            if made:  # an answer cut short keeps its whole calls, and says it was cut
+                message["tool_calls"] = list(made)
+                reasons[i] = "length" if cut else "tool_calls"
             choices.append({"index": i, "message": message, "logprobs": logprobs, "finish_reason": reasons[i]})
         else:
             prompt = job.texts[i // job.parsed.n]
@@ -282,13 +283,14 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
             else:
                 reason = event.reason
                 if job.chat and held.holding(index):
-                    rest, made, logprobs = held.finish(index)
+                    rest, made, logprobs = held.finish(index, reason == "length")
                     if made:
                         delta: JSONObject = {"tool_calls": [{"index": k, **c} for k, c in enumerate(made)]}
                         if rest is not None or index in unopened:
                             delta = {"content": rest, **delta}
                         yield chunk(index, None, logprobs, None, delta)
-                        reason = "tool_calls"
+                        if reason != "length":
+                            reason = "tool_calls"
                     elif rest:
                         yield chunk(index, rest, logprobs, None)
                 yield chunk(index, None, (), reason)
@@ -330,12 +332,12 @@ class _Held:
     def holding(self, index: int) -> bool:
         return self.parts[index] is not None
 
-    def finish(self, index: int) -> tuple[str | None, list[JSONObject], tuple[TokenLogprob, ...]]:
+    def finish(self, index: int, cut: bool = False) -> tuple[str | None, list[JSONObject], tuple[TokenLogprob, ...]]:
         """The text held that is not a call (None when there is none beside calls), the calls, and the held tokens'
-        log-probabilities."""
+        log-probabilities; ``cut``: the answer ended at its length limit (:meth:`.calls.Reader.read`)."""
         text = "".join(self.parts[index] or [])
         assert self.reader is not None
-        content, made = self.reader.read(text)
+        content, made = self.reader.read(text, cut)
         return content, made, self._take(index)
 
     def _take(self, index: int) -> tuple[TokenLogprob, ...]:

@@ -9,6 +9,7 @@ the output to such blocks by a grammar, and ``"auto"`` reads the blocks the mode
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from ..grammar.combine import either, tagged
 from ..jsontypes import JSONObject
@@ -31,9 +32,15 @@ def _blocks(call: str, many: bool) -> str:
     return tagged(call, OPEN + "\n", "\n" + CLOSE, separator="\n" if many else None)
 
 
-def read(text: str, tools: structured.Tools, parallel: bool) -> tuple[str | None, list[JSONObject]]:
+Block = Callable[[str, int, structured.Tools], "tuple[JSONObject, int] | None"]
+
+
+def read(
+    text: str, tools: structured.Tools, parallel: bool, block: Block | None = None
+) -> tuple[str | None, list[JSONObject]]:
     """The answer's text beside its calls (None when blank) and its calls (the first only without ``parallel``); the
     whole text and no call when it holds no block, or a block that is not a well-formed call to a listed function.
+    ``block``: reads one block's call from after its opening tag to after its closing one (JSON by default).
 
     The text before the first block keeps its start, as a stream sends it; text between or after blocks follows it
     on lines of its own."""
@@ -41,12 +48,12 @@ def read(text: str, tools: structured.Tools, parallel: bool) -> tuple[str | None
     outside: list[str] = []
     pos = 0
     while (start := text.find(OPEN, pos)) >= 0:
-        block = _block(text, start + len(OPEN), tools)
-        if block is None:
+        found = (block or _block)(text, start + len(OPEN), tools)
+        if found is None:
             return text, []
         outside.append(text[pos:start])
-        calls.append(block[0])
-        pos = block[1]
+        calls.append(found[0])
+        pos = found[1]
     if not calls:
         return text, []
     content = outside[0].rstrip() + "".join("\n" + p.strip() for p in [*outside[1:], text[pos:]] if p.strip())
@@ -79,9 +86,19 @@ def held_from(text: str) -> int:
     before either (its length when there is neither)."""
     cut = text.find(OPEN)
     if cut < 0:
-        cut = len(text)
-        for k in range(min(len(OPEN) - 1, len(text)), 0, -1):
-            if text.endswith(OPEN[:k]):
-                cut = len(text) - k
-                break
+        cut = len(text) - _opening_at_end(text)
     return len(text[:cut].rstrip())
+
+
+def whole_blocks(text: str) -> str:
+    """An answer cut short without the block it left open (or the start of an opening tag at its end), whose call
+    cannot be read: the calls before it still can."""
+    start = text.rfind(OPEN)
+    if start >= 0 and text.find(CLOSE, start) < 0:
+        return text[:start]
+    return text[: len(text) - _opening_at_end(text)]
+
+
+def _opening_at_end(text: str) -> int:
+    """The length of the start of an opening tag that ends the text (0 when none does)."""
+    return next((k for k in range(min(len(OPEN) - 1, len(text)), 0, -1) if text.endswith(OPEN[:k])), 0)

@@ -38,7 +38,9 @@ class Tools:
         return self.choice != "auto"
 
 
-def _compile(schema: JSONObject | bool, param: str, names: list[str] | None = None) -> str:
+def compile_schema(schema: JSONObject | bool, param: str, names: list[str] | None = None) -> str:
+    """``schema``'s grammar; what cannot be enforced is a 400 for ``param``, told inside the function of ``names``
+    whose parameters sit at ``#/$defs/f<i>`` (and the answer's schema at ``#/$defs/answer``)."""
     try:
         return from_json_schema(schema)
     except SchemaError as exc:
@@ -69,7 +71,7 @@ def response_grammar(fmt: JSON) -> str | None:
     schema = response_schema(fmt)
     if schema is None:
         return None
-    return JSON_GRAMMAR if schema is ANY_OBJECT else _compile(schema, "response_format")
+    return JSON_GRAMMAR if schema is ANY_OBJECT else compile_schema(schema, "response_format")
 
 
 def response_schema(fmt: JSON) -> JSONObject | bool | None:
@@ -137,7 +139,7 @@ def parse_tools(tools: JSON, choice: JSON, json_answer: bool = False) -> Tools |
         "required": [f"f{i}" for i in range(len(names))],
         "$defs": defs,
     }
-    _compile(every, "tools", names)
+    compile_schema(every, "tools", names)
     if choice in (None, "auto"):
         picked = "auto"
     elif choice == "none":
@@ -204,7 +206,7 @@ def call_grammar(tools: Tools, answer: JSONObject | bool | None = None, argument
     if answer is not None:  # a call, or the answer: anyOf, since the answer's schema may admit a call's shape too
         defs["answer"] = rebase(answer, "#/$defs/answer") if isinstance(answer, dict) else answer
         call = {"anyOf": [call, {"$ref": "#/$defs/answer"}]}
-    return _compile({**call, "$defs": defs}, "tools", names)
+    return compile_schema({**call, "$defs": defs}, "tools", names)
 
 
 def as_call(text: str, tools: Tools, arguments: str = "arguments") -> JSONObject | None:
@@ -218,10 +220,15 @@ def as_call(text: str, tools: Tools, arguments: str = "arguments") -> JSONObject
         return None
     if not isinstance(doc["name"], str) or doc["name"] not in tools.functions or not isinstance(doc[arguments], dict):
         return None
+    return made(doc["name"], doc[arguments])
+
+
+def made(name: str, arguments: JSONObject) -> JSONObject:
+    """A call to ``name`` with ``arguments`` in OpenAI's shape, with a fresh id."""
     return {
         "id": "call_" + uuid.uuid4().hex[:24],
         "type": "function",
-        "function": {"name": doc["name"], "arguments": json.dumps(doc[arguments], ensure_ascii=False)},
+        "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
     }
 
 

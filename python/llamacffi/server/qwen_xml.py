@@ -1,0 +1,191 @@
+"""Tool calls in the XML syntax of Qwen3-Coder's and Qwen 3.5's chat templates: a ``<tool_call>`` block holding
+``<function=NAME>`` and one ``<parameter=NAME>`` element per argument, whose value is written as it is when the
+parameter is a string, and as JSON otherwise::
+
+    <tool_call>
+    <function=get_weather>
+    <parameter=city>
+    Paris
+    </parameter>
+    </function>
+    </tool_call>
+
+The grammar of a forced call writes the parameters in the schema's order, the required ones always and the others
+where the model chooses, and no parameter the schema does not list (stricter than the schema, never looser). A
+string parameter's value is plain text that cannot hold ``</parameter>``, within its length bounds, or one of its
+``enum`` values; a string with a pattern or a format is written as a JSON string, which enforces them, and read back
+as the string it spells.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Literal
+
+from ..grammar.combine import either, spliced
+from ..grammar.gbnf import Builder, literal
+from ..grammar.keywords import ANNOTATIONS
+from ..grammar.refs import rebase
+from ..grammar.strings import raw_text
+from ..jsontypes import JSON, JSONObject
+from . import hermes, structured
+from .errors import invalid
+
+OPEN = hermes.OPEN
+CLOSE = hermes.CLOSE
+END_VALUE = "</parameter>"
+_FUNCTION = re.compile(r"\s*<function=([^>\n]+)>")
+_PARAMETER = re.compile(r"\s*<parameter=([^>\n]+)>")
+_END = re.compile(r"\s*</function>\s*</tool_call>")
+# the keywords of a parameters schema that the parameters' elements enforce one by one
+_TOP = frozenset({"type", "properties", "required", "additionalProperties", "$defs", "definitions"})
+
+
+def grammar(tools: structured.Tools, answer: str | None, parallel: bool) -> str:
+    """The grammar of the answer: blocks of calls to the chosen function (to any for ``"required"`` and ``"auto"``),
+    one only for a named function or without ``parallel``; beside an ``answer`` grammar (``"auto"`` with a JSON
+    ``response_format``), blocks or a document of it."""
+    names = [tools.choice] if tools.forced() and tools.choice != "required" else list(tools.functions)
+    b = Builder()
+    values: list[str] = []  # the rules of the JSON values, renamed apart
+    calls = [_call(b, values, _parameters(tools, n), n, i, names) for i, n in enumerate(names)]
+    call = b.rule("call", " | ".join(calls))
+    sep = literal("\n")
+    many = parallel and tools.choice in ("required", "auto")
+    blocks = b.text(f"{call} ({sep} {call})*" if many else call) + "".join(values)
+    return blocks if answer is None else either(blocks, answer)
+
+
+def _parameters(tools: structured.Tools, name: str) -> JSONObject:
+    params = tools.functions[name]["parameters"]
+    assert isinstance(params, dict)  # parse_tools checked it
+    return params
+
+
+def _call(b: Builder, values: list[str], params: JSONObject, name: str, index: int, names: list[str]) -> str:
+    refused = sorted(k for k in params if k not in _TOP and k not in ANNOTATIONS and not k.startswith("x-"))
+    if refused or params.get("type", "object") != "object":
+        raise invalid(
+            f"tools: function {name!r}: its chat template writes the arguments as parameters one by one, which "
+            f"cannot enforce {refused[0] if refused else 'a type other than object'!r} at the top of its parameters",
+            "tools",
+            "unsupported_schema",
+        )
+    props = params.get("properties") or {}
+    required = params.get("required") or []
+    assert isinstance(props, dict) and isinstance(required, list)  # the schema compiled whole in parse_tools
+    listed: dict[str, JSON] = {**props, **{r: True for r in required if isinstance(r, str) and r not in props}}
+    rebased = rebase(params, f"#/$defs/f{index}")
+    assert isinstance(rebased, dict)
+    inners = rebased.get("properties")
+    assert isinstance(inners, dict) or inners is None
+    for what in [name, *listed]:
+        if ">" in what or "\n" in what:
+            raise invalid(
+                f"tools: function {name!r}: its chat template cannot write the name {what!r} in a tag",
+                "tools",
+                "unsupported_schema",
+            )
+    parts = [literal(f"{OPEN}\n<function={name}>\n")]
+    closing = literal(f"\n{END_VALUE}\n")
+    for key, schema in listed.items():
+        if form(schema) == "text":
+            value = _text(b, schema)
+        else:
+            inner = inners.get(key, True) if inners is not None else True
+            alone: JSONObject = {"$ref": "#/$defs/v", "$defs": {"v": inner, f"f{index}": rebased}}
+            compiled = structured.compile_schema(alone, "tools", names)
+            body, rules = spliced(compiled, f"v{len(values)}-")
+            values.append(rules)
+            value = f"({body})"
+        opening = literal(f"<parameter={key}>\n")
+        element = f"{opening} {value} {closing}"
+        parts.append(element if key in required else f"({element})?")
+    parts.append(literal(f"</function>\n{CLOSE}"))
+    return b.rule("call", " ".join(parts))
+
+
+def form(schema: JSON) -> Literal["text", "json"]:
+    """How a parameter's value is written: as plain text for a string (with at most length bounds) or one of
+    string values, as JSON for anything else."""
+    if not isinstance(schema, dict):
+        return "json"
+    keys = {k for k in schema if k not in ANNOTATIONS and not k.startswith("x-")}
+    if schema.get("type", "string") != "string":
+        return "json"
+    if "type" in keys and keys <= {"type", "minLength", "maxLength"}:
+        return "text"
+    values = _strings(schema) if keys <= {"type", "enum"} or keys <= {"type", "const"} else None
+    return "text" if values and all(END_VALUE not in v for v in values) else "json"
+
+
+def _strings(schema: JSONObject) -> list[str] | None:
+    """The values of an ``enum`` or ``const`` of strings only; None for another."""
+    values = schema.get("enum", [schema.get("const")])
+    if isinstance(values, list) and all(isinstance(v, str) for v in values):
+        return [str(v) for v in values]
+    return None
+
+
+def _text(b: Builder, schema: JSON) -> str:
+    assert isinstance(schema, dict)
+    values = _strings(schema)
+    if values is not None and ("enum" in schema or "const" in schema):
+        return "(" + " | ".join(literal(v) for v in dict.fromkeys(values)) + ")"
+    lo, hi = schema.get("minLength", 0), schema.get("maxLength")
+    assert isinstance(lo, int) and (hi is None or isinstance(hi, int))
+    return raw_text(b, "text", END_VALUE, lo, hi)
+
+
+def read(text: str, tools: structured.Tools, parallel: bool) -> tuple[str | None, list[JSONObject]]:
+    """The answer's text beside its calls and its calls, as :func:`.hermes.read` with blocks of this syntax."""
+    return hermes.read(text, tools, parallel, _block)
+
+
+def _block(text: str, pos: int, tools: structured.Tools) -> tuple[JSONObject, int] | None:
+    """The call of the block whose opening tag ends at ``pos``, and where its closing tag ends; None when it is not
+    a call to a listed function with each parameter once, closed by ``</function>`` and the block's tag."""
+    m = _FUNCTION.match(text, pos)
+    if m is None or (name := m.group(1).strip()) not in tools.functions:
+        return None
+    listed = _parameters(tools, name).get("properties")
+    props = listed if isinstance(listed, dict) else {}
+    arguments: JSONObject = {}
+    pos = m.end()
+    while (m := _PARAMETER.match(text, pos)) is not None:
+        end = text.find(END_VALUE, m.end())
+        key = m.group(1).strip()
+        if end < 0 or key in arguments:
+            return None
+        value = text[m.end() : end]
+        value = value[1:] if value.startswith("\n") else value
+        arguments[key] = _value(value[:-1] if value.endswith("\n") else value, props.get(key, True))
+        pos = end + len(END_VALUE)
+    m = _END.match(text, pos)
+    return None if m is None else (structured.made(name, arguments), m.end())
+
+
+def _value(text: str, schema: JSON) -> JSON:
+    """A parameter's value: the text itself for a string parameter, else the JSON it holds (the text where it holds
+    none, as a model may write a string that a pattern constrains). A boolean may be spelled as Python's Jinja
+    renders one in the template (``True``)."""
+    if form(schema) == "text":
+        return text
+    try:
+        value: JSON = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        word = text.strip()
+        if word in ("True", "False") and isinstance(schema, dict) and "boolean" in _types(schema):
+            return word == "True"
+        return text
+    return value
+
+
+def _types(schema: JSONObject) -> list[JSON]:
+    kind = schema.get("type")
+    return kind if isinstance(kind, list) else [kind]
+
+
+def _no_constant(name: str) -> JSON:
+    raise ValueError(f"{name} is not JSON")

@@ -1,0 +1,213 @@
+"""Tool calls in Qwen3-Coder's XML syntax: reading the blocks (values typed by their parameter's schema), the grammar
+that forces them, run by llama.cpp, and the text automaton that keeps a value from closing its element early. The
+server end to end with this syntax runs in test_tool_calls.py, one of its templates per syntax."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import pytest
+
+import llamacffi
+from llamacffi.grammar.gbnf import Builder
+from llamacffi.grammar.strings import _without, raw_text
+from test_grammar import accepts
+
+SEARCH = {
+    "type": "function",
+    "function": {
+        "name": "search",
+        "description": "Search the notes.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "query": {"type": "string", "description": "what to look for"},
+                "limit": {"type": "integer", "minimum": 1, "maximum": 20},
+                "order": {"type": "string", "enum": ["new", "old"]},
+                "day": {"type": "string", "format": "date"},
+                "filter": {"$ref": "#/$defs/filter"},
+                "exact": {"type": "boolean"},
+            },
+            "required": ["query", "limit"],
+            "additionalProperties": False,
+            "$defs": {"filter": {"type": "object", "properties": {"tag": {"type": "string"}}, "required": ["tag"],
+                                 "additionalProperties": False}},
+        },
+    },
+}  # fmt: skip
+SHORT = {
+    "type": "function",
+    "function": {
+        "name": "name_it",
+        "parameters": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 5}},
+                       "required": ["name"]},
+    },
+}  # fmt: skip
+
+
+def _tools(choice: Any = "auto", tools: Any = None) -> Any:
+    from llamacffi.server import structured
+
+    return structured.parse_tools(tools or [SEARCH, SHORT], choice)
+
+
+def block(function: str, **params: str) -> str:
+    inner = "".join(f"<parameter={k}>\n{v}\n</parameter>\n" for k, v in params.items())
+    return f"<tool_call>\n<function={function}>\n{inner}</function>\n</tool_call>"
+
+
+def _read(text: str, parallel: bool = True) -> tuple[str | None, list[tuple[str, Any]]]:
+    from llamacffi.server import qwen_xml
+
+    content, calls = qwen_xml.read(text, _tools(), parallel)
+    assert all(c["id"].startswith("call_") and c["type"] == "function" for c in calls)
+    return content, [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls]
+
+
+def test_blocks_are_read_with_values_typed_by_their_schema() -> None:
+    one = block("search", query="cats\n</b>", limit="3", filter='{"tag": "pets"}', day='"2026-12-02"')
+    assert _read(one) == (None, [("search", {"query": "cats\n</b>", "limit": 3, "filter": {"tag": "pets"},
+                                              "day": "2026-12-02"})])  # fmt: skip
+    assert _read(block("search", query="42", limit="x", day="2026-12-02")) == (
+        None,
+        [("search", {"query": "42", "limit": "x", "day": "2026-12-02"})],  # a string stays one; no JSON: the text
+    )
+    assert _read(block("name_it", name="true", extra="[1, 2]", nan="NaN")) == (
+        None,
+        [("name_it", {"name": "true", "extra": [1, 2], "nan": "NaN"})],  # a parameter not listed: JSON or text
+    )
+    assert _read(block("search", query="a", limit="1", exact="True"))[1] == [
+        ("search", {"query": "a", "limit": 1, "exact": True})  # as Jinja writes a Python boolean
+    ]
+    assert _read(block("search", query="a", limit="1", exact="false"))[1][0][1]["exact"] is False
+    assert _read(block("name_it", name="True", other="False"))[1][0][1] == {"name": "True", "other": "False"}
+    two = f"Looking.\n\n{block('name_it', name='Ann')}\n{block('search', query='x', limit='1')}\nDone."
+    assert _read(two) == ("Looking.\nDone.", [("name_it", {"name": "Ann"}), ("search", {"query": "x", "limit": 1})])
+    assert _read(two, parallel=False)[1] == [("name_it", {"name": "Ann"})]
+    compact = "<tool_call><function=name_it><parameter=name>Bo</parameter></function></tool_call>"
+    assert _read(compact) == (None, [("name_it", {"name": "Bo"})])
+    good = block("name_it", name="Ann")
+    for wrong in [
+        "Plain text.",
+        good.replace("name_it", "rename"),  # not a listed function
+        good.replace("</parameter>", ""),  # a value not closed
+        good.replace("</function>\n", ""),
+        good.replace("</tool_call>", ""),
+        good.replace("</function>", "x</function>"),  # more than parameters in the function
+        block("name_it", name="Ann").replace("</parameter>\n", "</parameter>\n<parameter=name>\nBo\n</parameter>\n"),
+        '<tool_call>\n{"name": "name_it", "arguments": {"name": "Ann"}}\n</tool_call>',  # the other syntax
+    ]:
+        assert _read(wrong) == (wrong, [])
+
+
+def test_the_text_automaton_admits_exactly_the_texts_without_the_word() -> None:
+    for word in ["abab", "aab", "</parameter>"[:4]]:
+        d = _without(word)
+        for n in range(7):
+            for letters in itertools.product([*sorted(set(word)), "z"], repeat=n):
+                text, state = "".join(letters), 0
+                for c in text:
+                    moves = [t for rs, t in d.edges[state] if any(lo <= ord(c) <= hi for lo, hi in rs)]
+                    if not moves:
+                        break
+                    (state,) = moves
+                else:
+                    assert word not in text and d.accept[state], text
+                    continue
+                assert word in text, text
+
+
+def test_raw_text_runs_in_llama_cpp(smollm2: llamacffi.Model) -> None:
+    vocab = smollm2.vocab
+    b = Builder()
+    free = b.text(raw_text(b, "t", "</p>") + ' "</p>"')
+    assert accepts(vocab, free, "a < b </i> </p</p>")
+    assert accepts(vocab, free, "line\n<p>\n</p>") and accepts(vocab, free, "</p>")
+    assert not accepts(vocab, free, "a </p> b</p>")
+    b = Builder()
+    short = b.text(raw_text(b, "t", "</p>", 2, 4) + ' "</p>"')
+    assert accepts(vocab, short, "a<b</p>") and not accepts(vocab, short, "a</p>")
+    assert not accepts(vocab, short, "abcde</p>")
+    b = Builder()
+    long = b.text(raw_text(b, "t", "</p>", 0, 1999) + ' "</p>"')  # too many states: no "<" at all
+    assert accepts(vocab, long, "a b c</p>") and not accepts(vocab, long, "a<b</p>")
+
+
+def test_the_grammar_forces_calls_in_the_syntax(smollm2: llamacffi.Model) -> None:
+    from llamacffi.server import qwen_xml
+
+    vocab = smollm2.vocab
+    g = qwen_xml.grammar(_tools("required"), None, True)
+    ok = block(
+        "search", query="cats </b> <parameter=x>", limit="20", order="old", filter='{"tag": "pets"}', exact="true"
+    )
+    assert accepts(vocab, g, ok)
+    assert accepts(vocab, g, block("search", query="", limit="1", day='"2026-02-28"'))
+    assert accepts(vocab, g, f"{ok}\n{block('name_it', name='Ann')}")  # parallel
+    for wrong in [
+        block("search", limit="2"),  # a required parameter missing
+        block("search", limit="2", query="x"),  # out of the schema's order
+        block("search", query="x", limit="21"),
+        block("search", query="x", limit='"2"'),
+        block("search", query="x", limit="2", order="newest"),
+        block("search", query="x", limit="2", day="2026-02-30"),  # a format: a JSON string of a real day
+        block("search", query="x", limit="2", day='"2026-02-30"'),
+        block("search", query="x", limit="2", filter='{"tag": 1}'),
+        block("search", query="x", limit="2", exact="True"),  # JSON, when forced
+        block("search", query="x </parameter>", limit="2"),
+        block("search", query="x", limit="2", other="1"),
+        block("name_it", name="Annabel"),  # longer than maxLength
+        block("rename", name="Ann"),
+        "Sure.",
+    ]:
+        assert not accepts(vocab, g, wrong), wrong
+    one = qwen_xml.grammar(_tools({"type": "function", "function": {"name": "name_it"}}), None, True)
+    assert accepts(vocab, one, block("name_it", name="Ann"))
+    assert not accepts(vocab, one, ok) and not accepts(
+        vocab, one, f"{block('name_it', name='A')}\n{block('name_it', name='B')}"
+    )
+    answer = llamacffi.grammar.from_json_schema({"type": "integer"})
+    auto = qwen_xml.grammar(_tools("auto"), answer, True)
+    assert accepts(vocab, auto, "42") and accepts(vocab, auto, block("name_it", name="Ann"))
+    assert not accepts(vocab, auto, "Hi")
+
+
+def test_parameters_the_syntax_cannot_enforce_are_refused_when_a_call_is_forced() -> None:
+    from llamacffi.server import qwen_xml
+    from llamacffi.server.errors import APIError
+
+    for params, says in [
+        ({"anyOf": [{"type": "object"}]}, "anyOf"),
+        ({"type": "array"}, "type other than object"),
+        ({"type": "object", "properties": {"a>b": {"type": "string"}}}, "a>b"),
+        ({"type": "object", "properties": {"a\nb": {"type": "integer"}}}, "name"),
+    ]:
+        tool = {"type": "function", "function": {"name": "f", "parameters": params}}
+        tools = _tools("required", [tool])
+        with pytest.raises(APIError, match=says) as e:
+            qwen_xml.grammar(tools, None, True)
+        assert e.value.status == 400
+    assert qwen_xml.read(block("f", x="1"), tools, True)[1]  # read in auto, whatever the schema
+
+
+@pytest.mark.parametrize("size", [1, 5, 200])
+def test_a_stream_sends_what_the_whole_answer_has_also_when_cut_short(size: int) -> None:
+    from llamacffi.server import calls, completions
+    from llamacffi.service.events import Chunk
+
+    rome = block("name_it", name="Rome")
+    reader = calls.Reader(_tools(), "qwen-xml", True)
+    for answer, cut, content in [
+        (f"Looking.\n{rome}\nDone.", False, "Looking.\nDone."),
+        (f"Looking.\n{rome}\n<tool_call>\n<function=sea", True, "Looking."),
+        ("Hello <tool_c", True, "Hello "),
+    ]:
+        held = completions._Held(1, reader)
+        sent = "".join(held.feed(0, Chunk(answer[k : k + size]))[0] or "" for k in range(0, len(answer), size))
+        rest, made, _ = held.finish(0, cut)
+        whole, calls_made = reader.read(answer, cut)
+        assert sent + (rest or "") == (whole or "") == content
+        assert [c["function"] for c in made] == [c["function"] for c in calls_made]
+        assert [c["function"]["arguments"] for c in made] == (['{"name": "Rome"}'] if "Rome" in answer else [])
