@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
@@ -156,12 +157,19 @@ def test_the_bos_text_is_left_to_the_tokenizer_that_adds_it(smollm2: llamacffi.M
 @pytest.fixture(scope="module")
 def llama_server(smollm2: llamacffi.Model) -> Iterator[str]:
     """llama.cpp's own server on SmolLM2, whose /apply-template renders a conversation with its Jinja engine."""
+    with llama_server_on(smollm2) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def llama_server_on(model: llamacffi.Model, *args: str) -> Iterator[str]:
+    """llama.cpp's own server on ``model`` with more ``args``, at the URL given, stopped on leaving."""
     exe = raw_tools.require("llama-server")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    argv = [str(exe), "-m", str(smollm2.path), "--host", "127.0.0.1", "--port", str(port), "-c", "256", "--no-webui"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv = [str(exe), "-m", str(model.path), "--host", "127.0.0.1", "--port", str(port), "-c", "256", "--no-webui"]
+    proc = subprocess.Popen([*argv, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

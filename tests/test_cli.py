@@ -229,6 +229,9 @@ def test_bench_sizes_must_be_positive(value: str) -> None:
             "--chat-template-file /nonexistent/t.jinja: ",
         ),
         (("chat", "--chat-template", "\udcff"), "--chat-template: not UTF-8"),
+        (("generate", "--chat-template-kwargs", "{", "hi"), "--chat-template-kwargs: not JSON"),
+        (("generate", "--chat-template-kwargs", "[1]", "hi"), "--chat-template-kwargs: must be a JSON object"),
+        (("chat", "--chat-template-kwargs", '{"messages": 1}'), "--chat-template-kwargs: the template variable"),
     ],
 )
 def test_errors_name_the_flags(args: tuple[str, ...], says: str) -> None:
@@ -291,6 +294,10 @@ def test_a_chat_template_from_the_command_line(smollm2_path: Path, tmp_path: Pat
     assert "--chat-template 'no-such-template' is not a template" in line
     out = run("generate", "--chat-template", "chatml", "--chat-template-file", str(template), "hi")
     assert out.returncode == 2 and "not allowed with argument" in out.stderr
+    template.write_text("{{ greeting }}{% for m in messages %}{{ m.content }}{% endfor %}")
+    greeted = run("generate", *GREEDY, "--chat-template-file", str(template), "--chat-template-kwargs",
+                  '{"greeting": "The capital of "}', "France is")  # fmt: skip
+    assert greeted.returncode == 0 and greeted.stdout == raw.stdout, greeted.stderr
 
 
 def test_stop_takes_its_text_as_typed(smollm2_path: Path) -> None:
@@ -344,6 +351,7 @@ needs_server = pytest.mark.skipif(importlib.util.find_spec("uvicorn") is None, r
         ((), {"LLAMACFFI_API_KEY": ""}, "$LLAMACFFI_API_KEY is set but empty"),
         (("--host", "bogus.invalid"), {}, "--host bogus.invalid: "),
         (("--chat-template-file", "/nonexistent/t.jinja"), {}, "--chat-template-file /nonexistent/t.jinja: "),
+        (("--chat-template-kwargs", '{"tools": []}'), {}, "--chat-template-kwargs: "),
     ],
 )
 def test_serve_refuses_bad_flags_before_listening(args: tuple[str, ...], env: dict[str, str], says: str) -> None:

@@ -11,8 +11,9 @@ the model's own template.
 from __future__ import annotations
 
 import functools
+import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Literal, TypedDict
 
 import jinja2
@@ -20,6 +21,7 @@ import jinja2
 from . import chat_sandbox
 from .cbuffer import read_grown
 from .errors import InvalidArgumentError, LlamaError
+from .jsontypes import JSON
 from .raw import ffi, lib
 
 # A message: a (role, content) pair, or a mapping with "role" and "content" (as OpenAI-style APIs send them), and
@@ -39,6 +41,7 @@ __all__ = [
     "ToolSyntax",
     "apply_template",
     "builtin_template_for",
+    "check_variables",
     "is_jinja",
     "tool_syntax",
 ]
@@ -100,6 +103,47 @@ def _c_text(text: str, what: str) -> bytes:
     return data
 
 
+# the variables a chat template is given by the caller of apply_template, and the sandbox's own functions
+_RESERVED = frozenset(
+    {"messages", "add_generation_prompt", "bos_token", "eos_token", "tools", "raise_exception", "strftime_now", "range"}
+)
+
+
+def check_variables(variables: object) -> dict[str, JSON]:
+    """``variables`` for a Jinja template (``enable_thinking=False``, say) checked, as a copy: names that are
+    identifiers other than those :func:`apply_template` sets, values that are JSON data of Unicode text without
+    NUL characters. Raises :class:`InvalidArgumentError` naming what is wrong."""
+    if not isinstance(variables, Mapping):
+        raise InvalidArgumentError(f"template variables must be a mapping of names to values, got {variables!r}")
+    out: dict[str, JSON] = {}
+    for name, value in variables.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise InvalidArgumentError(f"a template variable's name must be an identifier, got {name!r}")
+        if name in _RESERVED:
+            raise InvalidArgumentError(f"the template variable {name!r} is set by the chat, not by its caller")
+        try:
+            copied: JSON = json.loads(json.dumps(value, allow_nan=False))
+            for text in _texts(copied):
+                _c_text(text, f"the template variable {name!r}")
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidArgumentError(f"the template variable {name!r} must be JSON data: {exc}") from None
+        out[name] = copied
+    return out
+
+
+def _texts(value: object) -> Iterator[str]:
+    """The strings in JSON data, keys included."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for v in value:
+            yield from _texts(v)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from _texts(v)
+
+
 def is_jinja(template: str) -> bool:
     """Whether ``template`` is Jinja source rather than the name of a llama.cpp built-in template."""
     return "{%" in template or "{{" in template
@@ -113,6 +157,7 @@ def apply_template(
     bos_token: str = "",
     eos_token: str = "",
     tools: Sequence[Mapping[str, object]] | None = None,
+    variables: Mapping[str, object] | None = None,
 ) -> str:
     """``messages`` formatted with ``template`` (a model's Jinja template, or a llama.cpp template name).
 
@@ -123,7 +168,9 @@ def apply_template(
     may then carry ``tool_calls`` (with ``arguments`` as objects, as templates write them), ``tool_call_id`` and
     ``name`` (see :func:`tool_syntax`). Raises :class:`InvalidArgumentError` for malformed messages, text with a NUL
     character or a lone surrogate, messages the template itself refuses (``raise_exception``), or tools and tool
-    calls for a template Jinja cannot apply (llama.cpp's built-in templates have none), and
+    calls for a template Jinja cannot apply (llama.cpp's built-in templates have none), or ``variables`` that
+    :func:`check_variables` refuses (more variables for a Jinja template, as llama-server's
+    ``chat_template_kwargs``: ``{"enable_thinking": False}``; a built-in template has none to take them), and
     :class:`ChatTemplateError` for a template neither Jinja nor llama.cpp can apply, or one that passes the sandbox's
     bounds on these messages (:mod:`llamacffi.chat_sandbox`).
     """
@@ -138,10 +185,11 @@ def apply_template(
     ):
         raise InvalidArgumentError(f"tools must be a list of mappings, got {tools!r}")
     checked = _messages(messages)
+    more = check_variables(variables) if variables is not None else {}
     if is_jinja(template):
         compiled = chat_sandbox.compile_template(template)
         if compiled is not None:
-            rendered = _render(compiled, checked, add_assistant, bos_token, eos_token, tools)
+            rendered = _render(compiled, checked, add_assistant, bos_token, eos_token, tools, more)
             if rendered is not None:
                 return rendered
     if tools is not None or any("tool_calls" in m for m in checked):  # a result's id or a name can be left out
@@ -159,6 +207,7 @@ def _render(
     bos_token: str,
     eos_token: str,
     tools: Sequence[Mapping[str, object]] | None = None,
+    variables: Mapping[str, object] | None = None,
 ) -> str | None:
     """The rendered conversation, or None when the template fails on it for a reason of its own (a construct the
     sandbox forbids, say): llama.cpp's matcher is tried then."""
@@ -166,7 +215,7 @@ def _render(
         for key, value in m.items():
             if isinstance(value, str):
                 _c_text(value, f"the {key.replace('_', ' ')} of message {i}")
-    extra = {} if tools is None else {"tools": list(tools)}
+    extra = {**(variables or {}), **({} if tools is None else {"tools": list(tools)})}
     try:
         return chat_sandbox.render(
             compiled,

@@ -151,8 +151,13 @@ def _service_model(args: argparse.Namespace, parallel: int = 1):  # type: ignore
             tensor_split=cli_args.split_list(args.tensor_split),
         )
     )
-    template = cli_args.chat_template(args) if hasattr(args, "chat_template") else None
-    config = ModelConfig(context_size=args.ctx_size, parallel=parallel, chat_template=template)
+    templated = hasattr(args, "chat_template")
+    config = ModelConfig(
+        context_size=args.ctx_size,
+        parallel=parallel,
+        chat_template=cli_args.chat_template(args) if templated else None,
+        chat_template_kwargs=cli_args.chat_template_kwargs(args) if templated else None,
+    )
     with cli_args.log_held():
         return svc, svc.load_model(args.model, config=config)
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from . import models
+from .chat import check_variables
+from .errors import InvalidArgumentError
+from .jsontypes import JSON
 
 MODEL_HELP = (
     f"a .gguf path, provider:user/repo:file under $MODELS_PATH, or a known name ({', '.join(models.KNOWN)}); "
@@ -91,6 +95,12 @@ def add_chat_template(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--chat-template-file", default=None, metavar="FILE", help="a Jinja chat template file, instead of the model's"
     )
+    p.add_argument(
+        "--chat-template-kwargs",
+        default=None,
+        metavar="JSON",
+        help="more variables for a Jinja chat template, e.g. '{\"enable_thinking\": false}'",
+    )
 
 
 def chat_template(args: argparse.Namespace) -> str | None:
@@ -101,6 +111,24 @@ def chat_template(args: argparse.Namespace) -> str | None:
     if template is not None:
         check_utf8("--chat-template", template)
     return template
+
+
+def chat_template_kwargs(args: argparse.Namespace) -> dict[str, JSON] | None:
+    """The variables ``--chat-template-kwargs`` gives (a JSON object, checked before anything loads), or None."""
+    text: str | None = args.chat_template_kwargs
+    if text is None:
+        return None
+    check_utf8("--chat-template-kwargs", text)
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"--chat-template-kwargs: not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--chat-template-kwargs: must be a JSON object, got {text!r}")
+    try:
+        return check_variables(value)
+    except InvalidArgumentError as exc:
+        raise ValueError(f"--chat-template-kwargs: {exc}") from None
 
 
 def rpc_list(values: Sequence[str] | None) -> list[str]:
@@ -190,6 +218,7 @@ _FLAGS = {
     "batch_tokens": "--batch-tokens",
     "port": "--port",
     "chat_template": "--chat-template",
+    "chat_template_kwargs": "--chat-template-kwargs",
 }
 _FIELD = re.compile(r"\b(?:GenerationOptions|ModelConfig|LocalBackendConfig|LlamaCppSpecificConfig)\.(\w+)")
 _LEADING = re.compile(r"^(\w+)(?= must be )")  # the library's messages start with the argument's name

@@ -303,18 +303,20 @@ class Model:
         template: str | None = None,
         add_assistant: bool = True,
         tools: Sequence[Mapping[str, object]] | None = None,
+        variables: Mapping[str, object] | None = None,
     ) -> str:
         """``messages`` (``(role, content)`` pairs or ``{"role", "content"}`` dicts) as this model expects them.
 
         ``template``: Jinja source or a llama.cpp template name; None uses the model's own, or llama.cpp's
         built-in one for its architecture when the file carries none (gemma). The template writes this model's BOS
         text only where the tokenizer does not add the token itself. ``tools``: the functions the model may call,
-        for a template that describes them (:meth:`tool_syntax`). Raises
+        for a template that describes them (:meth:`tool_syntax`). ``variables``: more for a Jinja template
+        (``{"enable_thinking": False}``; :func:`llamacffi.chat.check_variables`). Raises
         :class:`~llamacffi.chat.ChatTemplateError` when there is none or it cannot be applied (see
         :func:`llamacffi.chat.apply_template`).
         """
         return chat.apply_template(
-            self._template(template), messages, add_assistant, tools=tools, **self.chat_specials()
+            self._template(template), messages, add_assistant, tools=tools, variables=variables, **self.chat_specials()
         )
 
     def tool_syntax(self, *, template: str | None = None) -> chat.ToolSyntax | None:

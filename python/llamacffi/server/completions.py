@@ -66,10 +66,11 @@ def prepare(name: str, model: LlamaCppTextModel, parsed: Parsed, chat: bool) -> 
         if tools is not None and syntax is not None:  # the template describes the tools and writes the calls
             grammar = calls.grammar(syntax, tools, parsed.answer_schema, parsed.answer_grammar, parsed.parallel)
             opts = dataclasses.replace(opts, grammar=grammar)
-            texts = [model.format_chat(parsed.chat, opts, tools=calls.described(tools))]
+            described = calls.described(tools)
+            texts = [model.format_chat(parsed.chat, opts, tools=described, variables=parsed.template_kwargs)]
         else:
             messages = parsed.messages if tools is None else structured.with_tools(parsed.messages, tools)
-            texts = [model.format_chat(messages, opts)]
+            texts = [model.format_chat(messages, opts, variables=parsed.template_kwargs)]
         reader = calls.Reader(tools, syntax, parsed.parallel) if tools is not None else None
         prompts = [model.tokenize_prompt(texts[0], opts)]
     else:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from .. import cli_args, gguf, limits, models
+from ..jsontypes import JSON
 from ..service import LlamaCppService, LlamaCppSpecificConfig, LocalBackendConfig, ModelConfig
 from ..service.errors import InvalidConfigError
 from .app import create_app
@@ -151,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     served, embedders = _served(args)
     api_key = args.api_key or os.environ.get("LLAMACFFI_API_KEY") or None
-    template = cli_args.chat_template(args)
+    template = cli_args.chat_template(args), cli_args.chat_template_kwargs(args)
     sockets = _listen(args.host, args.port)
     try:
         return _serve(args, served, embedders, api_key, sockets, template)
@@ -166,7 +167,7 @@ def _serve(
     embedders: dict[str, str],
     api_key: str | None,
     sockets: list[socket.socket],
-    template: str | None,
+    template: tuple[str | None, dict[str, JSON] | None],
 ) -> int:
     """Serve the models on the bound ``sockets`` until a signal stops the server or a model fails to load."""
     if api_key is None and not all(_loopback(sock.getsockname()[0]) for sock in sockets):
@@ -189,7 +190,8 @@ def _serve(
         batch_size=max(512, args.parallel),
         batch_window=args.batch_window / 1000,
         prompt_cache_mib=args.cache_ram,
-        chat_template=template,
+        chat_template=template[0],
+        chat_template_kwargs=template[1],
     )
     failed: list[BaseException] = []
     server: _Uvicorn | None = None

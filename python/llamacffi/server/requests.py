@@ -13,6 +13,8 @@ import json
 import math
 
 from .. import limits
+from ..chat import check_variables
+from ..errors import InvalidArgumentError
 from ..jsontypes import JSON, JSONObject, is_integers, is_strings
 from ..service import GenerationOptions
 from . import structured
@@ -62,6 +64,7 @@ CHAT_FIELDS = SAMPLING | {
     "functions",
     "function_call",
     "modalities",
+    "chat_template_kwargs",  # llama-server's: more variables for the chat template
 }
 COMPLETION_FIELDS = SAMPLING | {"prompt", "echo", "logprobs", "suffix", "best_of"}
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "user"}
@@ -89,6 +92,7 @@ class Parsed:
     answer_schema: JSONObject | bool | None = None  # the response_format's schema, for a grammar beside calls
     answer_grammar: str | None = None  # GBNF of the response_format alone
     parallel: bool = True  # whether an answer may make several tool calls
+    template_kwargs: JSONObject | None = None  # more variables for the chat template
 
     def text_chars(self) -> int:
         """How long the request's text is: its messages' characters and its prompts' characters or tokens."""
@@ -256,6 +260,14 @@ def parse_chat(body: JSONObject) -> Parsed:
     modalities = body.get("modalities")
     if modalities is not None and modalities != ["text"]:
         raise invalid(f'modalities must be ["text"]: this server writes text only, got {modalities!r}', "modalities")
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is not None:
+        if not isinstance(kwargs, dict):
+            raise invalid("chat_template_kwargs must be an object", "chat_template_kwargs", "invalid_type")
+        try:
+            parsed.template_kwargs = check_variables(kwargs)
+        except InvalidArgumentError as exc:
+            raise invalid(f"chat_template_kwargs: {exc}", "chat_template_kwargs", "invalid_value") from None
     parsed.answer_schema = structured.response_schema(body.get("response_format"))
     parsed.grammar = parsed.answer_grammar = structured.response_grammar(body.get("response_format"))
     parsed.tools = structured.parse_tools(body.get("tools"), body.get("tool_choice"), parsed.grammar is not None)

@@ -7,8 +7,9 @@ import enum
 import json
 from typing import TypeVar
 
-from .. import limits, placement, validate
-from ..jsontypes import JSONObject
+from .. import chat, limits, placement, validate
+from ..errors import InvalidArgumentError
+from ..jsontypes import JSON, JSONObject
 from .errors import InvalidConfigError
 
 T = TypeVar("T", bound="_Config")
@@ -156,12 +157,14 @@ class ModelConfig(_Config):
     warns, or raises with ``strict_context``. ``truncate_prompt`` keeps the end of a prompt that does not fit (an
     embedding model keeps the start of a text, and its end-of-text token).
     ``chat_template``: a llama.cpp template name (``"chatml"``, ``"gemma"``, ...) or template text, instead of the
-    model's own. ``flash_attn``: flash attention on or off; None lets llama.cpp choose (on where the backend
-    supports it, as on CPU). ``batch_window``: seconds; requests that arrive within it of one another start in one
-    step (the engine waits until none has arrived for that long, at most ``limits.BATCH_WINDOW_HOLDS`` windows and
-    never more than a fifth of a recent step, before it admits them), so a burst of clients does not wait behind
-    the prompt of the first; 0 admits at once. ``prompt_cache_mib``: host memory for prompts the slots let go of
-    (their sequence's memory, restored when a request shares more of it than any slot does); 0 keeps none."""
+    model's own; ``chat_template_kwargs``: more variables for a Jinja template, as llama-server's
+    (``{"enable_thinking": False}``), which a chat's own override. ``flash_attn``: flash attention on or off; None
+    lets llama.cpp choose (on where the backend supports it, as on CPU). ``batch_window``: seconds; requests that
+    arrive within it of one another start in one step (the engine waits until none has arrived for that long, at
+    most ``limits.BATCH_WINDOW_HOLDS`` windows and never more than a fifth of a recent step, before it admits them),
+    so a burst of clients does not wait behind the prompt of the first; 0 admits at once. ``prompt_cache_mib``:
+    host memory for prompts the slots let go of (their sequence's memory, restored when a request shares more of it
+    than any slot does); 0 keeps none."""
 
     context_size: int = 2048
     batch_size: int = 512
@@ -170,6 +173,7 @@ class ModelConfig(_Config):
     strict_context: bool = False
     truncate_prompt: bool = False
     chat_template: str | None = None
+    chat_template_kwargs: dict[str, JSON] | None = None
     flash_attn: bool | None = None
     batch_window: float = 0.005
     prompt_cache_mib: int = limits.PROMPT_CACHE_MIB
@@ -184,6 +188,12 @@ class ModelConfig(_Config):
                 "must be text without NUL characters or lone surrogates",
                 self.chat_template,
             )
+        if self.chat_template_kwargs is not None:
+            try:
+                variables = chat.check_variables(self.chat_template_kwargs)
+            except InvalidArgumentError as exc:
+                raise _fail(type(self), "chat_template_kwargs", str(exc), self.chat_template_kwargs) from None
+            object.__setattr__(self, "chat_template_kwargs", variables)  # a copy: later changes to the dict do nothing
         self._int("context_size", limits.CONTEXT_SIZE_MIN, limits.CONTEXT_SIZE_MAX)
         self._int("batch_size", 1, limits.BATCH_SIZE_MAX)
         self._int("parallel", 1, limits.PARALLEL_MAX)

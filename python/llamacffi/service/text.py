@@ -7,13 +7,14 @@ import asyncio
 import dataclasses
 import functools
 import queue
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from .. import Model as LlamaModel
-from ..chat import ToolSyntax
+from ..chat import ToolSyntax, check_variables
+from ..errors import InvalidArgumentError
 from ..vocab import as_tokens
 from .choices import Choices
 from .config import GenerationOptions, ModelConfig, ModelType
@@ -72,11 +73,17 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
         return self._apply_template(messages)
 
     def format_chat(
-        self, messages: Messages, options: GenerationOptions, *, tools: list[dict[str, object]] | None = None
+        self,
+        messages: Messages,
+        options: GenerationOptions,
+        *,
+        tools: list[dict[str, object]] | None = None,
+        variables: Mapping[str, object] | None = None,
     ) -> str:
         """A conversation of ``(role, content)`` pairs (roles "system", "user", "assistant"), or of dicts with tool
         calls and results, as the model sees it. ``tools``: the functions the model may call, described by a chat
-        template that knows them (:attr:`tool_syntax`)."""
+        template that knows them (:attr:`tool_syntax`). ``variables``: more for a Jinja template, over
+        ``ModelConfig.chat_template_kwargs`` (``{"enable_thinking": False}``)."""
         checked = check_messages(messages)
         self._check_open()
         if options.system is not None and not any(role_and_content(m)[0] == "system" for m in checked):
@@ -85,7 +92,7 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
             if tools is not None:
                 raise InvalidConfigError("this model has no chat template to describe tools with", field="tools")
             return "".join("{}: {}\n".format(*role_and_content(m)) for m in checked) + "assistant:"
-        return self._apply_template(checked, tools)
+        return self._apply_template(checked, tools, variables)
 
     @functools.cached_property
     def tool_syntax(self) -> ToolSyntax | None:
@@ -93,11 +100,25 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
         when it is one this package reads (:func:`llamacffi.chat.tool_syntax`), else None."""
         return self._model.tool_syntax(template=self.config.chat_template) if self._templated else None
 
-    def _apply_template(self, messages: Messages, tools: list[dict[str, object]] | None = None) -> str:
+    def _apply_template(
+        self,
+        messages: Messages,
+        tools: list[dict[str, object]] | None = None,
+        variables: Mapping[str, object] | None = None,
+    ) -> str:
         """``messages`` through :meth:`llamacffi.Model.apply_chat_template` (``ModelConfig.chat_template``, else the
-        model's own or its architecture's), ending with the opening of the assistant's turn."""
+        model's own or its architecture's, with ``ModelConfig.chat_template_kwargs`` and ``variables`` over them),
+        ending with the opening of the assistant's turn."""
+        given = self.config.chat_template_kwargs
+        if variables is not None:
+            try:
+                given = {**(given or {}), **check_variables(variables)}
+            except InvalidArgumentError as exc:
+                raise InvalidConfigError(str(exc), field="chat_template_kwargs") from None
         with template_errors():
-            return self._model.apply_chat_template(messages, template=self.config.chat_template, tools=tools)
+            return self._model.apply_chat_template(
+                messages, template=self.config.chat_template, tools=tools, variables=given
+            )
 
     def chat_stream(self, messages: Messages, options: GenerationOptions | None = None) -> Iterator[str]:
         """Like :meth:`generate_stream`, for a whole conversation (prefix reuse makes each turn cheap)."""
