@@ -43,6 +43,7 @@ __all__ = [
     "builtin_template_for",
     "check_variables",
     "is_jinja",
+    "thinks",
     "tool_syntax",
 ]
 
@@ -58,7 +59,8 @@ class ChatTemplateError(LlamaError, ValueError):
     """llama.cpp does not know the template (neither a name it has built in nor a template text it recognises)."""
 
 
-_EXTRAS = {"tool_calls": list, "tool_call_id": str, "name": str}  # message keys beside role and content
+# message keys beside role and content: an assistant's calls and thinking, a tool result's call and name
+_EXTRAS = {"tool_calls": list, "tool_call_id": str, "name": str, "reasoning_content": str}
 
 
 def _messages(messages: Iterable[Message]) -> list[dict[str, object]]:
@@ -276,6 +278,12 @@ def builtin_template_for(architecture: str) -> str | None:
     """The llama.cpp built-in template for a model of this architecture whose GGUF carries none (gemma files often
     do not), or None."""
     return "gemma" if architecture.startswith("gemma") else None
+
+
+def thinks(template: str) -> bool:
+    """Whether a Jinja ``template`` writes a model's reasoning in ``<think>...</think>`` blocks (Qwen 3, QwQ,
+    DeepSeek R1, and many more): its answers may start with one."""
+    return is_jinja(template) and "</think>" in template
 
 
 # A call and a result, written by a template that knows tools, show which syntax it teaches the model.

@@ -328,6 +328,14 @@ class Model:
             return None
         return chat.tool_syntax(chosen, **self.chat_specials())
 
+    def thinks(self, *, template: str | None = None) -> bool:
+        """Whether the chat template (``template``, else the model's own) writes this model's reasoning in
+        ``<think>`` blocks (:func:`llamacffi.chat.thinks`)."""
+        try:
+            return chat.thinks(self._template(template))
+        except chat.ChatTemplateError:
+            return False
+
     def _template(self, template: str | None) -> str:
         if template is not None:
             return template

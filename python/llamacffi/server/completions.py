@@ -6,14 +6,14 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from ..jsontypes import JSON, JSONObject
 from ..service import LlamaCppTextModel
 from ..service.choices import Choices
 from ..service.events import Chunk, Finish, TokenLogprob
 from ..vocab import TokenArray
-from . import calls, shapes, structured
+from . import calls, reasoning, shapes, structured
 from .errors import from_service
 from .metrics import Metrics
 from .requests import Parsed
@@ -36,6 +36,9 @@ class Job:
     usage: JSONObject = dataclasses.field(default_factory=dict)
     choices: list[Choices] = dataclasses.field(default_factory=list)
     reader: calls.Reader | None = None  # how the answers make tool calls, when the request offers tools
+    # where the answers hold a reasoning model's thinking: None for none (or kept as content), False for a block at
+    # their start, True for one the prompt opened
+    thinking: bool | None = None
 
     def start(self) -> None:
         """Queue every prompt's choices; a full queue raises here, before any response starts."""
@@ -60,6 +63,7 @@ def prepare(name: str, model: LlamaCppTextModel, parsed: Parsed, chat: bool) -> 
     if parsed.grammar is not None:
         opts = dataclasses.replace(opts, grammar=parsed.grammar)
     reader = None
+    thinking = None
     if chat:
         tools = parsed.tools
         syntax = model.tool_syntax if tools is not None else None
@@ -72,6 +76,9 @@ def prepare(name: str, model: LlamaCppTextModel, parsed: Parsed, chat: bool) -> 
             messages = parsed.messages if tools is None else structured.with_tools(parsed.messages, tools)
             texts = [model.format_chat(messages, opts, variables=parsed.template_kwargs)]
         reader = calls.Reader(tools, syntax, parsed.parallel) if tools is not None else None
+        # a grammar's answer holds no thinking: it is read whole
+        if parsed.reasoning != "none" and opts.grammar is None and model.thinks:
+            thinking = reasoning.opened(texts[0])
         prompts = [model.tokenize_prompt(texts[0], opts)]
     else:
         prompts = [model.tokenize_prompt(p, opts) for p in parsed.prompts]
@@ -83,7 +90,7 @@ def prepare(name: str, model: LlamaCppTextModel, parsed: Parsed, chat: bool) -> 
     room = min(context - len(p) for p in prompts)  # tokenize_prompt leaves at least one position
     wanted = parsed.max_tokens if parsed.max_tokens is not None else room
     parsed.options = dataclasses.replace(opts, max_tokens=max(1, min(wanted, room)))
-    return Job(name, model, parsed, chat, prompts, texts, reader=reader)
+    return Job(name, model, parsed, chat, prompts, texts, reader=reader, thinking=thinking)
 
 
 async def _events(job: Job) -> AsyncIterator[Event]:
@@ -186,8 +193,11 @@ async def respond(job: Job, metrics: Metrics) -> JSONObject:
         if job.chat:
             logprobs = shapes.chat_logprobs(entries[i], piece) if job.parsed.logprobs is not None else None
             cut = reasons[i] == "length"
+            thought, text = reasoning.split(text, job.thinking) if job.thinking is not None else (None, text)
             content, made = job.reader.read(text, cut) if job.reader is not None else (text, [])
             message: JSONObject = {"role": "assistant", "content": content, "refusal": None}
+            if thought is not None:
+                message["reasoning_content"] = thought
             if made:  # an answer cut short keeps its whole calls, and says it was cut
                 message["tool_calls"] = list(made)
                 reasons[i] = "length" if cut else "tool_calls"
@@ -234,6 +244,8 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
     # whether it is text or a call, so that a call's message has content null, as a whole response's has
     unopened = set(range(len(job.prompts) * p.n)) if job.chat else set()
 
+    thinking = _Thinking(len(job.prompts) * p.n, job.thinking) if job.thinking is not None else None
+
     def chunk(
         index: int,
         text: str | None,
@@ -247,7 +259,11 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
                 delta = {"content": text} if text is not None else {}
             if index in unopened:
                 unopened.discard(index)
-                delta = {"role": "assistant", "content": "", **delta}
+                # thinking opens the message without content: a call may follow, whose message has none
+                opening: JSONObject = (
+                    {"role": "assistant"} if "reasoning_content" in delta else {"role": "assistant", "content": ""}
+                )
+                delta = {**opening, **delta}
             if logprobs and p.logprobs is not None:
                 lp = shapes.chat_logprobs(logprobs, piece)
             choice: JSONObject = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": reason}
@@ -264,24 +280,37 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
                 yield chunk(i, "", (), None)
             elif not job.chat and p.echo and job.texts[i // p.n]:
                 yield chunk(i, job.texts[i // p.n], (), None)
+
+        def answer(index: int, event: Chunk) -> Iterator[bytes]:
+            text, logprobs = held.feed(index, event) if job.chat else (event.text, event.logprobs)
+            if text is None:
+                return
+            if p.logprobs is not None or index in unopened:
+                yield chunk(index, text, logprobs, None)
+                return
+            around = plain.get(index)
+            if around is None:  # the one chunk of this shape, cut where its text goes
+                before, _, after = chunk(index, _MARK, (), None).partition(_MARK_JSON)
+                around = plain[index] = (before, after)
+            yield around[0] + shapes.json_string(text) + around[1]
+
         async for index, event in _events(job):
             if isinstance(event, Chunk):
                 tally.chunk(index)
-                text, logprobs = held.feed(index, event) if job.chat else (event.text, event.logprobs)
-                if text is None:
-                    continue
-                if p.logprobs is not None:
-                    yield chunk(index, text, logprobs, None)
-                    continue
-                if index in unopened:
-                    yield chunk(index, text, (), None)
-                    continue
-                around = plain.get(index)
-                if around is None:  # the one chunk of this shape, cut where its text goes
-                    before, _, after = chunk(index, _MARK, (), None).partition(_MARK_JSON)
-                    around = plain[index] = (before, after)
-                yield around[0] + shapes.json_string(text) + around[1]
+                said: Chunk | None = event
+                if thinking is not None:
+                    thought, said = thinking.feed(index, event)
+                    if thought is not None:
+                        yield chunk(index, None, thought.logprobs, None, {"reasoning_content": thought.text})
+                for out in answer(index, said) if said is not None else ():
+                    yield out
             else:
+                if thinking is not None:
+                    thought, said = thinking.finish(index)
+                    if thought is not None:
+                        yield chunk(index, None, thought.logprobs, None, {"reasoning_content": thought.text})
+                    for out in answer(index, said) if said is not None else ():
+                        yield out
                 reason = event.reason
                 if job.chat and held.holding(index):
                     rest, made, logprobs = held.finish(index, reason == "length")
@@ -344,6 +373,38 @@ class _Held:
     def _take(self, index: int) -> tuple[TokenLogprob, ...]:
         taken, self.logprobs[index] = tuple(self.logprobs[index]), []
         return taken
+
+
+class _Thinking:
+    """Per choice of a streamed chat from a reasoning model: its thinking told apart from its answer as it comes
+    (:class:`.reasoning.Splitter`), each with the log-probabilities of the tokens that made it."""
+
+    def __init__(self, n: int, inside: bool) -> None:
+        self.splitters = [reasoning.Splitter(inside) for _ in range(n)]
+        self.logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
+
+    def feed(self, index: int, chunk: Chunk) -> tuple[Chunk | None, Chunk | None]:
+        """The thinking and the answer this chunk completes (None for none)."""
+        thought, said = self.splitters[index].feed(chunk.text)
+        return self._out(index, chunk.logprobs, thought, said)
+
+    def finish(self, index: int) -> tuple[Chunk | None, Chunk | None]:
+        """The thinking or answer still held when the choice ends."""
+        thought, said = self.splitters[index].finish()
+        return self._out(index, (), thought, said)
+
+    def _out(
+        self, index: int, logprobs: tuple[TokenLogprob, ...], thought: str, said: str
+    ) -> tuple[Chunk | None, Chunk | None]:
+        held = self.logprobs[index]
+        held.extend(logprobs)
+        if not thought and not said:
+            return None, None
+        taken = tuple(held)
+        held.clear()
+        if thought and said:
+            return Chunk(thought, taken), Chunk(said)
+        return (Chunk(thought, taken), None) if thought else (None, Chunk(said, taken))
 
 
 _MARK = "\u0000mark\u0000"  # text no model emits, cut out of a rendered chunk to make a template

@@ -17,7 +17,7 @@ from ..chat import check_variables
 from ..errors import InvalidArgumentError
 from ..jsontypes import JSON, JSONObject, is_integers, is_strings
 from ..service import GenerationOptions
-from . import structured
+from . import reasoning, structured
 from .errors import invalid
 
 IGNORED = frozenset(
@@ -65,6 +65,7 @@ CHAT_FIELDS = SAMPLING | {
     "function_call",
     "modalities",
     "chat_template_kwargs",  # llama-server's: more variables for the chat template
+    "reasoning_format",  # llama-server's: "none" keeps a reasoning model's thinking in the content
 }
 COMPLETION_FIELDS = SAMPLING | {"prompt", "echo", "logprobs", "suffix", "best_of"}
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "user"}
@@ -93,6 +94,7 @@ class Parsed:
     answer_grammar: str | None = None  # GBNF of the response_format alone
     parallel: bool = True  # whether an answer may make several tool calls
     template_kwargs: JSONObject | None = None  # more variables for the chat template
+    reasoning: str = "auto"  # a reasoning model's thinking as reasoning_content ("auto"), or in the content ("none")
 
     def text_chars(self) -> int:
         """How long the request's text is: its messages' characters and its prompts' characters or tokens."""
@@ -268,6 +270,12 @@ def parse_chat(body: JSONObject) -> Parsed:
             parsed.template_kwargs = check_variables(kwargs)
         except InvalidArgumentError as exc:
             raise invalid(f"chat_template_kwargs: {exc}", "chat_template_kwargs", "invalid_value") from None
+    form = body.get("reasoning_format", "auto")
+    if form not in reasoning.FORMATS:
+        raise invalid(
+            f"reasoning_format must be one of {', '.join(reasoning.FORMATS)}, got {form!r}", "reasoning_format"
+        )
+    parsed.reasoning = str(form)
     parsed.answer_schema = structured.response_schema(body.get("response_format"))
     parsed.grammar = parsed.answer_grammar = structured.response_grammar(body.get("response_format"))
     parsed.tools = structured.parse_tools(body.get("tools"), body.get("tool_choice"), parsed.grammar is not None)
@@ -298,6 +306,9 @@ def parse_chat(body: JSONObject) -> Parsed:
         said = _text(content, f"{where}.content", role == "assistant")
         native: dict[str, object] = {"role": "tool" if role == "tool" else ROLES[role], "content": said}
         text = said
+        thought = m.get("reasoning_content") if role == "assistant" else None
+        if thought is not None:  # a reasoning model's template may write it back (Qwen 3, in a chain of calls)
+            native["reasoning_content"] = _text(thought, f"{where}.reasoning_content", False)
         if calls:  # what the assistant said before its calls stays in the conversation
             native["tool_calls"] = calls
             written = "\n".join(json.dumps(c["function"], ensure_ascii=False) for c in calls)

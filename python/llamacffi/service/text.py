@@ -100,6 +100,11 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
         when it is one this package reads (:func:`llamacffi.chat.tool_syntax`), else None."""
         return self._model.tool_syntax(template=self.config.chat_template) if self._templated else None
 
+    @functools.cached_property
+    def thinks(self) -> bool:
+        """Whether the model's chat template writes its reasoning in ``<think>`` blocks (:meth:`Model.thinks`)."""
+        return self._templated and self._model.thinks(template=self.config.chat_template)
+
     def _apply_template(
         self,
         messages: Messages,

@@ -1,0 +1,89 @@
+"""A reasoning model's thinking, apart from its answer: the text in ``<think>...</think>`` at the start of an
+answer becomes the message's ``reasoning_content``, as llama-server (``--reasoning-format auto``), vLLM and DeepSeek's
+API return it; the answer after it is the ``content`` (and the text tool calls are read from).
+
+It applies to models whose chat template writes such blocks (:meth:`llamacffi.Model.thinks`). Where the template's
+generation prompt itself opens the block (Qwen 3.5, DeepSeek R1), the answer starts inside it; otherwise an answer
+that starts with the opening tag does. A request that asks ``"reasoning_format": "none"``, or whose output a grammar
+constrains (it holds no thinking then), gets the text as it came.
+"""
+
+from __future__ import annotations
+
+OPEN = "<think>"
+CLOSE = "</think>"
+FORMATS = ("auto", "deepseek", "none")  # llama-server's names; "deepseek" is what "auto" does here
+
+
+def opened(prompt: str) -> bool:
+    """Whether the prompt ends inside a thinking block that its template opened."""
+    return prompt.rstrip().endswith(OPEN)
+
+
+def split(text: str, inside: bool) -> tuple[str | None, str]:
+    """The thinking (None when the answer has none) and the answer after it; ``inside``: the prompt opened the
+    block. A block the answer never closes is all thinking."""
+    if not inside:
+        stripped = text.lstrip()
+        if not stripped.startswith(OPEN):
+            return None, text
+        text = stripped[len(OPEN) :]
+    end = text.find(CLOSE)
+    if end < 0:
+        return text, ""
+    return text[:end], text[end + len(CLOSE) :].lstrip()
+
+
+class Splitter:
+    """A streamed answer's pieces told apart as they come: thinking, then answer. Text that may be the start of a
+    tag is held until the next piece shows what it is; the blanks between the block and the answer are dropped, as
+    :func:`split` drops them."""
+
+    def __init__(self, inside: bool) -> None:
+        self.state = "inside" if inside else "before"  # before -> inside -> after
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, str]:
+        """The thinking and the answer this piece completes (either may be empty)."""
+        self.pending += text
+        thought = ""
+        if self.state == "before":
+            stripped = self.pending.lstrip()
+            if OPEN.startswith(stripped):  # blanks, or the start of the opening tag: wait for more
+                return "", ""
+            if not stripped.startswith(OPEN):
+                self.state = "after"
+                answer, self.pending = self.pending, ""
+                return "", answer
+            self.state = "inside"
+            self.pending = stripped[len(OPEN) :]
+        if self.state == "inside":
+            end = self.pending.find(CLOSE)
+            if end < 0:
+                keep = _tag_start_at_end(self.pending, CLOSE)
+                thought, self.pending = (
+                    self.pending[: len(self.pending) - keep],
+                    self.pending[len(self.pending) - keep :],
+                )
+                return thought, ""
+            thought, self.pending = self.pending[:end], self.pending[end + len(CLOSE) :]
+            self.state = "blanks"
+        if self.state == "blanks":
+            self.pending = self.pending.lstrip()
+            if not self.pending:
+                return thought, ""
+            self.state = "after"
+        answer, self.pending = self.pending, ""
+        return thought, answer
+
+    def finish(self) -> tuple[str, str]:
+        """What is still held when the answer ends: thinking, or answer."""
+        rest, self.pending = self.pending, ""
+        if self.state == "before":  # blanks, or the start of a tag never completed: answer
+            return "", rest
+        return (rest, "") if self.state == "inside" else ("", "")
+
+
+def _tag_start_at_end(text: str, tag: str) -> int:
+    """The length of the start of ``tag`` that ends ``text`` (0 when none does)."""
+    return next((k for k in range(min(len(tag) - 1, len(text)), 0, -1) if text.endswith(tag[:k])), 0)

@@ -1,0 +1,216 @@
+"""A reasoning model's thinking apart from its answer: split whole and as a stream in pieces of any size, the
+server's whole and streamed responses to a scripted answer (with tool calls after the thinking), and SmolLM2 under
+a template whose generation prompt opens the block."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from llamacffi.server import reasoning
+from llamacffi.service.events import Chunk, Finish
+from test_tool_calls import TEMPLATES, needs_templates
+
+CALL = '<tool_call>\n{"name": "get_time", "arguments": {"city": "Rome"}}\n</tool_call>'
+ANSWERS = [
+    ("<think>\nA plan.\n</think>\n\nThe answer.", False, ("\nA plan.\n", "The answer.")),
+    ("  <think>x</think>y", False, ("x", "y")),
+    ("<think>cut short", False, ("cut short", "")),
+    ("<think></think>", False, ("", "")),
+    ("No thinking. <think>x</think>", False, (None, "No thinking. <think>x</think>")),
+    ("<thin", False, (None, "<thin")),
+    ("  ", False, (None, "  ")),
+    ("", False, (None, "")),
+    ("A plan.</think>\n\nThe answer <think> stays.", True, ("A plan.", "The answer <think> stays.")),
+    ("All thought </thin", True, ("All thought </thin", "")),
+    ("</think>", True, ("", "")),
+    ("", True, ("", "")),
+    (f"<think>Rome.</think>\n{CALL}", False, ("Rome.", CALL)),
+]
+
+
+@pytest.mark.parametrize("text, inside, parts", ANSWERS)
+def test_an_answer_splits_the_same_whole_and_in_pieces(text: str, inside: bool, parts: tuple[Any, str]) -> None:
+    assert reasoning.split(text, inside) == parts
+    for size in [1, 2, 3, 7, 100]:
+        s = reasoning.Splitter(inside)
+        fed = [s.feed(text[k : k + size]) for k in range(0, len(text), size)] + [s.finish()]
+        assert ("".join(t for t, _ in fed), "".join(a for _, a in fed)) == (parts[0] or "", parts[1]), size
+
+
+def test_a_prompt_that_opens_the_block() -> None:
+    assert reasoning.opened("<|im_start|>assistant\n<think>\n")
+    assert not reasoning.opened("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert not reasoning.opened("<|im_start|>assistant\n")
+
+
+# ---- the server on a scripted answer -----------------------------------------------------------------------------
+
+
+class _Scripted:
+    """Choices that stream a fixed answer in pieces, as the engine's do."""
+
+    def __init__(self, pieces: list[str], reason: str = "stop") -> None:
+        self.pieces = pieces
+        self.reason = reason
+
+    async def __aiter__(self) -> AsyncIterator[tuple[int, Chunk | Finish]]:
+        for piece in self.pieces:
+            yield 0, Chunk(piece)
+        yield 0, Finish(self.reason, 1, 0, len(self.pieces))
+
+    def tokens(self) -> tuple[int, int]:
+        return 0, len(self.pieces)
+
+    def cancel(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def service() -> Iterator[Any]:
+    from conftest import THREADS
+    from llamacffi.service import LlamaCppService, LocalBackendConfig
+
+    with LlamaCppService(LocalBackendConfig(threads=THREADS)) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def model(service: Any) -> Iterator[Any]:
+    from llamacffi.service import ModelConfig
+
+    template = (
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% if open %}<think>\n{% endif %}{% endif %}"
+        "{# a template that writes </think> blocks #}"
+    )
+    m = service.load_model("smollm2-135m", config=ModelConfig(context_size=256, parallel=2, chat_template=template))
+    assert m.thinks
+    yield m
+    m.close()
+
+
+def _job(model: Any, answer: str, size: int, **body: Any) -> Any:
+    from llamacffi.server import completions, requests
+
+    parsed = requests.parse_chat({"model": "m", "messages": [{"role": "user", "content": "Hi"}], **body})
+    job = completions.prepare("m", model, parsed, True)
+    job.choices = [_Scripted([answer[k : k + size] for k in range(0, len(answer), size)])]
+    return job
+
+
+def _both(model: Any, answer: str, size: int, **body: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The whole response's message, and the message a client builds from the stream's deltas."""
+    from llamacffi.server import completions
+    from llamacffi.server.metrics import Metrics
+
+    async def run() -> tuple[dict[str, Any], list[bytes]]:
+        whole = await completions.respond(_job(model, answer, size, **body), Metrics(dict))
+        events = [e async for e in completions.stream(_job(model, answer, size, stream=True, **body), Metrics(dict))]
+        return whole, events
+
+    whole, events = asyncio.run(run())
+    built: dict[str, Any] = {"content": None, "reasoning_content": None, "tool_calls": None}
+    for line in b"".join(events).decode().split("\n\n"):
+        if not line.startswith("data: {"):
+            continue
+        (choice,) = json.loads(line[6:])["choices"]
+        built["finish_reason"] = choice["finish_reason"] or built.get("finish_reason")
+        for key in ("content", "reasoning_content"):
+            if choice["delta"].get(key) is not None:
+                built[key] = (built[key] or "") + choice["delta"][key]
+        if "tool_calls" in choice["delta"]:
+            built["tool_calls"] = [c["function"] for c in choice["delta"]["tool_calls"]]
+    message = whole["choices"][0]["message"]
+    said = {
+        "content": message["content"],
+        "reasoning_content": message.get("reasoning_content"),
+        "tool_calls": [c["function"] for c in message["tool_calls"]] if "tool_calls" in message else None,
+        "finish_reason": whole["choices"][0]["finish_reason"],
+    }
+    return said, built
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
+
+
+@pytest.mark.parametrize("size", [1, 4, 500])
+def test_the_server_sends_thinking_as_reasoning_content_whole_and_streamed(model: Any, size: int) -> None:
+    said, built = _both(model, "<think>\nA plan.\n</think>\n\nParis.", size)
+    assert said == built == {"content": "Paris.", "reasoning_content": "\nA plan.\n", "tool_calls": None,
+                             "finish_reason": "stop"}  # fmt: skip
+    said, built = _both(model, "Paris.", size)
+    assert (
+        said == built == {"content": "Paris.", "reasoning_content": None, "tool_calls": None, "finish_reason": "stop"}
+    )
+    said, built = _both(model, "<think>\nA plan.\n</think>\n\nParis.", size, reasoning_format="none")
+    assert said == built and said["content"] == "<think>\nA plan.\n</think>\n\nParis." and not said["reasoning_content"]
+    said, built = _both(model, "A plan.\n</think>\nParis.", size, chat_template_kwargs={"open": True})
+    assert said == built and (said["reasoning_content"], said["content"]) == ("A plan.\n", "Paris.")
+
+
+@pytest.mark.parametrize("size", [1, 4, 500])
+def test_calls_after_the_thinking_are_read(model: Any, size: int) -> None:
+    call = '{"name": "get_time", "arguments": {"city": "Rome"}}'  # the template has no syntax: the described one
+    said, built = _both(model, f"<think>Rome's time.</think>\n{call}", size, tools=TOOLS)
+    assert said == built
+    assert said == {"content": None, "reasoning_content": "Rome's time.", "finish_reason": "tool_calls",
+                    "tool_calls": [{"name": "get_time", "arguments": '{"city": "Rome"}'}]}  # fmt: skip
+    said, built = _both(model, f"<think>Rome's time.</think>\nIt is {call}", size, tools=TOOLS)
+    assert said == built and said["content"] == f"It is {call}" and said["tool_calls"] is None
+
+
+def test_a_grammars_answer_holds_no_thinking(model: Any) -> None:
+    from llamacffi.server import completions, requests
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "chat_template_kwargs": {"open": True}}
+    assert completions.prepare("m", model, requests.parse_chat(body), True).thinking is True
+    fmt = {"response_format": {"type": "json_object"}}
+    assert completions.prepare("m", model, requests.parse_chat({**body, **fmt}), True).thinking is None
+    forced = {"tools": TOOLS, "tool_choice": "required"}
+    assert completions.prepare("m", model, requests.parse_chat({**body, **forced}), True).thinking is None
+    with pytest.raises(Exception, match="reasoning_format"):
+        requests.parse_chat({**body, "reasoning_format": "raw"})
+
+
+def test_smollm2_thinking_inside_an_opened_block(model: Any) -> None:
+    TestClient = pytest.importorskip("starlette.testclient").TestClient
+    from llamacffi.server import create_app
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 24,
+            "temperature": 0, "chat_template_kwargs": {"open": True}}  # fmt: skip
+    with TestClient(create_app({"m": model})) as client:
+        r = client.post("/v1/chat/completions", json=body)
+        message = r.json()["choices"][0]["message"]
+        assert message["reasoning_content"] and message["content"] == ""  # it never closes the block
+        r = client.post("/v1/chat/completions", json={**body, "reasoning_format": "none"})
+        assert r.json()["choices"][0]["message"] == {"role": "assistant", "content": message["reasoning_content"],
+                                                     "refusal": None}  # fmt: skip
+
+
+@needs_templates
+def test_an_assistants_thinking_in_a_chain_of_calls_goes_back_to_the_template(service: Any) -> None:
+    from llamacffi.server import completions, requests
+    from llamacffi.service import ModelConfig
+
+    qwen3 = (TEMPLATES / "Qwen-Qwen3-0.6B.jinja").read_text()
+    served = service.load_model("smollm2-135m", config=ModelConfig(context_size=512, parallel=1, chat_template=qwen3))
+    try:
+        called = {"role": "assistant", "content": None, "reasoning_content": "I need Rome's time.", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]}  # fmt: skip
+        result = {"role": "tool", "tool_call_id": "c1", "content": "10:15"}
+        body = {
+            "model": "m",
+            "tools": TOOLS,
+            "messages": [{"role": "user", "content": "Time in Rome?"}, called, result],
+        }
+        (text,) = completions.prepare("m", served, requests.parse_chat(body), True).texts
+        assert "<think>\nI need Rome's time.\n</think>" in text
+        with pytest.raises(Exception, match="reasoning_content"):
+            requests.parse_chat({**body, "messages": [body["messages"][0], {**called, "reasoning_content": 5}]})
+    finally:
+        served.close()
