@@ -188,8 +188,14 @@ def test_smollm2_thinking_inside_an_opened_block(model: Any) -> None:
         message = r.json()["choices"][0]["message"]
         assert message["reasoning_content"] and message["content"] == ""  # it never closes the block
         r = client.post("/v1/chat/completions", json={**body, "reasoning_format": "none"})
-        assert r.json()["choices"][0]["message"] == {"role": "assistant", "content": message["reasoning_content"],
-                                                     "refusal": None}  # fmt: skip
+        kept = {"role": "assistant", "content": message["reasoning_content"], "refusal": None}
+        assert r.json()["choices"][0]["message"] == kept
+    with TestClient(create_app({"m": model}, reasoning_format="none")) as client:  # the server's default
+        assert client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"] == kept
+        r = client.post("/v1/chat/completions", json={**body, "reasoning_format": "auto"})
+        assert r.json()["choices"][0]["message"] == message
+    with pytest.raises(ValueError, match="reasoning_format"):
+        create_app({"m": model}, reasoning_format="raw")
 
 
 @needs_templates

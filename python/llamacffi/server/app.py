@@ -23,7 +23,7 @@ from starlette.routing import Route
 from .. import limits
 from ..jsontypes import JSONObject
 from ..service import LlamaCppEmbeddingModel, LlamaCppTextModel, LocalBackendConfig, ModelConfig
-from . import completions, embeddings
+from . import completions, embeddings, reasoning
 from .asgi import EventStream, error_response, off_loop, race, read_body
 from .errors import APIError, from_service
 from .gate import Gate
@@ -61,6 +61,8 @@ def _completion(chat: bool) -> Callable[[Request], Awaitable[Response]]:
             parsed = await asyncio.to_thread(parse, body)  # compiles a JSON schema: up to its work budget
         else:
             parsed = parse(body)
+        if chat and isinstance(body, dict) and body.get("reasoning_format") is None:
+            parsed.reasoning = request.app.state.reasoning_format
         name, model = server.model(parsed.model)
         try:
             # with tools, preparing may compile the calls' grammar in the template's syntax: never on the loop
@@ -154,11 +156,15 @@ def create_app(
     api_key: str | None = None,
     cors_origins: Sequence[str] = (),
     on_load_error: Callable[[BaseException], None] | None = None,
+    reasoning_format: str = "auto",
 ) -> Starlette:
     """An OpenAI-compatible app serving text ``models`` and ``embeddings`` models: ``{served name: model id or
     loaded model}``, or lists of model ids served under their ids. Ids are loaded with ``backend`` and ``config``
     (one context of ``config.parallel`` slots each for a text model); loaded models are served as they are and not
-    closed by the app. ``api_key``: every route but ``/health`` then needs ``Authorization: Bearer <key>``."""
+    closed by the app. ``api_key``: every route but ``/health`` then needs ``Authorization: Bearer <key>``.
+    ``reasoning_format``: what a chat request that does not say gets (:mod:`.reasoning`)."""
+    if reasoning_format not in reasoning.FORMATS:
+        raise ValueError(f"reasoning_format must be one of {', '.join(reasoning.FORMATS)}, got {reasoning_format!r}")
     if not isinstance(models, Mapping):
         models = {m: m for m in models}
     if not isinstance(embeddings, Mapping):
@@ -216,4 +222,5 @@ def create_app(
     )
     app.state.server = server
     app.state.created = int(time.time())
+    app.state.reasoning_format = reasoning_format
     return app

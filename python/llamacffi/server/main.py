@@ -19,6 +19,7 @@ from .. import cli_args, gguf, limits, models
 from ..jsontypes import JSON
 from ..service import LlamaCppService, LlamaCppSpecificConfig, LocalBackendConfig, ModelConfig
 from ..service.errors import InvalidConfigError
+from . import reasoning
 from .app import create_app
 from .served import Server
 
@@ -209,6 +210,7 @@ def _serve(
         api_key=api_key,
         cors_origins=args.cors_origin,
         on_load_error=load_failed,
+        reasoning_format=args.reasoning_format,
     )
     config = uvicorn.Config(
         app,
@@ -291,6 +293,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="MIB",
         help="host memory per model for prompts the slots let go of, restored when a request repeats one "
         f"(0: none; default {limits.PROMPT_CACHE_MIB})",
+    )
+    p.add_argument(
+        "--reasoning-format",
+        choices=reasoning.FORMATS,
+        default="auto",
+        help="a reasoning model's <think> block as reasoning_content (auto, deepseek: the same) or kept in the "
+        "content (none), where a request does not say (default auto)",
     )
     p.add_argument("--cors-origin", action="append", default=[], help="origin allowed by CORS (repeatable, or *)")
     p.add_argument(
