@@ -162,6 +162,11 @@ def test_calls_after_the_thinking_are_read(model: Any, size: int) -> None:
                     "tool_calls": [{"name": "get_time", "arguments": '{"city": "Rome"}'}]}  # fmt: skip
     said, built = _both(model, f"<think>Rome's time.</think>\nIt is {call}", size, tools=TOOLS)
     assert said == built and said["content"] == f"It is {call}" and said["tool_calls"] is None
+    said, built = _both(model, "<think>Only thinking", size, tools=TOOLS)
+    assert said == built and (said["reasoning_content"], said["content"]) == ("Only thinking", "")
+    for tools in [TOOLS, None]:
+        said, built = _both(model, "<think></think>Paris.", size, **({"tools": tools} if tools else {}))
+        assert said == built and (said["reasoning_content"], said["content"]) == (None, "Paris.")
 
 
 def test_a_grammars_answer_holds_no_thinking(model: Any) -> None:
@@ -175,6 +180,7 @@ def test_a_grammars_answer_holds_no_thinking(model: Any) -> None:
     assert completions.prepare("m", model, requests.parse_chat({**body, **forced}), True).thinking is None
     with pytest.raises(Exception, match="reasoning_format"):
         requests.parse_chat({**body, "reasoning_format": "raw"})
+    assert requests.parse_chat({**body, "reasoning_format": None}).reasoning == "auto"
 
 
 def test_smollm2_thinking_inside_an_opened_block(model: Any) -> None:

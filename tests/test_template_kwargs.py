@@ -29,9 +29,10 @@ def test_variables_are_checked_and_copied() -> None:
         ([("a", 1)], "mapping"),
         ({"two words": 1}, "identifier"),
         ({1: 1}, "identifier"),
-        ({"messages": []}, "set by the chat"),
-        ({"add_generation_prompt": False}, "set by the chat"),
-        ({"raise_exception": 1}, "set by the chat"),
+        ({"messages": []}, "itself sets"),
+        ({"add_generation_prompt": False}, "itself sets"),
+        ({"raise_exception": 1}, "itself sets"),
+        ({"namespace": 0}, "itself sets"),  # Jinja's own
         ({"x": object()}, "JSON data"),
         ({"x": math.nan}, "JSON data"),
         ({"x": {"a": "b\0"}}, "NUL"),
@@ -47,7 +48,7 @@ def test_a_jinja_template_renders_them_and_a_builtin_one_has_none() -> None:
     assert apply_template("chatml", [("user", "Hi")], variables={"greeting": "Hello"}) == apply_template(
         "chatml", [("user", "Hi")]
     )
-    with pytest.raises(InvalidArgumentError, match="set by the chat"):
+    with pytest.raises(InvalidArgumentError, match="itself sets"):
         apply_template(GREETED, [("user", "Hi")], variables={"tools": []})
 
 
@@ -117,7 +118,7 @@ def test_the_server_takes_them_from_a_request(service: Any) -> None:
             assert r.status_code == 200, r.text
             for bad, says in [
                 ([1], "must be an object"),
-                ({"messages": 1}, "set by the chat"),
+                ({"messages": 1}, "itself sets"),
                 ({"x": [1, "\0"]}, "NUL"),
             ]:
                 r = client.post("/v1/chat/completions", json={**body, "chat_template_kwargs": bad})

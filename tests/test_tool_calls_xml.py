@@ -78,6 +78,10 @@ def test_blocks_are_read_with_values_typed_by_their_schema() -> None:
         None,
         [("name_it", {"name": "true", "extra": [1, 2], "nan": "NaN"})],  # a parameter not listed: JSON or text
     )
+    assert _read(block("search", query="a", limit="1", day="20261202"))[1][0][1]["day"] == "20261202"  # not a number
+    tagged = block("search", query="a", limit="1", filter='{"tag": "a</parameter>b"}')
+    assert _read(tagged)[1][0][1]["filter"] == {"tag": "a</parameter>b"}  # JSON read whole
+    assert _read(block("search", query="a", limit="1 2"))[1][0][1]["limit"] == "1 2"
     assert _read(block("search", query="a", limit="1", exact="True"))[1] == [
         ("search", {"query": "a", "limit": 1, "exact": True})  # as Jinja writes a Python boolean
     ]
@@ -190,6 +194,12 @@ def test_parameters_the_syntax_cannot_enforce_are_refused_when_a_call_is_forced(
             qwen_xml.grammar(tools, None, True)
         assert e.value.status == 400
     assert qwen_xml.read(block("f", x="1"), tools, True)[1]  # read in auto, whatever the schema
+    many = {f"p{i}": {"type": "string", "minLength": 150 - i} for i in range(40)}
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": many,
+                                                                         "required": list(many)}}}  # fmt: skip
+    with pytest.raises(APIError, match="too large") as e:
+        qwen_xml.grammar(_tools("required", [tool]), None, True)
+    assert e.value.status == 400
 
 
 @pytest.mark.parametrize("size", [1, 5, 200])

@@ -107,8 +107,8 @@ def _c_text(text: str, what: str) -> bytes:
 
 # the variables a chat template is given by the caller of apply_template, and the sandbox's own functions
 _RESERVED = frozenset(
-    {"messages", "add_generation_prompt", "bos_token", "eos_token", "tools", "raise_exception", "strftime_now", "range"}
-)
+    {"messages", "add_generation_prompt", "bos_token", "eos_token", "tools", "raise_exception", "strftime_now"}
+) | frozenset(jinja2.defaults.DEFAULT_NAMESPACE)  # range, dict, namespace, ...
 
 
 def check_variables(variables: object) -> dict[str, JSON]:
@@ -122,7 +122,7 @@ def check_variables(variables: object) -> dict[str, JSON]:
         if not isinstance(name, str) or not name.isidentifier():
             raise InvalidArgumentError(f"a template variable's name must be an identifier, got {name!r}")
         if name in _RESERVED:
-            raise InvalidArgumentError(f"the template variable {name!r} is set by the chat, not by its caller")
+            raise InvalidArgumentError(f"the template variable {name!r} is one the chat or Jinja itself sets")
         try:
             copied: JSON = json.loads(json.dumps(value, allow_nan=False))
             for text in _texts(copied):
@@ -194,6 +194,8 @@ def apply_template(
             rendered = _render(compiled, checked, add_assistant, bos_token, eos_token, tools, more)
             if rendered is not None:
                 return rendered
+            if more and _render(compiled, checked, add_assistant, bos_token, eos_token, tools) is not None:
+                raise InvalidArgumentError(f"the chat template fails with the variables {sorted(more)}")
     if tools is not None or any("tool_calls" in m for m in checked):  # a result's id or a name can be left out
         raise InvalidArgumentError(
             "tools and tool calls need a Jinja chat template that renders them; llama.cpp's built-in templates "

@@ -744,7 +744,7 @@ def compile_template(template: str) -> jinja2.Template | None:
         _spent.reset(token)
 
 
-def render(compiled: jinja2.Template, **variables: Any) -> str:
+def render(compiled: jinja2.Template, /, **variables: Any) -> str:
     """``compiled`` rendered with ``variables``, within the bounds. Raises :class:`Refused` when the template refuses
     its input, and Jinja's errors (``SecurityError`` past a bound) or Python's when it fails."""
     token = _spent.set({"steps": 0, "made": 0, "read": 0})

@@ -174,15 +174,18 @@ def raw_text(b: Builder, hint: str, ending: str, lo: int = 0, hi: int | None = N
     key = ("raw", ending, lo, hi)
     if key in b.memo:
         return b.memo[key]
-    d = _without(ending)
+    d: Dfa | None = _without(ending)
     try:
         if lo > 0 or hi is not None:
-            d = intersect(d, length_dfa(lo, hi), minimal=False)
+            d = intersect(_without(ending), length_dfa(lo, hi), minimal=False)
+    except TooLarge:  # too many states: the simpler texts (the grammar's own budget still applies below)
+        d = None
+    if d is None:
+        rule = b.rule(hint, b.repeat(char_class(negate(((ord(ending[0]), ord(ending[0])),))), lo, hi))
+    else:
         b.spend(d.work + len(d.accept))
         b.charge(len(d.accept))
         rule = emit(b, d, hint, lambda rs: [char_class(rs)], "")
-    except TooLarge:
-        rule = b.rule(hint, b.repeat(char_class(negate(((ord(ending[0]), ord(ending[0])),))), lo, hi))
     b.memo[key] = rule
     return rule
 

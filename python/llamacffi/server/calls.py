@@ -50,12 +50,10 @@ class Reader:
     def read(self, text: str, cut: bool = False) -> tuple[str | None, list[JSONObject]]:
         """The answer's text (None when there is none beside its calls) and its calls. ``cut``: the answer ended at
         its length limit, and a block it left open is dropped."""
-        if cut and self.syntax in ("hermes", "qwen-xml"):
-            text = hermes.whole_blocks(text)
         if self.syntax == "hermes":
-            return hermes.read(text, self.tools, self.parallel)
+            return hermes.read(text, self.tools, self.parallel, cut=cut)
         if self.syntax == "qwen-xml":
-            return qwen_xml.read(text, self.tools, self.parallel)
+            return qwen_xml.read(text, self.tools, self.parallel, cut)
         arguments = LLAMA3_ARGUMENTS if self.syntax == "llama3" else "arguments"
         call = structured.as_call(text, self.tools, arguments)
         return (text, []) if call is None else (None, [call])

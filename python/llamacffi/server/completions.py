@@ -196,7 +196,7 @@ async def respond(job: Job, metrics: Metrics) -> JSONObject:
             thought, text = reasoning.split(text, job.thinking) if job.thinking is not None else (None, text)
             content, made = job.reader.read(text, cut) if job.reader is not None else (text, [])
             message: JSONObject = {"role": "assistant", "content": content, "refusal": None}
-            if thought is not None:
+            if thought:  # none, or an empty block: no reasoning_content, as a stream sends none
                 message["reasoning_content"] = thought
             if made:  # an answer cut short keeps its whole calls, and says it was cut
                 message["tool_calls"] = list(made)
@@ -245,6 +245,7 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
     unopened = set(range(len(job.prompts) * p.n)) if job.chat else set()
 
     thinking = _Thinking(len(job.prompts) * p.n, job.thinking) if job.thinking is not None else None
+    thought_only: set[int] = set()  # choices whose message thinking opened, and no content has followed yet
 
     def chunk(
         index: int,
@@ -264,6 +265,10 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
                     {"role": "assistant"} if "reasoning_content" in delta else {"role": "assistant", "content": ""}
                 )
                 delta = {**opening, **delta}
+                if "content" not in delta:
+                    thought_only.add(index)
+            if "content" in delta:
+                thought_only.discard(index)
             if logprobs and p.logprobs is not None:
                 lp = shapes.chat_logprobs(logprobs, piece)
             choice: JSONObject = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": reason}
@@ -312,6 +317,7 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
                     for out in answer(index, said) if said is not None else ():
                         yield out
                 reason = event.reason
+                made: list[JSONObject] = []
                 if job.chat and held.holding(index):
                     rest, made, logprobs = held.finish(index, reason == "length")
                     if made:
@@ -323,6 +329,8 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
                             reason = "tool_calls"
                     elif rest:
                         yield chunk(index, rest, logprobs, None)
+                if index in thought_only and not made:  # an answer of thinking alone: its content is empty
+                    yield chunk(index, "", (), None)
                 yield chunk(index, None, (), reason)
         used = tally.close()
         if p.include_usage:

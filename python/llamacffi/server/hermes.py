@@ -36,19 +36,27 @@ Block = Callable[[str, int, structured.Tools], "tuple[JSONObject, int] | None"]
 
 
 def read(
-    text: str, tools: structured.Tools, parallel: bool, block: Block | None = None
+    text: str, tools: structured.Tools, parallel: bool, block: Block | None = None, cut: bool = False
 ) -> tuple[str | None, list[JSONObject]]:
     """The answer's text beside its calls (None when blank) and its calls (the first only without ``parallel``); the
     whole text and no call when it holds no block, or a block that is not a well-formed call to a listed function.
     ``block``: reads one block's call from after its opening tag to after its closing one (JSON by default).
+    ``cut``: the answer ended at its length limit; the calls before the first block that cannot be read (the one it
+    left open) are its calls, and that block and what follows it, or the start of an opening tag at its end, are
+    dropped.
 
     The text before the first block keeps its start, as a stream sends it; text between or after blocks follows it
     on lines of its own."""
+    if cut:
+        text = text[: len(text) - _opening_at_end(text)]
     calls: list[JSONObject] = []
     outside: list[str] = []
     pos = 0
     while (start := text.find(OPEN, pos)) >= 0:
         found = (block or _block)(text, start + len(OPEN), tools)
+        if found is None and cut:
+            text = text[:start]
+            break
         if found is None:
             return text, []
         outside.append(text[pos:start])
@@ -63,19 +71,19 @@ def read(
 def _block(text: str, pos: int, tools: structured.Tools) -> tuple[JSONObject, int] | None:
     """The call whose JSON starts after blanks at ``pos``, and where its closing tag ends; None when it is not a
     call followed by the tag (the JSON is read whole: a string in it may hold the tag)."""
-    pos = _after_blanks(text, pos)
+    pos = after_blanks(text, pos)
     try:
         _, end = _DECODER.raw_decode(text, pos)
     except (ValueError, RecursionError):
         return None
     call = structured.as_call(text[pos:end], tools)
-    end = _after_blanks(text, end)
+    end = after_blanks(text, end)
     if call is None or not text.startswith(CLOSE, end):
         return None
     return call, end + len(CLOSE)
 
 
-def _after_blanks(text: str, pos: int) -> int:
+def after_blanks(text: str, pos: int) -> int:
     while pos < len(text) and text[pos] in " \t\r\n":
         pos += 1
     return pos
@@ -88,15 +96,6 @@ def held_from(text: str) -> int:
     if cut < 0:
         cut = len(text) - _opening_at_end(text)
     return len(text[:cut].rstrip())
-
-
-def whole_blocks(text: str) -> str:
-    """An answer cut short without the block it left open (or the start of an opening tag at its end), whose call
-    cannot be read: the calls before it still can."""
-    start = text.rfind(OPEN)
-    if start >= 0 and text.find(CLOSE, start) < 0:
-        return text[:start]
-    return text[: len(text) - _opening_at_end(text)]
 
 
 def _opening_at_end(text: str) -> int:

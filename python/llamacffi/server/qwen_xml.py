@@ -24,7 +24,7 @@ import re
 from typing import Literal
 
 from ..grammar.combine import either, spliced
-from ..grammar.gbnf import Builder, literal
+from ..grammar.gbnf import Builder, TooLarge, literal
 from ..grammar.keywords import ANNOTATIONS
 from ..grammar.refs import rebase
 from ..grammar.strings import raw_text
@@ -49,7 +49,14 @@ def grammar(tools: structured.Tools, answer: str | None, parallel: bool) -> str:
     names = [tools.choice] if tools.forced() and tools.choice != "required" else list(tools.functions)
     b = Builder()
     values: list[str] = []  # the rules of the JSON values, renamed apart
-    calls = [_call(b, values, _parameters(tools, n), n, i, names) for i, n in enumerate(names)]
+    try:
+        calls = [_call(b, values, _parameters(tools, n), n, i, names) for i, n in enumerate(names)]
+    except TooLarge as exc:
+        raise invalid(
+            f"tools: the calls in the chat template's syntax need too large a grammar: {exc}",
+            "tools",
+            "unsupported_schema",
+        ) from None
     call = b.rule("call", " | ".join(calls))
     sep = literal("\n")
     many = parallel and tools.choice in ("required", "auto")
@@ -138,9 +145,9 @@ def _text(b: Builder, schema: JSON) -> str:
     return raw_text(b, "text", END_VALUE, lo, hi)
 
 
-def read(text: str, tools: structured.Tools, parallel: bool) -> tuple[str | None, list[JSONObject]]:
+def read(text: str, tools: structured.Tools, parallel: bool, cut: bool = False) -> tuple[str | None, list[JSONObject]]:
     """The answer's text beside its calls and its calls, as :func:`.hermes.read` with blocks of this syntax."""
-    return hermes.read(text, tools, parallel, _block)
+    return hermes.read(text, tools, parallel, _block, cut)
 
 
 def _block(text: str, pos: int, tools: structured.Tools) -> tuple[JSONObject, int] | None:
@@ -154,32 +161,44 @@ def _block(text: str, pos: int, tools: structured.Tools) -> tuple[JSONObject, in
     arguments: JSONObject = {}
     pos = m.end()
     while (m := _PARAMETER.match(text, pos)) is not None:
-        end = text.find(END_VALUE, m.end())
         key = m.group(1).strip()
-        if end < 0 or key in arguments:
+        found = _value(text, m.end(), props.get(key, True))
+        if found is None or key in arguments:
             return None
-        value = text[m.end() : end]
-        value = value[1:] if value.startswith("\n") else value
-        arguments[key] = _value(value[:-1] if value.endswith("\n") else value, props.get(key, True))
-        pos = end + len(END_VALUE)
+        arguments[key], pos = found
     m = _END.match(text, pos)
     return None if m is None else (structured.made(name, arguments), m.end())
 
 
-def _value(text: str, schema: JSON) -> JSON:
-    """A parameter's value: the text itself for a string parameter, else the JSON it holds (the text where it holds
-    none, as a model may write a string that a pattern constrains). A boolean may be spelled as Python's Jinja
-    renders one in the template (``True``)."""
-    if form(schema) == "text":
-        return text
-    try:
-        value: JSON = json.loads(text, parse_constant=_no_constant)
-    except (ValueError, RecursionError):
-        word = text.strip()
-        if word in ("True", "False") and isinstance(schema, dict) and "boolean" in _types(schema):
-            return word == "True"
-        return text
-    return value
+def _value(text: str, pos: int, schema: JSON) -> tuple[JSON, int] | None:
+    """The value of the element whose opening tag ends at ``pos``, and where its closing tag ends: the text itself
+    for a string parameter; else the JSON it holds, read whole (a string in it may hold the closing tag), or the
+    text where it holds none, as a model may write a string that a pattern constrains. A boolean may be spelled as
+    Python's Jinja renders one in the template (``True``). None when the element is not closed."""
+    if form(schema) == "json":
+        start = pos + 1 if text.startswith("\n", pos) else pos
+        try:
+            value, end = _DECODER.raw_decode(text, start)
+        except (ValueError, RecursionError):
+            pass
+        else:
+            close = hermes.after_blanks(text, end)
+            if text.startswith(END_VALUE, close) and (isinstance(value, str) or not _string_only(schema)):
+                return value, close + len(END_VALUE)
+    end = text.find(END_VALUE, pos)
+    if end < 0:
+        return None
+    raw = text[pos:end]
+    raw = raw[1:] if raw.startswith("\n") else raw
+    raw = raw[:-1] if raw.endswith("\n") else raw
+    if isinstance(schema, dict) and "boolean" in _types(schema) and raw.strip() in ("True", "False"):
+        return raw.strip() == "True", end + len(END_VALUE)
+    return raw, end + len(END_VALUE)
+
+
+def _string_only(schema: JSON) -> bool:
+    """Whether the schema admits strings only (its value, written as text, is never a number)."""
+    return isinstance(schema, dict) and _types(schema) == ["string"]
 
 
 def _types(schema: JSONObject) -> list[JSON]:
@@ -189,3 +208,6 @@ def _types(schema: JSONObject) -> list[JSON]:
 
 def _no_constant(name: str) -> JSON:
     raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
