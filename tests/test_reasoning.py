@@ -175,9 +175,12 @@ def test_a_grammars_answer_holds_no_thinking(model: Any) -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "chat_template_kwargs": {"open": True}}
     assert completions.prepare("m", model, requests.parse_chat(body), True).thinking is True
     fmt = {"response_format": {"type": "json_object"}}
-    assert completions.prepare("m", model, requests.parse_chat({**body, **fmt}), True).thinking is None
     forced = {"tools": TOOLS, "tool_choice": "required"}
-    assert completions.prepare("m", model, requests.parse_chat({**body, **forced}), True).thinking is None
+    for constrained in [fmt, forced]:
+        job = completions.prepare("m", model, requests.parse_chat({**body, **constrained}), True)
+        assert job.thinking is None and job.texts[0].endswith("assistant: <think>\n\n</think>\n\n")  # closed empty
+    job = completions.prepare("m", model, requests.parse_chat({**body, **fmt, "chat_template_kwargs": {}}), True)
+    assert job.thinking is None and job.texts[0].endswith("assistant: ")  # no block opened: none closed
     with pytest.raises(Exception, match="reasoning_format"):
         requests.parse_chat({**body, "reasoning_format": "raw"})
     assert requests.parse_chat({**body, "reasoning_format": None}).reasoning == "auto"

@@ -76,8 +76,10 @@ def prepare(name: str, model: LlamaCppTextModel, parsed: Parsed, chat: bool) -> 
             messages = parsed.messages if tools is None else structured.with_tools(parsed.messages, tools)
             texts = [model.format_chat(messages, opts, variables=parsed.template_kwargs)]
         reader = calls.Reader(tools, syntax, parsed.parallel) if tools is not None else None
-        # a grammar's answer holds no thinking: it is read whole
-        if parsed.reasoning != "none" and opts.grammar is None and model.thinks:
+        if model.thinks and opts.grammar is not None:  # a grammar's answer holds no thinking: read whole
+            if reasoning.opened(texts[0]):
+                texts = [reasoning.closed(texts[0])]  # and it starts after a block the prompt opened
+        elif model.thinks and parsed.reasoning != "none":
             thinking = reasoning.opened(texts[0])
         prompts = [model.tokenize_prompt(texts[0], opts)]
     else:

@@ -4,8 +4,8 @@ API return it; the answer after it is the ``content`` (and the text tool calls a
 
 It applies to models whose chat template writes such blocks (:meth:`llamacffi.Model.thinks`). Where the template's
 generation prompt itself opens the block (Qwen 3.5, DeepSeek R1), the answer starts inside it; otherwise an answer
-that starts with the opening tag does. A request that asks ``"reasoning_format": "none"``, or whose output a grammar
-constrains (it holds no thinking then), gets the text as it came.
+that starts with the opening tag does. A request that asks ``"reasoning_format": "none"`` gets the text as it came.
+An answer a grammar constrains holds no thinking: a block the prompt opened is closed empty before it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,12 @@ FORMATS = ("auto", "deepseek", "none")  # llama-server's names; "deepseek" is wh
 def opened(prompt: str) -> bool:
     """Whether the prompt ends inside a thinking block that its template opened."""
     return prompt.rstrip().endswith(OPEN)
+
+
+def closed(prompt: str) -> str:
+    """A prompt that opened a thinking block, with the block closed empty, as such templates write a turn without
+    thinking: for an answer a grammar constrains, which cannot think first."""
+    return prompt.rstrip() + "\n\n" + CLOSE + "\n\n"
 
 
 def split(text: str, inside: bool) -> tuple[str | None, str]:
