@@ -184,6 +184,9 @@ def test_a_grammars_answer_holds_no_thinking(model: Any) -> None:
     with pytest.raises(Exception, match="reasoning_format"):
         requests.parse_chat({**body, "reasoning_format": "raw"})
     assert requests.parse_chat({**body, "reasoning_format": None}).reasoning == "auto"
+    for falsy in ["", False, 0]:
+        with pytest.raises(Exception, match="reasoning_format"):
+            requests.parse_chat({**body, "reasoning_format": falsy})
 
 
 def test_smollm2_thinking_inside_an_opened_block(model: Any) -> None:

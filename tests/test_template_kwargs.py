@@ -50,6 +50,12 @@ def test_a_jinja_template_renders_them_and_a_builtin_one_has_none() -> None:
     )
     with pytest.raises(InvalidArgumentError, match="itself sets"):
         apply_template(GREETED, [("user", "Hi")], variables={"tools": []})
+    deep = "{% if x is defined %}{{ x.y.z }}{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}"
+    with pytest.raises(InvalidArgumentError, match=r"fails with the variables \['x'\]"):
+        apply_template(deep, [("user", "Hi")], variables={"x": 5})  # not llama.cpp's matcher, without them
+    needs = "{% if x is not defined %}{{ raise_exception('x!') }}{% endif %}{{ x.y.z }}"
+    with pytest.raises(InvalidArgumentError, match="fails with the variables"):
+        apply_template(needs, [("user", "Hi")], variables={"x": 5})
 
 
 @needs_templates

@@ -305,6 +305,8 @@ def test_an_answer_cut_short_keeps_its_whole_calls(syntax: str) -> None:
     assert reader.read(f"{one}\n{one[:30]}")[1] == []
     assert reader.read("Plain text <", cut=True) == ("Plain text ", [])
     assert reader.read(f"Cut {one[:40]}", cut=True) == ("Cut ", [])
+    explained = f"Example: {one.replace('get_time', 'nope')}\nThen more."  # a closed block that is no call
+    assert reader.read(explained, cut=True) == (explained, [])
     opened = one[: one.index("Rome")] + "</tool_call>"  # a string in the block left open holds the closing tag
     got, made = reader.read(f"{one}\n{opened}", cut=True)
     assert got is None and [(c["function"]["name"], c["function"]["arguments"]) for c in made] == rome

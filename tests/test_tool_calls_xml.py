@@ -82,6 +82,8 @@ def test_blocks_are_read_with_values_typed_by_their_schema() -> None:
     tagged = block("search", query="a", limit="1", filter='{"tag": "a</parameter>b"}')
     assert _read(tagged)[1][0][1]["filter"] == {"tag": "a</parameter>b"}  # JSON read whole
     assert _read(block("search", query="a", limit="1 2"))[1][0][1]["limit"] == "1 2"
+    spaced = block("search", query="a", limit=" 5", filter='  {"tag": "x"}').replace("\n5", "\n\r\n5\r")
+    assert _read(spaced)[1][0][1] == {"query": "a", "limit": 5, "filter": {"tag": "x"}}  # JSON among blanks
     assert _read(block("search", query="a", limit="1", exact="True"))[1] == [
         ("search", {"query": "a", "limit": 1, "exact": True})  # as Jinja writes a Python boolean
     ]

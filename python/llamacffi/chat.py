@@ -194,8 +194,13 @@ def apply_template(
             rendered = _render(compiled, checked, add_assistant, bos_token, eos_token, tools, more)
             if rendered is not None:
                 return rendered
-            if more and _render(compiled, checked, add_assistant, bos_token, eos_token, tools) is not None:
-                raise InvalidArgumentError(f"the chat template fails with the variables {sorted(more)}")
+            if more:  # a template that renders (or refuses) these messages without the variables fails on them
+                try:
+                    runs = _render(compiled, checked, add_assistant, bos_token, eos_token, tools) is not None
+                except InvalidArgumentError:
+                    runs = True
+                if runs:
+                    raise InvalidArgumentError(f"the chat template fails with the variables {sorted(more)}")
     if tools is not None or any("tool_calls" in m for m in checked):  # a result's id or a name can be left out
         raise InvalidArgumentError(
             "tools and tool calls need a Jinja chat template that renders them; llama.cpp's built-in templates "

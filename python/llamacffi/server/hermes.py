@@ -32,7 +32,9 @@ def _blocks(call: str, many: bool) -> str:
     return tagged(call, OPEN + "\n", "\n" + CLOSE, separator="\n" if many else None)
 
 
-Block = Callable[[str, int, structured.Tools], "tuple[JSONObject, int] | None"]
+# reads one block from after its opening tag: its call (None for a block that is no call to a listed function) and
+# where its closing tag ends; None for a block that does not end (left open, or malformed)
+Block = Callable[[str, int, structured.Tools], "tuple[JSONObject | None, int] | None"]
 
 
 def read(
@@ -40,10 +42,9 @@ def read(
 ) -> tuple[str | None, list[JSONObject]]:
     """The answer's text beside its calls (None when blank) and its calls (the first only without ``parallel``); the
     whole text and no call when it holds no block, or a block that is not a well-formed call to a listed function.
-    ``block``: reads one block's call from after its opening tag to after its closing one (JSON by default).
-    ``cut``: the answer ended at its length limit; the calls before the first block that cannot be read (the one it
-    left open) are its calls, and that block and what follows it, or the start of an opening tag at its end, are
-    dropped.
+    ``block``: reads one block (:data:`Block`; JSON by default). ``cut``: the answer ended at its length limit; a
+    last block that does not end (the one it left open), or the start of an opening tag at its end, is dropped, and
+    the calls before it kept.
 
     The text before the first block keeps its start, as a stream sends it; text between or after blocks follows it
     on lines of its own."""
@@ -54,10 +55,10 @@ def read(
     pos = 0
     while (start := text.find(OPEN, pos)) >= 0:
         found = (block or _block)(text, start + len(OPEN), tools)
-        if found is None and cut:
-            text = text[:start]
+        if found is None and cut and text.find(OPEN, start + len(OPEN)) < 0:
+            text = text[:start]  # the last block, left open
             break
-        if found is None:
+        if found is None or found[0] is None:
             return text, []
         outside.append(text[pos:start])
         calls.append(found[0])
@@ -68,9 +69,10 @@ def read(
     return (content if content.strip() else None), calls if parallel else calls[:1]
 
 
-def _block(text: str, pos: int, tools: structured.Tools) -> tuple[JSONObject, int] | None:
-    """The call whose JSON starts after blanks at ``pos``, and where its closing tag ends; None when it is not a
-    call followed by the tag (the JSON is read whole: a string in it may hold the tag)."""
+def _block(text: str, pos: int, tools: structured.Tools) -> tuple[JSONObject | None, int] | None:
+    """The call whose JSON starts after blanks at ``pos`` (None when it is no call to a listed function), and where
+    its closing tag ends; None when the JSON or the tag after it is not there (the JSON is read whole: a string in
+    it may hold the tag)."""
     pos = after_blanks(text, pos)
     try:
         _, end = _DECODER.raw_decode(text, pos)
@@ -78,9 +80,7 @@ def _block(text: str, pos: int, tools: structured.Tools) -> tuple[JSONObject, in
         return None
     call = structured.as_call(text[pos:end], tools)
     end = after_blanks(text, end)
-    if call is None or not text.startswith(CLOSE, end):
-        return None
-    return call, end + len(CLOSE)
+    return (call, end + len(CLOSE)) if text.startswith(CLOSE, end) else None
 
 
 def after_blanks(text: str, pos: int) -> int:

@@ -49,18 +49,18 @@ def grammar(tools: structured.Tools, answer: str | None, parallel: bool) -> str:
     names = [tools.choice] if tools.forced() and tools.choice != "required" else list(tools.functions)
     b = Builder()
     values: list[str] = []  # the rules of the JSON values, renamed apart
+    sep = literal("\n")
+    many = parallel and tools.choice in ("required", "auto")
     try:
         calls = [_call(b, values, _parameters(tools, n), n, i, names) for i, n in enumerate(names)]
+        call = b.rule("call", " | ".join(calls))
+        blocks = b.text(f"{call} ({sep} {call})*" if many else call) + "".join(values)
     except TooLarge as exc:
         raise invalid(
             f"tools: the calls in the chat template's syntax need too large a grammar: {exc}",
             "tools",
             "unsupported_schema",
         ) from None
-    call = b.rule("call", " | ".join(calls))
-    sep = literal("\n")
-    many = parallel and tools.choice in ("required", "auto")
-    blocks = b.text(f"{call} ({sep} {call})*" if many else call) + "".join(values)
     return blocks if answer is None else either(blocks, answer)
 
 
@@ -150,24 +150,30 @@ def read(text: str, tools: structured.Tools, parallel: bool, cut: bool = False) 
     return hermes.read(text, tools, parallel, _block, cut)
 
 
-def _block(text: str, pos: int, tools: structured.Tools) -> tuple[JSONObject, int] | None:
-    """The call of the block whose opening tag ends at ``pos``, and where its closing tag ends; None when it is not
-    a call to a listed function with each parameter once, closed by ``</function>`` and the block's tag."""
+def _block(text: str, pos: int, tools: structured.Tools) -> tuple[JSONObject | None, int] | None:
+    """The call of the block whose opening tag ends at ``pos`` (None when it is no call to a listed function with
+    each parameter once), and where its closing tag ends; None when its elements, ``</function>`` and the block's tag
+    are not there."""
     m = _FUNCTION.match(text, pos)
-    if m is None or (name := m.group(1).strip()) not in tools.functions:
+    if m is None:
         return None
-    listed = _parameters(tools, name).get("properties")
+    name = m.group(1).strip()
+    listed = _parameters(tools, name).get("properties") if name in tools.functions else None
     props = listed if isinstance(listed, dict) else {}
     arguments: JSONObject = {}
+    twice = False
     pos = m.end()
     while (m := _PARAMETER.match(text, pos)) is not None:
         key = m.group(1).strip()
         found = _value(text, m.end(), props.get(key, True))
-        if found is None or key in arguments:
+        if found is None:
             return None
+        twice = twice or key in arguments
         arguments[key], pos = found
     m = _END.match(text, pos)
-    return None if m is None else (structured.made(name, arguments), m.end())
+    if m is None:
+        return None
+    return (None if twice or name not in tools.functions else structured.made(name, arguments)), m.end()
 
 
 def _value(text: str, pos: int, schema: JSON) -> tuple[JSON, int] | None:
@@ -176,9 +182,8 @@ def _value(text: str, pos: int, schema: JSON) -> tuple[JSON, int] | None:
     text where it holds none, as a model may write a string that a pattern constrains. A boolean may be spelled as
     Python's Jinja renders one in the template (``True``). None when the element is not closed."""
     if form(schema) == "json":
-        start = pos + 1 if text.startswith("\n", pos) else pos
         try:
-            value, end = _DECODER.raw_decode(text, start)
+            value, end = _DECODER.raw_decode(text, hermes.after_blanks(text, pos))
         except (ValueError, RecursionError):
             pass
         else:

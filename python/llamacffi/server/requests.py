@@ -270,7 +270,8 @@ def parse_chat(body: JSONObject) -> Parsed:
             parsed.template_kwargs = check_variables(kwargs)
         except InvalidArgumentError as exc:
             raise invalid(f"chat_template_kwargs: {exc}", "chat_template_kwargs", "invalid_value") from None
-    form = body.get("reasoning_format") or "auto"
+    form = body.get("reasoning_format")
+    form = "auto" if form is None else form
     if form not in reasoning.FORMATS:
         raise invalid(
             f"reasoning_format must be one of {', '.join(reasoning.FORMATS)}, got {form!r}", "reasoning_format"
