@@ -175,11 +175,11 @@ def raw_text(b: Builder, hint: str, ending: str, lo: int = 0, hi: int | None = N
     if key in b.memo:
         return b.memo[key]
     d: Dfa | None = _without(ending)
-    try:
-        if lo > 0 or hi is not None:
+    if lo > 0 or hi is not None:
+        try:
             d = intersect(_without(ending), length_dfa(lo, hi), minimal=False)
-    except TooLarge:  # too many states: the simpler texts (the grammar's own budget still applies below)
-        d = None
+        except TooLarge:  # too many states: the simpler texts (the grammar's own budget still applies below)
+            d = None
     if d is None:
         rule = b.rule(hint, b.repeat(char_class(negate(((ord(ending[0]), ord(ending[0])),))), lo, hi))
     else:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from ..grammar.combine import either, tagged
 from ..jsontypes import JSONObject
-from . import structured
+from . import structured, tags
 
 OPEN = "<tool_call>"
 CLOSE = "</tool_call>"
@@ -49,7 +49,7 @@ def read(
     The text before the first block keeps its start, as a stream sends it; text between or after blocks follows it
     on lines of its own."""
     if cut:
-        text = text[: len(text) - _opening_at_end(text)]
+        text = text[: len(text) - tags.start_at_end(text, OPEN)]
     calls: list[JSONObject] = []
     outside: list[str] = []
     pos = 0
@@ -94,10 +94,5 @@ def held_from(text: str) -> int:
     before either (its length when there is neither)."""
     cut = text.find(OPEN)
     if cut < 0:
-        cut = len(text) - _opening_at_end(text)
+        cut = len(text) - tags.start_at_end(text, OPEN)
     return len(text[:cut].rstrip())
-
-
-def _opening_at_end(text: str) -> int:
-    """The length of the start of an opening tag that ends the text (0 when none does)."""
-    return next((k for k in range(min(len(OPEN) - 1, len(text)), 0, -1) if text.endswith(OPEN[:k])), 0)

@@ -10,6 +10,8 @@ An answer a grammar constrains holds no thinking: a block the prompt opened is c
 
 from __future__ import annotations
 
+from . import tags
+
 OPEN = "<think>"
 CLOSE = "</think>"
 FORMATS = ("auto", "deepseek", "none")  # llama-server's names; "deepseek" is what "auto" does here
@@ -66,7 +68,7 @@ class Splitter:
         if self.state == "inside":
             end = self.pending.find(CLOSE)
             if end < 0:
-                keep = _tag_start_at_end(self.pending, CLOSE)
+                keep = tags.start_at_end(self.pending, CLOSE)
                 thought, self.pending = (
                     self.pending[: len(self.pending) - keep],
                     self.pending[len(self.pending) - keep :],
@@ -88,8 +90,3 @@ class Splitter:
         if self.state == "before":  # blanks, or the start of a tag never completed: answer
             return "", rest
         return (rest, "") if self.state == "inside" else ("", "")
-
-
-def _tag_start_at_end(text: str, tag: str) -> int:
-    """The length of the start of ``tag`` that ends ``text`` (0 when none does)."""
-    return next((k for k in range(min(len(tag) - 1, len(text)), 0, -1) if text.endswith(tag[:k])), 0)
