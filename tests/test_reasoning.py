@@ -13,6 +13,7 @@ import pytest
 
 from llamacffi.server import reasoning
 from llamacffi.service.events import Chunk, Finish
+from test_grammar import accepts
 from test_tool_calls import TEMPLATES, needs_templates
 
 CALL = '<tool_call>\n{"name": "get_time", "arguments": {"city": "Rome"}}\n</tool_call>'
@@ -169,24 +170,78 @@ def test_calls_after_the_thinking_are_read(model: Any, size: int) -> None:
         assert said == built and (said["reasoning_content"], said["content"]) == (None, "Paris.")
 
 
-def test_a_grammars_answer_holds_no_thinking(model: Any) -> None:
+def test_a_grammars_answer_may_think_first(model: Any, smollm2: Any) -> None:
     from llamacffi.server import completions, requests
 
     body = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "chat_template_kwargs": {"open": True}}
     assert completions.prepare("m", model, requests.parse_chat(body), True).thinking is True
     fmt = {"response_format": {"type": "json_object"}}
     forced = {"tools": TOOLS, "tool_choice": "required"}
-    for constrained in [fmt, forced]:
+    call = '{"name": "get_time", "arguments": {}}'
+    vocab = smollm2.vocab
+    for constrained, doc in [(fmt, '{"a": 1}'), (forced, call)]:
         job = completions.prepare("m", model, requests.parse_chat({**body, **constrained}), True)
-        assert job.thinking is None and job.texts[0].endswith("assistant: <think>\n\n</think>\n\n")  # closed empty
-    job = completions.prepare("m", model, requests.parse_chat({**body, **fmt, "chat_template_kwargs": {}}), True)
-    assert job.thinking is None and job.texts[0].endswith("assistant: ")  # no block opened: none closed
+        grammar = job.parsed.options.grammar
+        assert job.thinking is True and job.texts[0].endswith("assistant: <think>\n")  # the block stays open
+        assert accepts(vocab, grammar, f"A plan: </thin, <think>.\n</think>\n\n{doc}")
+        assert accepts(vocab, grammar, f"</think>{doc}")  # no thinking at all
+        assert not accepts(vocab, grammar, doc)  # the block must close first
+        assert not accepts(vocab, grammar, f"x</think>\n</think>{doc}")  # and once
+        assert not accepts(vocab, grammar, f"x</think>{doc[:-1]}")  # then the document, whole
+        assert not accepts(vocab, grammar, f"x</think>\n\n\n\n\n\n{doc}")  # after a few blanks only
+        # without the block opened, it is optional
+        job = completions.prepare("m", model, requests.parse_chat({**body, **constrained, "chat_template_kwargs": {}}),
+                                  True)  # fmt: skip
+        grammar = job.parsed.options.grammar
+        assert job.thinking is False and job.texts[0].endswith("assistant: ")
+        assert accepts(vocab, grammar, doc) and accepts(vocab, grammar, f"<think>A plan.</think>\n{doc}")
+        assert not accepts(vocab, grammar, f"A plan.</think>{doc}") and not accepts(vocab, grammar, f" {doc}")
+        # reasoning_format "none": the content is the document alone, after a block closed empty
+        job = completions.prepare("m", model, requests.parse_chat({**body, **constrained, "reasoning_format": "none"}),
+                                  True)  # fmt: skip
+        assert job.thinking is None and job.texts[0].endswith("assistant: <think>\n\n</think>\n\n")
+        assert accepts(vocab, job.parsed.options.grammar, doc)
     with pytest.raises(Exception, match="reasoning_format"):
         requests.parse_chat({**body, "reasoning_format": "raw"})
     assert requests.parse_chat({**body, "reasoning_format": None}).reasoning == "auto"
     for falsy in ["", False, 0]:
         with pytest.raises(Exception, match="reasoning_format"):
             requests.parse_chat({**body, "reasoning_format": falsy})
+
+
+@pytest.mark.parametrize("size", [1, 4, 500])
+def test_a_constrained_answer_after_thinking_whole_and_streamed(model: Any, size: int) -> None:
+    opened = {"chat_template_kwargs": {"open": True}}
+    fmt = {"response_format": {"type": "json_object"}}
+    said, built = _both(model, 'A plan.</think>\n\n{"a": 1}', size, **opened, **fmt)
+    assert said == built == {"content": '{"a": 1}', "reasoning_content": "A plan.", "tool_calls": None,
+                             "finish_reason": "stop"}  # fmt: skip
+    call = '{"name": "get_time", "arguments": {"city": "Rome"}}'
+    said, built = _both(model, f"<think>Rome's time.</think>\n{call}", size, tools=TOOLS, tool_choice="required")
+    assert said == built == {"content": None, "reasoning_content": "Rome's time.", "finish_reason": "tool_calls",
+                             "tool_calls": [{"name": "get_time", "arguments": '{"city": "Rome"}'}]}  # fmt: skip
+    said, built = _both(model, "Rome's time, cut", size, tools=TOOLS, tool_choice="required", **opened)
+    assert said == built and (said["reasoning_content"], said["content"], said["tool_calls"]) == (
+        "Rome's time, cut", "", None)  # fmt: skip
+
+
+def test_smollm2_answers_a_json_format_under_a_thinking_template(model: Any) -> None:
+    TestClient = pytest.importorskip("starlette.testclient").TestClient
+    from llamacffi.server import create_app
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "Give a JSON object."}], "max_tokens": 48,
+            "temperature": 0, "response_format": {"type": "json_object"}}  # fmt: skip
+    with TestClient(create_app({"m": model})) as client:
+        r = client.post("/v1/chat/completions", json=body)  # the block is optional: SmolLM2 answers at once
+        assert r.status_code == 200, r.text
+        (choice,) = r.json()["choices"]
+        assert choice["finish_reason"] == "stop" and "reasoning_content" not in choice["message"]
+        assert isinstance(json.loads(choice["message"]["content"]), dict)
+        r = client.post("/v1/chat/completions", json={**body, "chat_template_kwargs": {"open": True}})
+        assert r.status_code == 200, r.text  # inside the block the prompt opened, it thinks to its length
+        (choice,) = r.json()["choices"]
+        assert choice["finish_reason"] == "length" and choice["message"]["content"] == ""
+        assert "{" not in choice["message"]["reasoning_content"][:5]  # free text, not the document
 
 
 def test_smollm2_thinking_inside_an_opened_block(model: Any) -> None:

@@ -76,11 +76,12 @@ def prepare(name: str, model: LlamaCppTextModel, parsed: Parsed, chat: bool) -> 
             messages = parsed.messages if tools is None else structured.with_tools(parsed.messages, tools)
             texts = [model.format_chat(messages, opts, variables=parsed.template_kwargs)]
         reader = calls.Reader(tools, syntax, parsed.parallel) if tools is not None else None
-        if model.thinks and opts.grammar is not None:  # a grammar's answer holds no thinking: read whole
-            if reasoning.opened(texts[0]):
-                texts = [reasoning.closed(texts[0])]  # and it starts after a block the prompt opened
-        elif model.thinks and parsed.reasoning != "none":
+        if model.thinks and parsed.reasoning != "none":
             thinking = reasoning.opened(texts[0])
+            if opts.grammar is not None:  # the model thinks, then writes the grammar's document
+                opts = dataclasses.replace(opts, grammar=reasoning.first(opts.grammar, thinking))
+        elif model.thinks and opts.grammar is not None and reasoning.opened(texts[0]):
+            texts = [reasoning.closed(texts[0])]  # the content is the document alone: no thinking before it
         prompts = [model.tokenize_prompt(texts[0], opts)]
     else:
         prompts = [model.tokenize_prompt(p, opts) for p in parsed.prompts]

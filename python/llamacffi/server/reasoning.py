@@ -5,11 +5,18 @@ API return it; the answer after it is the ``content`` (and the text tool calls a
 It applies to models whose chat template writes such blocks (:meth:`llamacffi.Model.thinks`). Where the template's
 generation prompt itself opens the block (Qwen 3.5, DeepSeek R1), the answer starts inside it; otherwise an answer
 that starts with the opening tag does. A request that asks ``"reasoning_format": "none"`` gets the text as it came.
-An answer a grammar constrains holds no thinking: a block the prompt opened is closed empty before it.
+
+An answer a grammar constrains (a JSON ``response_format``, a forced tool call) may think first, as vLLM allows with
+a reasoning parser: the grammar admits free text up to the closing tag before its document (:func:`first`). With
+``"reasoning_format": "none"`` the content must be the document alone, so a block the prompt opened is closed empty
+before it instead (:func:`closed`), and the model answers without thinking.
 """
 
 from __future__ import annotations
 
+from ..grammar.combine import spliced
+from ..grammar.gbnf import Builder, literal
+from ..grammar.strings import raw_text
 from . import tags
 
 OPEN = "<think>"
@@ -24,8 +31,24 @@ def opened(prompt: str) -> bool:
 
 def closed(prompt: str) -> str:
     """A prompt that opened a thinking block, with the block closed empty, as such templates write a turn without
-    thinking: for an answer a grammar constrains, which cannot think first."""
+    thinking: for an answer a grammar constrains whose content must be its document alone."""
     return prompt.rstrip() + "\n\n" + CLOSE + "\n\n"
+
+
+def first(grammar: str, inside: bool) -> str:
+    """A grammar admitting thinking, then ``grammar``'s document: the rest of the block the prompt opened
+    (``inside``), else an optional block at the start. The thinking is any text without the closing tag; a few blanks
+    may follow it, as :func:`split` drops them."""
+    b = Builder()
+    thought = raw_text(b, "thought", CLOSE)
+    block = f"{thought} {literal(CLOSE)} {b.repeat(_BLANK, 0, _BLANKS)}"
+    head = block if inside else f"({literal(OPEN)} {block})?"
+    body, rules = spliced(grammar, "answer-")  # no rule of this grammar starts with it
+    return b.text(f"{head} ({body})") + rules
+
+
+_BLANK = "[ \\t\\n]"
+_BLANKS = 4  # between the block and the answer: bounded, so that blanks cannot fill the answer's tokens
 
 
 def split(text: str, inside: bool) -> tuple[str | None, str]:
