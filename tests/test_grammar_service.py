@@ -151,7 +151,7 @@ def test_cli_generate_json_schema(smollm2_path: Path, tmp_path: Path) -> None:
 def test_a_grammar_the_vocabulary_cannot_spell_fails_alone(smol: LlamaCppTextModel) -> None:
     # U+40000 starts with the byte 0xF1, which no token of SmolLM2's vocabulary holds: sampling finds no allowed
     # token. That request ends with an error; a free request decoding in the same steps is not disturbed.
-    from llamacffi.service import GenerationError
+    from llamacffi.service import InvalidConfigError
 
     free = GenerationOptions(temperature=0, max_tokens=24)
     alone = smol.generate("Name three colours.", free)
@@ -174,5 +174,7 @@ def test_a_grammar_the_vocabulary_cannot_spell_fails_alone(smol: LlamaCppTextMod
         t.start()
     for t in threads:
         t.join(120)
-    assert isinstance(results["bad"], GenerationError) and "sampling failed" in str(results["bad"])
+    bad = results["bad"]  # the caller's grammar: an error of its options, naming the field
+    assert isinstance(bad, InvalidConfigError) and "allows no token" in str(bad)
+    assert bad.field == "GenerationOptions.grammar"
     assert results["free"] == alone

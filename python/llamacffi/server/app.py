@@ -27,7 +27,7 @@ from . import completions, embeddings, reasoning
 from .asgi import EventStream, error_response, off_loop, race, read_body
 from .errors import APIError, from_service
 from .gate import Gate
-from .requests import parse_chat, parse_completion
+from .requests import CONSTRAINTS, parse_chat, parse_completion
 from .served import Served, Server
 
 __all__ = ["ROUTES", "EventStream", "Served", "Server", "create_app"]
@@ -57,7 +57,7 @@ def _completion(chat: bool) -> Callable[[Request], Awaitable[Response]]:
         server: Server = request.app.state.server
         body = await read_body(request)
         parse = parse_chat if chat else parse_completion
-        if isinstance(body, dict) and (body.get("tools") or body.get("response_format")):
+        if isinstance(body, dict) and any(body.get(k) for k in ("tools", "response_format", *CONSTRAINTS)):
             parsed = await asyncio.to_thread(parse, body)  # compiles a JSON schema: up to its work budget
         else:
             parsed = parse(body)
@@ -74,13 +74,13 @@ def _completion(chat: bool) -> Callable[[Request], Awaitable[Response]]:
         try:
             job.start()
         except Exception as exc:
-            raise from_service(exc) from None
+            raise job.failed(exc) from None
         if parsed.stream:
             return EventStream(completions.stream(job, server.metrics), job.cancel)
         try:
             result = await race(completions.respond(job, server.metrics), request.receive)
         except Exception as exc:
-            raise from_service(exc) from None
+            raise job.failed(exc) from None
         finally:
             job.cancel()
         if result is None:  # the client is gone: nobody reads this

@@ -14,7 +14,7 @@ from ..service.choices import Choices
 from ..service.events import Chunk, Finish, TokenLogprob
 from ..vocab import TokenArray
 from . import calls, reasoning, shapes, structured
-from .errors import from_service
+from .errors import APIError, from_service
 from .metrics import Metrics
 from .requests import Parsed
 
@@ -39,6 +39,13 @@ class Job:
     # where the answers hold a reasoning model's thinking: None for none (or kept as content), False for a block at
     # their start, True for one the prompt opened
     thinking: bool | None = None
+
+    def failed(self, exc: BaseException) -> APIError:
+        """The HTTP form of an error of this request: one of its grammar names the request field it came from."""
+        error = from_service(exc)
+        if error.param in ("grammar", "response_format") and self.parsed.constraint is not None:
+            error.param = self.parsed.constraint
+        return error
 
     def start(self) -> None:
         """Queue every prompt's choices; a full queue raises here, before any response starts."""
@@ -76,12 +83,15 @@ def prepare(name: str, model: LlamaCppTextModel, parsed: Parsed, chat: bool) -> 
             messages = parsed.messages if tools is None else structured.with_tools(parsed.messages, tools)
             texts = [model.format_chat(messages, opts, variables=parsed.template_kwargs)]
         reader = calls.Reader(tools, syntax, parsed.parallel) if tools is not None else None
-        if model.thinks and parsed.reasoning != "none":
-            thinking = reasoning.opened(texts[0])
-            if opts.grammar is not None:  # the model thinks, then writes the grammar's document
-                opts = dataclasses.replace(opts, grammar=reasoning.first(opts.grammar, thinking))
-        elif model.thinks and opts.grammar is not None and reasoning.opened(texts[0]):
-            texts = [reasoning.closed(texts[0])]  # the content is the document alone: no thinking before it
+        if model.thinks:
+            inside = reasoning.opened(texts[0])
+            if opts.grammar is None:
+                thinking = inside if parsed.reasoning != "none" else None
+            elif parsed.reasoning == "none" or parsed.own_grammar:  # the content is the grammar's document alone
+                texts = [reasoning.closed(texts[0])] if inside else texts
+            else:  # the model thinks, then writes the grammar's document
+                thinking = inside
+                opts = dataclasses.replace(opts, grammar=reasoning.first(opts.grammar, inside))
         prompts = [model.tokenize_prompt(texts[0], opts)]
     else:
         prompts = [model.tokenize_prompt(p, opts) for p in parsed.prompts]
@@ -340,7 +350,7 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
             yield shapes.sse({**head, "choices": [], "usage": used})
         yield shapes.DONE
     except Exception as exc:  # the status line is sent: the error goes in the stream
-        yield b"data: " + from_service(exc).json() + b"\n\n"
+        yield b"data: " + job.failed(exc).json() + b"\n\n"
         yield shapes.DONE
     finally:  # also when the client leaves: what was spent is counted
         tally.close()

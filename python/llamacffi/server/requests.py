@@ -2,7 +2,8 @@
 
 Fields OpenAI defines and that change nothing here (``user``, ``metadata``, ``store``, ...) are accepted and ignored;
 fields that would change the output and are not implemented, and names OpenAI does not define, are refused with 400.
-``response_format`` and ``tools`` become grammars through :mod:`.structured`.
+``response_format`` and ``tools`` become grammars through :mod:`.structured`, as do llama-server's ``json_schema``
+and ``grammar`` (GBNF text, the output alone: a reasoning model does not think first).
 Unset sampling fields take the service's defaults (those of llama.cpp's server), not OpenAI's.
 """
 
@@ -52,6 +53,7 @@ SAMPLING = frozenset(
         "repeat_penalty",
     }
 )
+CONSTRAINTS = ("grammar", "json_schema")  # llama-server's, on both endpoints: GBNF text, or a JSON Schema
 CHAT_FIELDS = SAMPLING | {
     "messages",
     "max_completion_tokens",
@@ -66,8 +68,9 @@ CHAT_FIELDS = SAMPLING | {
     "modalities",
     "chat_template_kwargs",  # llama-server's: more variables for the chat template
     "reasoning_format",  # llama-server's: "none" keeps a reasoning model's thinking in the content
+    *CONSTRAINTS,
 }
-COMPLETION_FIELDS = SAMPLING | {"prompt", "echo", "logprobs", "suffix", "best_of"}
+COMPLETION_FIELDS = SAMPLING | {"prompt", "echo", "logprobs", "suffix", "best_of", *CONSTRAINTS}
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "user"}
 DEFAULTS = GenerationOptions()  # what a field the request leaves unset takes
 
@@ -87,6 +90,8 @@ class Parsed:
     prompts: list[str | list[int]] = dataclasses.field(default_factory=list)
     echo: bool = False
     grammar: str | None = None  # GBNF the output must follow
+    own_grammar: bool = False  # the grammar is the request's GBNF text: its output is that alone
+    constraint: str | None = None  # the field the grammar comes from, named by its errors
     tools: structured.Tools | None = None
     # the conversation with its tool calls and results as such, for a template that writes them
     chat: list[dict[str, object]] = dataclasses.field(default_factory=list)
@@ -277,10 +282,13 @@ def parse_chat(body: JSONObject) -> Parsed:
             f"reasoning_format must be one of {', '.join(reasoning.FORMATS)}, got {form!r}", "reasoning_format"
         )
     parsed.reasoning = str(form)
-    parsed.answer_schema = structured.response_schema(body.get("response_format"))
-    parsed.grammar = parsed.answer_grammar = structured.response_grammar(body.get("response_format"))
+    _constrain(parsed, body, "response_format")
+    if parsed.own_grammar and body.get("tools"):
+        raise invalid("give grammar or tools, not both", "grammar")
     parsed.tools = structured.parse_tools(body.get("tools"), body.get("tool_choice"), parsed.grammar is not None)
     parsed.parallel = body.get("parallel_tool_calls") is None or _flag(body, "parallel_tool_calls")
+    if parsed.tools is not None and (parsed.tools.forced() or parsed.grammar is not None):
+        parsed.constraint = "tools"  # the grammar of the calls (beside the answer's format)
     if parsed.tools is not None and parsed.tools.forced():
         parsed.grammar = structured.call_grammar(parsed.tools)  # a call: the answer's format does not apply
     elif parsed.tools is not None and parsed.grammar is not None:  # a call, or the answer in its format
@@ -377,10 +385,35 @@ def _prompts(prompt: JSON) -> list[str | list[int]]:
     )
 
 
+def _constrain(parsed: Parsed, body: JSONObject, *formats: str) -> None:
+    """The output's constraint, the one field of ``formats``, ``json_schema`` and ``grammar`` that gives one: a
+    JSON Schema (``answer_schema``, compiled as ``answer_grammar``) or GBNF text."""
+    given = [name for name in (*formats, "json_schema", "grammar") if body.get(name) is not None]
+    if len(given) > 1:
+        raise invalid(f"give one of {', '.join(given)}, not several", given[-1])
+    parsed.constraint = given[0] if given else None
+    if "response_format" in formats:
+        parsed.answer_schema = structured.response_schema(body.get("response_format"))
+        parsed.answer_grammar = structured.response_grammar(body.get("response_format"))
+    schema = body.get("json_schema")
+    if schema is not None:
+        if not isinstance(schema, (dict, bool)):
+            raise invalid("json_schema must be a JSON Schema (an object or a boolean)", "json_schema", "invalid_type")
+        parsed.answer_schema = schema
+        parsed.answer_grammar = structured.compile_schema(schema, "json_schema")
+    parsed.grammar = parsed.answer_grammar
+    text = body.get("grammar")
+    if text is not None:  # its text is checked where the options are made, and parsed by llama.cpp
+        if not isinstance(text, str):
+            raise invalid("grammar must be GBNF text", "grammar", "invalid_type")
+        parsed.grammar, parsed.own_grammar = text, True
+
+
 def parse_completion(body: JSONObject) -> Parsed:
     """A ``/v1/completions`` body; :class:`APIError` (400) names the first bad field."""
     _check_fields(body, COMPLETION_FIELDS)
     parsed = _common(body, raw=True)
+    _constrain(parsed, body)
     parsed.prompts = _prompts(body.get("prompt"))
     if len(parsed.prompts) * parsed.n > limits.MAX_CHOICES:
         raise invalid(f"at most {limits.MAX_CHOICES} choices per request (prompts x n)", "n", "invalid_value")

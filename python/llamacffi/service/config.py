@@ -278,7 +278,9 @@ class GenerationOptions(_Config):
                 or "\0" in self.grammar
                 or not _encodable(self.grammar)
             ):
-                raise _fail(type(self), "grammar", "must be non-empty GBNF text without NUL characters", self.grammar)
+                raise _fail(
+                    type(self), "grammar", "must be non-empty GBNF text, in UTF-8 without NUL characters", self.grammar
+                )
         if self.json_schema is not None:
             if not isinstance(self.json_schema, (dict, str)):
                 raise _fail(type(self), "json_schema", "must be a dict or JSON text", self.json_schema)
@@ -290,6 +292,13 @@ class GenerationOptions(_Config):
                 raise InvalidConfigError(
                     f"GenerationOptions.json_schema: {exc}", field="GenerationOptions.json_schema"
                 ) from exc
+
+    @property
+    def constraint_field(self) -> str | None:
+        """The field whose grammar constrains the output, for errors that llama.cpp's grammar raises; None if free."""
+        if self.json_schema is not None:
+            return "GenerationOptions.json_schema"
+        return "GenerationOptions.grammar" if self.grammar is not None else None
 
     def grammar_text(self) -> str | None:
         """The GBNF text constraining the output: ``grammar``, or ``json_schema`` compiled (cached); None if free."""

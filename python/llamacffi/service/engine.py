@@ -23,7 +23,7 @@ from .. import Batch, Context, DecodeAbortedError, LlamaError, StateError, backe
 from .. import Model as LlamaModel
 from . import runner
 from .config import ModelConfig
-from .errors import GenerationError, ModelClosedError, QueueFullError
+from .errors import GenerationError, InvalidConfigError, ModelClosedError, QueueFullError
 from .prompt_cache import PromptCache, common_prefix
 from .request import END, Request, Sink, send, token_logprob
 from .request import emit as _emit
@@ -485,7 +485,13 @@ class Engine(runner.Attached):
             except LlamaError as exc:  # no token can be sampled (a grammar the vocabulary cannot spell): this request
                 with self._cond:  # ends, the others in the step go on
                     self._release(slot)
-                _emit(req, GenerationError(f"sampling failed: {exc}"))
+                field = req.options.constraint_field
+                _emit(
+                    req,
+                    GenerationError(f"sampling failed: {exc}")
+                    if field is None
+                    else InvalidConfigError(f"the grammar allows no token of the vocabulary here ({exc})", field=field),
+                )
                 return
         if self._vocab.is_eog(token):
             req.finish_reason = "stop"

@@ -7,11 +7,12 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import GrammarError
 from ..sampling import Sampler, VocabLike
 from ..sampling.params import penalties_on
 from ..vocab import StreamDecoder
 from .config import GenerationOptions
-from .errors import GenerationError
+from .errors import GenerationError, InvalidConfigError
 from .events import Chunk, TokenLogprob
 from .stops import StopMatcher
 
@@ -78,24 +79,27 @@ class Request:
             raise GenerationError("a constrained request needs the model's vocab")
         # A grammar has state: a constrained request's sampler holds its own, fed every token it returns (greedy
         # requests too), so constrained and free requests share decode steps.
-        self.sampler = (
-            None
-            if self.greedy
-            else Sampler(
-                temperature=options.temperature,
-                top_k=options.top_k,
-                top_p=options.top_p,
-                min_p=options.min_p,
-                repeat_penalty=options.repeat_penalty,
-                frequency_penalty=options.frequency_penalty,
-                presence_penalty=options.presence_penalty,
-                penalty_last_n=options.penalty_last_n,
-                logit_bias=bias,
-                seed=options.seed,
-                vocab=vocab if grammar is not None else None,
-                grammar=grammar,
+        try:
+            self.sampler = (
+                None
+                if self.greedy
+                else Sampler(
+                    temperature=options.temperature,
+                    top_k=options.top_k,
+                    top_p=options.top_p,
+                    min_p=options.min_p,
+                    repeat_penalty=options.repeat_penalty,
+                    frequency_penalty=options.frequency_penalty,
+                    presence_penalty=options.presence_penalty,
+                    penalty_last_n=options.penalty_last_n,
+                    logit_bias=bias,
+                    seed=options.seed,
+                    vocab=vocab if grammar is not None else None,
+                    grammar=grammar,
+                )
             )
-        )
+        except GrammarError as exc:  # llama.cpp cannot parse it, or it is too ambiguous to run: the caller's
+            raise InvalidConfigError(str(exc), field=options.constraint_field) from exc
         self.logprobs = logprobs
         self.entries: list[TokenLogprob] = []  # log-probabilities of tokens whose text is not sent yet
         self.after = after
