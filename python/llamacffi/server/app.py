@@ -23,16 +23,27 @@ from starlette.routing import Route
 from .. import limits
 from ..jsontypes import JSONObject
 from ..service import LlamaCppEmbeddingModel, LlamaCppTextModel, LocalBackendConfig, ModelConfig
-from . import completions, embeddings, reasoning
+from ..vocab import Vocab
+from . import completions, embeddings, reasoning, tokens
 from .asgi import EventStream, error_response, off_loop, race, read_body
 from .errors import APIError, from_service
 from .gate import Gate
-from .requests import CONSTRAINTS, parse_chat, parse_completion
+from .requests import CONSTRAINTS, Parsed, parse_chat, parse_completion
 from .served import Served, Server
 
 __all__ = ["ROUTES", "EventStream", "Served", "Server", "create_app"]
 
-ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+ROUTES = (
+    "/health",
+    "/metrics",
+    "/v1/models",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/apply-template",
+    "/tokenize",
+    "/detokenize",
+)
 
 
 def _guarded(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
@@ -50,19 +61,26 @@ def _guarded(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Re
     return run
 
 
+async def _parse(request: Request, chat: bool) -> Parsed:
+    """A completion request's body, checked; off the event loop where it holds a JSON Schema to compile (up to its
+    work budget)."""
+    body = await read_body(request)
+    parse = parse_chat if chat else parse_completion
+    if any(body.get(k) for k in ("tools", "response_format", *CONSTRAINTS)):
+        parsed = await asyncio.to_thread(parse, body)
+    else:
+        parsed = parse(body)
+    if chat and body.get("reasoning_format") is None:
+        parsed.reasoning = request.app.state.reasoning_format
+    return parsed
+
+
 def _completion(chat: bool) -> Callable[[Request], Awaitable[Response]]:
     text_param = "messages" if chat else "prompt"
 
     async def endpoint(request: Request) -> Response:
         server: Server = request.app.state.server
-        body = await read_body(request)
-        parse = parse_chat if chat else parse_completion
-        if isinstance(body, dict) and any(body.get(k) for k in ("tools", "response_format", *CONSTRAINTS)):
-            parsed = await asyncio.to_thread(parse, body)  # compiles a JSON schema: up to its work budget
-        else:
-            parsed = parse(body)
-        if chat and isinstance(body, dict) and body.get("reasoning_format") is None:
-            parsed.reasoning = request.app.state.reasoning_format
+        parsed = await _parse(request, chat)
         name, model = server.model(parsed.model)
         try:
             # with tools, preparing may compile the calls' grammar in the template's syntax: never on the loop
@@ -86,6 +104,35 @@ def _completion(chat: bool) -> Callable[[Request], Awaitable[Response]]:
         if result is None:  # the client is gone: nobody reads this
             return Response(status_code=499)
         return JSONResponse(result)
+
+    return endpoint
+
+
+async def _apply_template(request: Request) -> Response:
+    """llama-server's ``/apply-template``: a chat request's prompt as its model sees it, tools and thinking
+    included, without generating."""
+    server: Server = request.app.state.server
+    parsed = await _parse(request, chat=True)
+    _, model = server.model(parsed.model)
+    try:
+        chars = parsed.text_chars() if parsed.tools is None else limits.INLINE_TEXT_CHARS + 1
+        text = await off_loop(lambda p: completions.chat_prompt(model, p)[0], parsed, chars)
+    except Exception as exc:
+        raise from_service(exc) from None
+    return JSONResponse({"prompt": text})
+
+
+def _tokens(convert: Callable[[Vocab, JSONObject], JSONObject]) -> Callable[[Request], Awaitable[Response]]:
+    """llama-server's ``/tokenize`` or ``/detokenize``, with the vocabulary of the text model the body names."""
+
+    async def endpoint(request: Request) -> Response:
+        server: Server = request.app.state.server
+        body = await read_body(request)
+        _, model = server.model(body.get("model"))
+        vocab = model.llama_model.vocab
+        content, ids = body.get("content"), body.get("tokens")
+        size = len(content) if isinstance(content, str) else len(ids) if isinstance(ids, list) else 0
+        return JSONResponse(await off_loop(lambda b: convert(vocab, b), body, size))
 
     return endpoint
 
@@ -196,6 +243,9 @@ def create_app(
         Route("/v1/chat/completions", _guarded(_completion(chat=True)), methods=["POST"]),
         Route("/v1/completions", _guarded(_completion(chat=False)), methods=["POST"]),
         Route("/v1/embeddings", _guarded(_embeddings), methods=["POST"]),
+        Route("/apply-template", _guarded(_apply_template), methods=["POST"]),
+        Route("/tokenize", _guarded(_tokens(tokens.tokenize)), methods=["POST"]),
+        Route("/detokenize", _guarded(_tokens(tokens.detokenize)), methods=["POST"]),
     ]
     middleware = (
         [

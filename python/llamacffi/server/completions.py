@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 from ..jsontypes import JSON, JSONObject
-from ..service import LlamaCppTextModel
+from ..service import GenerationOptions, LlamaCppTextModel
 from ..service.choices import Choices
 from ..service.events import Chunk, Finish, TokenLogprob
 from ..vocab import TokenArray
@@ -64,36 +64,50 @@ class Job:
             c.cancel()
 
 
-def prepare(name: str, model: LlamaCppTextModel, parsed: Parsed, chat: bool) -> Job:
-    """Template, tokenize and bound a request before anything is queued (errors here are the client's)."""
+def chat_prompt(
+    model: LlamaCppTextModel, parsed: Parsed
+) -> tuple[str, GenerationOptions, calls.Reader | None, bool | None]:
+    """A chat request's prompt text as the model sees it, its options with the grammar its answer follows, how its
+    answer makes tool calls, and where its answer holds thinking (:attr:`Job.thinking`)."""
     opts = parsed.options
     if parsed.grammar is not None:
         opts = dataclasses.replace(opts, grammar=parsed.grammar)
+    thinking = None
+    tools = parsed.tools
+    syntax = model.tool_syntax if tools is not None else None
+    if tools is not None and syntax is not None:  # the template describes the tools and writes the calls
+        grammar = calls.grammar(syntax, tools, parsed.answer_schema, parsed.answer_grammar, parsed.parallel)
+        opts = dataclasses.replace(opts, grammar=grammar)
+        described = calls.described(tools)
+        text = model.format_chat(parsed.chat, opts, tools=described, variables=parsed.template_kwargs)
+    else:
+        messages = parsed.messages if tools is None else structured.with_tools(parsed.messages, tools)
+        text = model.format_chat(messages, opts, variables=parsed.template_kwargs)
+    reader = calls.Reader(tools, syntax, parsed.parallel) if tools is not None else None
+    if model.thinks:
+        inside = reasoning.opened(text)
+        if opts.grammar is None:
+            thinking = inside if parsed.reasoning != "none" else None
+        elif parsed.reasoning == "none" or parsed.own_grammar:  # the content is the grammar's document alone
+            text = reasoning.closed(text) if inside else text
+        else:  # the model thinks, then writes the grammar's document
+            thinking = inside
+            opts = dataclasses.replace(opts, grammar=reasoning.first(opts.grammar, inside))
+    return text, opts, reader, thinking
+
+
+def prepare(name: str, model: LlamaCppTextModel, parsed: Parsed, chat: bool) -> Job:
+    """Template, tokenize and bound a request before anything is queued (errors here are the client's)."""
     reader = None
     thinking = None
     if chat:
-        tools = parsed.tools
-        syntax = model.tool_syntax if tools is not None else None
-        if tools is not None and syntax is not None:  # the template describes the tools and writes the calls
-            grammar = calls.grammar(syntax, tools, parsed.answer_schema, parsed.answer_grammar, parsed.parallel)
-            opts = dataclasses.replace(opts, grammar=grammar)
-            described = calls.described(tools)
-            texts = [model.format_chat(parsed.chat, opts, tools=described, variables=parsed.template_kwargs)]
-        else:
-            messages = parsed.messages if tools is None else structured.with_tools(parsed.messages, tools)
-            texts = [model.format_chat(messages, opts, variables=parsed.template_kwargs)]
-        reader = calls.Reader(tools, syntax, parsed.parallel) if tools is not None else None
-        if model.thinks:
-            inside = reasoning.opened(texts[0])
-            if opts.grammar is None:
-                thinking = inside if parsed.reasoning != "none" else None
-            elif parsed.reasoning == "none" or parsed.own_grammar:  # the content is the grammar's document alone
-                texts = [reasoning.closed(texts[0])] if inside else texts
-            else:  # the model thinks, then writes the grammar's document
-                thinking = inside
-                opts = dataclasses.replace(opts, grammar=reasoning.first(opts.grammar, inside))
-        prompts = [model.tokenize_prompt(texts[0], opts)]
+        text, opts, reader, thinking = chat_prompt(model, parsed)
+        texts = [text]
+        prompts = [model.tokenize_prompt(text, opts)]
     else:
+        opts = parsed.options
+        if parsed.grammar is not None:
+            opts = dataclasses.replace(opts, grammar=parsed.grammar)
         prompts = [model.tokenize_prompt(p, opts) for p in parsed.prompts]
         texts = [
             p if isinstance(p, str) else model.llama_model.vocab.detokenize(t)

@@ -135,16 +135,18 @@ def _integer(body: JSONObject, name: str, lo: int, hi: int) -> int | None:
     return value
 
 
-def _flag(body: JSONObject, name: str) -> bool:
+def flag(body: JSONObject, name: str, default: bool = False) -> bool:
+    """A boolean field (``default`` when absent or null)."""
     value = body.get(name)
     if value is None:
-        return False
+        return default
     if not isinstance(value, bool):
         raise invalid(f"{name} must be a boolean, got {value!r}", name, "invalid_type")
     return value
 
 
-def _check_fields(body: JSONObject, known: frozenset[str]) -> None:
+def check_fields(body: JSONObject, known: frozenset[str]) -> None:
+    """A 400 naming the first field neither ``known`` nor one that changes nothing here."""
     for name in body:
         if name not in known and name not in IGNORED:
             raise invalid(f"Unrecognized request argument supplied: {name}", name, "unknown_parameter")
@@ -217,7 +219,7 @@ def _common(body: JSONObject, raw: bool, max_tokens_name: str = "max_tokens") ->
         raise invalid("model must be a string", "model", "invalid_type")
     max_tokens = _integer(body, max_tokens_name, 1, 1 << 20)
     n = _integer(body, "n", 1, limits.MAX_CHOICES) or 1
-    stream = _flag(body, "stream")
+    stream = flag(body, "stream")
     options = body.get("stream_options")
     include_usage = False
     if options is not None:
@@ -225,7 +227,7 @@ def _common(body: JSONObject, raw: bool, max_tokens_name: str = "max_tokens") ->
             raise invalid("stream_options is only allowed with stream: true", "stream_options")
         if not isinstance(options, dict) or set(options) - {"include_usage", "include_obfuscation"}:
             raise invalid("stream_options must be an object with include_usage", "stream_options", "invalid_type")
-        include_usage = _flag(options, "include_usage")
+        include_usage = flag(options, "include_usage")
     return Parsed(model, _options(body, raw), max_tokens, n, stream, include_usage, None)
 
 
@@ -253,7 +255,7 @@ def _text(content: JSON, where: str, assistant: bool = False) -> str:
 
 def parse_chat(body: JSONObject) -> Parsed:
     """A ``/v1/chat/completions`` body; :class:`APIError` (400) names the first bad field."""
-    _check_fields(body, CHAT_FIELDS)
+    check_fields(body, CHAT_FIELDS)
     if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
         raise invalid("give max_tokens or max_completion_tokens, not both", "max_tokens")
     name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
@@ -286,7 +288,7 @@ def parse_chat(body: JSONObject) -> Parsed:
     if parsed.own_grammar and body.get("tools"):
         raise invalid("give grammar or tools, not both", "grammar")
     parsed.tools = structured.parse_tools(body.get("tools"), body.get("tool_choice"), parsed.grammar is not None)
-    parsed.parallel = body.get("parallel_tool_calls") is None or _flag(body, "parallel_tool_calls")
+    parsed.parallel = body.get("parallel_tool_calls") is None or flag(body, "parallel_tool_calls")
     if parsed.tools is not None and (parsed.tools.forced() or parsed.grammar is not None):
         parsed.constraint = "tools"  # the grammar of the calls (beside the answer's format)
     if parsed.tools is not None and parsed.tools.forced():
@@ -331,7 +333,7 @@ def parse_chat(body: JSONObject) -> Parsed:
             text = f"Result of the call {call_id or ''}: {text}".replace("call :", "call:")
         parsed.messages.append((ROLES[role], text))
         parsed.chat.append(native)
-    logprobs = _flag(body, "logprobs")
+    logprobs = flag(body, "logprobs")
     top = _integer(body, "top_logprobs", 0, 20)
     if top is not None and not logprobs:
         raise invalid("top_logprobs needs logprobs: true", "top_logprobs")
@@ -411,7 +413,7 @@ def _constrain(parsed: Parsed, body: JSONObject, *formats: str) -> None:
 
 def parse_completion(body: JSONObject) -> Parsed:
     """A ``/v1/completions`` body; :class:`APIError` (400) names the first bad field."""
-    _check_fields(body, COMPLETION_FIELDS)
+    check_fields(body, COMPLETION_FIELDS)
     parsed = _common(body, raw=True)
     _constrain(parsed, body)
     parsed.prompts = _prompts(body.get("prompt"))
@@ -422,7 +424,7 @@ def parse_completion(body: JSONObject) -> Parsed:
     best_of = _integer(body, "best_of", 1, limits.MAX_CHOICES)
     if best_of not in (None, parsed.n):
         raise invalid("best_of is not supported by this server (it must equal n)", "best_of", "unsupported_parameter")
-    parsed.echo = _flag(body, "echo")
+    parsed.echo = flag(body, "echo")
     parsed.logprobs = _integer(body, "logprobs", 0, 5)
     if parsed.echo and parsed.logprobs is not None:
         raise invalid(
