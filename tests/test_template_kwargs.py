@@ -133,3 +133,36 @@ def test_the_server_takes_them_from_a_request(service: Any) -> None:
                 assert error["param"] == "chat_template_kwargs" and says in error["message"]
     finally:
         model.close()
+
+
+@needs_templates
+@pytest.mark.parametrize("name", ["openai-gpt-oss-120b.jinja", "Qwen-Qwen3-0.6B.jinja"])
+def test_reasoning_effort_renders_as_llama_servers(smollm2: llamacffi.Model, service: Any, name: str) -> None:
+    TestClient = pytest.importorskip("starlette.testclient").TestClient
+    from llamacffi.server import create_app
+    from llamacffi.service import ModelConfig
+
+    path = TEMPLATES / name
+    config = ModelConfig(context_size=256, parallel=1, chat_template=path.read_text())
+    model = service.load_model(str(smollm2.path), config=config)
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": "Hi"}]}
+    bodies = [
+        body,
+        {**body, "reasoning_effort": "high"},
+        {**body, "reasoning_effort": "none"},
+        {**body, "reasoning_effort": "low", "chat_template_kwargs": {"reasoning_effort": "high"}},
+    ]
+    try:
+        with TestClient(create_app({"m": model}), raise_server_exceptions=False) as client:
+            ours = [client.post("/apply-template", json=b).json()["prompt"] for b in bodies]
+            r = client.post("/v1/chat/completions", json={**body, "reasoning_effort": "most"})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "reasoning_effort"
+        with llama_server_on(smollm2, "--chat-template-file", str(path)) as url:
+            theirs = [httpx.post(url + "/apply-template", json=b, timeout=30).json()["prompt"] for b in bodies]
+    finally:
+        model.close()
+    assert ours == theirs
+    if "gpt-oss" in name:  # the template writes the effort: the request's, over chat_template_kwargs
+        assert "Reasoning: medium" in ours[0] and "Reasoning: high" in ours[1] and "Reasoning: low" in ours[3]
+    else:  # Qwen 3 knows no effort, and "none" turns its thinking off
+        assert ours[0] == ours[1] == ours[3] and ours[2] == ours[0] + NO_THINKING

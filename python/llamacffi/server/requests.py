@@ -68,9 +68,11 @@ CHAT_FIELDS = SAMPLING | {
     "modalities",
     "chat_template_kwargs",  # llama-server's: more variables for the chat template
     "reasoning_format",  # llama-server's: "none" keeps a reasoning model's thinking in the content
+    "reasoning_effort",  # OpenAI's: the template variable of that name (gpt-oss's); "none" turns thinking off
     *CONSTRAINTS,
 }
 COMPLETION_FIELDS = SAMPLING | {"prompt", "echo", "logprobs", "suffix", "best_of", *CONSTRAINTS}
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")  # OpenAI's reasoning_effort values
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "user"}
 DEFAULTS = GenerationOptions()  # what a field the request leaves unset takes
 
@@ -277,6 +279,13 @@ def parse_chat(body: JSONObject) -> Parsed:
             parsed.template_kwargs = check_variables(kwargs)
         except InvalidArgumentError as exc:
             raise invalid(f"chat_template_kwargs: {exc}", "chat_template_kwargs", "invalid_value") from None
+    effort = body.get("reasoning_effort")
+    if effort is not None:  # as llama-server: a template variable, over chat_template_kwargs; "none" thinks not
+        if effort not in EFFORTS:
+            raise invalid(f"reasoning_effort must be one of {', '.join(EFFORTS)}, got {effort!r}", "reasoning_effort")
+        told: JSONObject = {"enable_thinking": False} if effort == "none" else {"reasoning_effort": effort}
+        kept = {k: v for k, v in (parsed.template_kwargs or {}).items() if effort != "none" or k != "reasoning_effort"}
+        parsed.template_kwargs = {**kept, **told}
     form = body.get("reasoning_format")
     form = "auto" if form is None else form
     if form not in reasoning.FORMATS:
