@@ -24,10 +24,11 @@ from .. import limits
 from ..jsontypes import JSONObject
 from ..service import LlamaCppEmbeddingModel, LlamaCppTextModel, LocalBackendConfig, ModelConfig
 from ..vocab import Vocab
-from . import completions, embeddings, reasoning, tokens
+from . import completions, embeddings, messages, reasoning, tokens
 from .asgi import EventStream, error_response, off_loop, race, read_body
 from .errors import APIError, from_service
 from .gate import Gate
+from .metrics import Metrics
 from .requests import CONSTRAINTS, Parsed, parse_chat, parse_completion
 from .served import Served, Server
 
@@ -40,6 +41,8 @@ ROUTES = (
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
     "/apply-template",
     "/tokenize",
     "/detokenize",
@@ -56,15 +59,20 @@ def _guarded(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Re
         except (APIError, HTTPException):
             raise
         except Exception as exc:
-            return error_response(from_service(exc))
+            return error_response(from_service(exc), request.url.path)
 
     return run
 
 
-async def _parse(request: Request, chat: bool) -> Parsed:
+Translate = Callable[[JSONObject], JSONObject]  # another API's body into the chat completion body it asks for
+
+
+async def _parse(request: Request, chat: bool, translate: Translate | None = None) -> Parsed:
     """A completion request's body, checked; off the event loop where it holds a JSON Schema to compile (up to its
     work budget)."""
     body = await read_body(request)
+    if translate is not None:
+        body = translate(body)
     parse = parse_chat if chat else parse_completion
     if any(body.get(k) for k in ("tools", "response_format", *CONSTRAINTS)):
         parsed = await asyncio.to_thread(parse, body)
@@ -75,12 +83,19 @@ async def _parse(request: Request, chat: bool) -> Parsed:
     return parsed
 
 
-def _completion(chat: bool) -> Callable[[Request], Awaitable[Response]]:
+def _completion(
+    chat: bool,
+    translate: Translate | None = None,
+    respond: Callable[[completions.Job, Metrics], Awaitable[JSONObject]] = completions.respond,
+    stream: Callable[[completions.Job, Metrics], AsyncIterator[bytes]] = completions.stream,
+) -> Callable[[Request], Awaitable[Response]]:
+    """A completion route: OpenAI's, or another API's whose bodies ``translate`` turns into OpenAI's, answered by
+    its own ``respond`` and ``stream``."""
     text_param = "messages" if chat else "prompt"
 
     async def endpoint(request: Request) -> Response:
         server: Server = request.app.state.server
-        parsed = await _parse(request, chat)
+        parsed = await _parse(request, chat, translate)
         name, model = server.model(parsed.model)
         try:
             # with tools, preparing may compile the calls' grammar in the template's syntax: never on the loop
@@ -94,9 +109,9 @@ def _completion(chat: bool) -> Callable[[Request], Awaitable[Response]]:
         except Exception as exc:
             raise job.failed(exc) from None
         if parsed.stream:
-            return EventStream(completions.stream(job, server.metrics), job.cancel)
+            return EventStream(stream(job, server.metrics), job.cancel)
         try:
-            result = await race(completions.respond(job, server.metrics), request.receive)
+            result = await race(respond(job, server.metrics), request.receive)
         except Exception as exc:
             raise job.failed(exc) from None
         finally:
@@ -120,6 +135,24 @@ async def _apply_template(request: Request) -> Response:
     except Exception as exc:
         raise from_service(exc) from None
     return JSONResponse({"prompt": text})
+
+
+async def _count_tokens(request: Request) -> Response:
+    """Anthropic's ``/v1/messages/count_tokens``: the tokens of the prompt a Messages body makes."""
+    server: Server = request.app.state.server
+    parsed = await _parse(request, True, lambda body: messages.to_chat(body, count=True))
+    _, model = server.model(parsed.model)
+    vocab = model.llama_model.vocab
+
+    def count(p: Parsed) -> int:
+        text = completions.chat_prompt(model, p)[0]
+        return len(vocab.tokenize(text, add_special=True, parse_special=True))
+
+    try:
+        chars = parsed.text_chars() if parsed.tools is None else limits.INLINE_TEXT_CHARS + 1
+        return JSONResponse({"input_tokens": await off_loop(count, parsed, chars)})
+    except Exception as exc:
+        raise from_service(exc) from None
 
 
 def _tokens(convert: Callable[[Vocab, JSONObject], JSONObject]) -> Callable[[Request], Awaitable[Response]]:
@@ -227,13 +260,14 @@ def create_app(
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, APIError)
-        return error_response(exc)
+        return error_response(exc, request.url.path)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = "not_found" if exc.status_code == 404 else None
         message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else exc.detail
-        return error_response(APIError(exc.status_code, message, code=code, headers=dict(exc.headers or {})))
+        error = APIError(exc.status_code, message, code=code, headers=dict(exc.headers or {}))
+        return error_response(error, request.url.path)
 
     routes = [
         Route("/health", _health, methods=["GET"]),
@@ -243,6 +277,12 @@ def create_app(
         Route("/v1/chat/completions", _guarded(_completion(chat=True)), methods=["POST"]),
         Route("/v1/completions", _guarded(_completion(chat=False)), methods=["POST"]),
         Route("/v1/embeddings", _guarded(_embeddings), methods=["POST"]),
+        Route(
+            "/v1/messages",
+            _guarded(_completion(True, messages.to_chat, messages.respond_message, messages.stream_message)),
+            methods=["POST"],
+        ),
+        Route("/v1/messages/count_tokens", _guarded(_count_tokens), methods=["POST"]),
         Route("/apply-template", _guarded(_apply_template), methods=["POST"]),
         Route("/tokenize", _guarded(_tokens(tokens.tokenize)), methods=["POST"]),
         Route("/detokenize", _guarded(_tokens(tokens.detokenize)), methods=["POST"]),
@@ -262,7 +302,7 @@ def create_app(
     middleware.append(Middleware(Gate, api_key=api_key, metrics=lambda: server.metrics, routes=ROUTES))
 
     async def internal_error(request: Request, exc: Exception) -> Response:  # outside the middleware: a last resort
-        return error_response(from_service(exc))
+        return error_response(from_service(exc), request.url.path)
 
     app = Starlette(
         routes=routes,

@@ -20,9 +20,14 @@ T = TypeVar("T")
 A = TypeVar("A")
 
 
-def error_response(exc: APIError) -> Response:
-    """The error's body as ASCII JSON: a message may quote what the request held (a lone surrogate, too)."""
-    return Response(exc.json(), status_code=exc.status, headers=exc.headers, media_type="application/json")
+def error_response(exc: APIError, path: str = "") -> Response:
+    """The error's body as ASCII JSON (a message may quote what the request held, a lone surrogate too): in
+    Anthropic's shape on its routes (``path``), else in OpenAI's."""
+    body = json.dumps(exc.anthropic_body()).encode() if path.startswith(ANTHROPIC_ROUTES) else exc.json()
+    return Response(body, status_code=exc.status, headers=exc.headers, media_type="application/json")
+
+
+ANTHROPIC_ROUTES = "/v1/messages"  # and the routes below it
 
 
 async def read_body(request: Request) -> JSONObject:

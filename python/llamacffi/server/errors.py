@@ -45,6 +45,24 @@ class APIError(Exception):
     def json(self) -> bytes:
         return json.dumps(self.body()).encode()
 
+    def anthropic_body(self) -> JSONObject:
+        """The error in the shape of Anthropic's API, for its routes (:mod:`.messages`)."""
+        return {
+            "type": "error",
+            "error": {"type": _ANTHROPIC_TYPES.get(self.status, "api_error"), "message": self.message},
+        }
+
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
 
 # A service field at fault -> the request field a client sets it with (the same name unless listed).
 _PARAMS = {"GenerationOptions.json_schema": "response_format", "GenerationOptions.stop_sequences": "stop"}

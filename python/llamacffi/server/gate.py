@@ -41,7 +41,11 @@ class Gate:
 
         try:
             if self.key is not None and scope["path"] != "/health" and scope["method"] != "OPTIONS":
-                given = dict(scope["headers"]).get(b"authorization", b"")
+                headers = dict(scope["headers"])
+                given = headers.get(b"authorization", b"")
+                anthropic = headers.get(b"x-api-key")  # how Anthropic's clients send it
+                if anthropic is not None and not given:
+                    given = b"Bearer " + anthropic
                 if not hmac.compare_digest(given, b"Bearer " + self.key):
                     exc = APIError(
                         401,
@@ -52,7 +56,7 @@ class Gate:
                         code="invalid_api_key",
                         headers={"WWW-Authenticate": "Bearer"},
                     )
-                    await error_response(exc)(scope, receive, sending)
+                    await error_response(exc, scope["path"])(scope, receive, sending)
                     return
             await self.app(scope, receive, sending)
         finally:
