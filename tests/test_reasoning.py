@@ -287,3 +287,24 @@ def test_an_assistants_thinking_in_a_chain_of_calls_goes_back_to_the_template(se
             requests.parse_chat({**body, "messages": [body["messages"][0], {**called, "reasoning_content": 5}]})
     finally:
         served.close()
+
+
+CALLS = {
+    "hermes": '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>',
+    "qwen-xml": "<tool_call>\n<function=get_time>\n</function>\n</tool_call>",
+    "llama3": '{"name": "get_time", "parameters": {}}',
+}
+
+
+@pytest.mark.parametrize("syntax", sorted(CALLS))
+def test_thinking_before_a_forced_call_in_each_syntax(smollm2: Any, syntax: Any) -> None:
+    from llamacffi.server import calls, structured
+
+    tools = structured.parse_tools(TOOLS, "required", False)
+    assert tools is not None
+    alone = calls.grammar(syntax, tools, None, None, True)
+    assert alone is not None and accepts(smollm2.vocab, alone, CALLS[syntax])
+    for inside, head in [(True, "Rome's time.</think>\n"), (False, "<think>Rome's time.</think>\n"), (False, "")]:
+        grammar = reasoning.first(alone, inside)
+        assert accepts(smollm2.vocab, grammar, head + CALLS[syntax]), (inside, head)
+        assert not accepts(smollm2.vocab, grammar, head + "It is noon.")

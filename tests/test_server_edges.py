@@ -425,3 +425,6 @@ def test_an_answer_schema_beside_the_calls_is_blamed_as_the_response_format() ->
     with pytest.raises(APIError) as refused:  # as when the answer and the calls together pass the compile budget
         structured.call_grammar(tools, {"type": "object", "properties": {"a": {"not": {}}}})
     assert refused.value.param == "response_format" and "(at #/properties/a/not;" in refused.value.message
+    with pytest.raises(APIError) as refused:  # llama-server's json_schema field is named as such
+        structured.call_grammar(tools, {"type": "object", "properties": {"a": {"not": {}}}}, answer_param="json_schema")
+    assert refused.value.param == "json_schema" and refused.value.message.startswith("json_schema: ")

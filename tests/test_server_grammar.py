@@ -91,10 +91,12 @@ def test_a_json_schema_shapes_the_output(client: TestClient, path: str) -> None:
 def test_a_reasoning_models_answer_to_a_grammar_is_the_grammars_alone(client: TestClient) -> None:
     # The request's own GBNF cannot be told where thinking ends: the block the prompt opened is closed empty.
     r = client.post("/v1/chat/completions", json=_chat(model="thinker", grammar=YES_NO))
+    assert r.status_code == 200, r.text
     message = r.json()["choices"][0]["message"]
     assert message["content"] in ("yes.", "no.") and "reasoning_content" not in message
     # a JSON Schema's answer may follow thinking, which comes back as reasoning_content
     r = client.post("/v1/chat/completions", json=_chat(model="thinker", json_schema=SCHEMA, max_tokens=12))
+    assert r.status_code == 200, r.text
     (choice,) = r.json()["choices"]
     assert choice["finish_reason"] == "length" and choice["message"]["reasoning_content"]
 
@@ -107,6 +109,7 @@ BAD = [
     ({"grammar": ""}, "grammar", "non-empty"),
     ({"grammar": 'root ::= "\ud800"'}, "grammar", "UTF-8"),
     ({"grammar": ["root ::= x"]}, "grammar", "GBNF text"),
+    ({"grammar": "root ::= " + " ".join(['("a"{0,1999})'] * 21)}, "grammar", "expand to 41979 copies"),
     ({"grammar": YES_NO, "json_schema": SCHEMA}, "grammar", "not several"),
     ({"json_schema": SCHEMA, "response_format": {"type": "json_object"}}, "json_schema", "not several"),
     ({"json_schema": "object"}, "json_schema", "an object or a boolean"),
@@ -168,3 +171,30 @@ def test_an_error_of_a_compiled_grammar_names_the_field_it_came_from(client: Tes
     assert parsed.constraint == "tools"
     assert requests.parse_chat(_chat(response_format={"type": "json_object"})).constraint == "response_format"
     assert requests.parse_chat(_chat()).constraint is None
+
+
+def test_a_text_response_format_beside_a_constraint_constrains_nothing(client: TestClient) -> None:
+    body = _chat(grammar=YES_NO, response_format={"type": "text"})
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] in ("yes.", "no.")
+
+
+def test_a_long_grammar_is_parsed_off_the_event_loop(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llamacffi import limits
+    from llamacffi.service import LlamaCppTextModel
+
+    threads: list[str] = []
+    start = LlamaCppTextModel.start_choices
+
+    def spy(self: Any, *args: Any, **kw: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return start(self, *args, **kw)
+
+    monkeypatch.setattr(LlamaCppTextModel, "start_choices", spy)
+    padded = YES_NO + "\n# " + "x" * limits.INLINE_TEXT_CHARS  # a comment: the same grammar, long
+    for grammar in [YES_NO, padded]:
+        r = client.post("/v1/chat/completions", json=_chat(grammar=grammar, n=2))
+        assert r.status_code == 200, r.text
+        assert {c["message"]["content"] for c in r.json()["choices"]} <= {"yes.", "no."}
+    assert len(threads) == 2 and threads[0] != threads[1]  # the short one on the loop, the long one off it

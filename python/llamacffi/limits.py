@@ -36,6 +36,10 @@ SEED_MAX = UINT32_MAX
 # a few thousand levels that overflows the C stack. No real grammar comes near these limits.
 GRAMMAR_MAX_NESTING = 256
 GRAMMAR_MAX_RULES = 10_000
+# llama.cpp expands each repetition x{m,n} into max(m, n) copies of x when it parses a grammar, and every parse
+# step walks them: past this many copies in all, a grammar (the request's own GBNF) is refused. A compiled schema
+# stays within GRAMMAR_MAX_COST, below it.
+GRAMMAR_MAX_REPEATED = 40_000
 # llama.cpp's grammar keeps every parse an ambiguous grammar allows; their number can grow exponentially with each
 # character, and every step costs in proportion to it. A grammar past this many parse stacks (or, with deep stacks,
 # past this many times 4,096 for their number times their total depth) is stopped.

@@ -1,10 +1,13 @@
 """A pre-parser of GBNF text: refuses a grammar nested or chained deeper than llama.cpp's recursive parser can take
-(past a few thousand levels it overflows the C stack and the process dies)."""
+(past a few thousand levels it overflows the C stack and the process dies), or whose repetitions expand past what
+llama.cpp parses and steps through in a moment."""
 
 from __future__ import annotations
 
+import re
+
 from ..errors import GrammarError
-from ..limits import GRAMMAR_MAX_NESTING, GRAMMAR_MAX_RULES
+from ..limits import GRAMMAR_MAX_NESTING, GRAMMAR_MAX_REPEATED, GRAMMAR_MAX_RULES
 
 __all__ = ["GRAMMAR_MAX_NESTING", "GRAMMAR_MAX_RULES", "check_grammar_shape"]
 
@@ -35,6 +38,9 @@ def _outside_literals(text: str) -> str:
     return "".join(out)
 
 
+_REPEAT = re.compile(r"\{\s*(\d{1,9})\s*(?:,\s*(\d{0,9})\s*)?\}")  # {m}, {m,}, {m,n}
+
+
 def check_grammar_shape(text: str) -> bool:
     """Refuse (GrammarError) a GBNF text nested or chained deeper than llama.cpp's parser can take. Return whether
     it matches tokens by id (``<[id]>``, ``<|name|>``, ``!<...>``): with those, llama.cpp's grammar can allow a
@@ -54,4 +60,10 @@ def check_grammar_shape(text: str) -> bool:
         raise GrammarError(f"the grammar nests groups {deepest} deep; at most {GRAMMAR_MAX_NESTING} are supported")
     if rules > GRAMMAR_MAX_RULES:
         raise GrammarError(f"the grammar has {rules} rules; at most {GRAMMAR_MAX_RULES} are supported")
+    copies = sum(max(int(m or 0), int(n or 0)) for m, n in _REPEAT.findall(bare))
+    if copies > GRAMMAR_MAX_REPEATED:
+        raise GrammarError(
+            f"the grammar's repetitions ({{m,n}}) expand to {copies} copies; "
+            f"at most {GRAMMAR_MAX_REPEATED} are supported"
+        )
     return "<" in bare

@@ -86,11 +86,11 @@ async def _parse(request: Request, chat: bool, translate: Translate | None = Non
 def _completion(
     chat: bool,
     translate: Translate | None = None,
-    respond: Callable[[completions.Job, Metrics], Awaitable[JSONObject]] = completions.respond,
-    stream: Callable[[completions.Job, Metrics], AsyncIterator[bytes]] = completions.stream,
+    respond: Callable[[completions.Job, Metrics], Awaitable[JSONObject]] | None = None,
+    stream: Callable[[completions.Job, Metrics], AsyncIterator[bytes]] | None = None,
 ) -> Callable[[Request], Awaitable[Response]]:
     """A completion route: OpenAI's, or another API's whose bodies ``translate`` turns into OpenAI's, answered by
-    its own ``respond`` and ``stream``."""
+    its own ``respond`` and ``stream`` (by default :mod:`.completions`', looked up per request)."""
     text_param = "messages" if chat else "prompt"
 
     async def endpoint(request: Request) -> Response:
@@ -105,13 +105,17 @@ def _completion(
             raise from_service(exc, text_param) from None
         request.scope.setdefault("state", {})["job"] = job
         try:
-            job.start()
+            grammar = parsed.options.grammar
+            if grammar is not None and len(grammar) > limits.INLINE_TEXT_CHARS:  # llama.cpp parses it per choice
+                await asyncio.to_thread(job.start, asyncio.get_running_loop())
+            else:
+                job.start()
         except Exception as exc:
             raise job.failed(exc) from None
         if parsed.stream:
-            return EventStream(stream(job, server.metrics), job.cancel)
+            return EventStream((stream or completions.stream)(job, server.metrics), job.cancel)
         try:
-            result = await race(respond(job, server.metrics), request.receive)
+            result = await race((respond or completions.respond)(job, server.metrics), request.receive)
         except Exception as exc:
             raise job.failed(exc) from None
         finally:

@@ -47,12 +47,14 @@ class Job:
             error.param = self.parsed.constraint
         return error
 
-    def start(self) -> None:
-        """Queue every prompt's choices; a full queue raises here, before any response starts."""
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Queue every prompt's choices, to be read in the running event loop or ``loop``; a full queue raises here,
+        before any response starts."""
         p = self.parsed
         try:
             for tokens in self.prompts:
-                self.choices.append(self.model.start_choices(tokens, p.options, n=p.n, logprobs=p.logprobs))
+                choices = self.model.start_choices(tokens, p.options, n=p.n, logprobs=p.logprobs, loop=loop)
+                self.choices.append(choices)
         except BaseException:
             for c in self.choices:
                 c.cancel()

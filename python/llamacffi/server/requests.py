@@ -303,7 +303,8 @@ def parse_chat(body: JSONObject) -> Parsed:
     if parsed.tools is not None and parsed.tools.forced():
         parsed.grammar = structured.call_grammar(parsed.tools)  # a call: the answer's format does not apply
     elif parsed.tools is not None and parsed.grammar is not None:  # a call, or the answer in its format
-        parsed.grammar = structured.call_grammar(parsed.tools, parsed.answer_schema)
+        answer = "json_schema" if body.get("json_schema") is not None else "response_format"
+        parsed.grammar = structured.call_grammar(parsed.tools, parsed.answer_schema, answer_param=answer)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise invalid(
@@ -399,7 +400,9 @@ def _prompts(prompt: JSON) -> list[str | list[int]]:
 def _constrain(parsed: Parsed, body: JSONObject, *formats: str) -> None:
     """The output's constraint, the one field of ``formats``, ``json_schema`` and ``grammar`` that gives one: a
     JSON Schema (``answer_schema``, compiled as ``answer_grammar``) or GBNF text."""
-    given = [name for name in (*formats, "json_schema", "grammar") if body.get(name) is not None]
+    given = [name for name in ("json_schema", "grammar") if body.get(name) is not None]
+    if "response_format" in formats and structured.response_schema(body.get("response_format")) is not None:
+        given.insert(0, "response_format")  # a text response_format constrains nothing
     if len(given) > 1:
         raise invalid(f"give one of {', '.join(given)}, not several", given[-1])
     parsed.constraint = given[0] if given else None

@@ -38,9 +38,12 @@ class Tools:
         return self.choice != "auto"
 
 
-def compile_schema(schema: JSONObject | bool, param: str, names: list[str] | None = None) -> str:
+def compile_schema(
+    schema: JSONObject | bool, param: str, names: list[str] | None = None, answer_param: str = "response_format"
+) -> str:
     """``schema``'s grammar; what cannot be enforced is a 400 for ``param``, told inside the function of ``names``
-    whose parameters sit at ``#/$defs/f<i>`` (and the answer's schema at ``#/$defs/answer``)."""
+    whose parameters sit at ``#/$defs/f<i>`` (and the answer's schema at ``#/$defs/answer``, the request's
+    ``answer_param``)."""
     try:
         return from_json_schema(schema)
     except SchemaError as exc:
@@ -50,8 +53,8 @@ def compile_schema(schema: JSONObject | bool, param: str, names: list[str] | Non
             inner = "#" + (m.group(1) or "")
             message = message.removesuffix(f" (at {exc.pointer})")
             raise invalid(
-                f"response_format: {message} (at {inner}; with the tools' parameters)",
-                "response_format",
+                f"{answer_param}: {message} (at {inner}; with the tools' parameters)",
+                answer_param,
                 "unsupported_schema",
             ) from None
         if names is not None and (m := _IN_FUNCTION.match(exc.pointer)) is not None:
@@ -182,10 +185,16 @@ def _describe(functions: dict[str, JSONObject], choice: str, json_answer: bool) 
     return "\n".join(lines)
 
 
-def call_grammar(tools: Tools, answer: JSONObject | bool | None = None, arguments: str = "arguments") -> str:
+def call_grammar(
+    tools: Tools,
+    answer: JSONObject | bool | None = None,
+    arguments: str = "arguments",
+    answer_param: str = "response_format",
+) -> str:
     """The grammar of a call to the chosen function, or to any of them for ``"required"`` and ``"auto"``; with an
     ``answer`` schema (``"auto"`` with a JSON ``response_format``), of a call or a document of that schema.
-    ``arguments``: the member that holds the arguments (Llama 3's templates say ``"parameters"``).
+    ``arguments``: the member that holds the arguments (Llama 3's templates say ``"parameters"``); ``answer_param``:
+    the request field that gave the answer's schema, named by its errors.
 
     Each function's parameters move under the call schema's ``$defs``, their references rebased there, so that
     ``#/$defs/...`` and ``#`` inside them keep pointing into the parameters, not into the call around them."""
@@ -206,7 +215,7 @@ def call_grammar(tools: Tools, answer: JSONObject | bool | None = None, argument
     if answer is not None:  # a call, or the answer: anyOf, since the answer's schema may admit a call's shape too
         defs["answer"] = rebase(answer, "#/$defs/answer") if isinstance(answer, dict) else answer
         call = {"anyOf": [call, {"$ref": "#/$defs/answer"}]}
-    return compile_schema({**call, "$defs": defs}, "tools", names)
+    return compile_schema({**call, "$defs": defs}, "tools", names, answer_param)
 
 
 def as_call(text: str, tools: Tools, arguments: str = "arguments") -> JSONObject | None:

@@ -19,7 +19,17 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from .. import Batch, Context, DecodeAbortedError, LlamaError, StateError, backend, limits
+from .. import (
+    Batch,
+    Context,
+    DecodeAbortedError,
+    GrammarError,
+    InvalidArgumentError,
+    LlamaError,
+    StateError,
+    backend,
+    limits,
+)
 from .. import Model as LlamaModel
 from . import runner
 from .config import ModelConfig
@@ -485,13 +495,7 @@ class Engine(runner.Attached):
             except LlamaError as exc:  # no token can be sampled (a grammar the vocabulary cannot spell): this request
                 with self._cond:  # ends, the others in the step go on
                     self._release(slot)
-                field = req.options.constraint_field
-                _emit(
-                    req,
-                    GenerationError(f"sampling failed: {exc}")
-                    if field is None
-                    else InvalidConfigError(f"the grammar allows no token of the vocabulary here ({exc})", field=field),
-                )
+                _emit(req, _sampling_error(exc, req.options.constraint_field))
                 return
         if self._vocab.is_eog(token):
             req.finish_reason = "stop"
@@ -521,3 +525,13 @@ class Engine(runner.Attached):
         with self._cond:
             self._release(slot)  # before END: a caller that submits again at once finds the slot free
         _emit(req, END)
+
+
+def _sampling_error(exc: LlamaError, constraint: str | None) -> Exception:
+    """What a request whose sampling failed ends with: the fault of its grammar (``constraint``, the option that
+    gave it), which is too ambiguous to run or allows no token of the vocabulary, or else a generation error."""
+    if constraint is not None and isinstance(exc, GrammarError):
+        return InvalidConfigError(str(exc), field=constraint)
+    if constraint is not None and isinstance(exc, InvalidArgumentError):  # every token banned: by the grammar
+        return InvalidConfigError(f"the grammar allows no token of the vocabulary here ({exc})", field=constraint)
+    return GenerationError(f"sampling failed: {exc}")

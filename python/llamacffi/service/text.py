@@ -218,9 +218,11 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
         *,
         n: int = 1,
         logprobs: int | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> Choices:
         """Queue ``n`` completions of one prompt, decoded together, the later ones starting from a copy of the
-        first's prompt memory; iterate the result (in the running event loop) for their events.
+        first's prompt memory; iterate the result (in the running event loop, or ``loop`` for a caller that starts
+        them in another thread, as a long grammar takes a while to parse) for their events.
 
         ``prompt`` is the text the model sees (no chat template is applied; see :meth:`format_chat`) or token ids.
         With a ``seed``, choice ``i`` samples with ``seed + i``. ``logprobs``: None, or how many alternatives each
@@ -233,7 +235,7 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
         ):
             raise InvalidConfigError(f"logprobs must be None or an int in 0..20 (got {logprobs!r})", field="logprobs")
         tokens = self.tokenize_prompt(prompt, opts)
-        loop = asyncio.get_running_loop()
+        loop = loop if loop is not None else asyncio.get_running_loop()
         items: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
         requests: list[Request] = []
         for i in range(n):
