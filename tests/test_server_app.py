@@ -53,6 +53,10 @@ def test_mounted_in_another_app(loaded: Any) -> None:
             headers={"origin": "https://evil.example", "access-control-request-method": "POST"},
         )
         assert "access-control-allow-origin" not in other.headers
+        r = client.post("/llm/v1/messages", json={"model": "smol", "messages": []})  # Anthropic's errors there too
+        assert r.status_code == 400 and r.json()["type"] == "error"
+        r = client.post("/llm/v1/chat/completions", json={"model": "smol", "messages": []})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
     assert not loaded._closed  # a model given loaded stays the caller's
 
 

@@ -129,7 +129,7 @@ def test_thinking_comes_as_a_thinking_block(client: Any) -> None:
     with client.messages.stream(**body) as stream:
         kinds = {event.type for event in stream}
         final = stream.get_final_message()
-    assert "thinking" in kinds and final.content[0].thinking == msg.content[0].thinking
+    assert {"thinking", "signature"} <= kinds and final.content[0].thinking == msg.content[0].thinking
     assert client.messages.count_tokens(model="thinker", messages=ASK).input_tokens == msg.usage.input_tokens
 
 
@@ -161,3 +161,27 @@ def test_errors_come_in_anthropics_shape(client: Any, http: TestClient) -> None:
     assert r.status_code == 400 and r.json()["type"] == "error"
     r = http.post("/v1/chat/completions", json={"model": "nope", "messages": ASK}, headers=headers)
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"  # OpenAI's routes keep theirs
+
+
+def test_turns_as_anthropics_api_reads_them(client: Any) -> None:
+    def count(messages: list[dict[str, Any]]) -> int:
+        return int(client.messages.count_tokens(model="smol", messages=messages).input_tokens)
+
+    # consecutive turns of one role are one, their text blocks joined by lines
+    two = [{"role": "user", "content": "Hello."}, {"role": "user", "content": [{"type": "text", "text": "Hi."}]}]
+    assert count(two) == count([{"role": "user", "content": "Hello.\nHi."}])
+    blocks = [
+        {"type": "text", "text": "Hello."},
+        {"type": "text", "text": "Hi.", "cache_control": {"type": "ephemeral"}},
+    ]
+    assert count([{"role": "user", "content": blocks}]) == count(two)
+    # a last assistant turn is continued: the answer goes on from it
+    prefilled = [*ASK, {"role": "assistant", "content": "The capital of France is"}]
+    msg = client.messages.create(model="smol", max_tokens=4, extra_body=GREEDY, messages=prefilled)
+    assert msg.content[0].text.startswith(" Paris")
+    # a failed tool's result says so
+    used = {"type": "tool_use", "id": "t1", "name": "get_weather", "input": {"city": "Paris"}}
+    result = {"type": "tool_result", "tool_use_id": "t1", "content": "no such city", "is_error": True}
+    said = [*ASK, {"role": "assistant", "content": [used]}, {"role": "user", "content": [result]}]
+    failed = count(said)
+    assert failed > count([*said[:2], {"role": "user", "content": [{**result, "is_error": False}]}])

@@ -26,6 +26,7 @@ TEXTS = [
     "Zürich 東京 🦙 naïve",  # pieces that are parts of a character come back as bytes
     "",
 ]
+ASKED = [{"role": "user", "content": "Capital of France?"}]
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi"}],
     [
@@ -34,6 +35,7 @@ CONVERSATIONS = [
         {"role": "assistant", "content": "Paris."},
         {"role": "user", "content": "And of Italy?"},
     ],
+    [*ASKED, {"role": "assistant", "content": "The capital is"}],  # continued, as llama-server's prefill does
 ]
 
 
@@ -128,3 +130,18 @@ def test_an_unknown_model_is_a_404(both: tuple[TestClient, str]) -> None:
                        ("/apply-template", {"messages": [{"role": "user", "content": "hi"}]})]:  # fmt: skip
         r = ours.post(path, json={**body, "model": "nope"})
         assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+
+
+def test_a_conversation_ending_with_the_assistant_is_continued(both: tuple[TestClient, str]) -> None:
+    ours, _ = both
+    body = {"messages": [*ASKED, {"role": "assistant", "content": "The capital of France is"}], "max_tokens": 4,
+            "temperature": 0}  # fmt: skip
+    prompt = ours.post("/apply-template", json=body).json()["prompt"]
+    assert prompt.endswith("<|im_start|>assistant\nThe capital of France is")
+    r = ours.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"].startswith(" Paris")
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    r = ours.post(
+        "/v1/chat/completions", json={**body, "messages": [*ASKED, {"role": "assistant", "tool_calls": [call]}]}
+    )
+    assert r.status_code == 400 and "cannot be continued" in r.json()["error"]["message"]

@@ -75,6 +75,10 @@ class InvalidArgumentError(LlamaError, builtins.ValueError):
     """An argument is out of the range llama.cpp accepts."""
 
 
+class NothingToSampleError(InvalidArgumentError):
+    """Every token is banned (by the logits, the logit bias or a grammar): no token can be sampled."""
+
+
 _DECODE_ERRORS = {
     -1: "invalid batch (token ids, positions or sequence ids rejected by llama.cpp)",
     -2: "memory allocation failed while decoding",

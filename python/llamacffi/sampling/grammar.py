@@ -38,7 +38,44 @@ def _outside_literals(text: str) -> str:
     return "".join(out)
 
 
-_REPEAT = re.compile(r"\{\s*(\d{1,9})\s*(?:,\s*(\d{0,9})\s*)?\}")  # {m}, {m,}, {m,n}
+_REPEAT = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")  # {m}, {m,}, {m,n}, as llama.cpp reads them
+
+
+def _count(digits: str) -> int:
+    digits = digits.lstrip("0")
+    return int(digits or "0") if len(digits) <= 9 else 10**9  # past any limit (and int()'s digit limit)
+
+
+def _repeated(text: str) -> int:
+    """The elements llama.cpp's repetitions add: for each ``x{m,n}``, max(m, n) copies of ``x``'s elements (a
+    literal's characters, a class's, one for a rule or a group, which become references)."""
+    total = 0
+    last = 1  # the elements of the item before a repetition
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"' or c == "[":
+            close = '"' if c == '"' else "]"
+            i += 1
+            size = 0
+            while i < n and text[i] != close:
+                i += 2 if text[i] == "\\" else 1
+                size += 1
+            last = max(1, size)
+        elif c == "<":
+            while i < n and text[i] != ">":
+                i += 1
+            last = 1
+        elif c == "#":
+            while i < n and text[i] not in "\r\n":
+                i += 1
+        elif c == "{" and (m := _REPEAT.match(text, i)) is not None:
+            total += max(_count(m.group(1)), _count(m.group(2) or "0")) * last
+            i = m.end() - 1
+        elif not c.isspace():
+            last = 1
+        i += 1
+    return total
 
 
 def check_grammar_shape(text: str) -> bool:
@@ -60,10 +97,10 @@ def check_grammar_shape(text: str) -> bool:
         raise GrammarError(f"the grammar nests groups {deepest} deep; at most {GRAMMAR_MAX_NESTING} are supported")
     if rules > GRAMMAR_MAX_RULES:
         raise GrammarError(f"the grammar has {rules} rules; at most {GRAMMAR_MAX_RULES} are supported")
-    copies = sum(max(int(m or 0), int(n or 0)) for m, n in _REPEAT.findall(bare))
+    copies = _repeated(text)
     if copies > GRAMMAR_MAX_REPEATED:
         raise GrammarError(
-            f"the grammar's repetitions ({{m,n}}) expand to {copies} copies; "
+            f"the grammar's repetitions ({{m,n}}) expand to {copies} elements; "
             f"at most {GRAMMAR_MAX_REPEATED} are supported"
         )
     return "<" in bare

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-from ..errors import ClosedError, GrammarError, InvalidArgumentError, InvalidTokenError
+from ..errors import ClosedError, GrammarError, InvalidArgumentError, InvalidTokenError, NothingToSampleError
 from ..limits import INT32_MAX, NATIVE_MIN_TEMPERATURE, PENALTY_WINDOW_MAX
 from ..raw import CData, ffi, lib
 from ..validate import as_int
@@ -218,7 +218,7 @@ class NativeSampler(Configured):
             if self._try_first and logit != -math.inf and not accepts(self._grammar, token):
                 token, logit = self._repick(row, token)
         if logit == -math.inf:
-            raise InvalidArgumentError(
+            raise NothingToSampleError(
                 "no token can be sampled: every candidate is banned"
                 + (" or forbidden by the grammar" if self._grammar is not None else "")
             )

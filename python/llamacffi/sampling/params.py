@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import InvalidArgumentError, InvalidTokenError
+from ..errors import InvalidArgumentError, InvalidTokenError, NothingToSampleError
 from ..limits import BIAS_MAX, INT32_MAX, PENALTY_MAX, SEED_MAX, TEMPERATURE_MAX
 from ..validate import as_int, as_real
 
@@ -37,8 +37,8 @@ def nan_error() -> InvalidArgumentError:
     return InvalidArgumentError("logits contain NaN")
 
 
-def banned_error() -> InvalidArgumentError:
-    return InvalidArgumentError("every candidate token has logit -inf (all banned); nothing can be sampled")
+def banned_error() -> NothingToSampleError:
+    return NothingToSampleError("every candidate token has logit -inf (all banned); nothing can be sampled")
 
 
 def bad_token(token: int, n_vocab: int, what: str) -> InvalidTokenError:

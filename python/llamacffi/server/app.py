@@ -25,7 +25,7 @@ from ..jsontypes import JSONObject
 from ..service import LlamaCppEmbeddingModel, LlamaCppTextModel, LocalBackendConfig, ModelConfig
 from ..vocab import Vocab
 from . import completions, embeddings, messages, reasoning, tokens
-from .asgi import EventStream, error_response, off_loop, race, read_body
+from .asgi import EventStream, error_response, off_loop, race, read_body, route
 from .errors import APIError, from_service
 from .gate import Gate
 from .metrics import Metrics
@@ -59,9 +59,20 @@ def _guarded(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Re
         except (APIError, HTTPException):
             raise
         except Exception as exc:
-            return error_response(from_service(exc), request.url.path)
+            return error_response(from_service(exc), route(request.scope))
 
     return run
+
+
+async def _started_off_loop(job: completions.Job) -> None:
+    """``job.start()`` in a worker thread; a request cancelled meanwhile cancels the choices the thread starts."""
+    loop = asyncio.get_running_loop()
+    started = loop.run_in_executor(None, job.start, loop)
+    try:
+        await asyncio.shield(started)
+    except asyncio.CancelledError:
+        started.add_done_callback(lambda _: job.cancel())
+        raise
 
 
 Translate = Callable[[JSONObject], JSONObject]  # another API's body into the chat completion body it asks for
@@ -105,9 +116,8 @@ def _completion(
             raise from_service(exc, text_param) from None
         request.scope.setdefault("state", {})["job"] = job
         try:
-            grammar = parsed.options.grammar
-            if grammar is not None and len(grammar) > limits.INLINE_TEXT_CHARS:  # llama.cpp parses it per choice
-                await asyncio.to_thread(job.start, asyncio.get_running_loop())
+            if parsed.options.grammar is not None:  # llama.cpp parses it for each choice: never on the loop
+                await _started_off_loop(job)
             else:
                 job.start()
         except Exception as exc:
@@ -264,14 +274,14 @@ def create_app(
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, APIError)
-        return error_response(exc, request.url.path)
+        return error_response(exc, route(request.scope))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = "not_found" if exc.status_code == 404 else None
         message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else exc.detail
         error = APIError(exc.status_code, message, code=code, headers=dict(exc.headers or {}))
-        return error_response(error, request.url.path)
+        return error_response(error, route(request.scope))
 
     routes = [
         Route("/health", _health, methods=["GET"]),
@@ -306,7 +316,7 @@ def create_app(
     middleware.append(Middleware(Gate, api_key=api_key, metrics=lambda: server.metrics, routes=ROUTES))
 
     async def internal_error(request: Request, exc: Exception) -> Response:  # outside the middleware: a last resort
-        return error_response(from_service(exc), request.url.path)
+        return error_response(from_service(exc), route(request.scope))
 
     app = Starlette(
         routes=routes,

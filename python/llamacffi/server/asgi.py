@@ -30,6 +30,13 @@ def error_response(exc: APIError, path: str = "") -> Response:
 ANTHROPIC_ROUTES = "/v1/messages"  # and the routes below it
 
 
+def route(scope: Scope) -> str:
+    """The request's path within the app (without the prefix of an app it is mounted in)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 async def read_body(request: Request) -> JSONObject:
     """The JSON body, read up to the size limit."""
     size = request.headers.get("content-length")

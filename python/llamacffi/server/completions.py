@@ -14,7 +14,7 @@ from ..service.choices import Choices
 from ..service.events import Chunk, Finish, TokenLogprob
 from ..vocab import TokenArray
 from . import calls, reasoning, shapes, structured
-from .errors import APIError, from_service
+from .errors import APIError, from_service, invalid
 from .metrics import Metrics
 from .requests import Parsed
 
@@ -77,14 +77,20 @@ def chat_prompt(
     thinking = None
     tools = parsed.tools
     syntax = model.tool_syntax if tools is not None else None
+    # a conversation that ends with the assistant's turn asks for its continuation (llama-server's prefill)
+    prefill = parsed.messages[-1][1] if parsed.messages[-1][0] == "assistant" else None
+    if prefill is not None and "tool_calls" in parsed.chat[-1]:
+        raise invalid("an assistant message with tool calls cannot be continued: send the calls' results", "messages")
+    cut = -1 if prefill is not None else None
     if tools is not None and syntax is not None:  # the template describes the tools and writes the calls
         grammar = calls.grammar(syntax, tools, parsed.answer_schema, parsed.answer_grammar, parsed.parallel)
         opts = dataclasses.replace(opts, grammar=grammar)
         described = calls.described(tools)
-        text = model.format_chat(parsed.chat, opts, tools=described, variables=parsed.template_kwargs)
+        text = model.format_chat(parsed.chat[:cut], opts, tools=described, variables=parsed.template_kwargs)
     else:
-        messages = parsed.messages if tools is None else structured.with_tools(parsed.messages, tools)
+        messages = parsed.messages[:cut] if tools is None else structured.with_tools(parsed.messages[:cut], tools)
         text = model.format_chat(messages, opts, variables=parsed.template_kwargs)
+    text += prefill or ""
     reader = calls.Reader(tools, syntax, parsed.parallel) if tools is not None else None
     if model.thinks:
         inside = reasoning.opened(text)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .asgi import error_response
+from .asgi import error_response, route
 from .errors import APIError
 from .metrics import Metrics
 
@@ -51,12 +51,12 @@ class Gate:
                         401,
                         "Incorrect API key provided"
                         if given
-                        else "Missing API key: send 'Authorization: Bearer <key>'",
+                        else "Missing API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>')",
                         type="invalid_request_error",
                         code="invalid_api_key",
                         headers={"WWW-Authenticate": "Bearer"},
                     )
-                    await error_response(exc, scope["path"])(scope, receive, sending)
+                    await error_response(exc, route(scope))(scope, receive, sending)
                     return
             await self.app(scope, receive, sending)
         finally:

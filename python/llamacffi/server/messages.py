@@ -2,8 +2,10 @@
 body is translated into the chat completion it asks for, which runs as any other, and the answer back into a
 message of content blocks (thinking, text, ``tool_use``), whole or as Anthropic's stream of events.
 
-Images, documents, server tools and the other features a local model cannot serve are a 400. A ``stop_reason`` of
-``end_turn`` includes an answer ended by one of its ``stop_sequences`` (which one is not known here).
+Consecutive text turns of one role are one turn, and a conversation that ends with the assistant's turn is continued
+(:func:`.completions.chat_prompt`), as Anthropic's API does. Images, documents, server tools and the other features a
+local model cannot serve are a 400. A ``stop_reason`` of ``end_turn`` includes an answer ended by one of its
+``stop_sequences`` (which one is not known here).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ FIELDS = frozenset(
         "tool_choice",
         "thinking",
         "output_config",  # a JSON Schema the answer follows, and the effort (the chat's reasoning_effort)
+        "chat_template_kwargs",  # llama-server's, passed on
         # hints and ids that change nothing here (prompts are cached without being asked)
         "metadata",
         "service_tier",
@@ -43,13 +46,11 @@ FIELDS = frozenset(
         "workspace_id",
     }
 )
-COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking", "output_config",
-                          "cache_control"})  # fmt: skip
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
 
-def _text(content: JSON, where: str) -> str:
-    """The text of a string or of a list of text blocks."""
+def _text(content: JSON, where: str, joint: str = "") -> str:
+    """The text of a string or of a list of text blocks, joined with ``joint``."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -60,7 +61,7 @@ def _text(content: JSON, where: str) -> str:
                 kind = block.get("type") if isinstance(block, dict) else type(block).__name__
                 raise invalid(f"{where}[{i}]: only text blocks are supported here (got {kind!r})", "messages")
             parts.append(text)
-        return "".join(parts)
+        return joint.join(parts)
     raise invalid(f"{where} must be a string or a list of text blocks", "messages")
 
 
@@ -100,7 +101,7 @@ def _message(m: JSON, where: str) -> list[JSONObject]:
             call_id = block.get("tool_use_id")
             if not isinstance(call_id, str):
                 raise invalid(f"{at}: a tool_result block needs a tool_use_id", "messages")
-            result = _text(block.get("content", ""), f"{at}.content")
+            result = _text(block.get("content") or "", f"{at}.content", "\n")
             if block.get("is_error") is True:
                 result = f"Error: {result}"
             results.append({"role": "tool", "tool_call_id": call_id, "content": result})
@@ -108,14 +109,14 @@ def _message(m: JSON, where: str) -> list[JSONObject]:
             raise invalid(f"{at}: {kind!r} blocks are not supported here for the {role}", "messages")
     out: list[JSONObject] = list(results)
     if role == "assistant":
-        turn: JSONObject = {"role": "assistant", "content": "".join(text) if text or not calls else None}
+        turn: JSONObject = {"role": "assistant", "content": "\n".join(text) if text or not calls else None}
         if calls:
             turn["tool_calls"] = list(calls)
         if thought:
             turn["reasoning_content"] = "".join(thought)
         out.append(turn)
     elif text or not results:
-        out.append({"role": "user", "content": "".join(text)})
+        out.append({"role": "user", "content": "\n".join(text)})
     return out
 
 
@@ -165,10 +166,15 @@ def _output_config(config: JSON, chat: JSONObject) -> None:
         chat["reasoning_effort"] = "xhigh" if effort == "max" else effort
 
 
+def _plain(turn: JSONObject) -> bool:
+    """Whether a chat turn is a user's or assistant's text alone."""
+    return turn["role"] in ("user", "assistant") and isinstance(turn["content"], str) and len(turn) == 2
+
+
 def to_chat(body: JSONObject, count: bool = False) -> JSONObject:
     """The chat completion body a Messages body asks for (``count``: a ``count_tokens`` body, with no output)."""
     for name in body:
-        if name not in (COUNT_FIELDS if count else FIELDS):
+        if name not in FIELDS:
             raise invalid(f"{name}: Extra inputs are not permitted", name)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -179,7 +185,12 @@ def to_chat(body: JSONObject, count: bool = False) -> JSONObject:
     if system is not None:
         turns.append({"role": "system", "content": _text(system, "system")})
     for i, m in enumerate(messages):
-        turns.extend(_message(m, f"messages[{i}]"))
+        for turn in _message(m, f"messages[{i}]"):
+            last = turns[-1] if turns else None
+            if isinstance(last, dict) and _plain(last) and _plain(turn) and last["role"] == turn["role"]:
+                last["content"] = f"{last['content']}\n{turn['content']}"  # consecutive turns of a role are one
+            else:
+                turns.append(turn)
     chat["messages"] = turns
     if not count:
         if body.get("max_tokens") is None:
@@ -200,10 +211,13 @@ def to_chat(body: JSONObject, count: bool = False) -> JSONObject:
         _output_config(config, chat)
     thinking = body.get("thinking")
     if thinking is not None:
-        if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled", "adaptive"):
-            raise invalid("thinking must be an object whose type is enabled, adaptive or disabled", "thinking")
+        if not isinstance(thinking, dict) or not isinstance(thinking.get("type"), str):
+            raise invalid("thinking must be an object with a type", "thinking")
         if thinking["type"] == "disabled":  # as llama-server: the templates' variable that turns thinking off
-            chat["chat_template_kwargs"] = {"enable_thinking": False}
+            kwargs = body.get("chat_template_kwargs")
+            chat["chat_template_kwargs"] = {**(kwargs if isinstance(kwargs, dict) else {}), "enable_thinking": False}
+    if "chat_template_kwargs" in body and "chat_template_kwargs" not in chat:
+        chat["chat_template_kwargs"] = body["chat_template_kwargs"]
     return chat
 
 
@@ -264,8 +278,11 @@ async def stream_message(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
         nonlocal open_kind
         if open_kind is None:
             return []
+        signed = open_kind == "thinking"  # a thinking block ends with its signature (none here), as Anthropic's
         open_kind = None
-        return [_event("content_block_stop", {"index": index})]
+        signature = [_event("content_block_delta", {"index": index, "delta": {"type": "signature_delta",
+                     "signature": ""}})] if signed else []  # fmt: skip
+        return [*signature, _event("content_block_stop", {"index": index})]
 
     def start(kind: str, block: JSONObject) -> list[bytes]:
         nonlocal index, open_kind

@@ -24,8 +24,8 @@ from .. import (
     Context,
     DecodeAbortedError,
     GrammarError,
-    InvalidArgumentError,
     LlamaError,
+    NothingToSampleError,
     StateError,
     backend,
     limits,
@@ -532,6 +532,6 @@ def _sampling_error(exc: LlamaError, constraint: str | None) -> Exception:
     gave it), which is too ambiguous to run or allows no token of the vocabulary, or else a generation error."""
     if constraint is not None and isinstance(exc, GrammarError):
         return InvalidConfigError(str(exc), field=constraint)
-    if constraint is not None and isinstance(exc, InvalidArgumentError):  # every token banned: by the grammar
+    if constraint is not None and isinstance(exc, NothingToSampleError):  # every token banned: by the grammar
         return InvalidConfigError(f"the grammar allows no token of the vocabulary here ({exc})", field=constraint)
     return GenerationError(f"sampling failed: {exc}")
