@@ -1011,3 +1011,24 @@ def test_a_worker_is_sent_a_json_schema_as_its_compiled_grammar(smollm2_path: Pa
         assert fields["json_schema"] is None and fields["grammar"] == options.grammar_text()
     finally:
         svc.close()
+
+
+@needs_rpc
+def test_the_stop_sequence_that_ended_a_request_comes_back_from_the_worker(
+    worker_model: llamacffi.service.LlamaCppTextModel,
+) -> None:
+    import asyncio
+    import dataclasses
+
+    from llamacffi.service.events import Finish
+
+    free = worker_model.generate(PROMPT, SHORT)
+    stop = free.strip()[1:3]
+    assert len(stop) == 2
+
+    async def finish() -> object:
+        opts = dataclasses.replace(SHORT, stop_sequences=("no such text", stop))
+        return [event async for _, event in worker_model.start_choices(PROMPT, opts)][-1]
+
+    ended = asyncio.run(finish())
+    assert isinstance(ended, Finish) and ended.reason == "stop" and ended.stop_sequence == stop

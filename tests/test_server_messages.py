@@ -185,3 +185,19 @@ def test_turns_as_anthropics_api_reads_them(client: Any) -> None:
     said = [*ASK, {"role": "assistant", "content": [used]}, {"role": "user", "content": [result]}]
     failed = count(said)
     assert failed > count([*said[:2], {"role": "user", "content": [{**result, "is_error": False}]}])
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_stop_sequence_says_which(client: Any, streamed: bool) -> None:
+    free = client.messages.create(model="smol", max_tokens=24, extra_body=GREEDY, messages=ASK)
+    word = free.content[0].text.split()[2]  # a word the greedy answer holds
+    body = {"model": "smol", "max_tokens": 24, "extra_body": GREEDY, "messages": ASK,
+            "stop_sequences": ["no such words", word]}  # fmt: skip
+    if streamed:
+        with client.messages.stream(**body) as stream:
+            msg = stream.get_final_message()
+    else:
+        msg = client.messages.create(**body)
+    assert (msg.stop_reason, msg.stop_sequence) == ("stop_sequence", word)
+    assert word not in msg.content[0].text and free.content[0].text.startswith(msg.content[0].text)
+    assert free.stop_sequence is None

@@ -876,3 +876,13 @@ def test_a_model_dropped_without_close_is_freed_and_one_whose_service_is_dropped
         gc.collect()
     assert dropped() is None
     assert len(runner.shared()._engines) == before  # nothing holds their engines any more
+
+
+def test_a_stop_sequence_is_reported_with_the_finish() -> None:
+    from llamacffi.service.stops import StopMatcher
+
+    m = StopMatcher(("xyz", "b", "ab"))
+    assert m.feed("aa") == "a" and m.matched is None  # "a" may start "ab"
+    assert m.feed("b c") == "" and m.stopped and m.matched == "ab"  # the stop string that starts first
+    first = StopMatcher(("b", "ab"))
+    assert first.feed("xab") == "x" and first.matched == "ab"

@@ -39,6 +39,7 @@ class Job:
     # where the answers hold a reasoning model's thinking: None for none (or kept as content), False for a block at
     # their start, True for one the prompt opened
     thinking: bool | None = None
+    stopped_by: dict[int, str] = dataclasses.field(default_factory=dict)  # the stop sequence that ended a choice
 
     def failed(self, exc: BaseException) -> APIError:
         """The HTTP form of an error of this request: one of its grammar names the request field it came from."""
@@ -46,6 +47,11 @@ class Job:
         if error.param in ("grammar", "response_format") and self.parsed.constraint is not None:
             error.param = self.parsed.constraint
         return error
+
+    def ended(self, index: int, finish: Finish) -> None:
+        """Note how a choice ended."""
+        if finish.stop_sequence is not None:
+            self.stopped_by[index] = finish.stop_sequence
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Queue every prompt's choices, to be read in the running event loop or ``loop``; a full queue raises here,
@@ -219,6 +225,7 @@ async def respond(job: Job, metrics: Metrics) -> JSONObject:
                 entries[index].extend(event.logprobs)
             else:
                 reasons[index] = event.reason
+                job.ended(index, event)
     finally:
         usage = tally.close()
     rid, created, kind = _ids(job)
@@ -352,6 +359,7 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
                     for out in answer(index, said) if said is not None else ():
                         yield out
                 reason = event.reason
+                job.ended(index, event)
                 made: list[JSONObject] = []
                 if job.chat and held.holding(index):
                     rest, made, logprobs = held.finish(index, reason == "length")

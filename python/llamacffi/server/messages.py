@@ -4,8 +4,7 @@ message of content blocks (thinking, text, ``tool_use``), whole or as Anthropic'
 
 Consecutive text turns of one role are one turn, and a conversation that ends with the assistant's turn is continued
 (:func:`.completions.chat_prompt`), as Anthropic's API does. Images, documents, server tools and the other features a
-local model cannot serve are a 400. A ``stop_reason`` of ``end_turn`` includes an answer ended by one of its
-``stop_sequences`` (which one is not known here).
+local model cannot serve are a 400.
 """
 
 from __future__ import annotations
@@ -238,6 +237,14 @@ def _blocks(message: JSONObject) -> list[JSON]:
     return blocks
 
 
+def _stop(job: Job, reason: str | None) -> tuple[str, str | None]:
+    """The message's ``stop_reason`` and ``stop_sequence``, from the chat's ``finish_reason``."""
+    stopped_by = job.stopped_by.get(0)
+    if reason == "stop" and stopped_by is not None:
+        return "stop_sequence", stopped_by
+    return _STOP_REASONS.get(reason or "stop", "end_turn"), None
+
+
 def _head(job: Job) -> JSONObject:
     return {"id": "msg_" + uuid.uuid4().hex, "type": "message", "role": "assistant", "model": job.name}
 
@@ -250,11 +257,12 @@ async def respond_message(job: Job, metrics: Metrics) -> JSONObject:
     assert isinstance(choices, list) and isinstance(choices[0], dict) and isinstance(usage, dict)
     message, reason = choices[0]["message"], choices[0]["finish_reason"]
     assert isinstance(message, dict) and isinstance(reason, str)
+    stop_reason, stop_sequence = _stop(job, reason)
     return {
         **_head(job),
         "content": _blocks(message),
-        "stop_reason": _STOP_REASONS.get(reason, "end_turn"),
-        "stop_sequence": None,
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
         "usage": {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"]},
     }
 
@@ -326,6 +334,7 @@ async def stream_message(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
                 reason = choice["finish_reason"]
     for out in close():
         yield out
-    yield _event("message_delta", {"delta": {"stop_reason": _STOP_REASONS.get(reason or "stop", "end_turn"),
-                 "stop_sequence": None}, "usage": {"output_tokens": output}})  # fmt: skip
+    stop_reason, stop_sequence = _stop(job, reason)
+    yield _event("message_delta", {"delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                                   "usage": {"output_tokens": output}})  # fmt: skip
     yield _event("message_stop", {})

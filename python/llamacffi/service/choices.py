@@ -44,7 +44,8 @@ class Choices:
                 if item is END:
                     self._running -= 1
                     r = self._requests[i]
-                    yield i, Finish(r.finish_reason or "stop", self._n_prompt, r.n_reused, r.n_generated)
+                    reason = r.finish_reason or "stop"
+                    yield i, Finish(reason, self._n_prompt, r.n_reused, r.n_generated, r.stops.matched)
                 elif isinstance(item, BaseException):
                     raise item
                 else:

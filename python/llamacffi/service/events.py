@@ -25,10 +25,12 @@ class Chunk:
 
 @dataclasses.dataclass(frozen=True)
 class Finish:
-    """How a request ended: ``reason`` is ``"stop"`` (end of generation or a stop sequence) or ``"length"``
-    (``max_tokens`` or the context); token counts for usage (``cached_tokens``: prompt tokens reused from memory)."""
+    """How a request ended: ``reason`` is ``"stop"`` (end of generation or a stop sequence, then
+    ``stop_sequence``) or ``"length"`` (``max_tokens`` or the context); token counts for usage (``cached_tokens``:
+    prompt tokens reused from memory)."""
 
     reason: str
     prompt_tokens: int
     cached_tokens: int
     completion_tokens: int
+    stop_sequence: str | None = None

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 class StopMatcher:
     """Feed text chunks; get back what is safe to emit. Holds back only the longest tail that could still begin a
-    stop string. ``stopped`` turns True at the first complete stop string; the text before it has been emitted."""
+    stop string. ``stopped`` turns True at the first complete stop string (``matched``); the text before it has been
+    emitted."""
 
-    __slots__ = ("stops", "_held", "stopped")
+    __slots__ = ("stops", "_held", "stopped", "matched")
 
     def __init__(self, stops: tuple[str, ...]) -> None:
         self.stops = stops
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None
 
     def feed(self, text: str) -> str:
         if self.stopped:
@@ -23,6 +25,7 @@ class StopMatcher:
         cut = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
             self.stopped = True
+            self.matched = next(s for s in self.stops if buf.find(s) == cut)
             self._held = ""
             return buf[:cut]
         keep = 0

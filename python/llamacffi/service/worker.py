@@ -20,7 +20,7 @@ counts, with the options as plain data: a caller's str subclass may not exist in
 a ``json_schema`` goes as its compiled grammar),
 ``("cancel", id)``, ``("close",)``. Child to parent: ``("progress",)`` while loading, then ``("ready", n_ctx_train)`` or
 ``("failed", exception)``; ``("progress",)`` while decoding, ``("item", id, text_or_chunk)``, ``("end", id,
-finish_reason, n_reused, n_generated, stats)``, ``("error", id, exception)``.
+finish_reason, n_reused, n_generated, stop_sequence, stats)``, ``("error", id, exception)``.
 """
 
 from __future__ import annotations
@@ -355,7 +355,8 @@ class WorkerEngine:
                 self.cancel(request)
         elif kind == "end":
             request.finish_reason, request.n_reused, request.n_generated = msg[2], msg[3], msg[4]
-            self.stats.update(msg[5])
+            request.stops.matched = msg[5]
+            self.stats.update(msg[6])
             request.finished = True
             _emit(request, END)
         else:
@@ -424,7 +425,7 @@ class _ChildSink:
             r = self.request
             assert r is not None
             self._done(self.rid)
-            self._send(("end", self.rid, r.finish_reason, r.n_reused, r.n_generated))
+            self._send(("end", self.rid, r.finish_reason, r.n_reused, r.n_generated, r.stops.matched))
         elif isinstance(item, BaseException):
             self._done(self.rid)
             self._send(("error", self.rid, _portable(item)))
