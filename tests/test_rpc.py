@@ -1032,3 +1032,28 @@ def test_the_stop_sequence_that_ended_a_request_comes_back_from_the_worker(
 
     ended = asyncio.run(finish())
     assert isinstance(ended, Finish) and ended.reason == "stop" and ended.stop_sequence == stop
+
+
+@needs_rpc
+def test_an_end_the_service_cannot_handle_fails_its_request_too(smollm2_path: Path) -> None:
+    """A request whose last message cannot be handled is out of the worker's table by then: it fails with the
+    others instead of waiting for ever."""
+    from conftest import answer_within
+
+    server = RPCServerProcess()
+    svc = LlamaCppService(LocalBackendConfig(threads=1, gpu_layers=OFFLOAD, rpc_servers=(server.endpoint,)))
+    try:
+        model = svc.load_model(str(smollm2_path), config=ModelConfig(context_size=256, parallel=1))
+        engine = model._engine
+        dispatch = engine._dispatch  # type: ignore[attr-defined]
+
+        def cut(msg: tuple[object, ...]) -> None:
+            dispatch(msg[:6] if msg[0] == "end" else msg)  # an end without its stats
+
+        engine._dispatch = cut  # type: ignore[attr-defined]
+        greedy = GenerationOptions(max_tokens=8, temperature=0.0)
+        with pytest.raises(GenerationError, match="could not be handled"):
+            answer_within(60, lambda: model.generate("Once upon a time", greedy))
+    finally:
+        svc.close()
+        server.kill()

@@ -353,15 +353,22 @@ class WorkerEngine:
             _emit(request, msg[2])
             if request.cancelled:  # its consumer is gone
                 self.cancel(request)
-        elif kind == "end":
-            request.finish_reason, request.n_reused, request.n_generated = msg[2], msg[3], msg[4]
-            request.stops.matched = msg[5]
-            self.stats.update(msg[6])
+            return
+        try:
+            if kind == "end":
+                request.finish_reason, request.n_reused, request.n_generated = msg[2], msg[3], msg[4]
+                request.stops.matched = msg[5]
+                self.stats.update(msg[6])
+                ended: object = END
+            else:
+                ended = msg[2]
+        except Exception:  # out of the table already: the reader's failing of the others would not reach it
             request.finished = True
-            _emit(request, END)
-        else:
-            request.finished = True
-            _emit(request, msg[2])
+            _emit(request, GenerationError(f"the worker process serving model {self.name!r} sent what could not "
+                                           f"be handled"))  # fmt: skip
+            raise
+        request.finished = True
+        _emit(request, ended)
 
     def _fail_all(self, error: Exception) -> None:
         with self._lock:
