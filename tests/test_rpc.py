@@ -507,7 +507,10 @@ def test_a_remote_device_named_later_is_checked_too(smollm2_path: Path) -> None:
 
 
 @needs_rpc
-def test_a_message_the_service_cannot_handle_ends_the_worker_not_its_callers(smollm2_path: Path) -> None:
+@pytest.mark.parametrize("fault", ["unreadable", "an end cut short"])
+def test_a_message_the_service_cannot_handle_ends_the_worker_not_its_callers(smollm2_path: Path, fault: str) -> None:
+    """Whatever message cannot be handled, the callers fail: the request of a last message that cannot be handled
+    too, which is out of the worker's table by then."""
     import pickle
 
     from conftest import answer_within
@@ -517,9 +520,12 @@ def test_a_message_the_service_cannot_handle_ends_the_worker_not_its_callers(smo
     try:
         model = svc.load_model(str(smollm2_path), config=ModelConfig(context_size=256, parallel=1))
         engine = model._engine
+        dispatch = engine._dispatch  # type: ignore[attr-defined]
 
-        def unreadable(msg: object) -> None:
-            raise pickle.UnpicklingError("a message cut short")
+        def unreadable(msg: tuple[object, ...]) -> None:
+            if fault == "unreadable":
+                raise pickle.UnpicklingError("a message cut short")
+            dispatch(msg[:6] if msg[0] == "end" else msg)  # an end without its stats
 
         engine._dispatch = unreadable  # type: ignore[attr-defined]
         greedy = GenerationOptions(max_tokens=8, temperature=0.0)
@@ -1032,28 +1038,3 @@ def test_the_stop_sequence_that_ended_a_request_comes_back_from_the_worker(
 
     ended = asyncio.run(finish())
     assert isinstance(ended, Finish) and ended.reason == "stop" and ended.stop_sequence == stop
-
-
-@needs_rpc
-def test_an_end_the_service_cannot_handle_fails_its_request_too(smollm2_path: Path) -> None:
-    """A request whose last message cannot be handled is out of the worker's table by then: it fails with the
-    others instead of waiting for ever."""
-    from conftest import answer_within
-
-    server = RPCServerProcess()
-    svc = LlamaCppService(LocalBackendConfig(threads=1, gpu_layers=OFFLOAD, rpc_servers=(server.endpoint,)))
-    try:
-        model = svc.load_model(str(smollm2_path), config=ModelConfig(context_size=256, parallel=1))
-        engine = model._engine
-        dispatch = engine._dispatch  # type: ignore[attr-defined]
-
-        def cut(msg: tuple[object, ...]) -> None:
-            dispatch(msg[:6] if msg[0] == "end" else msg)  # an end without its stats
-
-        engine._dispatch = cut  # type: ignore[attr-defined]
-        greedy = GenerationOptions(max_tokens=8, temperature=0.0)
-        with pytest.raises(GenerationError, match="could not be handled"):
-            answer_within(60, lambda: model.generate("Once upon a time", greedy))
-    finally:
-        svc.close()
-        server.kill()
