@@ -137,36 +137,31 @@ def _completion(
     return endpoint
 
 
-async def _apply_template(request: Request) -> Response:
-    """llama-server's ``/apply-template``: a chat request's prompt as its model sees it, tools and thinking
-    included, without generating."""
+async def _chat_prompt(request: Request, translate: Translate | None = None) -> tuple[str, LlamaCppTextModel]:
+    """A chat request's prompt as its model sees it, tools and thinking included, and that model."""
     server: Server = request.app.state.server
-    parsed = await _parse(request, chat=True)
+    parsed = await _parse(request, True, translate)
     _, model = server.model(parsed.model)
     try:
         chars = parsed.text_chars() if parsed.tools is None else limits.INLINE_TEXT_CHARS + 1
-        text = await off_loop(lambda p: completions.chat_prompt(model, p)[0], parsed, chars)
+        return await off_loop(lambda p: completions.chat_prompt(model, p)[0], parsed, chars), model
     except Exception as exc:
         raise from_service(exc) from None
-    return JSONResponse({"prompt": text})
+
+
+async def _apply_template(request: Request) -> Response:
+    """llama-server's ``/apply-template``: a chat request's prompt, without generating."""
+    prompt, _ = await _chat_prompt(request)
+    return JSONResponse({"prompt": prompt})
 
 
 async def _count_tokens(request: Request) -> Response:
     """Anthropic's ``/v1/messages/count_tokens``: the tokens of the prompt a Messages body makes."""
-    server: Server = request.app.state.server
-    parsed = await _parse(request, True, lambda body: messages.to_chat(body, count=True))
-    _, model = server.model(parsed.model)
+    prompt, model = await _chat_prompt(request, lambda body: messages.to_chat(body, count=True))
     vocab = model.llama_model.vocab
-
-    def count(p: Parsed) -> int:
-        text = completions.chat_prompt(model, p)[0]
-        return len(vocab.tokenize(text, add_special=True, parse_special=True))
-
-    try:
-        chars = parsed.text_chars() if parsed.tools is None else limits.INLINE_TEXT_CHARS + 1
-        return JSONResponse({"input_tokens": await off_loop(count, parsed, chars)})
-    except Exception as exc:
-        raise from_service(exc) from None
+    count = await off_loop(lambda text: len(vocab.tokenize(text, add_special=True, parse_special=True)), prompt,
+                           len(prompt))  # fmt: skip
+    return JSONResponse({"input_tokens": count})
 
 
 def _tokens(convert: Callable[[Vocab, JSONObject], JSONObject]) -> Callable[[Request], Awaitable[Response]]:

@@ -72,14 +72,19 @@ class Job:
             c.cancel()
 
 
+def _constrained(parsed: Parsed) -> GenerationOptions:
+    """The request's options with the grammar its output follows."""
+    if parsed.grammar is None:
+        return parsed.options
+    return dataclasses.replace(parsed.options, grammar=parsed.grammar)
+
+
 def chat_prompt(
     model: LlamaCppTextModel, parsed: Parsed
 ) -> tuple[str, GenerationOptions, calls.Reader | None, bool | None]:
     """A chat request's prompt text as the model sees it, its options with the grammar its answer follows, how its
     answer makes tool calls, and where its answer holds thinking (:attr:`Job.thinking`)."""
-    opts = parsed.options
-    if parsed.grammar is not None:
-        opts = dataclasses.replace(opts, grammar=parsed.grammar)
+    opts = _constrained(parsed)
     thinking = None
     tools = parsed.tools
     syntax = model.tool_syntax if tools is not None else None
@@ -119,9 +124,7 @@ def prepare(name: str, model: LlamaCppTextModel, parsed: Parsed, chat: bool) -> 
         texts = [text]
         prompts = [model.tokenize_prompt(text, opts)]
     else:
-        opts = parsed.options
-        if parsed.grammar is not None:
-            opts = dataclasses.replace(opts, grammar=parsed.grammar)
+        opts = _constrained(parsed)
         prompts = [model.tokenize_prompt(p, opts) for p in parsed.prompts]
         texts = [
             p if isinstance(p, str) else model.llama_model.vocab.detokenize(t)

@@ -17,6 +17,7 @@ from ..jsontypes import JSON, JSONObject
 from .completions import Job, respond, stream
 from .errors import APIError, invalid
 from .metrics import Metrics
+from .requests import text_of
 
 FIELDS = frozenset(
     {
@@ -46,22 +47,6 @@ FIELDS = frozenset(
     }
 )
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
-
-
-def _text(content: JSON, where: str, joint: str = "") -> str:
-    """The text of a string or of a list of text blocks, joined with ``joint``."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts: list[str] = []
-        for i, block in enumerate(content):
-            text = block.get("text") if isinstance(block, dict) and block.get("type") == "text" else None
-            if not isinstance(text, str):
-                kind = block.get("type") if isinstance(block, dict) else type(block).__name__
-                raise invalid(f"{where}[{i}]: only text blocks are supported here (got {kind!r})", "messages")
-            parts.append(text)
-        return joint.join(parts)
-    raise invalid(f"{where} must be a string or a list of text blocks", "messages")
 
 
 def _message(m: JSON, where: str) -> list[JSONObject]:
@@ -100,7 +85,7 @@ def _message(m: JSON, where: str) -> list[JSONObject]:
             call_id = block.get("tool_use_id")
             if not isinstance(call_id, str):
                 raise invalid(f"{at}: a tool_result block needs a tool_use_id", "messages")
-            result = _text(block.get("content") or "", f"{at}.content", "\n")
+            result = text_of(block.get("content") or "", f"{at}.content", joint="\n")
             if block.get("is_error") is True:
                 result = f"Error: {result}"
             results.append({"role": "tool", "tool_call_id": call_id, "content": result})
@@ -182,7 +167,7 @@ def to_chat(body: JSONObject, count: bool = False) -> JSONObject:
     turns: list[JSON] = []
     system = body.get("system")
     if system is not None:
-        turns.append({"role": "system", "content": _text(system, "system")})
+        turns.append({"role": "system", "content": text_of(system, "system")})
     for i, m in enumerate(messages):
         for turn in _message(m, f"messages[{i}]"):
             last = turns[-1] if turns else None
@@ -209,14 +194,13 @@ def to_chat(body: JSONObject, count: bool = False) -> JSONObject:
     if config is not None:
         _output_config(config, chat)
     thinking = body.get("thinking")
-    if thinking is not None:
-        if not isinstance(thinking, dict) or not isinstance(thinking.get("type"), str):
-            raise invalid("thinking must be an object with a type", "thinking")
-        if thinking["type"] == "disabled":  # as llama-server: the templates' variable that turns thinking off
-            kwargs = body.get("chat_template_kwargs")
-            chat["chat_template_kwargs"] = {**(kwargs if isinstance(kwargs, dict) else {}), "enable_thinking": False}
-    if "chat_template_kwargs" in body and "chat_template_kwargs" not in chat:
-        chat["chat_template_kwargs"] = body["chat_template_kwargs"]
+    if thinking is not None and (not isinstance(thinking, dict) or not isinstance(thinking.get("type"), str)):
+        raise invalid("thinking must be an object with a type", "thinking")
+    kwargs = body.get("chat_template_kwargs")  # checked with the chat's fields
+    if isinstance(thinking, dict) and thinking["type"] == "disabled" and (kwargs is None or isinstance(kwargs, dict)):
+        kwargs = {**(kwargs or {}), "enable_thinking": False}  # as llama-server: the variable that turns it off
+    if kwargs is not None:
+        chat["chat_template_kwargs"] = kwargs
     return chat
 
 

@@ -233,8 +233,9 @@ def _common(body: JSONObject, raw: bool, max_tokens_name: str = "max_tokens") ->
     return Parsed(model, _options(body, raw), max_tokens, n, stream, include_usage, None)
 
 
-def _text(content: JSON, where: str, assistant: bool = False) -> str:
-    """A message's text; an assistant's ``refusal`` parts are what it said, so they count as text too."""
+def text_of(content: JSON, where: str, assistant: bool = False, joint: str = "") -> str:
+    """A message's text, its parts joined with ``joint``; an assistant's ``refusal`` parts are what it said, so they
+    count as text too."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -251,7 +252,7 @@ def _text(content: JSON, where: str, assistant: bool = False) -> str:
                     "unsupported_content",
                 )
             parts.append(text)
-        return "".join(parts)
+        return joint.join(parts)
     raise invalid(f"{where} must be a string or a list of text parts", "messages", "invalid_type")
 
 
@@ -283,9 +284,13 @@ def parse_chat(body: JSONObject) -> Parsed:
     if effort is not None:  # as llama-server: a template variable, over chat_template_kwargs; "none" thinks not
         if effort not in EFFORTS:
             raise invalid(f"reasoning_effort must be one of {', '.join(EFFORTS)}, got {effort!r}", "reasoning_effort")
-        told: JSONObject = {"enable_thinking": False} if effort == "none" else {"reasoning_effort": effort}
-        kept = {k: v for k, v in (parsed.template_kwargs or {}).items() if effort != "none" or k != "reasoning_effort"}
-        parsed.template_kwargs = {**kept, **told}
+        variables = dict(parsed.template_kwargs or {})
+        if effort == "none":
+            variables.pop("reasoning_effort", None)
+            variables["enable_thinking"] = False
+        else:
+            variables["reasoning_effort"] = effort
+        parsed.template_kwargs = variables
     form = body.get("reasoning_format")
     form = "auto" if form is None else form
     if form not in reasoning.FORMATS:
@@ -324,12 +329,12 @@ def parse_chat(body: JSONObject) -> Parsed:
         if content is None and role == "assistant":
             refusal = m.get("refusal")
             content = refusal if isinstance(refusal, str) else ""
-        said = _text(content, f"{where}.content", role == "assistant")
+        said = text_of(content, f"{where}.content", role == "assistant")
         native: dict[str, object] = {"role": "tool" if role == "tool" else ROLES[role], "content": said}
         text = said
         thought = m.get("reasoning_content") if role == "assistant" else None
         if thought is not None:  # a reasoning model's template may write it back (Qwen 3, in a chain of calls)
-            native["reasoning_content"] = _text(thought, f"{where}.reasoning_content", False)
+            native["reasoning_content"] = text_of(thought, f"{where}.reasoning_content", False)
         if calls:  # what the assistant said before its calls stays in the conversation
             native["tool_calls"] = calls
             written = "\n".join(json.dumps(c["function"], ensure_ascii=False) for c in calls)
@@ -400,14 +405,15 @@ def _prompts(prompt: JSON) -> list[str | list[int]]:
 def _constrain(parsed: Parsed, body: JSONObject, *formats: str) -> None:
     """The output's constraint, the one field of ``formats``, ``json_schema`` and ``grammar`` that gives one: a
     JSON Schema (``answer_schema``, compiled as ``answer_grammar``) or GBNF text."""
+    if "response_format" in formats:
+        parsed.answer_schema = structured.response_schema(body.get("response_format"))
     given = [name for name in ("json_schema", "grammar") if body.get(name) is not None]
-    if "response_format" in formats and structured.response_schema(body.get("response_format")) is not None:
-        given.insert(0, "response_format")  # a text response_format constrains nothing
+    if parsed.answer_schema is not None:  # a text response_format constrains nothing
+        given.insert(0, "response_format")
     if len(given) > 1:
         raise invalid(f"give one of {', '.join(given)}, not several", given[-1])
     parsed.constraint = given[0] if given else None
-    if "response_format" in formats:
-        parsed.answer_schema = structured.response_schema(body.get("response_format"))
+    if parsed.answer_schema is not None:
         parsed.answer_grammar = structured.response_grammar(body.get("response_format"))
     schema = body.get("json_schema")
     if schema is not None:
