@@ -42,6 +42,13 @@ LLAMA3 = {"meta-llama-Llama-3.1-8B-Instruct", "meta-llama-Llama-3.2-3B-Instruct"
 # <tool_call><function=NAME><parameter=NAME>value</parameter></function></tool_call>
 QWEN_XML = {"NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", "Qwen3-Coder", "Qwen3.5-4B", "StepFun3.5-Flash"}
 
+# [TOOL_CALLS]NAME[ARGS]{...}, with [CALL_ID]ID before [ARGS] in Mistral Small 3.2's
+MISTRAL = {
+    "Mistral-Small-3.2-24B-Instruct-2506",
+    "mistralai-Ministral-3-14B-Reasoning-2512",
+    "unsloth-mistral-Devstral-Small-2507",
+}
+
 # per syntax: a template of it, and how it writes CALLED's call and result
 WRITTEN = {
     "hermes": (
@@ -53,6 +60,11 @@ WRITTEN = {
         "Qwen3-Coder",
         "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>",
         "<tool_response>\n18 degrees, sunny\n</tool_response>",
+    ),
+    "mistral": (
+        "Mistral-Small-3.2-24B-Instruct-2506",
+        '[TOOL_CALLS]get_weather[CALL_ID]call00001[ARGS]{"city": "Paris"}',
+        "[TOOL_RESULTS]call00001[TOOL_CONTENT]18 degrees, sunny[/TOOL_RESULTS]",
     ),
     "llama3": (
         "meta-llama-Llama-3.1-8B-Instruct",
@@ -87,16 +99,17 @@ TIME = {
         },
     },
 }
+# ids of 9 letters and digits, the only ones some of Mistral's templates take
 CALLED = [
     {"role": "user", "content": "Weather in Paris?"},
     {
         "role": "assistant",
         "content": "",
         "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+            {"id": "call00001", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
         ],
     },
-    {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": "18 degrees, sunny"},
+    {"role": "tool", "tool_call_id": "call00001", "name": "get_weather", "content": "18 degrees, sunny"},
 ]
 
 
@@ -114,7 +127,7 @@ def test_the_templates_of_llama_cpp_with_a_syntax_read_here_are_found() -> None:
         syntax = tool_syntax(p.read_text(), eos_token="</s>")
         if syntax is not None:
             found.setdefault(syntax, set()).add(p.stem)
-    assert found == {"hermes": HERMES, "llama3": LLAMA3, "qwen-xml": QWEN_XML}
+    assert found == {"hermes": HERMES, "llama3": LLAMA3, "mistral": MISTRAL, "qwen-xml": QWEN_XML}
 
 
 def test_templates_without_tools_have_no_syntax() -> None:
@@ -284,26 +297,28 @@ def test_a_stream_holds_back_from_where_a_block_may_start() -> None:
     assert plain.held_from(' {"name"') == 0 and plain.held_from("Hi") is None
 
 
-@pytest.mark.parametrize("syntax", ["hermes", "qwen-xml"])
+@pytest.mark.parametrize("syntax", ["hermes", "mistral", "qwen-xml"])
 def test_an_answer_cut_short_keeps_its_whole_calls(syntax: str) -> None:
     from llamacffi.server import calls
 
     one = {
         "hermes": '<tool_call>\n{"name": "get_time", "arguments": {"city": "Rome"}}\n</tool_call>',
         "qwen-xml": "<tool_call>\n<function=get_time>\n<parameter=city>\nRome\n</parameter>\n</function>\n</tool_call>",
+        "mistral": '[TOOL_CALLS]get_time[ARGS]{"city": "Rome"}',
     }[syntax]
     reader = calls.Reader(_tools(), syntax, True)  # type: ignore[arg-type]
     rome = [("get_time", '{"city": "Rome"}')]
+    assert len(one) > 40
     for text, content in [
         (f"Looking.\n{one}\n{one[:30]}", "Looking."),  # a second block left open: read whole, no call
-        (f"{one}\n<tool_c", None),
-        (f"{one}\n{one[:11]}", None),  # only the opening tag
+        (f"{one}\n{one[:7]}", None),  # the start of an opening tag
+        (f"{one}\n{one[:11]}", None),  # the opening tag, or its start
         (f"{one} Done", "\nDone"),  # text after a block on a line of its own
     ]:
         got, made = reader.read(text, cut=True)
         assert got == content and [(c["function"]["name"], c["function"]["arguments"]) for c in made] == rome
     assert reader.read(f"{one}\n{one[:30]}")[1] == []
-    assert reader.read("Plain text <", cut=True) == ("Plain text ", [])
+    assert reader.read(f"Plain text {one[0]}", cut=True) == ("Plain text ", [])
     assert reader.read(f"Cut {one[:40]}", cut=True) == ("Cut ", [])
     explained = f"Example: {one.replace('get_time', 'nope')}\nThen more."  # a closed block that is no call
     assert reader.read(explained, cut=True) == (explained, [])
@@ -386,8 +401,8 @@ def _validated(calls: list[dict[str, Any]]) -> list[tuple[str, Any]]:
 @pytest.mark.parametrize("parallel", [True, False])
 def test_required_calls_take_the_templates_syntax(client: Any, served: Any, parallel: bool) -> None:
     whole = _chat(client, tool_choice="required", parallel_tool_calls=parallel)
-    # SmolLM2 does not know the XML syntax: given the choice, it writes block after block until its length
-    ends = {"tool_calls", "length"} if parallel and served.tool_syntax == "qwen-xml" else {"tool_calls"}
+    # SmolLM2 knows neither the XML syntax nor Mistral's: given the choice, it writes call after call until its length
+    ends = {"tool_calls", "length"} if parallel and served.tool_syntax in ("qwen-xml", "mistral") else {"tool_calls"}
     assert whole["finish_reason"] in ends and whole["message"]["content"] is None
     made = _validated(whole["message"]["tool_calls"])
     assert made and (parallel or len(made) == 1)
@@ -424,9 +439,10 @@ def test_the_prompt_is_the_templates_own(served: Any) -> None:
         "messages": [
             *ASK,
             {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+                {"id": "call00001", "type": "function",
+                 "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
             ]},
-            {"role": "tool", "tool_call_id": "c1", "content": "18 degrees"},
+            {"role": "tool", "tool_call_id": "call00001", "content": "18 degrees"},
         ],
     }  # fmt: skip
     job = completions.prepare("qwenish", served, requests.parse_chat(body), True)

@@ -31,8 +31,9 @@ Message = tuple[str, str] | Mapping[str, object]
 # The tool-call syntaxes this package can prompt and read: "hermes" is ``<tool_call>{"name": ..., "arguments":
 # {...}}</tool_call>`` (Hermes 2 Pro and 3, Qwen 2.5 and 3, QwQ, Granite 4 and their fine-tunes), "llama3" an answer
 # that is ``{"name": ..., "parameters": {...}}`` (Llama 3.1 to 3.3), "qwen-xml" ``<tool_call><function=NAME>`` blocks
-# with a ``<parameter=NAME>`` element per argument (Qwen3-Coder, Qwen 3.5, Nemotron 3 Nano, Step 3.5).
-ToolSyntax = Literal["hermes", "llama3", "qwen-xml"]
+# with a ``<parameter=NAME>`` element per argument (Qwen3-Coder, Qwen 3.5, Nemotron 3 Nano, Step 3.5), "mistral"
+# ``[TOOL_CALLS]NAME[ARGS]{...}`` per call (Mistral Small 3.2, Devstral, Ministral 3, Magistral).
+ToolSyntax = Literal["hermes", "llama3", "mistral", "qwen-xml"]
 
 __all__ = [
     "ChatTemplateError",
@@ -324,6 +325,7 @@ _QWEN_XML_CALL = re.compile(
     r"<tool_call>\s*<function=probe_function>\s*<parameter=probe_argument>\s*1\s*</parameter>\s*</function>\s*"
     r"</tool_call>"
 )
+_MISTRAL_CALL = re.compile(r'\[TOOL_CALLS\]probe_function(\[CALL_ID\]call00001)?\[ARGS\]\{"probe_argument":\s*1\}')
 # the call as the whole of the assistant's turn: what follows the turn's header is the object
 _LLAMA3_CALL = re.compile(r'>\s*\{"name":\s*"probe_function",\s*"parameters":\s*\{"probe_argument":\s*1\}\}\s*<')
 
@@ -349,4 +351,6 @@ def tool_syntax(template: str, *, bos_token: str = "", eos_token: str = "") -> T
         return "hermes"
     if _QWEN_XML_CALL.search(written):
         return "qwen-xml"
+    if _MISTRAL_CALL.search(written):
+        return "mistral"
     return "llama3" if _LLAMA3_CALL.search(written) else None

@@ -131,6 +131,9 @@ CONTEXT_SIZE_MAX = 1 << 20
 BATCH_SIZE_MAX = 1 << 16
 PARALLEL_MAX = 256
 MAX_NEW_TOKENS = 1 << 20
+# A request's special tokens written out (GenerationOptions.preserved_tokens): a chat template's few markers.
+PRESERVED_TOKENS_MAX = 32
+TOKEN_TEXT_MAX = 256
 # A burst of requests is admitted together once none has arrived for a batch window, held at most this many windows;
 # a window is at most a second (beyond that it is a delay, not a batch).
 BATCH_WINDOW_HOLDS = 4

@@ -138,6 +138,12 @@ class Vocab:
     def is_control(self, token: int) -> bool:
         return bool(self._call(lib.llama_vocab_is_control, self._check(token)))
 
+    def special_token(self, text: str) -> int | None:
+        """The special token whose text is ``text`` (a template's marker such as ``<|im_start|>``), or None where the
+        vocabulary has none: the text is then ordinary tokens."""
+        tokens = self.tokenize(text, add_special=False, parse_special=True)
+        return int(tokens[0]) if len(tokens) == 1 and self.is_control(int(tokens[0])) else None
+
     def text(self, token: int) -> str:
         """The token's text as stored in the vocabulary (not rendered)."""
         t = self._check(token)
@@ -230,9 +236,9 @@ class Vocab:
                 size,
             )
 
-    def stream(self, *, special: bool = False) -> StreamDecoder:
+    def stream(self, *, special: bool = False, preserved: Iterable[int] = ()) -> StreamDecoder:
         """A :class:`StreamDecoder` for this vocabulary."""
-        return StreamDecoder(self, special=special)
+        return StreamDecoder(self, special=special, preserved=preserved)
 
 
 class StreamDecoder:
@@ -240,14 +246,16 @@ class StreamDecoder:
 
     ``feed(token)`` returns the new text (possibly ""), ``flush()`` the rest at the end. O(1) per token: pieces are
     cached and decoded incrementally, the output is never re-detokenized. The chunks concatenate to
-    ``vocab.detokenize(tokens, unparse_special=special)``.
+    ``vocab.detokenize(tokens, unparse_special=special)``. ``preserved``: control tokens whose text is written all
+    the same (a chat template's markers of tool calls or thinking, which the model writes as such tokens).
     """
 
-    __slots__ = ("_vocab", "_special", "_decoder", "_first", "_cache")
+    __slots__ = ("_vocab", "_special", "_preserved", "_decoder", "_first", "_cache")
 
-    def __init__(self, vocab: Vocab, *, special: bool = False) -> None:
+    def __init__(self, vocab: Vocab, *, special: bool = False, preserved: Iterable[int] = ()) -> None:
         self._vocab = vocab
         self._special = special
+        self._preserved = frozenset(preserved)
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._first = True
         self._cache = vocab.piece_cache(special)
@@ -255,7 +263,10 @@ class StreamDecoder:
     def feed(self, token: int) -> str:
         if type(token) is not int:  # numpy ints pass; floats, bools and the rest raise InvalidTokenError
             token = int(as_tokens([token], self._vocab.n_tokens)[0])
-        if self._first:
+        if token in self._preserved:
+            self._first = False
+            data = self._vocab.token_to_piece(token, special=True)
+        elif self._first:
             # llama.cpp strips the space prefix from the first token only; detokenize applies that rule.
             self._first = False
             data = self._vocab.detokenize_bytes([token], unparse_special=self._special)

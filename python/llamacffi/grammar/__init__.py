@@ -40,7 +40,7 @@ from .compiler import Compiler
 from .gbnf import Builder
 from .primitives import any_object
 
-__all__ = ["JSON_GRAMMAR", "SchemaError", "any_json", "from_json_schema"]
+__all__ = ["JSON_GRAMMAR", "SchemaError", "any_json", "from_json_schema", "with_rules_of"]
 
 
 def _any_object_grammar() -> str:
@@ -85,3 +85,15 @@ def from_json_schema(schema: JSONObject | bool | str) -> str:
         return _compile(text)
     except RecursionError:
         raise SchemaError("the schema nests too deeply to compile") from None
+
+
+def with_rules_of(schema: JSONObject, targets: list[str]) -> tuple[str, list[str]]:
+    """``schema``'s grammar, as :func:`from_json_schema`, and the names of its rules for the ``$ref`` targets it
+    reaches (pointers such as ``#/$defs/name``): several schemas compiled as one, sharing the rules they have in
+    common, for a grammar that places each of them on its own."""
+    compiler = Compiler(schema)
+    try:
+        text = compiler.grammar()
+    except RecursionError:
+        raise SchemaError("the schema nests too deeply to compile") from None
+    return text, [compiler.rule_of(t) for t in targets]

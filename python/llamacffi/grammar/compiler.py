@@ -50,6 +50,10 @@ class Compiler:
     def grammar(self) -> str:
         return self.b.text(self.value(self.root, "#", "value"))
 
+    def rule_of(self, target: str) -> str:
+        """The rule compiled for the ``$ref`` target ``target`` (after :meth:`grammar`; KeyError if none is)."""
+        return self._named[target]
+
     # ---------------------------------------------------------------------------------------- references
 
     def resolve(self, ref: JSON, ptr: str) -> tuple[Schema, str]:

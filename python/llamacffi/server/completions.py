@@ -95,7 +95,7 @@ def chat_prompt(
     cut = -1 if prefill is not None else None
     if tools is not None and syntax is not None:  # the template describes the tools and writes the calls
         grammar = calls.grammar(syntax, tools, parsed.answer_schema, parsed.answer_grammar, parsed.parallel)
-        opts = dataclasses.replace(opts, grammar=grammar)
+        opts = dataclasses.replace(opts, grammar=grammar, preserved_tokens=calls.preserved(syntax))
         described = calls.described(tools)
         text = model.format_chat(parsed.chat[:cut], opts, tools=described, variables=parsed.template_kwargs)
     else:

@@ -38,24 +38,29 @@ Block = Callable[[str, int, structured.Tools], "tuple[JSONObject | None, int] | 
 
 
 def read(
-    text: str, tools: structured.Tools, parallel: bool, block: Block | None = None, cut: bool = False
+    text: str,
+    tools: structured.Tools,
+    parallel: bool,
+    block: Block | None = None,
+    cut: bool = False,
+    opening: str = OPEN,
 ) -> tuple[str | None, list[JSONObject]]:
     """The answer's text beside its calls (None when blank) and its calls (the first only without ``parallel``); the
     whole text and no call when it holds no block, or a block that is not a well-formed call to a listed function.
-    ``block``: reads one block (:data:`Block`; JSON by default). ``cut``: the answer ended at its length limit; a
-    last block that does not end (the one it left open), or the start of an opening tag at its end, is dropped, and
-    the calls before it kept.
+    ``block``: reads one block (:data:`Block`; JSON by default) after its ``opening`` tag. ``cut``: the answer ended
+    at its length limit; a last block that does not end (the one it left open), or the start of an opening tag at
+    its end, is dropped, and the calls before it kept.
 
     The text before the first block keeps its start, as a stream sends it; text between or after blocks follows it
     on lines of its own."""
     if cut:
-        text = text[: len(text) - tags.start_at_end(text, OPEN)]
+        text = text[: len(text) - tags.start_at_end(text, opening)]
     calls: list[JSONObject] = []
     outside: list[str] = []
     pos = 0
-    while (start := text.find(OPEN, pos)) >= 0:
-        found = (block or _block)(text, start + len(OPEN), tools)
-        if found is None and cut and text.find(OPEN, start + len(OPEN)) < 0:
+    while (start := text.find(opening, pos)) >= 0:
+        found = (block or _block)(text, start + len(opening), tools)
+        if found is None and cut and text.find(opening, start + len(opening)) < 0:
             text = text[:start]  # the last block, left open
             break
         if found is None or found[0] is None:
@@ -89,10 +94,10 @@ def after_blanks(text: str, pos: int) -> int:
     return pos
 
 
-def held_from(text: str) -> int:
-    """Where the text that may be a call starts: at its first block, or at an end that may begin one, and the blanks
-    before either (its length when there is neither)."""
-    cut = text.find(OPEN)
+def held_from(text: str, opening: str = OPEN) -> int:
+    """Where the text that may be a call starts: at its first block (``opening`` its tag), or at an end that may
+    begin one, and the blanks before either (its length when there is neither)."""
+    cut = text.find(opening)
     if cut < 0:
-        cut = len(text) - tags.start_at_end(text, OPEN)
+        cut = len(text) - tags.start_at_end(text, opening)
     return len(text[:cut].rstrip())

@@ -12,13 +12,15 @@ compiler cannot enforce is a 400 that names the keyword, never a silent fallback
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
 import uuid
+from collections.abc import Iterator
 
 from ..errors import SchemaError
-from ..grammar import JSON_GRAMMAR, from_json_schema
+from ..grammar import JSON_GRAMMAR, from_json_schema, with_rules_of
 from ..grammar.refs import rebase
 from ..jsontypes import JSON, JSONObject
 from .errors import invalid
@@ -44,8 +46,36 @@ def compile_schema(
     """``schema``'s grammar; what cannot be enforced is a 400 for ``param``, told inside the function of ``names``
     whose parameters sit at ``#/$defs/f<i>`` (and the answer's schema at ``#/$defs/answer``, the request's
     ``answer_param``)."""
-    try:
+    with _told(param, names, answer_param):
         return from_json_schema(schema)
+
+
+def compile_parameters(tools: Tools, names: list[str]) -> tuple[str, list[str]]:
+    """One grammar with a rule for each of the named functions' parameters, the rules they have in common written
+    once, and those rules' names (the grammar's root, an object of them all, is for none to use)."""
+    with _told("tools", names, "response_format"):
+        return with_rules_of(_every(tools.functions, names), [f"#/$defs/f{i}" for i in range(len(names))])
+
+
+def _every(functions: dict[str, JSONObject], names: list[str]) -> JSONObject:
+    """The schema of an object of the named functions' parameters, ``#/$defs/f<i>`` each, their references rebased
+    there."""
+    defs: JSONObject = {}
+    for i, n in enumerate(names):
+        defs[f"f{i}"] = rebase(functions[n]["parameters"], f"#/$defs/f{i}")
+    return {
+        "type": "object",
+        "properties": {f"f{i}": {"$ref": f"#/$defs/f{i}"} for i in range(len(names))},
+        "required": [f"f{i}" for i in range(len(names))],
+        "$defs": defs,
+    }
+
+
+@contextlib.contextmanager
+def _told(param: str, names: list[str] | None, answer_param: str) -> Iterator[None]:
+    """A :class:`SchemaError` as the 400 that names the request's field, and the function it arose in."""
+    try:
+        yield
     except SchemaError as exc:
         message = str(exc)
         if names is not None and (m := _IN_ANSWER.match(exc.pointer)) is not None:
@@ -135,14 +165,7 @@ def parse_tools(tools: JSON, choice: JSON, json_answer: bool = False) -> Tools |
         functions[name] = {"description": fn.get("description") or "", "parameters": params}
     # refused now if it cannot be enforced: all parameters in one schema, so one compile budget bounds them all
     names = list(functions)
-    defs: JSONObject = {f"f{i}": rebase(functions[n]["parameters"], f"#/$defs/f{i}") for i, n in enumerate(names)}
-    every: JSONObject = {
-        "type": "object",
-        "properties": {f"f{i}": {"$ref": f"#/$defs/f{i}"} for i in range(len(names))},
-        "required": [f"f{i}" for i in range(len(names))],
-        "$defs": defs,
-    }
-    compile_schema(every, "tools", names)
+    compile_schema(_every(functions, names), "tools", names)
     if choice in (None, "auto"):
         picked = "auto"
     elif choice == "none":
@@ -232,10 +255,10 @@ def as_call(text: str, tools: Tools, arguments: str = "arguments") -> JSONObject
     return made(doc["name"], doc[arguments])
 
 
-def made(name: str, arguments: JSONObject) -> JSONObject:
-    """A call to ``name`` with ``arguments`` in OpenAI's shape, with a fresh id."""
+def made(name: str, arguments: JSONObject, call_id: str | None = None) -> JSONObject:
+    """A call to ``name`` with ``arguments`` in OpenAI's shape, with ``call_id`` or a fresh id."""
     return {
-        "id": "call_" + uuid.uuid4().hex[:24],
+        "id": call_id or "call_" + uuid.uuid4().hex[:24],
         "type": "function",
         "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
     }

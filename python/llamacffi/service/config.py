@@ -222,7 +222,9 @@ class GenerationOptions(_Config):
     the logits before sampling (``-100`` all but bans a token, ``100`` all but forces it). ``grammar`` (GBNF text,
     start rule ``root``) or ``json_schema`` (a dict or JSON text, compiled here by
     :func:`llamacffi.grammar.from_json_schema`; what it cannot enforce raises naming the keyword's pointer)
-    constrains the output; at most one of them."""
+    constrains the output; at most one of them. ``preserved_tokens``: texts of special tokens that the output
+    writes out where the model generates them (llama-server's term: the markers of a chat template's tool calls,
+    such as Mistral's ``[TOOL_CALLS]``, which would otherwise render as nothing)."""
 
     max_tokens: int = 256
     temperature: float = 0.8
@@ -240,6 +242,7 @@ class GenerationOptions(_Config):
     logit_bias: dict[int, float] | None = dataclasses.field(default=None, hash=False)
     grammar: str | None = None
     json_schema: JSONObject | str | None = dataclasses.field(default=None, hash=False)
+    preserved_tokens: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self._int("max_tokens", 1, limits.MAX_NEW_TOKENS)
@@ -256,6 +259,19 @@ class GenerationOptions(_Config):
         if not isinstance(stops, (list, tuple, set, frozenset)) or not all(isinstance(s, str) and s for s in stops):
             raise _fail(type(self), "stop_sequences", "must be a list, tuple or set of non-empty strings", stops)
         object.__setattr__(self, "stop_sequences", tuple(stops))
+        kept = self.preserved_tokens
+        if (
+            not isinstance(kept, (list, tuple, set, frozenset))
+            or len(kept) > limits.PRESERVED_TOKENS_MAX
+            or not all(isinstance(t, str) and 0 < len(t) <= limits.TOKEN_TEXT_MAX for t in kept)
+        ):
+            raise _fail(
+                type(self),
+                "preserved_tokens",
+                f"must be at most {limits.PRESERVED_TOKENS_MAX} texts of special tokens",
+                kept,
+            )
+        object.__setattr__(self, "preserved_tokens", tuple(kept))
         if self.system is not None and not isinstance(self.system, str):
             raise _fail(type(self), "system", "must be a str or None", self.system)
         self._bool("raw")

@@ -199,12 +199,17 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
                 tokens,
                 options,
                 sink,
-                self._vocab.stream(),
+                self._vocab.stream(preserved=self._preserved(options.preserved_tokens)),
                 self.config.context_size,
                 self._vocab,
                 logprobs=logprobs,
                 after=after,
             )
+
+    def _preserved(self, texts: tuple[str, ...]) -> list[int]:
+        """The special tokens of ``texts`` that the vocabulary has (the others are written as text anyway)."""
+        found = (self._vocab.special_token(t) for t in texts)
+        return [t for t in found if t is not None]
 
     @property
     def load(self) -> tuple[int, int]:

@@ -1,0 +1,79 @@
+"""Tool calls in the syntax of Mistral's chat templates (Mistral Small 3.2, Devstral, Ministral 3, Magistral): the
+answer's text, then one ``[TOOL_CALLS]NAME[ARGS]{...}`` per call, its arguments as a JSON object::
+
+    Let me look.[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}[TOOL_CALLS]get_time[ARGS]{"city": "Rome"}
+
+Templates that write a call's id put ``[CALL_ID]ID`` before ``[ARGS]`` and refuse ids other than 9 letters and
+digits: a call's id here is the one the model wrote, or one of that form. The markers are special tokens of
+Mistral's vocabularies, which the output writes out (:data:`MARKERS`, GenerationOptions.preserved_tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import string
+
+from ..grammar.combine import either, spliced
+from ..grammar.gbnf import literal
+from ..jsontypes import JSONObject
+from . import hermes, structured
+
+OPEN = "[TOOL_CALLS]"
+ARGS = "[ARGS]"
+CALL_ID = "[CALL_ID]"
+MARKERS = (OPEN, ARGS, CALL_ID)
+_ID_CHARS = string.ascii_letters + string.digits
+_ID = re.compile(r"[A-Za-z0-9]{9}")
+# after [TOOL_CALLS]: the function's name, the id the model may write, and [ARGS]
+_HEAD = re.compile(r"(.+?)\s*(?:\[CALL_ID\]\s*([^\[\]\s]*)\s*)?\[ARGS\]")
+_DECODER = json.JSONDecoder()
+
+
+def grammar(tools: structured.Tools, answer: str | None, parallel: bool) -> str:
+    """The grammar of the answer: calls to the chosen function (to any for ``"required"`` and ``"auto"``), one only
+    for a named function or without ``parallel``; beside an ``answer`` grammar (``"auto"`` with a JSON
+    ``response_format``), calls or a document of it."""
+    names = [tools.choice] if tools.forced() and tools.choice != "required" else list(tools.functions)
+    shared, rules = structured.compile_parameters(tools, names)
+    _, every = spliced(shared, "args-")
+    calls = [
+        f"{literal(OPEN + name)} call-id? {literal(ARGS)} args-{rule}" for name, rule in zip(names, rules, strict=True)
+    ]
+    many = parallel and tools.choice in ("required", "auto")
+    head = "call+" if many else "call"
+    blocks = f"root ::= {head}\ncall ::= {' | '.join(calls)}\ncall-id ::= {literal(CALL_ID)} [A-Za-z0-9]{{9}}\n{every}"
+    return blocks if answer is None else either(blocks, answer)
+
+
+def read(text: str, tools: structured.Tools, parallel: bool, cut: bool = False) -> tuple[str | None, list[JSONObject]]:
+    """The answer's text before its calls and its calls, as :func:`.hermes.read` with calls of this syntax."""
+    return hermes.read(text, tools, parallel, _call, cut, OPEN)
+
+
+def _call(text: str, pos: int, tools: structured.Tools) -> tuple[JSONObject | None, int] | None:
+    """The call after the ``[TOOL_CALLS]`` that ends at ``pos`` (None when it is no call to a listed function), and
+    where its arguments end; None when its name, ``[ARGS]`` or whole JSON arguments are not there."""
+    m = _HEAD.match(text, hermes.after_blanks(text, pos))
+    if m is None:
+        return None
+    start = hermes.after_blanks(text, m.end())
+    try:
+        arguments, end = _DECODER.raw_decode(text, start)
+    except (ValueError, RecursionError):
+        return None
+    name, given = m.group(1).strip(), m.group(2)
+    if name not in tools.functions or not isinstance(arguments, dict):
+        return None, end
+    return structured.made(name, arguments, given if given and _ID.fullmatch(given) else call_id()), end
+
+
+def call_id() -> str:
+    """An id of the form Mistral's templates take: 9 letters and digits."""
+    return "".join(secrets.choice(_ID_CHARS) for _ in range(9))
+
+
+def held_from(text: str) -> int:
+    """Where the text that may be a call starts (its length when it holds none), as :func:`.hermes.held_from`."""
+    return hermes.held_from(text, OPEN)
