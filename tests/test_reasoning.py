@@ -34,19 +34,47 @@ ANSWERS = [
 ]
 
 
+MISTRAL_MARKS = ("[THINK]", "[/THINK]")
+
+
+def _in_marks(text: str, marks: tuple[str, str]) -> str:
+    """``text`` with its tags, and their starts, written in ``marks``."""
+    return text.replace("</thin", marks[1][:-2]).replace("<thin", marks[0][:-2]).replace("k>", marks[0][-2:])
+
+
+@pytest.mark.parametrize("marks", [reasoning.THINK, MISTRAL_MARKS])
 @pytest.mark.parametrize("text, inside, parts", ANSWERS)
-def test_an_answer_splits_the_same_whole_and_in_pieces(text: str, inside: bool, parts: tuple[Any, str]) -> None:
-    assert reasoning.split(text, inside) == parts
+def test_an_answer_splits_the_same_whole_and_in_pieces(
+    text: str, inside: bool, parts: tuple[Any, str], marks: tuple[str, str]
+) -> None:
+    text = _in_marks(text, marks)
+    parts = (None if parts[0] is None else _in_marks(parts[0], marks), _in_marks(parts[1], marks))
+    assert reasoning.split(text, inside, marks) == parts
     for size in [1, 2, 3, 7, 100]:
-        s = reasoning.Splitter(inside)
+        s = reasoning.Splitter(inside, marks)
         fed = [s.feed(text[k : k + size]) for k in range(0, len(text), size)] + [s.finish()]
         assert ("".join(t for t, _ in fed), "".join(a for _, a in fed)) == (parts[0] or "", parts[1]), size
+
+
+def test_the_tags_come_from_the_template() -> None:
+    from llamacffi.chat import thinking_tags, thinks
+
+    assert _in_marks("<think>x</think> <thin </thin", MISTRAL_MARKS) == "[THINK]x[/THINK] [THIN [/THIN"
+    assert thinking_tags("{{ '<think>' }}{% if x %}</think>{% endif %}") == reasoning.THINK
+    assert thinking_tags("{{ '[THINK]' + t + '[/THINK]' }}") == MISTRAL_MARKS
+    assert thinking_tags("{{ messages }}") is None and not thinks("chatml")
+    if TEMPLATES.is_dir():
+        found = {p.stem for p in TEMPLATES.glob("*.jinja") if thinking_tags(p.read_text()) == MISTRAL_MARKS}
+        assert found == {"mistralai-Ministral-3-14B-Reasoning-2512"}
 
 
 def test_a_prompt_that_opens_the_block() -> None:
     assert reasoning.opened("<|im_start|>assistant\n<think>\n")
     assert not reasoning.opened("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     assert not reasoning.opened("<|im_start|>assistant\n")
+    assert reasoning.opened("[INST]Hi[/INST][THINK]", MISTRAL_MARKS)
+    assert not reasoning.opened("[INST]Hi[/INST][THINK]", reasoning.THINK)
+    assert reasoning.closed("[INST]Hi[/INST][THINK]", MISTRAL_MARKS).endswith("[THINK]\n\n[/THINK]\n\n")
 
 
 # ---- the server on a scripted answer -----------------------------------------------------------------------------
@@ -292,12 +320,14 @@ def test_an_assistants_thinking_in_a_chain_of_calls_goes_back_to_the_template(se
 CALLS = {
     "hermes": '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>',
     "qwen-xml": "<tool_call>\n<function=get_time>\n</function>\n</tool_call>",
+    "mistral": "[TOOL_CALLS]get_time[ARGS]{}",
     "llama3": '{"name": "get_time", "parameters": {}}',
 }
 
 
+@pytest.mark.parametrize("marks", [reasoning.THINK, MISTRAL_MARKS])
 @pytest.mark.parametrize("syntax", sorted(CALLS))
-def test_thinking_before_a_forced_call_in_each_syntax(smollm2: Any, syntax: Any) -> None:
+def test_thinking_before_a_forced_call_in_each_syntax(smollm2: Any, syntax: Any, marks: tuple[str, str]) -> None:
     from llamacffi.server import calls, structured
 
     tools = structured.parse_tools(TOOLS, "required", False)
@@ -305,6 +335,42 @@ def test_thinking_before_a_forced_call_in_each_syntax(smollm2: Any, syntax: Any)
     alone = calls.grammar(syntax, tools, None, None, True)
     assert alone is not None and accepts(smollm2.vocab, alone, CALLS[syntax])
     for inside, head in [(True, "Rome's time.</think>\n"), (False, "<think>Rome's time.</think>\n"), (False, "")]:
-        grammar = reasoning.first(alone, inside)
+        grammar = reasoning.first(alone, inside, marks)
+        head = _in_marks(head, marks)
         assert accepts(smollm2.vocab, grammar, head + CALLS[syntax]), (inside, head)
         assert not accepts(smollm2.vocab, grammar, head + "It is noon.")
+
+
+@pytest.fixture(scope="module")
+def ministral(service: Any) -> Iterator[Any]:
+    """SmolLM2 under Ministral 3 Reasoning's template: [THINK] blocks and Mistral's tool calls (plain text to
+    SmolLM2)."""
+    from llamacffi.service import ModelConfig
+
+    if not TEMPLATES.is_dir():
+        pytest.skip("llama.cpp's templates are not there (not built)")
+    template = (TEMPLATES / "mistralai-Ministral-3-14B-Reasoning-2512.jinja").read_text()
+    m = service.load_model("smollm2-135m", config=ModelConfig(context_size=2048, parallel=1, chat_template=template))
+    assert m.thinking_tags == MISTRAL_MARKS and m.tool_syntax == "mistral"
+    yield m
+    m.close()
+
+
+@pytest.mark.parametrize("size", [1, 4, 500])
+def test_thinking_in_mistrals_tags_and_the_calls_after_it(ministral: Any, size: int) -> None:
+    from llamacffi.server import completions, requests
+
+    said, built = _both(ministral, "[THINK]A plan.[/THINK]Paris.", size)
+    assert said == built and (said["reasoning_content"], said["content"]) == ("A plan.", "Paris.")
+    call = '[TOOL_CALLS]get_time[ARGS]{"city": "Rome"}'
+    said, built = _both(ministral, f"[THINK]Rome's time.[/THINK]{call}", size, tools=TOOLS)
+    assert said == built == {"content": None, "reasoning_content": "Rome's time.", "finish_reason": "tool_calls",
+                             "tool_calls": [{"name": "get_time", "arguments": '{"city": "Rome"}'}]}  # fmt: skip
+    said, built = _both(ministral, "[THINK]A plan.[/THINK]Paris.", size, reasoning_format="none")
+    assert said == built and said["content"] == "[THINK]A plan.[/THINK]Paris."
+    # the tags, and the calls' markers beside tools, are special tokens of Mistral's vocabularies, written out
+    body = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
+    job = completions.prepare("m", ministral, requests.parse_chat(body), True)
+    assert job.parsed.options.preserved_tokens == MISTRAL_MARKS and job.thinking is False
+    job = completions.prepare("m", ministral, requests.parse_chat({**body, "tools": TOOLS}), True)
+    assert set(job.parsed.options.preserved_tokens) == {*MISTRAL_MARKS, "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"}

@@ -39,11 +39,13 @@ __all__ = [
     "ChatTemplateError",
     "Message",
     "Specials",
+    "ThinkingTags",
     "ToolSyntax",
     "apply_template",
     "builtin_template_for",
     "check_variables",
     "is_jinja",
+    "thinking_tags",
     "thinks",
     "tool_syntax",
 ]
@@ -288,10 +290,23 @@ def builtin_template_for(architecture: str) -> str | None:
     return "gemma" if architecture.startswith("gemma") else None
 
 
+# The tags around a reasoning model's thinking: ``<think>...</think>`` (Qwen 3, QwQ, DeepSeek R1, and many more), or
+# ``[THINK]...[/THINK]`` (Magistral, Ministral 3 Reasoning), special tokens of Mistral's vocabularies.
+ThinkingTags = tuple[str, str]
+THINKING_TAGS: tuple[ThinkingTags, ...] = (("<think>", "</think>"), ("[THINK]", "[/THINK]"))
+
+
+def thinking_tags(template: str) -> ThinkingTags | None:
+    """The tags a Jinja ``template`` writes a model's reasoning between (:data:`THINKING_TAGS`): its answers may
+    start with such a block. None for a template that writes none."""
+    if not is_jinja(template):
+        return None
+    return next((tags for tags in THINKING_TAGS if tags[1] in template), None)
+
+
 def thinks(template: str) -> bool:
-    """Whether a Jinja ``template`` writes a model's reasoning in ``<think>...</think>`` blocks (Qwen 3, QwQ,
-    DeepSeek R1, and many more): its answers may start with one."""
-    return is_jinja(template) and "</think>" in template
+    """Whether a Jinja ``template`` writes a model's reasoning in blocks of :data:`THINKING_TAGS`."""
+    return thinking_tags(template) is not None
 
 
 # A call and a result, written by a template that knows tools, show which syntax it teaches the model.

@@ -330,11 +330,16 @@ class Model:
 
     def thinks(self, *, template: str | None = None) -> bool:
         """Whether the chat template (``template``, else the model's own) writes this model's reasoning in
-        ``<think>`` blocks (:func:`llamacffi.chat.thinks`)."""
+        ``<think>`` blocks, or others of :data:`llamacffi.chat.THINKING_TAGS`."""
+        return self.thinking_tags(template=template) is not None
+
+    def thinking_tags(self, *, template: str | None = None) -> chat.ThinkingTags | None:
+        """The tags the chat template (``template``, else the model's own) writes this model's reasoning between
+        (:func:`llamacffi.chat.thinking_tags`); None where it writes none."""
         try:
-            return chat.thinks(self._template(template))
+            return chat.thinking_tags(self._template(template))
         except chat.ChatTemplateError:
-            return False
+            return None
 
     def _template(self, template: str | None) -> str:
         if template is not None:

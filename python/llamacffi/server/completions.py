@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+from ..chat import ThinkingTags
 from ..jsontypes import JSON, JSONObject
 from ..service import GenerationOptions, LlamaCppTextModel
 from ..service.choices import Choices
@@ -37,8 +38,9 @@ class Job:
     choices: list[Choices] = dataclasses.field(default_factory=list)
     reader: calls.Reader | None = None  # how the answers make tool calls, when the request offers tools
     # where the answers hold a reasoning model's thinking: None for none (or kept as content), False for a block at
-    # their start, True for one the prompt opened
+    # their start, True for one the prompt opened; and the tags around it
     thinking: bool | None = None
+    marks: ThinkingTags = reasoning.THINK
     stopped_by: dict[int, str] = dataclasses.field(default_factory=dict)  # the stop sequence that ended a choice
 
     def failed(self, exc: BaseException) -> APIError:
@@ -103,15 +105,17 @@ def chat_prompt(
         text = model.format_chat(messages, opts, variables=parsed.template_kwargs)
     text += prefill or ""
     reader = calls.Reader(tools, syntax, parsed.parallel) if tools is not None else None
-    if model.thinks:
-        inside = reasoning.opened(text)
+    marks = model.thinking_tags
+    if marks is not None:
+        inside = reasoning.opened(text, marks)
         if opts.grammar is None:
             thinking = inside if parsed.reasoning != "none" else None
         elif parsed.reasoning == "none" or parsed.own_grammar:  # the content is the grammar's document alone
-            text = reasoning.closed(text) if inside else text
+            text = reasoning.closed(text, marks) if inside else text
         else:  # the model thinks, then writes the grammar's document
             thinking = inside
-            opts = dataclasses.replace(opts, grammar=reasoning.first(opts.grammar, inside))
+            opts = dataclasses.replace(opts, grammar=reasoning.first(opts.grammar, inside, marks))
+        opts = dataclasses.replace(opts, preserved_tokens=(*opts.preserved_tokens, *marks))
     return text, opts, reader, thinking
 
 
@@ -134,7 +138,8 @@ def prepare(name: str, model: LlamaCppTextModel, parsed: Parsed, chat: bool) -> 
     room = min(context - len(p) for p in prompts)  # tokenize_prompt leaves at least one position
     wanted = parsed.max_tokens if parsed.max_tokens is not None else room
     parsed.options = dataclasses.replace(opts, max_tokens=max(1, min(wanted, room)))
-    return Job(name, model, parsed, chat, prompts, texts, reader=reader, thinking=thinking)
+    marks = model.thinking_tags or reasoning.THINK
+    return Job(name, model, parsed, chat, prompts, texts, reader=reader, thinking=thinking, marks=marks)
 
 
 async def _events(job: Job) -> AsyncIterator[Event]:
@@ -238,7 +243,7 @@ async def respond(job: Job, metrics: Metrics) -> JSONObject:
         if job.chat:
             logprobs = shapes.chat_logprobs(entries[i], piece) if job.parsed.logprobs is not None else None
             cut = reasons[i] == "length"
-            thought, text = reasoning.split(text, job.thinking) if job.thinking is not None else (None, text)
+            thought, text = (None, text) if job.thinking is None else reasoning.split(text, job.thinking, job.marks)
             content, made = job.reader.read(text, cut) if job.reader is not None else (text, [])
             message: JSONObject = {"role": "assistant", "content": content, "refusal": None}
             if thought:  # none, or an empty block: no reasoning_content, as a stream sends none
@@ -289,7 +294,7 @@ async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
     # whether it is text or a call, so that a call's message has content null, as a whole response's has
     unopened = set(range(len(job.prompts) * p.n)) if job.chat else set()
 
-    thinking = _Thinking(len(job.prompts) * p.n, job.thinking) if job.thinking is not None else None
+    thinking = _Thinking(len(job.prompts) * p.n, job.thinking, job.marks) if job.thinking is not None else None
     thought_only: set[int] = set()  # choices whose message thinking opened, and no content has followed yet
 
     def chunk(
@@ -433,8 +438,8 @@ class _Thinking:
     """Per choice of a streamed chat from a reasoning model: its thinking told apart from its answer as it comes
     (:class:`.reasoning.Splitter`), each with the log-probabilities of the tokens that made it."""
 
-    def __init__(self, n: int, inside: bool) -> None:
-        self.splitters = [reasoning.Splitter(inside) for _ in range(n)]
+    def __init__(self, n: int, inside: bool, marks: ThinkingTags) -> None:
+        self.splitters = [reasoning.Splitter(inside, marks) for _ in range(n)]
         self.logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
 
     def feed(self, index: int, chunk: Chunk) -> tuple[Chunk | None, Chunk | None]:

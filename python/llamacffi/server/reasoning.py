@@ -1,10 +1,12 @@
-"""A reasoning model's thinking, apart from its answer: the text in ``<think>...</think>`` at the start of an
-answer becomes the message's ``reasoning_content``, as llama-server (``--reasoning-format auto``), vLLM and DeepSeek's
-API return it; the answer after it is the ``content`` (and the text tool calls are read from).
+"""A reasoning model's thinking, apart from its answer: the text in ``<think>...</think>`` (or the other tags of
+:data:`llamacffi.chat.THINKING_TAGS`, such as Magistral's ``[THINK]...[/THINK]``) at the start of an answer becomes
+the message's ``reasoning_content``, as llama-server (``--reasoning-format auto``), vLLM and DeepSeek's API return it;
+the answer after it is the ``content`` (and the text tool calls are read from).
 
-It applies to models whose chat template writes such blocks (:meth:`llamacffi.Model.thinks`). Where the template's
-generation prompt itself opens the block (Qwen 3.5, DeepSeek R1), the answer starts inside it; otherwise an answer
-that starts with the opening tag does. A request that asks ``"reasoning_format": "none"`` gets the text as it came.
+It applies to models whose chat template writes such blocks (:meth:`llamacffi.Model.thinking_tags`). Where the
+template's generation prompt itself opens the block (Qwen 3.5, DeepSeek R1), the answer starts inside it; otherwise
+an answer that starts with the opening tag does. A request that asks ``"reasoning_format": "none"`` gets the text as
+it came.
 
 An answer a grammar constrains (a JSON ``response_format``, a forced tool call) may think first, as vLLM allows with
 a reasoning parser: the grammar admits free text up to the closing tag before its document (:func:`first`). With
@@ -14,35 +16,36 @@ before it instead (:func:`closed`), and the model answers without thinking.
 
 from __future__ import annotations
 
+from ..chat import ThinkingTags
 from ..grammar.combine import spliced
 from ..grammar.gbnf import Builder, literal
 from ..grammar.strings import raw_text
 from . import tags
 
-OPEN = "<think>"
-CLOSE = "</think>"
+THINK: ThinkingTags = ("<think>", "</think>")
 FORMATS = ("auto", "deepseek", "none")  # llama-server's names; "deepseek" is what "auto" does here
 
 
-def opened(prompt: str) -> bool:
-    """Whether the prompt ends inside a thinking block that its template opened."""
-    return prompt.rstrip().endswith(OPEN)
+def opened(prompt: str, marks: ThinkingTags = THINK) -> bool:
+    """Whether the prompt ends inside a thinking block (between ``marks``) that its template opened."""
+    return prompt.rstrip().endswith(marks[0])
 
 
-def closed(prompt: str) -> str:
+def closed(prompt: str, marks: ThinkingTags = THINK) -> str:
     """A prompt that opened a thinking block, with the block closed empty, as such templates write a turn without
     thinking: for an answer a grammar constrains whose content must be its document alone."""
-    return prompt.rstrip() + "\n\n" + CLOSE + "\n\n"
+    return prompt.rstrip() + "\n\n" + marks[1] + "\n\n"
 
 
-def first(grammar: str, inside: bool) -> str:
+def first(grammar: str, inside: bool, marks: ThinkingTags = THINK) -> str:
     """A grammar admitting thinking, then ``grammar``'s document: the rest of the block the prompt opened
     (``inside``), else an optional block at the start. The thinking is any text without the closing tag; a few blanks
     may follow it, as :func:`split` drops them."""
+    opening, closing = marks
     b = Builder()
-    thought = raw_text(b, "thought", CLOSE)
-    block = f"{thought} {literal(CLOSE)} {b.repeat(_BLANK, 0, _BLANKS)}"
-    head = block if inside else f"({literal(OPEN)} {block})?"
+    thought = raw_text(b, "thought", closing)
+    block = f"{thought} {literal(closing)} {b.repeat(_BLANK, 0, _BLANKS)}"
+    head = block if inside else f"({literal(opening)} {block})?"
     body, rules = spliced(grammar, "answer-")  # no rule of this grammar starts with it
     return b.text(f"{head} ({body})") + rules
 
@@ -51,18 +54,19 @@ _BLANK = "[ \\t\\n]"
 _BLANKS = 4  # between the block and the answer: bounded, so that blanks cannot fill the answer's tokens
 
 
-def split(text: str, inside: bool) -> tuple[str | None, str]:
+def split(text: str, inside: bool, marks: ThinkingTags = THINK) -> tuple[str | None, str]:
     """The thinking (None when the answer has none) and the answer after it; ``inside``: the prompt opened the
     block. A block the answer never closes is all thinking."""
+    opening, closing = marks
     if not inside:
         stripped = text.lstrip()
-        if not stripped.startswith(OPEN):
+        if not stripped.startswith(opening):
             return None, text
-        text = stripped[len(OPEN) :]
-    end = text.find(CLOSE)
+        text = stripped[len(opening) :]
+    end = text.find(closing)
     if end < 0:
         return text, ""
-    return text[:end], text[end + len(CLOSE) :].lstrip()
+    return text[:end], text[end + len(closing) :].lstrip()
 
 
 class Splitter:
@@ -70,9 +74,10 @@ class Splitter:
     tag is held until the next piece shows what it is; the blanks between the block and the answer are dropped, as
     :func:`split` drops them."""
 
-    def __init__(self, inside: bool) -> None:
+    def __init__(self, inside: bool, marks: ThinkingTags = THINK) -> None:
         self.state = "inside" if inside else "before"  # before -> inside -> after
         self.pending = ""
+        self.opening, self.closing = marks
 
     def feed(self, text: str) -> tuple[str, str]:
         """The thinking and the answer this piece completes (either may be empty)."""
@@ -80,24 +85,24 @@ class Splitter:
         thought = ""
         if self.state == "before":
             stripped = self.pending.lstrip()
-            if OPEN.startswith(stripped):  # blanks, or the start of the opening tag: wait for more
+            if self.opening.startswith(stripped):  # blanks, or the start of the opening tag: wait for more
                 return "", ""
-            if not stripped.startswith(OPEN):
+            if not stripped.startswith(self.opening):
                 self.state = "after"
                 answer, self.pending = self.pending, ""
                 return "", answer
             self.state = "inside"
-            self.pending = stripped[len(OPEN) :]
+            self.pending = stripped[len(self.opening) :]
         if self.state == "inside":
-            end = self.pending.find(CLOSE)
+            end = self.pending.find(self.closing)
             if end < 0:
-                keep = tags.start_at_end(self.pending, CLOSE)
+                keep = tags.start_at_end(self.pending, self.closing)
                 thought, self.pending = (
                     self.pending[: len(self.pending) - keep],
                     self.pending[len(self.pending) - keep :],
                 )
                 return thought, ""
-            thought, self.pending = self.pending[:end], self.pending[end + len(CLOSE) :]
+            thought, self.pending = self.pending[:end], self.pending[end + len(self.closing) :]
             self.state = "blanks"
         if self.state == "blanks":
             self.pending = self.pending.lstrip()

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import Model as LlamaModel
-from ..chat import ToolSyntax, check_variables
+from ..chat import ThinkingTags, ToolSyntax, check_variables
 from ..errors import InvalidArgumentError
 from ..vocab import as_tokens
 from .choices import Choices
@@ -100,10 +100,17 @@ class LlamaCppTextModel(Loaded, TextToTextModel):
         when it is one this package reads (:func:`llamacffi.chat.tool_syntax`), else None."""
         return self._model.tool_syntax(template=self.config.chat_template) if self._templated else None
 
-    @functools.cached_property
+    @property
     def thinks(self) -> bool:
-        """Whether the model's chat template writes its reasoning in ``<think>`` blocks (:meth:`Model.thinks`)."""
-        return self._templated and self._model.thinks(template=self.config.chat_template)
+        """Whether the model's chat template writes its reasoning in ``<think>`` blocks, or others of
+        :data:`llamacffi.chat.THINKING_TAGS` (:meth:`Model.thinks`)."""
+        return self.thinking_tags is not None
+
+    @functools.cached_property
+    def thinking_tags(self) -> ThinkingTags | None:
+        """The tags the model's chat template writes its reasoning between (:meth:`Model.thinking_tags`); None where
+        it writes none."""
+        return self._model.thinking_tags(template=self.config.chat_template) if self._templated else None
 
     def _apply_template(
         self,
