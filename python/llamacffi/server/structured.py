@@ -234,7 +234,7 @@ def call_grammar(
                 "additionalProperties": False,
             }
         )
-    call: JSONObject = calls[0] if len(calls) == 1 else {"oneOf": [*calls]}
+    call: JSONObject = calls[0] if len(calls) == 1 else {"anyOf": [*calls]}
     if answer is not None:  # a call, or the answer: anyOf, since the answer's schema may admit a call's shape too
         defs["answer"] = rebase(answer, "#/$defs/answer") if isinstance(answer, dict) else answer
         call = {"anyOf": [call, {"$ref": "#/$defs/answer"}]}
