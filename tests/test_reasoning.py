@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from llamacffi.chat import THINKING_TAGS, ThinkingTags
 from llamacffi.server import reasoning
 from llamacffi.service.events import Chunk, Finish
 from test_grammar import accepts
@@ -34,10 +35,11 @@ ANSWERS = [
 ]
 
 
-MISTRAL_MARKS = ("[THINK]", "[/THINK]")
+MISTRAL_MARKS = THINKING_TAGS[1]
+HARMONY = THINKING_TAGS[2]
 
 
-def _in_marks(text: str, marks: tuple[str, str]) -> str:
+def _in_marks(text: str, marks: ThinkingTags) -> str:
     """``text`` with its tags, and their starts, written in ``marks``."""
     return text.replace("</thin", marks[1][:-2]).replace("<thin", marks[0][:-2]).replace("k>", marks[0][-2:])
 
@@ -45,13 +47,36 @@ def _in_marks(text: str, marks: tuple[str, str]) -> str:
 @pytest.mark.parametrize("marks", [reasoning.THINK, MISTRAL_MARKS])
 @pytest.mark.parametrize("text, inside, parts", ANSWERS)
 def test_an_answer_splits_the_same_whole_and_in_pieces(
-    text: str, inside: bool, parts: tuple[Any, str], marks: tuple[str, str]
+    text: str, inside: bool, parts: tuple[Any, str], marks: ThinkingTags
 ) -> None:
     text = _in_marks(text, marks)
     parts = (None if parts[0] is None else _in_marks(parts[0], marks), _in_marks(parts[1], marks))
     assert reasoning.split(text, inside, marks) == parts
     for size in [1, 2, 3, 7, 100]:
         s = reasoning.Splitter(inside, marks)
+        fed = [s.feed(text[k : k + size]) for k in range(0, len(text), size)] + [s.finish()]
+        assert ("".join(t for t, _ in fed), "".join(a for _, a in fed)) == (parts[0] or "", parts[1]), size
+
+
+HARMONY_ANSWERS = [
+    ("<|channel|>analysis<|message|>A plan.<|end|><|start|>assistant<|channel|>final<|message|>Paris.",
+     ("A plan.", "Paris.")),
+    ("<|channel|>final<|message|>Paris.", (None, "Paris.")),  # no thinking: the final channel's header dropped
+    ("<|channel|>analysis<|message|>cut short", ("cut short", "")),
+    ("<|channel|>analysis<|message|>x<|end|><|start|>assistant<|chan", ("x", "<|start|>assistant<|chan")),
+    ("<|channel|>analysis<|message|>x<|end|> <|start|>assistant to=functions.f<|channel|>commentary<|message|>{}",
+     ("x", "<|start|>assistant to=functions.f<|channel|>commentary<|message|>{}")),  # a call: the answer read for it
+    ("Paris.", (None, "Paris.")),
+    ("<|chan", (None, "<|chan")),
+    ("<|channel|>fin", (None, "<|channel|>fin")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text, parts", HARMONY_ANSWERS)
+def test_gpt_oss_answers_split_into_their_channels(text: str, parts: tuple[Any, str]) -> None:
+    assert reasoning.split(text, False, HARMONY) == parts
+    for size in [1, 2, 3, 7, 100]:
+        s = reasoning.Splitter(False, HARMONY)
         fed = [s.feed(text[k : k + size]) for k in range(0, len(text), size)] + [s.finish()]
         assert ("".join(t for t, _ in fed), "".join(a for _, a in fed)) == (parts[0] or "", parts[1]), size
 
@@ -64,8 +89,13 @@ def test_the_tags_come_from_the_template() -> None:
     assert thinking_tags("{{ '[THINK]' + t + '[/THINK]' }}") == MISTRAL_MARKS
     assert thinking_tags("{{ messages }}") is None and not thinks("chatml")
     if TEMPLATES.is_dir():
-        found = {p.stem for p in TEMPLATES.glob("*.jinja") if thinking_tags(p.read_text()) == MISTRAL_MARKS}
-        assert found == {"mistralai-Ministral-3-14B-Reasoning-2512"}
+        found: dict[str, set[str]] = {}
+        for p in TEMPLATES.glob("*.jinja"):
+            if (tags := thinking_tags(p.read_text())) is not None:
+                found.setdefault(tags.opening, set()).add(p.stem)
+        assert found[MISTRAL_MARKS.opening] == {"mistralai-Ministral-3-14B-Reasoning-2512"}
+        assert found[HARMONY.opening] == {"openai-gpt-oss-120b"}
+        assert len(found[reasoning.THINK.opening]) > 20
 
 
 def test_a_prompt_that_opens_the_block() -> None:
@@ -327,7 +357,7 @@ CALLS = {
 
 @pytest.mark.parametrize("marks", [reasoning.THINK, MISTRAL_MARKS])
 @pytest.mark.parametrize("syntax", sorted(CALLS))
-def test_thinking_before_a_forced_call_in_each_syntax(smollm2: Any, syntax: Any, marks: tuple[str, str]) -> None:
+def test_thinking_before_a_forced_call_in_each_syntax(smollm2: Any, syntax: Any, marks: ThinkingTags) -> None:
     from llamacffi.server import calls, structured
 
     tools = structured.parse_tools(TOOLS, "required", False)
@@ -371,6 +401,56 @@ def test_thinking_in_mistrals_tags_and_the_calls_after_it(ministral: Any, size: 
     # the tags, and the calls' markers beside tools, are special tokens of Mistral's vocabularies, written out
     body = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
     job = completions.prepare("m", ministral, requests.parse_chat(body), True)
-    assert job.parsed.options.preserved_tokens == MISTRAL_MARKS and job.thinking is False
+    assert job.parsed.options.preserved_tokens == ("[THINK]", "[/THINK]") and job.thinking is False
     job = completions.prepare("m", ministral, requests.parse_chat({**body, "tools": TOOLS}), True)
-    assert set(job.parsed.options.preserved_tokens) == {*MISTRAL_MARKS, "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"}
+    assert set(job.parsed.options.preserved_tokens) == {"[THINK]", "[/THINK]", "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"}
+
+
+@pytest.fixture(scope="module")
+def gpt_oss(service: Any) -> Iterator[Any]:
+    """SmolLM2 under gpt-oss's template: its analysis channel, then its final one (plain text to SmolLM2)."""
+    from llamacffi.service import ModelConfig
+
+    if not TEMPLATES.is_dir():
+        pytest.skip("llama.cpp's templates are not there (not built)")
+    template = (TEMPLATES / "openai-gpt-oss-120b.jinja").read_text()
+    m = service.load_model("smollm2-135m", config=ModelConfig(context_size=2048, parallel=1, chat_template=template))
+    assert m.thinking_tags == HARMONY
+    yield m
+    m.close()
+
+
+@pytest.mark.parametrize("size", [1, 4, 500])
+def test_gpt_oss_thinks_in_its_analysis_channel_and_answers_in_its_final_one(gpt_oss: Any, size: int) -> None:
+    answer = "<|channel|>analysis<|message|>A plan.<|end|><|start|>assistant<|channel|>final<|message|>Paris."
+    said, built = _both(gpt_oss, answer, size)
+    assert said == built and (said["reasoning_content"], said["content"]) == ("A plan.", "Paris.")
+    said, built = _both(gpt_oss, "<|channel|>final<|message|>Paris.", size)
+    assert said == built and (said["reasoning_content"], said["content"]) == (None, "Paris.")
+    said, built = _both(gpt_oss, answer, size, reasoning_format="none")
+    assert said == built and said["content"] == answer
+
+
+def test_gpt_oss_may_think_before_a_constrained_answer(gpt_oss: Any, smollm2: Any) -> None:
+    from llamacffi.server import completions, requests
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
+    job = completions.prepare("m", gpt_oss, requests.parse_chat(body), True)
+    assert job.thinking is False and job.texts[0].endswith("<|start|>assistant")
+    assert job.parsed.options.preserved_tokens == HARMONY.special  # the channels' special tokens, written out
+    job = completions.prepare("m", gpt_oss, requests.parse_chat({**body, "response_format": {"type": "json_object"}}),
+                              True)  # fmt: skip
+    grammar, vocab, doc = job.parsed.options.grammar, smollm2.vocab, '{"a": 1}'
+    assert job.thinking is False
+    for text in [
+        f"<|channel|>analysis<|message|>A plan.<|end|><|start|>assistant<|channel|>final<|message|>{doc}",
+        f"<|channel|>final<|message|>{doc}",
+        doc,
+    ]:
+        assert accepts(vocab, grammar, text), text
+    for text in [
+        "<|channel|>analysis<|message|>A plan.<|end|><|start|>assistant<|channel|>final<|message|>Hi",
+        f"<|channel|>final<|message|>A plan.{doc}",
+        f"<|channel|>commentary<|message|>{doc}",
+    ]:
+        assert not accepts(vocab, grammar, text), text

@@ -49,6 +49,9 @@ MISTRAL = {
     "unsloth-mistral-Devstral-Small-2507",
 }
 
+# <|start|>assistant to=functions.NAME<|channel|>commentary json<|message|>{...}
+HARMONY = {"openai-gpt-oss-120b"}
+
 # per syntax: a template of it, and how it writes CALLED's call and result
 WRITTEN = {
     "hermes": (
@@ -65,6 +68,11 @@ WRITTEN = {
         "Mistral-Small-3.2-24B-Instruct-2506",
         '[TOOL_CALLS]get_weather[CALL_ID]call00001[ARGS]{"city": "Paris"}',
         "[TOOL_RESULTS]call00001[TOOL_CONTENT]18 degrees, sunny[/TOOL_RESULTS]",
+    ),
+    "harmony": (
+        "openai-gpt-oss-120b",
+        '<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>',
+        '<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>"18 degrees, sunny"<|end|>',
     ),
     "llama3": (
         "meta-llama-Llama-3.1-8B-Instruct",
@@ -127,7 +135,7 @@ def test_the_templates_of_llama_cpp_with_a_syntax_read_here_are_found() -> None:
         syntax = tool_syntax(p.read_text(), eos_token="</s>")
         if syntax is not None:
             found.setdefault(syntax, set()).add(p.stem)
-    assert found == {"hermes": HERMES, "llama3": LLAMA3, "mistral": MISTRAL, "qwen-xml": QWEN_XML}
+    assert found == {"harmony": HARMONY, "hermes": HERMES, "llama3": LLAMA3, "mistral": MISTRAL, "qwen-xml": QWEN_XML}
 
 
 def test_templates_without_tools_have_no_syntax() -> None:

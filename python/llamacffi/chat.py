@@ -14,7 +14,7 @@ import functools
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Literal, TypedDict
+from typing import Literal, NamedTuple, TypedDict
 
 import jinja2
 
@@ -32,8 +32,9 @@ Message = tuple[str, str] | Mapping[str, object]
 # {...}}</tool_call>`` (Hermes 2 Pro and 3, Qwen 2.5 and 3, QwQ, Granite 4 and their fine-tunes), "llama3" an answer
 # that is ``{"name": ..., "parameters": {...}}`` (Llama 3.1 to 3.3), "qwen-xml" ``<tool_call><function=NAME>`` blocks
 # with a ``<parameter=NAME>`` element per argument (Qwen3-Coder, Qwen 3.5, Nemotron 3 Nano, Step 3.5), "mistral"
-# ``[TOOL_CALLS]NAME[ARGS]{...}`` per call (Mistral Small 3.2, Devstral, Ministral 3, Magistral).
-ToolSyntax = Literal["hermes", "llama3", "mistral", "qwen-xml"]
+# ``[TOOL_CALLS]NAME[ARGS]{...}`` per call (Mistral Small 3.2, Devstral, Ministral 3, Magistral), "harmony" a message
+# ``to=functions.NAME`` on gpt-oss's commentary channel.
+ToolSyntax = Literal["harmony", "hermes", "llama3", "mistral", "qwen-xml"]
 
 __all__ = [
     "ChatTemplateError",
@@ -86,6 +87,8 @@ def _messages(messages: Iterable[Message]) -> list[dict[str, object]]:
                 raise InvalidArgumentError(f"messages[{i}].tool_calls must be a list of mappings")
             if content is None and calls:  # an assistant's turn that only calls, as OpenAI's API writes it
                 content = ""
+            if "reasoning_content" in extras:  # also by the name some templates read it (gpt-oss, LFM2.5, Command A)
+                extras["thinking"] = extras["reasoning_content"]
         elif isinstance(m, (tuple, list)) and len(m) == 2:
             role, content = m
         else:
@@ -290,10 +293,29 @@ def builtin_template_for(architecture: str) -> str | None:
     return "gemma" if architecture.startswith("gemma") else None
 
 
-# The tags around a reasoning model's thinking: ``<think>...</think>`` (Qwen 3, QwQ, DeepSeek R1, and many more), or
-# ``[THINK]...[/THINK]`` (Magistral, Ministral 3 Reasoning), special tokens of Mistral's vocabularies.
-ThinkingTags = tuple[str, str]
-THINKING_TAGS: tuple[ThinkingTags, ...] = (("<think>", "</think>"), ("[THINK]", "[/THINK]"))
+class ThinkingTags(NamedTuple):
+    """The tags around a reasoning model's thinking at the start of its answer."""
+
+    opening: str
+    closing: str
+    sign: str  # what a template that writes such blocks has in it
+    special: tuple[str, ...]  # the special tokens the tags are made of, for the output to write them out
+    leads: tuple[str, ...] = ()  # what an answer may start with, after the block or without one, dropped too
+
+
+# ``<think>...</think>`` (Qwen 3, QwQ, DeepSeek R1, and many more); ``[THINK]...[/THINK]`` (Magistral, Ministral 3
+# Reasoning); gpt-oss's analysis channel, then its final one (OpenAI's harmony format).
+THINKING_TAGS: tuple[ThinkingTags, ...] = (
+    ThinkingTags("<think>", "</think>", "</think>", ("<think>", "</think>")),
+    ThinkingTags("[THINK]", "[/THINK]", "[/THINK]", ("[THINK]", "[/THINK]")),
+    ThinkingTags(
+        "<|channel|>analysis<|message|>",
+        "<|end|>",
+        "<|channel|>analysis<|message|>",
+        ("<|channel|>", "<|message|>", "<|end|>", "<|start|>"),
+        leads=("<|start|>assistant<|channel|>final<|message|>", "<|channel|>final<|message|>"),
+    ),
+)
 
 
 def thinking_tags(template: str) -> ThinkingTags | None:
@@ -301,7 +323,7 @@ def thinking_tags(template: str) -> ThinkingTags | None:
     start with such a block. None for a template that writes none."""
     if not is_jinja(template):
         return None
-    return next((tags for tags in THINKING_TAGS if tags[1] in template), None)
+    return next((tags for tags in THINKING_TAGS if tags.sign in template), None)
 
 
 def thinks(template: str) -> bool:
@@ -341,6 +363,10 @@ _QWEN_XML_CALL = re.compile(
     r"</tool_call>"
 )
 _MISTRAL_CALL = re.compile(r'\[TOOL_CALLS\]probe_function(\[CALL_ID\]call00001)?\[ARGS\]\{"probe_argument":\s*1\}')
+_HARMONY_CALL = re.compile(
+    r"<\|start\|>assistant to=functions\.probe_function<\|channel\|>commentary json<\|message\|>"
+    r'\{"probe_argument":\s*1\}'
+)
 # the call as the whole of the assistant's turn: what follows the turn's header is the object
 _LLAMA3_CALL = re.compile(r'>\s*\{"name":\s*"probe_function",\s*"parameters":\s*\{"probe_argument":\s*1\}\}\s*<')
 
@@ -368,4 +394,6 @@ def tool_syntax(template: str, *, bos_token: str = "", eos_token: str = "") -> T
         return "qwen-xml"
     if _MISTRAL_CALL.search(written):
         return "mistral"
+    if _HARMONY_CALL.search(written):
+        return "harmony"
     return "llama3" if _LLAMA3_CALL.search(written) else None

@@ -1,7 +1,7 @@
 """Tool calls in the syntax the model is prompted with: the system message's JSON object (:mod:`.structured`), or
 its chat template's own (:func:`llamacffi.chat.tool_syntax`): Hermes blocks (:mod:`.hermes`), Qwen3-Coder's XML
-blocks (:mod:`.qwen_xml`), Mistral's ``[TOOL_CALLS]`` calls (:mod:`.mistral`), or Llama 3's answer that is one
-``{"name": ..., "parameters": {...}}`` object."""
+blocks (:mod:`.qwen_xml`), Mistral's ``[TOOL_CALLS]`` calls (:mod:`.mistral`), gpt-oss's messages to a function
+(:mod:`.harmony`), or Llama 3's answer that is one ``{"name": ..., "parameters": {...}}`` object."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import dataclasses
 
 from ..chat import ToolSyntax
 from ..jsontypes import JSONObject
-from . import hermes, mistral, qwen_xml, structured
+from . import harmony, hermes, mistral, qwen_xml, structured
 
 LLAMA3_ARGUMENTS = "parameters"  # the member Llama 3's templates put a call's arguments in
 
@@ -39,12 +39,14 @@ def grammar(
         return qwen_xml.grammar(tools, answer_grammar, parallel)
     if syntax == "mistral":
         return mistral.grammar(tools, answer_grammar, parallel)
+    if syntax == "harmony":
+        return harmony.grammar(tools, answer_grammar)
     return structured.call_grammar(tools, answer, LLAMA3_ARGUMENTS)
 
 
 def preserved(syntax: ToolSyntax | None) -> tuple[str, ...]:
     """The special tokens of a syntax that the answer writes out, to be read (its markers)."""
-    return mistral.MARKERS if syntax == "mistral" else ()
+    return mistral.MARKERS if syntax == "mistral" else harmony.MARKERS if syntax == "harmony" else ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +66,8 @@ class Reader:
             return qwen_xml.read(text, self.tools, self.parallel, cut)
         if self.syntax == "mistral":
             return mistral.read(text, self.tools, self.parallel, cut)
+        if self.syntax == "harmony":
+            return harmony.read(text, self.tools, cut)
         arguments = LLAMA3_ARGUMENTS if self.syntax == "llama3" else "arguments"
         call = structured.as_call(text, self.tools, arguments)
         return (text, []) if call is None else (None, [call])
@@ -77,4 +81,6 @@ class Reader:
             return hermes.held_from(text)
         if self.syntax == "mistral":
             return mistral.held_from(text)
+        if self.syntax == "harmony":
+            return harmony.held_from(text)
         return 0 if text.lstrip().startswith("{") else None

@@ -115,7 +115,8 @@ def chat_prompt(
         else:  # the model thinks, then writes the grammar's document
             thinking = inside
             opts = dataclasses.replace(opts, grammar=reasoning.first(opts.grammar, inside, marks))
-        opts = dataclasses.replace(opts, preserved_tokens=(*opts.preserved_tokens, *marks))
+        kept = dict.fromkeys((*opts.preserved_tokens, *marks.special))  # the tags' special tokens, written out
+        opts = dataclasses.replace(opts, preserved_tokens=tuple(kept))
     return text, opts, reader, thinking
 
 

@@ -16,36 +16,37 @@ before it instead (:func:`closed`), and the model answers without thinking.
 
 from __future__ import annotations
 
-from ..chat import ThinkingTags
+from ..chat import THINKING_TAGS, ThinkingTags
 from ..grammar.combine import spliced
 from ..grammar.gbnf import Builder, literal
 from ..grammar.strings import raw_text
 from . import tags
 
-THINK: ThinkingTags = ("<think>", "</think>")
+THINK = THINKING_TAGS[0]
 FORMATS = ("auto", "deepseek", "none")  # llama-server's names; "deepseek" is what "auto" does here
 
 
 def opened(prompt: str, marks: ThinkingTags = THINK) -> bool:
     """Whether the prompt ends inside a thinking block (between ``marks``) that its template opened."""
-    return prompt.rstrip().endswith(marks[0])
+    return prompt.rstrip().endswith(marks.opening)
 
 
 def closed(prompt: str, marks: ThinkingTags = THINK) -> str:
     """A prompt that opened a thinking block, with the block closed empty, as such templates write a turn without
     thinking: for an answer a grammar constrains whose content must be its document alone."""
-    return prompt.rstrip() + "\n\n" + marks[1] + "\n\n"
+    return prompt.rstrip() + "\n\n" + marks.closing + "\n\n"
 
 
 def first(grammar: str, inside: bool, marks: ThinkingTags = THINK) -> str:
     """A grammar admitting thinking, then ``grammar``'s document: the rest of the block the prompt opened
     (``inside``), else an optional block at the start. The thinking is any text without the closing tag; a few blanks
-    may follow it, as :func:`split` drops them."""
-    opening, closing = marks
+    may follow it, as :func:`split` drops them, and one of the tags' ``leads`` (gpt-oss opens its final channel after
+    its analysis, or writes a message to a function, which the document's grammar admits)."""
     b = Builder()
-    thought = raw_text(b, "thought", closing)
-    block = f"{thought} {literal(closing)} {b.repeat(_BLANK, 0, _BLANKS)}"
-    head = block if inside else f"({literal(opening)} {block})?"
+    thought = raw_text(b, "thought", marks.closing)
+    leads = " | ".join(literal(lead) for lead in marks.leads)
+    block = f"{thought} {literal(marks.closing)} {b.repeat(_BLANK, 0, _BLANKS)}" + (f" ({leads})?" if leads else "")
+    head = block if inside else f"({literal(marks.opening)} {block}{' | ' + leads if leads else ''})?"
     body, rules = spliced(grammar, "answer-")  # no rule of this grammar starts with it
     return b.text(f"{head} ({body})") + rules
 
@@ -55,59 +56,70 @@ _BLANKS = 4  # between the block and the answer: bounded, so that blanks cannot 
 
 
 def split(text: str, inside: bool, marks: ThinkingTags = THINK) -> tuple[str | None, str]:
-    """The thinking (None when the answer has none) and the answer after it; ``inside``: the prompt opened the
-    block. A block the answer never closes is all thinking."""
-    opening, closing = marks
+    """The thinking (None when the answer has none) and the answer after it, without the tags' ``leads``;
+    ``inside``: the prompt opened the block. A block the answer never closes is all thinking."""
     if not inside:
         stripped = text.lstrip()
-        if not stripped.startswith(opening):
-            return None, text
-        text = stripped[len(opening) :]
-    end = text.find(closing)
+        if not stripped.startswith(marks.opening):
+            return None, _unled(text, marks.leads)
+        text = stripped[len(marks.opening) :]
+    end = text.find(marks.closing)
     if end < 0:
         return text, ""
-    return text[:end], text[end + len(closing) :].lstrip()
+    return text[:end], _unled(text[end + len(marks.closing) :].lstrip(), marks.leads)
+
+
+def _unled(text: str, leads: tuple[str, ...]) -> str:
+    stripped = text.lstrip()
+    lead = next((lead for lead in leads if stripped.startswith(lead)), None)
+    return text if lead is None else stripped[len(lead) :]
 
 
 class Splitter:
     """A streamed answer's pieces told apart as they come: thinking, then answer. Text that may be the start of a
-    tag is held until the next piece shows what it is; the blanks between the block and the answer are dropped, as
-    :func:`split` drops them."""
+    tag, or of a lead, is held until the next piece shows what it is; the blanks between the block and the answer
+    are dropped, and a lead, as :func:`split` drops them."""
 
     def __init__(self, inside: bool, marks: ThinkingTags = THINK) -> None:
-        self.state = "inside" if inside else "before"  # before -> inside -> after
+        self.state = "inside" if inside else "before"  # before -> (inside -> blanks ->) lead -> after
         self.pending = ""
-        self.opening, self.closing = marks
+        self.marks = marks
 
     def feed(self, text: str) -> tuple[str, str]:
         """The thinking and the answer this piece completes (either may be empty)."""
         self.pending += text
+        opening, closing, leads = self.marks.opening, self.marks.closing, self.marks.leads
         thought = ""
         if self.state == "before":
             stripped = self.pending.lstrip()
-            if self.opening.startswith(stripped):  # blanks, or the start of the opening tag: wait for more
+            if opening.startswith(stripped):  # blanks, or the start of the opening tag: wait for more
                 return "", ""
-            if not stripped.startswith(self.opening):
-                self.state = "after"
-                answer, self.pending = self.pending, ""
-                return "", answer
-            self.state = "inside"
-            self.pending = stripped[len(self.opening) :]
+            if stripped.startswith(opening):
+                self.state = "inside"
+                self.pending = stripped[len(opening) :]
+            else:
+                self.state = "lead"
         if self.state == "inside":
-            end = self.pending.find(self.closing)
+            end = self.pending.find(closing)
             if end < 0:
-                keep = tags.start_at_end(self.pending, self.closing)
+                keep = tags.start_at_end(self.pending, closing)
                 thought, self.pending = (
                     self.pending[: len(self.pending) - keep],
                     self.pending[len(self.pending) - keep :],
                 )
                 return thought, ""
-            thought, self.pending = self.pending[:end], self.pending[end + len(self.closing) :]
+            thought, self.pending = self.pending[:end], self.pending[end + len(closing) :]
             self.state = "blanks"
         if self.state == "blanks":
             self.pending = self.pending.lstrip()
             if not self.pending:
                 return thought, ""
+            self.state = "lead"
+        if self.state == "lead":
+            stripped = self.pending.lstrip()
+            if any(lead.startswith(stripped) and lead != stripped for lead in leads):  # a lead's start: wait
+                return thought, ""
+            self.pending = _unled(self.pending, leads)
             self.state = "after"
         answer, self.pending = self.pending, ""
         return thought, answer
@@ -115,6 +127,4 @@ class Splitter:
     def finish(self) -> tuple[str, str]:
         """What is still held when the answer ends: thinking, or answer."""
         rest, self.pending = self.pending, ""
-        if self.state == "before":  # blanks, or the start of a tag never completed: answer
-            return "", rest
-        return (rest, "") if self.state == "inside" else ("", "")
+        return (rest, "") if self.state == "inside" else ("", rest)
