@@ -49,6 +49,9 @@ MISTRAL = {
     "unsloth-mistral-Devstral-Small-2507",
 }
 
+# <tool_call>NAME<arg_key>KEY</arg_key><arg_value>VALUE</arg_value></tool_call>
+GLM = {"GLM-4.6", "GLM-4.7-Flash", "Spark2.5", "inclusionai-ling-3.0-flash"}
+
 # <|start|>assistant to=functions.NAME<|channel|>commentary json<|message|>{...}
 HARMONY = {"openai-gpt-oss-120b"}
 
@@ -68,6 +71,11 @@ WRITTEN = {
         "Mistral-Small-3.2-24B-Instruct-2506",
         '[TOOL_CALLS]get_weather[CALL_ID]call00001[ARGS]{"city": "Paris"}',
         "[TOOL_RESULTS]call00001[TOOL_CONTENT]18 degrees, sunny[/TOOL_RESULTS]",
+    ),
+    "glm": (
+        "GLM-4.6",
+        "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n</tool_call>",
+        "<tool_response>\n18 degrees, sunny\n</tool_response>",
     ),
     "harmony": (
         "openai-gpt-oss-120b",
@@ -135,7 +143,8 @@ def test_the_templates_of_llama_cpp_with_a_syntax_read_here_are_found() -> None:
         syntax = tool_syntax(p.read_text(), eos_token="</s>")
         if syntax is not None:
             found.setdefault(syntax, set()).add(p.stem)
-    assert found == {"harmony": HARMONY, "hermes": HERMES, "llama3": LLAMA3, "mistral": MISTRAL, "qwen-xml": QWEN_XML}
+    assert found == {"glm": GLM, "harmony": HARMONY, "hermes": HERMES, "llama3": LLAMA3, "mistral": MISTRAL,
+                     "qwen-xml": QWEN_XML}  # fmt: skip
 
 
 def test_templates_without_tools_have_no_syntax() -> None:
@@ -305,7 +314,7 @@ def test_a_stream_holds_back_from_where_a_block_may_start() -> None:
     assert plain.held_from(' {"name"') == 0 and plain.held_from("Hi") is None
 
 
-@pytest.mark.parametrize("syntax", ["hermes", "mistral", "qwen-xml"])
+@pytest.mark.parametrize("syntax", ["glm", "hermes", "mistral", "qwen-xml"])
 def test_an_answer_cut_short_keeps_its_whole_calls(syntax: str) -> None:
     from llamacffi.server import calls
 
@@ -313,6 +322,7 @@ def test_an_answer_cut_short_keeps_its_whole_calls(syntax: str) -> None:
         "hermes": '<tool_call>\n{"name": "get_time", "arguments": {"city": "Rome"}}\n</tool_call>',
         "qwen-xml": "<tool_call>\n<function=get_time>\n<parameter=city>\nRome\n</parameter>\n</function>\n</tool_call>",
         "mistral": '[TOOL_CALLS]get_time[ARGS]{"city": "Rome"}',
+        "glm": "<tool_call>get_time\n<arg_key>city</arg_key>\n<arg_value>Rome</arg_value>\n</tool_call>",
     }[syntax]
     reader = calls.Reader(_tools(), syntax, True)  # type: ignore[arg-type]
     rome = [("get_time", '{"city": "Rome"}')]
@@ -410,7 +420,11 @@ def _validated(calls: list[dict[str, Any]]) -> list[tuple[str, Any]]:
 def test_required_calls_take_the_templates_syntax(client: Any, served: Any, parallel: bool) -> None:
     whole = _chat(client, tool_choice="required", parallel_tool_calls=parallel)
     # SmolLM2 knows neither the XML syntax nor Mistral's: given the choice, it writes call after call until its length
-    ends = {"tool_calls", "length"} if parallel and served.tool_syntax in ("qwen-xml", "mistral") else {"tool_calls"}
+    ends = (
+        {"tool_calls", "length"}
+        if parallel and served.tool_syntax in ("qwen-xml", "mistral", "glm")
+        else {"tool_calls"}
+    )
     assert whole["finish_reason"] in ends and whole["message"]["content"] is None
     made = _validated(whole["message"]["tool_calls"])
     assert made and (parallel or len(made) == 1)

@@ -223,3 +223,60 @@ def test_a_stream_sends_what_the_whole_answer_has_also_when_cut_short(size: int)
         assert sent + (rest or "") == (whole or "") == content
         assert [c["function"] for c in made] == [c["function"] for c in calls_made]
         assert [c["function"]["arguments"] for c in made] == (['{"name": "Rome"}'] if "Rome" in answer else [])
+
+
+# ---- GLM's tags for the same elements ----------------------------------------------------------------------------
+
+
+def glm_block(function: str, layout: str = "\n", **params: str) -> str:
+    inner = "".join(f"<arg_key>{k}</arg_key>{layout}<arg_value>{v}</arg_value>{layout}" for k, v in params.items())
+    return f"<tool_call>{function}{layout}{inner}</tool_call>"
+
+
+def test_glm_blocks_are_read_with_values_typed_by_their_schema() -> None:
+    from llamacffi.server import qwen_xml
+
+    def read(text: str) -> tuple[str | None, list[tuple[str, Any]]]:
+        content, made = qwen_xml.read(text, _tools(), True, style=qwen_xml.GLM)
+        return content, [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in made]
+
+    for layout in ["\n", ""]:  # GLM 4.6's layout, and 4.7's
+        one = glm_block("search", layout, query="\ncats </b>\n", limit="3", filter='{"tag": "pets"}', exact="True")
+        assert read(f"Looking.{layout}{one}") == (
+            "Looking.",
+            [("search", {"query": "\ncats </b>\n", "limit": 3, "filter": {"tag": "pets"}, "exact": True})],
+        )  # a string is its text, blank lines included
+        assert read(glm_block("search", layout, query="42", limit="1"))[1] == [("search", {"query": "42", "limit": 1})]
+        two = glm_block("name_it", layout, name="Ann") + "\n" + glm_block("name_it", layout, name="Bo")
+        assert [args for _, args in read(two)[1]] == [{"name": "Ann"}, {"name": "Bo"}]
+    good = glm_block("name_it", name="Ann")
+    for wrong in [
+        good.replace("name_it", "rename"),
+        good.replace("</arg_value>", ""),
+        good.replace("</tool_call>", ""),
+        good.replace("<arg_key>name", "<arg_key>na<me"),
+        block("name_it", name="Ann"),  # Qwen's tags
+    ]:
+        assert read(wrong) == (wrong, []), wrong
+
+
+def test_the_grammar_forces_calls_in_glms_tags(smollm2: llamacffi.Model) -> None:
+    from llamacffi.server import qwen_xml
+
+    vocab = smollm2.vocab
+    g = qwen_xml.grammar(_tools("required"), None, True, qwen_xml.GLM)
+    ok = glm_block("search", query="cats </b> <arg_key>", limit="20", order="old", exact="true")
+    for layout in ["\n", ""]:
+        assert accepts(vocab, g, glm_block("search", layout, query="cats", limit="20", filter='{"tag": "pets"}'))
+    assert accepts(vocab, g, ok) and accepts(vocab, g, f"{ok}\n{glm_block('name_it', name='Ann')}")
+    for wrong in [
+        glm_block("search", limit="2"),  # a required parameter missing
+        glm_block("search", query="x", limit="21"),
+        glm_block("search", query="x </arg_value>", limit="2"),
+        glm_block("name_it", name="Annabel"),  # longer than maxLength
+        block("name_it", name="Ann"),  # Qwen's tags
+    ]:
+        assert not accepts(vocab, g, wrong), wrong
+    with pytest.raises(Exception, match="cannot write the name"):
+        tool = {"type": "function", "function": {"name": "a<b", "parameters": {"type": "object"}}}
+        qwen_xml.grammar(_tools("required", [tool]), None, True, qwen_xml.GLM)

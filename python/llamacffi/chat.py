@@ -33,8 +33,9 @@ Message = tuple[str, str] | Mapping[str, object]
 # that is ``{"name": ..., "parameters": {...}}`` (Llama 3.1 to 3.3), "qwen-xml" ``<tool_call><function=NAME>`` blocks
 # with a ``<parameter=NAME>`` element per argument (Qwen3-Coder, Qwen 3.5, Nemotron 3 Nano, Step 3.5), "mistral"
 # ``[TOOL_CALLS]NAME[ARGS]{...}`` per call (Mistral Small 3.2, Devstral, Ministral 3, Magistral), "harmony" a message
-# ``to=functions.NAME`` on gpt-oss's commentary channel.
-ToolSyntax = Literal["harmony", "hermes", "llama3", "mistral", "qwen-xml"]
+# ``to=functions.NAME`` on gpt-oss's commentary channel, "glm" ``<tool_call>NAME`` blocks with ``<arg_key>`` and
+# ``<arg_value>`` elements (GLM 4.6 and 4.7, Ling 3).
+ToolSyntax = Literal["glm", "harmony", "hermes", "llama3", "mistral", "qwen-xml"]
 
 __all__ = [
     "ChatTemplateError",
@@ -363,6 +364,9 @@ _QWEN_XML_CALL = re.compile(
     r"</tool_call>"
 )
 _MISTRAL_CALL = re.compile(r'\[TOOL_CALLS\]probe_function(\[CALL_ID\]call00001)?\[ARGS\]\{"probe_argument":\s*1\}')
+_GLM_CALL = re.compile(
+    r"<tool_call>\s*probe_function\s*<arg_key>probe_argument</arg_key>\s*<arg_value>1</arg_value>\s*</tool_call>"
+)
 _HARMONY_CALL = re.compile(
     r"<\|start\|>assistant to=functions\.probe_function<\|channel\|>commentary json<\|message\|>"
     r'\{"probe_argument":\s*1\}'
@@ -396,4 +400,6 @@ def tool_syntax(template: str, *, bos_token: str = "", eos_token: str = "") -> T
         return "mistral"
     if _HARMONY_CALL.search(written):
         return "harmony"
+    if _GLM_CALL.search(written):
+        return "glm"
     return "llama3" if _LLAMA3_CALL.search(written) else None

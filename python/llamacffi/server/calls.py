@@ -1,7 +1,7 @@
 """Tool calls in the syntax the model is prompted with: the system message's JSON object (:mod:`.structured`), or
 its chat template's own (:func:`llamacffi.chat.tool_syntax`): Hermes blocks (:mod:`.hermes`), Qwen3-Coder's XML
-blocks (:mod:`.qwen_xml`), Mistral's ``[TOOL_CALLS]`` calls (:mod:`.mistral`), gpt-oss's messages to a function
-(:mod:`.harmony`), or Llama 3's answer that is one ``{"name": ..., "parameters": {...}}`` object."""
+blocks and GLM's (:mod:`.qwen_xml`), Mistral's ``[TOOL_CALLS]`` calls (:mod:`.mistral`), gpt-oss's messages to a
+function (:mod:`.harmony`), or Llama 3's answer that is one ``{"name": ..., "parameters": {...}}`` object."""
 
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ def grammar(
         return hermes.grammar(tools, structured.call_grammar(tools), answer_grammar, parallel)
     if syntax == "qwen-xml":
         return qwen_xml.grammar(tools, answer_grammar, parallel)
+    if syntax == "glm":
+        return qwen_xml.grammar(tools, answer_grammar, parallel, qwen_xml.GLM)
     if syntax == "mistral":
         return mistral.grammar(tools, answer_grammar, parallel)
     if syntax == "harmony":
@@ -44,9 +46,12 @@ def grammar(
     return structured.call_grammar(tools, answer, LLAMA3_ARGUMENTS)
 
 
+_MARKERS = {"mistral": mistral.MARKERS, "harmony": harmony.MARKERS, "glm": qwen_xml.GLM_MARKERS}
+
+
 def preserved(syntax: ToolSyntax | None) -> tuple[str, ...]:
     """The special tokens of a syntax that the answer writes out, to be read (its markers)."""
-    return mistral.MARKERS if syntax == "mistral" else harmony.MARKERS if syntax == "harmony" else ()
+    return _MARKERS.get(syntax, ()) if syntax is not None else ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +69,8 @@ class Reader:
             return hermes.read(text, self.tools, self.parallel, cut=cut)
         if self.syntax == "qwen-xml":
             return qwen_xml.read(text, self.tools, self.parallel, cut)
+        if self.syntax == "glm":
+            return qwen_xml.read(text, self.tools, self.parallel, cut, qwen_xml.GLM)
         if self.syntax == "mistral":
             return mistral.read(text, self.tools, self.parallel, cut)
         if self.syntax == "harmony":
@@ -77,7 +84,7 @@ class Reader:
         length when nothing is held); None when the answer is text to its end, and nothing needs holding again."""
         if self.tools.forced() or not text.strip():
             return 0
-        if self.syntax in ("hermes", "qwen-xml"):  # blocks that open with the same tag
+        if self.syntax in ("hermes", "qwen-xml", "glm"):  # blocks that open with the same tag
             return hermes.held_from(text)
         if self.syntax == "mistral":
             return mistral.held_from(text)

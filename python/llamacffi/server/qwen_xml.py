@@ -15,12 +15,21 @@ where the model chooses, and no parameter the schema does not list (stricter tha
 string parameter's value is plain text that cannot hold ``</parameter>``, within its length bounds, or one of its
 ``enum`` values; a string with a pattern or a format is written as a JSON string, which enforces them, and read back
 as the string it spells.
+
+GLM 4.6 and 4.7 and Ling 3 write the same elements in tags of their own (:data:`GLM`)::
+
+    <tool_call>get_weather
+    <arg_key>city</arg_key>
+    <arg_value>Paris</arg_value>
+    </tool_call>
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+from collections.abc import Callable
 from typing import Literal
 
 from ..grammar.combine import either, spliced
@@ -34,25 +43,66 @@ from .errors import invalid
 
 OPEN = hermes.OPEN
 CLOSE = hermes.CLOSE
-END_VALUE = "</parameter>"
-_FUNCTION = re.compile(r"\s*<function=([^>\n]+)>")
-_PARAMETER = re.compile(r"\s*<parameter=([^>\n]+)>")
-_END = re.compile(r"\s*</function>\s*</tool_call>")
+
+
+@dataclasses.dataclass(frozen=True)
+class Style:
+    """How a template writes a call's elements: the grammar's texts (GBNF) and the reader's patterns."""
+
+    head: Callable[[str], str]  # the call's opening, up to its first parameter, for a function's name
+    key: Callable[[str], str]  # a parameter's opening, up to its value, for the parameter's name
+    close: str  # after a value
+    tail: str  # after the last parameter
+    end_value: str  # the tag that ends a value
+    function: re.Pattern[str]  # after the opening tag: the function's name (group 1)
+    parameter: re.Pattern[str]  # a parameter's opening: its name (group 1)
+    end: re.Pattern[str]  # after the last parameter, to the end of the block
+    trimmed: bool  # a value's first and last newline are the layout's, not the value's
+    unwritable: str  # characters a function's or a parameter's name cannot hold
+
+
+QWEN = Style(
+    head=lambda name: literal(f"{OPEN}\n<function={name}>\n"),
+    key=lambda key: literal(f"<parameter={key}>\n"),
+    close=literal("\n</parameter>\n"),
+    tail=literal(f"</function>\n{CLOSE}"),
+    end_value="</parameter>",
+    function=re.compile(r"\s*<function=([^>\n]+)>"),
+    parameter=re.compile(r"\s*<parameter=([^>\n]+)>"),
+    end=re.compile(r"\s*</function>\s*</tool_call>"),
+    trimmed=True,
+    unwritable=">\n",
+)
+_NL = literal("\n") + "?"
+# GLM's tags, special tokens of its vocabulary, which the answer writes out
+GLM_MARKERS = ("<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>")
+GLM = Style(
+    head=lambda name: f"{literal(OPEN + name)} {_NL}",
+    key=lambda key: f"{literal(f'<arg_key>{key}</arg_key>')} {_NL} {literal('<arg_value>')}",
+    close=f"{literal('</arg_value>')} {_NL}",
+    tail=literal(CLOSE),
+    end_value="</arg_value>",
+    function=re.compile(r"\s*([^<>\n]+?)\s*(?=<arg_key>|</tool_call>)"),
+    parameter=re.compile(r"\s*<arg_key>([^<>\n]+)</arg_key>\s*<arg_value>"),
+    end=re.compile(r"\s*</tool_call>"),
+    trimmed=False,
+    unwritable="<>\n",
+)
 # the keywords of a parameters schema that the parameters' elements enforce one by one
 _TOP = frozenset({"type", "properties", "required", "additionalProperties", "$defs", "definitions"})
 
 
-def grammar(tools: structured.Tools, answer: str | None, parallel: bool) -> str:
+def grammar(tools: structured.Tools, answer: str | None, parallel: bool, style: Style = QWEN) -> str:
     """The grammar of the answer: blocks of calls to the chosen function (to any for ``"required"`` and ``"auto"``),
-    one only for a named function or without ``parallel``; beside an ``answer`` grammar (``"auto"`` with a JSON
-    ``response_format``), blocks or a document of it."""
+    one only for a named function or without ``parallel``, in the template's ``style``; beside an ``answer`` grammar
+    (``"auto"`` with a JSON ``response_format``), blocks or a document of it."""
     names = [tools.choice] if tools.forced() and tools.choice != "required" else list(tools.functions)
     b = Builder()
     values: list[str] = []  # the rules of the JSON values, renamed apart
     sep = literal("\n")
     many = parallel and tools.choice in ("required", "auto")
     try:
-        calls = [_call(b, values, _parameters(tools, n), n, i, names) for i, n in enumerate(names)]
+        calls = [_call(b, values, _parameters(tools, n), n, i, names, style) for i, n in enumerate(names)]
         call = b.rule("call", " | ".join(calls))
         blocks = b.text(f"{call} ({sep} {call})*" if many else call) + "".join(values)
     except TooLarge as exc:
@@ -70,7 +120,9 @@ def _parameters(tools: structured.Tools, name: str) -> JSONObject:
     return params
 
 
-def _call(b: Builder, values: list[str], params: JSONObject, name: str, index: int, names: list[str]) -> str:
+def _call(
+    b: Builder, values: list[str], params: JSONObject, name: str, index: int, names: list[str], style: Style
+) -> str:
     refused = sorted(k for k in params if k not in _TOP and k not in ANNOTATIONS and not k.startswith("x-"))
     if refused or params.get("type", "object") != "object":
         raise invalid(
@@ -88,17 +140,16 @@ def _call(b: Builder, values: list[str], params: JSONObject, name: str, index: i
     inners = rebased.get("properties")
     assert isinstance(inners, dict) or inners is None
     for what in [name, *listed]:
-        if ">" in what or "\n" in what:
+        if any(c in what for c in style.unwritable):
             raise invalid(
                 f"tools: function {name!r}: its chat template cannot write the name {what!r} in a tag",
                 "tools",
                 "unsupported_schema",
             )
-    parts = [literal(f"{OPEN}\n<function={name}>\n")]
-    closing = literal(f"\n{END_VALUE}\n")
+    parts = [style.head(name)]
     for key, schema in listed.items():
-        if form(schema) == "text":
-            value = _text(b, schema)
+        if form(schema, style.end_value) == "text":
+            value = _text(b, schema, style.end_value)
         else:
             inner = inners.get(key, True) if inners is not None else True
             alone: JSONObject = {"$ref": "#/$defs/v", "$defs": {"v": inner, f"f{index}": rebased}}
@@ -106,16 +157,15 @@ def _call(b: Builder, values: list[str], params: JSONObject, name: str, index: i
             body, rules = spliced(compiled, f"v{len(values)}-")
             values.append(rules)
             value = f"({body})"
-        opening = literal(f"<parameter={key}>\n")
-        element = f"{opening} {value} {closing}"
+        element = f"{style.key(key)} {value} {style.close}"
         parts.append(element if key in required else f"({element})?")
-    parts.append(literal(f"</function>\n{CLOSE}"))
+    parts.append(style.tail)
     return b.rule("call", " ".join(parts))
 
 
-def form(schema: JSON) -> Literal["text", "json"]:
+def form(schema: JSON, end_value: str = QWEN.end_value) -> Literal["text", "json"]:
     """How a parameter's value is written: as plain text for a string (with at most length bounds) or one of
-    string values, as JSON for anything else."""
+    string values (none holding ``end_value``), as JSON for anything else."""
     if not isinstance(schema, dict):
         return "json"
     keys = {k for k in schema if k not in ANNOTATIONS and not k.startswith("x-")}
@@ -124,7 +174,7 @@ def form(schema: JSON) -> Literal["text", "json"]:
     if "type" in keys and keys <= {"type", "minLength", "maxLength"}:
         return "text"
     values = _strings(schema) if keys <= {"type", "enum"} or keys <= {"type", "const"} else None
-    return "text" if values and all(END_VALUE not in v for v in values) else "json"
+    return "text" if values and all(end_value not in v for v in values) else "json"
 
 
 def _strings(schema: JSONObject) -> list[str] | None:
@@ -135,26 +185,28 @@ def _strings(schema: JSONObject) -> list[str] | None:
     return None
 
 
-def _text(b: Builder, schema: JSON) -> str:
+def _text(b: Builder, schema: JSON, end_value: str) -> str:
     assert isinstance(schema, dict)
     values = _strings(schema)
     if values is not None and ("enum" in schema or "const" in schema):
         return "(" + " | ".join(literal(v) for v in dict.fromkeys(values)) + ")"
     lo, hi = schema.get("minLength", 0), schema.get("maxLength")
     assert isinstance(lo, int) and (hi is None or isinstance(hi, int))
-    return raw_text(b, "text", END_VALUE, lo, hi)
+    return raw_text(b, "text", end_value, lo, hi)
 
 
-def read(text: str, tools: structured.Tools, parallel: bool, cut: bool = False) -> tuple[str | None, list[JSONObject]]:
+def read(
+    text: str, tools: structured.Tools, parallel: bool, cut: bool = False, style: Style = QWEN
+) -> tuple[str | None, list[JSONObject]]:
     """The answer's text beside its calls and its calls, as :func:`.hermes.read` with blocks of this syntax."""
-    return hermes.read(text, tools, parallel, _block, cut)
+    return hermes.read(text, tools, parallel, lambda t, p, f: _block(t, p, f, style), cut)
 
 
-def _block(text: str, pos: int, tools: structured.Tools) -> tuple[JSONObject | None, int] | None:
+def _block(text: str, pos: int, tools: structured.Tools, style: Style) -> tuple[JSONObject | None, int] | None:
     """The call of the block whose opening tag ends at ``pos`` (None when it is no call to a listed function with
     each parameter once), and where its closing tag ends; None when its elements, ``</function>`` and the block's tag
     are not there."""
-    m = _FUNCTION.match(text, pos)
+    m = style.function.match(text, pos)
     if m is None:
         return None
     name = m.group(1).strip()
@@ -163,42 +215,44 @@ def _block(text: str, pos: int, tools: structured.Tools) -> tuple[JSONObject | N
     arguments: JSONObject = {}
     twice = False
     pos = m.end()
-    while (m := _PARAMETER.match(text, pos)) is not None:
+    while (m := style.parameter.match(text, pos)) is not None:
         key = m.group(1).strip()
-        found = _value(text, m.end(), props.get(key, True))
+        found = _value(text, m.end(), props.get(key, True), style)
         if found is None:
             return None
         twice = twice or key in arguments
         arguments[key], pos = found
-    m = _END.match(text, pos)
+    m = style.end.match(text, pos)
     if m is None:
         return None
     return (None if twice or name not in tools.functions else structured.made(name, arguments)), m.end()
 
 
-def _value(text: str, pos: int, schema: JSON) -> tuple[JSON, int] | None:
+def _value(text: str, pos: int, schema: JSON, style: Style) -> tuple[JSON, int] | None:
     """The value of the element whose opening tag ends at ``pos``, and where its closing tag ends: the text itself
     for a string parameter; else the JSON it holds, read whole (a string in it may hold the closing tag), or the
     text where it holds none, as a model may write a string that a pattern constrains. A boolean may be spelled as
     Python's Jinja renders one in the template (``True``). None when the element is not closed."""
-    if form(schema) == "json":
+    end_value = style.end_value
+    if form(schema, end_value) == "json":
         try:
             value, end = _DECODER.raw_decode(text, hermes.after_blanks(text, pos))
         except (ValueError, RecursionError):
             pass
         else:
             close = hermes.after_blanks(text, end)
-            if text.startswith(END_VALUE, close) and (isinstance(value, str) or not _string_only(schema)):
-                return value, close + len(END_VALUE)
-    end = text.find(END_VALUE, pos)
+            if text.startswith(end_value, close) and (isinstance(value, str) or not _string_only(schema)):
+                return value, close + len(end_value)
+    end = text.find(end_value, pos)
     if end < 0:
         return None
     raw = text[pos:end]
-    raw = raw[1:] if raw.startswith("\n") else raw
-    raw = raw[:-1] if raw.endswith("\n") else raw
+    if style.trimmed:
+        raw = raw[1:] if raw.startswith("\n") else raw
+        raw = raw[:-1] if raw.endswith("\n") else raw
     if isinstance(schema, dict) and "boolean" in _types(schema) and raw.strip() in ("True", "False"):
-        return raw.strip() == "True", end + len(END_VALUE)
-    return raw, end + len(END_VALUE)
+        return raw.strip() == "True", end + len(end_value)
+    return raw, end + len(end_value)
 
 
 def _string_only(schema: JSON) -> bool:
