@@ -35,8 +35,8 @@ ANSWERS = [
 ]
 
 
-MISTRAL_MARKS = THINKING_TAGS[1]
-HARMONY = THINKING_TAGS[2]
+(MISTRAL_MARKS,) = [t for t in THINKING_TAGS if t.opening == "[THINK]"]
+(HARMONY,) = [t for t in THINKING_TAGS if t.opening == "<|channel|>analysis<|message|>"]
 
 
 def _in_marks(text: str, marks: ThinkingTags) -> str:
@@ -95,6 +95,7 @@ def test_the_tags_come_from_the_template() -> None:
                 found.setdefault(tags.opening, set()).add(p.stem)
         assert found[MISTRAL_MARKS.opening] == {"mistralai-Ministral-3-14B-Reasoning-2512"}
         assert found[HARMONY.opening] == {"openai-gpt-oss-120b"}
+        assert found["<seed:think>"] == {"ByteDance-Seed-OSS"}
         assert len(found[reasoning.THINK.opening]) > 20
 
 

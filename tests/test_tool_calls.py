@@ -52,6 +52,9 @@ MISTRAL = {
 # <tool_call>NAME<arg_key>KEY</arg_key><arg_value>VALUE</arg_value></tool_call>
 GLM = {"GLM-4.6", "GLM-4.7-Flash", "Spark2.5", "inclusionai-ling-3.0-flash"}
 
+# <seed:tool_call><function=NAME><parameter=KEY>VALUE</parameter></function></seed:tool_call>
+SEED = {"ByteDance-Seed-OSS"}
+
 # <|start|>assistant to=functions.NAME<|channel|>commentary json<|message|>{...}
 HARMONY = {"openai-gpt-oss-120b"}
 
@@ -76,6 +79,11 @@ WRITTEN = {
         "GLM-4.6",
         "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n</tool_call>",
         "<tool_response>\n18 degrees, sunny\n</tool_response>",
+    ),
+    "seed": (
+        "ByteDance-Seed-OSS",
+        "<seed:tool_call>\n<function=get_weather>\n<parameter=city>Paris</parameter>\n</function>\n</seed:tool_call>",
+        "<seed:bos>tool\n18 degrees, sunny<seed:eos>",
     ),
     "harmony": (
         "openai-gpt-oss-120b",
@@ -144,7 +152,7 @@ def test_the_templates_of_llama_cpp_with_a_syntax_read_here_are_found() -> None:
         if syntax is not None:
             found.setdefault(syntax, set()).add(p.stem)
     assert found == {"glm": GLM, "harmony": HARMONY, "hermes": HERMES, "llama3": LLAMA3, "mistral": MISTRAL,
-                     "qwen-xml": QWEN_XML}  # fmt: skip
+                     "qwen-xml": QWEN_XML, "seed": SEED}  # fmt: skip
 
 
 def test_templates_without_tools_have_no_syntax() -> None:
@@ -314,7 +322,7 @@ def test_a_stream_holds_back_from_where_a_block_may_start() -> None:
     assert plain.held_from(' {"name"') == 0 and plain.held_from("Hi") is None
 
 
-@pytest.mark.parametrize("syntax", ["glm", "hermes", "mistral", "qwen-xml"])
+@pytest.mark.parametrize("syntax", ["glm", "hermes", "mistral", "qwen-xml", "seed"])
 def test_an_answer_cut_short_keeps_its_whole_calls(syntax: str) -> None:
     from llamacffi.server import calls
 
@@ -323,6 +331,9 @@ def test_an_answer_cut_short_keeps_its_whole_calls(syntax: str) -> None:
         "qwen-xml": "<tool_call>\n<function=get_time>\n<parameter=city>\nRome\n</parameter>\n</function>\n</tool_call>",
         "mistral": '[TOOL_CALLS]get_time[ARGS]{"city": "Rome"}',
         "glm": "<tool_call>get_time\n<arg_key>city</arg_key>\n<arg_value>Rome</arg_value>\n</tool_call>",
+        "seed": (
+            "<seed:tool_call>\n<function=get_time>\n<parameter=city>Rome</parameter>\n</function>\n</seed:tool_call>"
+        ),
     }[syntax]
     reader = calls.Reader(_tools(), syntax, True)  # type: ignore[arg-type]
     rome = [("get_time", '{"city": "Rome"}')]
@@ -419,12 +430,9 @@ def _validated(calls: list[dict[str, Any]]) -> list[tuple[str, Any]]:
 @pytest.mark.parametrize("parallel", [True, False])
 def test_required_calls_take_the_templates_syntax(client: Any, served: Any, parallel: bool) -> None:
     whole = _chat(client, tool_choice="required", parallel_tool_calls=parallel)
-    # SmolLM2 knows neither the XML syntax nor Mistral's: given the choice, it writes call after call until its length
-    ends = (
-        {"tool_calls", "length"}
-        if parallel and served.tool_syntax in ("qwen-xml", "mistral", "glm")
-        else {"tool_calls"}
-    )
+    # SmolLM2 knows neither the XML syntaxes nor Mistral's: given the choice, it writes call after call to its length
+    endless = parallel and served.tool_syntax in ("qwen-xml", "glm", "seed", "mistral")
+    ends = {"tool_calls", "length"} if endless else {"tool_calls"}
     assert whole["finish_reason"] in ends and whole["message"]["content"] is None
     made = _validated(whole["message"]["tool_calls"])
     assert made and (parallel or len(made) == 1)

@@ -99,7 +99,8 @@ def test_the_grammar_forces_one_call(smollm2: llamacffi.Model) -> None:
     auto = harmony.grammar(_tools("auto"), llamacffi.grammar.from_json_schema({"type": "integer"}))
     assert accepts(vocab, auto, "42") and accepts(vocab, auto, IN_CHANNEL) and not accepts(vocab, auto, "Hi")
     # thinking in the analysis channel first, then the call, or the final channel's answer
-    thinking = reasoning.first(auto, False, THINKING_TAGS[2])
+    (harmony,) = [t for t in THINKING_TAGS if t.opening == "<|channel|>analysis<|message|>"]
+    thinking = reasoning.first(auto, False, harmony)
     plan = "<|channel|>analysis<|message|>A plan.<|end|>"
     for text in [plan + IN_ROLE, plan + "<|start|>assistant<|channel|>final<|message|>42", IN_CHANNEL, "42"]:
         assert accepts(vocab, thinking, text), text

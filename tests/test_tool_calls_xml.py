@@ -280,3 +280,22 @@ def test_the_grammar_forces_calls_in_glms_tags(smollm2: llamacffi.Model) -> None
     with pytest.raises(Exception, match="cannot write the name"):
         tool = {"type": "function", "function": {"name": "a<b", "parameters": {"type": "object"}}}
         qwen_xml.grammar(_tools("required", [tool]), None, True, qwen_xml.GLM)
+
+
+def test_seed_blocks_are_read_and_forced(smollm2: llamacffi.Model) -> None:
+    from llamacffi.server import qwen_xml
+
+    def seed(function: str, **params: str) -> str:
+        inner = "".join(f"<parameter={k}>{v}</parameter>\n" for k, v in params.items())
+        return f"<seed:tool_call>\n<function={function}>\n{inner}</function>\n</seed:tool_call>"
+
+    one = seed("search", query="\ncats\n", limit="3")
+    content, made = qwen_xml.read(f"Looking.\n{one}", _tools(), True, style=qwen_xml.SEED)
+    assert content == "Looking." and [json.loads(c["function"]["arguments"]) for c in made] == [
+        {"query": "\ncats\n", "limit": 3}  # the value's own newlines kept
+    ]
+    assert qwen_xml.read(block("name_it", name="Ann"), _tools(), True, style=qwen_xml.SEED)[1] == []  # Qwen's block
+    g = qwen_xml.grammar(_tools("required"), None, True, qwen_xml.SEED)
+    assert accepts(smollm2.vocab, g, one) and accepts(smollm2.vocab, g, f"{one}\n{seed('name_it', name='Ann')}")
+    assert not accepts(smollm2.vocab, g, seed("search", query="x")) and not accepts(smollm2.vocab, g, block(
+        "search", query="x", limit="2"))  # fmt: skip

@@ -34,8 +34,9 @@ Message = tuple[str, str] | Mapping[str, object]
 # with a ``<parameter=NAME>`` element per argument (Qwen3-Coder, Qwen 3.5, Nemotron 3 Nano, Step 3.5), "mistral"
 # ``[TOOL_CALLS]NAME[ARGS]{...}`` per call (Mistral Small 3.2, Devstral, Ministral 3, Magistral), "harmony" a message
 # ``to=functions.NAME`` on gpt-oss's commentary channel, "glm" ``<tool_call>NAME`` blocks with ``<arg_key>`` and
-# ``<arg_value>`` elements (GLM 4.6 and 4.7, Ling 3).
-ToolSyntax = Literal["glm", "harmony", "hermes", "llama3", "mistral", "qwen-xml"]
+# ``<arg_value>`` elements (GLM 4.6 and 4.7, Ling 3), "seed" Qwen3-Coder's elements in a ``<seed:tool_call>`` block
+# (Seed-OSS).
+ToolSyntax = Literal["glm", "harmony", "hermes", "llama3", "mistral", "qwen-xml", "seed"]
 
 __all__ = [
     "ChatTemplateError",
@@ -305,10 +306,12 @@ class ThinkingTags(NamedTuple):
 
 
 # ``<think>...</think>`` (Qwen 3, QwQ, DeepSeek R1, and many more); ``[THINK]...[/THINK]`` (Magistral, Ministral 3
-# Reasoning); gpt-oss's analysis channel, then its final one (OpenAI's harmony format).
+# Reasoning); ``<seed:think>...</seed:think>`` (Seed-OSS); gpt-oss's analysis channel, then its final one (OpenAI's
+# harmony format).
 THINKING_TAGS: tuple[ThinkingTags, ...] = (
     ThinkingTags("<think>", "</think>", "</think>", ("<think>", "</think>")),
     ThinkingTags("[THINK]", "[/THINK]", "[/THINK]", ("[THINK]", "[/THINK]")),
+    ThinkingTags("<seed:think>", "</seed:think>", "</seed:think>", ("<seed:think>", "</seed:think>")),
     ThinkingTags(
         "<|channel|>analysis<|message|>",
         "<|end|>",
@@ -367,6 +370,10 @@ _MISTRAL_CALL = re.compile(r'\[TOOL_CALLS\]probe_function(\[CALL_ID\]call00001)?
 _GLM_CALL = re.compile(
     r"<tool_call>\s*probe_function\s*<arg_key>probe_argument</arg_key>\s*<arg_value>1</arg_value>\s*</tool_call>"
 )
+_SEED_CALL = re.compile(
+    r"<seed:tool_call>\s*<function=probe_function>\s*<parameter=probe_argument>\s*1\s*</parameter>\s*</function>\s*"
+    r"</seed:tool_call>"
+)
 _HARMONY_CALL = re.compile(
     r"<\|start\|>assistant to=functions\.probe_function<\|channel\|>commentary json<\|message\|>"
     r'\{"probe_argument":\s*1\}'
@@ -402,4 +409,6 @@ def tool_syntax(template: str, *, bos_token: str = "", eos_token: str = "") -> T
         return "harmony"
     if _GLM_CALL.search(written):
         return "glm"
+    if _SEED_CALL.search(written):
+        return "seed"
     return "llama3" if _LLAMA3_CALL.search(written) else None

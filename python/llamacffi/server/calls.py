@@ -1,7 +1,8 @@
 """Tool calls in the syntax the model is prompted with: the system message's JSON object (:mod:`.structured`), or
 its chat template's own (:func:`llamacffi.chat.tool_syntax`): Hermes blocks (:mod:`.hermes`), Qwen3-Coder's XML
-blocks and GLM's (:mod:`.qwen_xml`), Mistral's ``[TOOL_CALLS]`` calls (:mod:`.mistral`), gpt-oss's messages to a
-function (:mod:`.harmony`), or Llama 3's answer that is one ``{"name": ..., "parameters": {...}}`` object."""
+blocks, GLM's and Seed-OSS's (:mod:`.qwen_xml`), Mistral's ``[TOOL_CALLS]`` calls (:mod:`.mistral`), gpt-oss's
+messages to a function (:mod:`.harmony`), or Llama 3's answer that is one ``{"name": ..., "parameters": {...}}``
+object."""
 
 from __future__ import annotations
 
@@ -35,10 +36,8 @@ def grammar(
         return None
     if syntax == "hermes":
         return hermes.grammar(tools, structured.call_grammar(tools), answer_grammar, parallel)
-    if syntax == "qwen-xml":
-        return qwen_xml.grammar(tools, answer_grammar, parallel)
-    if syntax == "glm":
-        return qwen_xml.grammar(tools, answer_grammar, parallel, qwen_xml.GLM)
+    if syntax in _STYLES:
+        return qwen_xml.grammar(tools, answer_grammar, parallel, _STYLES[syntax])
     if syntax == "mistral":
         return mistral.grammar(tools, answer_grammar, parallel)
     if syntax == "harmony":
@@ -46,7 +45,14 @@ def grammar(
     return structured.call_grammar(tools, answer, LLAMA3_ARGUMENTS)
 
 
-_MARKERS = {"mistral": mistral.MARKERS, "harmony": harmony.MARKERS, "glm": qwen_xml.GLM_MARKERS}
+# the syntaxes of parameters written one by one, as elements
+_STYLES = {"qwen-xml": qwen_xml.QWEN, "glm": qwen_xml.GLM, "seed": qwen_xml.SEED}
+_MARKERS = {
+    "mistral": mistral.MARKERS,
+    "harmony": harmony.MARKERS,
+    "glm": qwen_xml.GLM_MARKERS,
+    "seed": ("<seed:tool_call>", "</seed:tool_call>"),
+}
 
 
 def preserved(syntax: ToolSyntax | None) -> tuple[str, ...]:
@@ -67,10 +73,8 @@ class Reader:
         its length limit, and a block it left open is dropped."""
         if self.syntax == "hermes":
             return hermes.read(text, self.tools, self.parallel, cut=cut)
-        if self.syntax == "qwen-xml":
-            return qwen_xml.read(text, self.tools, self.parallel, cut)
-        if self.syntax == "glm":
-            return qwen_xml.read(text, self.tools, self.parallel, cut, qwen_xml.GLM)
+        if self.syntax in _STYLES:
+            return qwen_xml.read(text, self.tools, self.parallel, cut, _STYLES[self.syntax])
         if self.syntax == "mistral":
             return mistral.read(text, self.tools, self.parallel, cut)
         if self.syntax == "harmony":
@@ -84,8 +88,10 @@ class Reader:
         length when nothing is held); None when the answer is text to its end, and nothing needs holding again."""
         if self.tools.forced() or not text.strip():
             return 0
-        if self.syntax in ("hermes", "qwen-xml", "glm"):  # blocks that open with the same tag
+        if self.syntax == "hermes":
             return hermes.held_from(text)
+        if self.syntax in _STYLES:
+            return hermes.held_from(text, _STYLES[self.syntax].opening)
         if self.syntax == "mistral":
             return mistral.held_from(text)
         if self.syntax == "harmony":

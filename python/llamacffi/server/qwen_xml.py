@@ -22,6 +22,14 @@ GLM 4.6 and 4.7 and Ling 3 write the same elements in tags of their own (:data:`
     <arg_key>city</arg_key>
     <arg_value>Paris</arg_value>
     </tool_call>
+
+and Seed-OSS in a block of its own, its values without the newlines around them (:data:`SEED`)::
+
+    <seed:tool_call>
+    <function=get_weather>
+    <parameter=city>Paris</parameter>
+    </function>
+    </seed:tool_call>
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ CLOSE = hermes.CLOSE
 class Style:
     """How a template writes a call's elements: the grammar's texts (GBNF) and the reader's patterns."""
 
+    opening: str  # the block's opening tag
     head: Callable[[str], str]  # the call's opening, up to its first parameter, for a function's name
     key: Callable[[str], str]  # a parameter's opening, up to its value, for the parameter's name
     close: str  # after a value
@@ -62,6 +71,7 @@ class Style:
 
 
 QWEN = Style(
+    opening=OPEN,
     head=lambda name: literal(f"{OPEN}\n<function={name}>\n"),
     key=lambda key: literal(f"<parameter={key}>\n"),
     close=literal("\n</parameter>\n"),
@@ -74,9 +84,23 @@ QWEN = Style(
     unwritable=">\n",
 )
 _NL = literal("\n") + "?"
+SEED = Style(
+    opening="<seed:tool_call>",
+    head=lambda name: literal(f"<seed:tool_call>\n<function={name}>\n"),
+    key=lambda key: literal(f"<parameter={key}>"),
+    close=literal("</parameter>\n"),
+    tail=literal("</function>\n</seed:tool_call>"),
+    end_value="</parameter>",
+    function=QWEN.function,
+    parameter=QWEN.parameter,
+    end=re.compile(r"\s*</function>\s*</seed:tool_call>"),
+    trimmed=False,
+    unwritable=">\n",
+)
 # GLM's tags, special tokens of its vocabulary, which the answer writes out
 GLM_MARKERS = ("<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>")
 GLM = Style(
+    opening=OPEN,
     head=lambda name: f"{literal(OPEN + name)} {_NL}",
     key=lambda key: f"{literal(f'<arg_key>{key}</arg_key>')} {_NL} {literal('<arg_value>')}",
     close=f"{literal('</arg_value>')} {_NL}",
@@ -199,7 +223,7 @@ def read(
     text: str, tools: structured.Tools, parallel: bool, cut: bool = False, style: Style = QWEN
 ) -> tuple[str | None, list[JSONObject]]:
     """The answer's text beside its calls and its calls, as :func:`.hermes.read` with blocks of this syntax."""
-    return hermes.read(text, tools, parallel, lambda t, p, f: _block(t, p, f, style), cut)
+    return hermes.read(text, tools, parallel, lambda t, p, f: _block(t, p, f, style), cut, style.opening)
 
 
 def _block(text: str, pos: int, tools: structured.Tools, style: Style) -> tuple[JSONObject | None, int] | None:
