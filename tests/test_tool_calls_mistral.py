@@ -1,6 +1,7 @@
 """Tool calls in Mistral's syntax: reading ``[TOOL_CALLS]NAME[ARGS]{...}`` calls and the ids the model writes, the
-grammar that forces them, run by llama.cpp, and the special tokens the output writes out to be read. The server end
-to end with this syntax runs in test_tool_calls.py, one of its templates per syntax."""
+grammar that forces them, run by llama.cpp, and the special tokens the output writes out to be read; and calls as a
+JSON list after a tag (Mistral Nemo's, Nemotron Nano 2's). The server end to end with these syntaxes runs in
+test_tool_calls.py, one of its templates per syntax."""
 
 from __future__ import annotations
 
@@ -171,3 +172,58 @@ def test_preserved_tokens_are_checked() -> None:
     for bad in ["[A]", [""], [1], ["x"] * 33, ["x" * 257]]:
         with pytest.raises(InvalidConfigError, match="preserved_tokens"):
             GenerationOptions(preserved_tokens=bad)  # type: ignore[arg-type]
+
+
+# ---- a JSON list of calls ----------------------------------------------------------------------------------------
+
+
+def _listed(text: str, style: Any, parallel: bool = True, cut: bool = False) -> tuple[str | None, list[Any]]:
+    from llamacffi.server import json_list
+
+    content, made = json_list.read(text, _tools(), parallel, cut, style)
+    return content, [(c["function"]["name"], json.loads(c["function"]["arguments"]), c["id"]) for c in made]
+
+
+def test_a_json_list_of_calls_is_read() -> None:
+    from llamacffi.server import json_list
+
+    nemo, nemotron = json_list.NEMO, json_list.NEMOTRON
+    two = '[{"name": "name_it", "arguments": {"name": "Ann"}, "id": "abcDEF123"}, {"name": "name_it", "arguments": {}}]'
+    content, made = _listed(f"Sure.[TOOL_CALLS]{two}", nemo)
+    assert content == "Sure." and [m[:2] for m in made] == [("name_it", {"name": "Ann"}), ("name_it", {})]
+    assert made[0][2] == "abcDEF123" and ID.fullmatch(made[1][2])  # ids as Nemo's template takes them back
+    assert len(_listed(f"[TOOL_CALLS]{two}", nemo, parallel=False)[1]) == 1
+    content, made = _listed(f"<TOOLCALL>{two}</TOOLCALL>\nDone.", nemotron)
+    assert content == "\nDone." and len(made) == 2 and made[1][2].startswith("call_")
+    for text in [
+        "[TOOL_CALLS]Plain",
+        '[TOOL_CALLS][{"name": "rename", "arguments": {}}]',
+        '[TOOL_CALLS][{"name": "name_it", "arguments": {}, "other": 1}]',
+        '[TOOL_CALLS][{"name": "name_it", "arguments": []}]',
+        "[TOOL_CALLS][]",
+        '[TOOL_CALLS]{"name": "name_it", "arguments": {}}',
+    ]:
+        assert _listed(text, nemo) == (text, []), text
+    assert _listed(f"<TOOLCALL>{two}", nemotron) == (f"<TOOLCALL>{two}", [])  # not closed
+    # cut short: the calls the list finished are kept
+    content, made = _listed(f"Sure.[TOOL_CALLS]{two[:-20]}", nemo, cut=True)
+    assert content == "Sure." and [m[:2] for m in made] == [("name_it", {"name": "Ann"})]
+    assert _listed(f"<TOOLCALL>{two}</TOOL", nemotron, cut=True)[1]
+    assert _listed("Sure.[TOOL_CA", nemo, cut=True) == ("Sure.", [])
+    assert _listed('[TOOL_CALLS][{"name": "na', nemo, cut=True) == ("", [])
+
+
+def test_the_grammar_forces_a_json_list_of_calls(smollm2: llamacffi.Model) -> None:
+    from llamacffi.server import json_list
+
+    vocab = smollm2.vocab
+    nemo = json_list.grammar(_tools("required"), None, True, json_list.NEMO)
+    one = '{"name": "name_it", "arguments": {"name": "Ann"}}'
+    assert accepts(vocab, nemo, f"[TOOL_CALLS][{one}]")
+    assert accepts(vocab, nemo, f'[TOOL_CALLS][{one[:-1]}, "id": "a1B2c3D4e"}}, {one}]')
+    for wrong in [f"[TOOL_CALLS]{one}", f'[TOOL_CALLS][{one[:-1]}, "id": "a1"}}]', "[TOOL_CALLS][]", "Sure."]:
+        assert not accepts(vocab, nemo, wrong), wrong
+    single = json_list.grammar(_tools("required"), None, False, json_list.NEMOTRON)
+    assert accepts(vocab, single, f"<TOOLCALL>[{one}]</TOOLCALL>")
+    assert not accepts(vocab, single, f"<TOOLCALL>[{one}, {one}]</TOOLCALL>")
+    assert not accepts(vocab, single, f"<TOOLCALL>[{one}]")

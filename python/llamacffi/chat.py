@@ -35,8 +35,9 @@ Message = tuple[str, str] | Mapping[str, object]
 # ``[TOOL_CALLS]NAME[ARGS]{...}`` per call (Mistral Small 3.2, Devstral, Ministral 3, Magistral), "harmony" a message
 # ``to=functions.NAME`` on gpt-oss's commentary channel, "glm" ``<tool_call>NAME`` blocks with ``<arg_key>`` and
 # ``<arg_value>`` elements (GLM 4.6 and 4.7, Ling 3), "seed" Qwen3-Coder's elements in a ``<seed:tool_call>`` block
-# (Seed-OSS).
-ToolSyntax = Literal["glm", "harmony", "hermes", "llama3", "mistral", "qwen-xml", "seed"]
+# (Seed-OSS), "mistral-nemo" ``[TOOL_CALLS]`` and a JSON list of calls (Mistral Nemo), "nemotron" such a list in
+# ``<TOOLCALL>`` tags (Nemotron Nano 2).
+ToolSyntax = Literal["glm", "harmony", "hermes", "llama3", "mistral", "mistral-nemo", "nemotron", "qwen-xml", "seed"]
 
 __all__ = [
     "ChatTemplateError",
@@ -374,6 +375,9 @@ _SEED_CALL = re.compile(
     r"<seed:tool_call>\s*<function=probe_function>\s*<parameter=probe_argument>\s*1\s*</parameter>\s*</function>\s*"
     r"</seed:tool_call>"
 )
+_LISTED_CALL = r'\[\{"name":\s*"probe_function",\s*"arguments":\s*\{"probe_argument":\s*1\}'
+_NEMO_CALL = re.compile(r"\[TOOL_CALLS\]" + _LISTED_CALL)
+_NEMOTRON_CALL = re.compile(r"<TOOLCALL>" + _LISTED_CALL + r"\}\]</TOOLCALL>")
 _HARMONY_CALL = re.compile(
     r"<\|start\|>assistant to=functions\.probe_function<\|channel\|>commentary json<\|message\|>"
     r'\{"probe_argument":\s*1\}'
@@ -411,4 +415,8 @@ def tool_syntax(template: str, *, bos_token: str = "", eos_token: str = "") -> T
         return "glm"
     if _SEED_CALL.search(written):
         return "seed"
+    if _NEMO_CALL.search(written):
+        return "mistral-nemo"
+    if _NEMOTRON_CALL.search(written):
+        return "nemotron"
     return "llama3" if _LLAMA3_CALL.search(written) else None

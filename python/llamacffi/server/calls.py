@@ -1,8 +1,8 @@
 """Tool calls in the syntax the model is prompted with: the system message's JSON object (:mod:`.structured`), or
 its chat template's own (:func:`llamacffi.chat.tool_syntax`): Hermes blocks (:mod:`.hermes`), Qwen3-Coder's XML
-blocks, GLM's and Seed-OSS's (:mod:`.qwen_xml`), Mistral's ``[TOOL_CALLS]`` calls (:mod:`.mistral`), gpt-oss's
-messages to a function (:mod:`.harmony`), or Llama 3's answer that is one ``{"name": ..., "parameters": {...}}``
-object."""
+blocks, GLM's and Seed-OSS's (:mod:`.qwen_xml`), Mistral's ``[TOOL_CALLS]`` calls (:mod:`.mistral`), a JSON list of
+calls after a tag (:mod:`.json_list`: Mistral Nemo, Nemotron Nano 2), gpt-oss's messages to a function
+(:mod:`.harmony`), or Llama 3's answer that is one ``{"name": ..., "parameters": {...}}`` object."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import dataclasses
 
 from ..chat import ToolSyntax
 from ..jsontypes import JSONObject
-from . import harmony, hermes, mistral, qwen_xml, structured
+from . import harmony, hermes, json_list, mistral, qwen_xml, structured
 
 LLAMA3_ARGUMENTS = "parameters"  # the member Llama 3's templates put a call's arguments in
 
@@ -42,13 +42,19 @@ def grammar(
         return mistral.grammar(tools, answer_grammar, parallel)
     if syntax == "harmony":
         return harmony.grammar(tools, answer_grammar)
+    if syntax in _LISTS:
+        return json_list.grammar(tools, answer_grammar, parallel, _LISTS[syntax])
     return structured.call_grammar(tools, answer, LLAMA3_ARGUMENTS)
 
 
 # the syntaxes of parameters written one by one, as elements
 _STYLES = {"qwen-xml": qwen_xml.QWEN, "glm": qwen_xml.GLM, "seed": qwen_xml.SEED}
+# the syntaxes of a JSON list of calls
+_LISTS = {"mistral-nemo": json_list.NEMO, "nemotron": json_list.NEMOTRON}
 _MARKERS = {
     "mistral": mistral.MARKERS,
+    "mistral-nemo": (json_list.NEMO.opening,),
+    "nemotron": (json_list.NEMOTRON.opening, json_list.NEMOTRON.closing),
     "harmony": harmony.MARKERS,
     "glm": qwen_xml.GLM_MARKERS,
     "seed": ("<seed:tool_call>", "</seed:tool_call>"),
@@ -79,6 +85,8 @@ class Reader:
             return mistral.read(text, self.tools, self.parallel, cut)
         if self.syntax == "harmony":
             return harmony.read(text, self.tools, cut)
+        if self.syntax in _LISTS:
+            return json_list.read(text, self.tools, self.parallel, cut, _LISTS[self.syntax])
         arguments = LLAMA3_ARGUMENTS if self.syntax == "llama3" else "arguments"
         call = structured.as_call(text, self.tools, arguments)
         return (text, []) if call is None else (None, [call])
@@ -96,4 +104,6 @@ class Reader:
             return mistral.held_from(text)
         if self.syntax == "harmony":
             return harmony.held_from(text)
+        if self.syntax in _LISTS:
+            return json_list.held_from(text, _LISTS[self.syntax])
         return 0 if text.lstrip().startswith("{") else None

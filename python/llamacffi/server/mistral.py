@@ -66,11 +66,14 @@ def _call(text: str, pos: int, tools: structured.Tools) -> tuple[JSONObject | No
     name, given = m.group(1).strip(), m.group(2)
     if name not in tools.functions or not isinstance(arguments, dict):
         return None, end
-    return structured.made(name, arguments, given if given and _ID.fullmatch(given) else call_id()), end
+    return structured.made(name, arguments, call_id(given)), end
 
 
-def call_id() -> str:
-    """An id of the form Mistral's templates take: 9 letters and digits."""
+def call_id(given: object = None) -> str:
+    """An id of the form Mistral's templates take, 9 letters and digits: ``given`` where it has that form, else a
+    fresh one."""
+    if isinstance(given, str) and _ID.fullmatch(given):
+        return given
     return "".join(secrets.choice(_ID_CHARS) for _ in range(9))
 
 

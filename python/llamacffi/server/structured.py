@@ -213,11 +213,15 @@ def call_grammar(
     answer: JSONObject | bool | None = None,
     arguments: str = "arguments",
     answer_param: str = "response_format",
+    *,
+    many: bool | None = None,
+    call_id: JSONObject | None = None,
 ) -> str:
     """The grammar of a call to the chosen function, or to any of them for ``"required"`` and ``"auto"``; with an
     ``answer`` schema (``"auto"`` with a JSON ``response_format``), of a call or a document of that schema.
     ``arguments``: the member that holds the arguments (Llama 3's templates say ``"parameters"``); ``answer_param``:
-    the request field that gave the answer's schema, named by its errors.
+    the request field that gave the answer's schema, named by its errors. ``many``: a JSON list of calls instead
+    (of one call only when False); ``call_id``: the schema of an ``"id"`` member a call may have after its arguments.
 
     Each function's parameters move under the call schema's ``$defs``, their references rebased there, so that
     ``#/$defs/...`` and ``#`` inside them keep pointing into the parameters, not into the call around them."""
@@ -226,15 +230,15 @@ def call_grammar(
     calls: list[JSONObject] = []
     for i, n in enumerate(names):
         defs[f"f{i}"] = rebase(tools.functions[n]["parameters"], f"#/$defs/f{i}")
+        members: JSONObject = {"name": {"const": n}, arguments: {"$ref": f"#/$defs/f{i}"}}
+        if call_id is not None:
+            members["id"] = call_id
         calls.append(
-            {
-                "type": "object",
-                "properties": {"name": {"const": n}, arguments: {"$ref": f"#/$defs/f{i}"}},
-                "required": ["name", arguments],
-                "additionalProperties": False,
-            }
+            {"type": "object", "properties": members, "required": ["name", arguments], "additionalProperties": False}
         )
     call: JSONObject = calls[0] if len(calls) == 1 else {"anyOf": [*calls]}
+    if many is not None:
+        call = {"type": "array", "items": call, "minItems": 1, **({} if many else {"maxItems": 1})}
     if answer is not None:  # a call, or the answer: anyOf, since the answer's schema may admit a call's shape too
         defs["answer"] = rebase(answer, "#/$defs/answer") if isinstance(answer, dict) else answer
         call = {"anyOf": [call, {"$ref": "#/$defs/answer"}]}
