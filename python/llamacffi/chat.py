@@ -386,6 +386,20 @@ _HARMONY_CALL = re.compile(
 _LLAMA3_CALL = re.compile(r'>\s*\{"name":\s*"probe_function",\s*"parameters":\s*\{"probe_argument":\s*1\}\}\s*<')
 
 
+# each syntax's probe call, as its templates write it; Llama 3's last, as the others' may look like it
+_WRITTEN_CALLS: tuple[tuple[re.Pattern[str], ToolSyntax], ...] = (
+    (_HERMES_CALL, "hermes"),
+    (_QWEN_XML_CALL, "qwen-xml"),
+    (_MISTRAL_CALL, "mistral"),
+    (_HARMONY_CALL, "harmony"),
+    (_GLM_CALL, "glm"),
+    (_SEED_CALL, "seed"),
+    (_NEMO_CALL, "mistral-nemo"),
+    (_NEMOTRON_CALL, "nemotron"),
+    (_LLAMA3_CALL, "llama3"),
+)
+
+
 @functools.lru_cache(maxsize=32)
 def tool_syntax(template: str, *, bos_token: str = "", eos_token: str = "") -> ToolSyntax | None:
     """The tool-call syntax a Jinja ``template`` teaches its model, when it is one this package reads: it describes
@@ -403,20 +417,4 @@ def tool_syntax(template: str, *, bos_token: str = "", eos_token: str = "") -> T
         return None
     if described is None or written is None or "probe description" not in described or "probe result" not in written:
         return None
-    if _HERMES_CALL.search(written):
-        return "hermes"
-    if _QWEN_XML_CALL.search(written):
-        return "qwen-xml"
-    if _MISTRAL_CALL.search(written):
-        return "mistral"
-    if _HARMONY_CALL.search(written):
-        return "harmony"
-    if _GLM_CALL.search(written):
-        return "glm"
-    if _SEED_CALL.search(written):
-        return "seed"
-    if _NEMO_CALL.search(written):
-        return "mistral-nemo"
-    if _NEMOTRON_CALL.search(written):
-        return "nemotron"
-    return "llama3" if _LLAMA3_CALL.search(written) else None
+    return next((syntax for pattern, syntax in _WRITTEN_CALLS if pattern.search(written)), None)

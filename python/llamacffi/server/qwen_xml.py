@@ -83,7 +83,6 @@ QWEN = Style(
     trimmed=True,
     unwritable=">\n",
 )
-_NL = literal("\n") + "?"
 SEED = Style(
     opening="<seed:tool_call>",
     head=lambda name: literal(f"<seed:tool_call>\n<function={name}>\n"),
@@ -97,6 +96,7 @@ SEED = Style(
     trimmed=False,
     unwritable=">\n",
 )
+_NL = literal("\n") + "?"
 # GLM's tags, special tokens of its vocabulary, which the answer writes out
 GLM_MARKERS = ("<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>")
 GLM = Style(
