@@ -169,7 +169,7 @@ def test_preserved_tokens_are_checked() -> None:
     from llamacffi.service import GenerationOptions, InvalidConfigError
 
     assert GenerationOptions(preserved_tokens=["[A]"]).preserved_tokens == ("[A]",)  # type: ignore[arg-type]
-    for bad in ["[A]", [""], [1], ["x"] * 33, ["x" * 257]]:
+    for bad in ["[A]", [""], [1], ["x"] * 33, ["x" * 257], ["\ud800"]]:
         with pytest.raises(InvalidConfigError, match="preserved_tokens"):
             GenerationOptions(preserved_tokens=bad)  # type: ignore[arg-type]
 

@@ -263,12 +263,12 @@ class GenerationOptions(_Config):
         if (
             not isinstance(kept, (list, tuple, set, frozenset))
             or len(kept) > limits.PRESERVED_TOKENS_MAX
-            or not all(isinstance(t, str) and 0 < len(t) <= limits.TOKEN_TEXT_MAX for t in kept)
+            or not all(isinstance(t, str) and 0 < len(t) <= limits.TOKEN_TEXT_MAX and _encodable(t) for t in kept)
         ):
             raise _fail(
                 type(self),
                 "preserved_tokens",
-                f"must be at most {limits.PRESERVED_TOKENS_MAX} texts of special tokens",
+                f"must be at most {limits.PRESERVED_TOKENS_MAX} texts of special tokens, in UTF-8",
                 kept,
             )
         object.__setattr__(self, "preserved_tokens", tuple(kept))
