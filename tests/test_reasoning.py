@@ -23,6 +23,7 @@ ANSWERS = [
     ("  <think>x</think>y", False, ("x", "y")),
     ("<think>cut short", False, ("cut short", "")),
     ("<think></think>", False, ("", "")),
+    ("<think>", False, ("", "")),  # cut right after the opening tag
     ("No thinking. <think>x</think>", False, (None, "No thinking. <think>x</think>")),
     ("<thin", False, (None, "<thin")),
     ("  ", False, (None, "  ")),
@@ -63,6 +64,7 @@ HARMONY_ANSWERS = [
      ("A plan.", "Paris.")),
     ("<|channel|>final<|message|>Paris.", (None, "Paris.")),  # no thinking: the final channel's header dropped
     ("<|channel|>analysis<|message|>cut short", ("cut short", "")),
+    ("<|channel|>analysis<|message|>", ("", "")),
     ("<|channel|>analysis<|message|>x<|end|><|start|>assistant<|chan", ("x", "<|start|>assistant<|chan")),
     ("<|channel|>analysis<|message|>x<|end|> <|start|>assistant to=functions.f<|channel|>commentary<|message|>{}",
      ("x", "<|start|>assistant to=functions.f<|channel|>commentary<|message|>{}")),  # a call: the answer read for it

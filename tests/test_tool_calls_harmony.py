@@ -65,6 +65,15 @@ def test_an_answer_cut_short_drops_the_message_it_left_open() -> None:
         assert _read(preamble + tail) == (preamble + tail, [])
     assert _read(IN_CHANNEL[:-3], cut=True) == ("", [])
     assert _read("Cut sh", cut=True) == ("Cut sh", [])
+    for text in ["<|channel|>analysis<|message|>I think", "<|channel|>final<|message|>Paris.", preamble]:
+        assert _read(text, cut=True) == _read(text) == (text, [])  # no call: the text as it came, cut or not
+
+
+def test_long_answers_are_read_in_one_pass() -> None:
+    for text in ["<|channel|>commentary" + " " * 20_000 + "x", "<|start|>assistant" + "\n" * 20_000 + "<|message|>"]:
+        assert _read(text) == (text, [])
+    spaced = "<|channel|>commentary to=functions.search" + " " * 20 + "<|constrain|>json<|message|>" + ARGS
+    assert _read(spaced)[1] == [("search", {"query": "cats", "limit": 2})]
 
 
 def test_a_stream_holds_what_may_be_a_call() -> None:
@@ -90,9 +99,15 @@ def test_the_grammar_forces_one_call(smollm2: llamacffi.Model) -> None:
         IN_ROLE.replace(ARGS, '{"query": "cats"}'),  # a required parameter missing
         IN_ROLE.replace("search", "rename"),
         IN_ROLE.replace("commentary", "final"),
+        IN_CHANNEL.replace(" <|constrain|>json", "json"),  # the content type apart from the name: read back
         "Sure.",
     ]:
         assert not accepts(vocab, g, wrong), wrong
+    for name in ["get weather", "a<b"]:  # names a recipient cannot hold
+        tool = {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+        with pytest.raises(Exception, match="cannot write the name") as e:
+            harmony.grammar(_tools("required", [tool]), None)
+        assert e.value.status == 400  # type: ignore[attr-defined]
     named = harmony.grammar(_tools({"type": "function", "function": {"name": "name_it"}}), None)
     assert not accepts(vocab, named, IN_ROLE)
     assert accepts(vocab, named, '<|channel|>commentary to=functions.name_it<|message|>{"name": "Ann"}')
@@ -128,3 +143,8 @@ def test_a_chain_of_calls_goes_back_to_the_template_with_its_thinking() -> None:
     assert "<|channel|>analysis<|message|>I should search.<|end|>" in text  # gpt-oss's template reads "thinking"
     assert '<|start|>assistant to=functions.search<|channel|>commentary json<|message|>{"query": "cats"' in text
     assert text.endswith('<|channel|>commentary<|message|>"3 cats"<|end|><|start|>assistant')
+    # what the server answers for a preamble before a call, sent back: the preamble is the call's thinking there
+    said = {**body["messages"][1], "content": "Looking it up."}
+    parsed = requests.parse_chat({**body, "messages": [body["messages"][0], said, body["messages"][2]]})
+    text = apply_template((TEMPLATES / "openai-gpt-oss-120b.jinja").read_text(), parsed.chat, tools=[SEARCH])
+    assert "<|channel|>analysis<|message|>Looking it up.<|end|>" in text

@@ -46,6 +46,11 @@ def test_calls_are_read_after_the_answers_text_with_the_ids_the_model_wrote() ->
     assert ID.fullmatch(made[0][2]) and made[0][2] != "short"
     _, made = _read(call("name_it", ' {"name": "Ann"}', " xyzXYZ789 "))
     assert made[0][2] == "xyzXYZ789"
+    twice = call("name_it", '{"name": "A"}', "abcDEF123") + call("name_it", '{"name": "B"}', "abcDEF123")
+    ids = [m[2] for m in _read(twice)[1]]
+    assert ids[0] == "abcDEF123" and ID.fullmatch(ids[1]) and ids[1] != ids[0]  # each call's id its own
+    long = "[TOOL_CALLS]a" + " " * 20_000 + "b"
+    assert _read(long) == (long, [])  # read in one pass
     one = call("name_it", '{"name": "Ann"}')
     assert len(_read(one + one, parallel=False)[1]) == 1
     for text in [
@@ -104,6 +109,11 @@ def test_the_grammar_forces_calls_in_the_syntax(smollm2: llamacffi.Model) -> Non
     assert accepts(vocab, one, call("name_it", '{"name": "Ann"}'))
     assert not accepts(vocab, one, ok)
     assert not accepts(vocab, one, call("name_it", '{"name": "A"}') + call("name_it", '{"name": "B"}'))
+    for name in ["a\nb", " lead", "a[ARGS]b"]:  # names the syntax cannot write
+        tool = {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+        with pytest.raises(Exception, match="cannot write the name") as e:
+            mistral.grammar(_tools("required", [tool]), None, True)
+        assert e.value.status == 400  # type: ignore[attr-defined]
     single = mistral.grammar(_tools("required"), None, False)
     assert accepts(vocab, single, ok) and not accepts(vocab, single, ok + ok)
     answer = llamacffi.grammar.from_json_schema({"type": "integer"})
@@ -227,3 +237,17 @@ def test_the_grammar_forces_a_json_list_of_calls(smollm2: llamacffi.Model) -> No
     assert accepts(vocab, single, f"<TOOLCALL>[{one}]</TOOLCALL>")
     assert not accepts(vocab, single, f"<TOOLCALL>[{one}, {one}]</TOOLCALL>")
     assert not accepts(vocab, single, f"<TOOLCALL>[{one}]")
+
+
+def test_the_logprobs_write_out_the_preserved_tokens(smollm2: llamacffi.Model) -> None:
+    import types
+
+    from llamacffi.server import completions
+
+    def job(kept: tuple[str, ...]) -> Any:
+        model = types.SimpleNamespace(llama_model=smollm2)
+        parsed = types.SimpleNamespace(options=types.SimpleNamespace(preserved_tokens=kept))
+        return types.SimpleNamespace(model=model, parsed=parsed)
+
+    assert completions._piece(job(("<|im_start|>",)))(1) == b"<|im_start|>"
+    assert completions._piece(job(()))(1) == b""  # a control token, as it renders by default

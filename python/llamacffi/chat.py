@@ -90,7 +90,9 @@ def _messages(messages: Iterable[Message]) -> list[dict[str, object]]:
                 raise InvalidArgumentError(f"messages[{i}].tool_calls must be a list of mappings")
             if content is None and calls:  # an assistant's turn that only calls, as OpenAI's API writes it
                 content = ""
-            if "reasoning_content" in extras:  # also by the name some templates read it (gpt-oss, LFM2.5, Command A)
+            if "reasoning_content" in extras and not (calls and content):
+                # also by the name some templates read it (gpt-oss, LFM2.5, Command A); gpt-oss's refuses it beside
+                # the text that preceded calls (which it writes as their thinking)
                 extras["thinking"] = extras["reasoning_content"]
         elif isinstance(m, (tuple, list)) and len(m) == 2:
             role, content = m

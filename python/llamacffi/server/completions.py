@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from ..chat import ThinkingTags
 from ..jsontypes import JSON, JSONObject
@@ -213,6 +213,13 @@ class _Tally:
         return self.job.usage
 
 
+def _piece(job: Job) -> Callable[[int], bytes]:
+    """A token's text in the log-probabilities: the special tokens the output writes out are written there too."""
+    vocab = job.model.llama_model.vocab
+    kept = {t for t in map(vocab.special_token, job.parsed.options.preserved_tokens) if t is not None}
+    return (lambda token: vocab.token_to_piece(token, special=token in kept)) if kept else vocab.token_to_piece
+
+
 def _ids(job: Job) -> tuple[str, int, str]:
     prefix = "chatcmpl-" if job.chat else "cmpl-"
     return prefix + uuid.uuid4().hex, int(time.time()), "chat.completion" if job.chat else "text_completion"
@@ -220,7 +227,7 @@ def _ids(job: Job) -> tuple[str, int, str]:
 
 async def respond(job: Job, metrics: Metrics) -> JSONObject:
     """The whole response object."""
-    piece = job.model.llama_model.vocab.token_to_piece
+    piece = _piece(job)
     total = len(job.prompts) * job.parsed.n
     texts: list[list[str]] = [[] for _ in range(total)]
     entries: list[list[TokenLogprob]] = [[] for _ in range(total)]
@@ -272,7 +279,7 @@ async def respond(job: Job, metrics: Metrics) -> JSONObject:
 async def stream(job: Job, metrics: Metrics) -> AsyncIterator[bytes]:
     """The response as Server-Sent Events: a chunk per decoded piece, a last chunk per choice with its
     ``finish_reason``, the usage when asked for, then ``[DONE]``. An error after the start is sent as an event."""
-    piece = job.model.llama_model.vocab.token_to_piece
+    piece = _piece(job)
     rid, created, kind = _ids(job)
     kind += ".chunk" if job.chat else ""
     head: JSONObject = {

@@ -103,7 +103,7 @@ def _calls(items: object, tools: structured.Tools, style: Style) -> list[JSONObj
         if not isinstance(name, str) or name not in tools.functions or not isinstance(arguments, dict):
             return None
         made.append(structured.made(name, arguments, mistral.call_id(given) if style.ids else None))
-    return made
+    return mistral.unique(made)
 
 
 def held_from(text: str, style: Style) -> int:

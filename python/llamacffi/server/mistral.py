@@ -19,6 +19,7 @@ from ..grammar.combine import either, spliced
 from ..grammar.gbnf import literal
 from ..jsontypes import JSONObject
 from . import hermes, structured
+from .errors import invalid
 
 OPEN = "[TOOL_CALLS]"
 ARGS = "[ARGS]"
@@ -26,9 +27,8 @@ CALL_ID = "[CALL_ID]"
 MARKERS = (OPEN, ARGS, CALL_ID)
 _ID_CHARS = string.ascii_letters + string.digits
 _ID = re.compile(r"[A-Za-z0-9]{9}")
-# after [TOOL_CALLS]: the function's name, the id the model may write, and [ARGS]
-_HEAD = re.compile(r"(.+?)\s*(?:\[CALL_ID\]\s*([^\[\]\s]*)\s*)?\[ARGS\]")
 _DECODER = json.JSONDecoder()
+_HEAD_EXTRA = 64  # after [TOOL_CALLS], beside the longest name: room for blanks and an id before [ARGS]
 
 
 def grammar(tools: structured.Tools, answer: str | None, parallel: bool) -> str:
@@ -36,6 +36,13 @@ def grammar(tools: structured.Tools, answer: str | None, parallel: bool) -> str:
     for a named function or without ``parallel``; beside an ``answer`` grammar (``"auto"`` with a JSON
     ``response_format``), calls or a document of it."""
     names = [tools.choice] if tools.forced() and tools.choice != "required" else list(tools.functions)
+    for name in names:
+        if name != name.strip() or any(c in name for c in "[]\n"):
+            raise invalid(
+                f"tools: function {name!r}: its chat template cannot write the name in a call",
+                "tools",
+                "unsupported_schema",
+            )
     shared, rules = structured.compile_parameters(tools, names)
     _, every = spliced(shared, "args-")
     calls = [
@@ -48,25 +55,41 @@ def grammar(tools: structured.Tools, answer: str | None, parallel: bool) -> str:
 
 
 def read(text: str, tools: structured.Tools, parallel: bool, cut: bool = False) -> tuple[str | None, list[JSONObject]]:
-    """The answer's text before its calls and its calls, as :func:`.hermes.read` with calls of this syntax."""
-    return hermes.read(text, tools, parallel, _call, cut, OPEN)
+    """The answer's text before its calls and its calls, as :func:`.hermes.read` with calls of this syntax; each
+    call's id its own (an id the model wrote twice is replaced)."""
+    content, made = hermes.read(text, tools, parallel, _call, cut, OPEN)
+    return content, unique(made)
 
 
 def _call(text: str, pos: int, tools: structured.Tools) -> tuple[JSONObject | None, int] | None:
     """The call after the ``[TOOL_CALLS]`` that ends at ``pos`` (None when it is no call to a listed function), and
     where its arguments end; None when its name, ``[ARGS]`` or whole JSON arguments are not there."""
-    m = _HEAD.match(text, hermes.after_blanks(text, pos))
-    if m is None:
+    start = hermes.after_blanks(text, pos)
+    bound = start + max(map(len, tools.functions), default=0) + _HEAD_EXTRA
+    args = text.find(ARGS, start, bound)
+    if args < 0:
         return None
-    start = hermes.after_blanks(text, m.end())
+    name, marked, given = text[start:args].partition(CALL_ID)
     try:
-        arguments, end = _DECODER.raw_decode(text, start)
+        arguments, end = _DECODER.raw_decode(text, hermes.after_blanks(text, args + len(ARGS)))
     except (ValueError, RecursionError):
         return None
-    name, given = m.group(1).strip(), m.group(2)
-    if name not in tools.functions or not isinstance(arguments, dict):
+    name = name.strip()
+    if not name or name not in tools.functions or not isinstance(arguments, dict):
         return None, end
-    return structured.made(name, arguments, call_id(given)), end
+    return structured.made(name, arguments, call_id(given.strip() if marked else None)), end
+
+
+def unique(made: list[JSONObject]) -> list[JSONObject]:
+    """The calls, a fresh id for each whose id an earlier one has."""
+    seen: set[object] = set()
+    out = []
+    for call in made:
+        if call["id"] in seen:
+            call = {**call, "id": call_id()}
+        seen.add(call["id"])
+        out.append(call)
+    return out
 
 
 def call_id(given: object = None) -> str:

@@ -92,7 +92,7 @@ class Splitter:
         thought = ""
         if self.state == "before":
             stripped = self.pending.lstrip()
-            if opening.startswith(stripped):  # blanks, or the start of the opening tag: wait for more
+            if opening.startswith(stripped) and stripped != opening:  # blanks, or the tag's start: wait for more
                 return "", ""
             if stripped.startswith(opening):
                 self.state = "inside"
