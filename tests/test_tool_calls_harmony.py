@@ -72,6 +72,8 @@ def test_an_answer_cut_short_drops_the_message_it_left_open() -> None:
 def test_long_answers_are_read_in_one_pass() -> None:
     for text in ["<|channel|>commentary" + " " * 20_000 + "x", "<|start|>assistant" + "\n" * 20_000 + "<|message|>"]:
         assert _read(text) == (text, [])
+    nan = IN_ROLE.replace(ARGS, '{"query": NaN, "limit": 2}')
+    assert _read(nan) == (nan, [])  # no JSON: no call
     spaced = "<|channel|>commentary to=functions.search" + " " * 20 + "<|constrain|>json<|message|>" + ARGS
     assert _read(spaced)[1] == [("search", {"query": "cats", "limit": 2})]
 

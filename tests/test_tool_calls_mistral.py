@@ -220,6 +220,8 @@ def test_a_json_list_of_calls_is_read() -> None:
     assert content == "Sure." and [m[:2] for m in made] == [("name_it", {"name": "Ann"})]
     assert _listed(f"<TOOLCALL>{two}</TOOL", nemotron, cut=True)[1]
     assert _listed("Sure.[TOOL_CA", nemo, cut=True) == ("Sure.", [])
+    unlisted = 'Hi [TOOL_CALLS][{"name": "rename", "arguments": {}}, {"name": "name_it", "argu'
+    assert _listed(unlisted, nemo, cut=True) == (unlisted, [])  # a finished item that is no call: no call
     assert _listed('[TOOL_CALLS][{"name": "na', nemo, cut=True) == ("", [])
 
 
@@ -251,3 +253,17 @@ def test_the_logprobs_write_out_the_preserved_tokens(smollm2: llamacffi.Model) -
 
     assert completions._piece(job(("<|im_start|>",)))(1) == b"<|im_start|>"
     assert completions._piece(job(()))(1) == b""  # a control token, as it renders by default
+
+
+def test_numbers_that_json_does_not_have_make_no_call() -> None:
+    """Python's decoder takes NaN and Infinity; arguments holding them would be no JSON to a client."""
+    from llamacffi.server import calls, json_list
+
+    for syntax, text in [
+        ("hermes", '<tool_call>\n{"name": "name_it", "arguments": {"name": NaN}}\n</tool_call>'),
+        ("mistral", '[TOOL_CALLS]name_it[ARGS]{"name": Infinity}'),
+        ("mistral-nemo", '[TOOL_CALLS][{"name": "name_it", "arguments": {"name": -Infinity}}]'),
+        (None, '{"name": "name_it", "arguments": {"name": NaN}}'),
+    ]:
+        assert calls.Reader(_tools(), syntax, True).read(text) == (text, []), syntax  # type: ignore[arg-type]
+    assert json_list.NEMO.ids

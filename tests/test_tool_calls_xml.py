@@ -299,3 +299,29 @@ def test_seed_blocks_are_read_and_forced(smollm2: llamacffi.Model) -> None:
     assert accepts(smollm2.vocab, g, one) and accepts(smollm2.vocab, g, f"{one}\n{seed('name_it', name='Ann')}")
     assert not accepts(smollm2.vocab, g, seed("search", query="x")) and not accepts(smollm2.vocab, g, block(
         "search", query="x", limit="2"))  # fmt: skip
+
+
+def test_names_and_cut_blocks_in_every_element_style() -> None:
+    from llamacffi.server import calls, qwen_xml
+    from llamacffi.server.errors import APIError
+
+    for style in [qwen_xml.QWEN, qwen_xml.GLM, qwen_xml.SEED]:
+        for params in [{"": {"type": "integer"}}, {" a": {"type": "integer"}}, {"a ": {"type": "integer"}}]:
+            schema = {"type": "object", "properties": params, "required": list(params)}
+            tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+            with pytest.raises(APIError, match="cannot write the name"):  # the reader would not read it back
+                qwen_xml.grammar(_tools("required", [tool]), None, True, style)
+        with pytest.raises(APIError, match="cannot write the name"):
+            tool = {"type": "function", "function": {"name": "f ", "parameters": {"type": "object"}}}
+            qwen_xml.grammar(_tools("required", [tool]), None, True, style)
+    reader = calls.Reader(_tools(), "glm", True)
+    for long in ["Sure.<tool_call>" + " " * 20_000, "<tool_call>" + "\t" * 20_000 + "x"]:  # read in one pass
+        assert reader.read(long) == (long, [])
+        assert reader.read(long, cut=True)[1] == []
+    done = glm_block("name_it", name="Ann")
+    opened = "<tool_call>search\n<arg_key>query</arg_key>\n<arg_value>write <tool_call> then"  # the tag in a value
+    content, made = reader.read(f"{done}\n{opened}", cut=True)
+    assert content is None and [c["function"]["name"] for c in made] == ["name_it"]
+    assert reader.read(f"{done}\n{opened}") == (f"{done}\n{opened}", [])  # whole, it is malformed
+    malformed = f"{done}\n<tool_call>nope\n</tool_call>\n{done}"  # a block that ends, then one that does too
+    assert reader.read(malformed, cut=True) == (malformed, [])

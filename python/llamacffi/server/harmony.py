@@ -12,7 +12,6 @@ out (:data:`MARKERS`).
 
 from __future__ import annotations
 
-import json
 import re
 
 from ..grammar.combine import either, spliced
@@ -29,7 +28,6 @@ _HEADS = (START, "<|channel|>", "to=")  # what the header of the answer's first 
 _HEADER_EXTRA = 96  # a header's length beside the recipient's name
 _RECIPIENT = re.compile(r"to=functions\.([^\s<]+)")
 _CHANNELS = ("commentary", "analysis", "final")
-_DECODER = json.JSONDecoder()
 
 
 def grammar(tools: structured.Tools, answer: str | None) -> str:
@@ -78,7 +76,7 @@ def read(text: str, tools: structured.Tools, cut: bool = False) -> tuple[str | N
             pos = len(text) if end < 0 else end + len(END)
             continue
         try:
-            arguments, end = _DECODER.raw_decode(text, hermes.after_blanks(text, pos))
+            arguments, end = structured.DECODER.raw_decode(text, hermes.after_blanks(text, pos))
         except (ValueError, RecursionError):
             return _told(said) if cut else (text, [])
         if name not in tools.functions or not isinstance(arguments, dict) or text[end:].strip():

@@ -8,7 +8,6 @@ the output to such blocks by a grammar, and ``"auto"`` reads the blocks the mode
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 from ..grammar.combine import either, tagged
@@ -17,7 +16,6 @@ from . import structured, tags
 
 OPEN = "<tool_call>"
 CLOSE = "</tool_call>"
-_DECODER = json.JSONDecoder()
 
 
 def grammar(tools: structured.Tools, call: str, answer: str | None, parallel: bool) -> str:
@@ -58,10 +56,11 @@ def read(
     calls: list[JSONObject] = []
     outside: list[str] = []
     pos = 0
+    read_block = block or _block
     while (start := text.find(opening, pos)) >= 0:
-        found = (block or _block)(text, start + len(opening), tools)
-        if found is None and cut and text.find(opening, start + len(opening)) < 0:
-            text = text[:start]  # the last block, left open
+        found = read_block(text, start + len(opening), tools)
+        if found is None and cut and not _ends_later(text, start, opening, read_block, tools):
+            text = text[:start]  # the last block, left open (the tag may recur inside it, in a value)
             break
         if found is None or found[0] is None:
             return text, []
@@ -74,13 +73,21 @@ def read(
     return (content if content.strip() else None), calls if parallel else calls[:1]
 
 
+def _ends_later(text: str, start: int, opening: str, block: Block, tools: structured.Tools) -> bool:
+    """Whether a block that opens after ``start`` ends: the one at ``start`` then is malformed, not left open."""
+    while (start := text.find(opening, start + len(opening))) >= 0:
+        if block(text, start + len(opening), tools) is not None:
+            return True
+    return False
+
+
 def _block(text: str, pos: int, tools: structured.Tools) -> tuple[JSONObject | None, int] | None:
     """The call whose JSON starts after blanks at ``pos`` (None when it is no call to a listed function), and where
     its closing tag ends; None when the JSON or the tag after it is not there (the JSON is read whole: a string in
     it may hold the tag)."""
     pos = after_blanks(text, pos)
     try:
-        _, end = _DECODER.raw_decode(text, pos)
+        _, end = structured.DECODER.raw_decode(text, pos)
     except (ValueError, RecursionError):
         return None
     call = structured.as_call(text[pos:end], tools)

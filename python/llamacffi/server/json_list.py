@@ -6,7 +6,6 @@ content."""
 from __future__ import annotations
 
 import dataclasses
-import json
 
 from ..grammar.combine import either, tagged
 from ..jsontypes import JSONObject
@@ -26,7 +25,6 @@ NEMO = Style("[TOOL_CALLS]", "", ids=True)
 NEMOTRON = Style("<TOOLCALL>", "</TOOLCALL>", ids=False)
 _ID_SCHEMA: JSONObject = {"type": "string", "pattern": "^[A-Za-z0-9]{9}$"}
 _MEMBERS = frozenset({"name", "arguments", "id"})
-_DECODER = json.JSONDecoder()
 
 
 def grammar(tools: structured.Tools, answer: str | None, parallel: bool, style: Style) -> str:
@@ -52,11 +50,14 @@ def read(
         return text, []
     pos = hermes.after_blanks(text, start + len(style.opening))
     try:
-        items, end = _DECODER.raw_decode(text, pos)
+        items, end = structured.DECODER.raw_decode(text, pos)
     except (ValueError, RecursionError):
         if not cut:
             return text, []
-        whole = _calls(_items(text, pos), tools, style) or []  # the calls the list had finished
+        items = _items(text, pos)
+        whole = _calls(items, tools, style) if items else []  # the calls the list had finished
+        if whole is None:  # one of them is no call: the text as it came, as a list that ends
+            return text, []
         return (text[:start].rstrip() or (None if whole else "")), whole if parallel else whole[:1]
     if style.closing:
         close = hermes.after_blanks(text, end)
@@ -81,7 +82,7 @@ def _items(text: str, pos: int) -> list[object]:
     pos += 1
     while True:
         try:
-            item, pos = _DECODER.raw_decode(text, hermes.after_blanks(text, pos))
+            item, pos = structured.DECODER.raw_decode(text, hermes.after_blanks(text, pos))
         except (ValueError, RecursionError):
             return items
         items.append(item)

@@ -10,7 +10,6 @@ Mistral's vocabularies, which the output writes out (:data:`MARKERS`, Generation
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 import string
@@ -27,7 +26,6 @@ CALL_ID = "[CALL_ID]"
 MARKERS = (OPEN, ARGS, CALL_ID)
 _ID_CHARS = string.ascii_letters + string.digits
 _ID = re.compile(r"[A-Za-z0-9]{9}")
-_DECODER = json.JSONDecoder()
 _HEAD_EXTRA = 64  # after [TOOL_CALLS], beside the longest name: room for blanks and an id before [ARGS]
 
 
@@ -71,7 +69,7 @@ def _call(text: str, pos: int, tools: structured.Tools) -> tuple[JSONObject | No
         return None
     name, marked, given = text[start:args].partition(CALL_ID)
     try:
-        arguments, end = _DECODER.raw_decode(text, hermes.after_blanks(text, args + len(ARGS)))
+        arguments, end = structured.DECODER.raw_decode(text, hermes.after_blanks(text, args + len(ARGS)))
     except (ValueError, RecursionError):
         return None
     name = name.strip()

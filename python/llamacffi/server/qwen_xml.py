@@ -35,7 +35,6 @@ and Seed-OSS in a block of its own, its values without the newlines around them 
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Callable
 from typing import Literal
@@ -53,6 +52,23 @@ OPEN = hermes.OPEN
 CLOSE = hermes.CLOSE
 
 
+_FUNCTION = re.compile(r"\s*<function=([^>\n]+)>")
+
+
+def _matched(pattern: re.Pattern[str], text: str, pos: int) -> tuple[str, int] | None:
+    m = pattern.match(text, pos)
+    return None if m is None else (m.group(1), m.end())
+
+
+def _glm_name(text: str, pos: int) -> tuple[str, int] | None:
+    """GLM's function name: the text up to its first parameter or the block's end (found in one pass)."""
+    lt = text.find("<", pos)
+    if lt < 0 or not text.startswith(("<arg_key>", "</tool_call>"), lt):
+        return None
+    name = text[pos:lt].strip()
+    return None if not name or "\n" in name or ">" in name else (name, lt)
+
+
 @dataclasses.dataclass(frozen=True)
 class Style:
     """How a template writes a call's elements: the grammar's texts (GBNF) and the reader's patterns."""
@@ -63,7 +79,7 @@ class Style:
     close: str  # after a value
     tail: str  # after the last parameter
     end_value: str  # the tag that ends a value
-    function: re.Pattern[str]  # after the opening tag: the function's name (group 1)
+    function: Callable[[str, int], tuple[str, int] | None]  # after the opening tag: the function's name, and its end
     parameter: re.Pattern[str]  # a parameter's opening: its name (group 1)
     end: re.Pattern[str]  # after the last parameter, to the end of the block
     trimmed: bool  # a value's first and last newline are the layout's, not the value's
@@ -77,7 +93,7 @@ QWEN = Style(
     close=literal("\n</parameter>\n"),
     tail=literal(f"</function>\n{CLOSE}"),
     end_value="</parameter>",
-    function=re.compile(r"\s*<function=([^>\n]+)>"),
+    function=lambda text, pos: _matched(_FUNCTION, text, pos),
     parameter=re.compile(r"\s*<parameter=([^>\n]+)>"),
     end=re.compile(r"\s*</function>\s*</tool_call>"),
     trimmed=True,
@@ -106,7 +122,7 @@ GLM = Style(
     close=f"{literal('</arg_value>')} {_NL}",
     tail=literal(CLOSE),
     end_value="</arg_value>",
-    function=re.compile(r"\s*([^<>\n]+?)\s*(?=<arg_key>|</tool_call>)"),
+    function=lambda text, pos: _glm_name(text, pos),
     parameter=re.compile(r"\s*<arg_key>([^<>\n]+)</arg_key>\s*<arg_value>"),
     end=re.compile(r"\s*</tool_call>"),
     trimmed=False,
@@ -164,7 +180,7 @@ def _call(
     inners = rebased.get("properties")
     assert isinstance(inners, dict) or inners is None
     for what in [name, *listed]:
-        if any(c in what for c in style.unwritable):
+        if not what or what != what.strip() or any(c in what for c in style.unwritable):
             raise invalid(
                 f"tools: function {name!r}: its chat template cannot write the name {what!r} in a tag",
                 "tools",
@@ -230,15 +246,14 @@ def _block(text: str, pos: int, tools: structured.Tools, style: Style) -> tuple[
     """The call of the block whose opening tag ends at ``pos`` (None when it is no call to a listed function with
     each parameter once), and where its closing tag ends; None when its elements, ``</function>`` and the block's tag
     are not there."""
-    m = style.function.match(text, pos)
-    if m is None:
+    found_name = style.function(text, pos)
+    if found_name is None:
         return None
-    name = m.group(1).strip()
+    name, pos = found_name[0].strip(), found_name[1]
     listed = _parameters(tools, name).get("properties") if name in tools.functions else None
     props = listed if isinstance(listed, dict) else {}
     arguments: JSONObject = {}
     twice = False
-    pos = m.end()
     while (m := style.parameter.match(text, pos)) is not None:
         key = m.group(1).strip()
         found = _value(text, m.end(), props.get(key, True), style)
@@ -260,7 +275,7 @@ def _value(text: str, pos: int, schema: JSON, style: Style) -> tuple[JSON, int] 
     end_value = style.end_value
     if form(schema, end_value) == "json":
         try:
-            value, end = _DECODER.raw_decode(text, hermes.after_blanks(text, pos))
+            value, end = structured.DECODER.raw_decode(text, hermes.after_blanks(text, pos))
         except (ValueError, RecursionError):
             pass
         else:
@@ -287,10 +302,3 @@ def _string_only(schema: JSON) -> bool:
 def _types(schema: JSONObject) -> list[JSON]:
     kind = schema.get("type")
     return kind if isinstance(kind, list) else [kind]
-
-
-def _no_constant(name: str) -> JSON:
-    raise ValueError(f"{name} is not JSON")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_no_constant)

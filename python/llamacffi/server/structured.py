@@ -245,11 +245,19 @@ def call_grammar(
     return compile_schema({**call, "$defs": defs}, "tools", names, answer_param)
 
 
+def _not_json(name: str) -> JSON:
+    raise ValueError(f"{name} is not JSON")
+
+
+# reads JSON only: Python's NaN and Infinity, which its decoder takes, would make arguments no client can parse
+DECODER = json.JSONDecoder(parse_constant=_not_json)
+
+
 def as_call(text: str, tools: Tools, arguments: str = "arguments") -> JSONObject | None:
     """The tool call an answer makes (OpenAI's shape), or None when it is not a call to a listed function.
     ``arguments``: the member that holds the arguments, as for :func:`call_grammar`."""
     try:
-        doc = json.loads(text)
+        doc = DECODER.decode(text)
     except (ValueError, RecursionError):
         return None
     if not isinstance(doc, dict) or set(doc) != {"name", arguments}:
