@@ -18,7 +18,6 @@ from ..grammar.combine import either, spliced
 from ..grammar.gbnf import literal
 from ..jsontypes import JSONObject
 from . import hermes, structured
-from .errors import invalid
 
 MARKERS = ("<|channel|>", "<|constrain|>", "<|message|>", "<|start|>", "<|end|>")
 START = "<|start|>assistant"
@@ -34,14 +33,10 @@ def grammar(tools: structured.Tools, answer: str | None) -> str:
     """The grammar of the answer: a call to the chosen function (to any for ``"required"`` and ``"auto"``), in
     either header; beside an ``answer`` grammar (``"auto"`` with a JSON ``response_format``), a call or a document
     of it. One call only: the format ends the turn with it."""
-    names = [tools.choice] if tools.forced() and tools.choice != "required" else list(tools.functions)
+    names = structured.chosen(tools)
     for name in names:
         if _RECIPIENT.fullmatch(f"to=functions.{name}") is None:
-            raise invalid(
-                f"tools: function {name!r}: its chat template cannot write the name in a recipient",
-                "tools",
-                "unsupported_schema",
-            )
+            raise structured.unwritable(name, "in a recipient")
     shared, rules = structured.compile_parameters(tools, names)
     _, every = spliced(shared, "args-")
     commentary = literal("<|channel|>commentary")

@@ -18,7 +18,6 @@ from ..grammar.combine import either, spliced
 from ..grammar.gbnf import literal
 from ..jsontypes import JSONObject
 from . import hermes, structured
-from .errors import invalid
 
 OPEN = "[TOOL_CALLS]"
 ARGS = "[ARGS]"
@@ -33,14 +32,10 @@ def grammar(tools: structured.Tools, answer: str | None, parallel: bool) -> str:
     """The grammar of the answer: calls to the chosen function (to any for ``"required"`` and ``"auto"``), one only
     for a named function or without ``parallel``; beside an ``answer`` grammar (``"auto"`` with a JSON
     ``response_format``), calls or a document of it."""
-    names = [tools.choice] if tools.forced() and tools.choice != "required" else list(tools.functions)
+    names = structured.chosen(tools)
     for name in names:
         if name != name.strip() or any(c in name for c in "[]\n"):
-            raise invalid(
-                f"tools: function {name!r}: its chat template cannot write the name in a call",
-                "tools",
-                "unsupported_schema",
-            )
+            raise structured.unwritable(name, "in a call")
     shared, rules = structured.compile_parameters(tools, names)
     _, every = spliced(shared, "args-")
     calls = [

@@ -136,7 +136,7 @@ def grammar(tools: structured.Tools, answer: str | None, parallel: bool, style: 
     """The grammar of the answer: blocks of calls to the chosen function (to any for ``"required"`` and ``"auto"``),
     one only for a named function or without ``parallel``, in the template's ``style``; beside an ``answer`` grammar
     (``"auto"`` with a JSON ``response_format``), blocks or a document of it."""
-    names = [tools.choice] if tools.forced() and tools.choice != "required" else list(tools.functions)
+    names = structured.chosen(tools)
     b = Builder()
     values: list[str] = []  # the rules of the JSON values, renamed apart
     sep = literal("\n")
@@ -181,11 +181,7 @@ def _call(
     assert isinstance(inners, dict) or inners is None
     for what in [name, *listed]:
         if not what or what != what.strip() or any(c in what for c in style.unwritable):
-            raise invalid(
-                f"tools: function {name!r}: its chat template cannot write the name {what!r} in a tag",
-                "tools",
-                "unsupported_schema",
-            )
+            raise structured.unwritable(name, f"{what!r} in a tag")
     parts = [style.head(name)]
     for key, schema in listed.items():
         if form(schema, style.end_value) == "text":

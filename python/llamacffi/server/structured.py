@@ -23,7 +23,7 @@ from ..errors import SchemaError
 from ..grammar import JSON_GRAMMAR, from_json_schema, with_rules_of
 from ..grammar.refs import rebase
 from ..jsontypes import JSON, JSONObject
-from .errors import invalid
+from .errors import APIError, invalid
 
 ANY_OBJECT: JSONObject = {"type": "object"}
 
@@ -208,6 +208,19 @@ def _describe(functions: dict[str, JSONObject], choice: str, json_answer: bool) 
     return "\n".join(lines)
 
 
+def chosen(tools: Tools) -> list[str]:
+    """The functions an answer may call: the named one, or any."""
+    return [tools.choice] if tools.forced() and tools.choice != "required" else list(tools.functions)
+
+
+def unwritable(function: str, what: str) -> APIError:
+    """The 400 for a name (of ``function``, or of one of its parameters) that a chat template's syntax cannot write
+    so that the call reads back: ``what`` says where it would go."""
+    return invalid(
+        f"tools: function {function!r}: its chat template cannot write the name {what}", "tools", "unsupported_schema"
+    )
+
+
 def call_grammar(
     tools: Tools,
     answer: JSONObject | bool | None = None,
@@ -225,7 +238,7 @@ def call_grammar(
 
     Each function's parameters move under the call schema's ``$defs``, their references rebased there, so that
     ``#/$defs/...`` and ``#`` inside them keep pointing into the parameters, not into the call around them."""
-    names = [tools.choice] if tools.forced() and tools.choice != "required" else list(tools.functions)
+    names = chosen(tools)
     defs: JSONObject = {}
     calls: list[JSONObject] = []
     for i, n in enumerate(names):
