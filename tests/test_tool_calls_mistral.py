@@ -248,7 +248,7 @@ def test_the_logprobs_write_out_the_preserved_tokens(smollm2: llamacffi.Model) -
 
     def job(kept: tuple[str, ...]) -> Any:
         model = types.SimpleNamespace(llama_model=smollm2)
-        parsed = types.SimpleNamespace(options=types.SimpleNamespace(preserved_tokens=kept))
+        parsed = types.SimpleNamespace(options=types.SimpleNamespace(preserved_tokens=kept), logprobs=0)
         return types.SimpleNamespace(model=model, parsed=parsed)
 
     assert completions._piece(job(("<|im_start|>",)))(1) == b"<|im_start|>"

@@ -214,10 +214,12 @@ class _Tally:
 
 
 def _piece(job: Job) -> Callable[[int], bytes]:
-    """A token's text in the log-probabilities: the special tokens the output writes out are written there too."""
+    """A token's text in the log-probabilities: the special tokens the output writes out are written there too
+    (looked up only for a request that asks for log-probabilities)."""
     vocab = job.model.llama_model.vocab
-    kept = {t for t in map(vocab.special_token, job.parsed.options.preserved_tokens) if t is not None}
-    return (lambda token: vocab.token_to_piece(token, special=token in kept)) if kept else vocab.token_to_piece
+    kept = job.parsed.options.preserved_tokens if job.parsed.logprobs is not None else ()
+    ids = {t for t in map(vocab.special_token, kept) if t is not None}
+    return (lambda token: vocab.token_to_piece(token, special=token in ids)) if ids else vocab.token_to_piece
 
 
 def _ids(job: Job) -> tuple[str, int, str]:
