@@ -115,6 +115,45 @@ def test_odd_shapes_and_lone_surrogates_are_400(client: TestClient, path: str, b
     assert error["type"] == "invalid_request_error" and error["param"] == param
 
 
+def test_a_text_a_template_cannot_carry_is_named_where_the_request_holds_it(client: TestClient) -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    tools = [{"type": "function", "function": _FUNCTION}]  # described in a system message put first: no shift
+    for messages, where in [
+        ([*ASK, {"role": "assistant", "content": "a\0b"}], "messages[1].content holds a NUL"),
+        ([{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}], "messages[0].content[0].text is not"),
+        ([*ASK, {"role": "assistant", "tool_calls": [{**call, "id": "c\0"}]}], "messages[1].tool_calls[0].id holds"),
+        (
+            [*ASK, {"role": "assistant", "tool_calls": [{**call, "function": {"name": "f\0", "arguments": "{}"}}]}],
+            "messages[1].tool_calls[0].function.name holds",
+        ),
+        (
+            [
+                *ASK,
+                {"role": "assistant", "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c\0", "content": "x"},
+            ],
+            "messages[2].tool_call_id holds",
+        ),
+    ]:
+        for extra in [{}, {"tools": tools}]:
+            r = _post(client, "/v1/chat/completions", _chat(messages=messages, **extra))
+            assert r.status_code == 400 and r.json()["error"]["param"] == "messages", r.text
+            assert r.json()["error"]["message"].startswith(where), r.text
+
+
+def test_a_tool_s_description_is_text(client: TestClient) -> None:
+    tool = {"type": "function", "function": {**_FUNCTION, "description": 5}}
+    r = _post(client, "/v1/chat/completions", _chat(tools=[tool]))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools", r.text
+    assert r.json()["error"]["message"] == "tools[0].function.description must be a string"
+    r = _post(
+        client,
+        "/v1/chat/completions",
+        _chat(tools=[{"type": "function", "function": {**_FUNCTION, "description": None}}]),
+    )
+    assert r.status_code == 200, r.text
+
+
 def test_a_text_too_long_names_the_field_that_holds_it(client: TestClient) -> None:
     long = "lorem ipsum " * 400
     for path, body, param in [

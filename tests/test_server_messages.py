@@ -163,6 +163,38 @@ def test_errors_come_in_anthropics_shape(client: Any, http: TestClient) -> None:
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"  # OpenAI's routes keep theirs
 
 
+def test_errors_name_the_messages_fields(http: TestClient) -> None:
+    ask = {"model": "smol", "max_tokens": 8, "messages": ASK}
+    schema = {"type": "json_schema", "schema": {"type": "objectx"}}
+    result = {"type": "tool_result", "tool_use_id": "t1", "content": "18\0"}
+    turns = [*ASK, {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "get_weather",
+             "input": {}}]}, {"role": "user", "content": [result]}]  # fmt: skip
+    for body, said in [
+        ({**ask, "stop_sequences": "END"}, "stop_sequences must be a list of at most 16 strings"),
+        ({**ask, "stop_sequences": ["a"] * 17}, "stop_sequences must be a list of at most 16 strings"),
+        ({**ask, "output_config": {"format": schema}}, "output_config.format.schema: type must be one of"),
+        ({**ask, "output_config": {"effort": "huge"}}, "output_config.effort must be one of low, medium, high"),
+        (
+            {**ask, "tools": [WEATHER], "tool_choice": {"type": "any", "disable_parallel_tool_use": "yes"}},
+            "tool_choice.disable_parallel_tool_use must be a boolean",
+        ),
+        ({**ask, "tools": [{**WEATHER, "input_schema": 5}]}, "tools[0].input_schema must be a JSON schema object"),
+        ({**ask, "tools": [{**WEATHER, "description": 5}]}, "tools[0].description must be a string"),
+        ({**ask, "tools": [{**WEATHER, "name": ""}]}, "tools[0] must be a custom tool with a name"),
+        ({**ask, "system": "be\0brief"}, "system holds a NUL character"),
+        ({**ask, "messages": turns}, "messages[2].content[0].content holds a NUL character"),
+        (
+            {**ask, "messages": [{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}]},
+            "messages[0].content[0].text is not valid Unicode",
+        ),
+    ]:
+        counted = "stop_sequences" not in body  # a count reads no output fields
+        for path in ["/v1/messages", *(["/v1/messages/count_tokens"] if counted else [])]:
+            r = http.post(path, content=json.dumps(body).encode(), headers={"x-api-key": KEY})
+            assert r.status_code == 400 and r.json()["type"] == "error", (path, body, r.text)
+            assert r.json()["error"]["message"].startswith(said), (path, r.text)
+
+
 def test_turns_as_anthropics_api_reads_them(client: Any) -> None:
     def count(messages: list[dict[str, Any]]) -> int:
         return int(client.messages.count_tokens(model="smol", messages=messages).input_tokens)

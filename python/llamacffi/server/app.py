@@ -8,6 +8,7 @@ by any ASGI server or mounted in another app; its ``state.server`` (:class:`Serv
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -75,20 +76,35 @@ async def _started_off_loop(job: completions.Job) -> None:
         raise
 
 
-Translate = Callable[[JSONObject], JSONObject]  # another API's body into the chat completion body it asks for
+@dataclasses.dataclass(frozen=True)
+class Translation:
+    """Another API's bodies as chat completion bodies: ``body`` turns one into the chat body it asks for, and
+    ``renamed`` names a fault of that chat body by the other API's own fields."""
+
+    body: Callable[[JSONObject], JSONObject]
+    renamed: Callable[[APIError], APIError]
 
 
-async def _parse(request: Request, chat: bool, translate: Translate | None = None) -> Parsed:
+_MESSAGES = Translation(messages.to_chat, messages.renamed)
+_COUNTED = Translation(lambda body: messages.to_chat(body, count=True), messages.renamed)
+
+
+async def _parse(request: Request, chat: bool, translation: Translation | None = None) -> Parsed:
     """A completion request's body, checked; off the event loop where it holds a JSON Schema to compile (up to its
     work budget)."""
     body = await read_body(request)
-    if translate is not None:
-        body = translate(body)
+    if translation is not None:
+        body = translation.body(body)
     parse = parse_chat if chat else parse_completion
-    if any(body.get(k) for k in ("tools", "response_format", *CONSTRAINTS)):
-        parsed = await asyncio.to_thread(parse, body)
-    else:
-        parsed = parse(body)
+    try:
+        if any(body.get(k) for k in ("tools", "response_format", *CONSTRAINTS)):
+            parsed = await asyncio.to_thread(parse, body)
+        else:
+            parsed = parse(body)
+    except APIError as exc:
+        if translation is None:
+            raise
+        raise translation.renamed(exc) from None
     if chat and body.get("reasoning_format") is None:
         parsed.reasoning = request.app.state.reasoning_format
     return parsed
@@ -96,17 +112,17 @@ async def _parse(request: Request, chat: bool, translate: Translate | None = Non
 
 def _completion(
     chat: bool,
-    translate: Translate | None = None,
+    translation: Translation | None = None,
     respond: Callable[[completions.Job, Metrics], Awaitable[JSONObject]] | None = None,
     stream: Callable[[completions.Job, Metrics], AsyncIterator[bytes]] | None = None,
 ) -> Callable[[Request], Awaitable[Response]]:
-    """A completion route: OpenAI's, or another API's whose bodies ``translate`` turns into OpenAI's, answered by
+    """A completion route: OpenAI's, or another API's whose bodies a ``translation`` turns into OpenAI's, answered by
     its own ``respond`` and ``stream`` (by default :mod:`.completions`', looked up per request)."""
     text_param = "messages" if chat else "prompt"
 
     async def endpoint(request: Request) -> Response:
         server: Server = request.app.state.server
-        parsed = await _parse(request, chat, translate)
+        parsed = await _parse(request, chat, translation)
         name, model = server.model(parsed.model)
         try:
             # with tools, preparing may compile the calls' grammar in the template's syntax: never on the loop
@@ -137,10 +153,10 @@ def _completion(
     return endpoint
 
 
-async def _chat_prompt(request: Request, translate: Translate | None = None) -> tuple[str, LlamaCppTextModel]:
+async def _chat_prompt(request: Request, translation: Translation | None = None) -> tuple[str, LlamaCppTextModel]:
     """A chat request's prompt as its model sees it, tools and thinking included, and that model."""
     server: Server = request.app.state.server
-    parsed = await _parse(request, True, translate)
+    parsed = await _parse(request, True, translation)
     _, model = server.model(parsed.model)
     try:
         chars = parsed.text_chars() if parsed.tools is None else limits.INLINE_TEXT_CHARS + 1
@@ -157,7 +173,7 @@ async def _apply_template(request: Request) -> Response:
 
 async def _count_tokens(request: Request) -> Response:
     """Anthropic's ``/v1/messages/count_tokens``: the tokens of the prompt a Messages body makes."""
-    prompt, model = await _chat_prompt(request, lambda body: messages.to_chat(body, count=True))
+    prompt, model = await _chat_prompt(request, _COUNTED)
     vocab = model.llama_model.vocab
     count = await off_loop(lambda text: len(vocab.tokenize(text, add_special=True, parse_special=True)), prompt,
                            len(prompt))  # fmt: skip
@@ -288,7 +304,7 @@ def create_app(
         Route("/v1/embeddings", _guarded(_embeddings), methods=["POST"]),
         Route(
             "/v1/messages",
-            _guarded(_completion(True, messages.to_chat, messages.respond_message, messages.stream_message)),
+            _guarded(_completion(True, _MESSAGES, messages.respond_message, messages.stream_message)),
             methods=["POST"],
         ),
         Route("/v1/messages/count_tokens", _guarded(_count_tokens), methods=["POST"]),

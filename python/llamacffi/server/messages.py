@@ -13,11 +13,12 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 
-from ..jsontypes import JSON, JSONObject
+from .. import limits
+from ..jsontypes import JSON, JSONObject, is_strings
 from .completions import Job, respond, stream
 from .errors import APIError, invalid
 from .metrics import Metrics
-from .requests import text_of
+from .requests import template_text, text_of
 
 FIELDS = frozenset(
     {
@@ -47,6 +48,10 @@ FIELDS = frozenset(
     }
 )
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+# Anthropic's efforts as the chat's reasoning_effort (the template variable gpt-oss reads)
+_EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
+# the chat fields whose faults name them, as the Messages fields they come from
+_RENAMED = {"json_schema": "output_config.format.schema"}
 
 
 def _message(m: JSON, where: str) -> list[JSONObject]:
@@ -70,17 +75,18 @@ def _message(m: JSON, where: str) -> list[JSONObject]:
             raise invalid(f"{at} must be a content block with a type", "messages")
         said, thinking = block.get("text"), block.get("thinking")
         if kind == "text" and isinstance(said, str):
-            text.append(said)
+            text.append(template_text(said, f"{at}.text"))
         elif kind == "thinking" and role == "assistant" and isinstance(thinking, str):
-            thought.append(thinking)
+            thought.append(template_text(thinking, f"{at}.thinking"))
         elif kind == "redacted_thinking" and role == "assistant":
             continue  # nothing a local model can read
         elif kind == "tool_use" and role == "assistant":
             name, call_id, arguments = block.get("name"), block.get("id"), block.get("input", {})
             if not isinstance(name, str) or not isinstance(call_id, str) or not isinstance(arguments, dict):
                 raise invalid(f"{at}: a tool_use block needs an id, a name and an input object", "messages")
+            name = template_text(name, f"{at}.name")
             function: JSONObject = {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}
-            calls.append({"id": call_id, "type": "function", "function": function})
+            calls.append({"id": template_text(call_id, f"{at}.id"), "type": "function", "function": function})
         elif kind == "tool_result" and role == "user":
             call_id = block.get("tool_use_id")
             if not isinstance(call_id, str):
@@ -88,7 +94,8 @@ def _message(m: JSON, where: str) -> list[JSONObject]:
             result = text_of(block.get("content") or "", f"{at}.content", joint="\n")
             if block.get("is_error") is True:
                 result = f"Error: {result}"
-            results.append({"role": "tool", "tool_call_id": call_id, "content": result})
+            results.append({"role": "tool", "tool_call_id": template_text(call_id, f"{at}.tool_use_id"),
+                            "content": result})  # fmt: skip
         else:
             raise invalid(f"{at}: {kind!r} blocks are not supported here for the {role}", "messages")
     out: list[JSONObject] = list(results)
@@ -112,13 +119,19 @@ def _tools(tools: JSON) -> list[JSON]:
         if (
             not isinstance(tool, dict)
             or not isinstance(tool.get("name"), str)
+            or not tool["name"]
             or tool.get("type") not in (None, "custom")
         ):
             shown = tool.get("type") if isinstance(tool, dict) else tool
             raise invalid(f"tools[{i}] must be a custom tool with a name and an input_schema (got {shown!r})", "tools")
-        function: JSONObject = {"name": tool["name"], "parameters": tool.get("input_schema", {"type": "object"})}
-        if tool.get("description") is not None:
-            function["description"] = tool["description"]
+        schema, description = tool.get("input_schema", {"type": "object"}), tool.get("description")
+        if not isinstance(schema, dict):
+            raise invalid(f"tools[{i}].input_schema must be a JSON schema object", "tools")
+        if description is not None and not isinstance(description, str):
+            raise invalid(f"tools[{i}].description must be a string", "tools")
+        function: JSONObject = {"name": tool["name"], "parameters": schema}
+        if description is not None:
+            function["description"] = description
         out.append({"type": "function", "function": function})
     return out
 
@@ -133,8 +146,11 @@ def _tool_choice(choice: JSON, chat: JSONObject) -> None:
         chat["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
     else:
         chat["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[kind]
-    if choice.get("disable_parallel_tool_use") is not None:
-        chat["parallel_tool_calls"] = not choice["disable_parallel_tool_use"]
+    alone = choice.get("disable_parallel_tool_use")
+    if alone is not None and not isinstance(alone, bool):
+        raise invalid("tool_choice.disable_parallel_tool_use must be a boolean", "tool_choice")
+    if alone is not None:
+        chat["parallel_tool_calls"] = not alone
 
 
 def _output_config(config: JSON, chat: JSONObject) -> None:
@@ -147,7 +163,9 @@ def _output_config(config: JSON, chat: JSONObject) -> None:
         chat["json_schema"] = fmt["schema"]
     effort = config.get("effort")
     if effort is not None:
-        chat["reasoning_effort"] = "xhigh" if effort == "max" else effort
+        if not isinstance(effort, str) or effort not in _EFFORTS:
+            raise invalid(f"output_config.effort must be one of {', '.join(_EFFORTS)}, got {effort!r}", "output_config")
+        chat["reasoning_effort"] = _EFFORTS[effort]
 
 
 def _plain(turn: JSONObject) -> bool:
@@ -180,6 +198,9 @@ def to_chat(body: JSONObject, count: bool = False) -> JSONObject:
         if body.get("max_tokens") is None:
             raise invalid("max_tokens: Field required", "max_tokens")
         chat["max_tokens"] = body["max_tokens"]
+        stops = body.get("stop_sequences")
+        if stops is not None and (not is_strings(stops) or len(stops) > limits.MAX_STOPS):
+            raise invalid(f"stop_sequences must be a list of at most {limits.MAX_STOPS} strings", "stop_sequences")
         for theirs, ours in [("stop_sequences", "stop"), ("temperature", "temperature"), ("top_p", "top_p"),
                              ("top_k", "top_k"), ("stream", "stream")]:  # fmt: skip
             if body.get(theirs) is not None:
@@ -202,6 +223,15 @@ def to_chat(body: JSONObject, count: bool = False) -> JSONObject:
     if kwargs is not None:
         chat["chat_template_kwargs"] = kwargs
     return chat
+
+
+def renamed(exc: APIError) -> APIError:
+    """A fault of the chat body :func:`to_chat` made, named by the Messages field it comes from."""
+    for ours, theirs in _RENAMED.items():
+        if exc.message.startswith(ours) and exc.message[len(ours) : len(ours) + 1] in (":", " ", "."):
+            message = theirs + exc.message[len(ours) :]
+            return APIError(exc.status, message, type=exc.type, param=theirs, code=exc.code, headers=exc.headers)
+    return exc
 
 
 def _blocks(message: JSONObject) -> list[JSON]:

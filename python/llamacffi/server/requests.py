@@ -233,11 +233,25 @@ def _common(body: JSONObject, raw: bool, max_tokens_name: str = "max_tokens") ->
     return Parsed(model, _options(body, raw), max_tokens, n, stream, include_usage, None)
 
 
+def template_text(text: str, where: str) -> str:
+    """A text that goes to the chat template, checked where the request holds it: a template's C strings cannot
+    carry a NUL character, nor UTF-8 a lone surrogate."""
+    if "\0" in text:
+        raise invalid(f"{where} holds a NUL character, which a chat template cannot carry", "messages", "invalid_value")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise invalid(
+            f"{where} is not valid Unicode (a lone surrogate at index {exc.start})", "messages", "invalid_value"
+        ) from None
+    return text
+
+
 def text_of(content: JSON, where: str, assistant: bool = False, joint: str = "") -> str:
-    """A message's text, its parts joined with ``joint``; an assistant's ``refusal`` parts are what it said, so they
-    count as text too."""
+    """A message's text (:func:`template_text`), its parts joined with ``joint``; an assistant's ``refusal`` parts
+    are what it said, so they count as text too."""
     if isinstance(content, str):
-        return content
+        return template_text(content, where)
     if isinstance(content, list):
         parts = []
         for i, part in enumerate(content):
@@ -251,7 +265,7 @@ def text_of(content: JSON, where: str, assistant: bool = False, joint: str = "")
                     "messages",
                     "unsupported_content",
                 )
-            parts.append(text)
+            parts.append(template_text(text, f"{where}[{i}].{key}"))
         return joint.join(parts)
     raise invalid(f"{where} must be a string or a list of text parts", "messages", "invalid_type")
 
@@ -344,7 +358,7 @@ def parse_chat(body: JSONObject) -> Parsed:
             if call_id is not None and not isinstance(call_id, str):
                 raise invalid(f"{where}.tool_call_id must be a string", "messages", "invalid_type")
             if call_id is not None:
-                native["tool_call_id"] = call_id
+                native["tool_call_id"] = template_text(call_id, f"{where}.tool_call_id")
             text = f"Result of the call {call_id or ''}: {text}".replace("call :", "call:")
         parsed.messages.append((ROLES[role], text))
         parsed.chat.append(native)
@@ -361,7 +375,7 @@ def _calls(calls: JSON, where: str) -> list[JSONObject]:
     if not isinstance(calls, list):
         raise invalid(f"{where}.tool_calls must be a list", "messages", "invalid_type")
     out: list[JSONObject] = []
-    for call in calls:
+    for i, call in enumerate(calls):
         fn = call.get("function") if isinstance(call, dict) else None
         name, text = (fn.get("name"), fn.get("arguments")) if isinstance(fn, dict) else (None, None)
         if not isinstance(name, str) or not isinstance(text, str):
@@ -377,11 +391,12 @@ def _calls(calls: JSON, where: str) -> list[JSONObject]:
         call_id = call.get("id") if isinstance(call, dict) else None
         out.append(
             {
-                "id": call_id if isinstance(call_id, str) else "",
+                "id": template_text(call_id, f"{where}.tool_calls[{i}].id") if isinstance(call_id, str) else "",
                 "type": "function",
-                "function": {"name": name, "arguments": arguments},
+                "function": {"name": template_text(name, f"{where}.tool_calls[{i}].function.name"),
+                             "arguments": arguments},
             }
-        )
+        )  # fmt: skip
     return out
 
 

@@ -160,9 +160,12 @@ def parse_tools(tools: JSON, choice: JSON, json_answer: bool = False) -> Tools |
         params = fn.get("parameters", ANY_OBJECT)
         if not isinstance(params, dict):
             raise invalid(f"tools[{i}].function.parameters must be a JSON schema object", "tools", "invalid_type")
+        description = fn.get("description")
+        if description is not None and not isinstance(description, str):
+            raise invalid(f"tools[{i}].function.description must be a string", "tools", "invalid_type")
         if name in functions:
             raise invalid(f"tools[{i}]: two functions are named {name!r}", "tools", "invalid_value")
-        functions[name] = {"description": fn.get("description") or "", "parameters": params}
+        functions[name] = {"description": description or "", "parameters": params}
     # refused now if it cannot be enforced: all parameters in one schema, so one compile budget bounds them all
     names = list(functions)
     compile_schema(_every(functions, names), "tools", names)
