@@ -104,6 +104,8 @@ def test_the_tags_come_from_the_template() -> None:
 def test_a_prompt_that_opens_the_block() -> None:
     assert reasoning.opened("<|im_start|>assistant\n<think>\n")
     assert not reasoning.opened("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert reasoning.shut("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert not reasoning.shut("<|im_start|>assistant\n<think>\n") and not reasoning.shut("<|im_start|>assistant\n")
     assert not reasoning.opened("<|im_start|>assistant\n")
     assert reasoning.opened("[INST]Hi[/INST][THINK]", MISTRAL_MARKS)
     assert not reasoning.opened("[INST]Hi[/INST][THINK]", reasoning.THINK)
@@ -147,8 +149,8 @@ def model(service: Any) -> Iterator[Any]:
 
     template = (
         "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
-        "{% if add_generation_prompt %}assistant: {% if open %}<think>\n{% endif %}{% endif %}"
-        "{# a template that writes </think> blocks #}"
+        "{% if add_generation_prompt %}assistant: {% if open %}<think>\n{% endif %}"
+        "{% if shut %}<think>\n\n</think>\n\n{% endif %}{% endif %}{# a template that writes </think> blocks #}"
     )
     m = service.load_model("smollm2-135m", config=ModelConfig(context_size=256, parallel=2, chat_template=template))
     assert m.thinks
@@ -257,6 +259,12 @@ def test_a_grammars_answer_may_think_first(model: Any, smollm2: Any) -> None:
         assert job.thinking is False and job.texts[0].endswith("assistant: ")
         assert accepts(vocab, grammar, doc) and accepts(vocab, grammar, f"<think>A plan.</think>\n{doc}")
         assert not accepts(vocab, grammar, f"A plan.</think>{doc}") and not accepts(vocab, grammar, f" {doc}")
+        # the block the prompt closed (thinking turned off): the document comes first
+        shut = requests.parse_chat({**body, **constrained, "chat_template_kwargs": {"shut": True}})
+        job = completions.prepare("m", model, shut, True)
+        grammar = job.parsed.options.grammar
+        assert job.thinking is None and job.texts[0].endswith("assistant: <think>\n\n</think>\n\n")
+        assert accepts(vocab, grammar, doc) and not accepts(vocab, grammar, f"<think>A plan.</think>\n{doc}")
         # reasoning_format "none": the content is the document alone, after a block closed empty
         job = completions.prepare("m", model, requests.parse_chat({**body, **constrained, "reasoning_format": "none"}),
                                   True)  # fmt: skip
@@ -355,6 +363,7 @@ CALLS = {
     "qwen-xml": "<tool_call>\n<function=get_time>\n</function>\n</tool_call>",
     "mistral": "[TOOL_CALLS]get_time[ARGS]{}",
     "llama3": '{"name": "get_time", "parameters": {}}',
+    "minimax": '<minimax:tool_call>\n<invoke name="get_time">\n</invoke>\n</minimax:tool_call>',
 }
 
 

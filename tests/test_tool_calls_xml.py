@@ -325,3 +325,80 @@ def test_names_and_cut_blocks_in_every_element_style() -> None:
     assert reader.read(f"{done}\n{opened}") == (f"{done}\n{opened}", [])  # whole, it is malformed
     malformed = f"{done}\n<tool_call>nope\n</tool_call>\n{done}"  # a block that ends, then one that does too
     assert reader.read(malformed, cut=True) == (malformed, [])
+
+
+# ---- MiniMax M2's and DeepSeek's <invoke> elements, all of an answer's calls in one block ---------------------------
+
+
+def invokes(*calls: tuple[str, dict[str, str]], dsml: str = "") -> str:
+    """A block of calls as MiniMax M2 writes it, or DeepSeek V4 (``dsml``: the values' string attributes, in order,
+    "t" or "f")."""
+    marks = iter(dsml)
+    if not dsml:
+        inner = "".join(f'<invoke name="{n}">\n' + "".join(f'<parameter name="{k}">{v}</parameter>\n'
+                        for k, v in p.items()) + "</invoke>\n" for n, p in calls)  # fmt: skip
+        return f"<minimax:tool_call>\n{inner}</minimax:tool_call>"
+    d = "｜DSML｜"
+    inner = "".join(f'<{d}invoke name="{n}">\n' + "".join(
+        f'<{d}parameter name="{k}" string="{"true" if next(marks) == "t" else "false"}">{v}</{d}parameter>\n'
+        for k, v in p.items()) + f"</{d}invoke>\n" for n, p in calls)  # fmt: skip
+    return f"<{d}tool_calls>\n{inner}</{d}tool_calls>"
+
+
+def test_invoke_blocks_are_read_with_every_call_they_hold() -> None:
+    from llamacffi.server import calls, qwen_xml
+
+    for syntax, dsml in [("minimax", ""), ("deepseek-v4", "tfftt")]:
+        reader = calls.Reader(_tools(), syntax, True)  # type: ignore[arg-type]
+
+        def read(text: str, cut: bool = False, reader: Any = reader) -> tuple[str | None, list[tuple[str, Any]]]:
+            content, made = reader.read(text, cut)
+            return content, [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in made]
+
+        two = invokes(("search", {"query": "\ncats </b>", "limit": "3", "filter": '{"tag": "pets"}'}),
+                      ("name_it", {"name": "Ann"}), ("name_it", {"name": "42"}), dsml=dsml)  # fmt: skip
+        said = [("search", {"query": "\ncats </b>", "limit": 3, "filter": {"tag": "pets"}}),
+                ("name_it", {"name": "Ann"}), ("name_it", {"name": "42"})]  # fmt: skip
+        assert read(f"Looking.\n\n{two}") == ("Looking.", said)
+        assert calls.Reader(_tools(), syntax, False).read(two)[1][0]["function"]["name"] == "search"  # type: ignore[arg-type]
+        cut = two[: two.index("Ann")]  # the second call left open: the first kept
+        assert read(cut, cut=True) == (None, said[:1])
+        assert read(cut) == (cut, [])
+        bad = two.replace('"name_it"', '"rename"', 1)  # one call of three to no listed function
+        assert read(bad) == (bad, []) and read(bad[: bad.index("42")], cut=True)[1] == []
+        for wrong in [
+            two.replace("</invoke>", "", 1).replace(f"</{qwen_xml.DSML}invoke>", "", 1),
+            two[: -len("tool_call>")],  # the block not closed
+            two.replace("\n<", "\nx<", 2),
+        ]:
+            assert read(wrong) == (wrong, []), wrong
+    dsml = invokes(("name_it", {"name": '"Ann"', "extra": "[1, 2]", "more": "[3]", "n": "2"}), dsml="ftft")
+    (made,) = calls.Reader(_tools(), "deepseek-v4", True).read(dsml)[1]
+    assert json.loads(made["function"]["arguments"]) == {"name": "Ann", "extra": "[1, 2]", "more": [3], "n": "2"}
+
+
+def test_the_grammar_forces_invoke_blocks(smollm2: llamacffi.Model) -> None:
+    from llamacffi.server import qwen_xml
+
+    vocab = smollm2.vocab
+    for style, dsml in [(qwen_xml.MINIMAX, ""), (qwen_xml.DEEPSEEK_V4, "tft")]:
+        g = qwen_xml.grammar(_tools("required"), None, True, style)
+        ok = invokes(("search", {"query": "cats </b>", "limit": "20", "order": "old"}), dsml=dsml)
+        assert accepts(vocab, g, ok)
+        both = invokes(("search", {"query": "x", "limit": "1", "order": "new"}), ("name_it", {"name": "Ann"}),
+                       dsml=dsml + "t" if dsml else "")  # fmt: skip
+        assert accepts(vocab, g, both)
+        for wrong in [
+            invokes(("search", {"limit": "2"}), dsml=dsml[1:]),  # a required parameter missing
+            invokes(("search", {"query": "x", "limit": "21", "order": "old"}), dsml=dsml),
+            invokes(("name_it", {"name": "Annabel"}), dsml=dsml[:1]),
+            ok + "\n" + ok,  # a second block
+            block("name_it", name="Ann"),  # Qwen's tags
+            *([invokes(("search", {"query": "x", "limit": "2", "order": "old"}), dsml="fff")] if dsml else []),
+        ]:
+            assert not accepts(vocab, g, wrong), wrong
+        one = qwen_xml.grammar(_tools("required"), None, False, style)
+        assert accepts(vocab, one, ok) and not accepts(vocab, one, both)
+        with pytest.raises(Exception, match="cannot write the name"):
+            tool = {"type": "function", "function": {"name": 'a"b', "parameters": {"type": "object"}}}
+            qwen_xml.grammar(_tools("required", [tool]), None, True, style)

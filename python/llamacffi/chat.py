@@ -36,8 +36,23 @@ Message = tuple[str, str] | Mapping[str, object]
 # ``to=functions.NAME`` on gpt-oss's commentary channel, "glm" ``<tool_call>NAME`` blocks with ``<arg_key>`` and
 # ``<arg_value>`` elements (GLM 4.6 and 4.7, Ling 3), "seed" Qwen3-Coder's elements in a ``<seed:tool_call>`` block
 # (Seed-OSS), "mistral-nemo" ``[TOOL_CALLS]`` and a JSON list of calls (Mistral Nemo), "nemotron" such a list in
-# ``<TOOLCALL>`` tags (Nemotron Nano 2).
-ToolSyntax = Literal["glm", "harmony", "hermes", "llama3", "mistral", "mistral-nemo", "nemotron", "qwen-xml", "seed"]
+# ``<TOOLCALL>`` tags (Nemotron Nano 2), "minimax" ``<invoke name="NAME">`` elements with a ``<parameter name="KEY">``
+# per argument in one ``<minimax:tool_call>`` block (MiniMax M2), "deepseek-v3.2" and "deepseek-v4" such elements
+# in DeepSeek's DSML tags, in a ``function_calls`` block (DeepSeek V3.2) or a ``tool_calls`` one (V4).
+ToolSyntax = Literal[
+    "deepseek-v3.2",
+    "deepseek-v4",
+    "glm",
+    "harmony",
+    "hermes",
+    "llama3",
+    "minimax",
+    "mistral",
+    "mistral-nemo",
+    "nemotron",
+    "qwen-xml",
+    "seed",
+]
 
 __all__ = [
     "ChatTemplateError",
@@ -377,6 +392,20 @@ _SEED_CALL = re.compile(
     r"<seed:tool_call>\s*<function=probe_function>\s*<parameter=probe_argument>\s*1\s*</parameter>\s*</function>\s*"
     r"</seed:tool_call>"
 )
+_MINIMAX_CALL = re.compile(
+    r'<minimax:tool_call>\s*<invoke name="probe_function">\s*<parameter name="probe_argument">1</parameter>\s*'
+    r"</invoke>\s*</minimax:tool_call>"
+)
+
+
+def _dsml_call(block: str) -> re.Pattern[str]:
+    return re.compile(
+        rf'<｜DSML｜{block}>\s*<｜DSML｜invoke name="probe_function">\s*'
+        rf'<｜DSML｜parameter name="probe_argument" string="false">1</｜DSML｜parameter>\s*</｜DSML｜invoke>\s*'
+        rf"</｜DSML｜{block}>"
+    )
+
+
 _LISTED_CALL = r'\[\{"name":\s*"probe_function",\s*"arguments":\s*\{"probe_argument":\s*1\}'
 _NEMO_CALL = re.compile(r"\[TOOL_CALLS\]" + _LISTED_CALL)
 _NEMOTRON_CALL = re.compile(r"<TOOLCALL>" + _LISTED_CALL + r"\}\]</TOOLCALL>")
@@ -396,6 +425,9 @@ _WRITTEN_CALLS: tuple[tuple[re.Pattern[str], ToolSyntax], ...] = (
     (_HARMONY_CALL, "harmony"),
     (_GLM_CALL, "glm"),
     (_SEED_CALL, "seed"),
+    (_MINIMAX_CALL, "minimax"),
+    (_dsml_call("function_calls"), "deepseek-v3.2"),
+    (_dsml_call("tool_calls"), "deepseek-v4"),
     (_NEMO_CALL, "mistral-nemo"),
     (_NEMOTRON_CALL, "nemotron"),
     (_LLAMA3_CALL, "llama3"),

@@ -1,8 +1,9 @@
 """Tool calls in the syntax the model is prompted with: the system message's JSON object (:mod:`.structured`), or
-its chat template's own (:func:`llamacffi.chat.tool_syntax`): Hermes blocks (:mod:`.hermes`), Qwen3-Coder's XML
-blocks, GLM's and Seed-OSS's (:mod:`.qwen_xml`), Mistral's ``[TOOL_CALLS]`` calls (:mod:`.mistral`), a JSON list of
-calls after a tag (:mod:`.json_list`: Mistral Nemo, Nemotron Nano 2), gpt-oss's messages to a function
-(:mod:`.harmony`), or Llama 3's answer that is one ``{"name": ..., "parameters": {...}}`` object."""
+its chat template's own (:func:`llamacffi.chat.tool_syntax`): Hermes blocks (:mod:`.hermes`); Qwen3-Coder's XML
+blocks, GLM's, Seed-OSS's, and MiniMax M2's and DeepSeek's ``<invoke>`` elements (:mod:`.qwen_xml`); Mistral's
+``[TOOL_CALLS]`` calls (:mod:`.mistral`); a JSON list of calls after a tag (:mod:`.json_list`: Mistral Nemo,
+Nemotron Nano 2); gpt-oss's messages to a function (:mod:`.harmony`); or Llama 3's answer that is one
+``{"name": ..., "parameters": {...}}`` object."""
 
 from __future__ import annotations
 
@@ -48,7 +49,14 @@ def grammar(
 
 
 # the syntaxes of parameters written one by one, as elements
-_STYLES = {"qwen-xml": qwen_xml.QWEN, "glm": qwen_xml.GLM, "seed": qwen_xml.SEED}
+_STYLES = {
+    "qwen-xml": qwen_xml.QWEN,
+    "glm": qwen_xml.GLM,
+    "seed": qwen_xml.SEED,
+    "minimax": qwen_xml.MINIMAX,
+    "deepseek-v3.2": qwen_xml.DEEPSEEK_V3_2,
+    "deepseek-v4": qwen_xml.DEEPSEEK_V4,
+}
 # the syntaxes of a JSON list of calls
 _LISTS = {"mistral-nemo": json_list.NEMO, "nemotron": json_list.NEMOTRON}
 _MARKERS = {
@@ -58,6 +66,9 @@ _MARKERS = {
     "harmony": harmony.MARKERS,
     "glm": qwen_xml.GLM_MARKERS,
     "seed": ("<seed:tool_call>", "</seed:tool_call>"),
+    "minimax": qwen_xml.MINIMAX_MARKERS,
+    "deepseek-v3.2": (qwen_xml.DSML,),
+    "deepseek-v4": (qwen_xml.DSML,),
 }
 
 

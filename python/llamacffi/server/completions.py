@@ -112,6 +112,8 @@ def chat_prompt(
             thinking = inside if parsed.reasoning != "none" else None
         elif parsed.reasoning == "none" or parsed.own_grammar:  # the content is the grammar's document alone
             text = reasoning.closed(text, marks) if inside else text
+        elif reasoning.shut(text, marks):  # the template turned thinking off: the document comes first
+            thinking = None
         else:  # the model thinks, then writes the grammar's document
             thinking = inside
             opts = dataclasses.replace(opts, grammar=reasoning.first(opts.grammar, inside, marks))

@@ -30,9 +30,9 @@ def _blocks(call: str, many: bool) -> str:
     return tagged(call, OPEN + "\n", "\n" + CLOSE, separator="\n" if many else None)
 
 
-# reads one block from after its opening tag: its call (None for a block that is no call to a listed function) and
-# where its closing tag ends; None for a block that does not end (left open, or malformed)
-Block = Callable[[str, int, structured.Tools], "tuple[JSONObject | None, int] | None"]
+# reads one block from after its opening tag: its calls (None for a block that is not calls to listed functions)
+# and where its closing tag ends; None for a block that does not end (left open, or malformed)
+Block = Callable[[str, int, structured.Tools], "tuple[list[JSONObject] | None, int] | None"]
 
 
 def read(
@@ -65,7 +65,7 @@ def read(
         if found is None or found[0] is None:
             return text, []
         outside.append(text[pos:start])
-        calls.append(found[0])
+        calls.extend(found[0])
         pos = found[1]
     if not calls:
         return text, []
@@ -81,7 +81,7 @@ def _ends_later(text: str, start: int, opening: str, block: Block, tools: struct
     return False
 
 
-def _block(text: str, pos: int, tools: structured.Tools) -> tuple[JSONObject | None, int] | None:
+def _block(text: str, pos: int, tools: structured.Tools) -> tuple[list[JSONObject] | None, int] | None:
     """The call whose JSON starts after blanks at ``pos`` (None when it is no call to a listed function), and where
     its closing tag ends; None when the JSON or the tag after it is not there (the JSON is read whole: a string in
     it may hold the tag)."""
@@ -92,7 +92,7 @@ def _block(text: str, pos: int, tools: structured.Tools) -> tuple[JSONObject | N
         return None
     call = structured.as_call(text[pos:end], tools)
     end = after_blanks(text, end)
-    return (call, end + len(CLOSE)) if text.startswith(CLOSE, end) else None
+    return (None if call is None else [call], end + len(CLOSE)) if text.startswith(CLOSE, end) else None
 
 
 def after_blanks(text: str, pos: int) -> int:

@@ -54,7 +54,7 @@ def read(text: str, tools: structured.Tools, parallel: bool, cut: bool = False) 
     return content, unique(made)
 
 
-def _call(text: str, pos: int, tools: structured.Tools) -> tuple[JSONObject | None, int] | None:
+def _call(text: str, pos: int, tools: structured.Tools) -> tuple[list[JSONObject] | None, int] | None:
     """The call after the ``[TOOL_CALLS]`` that ends at ``pos`` (None when it is no call to a listed function), and
     where its arguments end; None when its name, ``[ARGS]`` or whole JSON arguments are not there."""
     start = hermes.after_blanks(text, pos)
@@ -70,7 +70,7 @@ def _call(text: str, pos: int, tools: structured.Tools) -> tuple[JSONObject | No
     name = name.strip()
     if not name or name not in tools.functions or not isinstance(arguments, dict):
         return None, end
-    return structured.made(name, arguments, call_id(given.strip() if marked else None)), end
+    return [structured.made(name, arguments, call_id(given.strip() if marked else None))], end
 
 
 def unique(made: list[JSONObject]) -> list[JSONObject]:

@@ -30,6 +30,24 @@ and Seed-OSS in a block of its own, its values without the newlines around them 
     <parameter=city>Paris</parameter>
     </function>
     </seed:tool_call>
+
+MiniMax M2 writes all of an answer's calls in one block, as ``<invoke>`` elements named by attributes
+(:data:`MINIMAX`)::
+
+    <minimax:tool_call>
+    <invoke name="get_weather">
+    <parameter name="city">Paris</parameter>
+    </invoke>
+    </minimax:tool_call>
+
+and DeepSeek V3.2 and V4 the same in their DSML tags, each parameter saying whether its value is a string or JSON
+(:data:`DEEPSEEK_V3_2`, :data:`DEEPSEEK_V4`)::
+
+    <｜DSML｜tool_calls>
+    <｜DSML｜invoke name="get_weather">
+    <｜DSML｜parameter name="city" string="true">Paris</｜DSML｜parameter>
+    </｜DSML｜invoke>
+    </｜DSML｜tool_calls>
 """
 
 from __future__ import annotations
@@ -53,6 +71,7 @@ CLOSE = hermes.CLOSE
 
 
 _FUNCTION = re.compile(r"\s*<function=([^>\n]+)>")
+_INVOKE = re.compile(r'\s*<invoke name="([^"\n]+)">')
 
 
 def _matched(pattern: re.Pattern[str], text: str, pos: int) -> tuple[str, int] | None:
@@ -75,21 +94,22 @@ class Style:
 
     opening: str  # the block's opening tag
     head: Callable[[str], str]  # the call's opening, up to its first parameter, for a function's name
-    key: Callable[[str], str]  # a parameter's opening, up to its value, for the parameter's name
+    key: Callable[[str, bool], str]  # a parameter's opening, up to its value, for its name and a JSON value or not
     close: str  # after a value
     tail: str  # after the last parameter
     end_value: str  # the tag that ends a value
-    function: Callable[[str, int], tuple[str, int] | None]  # after the opening tag: the function's name, and its end
-    parameter: re.Pattern[str]  # a parameter's opening: its name (group 1)
-    end: re.Pattern[str]  # after the last parameter, to the end of the block
+    function: Callable[[str, int], tuple[str, int] | None]  # before a call: the function's name, and its opening's end
+    parameter: re.Pattern[str]  # a parameter's opening: its name (group 1), and "false" for JSON (group 2, if any)
+    end: re.Pattern[str]  # after the last parameter, to the end of the call
     trimmed: bool  # a value's first and last newline are the layout's, not the value's
     unwritable: str  # characters a function's or a parameter's name cannot hold
+    closing: str = ""  # the tag that ends a block of several calls; "" where each call is a block (``end`` ends it)
 
 
 QWEN = Style(
     opening=OPEN,
     head=lambda name: literal(f"{OPEN}\n<function={name}>\n"),
-    key=lambda key: literal(f"<parameter={key}>\n"),
+    key=lambda key, _: literal(f"<parameter={key}>\n"),
     close=literal("\n</parameter>\n"),
     tail=literal(f"</function>\n{CLOSE}"),
     end_value="</parameter>",
@@ -102,7 +122,7 @@ QWEN = Style(
 SEED = Style(
     opening="<seed:tool_call>",
     head=lambda name: literal(f"<seed:tool_call>\n<function={name}>\n"),
-    key=lambda key: literal(f"<parameter={key}>"),
+    key=lambda key, _: literal(f"<parameter={key}>"),
     close=literal("</parameter>\n"),
     tail=literal("</function>\n</seed:tool_call>"),
     end_value="</parameter>",
@@ -118,7 +138,7 @@ GLM_MARKERS = ("<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_v
 GLM = Style(
     opening=OPEN,
     head=lambda name: f"{literal(OPEN + name)} {_NL}",
-    key=lambda key: f"{literal(f'<arg_key>{key}</arg_key>')} {_NL} {literal('<arg_value>')}",
+    key=lambda key, _: f"{literal(f'<arg_key>{key}</arg_key>')} {_NL} {literal('<arg_value>')}",
     close=f"{literal('</arg_value>')} {_NL}",
     tail=literal(CLOSE),
     end_value="</arg_value>",
@@ -128,14 +148,53 @@ GLM = Style(
     trimmed=False,
     unwritable="<>\n",
 )
+MINIMAX = Style(
+    opening="<minimax:tool_call>",
+    head=lambda name: literal(f'<invoke name="{name}">\n'),
+    key=lambda key, _: literal(f'<parameter name="{key}">'),
+    close=literal("</parameter>\n"),
+    tail=literal("</invoke>"),
+    end_value="</parameter>",
+    function=lambda text, pos: _matched(_INVOKE, text, pos),
+    parameter=re.compile(r'\s*<parameter name="([^"\n]+)">'),
+    end=re.compile(r"\s*</invoke>"),
+    trimmed=False,
+    unwritable='"<>\n',
+    closing="</minimax:tool_call>",
+)
+MINIMAX_MARKERS = (MINIMAX.opening, MINIMAX.closing)
+DSML = "｜DSML｜"  # a special token of DeepSeek's vocabulary, which the answer writes out
+
+
+def _dsml(block: str) -> Style:
+    """DeepSeek's DSML calls, in a block of that name."""
+    invoke = re.compile(rf'\s*<{DSML}invoke name="([^"\n]+)">')
+    return Style(
+        opening=f"<{DSML}{block}>",
+        head=lambda name: literal(f'<{DSML}invoke name="{name}">\n'),
+        key=lambda key, as_json: literal(f'<{DSML}parameter name="{key}" string="{str(not as_json).lower()}">'),
+        close=literal(f"</{DSML}parameter>\n"),
+        tail=literal(f"</{DSML}invoke>"),
+        end_value=f"</{DSML}parameter>",
+        function=lambda text, pos: _matched(invoke, text, pos),
+        parameter=re.compile(rf'\s*<{DSML}parameter name="([^"\n]+)" string="(true|false)">'),
+        end=re.compile(rf"\s*</{DSML}invoke>"),
+        trimmed=False,
+        unwritable='"<>\n',
+        closing=f"</{DSML}{block}>",
+    )
+
+
+DEEPSEEK_V3_2 = _dsml("function_calls")
+DEEPSEEK_V4 = _dsml("tool_calls")
 # the keywords of a parameters schema that the parameters' elements enforce one by one
 _TOP = frozenset({"type", "properties", "required", "additionalProperties", "$defs", "definitions"})
 
 
 def grammar(tools: structured.Tools, answer: str | None, parallel: bool, style: Style = QWEN) -> str:
-    """The grammar of the answer: blocks of calls to the chosen function (to any for ``"required"`` and ``"auto"``),
-    one only for a named function or without ``parallel``, in the template's ``style``; beside an ``answer`` grammar
-    (``"auto"`` with a JSON ``response_format``), blocks or a document of it."""
+    """The grammar of the answer: calls to the chosen function (to any for ``"required"`` and ``"auto"``), one only
+    for a named function or without ``parallel``, in the template's ``style`` (a block each, or one block of them);
+    beside an ``answer`` grammar (``"auto"`` with a JSON ``response_format``), the calls or a document of it."""
     names = structured.chosen(tools)
     b = Builder()
     values: list[str] = []  # the rules of the JSON values, renamed apart
@@ -144,7 +203,10 @@ def grammar(tools: structured.Tools, answer: str | None, parallel: bool, style: 
     try:
         calls = [_call(b, values, _parameters(tools, n), n, i, names, style) for i, n in enumerate(names)]
         call = b.rule("call", " | ".join(calls))
-        blocks = b.text(f"{call} ({sep} {call})*" if many else call) + "".join(values)
+        made = f"{call} ({sep} {call})*" if many else call
+        if style.closing:
+            made = f"{literal(style.opening + chr(10))} {made} {literal(chr(10) + style.closing)}"
+        blocks = b.text(made) + "".join(values)
     except TooLarge as exc:
         raise invalid(
             f"tools: the calls in the chat template's syntax need too large a grammar: {exc}",
@@ -184,7 +246,8 @@ def _call(
             raise structured.unwritable(name, f"{what!r} in a tag")
     parts = [style.head(name)]
     for key, schema in listed.items():
-        if form(schema, style.end_value) == "text":
+        written = form(schema, style.end_value)
+        if written == "text":
             value = _text(b, schema, style.end_value)
         else:
             inner = inners.get(key, True) if inners is not None else True
@@ -193,7 +256,7 @@ def _call(
             body, rules = spliced(compiled, f"v{len(values)}-")
             values.append(rules)
             value = f"({body})"
-        element = f"{style.key(key)} {value} {style.close}"
+        element = f"{style.key(key, written == 'json')} {value} {style.close}"
         parts.append(element if key in required else f"({element})?")
     parts.append(style.tail)
     return b.rule("call", " ".join(parts))
@@ -234,14 +297,36 @@ def _text(b: Builder, schema: JSON, end_value: str) -> str:
 def read(
     text: str, tools: structured.Tools, parallel: bool, cut: bool = False, style: Style = QWEN
 ) -> tuple[str | None, list[JSONObject]]:
-    """The answer's text beside its calls and its calls, as :func:`.hermes.read` with blocks of this syntax."""
-    return hermes.read(text, tools, parallel, lambda t, p, f: _block(t, p, f, style), cut, style.opening)
+    """The answer's text beside its calls and its calls, as :func:`.hermes.read` with blocks of this syntax. ``cut``:
+    a block of several calls left open keeps the calls it finished."""
+    return hermes.read(text, tools, parallel, lambda t, p, f: _block(t, p, f, style, cut), cut, style.opening)
 
 
-def _block(text: str, pos: int, tools: structured.Tools, style: Style) -> tuple[JSONObject | None, int] | None:
-    """The call of the block whose opening tag ends at ``pos`` (None when it is no call to a listed function with
-    each parameter once), and where its closing tag ends; None when its elements, ``</function>`` and the block's tag
-    are not there."""
+def _block(
+    text: str, pos: int, tools: structured.Tools, style: Style, cut: bool
+) -> tuple[list[JSONObject] | None, int] | None:
+    """The calls of the block whose opening tag ends at ``pos`` (None when one is no call to a listed function with
+    each parameter once), and where its closing tag ends; None when its calls' elements and tags are not there.
+    ``cut``: where the text ends in a block of several calls that it never closes, the calls finished before."""
+    made: list[JSONObject] = []
+    wrong = False
+    while (found := _read_call(text, pos, tools, style)) is not None:
+        call, pos = found
+        wrong = wrong or call is None
+        made += [call] if call is not None else []
+        if not style.closing:
+            return (None if wrong else made), pos
+        closing = hermes.after_blanks(text, pos)
+        if text.startswith(style.closing, closing):
+            return (None if wrong else made), closing + len(style.closing)
+    if style.closing and cut and made and not wrong and style.closing not in text[pos:]:
+        return made, len(text)
+    return None
+
+
+def _read_call(text: str, pos: int, tools: structured.Tools, style: Style) -> tuple[JSONObject | None, int] | None:
+    """The call whose opening starts at ``pos`` (None when it is no call to a listed function with each parameter
+    once), and where its end (``style.end``) ends; None when its elements and end are not there."""
     found_name = style.function(text, pos)
     if found_name is None:
         return None
@@ -252,7 +337,8 @@ def _block(text: str, pos: int, tools: structured.Tools, style: Style) -> tuple[
     twice = False
     while (m := style.parameter.match(text, pos)) is not None:
         key = m.group(1).strip()
-        found = _value(text, m.end(), props.get(key, True), style)
+        said = m.group(2) == "false" if m.lastindex == 2 else None  # what the element says its value is
+        found = _value(text, m.end(), props.get(key, True), style, said)
         if found is None:
             return None
         twice = twice or key in arguments
@@ -263,13 +349,19 @@ def _block(text: str, pos: int, tools: structured.Tools, style: Style) -> tuple[
     return (None if twice or name not in tools.functions else structured.made(name, arguments)), m.end()
 
 
-def _value(text: str, pos: int, schema: JSON, style: Style) -> tuple[JSON, int] | None:
+def _value(text: str, pos: int, schema: JSON, style: Style, as_json: bool | None = None) -> tuple[JSON, int] | None:
     """The value of the element whose opening tag ends at ``pos``, and where its closing tag ends: the text itself
     for a string parameter; else the JSON it holds, read whole (a string in it may hold the closing tag), or the
-    text where it holds none, as a model may write a string that a pattern constrains. A boolean may be spelled as
-    Python's Jinja renders one in the template (``True``). None when the element is not closed."""
+    text where it holds none, as a model may write a string that a pattern constrains. Where the element says
+    whether its value is JSON (``as_json``), that decides for a parameter whose schema says nothing (not listed),
+    and JSON is read first where it says so. A boolean may be spelled as Python's Jinja renders one in the template
+    (``True``). None when the element is not closed."""
     end_value = style.end_value
-    if form(schema, end_value) == "json":
+    if as_json is None:
+        as_json = form(schema, end_value) == "json"
+    elif not as_json:
+        as_json = form(schema, end_value) == "json" and schema not in (True, {})
+    if as_json:
         try:
             value, end = structured.DECODER.raw_decode(text, hermes.after_blanks(text, pos))
         except (ValueError, RecursionError):

@@ -31,6 +31,12 @@ def opened(prompt: str, marks: ThinkingTags = THINK) -> bool:
     return prompt.rstrip().endswith(marks.opening)
 
 
+def shut(prompt: str, marks: ThinkingTags = THINK) -> bool:
+    """Whether the prompt ends with a thinking block closed, as a template writes one to turn thinking off: the
+    answer starts after it."""
+    return prompt.rstrip().endswith(marks.closing)
+
+
 def closed(prompt: str, marks: ThinkingTags = THINK) -> str:
     """A prompt that opened a thinking block, with the block closed empty, as such templates write a turn without
     thinking: for an answer a grammar constrains whose content must be its document alone."""
