@@ -74,11 +74,25 @@ HARMONY_ANSWERS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("text, parts", HARMONY_ANSWERS)
-def test_gpt_oss_answers_split_into_their_channels(text: str, parts: tuple[Any, str]) -> None:
-    assert reasoning.split(text, False, HARMONY) == parts
+(GEMMA4,) = [t for t in THINKING_TAGS if t.opening == "<|channel>thought"]
+GEMMA4_ANSWERS = [
+    ("<|channel>thought\nA plan.\n<channel|>Paris.", ("\nA plan.\n", "Paris.")),
+    ("<|channel>thought\n<channel|>Paris.", ("\n", "Paris.")),
+    ("<|channel>thought\ncut short", ("\ncut short", "")),
+    ("Paris.", (None, "Paris.")),
+    ("<|chan", (None, "<|chan")),
+]
+
+
+@pytest.mark.parametrize(
+    "marks, text, parts", [(HARMONY, *a) for a in HARMONY_ANSWERS] + [(GEMMA4, *a) for a in GEMMA4_ANSWERS]
+)
+def test_gpt_oss_and_gemma_4_answers_split_into_their_channels(
+    marks: ThinkingTags, text: str, parts: tuple[Any, str]
+) -> None:
+    assert reasoning.split(text, False, marks) == parts
     for size in [1, 2, 3, 7, 100]:
-        s = reasoning.Splitter(False, HARMONY)
+        s = reasoning.Splitter(False, marks)
         fed = [s.feed(text[k : k + size]) for k in range(0, len(text), size)] + [s.finish()]
         assert ("".join(t for t, _ in fed), "".join(a for _, a in fed)) == (parts[0] or "", parts[1]), size
 
@@ -98,6 +112,7 @@ def test_the_tags_come_from_the_template() -> None:
         assert found[MISTRAL_MARKS.opening] == {"mistralai-Ministral-3-14B-Reasoning-2512"}
         assert found[HARMONY.opening] == {"openai-gpt-oss-120b"}
         assert found["<seed:think>"] == {"ByteDance-Seed-OSS"}
+        assert found[GEMMA4.opening] == {"google-gemma-4-31B-it", "google-gemma-4-31B-it-interleaved"}
         assert len(found[reasoning.THINK.opening]) > 20
 
 
@@ -110,6 +125,14 @@ def test_a_prompt_that_opens_the_block() -> None:
     assert reasoning.opened("[INST]Hi[/INST][THINK]", MISTRAL_MARKS)
     assert not reasoning.opened("[INST]Hi[/INST][THINK]", reasoning.THINK)
     assert reasoning.closed("[INST]Hi[/INST][THINK]", MISTRAL_MARKS).endswith("[THINK]\n\n[/THINK]\n\n")
+    if TEMPLATES.is_dir():  # Gemma 4's template with thinking off closes an empty block: the answer starts after it
+        from llamacffi.chat import apply_template
+
+        gemma = (TEMPLATES / "google-gemma-4-31B-it.jinja").read_text()
+        prompt = apply_template(gemma, [("user", "Hi")])
+        assert reasoning.shut(prompt, GEMMA4) and not reasoning.opened(prompt, GEMMA4)
+        thinking = apply_template(gemma, [("user", "Hi")], variables={"enable_thinking": True})
+        assert not reasoning.shut(thinking, GEMMA4) and thinking.endswith("<|turn>model\n")
 
 
 # ---- the server on a scripted answer -----------------------------------------------------------------------------

@@ -325,7 +325,7 @@ class ThinkingTags(NamedTuple):
 
 # ``<think>...</think>`` (Qwen 3, QwQ, DeepSeek R1, and many more); ``[THINK]...[/THINK]`` (Magistral, Ministral 3
 # Reasoning); ``<seed:think>...</seed:think>`` (Seed-OSS); gpt-oss's analysis channel, then its final one (OpenAI's
-# harmony format).
+# harmony format); ``<|channel>thought...<channel|>`` (Gemma 4).
 THINKING_TAGS: tuple[ThinkingTags, ...] = (
     ThinkingTags("<think>", "</think>", "</think>", ("<think>", "</think>")),
     ThinkingTags("[THINK]", "[/THINK]", "[/THINK]", ("[THINK]", "[/THINK]")),
@@ -337,6 +337,7 @@ THINKING_TAGS: tuple[ThinkingTags, ...] = (
         ("<|channel|>", "<|message|>", "<|end|>", "<|start|>"),
         leads=("<|start|>assistant<|channel|>final<|message|>", "<|channel|>final<|message|>"),
     ),
+    ThinkingTags("<|channel>thought", "<channel|>", "<|channel>thought", ("<|channel>", "<channel|>")),
 )
 
 
