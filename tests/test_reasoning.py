@@ -387,6 +387,7 @@ CALLS = {
     "mistral": "[TOOL_CALLS]get_time[ARGS]{}",
     "llama3": '{"name": "get_time", "parameters": {}}',
     "minimax": '<minimax:tool_call>\n<invoke name="get_time">\n</invoke>\n</minimax:tool_call>',
+    "gemma4": "<|tool_call>call:get_time{}<tool_call|>",
 }
 
 

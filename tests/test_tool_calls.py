@@ -69,6 +69,9 @@ MINIMAX = {"MiniMax-M2"}
 DEEPSEEK_V3_2 = {"deepseek-ai-DeepSeek-V3.2"}
 DEEPSEEK_V4 = {"deepseek-ai-DeepSeek-V4", "deepseek-ai-DeepSeek-V4-Flash-0731"}
 
+# <|tool_call>call:NAME{KEY:VALUE,...}<tool_call|>, strings between <|"|> marks
+GEMMA4 = {"google-gemma-4-31B-it", "google-gemma-4-31B-it-interleaved"}
+
 # per syntax: a template of it, and how it writes CALLED's call and result
 WRITTEN = {
     "hermes": (
@@ -123,6 +126,11 @@ WRITTEN = {
         '<｜DSML｜tool_calls>\n<｜DSML｜invoke name="get_weather">\n<｜DSML｜parameter name="city" string="true">'
         "Paris</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>",
         "<tool_result>18 degrees, sunny</tool_result>",
+    ),
+    "gemma4": (
+        "google-gemma-4-31B-it",
+        '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_call|>',
+        '<|tool_response>response:get_weather{value:<|"|>18 degrees, sunny<|"|>}<tool_response|>',
     ),
     "llama3": (
         "meta-llama-Llama-3.1-8B-Instruct",
@@ -188,7 +196,7 @@ def test_the_templates_of_llama_cpp_with_a_syntax_read_here_are_found() -> None:
     assert found == {"glm": GLM, "harmony": HARMONY, "hermes": HERMES, "llama3": LLAMA3, "mistral": MISTRAL,
                      "mistral-nemo": MISTRAL_NEMO, "nemotron": NEMOTRON, "qwen-xml": QWEN_XML,
                      "seed": SEED, "minimax": MINIMAX, "deepseek-v3.2": DEEPSEEK_V3_2,
-                     "deepseek-v4": DEEPSEEK_V4}  # fmt: skip
+                     "deepseek-v4": DEEPSEEK_V4, "gemma4": GEMMA4}  # fmt: skip
 
 
 def test_templates_without_tools_have_no_syntax() -> None:
@@ -360,7 +368,7 @@ def test_a_stream_holds_back_from_where_a_block_may_start() -> None:
     assert plain.held_from(' {"name"') == 0 and plain.held_from("Hi") is None
 
 
-@pytest.mark.parametrize("syntax", ["deepseek-v4", "glm", "hermes", "minimax", "mistral", "qwen-xml", "seed"])
+@pytest.mark.parametrize("syntax", ["deepseek-v4", "gemma4", "glm", "hermes", "minimax", "mistral", "qwen-xml", "seed"])
 def test_an_answer_cut_short_keeps_its_whole_calls(syntax: str) -> None:
     from llamacffi.server import calls
 
@@ -380,6 +388,7 @@ def test_an_answer_cut_short_keeps_its_whole_calls(syntax: str) -> None:
             '<｜DSML｜tool_calls>\n<｜DSML｜invoke name="get_time">\n<｜DSML｜parameter name="city" string="true">Rome'
             "</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>"
         ),
+        "gemma4": '<|tool_call>call:get_time{city:<|"|>Rome<|"|>}<tool_call|>',
     }[syntax]
     reader = calls.Reader(_tools(), syntax, True)  # type: ignore[arg-type]
     rome = [("get_time", '{"city": "Rome"}')]
@@ -490,7 +499,7 @@ def test_required_calls_take_the_templates_syntax(client: Any, served: Any, para
     whole = _chat(client, tool_choice="required", parallel_tool_calls=parallel, **room)
     # SmolLM2 knows neither the XML syntaxes nor Mistral's: given the choice, it writes call after call to its length
     endless = parallel and served.tool_syntax in (
-        "qwen-xml", "glm", "seed", "mistral", "mistral-nemo", "minimax", "deepseek-v3.2", "deepseek-v4"
+        "qwen-xml", "glm", "seed", "mistral", "mistral-nemo", "minimax", "deepseek-v3.2", "deepseek-v4", "gemma4"
     )  # fmt: skip
     ends = {"tool_calls", "length"} if endless else {"tool_calls"}
     assert whole["finish_reason"] in ends and whole["message"]["content"] is None

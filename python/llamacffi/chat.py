@@ -38,10 +38,12 @@ Message = tuple[str, str] | Mapping[str, object]
 # (Seed-OSS), "mistral-nemo" ``[TOOL_CALLS]`` and a JSON list of calls (Mistral Nemo), "nemotron" such a list in
 # ``<TOOLCALL>`` tags (Nemotron Nano 2), "minimax" ``<invoke name="NAME">`` elements with a ``<parameter name="KEY">``
 # per argument in one ``<minimax:tool_call>`` block (MiniMax M2), "deepseek-v3.2" and "deepseek-v4" such elements
-# in DeepSeek's DSML tags, in a ``function_calls`` block (DeepSeek V3.2) or a ``tool_calls`` one (V4).
+# in DeepSeek's DSML tags, in a ``function_calls`` block (DeepSeek V3.2) or a ``tool_calls`` one (V4), "gemma4"
+# ``<|tool_call>call:NAME{...}<tool_call|>`` per call, its arguments in Gemma's notation (Gemma 4).
 ToolSyntax = Literal[
     "deepseek-v3.2",
     "deepseek-v4",
+    "gemma4",
     "glm",
     "harmony",
     "hermes",
@@ -407,6 +409,7 @@ def _dsml_call(block: str) -> re.Pattern[str]:
     )
 
 
+_GEMMA4_CALL = re.compile(r"<\|tool_call>call:probe_function\{probe_argument:1\}<tool_call\|>")
 _LISTED_CALL = r'\[\{"name":\s*"probe_function",\s*"arguments":\s*\{"probe_argument":\s*1\}'
 _NEMO_CALL = re.compile(r"\[TOOL_CALLS\]" + _LISTED_CALL)
 _NEMOTRON_CALL = re.compile(r"<TOOLCALL>" + _LISTED_CALL + r"\}\]</TOOLCALL>")
@@ -429,6 +432,7 @@ _WRITTEN_CALLS: tuple[tuple[re.Pattern[str], ToolSyntax], ...] = (
     (_MINIMAX_CALL, "minimax"),
     (_dsml_call("function_calls"), "deepseek-v3.2"),
     (_dsml_call("tool_calls"), "deepseek-v4"),
+    (_GEMMA4_CALL, "gemma4"),
     (_NEMO_CALL, "mistral-nemo"),
     (_NEMOTRON_CALL, "nemotron"),
     (_LLAMA3_CALL, "llama3"),

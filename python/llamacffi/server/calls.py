@@ -2,8 +2,8 @@
 its chat template's own (:func:`llamacffi.chat.tool_syntax`): Hermes blocks (:mod:`.hermes`); Qwen3-Coder's XML
 blocks, GLM's, Seed-OSS's, and MiniMax M2's and DeepSeek's ``<invoke>`` elements (:mod:`.qwen_xml`); Mistral's
 ``[TOOL_CALLS]`` calls (:mod:`.mistral`); a JSON list of calls after a tag (:mod:`.json_list`: Mistral Nemo,
-Nemotron Nano 2); gpt-oss's messages to a function (:mod:`.harmony`); or Llama 3's answer that is one
-``{"name": ..., "parameters": {...}}`` object."""
+Nemotron Nano 2); gpt-oss's messages to a function (:mod:`.harmony`); Gemma 4's calls in its own notation
+(:mod:`.gemma`); or Llama 3's answer that is one ``{"name": ..., "parameters": {...}}`` object."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import dataclasses
 
 from ..chat import ToolSyntax
 from ..jsontypes import JSONObject
-from . import harmony, hermes, json_list, mistral, qwen_xml, structured
+from . import gemma, harmony, hermes, json_list, mistral, qwen_xml, structured
 
 LLAMA3_ARGUMENTS = "parameters"  # the member Llama 3's templates put a call's arguments in
 
@@ -43,6 +43,8 @@ def grammar(
         return mistral.grammar(tools, answer_grammar, parallel)
     if syntax == "harmony":
         return harmony.grammar(tools, answer_grammar)
+    if syntax == "gemma4":
+        return gemma.grammar(tools, answer_grammar, parallel)
     if syntax in _LISTS:
         return json_list.grammar(tools, answer_grammar, parallel, _LISTS[syntax])
     return structured.call_grammar(tools, answer, LLAMA3_ARGUMENTS)
@@ -67,6 +69,7 @@ _MARKERS = {
     "glm": qwen_xml.GLM_MARKERS,
     "seed": ("<seed:tool_call>", "</seed:tool_call>"),
     "minimax": qwen_xml.MINIMAX_MARKERS,
+    "gemma4": gemma.MARKERS,
     "deepseek-v3.2": (qwen_xml.DSML,),
     "deepseek-v4": (qwen_xml.DSML,),
 }
@@ -96,6 +99,8 @@ class Reader:
             return mistral.read(text, self.tools, self.parallel, cut)
         if self.syntax == "harmony":
             return harmony.read(text, self.tools, cut)
+        if self.syntax == "gemma4":
+            return gemma.read(text, self.tools, self.parallel, cut)
         if self.syntax in _LISTS:
             return json_list.read(text, self.tools, self.parallel, cut, _LISTS[self.syntax])
         arguments = LLAMA3_ARGUMENTS if self.syntax == "llama3" else "arguments"
@@ -115,6 +120,8 @@ class Reader:
             return mistral.held_from(text)
         if self.syntax == "harmony":
             return harmony.held_from(text)
+        if self.syntax == "gemma4":
+            return gemma.held_from(text)
         if self.syntax in _LISTS:
             return json_list.held_from(text, _LISTS[self.syntax])
         return 0 if text.lstrip().startswith("{") else None
