@@ -413,8 +413,8 @@ def outcome(render: Callable[..., str], variables: dict[str, object]) -> str:
 @pytest.mark.parametrize("path", sorted(TEMPLATES.glob("*.jinja")), ids=lambda p: p.stem)
 def test_llama_cpps_templates_render_as_plain_jinja_renders_them(path: Path) -> None:
     source = path.read_text()
-    plain = jinja2.sandbox.ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    plain = jinja2.sandbox.ImmutableSandboxedEnvironment(  # with Hugging Face's {% generation %} tag, as theirs
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols", chat_sandbox._Generation]
     )
     plain.globals.update(raise_exception=chat_sandbox._raise_exception, strftime_now=chat_sandbox._strftime_now)
     plain.filters["tojson"] = chat_sandbox._tojson
@@ -433,6 +433,12 @@ def test_llama_cpps_templates_render_as_plain_jinja_renders_them(path: Path) -> 
 def test_what_python_refuses_to_compile_is_a_template_jinja_cannot_compile() -> None:
     for template in ("{{ x" + "|abs" * 250 + " }}", "{{ " + "(" * 300 + "1" + ")" * 300 + " }}"):
         assert chat_sandbox.compile_template(template) is None  # SyntaxError, RecursionError: not raised
+
+
+def test_hugging_face_s_generation_tag_renders_its_body() -> None:
+    template = "{% for m in messages %}{% generation %}{{ m.content }};{% endgeneration %}{% endfor %}."
+    assert render(template) == "".join(f"{m['content']};" for m in MESSAGES) + "."
+    assert chat_sandbox.compile_template("{% generation %}x") is None  # not closed
 
 
 def test_tojson_takes_hugging_face_s_arguments() -> None:

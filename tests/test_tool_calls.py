@@ -50,7 +50,15 @@ MISTRAL = {
 }
 
 # <tool_call>NAME<arg_key>KEY</arg_key><arg_value>VALUE</arg_value></tool_call>
-GLM = {"GLM-4.6", "GLM-4.7-Flash", "Spark2.5", "inclusionai-ling-3.0-flash"}
+GLM = {
+    "GLM-4.6",
+    "GLM-4.7-Flash",
+    "Spark2.5",
+    "inclusionai-ling-3.0-flash",
+    "poolside-Laguna-S-2.1",
+    "poolside-Laguna-XS-2.1",
+    "poolside-Laguna-XS.2",
+}
 
 # a JSON list of calls: [TOOL_CALLS][...] (with ids), <TOOLCALL>[...]</TOOLCALL>
 MISTRAL_NEMO = {"mistralai-Mistral-Nemo-Instruct-2407"}

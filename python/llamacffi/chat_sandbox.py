@@ -32,7 +32,9 @@ from typing import Any, NoReturn
 import jinja2
 import jinja2.compiler
 import jinja2.exceptions
+import jinja2.ext
 import jinja2.nodes
+import jinja2.parser
 import jinja2.runtime
 import jinja2.sandbox
 import jinja2.utils
@@ -600,6 +602,17 @@ class _Generator(jinja2.compiler.CodeGenerator):
         self.write("))")
 
 
+class _Generation(jinja2.ext.Extension):
+    """``{% generation %}...{% endgeneration %}``: Hugging Face's tag around what the assistant wrote (for a mask of
+    its tokens), which renders its body as it is."""
+
+    tags = {"generation"}  # noqa: RUF012 (Jinja's own annotation: a set each extension class sets)
+
+    def parse(self, parser: jinja2.parser.Parser) -> list[jinja2.nodes.Node]:
+        next(parser.stream)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
 class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
     """Jinja's immutable sandbox, bounded as the module says."""
 
@@ -608,7 +621,10 @@ class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
 
     def __init__(self) -> None:
         super().__init__(
-            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"], finalize=self._finalize
+            trim_blocks=True,
+            lstrip_blocks=True,
+            extensions=["jinja2.ext.loopcontrols", _Generation],
+            finalize=self._finalize,
         )
         self.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now, range=_range)
         self.filters.update(tojson=_tojson, sum=_sum)
